@@ -1,0 +1,1 @@
+//! uvs-conntrack: the IPVS connection table. No I/O.

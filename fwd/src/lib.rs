@@ -1,0 +1,1 @@
+//! uvs-fwd: wire formats, checksums and forwarding methods. No I/O.

@@ -1,0 +1,217 @@
+//! Destination (real server) state shared by the scheduler, the connection
+//! table and the control plane — the analogue of the kernel's `ip_vs_dest`.
+//!
+//! A `Dest` lives behind an `Arc`: the service's scheduler holds it, every
+//! connection entry bound to it holds it, and the control plane keeps it in a
+//! per-service trash list after `-d` so that re-adding the same server brings
+//! its connections back (the kernel's `dest_trash`). All mutable state is
+//! atomic so that workers never lock to read or count.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::Relaxed};
+
+/// How packets reach the destination (`-m`, `-g`, `-i`, and local delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FwdMethod {
+    /// `-m`: NAT (ipvsadm prints `Masq`).
+    Masq = 0,
+    /// The real server is an address of the director itself (`Local`).
+    Local = 1,
+    /// `-i`: IP tunnel (`Tunnel`).
+    Tunnel = 2,
+    /// `-g`: direct routing (`Route`).
+    Route = 3,
+}
+
+impl FwdMethod {
+    /// The name ipvsadm prints in `-L` output.
+    pub fn list_name(self) -> &'static str {
+        match self {
+            FwdMethod::Masq => "Masq",
+            FwdMethod::Local => "Local",
+            FwdMethod::Tunnel => "Tunnel",
+            FwdMethod::Route => "Route",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => FwdMethod::Masq,
+            1 => FwdMethod::Local,
+            2 => FwdMethod::Tunnel,
+            _ => FwdMethod::Route,
+        }
+    }
+}
+
+const F_AVAILABLE: u8 = 1;
+const F_OVERLOAD: u8 = 2;
+
+/// One real server of one service.
+pub struct Dest {
+    /// Real server address.
+    pub addr: IpAddr,
+    /// Real server port (0 = the client's destination port, for port-0 services).
+    pub port: u16,
+    weight: AtomicU32,
+    fwd: AtomicU8,
+    flags: AtomicU8,
+    active: AtomicU32,
+    inactive: AtomicU32,
+    persistent: AtomicU32,
+    u_threshold: AtomicU32,
+    l_threshold: AtomicU32,
+}
+
+impl fmt::Debug for Dest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dest")
+            .field("addr", &self.addr)
+            .field("port", &self.port)
+            .field("weight", &self.weight())
+            .field("fwd", &self.fwd_method())
+            .field("available", &self.is_available())
+            .field("overloaded", &self.is_overloaded())
+            .field("active", &self.active_conns())
+            .field("inactive", &self.inactive_conns())
+            .finish()
+    }
+}
+
+impl Dest {
+    /// A new, available destination with no connections.
+    pub fn new(addr: IpAddr, port: u16, weight: u32, fwd: FwdMethod) -> Self {
+        Dest {
+            addr,
+            port,
+            weight: AtomicU32::new(weight),
+            fwd: AtomicU8::new(fwd as u8),
+            flags: AtomicU8::new(F_AVAILABLE),
+            active: AtomicU32::new(0),
+            inactive: AtomicU32::new(0),
+            persistent: AtomicU32::new(0),
+            u_threshold: AtomicU32::new(0),
+            l_threshold: AtomicU32::new(0),
+        }
+    }
+
+    /// Current weight (0 = quiescent: no new connections).
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Relaxed)
+    }
+    /// Sets the weight (control path).
+    pub fn set_weight(&self, w: u32) {
+        self.weight.store(w, Relaxed)
+    }
+    /// Forwarding method for new connections.
+    pub fn fwd_method(&self) -> FwdMethod {
+        FwdMethod::from_u8(self.fwd.load(Relaxed))
+    }
+    /// Sets the forwarding method (control path, `-e`).
+    pub fn set_fwd_method(&self, m: FwdMethod) {
+        self.fwd.store(m as u8, Relaxed)
+    }
+    /// Active connections (ESTABLISHED and the handshake states).
+    pub fn active_conns(&self) -> u32 {
+        self.active.load(Relaxed)
+    }
+    /// Inactive connections (every other state; all UDP).
+    pub fn inactive_conns(&self) -> u32 {
+        self.inactive.load(Relaxed)
+    }
+    /// Persistence templates pointing at this server.
+    pub fn persistent_conns(&self) -> u32 {
+        self.persistent.load(Relaxed)
+    }
+    /// Upper/lower connection thresholds (`-x`, `-y`; 0 = unset).
+    pub fn thresholds(&self) -> (u32, u32) {
+        (
+            self.u_threshold.load(Relaxed),
+            self.l_threshold.load(Relaxed),
+        )
+    }
+    /// Sets thresholds and re-evaluates the overload flag (control path).
+    pub fn set_thresholds(&self, upper: u32, lower: u32) {
+        self.u_threshold.store(upper, Relaxed);
+        self.l_threshold.store(lower, Relaxed);
+        self.update_overload();
+    }
+    /// Still part of its service. Cleared by `-d`; set again when the same
+    /// server is re-added (its connections then resume).
+    pub fn is_available(&self) -> bool {
+        self.flags.load(Relaxed) & F_AVAILABLE != 0
+    }
+    /// Marks the destination available or removed (control path).
+    pub fn set_available(&self, yes: bool) {
+        if yes {
+            self.flags.fetch_or(F_AVAILABLE, Relaxed);
+        } else {
+            self.flags.fetch_and(!F_AVAILABLE, Relaxed);
+        }
+    }
+    /// Over its upper threshold: gets no new connections.
+    pub fn is_overloaded(&self) -> bool {
+        self.flags.load(Relaxed) & F_OVERLOAD != 0
+    }
+    /// May receive a new connection: available, weight > 0, not overloaded.
+    pub fn can_schedule(&self) -> bool {
+        self.flags.load(Relaxed) == F_AVAILABLE && self.weight() > 0
+    }
+
+    /// The kernel's `ip_vs_dest_totalconns`-based overload rule: at or above
+    /// `-x` the server is overloaded; the flag clears below `-y`, or below
+    /// 3/4 of `-x` when `-y` is unset. Called whenever the counts change.
+    fn update_overload(&self) {
+        let (upper, lower) = self.thresholds();
+        let total = self.active_conns() + self.inactive_conns();
+        if upper == 0 {
+            self.flags.fetch_and(!F_OVERLOAD, Relaxed);
+        } else if total >= upper {
+            self.flags.fetch_or(F_OVERLOAD, Relaxed);
+        } else {
+            let clear_below = if lower != 0 { lower } else { upper * 3 / 4 };
+            if total < clear_below {
+                self.flags.fetch_and(!F_OVERLOAD, Relaxed);
+            }
+        }
+    }
+
+    /// A connection was bound to this destination (`ip_vs_bind_dest`).
+    pub fn conn_bound(&self, active: bool) {
+        if active {
+            self.active.fetch_add(1, Relaxed);
+        } else {
+            self.inactive.fetch_add(1, Relaxed);
+        }
+        self.update_overload();
+    }
+    /// A connection left this destination (`ip_vs_unbind_dest`).
+    pub fn conn_unbound(&self, active: bool) {
+        let ctr = if active { &self.active } else { &self.inactive };
+        // Saturating: a counting bug must not wrap to 4 billion connections.
+        let _ = ctr.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+        self.update_overload();
+    }
+    /// A connection moved between the active and inactive counts.
+    pub fn conn_state_moved(&self, now_active: bool) {
+        let (from, to) = if now_active {
+            (&self.inactive, &self.active)
+        } else {
+            (&self.active, &self.inactive)
+        };
+        let _ = from.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+        to.fetch_add(1, Relaxed);
+    }
+    /// A persistence template was bound (`true`) or unbound (`false`).
+    pub fn template_bound(&self, bound: bool) {
+        if bound {
+            self.persistent.fetch_add(1, Relaxed);
+        } else {
+            let _ = self
+                .persistent
+                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! uvs-sched: IPVS's schedulers and the by-name registry that finds them.
+//!
+//! The crate never sees a packet and does no I/O. The engine keeps one
+//! [`Scheduler`] object per service; the control path calls
+//! [`Scheduler::update`] with the service's destination list whenever a
+//! destination is added, edited or removed (this may allocate and rebuild
+//! tables), and worker threads call [`Scheduler::schedule`] concurrently for
+//! each new connection (this never allocates).
+
+pub mod dest;
+pub mod registry;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use dest::{Dest, FwdMethod};
+pub use registry::{Registry, SchedError, SchedParams};
+
+/// The connection fields a scheduler may look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedKey {
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP).
+    pub proto: u8,
+    /// Client address and port.
+    pub src: IpAddr,
+    pub sport: u16,
+    /// Virtual (destination) address and port as the client sent it.
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// Caller's clock in milliseconds (for schedulers with expiring state).
+    pub now_ms: u64,
+}
+
+/// One scheduling algorithm bound to one service (`ip_vs_scheduler`).
+pub trait Scheduler: Send + Sync + std::fmt::Debug {
+    /// The registry name (`rr`, `wlc`, …).
+    fn name(&self) -> &'static str;
+    /// Rebuilds per-service state for a new destination list. Control path:
+    /// may allocate. After it returns, `schedule` never picks a destination
+    /// missing from `dests`.
+    fn update(&self, dests: &[Arc<Dest>]);
+    /// Picks the destination for a new connection, or `None` when no
+    /// destination is available. Never allocates; callable from many threads.
+    fn schedule(&self, key: &SchedKey) -> Option<Arc<Dest>>;
+}

@@ -1,0 +1,1 @@
+//! uvs: the engine, control plane and lab.
