@@ -1,0 +1,251 @@
+//! The emulated netfilter hook chain, as data.
+//!
+//! Like `nf_register_net_hooks`, every function that looks at packets is an
+//! entry (hook point, priority, function) and each hook point runs its
+//! entries in ascending priority. IPVS's functions sit at the kernel's own
+//! priorities, next to the emulated filter table, so a request meets the
+//! filter table (0) before IPVS (98/99) exactly as in the kernel — the
+//! ordering that makes "ipvsadm shows nothing" puzzles, and that uvs makes
+//! visible: every entry counts the packets it saw and its verdicts.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Netfilter hook points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookPoint {
+    /// Before routing.
+    PreRouting,
+    /// Addressed to this host (a VIP or a local address).
+    LocalIn,
+    /// Routed through this host.
+    Forward,
+    /// Sent by this host.
+    LocalOut,
+    /// After routing, on the way out.
+    PostRouting,
+}
+
+impl HookPoint {
+    /// The netfilter name.
+    pub fn name(self) -> &'static str {
+        match self {
+            HookPoint::PreRouting => "PRE_ROUTING",
+            HookPoint::LocalIn => "LOCAL_IN",
+            HookPoint::Forward => "FORWARD",
+            HookPoint::LocalOut => "LOCAL_OUT",
+            HookPoint::PostRouting => "POST_ROUTING",
+        }
+    }
+}
+
+/// The functions a hook entry can run (enum dispatch: no indirect calls,
+/// no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookFn {
+    /// The emulated `filter` table.
+    Filter,
+    /// `ip_vs_reply`: NAT replies from real servers, source rewritten to the VIP.
+    IpvsReply,
+    /// `ip_vs_remote_request`: requests to a virtual service.
+    IpvsRequest,
+}
+
+impl HookFn {
+    /// The kernel's name for the function.
+    pub fn name(self) -> &'static str {
+        match self {
+            HookFn::Filter => "filter",
+            HookFn::IpvsReply => "ip_vs_reply",
+            HookFn::IpvsRequest => "ip_vs_remote_request",
+        }
+    }
+}
+
+/// Netfilter's priority of the filter table (`NF_IP_PRI_FILTER`).
+pub const PRI_FILTER: i32 = 0;
+/// `NF_IP_PRI_NAT_SRC` (nat/SNAT), which IPVS's LOCAL_IN functions sit just below.
+pub const PRI_NAT_SRC: i32 = 100;
+
+/// One registered hook function.
+#[derive(Debug)]
+pub struct HookEntry {
+    /// Where it runs.
+    pub point: HookPoint,
+    /// Lower runs first.
+    pub priority: i32,
+    /// What it runs.
+    pub func: HookFn,
+    /// Why it sits there (printed by `uvs stats`).
+    pub why: &'static str,
+    /// Packets this entry saw.
+    pub seen: AtomicU64,
+    /// Packets it dropped.
+    pub dropped: AtomicU64,
+    /// Packets it consumed and transmitted (netfilter's NF_STOLEN).
+    pub stolen: AtomicU64,
+}
+
+impl HookEntry {
+    const fn new(point: HookPoint, priority: i32, func: HookFn, why: &'static str) -> Self {
+        HookEntry {
+            point,
+            priority,
+            func,
+            why,
+            seen: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            stolen: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one packet and the verdict the entry gave it.
+    pub fn count(&self, v: HookVerdict) {
+        self.seen.fetch_add(1, Relaxed);
+        match v {
+            HookVerdict::Accept => {}
+            HookVerdict::Drop => {
+                self.dropped.fetch_add(1, Relaxed);
+            }
+            HookVerdict::Stolen => {
+                self.stolen.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// Netfilter verdicts as the chain sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookVerdict {
+    /// Go on to the next entry.
+    Accept,
+    /// Stop: the packet dies here.
+    Drop,
+    /// Stop: the function took the packet and transmits it.
+    Stolen,
+}
+
+/// The registrations uvs makes, in the kernel's terms.
+pub fn default_entries() -> Vec<HookEntry> {
+    use HookFn::*;
+    use HookPoint::*;
+    vec![
+        HookEntry::new(
+            LocalIn,
+            PRI_FILTER,
+            Filter,
+            "filter INPUT: runs before IPVS, so a DROP here hides the packet from IPVS",
+        ),
+        HookEntry::new(
+            Forward,
+            PRI_FILTER,
+            Filter,
+            "filter FORWARD: NAT replies pass it before IPVS rewrites them",
+        ),
+        HookEntry::new(
+            LocalIn,
+            PRI_NAT_SRC - 2,
+            IpvsReply,
+            "NAT replies addressed to the director, before request scheduling",
+        ),
+        HookEntry::new(
+            LocalIn,
+            PRI_NAT_SRC - 1,
+            IpvsRequest,
+            "after filter so firewall rules apply; before nat SNAT so IPVS sees original addresses",
+        ),
+        HookEntry::new(
+            Forward,
+            PRI_NAT_SRC,
+            IpvsReply,
+            "NAT replies routed through the director, after filter FORWARD",
+        ),
+    ]
+}
+
+/// The hook chain: entries per point, sorted by priority.
+#[derive(Debug)]
+pub struct HookChain {
+    points: Vec<(HookPoint, Vec<HookEntry>)>,
+}
+
+impl HookChain {
+    /// Sorts `entries` into per-point lists (stable for equal priorities,
+    /// like netfilter: registration order breaks ties).
+    pub fn new(entries: Vec<HookEntry>) -> Self {
+        let mut points: Vec<(HookPoint, Vec<HookEntry>)> = Vec::new();
+        for e in entries {
+            match points.iter_mut().find(|(p, _)| *p == e.point) {
+                Some((_, v)) => v.push(e),
+                None => points.push((e.point, vec![e])),
+            }
+        }
+        for (_, v) in &mut points {
+            v.sort_by_key(|e| e.priority);
+        }
+        points.sort_by_key(|(p, _)| *p);
+        HookChain { points }
+    }
+
+    /// The entries of one hook point in the order they run.
+    pub fn at(&self, point: HookPoint) -> &[HookEntry] {
+        self.points
+            .iter()
+            .find(|(p, _)| *p == point)
+            .map_or(&[], |(_, v)| v.as_slice())
+    }
+
+    /// Every entry, point by point, in running order.
+    pub fn all(&self) -> impl Iterator<Item = &HookEntry> {
+        self.points.iter().flat_map(|(_, v)| v.iter())
+    }
+}
+
+impl Default for HookChain {
+    fn default() -> Self {
+        HookChain::new(default_entries())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_runs_before_ipvs_and_reply_before_request() {
+        let c = HookChain::default();
+        let li: Vec<_> = c
+            .at(HookPoint::LocalIn)
+            .iter()
+            .map(|e| (e.func, e.priority))
+            .collect();
+        assert_eq!(
+            li,
+            vec![
+                (HookFn::Filter, 0),
+                (HookFn::IpvsReply, 98),
+                (HookFn::IpvsRequest, 99)
+            ]
+        );
+        let fw: Vec<_> = c
+            .at(HookPoint::Forward)
+            .iter()
+            .map(|e| (e.func, e.priority))
+            .collect();
+        assert_eq!(fw, vec![(HookFn::Filter, 0), (HookFn::IpvsReply, 100)]);
+        assert!(c.at(HookPoint::PreRouting).is_empty());
+    }
+
+    #[test]
+    fn registration_order_breaks_priority_ties() {
+        let c = HookChain::new(vec![
+            HookEntry::new(HookPoint::LocalIn, 5, HookFn::IpvsRequest, ""),
+            HookEntry::new(HookPoint::LocalIn, 5, HookFn::Filter, ""),
+            HookEntry::new(HookPoint::LocalIn, -1, HookFn::IpvsReply, ""),
+        ]);
+        let li: Vec<_> = c.at(HookPoint::LocalIn).iter().map(|e| e.func).collect();
+        assert_eq!(
+            li,
+            vec![HookFn::IpvsReply, HookFn::IpvsRequest, HookFn::Filter]
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! Lab traffic: the tiny real servers and clients used by `uvs demo`, the lab
+//! tests and the benchmarks. Everything here runs inside namespaces made by
+//! `scripts/lab.sh` and talks only to documentation addresses.
+//!
+//! Server protocol (TCP): a connection that starts with `GET ` gets an
+//! HTTP/1.0 answer whose body is the server's name (so curl works); any
+//! other connection is a line echo: each line comes back as `NAME:line`.
+//! UDP: each datagram comes back as `NAME:payload`. Clients count answers by
+//! server name, which is how tests see where the load balancer sent them.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The embedded lab script (also `scripts/lab.sh`).
+pub const LAB_SH: &str = include_str!("../scripts/lab.sh");
+
+/// Runs `scripts/lab.sh ARGS` from the embedded copy.
+pub fn lab_sh(args: &[&str]) -> io::Result<()> {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(LAB_SH)
+        .arg("lab.sh")
+        .args(args)
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "lab.sh {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// A lab of namespaces that is removed when dropped (also on panic).
+#[derive(Debug)]
+pub struct Lab {
+    /// The prefix of every namespace name.
+    pub prefix: String,
+}
+
+impl Lab {
+    /// Builds the lab (`lab.sh up PREFIX`), optionally with the VIP
+    /// 192.0.2.10 assigned on the director's client-side interface.
+    pub fn up(prefix: &str, vip_on_lb: bool) -> io::Result<Lab> {
+        let mut args = vec!["up", prefix];
+        if vip_on_lb {
+            args.push("--vip-on-lb");
+        }
+        lab_sh(&args)?;
+        Ok(Lab {
+            prefix: prefix.to_string(),
+        })
+    }
+    /// Namespace name of a lab host: `c`, `lb`, `sw`, `rs1`, `rs2`.
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = lab_sh(&["down", &self.prefix]) {
+            eprintln!("uvs lab: teardown: {e}");
+        }
+    }
+}
+
+/// A running lab server; stops when dropped.
+#[derive(Debug)]
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn handle_tcp(name: &str, mut s: TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut first = String::new();
+    r.read_line(&mut first)?;
+    if first.starts_with("GET ") {
+        // Read the rest of the request head, then answer and close.
+        let mut line = String::new();
+        while r.read_line(&mut line)? > 0 && line.trim_end() != "" {
+            line.clear();
+        }
+        let body = format!("{name}\n");
+        write!(s, "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+        return Ok(());
+    }
+    let mut line = first;
+    loop {
+        if line.is_empty() {
+            return Ok(());
+        }
+        write!(s, "{name}:{line}")?;
+        line.clear();
+        r.read_line(&mut line)?;
+    }
+}
+
+/// Serves TCP and UDP on `addr`'s ports (`0.0.0.0`/`::` are fine) in the
+/// current thread's namespace, answering as `name`.
+pub fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> io::Result<Server> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for a in tcp {
+        let l = TcpListener::bind(a)?;
+        l.set_nonblocking(true)?;
+        let (stop, name) = (stop.clone(), name.to_string());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let name = name.clone();
+                        let _ = s.set_nonblocking(false);
+                        std::thread::spawn(move || {
+                            let _ = handle_tcp(&name, s);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        }));
+    }
+    for a in udp {
+        let u = UdpSocket::bind(a)?;
+        u.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let (stop, name) = (stop.clone(), name.to_string());
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let prefix = format!("{name}:");
+            let mut out = Vec::with_capacity(4096);
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = u.recv_from(&mut buf) {
+                    out.clear();
+                    out.extend_from_slice(prefix.as_bytes());
+                    out.extend_from_slice(&buf[..n]);
+                    let _ = u.send_to(&out, peer);
+                }
+            }
+        }));
+    }
+    Ok(Server { stop, threads })
+}
+
+/// Starts a lab server inside namespace `ns` serving TCP `tcp_port` and UDP
+/// `udp_port` on all addresses (IPv4 and IPv6).
+pub fn serve_in(ns: &str, name: &str, tcp_port: u16, udp_port: u16) -> io::Result<Server> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = name.to_string();
+    crate::netns::run_in(ns, move || {
+        let any6: SocketAddr = SocketAddr::from(([0u16; 8], tcp_port));
+        let any6u: SocketAddr = SocketAddr::from(([0u16; 8], udp_port));
+        // `[::]` sockets accept IPv4 too (bindv6only=0 is Linux's default).
+        let _ = tx.send(serve(&name, &[any6], &[any6u]));
+    })?;
+    rx.recv()
+        .map_err(|_| io::Error::other("server thread died"))?
+}
+
+/// Tallies of a client run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Answers per server name.
+    pub by_server: BTreeMap<String, usize>,
+    /// Requests that failed (refused, reset, timed out, garbled), with the
+    /// first error seen.
+    pub failures: usize,
+    pub first_error: Option<String>,
+}
+
+impl Tally {
+    fn ok(&mut self, name: &str) {
+        *self.by_server.entry(name.to_string()).or_default() += 1;
+    }
+    fn fail(&mut self, e: String) {
+        self.failures += 1;
+        self.first_error.get_or_insert(e);
+    }
+    /// Answers from `server`.
+    pub fn count(&self, server: &str) -> usize {
+        self.by_server.get(server).copied().unwrap_or(0)
+    }
+    /// All answers.
+    pub fn total(&self) -> usize {
+        self.by_server.values().sum()
+    }
+}
+
+/// One HTTP-style request over a fresh TCP connection; returns the server name.
+pub fn tcp_request(vip: SocketAddr, timeout: Duration) -> io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&vip, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let body = resp
+        .split("\r\n\r\n")
+        .nth(1)
+        .ok_or_else(|| io::Error::other(format!("bad response {resp:?}")))?;
+    Ok(body.trim().to_string())
+}
+
+/// `n` sequential short TCP connections to `vip`, bounded by `deadline`.
+pub fn tcp_requests(vip: SocketAddr, n: usize, deadline: Duration) -> Tally {
+    let mut t = Tally::default();
+    let end = Instant::now() + deadline;
+    for _ in 0..n {
+        if Instant::now() > end {
+            t.fail("deadline reached".into());
+            break;
+        }
+        match tcp_request(vip, Duration::from_secs(3)) {
+            Ok(name) => t.ok(&name),
+            Err(e) => t.fail(e.to_string()),
+        }
+    }
+    t
+}
+
+/// `n` UDP request/answer exchanges, each from a fresh socket (a fresh
+/// source port, so each is a new IPVS connection).
+pub fn udp_requests(vip: SocketAddr, n: usize, deadline: Duration) -> Tally {
+    let mut t = Tally::default();
+    let end = Instant::now() + deadline;
+    let bind: SocketAddr = if vip.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap_or(vip)
+    } else {
+        "[::]:0".parse().unwrap_or(vip)
+    };
+    for i in 0..n {
+        if Instant::now() > end {
+            t.fail("deadline reached".into());
+            break;
+        }
+        let r = (|| -> io::Result<String> {
+            let u = UdpSocket::bind(bind)?;
+            u.set_read_timeout(Some(Duration::from_millis(500)))?;
+            let msg = format!("ping {i}");
+            // One retry: UDP may lose the first datagram while a neighbour resolves.
+            for _ in 0..3 {
+                u.send_to(msg.as_bytes(), vip)?;
+                let mut buf = [0u8; 2048];
+                if let Ok((len, _)) = u.recv_from(&mut buf) {
+                    let s = String::from_utf8_lossy(&buf[..len]).to_string();
+                    let (name, echo) = s
+                        .split_once(':')
+                        .ok_or_else(|| io::Error::other(format!("bad answer {s:?}")))?;
+                    if echo != msg {
+                        return Err(io::Error::other(format!("answer {echo:?} to {msg:?}")));
+                    }
+                    return Ok(name.to_string());
+                }
+            }
+            Err(io::Error::new(io::ErrorKind::TimedOut, "no UDP answer"))
+        })();
+        match r {
+            Ok(name) => t.ok(&name),
+            Err(e) => t.fail(e.to_string()),
+        }
+    }
+    t
+}
+
+/// A long-lived line-echo connection (to check that open connections keep
+/// working across configuration changes).
+#[derive(Debug)]
+pub struct EchoConn {
+    s: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl EchoConn {
+    /// Connects to `vip`.
+    pub fn connect(vip: SocketAddr) -> io::Result<EchoConn> {
+        let s = TcpStream::connect_timeout(&vip, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.set_nodelay(true)?;
+        let r = BufReader::new(s.try_clone()?);
+        Ok(EchoConn { s, r })
+    }
+    /// Sends a line and returns the answering server's name.
+    pub fn ping(&mut self, line: &str) -> io::Result<String> {
+        writeln!(self.s, "{line}")?;
+        let mut a = String::new();
+        self.r.read_line(&mut a)?;
+        let (name, echo) = a
+            .trim_end()
+            .split_once(':')
+            .ok_or_else(|| io::Error::other(format!("bad echo {a:?}")))?;
+        if echo != line {
+            return Err(io::Error::other(format!("echo {echo:?} for {line:?}")));
+        }
+        Ok(name.to_string())
+    }
+}
