@@ -1098,6 +1098,17 @@ pub(crate) mod testns {
                 ]);
                 ip(&["-n", ns, "link", "set", dev, "up"]);
             }
+            // Carrier and operstate follow link-up asynchronously (linkwatch
+            // batches them, up to a second): until then the peer's IPv6 does
+            // not answer solicitations. Wait so tests start on a settled link.
+            let start = std::time::Instant::now();
+            while [(a, "va"), (b, "vb")]
+                .iter()
+                .any(|(ns, dev)| !ip(&["-n", ns, "-o", "link", "show", dev]).contains("state UP"))
+            {
+                assert!(start.elapsed().as_secs() < 5, "veth never came up");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             ip(&["-n", a, "route", "add", "203.0.113.0/24", "via", B4]);
             ip(&["-n", a, "-6", "route", "add", "2001:db8:2::/64", "via", B6]);
             ip(&["-n", a, "route", "add", "unreachable", "192.0.2.0/26"]);

@@ -1,0 +1,1011 @@
+//! The next-hop cache: for a destination address, the interface, source and
+//! destination MACs and MTU to send a frame with, as the system's routes
+//! and neighbour table say (never configured by hand).
+//!
+//! Contract:
+//! * [`Resolver::lookup`] is the packet path. A cached answer costs one
+//!   sharded-map read: no allocation, no syscall, no global lock. A miss
+//!   returns [`Lookup::Pending`] at once and queues one resolution request
+//!   for the destination (later misses for the same destination do not queue
+//!   again), so the caller parks or drops the packet and retries when the
+//!   notify callback runs.
+//! * One background thread owns all netlink traffic: for each request it
+//!   asks the kernel for the route (`ip route get`), the output interface's
+//!   MAC and MTU and the next hop's neighbour entry. An unknown neighbour is
+//!   resolved by the kernel itself ([`Netlink::neigh_probe`]: the kernel
+//!   sends ARP / neighbour solicitations), and the thread polls the entry
+//!   every few milliseconds until it is usable, FAILED, or the resolve
+//!   timeout passes. Many resolutions proceed side by side; none blocks the
+//!   others. After publishing results the thread calls the notify callback
+//!   once per batch.
+//! * Answers are re-validated every `refresh_after` (30 s) while they are
+//!   being used, so route and neighbour changes are followed; during a
+//!   re-validation the old answer keeps being served. A STALE neighbour is
+//!   asked to be re-confirmed by the kernel (uvs's packets bypass the kernel,
+//!   which would otherwise never see traffic to it). Entries unused for
+//!   `idle_expiry` are dropped. A failed resolution is remembered for
+//!   `negative_ttl` (2 s) as [`Lookup::Unreachable`], then retried on the
+//!   next lookup.
+//! * The netlink socket is opened by [`Resolver::new`], in the network
+//!   namespace of the calling thread; the thread stops and is joined when
+//!   the resolver is dropped.
+//! * Cache granularity is one entry per destination address (like the
+//!   kernel's old route cache): real servers, and clients when NAT replies go
+//!   back to them. Each new destination costs one background resolution.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{
+    self, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
+};
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+use super::netlink::{Netlink, NlError, NudState, Route, RouteKind};
+
+/// Everything needed to put a frame on the wire toward a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NextHop {
+    /// Output interface index.
+    pub ifindex: u32,
+    /// The output interface's MAC (the frame's source).
+    pub src_mac: [u8; 6],
+    /// The next hop's MAC: the destination itself on a connected subnet,
+    /// else the gateway (the frame's destination).
+    pub dst_mac: [u8; 6],
+    /// The path MTU: the interface MTU, lowered by a route `mtu` if set.
+    pub mtu: u32,
+}
+
+/// The answer of [`Resolver::lookup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Send with this next hop.
+    Ready(NextHop),
+    /// Not resolved yet: a resolution is under way (or the request queue was
+    /// full). Park the packet and retry after the notify callback, or drop
+    /// it. Parking must be bounded by the caller in number and age, as the
+    /// kernel bounds its own queue of packets awaiting a neighbour.
+    Pending,
+    /// The destination is an address of this host: there is no next hop;
+    /// leave the packet to the kernel.
+    Local,
+    /// No route, or the neighbour did not answer: drop the packet (a
+    /// router would send ICMP unreachable). Remembered for `negative_ttl`.
+    Unreachable,
+}
+
+/// Why [`Resolver::resolve_blocking`] found no next hop.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolveError {
+    /// The destination is an address of this host.
+    #[error("{0} is an address of this host")]
+    Local(IpAddr),
+    /// The kernel has no usable route to the destination.
+    #[error("no route to {dst} ({kind:?})")]
+    NoRoute {
+        /// The destination.
+        dst: IpAddr,
+        /// The route type that matched (unreachable, blackhole, ...).
+        kind: RouteKind,
+    },
+    /// The next hop did not answer ARP / neighbour solicitation.
+    #[error("{dst}: next hop {next_hop} did not answer address resolution")]
+    NoNeighbour {
+        /// The destination.
+        dst: IpAddr,
+        /// The neighbour that was asked.
+        next_hop: IpAddr,
+    },
+    /// The output interface has no Ethernet address (e.g. a tunnel).
+    #[error("{dst}: output interface {ifindex} is not an Ethernet interface")]
+    NotEthernet {
+        /// The destination.
+        dst: IpAddr,
+        /// The output interface.
+        ifindex: u32,
+    },
+    /// Talking to the kernel failed.
+    #[error("{dst}: {source}")]
+    Netlink {
+        /// The destination.
+        dst: IpAddr,
+        /// The netlink failure.
+        #[source]
+        source: Arc<NlError>,
+    },
+    /// No answer within the caller's timeout.
+    #[error("resolving {0} timed out")]
+    Timeout(IpAddr),
+    /// The resolver thread has stopped.
+    #[error("the next-hop resolver has stopped")]
+    Stopped,
+}
+
+/// Why [`Resolver::new`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The netlink socket could not be opened.
+    #[error("next-hop resolver: {0}")]
+    Netlink(#[from] NlError),
+    /// The background thread could not be spawned.
+    #[error("next-hop resolver: cannot spawn its thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Timings and limits of a [`Resolver`].
+#[derive(Debug, Clone)]
+pub struct ResolverConfig {
+    /// Re-validate a used answer (route + neighbour) this often.
+    pub refresh_after: Duration,
+    /// Remember a failed resolution this long before trying again.
+    pub negative_ttl: Duration,
+    /// Give up on a neighbour that has not answered after this long. The
+    /// kernel retransmits every second (`retrans_time`), so the default of
+    /// 3 s survives two lost requests.
+    pub resolve_timeout: Duration,
+    /// Poll a neighbour being resolved this often.
+    pub poll_interval: Duration,
+    /// Forget an answer not looked up for this long.
+    pub idle_expiry: Duration,
+    /// Capacity of the request queue from the packet path.
+    pub queue_len: usize,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            refresh_after: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(2),
+            resolve_timeout: Duration::from_secs(3),
+            poll_interval: Duration::from_millis(5),
+            idle_expiry: Duration::from_secs(300),
+            queue_len: 1024,
+        }
+    }
+}
+
+/// Counters of the background thread, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResolverStats {
+    /// Resolutions started (first resolutions and re-validations).
+    pub resolutions: u64,
+    /// Resolutions that produced a next hop.
+    pub resolved: u64,
+    /// Resolutions that failed (no route, no answer, errors).
+    pub failed: u64,
+    /// Neighbour probes sent through the kernel.
+    pub probes: u64,
+    /// Requests refused because the queue was full.
+    pub queue_full: u64,
+}
+
+/// The next-hop cache; share it between workers in an `Arc`.
+pub struct Resolver {
+    shared: Arc<Shared>,
+    tx: Sender<Msg>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver")
+            .field("entries", &self.shared.map.len())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// What the packet path reads, written by the background thread only
+/// (except for `Pending` slots, which the packet path inserts).
+struct Shared {
+    map: DashMap<IpAddr, Slot>,
+    stop: AtomicBool,
+    resolutions: AtomicU64,
+    resolved: AtomicU64,
+    failed: AtomicU64,
+    probes: AtomicU64,
+    queue_full: AtomicU64,
+}
+
+struct Slot {
+    state: SlotState,
+    /// Set by lookups, cleared by the refresh: tells used entries from idle
+    /// ones without the packet path writing a timestamp.
+    used: AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+enum SlotState {
+    Pending,
+    Ready(NextHop),
+    Local,
+    Unreachable,
+}
+
+impl Slot {
+    fn new(state: SlotState) -> Slot {
+        Slot {
+            state,
+            used: AtomicBool::new(true),
+        }
+    }
+
+    fn answer(&self) -> Lookup {
+        // A plain load first: the store (a cache-line write shared between
+        // workers) happens once per refresh period, not per packet.
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+        match self.state {
+            SlotState::Pending => Lookup::Pending,
+            SlotState::Ready(hop) => Lookup::Ready(hop),
+            SlotState::Local => Lookup::Local,
+            SlotState::Unreachable => Lookup::Unreachable,
+        }
+    }
+}
+
+/// Messages to the background thread.
+enum Msg {
+    Resolve {
+        dst: IpAddr,
+        waiter: Option<Sender<Outcome>>,
+    },
+    Flush,
+    Stop,
+}
+
+type Outcome = Result<NextHop, ResolveError>;
+
+impl Resolver {
+    /// Opens a netlink socket in the calling thread's network namespace and
+    /// starts the background thread. `notify` runs on that thread after new
+    /// answers were published (wake the workers' pollers there).
+    pub fn new(
+        config: ResolverConfig,
+        notify: impl Fn() + Send + 'static,
+    ) -> Result<Resolver, StartError> {
+        let nl = Netlink::open()?;
+        let (tx, rx) = channel::bounded(config.queue_len.max(1));
+        let shared = Arc::new(Shared {
+            map: DashMap::new(),
+            stop: AtomicBool::new(false),
+            resolutions: AtomicU64::new(0),
+            resolved: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+            queue_full: AtomicU64::new(0),
+        });
+        let mut worker = Background {
+            nl,
+            shared: Arc::clone(&shared),
+            rx,
+            notify: Box::new(notify),
+            config,
+            entries: HashMap::new(),
+            due: BinaryHeap::new(),
+            inflight: HashMap::new(),
+            waiters: HashMap::new(),
+            changed: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("uvs-resolver".into())
+            .spawn(move || worker.run())
+            .map_err(StartError::Thread)?;
+        Ok(Resolver {
+            shared,
+            tx,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The next hop toward `dst`, from the cache (packet path: no
+    /// allocation, no syscall when cached). A miss queues a resolution and
+    /// answers [`Lookup::Pending`].
+    #[inline]
+    pub fn lookup(&self, dst: IpAddr) -> Lookup {
+        if let Some(slot) = self.shared.map.get(&dst) {
+            return slot.answer();
+        }
+        self.miss(dst)
+    }
+
+    /// The cold half of [`Resolver::lookup`]: insert a `Pending` slot and
+    /// queue one request, unless another worker just did.
+    #[cold]
+    fn miss(&self, dst: IpAddr) -> Lookup {
+        match self.shared.map.entry(dst) {
+            Entry::Occupied(slot) => slot.get().answer(),
+            Entry::Vacant(vacant) => {
+                // The slot is inserted only when the request was queued, so
+                // every Pending slot has a request behind it; with a full
+                // queue a later packet asks again.
+                match self.tx.try_send(Msg::Resolve { dst, waiter: None }) {
+                    Ok(()) => {
+                        vacant.insert(Slot::new(SlotState::Pending));
+                    }
+                    Err(TrySendError::Full(_)) => {
+                        self.shared.queue_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(TrySendError::Disconnected(_)) => {}
+                }
+                Lookup::Pending
+            }
+        }
+    }
+
+    /// Resolves `dst` now and waits for the answer (control path: e.g. when
+    /// a real server is added). A cached next hop is returned at once; any
+    /// other state starts a fresh resolution.
+    pub fn resolve_blocking(
+        &self,
+        dst: IpAddr,
+        timeout: Duration,
+    ) -> Result<NextHop, ResolveError> {
+        if let Some(slot) = self.shared.map.get(&dst) {
+            if let SlotState::Ready(hop) = slot.state {
+                slot.answer();
+                return Ok(hop);
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        let (reply_tx, reply_rx) = channel::bounded(1);
+        let msg = Msg::Resolve {
+            dst,
+            waiter: Some(reply_tx),
+        };
+        match self.tx.send_timeout(msg, timeout) {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => return Err(ResolveError::Timeout(dst)),
+            Err(SendTimeoutError::Disconnected(_)) => return Err(ResolveError::Stopped),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match reply_rx.recv_timeout(left) {
+            Ok(outcome) => outcome,
+            Err(RecvTimeoutError::Timeout) => Err(ResolveError::Timeout(dst)),
+            Err(RecvTimeoutError::Disconnected) => Err(ResolveError::Stopped),
+        }
+    }
+
+    /// Forgets every answer (e.g. after a link or route change known to the
+    /// caller); the next lookups resolve afresh.
+    pub fn flush(&self) {
+        // Blocking send: the control path may wait for the queue.
+        let _ = self.tx.send(Msg::Flush);
+    }
+
+    /// The background thread's counters.
+    pub fn stats(&self) -> ResolverStats {
+        let s = &self.shared;
+        ResolverStats {
+            resolutions: s.resolutions.load(Ordering::Relaxed),
+            resolved: s.resolved.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
+            probes: s.probes.load(Ordering::Relaxed),
+            queue_full: s.queue_full.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Number of cached destinations (any state).
+    pub fn len(&self) -> usize {
+        self.shared.map.len()
+    }
+
+    /// Nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.shared.map.is_empty()
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // Wakes the thread at once; when the queue is full the thread is
+        // busy and sees the stop flag after its current step.
+        let _ = self.tx.try_send(Msg::Stop);
+        let handle = match self.thread.get_mut() {
+            Ok(h) => h.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(handle) = handle {
+            // A panic on the resolver thread has already been reported; the
+            // resolver is going away either way.
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Timing of one published destination, owned by the background thread.
+struct Meta {
+    /// When to look at it next (refresh, expiry of a negative answer).
+    at: Instant,
+    /// The last refresh at which it had been used.
+    last_used: Instant,
+    negative: bool,
+}
+
+/// A destination waiting for its neighbour to answer.
+struct InFlight {
+    ifindex: u32,
+    next_hop: IpAddr,
+    src_mac: [u8; 6],
+    mtu: u32,
+    deadline: Instant,
+}
+
+/// A neighbour's state as seen by one poll.
+#[derive(Clone, Copy)]
+enum Poll {
+    Usable([u8; 6]),
+    Waiting,
+    Failed,
+}
+
+/// What one resolution step concluded.
+enum Step {
+    Done(Result<SlotState, ResolveError>),
+    Wait(InFlight),
+}
+
+struct Background {
+    nl: Netlink,
+    shared: Arc<Shared>,
+    rx: Receiver<Msg>,
+    notify: Box<dyn Fn() + Send>,
+    config: ResolverConfig,
+    /// Published destinations.
+    entries: HashMap<IpAddr, Meta>,
+    /// (time, destination) of the next look at each entry; stale items
+    /// (whose time no longer matches `entries`) are skipped.
+    due: BinaryHeap<Reverse<(Instant, IpAddr)>>,
+    inflight: HashMap<IpAddr, InFlight>,
+    waiters: HashMap<IpAddr, Vec<Sender<Outcome>>>,
+    /// Something was published since the last notify.
+    changed: bool,
+}
+
+/// Longest sleep of an idle resolver thread (bounds shutdown latency when
+/// the stop message could not be queued).
+const IDLE_TICK: Duration = Duration::from_millis(200);
+
+impl Background {
+    fn run(&mut self) {
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let wait = self.next_wait();
+            match self.rx.recv_timeout(wait) {
+                Ok(msg) => {
+                    if !self.handle(msg) {
+                        break;
+                    }
+                    // Take everything queued before polling again.
+                    while let Ok(msg) = self.rx.try_recv() {
+                        if !self.handle(msg) {
+                            return;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.poll_inflight();
+            self.visit_due();
+            if std::mem::take(&mut self.changed) {
+                (self.notify)();
+            }
+        }
+    }
+
+    /// How long to sleep for the next message.
+    fn next_wait(&self) -> Duration {
+        if !self.inflight.is_empty() {
+            return self.config.poll_interval;
+        }
+        let now = Instant::now();
+        match self.due.peek() {
+            Some(Reverse((at, _))) => at.saturating_duration_since(now).min(IDLE_TICK),
+            None => IDLE_TICK,
+        }
+    }
+
+    /// Handles one message; false means stop.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Stop => false,
+            Msg::Flush => {
+                self.shared.map.clear();
+                self.entries.clear();
+                self.due.clear();
+                // In-flight resolutions finish and publish: their callers
+                // are waiting for them.
+                true
+            }
+            Msg::Resolve { dst, waiter } => {
+                if let Some(w) = waiter {
+                    self.waiters.entry(dst).or_default().push(w);
+                }
+                if !self.inflight.contains_key(&dst) {
+                    self.start(dst);
+                }
+                true
+            }
+        }
+    }
+
+    /// First step of a resolution: route, link, neighbour.
+    fn start(&mut self, dst: IpAddr) {
+        self.shared.resolutions.fetch_add(1, Ordering::Relaxed);
+        match self.begin(dst) {
+            Step::Done(result) => self.publish(dst, result),
+            Step::Wait(inflight) => {
+                self.inflight.insert(dst, inflight);
+            }
+        }
+    }
+
+    fn begin(&mut self, dst: IpAddr) -> Step {
+        let netlink = |e: NlError| {
+            Step::Done(Err(ResolveError::Netlink {
+                dst,
+                source: Arc::new(e),
+            }))
+        };
+        let route: Route = match self.nl.route_get(dst) {
+            Ok(r) => r,
+            Err(e) => return netlink(e),
+        };
+        match route.kind {
+            RouteKind::Local | RouteKind::Anycast => return Step::Done(Ok(SlotState::Local)),
+            RouteKind::Unicast => {}
+            kind => return Step::Done(Err(ResolveError::NoRoute { dst, kind })),
+        }
+        let Some(ifindex) = route.oif else {
+            return Step::Done(Err(ResolveError::NoRoute {
+                dst,
+                kind: route.kind,
+            }));
+        };
+        let link = match self.nl.link(ifindex) {
+            Ok(l) => l,
+            Err(e) => return netlink(e),
+        };
+        // Loopback has an all-zero "MAC": no frame can go there.
+        let Some(src_mac) = link.mac.filter(|m| *m != [0; 6]) else {
+            return Step::Done(Err(ResolveError::NotEthernet { dst, ifindex }));
+        };
+        let mtu = route.mtu.map_or(link.mtu, |m| m.min(link.mtu));
+        let next_hop = route.next_hop(dst);
+        let hop = |dst_mac| NextHop {
+            ifindex,
+            src_mac,
+            dst_mac,
+            mtu,
+        };
+        match self.nl.neigh_get(ifindex, next_hop) {
+            Ok(Some(n)) => {
+                if let Some(mac) = n.usable_mac() {
+                    if n.state.wants_confirmation() {
+                        // Our frames bypass the kernel, so it never sees
+                        // traffic that would make it re-confirm a STALE
+                        // entry: ask for it (failure is harmless here).
+                        let _ = self.probe(ifindex, next_hop);
+                    }
+                    return Step::Done(Ok(SlotState::Ready(hop(mac))));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return netlink(e),
+        }
+        if let Err(e) = self.probe(ifindex, next_hop) {
+            return netlink(e);
+        }
+        Step::Wait(InFlight {
+            ifindex,
+            next_hop,
+            src_mac,
+            mtu,
+            deadline: Instant::now() + self.config.resolve_timeout,
+        })
+    }
+
+    fn probe(&mut self, ifindex: u32, next_hop: IpAddr) -> Result<(), NlError> {
+        self.shared.probes.fetch_add(1, Ordering::Relaxed);
+        self.nl.neigh_probe(ifindex, next_hop)
+    }
+
+    /// Polls every neighbour being resolved (once per distinct neighbour).
+    fn poll_inflight(&mut self) {
+        if self.inflight.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut seen: HashMap<(u32, IpAddr), Poll> = HashMap::new();
+        let mut finished = Vec::new();
+        for (&dst, f) in &self.inflight {
+            let key = (f.ifindex, f.next_hop);
+            let poll = *seen.entry(key).or_insert_with(|| {
+                match self.nl.neigh_get(f.ifindex, f.next_hop) {
+                    Ok(Some(n)) => match n.usable_mac() {
+                        Some(mac) => Poll::Usable(mac),
+                        None if n.state == NudState::FAILED => Poll::Failed,
+                        None => Poll::Waiting,
+                    },
+                    Ok(None) => Poll::Waiting,
+                    // Transient: retried at the next poll.
+                    Err(_) => Poll::Waiting,
+                }
+            });
+            let no_answer = || {
+                Err(ResolveError::NoNeighbour {
+                    dst,
+                    next_hop: f.next_hop,
+                })
+            };
+            let result = match poll {
+                Poll::Usable(mac) => Some(Ok(SlotState::Ready(NextHop {
+                    ifindex: f.ifindex,
+                    src_mac: f.src_mac,
+                    dst_mac: mac,
+                    mtu: f.mtu,
+                }))),
+                // The kernel gave up before our deadline.
+                Poll::Failed => Some(no_answer()),
+                Poll::Waiting if now >= f.deadline => Some(no_answer()),
+                Poll::Waiting => None,
+            };
+            if let Some(r) = result {
+                finished.push((dst, r));
+            }
+        }
+        for (dst, result) in finished {
+            self.inflight.remove(&dst);
+            self.publish(dst, result);
+        }
+    }
+
+    /// Refreshes, expires or forgets entries whose time has come.
+    fn visit_due(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, dst))) = self.due.peek() {
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            let Some(meta) = self.entries.get_mut(&dst) else {
+                continue;
+            };
+            if meta.at != at || self.inflight.contains_key(&dst) {
+                continue; // superseded
+            }
+            let used = match self.shared.map.get(&dst) {
+                Some(slot) => slot.used.swap(false, Ordering::Relaxed),
+                None => {
+                    // Flushed meanwhile.
+                    self.entries.remove(&dst);
+                    continue;
+                }
+            };
+            if used {
+                meta.last_used = now;
+            }
+            let idle = now.saturating_duration_since(meta.last_used) >= self.config.idle_expiry;
+            if meta.negative || idle {
+                // A negative answer is forgotten when it expires, so the next
+                // lookup retries; an idle entry is forgotten altogether.
+                self.entries.remove(&dst);
+                self.shared
+                    .map
+                    .remove_if(&dst, |_, s| !matches!(s.state, SlotState::Pending));
+                continue;
+            }
+            // Re-validate; the old answer is served meanwhile.
+            self.start(dst);
+        }
+    }
+
+    /// Publishes an answer: to the map, to waiting callers, to the schedule.
+    fn publish(&mut self, dst: IpAddr, result: Result<SlotState, ResolveError>) {
+        let now = Instant::now();
+        let (state, negative) = match &result {
+            Ok(state) => (*state, false),
+            Err(_) => (SlotState::Unreachable, true),
+        };
+        if negative {
+            self.shared.failed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.shared.resolved.fetch_add(1, Ordering::Relaxed);
+        }
+        match self.shared.map.get_mut(&dst) {
+            Some(mut slot) => slot.state = state,
+            None => {
+                self.shared.map.insert(dst, Slot::new(state));
+            }
+        }
+        let at = now
+            + if negative {
+                self.config.negative_ttl
+            } else {
+                self.config.refresh_after
+            };
+        let last_used = self.entries.get(&dst).map_or(now, |m| m.last_used);
+        self.entries.insert(
+            dst,
+            Meta {
+                at,
+                last_used,
+                negative,
+            },
+        );
+        self.due.push(Reverse((at, dst)));
+        if let Some(waiters) = self.waiters.remove(&dst) {
+            let outcome: Outcome = match result {
+                Ok(SlotState::Ready(hop)) => Ok(hop),
+                Ok(SlotState::Local) => Err(ResolveError::Local(dst)),
+                // Neither is ever published as a success.
+                Ok(SlotState::Pending | SlotState::Unreachable) => Err(ResolveError::Timeout(dst)),
+                Err(e) => Err(e),
+            };
+            for w in waiters {
+                // A caller that timed out has dropped its receiver.
+                let _ = w.try_send(outcome.clone());
+            }
+        }
+        self.changed = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::netlink::testns::{self, Lab, A4, A6, B4, B6};
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn v(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    /// Short timings so the tests take fractions of a second.
+    fn quick() -> ResolverConfig {
+        ResolverConfig {
+            refresh_after: Duration::from_millis(200),
+            negative_ttl: Duration::from_millis(200),
+            // Above the kernel's 1 s retransmit time, so one lost
+            // solicitation does not fail a test.
+            resolve_timeout: Duration::from_millis(1500),
+            poll_interval: Duration::from_millis(5),
+            idle_expiry: Duration::from_secs(60),
+            queue_len: 64,
+        }
+    }
+
+    /// A resolver whose notify callback counts and signals a channel.
+    fn resolver(config: ResolverConfig) -> (Resolver, Receiver<()>, Arc<AtomicUsize>) {
+        let (tx, rx) = channel::unbounded();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&count);
+        let r = Resolver::new(config, move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            let _ = tx.send(());
+        })
+        .expect("resolver");
+        (r, rx, count)
+    }
+
+    /// Looks `dst` up until the answer is no longer Pending (each wait is a
+    /// notify, as a parked packet would be retried).
+    fn settle(r: &Resolver, notified: &Receiver<()>, dst: IpAddr) -> Lookup {
+        let limit = Instant::now() + Duration::from_secs(3);
+        loop {
+            match r.lookup(dst) {
+                Lookup::Pending if Instant::now() < limit => {
+                    let _ = notified.recv_timeout(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn miss_is_pending_then_notify_then_ready() {
+        if !testns::available("miss_is_pending_then_notify_then_ready") {
+            return;
+        }
+        let lab = Lab::new();
+        let va = lab.ifindex(&lab.a, "va");
+        let my_mac = lab.mac(&lab.a, "va");
+        let peer_mac = lab.mac(&lab.b, "vb");
+        let expected = NextHop {
+            ifindex: va,
+            src_mac: my_mac,
+            dst_mac: peer_mac,
+            mtu: 1500,
+        };
+        lab.run_in(&lab.a, || {
+            let (r, notified, count) = resolver(quick());
+            // Connected peers and destinations behind the peer as gateway,
+            // none of them ever contacted before.
+            for dst in [B4, "203.0.113.7", B6, "2001:db8:2::5"] {
+                let dst = v(dst);
+                let before = r.stats().resolutions;
+                let notifies = count.load(Ordering::SeqCst);
+                assert_eq!(r.lookup(dst), Lookup::Pending, "{dst}: a miss");
+                // More packets before the answer: no new request.
+                for _ in 0..100 {
+                    assert_eq!(r.lookup(dst), Lookup::Pending, "{dst}");
+                }
+                notified
+                    .recv_timeout(Duration::from_secs(3))
+                    .unwrap_or_else(|_| panic!("{dst}: notify never called"));
+                assert!(count.load(Ordering::SeqCst) > notifies);
+                assert_eq!(r.lookup(dst), Lookup::Ready(expected), "{dst}");
+                assert_eq!(r.stats().resolutions, before + 1, "{dst}: one resolution");
+                while notified.try_recv().is_ok() {}
+            }
+            assert_eq!(r.stats().failed, 0);
+            assert!(r.stats().probes >= 2, "IPv4 and IPv6 peers were probed");
+        });
+    }
+
+    #[test]
+    fn no_route_and_silent_neighbour_are_negatively_cached() {
+        if !testns::available("no_route_and_silent_neighbour_are_negatively_cached") {
+            return;
+        }
+        let lab = Lab::new();
+        lab.run_in(&lab.a, || {
+            let (r, notified, _) = resolver(ResolverConfig {
+                resolve_timeout: Duration::from_millis(300),
+                ..quick()
+            });
+            // 192.0.2.1: unreachable route; 192.0.2.65: blackhole;
+            // 198.51.100.10 and 2001:db8:1::10: on-link, nobody answers.
+            for dst in [
+                "192.0.2.1",
+                "192.0.2.65",
+                "2001:db8:99::1",
+                "198.51.100.10",
+                "2001:db8:1::10",
+            ] {
+                let dst = v(dst);
+                assert_eq!(settle(&r, &notified, dst), Lookup::Unreachable, "{dst}");
+                let started = r.stats().resolutions;
+                // Remembered: no new resolution while the answer is fresh.
+                assert_eq!(r.lookup(dst), Lookup::Unreachable, "{dst}");
+                assert_eq!(r.stats().resolutions, started);
+                // Forgotten after negative_ttl: the next lookup retries.
+                std::thread::sleep(Duration::from_millis(450));
+                assert_eq!(r.lookup(dst), Lookup::Pending, "{dst}: retried");
+                assert_eq!(settle(&r, &notified, dst), Lookup::Unreachable, "{dst}");
+                assert_eq!(r.stats().resolutions, started + 1, "{dst}");
+            }
+        });
+    }
+
+    #[test]
+    fn resolve_blocking_answers_and_fills_the_cache() {
+        if !testns::available("resolve_blocking_answers_and_fills_the_cache") {
+            return;
+        }
+        let lab = Lab::new();
+        let peer_mac = lab.mac(&lab.b, "vb");
+        lab.run_in(&lab.a, || {
+            let (r, _, _) = resolver(quick());
+            let t = Duration::from_secs(3);
+            let hop = r.resolve_blocking(v("203.0.113.9"), t).expect("resolves");
+            assert_eq!(hop.dst_mac, peer_mac);
+            // The packet path now hits at once.
+            assert_eq!(r.lookup(v("203.0.113.9")), Lookup::Ready(hop));
+            assert_eq!(
+                r.resolve_blocking(v("203.0.113.9"), t).expect("cached"),
+                hop
+            );
+
+            match r.resolve_blocking(v(A6), t) {
+                Err(ResolveError::Local(a)) => assert_eq!(a, v(A6)),
+                other => panic!("own address: {other:?}"),
+            }
+            assert_eq!(r.lookup(v(A6)), Lookup::Local);
+            assert_eq!(r.lookup(v(A4)), Lookup::Pending);
+            match r.resolve_blocking(v("192.0.2.129"), t) {
+                Err(ResolveError::NoRoute { kind, .. }) => assert_eq!(kind, RouteKind::Prohibit),
+                other => panic!("prohibited: {other:?}"),
+            }
+            match r.resolve_blocking(v("198.51.100.77"), t) {
+                Err(ResolveError::NoNeighbour { next_hop, .. }) => {
+                    assert_eq!(next_hop, v("198.51.100.77"))
+                }
+                other => panic!("silent neighbour: {other:?}"),
+            }
+            match r.resolve_blocking(v("198.51.100.78"), Duration::from_millis(50)) {
+                Err(ResolveError::Timeout(_)) => {}
+                other => panic!("shorter than the neighbour timeout: {other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn refresh_follows_route_changes() {
+        if !testns::available("refresh_follows_route_changes") {
+            return;
+        }
+        let lab = Lab::new();
+        let dst = v("203.0.113.20");
+        let (r, notified, _) = lab.run_in(&lab.a, || resolver(quick()));
+        // The resolver's socket stays in namespace a: the test thread can
+        // leave it.
+        assert!(matches!(settle(&r, &notified, dst), Lookup::Ready(_)));
+        lab.ip(&["-n", &lab.a, "route", "del", "203.0.113.0/24"]);
+        let limit = Instant::now() + Duration::from_secs(3);
+        while r.lookup(dst) != Lookup::Unreachable {
+            assert!(Instant::now() < limit, "route removal not noticed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lab.ip(&["-n", &lab.a, "route", "add", "203.0.113.0/24", "via", B4]);
+        let limit = Instant::now() + Duration::from_secs(3);
+        while !matches!(r.lookup(dst), Lookup::Ready(_)) {
+            assert!(Instant::now() < limit, "route return not noticed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn idle_entries_expire_and_flush_forgets() {
+        if !testns::available("idle_entries_expire_and_flush_forgets") {
+            return;
+        }
+        let lab = Lab::new();
+        lab.run_in(&lab.a, || {
+            let config = ResolverConfig {
+                idle_expiry: Duration::from_millis(300),
+                ..quick()
+            };
+            let (r, notified, _) = resolver(config);
+            assert!(matches!(settle(&r, &notified, v(B4)), Lookup::Ready(_)));
+            assert_eq!(r.len(), 1);
+            let limit = Instant::now() + Duration::from_secs(3);
+            while !r.is_empty() {
+                assert!(Instant::now() < limit, "idle entry kept");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let got = settle(&r, &notified, v(B6));
+            assert!(matches!(got, Lookup::Ready(_)), "{got:?} {:?}", r.stats());
+            r.flush();
+            let limit = Instant::now() + Duration::from_secs(1);
+            while !r.is_empty() {
+                assert!(Instant::now() < limit, "flush kept entries");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+    }
+
+    #[test]
+    fn drop_stops_the_thread_promptly() {
+        if !testns::available("drop_stops_the_thread_promptly") {
+            return;
+        }
+        let lab = Lab::new();
+        lab.run_in(&lab.a, || {
+            let (r, _, _) = resolver(ResolverConfig {
+                resolve_timeout: Duration::from_secs(30),
+                ..quick()
+            });
+            // A resolution that would wait for a long time.
+            assert_eq!(r.lookup(v("198.51.100.99")), Lookup::Pending);
+            std::thread::sleep(Duration::from_millis(50));
+            let t = Instant::now();
+            drop(r);
+            assert!(
+                t.elapsed() < Duration::from_millis(500),
+                "{:?}",
+                t.elapsed()
+            );
+        });
+    }
+}
