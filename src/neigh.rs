@@ -836,9 +836,15 @@ mod tests {
                 let before = r.stats().resolutions;
                 let notifies = count.load(Ordering::SeqCst);
                 assert_eq!(r.lookup(dst), Lookup::Pending, "{dst}: a miss");
-                // More packets before the answer: no new request.
+                // More packets before the answer: no new request (counted
+                // below). A next hop whose neighbour is already known may
+                // be ready within these lookups.
                 for _ in 0..100 {
-                    assert_eq!(r.lookup(dst), Lookup::Pending, "{dst}");
+                    let l = r.lookup(dst);
+                    assert!(
+                        l == Lookup::Pending || l == Lookup::Ready(expected),
+                        "{dst}: {l:?}"
+                    );
                 }
                 notified
                     .recv_timeout(Duration::from_secs(3))
