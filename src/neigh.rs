@@ -37,7 +37,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -157,6 +157,11 @@ pub struct ResolverConfig {
     pub idle_expiry: Duration,
     /// Capacity of the request queue from the packet path.
     pub queue_len: usize,
+    /// Most destinations cached at once. A destination first seen while
+    /// the cache is full stays [`Lookup::Pending`] until idle entries expire:
+    /// this bounds memory when packets go to very many addresses (e.g.
+    /// NAT replies to a flood of spoofed clients).
+    pub max_entries: usize,
 }
 
 impl Default for ResolverConfig {
@@ -166,8 +171,9 @@ impl Default for ResolverConfig {
             negative_ttl: Duration::from_secs(2),
             resolve_timeout: Duration::from_secs(3),
             poll_interval: Duration::from_millis(5),
-            idle_expiry: Duration::from_secs(300),
+            idle_expiry: Duration::from_secs(120),
             queue_len: 1024,
+            max_entries: 1 << 18,
         }
     }
 }
@@ -185,6 +191,8 @@ pub struct ResolverStats {
     pub probes: u64,
     /// Requests refused because the queue was full.
     pub queue_full: u64,
+    /// New destinations refused because the cache was full.
+    pub table_full: u64,
 }
 
 /// The next-hop cache; share it between workers in an `Arc`.
@@ -213,6 +221,11 @@ struct Shared {
     failed: AtomicU64,
     probes: AtomicU64,
     queue_full: AtomicU64,
+    table_full: AtomicU64,
+    /// Slots in `map`, kept by whoever inserts or removes one (reading
+    /// `DashMap::len` would lock every shard).
+    count: AtomicUsize,
+    max_entries: usize,
 }
 
 struct Slot {
@@ -283,6 +296,9 @@ impl Resolver {
             failed: AtomicU64::new(0),
             probes: AtomicU64::new(0),
             queue_full: AtomicU64::new(0),
+            table_full: AtomicU64::new(0),
+            count: AtomicUsize::new(0),
+            max_entries: config.max_entries,
         });
         let mut worker = Background {
             nl,
@@ -325,12 +341,17 @@ impl Resolver {
         match self.shared.map.entry(dst) {
             Entry::Occupied(slot) => slot.get().answer(),
             Entry::Vacant(vacant) => {
+                if self.shared.count.load(Ordering::Relaxed) >= self.shared.max_entries {
+                    self.shared.table_full.fetch_add(1, Ordering::Relaxed);
+                    return Lookup::Pending;
+                }
                 // The slot is inserted only when the request was queued, so
                 // every Pending slot has a request behind it; with a full
                 // queue a later packet asks again.
                 match self.tx.try_send(Msg::Resolve { dst, waiter: None }) {
                     Ok(()) => {
                         vacant.insert(Slot::new(SlotState::Pending));
+                        self.shared.count.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(TrySendError::Full(_)) => {
                         self.shared.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -391,17 +412,18 @@ impl Resolver {
             failed: s.failed.load(Ordering::Relaxed),
             probes: s.probes.load(Ordering::Relaxed),
             queue_full: s.queue_full.load(Ordering::Relaxed),
+            table_full: s.table_full.load(Ordering::Relaxed),
         }
     }
 
     /// Number of cached destinations (any state).
     pub fn len(&self) -> usize {
-        self.shared.map.len()
+        self.shared.count.load(Ordering::Relaxed)
     }
 
     /// Nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.shared.map.is_empty()
+        self.len() == 0
     }
 }
 
@@ -521,6 +543,10 @@ impl Background {
             Msg::Stop => false,
             Msg::Flush => {
                 self.shared.map.clear();
+                // Lookups may insert between the two calls; len() counts them.
+                self.shared
+                    .count
+                    .store(self.shared.map.len(), Ordering::Relaxed);
                 self.entries.clear();
                 self.due.clear();
                 // In-flight resolutions finish and publish: their callers
@@ -700,9 +726,13 @@ impl Background {
                 // A negative answer is forgotten when it expires, so the next
                 // lookup retries; an idle entry is forgotten altogether.
                 self.entries.remove(&dst);
-                self.shared
+                let removed = self
+                    .shared
                     .map
                     .remove_if(&dst, |_, s| !matches!(s.state, SlotState::Pending));
+                if removed.is_some() {
+                    self.shared.count.fetch_sub(1, Ordering::Relaxed);
+                }
                 continue;
             }
             // Re-validate; the old answer is served meanwhile.
@@ -726,6 +756,7 @@ impl Background {
             Some(mut slot) => slot.state = state,
             None => {
                 self.shared.map.insert(dst, Slot::new(state));
+                self.shared.count.fetch_add(1, Ordering::Relaxed);
             }
         }
         let at = now
@@ -765,7 +796,6 @@ impl Background {
 mod tests {
     use super::super::netlink::testns::{self, Lab, A4, A6, B4, B6};
     use super::*;
-    use std::sync::atomic::AtomicUsize;
 
     fn v(s: &str) -> IpAddr {
         s.parse().expect("test address")
@@ -782,6 +812,7 @@ mod tests {
             poll_interval: Duration::from_millis(5),
             idle_expiry: Duration::from_secs(60),
             queue_len: 64,
+            max_entries: 1000,
         }
     }
 
@@ -988,6 +1019,33 @@ mod tests {
                 assert!(Instant::now() < limit, "flush kept entries");
                 std::thread::sleep(Duration::from_millis(5));
             }
+        });
+    }
+
+    #[test]
+    fn full_cache_refuses_new_destinations() {
+        if !testns::available("full_cache_refuses_new_destinations") {
+            return;
+        }
+        let lab = Lab::new();
+        lab.run_in(&lab.a, || {
+            let (r, notified, _) = resolver(ResolverConfig {
+                max_entries: 2,
+                ..quick()
+            });
+            assert!(matches!(settle(&r, &notified, v(B4)), Lookup::Ready(_)));
+            assert!(matches!(settle(&r, &notified, v(B6)), Lookup::Ready(_)));
+            assert_eq!(r.len(), 2);
+            let third = v("203.0.113.30");
+            for _ in 0..3 {
+                assert_eq!(r.lookup(third), Lookup::Pending);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(r.lookup(third), Lookup::Pending, "never queued");
+            let stats = r.stats();
+            assert_eq!((stats.resolutions, stats.table_full), (2, 4));
+            // Cached answers are still served.
+            assert!(matches!(r.lookup(v(B4)), Lookup::Ready(_)));
         });
     }
 
