@@ -235,7 +235,7 @@ struct Slot {
     used: AtomicBool,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum SlotState {
     Pending,
     Ready(NextHop),
@@ -752,13 +752,16 @@ impl Background {
         } else {
             self.shared.resolved.fetch_add(1, Ordering::Relaxed);
         }
-        match self.shared.map.get_mut(&dst) {
-            Some(mut slot) => slot.state = state,
+        let changed = match self.shared.map.get_mut(&dst) {
+            Some(mut slot) => std::mem::replace(&mut slot.state, state) != state,
             None => {
                 self.shared.map.insert(dst, Slot::new(state));
                 self.shared.count.fetch_add(1, Ordering::Relaxed);
+                true
             }
-        }
+        };
+        // A refresh that confirms the same answer wakes nobody.
+        self.changed |= changed;
         let at = now
             + if negative {
                 self.config.negative_ttl
@@ -788,7 +791,6 @@ impl Background {
                 let _ = w.try_send(outcome.clone());
             }
         }
-        self.changed = true;
     }
 }
 
