@@ -1,0 +1,214 @@
+//! Expiry and eviction.
+//!
+//! Expiry is an incremental sweep, not a timer per entry: each
+//! [`Table::expire`] call visits shards round-robin, and in each shard scans
+//! at most [`SWEEP_STEP`] slab slots from where the previous visit stopped,
+//! removing entries whose time has passed. A lock is therefore held for a
+//! bounded, short scan (a few microseconds), never for a whole shard. Every
+//! slot is visited once per full pass, so the cost is O(1) per entry per
+//! pass, with no per-packet timer work at all (a packet only rewrites the
+//! entry's `expires`). An entry past its time that a packet reaches before
+//! the sweep does is treated as gone by `update` and `insert`, so the
+//! sweep's lag never extends a connection's life as packets see it; it only
+//! delays the destination's counts by up to one pass.
+//!
+//! Templates are removed only when expired *and* controlling no
+//! connection; an expired template still in control is re-armed for its
+//! timeout (the kernel's requeue).
+//!
+//! Eviction (`drop_entry`) happens on insert into a full table: the
+//! inserting shard's slab is scanned for up to [`EVICT_SCAN`] slots from a
+//! moving cursor, taking the first expired entry, else the first handshake
+//! entry (TCP SYN_RECV/SYNACK, SCTP INIT1/INIT), else a UDP entry that saw a
+//! single packet. Established connections and templates in use are never
+//! evicted.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::entry::{flag, Entry};
+use crate::proto::ipproto;
+use crate::proto::sctp::SctpState;
+use crate::proto::tcp::TcpState;
+use crate::shard::{Family, Part, ShardStats};
+use crate::table::{Releases, Table};
+
+/// Slots scanned per shard visit by the sweep.
+pub const SWEEP_STEP: usize = 256;
+/// Slots scanned for an eviction victim.
+pub const EVICT_SCAN: u32 = 64;
+
+impl Table {
+    /// Incremental expiry: visits up to `budget` slab slots in total (at
+    /// least one shard visit per call), removing expired entries, and returns
+    /// how many it removed. Call it periodically from one thread (or from
+    /// each worker with a small budget); a full pass over the table takes
+    /// about `capacity / budget` calls. With `expire_nodest_conn` on it also
+    /// removes connections whose server is gone.
+    pub fn expire(&self, now: u64, budget: usize) -> usize {
+        let mut work = 0usize;
+        let mut removed = 0usize;
+        let nshards = self.shards.len();
+        let mut visits = 0usize;
+        let knobs = self.knobs();
+        loop {
+            let s = self.sweep_shard.fetch_add(1, Relaxed) % nshards;
+            let step = SWEEP_STEP.min(budget.saturating_sub(work)).max(1);
+            let (n4, w4, r4) =
+                self.sweep_part::<Ipv4Addr>(s as u32, now, step, knobs.expire_nodest_conn);
+            let (n6, w6, r6) =
+                self.sweep_part::<Ipv6Addr>(s as u32, now, step, knobs.expire_nodest_conn);
+            self.apply_releases(&r4);
+            self.apply_releases(&r6);
+            removed += n4 + n6;
+            // An empty shard still costs one unit, so the loop ends.
+            work += (w4 + w6).max(1);
+            visits += 1;
+            if work >= budget || visits >= nshards * 4 {
+                break;
+            }
+        }
+        removed
+    }
+
+    fn sweep_part<A: Family>(
+        &self,
+        shard: u32,
+        now: u64,
+        step: usize,
+        nodest: bool,
+    ) -> (usize, usize, Releases) {
+        let mut rel = Releases::new(A::WIDE);
+        let mut g = self.lock(shard);
+        let (part, stats) = A::split(&mut g);
+        let slots = part.slots();
+        if slots == 0 {
+            return (0, 0, rel);
+        }
+        let mut removed = 0;
+        let mut visited = 0;
+        let mut cur = part.sweep % slots;
+        while visited < step && !rel.full() {
+            if self.sweep_one(part, stats, cur, now, nodest, &mut rel) {
+                removed += 1;
+            }
+            visited += 1;
+            cur += 1;
+            if cur >= slots {
+                cur = 0;
+                if visited >= slots as usize {
+                    break;
+                }
+            }
+        }
+        part.sweep = cur;
+        (removed, visited, rel)
+    }
+
+    /// Examines slot `idx`; true when it removed the entry.
+    fn sweep_one<A: Family>(
+        &self,
+        part: &mut Part<A>,
+        stats: &mut ShardStats,
+        idx: u32,
+        now: u64,
+        nodest: bool,
+        rel: &mut Releases,
+    ) -> bool {
+        let e = part.get(idx);
+        let Some(dest) = &e.dest else { return false };
+        if e.flags & flag::TEMPLATE != 0 {
+            let controlling = e.aux != 0;
+            let dead = e.remaining(now) <= 0 || e.flags & flag::UNHASHED != 0;
+            if !dead {
+                return false;
+            }
+            if controlling {
+                if e.flags & flag::UNHASHED == 0 {
+                    // Requeue: lives on while it controls connections.
+                    let to = e.pkts;
+                    part.get_mut(idx).expires = (now as u32).wrapping_add(to);
+                }
+                return false;
+            }
+        } else if e.remaining(now) > 0 && (!nodest || dest.is_available()) {
+            return false;
+        } else if e.remaining(now) > 0 {
+            stats.nodest_expired += 1;
+            let old = part.remove(&self.hasher, idx);
+            self.retire(old, rel);
+            return true;
+        }
+        stats.expired += 1;
+        let old = part.remove(&self.hasher, idx);
+        self.retire(old, rel);
+        true
+    }
+
+    /// Frees one slot of `part` for an insert into a full table. True when a
+    /// victim was removed (its capacity unit returned to the table).
+    pub(crate) fn evict_one<A: Family>(
+        &self,
+        part: &mut Part<A>,
+        stats: &mut ShardStats,
+        now: u64,
+        rel: &mut Releases,
+    ) -> bool {
+        let slots = part.slots();
+        if slots == 0 || rel.full() {
+            return false;
+        }
+        let mut best: Option<(u8, u32)> = None;
+        let mut cur = part.evict % slots;
+        let scan = EVICT_SCAN.min(slots);
+        for _ in 0..scan {
+            if let Some(class) = victim_class(part.get(cur), now) {
+                let better = match best {
+                    None => true,
+                    Some((c, _)) => class < c,
+                };
+                if better {
+                    best = Some((class, cur));
+                }
+                if class == 0 {
+                    break;
+                }
+            }
+            cur += 1;
+            if cur >= slots {
+                cur = 0;
+            }
+        }
+        part.evict = cur;
+        let Some((_, idx)) = best else { return false };
+        let old = part.remove(&self.hasher, idx);
+        stats.evicted += 1;
+        self.retire(old, rel);
+        true
+    }
+}
+
+/// Eviction preference: 0 expired, 1 handshake, 2 one-packet datagram flow;
+/// `None` = never evicted.
+fn victim_class<A: crate::entry::Addr>(e: &Entry<A>, now: u64) -> Option<u8> {
+    e.dest.as_ref()?;
+    if e.flags & flag::TEMPLATE != 0 {
+        return (e.aux == 0 && e.remaining(now) <= 0).then_some(0);
+    }
+    if e.remaining(now) <= 0 {
+        return Some(0);
+    }
+    match e.proto {
+        ipproto::TCP => matches!(
+            TcpState::from_u8(e.state),
+            TcpState::SynRecv | TcpState::SynAck
+        )
+        .then_some(1),
+        ipproto::SCTP => matches!(
+            SctpState::from_u8(e.state),
+            SctpState::Init1 | SctpState::Init
+        )
+        .then_some(1),
+        _ => (e.pkts <= 1).then_some(2),
+    }
+}

@@ -1,0 +1,383 @@
+//! One shard: a slab of entries per address family and two indexes over it.
+//!
+//! A shard is guarded by one mutex (see the crate docs for why a reply lands
+//! in the same shard as its request). The slab is a list of fixed chunks of
+//! [`CHUNK`] entries, so growing never moves entries and never doubles
+//! memory; freed slots form a free list threaded through `Entry::aux`.
+//! `in_ix` holds connections by (proto, caddr, cport, vaddr, vport) and
+//! templates by their template key; `out_ix` holds NAT connections by the
+//! reply tuple (proto, daddr, dport, caddr, cport).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::entry::{flag, Addr, Entry};
+use crate::hash::Hasher;
+use crate::index::Index;
+
+/// Entries per slab chunk.
+pub(crate) const CHUNK: usize = 256;
+/// Largest slot index per family per shard (22 bits, so that a template
+/// reference `shard << 22 | idx` fits in 32 bits with up to 1024 shards).
+pub(crate) const MAX_PART: u32 = (1 << 22) - 2;
+pub(crate) const REF_SHIFT: u32 = 22;
+
+/// Key kinds mixed into the hash so that connection, template and reply
+/// keys never share probe sequences by construction.
+pub(crate) const KIND_CONN: u8 = 0;
+pub(crate) const KIND_TPL: u8 = 1;
+pub(crate) const KIND_TPL_MARK: u8 = 3;
+pub(crate) const KIND_OUT: u8 = 2;
+
+/// Counters kept per shard, under its lock (no shared cache line is written
+/// per insert). Summed by `Table::stats`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ShardStats {
+    pub inserted: u64,
+    pub refused_full: u64,
+    pub refused_exists: u64,
+    pub evicted: u64,
+    pub expired: u64,
+    pub rescheduled: u64,
+    pub nodest_dropped: u64,
+    pub nodest_expired: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Part<A> {
+    chunks: Vec<Vec<Entry<A>>>,
+    /// Head of the free list + 1 (0: empty list).
+    free: u32,
+    /// Slots ever allocated (the slab's length).
+    hwm: u32,
+    /// Live entries.
+    pub len: u32,
+    pub in_ix: Index,
+    pub out_ix: Index,
+    /// Next slot the expiry sweep looks at.
+    pub sweep: u32,
+    /// Next slot the eviction scan looks at.
+    pub evict: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shard {
+    pub v4: Part<Ipv4Addr>,
+    pub v6: Part<Ipv6Addr>,
+    pub stats: ShardStats,
+}
+
+impl Shard {
+    pub(crate) fn new(presize: usize) -> Self {
+        Shard {
+            v4: Part::new(presize),
+            v6: Part::new(0),
+            stats: ShardStats::default(),
+        }
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.v4.heap_bytes() + self.v6.heap_bytes()
+    }
+}
+
+/// Selects the family's part of a shard.
+pub(crate) trait Family: Addr {
+    fn part(s: &mut Shard) -> &mut Part<Self>;
+    fn split(s: &mut Shard) -> (&mut Part<Self>, &mut ShardStats);
+    fn part_ref(s: &Shard) -> &Part<Self>;
+}
+
+impl Family for Ipv4Addr {
+    #[inline(always)]
+    fn part(s: &mut Shard) -> &mut Part<Self> {
+        &mut s.v4
+    }
+    #[inline(always)]
+    fn split(s: &mut Shard) -> (&mut Part<Self>, &mut ShardStats) {
+        (&mut s.v4, &mut s.stats)
+    }
+    #[inline(always)]
+    fn part_ref(s: &Shard) -> &Part<Self> {
+        &s.v4
+    }
+}
+
+impl Family for Ipv6Addr {
+    #[inline(always)]
+    fn part(s: &mut Shard) -> &mut Part<Self> {
+        &mut s.v6
+    }
+    #[inline(always)]
+    fn split(s: &mut Shard) -> (&mut Part<Self>, &mut ShardStats) {
+        (&mut s.v6, &mut s.stats)
+    }
+    #[inline(always)]
+    fn part_ref(s: &Shard) -> &Part<Self> {
+        &s.v6
+    }
+}
+
+/// Hash of a tuple key of the given kind.
+#[inline(always)]
+pub(crate) fn key_hash<A: Addr>(
+    h: &Hasher,
+    proto: u8,
+    kind: u8,
+    src: A,
+    sport: u16,
+    dst: A,
+    dport: u16,
+) -> u64 {
+    let misc = (sport as u64) << 32 | (dport as u64) << 16 | (proto as u64) << 8 | kind as u64;
+    let (s0, s1) = src.words();
+    let (d0, d1) = dst.words();
+    if !A::WIDE {
+        h.hash3(s0 << 32 | d0, misc, 0)
+    } else {
+        h.hash5(s0, s1, d0, d1, misc)
+    }
+}
+
+impl<A: Addr> Part<A> {
+    fn new(presize: usize) -> Self {
+        Part {
+            chunks: Vec::new(),
+            free: 0,
+            hwm: 0,
+            len: 0,
+            in_ix: Index::with_capacity(presize),
+            out_ix: Index::with_capacity(presize),
+            sweep: 0,
+            evict: 0,
+        }
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.capacity()).sum::<usize>() * std::mem::size_of::<Entry<A>>()
+            + self.in_ix.heap_bytes()
+            + self.out_ix.heap_bytes()
+    }
+
+    /// Slots ever allocated; every index below is a valid slot.
+    #[inline(always)]
+    pub(crate) fn slots(&self) -> u32 {
+        self.hwm
+    }
+
+    #[inline(always)]
+    pub(crate) fn get(&self, idx: u32) -> &Entry<A> {
+        let i = idx as usize;
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    #[inline(always)]
+    pub(crate) fn get_mut(&mut self, idx: u32) -> &mut Entry<A> {
+        let i = idx as usize;
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    /// The live entry at `idx`, if `idx` is a slot and it is occupied.
+    #[inline(always)]
+    pub(crate) fn live(&self, idx: u32) -> Option<&Entry<A>> {
+        if idx < self.hwm {
+            let e = self.get(idx);
+            e.is_live().then_some(e)
+        } else {
+            None
+        }
+    }
+
+    /// Stores `e` in a free slot; `None` when the part is at its size limit.
+    pub(crate) fn alloc(&mut self, e: Entry<A>) -> Option<u32> {
+        let idx = if self.free != 0 {
+            let idx = self.free - 1;
+            let next = self.get(idx).aux;
+            *self.get_mut(idx) = e;
+            self.free = next;
+            idx
+        } else {
+            if self.hwm > MAX_PART {
+                return None;
+            }
+            let idx = self.hwm;
+            let c = idx as usize / CHUNK;
+            if c == self.chunks.len() {
+                // The first chunk grows by doubling (small tables stay
+                // small); later chunks are allocated whole, once.
+                let cap = if c == 0 { 0 } else { CHUNK };
+                self.chunks.push(Vec::with_capacity(cap));
+            }
+            let chunk = &mut self.chunks[c];
+            if c == 0 && chunk.len() == chunk.capacity() {
+                let want = (chunk.capacity() * 2).clamp(8, CHUNK);
+                chunk.reserve_exact(want - chunk.len());
+            }
+            chunk.push(e);
+            self.hwm += 1;
+            idx
+        };
+        self.len += 1;
+        Some(idx)
+    }
+
+    /// Hash of the in-index key of entry `e`.
+    #[inline(always)]
+    pub(crate) fn in_hash(h: &Hasher, e: &Entry<A>) -> u64 {
+        let kind = if e.flags & flag::TEMPLATE == 0 {
+            KIND_CONN
+        } else if e.flags & flag::FWMARK != 0 {
+            KIND_TPL_MARK
+        } else {
+            KIND_TPL
+        };
+        key_hash(h, e.proto, kind, e.caddr, e.cport, e.vaddr, e.vport)
+    }
+
+    /// Hash of the out-index (reply) key of entry `e`.
+    #[inline(always)]
+    pub(crate) fn out_hash(h: &Hasher, e: &Entry<A>) -> u64 {
+        key_hash(h, e.proto, KIND_OUT, e.daddr, e.dport, e.caddr, e.cport)
+    }
+
+    /// Finds a connection by its client→virtual tuple.
+    #[inline]
+    pub(crate) fn find_in(
+        &self,
+        hash: u64,
+        proto: u8,
+        src: A,
+        sport: u16,
+        dst: A,
+        dport: u16,
+    ) -> Option<(usize, u32)> {
+        self.in_ix.find(hash, |i| {
+            let e = self.get(i);
+            e.caddr == src
+                && e.cport == sport
+                && e.vaddr == dst
+                && e.vport == dport
+                && e.proto == proto
+                && e.flags & flag::TEMPLATE == 0
+        })
+    }
+
+    /// Finds a NAT connection by its server→client tuple.
+    #[inline]
+    pub(crate) fn find_out(
+        &self,
+        hash: u64,
+        proto: u8,
+        src: A,
+        sport: u16,
+        dst: A,
+        dport: u16,
+    ) -> Option<(usize, u32)> {
+        self.out_ix.find(hash, |i| {
+            let e = self.get(i);
+            e.daddr == src
+                && e.dport == sport
+                && e.caddr == dst
+                && e.cport == dport
+                && e.proto == proto
+        })
+    }
+
+    /// Finds a template by its key.
+    pub(crate) fn find_tpl(
+        &self,
+        hash: u64,
+        proto: u8,
+        mark: bool,
+        caddr: A,
+        vaddr: A,
+        vport: u16,
+    ) -> Option<(usize, u32)> {
+        let want = flag::TEMPLATE | if mark { flag::FWMARK } else { 0 };
+        self.in_ix.find(hash, |i| {
+            let e = self.get(i);
+            e.flags & (flag::TEMPLATE | flag::FWMARK) == want
+                && e.caddr == caddr
+                && e.cport == 0
+                && e.vaddr == vaddr
+                && e.vport == vport
+                && e.proto == proto
+        })
+    }
+
+    /// Adds entry `idx` to the indexes it belongs in, growing them first if
+    /// needed (the only O(n) step under the lock; avoided with `presize`).
+    pub(crate) fn index(&mut self, h: &Hasher, idx: u32) {
+        let e = self.get(idx);
+        let hin = Self::in_hash(h, e);
+        let out = e.has_out_key().then(|| Self::out_hash(h, e));
+        if self.in_ix.needs_grow() {
+            let n = self.in_ix.grown_capacity();
+            let keys = self.live_keys(h, false);
+            self.in_ix.rebuild(n, keys.into_iter());
+        }
+        self.in_ix.insert(hin, idx);
+        if let Some(hout) = out {
+            if self.out_ix.needs_grow() {
+                let n = self.out_ix.grown_capacity();
+                let keys = self.live_keys(h, true);
+                self.out_ix.rebuild(n, keys.into_iter());
+            }
+            self.out_ix.insert(hout, idx);
+        }
+    }
+
+    /// (hash, idx) of every entry currently in one index. Growth path only:
+    /// allocates a temporary list.
+    fn live_keys(&self, h: &Hasher, out: bool) -> Vec<(u64, u32)> {
+        let mut v = Vec::with_capacity(self.len as usize);
+        for idx in 0..self.hwm {
+            let e = self.get(idx);
+            if !e.is_live() {
+                continue;
+            }
+            if out {
+                if e.has_out_key() {
+                    v.push((Self::out_hash(h, e), idx));
+                }
+            } else if e.flags & flag::UNHASHED == 0 {
+                v.push((Self::in_hash(h, e), idx));
+            }
+        }
+        v
+    }
+
+    /// Removes entry `idx` from the in-index only (invalidated templates).
+    pub(crate) fn unhash_in(&mut self, h: &Hasher, idx: u32) {
+        let e = self.get(idx);
+        if e.flags & flag::UNHASHED != 0 {
+            return;
+        }
+        let hin = Self::in_hash(h, e);
+        let Part { chunks, in_ix, .. } = self;
+        let at = |j: u32| &chunks[j as usize / CHUNK][j as usize % CHUNK];
+        if let Some((pos, _)) = in_ix.find(hin, |i| i == idx) {
+            in_ix.remove_at(pos, |j| Self::in_hash(h, at(j)));
+        }
+        self.get_mut(idx).flags |= flag::UNHASHED;
+    }
+
+    /// Unlinks entry `idx` from both indexes and frees its slot, returning
+    /// the entry (the caller unbinds its destination and template).
+    pub(crate) fn remove(&mut self, h: &Hasher, idx: u32) -> Entry<A> {
+        self.unhash_in(h, idx);
+        let e = self.get(idx);
+        if e.has_out_key() {
+            let hout = Self::out_hash(h, e);
+            let Part { chunks, out_ix, .. } = self;
+            let at = |j: u32| &chunks[j as usize / CHUNK][j as usize % CHUNK];
+            if let Some((pos, _)) = out_ix.find(hout, |i| i == idx) {
+                out_ix.remove_at(pos, |j| Self::out_hash(h, at(j)));
+            }
+        }
+        let next = self.free;
+        let old = std::mem::replace(self.get_mut(idx), Entry::vacant(next));
+        self.free = idx + 1;
+        self.len -= 1;
+        old
+    }
+}

@@ -1,0 +1,959 @@
+//! The connection table: the engine-facing API (lookup, insert, update,
+//! expire) over the sharded slab.
+//!
+//! Locking: one `std::sync::Mutex` per shard, never two held at once (a
+//! template in another shard is touched after the connection's shard lock is
+//! released). Every operation holds a lock for O(1) work, except index
+//! growth (O(shard size), avoided with `Config::presize`) and the bounded
+//! sweep and listing steps. `lookup` and `update` allocate nothing: a
+//! [`Handle`] is a plain value plus one `Arc<Dest>` clone.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use uvs_sched::{Dest, FwdMethod};
+
+use crate::config::{Config, Defense, Knobs, Timeouts};
+use crate::entry::{flag, Addr, Entry, MAX_TIMEOUT_MS};
+use crate::hash::Hasher;
+use crate::proto::sctp::{self, SctpState, SCTP_STATES};
+use crate::proto::tcp::{self, TcpDir, TcpState, TCP_STATES};
+use crate::proto::{ipproto, is_new_conn, may_create, ConnState};
+use crate::shard::{key_hash, Family, Part, Shard, ShardStats, KIND_CONN, KIND_OUT, REF_SHIFT};
+
+/// Which way a packet travels relative to the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dir {
+    /// Client → virtual service (requests, as the director receives them).
+    In,
+    /// Real server → client (NAT replies, before the director rewrites them).
+    Out,
+}
+
+/// A packet's addressing as seen on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    /// IP protocol number.
+    pub proto: u8,
+    /// Source address.
+    pub src: IpAddr,
+    /// Source port (0 for protocols without ports).
+    pub sport: u16,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Destination port.
+    pub dport: u16,
+}
+
+impl Tuple {
+    /// The tuple of a packet travelling the other way.
+    pub fn reversed(&self) -> Tuple {
+        Tuple {
+            proto: self.proto,
+            src: self.dst,
+            sport: self.dport,
+            dst: self.src,
+            dport: self.sport,
+        }
+    }
+}
+
+/// A new connection decided by the engine's scheduler.
+#[derive(Debug, Clone)]
+pub struct NewConn {
+    /// IP protocol number.
+    pub proto: u8,
+    /// Client address and port.
+    pub caddr: IpAddr,
+    /// Client port.
+    pub cport: u16,
+    /// Virtual address and port the client addressed.
+    pub vaddr: IpAddr,
+    /// Virtual port.
+    pub vport: u16,
+    /// Real server address and port the connection goes to.
+    pub daddr: IpAddr,
+    /// Real server port.
+    pub dport: u16,
+    /// The destination (for active/inactive counting and availability).
+    pub dest: Arc<Dest>,
+    /// Forwarding method.
+    pub fwd: FwdMethod,
+}
+
+/// What the state machines need from one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PacketInfo {
+    /// TCP flag byte (header byte 13); 0 for other protocols.
+    pub tcp_flags: u8,
+    /// SCTP: the first chunk's type (ABORT when a COOKIE ECHO/ACK is followed
+    /// by an ABORT); 0 (DATA) otherwise.
+    pub sctp_chunk: u8,
+    /// Bytes of the IP packet.
+    pub bytes: u32,
+}
+
+impl PacketInfo {
+    /// A TCP segment.
+    pub fn tcp(tcp_flags: u8, bytes: u32) -> Self {
+        PacketInfo {
+            tcp_flags,
+            sctp_chunk: 0,
+            bytes,
+        }
+    }
+    /// A UDP datagram (or any protocol without a state machine).
+    pub fn udp(bytes: u32) -> Self {
+        PacketInfo {
+            tcp_flags: 0,
+            sctp_chunk: 0,
+            bytes,
+        }
+    }
+    /// An SCTP packet whose first chunk has type `chunk`.
+    pub fn sctp(chunk: u8, bytes: u32) -> Self {
+        PacketInfo {
+            tcp_flags: 0,
+            sctp_chunk: chunk,
+            bytes,
+        }
+    }
+}
+
+/// What the engine must do with the packet after [`Table::update`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Update {
+    /// Forward it along the connection.
+    Forward,
+    /// Drop it (server removed and `expire_nodest_conn` off, or the entry is
+    /// gone and the packet cannot open a connection).
+    Drop,
+    /// The old entry has been removed: schedule the packet as a new
+    /// connection, insert it, and forward this same packet (nothing lost).
+    Reschedule,
+}
+
+/// Why an insert was refused. Every refusal is also counted in [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InsertError {
+    /// A live entry already has this client→virtual tuple (another worker
+    /// inserted it first: look it up and use it).
+    #[error("connection already exists")]
+    Exists,
+    /// A live NAT entry already uses this reply tuple (same client port and
+    /// real server through another virtual service): replies could not be
+    /// told apart.
+    #[error("reply tuple already in use")]
+    ReplyTupleInUse,
+    /// The table is at `max_entries` and nothing could be evicted.
+    #[error("connection table full")]
+    Full,
+    /// Client, virtual and real-server addresses are not one family.
+    #[error("address families differ")]
+    FamilyMismatch,
+    /// The persistence template passed to `insert_controlled` no longer
+    /// exists or was invalidated.
+    #[error("persistence template gone")]
+    TemplateGone,
+}
+
+/// A found entry: a snapshot of its identity plus the destination.
+///
+/// Cheap to hold while one packet is processed; it does not pin the entry
+/// (the entry may expire meanwhile; `update` then reports it).
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub(crate) shard: u32,
+    pub(crate) idx: u32,
+    proto: u8,
+    state: u8,
+    flags: u8,
+    caddr: IpAddr,
+    cport: u16,
+    vaddr: IpAddr,
+    vport: u16,
+    daddr: IpAddr,
+    dport: u16,
+    dest: Arc<Dest>,
+}
+
+impl Handle {
+    pub(crate) fn new<A: Addr>(shard: u32, idx: u32, e: &Entry<A>) -> Option<Handle> {
+        Some(Handle {
+            shard,
+            idx,
+            proto: e.proto,
+            state: e.state,
+            flags: e.flags,
+            caddr: e.caddr.ip(),
+            cport: e.cport,
+            vaddr: e.vaddr.ip(),
+            vport: e.vport,
+            daddr: e.daddr.ip(),
+            dport: e.dport,
+            dest: e.dest.clone()?,
+        })
+    }
+
+    /// Does `e` still hold the entry this handle was taken from?
+    pub(crate) fn matches<A: Addr>(&self, e: &Entry<A>) -> bool {
+        e.is_live()
+            && e.proto == self.proto
+            && e.cport == self.cport
+            && e.vport == self.vport
+            && e.dport == self.dport
+            && (e.flags & flag::TEMPLATE) == (self.flags & flag::TEMPLATE)
+            && e.caddr.ip() == self.caddr
+            && e.vaddr.ip() == self.vaddr
+            && e.daddr.ip() == self.daddr
+    }
+
+    /// IP protocol.
+    pub fn proto(&self) -> u8 {
+        self.proto
+    }
+    /// Client address.
+    pub fn caddr(&self) -> IpAddr {
+        self.caddr
+    }
+    /// Client port (0 for a template).
+    pub fn cport(&self) -> u16 {
+        self.cport
+    }
+    /// Virtual address (for a firewall-mark template: the mark, encoded).
+    pub fn vaddr(&self) -> IpAddr {
+        self.vaddr
+    }
+    /// Virtual port.
+    pub fn vport(&self) -> u16 {
+        self.vport
+    }
+    /// Real server address.
+    pub fn daddr(&self) -> IpAddr {
+        self.daddr
+    }
+    /// Real server port.
+    pub fn dport(&self) -> u16 {
+        self.dport
+    }
+    /// The destination.
+    pub fn dest(&self) -> &Arc<Dest> {
+        &self.dest
+    }
+    /// Forwarding method.
+    pub fn fwd(&self) -> FwdMethod {
+        crate::entry::fwd_from_bits(self.flags)
+    }
+    /// State when the handle was taken.
+    pub fn state(&self) -> ConnState {
+        ConnState::decode(self.proto, self.state)
+    }
+    /// A persistence template rather than a connection.
+    pub fn is_template(&self) -> bool {
+        self.flags & flag::TEMPLATE != 0
+    }
+}
+
+/// Table counters (sums over shards; a snapshot, not atomic as a whole).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Entries inserted (connections and templates).
+    pub inserted: u64,
+    /// Inserts refused because the table was full.
+    pub refused_full: u64,
+    /// Inserts refused because the tuple (or reply tuple) was taken.
+    pub refused_exists: u64,
+    /// Entries evicted to make room (`drop_entry`).
+    pub evicted: u64,
+    /// Entries expired by timeout.
+    pub expired: u64,
+    /// Entries removed so that a new packet is rescheduled
+    /// (`conn_reuse_mode`, `expire_nodest_conn`).
+    pub rescheduled: u64,
+    /// Packets dropped because their server is gone (`expire_nodest_conn`
+    /// off).
+    pub nodest_dropped: u64,
+    /// Entries expired because their server is gone (`expire_nodest_conn`).
+    pub nodest_expired: u64,
+}
+
+impl Stats {
+    fn add(&mut self, s: &ShardStats) {
+        self.inserted += s.inserted;
+        self.refused_full += s.refused_full;
+        self.refused_exists += s.refused_exists;
+        self.evicted += s.evicted;
+        self.expired += s.expired;
+        self.rescheduled += s.rescheduled;
+        self.nodest_dropped += s.nodest_dropped;
+        self.nodest_expired += s.nodest_expired;
+    }
+}
+
+/// A shard lock padded to its own cache lines, so workers locking
+/// neighbouring shards do not contend on one line.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Slot(pub(crate) Mutex<Shard>);
+
+/// Pending template releases collected under one shard lock and applied
+/// after it is released (never two locks at once). Fixed size: no
+/// allocation; callers stop their scan when it is full.
+pub(crate) struct Releases {
+    refs: [u32; 32],
+    n: usize,
+    v6: bool,
+}
+
+impl Releases {
+    pub(crate) fn new(v6: bool) -> Self {
+        Releases {
+            refs: [0; 32],
+            n: 0,
+            v6,
+        }
+    }
+    pub(crate) fn full(&self) -> bool {
+        self.n == self.refs.len()
+    }
+    pub(crate) fn push(&mut self, r: u32) {
+        debug_assert!(!self.full());
+        if self.n < self.refs.len() {
+            self.refs[self.n] = r;
+            self.n += 1;
+        }
+    }
+}
+
+/// The sharded IPVS connection table. See the crate docs.
+#[derive(Debug)]
+pub struct Table {
+    pub(crate) shards: Box<[Slot]>,
+    pub(crate) shard_mask: u32,
+    pub(crate) hasher: Hasher,
+    pub(crate) count: AtomicUsize,
+    pub(crate) max: usize,
+    pub(crate) defense_at: usize,
+    knobs: AtomicU32,
+    tcp_to: [AtomicU32; TCP_STATES],
+    sctp_to: [AtomicU32; SCTP_STATES],
+    udp_to: AtomicU32,
+    pub(crate) sweep_shard: AtomicUsize,
+}
+
+impl Table {
+    /// Builds an empty table.
+    pub fn new(cfg: Config) -> Self {
+        let n = cfg.shards.clamp(1, 1024).next_power_of_two();
+        let max = cfg.max_entries.max(1);
+        let presize = if cfg.presize {
+            // Room for the expected share plus a margin for hash skew.
+            max / n + max / n / 8 + 16
+        } else {
+            0
+        };
+        let shards = (0..n)
+            .map(|_| Slot(Mutex::new(Shard::new(presize))))
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        let t = Table {
+            shards,
+            shard_mask: (n - 1) as u32,
+            hasher: Hasher::new(cfg.seed),
+            count: AtomicUsize::new(0),
+            max,
+            defense_at: max / 100 * cfg.defense_threshold_pct.min(100) as usize,
+            knobs: AtomicU32::new(cfg.knobs.pack()),
+            tcp_to: std::array::from_fn(|_| AtomicU32::new(0)),
+            sctp_to: std::array::from_fn(|_| AtomicU32::new(0)),
+            udp_to: AtomicU32::new(0),
+            sweep_shard: AtomicUsize::new(0),
+        };
+        t.set_timeouts(&cfg.timeouts);
+        t
+    }
+
+    /// Live entries (connections and templates, including expired ones the
+    /// sweep has not reached yet).
+    pub fn len(&self) -> usize {
+        self.count.load(Relaxed)
+    }
+
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry cap.
+    pub fn capacity(&self) -> usize {
+        self.max
+    }
+
+    /// Current knobs.
+    pub fn knobs(&self) -> Knobs {
+        Knobs::unpack(self.knobs.load(Relaxed))
+    }
+
+    /// Replaces the knobs (control path; takes effect on the next packet).
+    pub fn set_knobs(&self, k: &Knobs) {
+        self.knobs.store(k.pack(), Relaxed);
+    }
+
+    /// Current timeouts.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            tcp: std::array::from_fn(|i| self.tcp_to[i].load(Relaxed)),
+            sctp: std::array::from_fn(|i| self.sctp_to[i].load(Relaxed)),
+            udp: self.udp_to.load(Relaxed),
+        }
+    }
+
+    /// Replaces the timeouts (control path). Entries pick the new value up at
+    /// their next packet, as in the kernel.
+    pub fn set_timeouts(&self, t: &Timeouts) {
+        for (a, v) in self.tcp_to.iter().zip(t.tcp) {
+            a.store(v.min(MAX_TIMEOUT_MS), Relaxed);
+        }
+        for (a, v) in self.sctp_to.iter().zip(t.sctp) {
+            a.store(v.min(MAX_TIMEOUT_MS), Relaxed);
+        }
+        self.udp_to.store(t.udp.min(MAX_TIMEOUT_MS), Relaxed);
+    }
+
+    /// Counter snapshot.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for sh in self.shards.iter() {
+            s.add(&self.lock_slot(sh).stats);
+        }
+        s
+    }
+
+    /// Heap bytes held by entries and indexes (for the bytes-per-entry
+    /// figure; excludes the `Dest`s, which are shared).
+    pub fn heap_bytes(&self) -> usize {
+        let fixed = std::mem::size_of_val(&*self.shards);
+        fixed
+            + self
+                .shards
+                .iter()
+                .map(|s| self.lock_slot(s).heap_bytes())
+                .sum::<usize>()
+    }
+
+    // ----- internals -----
+
+    fn lock_slot<'a>(&self, s: &'a Slot) -> MutexGuard<'a, Shard> {
+        // A panic while holding a shard lock leaves the shard consistent at
+        // entry granularity (no operation leaves a half-linked entry before
+        // a fallible step), so a poisoned lock is taken over.
+        s.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock(&self, shard: u32) -> MutexGuard<'_, Shard> {
+        self.lock_slot(&self.shards[(shard & self.shard_mask) as usize])
+    }
+
+    /// The shard of a client endpoint. Requests hash (proto, src, sport) and
+    /// replies (proto, dst, dport): both name the client, so both directions
+    /// of a connection live in one shard under one lock.
+    #[inline(always)]
+    pub(crate) fn shard_of<A: Addr>(&self, proto: u8, caddr: A, cport: u16) -> u32 {
+        let (a, b) = caddr.words();
+        let h = self
+            .hasher
+            .hash3(a, b, (cport as u64) << 8 | proto as u64 | 1 << 40);
+        ((h >> 32) as u32) & self.shard_mask
+    }
+
+    #[inline(always)]
+    pub(crate) fn timeout_ms(&self, proto: u8, state: u8) -> u32 {
+        match proto {
+            ipproto::TCP => self.tcp_to[(state as usize).min(TCP_STATES - 1)].load(Relaxed),
+            ipproto::SCTP => self.sctp_to[(state as usize).min(SCTP_STATES - 1)].load(Relaxed),
+            _ => self.udp_to.load(Relaxed),
+        }
+    }
+
+    fn tcp_table(&self, k: &Knobs) -> &'static tcp::TcpTable {
+        let secure = match k.secure_tcp {
+            Defense::Off => false,
+            Defense::Always => true,
+            Defense::Auto => self.count.load(Relaxed) >= self.defense_at,
+        };
+        if secure {
+            &tcp::TCP_TABLE_SECURE
+        } else {
+            &tcp::TCP_TABLE
+        }
+    }
+
+    /// Takes one unit of capacity.
+    pub(crate) fn reserve(&self) -> bool {
+        if self.count.fetch_add(1, Relaxed) < self.max {
+            true
+        } else {
+            self.count.fetch_sub(1, Relaxed);
+            false
+        }
+    }
+
+    /// Unbinds a removed entry from its destination and queues its template
+    /// release; returns the entry's capacity unit.
+    pub(crate) fn retire<A: Addr>(&self, e: Entry<A>, rel: &mut Releases) {
+        if let Some(d) = &e.dest {
+            if e.flags & flag::TEMPLATE != 0 {
+                d.template_bound(false);
+            } else {
+                d.conn_unbound(e.flags & flag::INACTIVE == 0);
+                if e.aux != 0 {
+                    rel.push(e.aux - 1);
+                }
+            }
+        }
+        self.count.fetch_sub(1, Relaxed);
+    }
+
+    /// Applies queued template releases (no shard lock held).
+    pub(crate) fn apply_releases(&self, rel: &Releases) {
+        for &r in &rel.refs[..rel.n] {
+            if rel.v6 {
+                self.release_template::<Ipv6Addr>(r);
+            } else {
+                self.release_template::<Ipv4Addr>(r);
+            }
+        }
+    }
+
+    /// One controlled connection of template `r` ended (or released it).
+    pub(crate) fn release_template<A: Family>(&self, r: u32) {
+        let shard = r >> REF_SHIFT;
+        let idx = r & ((1 << REF_SHIFT) - 1);
+        let mut g = self.lock(shard);
+        let (part, stats) = A::split(&mut g);
+        let Some(e) = part.live(idx) else { return };
+        if e.flags & flag::TEMPLATE == 0 || e.aux == 0 {
+            return;
+        }
+        let e = part.get_mut(idx);
+        e.aux -= 1;
+        if e.aux == 0 && e.flags & flag::UNHASHED != 0 {
+            let old = part.remove(&self.hasher, idx);
+            stats.expired += 1;
+            let mut rel = Releases::new(A::WIDE);
+            self.retire(old, &mut rel);
+        }
+    }
+
+    // ----- lookup -----
+
+    /// Finds the entry for a packet: first as a request (client→virtual),
+    /// then as a NAT reply (server→client). Allocation-free; at most two
+    /// shard locks, one after the other.
+    pub fn lookup(&self, t: &Tuple) -> Option<(Handle, Dir)> {
+        if let Some(h) = self.lookup_in(t) {
+            return Some((h, Dir::In));
+        }
+        self.lookup_out(t).map(|h| (h, Dir::Out))
+    }
+
+    /// Finds a connection by its request tuple only (the `ip_vs_in` side).
+    pub fn lookup_in(&self, t: &Tuple) -> Option<Handle> {
+        match (t.src, t.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.lookup_in_typed(t, s, d),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.lookup_in_typed(t, s, d),
+            _ => None,
+        }
+    }
+
+    /// Finds a NAT connection by its reply tuple only (the `ip_vs_out` side).
+    pub fn lookup_out(&self, t: &Tuple) -> Option<Handle> {
+        match (t.src, t.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.lookup_out_typed(t, s, d),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.lookup_out_typed(t, s, d),
+            _ => None,
+        }
+    }
+
+    /// Finds the connection an ICMP error refers to, from the header embedded
+    /// in the error (`inner`, as it appears inside the ICMP payload: a packet
+    /// the director or the server sent). Returns the direction of the ICMP
+    /// error itself: `In` when it comes from the client side, `Out` when it
+    /// comes from the real server.
+    pub fn lookup_related(&self, inner: &Tuple) -> Option<(Handle, Dir)> {
+        self.lookup(&inner.reversed())
+    }
+
+    fn lookup_in_typed<A: Family>(&self, t: &Tuple, src: A, dst: A) -> Option<Handle> {
+        let shard = self.shard_of(t.proto, src, t.sport);
+        let hash = key_hash(&self.hasher, t.proto, KIND_CONN, src, t.sport, dst, t.dport);
+        let g = self.lock(shard);
+        let part = A::part_ref(&g);
+        let (_, idx) = part.find_in(hash, t.proto, src, t.sport, dst, t.dport)?;
+        Handle::new(shard, idx, part.get(idx))
+    }
+
+    fn lookup_out_typed<A: Family>(&self, t: &Tuple, src: A, dst: A) -> Option<Handle> {
+        let shard = self.shard_of(t.proto, dst, t.dport);
+        let hash = key_hash(&self.hasher, t.proto, KIND_OUT, src, t.sport, dst, t.dport);
+        let g = self.lock(shard);
+        let part = A::part_ref(&g);
+        let (_, idx) = part.find_out(hash, t.proto, src, t.sport, dst, t.dport)?;
+        Handle::new(shard, idx, part.get(idx))
+    }
+
+    // ----- insert -----
+
+    /// Adds a connection chosen by the scheduler and applies its first
+    /// packet's state transition (direction `In`). Binds the destination
+    /// (counted inactive until ESTABLISHED, as the kernel does).
+    pub fn insert(&self, c: NewConn, first: PacketInfo, now: u64) -> Result<Handle, InsertError> {
+        self.insert_with_aux(c, first, now, 0)
+    }
+
+    pub(crate) fn insert_with_aux(
+        &self,
+        c: NewConn,
+        first: PacketInfo,
+        now: u64,
+        aux: u32,
+    ) -> Result<Handle, InsertError> {
+        match (c.caddr, c.vaddr, c.daddr) {
+            (IpAddr::V4(ca), IpAddr::V4(va), IpAddr::V4(da)) => {
+                self.insert_typed(c, ca, va, da, first, now, aux)
+            }
+            (IpAddr::V6(ca), IpAddr::V6(va), IpAddr::V6(da)) => {
+                self.insert_typed(c, ca, va, da, first, now, aux)
+            }
+            _ => Err(InsertError::FamilyMismatch),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_typed<A: Family>(
+        &self,
+        c: NewConn,
+        caddr: A,
+        vaddr: A,
+        daddr: A,
+        first: PacketInfo,
+        now: u64,
+        aux: u32,
+    ) -> Result<Handle, InsertError> {
+        let knobs = self.knobs();
+        let table = self.tcp_table(&knobs);
+        let shard = self.shard_of(c.proto, caddr, c.cport);
+        let masq = c.fwd == FwdMethod::Masq;
+        let hin = key_hash(
+            &self.hasher,
+            c.proto,
+            KIND_CONN,
+            caddr,
+            c.cport,
+            vaddr,
+            c.vport,
+        );
+        let hout = key_hash(
+            &self.hasher,
+            c.proto,
+            KIND_OUT,
+            daddr,
+            c.dport,
+            caddr,
+            c.cport,
+        );
+        let mut rel = Releases::new(A::WIDE);
+        let res = {
+            let mut g = self.lock(shard);
+            self.insert_locked(
+                &mut g, shard, &c, caddr, vaddr, daddr, first, now, aux, table, &knobs, masq, hin,
+                hout, &mut rel,
+            )
+        };
+        self.apply_releases(&rel);
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_locked<A: Family>(
+        &self,
+        sh: &mut Shard,
+        shard: u32,
+        c: &NewConn,
+        caddr: A,
+        vaddr: A,
+        daddr: A,
+        first: PacketInfo,
+        now: u64,
+        aux: u32,
+        table: &tcp::TcpTable,
+        knobs: &Knobs,
+        masq: bool,
+        hin: u64,
+        hout: u64,
+        rel: &mut Releases,
+    ) -> Result<Handle, InsertError> {
+        let (part, stats) = A::split(sh);
+        // A leftover entry on the same tuple that has expired but was not
+        // swept yet is removed; a live one wins.
+        if let Some((_, idx)) = part.find_in(hin, c.proto, caddr, c.cport, vaddr, c.vport) {
+            if part.get(idx).remaining(now) > 0 {
+                stats.refused_exists += 1;
+                return Err(InsertError::Exists);
+            }
+            let old = part.remove(&self.hasher, idx);
+            stats.expired += 1;
+            self.retire(old, rel);
+        }
+        if masq {
+            if let Some((_, idx)) = part.find_out(hout, c.proto, daddr, c.dport, caddr, c.cport) {
+                if part.get(idx).remaining(now) > 0 {
+                    stats.refused_exists += 1;
+                    return Err(InsertError::ReplyTupleInUse);
+                }
+                let old = part.remove(&self.hasher, idx);
+                stats.expired += 1;
+                self.retire(old, rel);
+            }
+        }
+        if !self.reserve() {
+            let evicted = knobs.drop_entry && self.evict_one(part, stats, now, rel);
+            if !evicted || !self.reserve() {
+                stats.refused_full += 1;
+                return Err(InsertError::Full);
+            }
+        }
+        let mut flags = c.fwd as u8 | flag::INACTIVE;
+        if !masq {
+            flags |= flag::NOOUTPUT;
+        }
+        let entry = Entry {
+            dest: Some(c.dest.clone()),
+            caddr,
+            vaddr,
+            daddr,
+            cport: c.cport,
+            vport: c.vport,
+            dport: c.dport,
+            proto: c.proto,
+            state: 0,
+            flags,
+            expires: 0,
+            pkts: 0,
+            bytes: 0,
+            aux,
+        };
+        let Some(idx) = part.alloc(entry) else {
+            self.count.fetch_sub(1, Relaxed);
+            stats.refused_full += 1;
+            return Err(InsertError::Full);
+        };
+        c.dest.conn_bound(false);
+        let e = part.get_mut(idx);
+        self.transition(e, Dir::In, &first, table);
+        e.pkts = 1;
+        e.bytes = first.bytes;
+        e.expires = (now as u32).wrapping_add(self.timeout_ms(e.proto, e.state));
+        part.index(&self.hasher, idx);
+        stats.inserted += 1;
+        // The entry was just stored with its dest, so a handle always exists.
+        Handle::new(shard, idx, part.get(idx)).ok_or(InsertError::Full)
+    }
+
+    // ----- update -----
+
+    /// Processes one packet of a looked-up connection: reuse and
+    /// removed-server policies, the state machine, dest counts, counters and
+    /// the timer. Allocation-free; one shard lock (plus, rarely, a template's
+    /// shard lock afterwards).
+    pub fn update(&self, h: &Handle, dir: Dir, p: PacketInfo, now: u64) -> Update {
+        self.update_impl(h, dir, &p, now, false)
+    }
+
+    /// Accounts an ICMP error related to connection `h` (found with
+    /// [`Table::lookup_related`]): refreshes the timer without a state
+    /// change, as the kernel does. `Drop` when the server is gone.
+    pub fn update_related(&self, h: &Handle, dir: Dir, bytes: u32, now: u64) -> Update {
+        self.update_impl(h, dir, &PacketInfo::udp(bytes), now, true)
+    }
+
+    fn update_impl(&self, h: &Handle, dir: Dir, p: &PacketInfo, now: u64, related: bool) -> Update {
+        if h.caddr.is_ipv4() {
+            self.update_typed::<Ipv4Addr>(h, dir, p, now, related)
+        } else {
+            self.update_typed::<Ipv6Addr>(h, dir, p, now, related)
+        }
+    }
+
+    fn update_typed<A: Family>(
+        &self,
+        h: &Handle,
+        dir: Dir,
+        p: &PacketInfo,
+        now: u64,
+        related: bool,
+    ) -> Update {
+        let knobs = self.knobs();
+        let table = self.tcp_table(&knobs);
+        let mut rel = Releases::new(A::WIDE);
+        let verdict = {
+            let mut g = self.lock(h.shard);
+            let (part, stats) = A::split(&mut g);
+            self.update_locked(
+                part, stats, h, dir, p, now, related, table, &knobs, &mut rel,
+            )
+        };
+        self.apply_releases(&rel);
+        verdict
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update_locked<A: Addr>(
+        &self,
+        part: &mut Part<A>,
+        stats: &mut ShardStats,
+        h: &Handle,
+        dir: Dir,
+        p: &PacketInfo,
+        now: u64,
+        related: bool,
+        table: &tcp::TcpTable,
+        knobs: &Knobs,
+        rel: &mut Releases,
+    ) -> Update {
+        let creatable = dir == Dir::In && !related && may_create(h.proto, p, knobs);
+        let gone = if creatable {
+            Update::Reschedule
+        } else {
+            Update::Drop
+        };
+        let valid = part
+            .live(h.idx)
+            .is_some_and(|e| h.matches(e) && e.flags & flag::TEMPLATE == 0);
+        if !valid {
+            return gone;
+        }
+        let e = part.get(h.idx);
+        if e.remaining(now) <= 0 {
+            // Its timer has run out; the sweep just has not got here yet.
+            let old = part.remove(&self.hasher, h.idx);
+            stats.expired += 1;
+            self.retire(old, rel);
+            return gone;
+        }
+        // The entry is live, so it has a dest.
+        let Some(dest) = e.dest.as_ref() else {
+            return gone;
+        };
+        if dir == Dir::In && !related && e.aux == 0 && is_new_conn(e.proto, p) {
+            let quiescent = knobs.expire_nodest_conn && dest.weight() == 0;
+            let reuse = knobs.conn_reuse_mode != 0 && reuse_expected(e, knobs.conn_reuse_mode);
+            if quiescent || reuse {
+                let old = part.remove(&self.hasher, h.idx);
+                stats.rescheduled += 1;
+                self.retire(old, rel);
+                return Update::Reschedule;
+            }
+        }
+        if !dest.is_available() {
+            if knobs.expire_nodest_conn {
+                let old = part.remove(&self.hasher, h.idx);
+                stats.nodest_expired += 1;
+                self.retire(old, rel);
+                return gone;
+            }
+            // Not refreshed: the entry dies after its timeout even under
+            // steady traffic, unless the server comes back first.
+            stats.nodest_dropped += 1;
+            return Update::Drop;
+        }
+        let e = part.get_mut(h.idx);
+        if !related {
+            self.transition(e, dir, p, table);
+        }
+        e.pkts = e.pkts.wrapping_add(1);
+        e.bytes = e.bytes.wrapping_add(p.bytes);
+        e.expires = (now as u32).wrapping_add(self.timeout_ms(e.proto, e.state));
+        if e.aux != 0 && knobs.release_template_on_close && is_closing(e.proto, e.state) {
+            rel.push(e.aux - 1);
+            e.aux = 0;
+        }
+        Update::Forward
+    }
+
+    /// The state machine step plus the dest's active/inactive move.
+    fn transition<A: Addr>(
+        &self,
+        e: &mut Entry<A>,
+        dir: Dir,
+        p: &PacketInfo,
+        table: &tcp::TcpTable,
+    ) {
+        let d = match (dir, e.flags & flag::NOOUTPUT != 0) {
+            (Dir::Out, true) => {
+                e.flags &= !flag::NOOUTPUT;
+                TcpDir::Output
+            }
+            (Dir::Out, false) => TcpDir::Output,
+            (Dir::In, true) => TcpDir::InputOnly,
+            (Dir::In, false) => TcpDir::Input,
+        };
+        let (new, active) = match e.proto {
+            ipproto::TCP => {
+                let s = tcp::next_state(table, d, TcpState::from_u8(e.state), p.tcp_flags);
+                (s as u8, s.is_active())
+            }
+            ipproto::SCTP => {
+                let s = sctp::next_state(d as usize, SctpState::from_u8(e.state), p.sctp_chunk);
+                (s as u8, s.is_active())
+            }
+            _ => return,
+        };
+        if new == e.state {
+            return;
+        }
+        e.state = new;
+        let inactive = e.flags & flag::INACTIVE != 0;
+        if let Some(dest) = &e.dest {
+            if !inactive && !active {
+                e.flags |= flag::INACTIVE;
+                dest.conn_state_moved(false);
+            } else if inactive && active {
+                e.flags &= !flag::INACTIVE;
+                dest.conn_state_moved(true);
+            }
+        }
+    }
+}
+
+/// The kernel's `is_new_conn_expected`: a new SYN/INIT on this entry's tuple
+/// starts a new connection rather than continuing the old one.
+fn reuse_expected<A: Addr>(e: &Entry<A>, mode: u8) -> bool {
+    match e.proto {
+        ipproto::TCP => {
+            let s = TcpState::from_u8(e.state);
+            s == TcpState::TimeWait
+                || s == TcpState::Close
+                || (mode & 2 != 0 && s == TcpState::FinWait && e.flags & flag::NOOUTPUT != 0)
+        }
+        ipproto::SCTP => SctpState::from_u8(e.state) == SctpState::Closed,
+        _ => false,
+    }
+}
+
+/// States after which a connection no longer holds its template (uvs's
+/// `release_template_on_close` policy).
+fn is_closing(proto: u8, state: u8) -> bool {
+    match proto {
+        ipproto::TCP => matches!(
+            TcpState::from_u8(state),
+            TcpState::TimeWait | TcpState::Close
+        ),
+        ipproto::SCTP => matches!(
+            SctpState::from_u8(state),
+            SctpState::Closed | SctpState::Rejected
+        ),
+        _ => false,
+    }
+}

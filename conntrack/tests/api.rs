@@ -1,0 +1,197 @@
+//! Engine-facing API: the basic flows the engine relies on.
+
+mod common;
+use common::*;
+
+use uvs_conntrack::proto::tcp::flags::{ACK, FIN, RST, SYN};
+use uvs_conntrack::{ConnState, Dir, FwdMethod, InsertError, Knobs, PacketInfo, TcpState, Update};
+
+#[test]
+fn nat_connection_lifecycle() {
+    let t = table(1000);
+    let d = dest("203.0.113.11", 8080, FwdMethod::Masq);
+    let c = conn(TCP, 40000, &d);
+    let h = t.insert(c.clone(), PacketInfo::tcp(SYN, 60), 0).unwrap();
+    assert_eq!(h.state(), ConnState::Tcp(TcpState::SynRecv));
+    assert_eq!((d.active_conns(), d.inactive_conns()), (0, 1));
+    assert_eq!(t.len(), 1);
+
+    let (h, dir) = t.lookup(&reply(&c)).unwrap();
+    assert_eq!(dir, Dir::Out);
+    assert_eq!(h.daddr(), d.addr);
+    assert_eq!(h.dport(), 8080);
+    assert_eq!(
+        t.update(&h, dir, PacketInfo::tcp(SYN | ACK, 60), 10),
+        Update::Forward
+    );
+
+    let (h, dir) = t.lookup(&req(&c)).unwrap();
+    assert_eq!(dir, Dir::In);
+    assert_eq!(
+        t.update(&h, dir, PacketInfo::tcp(ACK, 52), 20),
+        Update::Forward
+    );
+    let (h, _) = t.lookup(&req(&c)).unwrap();
+    assert_eq!(h.state(), ConnState::Tcp(TcpState::Established));
+    assert_eq!((d.active_conns(), d.inactive_conns()), (1, 0));
+
+    // Client FIN, server FIN: TIME_WAIT, inactive again.
+    t.update(&h, Dir::In, PacketInfo::tcp(FIN | ACK, 52), 30);
+    assert_eq!(
+        t.lookup(&req(&c)).unwrap().0.state(),
+        ConnState::Tcp(TcpState::CloseWait)
+    );
+    t.update(&h, Dir::Out, PacketInfo::tcp(FIN | ACK, 52), 40);
+    assert_eq!(
+        t.lookup(&req(&c)).unwrap().0.state(),
+        ConnState::Tcp(TcpState::TimeWait)
+    );
+    assert_eq!((d.active_conns(), d.inactive_conns()), (0, 1));
+
+    // TIME_WAIT lasts 120 s from the last packet.
+    assert_eq!(t.expire(40 + 119_000, 10_000), 0);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.expire(40 + 120_000, 10_000), 1);
+    assert_eq!(t.len(), 0);
+    assert!(t.lookup(&req(&c)).is_none());
+    assert_eq!((d.active_conns(), d.inactive_conns()), (0, 0));
+}
+
+#[test]
+fn rst_closes() {
+    let t = table(100);
+    let d = dest("203.0.113.11", 80, FwdMethod::Masq);
+    let c = conn(TCP, 40001, &d);
+    let h = t.insert(c.clone(), PacketInfo::tcp(SYN, 60), 0).unwrap();
+    t.update(&h, Dir::Out, PacketInfo::tcp(SYN | ACK, 60), 1);
+    t.update(&h, Dir::In, PacketInfo::tcp(ACK, 60), 2);
+    assert_eq!(d.active_conns(), 1);
+    t.update(&h, Dir::Out, PacketInfo::tcp(RST, 40), 3);
+    let (h, _) = t.lookup(&req(&c)).unwrap();
+    assert_eq!(h.state(), ConnState::Tcp(TcpState::Close));
+    assert_eq!((d.active_conns(), d.inactive_conns()), (0, 1));
+    // CLOSE: 10 s.
+    assert_eq!(t.expire(3 + 10_000, 1000), 1);
+}
+
+#[test]
+fn dr_uses_input_only_and_has_no_reply_index() {
+    let t = table(100);
+    let d = dest("203.0.113.12", 80, FwdMethod::Route);
+    let c = conn(TCP, 40002, &d);
+    let h = t.insert(c.clone(), PacketInfo::tcp(SYN, 60), 0).unwrap();
+    assert!(t.lookup(&reply(&c)).is_none());
+    // INPUT_ONLY: the client's ACK establishes; its FIN goes to FIN_WAIT.
+    t.update(&h, Dir::In, PacketInfo::tcp(ACK, 52), 1);
+    assert_eq!(
+        t.lookup(&req(&c)).unwrap().0.state(),
+        ConnState::Tcp(TcpState::Established)
+    );
+    t.update(&h, Dir::In, PacketInfo::tcp(FIN | ACK, 52), 2);
+    assert_eq!(
+        t.lookup(&req(&c)).unwrap().0.state(),
+        ConnState::Tcp(TcpState::FinWait)
+    );
+}
+
+#[test]
+fn udp_is_one_inactive_state_with_300s() {
+    let t = table(100);
+    let d = dest("203.0.113.11", 53, FwdMethod::Masq);
+    let c = conn(UDP, 5353, &d);
+    let h = t.insert(c.clone(), PacketInfo::udp(80), 0).unwrap();
+    assert_eq!(h.state(), ConnState::Udp);
+    assert_eq!(h.state().name(), "UDP");
+    assert_eq!(d.inactive_conns(), 1);
+    let (h, dir) = t.lookup(&reply(&c)).unwrap();
+    assert_eq!(
+        t.update(&h, dir, PacketInfo::udp(100), 200_000),
+        Update::Forward
+    );
+    assert_eq!(t.expire(499_999, 1000), 0);
+    assert_eq!(t.expire(500_000, 1000), 1);
+    assert_eq!(d.inactive_conns(), 0);
+}
+
+#[test]
+fn duplicate_insert_is_refused_and_counted() {
+    let t = table(100);
+    let d = dest("203.0.113.11", 80, FwdMethod::Masq);
+    let c = conn(TCP, 1, &d);
+    t.insert(c.clone(), PacketInfo::tcp(SYN, 60), 0).unwrap();
+    assert_eq!(
+        t.insert(c.clone(), PacketInfo::tcp(SYN, 60), 0)
+            .unwrap_err(),
+        InsertError::Exists
+    );
+    assert_eq!(t.stats().refused_exists, 1);
+    assert_eq!(d.inactive_conns(), 1);
+}
+
+#[test]
+fn may_create_rules() {
+    let k = Knobs::default();
+    assert!(uvs_conntrack::may_create(TCP, &PacketInfo::tcp(SYN, 0), &k));
+    assert!(!uvs_conntrack::may_create(
+        TCP,
+        &PacketInfo::tcp(SYN | RST, 0),
+        &k
+    ));
+    assert!(!uvs_conntrack::may_create(
+        TCP,
+        &PacketInfo::tcp(ACK, 0),
+        &k
+    ));
+    let sloppy = Knobs {
+        sloppy_tcp: true,
+        ..k
+    };
+    assert!(uvs_conntrack::may_create(
+        TCP,
+        &PacketInfo::tcp(ACK, 0),
+        &sloppy
+    ));
+    assert!(!uvs_conntrack::may_create(
+        TCP,
+        &PacketInfo::tcp(ACK | RST, 0),
+        &sloppy
+    ));
+    assert!(uvs_conntrack::may_create(UDP, &PacketInfo::udp(0), &k));
+    assert!(uvs_conntrack::may_create(SCTP, &PacketInfo::sctp(1, 0), &k));
+    assert!(!uvs_conntrack::may_create(
+        SCTP,
+        &PacketInfo::sctp(0, 0),
+        &k
+    ));
+}
+
+#[test]
+fn ipv6_connections() {
+    let t = table(100);
+    let d = std::sync::Arc::new(uvs_conntrack::Dest::new(
+        ip("2001:db8:2::11"),
+        80,
+        1,
+        FwdMethod::Masq,
+    ));
+    let c = uvs_conntrack::NewConn {
+        proto: TCP,
+        caddr: ip("2001:db8:1::1"),
+        cport: 5000,
+        vaddr: ip("2001:db8::10"),
+        vport: 80,
+        daddr: d.addr,
+        dport: 80,
+        dest: d.clone(),
+        fwd: FwdMethod::Masq,
+    };
+    t.insert(c.clone(), PacketInfo::tcp(SYN, 80), 0).unwrap();
+    assert_eq!(t.lookup(&req(&c)).unwrap().1, Dir::In);
+    assert_eq!(t.lookup(&reply(&c)).unwrap().1, Dir::Out);
+    let mut mixed = c.clone();
+    mixed.daddr = ip("203.0.113.1");
+    assert_eq!(
+        t.insert(mixed, PacketInfo::tcp(SYN, 80), 0).unwrap_err(),
+        InsertError::FamilyMismatch
+    );
+}
