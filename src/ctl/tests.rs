@@ -1846,3 +1846,68 @@ fn ipv6_text_matches_inet_ntop() {
     assert_eq!(addr_port(v6("2001:db8::1"), 80), "[2001:db8::1]:80");
     assert_eq!(addr_port(v4("192.0.2.1"), 0), "192.0.2.1:0");
 }
+
+#[test]
+fn long_names_equal_short_names() {
+    let pairs = [
+        ("-A -t 192.0.2.1:80 -s rr -p 5 -M 255.255.0.0 -b flag-1", "--add-service --tcp-service 192.0.2.1:80 --scheduler rr --persistent 5 --netmask 255.255.0.0 --sched-flags flag-1"),
+        ("-E -u 192.0.2.1:53 -o", "--edit-service --udp-service 192.0.2.1:53 --ops"),
+        ("-D -f 3 -6", "--delete-service --fwmark-service 3 --ipv6"),
+        ("-a -t 192.0.2.1:80 -r 203.0.113.1:81 -m -w 2 -x 9 -y 4", "--add-server --tcp-service 192.0.2.1:80 --real-server 203.0.113.1:81 --masquerading --weight 2 --u-threshold 9 --l-threshold 4"),
+        ("-e -t 192.0.2.1:80 -r 203.0.113.1 -g", "--edit-server -t 192.0.2.1:80 --real-server=203.0.113.1 --gatewaying"),
+        ("-a -t 192.0.2.1:80 -r 203.0.113.1 -i", "-a -t 192.0.2.1:80 -r 203.0.113.1 --ipip"),
+        ("-d -t 192.0.2.1:80 -r 203.0.113.1", "--delete-server -t 192.0.2.1:80 -r 203.0.113.1"),
+        ("-L -n -c", "--list --numeric --connection"),
+        ("-L -X", "-L --exact"),
+        ("-S -n", "--save --numeric"),
+        ("-R", "--restore"),
+        ("-Z", "--zero"),
+        ("-C", "--clear"),
+    ];
+    for (short, long) in pairs {
+        assert_eq!(ok(short), ok(long), "{short} vs {long}");
+    }
+}
+
+/// Issue 2's quiesce step: as with ipvsadm, -e replaces every attribute,
+/// so the forwarding method must be repeated; without -m it means -g,
+/// which today's gate refuses loudly instead of silently switching.
+#[test]
+fn quiesce_with_edit_server() {
+    let mut cfg = open_cfg(
+        "-A -t 192.0.2.10:80 -s rr
+         -a -t 192.0.2.10:80 -r 203.0.113.11 -m -w 3",
+    );
+    let before = cfg.clone();
+    assert_eq!(
+        cfg.apply(&ok("-e -t 192.0.2.10:80 -r 203.0.113.11 -w 0")),
+        Err(CtlError::FwdNotSupported("gatewaying (-g)"))
+    );
+    assert_eq!(cfg, before);
+    assert!(cfg
+        .apply(&ok("-e -t 192.0.2.10:80 -r 203.0.113.11 -m -w 0"))
+        .is_ok());
+    let out = list(&cfg, &list_opts("-L -n"), &NoCounters).expect("listing");
+    assert!(
+        out.ends_with("  -> 203.0.113.11:80              Masq    0      0          0         \n")
+    );
+}
+
+#[test]
+fn execute_accepts_a_closure_for_counters() {
+    let mut cfg = open_cfg(GOLDEN_SCRIPT);
+    let out = execute_command(
+        &mut cfg,
+        &ok("-L -n -t 192.0.2.10:80"),
+        None,
+        &golden_counters,
+        &OPEN,
+    )
+    .expect("list");
+    assert!(out
+        .output
+        .contains("  -> 203.0.113.11:80              Masq    1      0          5         \n"));
+    let zero = |_: &SvcKey, _: &DestConfig| DestCounters::default();
+    let out = execute(&mut cfg, &words("-L --timeout"), None, &zero).expect("timeout");
+    assert_eq!(out.output, "Timeout (tcp tcpfin udp): 900 120 300\n");
+}
