@@ -165,14 +165,21 @@ impl Dest {
     /// 3/4 of `-x` when `-y` is unset. Called whenever the counts change.
     fn update_overload(&self) {
         let (upper, lower) = self.thresholds();
-        let total = self.active_conns() + self.inactive_conns();
+        let total = self.active_conns().saturating_add(self.inactive_conns());
         if upper == 0 {
             self.flags.fetch_and(!F_OVERLOAD, Relaxed);
         } else if total >= upper {
             self.flags.fetch_or(F_OVERLOAD, Relaxed);
         } else {
-            let clear_below = if lower != 0 { lower } else { upper * 3 / 4 };
-            if total < clear_below {
+            // Without -y the kernel clears when `total * 4 < upper * 3`, i.e.
+            // below the exact 3/4 of -x (upper 10 clears at 7, not at 6 as
+            // an integer `upper * 3 / 4` would); u64 so large -x cannot wrap.
+            let clears = if lower != 0 {
+                total < lower
+            } else {
+                (total as u64) * 4 < (upper as u64) * 3
+            };
+            if clears {
                 self.flags.fetch_and(!F_OVERLOAD, Relaxed);
             }
         }

@@ -7,13 +7,23 @@
 //! tables), and worker threads call [`Scheduler::schedule`] concurrently for
 //! each new connection (this never allocates).
 
+mod common;
 pub mod dest;
+pub mod flags;
 pub mod registry;
+#[cfg(test)]
+mod testutil;
+
+pub mod lc;
+pub mod rr;
+pub mod wlc;
+pub mod wrr;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use dest::{Dest, FwdMethod};
+pub use flags::SchedFlags;
 pub use registry::{Registry, SchedError, SchedParams};
 
 /// The connection fields a scheduler may look at.

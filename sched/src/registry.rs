@@ -32,7 +32,12 @@ pub enum SchedError {
 pub type Constructor = fn(&SchedParams, &[Arc<Dest>]) -> Result<Box<dyn Scheduler>, SchedError>;
 
 /// Every scheduler uvs has, by name. Add a line here with a new file.
-pub const SCHEDULERS: &[(&str, Constructor)] = &[];
+pub const SCHEDULERS: &[(&str, Constructor)] = &[
+    ("rr", crate::rr::Rr::create),
+    ("wrr", crate::wrr::Wrr::create),
+    ("lc", crate::lc::Lc::create),
+    ("wlc", crate::wlc::Wlc::create),
+];
 
 /// The registry: lookup by name, listing.
 #[derive(Debug, Clone, Copy, Default)]

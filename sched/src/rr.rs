@@ -1,0 +1,154 @@
+//! `rr`: round robin over the schedulable destinations (`ip_vs_rr.c`).
+//!
+//! The kernel keeps a pointer to the last destination picked and, under a
+//! spinlock, walks the list from there to the next one that is not
+//! overloaded and has weight > 0. Here the pointer is an index in an atomic,
+//! advanced with compare-and-swap: single-threaded the order is exactly the
+//! kernel's (weight-0 and overloaded servers are skipped without disturbing
+//! the rotation); under contention a pick retries instead of waiting.
+//! `update()` carries the position over like `ip_vs_rr_del_dest`: the
+//! rotation continues after the last server picked, or after its nearest
+//! surviving predecessor when that server was removed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::common::{plain_params, Snapshot};
+use crate::{Dest, SchedError, SchedKey, SchedParams, Scheduler};
+
+/// No pick yet: the next search starts at the list head.
+const NONE: usize = usize::MAX;
+
+/// Round-robin scheduler.
+#[derive(Debug)]
+pub struct Rr {
+    state: ArcSwap<Snapshot>,
+    /// Index (in the current snapshot) of the last destination picked.
+    last: AtomicUsize,
+    /// Serialises `update()` calls (control path only).
+    update_lock: Mutex<()>,
+}
+
+impl Rr {
+    /// Registry constructor: `rr` takes no flags.
+    pub fn create(
+        params: &SchedParams,
+        dests: &[Arc<Dest>],
+    ) -> Result<Box<dyn Scheduler>, SchedError> {
+        plain_params("rr", params)?;
+        Ok(Box::new(Rr::new(dests)))
+    }
+
+    /// A round-robin scheduler over `dests`.
+    pub fn new(dests: &[Arc<Dest>]) -> Self {
+        Rr {
+            state: ArcSwap::from_pointee(Snapshot::new(dests)),
+            last: AtomicUsize::new(NONE),
+            update_lock: Mutex::new(()),
+        }
+    }
+}
+
+impl Scheduler for Rr {
+    fn name(&self) -> &'static str {
+        "rr"
+    }
+
+    fn update(&self, dests: &[Arc<Dest>]) {
+        // A poisoned lock only means another update panicked; the snapshot
+        // it guards is replaced whole, so carrying on is safe.
+        let _g = self.update_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.state.load_full();
+        let last = self.last.load(Ordering::Acquire);
+        let new_last = carry_position(&old.dests, last, dests);
+        // Publish the position before the list: a racing pick either sees the
+        // old list (and may move `last` by the old indices, harmless: it is
+        // clamped by `% n` below) or the new one.
+        self.last.store(new_last, Ordering::Release);
+        self.state.store(Arc::new(Snapshot::new(dests)));
+    }
+
+    fn schedule(&self, _key: &SchedKey) -> Option<Arc<Dest>> {
+        let st = self.state.load();
+        let n = st.dests.len();
+        if n == 0 {
+            return None;
+        }
+        let mut last = self.last.load(Ordering::Acquire);
+        loop {
+            let start = if last == NONE { 0 } else { (last % n + 1) % n };
+            let found = (0..n)
+                .map(|step| (start + step) % n)
+                .find(|&i| st.dests[i].can_schedule())?;
+            match self
+                .last
+                .compare_exchange_weak(last, found, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(Arc::clone(&st.dests[found])),
+                Err(now) => last = now,
+            }
+        }
+    }
+}
+
+/// Where the rotation continues in `new` given the last pick `last` in `old`.
+fn carry_position(old: &[Arc<Dest>], last: usize, new: &[Arc<Dest>]) -> usize {
+    if last == NONE || old.is_empty() {
+        return NONE;
+    }
+    let last = last % old.len();
+    // Walk back from the last pick to the first server that survived.
+    for back in 0..old.len() {
+        let i = (last + old.len() - back) % old.len();
+        if let Some(pos) = new.iter().position(|d| Arc::ptr_eq(d, &old[i])) {
+            return pos;
+        }
+    }
+    NONE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{dests, key, pick_names};
+
+    #[test]
+    fn rotates_in_list_order() {
+        let ds = dests(&[1, 1, 1]);
+        let s = Rr::new(&ds);
+        assert_eq!(pick_names(&s, &ds, 7), "0120120");
+    }
+
+    #[test]
+    fn skips_weight_zero_and_overloaded() {
+        let ds = dests(&[1, 0, 1, 1]);
+        let s = Rr::new(&ds);
+        assert_eq!(pick_names(&s, &ds, 6), "023023");
+        ds[3].set_thresholds(1, 0);
+        ds[3].conn_bound(true);
+        assert!(ds[3].is_overloaded());
+        assert_eq!(pick_names(&s, &ds, 4), "0202");
+    }
+
+    #[test]
+    fn none_when_nothing_schedulable() {
+        let ds = dests(&[0, 0]);
+        let s = Rr::new(&ds);
+        assert!(s.schedule(&key(1)).is_none());
+        let empty = Rr::new(&[]);
+        assert!(empty.schedule(&key(1)).is_none());
+    }
+
+    #[test]
+    fn removal_continues_after_predecessor() {
+        let ds = dests(&[1, 1, 1, 1]);
+        let s = Rr::new(&ds);
+        assert_eq!(pick_names(&s, &ds, 2), "01");
+        // Remove server 1 (the last picked): the rotation goes on at 2.
+        let kept = vec![ds[0].clone(), ds[2].clone(), ds[3].clone()];
+        s.update(&kept);
+        assert_eq!(pick_names(&s, &ds, 4), "2302");
+    }
+}
