@@ -6,9 +6,9 @@
 //! priorities, next to the emulated filter table, so a request meets the
 //! filter table (0) before IPVS (98/99) exactly as in the kernel — the
 //! ordering that makes "ipvsadm shows nothing" puzzles, and that uvs makes
-//! visible: every entry counts the packets it saw and its verdicts.
-
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+//! visible: every entry has an index, and each worker counts the packets
+//! every entry saw and its verdicts (per worker, so the hot path shares no
+//! counter cache lines between cores).
 
 /// Netfilter hook points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,41 +77,18 @@ pub struct HookEntry {
     pub func: HookFn,
     /// Why it sits there (printed by `uvs stats`).
     pub why: &'static str,
-    /// Packets this entry saw.
-    pub seen: AtomicU64,
-    /// Packets it dropped.
-    pub dropped: AtomicU64,
-    /// Packets it consumed and transmitted (netfilter's NF_STOLEN).
-    pub stolen: AtomicU64,
+    /// Position in [`HookChain::all`], for per-worker counters.
+    pub index: usize,
 }
 
 impl HookEntry {
     const fn new(point: HookPoint, priority: i32, func: HookFn, why: &'static str) -> Self {
-        HookEntry {
-            point,
-            priority,
-            func,
-            why,
-            seen: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            stolen: AtomicU64::new(0),
-        }
-    }
-
-    /// Counts one packet and the verdict the entry gave it.
-    pub fn count(&self, v: HookVerdict) {
-        self.seen.fetch_add(1, Relaxed);
-        match v {
-            HookVerdict::Accept => {}
-            HookVerdict::Drop => {
-                self.dropped.fetch_add(1, Relaxed);
-            }
-            HookVerdict::Stolen => {
-                self.stolen.fetch_add(1, Relaxed);
-            }
-        }
+        HookEntry { point, priority, func, why, index: 0 }
     }
 }
+
+/// Most entries a chain may hold (sizes the per-worker counter arrays).
+pub const MAX_ENTRIES: usize = 16;
 
 /// Netfilter verdicts as the chain sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +160,14 @@ impl HookChain {
             v.sort_by_key(|e| e.priority);
         }
         points.sort_by_key(|(p, _)| *p);
+        let mut i = 0;
+        for (_, v) in &mut points {
+            for e in v {
+                e.index = i;
+                i += 1;
+            }
+        }
+        assert!(i <= MAX_ENTRIES, "hook chain holds {i} entries, more than MAX_ENTRIES");
         HookChain { points }
     }
 

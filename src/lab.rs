@@ -234,8 +234,13 @@ pub fn tcp_requests(vip: SocketAddr, n: usize, deadline: Duration) -> Tally {
     t
 }
 
-/// `n` UDP request/answer exchanges, each from a fresh socket (a fresh
-/// source port, so each is a new IPVS connection).
+/// First source port of [`udp_requests`].
+pub const UDP_CLIENT_BASE_PORT: u16 = 20000;
+
+/// `n` UDP request/answer exchanges, each from its own source port
+/// (`UDP_CLIENT_BASE_PORT + i`, bound explicitly: an ephemeral port the
+/// kernel hands out twice would join the earlier exchange's IPVS
+/// connection, as it should), so each is a new IPVS connection.
 pub fn udp_requests(vip: SocketAddr, n: usize, deadline: Duration) -> Tally {
     let mut t = Tally::default();
     let end = Instant::now() + deadline;
@@ -290,23 +295,141 @@ impl EchoConn {
     /// Connects to `vip`.
     pub fn connect(vip: SocketAddr) -> io::Result<EchoConn> {
         let s = TcpStream::connect_timeout(&vip, Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
         s.set_nodelay(true)?;
         let r = BufReader::new(s.try_clone()?);
         Ok(EchoConn { s, r })
     }
     /// Sends a line and returns the answering server's name.
     pub fn ping(&mut self, line: &str) -> io::Result<String> {
-        writeln!(self.s, "{line}")?;
+        self.send(line)?;
+        self.recv(line, Duration::from_secs(3))
+    }
+    /// Sends a line without waiting for the answer.
+    pub fn send(&mut self, line: &str) -> io::Result<()> {
+        writeln!(self.s, "{line}")
+    }
+    /// Waits up to `timeout` for the echo of `line`; returns the server name.
+    pub fn recv(&mut self, line: &str, timeout: Duration) -> io::Result<String> {
+        self.s.set_read_timeout(Some(timeout))?;
         let mut a = String::new();
-        self.r.read_line(&mut a)?;
-        let (name, echo) = a
-            .trim_end()
-            .split_once(':')
-            .ok_or_else(|| io::Error::other(format!("bad echo {a:?}")))?;
+        if self.r.read_line(&mut a)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        let (name, echo) = a.trim_end().split_once(':').ok_or_else(|| io::Error::other(format!("bad echo {a:?}")))?;
         if echo != line {
             return Err(io::Error::other(format!("echo {echo:?} for {line:?}")));
         }
         Ok(name.to_string())
+    }
+}
+
+/// A `uvs run` process inside the lab's director namespace, stopped (by its
+/// PID, with SIGTERM so it cleans up) when dropped.
+#[derive(Debug)]
+pub struct Director {
+    child: std::process::Child,
+    /// Its control socket.
+    pub control: std::path::PathBuf,
+    /// Where its output goes.
+    pub log: std::path::PathBuf,
+}
+
+impl Director {
+    /// Starts `uvs_exe run` in `lab`'s director namespace with `args` and
+    /// waits until its control socket answers.
+    pub fn start(lab: &Lab, uvs_exe: &std::path::Path, args: &[&str]) -> io::Result<Director> {
+        let control = std::path::PathBuf::from(format!("/run/uvs/{}.sock", lab.prefix));
+        let log = std::env::temp_dir().join(format!("{}-uvs.log", lab.prefix));
+        let out = std::fs::File::create(&log)?;
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ns("lb")])
+            .arg(uvs_exe)
+            .arg("run")
+            .arg("--control")
+            .arg(&control)
+            .args(args)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        let mut d = Director { child, control, log };
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = crate::control::call(&d.control, &["ping".to_string()]) {
+                if r.status == 0 {
+                    return Ok(d);
+                }
+            }
+            if let Ok(Some(st)) = d.child.try_wait() {
+                return Err(io::Error::other(format!("uvs run exited ({st}): {}", d.log_text())));
+            }
+            if Instant::now() > end {
+                return Err(io::Error::other(format!("uvs run did not come up: {}", d.log_text())));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process ID (for signalling it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its output so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a control request (`["uvsadm", "-L", "-n"]`, `["stats"]`, …).
+    pub fn call(&self, argv: &[&str]) -> io::Result<crate::control::Reply> {
+        let v: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        crate::control::call(&self.control, &v)
+    }
+
+    /// Runs a uvsadm command (words split on spaces) and fails on an error reply.
+    pub fn uvsadm(&self, cmd: &str) -> io::Result<String> {
+        let mut v = vec!["uvsadm"];
+        v.extend(cmd.split_whitespace());
+        let r = self.call(&v)?;
+        if r.status != 0 {
+            return Err(io::Error::other(format!("uvsadm {cmd}: {}", r.stderr.trim())));
+        }
+        Ok(r.stdout)
+    }
+
+    /// Reads one counter from `uvs stats` (e.g. `drop.filtered`).
+    pub fn counter(&self, name: &str) -> io::Result<u64> {
+        let r = self.call(&["stats"])?;
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+            .ok_or_else(|| io::Error::other(format!("no counter {name} in stats")))
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 10 s); returns the exit status.
+    pub fn stop(mut self) -> io::Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> io::Result<std::process::ExitStatus> {
+        if let Some(st) = self.child.try_wait()? {
+            return Ok(st);
+        }
+        // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        self.child.wait()
+    }
+}
+
+impl Drop for Director {
+    fn drop(&mut self) {
+        let _ = self.terminate();
     }
 }

@@ -1,1 +1,121 @@
-fn main() {}
+//! uvs: the load balancer daemon (`uvs run`), the namespace demo
+//! (`uvs demo`) and small control commands (`uvs stats`, `uvs filter`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use uvs::control;
+
+#[derive(Parser, Debug)]
+#[command(name = "uvs", version, about = "Linux IPVS as a userspace L4 load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the load balancer in this network namespace.
+    Run {
+        /// Attach only to this interface (repeatable). Default: every
+        /// interface that is up, except loopback.
+        #[arg(short = 'i', long = "interface")]
+        interfaces: Vec<String>,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Control socket path (default: $UVS_CONTROL or /run/uvs/uvs.sock).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Load an ipvsadm-save format configuration at start.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Load filter-table rules (iptables syntax, one a line) at start.
+        #[arg(long)]
+        filter: Option<PathBuf>,
+        /// Frames per RX ring (each frame holds a 64 KiB GSO packet).
+        #[arg(long, default_value_t = 128)]
+        ring_frames: usize,
+        /// Connection table settings: expire_nodest_conn=0|1 (repeatable
+        /// `--set-knob NAME=VALUE`).
+        #[arg(long = "set-knob")]
+        knobs: Vec<String>,
+    },
+    /// Build a namespace lab, balance real TCP and UDP traffic through uvs,
+    /// print the result and remove the lab. Needs root.
+    Demo {
+        /// Short TCP requests to send.
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+    },
+    /// Print the engine's counters (drops by reason, hook entries).
+    Stats {
+        #[arg(long)]
+        control: Option<PathBuf>,
+    },
+    /// The emulated filter table: `add RULE`, `del RULE`, `list`, `flush`
+    /// (RULE in iptables syntax, e.g. `-A INPUT -p tcp --dport 80 -j DROP`).
+    Filter {
+        #[arg(long)]
+        control: Option<PathBuf>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+}
+
+fn remote(path: Option<PathBuf>, argv: Vec<String>) -> Result<ExitCode> {
+    let r = control::call(&control::path(path.as_deref()), &argv)?;
+    print!("{}", r.stdout);
+    eprint!("{}", r.stderr);
+    Ok(ExitCode::from(r.status))
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("uvs: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { interfaces, workers, control, config, filter, ring_frames, knobs } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+            }
+            let opts = uvs::daemon::RunOpts {
+                interfaces,
+                workers: workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                control: control::path(control.as_deref()),
+                config: config.map(|p| std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))).transpose()?,
+                filter: filter.map(|p| std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))).transpose()?,
+                ring_frames,
+                knobs,
+            };
+            uvs::daemon::run(opts, &stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo { requests } => {
+            if !uvs::demo::is_root() {
+                bail!("uvs demo builds network namespaces and needs root (try: sudo uvs demo)");
+            }
+            let ok = uvs::demo::run(requests)?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Stats { control } => remote(control, vec!["stats".into()]),
+        Cmd::Filter { control, args } => {
+            let mut v = vec!["filter".to_string()];
+            v.extend(args);
+            remote(control, v)
+        }
+    }
+}

@@ -243,14 +243,15 @@ impl RxRing {
     }
 
     /// Processes up to `max` waiting frames in place: `each` is called per
-    /// frame (it may queue the frame's bytes for TX), then `flush` is called
-    /// — it must transmit everything queued from these frames — and only
+    /// frame with `ctx` (it may queue the frame's bytes for TX), then `flush`
+    /// — which must transmit everything queued from these frames — and only
     /// then are the frames handed back to the kernel. Returns the count.
-    pub fn drain(
+    pub fn drain<C>(
         &mut self,
         max: usize,
-        mut each: impl FnMut(RxFrame<'_>),
-        flush: impl FnOnce(),
+        ctx: &mut C,
+        mut each: impl FnMut(&mut C, RxFrame<'_>),
+        flush: impl FnOnce(&mut C),
     ) -> usize {
         let start = self.cur;
         let mut n = 0;
@@ -287,7 +288,7 @@ impl RxRing {
                 } else {
                     None
                 };
-                each(RxFrame {
+                each(ctx, RxFrame {
                     buf,
                     wire_len: h.len as usize,
                     ifindex: self.ifindex,
@@ -297,7 +298,7 @@ impl RxRing {
             n += 1;
         }
         if n > 0 {
-            flush();
+            flush(ctx);
             for i in 0..n {
                 self.release((start + i) % self.frames);
             }

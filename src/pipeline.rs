@@ -1,0 +1,257 @@
+//! The packet pipeline without I/O: parse → hook chain (filter, IPVS reply,
+//! IPVS request) → connection table → scheduler → NAT rewrite. A worker
+//! calls [`Pipeline::process`] on each frame in place and transmits what it
+//! returns; benchmarks and tests call it on buffers directly.
+//!
+//! Established flows touch: one parse, one snapshot load (`arc_swap`, no
+//! lock), one connection lookup, a state update, an in-place rewrite. No
+//! allocation, no global lock, no syscall.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use uvs_conntrack::{Dir, InsertError, NewConn, PacketInfo, Table, Tuple, Update};
+use uvs_fwd::{CsumMode, ParseError, Parsed};
+use uvs_sched::{FwdMethod, SchedKey};
+
+use crate::filter::{FilterKey, FilterTable, Target};
+use crate::hooks::{HookChain, HookFn, HookPoint};
+use crate::service::Services;
+use crate::stats::{add, DropReason, WorkerStats};
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// What to do with a frame after processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not uvs's packet: leave it to the kernel (which also received it).
+    Pass,
+    /// Dropped, for this reason (already counted).
+    Drop(DropReason),
+    /// Rewritten in place; send it toward `next_hop` (the address whose
+    /// route and neighbour give the interface and MACs).
+    Xmit { next_hop: IpAddr },
+}
+
+/// What one hook function decided.
+enum Step {
+    Continue,
+    Done(Verdict),
+}
+
+/// Everything the workers share: read-mostly configuration snapshots and
+/// the connection table.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub services: ArcSwap<Services>,
+    pub filter: ArcSwap<FilterTable>,
+    pub conns: Table,
+    pub hooks: HookChain,
+}
+
+/// The connection lookup, done at most once per packet even though two hook
+/// functions (reply at 98, request at 99) ask for it.
+struct Ctx {
+    looked_up: bool,
+    hit: Option<(uvs_conntrack::Handle, Dir)>,
+}
+
+impl Pipeline {
+    /// A pipeline with the default hook registrations.
+    pub fn new(conns: Table) -> Pipeline {
+        Pipeline {
+            services: ArcSwap::from_pointee(Services::default()),
+            filter: ArcSwap::from_pointee(FilterTable::default()),
+            conns,
+            hooks: HookChain::default(),
+        }
+    }
+
+    /// Processes one Ethernet frame in place.
+    pub fn process(&self, frame: &mut [u8], csum: CsumMode, now_ms: u64, st: &WorkerStats) -> Verdict {
+        let p = match uvs_fwd::parse(frame) {
+            Ok(p) => p,
+            Err(ParseError::NotIp) => return self.pass(st),
+            Err(e) => {
+                add(&st.parse[e.index()], 1);
+                st.drop(DropReason::Malformed);
+                return Verdict::Drop(DropReason::Malformed);
+            }
+        };
+        // Only TCP and UDP with their headers are IPVS's here; the rest
+        // (ICMP, non-first fragments, …) stays with the kernel for now.
+        if (p.proto != TCP && p.proto != UDP) || !p.has_ports() {
+            return self.pass(st);
+        }
+        let services = self.services.load();
+        // The routing decision: VIPs are local, so requests meet LOCAL_IN;
+        // everything else (NAT replies to clients) is forwarded.
+        let point = if services.is_vip(p.dst) { HookPoint::LocalIn } else { HookPoint::Forward };
+        let mut ctx = Ctx { looked_up: false, hit: None };
+        for e in self.hooks.at(point) {
+            add(&st.hook_seen[e.index], 1);
+            let step = match e.func {
+                HookFn::Filter => self.filter_hook(point, &p, st),
+                HookFn::IpvsReply => self.ipvs_reply(frame, &p, csum, now_ms, &mut ctx, st),
+                HookFn::IpvsRequest => self.ipvs_request(frame, &p, csum, now_ms, &services, &mut ctx, st),
+            };
+            if let Step::Done(v) = step {
+                match v {
+                    Verdict::Drop(_) => add(&st.hook_dropped[e.index], 1),
+                    Verdict::Xmit { .. } => add(&st.hook_stolen[e.index], 1),
+                    Verdict::Pass => {}
+                }
+                return v;
+            }
+        }
+        self.pass(st)
+    }
+
+    fn pass(&self, st: &WorkerStats) -> Verdict {
+        add(&st.passed, 1);
+        Verdict::Pass
+    }
+
+    fn drop(st: &WorkerStats, r: DropReason) -> Step {
+        st.drop(r);
+        Step::Done(Verdict::Drop(r))
+    }
+
+    fn filter_hook(&self, point: HookPoint, p: &Parsed, st: &WorkerStats) -> Step {
+        let k = FilterKey { proto: p.proto, src: p.src, dst: p.dst, sport: p.sport, dport: p.dport };
+        match self.filter.load().check(point, &k) {
+            Target::Accept => Step::Continue,
+            Target::Drop => Self::drop(st, DropReason::Filtered),
+        }
+    }
+
+    fn lookup<'c>(&self, p: &Parsed, ctx: &'c mut Ctx) -> Option<&'c (uvs_conntrack::Handle, Dir)> {
+        if !ctx.looked_up {
+            ctx.looked_up = true;
+            let t = Tuple { proto: p.proto, src: p.src, sport: p.sport, dst: p.dst, dport: p.dport };
+            ctx.hit = self.conns.lookup(&t);
+        }
+        ctx.hit.as_ref()
+    }
+
+    fn info(p: &Parsed) -> PacketInfo {
+        let bytes = p.ip_len as u32;
+        if p.proto == TCP {
+            PacketInfo::tcp(p.tcp_flags, bytes)
+        } else {
+            PacketInfo::udp(bytes)
+        }
+    }
+
+    /// `ip_vs_reply`: a NAT reply from a real server gets the VIP back as
+    /// its source and goes to the client.
+    fn ipvs_reply(&self, frame: &mut [u8], p: &Parsed, csum: CsumMode, now: u64, ctx: &mut Ctx, st: &WorkerStats) -> Step {
+        let Some((h, Dir::Out)) = self.lookup(p, ctx) else { return Step::Continue };
+        if h.fwd() != FwdMethod::Masq {
+            return Step::Continue;
+        }
+        match self.conns.update(h, Dir::Out, Self::info(p), now) {
+            Update::Forward => {}
+            Update::Drop | Update::Reschedule => return Self::drop(st, DropReason::DestRemoved),
+        }
+        match uvs_fwd::snat(frame, p, h.vaddr(), h.vport(), csum) {
+            Ok(()) => Step::Done(Verdict::Xmit { next_hop: h.caddr() }),
+            Err(e) => Self::drop(st, xmit_reason(&e)),
+        }
+    }
+
+    /// `ip_vs_remote_request`: a packet to a virtual service: an existing
+    /// connection's packet is forwarded to its real server; a new one is
+    /// scheduled first.
+    #[allow(clippy::too_many_arguments)]
+    fn ipvs_request(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: CsumMode,
+        now: u64,
+        services: &Services,
+        ctx: &mut Ctx,
+        st: &WorkerStats,
+    ) -> Step {
+        if let Some((h, Dir::In)) = self.lookup(p, ctx) {
+            match self.conns.update(h, Dir::In, Self::info(p), now) {
+                Update::Forward => return self.xmit_request(frame, p, csum, h.fwd(), h.daddr(), h.dport(), st),
+                Update::Drop => return Self::drop(st, DropReason::DestRemoved),
+                // A SYN reusing a finished connection's tuple: schedule it
+                // afresh below, with this very packet.
+                Update::Reschedule => {}
+            }
+        }
+        let Some(svc) = services.find(p.proto, p.dst, p.dport) else { return Step::Continue };
+        let info = Self::info(p);
+        if !uvs_conntrack::may_create(p.proto, &info, &self.conns.knobs()) {
+            // The kernel would pass this to its own stack, which answers
+            // with a RST; uvs owns the VIP and drops it instead.
+            return Self::drop(st, DropReason::NoConnection);
+        }
+        let key = SchedKey { proto: p.proto, src: p.src, sport: p.sport, dst: p.dst, dport: p.dport, now_ms: now };
+        let Some(dest) = svc.sched.schedule(&key) else {
+            return Self::drop(st, DropReason::NoDestination);
+        };
+        let fwd = dest.fwd_method();
+        let dport = if dest.port == 0 { p.dport } else { dest.port };
+        let daddr = dest.addr;
+        let nc = NewConn {
+            proto: p.proto,
+            caddr: p.src,
+            cport: p.sport,
+            vaddr: p.dst,
+            vport: p.dport,
+            daddr,
+            dport,
+            dest: Arc::clone(&dest),
+            fwd,
+        };
+        match self.conns.insert(nc, info, now) {
+            Ok(_) => {}
+            // Another worker created it first (its packets hashed elsewhere):
+            // follow that entry.
+            Err(InsertError::Exists) => {
+                let t = Tuple { proto: p.proto, src: p.src, sport: p.sport, dst: p.dst, dport: p.dport };
+                return match self.conns.lookup_in(&t) {
+                    Some(h) => self.xmit_request(frame, p, csum, h.fwd(), h.daddr(), h.dport(), st),
+                    None => Self::drop(st, DropReason::TableFull),
+                };
+            }
+            Err(_) => return Self::drop(st, DropReason::TableFull),
+        }
+        add(&st.conns, 1);
+        svc.stats.conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.xmit_request(frame, p, csum, fwd, daddr, dport, st)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn xmit_request(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: CsumMode,
+        fwd: FwdMethod,
+        daddr: IpAddr,
+        dport: u16,
+        st: &WorkerStats,
+    ) -> Step {
+        match fwd {
+            FwdMethod::Masq => match uvs_fwd::dnat(frame, p, daddr, dport, csum) {
+                Ok(()) => Step::Done(Verdict::Xmit { next_hop: daddr }),
+                Err(e) => Self::drop(st, xmit_reason(&e)),
+            },
+            FwdMethod::Route | FwdMethod::Tunnel | FwdMethod::Local => Self::drop(st, DropReason::Unsupported),
+        }
+    }
+}
+
+fn xmit_reason(e: &uvs_fwd::XmitError) -> DropReason {
+    match e {
+        uvs_fwd::XmitError::TtlExceeded => DropReason::TtlExceeded,
+        _ => DropReason::Rewrite,
+    }
+}

@@ -1,0 +1,342 @@
+//! Lab tests: real TCP and UDP traffic from a client namespace through
+//! `uvs run` (a real process in the director namespace) to real servers.
+//! Each test builds its own uniquely prefixed lab and removes it, also on
+//! failure. They need root (network namespaces) and skip without it.
+//! They run one at a time: they share two cores with everything else.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use uvs::lab::{self, Director, EchoConn, Lab, Server};
+use uvs::netns;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn vip(s: &str) -> SocketAddr {
+    s.parse().expect("valid literal address")
+}
+
+/// Root check; prints why a test is skipped.
+fn root_or_skip(test: &str) -> bool {
+    if uvs::demo::is_root() {
+        return true;
+    }
+    eprintln!("skipping {test}: lab tests create network namespaces and need root");
+    false
+}
+
+struct Setup {
+    // Field order is drop order: stop uvs, then the servers, then the lab.
+    d: Director,
+    _servers: (Server, Server),
+    lab: Lab,
+}
+
+fn setup(tag: &str, vip_on_lb: bool, args: &[&str]) -> Setup {
+    let prefix = format!("uvt{}{tag}", std::process::id() % 100000);
+    let lab = Lab::up(&prefix, vip_on_lb).expect("lab up");
+    let s1 = lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1 server");
+    let s2 = lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53).expect("rs2 server");
+    let d = Director::start(&lab, Path::new(env!("CARGO_BIN_EXE_uvs")), args).expect("uvs run");
+    Setup { d, _servers: (s1, s2), lab }
+}
+
+impl Setup {
+    fn cmds(&self, cmds: &[&str]) {
+        for c in cmds {
+            self.d.uvsadm(c).unwrap_or_else(|e| panic!("{e}\nuvs log:\n{}", self.d.log_text()));
+        }
+    }
+    fn tcp(&self, n: usize) -> lab::Tally {
+        netns::run_in(&self.lab.ns("c"), move || lab::tcp_requests(vip("192.0.2.10:80"), n, Duration::from_secs(120)))
+            .expect("client namespace")
+    }
+    fn echo(&self) -> EchoConn {
+        netns::run_in(&self.lab.ns("c"), || EchoConn::connect(vip("192.0.2.10:80")))
+            .expect("client namespace")
+            .expect("echo connection")
+    }
+    /// A kernel SNMP counter of the director namespace (`Tcp` `OutRsts`, …).
+    fn lb_snmp(&self, group: &str, name: &str) -> u64 {
+        let (g, n) = (group.to_string(), name.to_string());
+        netns::run_in(&self.lab.ns("lb"), move || {
+            let t = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
+            let mut lines = t.lines().filter(|l| l.starts_with(&format!("{g}:")));
+            let (h, v) = (lines.next().expect("header"), lines.next().expect("values"));
+            let i = h.split_whitespace().position(|x| x == n).expect("counter");
+            v.split_whitespace().nth(i).and_then(|x| x.parse().ok()).expect("number")
+        })
+        .expect("lb namespace")
+    }
+}
+
+const RR: [&str; 3] = [
+    "-A -t 192.0.2.10:80 -s rr",
+    "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
+    "-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m",
+];
+
+#[test]
+fn rr_splits_200_connections_100_100_and_curl_works() {
+    if !root_or_skip("rr_splits_200_connections_100_100_and_curl_works") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("rr", false, &[]);
+    s.cmds(&RR);
+    let t = s.tcp(200);
+    assert_eq!(t.failures, 0, "{t:?}\n{}", s.d.log_text());
+    assert_eq!((t.count("rs1"), t.count("rs2")), (100, 100), "{t:?}");
+    // A real client: curl through the VIP.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &s.lab.ns("c"), "curl", "-sS", "--max-time", "5", "http://192.0.2.10/"])
+        .output()
+        .expect("curl runs");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.trim() == "rs1" || body.trim() == "rs2", "curl: {body:?} {}", String::from_utf8_lossy(&out.stderr));
+    let list = s.d.uvsadm("-L -n").expect("list");
+    assert!(list.contains("TCP  192.0.2.10:80 rr"), "{list}");
+}
+
+#[test]
+fn wrr_weights_3_1_give_150_50() {
+    if !root_or_skip("wrr_weights_3_1_give_150_50") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("wrr", false, &[]);
+    s.cmds(&[
+        "-A -t 192.0.2.10:80 -s wrr",
+        "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m -w 3",
+        "-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m -w 1",
+    ]);
+    let t = s.tcp(200);
+    assert_eq!(t.failures, 0, "{t:?}");
+    assert_eq!((t.count("rs1"), t.count("rs2")), (150, 50), "{t:?}");
+}
+
+#[test]
+fn udp_service_answers() {
+    if !root_or_skip("udp_service_answers") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("udp", false, &[]);
+    s.cmds(&[
+        "-A -u 192.0.2.10:53 -s rr",
+        "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -m",
+        "-a -u 192.0.2.10:53 -r 203.0.113.12:53 -m",
+    ]);
+    let t = netns::run_in(&s.lab.ns("c"), || lab::udp_requests(vip("192.0.2.10:53"), 100, Duration::from_secs(60))).unwrap();
+    assert_eq!(t.failures, 0, "{t:?}\n{}", s.d.log_text());
+    assert_eq!((t.count("rs1"), t.count("rs2")), (50, 50), "{t:?}");
+}
+
+/// 1,000 short connections, none failing; the director's kernel sent no
+/// RST and forwarded nothing itself (uvs owns the traffic). Run both with
+/// the VIP routed to the director and with the VIP on its interface.
+fn thousand_connections(tag: &str, vip_on_lb: bool) {
+    let s = setup(tag, vip_on_lb, &[]);
+    s.cmds(&RR);
+    let rst0 = s.lb_snmp("Tcp", "OutRsts");
+    let fwd0 = s.lb_snmp("Ip", "ForwDatagrams");
+    let t = s.tcp(1000);
+    assert_eq!(t.failures, 0, "{t:?}\n{}", s.d.log_text());
+    assert_eq!(t.total(), 1000);
+    assert_eq!(s.lb_snmp("Tcp", "OutRsts") - rst0, 0, "the director's kernel sent RSTs");
+    assert_eq!(s.lb_snmp("Ip", "ForwDatagrams") - fwd0, 0, "the director's kernel forwarded packets too");
+}
+
+#[test]
+fn thousand_short_connections_routed_vip() {
+    if !root_or_skip("thousand_short_connections_routed_vip") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    thousand_connections("k", false);
+}
+
+#[test]
+fn thousand_short_connections_vip_on_director() {
+    if !root_or_skip("thousand_short_connections_vip_on_director") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    thousand_connections("kv", true);
+}
+
+#[test]
+fn large_transfer_crosses_with_offloads_on() {
+    if !root_or_skip("large_transfer_crosses_with_offloads_on") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("big", false, &[]);
+    s.cmds(&RR);
+    // A 4 MiB line each way: TSO/GSO super-packets and pending checksums
+    // from the namespaces' stacks cross uvs in both directions.
+    let line: String = (0..4 << 20).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let mut c = s.echo();
+    c.send(&line).expect("send");
+    let who = c.recv(&line, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", s.d.log_text()));
+    assert!(who == "rs1" || who == "rs2");
+}
+
+#[test]
+fn filter_drop_at_priority_0_stops_packets_before_ipvs() {
+    if !root_or_skip("filter_drop_at_priority_0_stops_packets_before_ipvs") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("flt", false, &[]);
+    s.cmds(&RR);
+    let rule = ["filter", "add", "-A", "INPUT", "-p", "tcp", "-s", "198.51.100.10", "--dport", "80", "-j", "DROP"];
+    assert_eq!(s.d.call(&rule).unwrap().status, 0);
+    let conns0 = s.d.counter("connections").unwrap();
+    let t = netns::run_in(&s.lab.ns("c"), || {
+        lab::tcp_request(vip("192.0.2.10:80"), Duration::from_millis(1500))
+    })
+    .unwrap();
+    assert!(t.is_err(), "the DROP rule let a connection through: {t:?}");
+    assert!(s.d.counter("drop.filtered").unwrap() >= 1);
+    assert_eq!(s.d.counter("connections").unwrap(), conns0, "IPVS saw a filtered packet");
+    let stats = s.d.call(&["stats"]).unwrap().stdout;
+    let req_seen = stats.lines().find(|l| l.contains("ip_vs_remote_request")).expect("hook line");
+    assert!(req_seen.contains("seen 0 "), "the request hook saw filtered packets: {req_seen}");
+    let listing = s.d.call(&["filter", "list"]).unwrap().stdout;
+    assert!(listing.contains("-A INPUT -p tcp -s 198.51.100.10/32 --dport 80 -j DROP"), "{listing}");
+    // Removing the rule lets traffic through again.
+    let mut del = rule;
+    del[1] = "del";
+    assert_eq!(s.d.call(&del).unwrap().status, 0);
+    assert_eq!(s.tcp(4).failures, 0);
+}
+
+#[test]
+fn quiesced_server_gets_no_new_connections_but_keeps_open_ones() {
+    if !root_or_skip("quiesced_server_gets_no_new_connections_but_keeps_open_ones") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("qui", false, &[]);
+    s.cmds(&RR);
+    let mut c = s.echo();
+    let who = c.ping("hello").expect("echo");
+    let (ip, other) = if who == "rs1" { ("203.0.113.11", "rs2") } else { ("203.0.113.12", "rs1") };
+    s.cmds(&[&format!("-e -t 192.0.2.10:80 -r {ip}:80 -m -w 0")]);
+    let t = s.tcp(20);
+    assert_eq!(t.failures, 0);
+    assert_eq!(t.count(other), 20, "new connections must avoid the quiesced server: {t:?}");
+    assert_eq!(c.ping("still there").expect("open connection keeps working"), who);
+}
+
+/// `-d` of a server with an open connection, then re-adding it.
+fn removed_server(expire_nodest_conn: bool) {
+    let tag = if expire_nodest_conn { "nd1" } else { "nd0" };
+    let knob = format!("expire_nodest_conn={}", u8::from(expire_nodest_conn));
+    let s = setup(tag, false, &["--set-knob", &knob]);
+    s.cmds(&RR);
+    let mut c = s.echo();
+    let who = c.ping("one").expect("echo");
+    let ip = if who == "rs1" { "203.0.113.11" } else { "203.0.113.12" };
+    s.cmds(&[&format!("-d -t 192.0.2.10:80 -r {ip}:80")]);
+    c.send("two").unwrap();
+    // Silently dropped either way: no answer, no reset.
+    assert!(c.recv("two", Duration::from_millis(1500)).is_err());
+    let dropped = s.d.counter("drop.dest_removed").unwrap();
+    assert!(dropped >= 1, "packets to the removed server must be dropped and counted");
+    s.cmds(&[&format!("-a -t 192.0.2.10:80 -r {ip}:80 -m")]);
+    let answer = c.recv("two", Duration::from_secs(8));
+    if expire_nodest_conn {
+        // The entry expired at its first packet: the retransmission finds
+        // no connection and is dropped; the flow is gone.
+        assert!(answer.is_err(), "the connection should have expired: {answer:?}");
+        assert!(s.d.counter("drop.no_connection").unwrap() >= 1);
+    } else {
+        // The entry waited: re-adding the server resumes the connection.
+        assert_eq!(answer.expect("resumed"), who);
+        assert_eq!(c.ping("three").expect("resumed"), who);
+    }
+}
+
+#[test]
+fn removed_server_expire_nodest_conn_off_resumes_on_readd() {
+    if !root_or_skip("removed_server_expire_nodest_conn_off_resumes_on_readd") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    removed_server(false);
+}
+
+#[test]
+fn removed_server_expire_nodest_conn_on_expires_entry() {
+    if !root_or_skip("removed_server_expire_nodest_conn_on_expires_entry") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    removed_server(true);
+}
+
+fn lb_has_uvs_table(lab: &Lab) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("lb"), "nft", "list", "tables"])
+        .output()
+        .expect("nft runs");
+    String::from_utf8_lossy(&out.stdout).contains("netdev uvs")
+}
+
+#[test]
+fn stopping_leaves_nothing_behind_and_restart_after_crash_cleans_up() {
+    if !root_or_skip("stopping_leaves_nothing_behind_and_restart_after_crash_cleans_up") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("stop", false, &[]);
+    s.cmds(&RR);
+    assert!(lb_has_uvs_table(&s.lab));
+    // Crash: SIGKILL leaves the table and socket file behind...
+    // SAFETY: kill(2) on the PID of the uvs process this test started.
+    unsafe { libc::kill(s.d.pid() as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(lb_has_uvs_table(&s.lab), "SIGKILL cannot clean up");
+    let Setup { d, _servers, lab } = s;
+    let _ = d.stop();
+    // ...and a restart cleans them first, then serves again.
+    let d = Director::start(&lab, Path::new(env!("CARGO_BIN_EXE_uvs")), &[]).expect("restart after crash");
+    for c in RR {
+        d.uvsadm(c).unwrap();
+    }
+    let t = netns::run_in(&lab.ns("c"), || lab::tcp_requests(vip("192.0.2.10:80"), 10, Duration::from_secs(30))).unwrap();
+    assert_eq!(t.failures, 0, "{t:?}");
+    let control = d.control.clone();
+    let status = d.stop().unwrap();
+    assert!(status.success(), "uvs exit status {status}");
+    assert!(!lb_has_uvs_table(&lab), "uvs left its nftables table behind");
+    assert!(!control.exists(), "uvs left its control socket behind");
+}
+
+#[test]
+fn bad_commands_are_rejected_and_change_nothing() {
+    if !root_or_skip("bad_commands_are_rejected_and_change_nothing") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("bad", false, &[]);
+    s.cmds(&RR);
+    let before = s.d.uvsadm("-S -n").unwrap();
+    for bad in [
+        vec!["uvsadm", "-a", "-t", "192.0.2.10:80", "-r", "203.0.113.13:80", "-g"],
+        vec!["uvsadm", "-A", "-t", "192.0.2.10:80", "-s", "rr"],
+        vec!["uvsadm", "-A", "-t", "192.0.2.11:80", "-s", "nosuch"],
+        vec!["uvsadm", "-a", "-t", "192.0.2.10:x", "-r", "203.0.113.13"],
+        vec!["uvsadm-restore", "-A -t 192.0.2.20:80 -s rr\n-a -t 192.0.2.20:80 -r 203.0.113.11:80 -m -w 70000\n"],
+    ] {
+        let r = s.d.call(&bad).unwrap();
+        assert_ne!(r.status, 0, "{bad:?} was accepted");
+        assert!(!r.stderr.trim().is_empty(), "{bad:?} gave no message");
+    }
+    assert_eq!(s.d.uvsadm("-S -n").unwrap(), before);
+    assert_eq!(s.tcp(4).failures, 0);
+}
