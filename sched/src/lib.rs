@@ -14,8 +14,12 @@ pub mod registry;
 #[cfg(test)]
 mod testutil;
 
+pub mod fo;
 pub mod lc;
+pub mod nq;
+pub mod ovf;
 pub mod rr;
+pub mod sed;
 pub mod wlc;
 pub mod wrr;
 

@@ -37,6 +37,10 @@ pub const SCHEDULERS: &[(&str, Constructor)] = &[
     ("wrr", crate::wrr::Wrr::create),
     ("lc", crate::lc::Lc::create),
     ("wlc", crate::wlc::Wlc::create),
+    ("sed", crate::sed::Sed::create),
+    ("nq", crate::nq::Nq::create),
+    ("fo", crate::fo::Fo::create),
+    ("ovf", crate::ovf::Ovf::create),
 ];
 
 /// The registry: lookup by name, listing.
