@@ -7,6 +7,7 @@
 //! allocates nor locks, and read live weight, counts and flags from the
 //! `Dest` atomics.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::flags::SchedFlags;
@@ -56,6 +57,53 @@ pub(crate) fn plain_params(sched: &'static str, params: &SchedParams) -> Result<
         });
     }
     Ok(())
+}
+
+/// The kernel's address fold for its static hashes (dh, sh): the IPv4
+/// address in host order, or the four 32-bit words of an IPv6 address
+/// xor-ed together.
+#[inline]
+pub(crate) fn fold_addr(addr: &IpAddr) -> u32 {
+    match addr {
+        IpAddr::V4(a) => u32::from(*a),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            let w = |i: usize| u32::from_be_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            w(0) ^ w(4) ^ w(8) ^ w(12)
+        }
+    }
+}
+
+/// splitmix64's finaliser: a bijection on u64 with full avalanche.
+#[inline]
+pub(crate) fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A keyed 64-bit hash of an address and port (all 128 bits of IPv6 count).
+/// Not cryptographic: the key is a constant where tables must agree across
+/// directors (mh) and per table where an attacker picks the keys (lblc).
+#[inline]
+pub(crate) fn hash_addr_port(addr: &IpAddr, port: u16, key: u64) -> u64 {
+    match addr {
+        IpAddr::V4(a) => mix64(key ^ ((u32::from(*a) as u64) << 16 | port as u64)),
+        IpAddr::V6(a) => {
+            let v = u128::from(*a);
+            let h = mix64(key ^ (v >> 64) as u64);
+            let h = mix64(h ^ v as u64);
+            mix64(h ^ port as u64)
+        }
+    }
+}
+
+/// Maps a hash uniformly onto `0..n` with a multiply instead of a division.
+#[inline]
+pub(crate) fn reduce(hash: u64, n: u32) -> usize {
+    (((hash >> 32) * n as u64) >> 32) as usize
 }
 
 /// Greatest common divisor (Euclid).

@@ -14,12 +14,15 @@ pub mod registry;
 #[cfg(test)]
 mod testutil;
 
+pub mod dh;
 pub mod fo;
 pub mod lc;
+pub mod mh;
 pub mod nq;
 pub mod ovf;
 pub mod rr;
 pub mod sed;
+pub mod sh;
 pub mod wlc;
 pub mod wrr;
 

@@ -41,6 +41,9 @@ pub const SCHEDULERS: &[(&str, Constructor)] = &[
     ("nq", crate::nq::Nq::create),
     ("fo", crate::fo::Fo::create),
     ("ovf", crate::ovf::Ovf::create),
+    ("dh", crate::dh::Dh::create),
+    ("sh", crate::sh::Sh::create),
+    ("mh", crate::mh::Mh::create),
 ];
 
 /// The registry: lookup by name, listing.
