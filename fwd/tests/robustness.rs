@@ -1,0 +1,222 @@
+//! Fuzz-style robustness: random bytes, every truncation and every single-byte
+//! mutation (all 256 values at every position) of valid frames. `parse` must
+//! never panic; whatever parses must satisfy the `Parsed` invariants, and
+//! `dnat`/`snat`/`fill_l4_checksum`/`verify_l4_checksum` on it must never
+//! panic. A rewrite that succeeds must reparse with the new fields and TTL − 1
+//! (parse → rewrite → reparse). Every view's `new_checked` + getters are also
+//! run on random bytes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use uvs_fwd::build::{FrameSpec, L4Spec};
+use uvs_fwd::checksum::verify_l4_checksum;
+use uvs_fwd::wire::{arp, ethernet, icmpv4, icmpv6, ipv4, ipv6, tcp, udp};
+use uvs_fwd::{dnat, fill_l4_checksum, parse, set_macs, snat, CsumMode, XmitError};
+
+fn corpus() -> Vec<Vec<u8>> {
+    let mut v = Vec::new();
+    for base in [
+        FrameSpec::tcp_v4(),
+        FrameSpec::udp_v4(),
+        FrameSpec::tcp_v6(),
+        FrameSpec::udp_v6(),
+    ] {
+        v.push(base.build());
+        let mut s = base.clone();
+        s.vlans = vec![0x64, 0x07];
+        s.padding = 6;
+        v.push(s.build());
+        let mut s = base.clone();
+        s.frag = Some((0, true));
+        if s.src.is_ipv4() {
+            s.ip_options = vec![1, 1, 1, 0];
+        } else {
+            s.ext_headers = vec![0, 43, 60];
+        }
+        v.push(s.build());
+        let mut s = base.clone();
+        s.frag = Some((1480, false));
+        v.push(s.build());
+        let mut s = base.clone();
+        s.csum = CsumMode::Partial;
+        v.push(s.build());
+    }
+    for l4 in [
+        L4Spec::Sctp,
+        L4Spec::Icmp {
+            msg_type: 3,
+            code: 3,
+        },
+        L4Spec::Raw(47),
+    ] {
+        for mut s in [FrameSpec::tcp_v4(), FrameSpec::tcp_v6()] {
+            s.l4 = l4.clone();
+            v.push(s.build());
+        }
+    }
+    let mut s = FrameSpec::tcp_v4();
+    s.l4 = L4Spec::Tcp {
+        flags: 0x11,
+        options: vec![1; 40],
+    };
+    v.push(s.build());
+    let mut a = [0u8; 42];
+    arp::Repr::request(
+        [2; 6],
+        Ipv4Addr::new(192, 0, 2, 1),
+        Ipv4Addr::new(192, 0, 2, 2),
+    )
+    .emit_frame(&mut a)
+    .unwrap();
+    v.push(a.to_vec());
+    v
+}
+
+/// Parses and, on success, exercises every per-packet entry point.
+fn exercise(frame: &[u8]) {
+    let Ok(p) = parse(frame) else { return };
+    assert!(p.l3_off <= p.l4_off && p.l4_off <= p.payload_off && p.payload_off <= p.ip_end);
+    assert!(p.ip_end <= frame.len());
+    assert_eq!(p.ip_end - p.l3_off, p.ip_len);
+    if p.has_l4 {
+        assert!(!p.is_fragment || p.is_first_fragment);
+    }
+    let targets: [IpAddr; 2] = [
+        Ipv4Addr::new(203, 0, 113, 11).into(),
+        "2001:db8:3::11".parse::<Ipv6Addr>().unwrap().into(),
+    ];
+    for mode in [CsumMode::Full, CsumMode::Partial] {
+        for t in targets {
+            for snat_side in [false, true] {
+                let mut f = frame.to_vec();
+                let r = if snat_side {
+                    snat(&mut f, &p, t, 4242, mode)
+                } else {
+                    dnat(&mut f, &p, t, 4242, mode)
+                };
+                match r {
+                    Ok(()) => {
+                        let q = parse(&f).expect("a rewritten frame reparses");
+                        assert_eq!(if snat_side { q.src } else { q.dst }, t);
+                        if q.has_ports() {
+                            assert_eq!(if snat_side { q.sport } else { q.dport }, 4242);
+                        }
+                        assert_eq!(q.ttl, p.ttl - 1);
+                        assert_eq!(q.ip_end, p.ip_end);
+                    }
+                    Err(e) => {
+                        assert_eq!(f, frame, "refused rewrite ({e}) left the frame unchanged");
+                        if e == XmitError::FamilyMismatch {
+                            assert_ne!(p.src.is_ipv4(), t.is_ipv4());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut f = frame.to_vec();
+    let _ = verify_l4_checksum(&f, &p);
+    if fill_l4_checksum(&mut f, &p).is_ok() {
+        assert_eq!(verify_l4_checksum(&f, &p), Ok(true));
+    }
+    let _ = set_macs(&mut f, [1; 6], [2; 6]);
+}
+
+#[test]
+fn truncations_never_panic() {
+    for f in corpus() {
+        for n in 0..=f.len() {
+            exercise(&f[..n]);
+        }
+    }
+}
+
+#[test]
+fn all_single_byte_mutations_never_panic() {
+    for f in corpus() {
+        assert!(
+            parse(&f).is_ok() || f.len() == 42,
+            "corpus frames are valid"
+        );
+        let mut m = f.clone();
+        for i in 0..f.len() {
+            for b in 0..=255u8 {
+                m[i] = b;
+                exercise(&m);
+            }
+            m[i] = f[i];
+        }
+    }
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    let mut rng = StdRng::seed_from_u64(0x5eed_f00d);
+    let corpus = corpus();
+    let mut buf = vec![0u8; 512];
+    for i in 0..200_000 {
+        let n = rng.gen_range(0..buf.len());
+        rng.fill(&mut buf[..n]);
+        // Half the time keep a valid prefix so the fuzz reaches deeper layers.
+        if i % 2 == 0 {
+            let c = &corpus[i / 2 % corpus.len()];
+            let k = rng.gen_range(0..=c.len().min(n));
+            buf[..k].copy_from_slice(&c[..k]);
+        }
+        exercise(&buf[..n]);
+    }
+}
+
+#[test]
+fn views_on_random_bytes_never_panic() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut buf = [0u8; 128];
+    for _ in 0..50_000 {
+        let n = rng.gen_range(0..buf.len());
+        rng.fill(&mut buf[..n]);
+        let b = &buf[..n];
+        if let Ok(f) = ethernet::Frame::new_checked(b) {
+            let _ = (
+                f.dst_addr(),
+                f.src_addr(),
+                f.ethertype(),
+                f.encap(),
+                f.payload().len(),
+            );
+        }
+        if let Ok(p) = ipv4::Packet::new_checked(b) {
+            let _ = (
+                p.src_addr(),
+                p.dst_addr(),
+                p.options(),
+                p.payload(),
+                p.verify_checksum(),
+                p.frag_offset(),
+            );
+        }
+        if let Ok(p) = ipv6::Packet::new_checked(b) {
+            let _ = (p.src_addr(), p.flow_label(), p.payload(), p.upper_layer());
+        }
+        if let Ok(p) = tcp::Packet::new_checked(b) {
+            let _ = (p.src_port(), p.flags(), p.options(), p.payload());
+        }
+        if let Ok(p) = udp::Packet::new_checked(b) {
+            let _ = (p.src_port(), p.len(), p.payload());
+        }
+        if let Ok(p) = icmpv4::Packet::new_checked(b) {
+            let _ = (p.msg_type(), p.embedded(), p.verify_checksum());
+        }
+        if let Ok(p) = icmpv6::Packet::new_checked(b) {
+            let _ = (
+                p.msg_type(),
+                p.embedded(),
+                p.verify_checksum(&Ipv6Addr::LOCALHOST, &Ipv6Addr::LOCALHOST),
+            );
+        }
+        if let Ok(p) = arp::Packet::new_checked(b) {
+            let _ = arp::Repr::parse(&p);
+        }
+    }
+}
