@@ -23,6 +23,7 @@ pub mod ovf;
 pub mod rr;
 pub mod sed;
 pub mod sh;
+pub mod twos;
 pub mod wlc;
 pub mod wrr;
 

@@ -44,6 +44,7 @@ pub const SCHEDULERS: &[(&str, Constructor)] = &[
     ("dh", crate::dh::Dh::create),
     ("sh", crate::sh::Sh::create),
     ("mh", crate::mh::Mh::create),
+    ("twos", crate::twos::Twos::create),
 ];
 
 /// The registry: lookup by name, listing.
