@@ -12,6 +12,6 @@ pub mod wire;
 pub mod xmit;
 
 pub use checksum::{fill_l4_checksum, CsumMode};
-pub use parse::{parse, IpVersion, ParseError, Parsed};
+pub use parse::{embedded, parse, Embedded, IpVersion, ParseError, Parsed};
 pub use xmit::nat::{dnat, snat};
 pub use xmit::{set_macs, XmitError};

@@ -164,6 +164,8 @@ parse_errors! {
     BadTcpDataOffset => "bad_tcp_data_offset",
     /// UDP length field below 8 or past the IP payload (or 0 on IPv6).
     BadUdpLength => "bad_udp_length",
+    /// ICMP error whose quoted packet is unusable (only from [`embedded`]).
+    BadIcmpEmbedded => "bad_icmp_embedded",
 }
 
 impl ParseError {
@@ -338,6 +340,106 @@ fn parse_l4(l4: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
     Ok(())
 }
 
+/// The original packet quoted in an ICMP/ICMPv6 error, as far as it is
+/// needed to find the connection it belongs to. Offsets are frame offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embedded {
+    /// Offset of the quoted IP header.
+    pub l3_off: usize,
+    /// Offset of the quoted L4 header (may be cut short after 8 bytes).
+    pub l4_off: usize,
+    /// IP version of the quoted packet (always the outer one's).
+    pub version: IpVersion,
+    /// Quoted upper-layer protocol.
+    pub proto: u8,
+    /// Quoted source (the sender of the packet that caused the error).
+    pub src: IpAddr,
+    /// Quoted destination.
+    pub dst: IpAddr,
+    /// Quoted ports (TCP/UDP/SCTP with 4 bytes present); 0 otherwise.
+    pub sport: u16,
+    /// Quoted destination port; 0 otherwise.
+    pub dport: u16,
+    /// Ports were present.
+    pub has_ports: bool,
+    /// The quoted packet was a non-first fragment (no L4 header quoted).
+    pub later_fragment: bool,
+}
+
+/// Parses the packet quoted in an ICMP (types 3, 4, 5, 11, 12) or ICMPv6
+/// (types < 128) error message parsed as `p` from `frame`.
+///
+/// The quote is usually cut short (RFC 792: IP header + 8 bytes), so its total
+/// length is not checked against the bytes present and its checksums are not
+/// verified; only the header fields needed for a connection lookup are read,
+/// and each read is bounded. Errors: `BadIcmpEmbedded` when `p` is not an ICMP
+/// error or the quote is unusable (wrong version or family, header cut).
+pub fn embedded(frame: &[u8], p: &Parsed) -> Result<Embedded, ParseError> {
+    let bad = ParseError::BadIcmpEmbedded;
+    let is_err = match p.proto {
+        ip_proto::ICMP => p.is_ipv4() && icmpv4::is_error(p.icmp_type),
+        ip_proto::ICMPV6 => !p.is_ipv4() && crate::wire::icmpv6::is_error(p.icmp_type),
+        _ => false,
+    };
+    if !is_err || !p.has_l4 {
+        return Err(bad);
+    }
+    let l3_off = p.payload_off;
+    let q = frame.get(l3_off..p.ip_end).ok_or(bad)?;
+    let mut e = Embedded {
+        l3_off,
+        l4_off: 0,
+        version: p.version,
+        proto: 0,
+        src: p.src,
+        dst: p.dst,
+        sport: 0,
+        dport: 0,
+        has_ports: false,
+        later_fragment: false,
+    };
+    if p.is_ipv4() {
+        if q.len() < ipv4::HEADER_LEN {
+            return Err(bad);
+        }
+        let ip = ipv4::Packet::new_unchecked(q);
+        let hl = ip.header_len();
+        if ip.version() != 4 || hl < ipv4::HEADER_LEN || hl > q.len() {
+            return Err(bad);
+        }
+        e.proto = ip.protocol();
+        e.src = IpAddr::V4(ip.src_addr());
+        e.dst = IpAddr::V4(ip.dst_addr());
+        e.l4_off = l3_off + hl;
+        e.later_fragment = ip.frag_offset() != 0;
+    } else {
+        if q.len() < ipv6::HEADER_LEN {
+            return Err(bad);
+        }
+        let ip = ipv6::Packet::new_unchecked(q);
+        if ip.version() != 6 {
+            return Err(bad);
+        }
+        // The walk is bounded by the bytes present as well as the length field.
+        let up = ip.upper_layer().map_err(|_| bad)?;
+        e.proto = up.proto;
+        e.src = IpAddr::V6(ip.src_addr());
+        e.dst = IpAddr::V6(ip.dst_addr());
+        e.l4_off = l3_off + up.offset;
+        e.later_fragment = up.frag.is_some_and(|f| f.offset != 0);
+    }
+    if !e.later_fragment && matches!(e.proto, ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP) {
+        if let Some(ports) = frame.get(e.l4_off..e.l4_off + 4) {
+            if e.l4_off + 4 <= p.ip_end {
+                e.sport = u16::from_be_bytes([ports[0], ports[1]]);
+                e.dport = u16::from_be_bytes([ports[2], ports[3]]);
+                e.has_ports = true;
+            }
+        }
+    }
+    Ok(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +537,73 @@ mod tests {
             (ip_proto::ICMP, 3, 3, 0)
         );
         assert!(p.has_l4 && !p.has_ports());
+    }
+
+    /// An ICMP error quoting `inner` (IP header + first 8 L4 bytes), sent by
+    /// `from` to the inner packet's source.
+    fn icmp_error_quoting(inner: &FrameSpec, from: IpAddr, t: u8, code: u8) -> Vec<u8> {
+        let f = inner.build();
+        let q = parse(&f).unwrap();
+        let mut spec = inner.clone();
+        spec.src = from;
+        spec.dst = inner.src;
+        spec.vlans = vec![];
+        spec.l4 = L4Spec::Icmp { msg_type: t, code };
+        spec.payload = f[q.l3_off..q.l4_off + 8].to_vec();
+        spec.build()
+    }
+
+    #[test]
+    fn embedded_quote_v4_v6() {
+        let rs: IpAddr = Ipv4Addr::new(203, 0, 113, 11).into();
+        let mut inner = FrameSpec::udp_v4();
+        inner.ip_options = vec![1, 1, 1, 1];
+        let f = icmp_error_quoting(&inner, rs, 3, 3);
+        let p = parse(&f).unwrap();
+        let e = embedded(&f, &p).unwrap();
+        assert_eq!(
+            (e.src, e.dst, e.proto),
+            (inner.src, inner.dst, ip_proto::UDP)
+        );
+        assert_eq!(
+            (e.sport, e.dport, e.has_ports),
+            (inner.sport, inner.dport, true)
+        );
+        assert_eq!(e.l3_off, p.payload_off);
+        assert_eq!(e.l4_off, e.l3_off + 24);
+
+        let inner = FrameSpec::tcp_v6();
+        let rs6: IpAddr = "2001:db8:3::11".parse().unwrap();
+        let f = icmp_error_quoting(&inner, rs6, 1, 4);
+        let p = parse(&f).unwrap();
+        let e = embedded(&f, &p).unwrap();
+        assert_eq!(
+            (e.src, e.dst, e.proto, e.sport, e.dport),
+            (inner.src, inner.dst, 6, 40000, 80)
+        );
+
+        // Echo is not an error; a quote cut inside the IP header is unusable.
+        let mut echo = FrameSpec::tcp_v4();
+        echo.l4 = L4Spec::Icmp {
+            msg_type: 8,
+            code: 0,
+        };
+        let f = echo.build();
+        assert_eq!(
+            embedded(&f, &parse(&f).unwrap()),
+            Err(ParseError::BadIcmpEmbedded)
+        );
+        let mut cut = FrameSpec::tcp_v4();
+        cut.l4 = L4Spec::Icmp {
+            msg_type: 11,
+            code: 0,
+        };
+        cut.payload = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6];
+        let f = cut.build();
+        assert_eq!(
+            embedded(&f, &parse(&f).unwrap()),
+            Err(ParseError::BadIcmpEmbedded)
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use uvs_fwd::build::{FrameSpec, L4Spec};
 use uvs_fwd::checksum::verify_l4_checksum;
 use uvs_fwd::wire::{arp, ethernet, icmpv4, icmpv6, ipv4, ipv6, tcp, udp};
-use uvs_fwd::{dnat, fill_l4_checksum, parse, set_macs, snat, CsumMode, XmitError};
+use uvs_fwd::{dnat, embedded, fill_l4_checksum, parse, set_macs, snat, CsumMode, XmitError};
 
 fn corpus() -> Vec<Vec<u8>> {
     let mut v = Vec::new();
@@ -115,6 +115,10 @@ fn exercise(frame: &[u8]) {
                 }
             }
         }
+    }
+    if let Ok(e) = embedded(frame, &p) {
+        assert!(p.payload_off == e.l3_off && e.l3_off < e.l4_off && e.l4_off <= p.ip_end);
+        assert_eq!(e.src.is_ipv4(), p.src.is_ipv4());
     }
     let mut f = frame.to_vec();
     let _ = verify_l4_checksum(&f, &p);
