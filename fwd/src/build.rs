@@ -120,7 +120,7 @@ impl FrameSpec {
         )
     }
 
-    /// A TCP SYN [2001:db8:100::1]:40000 → [2001:db8:2::10]:80.
+    /// A TCP SYN `[2001:db8:100::1]:40000` → `[2001:db8:2::10]:80`.
     pub fn tcp_v6() -> FrameSpec {
         Self::base(
             v6("2001:db8:100::1"),
@@ -132,7 +132,7 @@ impl FrameSpec {
         )
     }
 
-    /// A UDP datagram [2001:db8:100::1]:40000 → [2001:db8:2::10]:80.
+    /// A UDP datagram `[2001:db8:100::1]:40000` → `[2001:db8:2::10]:80`.
     pub fn udp_v6() -> FrameSpec {
         Self::base(
             v6("2001:db8:100::1"),

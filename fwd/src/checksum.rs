@@ -76,7 +76,7 @@ fn fold_u32(v: u32) -> u64 {
 /// (an odd trailing byte is padded with a zero low byte).
 ///
 /// Reads 8 bytes at a time and adds the two 32-bit halves into a `u64`, so no
-/// carry handling is needed inside the loop (it cannot overflow below 16 GiB).
+/// carry handling is needed inside the loop (it cannot overflow below 8 GiB of input).
 /// This works because 2^16 ≡ 1 (mod 2^16 − 1): any big-endian grouping of the
 /// words gives the same folded result.
 #[inline]
