@@ -10,12 +10,15 @@
 mod common;
 pub mod dest;
 pub mod flags;
+pub mod locality;
 pub mod registry;
 #[cfg(test)]
 mod testutil;
 
 pub mod dh;
 pub mod fo;
+pub mod lblc;
+pub mod lblcr;
 pub mod lc;
 pub mod mh;
 pub mod nq;
@@ -60,4 +63,10 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     /// Picks the destination for a new connection, or `None` when no
     /// destination is available. Never allocates; callable from many threads.
     fn schedule(&self, key: &SchedKey) -> Option<Arc<Dest>>;
+    /// Drops per-client state unused since before `now_ms` minus the
+    /// scheduler's expiration (lblc, lblcr; a no-op for the others). Picks
+    /// expire lazily too; an engine timer calling this (say once a minute)
+    /// also frees the memory of services that get no new connections.
+    /// Control path: may take locks and walk the whole table.
+    fn expire(&self, _now_ms: u64) {}
 }

@@ -44,6 +44,8 @@ pub const SCHEDULERS: &[(&str, Constructor)] = &[
     ("dh", crate::dh::Dh::create),
     ("sh", crate::sh::Sh::create),
     ("mh", crate::mh::Mh::create),
+    ("lblc", crate::lblc::Lblc::create),
+    ("lblcr", crate::lblcr::Lblcr::create),
     ("twos", crate::twos::Twos::create),
 ];
 
