@@ -40,9 +40,20 @@ fn pipeline() -> Pipeline {
 fn bench(c: &mut Criterion) {
     let st = WorkerStats::default();
     let p = pipeline();
-    let mut syn = build(&FrameSpec::tcp("198.51.100.10", 40000, "192.0.2.10", 80, SYN));
-    let Verdict::Xmit { next_hop } = p.process(&mut syn, CsumMode::Full, 0, &st) else { panic!("SYN not forwarded") };
-    let ack = build(&FrameSpec { payload: vec![0x55; 64], ..FrameSpec::tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK) });
+    let mut syn = build(&FrameSpec::tcp(
+        "198.51.100.10",
+        40000,
+        "192.0.2.10",
+        80,
+        SYN,
+    ));
+    let Verdict::Xmit { next_hop } = p.process(&mut syn, CsumMode::Full, 0, &st) else {
+        panic!("SYN not forwarded")
+    };
+    let ack = build(&FrameSpec {
+        payload: vec![0x55; 64],
+        ..FrameSpec::tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK)
+    });
     let reply = build(&FrameSpec {
         payload: vec![0x66; 64],
         ..FrameSpec::tcp(&next_hop.to_string(), 80, "198.51.100.10", 40000, ACK)
@@ -68,7 +79,13 @@ fn bench(c: &mut Criterion) {
     let syns: Vec<Vec<u8>> = (0..100_000u32)
         .map(|i| {
             let src = format!("198.51.{}.{}", 100 + (i >> 16) % 2, (i >> 8) & 0xff);
-            build(&FrameSpec::tcp(&src, 1024 + (i & 0xff) as u16 * 200 + (i >> 16) as u16, "192.0.2.10", 80, SYN))
+            build(&FrameSpec::tcp(
+                &src,
+                1024 + (i & 0xff) as u16 * 200 + (i >> 16) as u16,
+                "192.0.2.10",
+                80,
+                SYN,
+            ))
         })
         .collect();
     g.bench_function("new_connection", |b| {

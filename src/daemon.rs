@@ -62,11 +62,14 @@ fn specs(cfg: &ctl::Config) -> Result<Vec<ServiceSpec>, String> {
     let mut out = Vec::with_capacity(cfg.services.len());
     for s in &cfg.services {
         let (proto, addr, port) = match s.key {
-            ctl::SvcKey::Addr { proto: ctl::Proto::Sctp, .. } => {
-                return Err("SCTP services (--sctp-service) are not supported yet".into())
-            }
+            ctl::SvcKey::Addr {
+                proto: ctl::Proto::Sctp,
+                ..
+            } => return Err("SCTP services (--sctp-service) are not supported yet".into()),
             ctl::SvcKey::Addr { proto, addr, port } => (proto.number(), addr, port),
-            ctl::SvcKey::Fwmark { .. } => return Err("fwmark services (-f) are not supported yet".into()),
+            ctl::SvcKey::Fwmark { .. } => {
+                return Err("fwmark services (-f) are not supported yet".into())
+            }
         };
         if s.persistent.is_some() {
             return Err("persistent services (-p) are not supported yet".into());
@@ -79,7 +82,10 @@ fn specs(cfg: &ctl::Config) -> Result<Vec<ServiceSpec>, String> {
             addr,
             port,
             sched: s.sched.clone(),
-            params: uvs_sched::SchedParams { flags: s.sched_flags.clone(), mh_table_size: None },
+            params: uvs_sched::SchedParams {
+                flags: s.sched_flags.clone(),
+                mh_table_size: None,
+            },
             dests: s
                 .dests
                 .iter()
@@ -107,11 +113,14 @@ struct Live<'a> {
 
 impl ctl::Counters for Live<'_> {
     fn dest(&self, svc: &ctl::SvcKey, d: &ctl::DestConfig) -> ctl::DestCounters {
-        let ctl::SvcKey::Addr { proto, addr, port } = *svc else { return ctl::DestCounters::default() };
-        let dest = self
-            .snap
-            .find(proto.number(), addr, port)
-            .and_then(|s| s.dests.iter().find(|x| x.addr == d.addr && x.port == d.port));
+        let ctl::SvcKey::Addr { proto, addr, port } = *svc else {
+            return ctl::DestCounters::default();
+        };
+        let dest = self.snap.find(proto.number(), addr, port).and_then(|s| {
+            s.dests
+                .iter()
+                .find(|x| x.addr == d.addr && x.port == d.port)
+        });
         dest.map_or_else(ctl::DestCounters::default, |x| ctl::DestCounters {
             active_conns: x.active_conns(),
             inactive_conns: x.inactive_conns(),
@@ -162,7 +171,12 @@ impl Daemon {
     /// Validates and commits `new` (see the module doc).
     fn commit(&mut self, new: ctl::Config) -> Result<(), String> {
         let specs = specs(&new)?;
-        let snapshot = self.pipeline.services.load().rebuild(&specs).map_err(|e| e.to_string())?;
+        let snapshot = self
+            .pipeline
+            .services
+            .load()
+            .rebuild(&specs)
+            .map_err(|e| e.to_string())?;
         let (svcs, nat) = owned(&specs);
         self.guard.update(&svcs, &nat).map_err(|e| e.to_string())?;
         self.pipeline.services.store(Arc::new(snapshot));
@@ -172,9 +186,15 @@ impl Daemon {
         self.config = new;
         // Learn the real servers' next hops now, so first packets rarely
         // wait for ARP/ND.
-        let dests: Vec<IpAddr> = specs.iter().flat_map(|s| s.dests.iter().map(|d| d.addr)).collect();
+        let dests: Vec<IpAddr> = specs
+            .iter()
+            .flat_map(|s| s.dests.iter().map(|d| d.addr))
+            .collect();
         for a in dests {
-            let _ = self.engine.resolver.resolve_blocking(a, Duration::from_millis(500));
+            let _ = self
+                .engine
+                .resolver
+                .resolve_blocking(a, Duration::from_millis(500));
         }
         Ok(())
     }
@@ -186,7 +206,10 @@ impl Daemon {
             Some("filter") => self.filter(&argv[1..]),
             Some("uvsadm") => self.uvsadm(&argv[1..], None),
             // `uvsadm -R`: the commands arrive as one text, applied as one batch.
-            Some("uvsadm-restore") => self.uvsadm(&["-R".to_string()], Some(argv.get(1).map_or("", String::as_str))),
+            Some("uvsadm-restore") => self.uvsadm(
+                &["-R".to_string()],
+                Some(argv.get(1).map_or("", String::as_str)),
+            ),
             _ => Reply::err(format!("unknown control request {:?}", argv.first())),
         }
     }
@@ -199,7 +222,11 @@ impl Daemon {
             Ok(c) => c,
             Err(e) => return Reply::err(e),
         };
-        let live = Live { snap: self.pipeline.services.load_full(), conns: &self.pipeline.conns, now: self.engine.now_ms() };
+        let live = Live {
+            snap: self.pipeline.services.load_full(),
+            conns: &self.pipeline.conns,
+            now: self.engine.now_ms(),
+        };
         let mut new = self.config.clone();
         let out = match ctl::execute_command(&mut new, &cmd, stdin, &live, &ctl::Gates::default()) {
             Ok(o) => o,
@@ -237,29 +264,48 @@ impl Daemon {
 /// Runs the daemon until `stop` is set.
 pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     let ifaces = engine::interfaces(&opts.interfaces)?;
-    let mut table_cfg = uvs_conntrack::Config { seed: random_seed(), ..Default::default() };
+    let mut table_cfg = uvs_conntrack::Config {
+        seed: random_seed(),
+        ..Default::default()
+    };
     for k in &opts.knobs {
         set_knob(&mut table_cfg.knobs, k).map_err(DaemonError::Config)?;
     }
     // Validate everything given at start before touching the system.
     let mut config = ctl::Config::default();
     if let Some(text) = &opts.config {
-        config.restore(text).map_err(|e| DaemonError::Config(e.to_string()))?;
+        config
+            .restore(text)
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
         specs(&config).map_err(DaemonError::Config)?;
     }
     let filter = match &opts.filter {
         Some(t) => FilterTable::parse_file(t)?,
         None => FilterTable::default(),
     };
-    let server = control::Server::bind(&opts.control)
-        .map_err(|err| DaemonError::Control { path: opts.control.display().to_string(), err })?;
+    let server = control::Server::bind(&opts.control).map_err(|err| DaemonError::Control {
+        path: opts.control.display().to_string(),
+        err,
+    })?;
 
     let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
     let guard = KernelGuard::install(&names)?;
     let pipeline = Arc::new(Pipeline::new(uvs_conntrack::Table::new(table_cfg)));
     pipeline.filter.store(Arc::new(filter));
-    let engine = Engine::start(pipeline.clone(), ifaces, &EngineConfig { workers: opts.workers, ring_frames: opts.ring_frames })?;
-    let mut d = Daemon { pipeline, engine, guard, config: ctl::Config::default() };
+    let engine = Engine::start(
+        pipeline.clone(),
+        ifaces,
+        &EngineConfig {
+            workers: opts.workers,
+            ring_frames: opts.ring_frames,
+        },
+    )?;
+    let mut d = Daemon {
+        pipeline,
+        engine,
+        guard,
+        config: ctl::Config::default(),
+    };
     d.commit(config).map_err(DaemonError::Config)?;
     eprintln!(
         "uvs: running on {} with {} worker(s); control socket {}",
@@ -282,7 +328,9 @@ fn random_seed() -> u64 {
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     if n != 8 {
         // Fall back to time and PID: still differs per run.
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         return t ^ u64::from(std::process::id()).rotate_left(32);
     }
     u64::from_ne_bytes(b)
@@ -291,7 +339,9 @@ fn random_seed() -> u64 {
 /// `--set-knob NAME=VALUE`: the kernel's IPVS sysctls that the connection
 /// table implements.
 pub fn set_knob(k: &mut uvs_conntrack::Knobs, spec: &str) -> Result<(), String> {
-    let (name, val) = spec.split_once('=').ok_or_else(|| format!("knob '{spec}': expected NAME=VALUE"))?;
+    let (name, val) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("knob '{spec}': expected NAME=VALUE"))?;
     let flag = || match val {
         "0" => Ok(false),
         "1" => Ok(true),

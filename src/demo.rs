@@ -18,9 +18,17 @@ pub fn is_root() -> bool {
 }
 
 fn show(t: &Tally) -> String {
-    let mut s: Vec<String> = t.by_server.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut s: Vec<String> = t
+        .by_server
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     if t.failures > 0 {
-        s.push(format!("failed={} (first: {})", t.failures, t.first_error.as_deref().unwrap_or("")));
+        s.push(format!(
+            "failed={} (first: {})",
+            t.failures,
+            t.first_error.as_deref().unwrap_or("")
+        ));
     }
     s.join(" ")
 }
@@ -30,7 +38,11 @@ pub fn run(requests: usize) -> io::Result<bool> {
     let prefix = format!("uvsdemo{}", std::process::id());
     println!("uvs demo: building lab '{prefix}': client 198.51.100.10, director, real servers 203.0.113.11 and .12");
     let lab = Lab::up(&prefix, false)?;
-    println!("uvs demo: starting lab servers (TCP :80, UDP :53) in {} and {}", lab.ns("rs1"), lab.ns("rs2"));
+    println!(
+        "uvs demo: starting lab servers (TCP :80, UDP :53) in {} and {}",
+        lab.ns("rs1"),
+        lab.ns("rs2")
+    );
     let _rs1 = lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53)?;
     let _rs2 = lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53)?;
     let exe = std::env::current_exe()?;
@@ -50,18 +62,26 @@ pub fn run(requests: usize) -> io::Result<bool> {
     }
     let vip = "192.0.2.10:80".parse().map_err(io::Error::other)?;
     println!("uvs demo: client sends {requests} short TCP requests to 192.0.2.10:80 ...");
-    let tcp = netns::run_in(&lab.ns("c"), move || lab::tcp_requests(vip, requests, Duration::from_secs(120)))?;
+    let tcp = netns::run_in(&lab.ns("c"), move || {
+        lab::tcp_requests(vip, requests, Duration::from_secs(120))
+    })?;
     println!("uvs demo:   TCP answers by server: {}", show(&tcp));
     let uvip = "192.0.2.10:53".parse().map_err(io::Error::other)?;
     let udp_n = 400;
-    println!("uvs demo: client sends {udp_n} UDP requests (each from a new port) to 192.0.2.10:53 ...");
-    let udp = netns::run_in(&lab.ns("c"), move || lab::udp_requests(uvip, udp_n, Duration::from_secs(60)))?;
+    println!(
+        "uvs demo: client sends {udp_n} UDP requests (each from a new port) to 192.0.2.10:53 ..."
+    );
+    let udp = netns::run_in(&lab.ns("c"), move || {
+        lab::udp_requests(uvip, udp_n, Duration::from_secs(60))
+    })?;
     println!("uvs demo:   UDP answers by server: {}", show(&udp));
     println!("uvs demo: uvsadm -L -n");
     print!("{}", d.uvsadm("-L -n")?);
     let half = requests / 2;
-    let tcp_ok = tcp.failures == 0 && tcp.count("rs1") == requests - half && tcp.count("rs2") == half;
-    let udp_ok = udp.failures == 0 && udp.count("rs1") == udp_n * 3 / 4 && udp.count("rs2") == udp_n / 4;
+    let tcp_ok =
+        tcp.failures == 0 && tcp.count("rs1") == requests - half && tcp.count("rs2") == half;
+    let udp_ok =
+        udp.failures == 0 && udp.count("rs1") == udp_n * 3 / 4 && udp.count("rs2") == udp_n / 4;
     println!("uvs demo: stopping uvs and removing the lab");
     let status = d.stop()?;
     drop(lab);

@@ -51,7 +51,10 @@ pub fn interfaces(only: &[String]) -> Result<Vec<Iface>, EngineError> {
     let all: Vec<Iface> = pnet_datalink::interfaces()
         .into_iter()
         .filter(|i| i.is_up() && !i.is_loopback() && i.mac.is_some_and(|m| m.octets() != [0; 6]))
-        .map(|i| Iface { name: i.name, index: i.index })
+        .map(|i| Iface {
+            name: i.name,
+            index: i.index,
+        })
         .collect();
     if only.is_empty() {
         if all.is_empty() {
@@ -60,7 +63,12 @@ pub fn interfaces(only: &[String]) -> Result<Vec<Iface>, EngineError> {
         return Ok(all);
     }
     only.iter()
-        .map(|n| all.iter().find(|i| &i.name == n).cloned().ok_or_else(|| EngineError::NoSuchInterface(n.clone())))
+        .map(|n| {
+            all.iter()
+                .find(|i| &i.name == n)
+                .cloned()
+                .ok_or_else(|| EngineError::NoSuchInterface(n.clone()))
+        })
         .collect()
 }
 
@@ -110,7 +118,11 @@ pub struct Engine {
 
 impl Engine {
     /// Opens every ring and starts the workers and the timer.
-    pub fn start(pipeline: Arc<Pipeline>, ifaces: Vec<Iface>, cfg: &EngineConfig) -> Result<Engine, EngineError> {
+    pub fn start(
+        pipeline: Arc<Pipeline>,
+        ifaces: Vec<Iface>,
+        cfg: &EngineConfig,
+    ) -> Result<Engine, EngineError> {
         let n = cfg.workers.max(1);
         let stats = Arc::new(Stats::new(n));
         let stop = Arc::new(AtomicBool::new(false));
@@ -121,14 +133,32 @@ impl Engine {
             let poll = Poll::new()?;
             let mut rings = Vec::new();
             for (k, ifc) in ifaces.iter().enumerate() {
-                let ring = RxRing::open(ifc.index, group_base.wrapping_add(k as u16), cfg.ring_frames)
-                    .map_err(|err| EngineError::Ring { iface: ifc.name.clone(), err })?;
-                poll.registry().register(&mut SourceFd(&ring.as_raw_fd()), Token(k), Interest::READABLE)?;
+                let ring = RxRing::open(
+                    ifc.index,
+                    group_base.wrapping_add(k as u16),
+                    cfg.ring_frames,
+                )
+                .map_err(|err| EngineError::Ring {
+                    iface: ifc.name.clone(),
+                    err,
+                })?;
+                poll.registry().register(
+                    &mut SourceFd(&ring.as_raw_fd()),
+                    Token(k),
+                    Interest::READABLE,
+                )?;
                 rings.push(ring);
             }
             wakers.push(Waker::new(poll.registry(), WAKE)?);
             let spare = (0..PARK_MAX).map(|_| vec![0u8; PARK_FRAME_MAX]).collect();
-            workers.push(Worker { id, rings, tx: TxBatch::new(BATCH * 2)?, poll, parked: Vec::with_capacity(PARK_MAX), spare });
+            workers.push(Worker {
+                id,
+                rings,
+                tx: TxBatch::new(BATCH * 2)?,
+                poll,
+                parked: Vec::with_capacity(PARK_MAX),
+                spare,
+            });
         }
         let wakers = Arc::new(wakers);
         let w2 = wakers.clone();
@@ -145,7 +175,12 @@ impl Engine {
         let epoch = Instant::now();
         let mut threads = Vec::new();
         for w in workers {
-            let (pl, st, rs, sp) = (pipeline.clone(), stats.clone(), resolver.clone(), stop.clone());
+            let (pl, st, rs, sp) = (
+                pipeline.clone(),
+                stats.clone(),
+                resolver.clone(),
+                stop.clone(),
+            );
             let id = w.id;
             threads.push(
                 std::thread::Builder::new()
@@ -156,14 +191,27 @@ impl Engine {
         // Housekeeping: expire connections in small slices so no worker
         // waits on a shard for long.
         let (pl, sp) = (pipeline.clone(), stop.clone());
-        threads.push(std::thread::Builder::new().name("uvs-timer".into()).spawn(move || {
-            while !sp.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-                let now = epoch.elapsed().as_millis() as u64;
-                pl.conns.expire(now, 65_536);
-            }
-        })?);
-        Ok(Engine { pipeline, stats, resolver, ifaces, stop, threads, wakers, epoch })
+        threads.push(
+            std::thread::Builder::new()
+                .name("uvs-timer".into())
+                .spawn(move || {
+                    while !sp.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                        let now = epoch.elapsed().as_millis() as u64;
+                        pl.conns.expire(now, 65_536);
+                    }
+                })?,
+        );
+        Ok(Engine {
+            pipeline,
+            stats,
+            resolver,
+            ifaces,
+            stop,
+            threads,
+            wakers,
+            epoch,
+        })
     }
 
     /// Milliseconds on the engine's clock (what the connection table sees).
@@ -190,7 +238,14 @@ impl Drop for Engine {
 }
 
 impl Worker {
-    fn run(mut self, pl: &Pipeline, st: &WorkerStats, rs: &Resolver, stop: &AtomicBool, epoch: Instant) {
+    fn run(
+        mut self,
+        pl: &Pipeline,
+        st: &WorkerStats,
+        rs: &Resolver,
+        stop: &AtomicBool,
+        epoch: Instant,
+    ) {
         let mut events = Events::with_capacity(64);
         while !stop.load(Ordering::Relaxed) {
             // Edge-triggered readiness: drain every ring fully each round;
@@ -212,8 +267,21 @@ impl Worker {
         }
     }
 
-    fn drain_ring(&mut self, r: usize, pl: &Pipeline, st: &WorkerStats, rs: &Resolver, now: u64) -> usize {
-        let Worker { rings, tx, parked, spare, .. } = self;
+    fn drain_ring(
+        &mut self,
+        r: usize,
+        pl: &Pipeline,
+        st: &WorkerStats,
+        rs: &Resolver,
+        now: u64,
+    ) -> usize {
+        let Worker {
+            rings,
+            tx,
+            parked,
+            spare,
+            ..
+        } = self;
         let (sent0, dropped0) = (tx.sent, tx.dropped);
         let mut ctx = (tx, parked, spare);
         let n = rings[r].drain(
@@ -227,8 +295,14 @@ impl Worker {
                     return;
                 }
                 add(&st.rx, 1);
-                let csum = if io::vnet_flags(f.vnet()) & VNET_F_NEEDS_CSUM != 0 { CsumMode::Partial } else { CsumMode::Full };
-                let Verdict::Xmit { next_hop } = pl.process(f.frame_mut(), csum, now, st) else { return };
+                let csum = if io::vnet_flags(f.vnet()) & VNET_F_NEEDS_CSUM != 0 {
+                    CsumMode::Partial
+                } else {
+                    CsumMode::Full
+                };
+                let Verdict::Xmit { next_hop } = pl.process(f.frame_mut(), csum, now, st) else {
+                    return;
+                };
                 match rs.lookup(next_hop) {
                     Lookup::Ready(nh) => {
                         if uvs_fwd::set_macs(f.frame_mut(), nh.src_mac, nh.dst_mac).is_ok() {
@@ -238,7 +312,12 @@ impl Worker {
                     Lookup::Pending => match spare.pop() {
                         Some(mut buf) if f.buf.len() <= buf.len() => {
                             buf[..f.buf.len()].copy_from_slice(f.buf);
-                            parked.push(Parked { len: f.buf.len(), buf, next_hop, since: Instant::now() });
+                            parked.push(Parked {
+                                len: f.buf.len(),
+                                buf,
+                                next_hop,
+                                since: Instant::now(),
+                            });
                         }
                         other => {
                             if let Some(b) = other {
@@ -256,7 +335,10 @@ impl Worker {
         let tx = &ctx.0;
         add(&st.tx, tx.sent - sent0);
         if tx.dropped > dropped0 {
-            add(&st.drops[DropReason::TxFailed as usize], tx.dropped - dropped0);
+            add(
+                &st.drops[DropReason::TxFailed as usize],
+                tx.dropped - dropped0,
+            );
         }
         n
     }
@@ -269,7 +351,9 @@ impl Worker {
             let done = match rs.lookup(p.next_hop) {
                 Lookup::Ready(nh) => {
                     let buf = &mut p.buf[..p.len];
-                    if uvs_fwd::set_macs(&mut buf[io::VNET_HDR_LEN..], nh.src_mac, nh.dst_mac).is_ok() {
+                    if uvs_fwd::set_macs(&mut buf[io::VNET_HDR_LEN..], nh.src_mac, nh.dst_mac)
+                        .is_ok()
+                    {
                         self.tx.push(buf, nh.ifindex);
                     }
                     true
@@ -292,7 +376,10 @@ impl Worker {
         }
         add(&st.tx, self.tx.sent - sent0);
         if self.tx.dropped > dropped0 {
-            add(&st.drops[DropReason::TxFailed as usize], self.tx.dropped - dropped0);
+            add(
+                &st.drops[DropReason::TxFailed as usize],
+                self.tx.dropped - dropped0,
+            );
         }
     }
 }

@@ -49,7 +49,12 @@ impl FrameSpec {
     }
     /// A UDP datagram between two endpoints.
     pub fn udp(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> FrameSpec {
-        FrameSpec { proto: 17, tcp_flags: 0, payload: payload.to_vec(), ..FrameSpec::tcp(src, sport, dst, dport, 0) }
+        FrameSpec {
+            proto: 17,
+            tcp_flags: 0,
+            payload: payload.to_vec(),
+            ..FrameSpec::tcp(src, sport, dst, dport, 0)
+        }
     }
 }
 

@@ -83,7 +83,13 @@ pub struct HookEntry {
 
 impl HookEntry {
     const fn new(point: HookPoint, priority: i32, func: HookFn, why: &'static str) -> Self {
-        HookEntry { point, priority, func, why, index: 0 }
+        HookEntry {
+            point,
+            priority,
+            func,
+            why,
+            index: 0,
+        }
     }
 }
 
@@ -167,7 +173,10 @@ impl HookChain {
                 i += 1;
             }
         }
-        assert!(i <= MAX_ENTRIES, "hook chain holds {i} entries, more than MAX_ENTRIES");
+        assert!(
+            i <= MAX_ENTRIES,
+            "hook chain holds {i} entries, more than MAX_ENTRIES"
+        );
         HookChain { points }
     }
 

@@ -313,9 +313,15 @@ impl EchoConn {
         self.s.set_read_timeout(Some(timeout))?;
         let mut a = String::new();
         if self.r.read_line(&mut a)? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
-        let (name, echo) = a.trim_end().split_once(':').ok_or_else(|| io::Error::other(format!("bad echo {a:?}")))?;
+        let (name, echo) = a
+            .trim_end()
+            .split_once(':')
+            .ok_or_else(|| io::Error::other(format!("bad echo {a:?}")))?;
         if echo != line {
             return Err(io::Error::other(format!("echo {echo:?} for {line:?}")));
         }
@@ -351,7 +357,11 @@ impl Director {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()?;
-        let mut d = Director { child, control, log };
+        let mut d = Director {
+            child,
+            control,
+            log,
+        };
         let end = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = crate::control::call(&d.control, &["ping".to_string()]) {
@@ -360,10 +370,16 @@ impl Director {
                 }
             }
             if let Ok(Some(st)) = d.child.try_wait() {
-                return Err(io::Error::other(format!("uvs run exited ({st}): {}", d.log_text())));
+                return Err(io::Error::other(format!(
+                    "uvs run exited ({st}): {}",
+                    d.log_text()
+                )));
             }
             if Instant::now() > end {
-                return Err(io::Error::other(format!("uvs run did not come up: {}", d.log_text())));
+                return Err(io::Error::other(format!(
+                    "uvs run did not come up: {}",
+                    d.log_text()
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -391,7 +407,10 @@ impl Director {
         v.extend(cmd.split_whitespace());
         let r = self.call(&v)?;
         if r.status != 0 {
-            return Err(io::Error::other(format!("uvsadm {cmd}: {}", r.stderr.trim())));
+            return Err(io::Error::other(format!(
+                "uvsadm {cmd}: {}",
+                r.stderr.trim()
+            )));
         }
         Ok(r.stdout)
     }
@@ -401,7 +420,11 @@ impl Director {
         let r = self.call(&["stats"])?;
         r.stdout
             .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|v| v.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
             .ok_or_else(|| io::Error::other(format!("no counter {name} in stats")))
     }
 

@@ -70,7 +70,13 @@ impl Pipeline {
     }
 
     /// Processes one Ethernet frame in place.
-    pub fn process(&self, frame: &mut [u8], csum: CsumMode, now_ms: u64, st: &WorkerStats) -> Verdict {
+    pub fn process(
+        &self,
+        frame: &mut [u8],
+        csum: CsumMode,
+        now_ms: u64,
+        st: &WorkerStats,
+    ) -> Verdict {
         let p = match uvs_fwd::parse(frame) {
             Ok(p) => p,
             Err(ParseError::NotIp) => return self.pass(st),
@@ -88,14 +94,23 @@ impl Pipeline {
         let services = self.services.load();
         // The routing decision: VIPs are local, so requests meet LOCAL_IN;
         // everything else (NAT replies to clients) is forwarded.
-        let point = if services.is_vip(p.dst) { HookPoint::LocalIn } else { HookPoint::Forward };
-        let mut ctx = Ctx { looked_up: false, hit: None };
+        let point = if services.is_vip(p.dst) {
+            HookPoint::LocalIn
+        } else {
+            HookPoint::Forward
+        };
+        let mut ctx = Ctx {
+            looked_up: false,
+            hit: None,
+        };
         for e in self.hooks.at(point) {
             add(&st.hook_seen[e.index], 1);
             let step = match e.func {
                 HookFn::Filter => self.filter_hook(point, &p, st),
                 HookFn::IpvsReply => self.ipvs_reply(frame, &p, csum, now_ms, &mut ctx, st),
-                HookFn::IpvsRequest => self.ipvs_request(frame, &p, csum, now_ms, &services, &mut ctx, st),
+                HookFn::IpvsRequest => {
+                    self.ipvs_request(frame, &p, csum, now_ms, &services, &mut ctx, st)
+                }
             };
             if let Step::Done(v) = step {
                 match v {
@@ -120,7 +135,13 @@ impl Pipeline {
     }
 
     fn filter_hook(&self, point: HookPoint, p: &Parsed, st: &WorkerStats) -> Step {
-        let k = FilterKey { proto: p.proto, src: p.src, dst: p.dst, sport: p.sport, dport: p.dport };
+        let k = FilterKey {
+            proto: p.proto,
+            src: p.src,
+            dst: p.dst,
+            sport: p.sport,
+            dport: p.dport,
+        };
         match self.filter.load().check(point, &k) {
             Target::Accept => Step::Continue,
             Target::Drop => Self::drop(st, DropReason::Filtered),
@@ -130,7 +151,13 @@ impl Pipeline {
     fn lookup<'c>(&self, p: &Parsed, ctx: &'c mut Ctx) -> Option<&'c (uvs_conntrack::Handle, Dir)> {
         if !ctx.looked_up {
             ctx.looked_up = true;
-            let t = Tuple { proto: p.proto, src: p.src, sport: p.sport, dst: p.dst, dport: p.dport };
+            let t = Tuple {
+                proto: p.proto,
+                src: p.src,
+                sport: p.sport,
+                dst: p.dst,
+                dport: p.dport,
+            };
             ctx.hit = self.conns.lookup(&t);
         }
         ctx.hit.as_ref()
@@ -147,8 +174,18 @@ impl Pipeline {
 
     /// `ip_vs_reply`: a NAT reply from a real server gets the VIP back as
     /// its source and goes to the client.
-    fn ipvs_reply(&self, frame: &mut [u8], p: &Parsed, csum: CsumMode, now: u64, ctx: &mut Ctx, st: &WorkerStats) -> Step {
-        let Some((h, Dir::Out)) = self.lookup(p, ctx) else { return Step::Continue };
+    fn ipvs_reply(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: CsumMode,
+        now: u64,
+        ctx: &mut Ctx,
+        st: &WorkerStats,
+    ) -> Step {
+        let Some((h, Dir::Out)) = self.lookup(p, ctx) else {
+            return Step::Continue;
+        };
         if h.fwd() != FwdMethod::Masq {
             return Step::Continue;
         }
@@ -157,7 +194,9 @@ impl Pipeline {
             Update::Drop | Update::Reschedule => return Self::drop(st, DropReason::DestRemoved),
         }
         match uvs_fwd::snat(frame, p, h.vaddr(), h.vport(), csum) {
-            Ok(()) => Step::Done(Verdict::Xmit { next_hop: h.caddr() }),
+            Ok(()) => Step::Done(Verdict::Xmit {
+                next_hop: h.caddr(),
+            }),
             Err(e) => Self::drop(st, xmit_reason(&e)),
         }
     }
@@ -178,21 +217,32 @@ impl Pipeline {
     ) -> Step {
         if let Some((h, Dir::In)) = self.lookup(p, ctx) {
             match self.conns.update(h, Dir::In, Self::info(p), now) {
-                Update::Forward => return self.xmit_request(frame, p, csum, h.fwd(), h.daddr(), h.dport(), st),
+                Update::Forward => {
+                    return self.xmit_request(frame, p, csum, h.fwd(), h.daddr(), h.dport(), st)
+                }
                 Update::Drop => return Self::drop(st, DropReason::DestRemoved),
                 // A SYN reusing a finished connection's tuple: schedule it
                 // afresh below, with this very packet.
                 Update::Reschedule => {}
             }
         }
-        let Some(svc) = services.find(p.proto, p.dst, p.dport) else { return Step::Continue };
+        let Some(svc) = services.find(p.proto, p.dst, p.dport) else {
+            return Step::Continue;
+        };
         let info = Self::info(p);
         if !uvs_conntrack::may_create(p.proto, &info, &self.conns.knobs()) {
             // The kernel would pass this to its own stack, which answers
             // with a RST; uvs owns the VIP and drops it instead.
             return Self::drop(st, DropReason::NoConnection);
         }
-        let key = SchedKey { proto: p.proto, src: p.src, sport: p.sport, dst: p.dst, dport: p.dport, now_ms: now };
+        let key = SchedKey {
+            proto: p.proto,
+            src: p.src,
+            sport: p.sport,
+            dst: p.dst,
+            dport: p.dport,
+            now_ms: now,
+        };
         let Some(dest) = svc.sched.schedule(&key) else {
             return Self::drop(st, DropReason::NoDestination);
         };
@@ -215,7 +265,13 @@ impl Pipeline {
             // Another worker created it first (its packets hashed elsewhere):
             // follow that entry.
             Err(InsertError::Exists) => {
-                let t = Tuple { proto: p.proto, src: p.src, sport: p.sport, dst: p.dst, dport: p.dport };
+                let t = Tuple {
+                    proto: p.proto,
+                    src: p.src,
+                    sport: p.sport,
+                    dst: p.dst,
+                    dport: p.dport,
+                };
                 return match self.conns.lookup_in(&t) {
                     Some(h) => self.xmit_request(frame, p, csum, h.fwd(), h.daddr(), h.dport(), st),
                     None => Self::drop(st, DropReason::TableFull),
@@ -224,7 +280,9 @@ impl Pipeline {
             Err(_) => return Self::drop(st, DropReason::TableFull),
         }
         add(&st.conns, 1);
-        svc.stats.conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        svc.stats
+            .conns
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.xmit_request(frame, p, csum, fwd, daddr, dport, st)
     }
 
@@ -244,7 +302,9 @@ impl Pipeline {
                 Ok(()) => Step::Done(Verdict::Xmit { next_hop: daddr }),
                 Err(e) => Self::drop(st, xmit_reason(&e)),
             },
-            FwdMethod::Route | FwdMethod::Tunnel | FwdMethod::Local => Self::drop(st, DropReason::Unsupported),
+            FwdMethod::Route | FwdMethod::Tunnel | FwdMethod::Local => {
+                Self::drop(st, DropReason::Unsupported)
+            }
         }
     }
 }

@@ -135,7 +135,10 @@ impl Services {
             let mut reused: Vec<Arc<Dest>> = Vec::new();
             for d in &spec.dests {
                 let existing = old.and_then(|o| {
-                    o.dests.iter().chain(o.trash.iter()).find(|x| x.addr == d.addr && x.port == d.port)
+                    o.dests
+                        .iter()
+                        .chain(o.trash.iter())
+                        .find(|x| x.addr == d.addr && x.port == d.port)
                 });
                 let dest = match existing {
                     Some(x) => {
@@ -146,7 +149,8 @@ impl Services {
                 };
                 dests.push(dest);
             }
-            let keep_sched = old.filter(|o| o.sched.name() == spec.sched && o.params == spec.params);
+            let keep_sched =
+                old.filter(|o| o.sched.name() == spec.sched && o.params == spec.params);
             let sched: Arc<dyn Scheduler> = match keep_sched {
                 Some(o) => o.sched.clone(),
                 None => Arc::from(Registry::create(&spec.sched, &spec.params, &dests)?),
@@ -187,7 +191,10 @@ impl Services {
         }
         // Servers of deleted services are unavailable too.
         for o in &self.services {
-            if !services.iter().any(|s| s.proto == o.proto && s.addr == o.addr && s.port == o.port) {
+            if !services
+                .iter()
+                .any(|s| s.proto == o.proto && s.addr == o.addr && s.port == o.port)
+            {
                 o.dests.iter().for_each(|d| d.set_available(false));
             }
         }

@@ -141,7 +141,11 @@ pub struct Stats {
 impl Stats {
     /// Counter blocks for `n` workers.
     pub fn new(n: usize) -> Stats {
-        Stats { workers: (0..n).map(|_| CachePadded::new(WorkerStats::default())).collect() }
+        Stats {
+            workers: (0..n)
+                .map(|_| CachePadded::new(WorkerStats::default()))
+                .collect(),
+        }
     }
 
     fn sum(&self, f: impl Fn(&WorkerStats) -> &AtomicU64) -> u64 {
@@ -156,12 +160,24 @@ impl Stats {
     /// `uvs stats` text: totals, drops and parse errors by reason, hook entries.
     pub fn report(&self, hooks: &HookChain) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "rx {}\ntx {}\npassed_to_kernel {}\nconnections {}", self.sum(|w| &w.rx), self.sum(|w| &w.tx), self.sum(|w| &w.passed), self.sum(|w| &w.conns));
+        let _ = writeln!(
+            s,
+            "rx {}\ntx {}\npassed_to_kernel {}\nconnections {}",
+            self.sum(|w| &w.rx),
+            self.sum(|w| &w.tx),
+            self.sum(|w| &w.passed),
+            self.sum(|w| &w.conns)
+        );
         for r in DropReason::ALL {
             let _ = writeln!(s, "drop.{} {}", r.name(), self.drops(r));
         }
         for e in ParseError::ALL {
-            let _ = writeln!(s, "parse.{} {}", e.name(), self.sum(|w| &w.parse[e.index()]));
+            let _ = writeln!(
+                s,
+                "parse.{} {}",
+                e.name(),
+                self.sum(|w| &w.parse[e.index()])
+            );
         }
         for e in hooks.all() {
             let i = e.index;

@@ -39,7 +39,14 @@ static A: Counting = Counting;
 #[test]
 fn established_flow_allocates_nothing() {
     let p = Pipeline::new(uvs_conntrack::Table::new(uvs_conntrack::Config::default()));
-    let d = |a: &str| DestSpec { addr: a.parse().unwrap(), port: 80, fwd: FwdMethod::Masq, weight: 1, u_threshold: 0, l_threshold: 0 };
+    let d = |a: &str| DestSpec {
+        addr: a.parse().unwrap(),
+        port: 80,
+        fwd: FwdMethod::Masq,
+        weight: 1,
+        u_threshold: 0,
+        l_threshold: 0,
+    };
     let spec = ServiceSpec {
         proto: 6,
         addr: "192.0.2.10".parse().unwrap(),
@@ -48,12 +55,27 @@ fn established_flow_allocates_nothing() {
         params: SchedParams::default(),
         dests: vec![d("203.0.113.11"), d("203.0.113.12")],
     };
-    p.services.store(Arc::new(p.services.load().rebuild(&[spec]).unwrap()));
+    p.services
+        .store(Arc::new(p.services.load().rebuild(&[spec]).unwrap()));
     let st = WorkerStats::default();
-    let mut syn = build(&FrameSpec::tcp("198.51.100.10", 40000, "192.0.2.10", 80, SYN));
-    let Verdict::Xmit { next_hop } = p.process(&mut syn, CsumMode::Full, 0, &st) else { panic!("SYN not forwarded") };
-    let req = build(&FrameSpec { payload: vec![1; 100], ..FrameSpec::tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK) });
-    let rep = build(&FrameSpec { payload: vec![2; 100], ..FrameSpec::tcp(&next_hop.to_string(), 80, "198.51.100.10", 40000, ACK | PSH) });
+    let mut syn = build(&FrameSpec::tcp(
+        "198.51.100.10",
+        40000,
+        "192.0.2.10",
+        80,
+        SYN,
+    ));
+    let Verdict::Xmit { next_hop } = p.process(&mut syn, CsumMode::Full, 0, &st) else {
+        panic!("SYN not forwarded")
+    };
+    let req = build(&FrameSpec {
+        payload: vec![1; 100],
+        ..FrameSpec::tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK)
+    });
+    let rep = build(&FrameSpec {
+        payload: vec![2; 100],
+        ..FrameSpec::tcp(&next_hop.to_string(), 80, "198.51.100.10", 40000, ACK | PSH)
+    });
     let (mut a, mut b) = (req.clone(), rep.clone());
     // Warm up (thread-local snapshot slots and the like).
     for _ in 0..10 {
@@ -65,9 +87,15 @@ fn established_flow_allocates_nothing() {
     let before = ALLOCS.load(Relaxed);
     for i in 0..10_000u64 {
         a.copy_from_slice(&req);
-        assert!(matches!(p.process(&mut a, CsumMode::Full, 1 + i, &st), Verdict::Xmit { .. }));
+        assert!(matches!(
+            p.process(&mut a, CsumMode::Full, 1 + i, &st),
+            Verdict::Xmit { .. }
+        ));
         b.copy_from_slice(&rep);
-        assert!(matches!(p.process(&mut b, CsumMode::Full, 1 + i, &st), Verdict::Xmit { .. }));
+        assert!(matches!(
+            p.process(&mut b, CsumMode::Full, 1 + i, &st),
+            Verdict::Xmit { .. }
+        ));
     }
     let n = ALLOCS.load(Relaxed) - before;
     assert_eq!(n, 0, "{n} allocations in 20,000 established-flow packets");

@@ -40,23 +40,33 @@ fn setup(tag: &str, vip_on_lb: bool, args: &[&str]) -> Setup {
     let s1 = lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1 server");
     let s2 = lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53).expect("rs2 server");
     let d = Director::start(&lab, Path::new(env!("CARGO_BIN_EXE_uvs")), args).expect("uvs run");
-    Setup { d, _servers: (s1, s2), lab }
+    Setup {
+        d,
+        _servers: (s1, s2),
+        lab,
+    }
 }
 
 impl Setup {
     fn cmds(&self, cmds: &[&str]) {
         for c in cmds {
-            self.d.uvsadm(c).unwrap_or_else(|e| panic!("{e}\nuvs log:\n{}", self.d.log_text()));
+            self.d
+                .uvsadm(c)
+                .unwrap_or_else(|e| panic!("{e}\nuvs log:\n{}", self.d.log_text()));
         }
     }
     fn tcp(&self, n: usize) -> lab::Tally {
-        netns::run_in(&self.lab.ns("c"), move || lab::tcp_requests(vip("192.0.2.10:80"), n, Duration::from_secs(120)))
-            .expect("client namespace")
+        netns::run_in(&self.lab.ns("c"), move || {
+            lab::tcp_requests(vip("192.0.2.10:80"), n, Duration::from_secs(120))
+        })
+        .expect("client namespace")
     }
     fn echo(&self) -> EchoConn {
-        netns::run_in(&self.lab.ns("c"), || EchoConn::connect(vip("192.0.2.10:80")))
-            .expect("client namespace")
-            .expect("echo connection")
+        netns::run_in(&self.lab.ns("c"), || {
+            EchoConn::connect(vip("192.0.2.10:80"))
+        })
+        .expect("client namespace")
+        .expect("echo connection")
     }
     /// A kernel SNMP counter of the director namespace (`Tcp` `OutRsts`, …).
     fn lb_snmp(&self, group: &str, name: &str) -> u64 {
@@ -66,7 +76,10 @@ impl Setup {
             let mut lines = t.lines().filter(|l| l.starts_with(&format!("{g}:")));
             let (h, v) = (lines.next().expect("header"), lines.next().expect("values"));
             let i = h.split_whitespace().position(|x| x == n).expect("counter");
-            v.split_whitespace().nth(i).and_then(|x| x.parse().ok()).expect("number")
+            v.split_whitespace()
+                .nth(i)
+                .and_then(|x| x.parse().ok())
+                .expect("number")
         })
         .expect("lb namespace")
     }
@@ -91,11 +104,24 @@ fn rr_splits_200_connections_100_100_and_curl_works() {
     assert_eq!((t.count("rs1"), t.count("rs2")), (100, 100), "{t:?}");
     // A real client: curl through the VIP.
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &s.lab.ns("c"), "curl", "-sS", "--max-time", "5", "http://192.0.2.10/"])
+        .args([
+            "netns",
+            "exec",
+            &s.lab.ns("c"),
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "http://192.0.2.10/",
+        ])
         .output()
         .expect("curl runs");
     let body = String::from_utf8_lossy(&out.stdout);
-    assert!(body.trim() == "rs1" || body.trim() == "rs2", "curl: {body:?} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        body.trim() == "rs1" || body.trim() == "rs2",
+        "curl: {body:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list = s.d.uvsadm("-L -n").expect("list");
     assert!(list.contains("TCP  192.0.2.10:80 rr"), "{list}");
 }
@@ -129,7 +155,10 @@ fn udp_service_answers() {
         "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -m",
         "-a -u 192.0.2.10:53 -r 203.0.113.12:53 -m",
     ]);
-    let t = netns::run_in(&s.lab.ns("c"), || lab::udp_requests(vip("192.0.2.10:53"), 100, Duration::from_secs(60))).unwrap();
+    let t = netns::run_in(&s.lab.ns("c"), || {
+        lab::udp_requests(vip("192.0.2.10:53"), 100, Duration::from_secs(60))
+    })
+    .unwrap();
     assert_eq!(t.failures, 0, "{t:?}\n{}", s.d.log_text());
     assert_eq!((t.count("rs1"), t.count("rs2")), (50, 50), "{t:?}");
 }
@@ -145,8 +174,16 @@ fn thousand_connections(tag: &str, vip_on_lb: bool) {
     let t = s.tcp(1000);
     assert_eq!(t.failures, 0, "{t:?}\n{}", s.d.log_text());
     assert_eq!(t.total(), 1000);
-    assert_eq!(s.lb_snmp("Tcp", "OutRsts") - rst0, 0, "the director's kernel sent RSTs");
-    assert_eq!(s.lb_snmp("Ip", "ForwDatagrams") - fwd0, 0, "the director's kernel forwarded packets too");
+    assert_eq!(
+        s.lb_snmp("Tcp", "OutRsts") - rst0,
+        0,
+        "the director's kernel sent RSTs"
+    );
+    assert_eq!(
+        s.lb_snmp("Ip", "ForwDatagrams") - fwd0,
+        0,
+        "the director's kernel forwarded packets too"
+    );
 }
 
 #[test]
@@ -177,10 +214,14 @@ fn large_transfer_crosses_with_offloads_on() {
     s.cmds(&RR);
     // A 4 MiB line each way: TSO/GSO super-packets and pending checksums
     // from the namespaces' stacks cross uvs in both directions.
-    let line: String = (0..4 << 20).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let line: String = (0..4 << 20)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     let mut c = s.echo();
     c.send(&line).expect("send");
-    let who = c.recv(&line, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", s.d.log_text()));
+    let who = c
+        .recv(&line, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.d.log_text()));
     assert!(who == "rs1" || who == "rs2");
 }
 
@@ -192,7 +233,20 @@ fn filter_drop_at_priority_0_stops_packets_before_ipvs() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup("flt", false, &[]);
     s.cmds(&RR);
-    let rule = ["filter", "add", "-A", "INPUT", "-p", "tcp", "-s", "198.51.100.10", "--dport", "80", "-j", "DROP"];
+    let rule = [
+        "filter",
+        "add",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-s",
+        "198.51.100.10",
+        "--dport",
+        "80",
+        "-j",
+        "DROP",
+    ];
     assert_eq!(s.d.call(&rule).unwrap().status, 0);
     let conns0 = s.d.counter("connections").unwrap();
     let t = netns::run_in(&s.lab.ns("c"), || {
@@ -201,12 +255,25 @@ fn filter_drop_at_priority_0_stops_packets_before_ipvs() {
     .unwrap();
     assert!(t.is_err(), "the DROP rule let a connection through: {t:?}");
     assert!(s.d.counter("drop.filtered").unwrap() >= 1);
-    assert_eq!(s.d.counter("connections").unwrap(), conns0, "IPVS saw a filtered packet");
+    assert_eq!(
+        s.d.counter("connections").unwrap(),
+        conns0,
+        "IPVS saw a filtered packet"
+    );
     let stats = s.d.call(&["stats"]).unwrap().stdout;
-    let req_seen = stats.lines().find(|l| l.contains("ip_vs_remote_request")).expect("hook line");
-    assert!(req_seen.contains("seen 0 "), "the request hook saw filtered packets: {req_seen}");
+    let req_seen = stats
+        .lines()
+        .find(|l| l.contains("ip_vs_remote_request"))
+        .expect("hook line");
+    assert!(
+        req_seen.contains("seen 0 "),
+        "the request hook saw filtered packets: {req_seen}"
+    );
     let listing = s.d.call(&["filter", "list"]).unwrap().stdout;
-    assert!(listing.contains("-A INPUT -p tcp -s 198.51.100.10/32 --dport 80 -j DROP"), "{listing}");
+    assert!(
+        listing.contains("-A INPUT -p tcp -s 198.51.100.10/32 --dport 80 -j DROP"),
+        "{listing}"
+    );
     // Removing the rule lets traffic through again.
     let mut del = rule;
     del[1] = "del";
@@ -224,12 +291,24 @@ fn quiesced_server_gets_no_new_connections_but_keeps_open_ones() {
     s.cmds(&RR);
     let mut c = s.echo();
     let who = c.ping("hello").expect("echo");
-    let (ip, other) = if who == "rs1" { ("203.0.113.11", "rs2") } else { ("203.0.113.12", "rs1") };
+    let (ip, other) = if who == "rs1" {
+        ("203.0.113.11", "rs2")
+    } else {
+        ("203.0.113.12", "rs1")
+    };
     s.cmds(&[&format!("-e -t 192.0.2.10:80 -r {ip}:80 -m -w 0")]);
     let t = s.tcp(20);
     assert_eq!(t.failures, 0);
-    assert_eq!(t.count(other), 20, "new connections must avoid the quiesced server: {t:?}");
-    assert_eq!(c.ping("still there").expect("open connection keeps working"), who);
+    assert_eq!(
+        t.count(other),
+        20,
+        "new connections must avoid the quiesced server: {t:?}"
+    );
+    assert_eq!(
+        c.ping("still there")
+            .expect("open connection keeps working"),
+        who
+    );
 }
 
 /// `-d` of a server with an open connection, then re-adding it.
@@ -240,19 +319,29 @@ fn removed_server(expire_nodest_conn: bool) {
     s.cmds(&RR);
     let mut c = s.echo();
     let who = c.ping("one").expect("echo");
-    let ip = if who == "rs1" { "203.0.113.11" } else { "203.0.113.12" };
+    let ip = if who == "rs1" {
+        "203.0.113.11"
+    } else {
+        "203.0.113.12"
+    };
     s.cmds(&[&format!("-d -t 192.0.2.10:80 -r {ip}:80")]);
     c.send("two").unwrap();
     // Silently dropped either way: no answer, no reset.
     assert!(c.recv("two", Duration::from_millis(1500)).is_err());
     let dropped = s.d.counter("drop.dest_removed").unwrap();
-    assert!(dropped >= 1, "packets to the removed server must be dropped and counted");
+    assert!(
+        dropped >= 1,
+        "packets to the removed server must be dropped and counted"
+    );
     s.cmds(&[&format!("-a -t 192.0.2.10:80 -r {ip}:80 -m")]);
     let answer = c.recv("two", Duration::from_secs(8));
     if expire_nodest_conn {
         // The entry expired at its first packet: the retransmission finds
         // no connection and is dropped; the flow is gone.
-        assert!(answer.is_err(), "the connection should have expired: {answer:?}");
+        assert!(
+            answer.is_err(),
+            "the connection should have expired: {answer:?}"
+        );
         assert!(s.d.counter("drop.no_connection").unwrap() >= 1);
     } else {
         // The entry waited: re-adding the server resumes the connection.
@@ -304,16 +393,23 @@ fn stopping_leaves_nothing_behind_and_restart_after_crash_cleans_up() {
     let Setup { d, _servers, lab } = s;
     let _ = d.stop();
     // ...and a restart cleans them first, then serves again.
-    let d = Director::start(&lab, Path::new(env!("CARGO_BIN_EXE_uvs")), &[]).expect("restart after crash");
+    let d = Director::start(&lab, Path::new(env!("CARGO_BIN_EXE_uvs")), &[])
+        .expect("restart after crash");
     for c in RR {
         d.uvsadm(c).unwrap();
     }
-    let t = netns::run_in(&lab.ns("c"), || lab::tcp_requests(vip("192.0.2.10:80"), 10, Duration::from_secs(30))).unwrap();
+    let t = netns::run_in(&lab.ns("c"), || {
+        lab::tcp_requests(vip("192.0.2.10:80"), 10, Duration::from_secs(30))
+    })
+    .unwrap();
     assert_eq!(t.failures, 0, "{t:?}");
     let control = d.control.clone();
     let status = d.stop().unwrap();
     assert!(status.success(), "uvs exit status {status}");
-    assert!(!lb_has_uvs_table(&lab), "uvs left its nftables table behind");
+    assert!(
+        !lb_has_uvs_table(&lab),
+        "uvs left its nftables table behind"
+    );
     assert!(!control.exists(), "uvs left its control socket behind");
 }
 
@@ -327,11 +423,22 @@ fn bad_commands_are_rejected_and_change_nothing() {
     s.cmds(&RR);
     let before = s.d.uvsadm("-S -n").unwrap();
     for bad in [
-        vec!["uvsadm", "-a", "-t", "192.0.2.10:80", "-r", "203.0.113.13:80", "-g"],
+        vec![
+            "uvsadm",
+            "-a",
+            "-t",
+            "192.0.2.10:80",
+            "-r",
+            "203.0.113.13:80",
+            "-g",
+        ],
         vec!["uvsadm", "-A", "-t", "192.0.2.10:80", "-s", "rr"],
         vec!["uvsadm", "-A", "-t", "192.0.2.11:80", "-s", "nosuch"],
         vec!["uvsadm", "-a", "-t", "192.0.2.10:x", "-r", "203.0.113.13"],
-        vec!["uvsadm-restore", "-A -t 192.0.2.20:80 -s rr\n-a -t 192.0.2.20:80 -r 203.0.113.11:80 -m -w 70000\n"],
+        vec![
+            "uvsadm-restore",
+            "-A -t 192.0.2.20:80 -s rr\n-a -t 192.0.2.20:80 -r 203.0.113.11:80 -m -w 70000\n",
+        ],
     ] {
         let r = s.d.call(&bad).unwrap();
         assert_ne!(r.status, 0, "{bad:?} was accepted");

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use uvs::control;
 
 #[derive(Parser, Debug)]
-#[command(name = "uvs", version, about = "Linux IPVS as a userspace L4 load balancer")]
+#[command(
+    name = "uvs",
+    version,
+    about = "Linux IPVS as a userspace L4 load balancer"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -87,17 +91,37 @@ fn main() -> ExitCode {
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { interfaces, workers, control, config, filter, ring_frames, knobs } => {
+        Cmd::Run {
+            interfaces,
+            workers,
+            control,
+            config,
+            filter,
+            ring_frames,
+            knobs,
+        } => {
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("installing signal handlers")?;
             }
             let opts = uvs::daemon::RunOpts {
                 interfaces,
-                workers: workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                workers: workers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 control: control::path(control.as_deref()),
-                config: config.map(|p| std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))).transpose()?,
-                filter: filter.map(|p| std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))).transpose()?,
+                config: config
+                    .map(|p| {
+                        std::fs::read_to_string(&p)
+                            .with_context(|| format!("reading {}", p.display()))
+                    })
+                    .transpose()?,
+                filter: filter
+                    .map(|p| {
+                        std::fs::read_to_string(&p)
+                            .with_context(|| format!("reading {}", p.display()))
+                    })
+                    .transpose()?,
                 ring_frames,
                 knobs,
             };
@@ -109,7 +133,11 @@ fn real_main() -> Result<ExitCode> {
                 bail!("uvs demo builds network namespaces and needs root (try: sudo uvs demo)");
             }
             let ok = uvs::demo::run(requests)?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Cmd::Stats { control } => remote(control, vec!["stats".into()]),
         Cmd::Filter { control, args } => {

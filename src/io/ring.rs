@@ -191,8 +191,8 @@ impl RxRing {
                 std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         })?;
-        let fanout: u32 = u32::from(group)
-            | ((libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_DEFRAG) as u32) << 16;
+        let fanout: u32 =
+            u32::from(group) | (libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_DEFRAG) << 16;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_FANOUT, &fanout)?;
         Ok(ring)
     }
@@ -288,12 +288,15 @@ impl RxRing {
                 } else {
                     None
                 };
-                each(ctx, RxFrame {
-                    buf,
-                    wire_len: h.len as usize,
-                    ifindex: self.ifindex,
-                    skip,
-                });
+                each(
+                    ctx,
+                    RxFrame {
+                        buf,
+                        wire_len: h.len as usize,
+                        ifindex: self.ifindex,
+                        skip,
+                    },
+                );
             }
             n += 1;
         }
