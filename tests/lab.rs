@@ -447,3 +447,192 @@ fn bad_commands_are_rejected_and_change_nothing() {
     assert_eq!(s.d.uvsadm("-S -n").unwrap(), before);
     assert_eq!(s.tcp(4).failures, 0);
 }
+
+#[test]
+fn ipv6_nat_tcp_and_udp() {
+    if !root_or_skip("ipv6_nat_tcp_and_udp") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("v6", false, &[]);
+    s.cmds(&[
+        "-A -t [2001:db8:f::10]:80 -s rr",
+        "-a -t [2001:db8:f::10]:80 -r [2001:db8:5::11]:80 -m",
+        "-a -t [2001:db8:f::10]:80 -r [2001:db8:5::12]:80 -m",
+        "-A -u [2001:db8:f::10]:53 -s rr",
+        "-a -u [2001:db8:f::10]:53 -r [2001:db8:5::11]:53 -m",
+        "-a -u [2001:db8:f::10]:53 -r [2001:db8:5::12]:53 -m",
+    ]);
+    let t = netns::run_in(&s.lab.ns("c"), || {
+        lab::tcp_requests(vip("[2001:db8:f::10]:80"), 20, Duration::from_secs(60))
+    })
+    .unwrap();
+    assert_eq!(t.failures, 0, "{t:?}\n{}", s.d.log_text());
+    assert_eq!((t.count("rs1"), t.count("rs2")), (10, 10), "{t:?}");
+    let u = netns::run_in(&s.lab.ns("c"), || {
+        lab::udp_requests(vip("[2001:db8:f::10]:53"), 10, Duration::from_secs(60))
+    })
+    .unwrap();
+    assert_eq!(u.failures, 0, "{u:?}");
+    assert_eq!((u.count("rs1"), u.count("rs2")), (5, 5), "{u:?}");
+    let list = s.d.uvsadm("-L -n").unwrap();
+    assert!(list.contains("TCP  [2001:db8:f::10]:80 rr"), "{list}");
+}
+
+fn uvsadm_bin(control: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_uvsadm"))
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("uvsadm runs");
+    if let Some(text) = stdin {
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    drop(c.stdin.take());
+    let o = c.wait_with_output().expect("uvsadm exits");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+#[test]
+fn uvsadm_binary_save_clear_restore_round_trip() {
+    if !root_or_skip("uvsadm_binary_save_clear_restore_round_trip") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("adm", false, &[]);
+    let ctl = s.d.control.clone();
+    for c in RR {
+        let args: Vec<&str> = c.split_whitespace().collect();
+        assert_eq!(uvsadm_bin(&ctl, &args, None).0, 0, "{c}");
+    }
+    assert_eq!(
+        uvsadm_bin(&ctl, &["-E", "-t", "192.0.2.10:80", "-s", "wrr"], None).0,
+        0
+    );
+    let (code, saved, _) = uvsadm_bin(&ctl, &["-S", "-n"], None);
+    assert_eq!(code, 0);
+    assert_eq!(
+        saved,
+        "-A -t 192.0.2.10:80 -s wrr\n-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m -w 1\n-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m -w 1\n"
+    );
+    assert_eq!(uvsadm_bin(&ctl, &["-C"], None).0, 0);
+    let (_, empty, _) = uvsadm_bin(&ctl, &["-S", "-n"], None);
+    assert_eq!(empty, "");
+    assert_eq!(s.tcp(1).failures, 1, "a cleared service must not answer");
+    let (code, _, err) = uvsadm_bin(&ctl, &["-R"], Some(&saved));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(uvsadm_bin(&ctl, &["-S", "-n"], None).1, saved);
+    assert_eq!(s.tcp(10).failures, 0);
+    // -D removes the service; a bad option is named.
+    assert_eq!(uvsadm_bin(&ctl, &["-D", "-t", "192.0.2.10:80"], None).0, 0);
+    let (code, _, err) = uvsadm_bin(&ctl, &["-A", "-t", "192.0.2.10:80", "--bogus"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("--bogus"), "{err}");
+}
+
+#[test]
+fn config_file_at_start_and_bad_files_rejected() {
+    if !root_or_skip("config_file_at_start_and_bad_files_rejected") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir();
+    let good = dir.join(format!("uvs-good-{}.rules", std::process::id()));
+    let bad = dir.join(format!("uvs-bad-{}.rules", std::process::id()));
+    std::fs::write(&good, "# saved by uvsadm -S -n\n-A -t 192.0.2.10:80 -s wrr\n-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m -w 3\n-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m -w 1\n").unwrap();
+    std::fs::write(
+        &bad,
+        "-A -t 192.0.2.10:80 -s rr\n-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m -w nine\n",
+    )
+    .unwrap();
+    let s = setup("cfg", false, &["--config", good.to_str().unwrap()]);
+    let t = s.tcp(40);
+    assert_eq!(
+        (t.count("rs1"), t.count("rs2"), t.failures),
+        (30, 10, 0),
+        "{t:?}"
+    );
+    // A bad file: uvs refuses to start and names the line.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &s.lab.ns("lb")])
+        .arg(env!("CARGO_BIN_EXE_uvs"))
+        .args([
+            "run",
+            "--control",
+            "/run/uvs/uvs-badcfg-test.sock",
+            "--config",
+            bad.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("line 2") && err.contains("nine"), "{err}");
+    let _ = std::fs::remove_file(good);
+    let _ = std::fs::remove_file(bad);
+}
+
+#[test]
+fn malformed_packets_are_counted_and_dropped_and_traffic_goes_on() {
+    if !root_or_skip("malformed_packets_are_counted_and_dropped_and_traffic_goes_on") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("mal", false, &[]);
+    s.cmds(&RR);
+    // IP packets to the VIP with broken TCP headers, sent from the client
+    // through a raw socket (the kernel fills in the IP length and checksum).
+    let sent = netns::run_in(&s.lab.ns("c"), || -> std::io::Result<usize> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )?;
+        let to: SocketAddr = vip("192.0.2.10:0");
+        let frame = uvs::frames::build(&uvs::frames::FrameSpec::tcp(
+            "198.51.100.10",
+            40000,
+            "192.0.2.10",
+            80,
+            2,
+        ));
+        let ip = &frame[14..];
+        // 1: TCP data offset 3 (below the minimum 5).
+        let mut a = ip.to_vec();
+        a[20 + 12] = 3 << 4;
+        // 2: TCP header cut to 10 bytes.
+        let b = ip[..30].to_vec();
+        for _ in 0..5 {
+            sock.send_to(&a, &to.into())?;
+            sock.send_to(&b, &to.into())?;
+        }
+        Ok(10)
+    })
+    .unwrap()
+    .expect("raw send");
+    assert_eq!(sent, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        s.d.counter("parse.bad_tcp_data_offset").unwrap() >= 5,
+        "{}",
+        s.d.call(&["stats"]).unwrap().stdout
+    );
+    assert!(s.d.counter("parse.truncated_l4").unwrap() >= 5);
+    assert!(s.d.counter("drop.malformed").unwrap() >= 10);
+    let t = s.tcp(10);
+    assert_eq!(t.failures, 0, "the engine must keep working: {t:?}");
+}
