@@ -7,12 +7,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use uvs::frames::{build, tcp_flags::*, FrameSpec};
 use uvs::pipeline::{Pipeline, Verdict};
 use uvs::service::{DestSpec, ServiceSpec};
 use uvs::stats::WorkerStats;
+use uvs_fwd::build::{FrameSpec, L4Spec};
+use uvs_fwd::wire::tcp::flags::{ACK, SYN};
 use uvs_fwd::CsumMode;
 use uvs_sched::{FwdMethod, SchedParams};
+
+/// A TCP frame from `fwd`'s test builder.
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8, payload: usize) -> Vec<u8> {
+    FrameSpec {
+        src: src.parse().expect("literal address"),
+        dst: dst.parse().expect("literal address"),
+        sport,
+        dport,
+        l4: L4Spec::Tcp {
+            flags,
+            options: Vec::new(),
+        },
+        payload: vec![0x55; payload],
+        ..FrameSpec::tcp_v4()
+    }
+    .build()
+}
 
 fn pipeline() -> Pipeline {
     let p = Pipeline::new(uvs_conntrack::Table::new(uvs_conntrack::Config::default()));
@@ -40,24 +58,12 @@ fn pipeline() -> Pipeline {
 fn bench(c: &mut Criterion) {
     let st = WorkerStats::default();
     let p = pipeline();
-    let mut syn = build(&FrameSpec::tcp(
-        "198.51.100.10",
-        40000,
-        "192.0.2.10",
-        80,
-        SYN,
-    ));
+    let mut syn = tcp("198.51.100.10", 40000, "192.0.2.10", 80, SYN, 0);
     let Verdict::Xmit { next_hop } = p.process(&mut syn, CsumMode::Full, 0, &st) else {
         panic!("SYN not forwarded")
     };
-    let ack = build(&FrameSpec {
-        payload: vec![0x55; 64],
-        ..FrameSpec::tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK)
-    });
-    let reply = build(&FrameSpec {
-        payload: vec![0x66; 64],
-        ..FrameSpec::tcp(&next_hop.to_string(), 80, "198.51.100.10", 40000, ACK)
-    });
+    let ack = tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK, 64);
+    let reply = tcp(&next_hop.to_string(), 80, "198.51.100.10", 40000, ACK, 64);
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(1));
     let mut buf = ack.clone();
@@ -79,13 +85,8 @@ fn bench(c: &mut Criterion) {
     let syns: Vec<Vec<u8>> = (0..100_000u32)
         .map(|i| {
             let src = format!("198.51.{}.{}", 100 + (i >> 16) % 2, (i >> 8) & 0xff);
-            build(&FrameSpec::tcp(
-                &src,
-                1024 + (i & 0xff) as u16 * 200 + (i >> 16) as u16,
-                "192.0.2.10",
-                80,
-                SYN,
-            ))
+            let sport = 1024 + (i & 0xff) as u16 * 200 + (i >> 16) as u16;
+            tcp(&src, sport, "192.0.2.10", 80, SYN, 0)
         })
         .collect();
     g.bench_function("new_connection", |b| {

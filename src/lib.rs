@@ -6,7 +6,6 @@ pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod filter;
-pub mod frames;
 pub mod guard;
 pub mod hooks;
 pub mod io;

@@ -5,10 +5,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use uvs::frames::{build, tcp_flags::*, FrameSpec};
 use uvs::pipeline::{Pipeline, Verdict};
 use uvs::service::{DestSpec, ServiceSpec};
 use uvs::stats::WorkerStats;
+use uvs_fwd::build::{FrameSpec, L4Spec};
+use uvs_fwd::wire::tcp::flags::{ACK, PSH, SYN};
 use uvs_fwd::CsumMode;
 use uvs_sched::{FwdMethod, SchedParams};
 
@@ -36,6 +37,23 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
+/// A TCP frame from `fwd`'s test builder.
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8, payload: usize) -> Vec<u8> {
+    FrameSpec {
+        src: src.parse().expect("literal address"),
+        dst: dst.parse().expect("literal address"),
+        sport,
+        dport,
+        l4: L4Spec::Tcp {
+            flags,
+            options: Vec::new(),
+        },
+        payload: vec![0x55; payload],
+        ..FrameSpec::tcp_v4()
+    }
+    .build()
+}
+
 #[test]
 fn established_flow_allocates_nothing() {
     let p = Pipeline::new(uvs_conntrack::Table::new(uvs_conntrack::Config::default()));
@@ -58,24 +76,19 @@ fn established_flow_allocates_nothing() {
     p.services
         .store(Arc::new(p.services.load().rebuild(&[spec]).unwrap()));
     let st = WorkerStats::default();
-    let mut syn = build(&FrameSpec::tcp(
-        "198.51.100.10",
-        40000,
-        "192.0.2.10",
-        80,
-        SYN,
-    ));
+    let mut syn = tcp("198.51.100.10", 40000, "192.0.2.10", 80, SYN, 0);
     let Verdict::Xmit { next_hop } = p.process(&mut syn, CsumMode::Full, 0, &st) else {
         panic!("SYN not forwarded")
     };
-    let req = build(&FrameSpec {
-        payload: vec![1; 100],
-        ..FrameSpec::tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK)
-    });
-    let rep = build(&FrameSpec {
-        payload: vec![2; 100],
-        ..FrameSpec::tcp(&next_hop.to_string(), 80, "198.51.100.10", 40000, ACK | PSH)
-    });
+    let req = tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK, 100);
+    let rep = tcp(
+        &next_hop.to_string(),
+        80,
+        "198.51.100.10",
+        40000,
+        ACK | PSH,
+        100,
+    );
     let (mut a, mut b) = (req.clone(), rep.clone());
     // Warm up (thread-local snapshot slots and the like).
     for _ in 0..10 {

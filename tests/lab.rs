@@ -603,13 +603,12 @@ fn malformed_packets_are_counted_and_dropped_and_traffic_goes_on() {
             Some(Protocol::from(libc::IPPROTO_RAW)),
         )?;
         let to: SocketAddr = vip("192.0.2.10:0");
-        let frame = uvs::frames::build(&uvs::frames::FrameSpec::tcp(
-            "198.51.100.10",
-            40000,
-            "192.0.2.10",
-            80,
-            2,
-        ));
+        let frame = uvs_fwd::build::FrameSpec {
+            src: "198.51.100.10".parse().expect("literal"),
+            payload: Vec::new(),
+            ..uvs_fwd::build::FrameSpec::tcp_v4()
+        }
+        .build();
         let ip = &frame[14..];
         // 1: TCP data offset 3 (below the minimum 5).
         let mut a = ip.to_vec();
