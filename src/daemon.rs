@@ -30,6 +30,7 @@ pub struct RunOpts {
     pub config: Option<String>,
     pub filter: Option<String>,
     pub ring_frames: usize,
+    pub mh_table_size: u32,
     pub knobs: Vec<String>,
 }
 
@@ -54,11 +55,12 @@ struct Daemon {
     engine: Engine,
     guard: KernelGuard,
     config: ctl::Config,
+    mh_table_size: u32,
 }
 
 /// The runtime form of a configuration, or what the engine cannot do yet
 /// (refused loudly rather than parsed and ignored).
-fn specs(cfg: &ctl::Config) -> Result<Vec<ServiceSpec>, String> {
+fn specs(cfg: &ctl::Config, mh_table_size: u32) -> Result<Vec<ServiceSpec>, String> {
     let mut out = Vec::with_capacity(cfg.services.len());
     for s in &cfg.services {
         let (proto, addr, port) = match s.key {
@@ -84,7 +86,8 @@ fn specs(cfg: &ctl::Config) -> Result<Vec<ServiceSpec>, String> {
             sched: s.sched.clone(),
             params: uvs_sched::SchedParams {
                 flags: s.sched_flags.clone(),
-                mh_table_size: None,
+                // Like the kernel's module parameter: only mh has a table.
+                mh_table_size: (s.sched == "mh").then_some(mh_table_size),
             },
             dests: s
                 .dests
@@ -170,7 +173,7 @@ fn owned(specs: &[ServiceSpec]) -> (Vec<Endpoint>, Vec<Endpoint>) {
 impl Daemon {
     /// Validates and commits `new` (see the module doc).
     fn commit(&mut self, new: ctl::Config) -> Result<(), String> {
-        let specs = specs(&new)?;
+        let specs = specs(&new, self.mh_table_size)?;
         let snapshot = self
             .pipeline
             .services
@@ -277,7 +280,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         config
             .restore(text)
             .map_err(|e| DaemonError::Config(e.to_string()))?;
-        specs(&config).map_err(DaemonError::Config)?;
+        specs(&config, opts.mh_table_size).map_err(DaemonError::Config)?;
     }
     let filter = match &opts.filter {
         Some(t) => FilterTable::parse_file(t)?,
@@ -305,6 +308,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         engine,
         guard,
         config: ctl::Config::default(),
+        mh_table_size: opts.mh_table_size,
     };
     d.commit(config).map_err(DaemonError::Config)?;
     eprintln!(

@@ -635,3 +635,122 @@ fn malformed_packets_are_counted_and_dropped_and_traffic_goes_on() {
     let t = s.tcp(10);
     assert_eq!(t.failures, 0, "the engine must keep working: {t:?}");
 }
+
+#[test]
+fn sh_keeps_one_client_on_one_server() {
+    if !root_or_skip("sh_keeps_one_client_on_one_server") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("sh", false, &[]);
+    s.cmds(&[
+        "-A -t 192.0.2.10:80 -s sh -b sh-fallback",
+        "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
+        "-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m",
+    ]);
+    let t = s.tcp(50);
+    assert_eq!(t.failures, 0, "{t:?}");
+    assert_eq!(
+        t.by_server.len(),
+        1,
+        "sh must send one client to one server: {t:?}"
+    );
+    assert!(s
+        .d
+        .uvsadm("-L -n")
+        .unwrap()
+        .contains("TCP  192.0.2.10:80 sh (sh-fallback)"));
+    // A flag of another scheduler is refused and changes nothing.
+    let r =
+        s.d.call(&[
+            "uvsadm",
+            "-E",
+            "-t",
+            "192.0.2.10:80",
+            "-s",
+            "sh",
+            "-b",
+            "mh-port",
+        ])
+        .unwrap();
+    assert_ne!(r.status, 0);
+    assert!(r.stderr.contains("mh-port"), "{}", r.stderr);
+    // With the chosen server quiesced, sh-fallback moves the client.
+    let only = t.by_server.keys().next().cloned().unwrap_or_default();
+    let ip = if only == "rs1" {
+        "203.0.113.11"
+    } else {
+        "203.0.113.12"
+    };
+    s.cmds(&[&format!("-e -t 192.0.2.10:80 -r {ip}:80 -m -w 0")]);
+    let t2 = s.tcp(10);
+    assert_eq!(t2.failures, 0);
+    assert_eq!(t2.count(&only), 0, "{t2:?}");
+}
+
+#[test]
+fn wlc_sends_new_connections_to_the_least_loaded_server() {
+    if !root_or_skip("wlc_sends_new_connections_to_the_least_loaded_server") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("wlc", false, &[]);
+    s.cmds(&[
+        "-A -t 192.0.2.10:80 -s wlc",
+        "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
+        "-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m -w 0",
+    ]);
+    // Four long-lived connections on rs1 while rs2 is quiesced...
+    let mut open: Vec<EchoConn> = (0..4).map(|_| s.echo()).collect();
+    for c in &mut open {
+        assert_eq!(c.ping("x").unwrap(), "rs1");
+    }
+    // ...then rs2 comes in: the next four all go to it (least loaded),
+    // after which the two alternate.
+    s.cmds(&["-e -t 192.0.2.10:80 -r 203.0.113.12:80 -m -w 1"]);
+    let mut next = Vec::new();
+    for i in 0..4 {
+        let mut c = s.echo();
+        assert_eq!(
+            c.ping("y").unwrap(),
+            "rs2",
+            "connection {i} after the weight change"
+        );
+        next.push(c);
+    }
+    let list = s.d.uvsadm("-L -n").unwrap();
+    assert!(
+        list.contains("203.0.113.11:80              Masq    1      4"),
+        "{list}"
+    );
+    assert!(
+        list.contains("203.0.113.12:80              Masq    1      4"),
+        "{list}"
+    );
+    let mut both: Vec<String> = (0..2).map(|_| s.echo().ping("z").unwrap()).collect();
+    both.sort();
+    assert_eq!(both, ["rs1", "rs2"]);
+}
+
+#[test]
+fn every_scheduler_carries_traffic() {
+    if !root_or_skip("every_scheduler_carries_traffic") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("all", false, &["--mh-table-size", "251"]);
+    s.cmds(&RR);
+    let names: Vec<&str> = uvs_sched::Registry::names().collect();
+    assert_eq!(names.len(), 14, "{names:?}");
+    for name in names {
+        s.cmds(&[&format!("-E -t 192.0.2.10:80 -s {name}")]);
+        let t = s.tcp(6);
+        assert_eq!(t.failures, 0, "{name}: {t:?}");
+        assert_eq!(t.total(), 6, "{name}");
+        assert!(s
+            .d
+            .uvsadm("-L -n")
+            .unwrap()
+            .contains(&format!("TCP  192.0.2.10:80 {name}")));
+    }
+}

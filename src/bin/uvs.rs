@@ -44,6 +44,11 @@ enum Cmd {
         /// Frames per RX ring (each frame holds a 64 KiB GSO packet).
         #[arg(long, default_value_t = 128)]
         ring_frames: usize,
+        /// Lookup table size of the mh (Maglev) scheduler, one of the
+        /// kernel's primes (251 … 131071); like the kernel module parameter,
+        /// it applies to every mh service.
+        #[arg(long, default_value_t = 4093)]
+        mh_table_size: u32,
         /// Connection table settings: expire_nodest_conn=0|1 (repeatable
         /// `--set-knob NAME=VALUE`).
         #[arg(long = "set-knob")]
@@ -98,6 +103,7 @@ fn real_main() -> Result<ExitCode> {
             config,
             filter,
             ring_frames,
+            mh_table_size,
             knobs,
         } => {
             let stop = Arc::new(AtomicBool::new(false));
@@ -123,6 +129,7 @@ fn real_main() -> Result<ExitCode> {
                     })
                     .transpose()?,
                 ring_frames,
+                mh_table_size,
                 knobs,
             };
             uvs::daemon::run(opts, &stop)?;
