@@ -5,7 +5,27 @@
 //! [`Scheduler::update`] with the service's destination list whenever a
 //! destination is added, edited or removed (this may allocate and rebuild
 //! tables), and worker threads call [`Scheduler::schedule`] concurrently for
-//! each new connection (this never allocates).
+//! each new connection (this never allocates; lblc/lblcr inserting a new
+//! destination address is the one bounded exception, see [`locality`]).
+//!
+//! Every scheduler publishes an immutable per-service state with `ArcSwap`
+//! and reads weight, counts and flags live from the [`Dest`] atomics; none
+//! takes a lock shared by all workers. The kernel's fourteen, one file each:
+//!
+//! | name | file | cost per pick |
+//! |---|---|---|
+//! | rr | [`rr`] | O(1) (CAS cursor; skips unschedulable servers) |
+//! | wrr | [`wrr`] | O(1) (precomputed gcd-stepped period, CAS cursor) |
+//! | lc, wlc, sed, nq | [`lc`], [`wlc`], [`sed`], [`nq`] | O(n), as the kernel |
+//! | dh, sh, mh | [`dh`], [`sh`], [`mh`] | O(1) table lookup |
+//! | lblc, lblcr | [`lblc`], [`lblcr`] | hit: one shard read lock; miss: O(n) wlc |
+//! | fo, ovf | [`fo`], [`ovf`] | O(1) while the heaviest server is usable |
+//! | twos | [`twos`] | O(log n) draw |
+//!
+//! What the caller must do: call `update()` after every add, edit (weights
+//! included: wrr, sh, mh, fo, ovf and twos build from the weights they saw
+//! there) and removal; pass the list in the order the scheduler should walk
+//! it; put a real clock in [`SchedKey::now_ms`] for lblc/lblcr expiry.
 
 mod common;
 pub mod dest;

@@ -20,7 +20,7 @@
 //! default, the `lblc_expiration` sysctl) is gone — a lookup treats it as
 //! absent at once, and a sweep removes it. There is no timer here: each
 //! shard is swept at most once a minute by the insert that finds it due
-//! (O(shard) under its write lock), and [`LocalityTable::expire`] lets an
+//! (O(shard) under its write lock), and `Scheduler::expire` lets an
 //! engine timer do the same for idle services. When a shard holds more than
 //! its share of [`SOFT_CAP`] entries, the sweep also drops entries idle for
 //! more than [`ENTRY_TIMEOUT_MS`] (the kernel's 6-minute pressure rule).

@@ -78,9 +78,14 @@ impl Scheduler for Rr {
         }
         let mut last = self.last.load(Ordering::Acquire);
         loop {
-            let start = if last == NONE { 0 } else { (last % n + 1) % n };
-            let found = (0..n)
-                .map(|step| (start + step) % n)
+            // `last` may be NONE, or stale from a list that was longer.
+            let start = match last.checked_add(1) {
+                Some(s) if s < n => s,
+                _ => 0,
+            };
+            // No division on the hot path: scan start..n, then 0..start.
+            let found = (start..n)
+                .chain(0..start)
                 .find(|&i| st.dests[i].can_schedule())?;
             match self
                 .last

@@ -346,7 +346,21 @@ impl Scheduler for Wrr {
         // Poisoning only means an earlier update panicked; the state is
         // replaced whole, so going on is safe.
         let _g = self.update_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let prev_cw = self.state.load().current_cw();
+        let old = self.state.load();
+        // The engine rebuilds every service on any configuration change;
+        // the kernel only tells a scheduler about its own servers. Nothing
+        // changed here: keep the position instead of restarting the pass.
+        let unchanged = old.dests.len() == dests.len()
+            && old
+                .dests
+                .iter()
+                .zip(old.weights.iter())
+                .zip(dests)
+                .all(|((o, &w), n)| Arc::ptr_eq(o, n) && n.weight() == w);
+        if unchanged {
+            return;
+        }
+        let prev_cw = old.current_cw();
         self.state
             .store(Arc::new(WrrState::build(dests, prev_cw, self.seq_cap)));
     }
@@ -474,6 +488,15 @@ mod tests {
         more.extend(dests(&[1]));
         s.update(&more);
         assert_eq!(pick_names(&s, &more, 7), "0120123");
+    }
+
+    #[test]
+    fn update_without_change_keeps_the_position() {
+        let ds = dests(&[4, 3, 2]);
+        let s = Wrr::new(&ds);
+        assert_eq!(pick_names(&s, &ds, 4), "0010");
+        s.update(&ds);
+        assert_eq!(pick_names(&s, &ds, 5), "12012");
     }
 
     proptest! {
