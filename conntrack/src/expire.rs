@@ -18,10 +18,11 @@
 //!
 //! Eviction (`drop_entry`) happens on insert into a full table: the
 //! inserting shard's slab is scanned for up to [`EVICT_SCAN`] slots from a
-//! moving cursor, taking the first expired entry, else the first handshake
-//! entry (TCP SYN_RECV/SYNACK, SCTP INIT1/INIT), else a UDP entry that saw a
-//! single packet. Established connections and templates in use are never
-//! evicted.
+//! moving cursor, taking the first expired or handshake entry (TCP
+//! SYN_RECV/SYNACK, SCTP INIT1/INIT), else the first UDP (or other
+//! protocol) entry that saw a single packet. Established connections and
+//! templates in use are never evicted. The cursor moving round the slab
+//! spreads evictions evenly instead of always hitting the newest entries.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering::Relaxed;
@@ -162,21 +163,21 @@ impl Table {
         let mut cur = part.evict % slots;
         let scan = EVICT_SCAN.min(slots);
         for _ in 0..scan {
-            if let Some(class) = victim_class(part.get(cur), now) {
-                let better = match best {
-                    None => true,
-                    Some((c, _)) => class < c,
-                };
-                if better {
-                    best = Some((class, cur));
-                }
-                if class == 0 {
-                    break;
-                }
-            }
+            let here = cur;
             cur += 1;
             if cur >= slots {
                 cur = 0;
+            }
+            if let Some(class) = victim_class(part.get(here), now) {
+                // Expired and handshake entries are taken at once; a
+                // one-packet datagram flow only if nothing better shows up.
+                if class <= 1 {
+                    best = Some((class, here));
+                    break;
+                }
+                if best.is_none() {
+                    best = Some((class, here));
+                }
             }
         }
         part.evict = cur;

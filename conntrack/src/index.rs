@@ -1,17 +1,31 @@
-//! An open-addressing (linear probing) index of 4-byte slots.
+//! An open-addressing Robin Hood index of 4-byte slots.
 //!
-//! A slot holds `tag << 24 | (slab index + 1)`; 0 is empty. The tag is the
-//! top byte of the key's hash, so a probe dereferences an entry only when the
-//! tag matches (1 in 256 false positives). The home slot is
-//! `(hash as u32) * capacity >> 32`, so capacity need not be a power of two
-//! and can be sized to the shard's expected load. Deletion shifts the rest
-//! of the cluster back (no tombstones), which needs each moved slot's hash:
-//! the caller recomputes it from the entry. The index never stores keys; the
-//! slab entry is the key.
+//! A slot holds `disp << 27 | tag << 22 | (slab index + 1)`; 0 is empty.
+//! `disp` (5 bits) is the slot's distance from its key's home slot, `tag`
+//! (5 bits) the top of the key's hash, and the slab index has 22 bits. The
+//! home slot is `(hash as u32) * capacity >> 32`, so capacity need not be a
+//! power of two and can be sized to the shard's expected load.
+//!
+//! Robin Hood order (a key never sits further from home than the keys it
+//! passed) gives three properties the table relies on:
+//! * a probe derefs an entry only when the slot has the same home *and* the
+//!   same tag, so a lookup costs about one entry access, hit or miss;
+//! * a miss stops as soon as it meets a slot closer to its home than the
+//!   probe is to its own;
+//! * deletion shifts the rest of the cluster back one slot using `disp`
+//!   alone, without touching any entry (no tombstones, no rehash).
+//!
+//! A displacement above 31 or a load above 13/16 makes the caller grow the
+//! index (rebuild from the slab); with a seeded hash neither happens before
+//! the load limit in practice.
+//!
+//! The index never stores keys; the slab entry is the key.
 
-/// Largest slab index a slot can hold (24 bits, minus the empty marker).
-pub(crate) const MAX_IDX: u32 = (1 << 24) - 2;
-const IDX_MASK: u32 = (1 << 24) - 1;
+const IDX_MASK: u32 = (1 << 22) - 1;
+const TAG_MASK: u32 = 0x1f << 22;
+const DISP_SHIFT: u32 = 27;
+const DISP_ONE: u32 = 1 << DISP_SHIFT;
+const MAX_DISP: u32 = 31;
 
 /// Maximum load before growing: 13/16 ≈ 0.81.
 const LOAD_NUM: usize = 13;
@@ -30,7 +44,12 @@ fn home(hash: u64, cap: usize) -> usize {
 
 #[inline(always)]
 fn tag(hash: u64) -> u32 {
-    ((hash >> 56) as u32) << 24
+    ((hash >> 59) as u32) << 22
+}
+
+#[inline(always)]
+fn disp(s: u32) -> u32 {
+    s >> DISP_SHIFT
 }
 
 impl Index {
@@ -58,7 +77,7 @@ impl Index {
     }
 
     /// Finds the slab index whose key matches; `eq` is called only for slots
-    /// whose tag matches. Returns (slot position, slab index).
+    /// with the same home and tag. Returns (slot position, slab index).
     #[inline]
     pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<(usize, u32)> {
         let cap = self.slots.len();
@@ -67,17 +86,23 @@ impl Index {
         }
         let t = tag(hash);
         let mut pos = home(hash, cap);
-        // A cluster is never the whole table (load ≤ 0.81), so this ends.
+        let mut d = 0u32;
         loop {
             let s = self.slots[pos];
-            if s == 0 {
+            // Empty, or a key closer to its home than we are to ours: the
+            // key would have been placed before it.
+            if s == 0 || disp(s) < d {
                 return None;
             }
-            if s & !IDX_MASK == t {
+            if disp(s) == d && s & TAG_MASK == t {
                 let idx = (s & IDX_MASK) - 1;
                 if eq(idx) {
                     return Some((pos, idx));
                 }
+            }
+            d += 1;
+            if d > MAX_DISP {
+                return None;
             }
             pos += 1;
             if pos == cap {
@@ -91,61 +116,74 @@ impl Index {
         (self.len + 1) * LOAD_DEN > self.slots.len() * LOAD_NUM
     }
 
-    /// Inserts a key known to be absent. The caller grows first when
-    /// [`Index::needs_grow`] says so.
+    /// Inserts a key known to be absent. False when some key would end up
+    /// more than 31 slots from home: the index is then inconsistent and the
+    /// caller must rebuild it (with more room) from the slab, which still
+    /// holds every key including this one.
     #[inline]
-    pub(crate) fn insert(&mut self, hash: u64, idx: u32) {
-        debug_assert!(idx <= MAX_IDX);
+    pub(crate) fn insert(&mut self, hash: u64, idx: u32) -> bool {
+        debug_assert!(idx < IDX_MASK);
         debug_assert!(!self.needs_grow());
         let cap = self.slots.len();
+        let mut cur = tag(hash) | (idx + 1);
+        let mut d = 0u32;
         let mut pos = home(hash, cap);
-        while self.slots[pos] != 0 {
+        loop {
+            let s = self.slots[pos];
+            if s == 0 {
+                self.slots[pos] = cur | d << DISP_SHIFT;
+                self.len += 1;
+                return true;
+            }
+            if disp(s) < d {
+                // Take the slot from the richer key and carry it on.
+                self.slots[pos] = cur | d << DISP_SHIFT;
+                cur = s & !(MAX_DISP << DISP_SHIFT);
+                d = disp(s);
+            }
+            d += 1;
+            if d > MAX_DISP {
+                return false;
+            }
             pos += 1;
             if pos == cap {
                 pos = 0;
             }
         }
-        self.slots[pos] = tag(hash) | (idx + 1);
-        self.len += 1;
     }
 
-    /// Removes the slot at `pos` and shifts the rest of its cluster back.
-    /// `hash_of(idx)` returns the hash of the key of slab entry `idx`.
-    pub(crate) fn remove_at(&mut self, pos: usize, mut hash_of: impl FnMut(u32) -> u64) {
+    /// Removes the slot at `pos`, shifting the rest of its cluster back.
+    pub(crate) fn remove_at(&mut self, pos: usize) {
         let cap = self.slots.len();
         let mut hole = pos;
-        let mut j = pos;
         loop {
-            j += 1;
+            let mut j = hole + 1;
             if j == cap {
                 j = 0;
             }
             let s = self.slots[j];
-            if s == 0 {
+            if s == 0 || disp(s) == 0 {
                 break;
             }
-            let k = home(hash_of((s & IDX_MASK) - 1), cap);
-            // The slot at j may move into the hole only if its home is not
-            // cyclically inside (hole, j].
-            let stays = if hole <= j {
-                hole < k && k <= j
-            } else {
-                hole < k || k <= j
-            };
-            if !stays {
-                self.slots[hole] = s;
-                hole = j;
-            }
+            self.slots[hole] = s - DISP_ONE;
+            hole = j;
         }
         self.slots[hole] = 0;
         self.len -= 1;
     }
 
-    /// Rebuilds with room for at least `n` keys from `(hash, idx)` pairs.
-    pub(crate) fn rebuild(&mut self, n: usize, keys: impl Iterator<Item = (u64, u32)>) {
-        *self = Index::with_capacity(n);
-        for (h, i) in keys {
-            self.insert(h, i);
+    /// Rebuilds with room for at least `n` keys from `(hash, idx)` pairs,
+    /// growing further if a displacement overflows.
+    pub(crate) fn rebuild(&mut self, mut n: usize, keys: &[(u64, u32)]) {
+        'retry: loop {
+            *self = Index::with_capacity(n.max(keys.len()));
+            for &(h, i) in keys {
+                if !self.insert(h, i) {
+                    n = n * 3 / 2 + 16;
+                    continue 'retry;
+                }
+            }
+            return;
         }
     }
 
@@ -161,8 +199,8 @@ mod tests {
     use std::collections::HashMap;
 
     fn h(k: u64) -> u64 {
-        // Deliberately weak in the low bits to create clusters.
-        k.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xFF00_0000_0000_00FF
+        // Deliberately weak in the low bits to create long clusters.
+        k.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xFF00_0000_0000_01FF
     }
 
     #[test]
@@ -171,26 +209,27 @@ mod tests {
         // slab index -> key
         let mut keys: HashMap<u32, u64> = HashMap::new();
         let mut state = 12345u64;
-        for step in 0..20_000u32 {
+        for step in 0..50_000u32 {
             state = state
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let k = (state >> 33) % 200;
+            let k = (state >> 33) % 300;
             let found = ix.find(h(k), |i| keys[&i] == k);
             let present = keys.iter().find(|(_, &v)| v == k).map(|(&i, _)| i);
             assert_eq!(found.map(|f| f.1), present, "step {step}");
             if let Some((pos, i)) = found {
-                let snapshot = keys.clone();
-                ix.remove_at(pos, |j| h(snapshot[&j]));
+                ix.remove_at(pos);
                 keys.remove(&i);
             } else {
                 let idx = (0..).find(|i| !keys.contains_key(i)).unwrap_or(0);
+                keys.insert(idx, k);
+                let all: Vec<_> = keys.iter().map(|(&i, &k)| (h(k), i)).collect();
                 if ix.needs_grow() {
                     let n = ix.grown_capacity();
-                    ix.rebuild(n, keys.iter().map(|(&i, &k)| (h(k), i)));
+                    ix.rebuild(n, &all);
+                } else if !ix.insert(h(k), idx) {
+                    ix.rebuild(ix.grown_capacity(), &all);
                 }
-                ix.insert(h(k), idx);
-                keys.insert(idx, k);
             }
             assert_eq!(ix.len(), keys.len());
         }

@@ -310,19 +310,18 @@ impl<A: Addr> Part<A> {
         let e = self.get(idx);
         let hin = Self::in_hash(h, e);
         let out = e.has_out_key().then(|| Self::out_hash(h, e));
-        if self.in_ix.needs_grow() {
+        if self.in_ix.needs_grow() || !self.in_ix.insert(hin, idx) {
+            // The slab already holds the new entry, so the rebuild adds it.
             let n = self.in_ix.grown_capacity();
             let keys = self.live_keys(h, false);
-            self.in_ix.rebuild(n, keys.into_iter());
+            self.in_ix.rebuild(n, &keys);
         }
-        self.in_ix.insert(hin, idx);
         if let Some(hout) = out {
-            if self.out_ix.needs_grow() {
+            if self.out_ix.needs_grow() || !self.out_ix.insert(hout, idx) {
                 let n = self.out_ix.grown_capacity();
                 let keys = self.live_keys(h, true);
-                self.out_ix.rebuild(n, keys.into_iter());
+                self.out_ix.rebuild(n, &keys);
             }
-            self.out_ix.insert(hout, idx);
         }
     }
 
@@ -353,10 +352,8 @@ impl<A: Addr> Part<A> {
             return;
         }
         let hin = Self::in_hash(h, e);
-        let Part { chunks, in_ix, .. } = self;
-        let at = |j: u32| &chunks[j as usize / CHUNK][j as usize % CHUNK];
-        if let Some((pos, _)) = in_ix.find(hin, |i| i == idx) {
-            in_ix.remove_at(pos, |j| Self::in_hash(h, at(j)));
+        if let Some((pos, _)) = self.in_ix.find(hin, |i| i == idx) {
+            self.in_ix.remove_at(pos);
         }
         self.get_mut(idx).flags |= flag::UNHASHED;
     }
@@ -368,10 +365,8 @@ impl<A: Addr> Part<A> {
         let e = self.get(idx);
         if e.has_out_key() {
             let hout = Self::out_hash(h, e);
-            let Part { chunks, out_ix, .. } = self;
-            let at = |j: u32| &chunks[j as usize / CHUNK][j as usize % CHUNK];
-            if let Some((pos, _)) = out_ix.find(hout, |i| i == idx) {
-                out_ix.remove_at(pos, |j| Self::out_hash(h, at(j)));
+            if let Some((pos, _)) = self.out_ix.find(hout, |i| i == idx) {
+                self.out_ix.remove_at(pos);
             }
         }
         let next = self.free;
