@@ -264,6 +264,52 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 }
 
+/// The fields of an option-less IPv4 header, for building one with
+/// [`Repr::emit`] (headers uvs originates: tunnel outer headers, ICMP errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr {
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// Protocol of the payload.
+    pub protocol: u8,
+    /// Time to live.
+    pub ttl: u8,
+    /// The whole DSCP/ECN byte (former TOS).
+    pub tos: u8,
+    /// Identification.
+    pub ident: u16,
+    /// Raw flags + fragment offset word (e.g. [`FLAG_DF`]).
+    pub flags_frag: u16,
+    /// Payload length in bytes (total length minus 20).
+    pub payload_len: usize,
+}
+
+impl Repr {
+    /// Writes the 20-byte header, checksum included, into `buf[..20]`.
+    /// Errors: `Truncated` (buffer shorter than 20), `BadTotalLen` (total
+    /// length above 65535).
+    pub fn emit(&self, buf: &mut [u8]) -> Result<(), WireError> {
+        let total =
+            u16::try_from(HEADER_LEN + self.payload_len).map_err(|_| WireError::BadTotalLen)?;
+        let h = buf.get_mut(..HEADER_LEN).ok_or(WireError::Truncated)?;
+        h[field::VER_IHL] = 0x45;
+        h[field::DSCP_ECN] = self.tos;
+        put16(h, field::LENGTH, total);
+        put16(h, field::IDENT, self.ident);
+        put16(h, field::FLG_OFF, self.flags_frag);
+        h[field::TTL] = self.ttl;
+        h[field::PROTOCOL] = self.protocol;
+        put16(h, field::CHECKSUM, 0);
+        h[field::SRC..field::SRC + 4].copy_from_slice(&self.src.octets());
+        h[field::DST..field::DST + 4].copy_from_slice(&self.dst.octets());
+        let c = checksum::checksum(h);
+        put16(h, field::CHECKSUM, c);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +391,44 @@ mod tests {
             Packet::new_checked(&w[..]).unwrap_err(),
             WireError::BadTotalLen
         );
+    }
+
+    #[test]
+    fn repr_emit_matches_setters() {
+        let mut a = [0u8; 24];
+        Repr {
+            src: Ipv4Addr::new(10, 0, 0, 1),
+            dst: Ipv4Addr::new(10, 0, 0, 2),
+            protocol: 6,
+            ttl: 64,
+            tos: 0,
+            ident: 1,
+            flags_frag: FLAG_DF,
+            payload_len: 4,
+        }
+        .emit(&mut a)
+        .unwrap();
+        assert_eq!(
+            &a[..20],
+            &[0x45, 0, 0, 24, 0, 1, 0x40, 0, 64, 6, 0x26, 0xdd, 10, 0, 0, 1, 10, 0, 0, 2]
+        );
+        let r = Repr {
+            src: Ipv4Addr::LOCALHOST,
+            dst: Ipv4Addr::LOCALHOST,
+            protocol: 0,
+            ttl: 1,
+            tos: 0,
+            ident: 0,
+            flags_frag: 0,
+            payload_len: 65516,
+        };
+        assert_eq!(r.emit(&mut a), Err(WireError::BadTotalLen));
+        assert_eq!(r.emit(&mut a[..19]), Err(WireError::BadTotalLen));
+        let r = Repr {
+            payload_len: 0,
+            ..r
+        };
+        assert_eq!(r.emit(&mut a[..19]), Err(WireError::Truncated));
     }
 
     #[test]

@@ -260,6 +260,42 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 }
 
+/// The fields of an IPv6 fixed header, for building one with [`Repr::emit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr {
+    /// Source address.
+    pub src: Ipv6Addr,
+    /// Destination address.
+    pub dst: Ipv6Addr,
+    /// Next header.
+    pub next_header: u8,
+    /// Hop limit.
+    pub hop_limit: u8,
+    /// Traffic class.
+    pub traffic_class: u8,
+    /// Flow label (low 20 bits used).
+    pub flow_label: u32,
+    /// Payload length in bytes.
+    pub payload_len: usize,
+}
+
+impl Repr {
+    /// Writes the 40-byte fixed header into `buf[..40]`. Errors: `Truncated`,
+    /// `BadTotalLen` (payload above 65535: jumbograms are not supported).
+    pub fn emit(&self, buf: &mut [u8]) -> Result<(), WireError> {
+        let plen = u16::try_from(self.payload_len).map_err(|_| WireError::BadTotalLen)?;
+        let h = buf.get_mut(..HEADER_LEN).ok_or(WireError::Truncated)?;
+        let mut p = Packet::new_unchecked(h);
+        p.set_version_tc_flow(self.traffic_class, self.flow_label);
+        p.set_payload_len(plen);
+        p.set_next_header(self.next_header);
+        p.set_hop_limit(self.hop_limit);
+        p.set_src_addr(self.src);
+        p.set_dst_addr(self.dst);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +413,31 @@ mod tests {
             Packet::new_checked(&w[..]).unwrap_err(),
             WireError::BadVersion
         );
+    }
+
+    #[test]
+    fn repr_emit() {
+        let mut b = [0u8; 40];
+        let r = Repr {
+            src: "2001:db8::1".parse().unwrap(),
+            dst: "2001:db8::2".parse().unwrap(),
+            next_header: 17,
+            hop_limit: 64,
+            traffic_class: 0xb8,
+            flow_label: 0x12345,
+            payload_len: 40,
+        };
+        r.emit(&mut b).unwrap();
+        let v = fixture();
+        assert_eq!(&b[..6], &v[..6]);
+        assert_eq!((b[6], b[7]), (17, 64));
+        assert_eq!(&b[8..40], &v[8..40]);
+        assert_eq!(r.emit(&mut b[..39]), Err(WireError::Truncated));
+        let big = Repr {
+            payload_len: 65536,
+            ..r
+        };
+        assert_eq!(big.emit(&mut b), Err(WireError::BadTotalLen));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 
 pub mod arp;
 pub mod ethernet;
+pub mod gre;
+pub mod gue;
 pub mod icmpv4;
 pub mod icmpv6;
 pub mod ipv4;

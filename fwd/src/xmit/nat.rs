@@ -28,7 +28,7 @@
 
 use std::net::IpAddr;
 
-use super::XmitError;
+use super::{Side, XmitError};
 use crate::checksum::{self, CsumMode};
 use crate::parse::{IpVersion, Parsed};
 use crate::wire::{ip_proto, put16};
@@ -53,12 +53,6 @@ pub fn snat(
     mode: CsumMode,
 ) -> Result<(), XmitError> {
     rewrite(frame, p, Side::Src, new_src, new_sport, mode)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Src,
-    Dst,
 }
 
 /// How the L4 checksum is maintained for this packet.
