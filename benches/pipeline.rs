@@ -48,6 +48,7 @@ fn pipeline() -> Pipeline {
         port: 80,
         sched: "rr".into(),
         params: SchedParams::default(),
+        persistence: None,
         dests: vec![dest("203.0.113.11"), dest("203.0.113.12")],
     };
     let snap = p.services.load().rebuild(&[spec]).unwrap();

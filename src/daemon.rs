@@ -19,7 +19,7 @@ use crate::engine::{self, Engine, EngineConfig};
 use crate::filter::{FilterTable, Rule};
 use crate::guard::{self, Endpoint, KernelGuard};
 use crate::pipeline::Pipeline;
-use crate::service::{DestSpec, ServiceSpec};
+use crate::service::{ClientMask, DestSpec, Persistence, ServiceSpec};
 
 /// What `uvs run` was asked to do.
 #[derive(Debug, Clone)]
@@ -73,9 +73,6 @@ fn specs(cfg: &ctl::Config, mh_table_size: u32) -> Result<Vec<ServiceSpec>, Stri
                 return Err("fwmark services (-f) are not supported yet".into())
             }
         };
-        if s.persistent.is_some() {
-            return Err("persistent services (-p) are not supported yet".into());
-        }
         if s.ops {
             return Err("one-packet scheduling (-o) is not supported yet".into());
         }
@@ -89,6 +86,13 @@ fn specs(cfg: &ctl::Config, mh_table_size: u32) -> Result<Vec<ServiceSpec>, Stri
                 // Like the kernel's module parameter: only mh has a table.
                 mh_table_size: (s.sched == "mh").then_some(mh_table_size),
             },
+            persistence: s.persistent.map(|t| Persistence {
+                timeout_ms: t.saturating_mul(1000),
+                mask: match s.netmask {
+                    ctl::Netmask::V4(m) => ClientMask::V4(u32::from(m)),
+                    ctl::Netmask::V6(len) => ClientMask::V6(len),
+                },
+            }),
             dests: s
                 .dests
                 .iter()

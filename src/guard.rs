@@ -87,6 +87,7 @@ impl KernelGuard {
             s += &format!("  set svc{fam} {{ type {a} . inet_proto . inet_service; }}\n");
             s += &format!("  set svcw{fam} {{ type {a} . inet_proto; }}\n");
             s += &format!("  set rs{fam} {{ type {a} . inet_proto . inet_service; }}\n");
+            s += &format!("  set rsw{fam} {{ type {a} . inet_proto; }}\n");
         }
         for (i, dev) in devices.iter().enumerate() {
             s += &format!("  chain in{i} {{\n    type filter hook ingress device \"{dev}\" priority -500; policy accept;\n");
@@ -94,6 +95,7 @@ impl KernelGuard {
                 s += &format!("    {ip} daddr . meta l4proto . th dport @svc{fam} counter drop\n");
                 s += &format!("    {ip} daddr . meta l4proto @svcw{fam} counter drop\n");
                 s += &format!("    {ip} saddr . meta l4proto . th sport @rs{fam} counter drop\n");
+                s += &format!("    {ip} saddr . meta l4proto @rsw{fam} counter drop\n");
             }
             s += "  }\n";
         }
@@ -112,16 +114,17 @@ impl KernelGuard {
     ) -> Result<(), GuardError> {
         let mut s = String::new();
         for fam in ["4", "6"] {
-            for set in ["svc", "svcw", "rs"] {
+            for set in ["svc", "svcw", "rs", "rsw"] {
                 s += &format!("flush set netdev {TABLE} {set}{fam}\n");
             }
         }
         let mut add = |set: &str, ep: &Endpoint| {
             let (p, a, port) = *ep;
             let fam = if a.is_ipv4() { "4" } else { "6" };
-            let elem = if set == "svc" && port == 0 {
+            // Port 0: every port (port-0 persistent services and their servers).
+            let elem = if port == 0 {
                 format!(
-                    "add element netdev {TABLE} svcw{fam} {{ {a} . {} }}\n",
+                    "add element netdev {TABLE} {set}w{fam} {{ {a} . {} }}\n",
                     proto(p)
                 )
             } else {
@@ -133,10 +136,7 @@ impl KernelGuard {
             s += &elem;
         };
         services.iter().for_each(|e| add("svc", e));
-        nat_servers
-            .iter()
-            .filter(|e| e.2 != 0)
-            .for_each(|e| add("rs", e));
+        nat_servers.iter().for_each(|e| add("rs", e));
         nft(&s)
     }
 

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use uvs_conntrack::{Dir, InsertError, NewConn, PacketInfo, Table, Tuple, Update};
+use uvs_conntrack::{Dir, InsertError, NewConn, PacketInfo, Table, TemplateKey, Tuple, Update};
 use uvs_fwd::{CsumMode, ParseError, Parsed};
 use uvs_sched::{FwdMethod, SchedKey};
 
@@ -243,10 +243,51 @@ impl Pipeline {
             dport: p.dport,
             now_ms: now,
         };
-        let Some(dest) = svc.sched.schedule(&key) else {
-            return Self::drop(st, DropReason::NoDestination);
+        // Persistent services: the client's template picks the server; a new
+        // client is scheduled once and the template remembers the choice.
+        let tpl = match svc.persistence {
+            None => None,
+            Some(per) => {
+                let tk = TemplateKey {
+                    proto: p.proto,
+                    caddr: per.mask.apply(p.src),
+                    vaddr: p.dst,
+                    vport: svc.port,
+                    fwmark: 0,
+                };
+                let t = match self.conns.lookup_template(&tk, now) {
+                    Some(t) => Some(t),
+                    None => {
+                        let Some(dest) = svc.sched.schedule(&key) else {
+                            return Self::drop(st, DropReason::NoDestination);
+                        };
+                        self.conns
+                            .get_or_insert_template(
+                                &tk,
+                                &dest,
+                                dest.port,
+                                dest.fwd_method(),
+                                per.timeout_ms,
+                                now,
+                            )
+                            .ok()
+                    }
+                };
+                match t {
+                    Some(t) => Some(t),
+                    None => return Self::drop(st, DropReason::TableFull),
+                }
+            }
+        };
+        let dest = match &tpl {
+            Some(t) => Arc::clone(t.dest()),
+            None => match svc.sched.schedule(&key) {
+                Some(d) => d,
+                None => return Self::drop(st, DropReason::NoDestination),
+            },
         };
         let fwd = dest.fwd_method();
+        // Port 0 (a port-0 service's server): the client's port.
         let dport = if dest.port == 0 { p.dport } else { dest.port };
         let daddr = dest.addr;
         let nc = NewConn {
@@ -257,10 +298,14 @@ impl Pipeline {
             vport: p.dport,
             daddr,
             dport,
-            dest: Arc::clone(&dest),
+            dest,
             fwd,
         };
-        match self.conns.insert(nc, info, now) {
+        let inserted = match &tpl {
+            Some(t) => self.conns.insert_controlled(nc, t, info, now),
+            None => self.conns.insert(nc, info, now),
+        };
+        match inserted {
             Ok(_) => {}
             // Another worker created it first (its packets hashed elsewhere):
             // follow that entry.

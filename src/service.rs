@@ -27,6 +27,32 @@ pub struct DestSpec {
     pub l_threshold: u32,
 }
 
+/// How a persistent service groups clients (`-M`): an IPv4 netmask (need
+/// not be contiguous, as ipvsadm allows) or an IPv6 prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientMask {
+    V4(u32),
+    V6(u8),
+}
+
+impl ClientMask {
+    /// The client address as its persistence template sees it.
+    pub fn apply(self, a: IpAddr) -> IpAddr {
+        match (self, a) {
+            (ClientMask::V4(m), IpAddr::V4(v)) => IpAddr::V4((u32::from(v) & m).into()),
+            (ClientMask::V6(len), a @ IpAddr::V6(_)) => uvs_conntrack::mask_addr(a, len),
+            (_, a) => a,
+        }
+    }
+}
+
+/// Persistence (`-p TIMEOUT [-M MASK]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Persistence {
+    pub timeout_ms: u32,
+    pub mask: ClientMask,
+}
+
 /// What the configuration says about one virtual service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -35,6 +61,7 @@ pub struct ServiceSpec {
     pub port: u16,
     pub sched: String,
     pub params: SchedParams,
+    pub persistence: Option<Persistence>,
     pub dests: Vec<DestSpec>,
 }
 
@@ -69,6 +96,7 @@ pub struct ServiceRt {
     pub port: u16,
     pub sched: Arc<dyn Scheduler>,
     pub params: SchedParams,
+    pub persistence: Option<Persistence>,
     /// Current real servers, in configuration order.
     pub dests: Vec<Arc<Dest>>,
     /// Removed real servers, kept so a re-add resumes their connections.
@@ -184,6 +212,7 @@ impl Services {
                 port: spec.port,
                 sched,
                 params: spec.params.clone(),
+                persistence: spec.persistence,
                 dests,
                 trash,
                 stats: old.map_or_else(Default::default, |o| o.stats.clone()),

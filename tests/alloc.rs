@@ -71,6 +71,7 @@ fn established_flow_allocates_nothing() {
         port: 80,
         sched: "rr".into(),
         params: SchedParams::default(),
+        persistence: None,
         dests: vec![d("203.0.113.11"), d("203.0.113.12")],
     };
     p.services

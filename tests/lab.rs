@@ -754,3 +754,42 @@ fn every_scheduler_carries_traffic() {
             .contains(&format!("TCP  192.0.2.10:80 {name}")));
     }
 }
+
+#[test]
+fn persistence_keeps_a_client_on_its_server_and_port_0_services_work() {
+    if !root_or_skip("persistence_keeps_a_client_on_its_server_and_port_0_services_work") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("per", false, &[]);
+    s.cmds(&[
+        "-A -t 192.0.2.10:80 -s rr -p 60",
+        "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
+        "-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m",
+    ]);
+    let t = s.tcp(20);
+    assert_eq!(t.failures, 0, "{t:?}");
+    assert_eq!(
+        t.by_server.len(),
+        1,
+        "rr under -p must keep one client on one server: {t:?}"
+    );
+    let conns = s.d.uvsadm("-L -n -c").unwrap();
+    assert!(
+        conns.contains("TCP 01:") && conns.contains("NONE"),
+        "a template should be listed:\n{conns}"
+    );
+    let persist = s.d.uvsadm("-L -n --persistent-conn").unwrap();
+    assert!(persist.contains("1"), "{persist}");
+    // A port-0 persistent service: every port of the VIP, servers on the
+    // client's port.
+    s.cmds(&[
+        "-D -t 192.0.2.10:80",
+        "-A -t 192.0.2.10:0 -s rr -p 30",
+        "-a -t 192.0.2.10:0 -r 203.0.113.11:0 -m",
+        "-a -t 192.0.2.10:0 -r 203.0.113.12:0 -m",
+    ]);
+    let t = s.tcp(10);
+    assert_eq!(t.failures, 0, "{t:?}\n{}", s.d.log_text());
+    assert_eq!(t.by_server.len(), 1, "{t:?}");
+}
