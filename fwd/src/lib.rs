@@ -1,9 +1,13 @@
 //! uvs-fwd: wire formats, checksums and forwarding methods. No I/O.
 //!
 //! Per-packet entry points for the engine: [`parse::parse`] → [`Parsed`],
-//! then [`xmit::nat::dnat`] / [`xmit::nat::snat`] and [`xmit::set_macs`];
-//! [`checksum::fill_l4_checksum`] completes offloaded checksums. None of them
-//! allocates or panics, whatever the input.
+//! then the forwarding method — [`xmit::nat::dnat`] / [`xmit::nat::snat`]
+//! (NAT), [`xmit::dr::dr`] (direct routing), [`xmit::tun::encap`] (ipip, GRE,
+//! GUE) — with [`xmit::fits`] / [`xmit::tun::check_mtu`] before it, and
+//! [`xmit::set_macs`] toward the next hop. [`checksum::fill_l4_checksum`]
+//! completes offloaded checksums. The real-server tunnel endpoint uses
+//! [`xmit::tun::decap_frame`]. None of them allocates or panics, whatever the
+//! input.
 
 pub mod build;
 pub mod checksum;
@@ -13,5 +17,6 @@ pub mod xmit;
 
 pub use checksum::{fill_l4_checksum, CsumMode};
 pub use parse::{embedded, parse, Embedded, IpVersion, ParseError, Parsed};
+pub use xmit::dr::dr;
 pub use xmit::nat::{dnat, snat};
-pub use xmit::{set_macs, XmitError};
+pub use xmit::{fits, set_macs, NeedsFrag, Side, XmitError};

@@ -25,7 +25,7 @@ mod golden_fixtures;
 
 use std::net::IpAddr;
 
-use common::{hex, naive_verify, nic_complete, unhex};
+use common::{hex, naive_sctp_crc_ok, naive_verify, nic_complete, unhex};
 use golden_fixtures::{Golden, Op, FIXTURES};
 use uvs_fwd::build::{FrameSpec, L4Spec};
 use uvs_fwd::{dnat, parse, snat, CsumMode, XmitError};
@@ -43,7 +43,7 @@ fn run(g: &Golden) -> (Vec<u8>, Result<(), XmitError>) {
 
 #[test]
 fn golden_nat_rewrites() {
-    assert!(FIXTURES.len() >= 12);
+    assert!(FIXTURES.len() >= 18);
     for g in FIXTURES {
         let (out, r) = run(g);
         assert_eq!(r, g.verdict, "{} ({}): verdict", g.name, g.how);
@@ -57,6 +57,13 @@ fn golden_nat_rewrites() {
                 Op::Dnat => assert_eq!(p.dst, addr, "{}", g.name),
                 Op::Snat => assert_eq!(p.src, addr, "{}", g.name),
             }
+        }
+        if r.is_ok() && g.name.starts_with("sctp") {
+            assert!(
+                naive_sctp_crc_ok(&out),
+                "{}: independent CRC-32C check",
+                g.name
+            );
         }
         if g.simple && r.is_ok() {
             let mut c = out.clone();
@@ -290,6 +297,32 @@ fn cases() -> Vec<(
         Dnat,
         rs6,
         53,
+        Full,
+    ));
+    let mut s = FrameSpec::tcp_v4();
+    s.l4 = L4Spec::Sctp;
+    s.payload = b"INIT chunk bytes".to_vec();
+    v.push((
+        "sctp4_dnat",
+        "tcp_v4 with L4Spec::Sctp: CRC-32C recomputed after the port change",
+        s,
+        Dnat,
+        rs4,
+        9999,
+        Full,
+    ));
+    let mut s = FrameSpec::tcp_v6();
+    s.l4 = L4Spec::Sctp;
+    s.src = rs6.parse().unwrap();
+    s.sport = 9999;
+    s.payload = b"DATA".to_vec();
+    v.push((
+        "sctp6_snat",
+        "SCTP reply from the real server over IPv6",
+        s,
+        Snat,
+        vip6,
+        80,
         Full,
     ));
     v

@@ -3,8 +3,11 @@
 //! never panic; whatever parses must satisfy the `Parsed` invariants, and
 //! `dnat`/`snat`/`fill_l4_checksum`/`verify_l4_checksum` on it must never
 //! panic. A rewrite that succeeds must reparse with the new fields and TTL − 1
-//! (parse → rewrite → reparse). Every view's `new_checked` + getters are also
-//! run on random bytes.
+//! (parse → rewrite → reparse). `dr`, `encap` (every tunnel kind, both outer
+//! families), `fits`/`check_mtu` and `decap_frame` run on every input too; an
+//! encapsulation that succeeds must decapsulate back to the inner packet.
+//! Encapsulated frames are in the corpus, so mutations reach the decapsulator.
+//! Every view's `new_checked` + getters are also run on random bytes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -12,8 +15,37 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uvs_fwd::build::{FrameSpec, L4Spec};
 use uvs_fwd::checksum::verify_l4_checksum;
-use uvs_fwd::wire::{arp, ethernet, icmpv4, icmpv6, ipv4, ipv6, tcp, udp};
+use uvs_fwd::wire::{arp, ethernet, gre, gue, icmpv4, icmpv6, ipv4, ipv6, tcp, udp};
+use uvs_fwd::xmit::dr::dr;
+use uvs_fwd::xmit::fits;
+use uvs_fwd::xmit::tun::{self, decap_frame, encap, TunCsum, TunKind, TunParams, MAX_OVERHEAD};
 use uvs_fwd::{dnat, embedded, fill_l4_checksum, parse, set_macs, snat, CsumMode, XmitError};
+
+/// Tunnel parameters covering every kind, both outer families and options.
+fn tunnels() -> Vec<TunParams> {
+    let v4 = (
+        IpAddr::from(Ipv4Addr::new(203, 0, 113, 1)),
+        IpAddr::from(Ipv4Addr::new(203, 0, 113, 11)),
+    );
+    let v6: (IpAddr, IpAddr) = (
+        "2001:db8:3::1".parse().unwrap(),
+        "2001:db8:3::11".parse().unwrap(),
+    );
+    let mut v = Vec::new();
+    for (kind, csum) in [
+        (TunKind::Ipip, TunCsum::NoCsum),
+        (TunKind::Gre, TunCsum::Csum),
+        (TunKind::Gue, TunCsum::RemCsum),
+    ] {
+        for (s, d) in [v4, v6] {
+            let mut t = TunParams::new(kind, s, d);
+            t.csum = csum;
+            t.port = 6080;
+            v.push(t);
+        }
+    }
+    v
+}
 
 fn corpus() -> Vec<Vec<u8>> {
     let mut v = Vec::new();
@@ -62,6 +94,17 @@ fn corpus() -> Vec<Vec<u8>> {
         options: vec![1; 40],
     };
     v.push(s.build());
+    // Encapsulated frames, so that mutations exercise the decapsulator.
+    let inner = FrameSpec::tcp_v4().build();
+    let p = parse(&inner).unwrap();
+    for t in tunnels() {
+        for mode in [CsumMode::Full, CsumMode::Partial] {
+            let mut buf = vec![0u8; MAX_OVERHEAD];
+            buf.extend_from_slice(&inner);
+            let e = encap(&mut buf, MAX_OVERHEAD, &p, &t, 1, mode).unwrap();
+            v.push(buf[e.start..e.start + e.len].to_vec());
+        }
+    }
     let mut a = [0u8; 42];
     arp::Repr::request(
         [2; 6],
@@ -76,6 +119,12 @@ fn corpus() -> Vec<Vec<u8>> {
 
 /// Parses and, on success, exercises every per-packet entry point.
 fn exercise(frame: &[u8]) {
+    let mut g = frame.to_vec();
+    if let Ok(d) = decap_frame(&mut g, &[6080]) {
+        assert!(d.offset + d.len <= g.len());
+    } else {
+        assert_eq!(g, frame, "refused decap left the frame");
+    }
     let Ok(p) = parse(frame) else { return };
     assert!(p.l3_off <= p.l4_off && p.l4_off <= p.payload_off && p.payload_off <= p.ip_end);
     assert!(p.ip_end <= frame.len());
@@ -119,6 +168,35 @@ fn exercise(frame: &[u8]) {
     if let Ok(e) = embedded(frame, &p) {
         assert!(p.payload_off == e.l3_off && e.l3_off < e.l4_off && e.l4_off <= p.ip_end);
         assert_eq!(e.src.is_ipv4(), p.src.is_ipv4());
+    }
+    let mut f = frame.to_vec();
+    if dr(&mut f, &p).is_ok() {
+        assert_eq!(parse(&f).expect("DR output reparses").ttl, p.ttl - 1);
+    } else {
+        assert_eq!(f, frame);
+    }
+    let _ = fits(frame, &p, 1280);
+    for t in tunnels() {
+        for mode in [CsumMode::Full, CsumMode::Partial] {
+            let _ = tun::check_mtu(frame, &p, &t, 1500, mode);
+            let mut buf = vec![0u8; MAX_OVERHEAD];
+            buf.extend_from_slice(frame);
+            match encap(&mut buf, MAX_OVERHEAD, &p, &t, 1, mode) {
+                Ok(e) => {
+                    let mut out = buf[e.start..e.start + e.len].to_vec();
+                    if let Some(pc) = e.pending {
+                        // Complete as the sending kernel would.
+                        let c = !uvs_fwd::checksum::fold(uvs_fwd::checksum::sum(&out[pc.start..]));
+                        out[pc.start + pc.offset..pc.start + pc.offset + 2]
+                            .copy_from_slice(&c.to_be_bytes());
+                    }
+                    let d =
+                        decap_frame(&mut out, &[6080]).expect("encapsulated frames decapsulate");
+                    assert_eq!(d.len, p.ip_len);
+                }
+                Err(_) => assert_eq!(&buf[MAX_OVERHEAD..], frame, "refused encap left the frame"),
+            }
+        }
     }
     let mut f = frame.to_vec();
     let _ = verify_l4_checksum(&f, &p);
@@ -219,6 +297,7 @@ fn views_on_random_bytes_never_panic() {
                 p.verify_checksum(&Ipv6Addr::LOCALHOST, &Ipv6Addr::LOCALHOST),
             );
         }
+        let _ = (gre::parse(b), gue::parse(b));
         if let Ok(p) = arp::Packet::new_checked(b) {
             let _ = arp::Repr::parse(&p);
         }

@@ -113,3 +113,42 @@ pub fn unhex(s: &str) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Bitwise CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), no table:
+/// an independent reference for the crate's table-driven one.
+pub fn naive_crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            let lsb = crc & 1;
+            crc >>= 1;
+            if lsb != 0 {
+                crc ^= 0x82f6_3b78;
+            }
+        }
+    }
+    !crc
+}
+
+/// Checks the SCTP CRC-32C of a simple (untagged, option-less) frame: the
+/// CRC over the SCTP packet with the field zeroed, stored little-endian.
+pub fn naive_sctp_crc_ok(f: &[u8]) -> bool {
+    let l3 = l3_off(f);
+    let (l4, end) = if f[l3] >> 4 == 4 {
+        let hl = usize::from(f[l3] & 15) * 4;
+        (
+            l3 + hl,
+            l3 + usize::from(u16::from_be_bytes([f[l3 + 2], f[l3 + 3]])),
+        )
+    } else {
+        (
+            l3 + 40,
+            l3 + 40 + usize::from(u16::from_be_bytes([f[l3 + 4], f[l3 + 5]])),
+        )
+    };
+    let mut seg = f[l4..end].to_vec();
+    let stored = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+    seg[8..12].fill(0);
+    naive_crc32c(&seg) == stored
+}

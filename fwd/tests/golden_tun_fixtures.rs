@@ -1,0 +1,206 @@
+//! Frozen golden fixtures for DR and TUN; see `golden_tun.rs` for how they
+//! were generated.
+
+use uvs_fwd::xmit::tun::{TunCsum, TunKind};
+use uvs_fwd::{CsumMode, XmitError};
+
+/// The forwarding method a fixture exercises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Dr,
+    Tun {
+        kind: TunKind,
+        src: &'static str,
+        dst: &'static str,
+        csum: TunCsum,
+        port: u16,
+    },
+}
+
+/// One golden packet.
+#[derive(Debug)]
+pub struct TunGolden {
+    pub name: &'static str,
+    /// How the input was built.
+    pub how: &'static str,
+    pub method: Method,
+    pub mode: CsumMode,
+    pub input: &'static str,
+    pub verdict: Result<(), XmitError>,
+    /// Expected frame (the input itself when refused).
+    pub output: &'static str,
+}
+
+pub const FIXTURES: &[TunGolden] = &[
+    TunGolden {
+        name: "dr_tcp4",
+        how: "FrameSpec::tcp_v4()",
+        method: Method::Dr,
+        mode: CsumMode::Full,
+        input: "02000000000202000000000108004500002d1c46400040063246c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+        verdict: Ok(()),
+        output: "02000000000202000000000108004500002d1c4640003f063346c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+    },
+    TunGolden {
+        name: "dr_udp6",
+        how: "FrameSpec::udp_v6()",
+        method: Method::Dr,
+        mode: CsumMode::Full,
+        input: "02000000000202000000000186dd60000000000d114020010db801000000000000000000000120010db80002000000000000000000109c400050000dc2ec68656c6c6f",
+        verdict: Ok(()),
+        output: "02000000000202000000000186dd60000000000d113f20010db801000000000000000000000120010db80002000000000000000000109c400050000dc2ec68656c6c6f",
+    },
+    TunGolden {
+        name: "dr_tcp4_partial",
+        how: "tcp_v4, CHECKSUM_PARTIAL (left pending)",
+        method: Method::Dr,
+        mode: CsumMode::Partial,
+        input: "02000000000202000000000108004500002d1c46400040063246c6336401c000020a9c40005001020304000000005002faf0ec5e000068656c6c6f",
+        verdict: Ok(()),
+        output: "02000000000202000000000108004500002d1c4640003f063346c6336401c000020a9c40005001020304000000005002faf0ec5e000068656c6c6f",
+    },
+    TunGolden {
+        name: "dr_tcp4_ttl1",
+        how: "tcp_v4 with TTL 1: refused",
+        method: Method::Dr,
+        mode: CsumMode::Full,
+        input: "02000000000202000000000108004500002d1c46400001067146c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+        verdict: Err(XmitError::TtlExceeded),
+        output: "02000000000202000000000108004500002d1c46400001067146c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+    },
+    TunGolden {
+        name: "ipip4_tcp4",
+        how: "tcp_v4 in IPv4",
+        method: Method::Tun { kind: TunKind::Ipip, src: "203.0.113.1", dst: "203.0.113.11", csum: TunCsum::NoCsum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "02000000000202000000000108004500002d1c46400040063246c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+        verdict: Ok(()),
+        output: "020000000002020000000001080045000041000040003f04c3abcb007101cb00710b4500002d1c4640003f063346c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+    },
+    TunGolden {
+        name: "ipip6_tcp6",
+        how: "tcp_v6 in IPv6",
+        method: Method::Tun { kind: TunKind::Ipip, src: "2001:db8:3::1", dst: "2001:db8:3::11", csum: TunCsum::NoCsum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "02000000000202000000000186dd600000000019064020010db801000000000000000000000120010db80002000000000000000000109c40005001020304000000005002faf073ff000068656c6c6f",
+        verdict: Ok(()),
+        output: "02000000000202000000000186dd600000000041293f20010db800030000000000000000000120010db8000300000000000000000011600000000019063f20010db801000000000000000000000120010db80002000000000000000000109c40005001020304000000005002faf073ff000068656c6c6f",
+    },
+    TunGolden {
+        name: "ipip4_udp6",
+        how: "udp_v6 in IPv4 (6in4)",
+        method: Method::Tun { kind: TunKind::Ipip, src: "203.0.113.1", dst: "203.0.113.11", csum: TunCsum::NoCsum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "02000000000202000000000186dd60000000000d114020010db801000000000000000000000120010db80002000000000000000000109c400050000dc2ec68656c6c6f",
+        verdict: Ok(()),
+        output: "0200000000020200000000010800450000490bee00003f29f790cb007101cb00710b60000000000d113f20010db801000000000000000000000120010db80002000000000000000000109c400050000dc2ec68656c6c6f",
+    },
+    TunGolden {
+        name: "ipip6_udp4",
+        how: "udp_v4 in IPv6 (4in6)",
+        method: Method::Tun { kind: TunKind::Ipip, src: "2001:db8:3::1", dst: "2001:db8:3::11", csum: TunCsum::NoCsum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "0200000000020200000000010800450000211c46400040113247c6336401c000020a9c400050000d333268656c6c6f",
+        verdict: Ok(()),
+        output: "02000000000202000000000186dd600000000021043f20010db800030000000000000000000120010db8000300000000000000000011450000211c4640003f113347c6336401c000020a9c400050000d333268656c6c6f",
+    },
+    TunGolden {
+        name: "gre4_tcp4",
+        how: "tcp_v4 in GRE/IPv4",
+        method: Method::Tun { kind: TunKind::Gre, src: "203.0.113.1", dst: "203.0.113.11", csum: TunCsum::NoCsum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "02000000000202000000000108004500002d1c46400040063246c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+        verdict: Ok(()),
+        output: "020000000002020000000001080045000045000040003f2fc37ccb007101cb00710b000008004500002d1c4640003f063346c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+    },
+    TunGolden {
+        name: "gre4_csum_tcp4",
+        how: "tcp_v4 in GRE/IPv4 with checksum",
+        method: Method::Tun { kind: TunKind::Gre, src: "203.0.113.1", dst: "203.0.113.11", csum: TunCsum::Csum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "02000000000202000000000108004500002d1c46400040063246c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+        verdict: Ok(()),
+        output: "020000000002020000000001080045000049000040003f2fc378cb007101cb00710b80000800645e00004500002d1c4640003f063346c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+    },
+    TunGolden {
+        name: "gre6_csum_udp6",
+        how: "udp_v6 in GRE/IPv6 with checksum",
+        method: Method::Tun { kind: TunKind::Gre, src: "2001:db8:3::1", dst: "2001:db8:3::11", csum: TunCsum::Csum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "02000000000202000000000186dd60000000000d114020010db801000000000000000000000120010db80002000000000000000000109c400050000dc2ec68656c6c6f",
+        verdict: Ok(()),
+        output: "02000000000202000000000186dd60000000003d2f3f20010db800030000000000000000000120010db8000300000000000000000011800086dd87f3000060000000000d113f20010db801000000000000000000000120010db80002000000000000000000109c400050000dc2ec68656c6c6f",
+    },
+    TunGolden {
+        name: "gre6_tcp4",
+        how: "tcp_v4 in GRE/IPv6",
+        method: Method::Tun { kind: TunKind::Gre, src: "2001:db8:3::1", dst: "2001:db8:3::11", csum: TunCsum::NoCsum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "02000000000202000000000108004500002d1c46400040063246c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+        verdict: Ok(()),
+        output: "02000000000202000000000186dd6000000000312f3f20010db800030000000000000000000120010db8000300000000000000000011000008004500002d1c4640003f063346c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+    },
+    TunGolden {
+        name: "gue4_tcp4",
+        how: "tcp_v4 in GUE/IPv4, UDP checksum 0",
+        method: Method::Tun { kind: TunKind::Gue, src: "203.0.113.1", dst: "203.0.113.11", csum: TunCsum::NoCsum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "02000000000202000000000108004500002d1c46400040063246c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+        verdict: Ok(()),
+        output: "02000000000202000000000108004500004d000040003f11c392cb007101cb00710bc35017c000390000000400004500002d1c4640003f063346c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+    },
+    TunGolden {
+        name: "gue4_csum_udp4",
+        how: "udp_v4 in GUE/IPv4 with UDP checksum",
+        method: Method::Tun { kind: TunKind::Gue, src: "203.0.113.1", dst: "203.0.113.11", csum: TunCsum::Csum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "0200000000020200000000010800450000211c46400040113247c6336401c000020a9c400050000d333268656c6c6f",
+        verdict: Ok(()),
+        output: "020000000002020000000001080045000041000040003f11c39ecb007101cb00710bc35017c0002d98cf00040000450000211c4640003f113347c6336401c000020a9c400050000d333268656c6c6f",
+    },
+    TunGolden {
+        name: "gue6_csum_tcp6",
+        how: "tcp_v6 in GUE/IPv6 with UDP checksum",
+        method: Method::Tun { kind: TunKind::Gue, src: "2001:db8:3::1", dst: "2001:db8:3::11", csum: TunCsum::Csum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "02000000000202000000000186dd600000000019064020010db801000000000000000000000120010db80002000000000000000000109c40005001020304000000005002faf073ff000068656c6c6f",
+        verdict: Ok(()),
+        output: "02000000000202000000000186dd60000000004d113f20010db800030000000000000000000120010db8000300000000000000000011c35017c0004d625700290000600000000019063f20010db801000000000000000000000120010db80002000000000000000000109c40005001020304000000005002faf073ff000068656c6c6f",
+    },
+    TunGolden {
+        name: "gue4_remcsum_tcp4_partial",
+        how: "tcp_v4 CHECKSUM_PARTIAL in GUE/IPv4 with remote checksum offload",
+        method: Method::Tun { kind: TunKind::Gue, src: "203.0.113.1", dst: "203.0.113.11", csum: TunCsum::RemCsum, port: 6080 },
+        mode: CsumMode::Partial,
+        input: "02000000000202000000000108004500002d1c46400040063246c6336401c000020a9c40005001020304000000005002faf0ec5e000068656c6c6f",
+        verdict: Ok(()),
+        output: "020000000002020000000001080045000055000040003f11c38acb007101cb00710bc35017c000410e550204000180000000001400244500002d1c4640003f063346c6336401c000020a9c40005001020304000000005002faf0ec5e000068656c6c6f",
+    },
+    TunGolden {
+        name: "gre6_csum_udp6_partial",
+        how: "udp_v6 CHECKSUM_PARTIAL in GRE/IPv6 with checksum (LCO; inner stays pending)",
+        method: Method::Tun { kind: TunKind::Gre, src: "2001:db8:3::1", dst: "2001:db8:3::11", csum: TunCsum::Csum, port: 6080 },
+        mode: CsumMode::Partial,
+        input: "02000000000202000000000186dd60000000000d114020010db801000000000000000000000120010db80002000000000000000000109c400050000d5ca368656c6c6f",
+        verdict: Ok(()),
+        output: "02000000000202000000000186dd60000000003d2f3f20010db800030000000000000000000120010db8000300000000000000000011800086dd87f3000060000000000d113f20010db801000000000000000000000120010db80002000000000000000000109c400050000d5ca368656c6c6f",
+    },
+    TunGolden {
+        name: "vlan_ipip4_tcp4",
+        how: "tcp_v4 under 802.1Q 100 with padding, in IPv4",
+        method: Method::Tun { kind: TunKind::Ipip, src: "203.0.113.1", dst: "203.0.113.11", csum: TunCsum::NoCsum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "0200000000020200000000018100006408004500002d1c46400040063246c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f0000000000",
+        verdict: Ok(()),
+        output: "02000000000202000000000181000064080045000041000040003f04c3abcb007101cb00710b4500002d1c4640003f063346c6336401c000020a9c40005001020304000000005002faf0e444000068656c6c6f",
+    },
+    TunGolden {
+        name: "gue6_hoplimit1",
+        how: "tcp_v6 with hop limit 1: refused",
+        method: Method::Tun { kind: TunKind::Gue, src: "2001:db8:3::1", dst: "2001:db8:3::11", csum: TunCsum::Csum, port: 6080 },
+        mode: CsumMode::Full,
+        input: "02000000000202000000000186dd600000000019060120010db801000000000000000000000120010db80002000000000000000000109c40005001020304000000005002faf073ff000068656c6c6f",
+        verdict: Err(XmitError::TtlExceeded),
+        output: "02000000000202000000000186dd600000000019060120010db801000000000000000000000120010db80002000000000000000000109c40005001020304000000005002faf073ff000068656c6c6f",
+    },
+];
