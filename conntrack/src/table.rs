@@ -761,6 +761,36 @@ impl Table {
         Handle::new(shard, idx, part.get(idx)).ok_or(InsertError::Full)
     }
 
+    /// Removes the entry `h` names (a connection, or a template that
+    /// controls nothing), unbinding its destination. False when it is
+    /// already gone or is a template still in control.
+    pub fn remove(&self, h: &Handle) -> bool {
+        if h.caddr.is_ipv4() {
+            self.remove_typed::<Ipv4Addr>(h)
+        } else {
+            self.remove_typed::<Ipv6Addr>(h)
+        }
+    }
+
+    fn remove_typed<A: Family>(&self, h: &Handle) -> bool {
+        let mut rel = Releases::new(A::WIDE);
+        let done = {
+            let mut g = self.lock(h.shard);
+            let (part, stats) = A::split(&mut g);
+            let ok = part
+                .live(h.idx)
+                .is_some_and(|e| h.matches(e) && (e.flags & flag::TEMPLATE == 0 || e.aux == 0));
+            if ok {
+                let old = part.remove(&self.hasher, h.idx);
+                stats.expired += 1;
+                self.retire(old, &mut rel);
+            }
+            ok
+        };
+        self.apply_releases(&rel);
+        done
+    }
+
     // ----- update -----
 
     /// Processes one packet of a looked-up connection: reuse and

@@ -329,16 +329,14 @@ impl Sim {
                 };
                 let out = self.packet(&f.tuple, p);
                 match (&out, d) {
-                    (Outcome::Forwarded(a, _), Some(d)) => {
-                        // Drained servers keep their established flows; only
-                        // a UDP flow whose server was removed may move
-                        // (expire_nodest_conn reschedules it).
-                        if *a != d.addr {
-                            assert!(
-                                f.tuple.proto == UDP && !d.is_available(),
-                                "flow moved server mid-stream"
-                            );
-                        }
+                    // Drained servers keep their established flows; only a
+                    // UDP flow whose server was removed may move
+                    // (expire_nodest_conn reschedules it).
+                    (Outcome::Forwarded(a, _), Some(d)) if *a != d.addr => {
+                        assert!(
+                            f.tuple.proto == UDP && !d.is_available(),
+                            "flow moved server mid-stream"
+                        );
                     }
                     (Outcome::Dropped, Some(d)) => {
                         assert!(
