@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # uvs namespace lab: a client, a load balancer and two real servers.
 #
-#   scripts/lab.sh up   [PREFIX] [--vip-on-lb]   build the lab
+#   scripts/lab.sh up   [PREFIX] [--vip-on-lb] [--dr]   build the lab
 #   scripts/lab.sh down [PREFIX]                 remove exactly what `up` made
 #   scripts/lab.sh names [PREFIX]                print the namespace names
 #
@@ -24,6 +24,14 @@
 #
 # VIPs live in 192.0.2.0/24 and 2001:db8:f::/64 and are routed to the LB;
 # with --vip-on-lb the VIP 192.0.2.10 is also assigned to the LB's c0.
+#
+# --dr sets the lab up for direct routing, as a real DR deployment is: the
+# real servers carry the VIPs 192.0.2.10 and 2001:db8:f::10 on `lo` with
+# arp_ignore=1 / arp_announce=2 (they accept packets for the VIP but never
+# answer ARP for it), and their replies go straight to the client, never
+# through the director: the client has a second leg on the server switch
+# (eth1 203.0.113.100, 2001:db8:5::100) and the real servers route the
+# client's addresses to it.
 set -euo pipefail
 
 cmd=${1:-}
@@ -42,7 +50,7 @@ down() {
 }
 
 up() {
-  local vip_on_lb=$1
+  local vip_on_lb=$1 dr=$2
   down
   trap 'down' ERR
   for ns in "$C" "$LB" "$SW" "$RS1" "$RS2"; do
@@ -86,13 +94,40 @@ up() {
     nsx "$rs" ip route add default via 203.0.113.1
     nsx "$rs" ip -6 route add default via 2001:db8:5::1
     nsx "$SW" ip link set "p$i" master br0 up
+    if [ "$dr" = 1 ]; then
+      nsx "$rs" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
+        net.ipv4.conf.eth0.arp_ignore=1 net.ipv4.conf.eth0.arp_announce=2
+      nsx "$rs" ip addr add 192.0.2.10/32 dev lo
+      nsx "$rs" ip -6 addr add 2001:db8:f::10/128 dev lo
+      nsx "$rs" ip route add 198.51.100.10/32 via 203.0.113.100
+      nsx "$rs" ip -6 route add 2001:db8:c::10/128 via 2001:db8:5::100
+    fi
     i=$((i + 1))
   done
+  if [ "$dr" = 1 ]; then
+    ip -n "$C" link add eth1 type veth peer name pc netns "$SW"
+    nsx "$C" ip addr add 203.0.113.100/24 dev eth1
+    nsx "$C" ip -6 addr add 2001:db8:5::100/64 dev eth1 nodad
+    nsx "$C" ip link set eth1 up
+    # Replies arrive on eth1 for an address of eth0.
+    nsx "$C" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.eth1.rp_filter=0
+    nsx "$SW" ip link set pc master br0 up
+  fi
   trap - ERR
 }
 
 case "$cmd" in
-  up) up "$([ "${3:-}" = --vip-on-lb ] && echo 1 || echo 0)" ;;
+  up)
+    shift 2 || true
+    vip=0 dr=0
+    for o in "$@"; do
+      case "$o" in
+        --vip-on-lb) vip=1 ;;
+        --dr) dr=1 ;;
+        *) echo "lab.sh: unknown option '$o'" >&2; exit 2 ;;
+      esac
+    done
+    up "$vip" "$dr" ;;
   down) down ;;
   names) echo "$C $LB $SW $RS1 $RS2" ;;
   *) sed -n '2,9p' "$0" >&2; exit 2 ;;

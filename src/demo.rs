@@ -37,7 +37,7 @@ fn show(t: &Tally) -> String {
 pub fn run(requests: usize) -> io::Result<bool> {
     let prefix = format!("uvsdemo{}", std::process::id());
     println!("uvs demo: building lab '{prefix}': client 198.51.100.10, director, real servers 203.0.113.11 and .12");
-    let lab = Lab::up(&prefix, false)?;
+    let lab = Lab::up(&prefix, &[])?;
     println!(
         "uvs demo: starting lab servers (TCP :80, UDP :53) in {} and {}",
         lab.ns("rs1"),

@@ -45,13 +45,11 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Builds the lab (`lab.sh up PREFIX`), optionally with the VIP
-    /// 192.0.2.10 assigned on the director's client-side interface.
-    pub fn up(prefix: &str, vip_on_lb: bool) -> io::Result<Lab> {
+    /// Builds the lab (`lab.sh up PREFIX OPTIONS…`; options `--vip-on-lb`,
+    /// `--dr`, see the script).
+    pub fn up(prefix: &str, options: &[&str]) -> io::Result<Lab> {
         let mut args = vec!["up", prefix];
-        if vip_on_lb {
-            args.push("--vip-on-lb");
-        }
+        args.extend_from_slice(options);
         lab_sh(&args)?;
         Ok(Lab {
             prefix: prefix.to_string(),

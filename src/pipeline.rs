@@ -347,9 +347,13 @@ impl Pipeline {
                 Ok(()) => Step::Done(Verdict::Xmit { next_hop: daddr }),
                 Err(e) => Self::drop(st, xmit_reason(&e)),
             },
-            FwdMethod::Route | FwdMethod::Tunnel | FwdMethod::Local => {
-                Self::drop(st, DropReason::Unsupported)
-            }
+            // Direct routing: the packet keeps the VIP; only the TTL and, in
+            // the worker, the MACs change (the real server is on-link).
+            FwdMethod::Route => match uvs_fwd::xmit::dr::dr(frame, p) {
+                Ok(()) => Step::Done(Verdict::Xmit { next_hop: daddr }),
+                Err(e) => Self::drop(st, xmit_reason(&e)),
+            },
+            FwdMethod::Tunnel | FwdMethod::Local => Self::drop(st, DropReason::Unsupported),
         }
     }
 }

@@ -34,9 +34,9 @@ struct Setup {
     lab: Lab,
 }
 
-fn setup(tag: &str, vip_on_lb: bool, args: &[&str]) -> Setup {
+fn setup(tag: &str, lab_opts: &[&str], args: &[&str]) -> Setup {
     let prefix = format!("uvt{}{tag}", std::process::id() % 100000);
-    let lab = Lab::up(&prefix, vip_on_lb).expect("lab up");
+    let lab = Lab::up(&prefix, lab_opts).expect("lab up");
     let s1 = lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1 server");
     let s2 = lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53).expect("rs2 server");
     let d = Director::start(&lab, Path::new(env!("CARGO_BIN_EXE_uvs")), args).expect("uvs run");
@@ -97,7 +97,7 @@ fn rr_splits_200_connections_100_100_and_curl_works() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("rr", false, &[]);
+    let s = setup("rr", &[], &[]);
     s.cmds(&RR);
     let t = s.tcp(200);
     assert_eq!(t.failures, 0, "{t:?}\n{}", s.d.log_text());
@@ -132,7 +132,7 @@ fn wrr_weights_3_1_give_150_50() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("wrr", false, &[]);
+    let s = setup("wrr", &[], &[]);
     s.cmds(&[
         "-A -t 192.0.2.10:80 -s wrr",
         "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m -w 3",
@@ -149,7 +149,7 @@ fn udp_service_answers() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("udp", false, &[]);
+    let s = setup("udp", &[], &[]);
     s.cmds(&[
         "-A -u 192.0.2.10:53 -s rr",
         "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -m",
@@ -166,8 +166,8 @@ fn udp_service_answers() {
 /// 1,000 short connections, none failing; the director's kernel sent no
 /// RST and forwarded nothing itself (uvs owns the traffic). Run both with
 /// the VIP routed to the director and with the VIP on its interface.
-fn thousand_connections(tag: &str, vip_on_lb: bool) {
-    let s = setup(tag, vip_on_lb, &[]);
+fn thousand_connections(tag: &str, lab_opts: &[&str]) {
+    let s = setup(tag, lab_opts, &[]);
     s.cmds(&RR);
     let rst0 = s.lb_snmp("Tcp", "OutRsts");
     let fwd0 = s.lb_snmp("Ip", "ForwDatagrams");
@@ -192,7 +192,7 @@ fn thousand_short_connections_routed_vip() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    thousand_connections("k", false);
+    thousand_connections("k", &[]);
 }
 
 #[test]
@@ -201,7 +201,7 @@ fn thousand_short_connections_vip_on_director() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    thousand_connections("kv", true);
+    thousand_connections("kv", &["--vip-on-lb"]);
 }
 
 #[test]
@@ -210,7 +210,7 @@ fn large_transfer_crosses_with_offloads_on() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("big", false, &[]);
+    let s = setup("big", &[], &[]);
     s.cmds(&RR);
     // A 4 MiB line each way: TSO/GSO super-packets and pending checksums
     // from the namespaces' stacks cross uvs in both directions.
@@ -231,7 +231,7 @@ fn filter_drop_at_priority_0_stops_packets_before_ipvs() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("flt", false, &[]);
+    let s = setup("flt", &[], &[]);
     s.cmds(&RR);
     let rule = [
         "filter",
@@ -287,7 +287,7 @@ fn quiesced_server_gets_no_new_connections_but_keeps_open_ones() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("qui", false, &[]);
+    let s = setup("qui", &[], &[]);
     s.cmds(&RR);
     let mut c = s.echo();
     let who = c.ping("hello").expect("echo");
@@ -315,7 +315,7 @@ fn quiesced_server_gets_no_new_connections_but_keeps_open_ones() {
 fn removed_server(expire_nodest_conn: bool) {
     let tag = if expire_nodest_conn { "nd1" } else { "nd0" };
     let knob = format!("expire_nodest_conn={}", u8::from(expire_nodest_conn));
-    let s = setup(tag, false, &["--set-knob", &knob]);
+    let s = setup(tag, &[], &["--set-knob", &knob]);
     s.cmds(&RR);
     let mut c = s.echo();
     let who = c.ping("one").expect("echo");
@@ -382,7 +382,7 @@ fn stopping_leaves_nothing_behind_and_restart_after_crash_cleans_up() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("stop", false, &[]);
+    let s = setup("stop", &[], &[]);
     s.cmds(&RR);
     assert!(lb_has_uvs_table(&s.lab));
     // Crash: SIGKILL leaves the table and socket file behind...
@@ -419,7 +419,7 @@ fn bad_commands_are_rejected_and_change_nothing() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("bad", false, &[]);
+    let s = setup("bad", &[], &[]);
     s.cmds(&RR);
     let before = s.d.uvsadm("-S -n").unwrap();
     for bad in [
@@ -430,7 +430,7 @@ fn bad_commands_are_rejected_and_change_nothing() {
             "192.0.2.10:80",
             "-r",
             "203.0.113.13:80",
-            "-g",
+            "-i",
         ],
         vec!["uvsadm", "-A", "-t", "192.0.2.10:80", "-s", "rr"],
         vec!["uvsadm", "-A", "-t", "192.0.2.11:80", "-s", "nosuch"],
@@ -454,7 +454,7 @@ fn ipv6_nat_tcp_and_udp() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("v6", false, &[]);
+    let s = setup("v6", &[], &[]);
     s.cmds(&[
         "-A -t [2001:db8:f::10]:80 -s rr",
         "-a -t [2001:db8:f::10]:80 -r [2001:db8:5::11]:80 -m",
@@ -512,7 +512,7 @@ fn uvsadm_binary_save_clear_restore_round_trip() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("adm", false, &[]);
+    let s = setup("adm", &[], &[]);
     let ctl = s.d.control.clone();
     for c in RR {
         let args: Vec<&str> = c.split_whitespace().collect();
@@ -558,7 +558,7 @@ fn config_file_at_start_and_bad_files_rejected() {
         "-A -t 192.0.2.10:80 -s rr\n-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m -w nine\n",
     )
     .unwrap();
-    let s = setup("cfg", false, &["--config", good.to_str().unwrap()]);
+    let s = setup("cfg", &[], &["--config", good.to_str().unwrap()]);
     let t = s.tcp(40);
     assert_eq!(
         (t.count("rs1"), t.count("rs2"), t.failures),
@@ -591,7 +591,7 @@ fn malformed_packets_are_counted_and_dropped_and_traffic_goes_on() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("mal", false, &[]);
+    let s = setup("mal", &[], &[]);
     s.cmds(&RR);
     // IP packets to the VIP with broken TCP headers, sent from the client
     // through a raw socket (the kernel fills in the IP length and checksum).
@@ -642,7 +642,7 @@ fn sh_keeps_one_client_on_one_server() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("sh", false, &[]);
+    let s = setup("sh", &[], &[]);
     s.cmds(&[
         "-A -t 192.0.2.10:80 -s sh -b sh-fallback",
         "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
@@ -694,7 +694,7 @@ fn wlc_sends_new_connections_to_the_least_loaded_server() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("wlc", false, &[]);
+    let s = setup("wlc", &[], &[]);
     s.cmds(&[
         "-A -t 192.0.2.10:80 -s wlc",
         "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
@@ -738,7 +738,7 @@ fn every_scheduler_carries_traffic() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("all", false, &["--mh-table-size", "251"]);
+    let s = setup("all", &[], &["--mh-table-size", "251"]);
     s.cmds(&RR);
     let names: Vec<&str> = uvs_sched::Registry::names().collect();
     assert_eq!(names.len(), 14, "{names:?}");
@@ -761,7 +761,7 @@ fn persistence_keeps_a_client_on_its_server_and_port_0_services_work() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("per", false, &[]);
+    let s = setup("per", &[], &[]);
     s.cmds(&[
         "-A -t 192.0.2.10:80 -s rr -p 60",
         "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
@@ -792,4 +792,84 @@ fn persistence_keeps_a_client_on_its_server_and_port_0_services_work() {
     let t = s.tcp(10);
     assert_eq!(t.failures, 0, "{t:?}\n{}", s.d.log_text());
     assert_eq!(t.by_server.len(), 1, "{t:?}");
+}
+
+/// A line of pseudo-random printable bytes (seeded, reproducible).
+fn random_line(len: usize, seed: u64) -> String {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 94) as u8)
+        })
+        .filter(|c| *c != ':')
+        .collect()
+}
+
+#[test]
+fn direct_routing_ipv4_and_ipv6_replies_bypass_uvs() {
+    if !root_or_skip("direct_routing_ipv4_and_ipv6_replies_bypass_uvs") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("dr", &["--dr"], &[]);
+    for (vip_tcp, vip_udp, rs1, rs2) in [
+        (
+            "192.0.2.10:80",
+            "192.0.2.10:53",
+            "203.0.113.11",
+            "203.0.113.12",
+        ),
+        (
+            "[2001:db8:f::10]:80",
+            "[2001:db8:f::10]:53",
+            "[2001:db8:5::11]",
+            "[2001:db8:5::12]",
+        ),
+    ] {
+        let port = |a: &str| a.rsplit(':').next().unwrap_or("").to_string();
+        let (pt, pu) = (port(vip_tcp), port(vip_udp));
+        s.cmds(&[
+            &format!("-A -t {vip_tcp} -s rr"),
+            &format!("-a -t {vip_tcp} -r {rs1}:{pt} -g"),
+            &format!("-a -t {vip_tcp} -r {rs2}:{pt}"),
+            &format!("-A -u {vip_udp} -s rr"),
+            &format!("-a -u {vip_udp} -r {rs1}:{pu} -g"),
+            &format!("-a -u {vip_udp} -r {rs2}:{pu} -g"),
+        ]);
+        let list = s.d.uvsadm("-L -n").unwrap();
+        assert!(list.contains("Route"), "{list}");
+        let (t_vip, u_vip) = (vip(vip_tcp), vip(vip_udp));
+        let t = netns::run_in(&s.lab.ns("c"), move || {
+            lab::tcp_requests(t_vip, 20, Duration::from_secs(60))
+        })
+        .unwrap();
+        assert_eq!(t.failures, 0, "{vip_tcp}: {t:?}\n{}", s.d.log_text());
+        assert_eq!((t.count("rs1"), t.count("rs2")), (10, 10), "{t:?}");
+        // Random bytes arrive intact and come back.
+        let line = random_line(200_000, 7);
+        let echoed = netns::run_in(&s.lab.ns("c"), move || -> std::io::Result<String> {
+            let mut c = EchoConn::connect(t_vip)?;
+            c.send(&line)?;
+            c.recv(&line, Duration::from_secs(20))
+        })
+        .unwrap();
+        assert!(echoed.is_ok(), "{vip_tcp}: {echoed:?}");
+        // UDP: 50 exchanges; uvs sees the 50 requests, not the 50 replies.
+        let rx0 = s.d.counter("rx").unwrap();
+        let u = netns::run_in(&s.lab.ns("c"), move || {
+            lab::udp_requests(u_vip, 50, Duration::from_secs(60))
+        })
+        .unwrap();
+        assert_eq!(u.failures, 0, "{vip_udp}: {u:?}");
+        assert_eq!(u.total(), 50);
+        let seen = s.d.counter("rx").unwrap() - rx0;
+        assert!(
+            (50..75).contains(&seen),
+            "{vip_udp}: uvs received {seen} frames for 50 exchanges: replies did not bypass it"
+        );
+        s.cmds(&["-C"]);
+    }
 }

@@ -426,11 +426,10 @@ impl Default for Gates {
     }
 }
 
-/// Gate: the forwarding methods the engine has (NAT only, issue 2).
+/// Gate: the forwarding methods the engine has (NAT and direct routing).
 pub fn supported_fwd(m: FwdMethod) -> Result<(), CtlError> {
     match m {
-        FwdMethod::Masq => Ok(()),
-        FwdMethod::Route => Err(CtlError::FwdNotSupported("gatewaying (-g)")),
+        FwdMethod::Masq | FwdMethod::Route => Ok(()),
         FwdMethod::Tunnel => Err(CtlError::FwdNotSupported("ipip (-i)")),
         FwdMethod::Local => Err(CtlError::FwdNotSupported("local")),
     }

@@ -726,23 +726,20 @@ fn add_and_list_flow_with_default_gates() {
 #[test]
 fn gate_forwarding_methods() {
     assert_eq!(supported_fwd(FwdMethod::Masq), Ok(()));
-    assert_eq!(
-        supported_fwd(FwdMethod::Route).map_err(|e| e.to_string()),
-        Err("forwarding method 'gatewaying (-g)' is not supported yet (only -m)".into())
-    );
+    assert_eq!(supported_fwd(FwdMethod::Route), Ok(()));
     assert_eq!(
         supported_fwd(FwdMethod::Tunnel).map_err(|e| e.to_string()),
-        Err("forwarding method 'ipip (-i)' is not supported yet (only -m)".into())
+        Err("forwarding method 'ipip (-i)' is not supported yet (only -m and -g)".into())
     );
-    // Through apply with the default gates: -a without -m means -g.
+    // Through apply with the default gates: -a without -m means -g, which
+    // the engine has; -i is refused and changes nothing.
     let mut cfg = open_cfg("-A -t 192.0.2.10:80 -s rr");
+    cfg.apply(&ok("-a -t 192.0.2.10:80 -r 203.0.113.11"))
+        .expect("direct routing");
+    assert_eq!(cfg.services[0].dests[0].fwd, FwdMethod::Route);
     let before = cfg.clone();
     let e = cfg
-        .apply(&ok("-a -t 192.0.2.10:80 -r 203.0.113.11"))
-        .unwrap_err();
-    assert_eq!(e, CtlError::FwdNotSupported("gatewaying (-g)"));
-    let e = cfg
-        .apply(&ok("-a -t 192.0.2.10:80 -r 203.0.113.11 -i"))
+        .apply(&ok("-a -t 192.0.2.10:80 -r 203.0.113.12 -i"))
         .unwrap_err();
     assert_eq!(e, CtlError::FwdNotSupported("ipip (-i)"));
     assert_eq!(cfg, before);
@@ -1207,13 +1204,14 @@ fn batch_refuses_queries_and_nested_restore() {
 
 #[test]
 fn config_from_script_uses_default_gates() {
-    // -a without -m is direct routing, refused by today's gate.
-    let e = Config::from_script("-A -t 192.0.2.10:80 -s rr\n-a -t 192.0.2.10:80 -r 203.0.113.1\n")
-        .unwrap_err();
+    // -i (tunnelling) is refused by today's gate.
+    let e =
+        Config::from_script("-A -t 192.0.2.10:80 -s rr\n-a -t 192.0.2.10:80 -r 203.0.113.1 -i\n")
+            .unwrap_err();
     match check_scheduler("rr") {
         Ok(()) => {
             assert_eq!(e.line, 2);
-            assert_eq!(e.error, CtlError::FwdNotSupported("gatewaying (-g)"));
+            assert_eq!(e.error, CtlError::FwdNotSupported("ipip (-i)"));
         }
         Err(g) => {
             assert_eq!(e.line, 1);
@@ -1878,12 +1876,11 @@ fn quiesce_with_edit_server() {
         "-A -t 192.0.2.10:80 -s rr
          -a -t 192.0.2.10:80 -r 203.0.113.11 -m -w 3",
     );
-    let before = cfg.clone();
-    assert_eq!(
-        cfg.apply(&ok("-e -t 192.0.2.10:80 -r 203.0.113.11 -w 0")),
-        Err(CtlError::FwdNotSupported("gatewaying (-g)"))
-    );
-    assert_eq!(cfg, before);
+    // -e replaces every attribute: without -m the server becomes -g.
+    let mut dr = cfg.clone();
+    dr.apply(&ok("-e -t 192.0.2.10:80 -r 203.0.113.11 -w 0"))
+        .expect("edit");
+    assert_eq!(dr.services[0].dests[0].fwd, FwdMethod::Route);
     assert!(cfg
         .apply(&ok("-e -t 192.0.2.10:80 -r 203.0.113.11 -m -w 0"))
         .is_ok());
