@@ -50,22 +50,25 @@ impl Table {
         let mut work = 0usize;
         let mut removed = 0usize;
         let nshards = self.shards.len();
-        let mut visits = 0usize;
+        // Consecutive visits that scanned their whole shard: a run of
+        // `nshards` of them means the table is covered and more work this
+        // call would only rescan it.
+        let mut whole = 0usize;
         let knobs = self.knobs();
         loop {
             let s = self.sweep_shard.fetch_add(1, Relaxed) % nshards;
             let step = SWEEP_STEP.min(budget.saturating_sub(work)).max(1);
-            let (n4, w4, r4) =
+            let (n4, w4, f4, r4) =
                 self.sweep_part::<Ipv4Addr>(s as u32, now, step, knobs.expire_nodest_conn);
-            let (n6, w6, r6) =
+            let (n6, w6, f6, r6) =
                 self.sweep_part::<Ipv6Addr>(s as u32, now, step, knobs.expire_nodest_conn);
             self.apply_releases(&r4);
             self.apply_releases(&r6);
             removed += n4 + n6;
             // An empty shard still costs one unit, so the loop ends.
             work += (w4 + w6).max(1);
-            visits += 1;
-            if work >= budget || visits >= nshards * 4 {
+            whole = if f4 && f6 { whole + 1 } else { 0 };
+            if work >= budget || whole >= nshards {
                 break;
             }
         }
@@ -78,13 +81,13 @@ impl Table {
         now: u64,
         step: usize,
         nodest: bool,
-    ) -> (usize, usize, Releases) {
+    ) -> (usize, usize, bool, Releases) {
         let mut rel = Releases::new(A::WIDE);
         let mut g = self.lock(shard);
         let (part, stats) = A::split(&mut g);
         let slots = part.slots();
         if slots == 0 {
-            return (0, 0, rel);
+            return (0, 0, true, rel);
         }
         let mut removed = 0;
         let mut visited = 0;
@@ -103,7 +106,7 @@ impl Table {
             }
         }
         part.sweep = cur;
-        (removed, visited, rel)
+        (removed, visited, visited >= slots as usize, rel)
     }
 
     /// Examines slot `idx`; true when it removed the entry.

@@ -585,6 +585,70 @@ impl Table {
         self.lookup(&inner.reversed())
     }
 
+    /// Lookup and update in one step: one shard lock per packet instead of
+    /// two (a NAT reply still probes the request side first, as `lookup`
+    /// does). Same semantics as [`Table::lookup`] followed by
+    /// [`Table::update`]; `None` on a miss.
+    pub fn lookup_update(
+        &self,
+        t: &Tuple,
+        p: PacketInfo,
+        now: u64,
+    ) -> Option<(Handle, Dir, Update)> {
+        match (t.src, t.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.lookup_update_typed(t, s, d, &p, now),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.lookup_update_typed(t, s, d, &p, now),
+            _ => None,
+        }
+    }
+
+    fn lookup_update_typed<A: Family>(
+        &self,
+        t: &Tuple,
+        src: A,
+        dst: A,
+        p: &PacketInfo,
+        now: u64,
+    ) -> Option<(Handle, Dir, Update)> {
+        let knobs = self.knobs();
+        let table = self.tcp_table(&knobs);
+        let mut rel = Releases::new(A::WIDE);
+        let mut found = None;
+        for dir in [Dir::In, Dir::Out] {
+            let (shard, hash) = match dir {
+                Dir::In => (
+                    self.shard_of(t.proto, src, t.sport),
+                    key_hash(&self.hasher, t.proto, KIND_CONN, src, t.sport, dst, t.dport),
+                ),
+                Dir::Out => (
+                    self.shard_of(t.proto, dst, t.dport),
+                    key_hash(&self.hasher, t.proto, KIND_OUT, src, t.sport, dst, t.dport),
+                ),
+            };
+            let mut g = self.lock(shard);
+            let (part, stats) = A::split(&mut g);
+            let hit = match dir {
+                Dir::In => part.find_in(hash, t.proto, src, t.sport, dst, t.dport),
+                Dir::Out => part.find_out(hash, t.proto, src, t.sport, dst, t.dport),
+            };
+            let Some((_, idx)) = hit else { continue };
+            let Some(mut h) = Handle::new(shard, idx, part.get(idx)) else {
+                continue;
+            };
+            let u =
+                self.update_locked(part, stats, &h, dir, p, now, false, table, &knobs, &mut rel);
+            // Report the state after this packet when the entry survived it.
+            if let Some(e) = part.live(idx).filter(|e| h.matches(*e)) {
+                h.state = e.state;
+                h.flags = e.flags;
+            }
+            found = Some((h, dir, u));
+            break;
+        }
+        self.apply_releases(&rel);
+        found
+    }
+
     fn lookup_in_typed<A: Family>(&self, t: &Tuple, src: A, dst: A) -> Option<Handle> {
         let shard = self.shard_of(t.proto, src, t.sport);
         let hash = key_hash(&self.hasher, t.proto, KIND_CONN, src, t.sport, dst, t.dport);

@@ -195,3 +195,94 @@ fn ipv6_connections() {
         InsertError::FamilyMismatch
     );
 }
+
+#[test]
+fn lookup_update_matches_lookup_then_update() {
+    let t1 = table(100);
+    let t2 = table(100);
+    let d1 = dest("203.0.113.11", 8080, FwdMethod::Masq);
+    let d2 = dest("203.0.113.11", 8080, FwdMethod::Masq);
+    let c1 = conn(TCP, 40100, &d1);
+    let c2 = conn(TCP, 40100, &d2);
+    t1.insert(c1.clone(), PacketInfo::tcp(SYN, 60), 0).unwrap();
+    t2.insert(c2.clone(), PacketInfo::tcp(SYN, 60), 0).unwrap();
+    let script = [
+        (reply(&c1), SYN | ACK),
+        (req(&c1), ACK),
+        (req(&c1), FIN | ACK),
+        (reply(&c1), FIN | ACK),
+        (req(&c1), SYN),
+    ];
+    for (i, (tu, f)) in script.iter().enumerate() {
+        let now = i as u64 + 1;
+        let a = t1
+            .lookup(tu)
+            .map(|(h, dir)| (dir, t1.update(&h, dir, PacketInfo::tcp(*f, 60), now)));
+        let b = t2.lookup_update(tu, PacketInfo::tcp(*f, 60), now);
+        assert_eq!(a, b.as_ref().map(|(_, dir, u)| (*dir, *u)), "step {i}");
+        if let (Some((h, _, Update::Forward)), Some((h1, _))) = (&b, t1.lookup(tu)) {
+            assert_eq!(h.state(), h1.state(), "step {i}");
+        }
+        assert_eq!(
+            (d1.active_conns(), d1.inactive_conns()),
+            (d2.active_conns(), d2.inactive_conns())
+        );
+    }
+    // The last SYN hit TIME_WAIT: rescheduled, entry gone in both.
+    assert!(t1.is_empty() && t2.is_empty());
+    assert!(t2
+        .lookup_update(&req(&c2), PacketInfo::tcp(ACK, 60), 9)
+        .is_none());
+}
+
+#[test]
+fn sctp_association_through_the_table() {
+    use uvs_conntrack::proto::sctp::chunk;
+    use uvs_conntrack::SctpState;
+    let t = table(100);
+    let d = dest("203.0.113.11", 3868, FwdMethod::Masq);
+    let c = conn(SCTP, 3868, &d);
+    let h = t
+        .insert(c.clone(), PacketInfo::sctp(chunk::INIT, 100), 0)
+        .unwrap();
+    assert_eq!(h.state(), ConnState::Sctp(SctpState::Init1));
+    let steps = [
+        (reply(&c), chunk::INIT_ACK, SctpState::CookieSent),
+        (req(&c), chunk::COOKIE_ECHO, SctpState::CookieReplied),
+        (reply(&c), chunk::COOKIE_ACK, SctpState::Established),
+        (req(&c), chunk::DATA, SctpState::Established),
+        (req(&c), chunk::SHUTDOWN, SctpState::ShutdownReceived),
+        (reply(&c), chunk::SHUTDOWN_ACK, SctpState::ShutdownAckSent),
+        (req(&c), chunk::SHUTDOWN_COMPLETE, SctpState::Closed),
+    ];
+    for (i, (tu, ch, want)) in steps.into_iter().enumerate() {
+        let (h, _, u) = t
+            .lookup_update(&tu, PacketInfo::sctp(ch, 100), i as u64 + 1)
+            .unwrap();
+        assert_eq!(u, Update::Forward);
+        assert_eq!(h.state(), ConnState::Sctp(want), "step {i}");
+        if want == SctpState::Established {
+            assert_eq!(d.active_conns(), 1);
+        }
+    }
+    assert_eq!((d.active_conns(), d.inactive_conns()), (0, 1));
+    // A new INIT on a CLOSED association is rescheduled.
+    let (_, _, u) = t
+        .lookup_update(&req(&c), PacketInfo::sctp(chunk::INIT, 100), 20)
+        .unwrap();
+    assert_eq!(u, Update::Reschedule);
+    assert_eq!(d.inactive_conns(), 0);
+}
+
+#[test]
+fn remove_unbinds() {
+    let t = table(100);
+    let d = dest("203.0.113.11", 80, FwdMethod::Masq);
+    let h = t
+        .insert(conn(TCP, 1, &d), PacketInfo::tcp(SYN, 60), 0)
+        .unwrap();
+    assert!(t.remove(&h));
+    assert!(!t.remove(&h));
+    assert!(t.is_empty());
+    assert_eq!(d.inactive_conns(), 0);
+}

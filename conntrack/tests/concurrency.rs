@@ -21,7 +21,7 @@ fn run(per_worker: u16, rounds: usize) {
     // Closed connections vanish quickly so the expirer has work.
     to.tcp[TcpState::TimeWait as usize] = 50;
     let t = Arc::new(uvs_conntrack::Table::new(Config {
-        max_entries: 1 << 20,
+        max_entries: 1 << 22,
         shards: 64,
         seed: 99,
         timeouts: to,
@@ -96,7 +96,7 @@ fn run(per_worker: u16, rounds: usize) {
                     for i in 0..16u16 {
                         let d = &dests[0];
                         let mut c = conn(TCP, 60000 + i, d);
-                        c.caddr = ip(&format!("198.51.100.{}", 200 + round % 50));
+                        c.caddr = ip(&format!("198.18.{}.{}", round / 250, round % 250));
                         c.vport = 8000 + round as u16;
                         match t.insert(c, PacketInfo::tcp(SYN, 60), now.load(SeqCst)) {
                             Ok(_) => {
@@ -145,7 +145,7 @@ fn run(per_worker: u16, rounds: usize) {
 
 #[test]
 fn threads_insert_lookup_update_expire() {
-    run(200, 20);
+    run(400, 50);
 }
 
 #[test]
