@@ -61,8 +61,10 @@ pub struct Knobs {
     /// entry (same server); bit 0 = reschedule it; bit 1 = also reschedule
     /// DR/TUN connections in FIN_WAIT. Default 1.
     pub conn_reuse_mode: u8,
-    /// `secure_tcp`: use the defensive TCP table (NAT entries stay SYN_RECV
-    /// until the server answers).
+    /// `secure_tcp`: use the defensive TCP table: a client's ACK alone
+    /// never establishes a NAT connection (it stays SYN_RECV, 60 s, until
+    /// the server's SYN+ACK, then SYNACK until the server speaks again),
+    /// and a DR/TUN SYN starts in SYNACK.
     pub secure_tcp: Defense,
     /// `drop_entry`: when the table is full, evict an entry still in its
     /// handshake (TCP SYN_RECV/SYNACK, SCTP INIT1/INIT, single-packet UDP)

@@ -4,13 +4,15 @@
 //!
 //! # Using it (the engine's side)
 //!
-//! * Per packet: [`Table::lookup`] (or `lookup_in` / `lookup_out` when the
-//!   hook already knows the direction). Hit → [`Table::update`] with the
-//!   returned [`Dir`] and act on the [`Update`]: `Forward`, `Drop`, or
-//!   `Reschedule` (the old entry is gone; schedule this same packet and
-//!   insert a new entry, so the first packet of a reused tuple is not lost).
-//!   Miss → if [`may_create`] allows, schedule and [`Table::insert`]
-//!   (`Err(Exists)` means another worker won the race: look up again).
+//! * Per packet: [`Table::lookup_update`] (one lock), or [`Table::lookup`]
+//!   (`lookup_in` / `lookup_out` when the hook already knows the direction)
+//!   then [`Table::update`] with the returned [`Dir`]. Act on the
+//!   [`Update`]: `Forward`, `Drop`, or `Reschedule` (the old entry is
+//!   gone; schedule this same packet and insert a new entry, so the first
+//!   packet of a reused tuple is not lost). Miss → if [`may_create`] allows,
+//!   schedule and [`Table::insert`] (`Err(Exists)` means another worker won
+//!   the race: look up again). DR/TUN connections are only ever found as
+//!   `Dir::In`; only NAT connections are indexed by their reply.
 //! * Persistent services: [`Table::lookup_template`] /
 //!   [`Table::get_or_insert_template`], then [`Table::insert_controlled`].
 //! * ICMP errors: [`Table::lookup_related`] with the embedded header, then
@@ -53,6 +55,27 @@
 //! DR/TUN connection has one slot, a NAT connection two. IPv6 entries are
 //! 88 bytes. Slabs grow in 256-entry chunks and never move entries.
 //!
+//! # Active and inactive counts
+//!
+//! As in the kernel, a connection is bound to its destination as
+//! *inactive* and counts as active only while ESTABLISHED (TCP and SCTP);
+//! UDP is always inactive. `Dest::conn_bound(false)` on insert,
+//! `Dest::conn_state_moved` exactly when a transition crosses ESTABLISHED,
+//! `Dest::conn_unbound` on removal (expiry, eviction, reschedule,
+//! `remove`), `Dest::template_bound` for templates. (So SYN_RECV counts as
+//! inactive: a half-open flood weighs 1/256 of established load in
+//! `lc`/`wlc`'s overhead.)
+//!
+//! # Locking and allocation
+//!
+//! One mutex per shard; no operation holds two. `lookup`, `update`,
+//! `lookup_update` and `expire` allocate nothing: a [`Handle`] is a copy of
+//! the entry's identity plus one `Arc<Dest>` clone (an atomic increment on
+//! the destination, the price of handing the engine a `Dest` it can keep
+//! while the entry may expire concurrently). `insert` allocates only when a
+//! shard's slab needs a new 256-entry chunk or its index grows (never with
+//! `Config::presize`). Listing allocates the caller's rows.
+//!
 //! # Expiry
 //!
 //! No timer per entry: a packet only rewrites `expires` (one store). The
@@ -61,6 +84,25 @@
 //! lookups that meet an expired entry before the sweep does treat it as gone.
 //! Cost: O(1) per entry per pass, bounded pause per lock hold. Details in
 //! `expire.rs`.
+
+//!
+//! Call [`Table::expire`] regularly with a budget sized to the table, e.g.
+//! every 100 ms with `budget = max(4096, len / 20)` for a pass every ~2 s.
+//! Entries then outlive their timeout by at most one pass as far as the
+//! destination counts see; packets never see an expired entry.
+//!
+//! # Performance (measured here, 2-core VM; criterion benches in `benches/`)
+//!
+//! * 1K entries: lookup hit ≈ 28 ns, lookup + update ≈ 55 ns, insert with
+//!   one update ≈ 240 ns.
+//! * 1M entries, random access: lookup hit ≈ 210 ns, lookup + update ≈
+//!   400 ns. The table is then ~60 MB, larger than the last-level cache:
+//!   each lookup is two dependent DRAM misses (index slot, entry). Batched
+//!   lookups with prefetch would hide them; the kernel's table has the same
+//!   two misses (bucket, `ip_vs_conn`).
+//! * Memory: 61.5 bytes per IPv4 NAT connection at 1M (48-byte entry, two
+//!   index slots); 10M spoofed SYNs against a 1M cap run at ≈ 0.6 µs each
+//!   with eviction.
 
 pub mod config;
 mod entry;
