@@ -18,8 +18,9 @@ use uvs_fwd::checksum::verify_l4_checksum;
 use uvs_fwd::wire::{arp, ethernet, gre, gue, icmpv4, icmpv6, ipv4, ipv6, tcp, udp};
 use uvs_fwd::xmit::dr::dr;
 use uvs_fwd::xmit::fits;
+use uvs_fwd::xmit::icmp::{build_icmp_error, nat_icmp_error, IcmpKind, IcmpNat, MAX_ERROR_FRAME};
 use uvs_fwd::xmit::tun::{self, decap_frame, encap, TunCsum, TunKind, TunParams, MAX_OVERHEAD};
-use uvs_fwd::{dnat, embedded, fill_l4_checksum, parse, set_macs, snat, CsumMode, XmitError};
+use uvs_fwd::{dnat, embedded, fill_l4_checksum, parse, set_macs, snat, CsumMode, Side, XmitError};
 
 /// Tunnel parameters covering every kind, both outer families and options.
 fn tunnels() -> Vec<TunParams> {
@@ -94,6 +95,19 @@ fn corpus() -> Vec<Vec<u8>> {
         options: vec![1; 40],
     };
     v.push(s.build());
+    // Proper ICMP errors quoting a packet, so mutations reach the ICMP NAT.
+    for base in [FrameSpec::tcp_v4(), FrameSpec::udp_v6()] {
+        let q = base.build();
+        let mut s = base.clone();
+        s.src = base.dst;
+        s.dst = base.src;
+        s.l4 = L4Spec::Icmp {
+            msg_type: if base.src.is_ipv4() { 3 } else { 1 },
+            code: 3,
+        };
+        s.payload = q[14..].to_vec();
+        v.push(s.build());
+    }
     // Encapsulated frames, so that mutations exercise the decapsulator.
     let inner = FrameSpec::tcp_v4().build();
     let p = parse(&inner).unwrap();
@@ -168,6 +182,33 @@ fn exercise(frame: &[u8]) {
     if let Ok(e) = embedded(frame, &p) {
         assert!(p.payload_off == e.l3_off && e.l3_off < e.l4_off && e.l4_off <= p.ip_end);
         assert_eq!(e.src.is_ipv4(), p.src.is_ipv4());
+        for nat in [
+            IcmpNat::to_client(targets[0], 80),
+            IcmpNat::to_server(targets[1], 8080),
+        ] {
+            let mut f = frame.to_vec();
+            match nat_icmp_error(&mut f, &p, &e, &nat, CsumMode::Full) {
+                Ok(()) => {
+                    let q = parse(&f).expect("translated ICMP error reparses");
+                    let outer = match nat.outer {
+                        Side::Src => q.src,
+                        Side::Dst => q.dst,
+                    };
+                    assert_eq!(outer, nat.outer_addr);
+                    assert!(embedded(&f, &q).is_ok());
+                }
+                Err(_) => assert_eq!(f, frame, "refused ICMP NAT left the frame"),
+            }
+        }
+    }
+    let mut out = [0u8; MAX_ERROR_FRAME];
+    for kind in [IcmpKind::PortUnreachable, IcmpKind::TooBig { mtu: 1280 }] {
+        let src = if p.is_ipv4() { targets[0] } else { targets[1] };
+        if let Ok(n) = build_icmp_error(&mut out, frame, &p, kind, src, 1) {
+            let q = parse(&out[..n]).expect("built ICMP error parses");
+            assert_eq!((q.src, q.dst), (src, p.src));
+            assert!(embedded(&out[..n], &q).is_ok());
+        }
     }
     let mut f = frame.to_vec();
     if dr(&mut f, &p).is_ok() {

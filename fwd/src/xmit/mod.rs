@@ -2,7 +2,7 @@
 //! before it leaves. One file per method: [`nat`] (masquerading), [`dr`]
 //! (direct routing: TTL only, the engine rewrites the MACs), [`tun`]
 //! (ipip/GUE/GRE encapsulation, and decapsulation for the real-server
-//! endpoint), and `icmp` (NAT of ICMP errors about a connection, building
+//! endpoint), and [`icmp`] (NAT of ICMP errors about a connection, building
 //! ICMP errors).
 //!
 //! Contract: every function works on a frame the caller parsed with
@@ -17,7 +17,7 @@
 //! against the route MTU ([`fits`], `ensure_mtu_is_adequate`).
 
 pub mod dr;
-
+pub mod icmp;
 pub mod nat;
 pub mod tun;
 
@@ -109,7 +109,7 @@ pub struct NeedsFrag {
     /// Length of the IP packet that did not fit.
     pub len: usize,
     /// Whether the kernel answers with an ICMP error
-    /// (fragmentation needed / packet too big); false for ICMP errors being forwarded,
+    /// ([`icmp::IcmpKind::TooBig`]); false for ICMP errors being forwarded,
     /// IPv6 non-first fragments, and a tunnel route MTU too small to use at all.
     pub send_icmp: bool,
 }
