@@ -2,9 +2,10 @@
 //! update at 1K, 1M and 10M entries, single- and multi-threaded, plus the
 //! memory per entry at 1M (printed).
 //!
-//! `cargo bench -p uvs-conntrack` (the 10M cases need ~1 GiB and a minute
-//! to build their tables; filter them out with a name filter if needed,
-//! e.g. `cargo bench -p uvs-conntrack -- '/1K|/1M'`).
+//! `cargo bench -p uvs-conntrack` (the 10M cases need ~1 GiB and half a
+//! minute to build their table). Each size's table is built before its
+//! benchmarks whatever the name filter, so to skip sizes set
+//! `CT_BENCH_SIZES`, e.g. `CT_BENCH_SIZES=1K,1M cargo bench -p uvs-conntrack`.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -102,7 +103,11 @@ fn walk(n: usize, k: usize) -> usize {
 }
 
 fn benches(c: &mut Criterion) {
+    let wanted = std::env::var("CT_BENCH_SIZES").unwrap_or_else(|_| "1K,1M,10M".into());
     for (n, name) in SIZES {
+        if !wanted.split(',').any(|w| w.trim() == name) {
+            continue;
+        }
         let f = fixture(n);
         eprintln!(
             "{name}: {} entries, {:.1} heap bytes/entry",
@@ -147,6 +152,68 @@ fn benches(c: &mut Criterion) {
                                 .expect("insert")
                         })
                         .collect();
+                    total += start.elapsed();
+                    for h in &hs {
+                        f.t.remove(h);
+                    }
+                    done += batch as u64;
+                }
+                total
+            })
+        });
+
+        // Two workers looking up at once.
+        g.bench_function(BenchmarkId::new("lookup_hit_2threads", name), |b| {
+            b.iter_custom(|iters| {
+                let per = iters / 2 + 1;
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for w in 0..2usize {
+                        let t = &f.t;
+                        let n = f.n;
+                        s.spawn(move || {
+                            for k in 0..per as usize {
+                                black_box(t.lookup(&req(walk(n, k * 2 + w))));
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+
+        // Two workers inserting disjoint fresh tuples at once.
+        g.bench_function(BenchmarkId::new("insert_2threads", name), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut done = 0u64;
+                while done < iters {
+                    let batch = (iters - done).min(50_000) as usize;
+                    let start = Instant::now();
+                    let hs: Vec<_> = std::thread::scope(|s| {
+                        let parts: Vec<_> = (0..2usize)
+                            .map(|w| {
+                                let (t, dests, n) = (&f.t, &f.dests, f.n);
+                                s.spawn(move || {
+                                    (w..batch)
+                                        .step_by(2)
+                                        .map(|j| {
+                                            t.insert(
+                                                new_conn(n + j, dests),
+                                                PacketInfo::tcp(SYN, 60),
+                                                1,
+                                            )
+                                            .expect("insert")
+                                        })
+                                        .collect::<Vec<_>>()
+                                })
+                            })
+                            .collect();
+                        parts
+                            .into_iter()
+                            .flat_map(|p| p.join().expect("bench worker"))
+                            .collect()
+                    });
                     total += start.elapsed();
                     for h in &hs {
                         f.t.remove(h);

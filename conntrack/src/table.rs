@@ -9,7 +9,7 @@
 //! [`Handle`] is a plain value plus one `Arc<Dest>` clone.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use uvs_sched::{Dest, FwdMethod};
@@ -268,6 +268,9 @@ pub struct Stats {
     pub evicted: u64,
     /// Entries expired by timeout.
     pub expired: u64,
+    /// Inserts refused for a caller error: mixed address families, or a
+    /// template that vanished before `insert_controlled`.
+    pub refused_invalid: u64,
     /// Entries removed so that a new packet is rescheduled
     /// (`conn_reuse_mode`, `expire_nodest_conn`).
     pub rescheduled: u64,
@@ -340,6 +343,7 @@ pub struct Table {
     sctp_to: [AtomicU32; SCTP_STATES],
     udp_to: AtomicU32,
     pub(crate) sweep_shard: AtomicUsize,
+    refused_invalid: AtomicU64,
 }
 
 impl Table {
@@ -369,6 +373,7 @@ impl Table {
             sctp_to: std::array::from_fn(|_| AtomicU32::new(0)),
             udp_to: AtomicU32::new(0),
             sweep_shard: AtomicUsize::new(0),
+            refused_invalid: AtomicU64::new(0),
         };
         t.set_timeouts(&cfg.timeouts);
         t
@@ -427,6 +432,7 @@ impl Table {
         for sh in self.shards.iter() {
             s.add(&self.lock_slot(sh).stats);
         }
+        s.refused_invalid = self.refused_invalid.load(Relaxed);
         s
     }
 
@@ -673,7 +679,15 @@ impl Table {
     /// packet's state transition (direction `In`). Binds the destination
     /// (counted inactive until ESTABLISHED, as the kernel does).
     pub fn insert(&self, c: NewConn, first: PacketInfo, now: u64) -> Result<Handle, InsertError> {
-        self.insert_with_aux(c, first, now, 0)
+        self.counted(self.insert_with_aux(c, first, now, 0))
+    }
+
+    /// Counts caller-error refusals (the others are counted per shard).
+    pub(crate) fn counted(&self, r: Result<Handle, InsertError>) -> Result<Handle, InsertError> {
+        if let Err(InsertError::FamilyMismatch | InsertError::TemplateGone) = r {
+            self.refused_invalid.fetch_add(1, Relaxed);
+        }
+        r
     }
 
     pub(crate) fn insert_with_aux(

@@ -95,16 +95,28 @@ impl Table {
             fwd,
             timeout_ms: timeout_ms.min(MAX_TIMEOUT_MS),
         };
-        match k.caddr {
+        let r = match k.caddr {
             IpAddr::V4(c) => self.tpl_typed::<Ipv4Addr>(k, c, now, Some(new)),
             IpAddr::V6(c) => self.tpl_typed::<Ipv6Addr>(k, c, now, Some(new)),
-        }
+        };
+        self.counted(r)
     }
 
     /// Inserts a connection controlled by template `tpl` (from
     /// `lookup_template`/`get_or_insert_template`): the template's count of
     /// controlled connections goes up and its timer restarts.
     pub fn insert_controlled(
+        &self,
+        c: NewConn,
+        tpl: &Handle,
+        first: PacketInfo,
+        now: u64,
+    ) -> Result<Handle, InsertError> {
+        let r = self.insert_controlled_inner(c, tpl, first, now);
+        self.counted(r)
+    }
+
+    fn insert_controlled_inner(
         &self,
         c: NewConn,
         tpl: &Handle,

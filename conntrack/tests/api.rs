@@ -194,6 +194,7 @@ fn ipv6_connections() {
         t.insert(mixed, PacketInfo::tcp(SYN, 80), 0).unwrap_err(),
         InsertError::FamilyMismatch
     );
+    assert_eq!(t.stats().refused_invalid, 1);
 }
 
 #[test]
