@@ -496,12 +496,21 @@ impl Table {
     }
 
     /// Takes one unit of capacity.
+    /// A compare-and-swap loop rather than add-then-undo, so `len()` never
+    /// reads above the cap, even transiently.
     pub(crate) fn reserve(&self) -> bool {
-        if self.count.fetch_add(1, Relaxed) < self.max {
-            true
-        } else {
-            self.count.fetch_sub(1, Relaxed);
-            false
+        let mut cur = self.count.load(Relaxed);
+        loop {
+            if cur >= self.max {
+                return false;
+            }
+            match self
+                .count
+                .compare_exchange_weak(cur, cur + 1, Relaxed, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(v) => cur = v,
+            }
         }
     }
 

@@ -81,3 +81,49 @@ fn syn_flood_scaled_down() {
 fn syn_flood_10m_vs_1m() {
     flood(1_000_000, 10_000_000, 10_000);
 }
+
+#[test]
+fn concurrent_flood_never_exceeds_cap() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let cap = 10_000;
+    let t = uvs_conntrack::Table::new(Config {
+        max_entries: cap,
+        shards: 64,
+        seed: 11,
+        ..Config::default()
+    });
+    let d = dest("203.0.113.11", 80, FwdMethod::Masq);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut max_seen = 0;
+            while !done.load(SeqCst) {
+                max_seen = max_seen.max(t.len());
+            }
+            max_seen
+        });
+        let floods: Vec<_> = (0..2u32)
+            .map(|w| {
+                let (t, d) = (&t, &d);
+                s.spawn(move || {
+                    let base = u32::from(Ipv4Addr::new(100, 64 + w as u8, 0, 0));
+                    for i in 0..100_000u32 {
+                        let mut c = conn(TCP, (i & 0xffff) as u16, d);
+                        c.caddr = IpAddr::V4(Ipv4Addr::from(base + (i >> 16)));
+                        let _ = t.insert(c, PacketInfo::tcp(SYN, 60), 0);
+                    }
+                })
+            })
+            .collect();
+        for f in floods {
+            f.join().expect("flooder");
+        }
+        done.store(true, SeqCst);
+        let max_seen = watcher.join().expect("watcher");
+        assert!(max_seen <= cap, "len reached {max_seen}");
+    });
+    assert!(t.len() <= cap);
+    assert_eq!((d.active_conns() + d.inactive_conns()) as usize, t.len());
+    let s = t.stats();
+    assert_eq!(s.inserted + s.refused_full, 200_000);
+}

@@ -630,3 +630,56 @@ fn listing_pages_see_every_entry_once() {
     t.for_each_entry(0, |_| n += 1);
     assert_eq!(n, 3000);
 }
+
+#[test]
+fn ipv6_and_udp_templates() {
+    let t = table(100);
+    let d = std::sync::Arc::new(uvs_conntrack::Dest::new(
+        ip("2001:db8:2::11"),
+        53,
+        1,
+        FwdMethod::Masq,
+    ));
+    let k = TemplateKey {
+        proto: UDP,
+        caddr: uvs_conntrack::mask_addr(ip("2001:db8:1::77"), 64),
+        vaddr: ip("2001:db8::10"),
+        vport: 53,
+        fwmark: 0,
+    };
+    let tpl = t
+        .get_or_insert_template(&k, &d, 53, FwdMethod::Masq, 5_000, 0)
+        .unwrap();
+    // The same /64 finds it; the template shows as UDP in the listing.
+    let k2 = TemplateKey {
+        caddr: uvs_conntrack::mask_addr(ip("2001:db8:1::99"), 64),
+        ..k
+    };
+    assert_eq!(t.lookup_template(&k2, 1).unwrap().daddr(), d.addr);
+    let c = uvs_conntrack::NewConn {
+        proto: UDP,
+        caddr: ip("2001:db8:1::77"),
+        cport: 5353,
+        vaddr: ip("2001:db8::10"),
+        vport: 53,
+        daddr: d.addr,
+        dport: 53,
+        dest: d.clone(),
+        fwd: FwdMethod::Masq,
+    };
+    t.insert_controlled(c.clone(), &tpl, PacketInfo::udp(80), 2)
+        .unwrap();
+    let rows = list_all(&t, 3);
+    assert_eq!(rows.len(), 2);
+    let tr = rows.iter().find(|r| r.template).unwrap();
+    assert_eq!(tr.state.name(), "UDP");
+    assert_eq!(tr.controlled, 1);
+    // UDP connections never close, so the template lives while the
+    // connection does (300 s), then expires with it.
+    t.expire(200_000, 1000);
+    assert!(t.lookup_template(&k, 200_000).is_some());
+    t.expire(400_000, 1000);
+    t.expire(400_000, 1000);
+    assert!(t.is_empty());
+    assert_eq!(d.persistent_conns(), 0);
+}
