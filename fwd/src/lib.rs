@@ -6,11 +6,14 @@
 //! GUE) — with [`xmit::fits`] / [`xmit::tun::check_mtu`] before it, and
 //! [`xmit::set_macs`] toward the next hop. [`checksum::fill_l4_checksum`]
 //! completes offloaded checksums. The real-server tunnel endpoint uses
-//! [`xmit::tun::decap_frame`]. None of them allocates or panics, whatever the
-//! input.
+//! [`xmit::tun::decap_frame`]; a TSO/GSO super-packet that must be
+//! encapsulated is cut first with [`gso::segment_tcp`]; ICMP errors are
+//! built and translated by [`xmit::icmp`]. None of them allocates or panics,
+//! whatever the input.
 
 pub mod build;
 pub mod checksum;
+pub mod gso;
 pub mod parse;
 pub mod wire;
 pub mod xmit;

@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uvs_fwd::build::{FrameSpec, L4Spec};
 use uvs_fwd::checksum::verify_l4_checksum;
+use uvs_fwd::gso::segment_tcp;
 use uvs_fwd::wire::{arp, ethernet, gre, gue, icmpv4, icmpv6, ipv4, ipv6, tcp, udp};
 use uvs_fwd::xmit::dr::dr;
 use uvs_fwd::xmit::fits;
@@ -209,6 +210,15 @@ fn exercise(frame: &[u8]) {
             assert_eq!((q.src, q.dst), (src, p.src));
             assert!(embedded(&out[..n], &q).is_ok());
         }
+    }
+    let mut scratch = [0u8; 600];
+    let mut total = 0;
+    if let Ok(n) = segment_tcp(frame, &p, 100, &mut scratch, 8, |b, h| {
+        let q = parse(&b[h..]).expect("segments parse");
+        total += q.payload_len();
+    }) {
+        assert!(n >= 1);
+        assert_eq!(total, p.payload_len());
     }
     let mut f = frame.to_vec();
     if dr(&mut f, &p).is_ok() {
