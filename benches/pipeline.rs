@@ -41,6 +41,7 @@ fn pipeline() -> Pipeline {
         weight: 1,
         u_threshold: 0,
         l_threshold: 0,
+        tun: Default::default(),
     };
     let spec = ServiceSpec {
         proto: 6,

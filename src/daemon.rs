@@ -103,11 +103,30 @@ fn specs(cfg: &ctl::Config, mh_table_size: u32) -> Result<Vec<ServiceSpec>, Stri
                     weight: d.weight,
                     u_threshold: d.u_threshold,
                     l_threshold: d.l_threshold,
+                    tun: d.tun.map(tun_config).unwrap_or_default(),
                 })
                 .collect(),
         });
     }
     Ok(out)
+}
+
+/// ipvsadm's tunnel options as the destination keeps them.
+fn tun_config(t: ctl::TunOpts) -> uvs_sched::TunConfig {
+    use uvs_sched::{TunCsum, TunType};
+    uvs_sched::TunConfig {
+        kind: match t.kind {
+            ctl::TunType::Ipip => TunType::Ipip,
+            ctl::TunType::Gue => TunType::Gue,
+            ctl::TunType::Gre => TunType::Gre,
+        },
+        port: t.port.unwrap_or(0),
+        csum: match t.csum {
+            ctl::TunCsum::NoCsum => TunCsum::NoCsum,
+            ctl::TunCsum::Csum => TunCsum::Csum,
+            ctl::TunCsum::RemCsum => TunCsum::RemCsum,
+        },
+    }
 }
 
 /// Live numbers for listings: connection counts from the destinations,

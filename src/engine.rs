@@ -16,10 +16,14 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use uvs_fwd::xmit::icmp::{self, IcmpKind};
+use uvs_fwd::xmit::tun::{self, TunCsum as FwdTunCsum, TunKind, TunParams};
 use uvs_fwd::CsumMode;
+use uvs_sched::{TunConfig, TunCsum as SchedTunCsum, TunType};
 
-use crate::io::{self, RxRing, TxBatch, VNET_F_NEEDS_CSUM};
-use crate::neigh::{Lookup, Resolver, ResolverConfig};
+use crate::io::ring::HEADROOM;
+use crate::io::{self, RxFrame, RxRing, TxBatch, VNET_F_NEEDS_CSUM};
+use crate::neigh::{Lookup, NextHop, Resolver, ResolverConfig};
 use crate::pipeline::{Pipeline, Verdict};
 use crate::stats::{add, DropReason, Stats, WorkerStats};
 
@@ -85,22 +89,35 @@ const PARK_MAX: usize = 256;
 const PARK_FRAME_MAX: usize = 9216;
 const PARK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A packet waiting for its next hop's MAC.
+/// A packet waiting for its next hop's MAC, with its headroom, so it can be
+/// tunnelled once resolved.
 struct Parked {
     buf: Vec<u8>,
     len: usize,
+    verdict: Verdict,
     next_hop: IpAddr,
     since: Instant,
+}
+
+/// Size of a parking buffer: headroom, virtio-net header, a jumbo frame.
+const PARK_BUF: usize = HEADROOM + io::VNET_HDR_LEN + PARK_FRAME_MAX;
+
+/// A worker's output side: the TX batch, parked packets, and scratch space
+/// for the ICMP errors it answers with. All allocated up front.
+struct Out {
+    tx: TxBatch,
+    parked: Vec<Parked>,
+    spare: Vec<Vec<u8>>,
+    icmp: Vec<u8>,
+    /// Outer IPv4 IDs of tunnelled packets and ICMP errors.
+    ident: u16,
 }
 
 struct Worker {
     id: usize,
     rings: Vec<RxRing>,
-    tx: TxBatch,
     poll: Poll,
-    parked: Vec<Parked>,
-    /// Spare buffers for parking, allocated up front.
-    spare: Vec<Vec<u8>>,
+    out: Out,
 }
 
 /// A running engine; `stop()` (or drop) ends the workers.
@@ -150,14 +167,18 @@ impl Engine {
                 rings.push(ring);
             }
             wakers.push(Waker::new(poll.registry(), WAKE)?);
-            let spare = (0..PARK_MAX).map(|_| vec![0u8; PARK_FRAME_MAX]).collect();
+            let out = Out {
+                tx: TxBatch::new(BATCH * 2)?,
+                parked: Vec::with_capacity(PARK_MAX),
+                spare: (0..PARK_MAX).map(|_| vec![0u8; PARK_BUF]).collect(),
+                icmp: vec![0u8; io::VNET_HDR_LEN + icmp::MAX_ERROR_FRAME],
+                ident: id as u16,
+            };
             workers.push(Worker {
                 id,
                 rings,
-                tx: TxBatch::new(BATCH * 2)?,
                 poll,
-                parked: Vec::with_capacity(PARK_MAX),
-                spare,
+                out,
             });
         }
         let wakers = Arc::new(wakers);
@@ -254,132 +275,223 @@ impl Worker {
             loop {
                 let now = epoch.elapsed().as_millis() as u64;
                 let mut got = 0;
-                for r in 0..self.rings.len() {
-                    got += self.drain_ring(r, pl, st, rs, now);
+                for ring in &mut self.rings {
+                    got += ring.drain(
+                        BATCH,
+                        &mut self.out,
+                        |out, f| out.handle(f, pl, st, rs, now),
+                        |out| out.tx.flush(),
+                    );
                 }
                 if got == 0 {
                     break;
                 }
             }
-            if !self.parked.is_empty() {
-                self.retry_parked(st, rs);
+            if !self.out.parked.is_empty() {
+                self.out.retry_parked(st, rs);
             }
+            self.out.count_tx(st);
         }
     }
+}
 
-    fn drain_ring(
+fn tun_params(tun: TunConfig, src: IpAddr, dst: IpAddr) -> TunParams {
+    let kind = match tun.kind {
+        TunType::Ipip => TunKind::Ipip,
+        TunType::Gue => TunKind::Gue,
+        TunType::Gre => TunKind::Gre,
+    };
+    TunParams {
+        port: tun.port,
+        csum: match tun.csum {
+            SchedTunCsum::NoCsum => FwdTunCsum::NoCsum,
+            SchedTunCsum::Csum => FwdTunCsum::Csum,
+            SchedTunCsum::RemCsum => FwdTunCsum::RemCsum,
+        },
+        ..TunParams::new(kind, src, dst)
+    }
+}
+
+fn csum_mode(vnet: &[u8]) -> CsumMode {
+    if io::vnet_flags(vnet) & VNET_F_NEEDS_CSUM != 0 {
+        CsumMode::Partial
+    } else {
+        CsumMode::Full
+    }
+}
+
+impl Out {
+    /// One received frame: through the pipeline, then out, parked, or
+    /// answered with an ICMP error.
+    fn handle(
         &mut self,
-        r: usize,
+        mut f: RxFrame<'_>,
         pl: &Pipeline,
         st: &WorkerStats,
         rs: &Resolver,
         now: u64,
-    ) -> usize {
-        let Worker {
-            rings,
-            tx,
-            parked,
-            spare,
-            ..
-        } = self;
-        let (sent0, dropped0) = (tx.sent, tx.dropped);
-        let mut ctx = (tx, parked, spare);
-        let n = rings[r].drain(
-            BATCH,
-            &mut ctx,
-            |(tx, parked, spare), mut f| {
-                if let Some(skip) = f.skip {
-                    if skip == io::ring::RxSkip::Truncated {
-                        st.drop(DropReason::Truncated);
-                    }
-                    return;
+    ) {
+        if let Some(skip) = f.skip {
+            if skip == io::ring::RxSkip::Truncated {
+                st.drop(DropReason::Truncated);
+            }
+            return;
+        }
+        add(&st.rx, 1);
+        let csum = csum_mode(f.vnet());
+        let v = pl.process(f.frame_mut(), csum, now, st);
+        let next_hop = match v {
+            Verdict::Pass => return,
+            Verdict::Drop(DropReason::NoDestination) => {
+                return self.answer(f.frame_mut(), IcmpKind::PortUnreachable, st, rs)
+            }
+            Verdict::Drop(DropReason::TtlExceeded) => {
+                return self.answer(f.frame_mut(), IcmpKind::TimeExceeded, st, rs)
+            }
+            Verdict::Drop(_) => return,
+            Verdict::Xmit { next_hop } | Verdict::Tunnel { next_hop, .. } => next_hop,
+        };
+        match rs.lookup(next_hop) {
+            Lookup::Ready(nh) => self.emit(f.buf, f.head, v, &nh, st, rs),
+            Lookup::Pending => match self.spare.pop() {
+                Some(mut buf) if f.buf.len() <= buf.len() => {
+                    buf[..f.buf.len()].copy_from_slice(f.buf);
+                    self.parked.push(Parked {
+                        len: f.buf.len(),
+                        buf,
+                        verdict: v,
+                        next_hop,
+                        since: Instant::now(),
+                    });
                 }
-                add(&st.rx, 1);
-                let csum = if io::vnet_flags(f.vnet()) & VNET_F_NEEDS_CSUM != 0 {
-                    CsumMode::Partial
-                } else {
-                    CsumMode::Full
-                };
-                let Verdict::Xmit { next_hop } = pl.process(f.frame_mut(), csum, now, st) else {
-                    return;
-                };
-                match rs.lookup(next_hop) {
-                    Lookup::Ready(nh) => {
-                        if uvs_fwd::set_macs(f.frame_mut(), nh.src_mac, nh.dst_mac).is_ok() {
-                            tx.push(f.buf, nh.ifindex);
-                        }
-                    }
-                    Lookup::Pending => match spare.pop() {
-                        Some(mut buf) if f.buf.len() <= buf.len() => {
-                            buf[..f.buf.len()].copy_from_slice(f.buf);
-                            parked.push(Parked {
-                                len: f.buf.len(),
-                                buf,
-                                next_hop,
-                                since: Instant::now(),
-                            });
-                        }
-                        other => {
-                            if let Some(b) = other {
-                                spare.push(b);
-                            }
-                            st.drop(DropReason::ParkFull);
-                        }
-                    },
-                    // A rewritten packet for this host itself, or no way there.
-                    Lookup::Local | Lookup::Unreachable => st.drop(DropReason::NoRoute),
+                other => {
+                    self.spare.extend(other);
+                    st.drop(DropReason::ParkFull);
                 }
             },
-            |(tx, _, _)| tx.flush(),
-        );
-        let tx = &ctx.0;
-        add(&st.tx, tx.sent - sent0);
-        if tx.dropped > dropped0 {
-            add(
-                &st.drops[DropReason::TxFailed as usize],
-                tx.dropped - dropped0,
-            );
+            // A rewritten packet for this host itself, or no way there.
+            Lookup::Local | Lookup::Unreachable => st.drop(DropReason::NoRoute),
         }
-        n
+    }
+
+    /// Puts a processed frame (`buf[head..]`: virtio-net header + frame) on
+    /// the wire toward `nh`, encapsulating it first for `Tunnel`.
+    fn emit(
+        &mut self,
+        buf: &mut [u8],
+        head: usize,
+        v: Verdict,
+        nh: &NextHop,
+        st: &WorkerStats,
+        rs: &Resolver,
+    ) {
+        let fs = head + io::VNET_HDR_LEN;
+        let (start, len) = match v {
+            Verdict::Xmit { .. } => (fs, buf.len() - fs),
+            Verdict::Tunnel { next_hop, tun } => {
+                let Ok(p) = uvs_fwd::parse(&buf[fs..]) else {
+                    return st.drop(DropReason::Rewrite);
+                };
+                let csum = csum_mode(&buf[head..fs]);
+                if io::vnet_gso_type(&buf[head..fs]) != 0 {
+                    // No virtio GSO type exists for ipip/GRE/GUE: the
+                    // super-packet would have to be segmented first.
+                    return st.drop(DropReason::Unsupported);
+                }
+                let Some(src) = nh.src_ip else {
+                    return st.drop(DropReason::NoRoute);
+                };
+                let params = tun_params(tun, src, next_hop);
+                if let Err(nf) = tun::check_mtu(&buf[fs..], &p, &params, nh.mtu, csum) {
+                    st.drop(DropReason::TooBig);
+                    if nf.send_icmp {
+                        self.answer(&buf[fs..], IcmpKind::TooBig { mtu: nf.mtu }, st, rs);
+                    }
+                    return;
+                }
+                self.ident = self.ident.wrapping_add(1);
+                match tun::encap(buf, fs, &p, &params, self.ident, csum) {
+                    Ok(e) => {
+                        // A fresh virtio-net header before the new frame: the
+                        // inner checksum may still be pending.
+                        let h = &mut buf[e.start - io::VNET_HDR_LEN..e.start];
+                        h.fill(0);
+                        if let Some(pc) = e.pending {
+                            h[0] = VNET_F_NEEDS_CSUM;
+                            h[6..8].copy_from_slice(&(pc.start as u16).to_ne_bytes());
+                            h[8..10].copy_from_slice(&(pc.offset as u16).to_ne_bytes());
+                        }
+                        (e.start, e.len)
+                    }
+                    Err(uvs_fwd::XmitError::TtlExceeded) => {
+                        st.drop(DropReason::TtlExceeded);
+                        return self.answer(&buf[fs..], IcmpKind::TimeExceeded, st, rs);
+                    }
+                    Err(_) => return st.drop(DropReason::Rewrite),
+                }
+            }
+            Verdict::Pass | Verdict::Drop(_) => return,
+        };
+        if uvs_fwd::set_macs(&mut buf[start..start + len], nh.src_mac, nh.dst_mac).is_ok() {
+            self.tx
+                .push(&buf[start - io::VNET_HDR_LEN..start + len], nh.ifindex);
+        }
+    }
+
+    /// Answers the sender of `frame` with an ICMP error from the address it
+    /// wrote to (a VIP: local to the director, as the kernel's `icmp_send`
+    /// picks). Sent at once, so the scratch buffer is free again; skipped
+    /// when the sender's next hop is not known yet.
+    fn answer(&mut self, frame: &[u8], kind: IcmpKind, st: &WorkerStats, rs: &Resolver) {
+        let Ok(p) = uvs_fwd::parse(frame) else { return };
+        let Lookup::Ready(nh) = rs.lookup(p.src) else {
+            return;
+        };
+        self.ident = self.ident.wrapping_add(1);
+        let out = &mut self.icmp[io::VNET_HDR_LEN..];
+        let Ok(n) = icmp::build_icmp_error(out, frame, &p, kind, p.dst, self.ident) else {
+            return;
+        };
+        if uvs_fwd::set_macs(&mut out[..n], nh.src_mac, nh.dst_mac).is_ok() {
+            self.icmp[..io::VNET_HDR_LEN].fill(0);
+            self.tx.push(&self.icmp[..io::VNET_HDR_LEN + n], nh.ifindex);
+            self.tx.flush();
+            add(&st.icmp_sent, 1);
+        }
     }
 
     fn retry_parked(&mut self, st: &WorkerStats, rs: &Resolver) {
-        let (sent0, dropped0) = (self.tx.sent, self.tx.dropped);
         let mut i = 0;
         while i < self.parked.len() {
-            let p = &mut self.parked[i];
-            let done = match rs.lookup(p.next_hop) {
-                Lookup::Ready(nh) => {
-                    let buf = &mut p.buf[..p.len];
-                    if uvs_fwd::set_macs(&mut buf[io::VNET_HDR_LEN..], nh.src_mac, nh.dst_mac)
-                        .is_ok()
-                    {
-                        self.tx.push(buf, nh.ifindex);
-                    }
-                    true
+            let p = &self.parked[i];
+            let lookup = rs.lookup(p.next_hop);
+            match lookup {
+                Lookup::Pending if p.since.elapsed() < PARK_TIMEOUT => {
+                    i += 1;
+                    continue;
                 }
-                Lookup::Pending if p.since.elapsed() < PARK_TIMEOUT => false,
+                Lookup::Ready(nh) => {
+                    let mut p = self.parked.swap_remove(i);
+                    self.emit(&mut p.buf[..p.len], HEADROOM, p.verdict, &nh, st, rs);
+                    // The buffer must stay untouched until it is sent.
+                    self.tx.flush();
+                    self.spare.push(p.buf);
+                }
                 _ => {
                     st.drop(DropReason::NoRoute);
-                    true
+                    let p = self.parked.swap_remove(i);
+                    self.spare.push(p.buf);
                 }
-            };
-            if done {
-                // The buffer must stay untouched until flush: flush now,
-                // before it is reused.
-                self.tx.flush();
-                let p = self.parked.swap_remove(i);
-                self.spare.push(p.buf);
-            } else {
-                i += 1;
             }
         }
-        add(&st.tx, self.tx.sent - sent0);
-        if self.tx.dropped > dropped0 {
-            add(
-                &st.drops[DropReason::TxFailed as usize],
-                self.tx.dropped - dropped0,
-            );
+    }
+
+    /// Moves the TX socket's totals into the worker's counters.
+    fn count_tx(&mut self, st: &WorkerStats) {
+        add(&st.tx, std::mem::take(&mut self.tx.sent));
+        let refused = std::mem::take(&mut self.tx.dropped);
+        if refused > 0 {
+            add(&st.drops[DropReason::TxFailed as usize], refused);
         }
     }
 }

@@ -62,6 +62,10 @@ pub struct NextHop {
     pub dst_mac: [u8; 6],
     /// The path MTU: the interface MTU, lowered by a route `mtu` if set.
     pub mtu: u32,
+    /// The address this host sends from toward the destination (the
+    /// route's preferred source): the outer source of tunnelled packets and
+    /// of ICMP errors.
+    pub src_ip: Option<IpAddr>,
 }
 
 /// The answer of [`Resolver::lookup`].
@@ -460,6 +464,7 @@ struct InFlight {
     next_hop: IpAddr,
     src_mac: [u8; 6],
     mtu: u32,
+    src_ip: Option<IpAddr>,
     deadline: Instant,
 }
 
@@ -608,11 +613,13 @@ impl Background {
         };
         let mtu = route.mtu.map_or(link.mtu, |m| m.min(link.mtu));
         let next_hop = route.next_hop(dst);
+        let src_ip = route.prefsrc;
         let hop = |dst_mac| NextHop {
             ifindex,
             src_mac,
             dst_mac,
             mtu,
+            src_ip,
         };
         match self.nl.neigh_get(ifindex, next_hop) {
             Ok(Some(n)) => {
@@ -637,6 +644,7 @@ impl Background {
             next_hop,
             src_mac,
             mtu,
+            src_ip,
             deadline: Instant::now() + self.config.resolve_timeout,
         })
     }
@@ -680,6 +688,7 @@ impl Background {
                     src_mac: f.src_mac,
                     dst_mac: mac,
                     mtu: f.mtu,
+                    src_ip: f.src_ip,
                 }))),
                 // The kernel gave up before our deadline.
                 Poll::Failed => Some(no_answer()),
@@ -859,6 +868,15 @@ mod tests {
             src_mac: my_mac,
             dst_mac: peer_mac,
             mtu: 1500,
+            src_ip: None,
+        };
+        // The preferred source differs per family; it must be there.
+        let strip = |l: Lookup| match l {
+            Lookup::Ready(h) => {
+                assert!(h.src_ip.is_some(), "{h:?} has no source address");
+                Lookup::Ready(NextHop { src_ip: None, ..h })
+            }
+            other => other,
         };
         lab.run_in(&lab.a, || {
             let (r, notified, count) = resolver(quick());
@@ -873,7 +891,7 @@ mod tests {
                 // below). A next hop whose neighbour is already known may
                 // be ready within these lookups.
                 for _ in 0..100 {
-                    let l = r.lookup(dst);
+                    let l = strip(r.lookup(dst));
                     assert!(
                         l == Lookup::Pending || l == Lookup::Ready(expected),
                         "{dst}: {l:?}"
@@ -883,7 +901,7 @@ mod tests {
                     .recv_timeout(Duration::from_secs(3))
                     .unwrap_or_else(|_| panic!("{dst}: notify never called"));
                 assert!(count.load(Ordering::SeqCst) > notifies);
-                assert_eq!(r.lookup(dst), Lookup::Ready(expected), "{dst}");
+                assert_eq!(strip(r.lookup(dst)), Lookup::Ready(expected), "{dst}");
                 assert_eq!(r.stats().resolutions, before + 1, "{dst}: one resolution");
                 while notified.try_recv().is_ok() {}
             }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use uvs_conntrack::{Dir, InsertError, NewConn, PacketInfo, Table, TemplateKey, Tuple, Update};
 use uvs_fwd::{CsumMode, ParseError, Parsed};
-use uvs_sched::{FwdMethod, SchedKey};
+use uvs_sched::{FwdMethod, SchedKey, TunConfig};
 
 use crate::filter::{FilterKey, FilterTable, Target};
 use crate::hooks::{HookChain, HookFn, HookPoint};
@@ -33,6 +33,10 @@ pub enum Verdict {
     /// Rewritten in place; send it toward `next_hop` (the address whose
     /// route and neighbour give the interface and MACs).
     Xmit { next_hop: IpAddr },
+    /// To be encapsulated toward the real server `next_hop` (`-i`); the
+    /// worker does it, since the outer source and the path MTU come with the
+    /// route it resolves.
+    Tunnel { next_hop: IpAddr, tun: TunConfig },
 }
 
 /// What one hook function decided.
@@ -115,7 +119,9 @@ impl Pipeline {
             if let Step::Done(v) = step {
                 match v {
                     Verdict::Drop(_) => add(&st.hook_dropped[e.index], 1),
-                    Verdict::Xmit { .. } => add(&st.hook_stolen[e.index], 1),
+                    Verdict::Xmit { .. } | Verdict::Tunnel { .. } => {
+                        add(&st.hook_stolen[e.index], 1)
+                    }
                     Verdict::Pass => {}
                 }
                 return v;
@@ -218,7 +224,16 @@ impl Pipeline {
         if let Some((h, Dir::In)) = self.lookup(p, ctx) {
             match self.conns.update(h, Dir::In, Self::info(p), now) {
                 Update::Forward => {
-                    return self.xmit_request(frame, p, csum, h.fwd(), h.daddr(), h.dport(), st)
+                    return self.xmit_request(
+                        frame,
+                        p,
+                        csum,
+                        h.fwd(),
+                        h.daddr(),
+                        h.dport(),
+                        h.dest().tun_config(),
+                        st,
+                    )
                 }
                 Update::Drop => return Self::drop(st, DropReason::DestRemoved),
                 // A SYN reusing a finished connection's tuple: schedule it
@@ -287,6 +302,7 @@ impl Pipeline {
             },
         };
         let fwd = dest.fwd_method();
+        let tun = dest.tun_config();
         // Port 0 (a port-0 service's server): the client's port.
         let dport = if dest.port == 0 { p.dport } else { dest.port };
         let daddr = dest.addr;
@@ -318,7 +334,16 @@ impl Pipeline {
                     dport: p.dport,
                 };
                 return match self.conns.lookup_in(&t) {
-                    Some(h) => self.xmit_request(frame, p, csum, h.fwd(), h.daddr(), h.dport(), st),
+                    Some(h) => self.xmit_request(
+                        frame,
+                        p,
+                        csum,
+                        h.fwd(),
+                        h.daddr(),
+                        h.dport(),
+                        h.dest().tun_config(),
+                        st,
+                    ),
                     None => Self::drop(st, DropReason::TableFull),
                 };
             }
@@ -328,7 +353,7 @@ impl Pipeline {
         svc.stats
             .conns
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.xmit_request(frame, p, csum, fwd, daddr, dport, st)
+        self.xmit_request(frame, p, csum, fwd, daddr, dport, tun, st)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -340,6 +365,7 @@ impl Pipeline {
         fwd: FwdMethod,
         daddr: IpAddr,
         dport: u16,
+        tun: TunConfig,
         st: &WorkerStats,
     ) -> Step {
         match fwd {
@@ -353,7 +379,11 @@ impl Pipeline {
                 Ok(()) => Step::Done(Verdict::Xmit { next_hop: daddr }),
                 Err(e) => Self::drop(st, xmit_reason(&e)),
             },
-            FwdMethod::Tunnel | FwdMethod::Local => Self::drop(st, DropReason::Unsupported),
+            FwdMethod::Tunnel => Step::Done(Verdict::Tunnel {
+                next_hop: daddr,
+                tun,
+            }),
+            FwdMethod::Local => Self::drop(st, DropReason::Unsupported),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use uvs_sched::{Dest, FwdMethod, Registry, SchedError, SchedParams, Scheduler};
+use uvs_sched::{Dest, FwdMethod, Registry, SchedError, SchedParams, Scheduler, TunConfig};
 
 /// What the configuration says about one real server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,7 @@ pub struct DestSpec {
     pub weight: u32,
     pub u_threshold: u32,
     pub l_threshold: u32,
+    pub tun: TunConfig,
 }
 
 /// How a persistent service groups clients (`-M`): an IPv4 netmask (need
@@ -200,6 +201,7 @@ impl Services {
                 d.set_weight(ds.weight);
                 d.set_fwd_method(ds.fwd);
                 d.set_thresholds(ds.u_threshold, ds.l_threshold);
+                d.set_tun_config(ds.tun);
                 d.set_available(true);
             }
             for t in &trash {

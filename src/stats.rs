@@ -41,11 +41,13 @@ pub enum DropReason {
     TxFailed,
     /// Too many packets waiting for neighbour resolution.
     ParkFull,
+    /// Larger than the path (or tunnel) MTU and not to be fragmented.
+    TooBig,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
@@ -61,6 +63,7 @@ impl DropReason {
         DropReason::Truncated,
         DropReason::TxFailed,
         DropReason::ParkFull,
+        DropReason::TooBig,
     ];
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -78,6 +81,7 @@ impl DropReason {
             DropReason::Truncated => "truncated_by_ring",
             DropReason::TxFailed => "tx_failed",
             DropReason::ParkFull => "neighbour_queue_full",
+            DropReason::TooBig => "too_big",
         }
     }
 }
@@ -95,6 +99,8 @@ pub struct WorkerStats {
     pub passed: AtomicU64,
     /// New connections created.
     pub conns: AtomicU64,
+    /// ICMP errors sent (port unreachable, time exceeded, too big).
+    pub icmp_sent: AtomicU64,
     pub parse: [AtomicU64; ParseError::COUNT],
     pub drops: [AtomicU64; DropReason::COUNT],
     pub hook_seen: [AtomicU64; MAX_ENTRIES],
@@ -109,6 +115,7 @@ impl Default for WorkerStats {
             tx: AtomicU64::new(0),
             passed: AtomicU64::new(0),
             conns: AtomicU64::new(0),
+            icmp_sent: AtomicU64::new(0),
             parse: arr(),
             drops: arr(),
             hook_seen: arr(),
@@ -162,10 +169,11 @@ impl Stats {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "rx {}\ntx {}\npassed_to_kernel {}\nconnections {}",
+            "rx {}\ntx {}\npassed_to_kernel {}\nicmp_sent {}\nconnections {}",
             self.sum(|w| &w.rx),
             self.sum(|w| &w.tx),
             self.sum(|w| &w.passed),
+            self.sum(|w| &w.icmp_sent),
             self.sum(|w| &w.conns)
         );
         for r in DropReason::ALL {

@@ -64,6 +64,7 @@ fn established_flow_allocates_nothing() {
         weight: 1,
         u_threshold: 0,
         l_threshold: 0,
+        tun: Default::default(),
     };
     let spec = ServiceSpec {
         proto: 6,

@@ -423,6 +423,7 @@ fn bad_commands_are_rejected_and_change_nothing() {
     s.cmds(&RR);
     let before = s.d.uvsadm("-S -n").unwrap();
     for bad in [
+        vec!["uvsadm", "-A", "-t", "192.0.2.12:80", "-p", "--pe", "sip"],
         vec![
             "uvsadm",
             "-a",
@@ -431,6 +432,8 @@ fn bad_commands_are_rejected_and_change_nothing() {
             "-r",
             "203.0.113.13:80",
             "-i",
+            "--tun-type",
+            "gue",
         ],
         vec!["uvsadm", "-A", "-t", "192.0.2.10:80", "-s", "rr"],
         vec!["uvsadm", "-A", "-t", "192.0.2.11:80", "-s", "nosuch"],
@@ -872,4 +875,48 @@ fn direct_routing_ipv4_and_ipv6_replies_bypass_uvs() {
         );
         s.cmds(&["-C"]);
     }
+}
+
+#[test]
+fn no_available_server_answers_icmp_port_unreachable() {
+    if !root_or_skip("no_available_server_answers_icmp_port_unreachable") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("icmp", &[], &[]);
+    s.cmds(&[
+        "-A -t 192.0.2.10:80 -s rr",
+        "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m -w 0",
+        "-A -u 192.0.2.10:53 -s rr",
+        "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -m -w 0",
+    ]);
+    let (tcp, udp) = netns::run_in(&s.lab.ns("c"), || {
+        let tcp =
+            std::net::TcpStream::connect_timeout(&vip("192.0.2.10:80"), Duration::from_secs(3))
+                .map(drop);
+        let udp = (|| -> std::io::Result<()> {
+            let u = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            u.connect(vip("192.0.2.10:53"))?;
+            u.set_read_timeout(Some(Duration::from_secs(2)))?;
+            u.send(b"anyone?")?;
+            let mut b = [0u8; 64];
+            u.recv(&mut b).map(drop)
+        })();
+        (tcp, udp)
+    })
+    .unwrap();
+    // The kernel turns ICMP port unreachable into "connection refused".
+    let kind = |r: &std::io::Result<()>| r.as_ref().err().map(|e| e.kind());
+    assert_eq!(
+        kind(&tcp),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "{tcp:?}"
+    );
+    assert_eq!(
+        kind(&udp),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "{udp:?}"
+    );
+    assert!(s.d.counter("icmp_sent").unwrap() >= 2);
+    assert!(s.d.counter("drop.no_destination").unwrap() >= 2);
 }

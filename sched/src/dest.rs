@@ -46,6 +46,68 @@ impl FwdMethod {
     }
 }
 
+/// Tunnel encapsulation of a `-i` destination (`--tun-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TunType {
+    /// IP in IP (the default).
+    #[default]
+    Ipip,
+    /// Generic UDP Encapsulation to [`TunConfig::port`].
+    Gue,
+    /// GRE.
+    Gre,
+}
+
+/// Tunnel checksum option (`--tun-nocsum`, `--tun-csum`, `--tun-remcsum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TunCsum {
+    #[default]
+    NoCsum,
+    Csum,
+    RemCsum,
+}
+
+/// Tunnel settings of a destination, as the kernel keeps them in
+/// `ip_vs_dest` (`tun_type`, `tun_port`, `tun_flags`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TunConfig {
+    pub kind: TunType,
+    /// GUE destination port (0 for ipip and GRE).
+    pub port: u16,
+    pub csum: TunCsum,
+}
+
+impl TunConfig {
+    fn pack(self) -> u32 {
+        let k = match self.kind {
+            TunType::Ipip => 0,
+            TunType::Gue => 1,
+            TunType::Gre => 2,
+        };
+        let c = match self.csum {
+            TunCsum::NoCsum => 0,
+            TunCsum::Csum => 1,
+            TunCsum::RemCsum => 2,
+        };
+        k | c << 2 | u32::from(self.port) << 16
+    }
+    fn unpack(v: u32) -> Self {
+        TunConfig {
+            kind: match v & 3 {
+                1 => TunType::Gue,
+                2 => TunType::Gre,
+                _ => TunType::Ipip,
+            },
+            csum: match (v >> 2) & 3 {
+                1 => TunCsum::Csum,
+                2 => TunCsum::RemCsum,
+                _ => TunCsum::NoCsum,
+            },
+            port: (v >> 16) as u16,
+        }
+    }
+}
+
 const F_AVAILABLE: u8 = 1;
 const F_OVERLOAD: u8 = 2;
 
@@ -57,6 +119,7 @@ pub struct Dest {
     pub port: u16,
     weight: AtomicU32,
     fwd: AtomicU8,
+    tun: AtomicU32,
     flags: AtomicU8,
     active: AtomicU32,
     inactive: AtomicU32,
@@ -88,6 +151,7 @@ impl Dest {
             port,
             weight: AtomicU32::new(weight),
             fwd: AtomicU8::new(fwd as u8),
+            tun: AtomicU32::new(0),
             flags: AtomicU8::new(F_AVAILABLE),
             active: AtomicU32::new(0),
             inactive: AtomicU32::new(0),
@@ -113,7 +177,15 @@ impl Dest {
     pub fn set_fwd_method(&self, m: FwdMethod) {
         self.fwd.store(m as u8, Relaxed)
     }
-    /// Active connections (ESTABLISHED and the handshake states).
+    /// Tunnel settings for `-i` (ignored for other methods).
+    pub fn tun_config(&self) -> TunConfig {
+        TunConfig::unpack(self.tun.load(Relaxed))
+    }
+    /// Sets the tunnel settings (control path, `-a`/`-e`).
+    pub fn set_tun_config(&self, t: TunConfig) {
+        self.tun.store(t.pack(), Relaxed)
+    }
+    /// Active connections (ActiveConn: ESTABLISHED, as the kernel counts).
     pub fn active_conns(&self) -> u32 {
         self.active.load(Relaxed)
     }
@@ -219,6 +291,28 @@ impl Dest {
             let _ = self
                 .persistent
                 .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tun_tests {
+    use super::*;
+
+    #[test]
+    fn tun_config_round_trips() {
+        let d = Dest::new("203.0.113.11".parse().unwrap(), 80, 1, FwdMethod::Tunnel);
+        assert_eq!(d.tun_config(), TunConfig::default());
+        for kind in [TunType::Ipip, TunType::Gue, TunType::Gre] {
+            for csum in [TunCsum::NoCsum, TunCsum::Csum, TunCsum::RemCsum] {
+                let t = TunConfig {
+                    kind,
+                    csum,
+                    port: 6080,
+                };
+                d.set_tun_config(t);
+                assert_eq!(d.tun_config(), t);
+            }
         }
     }
 }

@@ -53,7 +53,7 @@ pub mod wrr;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub use dest::{Dest, FwdMethod};
+pub use dest::{Dest, FwdMethod, TunConfig, TunCsum, TunType};
 pub use flags::SchedFlags;
 pub use registry::{Registry, SchedError, SchedParams};
 

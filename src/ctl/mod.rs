@@ -207,7 +207,7 @@ pub enum CtlError {
 
     // ---- support gates (lifted as the engine grows) ----
     /// A forwarding method the engine cannot do yet.
-    #[error("forwarding method '{0}' is not supported yet (only -m and -g)")]
+    #[error("forwarding method '{0}' is not supported yet (only -m, -g and -i)")]
     FwdNotSupported(&'static str),
     /// One of the kernel's schedulers that uvs-sched has not built yet.
     #[error("scheduler '{name}' is not supported yet (available: {available})")]

@@ -426,11 +426,11 @@ impl Default for Gates {
     }
 }
 
-/// Gate: the forwarding methods the engine has (NAT and direct routing).
+/// Gate: the forwarding methods the engine has (NAT, direct routing,
+/// tunnelling).
 pub fn supported_fwd(m: FwdMethod) -> Result<(), CtlError> {
     match m {
-        FwdMethod::Masq | FwdMethod::Route => Ok(()),
-        FwdMethod::Tunnel => Err(CtlError::FwdNotSupported("ipip (-i)")),
+        FwdMethod::Masq | FwdMethod::Route | FwdMethod::Tunnel => Ok(()),
         FwdMethod::Local => Err(CtlError::FwdNotSupported("local")),
     }
 }

@@ -727,21 +727,25 @@ fn add_and_list_flow_with_default_gates() {
 fn gate_forwarding_methods() {
     assert_eq!(supported_fwd(FwdMethod::Masq), Ok(()));
     assert_eq!(supported_fwd(FwdMethod::Route), Ok(()));
+    assert_eq!(supported_fwd(FwdMethod::Tunnel), Ok(()));
     assert_eq!(
-        supported_fwd(FwdMethod::Tunnel).map_err(|e| e.to_string()),
-        Err("forwarding method 'ipip (-i)' is not supported yet (only -m and -g)".into())
+        supported_fwd(FwdMethod::Local).map_err(|e| e.to_string()),
+        Err("forwarding method 'local' is not supported yet (only -m, -g and -i)".into())
     );
-    // Through apply with the default gates: -a without -m means -g, which
-    // the engine has; -i is refused and changes nothing.
+    // Through apply with the default gates: -a without -m means -g.
     let mut cfg = open_cfg("-A -t 192.0.2.10:80 -s rr");
     cfg.apply(&ok("-a -t 192.0.2.10:80 -r 203.0.113.11"))
         .expect("direct routing");
     assert_eq!(cfg.services[0].dests[0].fwd, FwdMethod::Route);
+    cfg.apply(&ok("-a -t 192.0.2.10:80 -r 203.0.113.12 -i --tun-type gre"))
+        .expect("tunnel");
+    assert_eq!(cfg.services[0].dests[1].fwd, FwdMethod::Tunnel);
+    // A gated feature is refused and changes nothing.
     let before = cfg.clone();
     let e = cfg
-        .apply(&ok("-a -t 192.0.2.10:80 -r 203.0.113.12 -i"))
+        .apply(&ok("-E -t 192.0.2.10:80 -s rr -p --pe sip"))
         .unwrap_err();
-    assert_eq!(e, CtlError::FwdNotSupported("ipip (-i)"));
+    assert_eq!(e, CtlError::PeNotSupported("sip".into()));
     assert_eq!(cfg, before);
 }
 
@@ -1204,14 +1208,14 @@ fn batch_refuses_queries_and_nested_restore() {
 
 #[test]
 fn config_from_script_uses_default_gates() {
-    // -i (tunnelling) is refused by today's gate.
+    // --pe sip is refused by today's gate.
     let e =
-        Config::from_script("-A -t 192.0.2.10:80 -s rr\n-a -t 192.0.2.10:80 -r 203.0.113.1 -i\n")
+        Config::from_script("-A -t 192.0.2.10:80 -s rr\n-E -t 192.0.2.10:80 -s rr -p --pe sip\n")
             .unwrap_err();
     match check_scheduler("rr") {
         Ok(()) => {
             assert_eq!(e.line, 2);
-            assert_eq!(e.error, CtlError::FwdNotSupported("ipip (-i)"));
+            assert_eq!(e.error, CtlError::PeNotSupported("sip".into()));
         }
         Err(g) => {
             assert_eq!(e.line, 1);

@@ -19,6 +19,9 @@ use super::VNET_HDR_LEN;
 /// Bytes per ring frame (must be a multiple of the page size here, since we
 /// use one frame per block).
 pub const FRAME_SIZE: usize = 17 * 4096;
+/// Free bytes the kernel leaves before each frame's virtio-net header
+/// (`PACKET_RESERVE`): room to prepend tunnel headers in place.
+pub const HEADROOM: usize = 128;
 
 const TPACKET_V2: libc::c_int = 1;
 const TP_STATUS_KERNEL: u32 = 0;
@@ -42,9 +45,12 @@ struct Tp2Hdr {
 /// [`RxRing::drain`] call that produced it.
 #[derive(Debug)]
 pub struct RxFrame<'a> {
-    /// The virtio-net header followed by the Ethernet frame, contiguous, so
-    /// the whole slice can be handed to a vnet-header TX socket unchanged.
+    /// [`HEADROOM`] free bytes, then the virtio-net header (at `head`)
+    /// followed by the Ethernet frame, contiguous, so `buf[head..]` can be
+    /// handed to a vnet-header TX socket unchanged.
     pub buf: &'a mut [u8],
+    /// Offset of the virtio-net header in `buf`.
+    pub head: usize,
     /// Length of the packet on the wire (may exceed what the ring kept).
     pub wire_len: usize,
     /// The interface it arrived on.
@@ -56,11 +62,11 @@ pub struct RxFrame<'a> {
 impl RxFrame<'_> {
     /// The virtio-net header.
     pub fn vnet(&self) -> &[u8] {
-        &self.buf[..VNET_HDR_LEN]
+        &self.buf[self.head..self.head + VNET_HDR_LEN]
     }
     /// The Ethernet frame.
     pub fn frame_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[VNET_HDR_LEN..]
+        &mut self.buf[self.head + VNET_HDR_LEN..]
     }
 }
 
@@ -147,6 +153,8 @@ impl RxRing {
             libc::PACKET_IGNORE_OUTGOING,
             &1 as &libc::c_int,
         )?;
+        let reserve = HEADROOM as libc::c_uint;
+        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_RESERVE, &reserve)?;
         let req = libc::tpacket_req {
             tp_block_size: FRAME_SIZE as u32,
             tp_block_nr: frames as u32,
@@ -265,18 +273,17 @@ impl RxRing {
             let base = self.frame_ptr(slot);
             let mac = usize::from(h.mac);
             let snap = h.snaplen as usize;
-            // The kernel places the vnet header right before the MAC header.
-            let ok_layout = mac >= VNET_HDR_LEN + SLL_OFFSET && mac + snap <= FRAME_SIZE;
+            // The kernel places the vnet header right before the MAC header,
+            // and the reserved headroom before that, after sockaddr_ll.
+            let lead = HEADROOM + VNET_HDR_LEN;
+            let ok_layout = mac >= lead + SLL_OFFSET + 20 && mac + snap <= FRAME_SIZE;
             if ok_layout {
-                // SAFETY: [mac - VNET_HDR_LEN, mac + snaplen) lies inside this
-                // frame (checked above); the frame is ours (TP_STATUS_USER)
-                // until release() below, and no other slice aliases it.
-                let buf = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        base.add(mac - VNET_HDR_LEN),
-                        snap + VNET_HDR_LEN,
-                    )
-                };
+                // SAFETY: [mac - lead, mac + snaplen) lies inside this frame
+                // after its headers (checked above); the frame is ours
+                // (TP_STATUS_USER) until release() below, and no other slice
+                // aliases it.
+                let buf =
+                    unsafe { std::slice::from_raw_parts_mut(base.add(mac - lead), snap + lead) };
                 // SAFETY: sll_pkttype is at byte 10 of sockaddr_ll, inside the frame.
                 let pkttype = unsafe { *base.add(SLL_OFFSET + 10) };
                 let skip = if pkttype != PACKET_HOST {
@@ -292,6 +299,7 @@ impl RxRing {
                     ctx,
                     RxFrame {
                         buf,
+                        head: HEADROOM,
                         wire_len: h.len as usize,
                         ifindex: self.ifindex,
                         skip,
