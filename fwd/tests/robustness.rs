@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use uvs_fwd::build::{FrameSpec, L4Spec};
 use uvs_fwd::checksum::verify_l4_checksum;
 use uvs_fwd::gso::segment_tcp;
-use uvs_fwd::wire::{arp, ethernet, gre, gue, icmpv4, icmpv6, ipv4, ipv6, tcp, udp};
+use uvs_fwd::wire::{arp, ethernet, gre, gue, icmpv4, icmpv6, ipv4, ipv6, ndisc, tcp, udp};
 use uvs_fwd::xmit::dr::dr;
 use uvs_fwd::xmit::fits;
 use uvs_fwd::xmit::icmp::{build_icmp_error, nat_icmp_error, IcmpKind, IcmpNat, MAX_ERROR_FRAME};
@@ -134,6 +134,7 @@ fn corpus() -> Vec<Vec<u8>> {
 
 /// Parses and, on success, exercises every per-packet entry point.
 fn exercise(frame: &[u8]) {
+    let _ = ndisc::parse_advert_frame(frame);
     let mut g = frame.to_vec();
     if let Ok(d) = decap_frame(&mut g, &[6080]) {
         assert!(d.offset + d.len <= g.len());
@@ -348,7 +349,7 @@ fn views_on_random_bytes_never_panic() {
                 p.verify_checksum(&Ipv6Addr::LOCALHOST, &Ipv6Addr::LOCALHOST),
             );
         }
-        let _ = (gre::parse(b), gue::parse(b));
+        let _ = (gre::parse(b), gue::parse(b), ndisc::parse_advert_frame(b));
         if let Ok(p) = arp::Packet::new_checked(b) {
             let _ = arp::Repr::parse(&p);
         }

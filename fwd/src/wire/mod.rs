@@ -15,6 +15,7 @@ pub mod icmpv4;
 pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
+pub mod ndisc;
 pub mod tcp;
 pub mod udp;
 
@@ -76,6 +77,10 @@ pub enum WireError {
     /// A format variant this view does not handle (e.g. non-Ethernet ARP).
     #[error("unsupported format variant")]
     Unsupported,
+    /// A field violates a validity rule of its protocol (e.g. a Neighbour
+    /// Advertisement with a hop limit other than 255).
+    #[error("invalid message")]
+    Invalid,
 }
 
 /// Reads a big-endian u16 at `off`; the caller has checked the bounds.
