@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use uvs_fwd::gso;
 use uvs_fwd::xmit::icmp::{self, IcmpKind};
 use uvs_fwd::xmit::tun::{self, TunCsum as FwdTunCsum, TunKind, TunParams};
 use uvs_fwd::CsumMode;
@@ -109,6 +110,9 @@ struct Out {
     parked: Vec<Parked>,
     spare: Vec<Vec<u8>>,
     icmp: Vec<u8>,
+    /// Scratch for one TCP segment (with headroom) when a GSO packet must be
+    /// segmented before tunnelling.
+    seg: Vec<u8>,
     /// Outer IPv4 IDs of tunnelled packets and ICMP errors.
     ident: u16,
 }
@@ -172,6 +176,7 @@ impl Engine {
                 parked: Vec::with_capacity(PARK_MAX),
                 spare: (0..PARK_MAX).map(|_| vec![0u8; PARK_BUF]).collect(),
                 icmp: vec![0u8; io::VNET_HDR_LEN + icmp::MAX_ERROR_FRAME],
+                seg: vec![0u8; HEADROOM + PARK_FRAME_MAX],
                 ident: id as u16,
             };
             workers.push(Worker {
@@ -312,6 +317,53 @@ fn tun_params(tun: TunConfig, src: IpAddr, dst: IpAddr) -> TunParams {
     }
 }
 
+/// Why a packet could not be tunnelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TunFail {
+    TooBig { mtu: u32, send_icmp: bool },
+    Ttl,
+    Rewrite,
+}
+
+/// Encapsulates the frame at `buf[fs..]` (with free headroom before it)
+/// toward `params.dst` and queues it: outer headers, a fresh virtio-net
+/// header (the inner checksum may still be pending), MACs toward `nh`.
+fn tunnel_out(
+    tx: &mut TxBatch,
+    buf: &mut [u8],
+    fs: usize,
+    params: &TunParams,
+    nh: &NextHop,
+    ident: &mut u16,
+    csum: CsumMode,
+) -> Result<(), TunFail> {
+    let p = uvs_fwd::parse(&buf[fs..]).map_err(|_| TunFail::Rewrite)?;
+    tun::check_mtu(&buf[fs..], &p, params, nh.mtu, csum).map_err(|nf| TunFail::TooBig {
+        mtu: nf.mtu,
+        send_icmp: nf.send_icmp,
+    })?;
+    *ident = ident.wrapping_add(1);
+    let e = tun::encap(buf, fs, &p, params, *ident, csum).map_err(|e| match e {
+        uvs_fwd::XmitError::TtlExceeded => TunFail::Ttl,
+        _ => TunFail::Rewrite,
+    })?;
+    let start = e
+        .start
+        .checked_sub(io::VNET_HDR_LEN)
+        .ok_or(TunFail::Rewrite)?;
+    let h = &mut buf[start..e.start];
+    h.fill(0);
+    if let Some(pc) = e.pending {
+        h[0] = VNET_F_NEEDS_CSUM;
+        h[6..8].copy_from_slice(&(pc.start as u16).to_ne_bytes());
+        h[8..10].copy_from_slice(&(pc.offset as u16).to_ne_bytes());
+    }
+    uvs_fwd::set_macs(&mut buf[e.start..e.start + e.len], nh.src_mac, nh.dst_mac)
+        .map_err(|_| TunFail::Rewrite)?;
+    tx.push(&buf[start..e.start + e.len], nh.ifindex);
+    Ok(())
+}
+
 fn csum_mode(vnet: &[u8]) -> CsumMode {
     if io::vnet_flags(vnet) & VNET_F_NEEDS_CSUM != 0 {
         CsumMode::Partial
@@ -386,55 +438,64 @@ impl Out {
         rs: &Resolver,
     ) {
         let fs = head + io::VNET_HDR_LEN;
-        let (start, len) = match v {
-            Verdict::Xmit { .. } => (fs, buf.len() - fs),
-            Verdict::Tunnel { next_hop, tun } => {
-                let Ok(p) = uvs_fwd::parse(&buf[fs..]) else {
-                    return st.drop(DropReason::Rewrite);
-                };
-                let csum = csum_mode(&buf[head..fs]);
-                if io::vnet_gso_type(&buf[head..fs]) != 0 {
-                    // No virtio GSO type exists for ipip/GRE/GUE: the
-                    // super-packet would have to be segmented first.
-                    return st.drop(DropReason::Unsupported);
+        match v {
+            Verdict::Xmit { .. } => {
+                if uvs_fwd::set_macs(&mut buf[fs..], nh.src_mac, nh.dst_mac).is_ok() {
+                    self.tx.push(&buf[head..], nh.ifindex);
                 }
+            }
+            Verdict::Tunnel { next_hop, tun } => {
                 let Some(src) = nh.src_ip else {
                     return st.drop(DropReason::NoRoute);
                 };
                 let params = tun_params(tun, src, next_hop);
-                if let Err(nf) = tun::check_mtu(&buf[fs..], &p, &params, nh.mtu, csum) {
-                    st.drop(DropReason::TooBig);
-                    if nf.send_icmp {
-                        self.answer(&buf[fs..], IcmpKind::TooBig { mtu: nf.mtu }, st, rs);
-                    }
-                    return;
-                }
-                self.ident = self.ident.wrapping_add(1);
-                match tun::encap(buf, fs, &p, &params, self.ident, csum) {
-                    Ok(e) => {
-                        // A fresh virtio-net header before the new frame: the
-                        // inner checksum may still be pending.
-                        let h = &mut buf[e.start - io::VNET_HDR_LEN..e.start];
-                        h.fill(0);
-                        if let Some(pc) = e.pending {
-                            h[0] = VNET_F_NEEDS_CSUM;
-                            h[6..8].copy_from_slice(&(pc.start as u16).to_ne_bytes());
-                            h[8..10].copy_from_slice(&(pc.offset as u16).to_ne_bytes());
+                let vnet = &buf[head..fs];
+                let (csum, gso) = (csum_mode(vnet), io::vnet_gso_type(vnet) != 0);
+                let r = if gso {
+                    // No virtio GSO type exists for ipip/GRE/GUE: segment
+                    // the super-packet and tunnel each segment.
+                    let gso_size = u16::from_ne_bytes([buf[head + 4], buf[head + 5]]);
+                    let Ok(p) = uvs_fwd::parse(&buf[fs..]) else {
+                        return st.drop(DropReason::Rewrite);
+                    };
+                    let Out { tx, seg, ident, .. } = self;
+                    let mut first_err = Ok(());
+                    let done =
+                        gso::segment_tcp(&buf[fs..], &p, gso_size, seg, HEADROOM, |s, len| {
+                            if first_err.is_ok() {
+                                first_err = tunnel_out(
+                                    tx,
+                                    &mut s[..HEADROOM + len],
+                                    HEADROOM,
+                                    &params,
+                                    nh,
+                                    ident,
+                                    CsumMode::Full,
+                                );
+                                // The scratch buffer is reused for the next segment.
+                                tx.flush();
+                            }
+                        });
+                    done.map_err(|_| TunFail::Rewrite).and(first_err)
+                } else {
+                    tunnel_out(&mut self.tx, buf, fs, &params, nh, &mut self.ident, csum)
+                };
+                match r {
+                    Ok(()) => {}
+                    Err(TunFail::TooBig { mtu, send_icmp }) => {
+                        st.drop(DropReason::TooBig);
+                        if send_icmp {
+                            self.answer(&buf[fs..], IcmpKind::TooBig { mtu }, st, rs);
                         }
-                        (e.start, e.len)
                     }
-                    Err(uvs_fwd::XmitError::TtlExceeded) => {
+                    Err(TunFail::Ttl) => {
                         st.drop(DropReason::TtlExceeded);
-                        return self.answer(&buf[fs..], IcmpKind::TimeExceeded, st, rs);
+                        self.answer(&buf[fs..], IcmpKind::TimeExceeded, st, rs);
                     }
-                    Err(_) => return st.drop(DropReason::Rewrite),
+                    Err(TunFail::Rewrite) => st.drop(DropReason::Rewrite),
                 }
             }
-            Verdict::Pass | Verdict::Drop(_) => return,
-        };
-        if uvs_fwd::set_macs(&mut buf[start..start + len], nh.src_mac, nh.dst_mac).is_ok() {
-            self.tx
-                .push(&buf[start - io::VNET_HDR_LEN..start + len], nh.ifindex);
+            Verdict::Pass | Verdict::Drop(_) => {}
         }
     }
 
