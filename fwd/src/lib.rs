@@ -7,12 +7,14 @@
 //! [`xmit::set_macs`] toward the next hop. [`checksum::fill_l4_checksum`]
 //! completes offloaded checksums. The real-server tunnel endpoint uses
 //! [`xmit::tun::decap_frame`]; a TSO/GSO super-packet that must be
-//! encapsulated is cut first with [`gso::segment_tcp`]; ICMP errors are
+//! encapsulated is cut first with [`gso::segment_tcp`], an IPv4 packet
+//! without DF that outgrows the MTU with [`frag::fragment_ipv4`]; ICMP errors are
 //! built and translated by [`xmit::icmp`]. None of them allocates or panics,
 //! whatever the input.
 
 pub mod build;
 pub mod checksum;
+pub mod frag;
 pub mod gso;
 pub mod parse;
 pub mod wire;

@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uvs_fwd::build::{FrameSpec, L4Spec};
 use uvs_fwd::checksum::verify_l4_checksum;
+use uvs_fwd::frag::fragment_ipv4;
 use uvs_fwd::gso::segment_tcp;
 use uvs_fwd::wire::{arp, ethernet, gre, gue, icmpv4, icmpv6, ipv4, ipv6, ndisc, tcp, udp};
 use uvs_fwd::xmit::dr::dr;
@@ -213,6 +214,15 @@ fn exercise(frame: &[u8]) {
         }
     }
     let mut scratch = [0u8; 600];
+    let mut data = 0;
+    if let Ok(n) = fragment_ipv4(frame, &p, 96, &mut scratch, 8, |b, h| {
+        let q = parse(&b[h..]).expect("fragments parse");
+        assert!(q.ip_len <= 96 || q.ip_len == p.ip_len);
+        data += q.ip_end - q.l4_off;
+    }) {
+        assert!(n >= 1);
+        assert_eq!(data, p.ip_end - p.l4_off);
+    }
     let mut total = 0;
     if let Ok(n) = segment_tcp(frame, &p, 100, &mut scratch, 8, |b, h| {
         let q = parse(&b[h..]).expect("segments parse");

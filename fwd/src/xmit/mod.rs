@@ -74,10 +74,13 @@ pub enum XmitError {
     /// (`Embedded`) does not belong to it.
     #[error("not an ICMP error with a usable quote")]
     NotIcmpError,
-    /// A GSO super-packet with a segment size of 0 or one that leaves no room
-    /// for a byte of payload.
+    /// A GSO super-packet with a segment size of 0.
     #[error("bad GSO segment size")]
     BadGsoSize,
+    /// An IPv4 packet with DF set does not fit: it may not be fragmented
+    /// (answer with ICMP fragmentation needed).
+    #[error("DF set on a packet that needs fragmentation")]
+    DontFragment,
 }
 
 /// Which address (and port) of a packet a rewrite replaces.
