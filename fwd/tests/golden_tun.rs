@@ -24,7 +24,7 @@
 mod common;
 mod golden_tun_fixtures;
 
-use common::{hex, naive_sum, naive_verify, unhex};
+use common::{hex, naive_sctp_crc_ok, naive_sum, naive_verify, unhex};
 use golden_tun_fixtures::{Method, TunGolden, FIXTURES};
 use uvs_fwd::build::{FrameSpec, L4Spec};
 use uvs_fwd::parse;
@@ -84,7 +84,7 @@ fn run(g: &TunGolden) -> Outcome {
 
 #[test]
 fn golden_dr_and_tun() {
-    assert!(FIXTURES.len() >= 15);
+    assert!(FIXTURES.len() >= 19 + 24);
     for g in FIXTURES {
         let (out, r, pending) = run(g);
         assert_eq!(r, g.verdict, "{} ({}): verdict", g.name, g.how);
@@ -106,6 +106,13 @@ fn golden_dr_and_tun() {
             let inner = decap_frame(&mut d, &[t.port]).expect("decapsulates");
             let q = parse(&unhex(g.input)).unwrap();
             assert_eq!(inner.len, q.ip_len, "{}", g.name);
+            if g.name.contains("sctp") {
+                let mut f = vec![0u8; 14];
+                f.extend_from_slice(&d[inner.offset..inner.offset + inner.len]);
+                assert!(naive_sctp_crc_ok(&f), "{}: inner CRC-32C", g.name);
+            }
+        } else if g.name.contains("sctp") {
+            assert!(naive_sctp_crc_ok(&out), "{}: CRC-32C", g.name);
         }
     }
 }
@@ -286,6 +293,44 @@ fn cases() -> Vec<(&'static str, &'static str, FrameSpec, Method, CsumMode)> {
         tun(Gue, false, Csum),
         Full,
     ));
+    // The full matrix: every method x family x protocol (TCP, UDP, SCTP).
+    for (mname, v4) in [("4", true), ("6", false)] {
+        let methods = [
+            ("dr", Method::Dr),
+            ("ipip", tun(Ipip, v4, NoCsum)),
+            ("gre_csum", tun(Gre, v4, Csum)),
+            ("gue_csum", tun(Gue, v4, Csum)),
+        ];
+        for (meth, m) in methods {
+            for (pname, l4) in [
+                (
+                    "tcp",
+                    L4Spec::Tcp {
+                        flags: 0x18,
+                        options: vec![],
+                    },
+                ),
+                ("udp", L4Spec::Udp { zero_csum: false }),
+                ("sctp", L4Spec::Sctp),
+            ] {
+                let mut s = if v4 {
+                    FrameSpec::tcp_v4()
+                } else {
+                    FrameSpec::tcp_v6()
+                };
+                s.l4 = l4;
+                let name: &'static str =
+                    Box::leak(format!("matrix_{meth}_{pname}{mname}").into_boxed_str());
+                let how: &'static str = Box::leak(
+                    format!(
+                        "{pname} over IPv{mname} (FrameSpec::tcp_v{mname} with L4 {pname}), {meth}"
+                    )
+                    .into_boxed_str(),
+                );
+                v.push((name, how, s, m, Full));
+            }
+        }
+    }
     v
 }
 

@@ -1,7 +1,7 @@
 //! IP tunnelling (`-i`), IPVS's `ip_vs_tunnel_xmit` / `_v6`: the request is
 //! encapsulated, unchanged but for its TTL, in a packet to the real server,
 //! which decapsulates it and answers the client directly. Decapsulation for
-//! that real-server endpoint is [`decap`].
+//! that real-server endpoint is [`decap()`].
 //!
 //! What the kernel builds, and so what [`encap`] builds (checked against
 //! `ip_vs_xmit.c`, `ip_vs_prepare_tunneled_skb`, `ipvs_gue_encap`,
