@@ -88,6 +88,7 @@ impl KernelGuard {
             s += &format!("  set svcw{fam} {{ type {a} . inet_proto; }}\n");
             s += &format!("  set rs{fam} {{ type {a} . inet_proto . inet_service; }}\n");
             s += &format!("  set rsw{fam} {{ type {a} . inet_proto; }}\n");
+            s += &format!("  set rsa{fam} {{ type {a}; }}\n");
         }
         for (i, dev) in devices.iter().enumerate() {
             s += &format!("  chain in{i} {{\n    type filter hook ingress device \"{dev}\" priority -500; policy accept;\n");
@@ -97,6 +98,9 @@ impl KernelGuard {
                 s += &format!("    {ip} saddr . meta l4proto . th sport @rs{fam} counter drop\n");
                 s += &format!("    {ip} saddr . meta l4proto @rsw{fam} counter drop\n");
             }
+            // ICMP errors from NAT real servers: uvs relays them rewritten.
+            s += "    ip saddr @rsa4 icmp type { destination-unreachable, source-quench, time-exceeded, parameter-problem } counter drop\n";
+            s += "    ip6 saddr @rsa6 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } counter drop\n";
             s += "  }\n";
         }
         s += "}\n";
@@ -114,7 +118,7 @@ impl KernelGuard {
     ) -> Result<(), GuardError> {
         let mut s = String::new();
         for fam in ["4", "6"] {
-            for set in ["svc", "svcw", "rs", "rsw"] {
+            for set in ["svc", "svcw", "rs", "rsw", "rsa"] {
                 s += &format!("flush set netdev {TABLE} {set}{fam}\n");
             }
         }
@@ -137,6 +141,13 @@ impl KernelGuard {
         };
         services.iter().for_each(|e| add("svc", e));
         nat_servers.iter().for_each(|e| add("rs", e));
+        let mut addrs: Vec<IpAddr> = nat_servers.iter().map(|e| e.1).collect();
+        addrs.sort();
+        addrs.dedup();
+        for a in addrs {
+            let fam = if a.is_ipv4() { "4" } else { "6" };
+            s += &format!("add element netdev {TABLE} rsa{fam} {{ {a} }}\n");
+        }
         nft(&s)
     }
 

@@ -46,8 +46,12 @@ pub enum HookFn {
     Filter,
     /// `ip_vs_reply`: NAT replies from real servers, source rewritten to the VIP.
     IpvsReply,
-    /// `ip_vs_remote_request`: requests to a virtual service.
+    /// `ip_vs_remote_request`: requests to a virtual service (and ICMP
+    /// errors from clients about them, `ip_vs_in_icmp`).
     IpvsRequest,
+    /// `ip_vs_forward_icmp`: ICMP errors from real servers about NAT
+    /// connections, on their way to the client.
+    IpvsForwardIcmp,
 }
 
 impl HookFn {
@@ -57,6 +61,7 @@ impl HookFn {
             HookFn::Filter => "filter",
             HookFn::IpvsReply => "ip_vs_reply",
             HookFn::IpvsRequest => "ip_vs_remote_request",
+            HookFn::IpvsForwardIcmp => "ip_vs_forward_icmp",
         }
     }
 }
@@ -135,6 +140,12 @@ pub fn default_entries() -> Vec<HookEntry> {
             PRI_NAT_SRC - 1,
             IpvsRequest,
             "after filter so firewall rules apply; before nat SNAT so IPVS sees original addresses",
+        ),
+        HookEntry::new(
+            Forward,
+            PRI_NAT_SRC - 1,
+            IpvsForwardIcmp,
+            "ICMP errors about connections, before ip_vs_reply so they are not taken for replies",
         ),
         HookEntry::new(
             Forward,
@@ -225,7 +236,14 @@ mod tests {
             .iter()
             .map(|e| (e.func, e.priority))
             .collect();
-        assert_eq!(fw, vec![(HookFn::Filter, 0), (HookFn::IpvsReply, 100)]);
+        assert_eq!(
+            fw,
+            vec![
+                (HookFn::Filter, 0),
+                (HookFn::IpvsForwardIcmp, 99),
+                (HookFn::IpvsReply, 100)
+            ]
+        );
         assert!(c.at(HookPoint::PreRouting).is_empty());
     }
 

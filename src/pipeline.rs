@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use uvs_conntrack::{Dir, InsertError, NewConn, PacketInfo, Table, TemplateKey, Tuple, Update};
+use uvs_fwd::xmit::icmp::{nat_icmp_error, IcmpNat};
 use uvs_fwd::{CsumMode, ParseError, Parsed};
 use uvs_sched::{FwdMethod, SchedKey, TunConfig};
 
@@ -90,9 +91,11 @@ impl Pipeline {
                 return Verdict::Drop(DropReason::Malformed);
             }
         };
-        // Only TCP and UDP with their headers are IPVS's here; the rest
-        // (ICMP, non-first fragments, …) stays with the kernel for now.
-        if (p.proto != TCP && p.proto != UDP) || !p.has_ports() {
+        // TCP and UDP with their headers, and ICMP errors that may be about
+        // them, are IPVS's; the rest (non-first fragments, other
+        // protocols) stays with the kernel.
+        let icmp_error = is_icmp_error(&p);
+        if !icmp_error && ((p.proto != TCP && p.proto != UDP) || !p.has_ports()) {
             return self.pass(st);
         }
         let services = self.services.load();
@@ -111,10 +114,18 @@ impl Pipeline {
             add(&st.hook_seen[e.index], 1);
             let step = match e.func {
                 HookFn::Filter => self.filter_hook(point, &p, st),
+                HookFn::IpvsReply if icmp_error => Step::Continue,
                 HookFn::IpvsReply => self.ipvs_reply(frame, &p, csum, now_ms, &mut ctx, st),
+                HookFn::IpvsRequest if icmp_error => {
+                    self.ipvs_icmp(frame, &p, csum, now_ms, Dir::In, st)
+                }
                 HookFn::IpvsRequest => {
                     self.ipvs_request(frame, &p, csum, now_ms, &services, &mut ctx, st)
                 }
+                HookFn::IpvsForwardIcmp if icmp_error => {
+                    self.ipvs_icmp(frame, &p, csum, now_ms, Dir::Out, st)
+                }
+                HookFn::IpvsForwardIcmp => Step::Continue,
             };
             if let Step::Done(v) = step {
                 match v {
@@ -203,6 +214,65 @@ impl Pipeline {
             Ok(()) => Step::Done(Verdict::Xmit {
                 next_hop: h.caddr(),
             }),
+            Err(e) => Self::drop(st, xmit_reason(&e)),
+        }
+    }
+
+    /// An ICMP error quoting a packet of a connection (`ip_vs_in_icmp` for
+    /// errors from the client side, `want` = In; `ip_vs_forward_icmp` for
+    /// errors from a real server, `want` = Out): NAT rewrites outer and
+    /// quoted headers; DR and TUN forward it as the connection's packets.
+    /// Errors never create connections (no `schedule_icmp`).
+    fn ipvs_icmp(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: CsumMode,
+        now: u64,
+        want: Dir,
+        st: &WorkerStats,
+    ) -> Step {
+        let Ok(emb) = uvs_fwd::embedded(frame, p) else {
+            return Step::Continue;
+        };
+        if !emb.has_ports || (emb.proto != TCP && emb.proto != UDP) {
+            return Step::Continue;
+        }
+        let inner = Tuple {
+            proto: emb.proto,
+            src: emb.src,
+            sport: emb.sport,
+            dst: emb.dst,
+            dport: emb.dport,
+        };
+        let Some((h, dir)) = self.conns.lookup_related(&inner) else {
+            return Step::Continue;
+        };
+        if dir != want {
+            return Step::Continue;
+        }
+        if self.conns.update_related(&h, dir, p.ip_len as u32, now) != Update::Forward {
+            return Self::drop(st, DropReason::DestRemoved);
+        }
+        let (nat, next_hop) = match (dir, h.fwd()) {
+            (Dir::Out, FwdMethod::Masq) => (IcmpNat::to_client(h.vaddr(), h.vport()), h.caddr()),
+            (Dir::In, FwdMethod::Masq) => (IcmpNat::to_server(h.daddr(), h.dport()), h.daddr()),
+            (Dir::In, fwd) => {
+                return self.xmit_request(
+                    frame,
+                    p,
+                    csum,
+                    fwd,
+                    h.daddr(),
+                    h.dport(),
+                    h.dest().tun_config(),
+                    st,
+                )
+            }
+            (Dir::Out, _) => return Step::Continue,
+        };
+        match nat_icmp_error(frame, p, &emb, &nat, csum) {
+            Ok(()) => Step::Done(Verdict::Xmit { next_hop }),
             Err(e) => Self::drop(st, xmit_reason(&e)),
         }
     }
@@ -386,6 +456,15 @@ impl Pipeline {
             FwdMethod::Local => Self::drop(st, DropReason::Unsupported),
         }
     }
+}
+
+fn is_icmp_error(p: &Parsed) -> bool {
+    p.has_l4
+        && match p.proto {
+            1 => p.is_ipv4() && uvs_fwd::wire::icmpv4::is_error(p.icmp_type),
+            58 => !p.is_ipv4() && uvs_fwd::wire::icmpv6::is_error(p.icmp_type),
+            _ => false,
+        }
 }
 
 fn xmit_reason(e: &uvs_fwd::XmitError) -> DropReason {

@@ -920,3 +920,42 @@ fn no_available_server_answers_icmp_port_unreachable() {
     assert!(s.d.counter("icmp_sent").unwrap() >= 2);
     assert!(s.d.counter("drop.no_destination").unwrap() >= 2);
 }
+
+#[test]
+fn icmp_error_from_a_real_server_reaches_the_client_rewritten() {
+    if !root_or_skip("icmp_error_from_a_real_server_reaches_the_client_rewritten") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("ice", &[], &[]);
+    // Nothing listens on port 54 on the real server: it answers the
+    // (DNATed) datagram with ICMP port unreachable quoting client → RS:54.
+    s.cmds(&[
+        "-A -u 192.0.2.10:54 -s rr",
+        "-a -u 192.0.2.10:54 -r 203.0.113.11:54 -m",
+    ]);
+    let r = netns::run_in(&s.lab.ns("c"), || -> std::io::Result<()> {
+        let u = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        u.connect(vip("192.0.2.10:54"))?;
+        u.set_read_timeout(Some(Duration::from_secs(2)))?;
+        u.send(b"is anyone there")?;
+        let mut b = [0u8; 64];
+        u.recv(&mut b).map(drop)
+    })
+    .unwrap();
+    // The client's kernel reports "connection refused" only for an ICMP
+    // error with a valid checksum whose quoted packet is exactly what this
+    // socket sent: client → VIP:54, so both layers were rewritten.
+    assert_eq!(
+        r.as_ref().err().map(|e| e.kind()),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "{r:?}"
+    );
+    let stats = s.d.call(&["stats"]).unwrap().stdout;
+    let line = stats
+        .lines()
+        .find(|l| l.contains("ip_vs_forward_icmp"))
+        .expect("hook line")
+        .to_string();
+    assert!(!line.contains("stolen 0 "), "{line}");
+}
