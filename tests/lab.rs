@@ -934,6 +934,7 @@ fn icmp_error_from_a_real_server_reaches_the_client_rewritten() {
         "-A -u 192.0.2.10:54 -s rr",
         "-a -u 192.0.2.10:54 -r 203.0.113.11:54 -m",
     ]);
+    let fwd0 = s.lb_snmp("Ip", "ForwDatagrams");
     let r = netns::run_in(&s.lab.ns("c"), || -> std::io::Result<()> {
         let u = std::net::UdpSocket::bind("0.0.0.0:0")?;
         u.connect(vip("192.0.2.10:54"))?;
@@ -958,4 +959,6 @@ fn icmp_error_from_a_real_server_reaches_the_client_rewritten() {
         .expect("hook line")
         .to_string();
     assert!(!line.contains("stolen 0 "), "{line}");
+    let fwd = s.lb_snmp("Ip", "ForwDatagrams") - fwd0;
+    assert_eq!(fwd, 0, "the director's kernel forwarded the raw error too");
 }
