@@ -64,10 +64,6 @@ fn specs(cfg: &ctl::Config, mh_table_size: u32) -> Result<Vec<ServiceSpec>, Stri
     let mut out = Vec::with_capacity(cfg.services.len());
     for s in &cfg.services {
         let (proto, addr, port) = match s.key {
-            ctl::SvcKey::Addr {
-                proto: ctl::Proto::Sctp,
-                ..
-            } => return Err("SCTP services (--sctp-service) are not supported yet".into()),
             ctl::SvcKey::Addr { proto, addr, port } => (proto.number(), addr, port),
             ctl::SvcKey::Fwmark { .. } => {
                 return Err("fwmark services (-f) are not supported yet".into())

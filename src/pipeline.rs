@@ -23,6 +23,7 @@ use crate::stats::{add, DropReason, WorkerStats};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+const SCTP: u8 = 132;
 
 /// What to do with a frame after processing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +96,7 @@ impl Pipeline {
         // them, are IPVS's; the rest (non-first fragments, other
         // protocols) stays with the kernel.
         let icmp_error = is_icmp_error(&p);
-        if !icmp_error && ((p.proto != TCP && p.proto != UDP) || !p.has_ports()) {
+        if !icmp_error && (!matches!(p.proto, TCP | UDP | SCTP) || !p.has_ports()) {
             return self.pass(st);
         }
         let services = self.services.load();
@@ -180,12 +181,14 @@ impl Pipeline {
         ctx.hit.as_ref()
     }
 
-    fn info(p: &Parsed) -> PacketInfo {
+    /// What the state machines need: TCP flags, or the first SCTP chunk's
+    /// type (right after the 12-byte common header).
+    fn info(frame: &[u8], p: &Parsed) -> PacketInfo {
         let bytes = p.ip_len as u32;
-        if p.proto == TCP {
-            PacketInfo::tcp(p.tcp_flags, bytes)
-        } else {
-            PacketInfo::udp(bytes)
+        match p.proto {
+            TCP => PacketInfo::tcp(p.tcp_flags, bytes),
+            SCTP => PacketInfo::sctp(frame.get(p.l4_off + 12).copied().unwrap_or(0), bytes),
+            _ => PacketInfo::udp(bytes),
         }
     }
 
@@ -206,7 +209,7 @@ impl Pipeline {
         if h.fwd() != FwdMethod::Masq {
             return Step::Continue;
         }
-        match self.conns.update(h, Dir::Out, Self::info(p), now) {
+        match self.conns.update(h, Dir::Out, Self::info(frame, p), now) {
             Update::Forward => {}
             Update::Drop | Update::Reschedule => return Self::drop(st, DropReason::DestRemoved),
         }
@@ -235,7 +238,7 @@ impl Pipeline {
         let Ok(emb) = uvs_fwd::embedded(frame, p) else {
             return Step::Continue;
         };
-        if !emb.has_ports || (emb.proto != TCP && emb.proto != UDP) {
+        if !emb.has_ports || !matches!(emb.proto, TCP | UDP | SCTP) {
             return Step::Continue;
         }
         let inner = Tuple {
@@ -292,7 +295,7 @@ impl Pipeline {
         st: &WorkerStats,
     ) -> Step {
         if let Some((h, Dir::In)) = self.lookup(p, ctx) {
-            match self.conns.update(h, Dir::In, Self::info(p), now) {
+            match self.conns.update(h, Dir::In, Self::info(frame, p), now) {
                 Update::Forward => {
                     return self.xmit_request(
                         frame,
@@ -314,7 +317,7 @@ impl Pipeline {
         let Some(svc) = services.find(p.proto, p.dst, p.dport) else {
             return Step::Continue;
         };
-        let info = Self::info(p);
+        let info = Self::info(frame, p);
         if !uvs_conntrack::may_create(p.proto, &info, &self.conns.knobs()) {
             // The kernel would pass this to its own stack, which answers
             // with a RST; uvs owns the VIP and drops it instead.

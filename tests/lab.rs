@@ -962,3 +962,212 @@ fn icmp_error_from_a_real_server_reaches_the_client_rewritten() {
     let fwd = s.lb_snmp("Ip", "ForwDatagrams") - fwd0;
     assert_eq!(fwd, 0, "the director's kernel forwarded the raw error too");
 }
+
+/// CRC-32C, bitwise (independent of uvs-fwd's table-driven one).
+fn crc32c_bitwise(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// An SCTP packet: common header, then chunks (type, flags, value), each
+/// padded to 4 bytes; CRC-32C stored little-endian as on the wire.
+fn sctp_packet(sport: u16, dport: u16, vtag: u32, chunks: &[(u8, u8, Vec<u8>)]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&vtag.to_be_bytes());
+    p.extend_from_slice(&[0; 4]);
+    for (t, f, v) in chunks {
+        p.push(*t);
+        p.push(*f);
+        p.extend_from_slice(&((4 + v.len()) as u16).to_be_bytes());
+        p.extend_from_slice(v);
+        while p.len() % 4 != 0 {
+            p.push(0);
+        }
+    }
+    let crc = crc32c_bitwise(&p);
+    p[8..12].copy_from_slice(&crc.to_le_bytes());
+    p
+}
+
+/// A received SCTP packet: (source, ports, vtag, first chunk type, its
+/// value) after checking the CRC; `None` for anything else.
+fn sctp_parse(ip: &[u8]) -> Option<(std::net::Ipv4Addr, u16, u16, u32, u8, Vec<u8>)> {
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    let s = ip.get(ihl..)?;
+    if ip.get(9) != Some(&132) || s.len() < 16 {
+        return None;
+    }
+    let mut z = s.to_vec();
+    z[8..12].fill(0);
+    let crc = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
+    assert_eq!(crc, crc32c_bitwise(&z), "SCTP packet with a wrong CRC-32C");
+    let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let len = usize::from(u16::from_be_bytes([s[14], s[15]]));
+    let value = s.get(16..12 + len.max(4))?.to_vec();
+    Some((
+        src,
+        u16::from_be_bytes([s[0], s[1]]),
+        u16::from_be_bytes([s[2], s[3]]),
+        u32::from_be_bytes([s[4], s[5], s[6], s[7]]),
+        s[12],
+        value,
+    ))
+}
+
+fn raw_sctp() -> std::io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(132)),
+    )?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(s)
+}
+
+/// Sends `pkt` to `to` and waits for an SCTP packet from `from_port`.
+fn sctp_exchange(
+    pkt: Vec<u8>,
+    to: &str,
+    from_port: u16,
+) -> Option<(std::net::Ipv4Addr, u16, u16, u32, u8, Vec<u8>)> {
+    use std::io::Read;
+    let s = raw_sctp().ok()?;
+    let to: SocketAddr = vip(&format!("{to}:0"));
+    s.send_to(&pkt, &to.into()).ok()?;
+    let end = std::time::Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 2048];
+    while std::time::Instant::now() < end {
+        if let Ok(n) = (&s).read(&mut buf) {
+            if let Some(r) = sctp_parse(&buf[..n]) {
+                if r.1 == from_port {
+                    return Some(r);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn sctp_association_through_nat_with_valid_crc32c() {
+    if !root_or_skip("sctp_association_through_nat_with_valid_crc32c") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("sctp", &[], &[]);
+    s.cmds(&[
+        "-A --sctp-service 192.0.2.10:5000 -s rr",
+        "-a --sctp-service 192.0.2.10:5000 -r 203.0.113.11:5000 -m",
+    ]);
+    // The real server: a raw-socket SCTP responder (rs1 has no SCTP stack).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let server = netns::spawn_in(&s.lab.ns("rs1"), move || {
+        use std::io::Read;
+        let Ok(sock) = raw_sctp() else { return };
+        let mut buf = [0u8; 2048];
+        let my_tag = 0x5253_0001u32;
+        let mut peer_tag = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok(n) = (&sock).read(&mut buf) else {
+                continue;
+            };
+            let Some((src, sport, dport, _vtag, chunk, value)) = sctp_parse(&buf[..n]) else {
+                continue;
+            };
+            if dport != 5000 {
+                continue;
+            }
+            let reply: Vec<(u8, u8, Vec<u8>)> = match chunk {
+                1 => {
+                    peer_tag = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
+                    let mut v = Vec::new();
+                    v.extend_from_slice(&my_tag.to_be_bytes());
+                    v.extend_from_slice(&65535u32.to_be_bytes());
+                    v.extend_from_slice(&[0, 1, 0, 1]);
+                    v.extend_from_slice(&1000u32.to_be_bytes());
+                    v.extend_from_slice(&[0, 7, 0, 12]); // state cookie parameter
+                    v.extend_from_slice(b"cookie!!");
+                    vec![(2, 0, v)]
+                }
+                10 => vec![(11, 0, Vec::new())],
+                0 => {
+                    let mut sack = value[0..4].to_vec();
+                    sack.extend_from_slice(&65535u32.to_be_bytes());
+                    sack.extend_from_slice(&[0, 0, 0, 0]);
+                    vec![(3, 0, sack)]
+                }
+                7 => vec![(8, 0, Vec::new())],
+                _ => continue,
+            };
+            let pkt = sctp_packet(5000, sport, peer_tag, &reply);
+            let _ = sock.send_to(&pkt, &SocketAddr::new(src.into(), 0).into());
+        }
+    })
+    .expect("responder in rs1");
+    let my_tag = 0x434c_0001u32;
+    let cport = 40123;
+    let conn_state = |s: &Setup| {
+        let c = s.d.uvsadm("-L -n -c").unwrap();
+        c.lines()
+            .find(|l| l.contains("198.51.100.10:40123"))
+            .unwrap_or("")
+            .to_string()
+    };
+    let step = |chunks: Vec<(u8, u8, Vec<u8>)>, vtag: u32| {
+        netns::run_in(&s.lab.ns("c"), move || {
+            sctp_exchange(sctp_packet(cport, 5000, vtag, &chunks), "192.0.2.10", 5000)
+        })
+        .expect("client namespace")
+    };
+    // INIT → INIT-ACK, from the VIP, CRC valid (checked in sctp_parse).
+    let mut init = Vec::new();
+    init.extend_from_slice(&my_tag.to_be_bytes());
+    init.extend_from_slice(&65535u32.to_be_bytes());
+    init.extend_from_slice(&[0, 1, 0, 1]);
+    init.extend_from_slice(&7u32.to_be_bytes());
+    let (src, _, dport, vtag, chunk, _) = step(vec![(1, 0, init)], 0).expect("INIT-ACK");
+    assert_eq!(
+        (src, dport, vtag, chunk),
+        (std::net::Ipv4Addr::new(192, 0, 2, 10), cport, my_tag, 2)
+    );
+    let peer = 0x5253_0001u32;
+    let (_, _, _, _, chunk, _) =
+        step(vec![(10, 0, b"cookie!!".to_vec())], peer).expect("COOKIE-ACK");
+    assert_eq!(chunk, 11);
+    let st = conn_state(&s);
+    assert!(st.contains("ESTABLISHED"), "after COOKIE-ACK: {st:?}");
+    let mut data = 7u32.to_be_bytes().to_vec();
+    data.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+    data.extend_from_slice(b"hello over sctp");
+    let (_, _, _, _, chunk, _) = step(vec![(0, 3, data)], peer).expect("SACK");
+    assert_eq!(chunk, 3);
+    let (_, _, _, _, chunk, _) =
+        step(vec![(7, 0, 7u32.to_be_bytes().to_vec())], peer).expect("SHUTDOWN-ACK");
+    assert_eq!(chunk, 8);
+    let _ = netns::run_in(&s.lab.ns("c"), move || {
+        let s = raw_sctp().ok()?;
+        s.send_to(
+            &sctp_packet(cport, 5000, peer, &[(14, 0, Vec::new())]),
+            &vip("192.0.2.10:0").into(),
+        )
+        .ok()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let st = conn_state(&s);
+    assert!(st.contains("CLOSED"), "after SHUTDOWN-COMPLETE: {st:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = server.join();
+}
