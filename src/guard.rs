@@ -39,7 +39,8 @@ pub struct KernelGuard {
     installed: bool,
 }
 
-fn nft(script: &str) -> Result<(), GuardError> {
+/// Runs `nft -f -` on `script` (one atomic transaction).
+pub(crate) fn nft(script: &str) -> Result<(), GuardError> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

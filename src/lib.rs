@@ -16,3 +16,4 @@ pub mod netns;
 pub mod pipeline;
 pub mod service;
 pub mod stats;
+pub mod tunnel;

@@ -1,5 +1,6 @@
 //! uvs: the load balancer daemon (`uvs run`), the namespace demo
-//! (`uvs demo`) and small control commands (`uvs stats`, `uvs filter`).
+//! (`uvs demo`), the real-server tunnel endpoint (`uvs tunnel-endpoint`) and
+//! small control commands (`uvs stats`, `uvs filter`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +61,30 @@ enum Cmd {
         /// Short TCP requests to send.
         #[arg(long, default_value_t = 1000)]
         requests: usize,
+    },
+    /// Real-server tunnel endpoint (TUN mode, `-i`): receive the director's
+    /// ipip/GUE/GRE packets addressed to this host, decapsulate them and
+    /// hand the inner packet to the local stack through a TUN device. Needs
+    /// root; no kernel tunnel module. Counters are printed on exit.
+    TunnelEndpoint {
+        /// Receive only on this interface (repeatable). Default: every
+        /// interface that is up, except loopback.
+        #[arg(short = 'i', long = "interface")]
+        interfaces: Vec<String>,
+        /// UDP port on which GUE packets arrive, the directors' --tun-port
+        /// (repeatable). Without it, GUE is not decapsulated.
+        #[arg(long = "gue-port")]
+        gue_ports: Vec<u16>,
+        /// Name of the TUN device to create (removed on exit).
+        #[arg(long, default_value = "uvstun0")]
+        tun_name: String,
+        /// Frames per RX ring (each frame holds a 64 KiB GSO packet).
+        #[arg(long, default_value_t = 64)]
+        ring_frames: usize,
+        /// Keep the counters in this file (`name value` lines, rewritten
+        /// while running and at exit).
+        #[arg(long)]
+        stats_file: Option<PathBuf>,
     },
     /// Print the engine's counters (drops by reason, hook entries).
     Stats {
@@ -133,6 +158,29 @@ fn real_main() -> Result<ExitCode> {
                 knobs,
             };
             uvs::daemon::run(opts, &stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::TunnelEndpoint {
+            interfaces,
+            gue_ports,
+            tun_name,
+            ring_frames,
+            stats_file,
+        } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("installing signal handlers")?;
+            }
+            let opts = uvs::tunnel::EndpointOpts {
+                interfaces,
+                gue_ports,
+                tun_name,
+                ring_frames,
+                stats_file,
+            };
+            let c = uvs::tunnel::run(&opts, &stop)?;
+            print!("{}", c.render());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { requests } => {
