@@ -175,7 +175,7 @@ impl Engine {
                 tx: TxBatch::new(BATCH * 2)?,
                 parked: Vec::with_capacity(PARK_MAX),
                 spare: (0..PARK_MAX).map(|_| vec![0u8; PARK_BUF]).collect(),
-                icmp: vec![0u8; io::VNET_HDR_LEN + icmp::MAX_ERROR_FRAME],
+                icmp: vec![0u8; HEADROOM + io::VNET_HDR_LEN + icmp::MAX_ERROR_FRAME],
                 seg: vec![0u8; HEADROOM + PARK_FRAME_MAX],
                 ident: id as u16,
             };
@@ -364,6 +364,34 @@ fn tunnel_out(
     Ok(())
 }
 
+/// Copies a processed frame (`buf`: headroom, virtio-net header, frame) into
+/// a spare buffer to wait for its next hop's MAC.
+fn park(
+    spare: &mut Vec<Vec<u8>>,
+    parked: &mut Vec<Parked>,
+    buf: &[u8],
+    verdict: Verdict,
+    next_hop: IpAddr,
+    st: &WorkerStats,
+) {
+    match spare.pop() {
+        Some(mut b) if buf.len() <= b.len() => {
+            b[..buf.len()].copy_from_slice(buf);
+            parked.push(Parked {
+                len: buf.len(),
+                buf: b,
+                verdict,
+                next_hop,
+                since: Instant::now(),
+            });
+        }
+        other => {
+            spare.extend(other);
+            st.drop(DropReason::ParkFull);
+        }
+    }
+}
+
 fn csum_mode(vnet: &[u8]) -> CsumMode {
     if io::vnet_flags(vnet) & VNET_F_NEEDS_CSUM != 0 {
         CsumMode::Partial
@@ -405,22 +433,7 @@ impl Out {
         };
         match rs.lookup(next_hop) {
             Lookup::Ready(nh) => self.emit(f.buf, f.head, v, &nh, st, rs),
-            Lookup::Pending => match self.spare.pop() {
-                Some(mut buf) if f.buf.len() <= buf.len() => {
-                    buf[..f.buf.len()].copy_from_slice(f.buf);
-                    self.parked.push(Parked {
-                        len: f.buf.len(),
-                        buf,
-                        verdict: v,
-                        next_hop,
-                        since: Instant::now(),
-                    });
-                }
-                other => {
-                    self.spare.extend(other);
-                    st.drop(DropReason::ParkFull);
-                }
-            },
+            Lookup::Pending => park(&mut self.spare, &mut self.parked, f.buf, v, next_hop, st),
             // A rewritten packet for this host itself, or no way there.
             Lookup::Local | Lookup::Unreachable => st.drop(DropReason::NoRoute),
         }
@@ -505,19 +518,36 @@ impl Out {
     /// when the sender's next hop is not known yet.
     fn answer(&mut self, frame: &[u8], kind: IcmpKind, st: &WorkerStats, rs: &Resolver) {
         let Ok(p) = uvs_fwd::parse(frame) else { return };
-        let Lookup::Ready(nh) = rs.lookup(p.src) else {
-            return;
-        };
         self.ident = self.ident.wrapping_add(1);
-        let out = &mut self.icmp[io::VNET_HDR_LEN..];
-        let Ok(n) = icmp::build_icmp_error(out, frame, &p, kind, p.dst, self.ident) else {
+        // Laid out like a ring frame: headroom, virtio-net header, frame.
+        let fs = HEADROOM + io::VNET_HDR_LEN;
+        let Ok(n) =
+            icmp::build_icmp_error(&mut self.icmp[fs..], frame, &p, kind, p.dst, self.ident)
+        else {
             return;
         };
-        if uvs_fwd::set_macs(&mut out[..n], nh.src_mac, nh.dst_mac).is_ok() {
-            self.icmp[..io::VNET_HDR_LEN].fill(0);
-            self.tx.push(&self.icmp[..io::VNET_HDR_LEN + n], nh.ifindex);
-            self.tx.flush();
-            add(&st.icmp_sent, 1);
+        self.icmp[HEADROOM..fs].fill(0);
+        add(&st.icmp_sent, 1);
+        let v = Verdict::Xmit { next_hop: p.src };
+        match rs.lookup(p.src) {
+            Lookup::Ready(nh) => {
+                let mut icmp = std::mem::take(&mut self.icmp);
+                self.emit(&mut icmp[..fs + n], HEADROOM, v, &nh, st, rs);
+                // Sent at once, so the scratch buffer is free again.
+                self.tx.flush();
+                self.icmp = icmp;
+            }
+            // The sender's MAC is not known yet (its first packet): wait
+            // for it like any other packet.
+            Lookup::Pending => park(
+                &mut self.spare,
+                &mut self.parked,
+                &self.icmp[..fs + n],
+                v,
+                p.src,
+                st,
+            ),
+            Lookup::Local | Lookup::Unreachable => st.drop(DropReason::NoRoute),
         }
     }
 

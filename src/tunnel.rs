@@ -445,10 +445,7 @@ pub fn process(buf: &mut [u8], local: &LocalAddrs, gue_ports: &[u16]) -> Outcome
     // A pending checksum is completed now, so that outer tunnel checksums,
     // computed against the completed value, verify; a GSO packet's stays
     // pending (each segment gets its own when the stack segments it).
-    if pending
-        && !gso
-        && !complete_checksum(frame, start, usize::from(rx.csum_offset), ip_end)
-    {
+    if pending && !gso && !complete_checksum(frame, start, usize::from(rx.csum_offset), ip_end) {
         return Outcome::Drop(DropReason::BadOffload);
     }
     let d = match decap_frame(frame, gue_ports) {
@@ -554,9 +551,8 @@ impl TunDev {
     /// Sets IFF_UP (SIOCGIFFLAGS / SIOCSIFFLAGS on a datagram socket).
     fn set_up(&self) -> io::Result<()> {
         // SAFETY: plain socket(2) call; the fd is owned right below.
-        let raw = cvt(unsafe {
-            libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
-        })?;
+        let raw =
+            cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
         // SAFETY: `raw` is a fresh fd we own.
         let sock = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut ifr = ifreq_named(&self.name)?;
@@ -745,20 +741,22 @@ struct Ctx<'a> {
 
 /// Handles one ring frame: decide, deliver, count.
 fn on_frame(ctx: &mut Ctx<'_>, f: crate::io::RxFrame<'_>) {
+    // From the virtio-net header on (the ring's headroom before it is unused here).
+    let buf = &mut f.buf[f.head..];
     if let Some(skip) = f.skip {
         // A frame the ring truncated may be a tunnel packet; we cannot know
         // without its headers, which it still has: count it only then.
         if skip == crate::io::ring::RxSkip::Truncated
-            && candidate(&f.buf[VNET_HDR_LEN..], ctx.gue_ports).is_some()
+            && candidate(&buf[VNET_HDR_LEN..], ctx.gue_ports).is_some()
         {
             ctx.c.drops[DropReason::Truncated as usize] += 1;
         }
         return;
     }
-    let o = process(f.buf, ctx.local, ctx.gue_ports);
+    let o = process(buf, ctx.local, ctx.gue_ports);
     ctx.c.count(&o);
     if let Outcome::Deliver { start, end, kind } = o {
-        match ctx.tun.write_packet(&f.buf[start..end]) {
+        match ctx.tun.write_packet(&buf[start..end]) {
             Ok(()) => {
                 ctx.c.decap[kind_index(kind)] += 1;
                 ctx.c.bytes += (end - start - VNET_HDR_LEN) as u64;

@@ -1171,3 +1171,180 @@ fn sctp_association_through_nat_with_valid_crc32c() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = server.join();
 }
+
+/// `uvs tunnel-endpoint` processes on the real servers, stopped by PID.
+struct Endpoints(Vec<std::process::Child>);
+
+impl Endpoints {
+    fn start(lab: &Lab) -> Endpoints {
+        let v = ["rs1", "rs2"]
+            .iter()
+            .map(|rs| {
+                std::process::Command::new("ip")
+                    .args(["netns", "exec", &lab.ns(rs)])
+                    .arg(env!("CARGO_BIN_EXE_uvs"))
+                    .args(["tunnel-endpoint", "--gue-port", "6080"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("tunnel endpoint")
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        Endpoints(v)
+    }
+}
+
+impl Drop for Endpoints {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SAFETY: kill(2) on the PID of a child this test spawned.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn tunnel_ipip_gre_gue_ipv4_and_ipv6_replies_bypass_uvs() {
+    if !root_or_skip("tunnel_ipip_gre_gue_ipv4_and_ipv6_replies_bypass_uvs") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("tun", &["--dr"], &[]);
+    let _ep = Endpoints::start(&s.lab);
+    let cases = [
+        (
+            "192.0.2.10",
+            "203.0.113.11",
+            "203.0.113.12",
+            "--tun-type ipip",
+        ),
+        (
+            "192.0.2.10",
+            "203.0.113.11",
+            "203.0.113.12",
+            "--tun-type gre --tun-csum",
+        ),
+        (
+            "192.0.2.10",
+            "203.0.113.11",
+            "203.0.113.12",
+            "--tun-type gue --tun-port 6080",
+        ),
+        (
+            "192.0.2.10",
+            "203.0.113.11",
+            "203.0.113.12",
+            "--tun-type gue --tun-port 6080 --tun-csum",
+        ),
+        (
+            "[2001:db8:f::10]",
+            "[2001:db8:5::11]",
+            "[2001:db8:5::12]",
+            "--tun-type ipip",
+        ),
+    ];
+    for (v, rs1, rs2, opts) in cases {
+        s.cmds(&[
+            &format!("-A -t {v}:80 -s rr"),
+            &format!("-a -t {v}:80 -r {rs1}:80 -i {opts}"),
+            &format!("-a -t {v}:80 -r {rs2}:80 -i {opts}"),
+            &format!("-A -u {v}:53 -s rr"),
+            &format!("-a -u {v}:53 -r {rs1}:53 -i {opts}"),
+            &format!("-a -u {v}:53 -r {rs2}:53 -i {opts}"),
+        ]);
+        let (t_vip, u_vip) = (vip(&format!("{v}:80")), vip(&format!("{v}:53")));
+        let t = netns::run_in(&s.lab.ns("c"), move || {
+            lab::tcp_requests(t_vip, 10, Duration::from_secs(60))
+        })
+        .unwrap();
+        assert_eq!(
+            t.failures,
+            0,
+            "{v} {opts}: {t:?}\n{}",
+            s.d.call(&["stats"]).unwrap().stdout
+        );
+        assert_eq!((t.count("rs1"), t.count("rs2")), (5, 5), "{t:?}");
+        // Random bytes, large enough for GSO super-packets to be segmented
+        // and for the path MTU of the tunnel to matter.
+        let line = random_line(300_000, 11);
+        let echoed = netns::run_in(&s.lab.ns("c"), move || -> std::io::Result<String> {
+            let mut c = EchoConn::connect(t_vip)?;
+            c.send(&line)?;
+            c.recv(&line, Duration::from_secs(30))
+        })
+        .unwrap();
+        assert!(
+            echoed.is_ok(),
+            "{v} {opts}: {echoed:?}\n{}",
+            s.d.call(&["stats"]).unwrap().stdout
+        );
+        let rx0 = s.d.counter("rx").unwrap();
+        let u = netns::run_in(&s.lab.ns("c"), move || {
+            lab::udp_requests(u_vip, 20, Duration::from_secs(60))
+        })
+        .unwrap();
+        assert_eq!(u.failures, 0, "{v} {opts}: {u:?}");
+        let seen = s.d.counter("rx").unwrap() - rx0;
+        assert!(
+            (20..35).contains(&seen),
+            "{v} {opts}: uvs received {seen} frames for 20 exchanges"
+        );
+        s.cmds(&["-C"]);
+    }
+}
+
+#[test]
+fn tunnel_path_mtu_answers_fragmentation_needed() {
+    if !root_or_skip("tunnel_path_mtu_answers_fragmentation_needed") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("pmtu", &["--dr"], &[]);
+    let _ep = Endpoints::start(&s.lab);
+    s.cmds(&[
+        "-A -u 192.0.2.10:53 -s rr",
+        "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -i",
+    ]);
+    // A DF datagram that fits the 1500-byte link but not the ipip tunnel
+    // (1500 - 20): the client learns the tunnel MTU from uvs's ICMP.
+    let mtu = netns::run_in(&s.lab.ns("c"), || -> std::io::Result<i32> {
+        use std::os::fd::AsRawFd;
+        let u = std::net::UdpSocket::bind("0.0.0.0:21000")?;
+        u.connect(vip("192.0.2.10:53"))?;
+        let fd = u.as_raw_fd();
+        let on: libc::c_int = libc::IP_PMTUDISC_DO;
+        // SAFETY: setsockopt/getsockopt on a socket we own, with int values.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&on as *const libc::c_int).cast(),
+                4,
+            );
+        }
+        u.send(&[b'x'; 1472])?;
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = u.send(&[b'y'; 1472]);
+        let mut v: libc::c_int = 0;
+        let mut len: libc::socklen_t = 4;
+        // SAFETY: as above.
+        unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        Ok(v)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(mtu, 1480, "the client's path MTU toward the VIP");
+    assert!(s.d.counter("drop.too_big").unwrap() >= 1);
+    assert!(s.d.counter("icmp_sent").unwrap() >= 1);
+}
