@@ -539,6 +539,40 @@ fn uvsadm_binary_save_clear_restore_round_trip() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(uvsadm_bin(&ctl, &["-S", "-n"], None).1, saved);
     assert_eq!(s.tcp(10).failures, 0);
+    // Every method, tunnel option and IPv6 survive -S / -C / -R.
+    let all = "-A -t 192.0.2.20:80 -s wlc\n\
+-a -t 192.0.2.20:80 -r 203.0.113.11:80 -m -w 2\n\
+-a -t 192.0.2.20:80 -r 203.0.113.12:80 -g -w 1\n\
+-A -u 192.0.2.20:53 -s sh -b sh-fallback,sh-port\n\
+-a -u 192.0.2.20:53 -r 203.0.113.11:53 -i -w 1 --tun-type gue --tun-port 6080 --tun-remcsum\n\
+-a -u 192.0.2.20:53 -r 203.0.113.12:53 -i -w 1 --tun-type gre --tun-csum\n\
+-A -t [2001:db8:f::20]:443 -s mh -p 120\n\
+-a -t [2001:db8:f::20]:443 -r [2001:db8:5::11]:443 -i -w 1\n\
+-a -t [2001:db8:f::20]:443 -r [2001:db8:5::12]:443 -m -w 5\n\
+-A --sctp-service 192.0.2.20:5000 -s rr\n\
+-a --sctp-service 192.0.2.20:5000 -r 203.0.113.11:5000 -m -w 1\n";
+    assert_eq!(uvsadm_bin(&ctl, &["-C"], None).0, 0);
+    let (code, _, err) = uvsadm_bin(&ctl, &["-R"], Some(all));
+    assert_eq!(code, 0, "{err}");
+    let (_, saved_all, _) = uvsadm_bin(&ctl, &["-S", "-n"], None);
+    for want in [
+        "--tun-type gue --tun-port 6080 --tun-remcsum",
+        "--tun-type gre --tun-csum",
+        "[2001:db8:5::11]:443 -i",
+        "sh-fallback",
+        "-p 120",
+        "--sctp-service",
+    ] {
+        assert!(
+            saved_all.contains(want),
+            "{want} missing from:\n{saved_all}"
+        );
+    }
+    assert_eq!(uvsadm_bin(&ctl, &["-C"], None).0, 0);
+    assert_eq!(uvsadm_bin(&ctl, &["-R"], Some(&saved_all)).0, 0);
+    assert_eq!(uvsadm_bin(&ctl, &["-S", "-n"], None).1, saved_all);
+    assert_eq!(uvsadm_bin(&ctl, &["-C"], None).0, 0);
+    assert_eq!(uvsadm_bin(&ctl, &["-R"], Some(&saved)).0, 0);
     // -D removes the service; a bad option is named.
     assert_eq!(uvsadm_bin(&ctl, &["-D", "-t", "192.0.2.10:80"], None).0, 0);
     let (code, _, err) = uvsadm_bin(&ctl, &["-A", "-t", "192.0.2.10:80", "--bogus"], None);
@@ -1243,6 +1277,18 @@ fn tunnel_ipip_gre_gue_ipv4_and_ipv6_replies_bypass_uvs() {
             "[2001:db8:5::11]",
             "[2001:db8:5::12]",
             "--tun-type ipip",
+        ),
+        (
+            "[2001:db8:f::10]",
+            "[2001:db8:5::11]",
+            "[2001:db8:5::12]",
+            "--tun-type gre --tun-csum",
+        ),
+        (
+            "[2001:db8:f::10]",
+            "[2001:db8:5::11]",
+            "[2001:db8:5::12]",
+            "--tun-type gue --tun-port 6080 --tun-csum",
         ),
     ];
     for (v, rs1, rs2, opts) in cases {
