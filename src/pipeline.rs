@@ -57,11 +57,12 @@ pub struct Pipeline {
     pub hooks: HookChain,
 }
 
-/// The connection lookup, done at most once per packet even though two hook
-/// functions (reply at 98, request at 99) ask for it.
+/// The connection lookup and state update, done at most once per packet
+/// (one shard lock) even though two hook functions (reply at 98, request at
+/// 99) ask for it.
 struct Ctx {
     looked_up: bool,
-    hit: Option<(uvs_conntrack::Handle, Dir)>,
+    hit: Option<(uvs_conntrack::Handle, Dir, Update)>,
 }
 
 impl Pipeline {
@@ -166,7 +167,13 @@ impl Pipeline {
         }
     }
 
-    fn lookup<'c>(&self, p: &Parsed, ctx: &'c mut Ctx) -> Option<&'c (uvs_conntrack::Handle, Dir)> {
+    fn lookup<'c>(
+        &self,
+        frame: &[u8],
+        p: &Parsed,
+        now: u64,
+        ctx: &'c mut Ctx,
+    ) -> Option<&'c (uvs_conntrack::Handle, Dir, Update)> {
         if !ctx.looked_up {
             ctx.looked_up = true;
             let t = Tuple {
@@ -176,7 +183,7 @@ impl Pipeline {
                 dst: p.dst,
                 dport: p.dport,
             };
-            ctx.hit = self.conns.lookup(&t);
+            ctx.hit = self.conns.lookup_update(&t, Self::info(frame, p), now);
         }
         ctx.hit.as_ref()
     }
@@ -203,13 +210,13 @@ impl Pipeline {
         ctx: &mut Ctx,
         st: &WorkerStats,
     ) -> Step {
-        let Some((h, Dir::Out)) = self.lookup(p, ctx) else {
+        let Some((h, Dir::Out, update)) = self.lookup(frame, p, now, ctx) else {
             return Step::Continue;
         };
         if h.fwd() != FwdMethod::Masq {
             return Step::Continue;
         }
-        match self.conns.update(h, Dir::Out, Self::info(frame, p), now) {
+        match update {
             Update::Forward => {}
             Update::Drop | Update::Reschedule => return Self::drop(st, DropReason::DestRemoved),
         }
@@ -294,8 +301,8 @@ impl Pipeline {
         ctx: &mut Ctx,
         st: &WorkerStats,
     ) -> Step {
-        if let Some((h, Dir::In)) = self.lookup(p, ctx) {
-            match self.conns.update(h, Dir::In, Self::info(frame, p), now) {
+        if let Some((h, Dir::In, update)) = self.lookup(frame, p, now, ctx) {
+            match update {
                 Update::Forward => {
                     return self.xmit_request(
                         frame,
