@@ -206,6 +206,11 @@ pub struct Counters {
     pub decap: [u64; 3],
     /// Inner bytes delivered to the TUN device.
     pub bytes: u64,
+    /// Delivered packets whose pending checksum (virtio `NEEDS_CSUM`) was
+    /// completed in software.
+    pub csum_completed: u64,
+    /// Delivered GSO super-packets (segmented by the stack after the TUN).
+    pub gso: u64,
     /// Tunnel-looking packets to an address not of this host (left alone).
     pub not_local: u64,
     /// Candidates dropped, by [`DropReason`].
@@ -255,6 +260,8 @@ impl Counters {
             let _ = writeln!(s, "decap.{name} {}", self.decapsulated(k));
         }
         let _ = writeln!(s, "decap.bytes {}", self.bytes);
+        let _ = writeln!(s, "offload.csum_completed {}", self.csum_completed);
+        let _ = writeln!(s, "offload.gso {}", self.gso);
         let _ = writeln!(s, "pass.not_local {}", self.not_local);
         for r in DropReason::ALL {
             let _ = writeln!(s, "drop.{} {}", r.name(), self.dropped(r));
@@ -323,9 +330,22 @@ pub enum Outcome {
         end: usize,
         /// Tunnel type.
         kind: TunKind,
+        /// What was done about checksum/segmentation offload.
+        offload: Offload,
     },
     /// A tunnel packet for this host that cannot be delivered.
     Drop(DropReason),
+}
+
+/// Offload state of a delivered packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offload {
+    /// Every checksum was complete on arrival.
+    None,
+    /// A pending checksum was completed in software.
+    Completed,
+    /// A GSO super-packet, handed on with its metadata.
+    Gso,
 }
 
 /// The fields of a `struct virtio_net_hdr` (native byte order: both the
@@ -483,10 +503,16 @@ pub fn process(buf: &mut [u8], local: &LocalAddrs, gue_ports: &[u16]) -> Outcome
         return Outcome::Drop(DropReason::BadInner);
     }
     tx.write(&mut buf[hstart..hstart + VNET_HDR_LEN]);
+    let offload = match (gso, pending) {
+        (true, _) => Offload::Gso,
+        (false, true) => Offload::Completed,
+        (false, false) => Offload::None,
+    };
     Outcome::Deliver {
         start: hstart,
         end,
         kind: d.kind,
+        offload,
     }
 }
 
@@ -755,11 +781,22 @@ fn on_frame(ctx: &mut Ctx<'_>, f: crate::io::RxFrame<'_>) {
     }
     let o = process(buf, ctx.local, ctx.gue_ports);
     ctx.c.count(&o);
-    if let Outcome::Deliver { start, end, kind } = o {
+    if let Outcome::Deliver {
+        start,
+        end,
+        kind,
+        offload,
+    } = o
+    {
         match ctx.tun.write_packet(&buf[start..end]) {
             Ok(()) => {
                 ctx.c.decap[kind_index(kind)] += 1;
                 ctx.c.bytes += (end - start - VNET_HDR_LEN) as u64;
+                match offload {
+                    Offload::None => {}
+                    Offload::Completed => ctx.c.csum_completed += 1,
+                    Offload::Gso => ctx.c.gso += 1,
+                }
             }
             Err(_) => ctx.c.drops[DropReason::TunWrite as usize] += 1,
         }
@@ -1020,6 +1057,13 @@ mod tests {
         let mut buf = probe.clone();
         vnet.write(&mut buf[..VNET_HDR_LEN]);
         let o = process(&mut buf, &local(), &[6080]);
+        assert!(matches!(
+            o,
+            Outcome::Deliver {
+                offload: Offload::Completed,
+                ..
+            }
+        ));
         let (h, pkt) = delivered(&buf, o);
         assert_eq!(h.flags, VNET_F_DATA_VALID);
         assert_eq!(pkt, &want[..]);
@@ -1042,6 +1086,13 @@ mod tests {
         }
         .write(&mut buf[..VNET_HDR_LEN]);
         let o = process(&mut buf, &local(), &[]);
+        assert!(matches!(
+            o,
+            Outcome::Deliver {
+                offload: Offload::Gso,
+                ..
+            }
+        ));
         let (h, pkt) = delivered(&buf, o);
         assert_eq!(
             h,
@@ -1167,6 +1218,6 @@ mod tests {
         assert!(r.contains("decap.gre 2\n"), "{r}");
         assert!(r.contains("drop.checksum 1\n"), "{r}");
         assert!(r.contains("pass.not_local 1\n"), "{r}");
-        assert_eq!(r.lines().count(), 3 + 2 + DropReason::COUNT + 1);
+        assert_eq!(r.lines().count(), 3 + 4 + DropReason::COUNT + 1);
     }
 }
