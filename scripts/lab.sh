@@ -113,6 +113,13 @@ up() {
     nsx "$C" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.eth1.rp_filter=0
     nsx "$SW" ip link set pc master br0 up
   fi
+  # A new bridge port stays disabled until the kernel sees its carrier
+  # (about a second); frames sent meanwhile are lost. Wait (bounded).
+  local n
+  for n in $(seq 50); do
+    nsx "$SW" bridge link show | grep -qv 'state forwarding' || break
+    sleep 0.1
+  done
   trap - ERR
 }
 
