@@ -137,7 +137,7 @@ pub fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> io::Result<S
         }));
     }
     for a in udp {
-        let u = UdpSocket::bind(a)?;
+        let u = udp_bind_shared(*a)?;
         u.set_read_timeout(Some(Duration::from_millis(50)))?;
         let (stop, name) = (stop.clone(), name.to_string());
         threads.push(std::thread::spawn(move || {
@@ -157,6 +157,25 @@ pub fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> io::Result<S
     Ok(Server { stop, threads })
 }
 
+/// The lab's first IPv4 and IPv6 VIPs (scripts/lab.sh).
+pub const LAB_VIP4: &str = "192.0.2.10";
+/// See [`LAB_VIP4`].
+pub const LAB_VIP6: &str = "2001:db8:f::10";
+
+/// A UDP socket bound with SO_REUSEADDR, so a wildcard and a specific
+/// address can share a port (the specific one gets its datagrams).
+fn udp_bind_shared(a: SocketAddr) -> io::Result<UdpSocket> {
+    let d = if a.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(d, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&a.into())?;
+    Ok(sock.into())
+}
+
 /// Starts a lab server inside namespace `ns` serving TCP `tcp_port` and UDP
 /// `udp_port` on all addresses (IPv4 and IPv6).
 pub fn serve_in(ns: &str, name: &str, tcp_port: u16, udp_port: u16) -> io::Result<Server> {
@@ -166,7 +185,20 @@ pub fn serve_in(ns: &str, name: &str, tcp_port: u16, udp_port: u16) -> io::Resul
         let any6: SocketAddr = SocketAddr::from(([0u16; 8], tcp_port));
         let any6u: SocketAddr = SocketAddr::from(([0u16; 8], udp_port));
         // `[::]` sockets accept IPv4 too (bindv6only=0 is Linux's default).
-        let _ = tx.send(serve(&name, &[any6], &[any6u]));
+        // UDP also listens on the lab VIPs where the host has them (DR and
+        // TUN real servers, VIP on `lo`), so its answers come from the
+        // address the client asked, as a real DR service's must.
+        let mut udp = vec![any6u];
+        for v in [LAB_VIP4, LAB_VIP6] {
+            if let Ok(ip) = v.parse::<std::net::IpAddr>() {
+                let a = SocketAddr::new(ip, udp_port);
+                // A probe bind: fails unless the host has the address.
+                if std::net::UdpSocket::bind(a).is_ok() {
+                    udp.push(a);
+                }
+            }
+        }
+        let _ = tx.send(serve(&name, &[any6], &udp));
     })?;
     rx.recv()
         .map_err(|_| io::Error::other("server thread died"))?
@@ -254,6 +286,8 @@ pub fn udp_requests(vip: SocketAddr, n: usize, deadline: Duration) -> Tally {
         }
         let r = (|| -> io::Result<String> {
             let u = UdpSocket::bind(bind)?;
+            // Connected: only answers from the VIP itself are accepted.
+            u.connect(vip)?;
             u.set_read_timeout(Some(Duration::from_millis(500)))?;
             let msg = format!("ping {i}");
             // One retry: UDP may lose the first datagram while a neighbour resolves.
