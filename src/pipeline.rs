@@ -176,14 +176,9 @@ impl Pipeline {
     ) -> Option<&'c (uvs_conntrack::Handle, Dir, Update)> {
         if !ctx.looked_up {
             ctx.looked_up = true;
-            let t = Tuple {
-                proto: p.proto,
-                src: p.src,
-                sport: p.sport,
-                dst: p.dst,
-                dport: p.dport,
-            };
-            ctx.hit = self.conns.lookup_update(&t, Self::info(frame, p), now);
+            ctx.hit = self
+                .conns
+                .lookup_update(&tuple(p), Self::info(frame, p), now);
         }
         ctx.hit.as_ref()
     }
@@ -406,14 +401,7 @@ impl Pipeline {
             // Another worker created it first (its packets hashed elsewhere):
             // follow that entry.
             Err(InsertError::Exists) => {
-                let t = Tuple {
-                    proto: p.proto,
-                    src: p.src,
-                    sport: p.sport,
-                    dst: p.dst,
-                    dport: p.dport,
-                };
-                return match self.conns.lookup_in(&t) {
+                return match self.conns.lookup_in(&tuple(p)) {
                     Some(h) => self.xmit_request(
                         frame,
                         p,
@@ -465,6 +453,17 @@ impl Pipeline {
             }),
             FwdMethod::Local => Self::drop(st, DropReason::Unsupported),
         }
+    }
+}
+
+/// The connection-table key of a packet as it is on the wire.
+fn tuple(p: &Parsed) -> Tuple {
+    Tuple {
+        proto: p.proto,
+        src: p.src,
+        sport: p.sport,
+        dst: p.dst,
+        dport: p.dport,
     }
 }
 

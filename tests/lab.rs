@@ -12,19 +12,14 @@ use std::time::Duration;
 use uvs::lab::{self, Director, EchoConn, Lab, Server};
 use uvs::netns;
 
+mod common;
+
+use common::{root_or_skip, Endpoint};
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn vip(s: &str) -> SocketAddr {
     s.parse().expect("valid literal address")
-}
-
-/// Root check; prints why a test is skipped.
-fn root_or_skip(test: &str) -> bool {
-    if uvs::demo::is_root() {
-        return true;
-    }
-    eprintln!("skipping {test}: lab tests create network namespaces and need root");
-    false
 }
 
 struct Setup {
@@ -1133,7 +1128,7 @@ fn sctp_association(method: &str) {
         "sctpi"
     };
     let s = setup(tag, if nat { &[] } else { &["--dr"] }, &[]);
-    let _ep = method.starts_with("-i").then(|| Endpoints::start(&s.lab));
+    let _ep = method.starts_with("-i").then(|| endpoints(&s.lab));
     s.cmds(&[
         "-A --sctp-service 192.0.2.10:5000 -s rr",
         &format!("-a --sctp-service 192.0.2.10:5000 -r 203.0.113.11:5000 {method}"),
@@ -1252,37 +1247,9 @@ fn sctp_association(method: &str) {
     let _ = server.join();
 }
 
-/// `uvs tunnel-endpoint` processes on the real servers, stopped by PID.
-struct Endpoints(Vec<std::process::Child>);
-
-impl Endpoints {
-    fn start(lab: &Lab) -> Endpoints {
-        let v = ["rs1", "rs2"]
-            .iter()
-            .map(|rs| {
-                std::process::Command::new("ip")
-                    .args(["netns", "exec", &lab.ns(rs)])
-                    .arg(env!("CARGO_BIN_EXE_uvs"))
-                    .args(["tunnel-endpoint", "--gue-port", "6080"])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .expect("tunnel endpoint")
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(500));
-        Endpoints(v)
-    }
-}
-
-impl Drop for Endpoints {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            // SAFETY: kill(2) on the PID of a child this test spawned.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-    }
+/// `uvs tunnel-endpoint` on both real servers (GUE port 6080).
+fn endpoints(lab: &Lab) -> [Endpoint; 2] {
+    ["rs1", "rs2"].map(|rs| Endpoint::start(lab, rs, &["--gue-port", "6080"]))
 }
 
 #[test]
@@ -1292,7 +1259,7 @@ fn tunnel_ipip_gre_gue_ipv4_and_ipv6_replies_bypass_uvs() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup("tun", &["--dr"], &[]);
-    let _ep = Endpoints::start(&s.lab);
+    let _ep = endpoints(&s.lab);
     let cases = [
         (
             "192.0.2.10",
@@ -1394,7 +1361,7 @@ fn tunnel_path_mtu_answers_fragmentation_needed() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup("pmtu", &["--dr"], &[]);
-    let _ep = Endpoints::start(&s.lab);
+    let _ep = endpoints(&s.lab);
     s.cmds(&[
         "-A -u 192.0.2.10:53 -s rr",
         "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -i",

@@ -11,10 +11,10 @@
 //! removes it, also on failure; they need root and skip without it.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
+
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,10 @@ use uvs_fwd::build::{FrameSpec, L4Spec};
 use uvs_fwd::wire::tcp;
 use uvs_fwd::xmit::tun::{encap, TunCsum, TunKind, TunParams, MAX_OVERHEAD};
 use uvs_fwd::CsumMode;
+
+mod common;
+
+use common::{root_or_skip, Endpoint};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -42,141 +46,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("literal address")
 }
 
-fn root_or_skip(test: &str) -> bool {
-    if uvs::demo::is_root() {
-        return true;
-    }
-    eprintln!("skipping {test}: lab tests create network namespaces and need root");
-    false
-}
-
-/// `uvs tunnel-endpoint` in a namespace; stopped by PID with SIGTERM (so it
-/// cleans up) when dropped.
-struct Endpoint {
-    child: Child,
-    stats: PathBuf,
-    out: PathBuf,
-}
-
-impl Endpoint {
-    fn start(lab: &Lab, host: &str, args: &[&str]) -> Endpoint {
-        let base = std::env::temp_dir().join(format!("{}-{host}-tun", lab.prefix));
-        let stats = base.with_extension("stats");
-        let out = base.with_extension("log");
-        let _ = std::fs::remove_file(&stats);
-        let log = std::fs::File::create(&out).expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.ns(host)])
-            .arg(env!("CARGO_BIN_EXE_uvs"))
-            .arg("tunnel-endpoint")
-            .arg("--stats-file")
-            .arg(&stats)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn uvs tunnel-endpoint");
-        let mut e = Endpoint { child, stats, out };
-        // Ready once the stats file exists: written after every setup step.
-        let end = Instant::now() + Duration::from_secs(20);
-        while !e.stats.exists() {
-            if let Ok(Some(st)) = e.child.try_wait() {
-                panic!("endpoint exited ({st}): {}", e.log());
-            }
-            assert!(Instant::now() < end, "endpoint not up: {}", e.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        e
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn counters(&self) -> BTreeMap<String, u64> {
-        parse_counters(&std::fs::read_to_string(&self.stats).unwrap_or_default())
-    }
-
-    /// Waits (up to 3 s) until counter `name` reaches `want`; returns it.
-    fn wait_counter(&self, name: &str, want: u64) -> u64 {
-        let end = Instant::now() + Duration::from_secs(3);
-        loop {
-            let v = self.counters().get(name).copied().unwrap_or(0);
-            if v >= want || Instant::now() > end {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, wait; returns (success, the counters it printed).
-    fn stop(mut self) -> (bool, BTreeMap<String, u64>) {
-        let st = self.terminate();
-        let mut out = String::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            let _ = o.read_to_string(&mut out);
-        }
-        (st, parse_counters(&out))
-    }
-
-    fn terminate(&mut self) -> bool {
-        if let Ok(Some(st)) = self.child.try_wait() {
-            return st.success();
-        }
-        // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
-    }
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        self.terminate();
-        let _ = std::fs::remove_file(&self.stats);
-        let _ = std::fs::remove_file(&self.out);
-    }
-}
-
-fn parse_counters(s: &str) -> BTreeMap<String, u64> {
-    s.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            Some((k.to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// Waits until every port of the lab's switch forwards. A new bridge port
-/// stays `disabled` until the kernel's link watcher sees its carrier (up to
-/// about a second after `lab.sh up` returns); packets sent meanwhile are
-/// lost, and a lost ARP reply turns into ICMP host unreachable.
-fn wait_bridge_forwarding(lab: &Lab) {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &lab.ns("sw"), "bridge", "link", "show"])
-            .output()
-            .expect("bridge runs");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let ports = text.lines().filter(|l| l.contains("master br0")).count();
-        let fwd = text.matches("state forwarding").count();
-        if ports > 0 && ports == fwd {
-            return;
-        }
-        assert!(Instant::now() < end, "bridge ports not forwarding: {text}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 struct Setup {
     // Field order is drop order: the endpoint, the server, then the lab.
     ep: Option<Endpoint>,
@@ -187,7 +56,6 @@ struct Setup {
 fn setup(tag: &str) -> Setup {
     let prefix = format!("uvtun{}{tag}", std::process::id() % 100000);
     let lab = Lab::up(&prefix, &["--dr"]).expect("lab up");
-    wait_bridge_forwarding(&lab);
     let server = lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1 server");
     let port = GUE_PORT.to_string();
     let ep = Endpoint::start(&lab, "rs1", &["--gue-port", &port, "--gue-port", "5555"]);

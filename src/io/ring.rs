@@ -104,6 +104,33 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// A non-blocking AF_PACKET raw socket for `proto` (network order; 0 =
+/// receive nothing) whose frames carry a virtio-net header; `before_vnet`
+/// sets options that must precede that one.
+pub(crate) fn packet_socket(
+    proto: u16,
+    before_vnet: impl FnOnce(RawFd) -> io::Result<()>,
+) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the fd is owned right below.
+    let raw = cvt(unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            proto as libc::c_int,
+        )
+    })?;
+    // SAFETY: `raw` is a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    before_vnet(raw)?;
+    setsockopt(
+        raw,
+        libc::SOL_PACKET,
+        libc::PACKET_VNET_HDR,
+        &1 as &libc::c_int,
+    )?;
+    Ok(fd)
+}
+
 /// `setsockopt` of a plain value.
 pub(crate) fn setsockopt<T>(
     fd: RawFd,
@@ -129,23 +156,11 @@ impl RxRing {
     /// `group` (one group id per interface).
     pub fn open(ifindex: u32, group: u16, frames: usize) -> io::Result<Self> {
         let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket(2) call; the fd is owned right below.
-        let raw = cvt(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                proto as libc::c_int,
-            )
+        // The version must be set before the vnet header option.
+        let fd = packet_socket(proto, |raw| {
+            setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V2)
         })?;
-        // SAFETY: `raw` is a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V2)?;
-        setsockopt(
-            raw,
-            libc::SOL_PACKET,
-            libc::PACKET_VNET_HDR,
-            &1 as &libc::c_int,
-        )?;
+        let raw = fd.as_raw_fd();
         // Our own transmissions (and the host's) are not requests to handle.
         setsockopt(
             raw,

@@ -5,9 +5,9 @@
 //! message array is allocated once; queueing never allocates.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use super::ring::setsockopt;
+use super::ring::{packet_socket, setsockopt};
 
 /// One worker's TX socket and its pending batch.
 #[derive(Debug)]
@@ -30,25 +30,8 @@ impl TxBatch {
     /// Opens an unbound TX packet socket (protocol 0: it receives nothing)
     /// for batches of up to `cap` frames.
     pub fn new(cap: usize) -> io::Result<Self> {
-        // SAFETY: plain socket(2) call; the fd is owned right below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setsockopt(
-            raw,
-            libc::SOL_PACKET,
-            libc::PACKET_VNET_HDR,
-            &1 as &libc::c_int,
-        )?;
+        let fd = packet_socket(0, |_| Ok(()))?;
+        let raw = fd.as_raw_fd();
         // Frames leave as the stack would send them, but without the qdisc
         // layer's locking on this hot path.
         setsockopt(

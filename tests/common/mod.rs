@@ -1,0 +1,126 @@
+//! Helpers shared by the lab test binaries (each includes this module).
+#![allow(dead_code)] // each binary uses its own subset
+
+pub mod pipeline;
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use uvs::lab::Lab;
+
+/// Root check; prints why a test is skipped.
+pub fn root_or_skip(test: &str) -> bool {
+    if uvs::demo::is_root() {
+        return true;
+    }
+    eprintln!("skipping {test}: lab tests create network namespaces and need root");
+    false
+}
+
+/// `uvs tunnel-endpoint` in a namespace; stopped by PID with SIGTERM (so it
+/// cleans up) when dropped.
+pub struct Endpoint {
+    child: Child,
+    stats: PathBuf,
+    out: PathBuf,
+}
+
+impl Endpoint {
+    pub fn start(lab: &Lab, host: &str, args: &[&str]) -> Endpoint {
+        let base = std::env::temp_dir().join(format!("{}-{host}-tun", lab.prefix));
+        let stats = base.with_extension("stats");
+        let out = base.with_extension("log");
+        let _ = std::fs::remove_file(&stats);
+        let log = std::fs::File::create(&out).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(host)])
+            .arg(env!("CARGO_BIN_EXE_uvs"))
+            .arg("tunnel-endpoint")
+            .arg("--stats-file")
+            .arg(&stats)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn uvs tunnel-endpoint");
+        let mut e = Endpoint { child, stats, out };
+        // Ready once the stats file exists: written after every setup step.
+        let end = Instant::now() + Duration::from_secs(20);
+        while !e.stats.exists() {
+            if let Ok(Some(st)) = e.child.try_wait() {
+                panic!("endpoint exited ({st}): {}", e.log());
+            }
+            assert!(Instant::now() < end, "endpoint not up: {}", e.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        e
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        parse_counters(&std::fs::read_to_string(&self.stats).unwrap_or_default())
+    }
+
+    /// Waits (up to 3 s) until counter `name` reaches `want`; returns it.
+    pub fn wait_counter(&self, name: &str, want: u64) -> u64 {
+        let end = Instant::now() + Duration::from_secs(3);
+        loop {
+            let v = self.counters().get(name).copied().unwrap_or(0);
+            if v >= want || Instant::now() > end {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, wait; returns (success, the counters it printed).
+    pub fn stop(mut self) -> (bool, BTreeMap<String, u64>) {
+        let st = self.terminate();
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = o.read_to_string(&mut out);
+        }
+        (st, parse_counters(&out))
+    }
+
+    fn terminate(&mut self) -> bool {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            return st.success();
+        }
+        // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+pub fn parse_counters(s: &str) -> BTreeMap<String, u64> {
+    s.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.terminate();
+        let _ = std::fs::remove_file(&self.stats);
+        let _ = std::fs::remove_file(&self.out);
+    }
+}

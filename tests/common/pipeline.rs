@@ -1,0 +1,51 @@
+//! The pipeline set-up shared by the allocation test and the pipeline
+//! benchmark: a TCP rr service 192.0.2.10:80 with two NAT real servers.
+
+use std::sync::Arc;
+
+use uvs::pipeline::Pipeline;
+use uvs::service::{DestSpec, ServiceSpec};
+use uvs_fwd::build::{FrameSpec, L4Spec};
+use uvs_sched::{FwdMethod, SchedParams};
+
+/// A TCP frame from `fwd`'s test builder.
+pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8, payload: usize) -> Vec<u8> {
+    FrameSpec {
+        src: src.parse().expect("literal address"),
+        dst: dst.parse().expect("literal address"),
+        sport,
+        dport,
+        l4: L4Spec::Tcp {
+            flags,
+            options: Vec::new(),
+        },
+        payload: vec![0x55; payload],
+        ..FrameSpec::tcp_v4()
+    }
+    .build()
+}
+
+pub fn pipeline() -> Pipeline {
+    let p = Pipeline::new(uvs_conntrack::Table::new(uvs_conntrack::Config::default()));
+    let dest = |a: &str| DestSpec {
+        addr: a.parse().unwrap(),
+        port: 80,
+        fwd: FwdMethod::Masq,
+        weight: 1,
+        u_threshold: 0,
+        l_threshold: 0,
+        tun: Default::default(),
+    };
+    let spec = ServiceSpec {
+        proto: 6,
+        addr: "192.0.2.10".parse().unwrap(),
+        port: 80,
+        sched: "rr".into(),
+        params: SchedParams::default(),
+        persistence: None,
+        dests: vec![dest("203.0.113.11"), dest("203.0.113.12")],
+    };
+    let snap = p.services.load().rebuild(&[spec]).unwrap();
+    p.services.store(Arc::new(snap));
+    p
+}
