@@ -109,19 +109,10 @@ fn specs(cfg: &ctl::Config, mh_table_size: u32) -> Result<Vec<ServiceSpec>, Stri
 
 /// ipvsadm's tunnel options as the destination keeps them.
 fn tun_config(t: ctl::TunOpts) -> uvs_sched::TunConfig {
-    use uvs_sched::{TunCsum, TunType};
     uvs_sched::TunConfig {
-        kind: match t.kind {
-            ctl::TunType::Ipip => TunType::Ipip,
-            ctl::TunType::Gue => TunType::Gue,
-            ctl::TunType::Gre => TunType::Gre,
-        },
+        kind: t.kind,
         port: t.port.unwrap_or(0),
-        csum: match t.csum {
-            ctl::TunCsum::NoCsum => TunCsum::NoCsum,
-            ctl::TunCsum::Csum => TunCsum::Csum,
-            ctl::TunCsum::RemCsum => TunCsum::RemCsum,
-        },
+        csum: t.csum,
     }
 }
 

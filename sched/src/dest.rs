@@ -67,6 +67,36 @@ pub enum TunCsum {
     RemCsum,
 }
 
+impl TunType {
+    /// The name ipvsadm uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            TunType::Ipip => "ipip",
+            TunType::Gue => "gue",
+            TunType::Gre => "gre",
+        }
+    }
+}
+
+impl TunCsum {
+    /// The ipvsadm option that selects it.
+    pub fn option(self) -> &'static str {
+        match self {
+            TunCsum::NoCsum => "--tun-nocsum",
+            TunCsum::Csum => "--tun-csum",
+            TunCsum::RemCsum => "--tun-remcsum",
+        }
+    }
+    /// The short form in `-L --tun-info` output.
+    pub fn info(self) -> &'static str {
+        match self {
+            TunCsum::NoCsum => "-c",
+            TunCsum::Csum => "+c",
+            TunCsum::RemCsum => "r+c",
+        }
+    }
+}
+
 /// Tunnel settings of a destination, as the kernel keeps them in
 /// `ip_vs_dest` (`tun_type`, `tun_port`, `tun_flags`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

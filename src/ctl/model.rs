@@ -161,58 +161,7 @@ impl Netmask {
     }
 }
 
-/// Tunnel encapsulation of an `-i` server (`--tun-type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TunType {
-    /// IP-in-IP (the default).
-    Ipip,
-    /// Generic UDP encapsulation (needs a port).
-    Gue,
-    /// GRE.
-    Gre,
-}
-
-impl TunType {
-    /// The name ipvsadm uses.
-    pub fn name(self) -> &'static str {
-        match self {
-            TunType::Ipip => "ipip",
-            TunType::Gue => "gue",
-            TunType::Gre => "gre",
-        }
-    }
-}
-
-/// Tunnel checksum mode (`--tun-nocsum` | `--tun-csum` | `--tun-remcsum`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum TunCsum {
-    /// No checksum (the default).
-    #[default]
-    NoCsum,
-    /// Outer checksum (gue, gre).
-    Csum,
-    /// Remote checksum offload (gue only).
-    RemCsum,
-}
-
-impl TunCsum {
-    /// The option that selects it.
-    pub fn option(self) -> &'static str {
-        match self {
-            TunCsum::NoCsum => "--tun-nocsum",
-            TunCsum::Csum => "--tun-csum",
-            TunCsum::RemCsum => "--tun-remcsum",
-        }
-    }
-    /// The short form in `--tun-info` output.
-    pub fn info(self) -> &'static str {
-        match self {
-            TunCsum::NoCsum => "-c",
-            TunCsum::Csum => "+c",
-            TunCsum::RemCsum => "r+c",
-        }
-    }
-}
+pub use uvs_sched::{TunCsum, TunType};
 
 /// Tunnel parameters of a tunnelling (`-i`) real server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
