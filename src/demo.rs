@@ -82,6 +82,25 @@ pub fn run(requests: usize) -> io::Result<bool> {
         tcp.failures == 0 && tcp.count("rs1") == requests - half && tcp.count("rs2") == half;
     let udp_ok =
         udp.failures == 0 && udp.count("rs1") == udp_n * 3 / 4 && udp.count("rs2") == udp_n / 4;
+    if !(tcp_ok && udp_ok) {
+        println!("uvs demo: not balanced as configured; the engine's non-zero counters:");
+        let stats = d.call(&["stats"])?.stdout;
+        for l in stats
+            .lines()
+            .filter(|l| !l.ends_with(" 0") && !l.contains("seen 0 "))
+        {
+            println!("  {l}");
+        }
+        print!(
+            "{}",
+            d.uvsadm("-L -n -c")?
+                .lines()
+                .filter(|l| l.starts_with("UDP"))
+                .count()
+                .to_string()
+                + " UDP entries listed\n"
+        );
+    }
     println!("uvs demo: stopping uvs and removing the lab");
     let status = d.stop()?;
     drop(lab);

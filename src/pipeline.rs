@@ -401,6 +401,7 @@ impl Pipeline {
             // Another worker created it first (its packets hashed elsewhere):
             // follow that entry.
             Err(InsertError::Exists) => {
+                add(&st.conn_races, 1);
                 return match self.conns.lookup_in(&tuple(p)) {
                     Some(h) => self.xmit_request(
                         frame,

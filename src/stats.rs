@@ -101,6 +101,8 @@ pub struct WorkerStats {
     pub conns: AtomicU64,
     /// ICMP errors sent (port unreachable, time exceeded, too big).
     pub icmp_sent: AtomicU64,
+    /// New connections another worker had already created (insert race).
+    pub conn_races: AtomicU64,
     pub parse: [AtomicU64; ParseError::COUNT],
     pub drops: [AtomicU64; DropReason::COUNT],
     pub hook_seen: [AtomicU64; MAX_ENTRIES],
@@ -116,6 +118,7 @@ impl Default for WorkerStats {
             passed: AtomicU64::new(0),
             conns: AtomicU64::new(0),
             icmp_sent: AtomicU64::new(0),
+            conn_races: AtomicU64::new(0),
             parse: arr(),
             drops: arr(),
             hook_seen: arr(),
@@ -169,11 +172,12 @@ impl Stats {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "rx {}\ntx {}\npassed_to_kernel {}\nicmp_sent {}\nconnections {}",
+            "rx {}\ntx {}\npassed_to_kernel {}\nicmp_sent {}\nconnection_races {}\nconnections {}",
             self.sum(|w| &w.rx),
             self.sum(|w| &w.tx),
             self.sum(|w| &w.passed),
             self.sum(|w| &w.icmp_sent),
+            self.sum(|w| &w.conn_races),
             self.sum(|w| &w.conns)
         );
         for r in DropReason::ALL {
