@@ -264,26 +264,30 @@ pub fn tcp_requests(vip: SocketAddr, n: usize, deadline: Duration) -> Tally {
     t
 }
 
-/// First source port of [`udp_requests`].
-pub const UDP_CLIENT_BASE_PORT: u16 = 20000;
+/// Source ports of [`udp_requests`]: handed out in order from 20000 to
+/// 59999 across every call in this process, so no two exchanges share a
+/// tuple.
+static NEXT_UDP_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// `n` UDP request/answer exchanges, each from its own source port
-/// (`UDP_CLIENT_BASE_PORT + i`, bound explicitly: an ephemeral port the
-/// kernel hands out twice would join the earlier exchange's IPVS
-/// connection, as it should), so each is a new IPVS connection.
+/// `n` UDP request/answer exchanges, each from its own source port, bound
+/// explicitly (an ephemeral port the kernel hands out twice would join the
+/// earlier exchange's IPVS connection, as it should), so each is a new IPVS
+/// connection.
 pub fn udp_requests(vip: SocketAddr, n: usize, deadline: Duration) -> Tally {
     let mut t = Tally::default();
     let end = Instant::now() + deadline;
-    let bind: SocketAddr = if vip.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap_or(vip)
-    } else {
-        "[::]:0".parse().unwrap_or(vip)
-    };
     for i in 0..n {
         if Instant::now() > end {
             t.fail("deadline reached".into());
             break;
         }
+        let k = NEXT_UDP_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20000 + (k % 40000) as u16;
+        let bind = if vip.is_ipv4() {
+            SocketAddr::from(([0u8; 4], port))
+        } else {
+            SocketAddr::from(([0u16; 8], port))
+        };
         let r = (|| -> io::Result<String> {
             let u = UdpSocket::bind(bind)?;
             // Connected: only answers from the VIP itself are accepted.

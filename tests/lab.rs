@@ -851,7 +851,14 @@ fn direct_routing_ipv4_and_ipv6_replies_bypass_uvs() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("dr", &["--dr"], &[]);
+    let s = setup(
+        "dr",
+        &["--dr"],
+        // The cases clear the configuration in between; a client port reused
+        // from a finished DR/TUN connection (FIN_WAIT to a removed server)
+        // must not be dropped: expire those entries, as operators do.
+        &["--set-knob", "expire_nodest_conn=1"],
+    );
     for (vip_tcp, vip_udp, rs1, rs2) in [
         (
             "192.0.2.10:80",
@@ -1258,7 +1265,14 @@ fn tunnel_ipip_gre_gue_ipv4_and_ipv6_replies_bypass_uvs() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("tun", &["--dr"], &[]);
+    let s = setup(
+        "tun",
+        &["--dr"],
+        // The cases clear the configuration in between; a client port reused
+        // from a finished DR/TUN connection (FIN_WAIT to a removed server)
+        // must not be dropped: expire those entries, as operators do.
+        &["--set-knob", "expire_nodest_conn=1"],
+    );
     let _ep = endpoints(&s.lab);
     let cases = [
         (
