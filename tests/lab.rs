@@ -478,6 +478,15 @@ fn ipv6_nat_tcp_and_udp() {
     .unwrap();
     assert_eq!(u.failures, 0, "{u:?}");
     assert_eq!((u.count("rs1"), u.count("rs2")), (5, 5), "{u:?}");
+    // Random bytes arrive intact and come back (NAT over IPv6).
+    let line = random_line(200_000, 5);
+    let echoed = netns::run_in(&s.lab.ns("c"), move || -> std::io::Result<String> {
+        let mut c = EchoConn::connect(vip("[2001:db8:f::10]:80"))?;
+        c.send(&line)?;
+        c.recv(&line, Duration::from_secs(20))
+    })
+    .unwrap();
+    assert!(echoed.is_ok(), "{echoed:?}");
     let list = s.d.uvsadm("-L -n").unwrap();
     assert!(list.contains("TCP  [2001:db8:f::10]:80 rr"), "{list}");
 }
