@@ -32,6 +32,19 @@ fn main() -> ExitCode {
             i += 1;
         }
     }
+    // Help and version need no engine, as with ipvsadm; the parser shared
+    // with the daemon says which command this is.
+    if let Ok(cmd) = uvs::ctl::parse(&args) {
+        if matches!(cmd, uvs::ctl::Command::Help | uvs::ctl::Command::Version) {
+            let text = if cmd == uvs::ctl::Command::Help {
+                uvs::ctl::usage()
+            } else {
+                uvs::ctl::version()
+            };
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+    }
     let restore = args.iter().any(|a| a == "-R" || a == "--restore");
     let mut req = vec!["uvsadm".to_string()];
     req.extend(args);
