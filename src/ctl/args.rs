@@ -1061,10 +1061,12 @@ SERVICE: -t|--tcp-service ADDR:PORT, -u|--udp-service ADDR:PORT,
          --sctp-service ADDR:PORT, -f|--fwmark-service MARK [-6]
          (IPv6 as [2001:db8::1]:80; addresses and ports are numeric)
 Defaults: scheduler wlc, persistence 300 s, forwarding -g, weight 1.
-Schedulers: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos
-            (uvs refuses those it has not built yet).
-Forwarding: -m masquerading (NAT); -g gatewaying and -i ipip are not supported yet.
+Schedulers: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos.
+Forwarding: -m masquerading (NAT), -g gatewaying (direct routing), -i tunnel.
+Not built yet (refused by name): -f fwmark services, -o, --pe sip.
 Output is always numeric.
+uvsadm's own option: --control PATH, the engine's control socket
+(default: $UVS_CONTROL, else /run/uvs/uvs.sock).
 ",
     );
     s
