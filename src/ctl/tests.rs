@@ -689,7 +689,8 @@ fn usage_and_version_texts() {
         "-A|-E SERVICE",
         "-a|-e SERVICE",
         "--set TCP TCPFIN UDP",
-        "not supported yet",
+        "Not built yet (refused by name)",
+        "--control PATH",
     ] {
         assert!(u.contains(needle), "usage lacks {needle}");
     }
