@@ -18,7 +18,7 @@ fn bench(c: &mut Criterion) {
     let st = WorkerStats::default();
     let p = setup::pipeline();
     let mut syn = setup::tcp("198.51.100.10", 40000, "192.0.2.10", 80, SYN, 0);
-    let Verdict::Xmit { next_hop } = p.process(&mut syn, CsumMode::Full, 0, &st) else {
+    let Verdict::Xmit { next_hop, .. } = p.process(&mut syn, CsumMode::Full, 0, &st) else {
         panic!("SYN not forwarded")
     };
     let ack = setup::tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK, 64);

@@ -429,7 +429,7 @@ impl Out {
                 return self.answer(f.frame_mut(), IcmpKind::TimeExceeded, st, rs)
             }
             Verdict::Drop(_) => return,
-            Verdict::Xmit { next_hop } | Verdict::Tunnel { next_hop, .. } => next_hop,
+            Verdict::Xmit { next_hop, .. } | Verdict::Tunnel { next_hop, .. } => next_hop,
         };
         match rs.lookup(next_hop) {
             Lookup::Ready(nh) => self.emit(f.buf, f.head, v, &nh, st, rs),
@@ -452,7 +452,14 @@ impl Out {
     ) {
         let fs = head + io::VNET_HDR_LEN;
         match v {
-            Verdict::Xmit { .. } => {
+            Verdict::Xmit { dnat_from, .. } => {
+                // Cheap test first: only a frame longer than the MTU plus an
+                // Ethernet header can be too big (GSO packets are segmented
+                // by the kernel on the way out, to the MTU).
+                let gso = io::vnet_gso_type(&buf[head..fs]) != 0;
+                if !gso && buf.len() - fs > nh.mtu as usize + 14 {
+                    return self.emit_oversized(buf, head, nh, dnat_from, st, rs);
+                }
                 if uvs_fwd::set_macs(&mut buf[fs..], nh.src_mac, nh.dst_mac).is_ok() {
                     self.tx.push(&buf[head..], nh.ifindex);
                 }
@@ -512,6 +519,79 @@ impl Out {
         }
     }
 
+    /// A NAT/DR packet that may exceed the path MTU (`ensure_mtu_is_adequate`):
+    /// with DF (or IPv6) it is dropped and the sender gets fragmentation
+    /// needed / packet too big; an IPv4 packet without DF is fragmented.
+    fn emit_oversized(
+        &mut self,
+        buf: &mut [u8],
+        head: usize,
+        nh: &NextHop,
+        dnat_from: Option<(IpAddr, u16)>,
+        st: &WorkerStats,
+        rs: &Resolver,
+    ) {
+        let fs = head + io::VNET_HDR_LEN;
+        let Ok(p) = uvs_fwd::parse(&buf[fs..]) else {
+            return st.drop(DropReason::Rewrite);
+        };
+        if let Err(nf) = uvs_fwd::fits(&buf[fs..], &p, nh.mtu) {
+            st.drop(DropReason::TooBig);
+            if !nf.send_icmp {
+                return;
+            }
+            // The kernel checks the MTU before NAT: quote the packet as the
+            // client sent it (the scratch copy is free again afterwards).
+            match dnat_from {
+                Some((vaddr, vport)) => {
+                    let n = (buf.len() - fs).min(self.seg.len());
+                    let mut orig = std::mem::take(&mut self.seg);
+                    orig[..n].copy_from_slice(&buf[fs..fs + n]);
+                    let undone =
+                        uvs_fwd::dnat(&mut orig[..n], &p, vaddr, vport, csum_mode(&buf[head..fs]));
+                    if undone.is_ok() {
+                        self.answer(&orig[..n], IcmpKind::TooBig { mtu: nf.mtu }, st, rs);
+                    }
+                    self.seg = orig;
+                }
+                None => self.answer(&buf[fs..], IcmpKind::TooBig { mtu: nf.mtu }, st, rs),
+            }
+            return;
+        }
+        if p.ip_len <= nh.mtu as usize {
+            // It fits after all (VLAN tags made the frame long).
+            if uvs_fwd::set_macs(&mut buf[fs..], nh.src_mac, nh.dst_mac).is_ok() {
+                self.tx.push(&buf[head..], nh.ifindex);
+            }
+            return;
+        }
+        // Fragments cannot leave their checksum to offload: complete it.
+        if csum_mode(&buf[head..fs]) == CsumMode::Partial
+            && uvs_fwd::fill_l4_checksum(&mut buf[fs..], &p).is_err()
+        {
+            return st.drop(DropReason::Rewrite);
+        }
+        let Out { tx, seg, .. } = self;
+        let r = uvs_fwd::frag::fragment_ipv4(
+            &buf[fs..],
+            &p,
+            nh.mtu as usize,
+            seg,
+            HEADROOM,
+            |f, at| {
+                f[at - io::VNET_HDR_LEN..at].fill(0);
+                if uvs_fwd::set_macs(&mut f[at..], nh.src_mac, nh.dst_mac).is_ok() {
+                    tx.push(&f[at - io::VNET_HDR_LEN..], nh.ifindex);
+                    // The scratch buffer is reused for the next fragment.
+                    tx.flush();
+                }
+            },
+        );
+        if r.is_err() {
+            st.drop(DropReason::Rewrite);
+        }
+    }
+
     /// Answers the sender of `frame` with an ICMP error from the address it
     /// wrote to (a VIP: local to the director, as the kernel's `icmp_send`
     /// picks). Sent at once, so the scratch buffer is free again; skipped
@@ -528,7 +608,10 @@ impl Out {
         };
         self.icmp[HEADROOM..fs].fill(0);
         add(&st.icmp_sent, 1);
-        let v = Verdict::Xmit { next_hop: p.src };
+        let v = Verdict::Xmit {
+            next_hop: p.src,
+            dnat_from: None,
+        };
         match rs.lookup(p.src) {
             Lookup::Ready(nh) => {
                 let mut icmp = std::mem::take(&mut self.icmp);

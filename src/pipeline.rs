@@ -33,8 +33,13 @@ pub enum Verdict {
     /// Dropped, for this reason (already counted).
     Drop(DropReason),
     /// Rewritten in place; send it toward `next_hop` (the address whose
-    /// route and neighbour give the interface and MACs).
-    Xmit { next_hop: IpAddr },
+    /// route and neighbour give the interface and MACs). `dnat_from` is the
+    /// destination a NAT request had before its rewrite, so an ICMP error
+    /// about it (path MTU) can quote the packet as the client sent it.
+    Xmit {
+        next_hop: IpAddr,
+        dnat_from: Option<(IpAddr, u16)>,
+    },
     /// To be encapsulated toward the real server `next_hop` (`-i`); the
     /// worker does it, since the outer source and the path MTU come with the
     /// route it resolves.
@@ -218,6 +223,7 @@ impl Pipeline {
         match uvs_fwd::snat(frame, p, h.vaddr(), h.vport(), csum) {
             Ok(()) => Step::Done(Verdict::Xmit {
                 next_hop: h.caddr(),
+                dnat_from: None,
             }),
             Err(e) => Self::drop(st, xmit_reason(&e)),
         }
@@ -277,7 +283,10 @@ impl Pipeline {
             (Dir::Out, _) => return Step::Continue,
         };
         match nat_icmp_error(frame, p, &emb, &nat, csum) {
-            Ok(()) => Step::Done(Verdict::Xmit { next_hop }),
+            Ok(()) => Step::Done(Verdict::Xmit {
+                next_hop,
+                dnat_from: None,
+            }),
             Err(e) => Self::drop(st, xmit_reason(&e)),
         }
     }
@@ -439,13 +448,19 @@ impl Pipeline {
     ) -> Step {
         match fwd {
             FwdMethod::Masq => match uvs_fwd::dnat(frame, p, daddr, dport, csum) {
-                Ok(()) => Step::Done(Verdict::Xmit { next_hop: daddr }),
+                Ok(()) => Step::Done(Verdict::Xmit {
+                    next_hop: daddr,
+                    dnat_from: Some((p.dst, p.dport)),
+                }),
                 Err(e) => Self::drop(st, xmit_reason(&e)),
             },
             // Direct routing: the packet keeps the VIP; only the TTL and, in
             // the worker, the MACs change (the real server is on-link).
             FwdMethod::Route => match uvs_fwd::xmit::dr::dr(frame, p) {
-                Ok(()) => Step::Done(Verdict::Xmit { next_hop: daddr }),
+                Ok(()) => Step::Done(Verdict::Xmit {
+                    next_hop: daddr,
+                    dnat_from: None,
+                }),
                 Err(e) => Self::drop(st, xmit_reason(&e)),
             },
             FwdMethod::Tunnel => Step::Done(Verdict::Tunnel {

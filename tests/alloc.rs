@@ -40,7 +40,7 @@ fn established_flow_allocates_nothing() {
     let p = common::pipeline::pipeline();
     let st = WorkerStats::default();
     let mut syn = common::pipeline::tcp("198.51.100.10", 40000, "192.0.2.10", 80, SYN, 0);
-    let Verdict::Xmit { next_hop } = p.process(&mut syn, CsumMode::Full, 0, &st) else {
+    let Verdict::Xmit { next_hop, .. } = p.process(&mut syn, CsumMode::Full, 0, &st) else {
         panic!("SYN not forwarded")
     };
     let req = common::pipeline::tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK, 100);

@@ -1410,6 +1410,7 @@ fn tunnel_path_mtu_answers_fragmentation_needed() {
         u.send(&[b'x'; 1472])?;
         std::thread::sleep(Duration::from_millis(500));
         let _ = u.send(&[b'y'; 1472]);
+        std::thread::sleep(Duration::from_millis(200));
         let mut v: libc::c_int = 0;
         let mut len: libc::socklen_t = 4;
         // SAFETY: as above.
@@ -1429,4 +1430,61 @@ fn tunnel_path_mtu_answers_fragmentation_needed() {
     assert_eq!(mtu, 1480, "the client's path MTU toward the VIP");
     assert!(s.d.counter("drop.too_big").unwrap() >= 1);
     assert!(s.d.counter("icmp_sent").unwrap() >= 1);
+}
+
+#[test]
+fn nat_path_mtu_answers_fragmentation_needed() {
+    if !root_or_skip("nat_path_mtu_answers_fragmentation_needed") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("nmtu", &[], &[]);
+    let set = std::process::Command::new("ip")
+        .args(["-n", &s.lab.ns("lb"), "link", "set", "s0", "mtu", "1400"])
+        .status()
+        .expect("ip runs");
+    assert!(set.success());
+    s.cmds(&[
+        "-A -u 192.0.2.10:53 -s rr",
+        "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -m",
+    ]);
+    // The real servers' link has MTU 1400 (uvs learns it with the route).
+    let mtu = netns::run_in(&s.lab.ns("c"), || -> std::io::Result<i32> {
+        use std::os::fd::AsRawFd;
+        let u = std::net::UdpSocket::bind("0.0.0.0:21001")?;
+        u.connect(vip("192.0.2.10:53"))?;
+        let fd = u.as_raw_fd();
+        let on: libc::c_int = libc::IP_PMTUDISC_DO;
+        // SAFETY: setsockopt/getsockopt on a socket we own, with int values.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&on as *const libc::c_int).cast(),
+                4,
+            );
+        }
+        u.send(&[b'x'; 1472])?;
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = u.send(&[b'y'; 1472]);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut v: libc::c_int = 0;
+        let mut len: libc::socklen_t = 4;
+        // SAFETY: as above.
+        unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        Ok(v)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(mtu, 1400, "the client's path MTU toward the VIP");
+    assert!(s.d.counter("drop.too_big").unwrap() >= 1);
 }
