@@ -268,18 +268,7 @@ impl Pipeline {
         let (nat, next_hop) = match (dir, h.fwd()) {
             (Dir::Out, FwdMethod::Masq) => (IcmpNat::to_client(h.vaddr(), h.vport()), h.caddr()),
             (Dir::In, FwdMethod::Masq) => (IcmpNat::to_server(h.daddr(), h.dport()), h.daddr()),
-            (Dir::In, fwd) => {
-                return self.xmit_request(
-                    frame,
-                    p,
-                    csum,
-                    fwd,
-                    h.daddr(),
-                    h.dport(),
-                    h.dest().tun_config(),
-                    st,
-                )
-            }
+            (Dir::In, _) => return self.xmit_along(frame, p, csum, &h, st),
             (Dir::Out, _) => return Step::Continue,
         };
         match nat_icmp_error(frame, p, &emb, &nat, csum) {
@@ -307,18 +296,7 @@ impl Pipeline {
     ) -> Step {
         if let Some((h, Dir::In, update)) = self.lookup(frame, p, now, ctx) {
             match update {
-                Update::Forward => {
-                    return self.xmit_request(
-                        frame,
-                        p,
-                        csum,
-                        h.fwd(),
-                        h.daddr(),
-                        h.dport(),
-                        h.dest().tun_config(),
-                        st,
-                    )
-                }
+                Update::Forward => return self.xmit_along(frame, p, csum, &h, st),
                 Update::Drop => return Self::drop(st, DropReason::DestRemoved),
                 // A SYN reusing a finished connection's tuple: schedule it
                 // afresh below, with this very packet.
@@ -412,16 +390,7 @@ impl Pipeline {
             Err(InsertError::Exists) => {
                 add(&st.conn_races, 1);
                 return match self.conns.lookup_in(&tuple(p)) {
-                    Some(h) => self.xmit_request(
-                        frame,
-                        p,
-                        csum,
-                        h.fwd(),
-                        h.daddr(),
-                        h.dport(),
-                        h.dest().tun_config(),
-                        st,
-                    ),
+                    Some(h) => self.xmit_along(frame, p, csum, &h, st),
                     None => Self::drop(st, DropReason::TableFull),
                 };
             }
@@ -432,6 +401,27 @@ impl Pipeline {
             .conns
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.xmit_request(frame, p, csum, fwd, daddr, dport, tun, st)
+    }
+
+    /// Forwards a packet along an existing connection.
+    fn xmit_along(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: CsumMode,
+        h: &uvs_conntrack::Handle,
+        st: &WorkerStats,
+    ) -> Step {
+        self.xmit_request(
+            frame,
+            p,
+            csum,
+            h.fwd(),
+            h.daddr(),
+            h.dport(),
+            h.dest().tun_config(),
+            st,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

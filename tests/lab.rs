@@ -1377,23 +1377,12 @@ fn tunnel_ipip_gre_gue_ipv4_and_ipv6_replies_bypass_uvs() {
     }
 }
 
-#[test]
-fn tunnel_path_mtu_answers_fragmentation_needed() {
-    if !root_or_skip("tunnel_path_mtu_answers_fragmentation_needed") {
-        return;
-    }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup("pmtu", &["--dr"], &[]);
-    let _ep = endpoints(&s.lab);
-    s.cmds(&[
-        "-A -u 192.0.2.10:53 -s rr",
-        "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -i",
-    ]);
-    // A DF datagram that fits the 1500-byte link but not the ipip tunnel
-    // (1500 - 20): the client learns the tunnel MTU from uvs's ICMP.
-    let mtu = netns::run_in(&s.lab.ns("c"), || -> std::io::Result<i32> {
+/// The client's path MTU toward the VIP's UDP port 53 after two DF
+/// datagrams of 1500 bytes (so an ICMP too-big from uvs has been seen).
+fn client_path_mtu(lab: &Lab, sport: u16) -> i32 {
+    netns::run_in(&lab.ns("c"), move || -> std::io::Result<i32> {
         use std::os::fd::AsRawFd;
-        let u = std::net::UdpSocket::bind("0.0.0.0:21000")?;
+        let u = std::net::UdpSocket::bind(SocketAddr::from(([0u8; 4], sport)))?;
         u.connect(vip("192.0.2.10:53"))?;
         let fd = u.as_raw_fd();
         let on: libc::c_int = libc::IP_PMTUDISC_DO;
@@ -1425,8 +1414,25 @@ fn tunnel_path_mtu_answers_fragmentation_needed() {
         };
         Ok(v)
     })
-    .unwrap()
-    .unwrap();
+    .expect("client namespace")
+    .expect("UDP probe")
+}
+
+#[test]
+fn tunnel_path_mtu_answers_fragmentation_needed() {
+    if !root_or_skip("tunnel_path_mtu_answers_fragmentation_needed") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("pmtu", &["--dr"], &[]);
+    let _ep = endpoints(&s.lab);
+    s.cmds(&[
+        "-A -u 192.0.2.10:53 -s rr",
+        "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -i",
+    ]);
+    // A DF datagram that fits the 1500-byte link but not the ipip tunnel
+    // (1500 - 20): the client learns the tunnel MTU from uvs's ICMP.
+    let mtu = client_path_mtu(&s.lab, 21000);
     assert_eq!(mtu, 1480, "the client's path MTU toward the VIP");
     assert!(s.d.counter("drop.too_big").unwrap() >= 1);
     assert!(s.d.counter("icmp_sent").unwrap() >= 1);
@@ -1449,42 +1455,7 @@ fn nat_path_mtu_answers_fragmentation_needed() {
         "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -m",
     ]);
     // The real servers' link has MTU 1400 (uvs learns it with the route).
-    let mtu = netns::run_in(&s.lab.ns("c"), || -> std::io::Result<i32> {
-        use std::os::fd::AsRawFd;
-        let u = std::net::UdpSocket::bind("0.0.0.0:21001")?;
-        u.connect(vip("192.0.2.10:53"))?;
-        let fd = u.as_raw_fd();
-        let on: libc::c_int = libc::IP_PMTUDISC_DO;
-        // SAFETY: setsockopt/getsockopt on a socket we own, with int values.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&on as *const libc::c_int).cast(),
-                4,
-            );
-        }
-        u.send(&[b'x'; 1472])?;
-        std::thread::sleep(Duration::from_millis(500));
-        let _ = u.send(&[b'y'; 1472]);
-        std::thread::sleep(Duration::from_millis(200));
-        let mut v: libc::c_int = 0;
-        let mut len: libc::socklen_t = 4;
-        // SAFETY: as above.
-        unsafe {
-            libc::getsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_MTU,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        Ok(v)
-    })
-    .unwrap()
-    .unwrap();
+    let mtu = client_path_mtu(&s.lab, 21001);
     assert_eq!(mtu, 1400, "the client's path MTU toward the VIP");
     assert!(s.d.counter("drop.too_big").unwrap() >= 1);
 }
