@@ -296,7 +296,7 @@ impl Pipeline {
     ) -> Step {
         if let Some((h, Dir::In, update)) = self.lookup(frame, p, now, ctx) {
             match update {
-                Update::Forward => return self.xmit_along(frame, p, csum, &h, st),
+                Update::Forward => return self.xmit_along(frame, p, csum, h, st),
                 Update::Drop => return Self::drop(st, DropReason::DestRemoved),
                 // A SYN reusing a finished connection's tuple: schedule it
                 // afresh below, with this very packet.
