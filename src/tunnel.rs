@@ -33,7 +33,9 @@
 //! decapsulation, so outer GUE/GRE checksums (computed by local checksum
 //! offload against the completed inner one) verify. A GSO super-packet keeps
 //! its pending inner checksum and its segmentation metadata, handed to the
-//! TUN device with offsets rebased onto the inner packet.
+//! TUN device with offsets rebased onto the inner packet (ipip, and GRE/GUE
+//! without outer checksum: an outer checksum over a super-packet cannot be
+//! verified before segmentation, so such a packet is dropped as `checksum`).
 //!
 //! Contract of [`process`] (the per-packet function): no allocation, no
 //! syscall, no panic on any input.
@@ -426,6 +428,28 @@ fn candidate(frame: &[u8], gue_ports: &[u16]) -> Option<(IpAddr, usize)> {
     tunnel.then_some((dst, e.l3_off + end))
 }
 
+/// [`candidate`] from the headers alone, for a frame cut short by the ring
+/// (whose length fields exceed what is there): outer protocol 4/41/47 or
+/// UDP to a GUE port, IPv6 extension headers not followed.
+fn looks_tunnel(frame: &[u8], gue_ports: &[u16]) -> bool {
+    let Ok(e) = ethernet::Frame::new_checked(frame).and_then(|f| f.encap()) else {
+        return false;
+    };
+    let b = |i: usize| frame.get(e.l3_off + i).copied();
+    let (proto, l4) = match e.ethertype {
+        ethertype::IPV4 => (b(9), b(0).map(|v| usize::from(v & 0x0f) * 4)),
+        ethertype::IPV6 => (b(6), Some(ipv6::HEADER_LEN)),
+        _ => return false,
+    };
+    match proto {
+        Some(ip_proto::IPIP | ip_proto::IPV6 | ip_proto::GRE) => true,
+        Some(ip_proto::UDP) => l4
+            .and_then(|l4| Some(u16::from_be_bytes([b(l4 + 2)?, b(l4 + 3)?])))
+            .is_some_and(|port| gue_ports.contains(&port)),
+        _ => false,
+    }
+}
+
 /// Completes a pending (virtio `NEEDS_CSUM`) checksum in software, as the
 /// kernel's `skb_checksum_help`: the field holds the pseudo-header sum, so
 /// the complemented sum from `start` to the end of the packet is the value.
@@ -485,7 +509,11 @@ pub fn process(buf: &mut [u8], local: &LocalAddrs, gue_ports: &[u16]) -> Outcome
         tx = VnetHdr {
             flags: VNET_F_NEEDS_CSUM,
             gso_type: rx.gso_type,
-            hdr_len: rx.hdr_len.saturating_sub(d.offset as u16),
+            // The TUN device refuses a head length beyond the packet.
+            hdr_len: rx
+                .hdr_len
+                .saturating_sub(d.offset as u16)
+                .min(u16::try_from(d.len).unwrap_or(u16::MAX)),
             gso_size: rx.gso_size,
             csum_start: cs as u16,
             csum_offset: rx.csum_offset,
@@ -770,10 +798,13 @@ fn on_frame(ctx: &mut Ctx<'_>, f: crate::io::RxFrame<'_>) {
     // From the virtio-net header on (the ring's headroom before it is unused here).
     let buf = &mut f.buf[f.head..];
     if let Some(skip) = f.skip {
-        // A frame the ring truncated may be a tunnel packet; we cannot know
-        // without its headers, which it still has: count it only then.
+        // A frame the ring truncated keeps its headers: count it when they
+        // say tunnel (it cannot be delivered; the guard drops it for the
+        // kernel too).
         if skip == crate::io::ring::RxSkip::Truncated
-            && candidate(&buf[VNET_HDR_LEN..], ctx.gue_ports).is_some()
+            && buf
+                .get(VNET_HDR_LEN..)
+                .is_some_and(|fr| looks_tunnel(fr, ctx.gue_ports))
         {
             ctx.c.drops[DropReason::Truncated as usize] += 1;
         }
@@ -896,7 +927,9 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
                 break;
             }
         }
-        c.tun_discarded += tun.discard(&mut scratch);
+        if events.iter().any(|e| e.token() == TUN_TOKEN) {
+            c.tun_discarded += tun.discard(&mut scratch);
+        }
         if last_refresh.elapsed() >= ADDR_REFRESH {
             last_refresh = Instant::now();
             let now = LocalAddrs::from_system();
@@ -1206,6 +1239,29 @@ mod tests {
                 assert!(start + VNET_HDR_LEN <= end && end <= n);
             }
         }
+    }
+
+    #[test]
+    fn truncated_frames_are_recognised_from_their_headers() {
+        let (buf, _) = tunnelled(
+            &FrameSpec::udp_v4(),
+            &params(TunKind::Gue, false),
+            VnetHdr::default(),
+        );
+        let frame = &buf[VNET_HDR_LEN..];
+        let cut = &frame[..14 + 20 + 8];
+        assert!(candidate(cut, &[6080]).is_none());
+        assert!(looks_tunnel(cut, &[6080]));
+        assert!(!looks_tunnel(cut, &[5555]));
+        let (buf, _) = tunnelled(
+            &FrameSpec::tcp_v6(),
+            &params(TunKind::Gre, true),
+            VnetHdr::default(),
+        );
+        assert!(looks_tunnel(&buf[VNET_HDR_LEN..VNET_HDR_LEN + 60], &[]));
+        let mut plain = FrameSpec::udp_v4();
+        plain.dst = ip(RS);
+        assert!(!looks_tunnel(&plain.build()[..40], &[6080]));
     }
 
     #[test]
