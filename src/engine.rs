@@ -115,6 +115,44 @@ struct Out {
     seg: Vec<u8>,
     /// Outer IPv4 IDs of tunnelled packets and ICMP errors.
     ident: u16,
+    /// Limits the ICMP errors this worker sends.
+    icmp_limit: TokenBucket,
+}
+
+/// Like the kernel's global ICMP limit (`icmp_msgs_per_sec` 1000,
+/// `icmp_msgs_burst` 50), per worker: a flood at a dead service or an
+/// oversized-packet stream cannot make uvs answer every packet.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: u32,
+    last: Instant,
+}
+
+impl TokenBucket {
+    const PER_SEC: u32 = 1000;
+    const BURST: u32 = 50;
+
+    fn new() -> TokenBucket {
+        TokenBucket {
+            tokens: Self::BURST,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token if one is left (refilled by elapsed time).
+    fn take(&mut self, now: Instant) -> bool {
+        let gained =
+            now.duration_since(self.last).as_millis() as u64 * u64::from(Self::PER_SEC) / 1000;
+        if gained > 0 {
+            self.tokens = (u64::from(self.tokens) + gained).min(u64::from(Self::BURST)) as u32;
+            self.last = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
 }
 
 struct Worker {
@@ -178,6 +216,7 @@ impl Engine {
                 icmp: vec![0u8; HEADROOM + io::VNET_HDR_LEN + icmp::MAX_ERROR_FRAME],
                 seg: vec![0u8; HEADROOM + PARK_FRAME_MAX],
                 ident: id as u16,
+                icmp_limit: TokenBucket::new(),
             };
             workers.push(Worker {
                 id,
@@ -597,6 +636,9 @@ impl Out {
     /// picks). Sent at once, so the scratch buffer is free again; skipped
     /// when the sender's next hop is not known yet.
     fn answer(&mut self, frame: &[u8], kind: IcmpKind, st: &WorkerStats, rs: &Resolver) {
+        if !self.icmp_limit.take(Instant::now()) {
+            return add(&st.icmp_limited, 1);
+        }
         let Ok(p) = uvs_fwd::parse(frame) else { return };
         self.ident = self.ident.wrapping_add(1);
         // Laid out like a ring frame: headroom, virtio-net header, frame.
@@ -667,5 +709,27 @@ impl Out {
         if refused > 0 {
             add(&st.drops[DropReason::TxFailed as usize], refused);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icmp_bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket {
+            tokens: TokenBucket::BURST,
+            last: t0,
+        };
+        assert_eq!((0..100).filter(|_| b.take(t0)).count(), 50, "the burst");
+        assert!(!b.take(t0));
+        // 10 ms later: 10 more at 1000/s.
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!((0..100).filter(|_| b.take(t1)).count(), 10);
+        // Long idle: back to the burst, not more.
+        let t2 = t1 + Duration::from_secs(5);
+        assert_eq!((0..100).filter(|_| b.take(t2)).count(), 50);
     }
 }

@@ -101,6 +101,8 @@ pub struct WorkerStats {
     pub conns: AtomicU64,
     /// ICMP errors sent (port unreachable, time exceeded, too big).
     pub icmp_sent: AtomicU64,
+    /// ICMP errors not sent: over the rate limit.
+    pub icmp_limited: AtomicU64,
     /// New connections another worker had already created (insert race).
     pub conn_races: AtomicU64,
     pub parse: [AtomicU64; ParseError::COUNT],
@@ -119,6 +121,7 @@ impl Default for WorkerStats {
             conns: AtomicU64::new(0),
             icmp_sent: AtomicU64::new(0),
             conn_races: AtomicU64::new(0),
+            icmp_limited: AtomicU64::new(0),
             parse: arr(),
             drops: arr(),
             hook_seen: arr(),
@@ -172,11 +175,12 @@ impl Stats {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "rx {}\ntx {}\npassed_to_kernel {}\nicmp_sent {}\nconnection_races {}\nconnections {}",
+            "rx {}\ntx {}\npassed_to_kernel {}\nicmp_sent {}\nicmp_rate_limited {}\nconnection_races {}\nconnections {}",
             self.sum(|w| &w.rx),
             self.sum(|w| &w.tx),
             self.sum(|w| &w.passed),
             self.sum(|w| &w.icmp_sent),
+            self.sum(|w| &w.icmp_limited),
             self.sum(|w| &w.conn_races),
             self.sum(|w| &w.conns)
         );

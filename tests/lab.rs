@@ -969,6 +969,24 @@ fn no_available_server_answers_icmp_port_unreachable() {
     );
     assert!(s.d.counter("icmp_sent").unwrap() >= 2);
     assert!(s.d.counter("drop.no_destination").unwrap() >= 2);
+    // A burst (bounded: 300 datagrams) is answered at the kernel's ICMP rate,
+    // not one error per packet.
+    netns::run_in(&s.lab.ns("c"), || -> std::io::Result<()> {
+        let u = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..300 {
+            u.send_to(b"flood", vip("192.0.2.10:53"))?;
+        }
+        Ok(())
+    })
+    .unwrap()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = s.d.counter("icmp_sent").unwrap();
+    assert!(
+        s.d.counter("icmp_rate_limited").unwrap() > 0,
+        "no ICMP was rate-limited ({sent} sent)"
+    );
+    assert!(sent < 250, "{sent} ICMP errors for 300 packets");
 }
 
 #[test]
