@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 mod setup;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use uvs::pipeline::Verdict;
-use uvs::stats::WorkerStats;
+use uvs::datapath::pipeline::Verdict;
+use uvs::datapath::stats::WorkerStats;
 use uvs_fwd::wire::tcp::flags::{ACK, SYN};
 use uvs_fwd::CsumMode;
 

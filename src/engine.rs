@@ -22,11 +22,11 @@ use uvs_fwd::xmit::tun::{self, TunCsum as FwdTunCsum, TunKind, TunParams};
 use uvs_fwd::CsumMode;
 use uvs_sched::{TunConfig, TunCsum as SchedTunCsum, TunType};
 
+use crate::datapath::pipeline::{Pipeline, Verdict};
+use crate::datapath::stats::{add, DropReason, Stats, WorkerStats};
 use crate::io::ring::HEADROOM;
 use crate::io::{self, RxFrame, RxRing, TxBatch, VNET_F_NEEDS_CSUM};
-use crate::neigh::{Lookup, NextHop, Resolver, ResolverConfig};
-use crate::pipeline::{Pipeline, Verdict};
-use crate::stats::{add, DropReason, Stats, WorkerStats};
+use crate::sys::neigh::{Lookup, NextHop, Resolver, ResolverConfig};
 
 /// An interface uvs attaches to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use uvs::pipeline::Verdict;
-use uvs::stats::WorkerStats;
+use uvs::datapath::pipeline::Verdict;
+use uvs::datapath::stats::WorkerStats;
 use uvs_fwd::wire::tcp::flags::{ACK, PSH, SYN};
 use uvs_fwd::CsumMode;
 

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use uvs::lab::{self, Director, EchoConn, Lab, Server};
-use uvs::netns;
+use uvs::sys::netns;
 
 mod common;
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use uvs::lab::{self, Lab, Server};
-use uvs::netns;
+use uvs::sys::netns;
 use uvs_fwd::build::{FrameSpec, L4Spec};
 use uvs_fwd::wire::tcp;
 use uvs_fwd::xmit::tun::{encap, TunCsum, TunKind, TunParams, MAX_OVERHEAD};

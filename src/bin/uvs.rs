@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use uvs::control;
+use uvs::control::socket;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -102,7 +102,7 @@ enum Cmd {
 }
 
 fn remote(path: Option<PathBuf>, argv: Vec<String>) -> Result<ExitCode> {
-    let r = control::call(&control::path(path.as_deref()), &argv)?;
+    let r = socket::call(&socket::path(path.as_deref()), &argv)?;
     print!("{}", r.stdout);
     eprint!("{}", r.stderr);
     Ok(ExitCode::from(r.status))
@@ -136,11 +136,11 @@ fn real_main() -> Result<ExitCode> {
                 signal_hook::flag::register(sig, stop.clone())
                     .context("installing signal handlers")?;
             }
-            let opts = uvs::daemon::RunOpts {
+            let opts = uvs::control::daemon::RunOpts {
                 interfaces,
                 workers: workers
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-                control: control::path(control.as_deref()),
+                control: socket::path(control.as_deref()),
                 config: config
                     .map(|p| {
                         std::fs::read_to_string(&p)
@@ -157,7 +157,7 @@ fn real_main() -> Result<ExitCode> {
                 mh_table_size,
                 knobs,
             };
-            uvs::daemon::run(opts, &stop)?;
+            uvs::control::daemon::run(opts, &stop)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::TunnelEndpoint {
@@ -184,10 +184,10 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { requests } => {
-            if !uvs::demo::is_root() {
+            if !uvs::lab::demo::is_root() {
                 bail!("uvs demo builds network namespaces and needs root (try: sudo uvs demo)");
             }
-            let ok = uvs::demo::run(requests)?;
+            let ok = uvs::lab::demo::run(requests)?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

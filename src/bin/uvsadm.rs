@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use uvs::control;
+use uvs::control::{ctl, socket};
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,12 +34,12 @@ fn main() -> ExitCode {
     }
     // Help and version need no engine, as with ipvsadm; the parser shared
     // with the daemon says which command this is.
-    if let Ok(cmd) = uvs::ctl::parse(&args) {
-        if matches!(cmd, uvs::ctl::Command::Help | uvs::ctl::Command::Version) {
-            let text = if cmd == uvs::ctl::Command::Help {
-                uvs::ctl::usage()
+    if let Ok(cmd) = ctl::parse(&args) {
+        if matches!(cmd, ctl::Command::Help | ctl::Command::Version) {
+            let text = if cmd == ctl::Command::Help {
+                ctl::usage()
             } else {
-                uvs::ctl::version()
+                ctl::version()
             };
             print!("{text}");
             return ExitCode::SUCCESS;
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         }
         req = vec!["uvsadm-restore".to_string(), text];
     }
-    match control::call(&control::path(path.as_deref()), &req) {
+    match socket::call(&socket::path(path.as_deref()), &req) {
         Ok(r) => {
             print!("{}", r.stdout);
             eprint!("{}", r.stderr);

@@ -13,7 +13,7 @@ use uvs::lab::Lab;
 
 /// Root check; prints why a test is skipped.
 pub fn root_or_skip(test: &str) -> bool {
-    if uvs::demo::is_root() {
+    if uvs::lab::demo::is_root() {
         return true;
     }
     eprintln!("skipping {test}: lab tests create network namespaces and need root");

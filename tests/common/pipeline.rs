@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use uvs::pipeline::Pipeline;
-use uvs::service::{DestSpec, ServiceSpec};
+use uvs::datapath::pipeline::Pipeline;
+use uvs::datapath::service::{DestSpec, ServiceSpec};
 use uvs_fwd::build::{FrameSpec, L4Spec};
 use uvs_sched::{FwdMethod, SchedParams};
 

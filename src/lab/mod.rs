@@ -8,6 +8,8 @@
 //! UDP: each datagram comes back as `NAME:payload`. Clients count answers by
 //! server name, which is how tests see where the load balancer sent them.
 
+pub mod demo;
+
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The embedded lab script (also `scripts/lab.sh`).
-pub const LAB_SH: &str = include_str!("../scripts/lab.sh");
+pub const LAB_SH: &str = include_str!("../../scripts/lab.sh");
 
 /// Runs `scripts/lab.sh ARGS` from the embedded copy.
 pub fn lab_sh(args: &[&str]) -> io::Result<()> {
@@ -181,7 +183,7 @@ fn udp_bind_shared(a: SocketAddr) -> io::Result<UdpSocket> {
 pub fn serve_in(ns: &str, name: &str, tcp_port: u16, udp_port: u16) -> io::Result<Server> {
     let (tx, rx) = std::sync::mpsc::channel();
     let name = name.to_string();
-    crate::netns::run_in(ns, move || {
+    crate::sys::netns::run_in(ns, move || {
         let any6: SocketAddr = SocketAddr::from(([0u16; 8], tcp_port));
         let any6u: SocketAddr = SocketAddr::from(([0u16; 8], udp_port));
         // `[::]` sockets accept IPv4 too (bindv6only=0 is Linux's default).
@@ -400,7 +402,7 @@ impl Director {
         };
         let end = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = crate::control::call(&d.control, &["ping".to_string()]) {
+            if let Ok(r) = crate::control::socket::call(&d.control, &["ping".to_string()]) {
                 if r.status == 0 {
                     return Ok(d);
                 }
@@ -432,9 +434,9 @@ impl Director {
     }
 
     /// Sends a control request (`["uvsadm", "-L", "-n"]`, `["stats"]`, …).
-    pub fn call(&self, argv: &[&str]) -> io::Result<crate::control::Reply> {
+    pub fn call(&self, argv: &[&str]) -> io::Result<crate::control::socket::Reply> {
         let v: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        crate::control::call(&self.control, &v)
+        crate::control::socket::call(&self.control, &v)
     }
 
     /// Runs a uvsadm command (words split on spaces) and fails on an error reply.

@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::control::{self, Reply};
-use crate::ctl;
+use crate::control::ctl;
+use crate::control::socket::{self, Reply};
+use crate::datapath::filter::{FilterTable, Rule};
+use crate::datapath::pipeline::Pipeline;
+use crate::datapath::service::{ClientMask, DestSpec, Persistence, ServiceSpec};
 use crate::engine::{self, Engine, EngineConfig};
-use crate::filter::{FilterTable, Rule};
-use crate::guard::{self, Endpoint, KernelGuard};
-use crate::pipeline::Pipeline;
-use crate::service::{ClientMask, DestSpec, Persistence, ServiceSpec};
+use crate::sys::guard::{self, Endpoint, KernelGuard};
 
 /// What `uvs run` was asked to do.
 #[derive(Debug, Clone)]
@@ -44,7 +44,7 @@ pub enum DaemonError {
     #[error("configuration: {0}")]
     Config(String),
     #[error("filter rules: {0}")]
-    Filter(#[from] crate::filter::FilterError),
+    Filter(#[from] crate::datapath::filter::FilterError),
     #[error("control socket {path}: {err}")]
     Control { path: String, err: std::io::Error },
 }
@@ -119,7 +119,7 @@ fn tun_config(t: ctl::TunOpts) -> uvs_sched::TunConfig {
 /// Live numbers for listings: connection counts from the destinations,
 /// entries from the connection table.
 struct Live<'a> {
-    snap: Arc<crate::service::Services>,
+    snap: Arc<crate::datapath::service::Services>,
     conns: &'a uvs_conntrack::Table,
     now: u64,
 }
@@ -296,7 +296,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         Some(t) => FilterTable::parse_file(t)?,
         None => FilterTable::default(),
     };
-    let server = control::Server::bind(&opts.control).map_err(|err| DaemonError::Control {
+    let server = socket::Server::bind(&opts.control).map_err(|err| DaemonError::Control {
         path: opts.control.display().to_string(),
         err,
     })?;

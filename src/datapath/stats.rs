@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crossbeam::utils::CachePadded;
 use uvs_fwd::ParseError;
 
-use crate::hooks::{HookChain, MAX_ENTRIES};
+use crate::datapath::hooks::{HookChain, MAX_ENTRIES};
 
 /// Why uvs dropped a packet (parse errors are counted apart, per reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

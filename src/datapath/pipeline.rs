@@ -16,10 +16,10 @@ use uvs_fwd::xmit::icmp::{nat_icmp_error, IcmpNat};
 use uvs_fwd::{CsumMode, ParseError, Parsed};
 use uvs_sched::{FwdMethod, SchedKey, TunConfig};
 
-use crate::filter::{FilterKey, FilterTable, Target};
-use crate::hooks::{HookChain, HookFn, HookPoint};
-use crate::service::Services;
-use crate::stats::{add, DropReason, WorkerStats};
+use crate::datapath::filter::{FilterKey, FilterTable, Target};
+use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
+use crate::datapath::service::Services;
+use crate::datapath::stats::{add, DropReason, WorkerStats};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;

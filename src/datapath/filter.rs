@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::hooks::HookPoint;
+use crate::datapath::hooks::HookPoint;
 
 /// A rule that could not be parsed, with the reason.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::lab::{self, Director, Lab, Tally};
-use crate::netns;
+use crate::sys::netns;
 
 /// Whether we run as root (namespaces need it).
 pub fn is_root() -> bool {

@@ -55,8 +55,8 @@ use uvs_fwd::wire::{ip_proto, ipv4, ipv6, udp};
 use uvs_fwd::xmit::tun::{decap_frame, DecapError, TunKind};
 
 use crate::engine::{self, EngineError};
-use crate::guard::{self, GuardError};
 use crate::io::{RxRing, VNET_F_NEEDS_CSUM, VNET_HDR_LEN};
+use crate::sys::guard::{self, GuardError};
 
 /// The nftables table of the endpoint (`netdev uvs_tun`).
 pub const TABLE: &str = "uvs_tun";

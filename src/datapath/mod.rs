@@ -1,0 +1,9 @@
+//! The data path's pure stages: what happens to a packet between RX and TX,
+//! with no I/O — the hook chain and its emulated tables, the service table,
+//! the pipeline that runs IPVS's functions, and the per-worker counters.
+
+pub mod filter;
+pub mod hooks;
+pub mod pipeline;
+pub mod service;
+pub mod stats;

@@ -1,0 +1,9 @@
+//! System integration: what uvs asks of the host kernel besides packets —
+//! routes and neighbours over netlink, the neighbour cache and resolver, the
+//! nftables guard that keeps the kernel off uvs's traffic, and network
+//! namespaces.
+
+pub mod guard;
+pub mod neigh;
+pub mod netlink;
+pub mod netns;
