@@ -547,8 +547,14 @@ fn malformed_packets_are_counted_and_sigterm_cleans_up() {
     assert_eq!(s.ep().wait_counter("drop.bad_inner", 1), 1);
     let c = s.ep().counters();
     assert_eq!(c["decap.gre"], base["decap.gre"], "{c:?}");
+    // A late answer to a retried good exchange may still be queued (the
+    // exchange resends after 400 ms on a loaded machine); only an answer to
+    // a malformed packet is a failure.
     let mut buf = [0u8; 64];
-    assert!(client.recv_from(&mut buf).is_err(), "no answer expected");
+    while let Ok((n, _)) = client.recv_from(&mut buf) {
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert_eq!(text, "rs1:ok", "no answer to a malformed packet expected");
+    }
     assert_eq!(s.snmp("rs1", "snmp", "Icmp", "OutDestUnreachs"), 0);
     assert_eq!(s.snmp("rs1", "snmp6", "Icmp6", "OutDestUnreachs"), 0);
 
