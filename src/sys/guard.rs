@@ -7,7 +7,9 @@
 //! (ingress runs after packet taps, so uvs still sees everything) that drops
 //! exactly the traffic uvs handles: packets to a service (VIP, protocol,
 //! port) and NAT replies from a masqueraded real server (address, protocol,
-//! port). The sets change with the configuration, never per packet.
+//! port) that are not addressed to the director itself (`fib daddr type !=
+//! local`: replies to the director's own connections, such as a health
+//! checker's, reach its stack). The sets change with the configuration, never per packet.
 //!
 //! The table is replaced atomically at start (a crash leaves a stale one
 //! behind: it is cleaned first) and deleted on exit, signals included.
@@ -96,12 +98,15 @@ impl KernelGuard {
             for (fam, ip) in [("4", "ip"), ("6", "ip6")] {
                 s += &format!("    {ip} daddr . meta l4proto . th dport @svc{fam} counter drop\n");
                 s += &format!("    {ip} daddr . meta l4proto @svcw{fam} counter drop\n");
-                s += &format!("    {ip} saddr . meta l4proto . th sport @rs{fam} counter drop\n");
-                s += &format!("    {ip} saddr . meta l4proto @rsw{fam} counter drop\n");
+                // NAT replies go to clients; a reply addressed to the
+                // director itself answers its own connection (a health
+                // check, an operator's curl) and stays the kernel's.
+                s += &format!("    {ip} saddr . meta l4proto . th sport @rs{fam} fib daddr type != local counter drop\n");
+                s += &format!("    {ip} saddr . meta l4proto @rsw{fam} fib daddr type != local counter drop\n");
             }
             // ICMP errors from NAT real servers: uvs relays them rewritten.
-            s += "    ip saddr @rsa4 icmp type { destination-unreachable, source-quench, time-exceeded, parameter-problem } counter drop\n";
-            s += "    ip6 saddr @rsa6 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } counter drop\n";
+            s += "    ip saddr @rsa4 icmp type { destination-unreachable, source-quench, time-exceeded, parameter-problem } fib daddr type != local counter drop\n";
+            s += "    ip6 saddr @rsa6 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } fib daddr type != local counter drop\n";
             s += "  }\n";
         }
         s += "}\n";
