@@ -19,6 +19,7 @@
 //! PNG plots ([`report`], [`plot`]).
 
 pub mod load;
+mod metric;
 pub mod peers;
 pub mod plot;
 pub mod report;
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::lab::{Director, Lab};
 use crate::sys::netns;
+pub use metric::Metric;
 use peers::Peer;
 
 /// What can stop a bench run as a whole (a single configuration's failure
@@ -60,107 +62,6 @@ fn ioe(what: impl Into<String>) -> impl FnOnce(io::Error) -> BenchError {
     move |source| BenchError::Io { what, source }
 }
 
-/// The figures a configuration yields. Rates: higher is better; latency
-/// and times: lower is better.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Metric {
-    ShortRps,
-    LatP50Us,
-    LatP99Us,
-    KeepaliveRps,
-    StreamGbps,
-    UdpSentPps,
-    UdpRecvPps,
-    UdpLossPct,
-    LoadMs,
-    AddMs,
-    RemoveMs,
-    AnswersRs1,
-    AnswersRs2,
-    Errors,
-}
-
-impl Metric {
-    pub const ALL: [Metric; 14] = [
-        Metric::ShortRps,
-        Metric::LatP50Us,
-        Metric::LatP99Us,
-        Metric::KeepaliveRps,
-        Metric::StreamGbps,
-        Metric::UdpSentPps,
-        Metric::UdpRecvPps,
-        Metric::UdpLossPct,
-        Metric::LoadMs,
-        Metric::AddMs,
-        Metric::RemoveMs,
-        Metric::AnswersRs1,
-        Metric::AnswersRs2,
-        Metric::Errors,
-    ];
-
-    /// Its name in `results.csv`.
-    pub fn key(self) -> &'static str {
-        match self {
-            Metric::ShortRps => "short_rps",
-            Metric::LatP50Us => "latency_p50_us",
-            Metric::LatP99Us => "latency_p99_us",
-            Metric::KeepaliveRps => "keepalive_rps",
-            Metric::StreamGbps => "stream_gbps",
-            Metric::UdpSentPps => "udp_sent_pps",
-            Metric::UdpRecvPps => "udp_received_pps",
-            Metric::UdpLossPct => "udp_loss_pct",
-            Metric::LoadMs => "load_ms",
-            Metric::AddMs => "add_one_ms",
-            Metric::RemoveMs => "remove_one_ms",
-            Metric::AnswersRs1 => "answers_rs1",
-            Metric::AnswersRs2 => "answers_rs2",
-            Metric::Errors => "errors",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Metric> {
-        Metric::ALL.into_iter().find(|m| m.key() == s)
-    }
-
-    pub fn unit(self) -> &'static str {
-        match self {
-            Metric::ShortRps | Metric::KeepaliveRps => "req/s",
-            Metric::LatP50Us | Metric::LatP99Us => "µs",
-            Metric::StreamGbps => "Gbit/s",
-            Metric::UdpSentPps | Metric::UdpRecvPps => "datagrams/s",
-            Metric::UdpLossPct => "%",
-            Metric::LoadMs | Metric::AddMs | Metric::RemoveMs => "ms",
-            Metric::AnswersRs1 | Metric::AnswersRs2 | Metric::Errors => "requests",
-        }
-    }
-
-    /// A title for tables and plots.
-    pub fn title(self) -> &'static str {
-        match self {
-            Metric::ShortRps => "short-connection requests/s",
-            Metric::LatP50Us => "serial connect+request+close p50",
-            Metric::LatP99Us => "serial connect+request+close p99",
-            Metric::KeepaliveRps => "keep-alive requests/s",
-            Metric::StreamGbps => "one TCP stream",
-            Metric::UdpSentPps => "64-byte UDP datagrams sent/s",
-            Metric::UdpRecvPps => "64-byte UDP answers received/s",
-            Metric::UdpLossPct => "UDP loss",
-            Metric::LoadMs => "load N services",
-            Metric::AddMs => "add one service when N exist",
-            Metric::RemoveMs => "remove one service when N exist",
-            Metric::AnswersRs1 => "TCP answers from rs1",
-            Metric::AnswersRs2 => "TCP answers from rs2",
-            Metric::Errors => "failed TCP requests",
-        }
-    }
-
-    /// Whether a correct run can legitimately yield zero (no loss, no
-    /// failed request); every other figure must be positive.
-    pub fn may_be_zero(self) -> bool {
-        matches!(self, Metric::UdpLossPct | Metric::Errors)
-    }
-}
-
 /// One figure of one configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
@@ -177,7 +78,9 @@ pub struct Sample {
 pub struct Failure {
     pub peer: Peer,
     pub services: usize,
-    pub rep: usize,
+    /// The repetition that failed; `None`: the whole configuration (lab,
+    /// load, or a director that died).
+    pub rep: Option<usize>,
     pub reason: String,
 }
 
@@ -355,45 +258,30 @@ pub fn run(opts: &Opts, stop: &Arc<AtomicBool>) -> Result<Results, BenchError> {
     let mut k = 0;
     for &n in &opts.services {
         let svcs = peers::service_set(n, opts.first);
-        for rep in 1..=opts.reps {
-            for &peer in &opts.peers {
-                k += 1;
+        for &peer in &opts.peers {
+            if stop.load(Ordering::Relaxed) {
+                return Err(BenchError::Interrupted);
+            }
+            let first = k + 1;
+            k += opts.reps;
+            let tag = format!("[{first}-{k}/{total}] {peer} N={n}");
+            if let Err(reason) = run_peer(opts, &tools, peer, &svcs, first, total, stop, &mut res) {
                 if stop.load(Ordering::Relaxed) {
                     return Err(BenchError::Interrupted);
                 }
-                let tag = format!("[{k}/{total}] {peer} N={n} rep {rep}/{}", opts.reps);
-                println!("uvs bench: {tag}: starting");
-                let t0 = Instant::now();
-                let r = run_config(opts, &tools, peer, &svcs, stop);
-                if stop.load(Ordering::Relaxed) {
-                    return Err(BenchError::Interrupted);
-                }
-                match r {
-                    Ok(figs) => {
-                        println!(
-                            "uvs bench: {tag}: {} ({:.1} s)",
-                            report::one_line(&figs),
-                            t0.elapsed().as_secs_f64()
-                        );
-                        res.samples
-                            .extend(figs.into_iter().map(|(metric, value)| Sample {
-                                peer,
-                                services: n,
-                                rep,
-                                metric,
-                                value,
-                            }));
-                    }
-                    Err(reason) => {
-                        println!("uvs bench: {tag}: FAILED: {reason}");
-                        res.failures.push(Failure {
-                            peer,
-                            services: n,
-                            rep,
-                            reason,
-                        });
-                    }
-                }
+                println!("uvs bench: {tag}: FAILED: {reason}");
+                // A peer that failed outside one repetition (lab, load, a
+                // director that died) gets no figures at all at this N.
+                res.samples.retain(|s| !(s.peer == peer && s.services == n));
+                res.failures.push(Failure {
+                    peer,
+                    services: n,
+                    rep: None,
+                    reason,
+                });
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Err(BenchError::Interrupted);
             }
         }
     }
@@ -456,7 +344,8 @@ fn next_prefix() -> String {
     )
 }
 
-const LOAD_LIMIT: Duration = Duration::from_secs(900);
+/// Loading 50,000 services into some peers takes many minutes.
+const LOAD_LIMIT: Duration = Duration::from_secs(3600);
 const CHANGE_LIMIT: Duration = Duration::from_secs(120);
 
 /// A peer loaded into a lab: for uvs, its running director.
@@ -624,32 +513,88 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// One configuration in its own lab: its figures, or why there are none.
-fn run_config(
+/// One peer at one N in its own lab: loads it once, then runs every
+/// repetition, recording figures and per-repetition failures in `res`.
+/// An error is a failure of the whole configuration.
+#[allow(clippy::too_many_arguments)]
+fn run_peer(
     opts: &Opts,
     tools: &Tools,
     peer: Peer,
     svcs: &[peers::Svc],
+    first: usize,
+    total: usize,
     stop: &Arc<AtomicBool>,
-) -> Result<Vec<(Metric, f64)>, String> {
+    res: &mut Results,
+) -> Result<(), String> {
+    // The set holds the N TCP services and the measured UDP service.
+    let n = svcs.len() - 1;
     let prefix = next_prefix();
+    println!("uvs bench: {peer} N={n}: building lab {prefix}");
     let lab = Lab::up(&prefix, &[]).map_err(|e| format!("building lab {prefix}: {e}"))?;
     let _rs1 = server::start_in(&lab.ns("rs1"), "rs1").map_err(|e| format!("server rs1: {e}"))?;
     let _rs2 = server::start_in(&lab.ns("rs2"), "rs2").map_err(|e| format!("server rs2: {e}"))?;
+    if peer.balances() {
+        println!("uvs bench: {peer} N={n}: loading {n} services and the UDP one");
+    }
     let loaded = load_peer(opts, tools, &lab, peer, svcs, stop)
         .map_err(|e| format!("loading {} services: {e}", svcs.len()))?;
-    let r = measure(opts, tools, &lab, peer, &loaded, svcs, stop);
-    if let Some(d) = loaded.director {
-        let log = d.log.clone();
-        let alive = d.stop();
-        let _ = std::fs::remove_file(&log);
-        match alive {
-            Ok(st) if !st.success() && r.is_ok() => return Err(format!("uvs run exited {st}")),
-            Err(e) if r.is_ok() => return Err(format!("stopping uvs run: {e}")),
-            _ => {}
+    for rep in 1..=opts.reps {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let tag = format!(
+            "[{}/{total}] {peer} N={n} rep {rep}/{}",
+            first + rep - 1,
+            opts.reps
+        );
+        let t0 = Instant::now();
+        match measure(opts, tools, &lab, peer, &loaded, svcs, stop) {
+            Ok(mut figs) => {
+                // The load happened once, before the first repetition.
+                if let (1, Some(t)) = (rep, loaded.load) {
+                    figs.insert(0, (Metric::LoadMs, ms(t)));
+                }
+                println!(
+                    "uvs bench: {tag}: {} ({:.1} s)",
+                    report::one_line(&figs),
+                    t0.elapsed().as_secs_f64()
+                );
+                res.samples
+                    .extend(figs.into_iter().map(|(metric, value)| Sample {
+                        peer,
+                        services: n,
+                        rep,
+                        metric,
+                        value,
+                    }));
+            }
+            Err(reason) if !stop.load(Ordering::Relaxed) => {
+                println!("uvs bench: {tag}: FAILED: {reason}");
+                res.failures.push(Failure {
+                    peer,
+                    services: n,
+                    rep: Some(rep),
+                    reason,
+                });
+            }
+            Err(_) => break,
         }
     }
-    r
+    if let Some(d) = loaded.director {
+        let log = d.log.clone();
+        let text = d.log_text();
+        let st = d.stop();
+        let _ = std::fs::remove_file(&log);
+        match st {
+            Ok(st) if !st.success() => {
+                return Err(format!("uvs run exited {st}: {}", text.trim()));
+            }
+            Err(e) => return Err(format!("stopping uvs run: {e}")),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The TCP tests, run in the client namespace: figures and answers.
@@ -709,9 +654,6 @@ fn measure(
     let (tcp, udp) = peers::targets(peer);
     let client = lab.ns("c");
     let mut figs = Vec::new();
-    if let Some(t) = loaded.load {
-        figs.push((Metric::LoadMs, ms(t)));
-    }
     let (o, s) = (opts.clone(), stop.clone());
     let (tcp_figs, tally) = netns::run_in(&client, move || tcp_tests(&tcp, &o, &s))
         .and_then(|r| r)
@@ -776,12 +718,5 @@ mod tests {
         );
         assert!(parse_services("0").is_err());
         assert!(parse_services("x").is_err());
-    }
-
-    #[test]
-    fn metric_keys_round_trip() {
-        for m in Metric::ALL {
-            assert_eq!(Metric::parse(m.key()), Some(m));
-        }
     }
 }

@@ -5,7 +5,7 @@
 //! build needs no system font library: at run time the first TrueType file
 //! found among `$UVS_BENCH_FONT` and the usual Debian paths (package
 //! `fonts-dejavu-core`, which `scripts/test.sh` installs) is used. Without
-//! one the plots are still drawn, with lines and grid only, and say so on
+//! one the plots are still drawn, with lines and a frame only, and say so on
 //! stderr.
 
 use std::io;
@@ -134,17 +134,26 @@ fn draw(path: &Path, m: Metric, series: &[(Peer, Vec<(f64, f64)>)]) -> io::Resul
         .map_err(err)?;
     let xf = |x: &f64| format!("{x:.0}");
     let yf = |y: &f64| super::report::fmt(m, *y);
-    let mut mesh = chart.configure_mesh();
     if text {
-        mesh.x_desc("services (N, log scale)")
+        chart
+            .configure_mesh()
+            .x_desc("services (N, log scale)")
             .y_desc(m.unit())
             .label_style(("sans-serif", 16))
             .x_label_formatter(&xf)
-            .y_label_formatter(&yf);
+            .y_label_formatter(&yf)
+            .draw()
+            .map_err(err)?;
     } else {
-        mesh.x_labels(0).y_labels(0);
+        // plotters' mesh measures label text even when it draws none, so
+        // without a font only a frame is drawn.
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(x0, 0.0), (x1, y1)],
+                BLACK.stroke_width(1),
+            )))
+            .map_err(err)?;
     }
-    mesh.draw().map_err(err)?;
     for (peer, pts) in series {
         let c = color(*peer);
         let line = chart

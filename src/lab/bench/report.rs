@@ -187,7 +187,7 @@ fn failures_md(res: &Results) -> String {
             "| {} | {} | {} | {} |",
             f.peer,
             f.services,
-            f.rep,
+            f.rep.map_or("all".to_string(), |r| r.to_string()),
             f.reason.replace('|', "\\|").replace('\n', " ")
         );
     }
@@ -354,7 +354,7 @@ mod tests {
             failures: vec![Failure {
                 peer: Peer::Nftables,
                 services: 10,
-                rep: 1,
+                rep: Some(1),
                 reason: "UDP traffic not balanced".into(),
             }],
             about: vec!["test".into()],
