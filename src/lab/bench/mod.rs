@@ -186,6 +186,13 @@ pub struct Tools {
 /// Finds every program the lab and the chosen peers need, or names each
 /// missing one with its Debian package.
 pub fn check_tools(peers: &[Peer]) -> Result<Tools, BenchError> {
+    check_tools_with(peers, peers::find_tool)
+}
+
+fn check_tools_with(
+    peers: &[Peer],
+    find: impl Fn(&str) -> Option<PathBuf>,
+) -> Result<Tools, BenchError> {
     let mut need: Vec<(&str, &str, &str)> = vec![
         ("ip", "iproute2", "the lab"),
         ("sysctl", "procps", "the lab"),
@@ -199,7 +206,7 @@ pub fn check_tools(peers: &[Peer]) -> Result<Tools, BenchError> {
     let mut missing = Vec::new();
     let mut tools = Tools::default();
     for (prog, pkg, who) in need {
-        match peers::find_tool(prog) {
+        match find(prog) {
             Some(path) if prog == "iptables-restore" => tools.iptables_restore = Some(path),
             Some(path) if prog == "nft" => tools.nft = Some(path),
             Some(_) => {}
@@ -454,7 +461,7 @@ fn change_peer(
             let add = peers::run_tool(
                 &lb,
                 &ipt,
-                &["--noflush"],
+                &["--noflush", "--counters"],
                 peers::iptables_change(&with, &c, true),
                 CHANGE_LIMIT,
                 stop,
@@ -462,7 +469,7 @@ fn change_peer(
             let del = peers::run_tool(
                 &lb,
                 &ipt,
-                &["--noflush"],
+                &["--noflush", "--counters"],
                 peers::iptables_change(svcs, &c, false),
                 CHANGE_LIMIT,
                 stop,
@@ -701,6 +708,25 @@ fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_tools_are_named_with_their_packages() {
+        let none = |_: &str| None;
+        let e = check_tools_with(&[Peer::Iptables, Peer::Uvs], none).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("iptables-restore (Debian package iptables, for iptables)"),
+            "{m}"
+        );
+        assert!(
+            m.contains("ip (Debian package iproute2, for the lab)"),
+            "{m}"
+        );
+        assert!(!m.contains("nft "), "{m}");
+        let all = |p: &str| Some(PathBuf::from(format!("/x/{p}")));
+        let t = check_tools_with(&Peer::ALL, all).unwrap();
+        assert_eq!(t.nft, Some(PathBuf::from("/x/nft")));
+    }
 
     #[test]
     fn peer_and_service_lists_parse_or_say_why_not() {
