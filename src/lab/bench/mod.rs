@@ -1,15 +1,14 @@
 //! `uvs bench`: uvs against the kernel's DNAT (kube-proxy's iptables and
 //! nftables shapes) and plain routing, in one run, on this machine.
 //!
-//! For every repetition, service count N and peer, the bench builds a fresh,
-//! uniquely named namespace lab (`scripts/lab.sh`: client, director, two
-//! real servers), starts its own servers in the real-server namespaces,
-//! loads the peer with the same N services (see [`peers`]), and measures
-//! from the client namespace (see [`load`]): serial connect+request+close
-//! latency, short-connection and keep-alive request rates, one TCP stream's
-//! throughput, a 64-byte UDP flood, then the time to add and to remove one
-//! service. Peers take turns within each repetition, so drift of the shared
-//! machine spreads over all of them. Everything a configuration made is
+//! For every service count N and peer, the bench builds a fresh, uniquely
+//! named namespace lab (`scripts/lab.sh`: client, director, two real
+//! servers), starts its own servers in the real-server namespaces, loads the
+//! peer with the same N services once (timed; see [`peers`]), and then, for
+//! each repetition, measures from the client namespace (see [`load`]):
+//! serial connect+request+close latency, short-connection and keep-alive
+//! request rates, one TCP stream's throughput, a 64-byte UDP flood, then the
+//! time to add and to remove one service. Everything a configuration made is
 //! removed when it ends, also on failure and on SIGINT (the caller raises
 //! the stop flag; every loop here is bounded and watches it).
 //!
@@ -595,7 +594,10 @@ fn run_peer(
         let _ = std::fs::remove_file(&log);
         match st {
             Ok(st) if !st.success() => {
-                return Err(format!("uvs run exited {st}: {}", text.trim()));
+                // Its last words are enough to say why.
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(5)..].join(" / ");
+                return Err(format!("uvs run exited {st}: {tail}"));
             }
             Err(e) => return Err(format!("stopping uvs run: {e}")),
             Ok(_) => {}
