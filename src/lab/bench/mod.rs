@@ -238,8 +238,9 @@ pub struct Results {
     pub files: Vec<PathBuf>,
 }
 
-/// Runs the bench; a raised `stop` ends it early (Interrupted), after
-/// removing what the current configuration made.
+/// Runs the bench. A raised `stop` ends it early: what the current
+/// configuration made is removed, what was measured so far is printed and
+/// written, and the result is [`BenchError::Interrupted`].
 pub fn run(opts: &Opts, stop: &Arc<AtomicBool>) -> Result<Results, BenchError> {
     if opts.reps == 0 || opts.conns == 0 || opts.test_time.is_zero() {
         return Err(BenchError::Usage(
@@ -266,14 +267,14 @@ pub fn run(opts: &Opts, stop: &Arc<AtomicBool>) -> Result<Results, BenchError> {
         let svcs = peers::service_set(n, opts.first);
         for &peer in &opts.peers {
             if stop.load(Ordering::Relaxed) {
-                return Err(BenchError::Interrupted);
+                return finish(res, opts, true);
             }
             let first = k + 1;
             k += opts.reps;
             let tag = format!("[{first}-{k}/{total}] {peer} N={n}");
             if let Err(reason) = run_peer(opts, &tools, peer, &svcs, first, total, stop, &mut res) {
                 if stop.load(Ordering::Relaxed) {
-                    return Err(BenchError::Interrupted);
+                    return finish(res, opts, true);
                 }
                 println!("uvs bench: {tag}: FAILED: {reason}");
                 // A peer that failed outside one repetition (lab, load, a
@@ -287,9 +288,22 @@ pub fn run(opts: &Opts, stop: &Arc<AtomicBool>) -> Result<Results, BenchError> {
                 });
             }
             if stop.load(Ordering::Relaxed) {
-                return Err(BenchError::Interrupted);
+                return finish(res, opts, true);
             }
         }
+    }
+    finish(res, opts, false)
+}
+
+/// Prints the medians and writes the output files; after an interrupt
+/// (`interrupted`), with what was measured so far, then reports it.
+fn finish(mut res: Results, opts: &Opts, interrupted: bool) -> Result<Results, BenchError> {
+    if interrupted && res.samples.is_empty() {
+        return Err(BenchError::Interrupted);
+    }
+    if interrupted {
+        res.about
+            .push("interrupted: the results are partial".into());
     }
     print!("{}", report::medians_text(&res, opts));
     if let Some(dir) = &opts.out {
@@ -298,6 +312,9 @@ pub fn run(opts: &Opts, stop: &Arc<AtomicBool>) -> Result<Results, BenchError> {
         for f in &res.files {
             println!("uvs bench: wrote {}", f.display());
         }
+    }
+    if interrupted {
+        return Err(BenchError::Interrupted);
     }
     Ok(res)
 }
@@ -541,7 +558,8 @@ fn run_peer(
     let _rs1 = server::start_in(&lab.ns("rs1"), "rs1").map_err(|e| format!("server rs1: {e}"))?;
     let _rs2 = server::start_in(&lab.ns("rs2"), "rs2").map_err(|e| format!("server rs2: {e}"))?;
     if peer.balances() {
-        println!("uvs bench: {peer} N={n}: loading {n} services and the UDP one");
+        let s = if n == 1 { "" } else { "s" };
+        println!("uvs bench: {peer} N={n}: loading {n} service{s} and the measured UDP one");
     }
     let loaded = load_peer(opts, tools, &lab, peer, svcs, stop)
         .map_err(|e| format!("loading {} services: {e}", svcs.len()))?;

@@ -530,9 +530,20 @@ pub fn run_tool(
             let _ = stderr.read_to_string(&mut s);
             s
         });
+        let mut next_note = Duration::from_secs(30);
         let status = loop {
             if let Some(st) = child.try_wait()? {
                 break st;
+            }
+            // A large load can take minutes: say that it is still going.
+            if start.elapsed() >= next_note {
+                println!(
+                    "uvs bench:   {} still running after {} s",
+                    prog.file_name()
+                        .map_or("tool".into(), |n| n.to_string_lossy()),
+                    next_note.as_secs()
+                );
+                next_note += Duration::from_secs(30);
             }
             if start.elapsed() > limit || stop.load(Ordering::Relaxed) {
                 let _ = child.kill();
