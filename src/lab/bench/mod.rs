@@ -369,7 +369,9 @@ fn next_prefix() -> String {
 
 /// Loading 50,000 services into some peers takes many minutes.
 const LOAD_LIMIT: Duration = Duration::from_secs(3600);
-const CHANGE_LIMIT: Duration = Duration::from_secs(120);
+/// kube-proxy's partial iptables restore rewrites KUBE-SERVICES whole, so
+/// at tens of thousands of services one change can take minutes.
+const CHANGE_LIMIT: Duration = Duration::from_secs(1200);
 
 /// A peer loaded into a lab: for uvs, its running director.
 struct Loaded {

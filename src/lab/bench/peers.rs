@@ -539,8 +539,7 @@ pub fn run_tool(
             if start.elapsed() >= next_note {
                 println!(
                     "uvs bench:   {} still running after {} s",
-                    prog.file_name()
-                        .map_or("tool".into(), |n| n.to_string_lossy()),
+                    what.trim_end(),
                     next_note.as_secs()
                 );
                 next_note += Duration::from_secs(30);
