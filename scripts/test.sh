@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v nft >/dev/null || need+=(nftables)
+# uvs bench's peers (iptables-nft; nftables above) and its plots' font.
+command -v iptables-restore >/dev/null || need+=(iptables)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 command -v ip >/dev/null || need+=(iproute2)
 command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,5 +1,5 @@
 //! uvs: the load balancer daemon (`uvs run`), the namespace demo
-//! (`uvs demo`), the real-server tunnel endpoint (`uvs tunnel-endpoint`) and
+//! (`uvs demo`), the comparison with the kernel's DNAT (`uvs bench`), the real-server tunnel endpoint (`uvs tunnel-endpoint`) and
 //! small control commands (`uvs stats`, `uvs filter`).
 
 use std::path::PathBuf;
@@ -62,6 +62,42 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         requests: usize,
     },
+    /// Compare uvs with the kernel's DNAT on this machine: for each N,
+    /// build a fresh namespace lab per peer, load N services (the measured
+    /// one last), measure from a client namespace, remove the lab. Peers:
+    /// iptables and nftables DNAT in kube-proxy's shapes, plain routing (no
+    /// load balancer, the ceiling) and uvs. Writes results.csv, report.md
+    /// and PNG plots with --out. Needs root, and iptables / nftables for
+    /// those peers.
+    Bench {
+        /// Peers to compare, comma-separated: iptables,nftables,routing,uvs.
+        #[arg(long, default_value = "iptables,nftables,routing,uvs")]
+        peers: String,
+        /// Service counts N to sweep, comma-separated [default: 1,1000,10000;
+        /// with --quick 1,100].
+        #[arg(long)]
+        services: Option<String>,
+        /// Repetitions of every configuration (medians and spread)
+        /// [default: 3; with --quick 1].
+        #[arg(long)]
+        reps: Option<usize>,
+        /// Put the measured services first instead of last (the best case
+        /// for rule lists walked in order).
+        #[arg(long)]
+        first: bool,
+        /// Small N, short tests, one repetition: a first look, and CI.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds per traffic test [default: 3; with --quick 0.5].
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Parallel connections of the request-rate tests.
+        #[arg(long, default_value_t = 64)]
+        conns: usize,
+        /// Directory for results.csv, report.md and the plots.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Real-server tunnel endpoint (TUN mode, `-i`): receive the director's
     /// ipip/GUE/GRE packets addressed to this host, decapsulate them and
     /// hand the inner packet to the local stack through a TUN device. Needs
@@ -106,6 +142,69 @@ fn remote(path: Option<PathBuf>, argv: Vec<String>) -> Result<ExitCode> {
     print!("{}", r.stdout);
     eprint!("{}", r.stderr);
     Ok(ExitCode::from(r.status))
+}
+
+struct BenchArgs {
+    peers: String,
+    services: Option<String>,
+    reps: Option<usize>,
+    first: bool,
+    quick: bool,
+    seconds: Option<f64>,
+    conns: usize,
+    out: Option<PathBuf>,
+}
+
+fn bench(a: BenchArgs) -> Result<ExitCode> {
+    use uvs::lab::bench;
+    let exe = std::env::current_exe().context("finding the uvs executable")?;
+    let mut o = if a.quick {
+        bench::Opts::quick(exe)
+    } else {
+        bench::Opts::full(exe)
+    };
+    o.peers = bench::parse_peers(&a.peers)?;
+    if let Some(s) = &a.services {
+        o.services = bench::parse_services(s)?;
+    }
+    if let Some(r) = a.reps {
+        o.reps = r;
+    }
+    if let Some(s) = a.seconds {
+        if !(s.is_finite() && (0.05..=600.0).contains(&s)) {
+            bail!("--seconds must be between 0.05 and 600");
+        }
+        o.test_time = std::time::Duration::from_secs_f64(s);
+    }
+    o.first = a.first;
+    o.conns = a.conns;
+    o.out = a.out;
+    // Check what is missing before asking for root, so a user learns both.
+    bench::check_tools(&o.peers)?;
+    if !bench::is_root() {
+        bail!("uvs bench builds network namespaces and needs root (try: sudo uvs bench)");
+    }
+    // SIGINT/SIGTERM raise the flag; the bench then removes what it made
+    // and returns.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    match bench::run(&o, &stop) {
+        Ok(r) if r.failures.is_empty() => Ok(ExitCode::SUCCESS),
+        Ok(r) => {
+            eprintln!(
+                "uvs bench: {} configuration(s) failed (see above)",
+                r.failures.len()
+            );
+            Ok(ExitCode::from(1))
+        }
+        Err(bench::BenchError::Interrupted) => {
+            eprintln!("uvs bench: interrupted; the lab was removed");
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -194,6 +293,25 @@ fn real_main() -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Cmd::Bench {
+            peers,
+            services,
+            reps,
+            first,
+            quick,
+            seconds,
+            conns,
+            out,
+        } => bench(BenchArgs {
+            peers,
+            services,
+            reps,
+            first,
+            quick,
+            seconds,
+            conns,
+            out,
+        }),
         Cmd::Stats { control } => remote(control, vec!["stats".into()]),
         Cmd::Filter { control, args } => {
             let mut v = vec!["filter".to_string()];

@@ -8,6 +8,7 @@
 //! UDP: each datagram comes back as `NAME:payload`. Clients count answers by
 //! server name, which is how tests see where the load balancer sent them.
 
+pub mod bench;
 pub mod demo;
 
 use std::collections::BTreeMap;
