@@ -10,7 +10,6 @@
 //! in place and transmitted from there. Every few rounds a worker reads its
 //! sources' kernel drop counts into `drop.rx_queue_full`.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,6 +109,14 @@ fn open_af_packet(
         .collect()
 }
 
+/// One worker's devices: an RX source per interface (in the order of the
+/// engine's interfaces) and a TX sink.
+#[derive(Debug)]
+pub struct Backend<R, T> {
+    pub rx: Vec<R>,
+    pub tx: T,
+}
+
 /// One worker: its RX sources (one per interface), its TX sink, its egress
 /// stage, and the poll it sleeps in.
 struct Worker<R, T> {
@@ -133,23 +140,45 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens every ring and starts the workers and the timer.
+    /// Opens an AF_PACKET backend per worker (a ring per interface, a TX
+    /// socket) and starts the workers and the timer.
     pub fn start(
         pipeline: Arc<Pipeline>,
         ifaces: Vec<Iface>,
         cfg: &EngineConfig,
     ) -> Result<Engine, EngineError> {
-        let n = cfg.workers.max(1);
+        let group_base = (std::process::id() as u16).wrapping_mul(7);
+        let backends = (0..cfg.workers.max(1))
+            .map(|_| {
+                Ok(Backend {
+                    rx: open_af_packet(&ifaces, group_base, cfg.ring_frames)?,
+                    tx: TxBatch::new(TX_CAP, TX_COPY_SLOTS)?,
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        Self::start_with(pipeline, ifaces, backends)
+    }
+
+    /// Starts one worker per backend, whatever its [`RxSource`] and
+    /// [`TxSink`] implementation, and the timer.
+    pub fn start_with<R, T>(
+        pipeline: Arc<Pipeline>,
+        ifaces: Vec<Iface>,
+        backends: Vec<Backend<R, T>>,
+    ) -> Result<Engine, EngineError>
+    where
+        R: RxSource + Send + 'static,
+        T: TxSink + Send + 'static,
+    {
+        let n = backends.len().max(1);
         let stats = Arc::new(Stats::new(n));
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
         let mut workers = Vec::with_capacity(n);
         let mut wakers = Vec::with_capacity(n);
-        let group_base = (std::process::id() as u16).wrapping_mul(7);
-        for id in 0..n {
+        for (id, b) in backends.into_iter().enumerate() {
             let poll = Poll::new()?;
-            let rx = open_af_packet(&ifaces, group_base, cfg.ring_frames)?;
-            for (k, r) in rx.iter().enumerate() {
+            for (k, r) in b.rx.iter().enumerate() {
                 poll.registry().register(
                     &mut SourceFd(&r.as_raw_fd()),
                     Token(k),
@@ -158,8 +187,8 @@ impl Engine {
             }
             wakers.push(Waker::new(poll.registry(), WAKE)?);
             workers.push(Worker {
-                rx,
-                tx: TxBatch::new(TX_CAP, TX_COPY_SLOTS)?,
+                rx: b.rx,
+                tx: b.tx,
                 egress: Egress::new(id as u16, 0),
                 poll,
             });
