@@ -5,27 +5,56 @@
 //! reach one worker), which spreads flows over workers without locks. The ring
 //! is memory-mapped: receiving costs no syscall; the worker polls the fd with
 //! mio only when the ring is empty. Frames are processed in place and may be
-//! transmitted straight out of the ring (see [`RxRing::drain`]).
+//! transmitted straight out of the ring: the ring implements [`RxSource`],
+//! whose batches keep their frames from the kernel until dropped.
 //!
-//! Frame size: 17 pages, enough for a 64 KiB GSO super-packet plus headers.
-//! Anything the ring had to truncate is reported, never forwarded.
+//! Layout of a frame handed out: [`HEADROOM`] free bytes, the virtio-net
+//! header as the kernel wrote it, then the Ethernet frame at
+//! [`RxFrame::at`]. The header is also decoded into [`RxFrame::vnet`]; code
+//! specific to this ring (the tunnel endpoint) may rely on the raw bytes.
+//!
+//! Frame size: sized to the interface's MTU (2 KiB at 1500), so a ring of
+//! thousands of frames holds thousands of small packets. A larger packet (a
+//! GSO super-packet, or any packet after the MTU grew) does not fit: with
+//! `PACKET_COPY_THRESH` the kernel puts a truncated copy in the ring, flagged
+//! `TP_STATUS_COPY`, and the whole packet on the socket's receive queue, in
+//! the same order. The batch reads it from there (one `recv` per such
+//! packet) into one of a few large buffers the ring owns, checks it is the
+//! packet the ring frame announced, and hands it out in the ring frame's
+//! place. A packet that could not be queued whole (receive buffer full) is
+//! reported truncated, never forwarded.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
-use super::VNET_HDR_LEN;
+use super::device::{RxBatch, RxFrame, RxSkip, RxSource};
+use super::vnet::VnetHdr;
 
-/// Bytes per ring frame (must be a multiple of the page size here, since we
-/// use one frame per block).
-pub const FRAME_SIZE: usize = 17 * 4096;
+const VNET_HDR_LEN: usize = VnetHdr::LEN;
+
 /// Free bytes the kernel leaves before each frame's virtio-net header
 /// (`PACKET_RESERVE`): room to prepend tunnel headers in place.
 pub const HEADROOM: usize = 128;
+/// Bytes a ring frame needs besides the packet: the frame header and
+/// `sockaddr_ll` (64 with alignment), the headroom, the virtio-net header,
+/// two VLAN tags, rounded up generously.
+const FRAME_OVERHEAD: usize = 256;
+/// Smallest and largest ring frame.
+const FRAME_MIN: usize = 2048;
+const FRAME_MAX: usize = 16384;
+/// Large buffers per ring for packets read from the receive queue, and their
+/// size: headroom, virtio-net header, a 64 KiB GSO packet with its headers.
+const BIG_BUFS: usize = 4;
+const BIG_SIZE: usize = HEADROOM + VNET_HDR_LEN + 65_536 + 256;
+/// Receive-queue room for whole copies of large packets.
+const RCVBUF: libc::c_int = 8 << 20;
 
 const TPACKET_V2: libc::c_int = 1;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_COPY: u32 = 1 << 1;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const PACKET_HOST: u8 = 0;
 /// Offset of `struct sockaddr_ll` in a TPACKET_V2 frame: TPACKET_ALIGN(32).
@@ -41,53 +70,16 @@ struct Tp2Hdr {
     vlan_tci: u16,
 }
 
-/// One received frame, borrowed from the ring until the end of the
-/// [`RxRing::drain`] call that produced it.
-#[derive(Debug)]
-pub struct RxFrame<'a> {
-    /// [`HEADROOM`] free bytes, then the virtio-net header (at `head`)
-    /// followed by the Ethernet frame, contiguous, so `buf[head..]` can be
-    /// handed to a vnet-header TX socket unchanged.
-    pub buf: &'a mut [u8],
-    /// Offset of the virtio-net header in `buf`.
-    pub head: usize,
-    /// Length of the packet on the wire (may exceed what the ring kept).
-    pub wire_len: usize,
-    /// The interface it arrived on.
-    pub ifindex: u32,
-    /// Why the frame must not be processed, if so.
-    pub skip: Option<RxSkip>,
-}
-
-impl RxFrame<'_> {
-    /// The virtio-net header.
-    pub fn vnet(&self) -> &[u8] {
-        &self.buf[self.head..self.head + VNET_HDR_LEN]
-    }
-    /// The Ethernet frame.
-    pub fn frame_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.head + VNET_HDR_LEN..]
-    }
-}
-
-/// Frames the ring delivers that uvs leaves alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RxSkip {
-    /// Not addressed to this host's MAC (broadcast, multicast, promiscuous).
-    NotForHost,
-    /// The kernel had already moved the 802.1Q tag out of the frame; the
-    /// packet is seen again on the VLAN interface if one exists.
-    VlanAccelerated,
-    /// Larger than a ring frame: truncated, cannot be forwarded.
-    Truncated,
-}
-
 /// A memory-mapped TPACKET_V2 RX ring bound to one interface.
 #[derive(Debug)]
 pub struct RxRing {
     fd: OwnedFd,
     map: NonNull<u8>,
     frames: usize,
+    frame_size: usize,
+    /// [`BIG_BUFS`] buffers of [`BIG_SIZE`] bytes, for packets the ring
+    /// only holds a truncated copy of.
+    big: Box<[u8]>,
     cur: usize,
     ifindex: u32,
 }
@@ -151,10 +143,44 @@ pub(crate) fn setsockopt<T>(
     .map(drop)
 }
 
+/// The MTU of interface `ifindex` (`SIOCGIFMTU`, in this namespace).
+fn interface_mtu(ifindex: u32) -> io::Result<usize> {
+    // SAFETY: ifreq is plain old data; zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes (the size of
+    // ifr_name) and NUL-terminates.
+    if unsafe { libc::if_indextoname(ifindex, ifr.ifr_name.as_mut_ptr()) }.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain socket(2) call; the fd is owned right below.
+    let raw =
+        cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `raw` is a fresh fd we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifr_mtu of a live ifreq.
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) })?;
+    // SAFETY: SIOCGIFMTU filled the ifr_mtu member of the union.
+    let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
+    Ok(usize::try_from(mtu).unwrap_or(1500))
+}
+
+/// A power-of-two frame size holding a packet of `mtu` with its headers.
+fn frame_size_for(mtu: usize) -> usize {
+    (mtu + 14 + FRAME_OVERHEAD)
+        .next_power_of_two()
+        .clamp(FRAME_MIN, FRAME_MAX)
+}
+
 impl RxRing {
-    /// Opens a ring of `frames` frames on `ifindex` and joins fanout group
-    /// `group` (one group id per interface).
+    /// Opens a ring of `frames` frames, sized to the interface's MTU, on
+    /// `ifindex` and joins fanout group `group` (one group id per interface).
     pub fn open(ifindex: u32, group: u16, frames: usize) -> io::Result<Self> {
+        let frame_size = frame_size_for(interface_mtu(ifindex)?);
+        // Blocks of at least a page, holding whole frames (power-of-two
+        // frames tile them exactly, so frames are contiguous in the map).
+        let block_size = frame_size.max(4096);
+        let per_block = block_size / frame_size;
+        let frames = frames.max(per_block).div_ceil(per_block) * per_block;
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // The version must be set before the vnet header option.
         let fd = packet_socket(proto, |raw| {
@@ -170,14 +196,24 @@ impl RxRing {
         )?;
         let reserve = HEADROOM as libc::c_uint;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_RESERVE, &reserve)?;
+        // Packets too big for a frame also go whole to the receive queue.
+        setsockopt(
+            raw,
+            libc::SOL_PACKET,
+            libc::PACKET_COPY_THRESH,
+            &1 as &libc::c_int,
+        )?;
+        if setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RCVBUF).is_err() {
+            setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &RCVBUF)?;
+        }
         let req = libc::tpacket_req {
-            tp_block_size: FRAME_SIZE as u32,
-            tp_block_nr: frames as u32,
-            tp_frame_size: FRAME_SIZE as u32,
+            tp_block_size: block_size as u32,
+            tp_block_nr: (frames / per_block) as u32,
+            tp_frame_size: frame_size as u32,
             tp_frame_nr: frames as u32,
         };
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
-        let len = FRAME_SIZE * frames;
+        let len = frame_size * frames;
         // SAFETY: mapping the ring the kernel just allocated for this fd.
         let p = unsafe {
             libc::mmap(
@@ -198,6 +234,8 @@ impl RxRing {
             fd,
             map,
             frames,
+            frame_size,
+            big: vec![0u8; BIG_BUFS * BIG_SIZE].into_boxed_slice(),
             cur: 0,
             ifindex,
         };
@@ -220,14 +258,9 @@ impl RxRing {
         Ok(ring)
     }
 
-    /// The interface this ring is bound to.
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
-    }
-
     fn frame_ptr(&self, slot: usize) -> *mut u8 {
         // SAFETY: slot < frames, so the offset stays inside the mapping.
-        unsafe { self.map.as_ptr().add(slot * FRAME_SIZE) }
+        unsafe { self.map.as_ptr().add(slot * self.frame_size) }
     }
 
     fn status(&self, slot: usize) -> u32 {
@@ -264,73 +297,196 @@ impl RxRing {
     pub fn ready(&self) -> bool {
         self.status(self.cur) & TP_STATUS_USER != 0
     }
+}
 
-    /// Processes up to `max` waiting frames in place: `each` is called per
-    /// frame with `ctx` (it may queue the frame's bytes for TX), then `flush`
-    /// — which must transmit everything queued from these frames — and only
-    /// then are the frames handed back to the kernel. Returns the count.
-    pub fn drain<C>(
-        &mut self,
-        max: usize,
-        ctx: &mut C,
-        mut each: impl FnMut(&mut C, RxFrame<'_>),
-        flush: impl FnOnce(&mut C),
-    ) -> usize {
-        let start = self.cur;
-        let mut n = 0;
-        while n < max {
-            let slot = (start + n) % self.frames;
-            let st = self.status(slot);
-            if st & TP_STATUS_USER == 0 {
-                break;
+/// A batch of frames taken from an [`RxRing`]: slots `start..start + taken`
+/// are userspace's until the batch drops, and so are the first `big_used`
+/// large buffers.
+#[derive(Debug)]
+pub struct PacketRxBatch<'r> {
+    ring: &'r mut RxRing,
+    /// The ring's large buffers, taken from its `&mut` borrow.
+    big: *mut u8,
+    start: usize,
+    max: usize,
+    taken: Cell<usize>,
+    big_used: Cell<usize>,
+}
+
+impl PacketRxBatch<'_> {
+    /// Reads the whole packet the kernel queued for a `TP_STATUS_COPY`
+    /// frame into the next large buffer; `None` (the copy discarded) if it
+    /// is not the packet the frame announced.
+    fn read_copy(&self, h: &Tp2Hdr, ring_data: &[u8]) -> Option<RxFrame<'_>> {
+        let i = self.big_used.get();
+        debug_assert!(i < BIG_BUFS);
+        self.big_used.set(i + 1);
+        // SAFETY: buffer i lies inside `big` (i < BIG_BUFS, checked by the
+        // caller); `big_used` only grows, so it is handed out once per batch
+        // and never aliases another frame; the batch holds the ring's `&mut`
+        // borrow, and the returned frame borrows the batch.
+        let b = unsafe { std::slice::from_raw_parts_mut(self.big.add(i * BIG_SIZE), BIG_SIZE) };
+        let fd = self.ring.fd.as_raw_fd();
+        let room = &mut b[HEADROOM..];
+        // SAFETY: recv writes at most room.len() bytes into `room`.
+        let n = unsafe { libc::recv(fd, room.as_mut_ptr().cast(), room.len(), libc::MSG_DONTWAIT) };
+        let n = usize::try_from(n).ok()?;
+        let k = ring_data.len().min(64);
+        let same = n >= VNET_HDR_LEN
+            && n - VNET_HDR_LEN == h.len as usize
+            && room[VNET_HDR_LEN..VNET_HDR_LEN + k.min(n - VNET_HDR_LEN)]
+                == ring_data[..k.min(n - VNET_HDR_LEN)];
+        if !same {
+            // Out of step with the ring (never expected): empty the queue so
+            // the next copies line up again.
+            while discard_one(fd) {}
+            return None;
+        }
+        let vnet = VnetHdr::read_from(&b[HEADROOM..]).unwrap_or_default();
+        Some(RxFrame {
+            buf: &mut b[..HEADROOM + n],
+            at: HEADROOM + VNET_HDR_LEN,
+            vnet,
+            wire_len: h.len as usize,
+            ifindex: self.ring.ifindex,
+            skip: None,
+        })
+    }
+}
+
+/// Drops the packet at the head of the socket's receive queue; false if
+/// there was none.
+fn discard_one(fd: RawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: recv writes at most one byte into `b`; the rest of the packet
+    // is dropped (packet sockets keep message boundaries).
+    unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_DONTWAIT) >= 0 }
+}
+
+impl RxBatch for PacketRxBatch<'_> {
+    fn next_frame(&self) -> Option<RxFrame<'_>> {
+        let ring = &*self.ring;
+        loop {
+            let n = self.taken.get();
+            if n >= self.max {
+                return None;
             }
-            let h = self.header(slot);
-            let base = self.frame_ptr(slot);
+            let slot = (self.start + n) % ring.frames;
+            if ring.status(slot) & TP_STATUS_USER == 0 {
+                return None;
+            }
+            let h = ring.header(slot);
+            let copied = h.status & TP_STATUS_COPY != 0;
+            if copied && self.big_used.get() == BIG_BUFS {
+                // No large buffer left in this batch: the next one takes it.
+                return None;
+            }
+            self.taken.set(n + 1);
+            let base = ring.frame_ptr(slot);
             let mac = usize::from(h.mac);
             let snap = h.snaplen as usize;
             // The kernel places the vnet header right before the MAC header,
             // and the reserved headroom before that, after sockaddr_ll.
             let lead = HEADROOM + VNET_HDR_LEN;
-            let ok_layout = mac >= lead + SLL_OFFSET + 20 && mac + snap <= FRAME_SIZE;
-            if ok_layout {
-                // SAFETY: [mac - lead, mac + snaplen) lies inside this frame
-                // after its headers (checked above); the frame is ours
-                // (TP_STATUS_USER) until release() below, and no other slice
-                // aliases it.
-                let buf =
-                    unsafe { std::slice::from_raw_parts_mut(base.add(mac - lead), snap + lead) };
-                // SAFETY: sll_pkttype is at byte 10 of sockaddr_ll, inside the frame.
-                let pkttype = unsafe { *base.add(SLL_OFFSET + 10) };
-                let skip = if pkttype != PACKET_HOST {
-                    Some(RxSkip::NotForHost)
-                } else if h.status & TP_STATUS_VLAN_VALID != 0 && h.vlan_tci != 0 {
-                    Some(RxSkip::VlanAccelerated)
-                } else if snap < h.len as usize {
-                    Some(RxSkip::Truncated)
+            if mac < lead + SLL_OFFSET + 20 || mac + snap > ring.frame_size {
+                // Not a layout we asked for: give it back unread.
+                if copied {
+                    discard_one(ring.fd.as_raw_fd());
+                }
+                continue;
+            }
+            // SAFETY: [mac - lead, mac + snaplen) lies inside this frame
+            // after its headers (checked above). The slot is userspace's
+            // (TP_STATUS_USER) until this batch drops, which the returned
+            // borrow of `self` outlasts; `taken` only grows, so no slot is
+            // handed out twice and no two slices alias.
+            let buf = unsafe { std::slice::from_raw_parts_mut(base.add(mac - lead), snap + lead) };
+            // SAFETY: sll_pkttype is at byte 10 of sockaddr_ll, inside the frame.
+            let pkttype = unsafe { *base.add(SLL_OFFSET + 10) };
+            let skip = if pkttype != PACKET_HOST {
+                Some(RxSkip::NotForHost)
+            } else if h.status & TP_STATUS_VLAN_VALID != 0 && h.vlan_tci != 0 {
+                Some(RxSkip::VlanAccelerated)
+            } else if snap < h.len as usize {
+                Some(RxSkip::Truncated)
+            } else {
+                None
+            };
+            if copied {
+                if skip == Some(RxSkip::Truncated) {
+                    if let Some(f) = self.read_copy(&h, &buf[lead..]) {
+                        return Some(f);
+                    }
                 } else {
-                    None
-                };
-                each(
-                    ctx,
-                    RxFrame {
-                        buf,
-                        head: HEADROOM,
-                        wire_len: h.len as usize,
-                        ifindex: self.ifindex,
-                        skip,
-                    },
-                );
+                    discard_one(ring.fd.as_raw_fd());
+                }
             }
-            n += 1;
+            let vnet = VnetHdr::read_from(&buf[HEADROOM..]).unwrap_or_default();
+            return Some(RxFrame {
+                buf,
+                at: lead,
+                vnet,
+                wire_len: h.len as usize,
+                ifindex: ring.ifindex,
+                skip,
+            });
         }
-        if n > 0 {
-            flush(ctx);
-            for i in 0..n {
-                self.release((start + i) % self.frames);
-            }
-            self.cur = (start + n) % self.frames;
+    }
+}
+
+impl Drop for PacketRxBatch<'_> {
+    fn drop(&mut self) {
+        let n = self.taken.get();
+        for i in 0..n {
+            self.ring.release((self.start + i) % self.ring.frames);
         }
-        n
+        self.ring.cur = (self.start + n) % self.ring.frames;
+    }
+}
+
+/// `struct tpacket_stats`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct TpStats {
+    packets: u32,
+    drops: u32,
+}
+
+impl RxSource for RxRing {
+    type Batch<'a> = PacketRxBatch<'a>;
+
+    fn rx_batch(&mut self, max: usize) -> PacketRxBatch<'_> {
+        let start = self.cur;
+        let big = self.big.as_mut_ptr();
+        PacketRxBatch {
+            ring: self,
+            big,
+            start,
+            max,
+            taken: Cell::new(0),
+            big_used: Cell::new(0),
+        }
+    }
+
+    fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    fn take_kernel_drops(&mut self) -> io::Result<u64> {
+        let mut st = TpStats::default();
+        let mut len = std::mem::size_of::<TpStats>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `st`, a live
+        // tpacket_stats; reading it resets the kernel's counts.
+        cvt(unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut TpStats).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(u64::from(st.drops))
     }
 }
 
@@ -343,9 +499,29 @@ impl AsRawFd for RxRing {
 impl Drop for RxRing {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the region mapped in open(); no frame
-        // slices outlive drain(), so nothing points into it any more.
+        // batch (and so no frame slice) outlives its `&mut` borrow of the ring.
         unsafe {
-            libc::munmap(self.map.as_ptr().cast(), FRAME_SIZE * self.frames);
+            libc::munmap(self.map.as_ptr().cast(), self.frame_size * self.frames);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_hold_an_mtu_sized_packet_with_the_kernels_headers() {
+        // The kernel's MAC offset with our reserve and the vnet header, for
+        // an untagged frame: TPACKET_ALIGN(52 + 16) + 128 + 10 - 14 = 204.
+        let mac_off = 204;
+        for mtu in [576, 1280, 1500, 4000, 9000] {
+            let f = frame_size_for(mtu);
+            assert!(f.is_power_of_two() && (FRAME_MIN..=FRAME_MAX).contains(&f));
+            assert!(mac_off + 14 + 8 + mtu <= f, "mtu {mtu}: frame {f}");
+        }
+        assert_eq!(frame_size_for(1500), 2048);
+        // Beyond the largest frame, packets go through the receive queue.
+        assert_eq!(frame_size_for(65_000), FRAME_MAX);
     }
 }

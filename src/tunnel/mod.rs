@@ -43,7 +43,7 @@
 use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -55,14 +55,21 @@ use uvs_fwd::wire::{ip_proto, ipv4, ipv6, udp};
 use uvs_fwd::xmit::tun::{decap_frame, DecapError, TunKind};
 
 use crate::engine::{self, EngineError};
-use crate::io::{RxRing, VNET_F_NEEDS_CSUM, VNET_HDR_LEN};
-use crate::sys::guard::{self, GuardError};
+use crate::io::{RxBatch, RxRing, RxSkip, RxSource, VnetHdr, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM};
+
+const VNET_HDR_LEN: usize = VnetHdr::LEN;
+
+mod dev;
+mod nft;
+
+use crate::sys::guard::GuardError;
+use dev::relax_rp_filter;
+pub use dev::TunDev;
+pub use nft::{remove_stale, TunnelGuard};
 
 /// The nftables table of the endpoint (`netdev uvs_tun`).
 pub const TABLE: &str = "uvs_tun";
 
-/// `VIRTIO_NET_HDR_F_DATA_VALID`: the checksums are known good.
-const VNET_F_DATA_VALID: u8 = 2;
 /// Frames drained per ring per round.
 const BATCH: usize = 64;
 /// How often the host's addresses are re-read (the guard follows them).
@@ -127,7 +134,7 @@ pub enum TunnelError {
     Io(#[from] io::Error),
 }
 
-/// Why a tunnel candidate was dropped.
+/// Why a tunnel candidate (or, for `RxQueueFull`, any packet) was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub enum DropReason {
@@ -151,11 +158,14 @@ pub enum DropReason {
     BadOffload,
     /// The TUN device refused the inner packet.
     TunWrite,
+    /// The kernel could not put a packet (candidate or not) in a full RX
+    /// ring (`PACKET_STATISTICS`, read with the address refresh).
+    RxQueueFull,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
@@ -168,6 +178,7 @@ impl DropReason {
         DropReason::BadRemcsum,
         DropReason::BadOffload,
         DropReason::TunWrite,
+        DropReason::RxQueueFull,
     ];
 
     /// Counter name (`drop.NAME` in [`Counters::render`]).
@@ -183,6 +194,7 @@ impl DropReason {
             DropReason::BadRemcsum => "bad_remcsum",
             DropReason::BadOffload => "bad_offload",
             DropReason::TunWrite => "tun_write",
+            DropReason::RxQueueFull => "rx_queue_full",
         }
     }
 
@@ -350,41 +362,6 @@ pub enum Offload {
     Gso,
 }
 
-/// The fields of a `struct virtio_net_hdr` (native byte order: both the
-/// packet socket and the TUN device use the legacy, CPU-endian layout).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct VnetHdr {
-    flags: u8,
-    gso_type: u8,
-    hdr_len: u16,
-    gso_size: u16,
-    csum_start: u16,
-    csum_offset: u16,
-}
-
-impl VnetHdr {
-    fn read(b: &[u8; VNET_HDR_LEN]) -> VnetHdr {
-        let u = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
-        VnetHdr {
-            flags: b[0],
-            gso_type: b[1],
-            hdr_len: u(2),
-            gso_size: u(4),
-            csum_start: u(6),
-            csum_offset: u(8),
-        }
-    }
-
-    fn write(&self, b: &mut [u8]) {
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
-    }
-}
-
 /// If `frame` is a tunnel candidate (outer protocol 4/41/47, or UDP to a GUE
 /// port), its outer destination and the end of its outer IP packet.
 fn candidate(frame: &[u8], gue_ports: &[u16]) -> Option<(IpAddr, usize)> {
@@ -530,7 +507,7 @@ pub fn process(buf: &mut [u8], local: &LocalAddrs, gue_ports: &[u16]) -> Outcome
     if end > buf.len() {
         return Outcome::Drop(DropReason::BadInner);
     }
-    tx.write(&mut buf[hstart..hstart + VNET_HDR_LEN]);
+    let _ = tx.write_to(&mut buf[hstart..]);
     let offload = match (gso, pending) {
         (true, _) => Offload::Gso,
         (false, true) => Offload::Completed,
@@ -544,247 +521,6 @@ pub fn process(buf: &mut [u8], local: &LocalAddrs, gue_ports: &[u16]) -> Outcome
     }
 }
 
-fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-fn ifreq_named(name: &str) -> io::Result<libc::ifreq> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "interface names are 1 to 15 bytes",
-        ));
-    }
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    Ok(ifr)
-}
-
-/// A TUN device owned by this process: it disappears when the fd closes
-/// (it is not made persistent), so a crash leaves nothing behind.
-#[derive(Debug)]
-pub struct TunDev {
-    fd: OwnedFd,
-    /// The device name.
-    pub name: String,
-}
-
-impl TunDev {
-    /// Creates TUN device `name` (`IFF_TUN | IFF_NO_PI | IFF_VNET_HDR`,
-    /// non-blocking) and brings it up.
-    pub fn open(name: &str) -> io::Result<TunDev> {
-        // SAFETY: open(2) of a constant NUL-terminated path; the fd is owned below.
-        let raw = cvt(unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        })?;
-        // SAFETY: `raw` is a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut ifr = ifreq_named(name)?;
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
-        // SAFETY: TUNSETIFF reads and writes the ifreq passed, which lives
-        // for the call.
-        cvt(unsafe { libc::ioctl(raw, libc::TUNSETIFF, &mut ifr as *mut libc::ifreq) })?;
-        let tun = TunDev {
-            fd,
-            name: name.to_string(),
-        };
-        tun.set_up()?;
-        Ok(tun)
-    }
-
-    /// Sets IFF_UP (SIOCGIFFLAGS / SIOCSIFFLAGS on a datagram socket).
-    fn set_up(&self) -> io::Result<()> {
-        // SAFETY: plain socket(2) call; the fd is owned right below.
-        let raw =
-            cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-        // SAFETY: `raw` is a fresh fd we own.
-        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut ifr = ifreq_named(&self.name)?;
-        // SAFETY: SIOCGIFFLAGS fills ifr_flags of the ifreq passed.
-        cvt(unsafe {
-            libc::ioctl(
-                sock.as_raw_fd(),
-                libc::SIOCGIFFLAGS,
-                &mut ifr as *mut libc::ifreq,
-            )
-        })?;
-        // SAFETY: the kernel just wrote ifru_flags, the union's active field.
-        let flags = unsafe { ifr.ifr_ifru.ifru_flags };
-        ifr.ifr_ifru.ifru_flags = flags | libc::IFF_UP as i16;
-        // SAFETY: SIOCSIFFLAGS reads the ifreq passed.
-        cvt(unsafe {
-            libc::ioctl(
-                sock.as_raw_fd(),
-                libc::SIOCSIFFLAGS,
-                &mut ifr as *mut libc::ifreq,
-            )
-        })?;
-        Ok(())
-    }
-
-    /// Writes one packet (virtio-net header + IP packet).
-    pub fn write_packet(&self, pkt: &[u8]) -> io::Result<()> {
-        // SAFETY: write(2) from a live slice of the length passed.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != pkt.len() {
-            return Err(io::Error::other("short write to the TUN device"));
-        }
-        Ok(())
-    }
-
-    /// Reads and discards whatever the stack sent into the device; returns
-    /// how many packets.
-    fn discard(&self, scratch: &mut [u8]) -> u64 {
-        let mut n = 0;
-        loop {
-            // SAFETY: read(2) into a live buffer of the length passed.
-            let r = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    scratch.as_mut_ptr().cast(),
-                    scratch.len(),
-                )
-            };
-            if r <= 0 {
-                return n;
-            }
-            n += 1;
-        }
-    }
-}
-
-impl AsRawFd for TunDev {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-fn sysctl_read(path: &str) -> Result<String, TunnelError> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .map_err(|err| TunnelError::Sysctl {
-            path: path.into(),
-            err,
-        })
-}
-
-fn sysctl_write(path: &str, v: &str) -> Result<(), TunnelError> {
-    std::fs::write(path, v).map_err(|err| TunnelError::Sysctl {
-        path: path.into(),
-        err,
-    })
-}
-
-/// Relaxes the reverse-path filter of the TUN device: inner packets arrive
-/// there from the client, whose address is routed through another
-/// interface, so strict mode would drop them all. The kernel applies the
-/// larger of `all` and the device's value: with `all` strict (1), only loose
-/// (2) on the device lifts strictness; otherwise 0 turns the check off.
-fn relax_rp_filter(dev: &str) -> Result<(), TunnelError> {
-    let all = sysctl_read("/proc/sys/net/ipv4/conf/all/rp_filter")?;
-    let v = if all == "1" { "2" } else { "0" };
-    sysctl_write(&format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter"), v)
-}
-
-/// The `netdev uvs_tun` table; dropping it removes the table.
-#[derive(Debug)]
-pub struct TunnelGuard {
-    installed: bool,
-}
-
-/// Removes a `netdev uvs_tun` table left by an endpoint that did not exit
-/// cleanly.
-pub fn remove_stale() -> Result<(), GuardError> {
-    guard::nft(&format!(
-        "add table netdev {TABLE}\ndelete table netdev {TABLE}\n"
-    ))
-}
-
-impl TunnelGuard {
-    /// Replaces any existing table with one hooked on `devices` that drops
-    /// outer tunnel packets (protocols 4, 41, 47 and UDP to `gue_ports`)
-    /// addressed to `local`.
-    pub fn install(
-        devices: &[String],
-        gue_ports: &[u16],
-        local: &LocalAddrs,
-    ) -> Result<TunnelGuard, GuardError> {
-        let mut s = format!(
-            "add table netdev {TABLE}\ndelete table netdev {TABLE}\ntable netdev {TABLE} {{\n"
-        );
-        s += "  set local4 { type ipv4_addr; }\n  set local6 { type ipv6_addr; }\n";
-        let ports = gue_ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        for (i, dev) in devices.iter().enumerate() {
-            s += &format!(
-                "  chain in{i} {{\n    type filter hook ingress device \"{dev}\" priority -500; policy accept;\n"
-            );
-            for (ip, set) in [("ip", "local4"), ("ip6", "local6")] {
-                s += &format!("    {ip} daddr @{set} meta l4proto {{ 4, 41, 47 }} counter drop\n");
-                if !ports.is_empty() {
-                    s += &format!("    {ip} daddr @{set} udp dport {{ {ports} }} counter drop\n");
-                }
-            }
-            s += "  }\n";
-        }
-        s += "}\n";
-        s += &Self::elements(local);
-        guard::nft(&s)?;
-        Ok(TunnelGuard { installed: true })
-    }
-
-    fn elements(local: &LocalAddrs) -> String {
-        let mut s = format!("flush set netdev {TABLE} local4\nflush set netdev {TABLE} local6\n");
-        let join = |v: Vec<String>| v.join(", ");
-        if !local.v4.is_empty() {
-            let e = join(local.v4.iter().map(|a| a.to_string()).collect());
-            s += &format!("add element netdev {TABLE} local4 {{ {e} }}\n");
-        }
-        if !local.v6.is_empty() {
-            let e = join(local.v6.iter().map(|a| a.to_string()).collect());
-            s += &format!("add element netdev {TABLE} local6 {{ {e} }}\n");
-        }
-        s
-    }
-
-    /// Replaces the address sets (one transaction).
-    pub fn update(&self, local: &LocalAddrs) -> Result<(), GuardError> {
-        guard::nft(&Self::elements(local))
-    }
-
-    /// Removes the table now (also done on drop).
-    pub fn remove(&mut self) -> Result<(), GuardError> {
-        if std::mem::take(&mut self.installed) {
-            guard::nft(&format!("delete table netdev {TABLE}\n"))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for TunnelGuard {
-    fn drop(&mut self) {
-        if let Err(e) = self.remove() {
-            eprintln!("uvs tunnel-endpoint: removing nftables table netdev {TABLE}: {e}");
-        }
-    }
-}
-
 /// The receive side's per-round context (what the ring callback touches).
 struct Ctx<'a> {
     tun: &'a TunDev,
@@ -795,13 +531,14 @@ struct Ctx<'a> {
 
 /// Handles one ring frame: decide, deliver, count.
 fn on_frame(ctx: &mut Ctx<'_>, f: crate::io::RxFrame<'_>) {
-    // From the virtio-net header on (the ring's headroom before it is unused here).
-    let buf = &mut f.buf[f.head..];
+    // From the virtio-net header on (the ring keeps its raw bytes right
+    // before the frame; the headroom before it is unused here).
+    let buf = &mut f.buf[f.at - VNET_HDR_LEN..];
     if let Some(skip) = f.skip {
         // A frame the ring truncated keeps its headers: count it when they
         // say tunnel (it cannot be delivered; the guard drops it for the
         // kernel too).
-        if skip == crate::io::ring::RxSkip::Truncated
+        if skip == RxSkip::Truncated
             && buf
                 .get(VNET_HDR_LEN..)
                 .is_some_and(|fr| looks_tunnel(fr, ctx.gue_ports))
@@ -921,7 +658,11 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
                     gue_ports: &opts.gue_ports,
                     c: &mut c,
                 };
-                got += ring.drain(BATCH, &mut ctx, on_frame, |_| {});
+                let batch = ring.rx_batch(BATCH);
+                while let Some(f) = batch.next_frame() {
+                    got += 1;
+                    on_frame(&mut ctx, f);
+                }
             }
             if got == 0 {
                 break;
@@ -932,6 +673,11 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
         }
         if last_refresh.elapsed() >= ADDR_REFRESH {
             last_refresh = Instant::now();
+            for ring in &mut rings {
+                if let Ok(n) = ring.take_kernel_drops() {
+                    c.drops[DropReason::RxQueueFull as usize] += n;
+                }
+            }
             let now = LocalAddrs::from_system();
             if now != local {
                 if let Err(e) = nft.update(&now) {
@@ -955,325 +701,4 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use uvs_fwd::build::FrameSpec;
-    use uvs_fwd::xmit::tun::{encap, TunCsum, TunParams, MAX_OVERHEAD};
-    use uvs_fwd::CsumMode;
-
-    const RS: &str = "203.0.113.11";
-    const LB: &str = "203.0.113.1";
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("literal address")
-    }
-
-    fn local() -> LocalAddrs {
-        LocalAddrs::new([ip(RS), ip("2001:db8:5::11"), ip("192.0.2.10")])
-    }
-
-    /// A ring-like buffer (virtio header + frame) of `spec` encapsulated
-    /// with `params`; `vnet` is the RX virtio header.
-    fn tunnelled(spec: &FrameSpec, params: &TunParams, vnet: VnetHdr) -> (Vec<u8>, Vec<u8>) {
-        let (b, inner, _) = tunnelled_pending(spec, params, vnet);
-        (b, inner)
-    }
-
-    /// [`tunnelled`], also returning where the director left the inner
-    /// checksum pending (frame offsets), if it did.
-    fn tunnelled_pending(
-        spec: &FrameSpec,
-        params: &TunParams,
-        vnet: VnetHdr,
-    ) -> (Vec<u8>, Vec<u8>, Option<(usize, usize)>) {
-        let frame = spec.build();
-        let mut buf = vec![0u8; MAX_OVERHEAD];
-        buf.extend_from_slice(&frame);
-        let p = uvs_fwd::parse(&buf[MAX_OVERHEAD..]).expect("inner parses");
-        let e = encap(&mut buf, MAX_OVERHEAD, &p, params, 7, spec.csum).expect("encap");
-        let mut out = vec![0u8; VNET_HDR_LEN];
-        vnet.write(&mut out);
-        out.extend_from_slice(&buf[e.start..e.start + e.len]);
-        // The inner IP packet as it must reach the stack (TTL decremented by
-        // the director's forwarding).
-        let l3 = 14;
-        let mut inner = frame[l3..].to_vec();
-        if spec.src.is_ipv4() {
-            let mut ipk = ipv4::Packet::new_unchecked(&mut inner[..]);
-            ipk.set_ttl(spec.ttl - 1);
-            ipk.fill_checksum();
-        } else {
-            inner[7] = spec.ttl - 1;
-        }
-        (out, inner, e.pending.map(|p| (p.start, p.offset)))
-    }
-
-    fn delivered(buf: &[u8], o: Outcome) -> (VnetHdr, &[u8]) {
-        let Outcome::Deliver { start, end, .. } = o else {
-            panic!("not delivered: {o:?}");
-        };
-        let h: &[u8; VNET_HDR_LEN] = buf[start..start + VNET_HDR_LEN]
-            .try_into()
-            .expect("ten bytes");
-        (VnetHdr::read(h), &buf[start + VNET_HDR_LEN..end])
-    }
-
-    fn params(kind: TunKind, outer_v6: bool) -> TunParams {
-        let (src, dst) = if outer_v6 {
-            (ip("2001:db8:5::1"), ip("2001:db8:5::11"))
-        } else {
-            (ip(LB), ip(RS))
-        };
-        let mut p = TunParams::new(kind, src, dst);
-        p.port = 6080;
-        p
-    }
-
-    #[test]
-    fn every_kind_and_family_mix_is_delivered_unchanged() {
-        for kind in [TunKind::Ipip, TunKind::Gre, TunKind::Gue] {
-            for outer_v6 in [false, true] {
-                for spec in [FrameSpec::udp_v4(), FrameSpec::tcp_v6()] {
-                    let (mut buf, inner) =
-                        tunnelled(&spec, &params(kind, outer_v6), VnetHdr::default());
-                    let o = process(&mut buf, &local(), &[6080]);
-                    let (h, pkt) = delivered(&buf, o);
-                    assert_eq!(h, VnetHdr::default(), "{kind:?} v6={outer_v6}");
-                    assert_eq!(pkt, &inner[..], "{kind:?} outer v6={outer_v6}");
-                    assert!(matches!(o, Outcome::Deliver { kind: k, .. } if k == kind));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn outer_checksums_are_verified() {
-        for kind in [TunKind::Gre, TunKind::Gue] {
-            let mut p = params(kind, false);
-            p.csum = TunCsum::Csum;
-            let (mut buf, _) = tunnelled(&FrameSpec::udp_v4(), &p, VnetHdr::default());
-            assert!(matches!(
-                process(&mut buf.clone(), &local(), &[6080]),
-                Outcome::Deliver { .. }
-            ));
-            // Flip a payload byte: the tunnel checksum no longer matches.
-            let n = buf.len();
-            buf[n - 1] ^= 0x55;
-            assert_eq!(
-                process(&mut buf, &local(), &[6080]),
-                Outcome::Drop(DropReason::Checksum),
-                "{kind:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn pending_inner_checksum_is_completed_and_outer_gue_checksum_verifies() {
-        let mut spec = FrameSpec::tcp_v4();
-        spec.csum = CsumMode::Partial;
-        let mut p = params(TunKind::Gue, false);
-        p.csum = TunCsum::Csum;
-        // Where the director's engine would say the inner checksum starts.
-        let mut full = spec.clone();
-        full.csum = CsumMode::Full;
-        let (_, want) = tunnelled(&full, &p, VnetHdr::default());
-        let (probe, _, pending) = tunnelled_pending(&spec, &p, VnetHdr::default());
-        let (start, offset) = pending.expect("the director leaves it pending");
-        // outer: 14 eth + 20 ip + 8 udp + 4 gue, then inner IP 20: TCP at 66.
-        assert_eq!((start, offset), (14 + 20 + 8 + 4 + 20, 16));
-        let vnet = VnetHdr {
-            flags: VNET_F_NEEDS_CSUM,
-            csum_start: start as u16,
-            csum_offset: offset as u16,
-            ..VnetHdr::default()
-        };
-        let mut buf = probe.clone();
-        vnet.write(&mut buf[..VNET_HDR_LEN]);
-        let o = process(&mut buf, &local(), &[6080]);
-        assert!(matches!(
-            o,
-            Outcome::Deliver {
-                offload: Offload::Completed,
-                ..
-            }
-        ));
-        let (h, pkt) = delivered(&buf, o);
-        assert_eq!(h.flags, VNET_F_DATA_VALID);
-        assert_eq!(pkt, &want[..]);
-    }
-
-    #[test]
-    fn gso_metadata_is_rebased_onto_the_inner_packet() {
-        let mut spec = FrameSpec::tcp_v4();
-        spec.csum = CsumMode::Partial;
-        spec.payload = vec![7; 3000];
-        let (mut buf, inner) = tunnelled(&spec, &params(TunKind::Ipip, false), VnetHdr::default());
-        let tcp_start = 14 + 20 + 20;
-        VnetHdr {
-            flags: VNET_F_NEEDS_CSUM,
-            gso_type: 1, // VIRTIO_NET_HDR_GSO_TCPV4
-            hdr_len: (tcp_start + 20) as u16,
-            gso_size: 1448,
-            csum_start: tcp_start as u16,
-            csum_offset: 16,
-        }
-        .write(&mut buf[..VNET_HDR_LEN]);
-        let o = process(&mut buf, &local(), &[]);
-        assert!(matches!(
-            o,
-            Outcome::Deliver {
-                offload: Offload::Gso,
-                ..
-            }
-        ));
-        let (h, pkt) = delivered(&buf, o);
-        assert_eq!(
-            h,
-            VnetHdr {
-                flags: VNET_F_NEEDS_CSUM,
-                gso_type: 1,
-                hdr_len: 40,
-                gso_size: 1448,
-                csum_start: 20,
-                csum_offset: 16,
-            }
-        );
-        assert_eq!(pkt, &inner[..]);
-        // Offsets pointing into the outer header are refused.
-        let (mut buf, _) = tunnelled(&spec, &params(TunKind::Ipip, false), VnetHdr::default());
-        VnetHdr {
-            flags: VNET_F_NEEDS_CSUM,
-            gso_type: 1,
-            gso_size: 1448,
-            csum_start: 20,
-            csum_offset: 16,
-            ..VnetHdr::default()
-        }
-        .write(&mut buf[..VNET_HDR_LEN]);
-        assert_eq!(
-            process(&mut buf, &local(), &[]),
-            Outcome::Drop(DropReason::BadOffload)
-        );
-    }
-
-    #[test]
-    fn other_traffic_is_passed_and_foreign_tunnels_not_local() {
-        // Plain UDP to the host, and UDP to a port that is not GUE's.
-        let mut plain = vec![0u8; VNET_HDR_LEN];
-        let mut s = FrameSpec::udp_v4();
-        s.dst = ip(RS);
-        plain.extend_from_slice(&s.build());
-        assert_eq!(process(&mut plain, &local(), &[6080]), Outcome::Pass);
-        let (mut gue, _) = tunnelled(
-            &FrameSpec::udp_v4(),
-            &params(TunKind::Gue, false),
-            VnetHdr::default(),
-        );
-        assert_eq!(process(&mut gue.clone(), &local(), &[5555]), Outcome::Pass);
-        // Addressed to someone else.
-        let foreign = LocalAddrs::new([ip("203.0.113.12")]);
-        assert_eq!(process(&mut gue, &foreign, &[6080]), Outcome::NotLocal);
-        // Too short to hold a virtio header.
-        assert_eq!(process(&mut [0u8; 3], &local(), &[]), Outcome::Pass);
-    }
-
-    #[test]
-    fn malformed_candidates_are_dropped_by_reason() {
-        // ipip whose inner header announces more than the outer carries.
-        let (mut buf, _) = tunnelled(
-            &FrameSpec::udp_v4(),
-            &params(TunKind::Ipip, false),
-            VnetHdr::default(),
-        );
-        let inner = VNET_HDR_LEN + 14 + 20;
-        buf[inner + 2] = 0x05; // total length 0x05xx
-        assert_eq!(
-            process(&mut buf, &local(), &[]),
-            Outcome::Drop(DropReason::BadInner)
-        );
-        // Bad outer IPv4 header checksum.
-        let (mut buf, _) = tunnelled(
-            &FrameSpec::udp_v4(),
-            &params(TunKind::Gre, false),
-            VnetHdr::default(),
-        );
-        buf[VNET_HDR_LEN + 14 + 10] ^= 0xff;
-        assert_eq!(
-            process(&mut buf, &local(), &[]),
-            Outcome::Drop(DropReason::BadOuter)
-        );
-    }
-
-    /// Every truncation and every single-byte corruption of valid tunnel
-    /// packets: never a panic, and a delivery stays inside the buffer.
-    #[test]
-    fn malformed_input_never_panics() {
-        for kind in [TunKind::Ipip, TunKind::Gre, TunKind::Gue] {
-            for outer_v6 in [false, true] {
-                let (buf, _) = tunnelled(
-                    &FrameSpec::tcp_v6(),
-                    &params(kind, outer_v6),
-                    VnetHdr {
-                        flags: VNET_F_NEEDS_CSUM,
-                        csum_start: 70,
-                        csum_offset: 16,
-                        ..VnetHdr::default()
-                    },
-                );
-                for cut in 0..buf.len() {
-                    let mut b = buf[..cut].to_vec();
-                    check(&mut b);
-                }
-                for i in 0..buf.len() {
-                    for x in [0x01u8, 0x80, 0xff] {
-                        let mut b = buf.clone();
-                        b[i] ^= x;
-                        check(&mut b);
-                    }
-                }
-            }
-        }
-        fn check(b: &mut [u8]) {
-            let n = b.len();
-            if let Outcome::Deliver { start, end, .. } = process(b, &local(), &[6080]) {
-                assert!(start + VNET_HDR_LEN <= end && end <= n);
-            }
-        }
-    }
-
-    #[test]
-    fn truncated_frames_are_recognised_from_their_headers() {
-        let (buf, _) = tunnelled(
-            &FrameSpec::udp_v4(),
-            &params(TunKind::Gue, false),
-            VnetHdr::default(),
-        );
-        let frame = &buf[VNET_HDR_LEN..];
-        let cut = &frame[..14 + 20 + 8];
-        assert!(candidate(cut, &[6080]).is_none());
-        assert!(looks_tunnel(cut, &[6080]));
-        assert!(!looks_tunnel(cut, &[5555]));
-        let (buf, _) = tunnelled(
-            &FrameSpec::tcp_v6(),
-            &params(TunKind::Gre, true),
-            VnetHdr::default(),
-        );
-        assert!(looks_tunnel(&buf[VNET_HDR_LEN..VNET_HDR_LEN + 60], &[]));
-        let mut plain = FrameSpec::udp_v4();
-        plain.dst = ip(RS);
-        assert!(!looks_tunnel(&plain.build()[..40], &[6080]));
-    }
-
-    #[test]
-    fn counters_render_every_name() {
-        let mut c = Counters::default();
-        c.count(&Outcome::Drop(DropReason::Checksum));
-        c.count(&Outcome::NotLocal);
-        c.decap[kind_index(TunKind::Gre)] = 2;
-        let r = c.render();
-        assert!(r.contains("decap.gre 2\n"), "{r}");
-        assert!(r.contains("drop.checksum 1\n"), "{r}");
-        assert!(r.contains("pass.not_local 1\n"), "{r}");
-        assert_eq!(r.lines().count(), 3 + 4 + DropReason::COUNT + 1);
-    }
-}
+mod tests;
