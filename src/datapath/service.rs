@@ -426,3 +426,6 @@ impl Plan {
         Services { services, vips }
     }
 }
+
+#[cfg(test)]
+mod tests;
