@@ -14,16 +14,19 @@
 //! element can be wanted by several services (the same NAT real server
 //! behind two services). A configuration change yields a [`Delta`] — only
 //! the elements whose presence changed — and [`KernelGuard::apply`] sends
-//! just that, so a change costs what it changes, not the size of the sets.
+//! just that, over nf_tables netlink ([`super::nftnl`], one atomic batch, no
+//! `nft` process), so a change costs what it changes, not the size of the
+//! sets. Installing and removing the table (once per run) use `nft`.
 //!
 //! The table is replaced atomically at start (a crash leaves a stale one
 //! behind: it is cleaned first) and deleted on exit, signals included.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+
+use super::nftnl::{self, KeyField, NftError, NftSock, SetChange};
 
 /// Failures talking to nftables.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,9 @@ pub enum GuardError {
     /// `nft` rejected the script.
     #[error("nft failed: {0}")]
     Nft(String),
+    /// nf_tables refused a set change over netlink.
+    #[error(transparent)]
+    Netlink(#[from] NftError),
 }
 
 /// A (protocol, address, port) triple; port 0 = every port of a persistent
@@ -46,6 +52,8 @@ const TABLE: &str = "uvs";
 #[derive(Debug)]
 pub struct KernelGuard {
     installed: bool,
+    /// Set changes go here (opened in the guard's namespace at install).
+    sock: NftSock,
 }
 
 /// Runs `nft -f -` on `script` (one atomic transaction).
@@ -66,15 +74,6 @@ pub(crate) fn nft(script: &str) -> Result<(), GuardError> {
         Err(GuardError::Nft(
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ))
-    }
-}
-
-fn proto(p: u8) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        132 => "sctp".into(),
-        n => n.to_string(),
     }
 }
 
@@ -114,17 +113,23 @@ impl KernelGuard {
             s += "  }\n";
         }
         s += "}\n";
+        let sock = NftSock::open()?;
         nft(&s)?;
-        Ok(KernelGuard { installed: true })
+        Ok(KernelGuard {
+            installed: true,
+            sock,
+        })
     }
 
     /// Sends `delta` to the kernel in one transaction (nothing when it is
     /// empty). On error the sets are as they were.
-    pub fn apply(&self, delta: &Delta) -> Result<(), GuardError> {
+    pub fn apply(&mut self, delta: &Delta) -> Result<(), GuardError> {
         if delta.is_empty() {
             return Ok(());
         }
-        nft(&delta_script(delta))
+        self.sock
+            .commit(nftnl::NFPROTO_NETDEV, TABLE, &set_changes(delta))?;
+        Ok(())
     }
 
     /// Removes the table now (also done on drop).
@@ -169,14 +174,17 @@ impl Elem {
         }
     }
 
-    /// The element in nft syntax.
-    fn nft(&self) -> String {
+    /// The element as the set's key.
+    fn key(&self) -> Vec<u8> {
+        use KeyField::{Addr, Port, Proto};
         match *self {
-            Elem::Service((p, a, 0)) | Elem::NatServer((p, a, 0)) => format!("{a} . {}", proto(p)),
-            Elem::Service((p, a, port)) | Elem::NatServer((p, a, port)) => {
-                format!("{a} . {} . {port}", proto(p))
+            Elem::Service((p, a, 0)) | Elem::NatServer((p, a, 0)) => {
+                nftnl::key(&[Addr(a), Proto(p)])
             }
-            Elem::NatAddr(a) => a.to_string(),
+            Elem::Service((p, a, port)) | Elem::NatServer((p, a, port)) => {
+                nftnl::key(&[Addr(a), Proto(p), Port(port)])
+            }
+            Elem::NatAddr(a) => nftnl::key(&[Addr(a)]),
         }
     }
 }
@@ -197,21 +205,20 @@ impl Delta {
     }
 }
 
-/// The nft script for `delta`: one statement per set and direction.
-fn delta_script(delta: &Delta) -> String {
-    let mut out = String::new();
-    for (verb, elems) in [("delete", &delta.del), ("add", &delta.add)] {
-        let mut by_set: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+/// `delta` as per-set changes: one per set and direction, sets in name
+/// order.
+fn set_changes(delta: &Delta) -> Vec<SetChange> {
+    let mut out = Vec::new();
+    for (add, elems) in [(false, &delta.del), (true, &delta.add)] {
+        let mut by_set: std::collections::BTreeMap<String, Vec<Vec<u8>>> = Default::default();
         for e in elems {
-            by_set.entry(e.set()).or_default().push(e.nft());
+            by_set.entry(e.set()).or_default().push(e.key());
         }
-        for (set, items) in by_set {
-            let _ = writeln!(
-                out,
-                "{verb} element netdev {TABLE} {set} {{ {} }}",
-                items.join(", ")
-            );
-        }
+        out.extend(
+            by_set
+                .into_iter()
+                .map(|(set, keys)| SetChange { add, set, keys }),
+        );
     }
     out
 }
@@ -414,7 +421,7 @@ mod tests {
     }
 
     #[test]
-    fn the_script_groups_elements_per_set() {
+    fn set_changes_group_elements_per_set_deletions_first() {
         let d = Delta {
             add: vec![
                 Elem::Service((6, ip("192.0.2.1"), 80)),
@@ -423,11 +430,94 @@ mod tests {
             ],
             del: vec![Elem::NatAddr(ip("203.0.113.1"))],
         };
+        let c = set_changes(&d);
+        let shape: Vec<(bool, &str, usize)> = c
+            .iter()
+            .map(|c| (c.add, c.set.as_str(), c.keys.len()))
+            .collect();
         assert_eq!(
-            delta_script(&d),
-            "delete element netdev uvs rsa4 { 203.0.113.1 }\n\
-             add element netdev uvs svc4 { 192.0.2.1 . tcp . 80, 192.0.2.1 . udp . 53 }\n\
-             add element netdev uvs svcw6 { 2001:db8::1 . tcp }\n"
+            shape,
+            [(false, "rsa4", 1), (true, "svc4", 2), (true, "svcw6", 1)]
         );
+        assert_eq!(c[0].keys[0], [203, 0, 113, 1]);
+        assert_eq!(c[1].keys[0], [192, 0, 2, 1, 6, 0, 0, 0, 0, 80, 0, 0]);
+        assert_eq!(c[2].keys[0].len(), 20);
+    }
+
+    /// A namespace this test owns, deleted on drop (also on failure).
+    struct Ns(String);
+
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    #[test]
+    fn deltas_reach_the_kernel_sets_over_netlink() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || Command::new("nft").arg("-v").output().is_err() {
+            eprintln!("deltas_reach_the_kernel_sets_over_netlink: skipped (needs root and nft)");
+            return;
+        }
+        let ns = Ns(format!("uvsguard-{}", std::process::id()));
+        let ip_cmd = |args: &[&str]| {
+            let ok = Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ip {args:?}");
+        };
+        ip_cmd(&["netns", "add", &ns.0]);
+        ip_cmd(&[
+            "-n", &ns.0, "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+        ]);
+        let listing = crate::sys::netns::run_in(&ns.0, || {
+            let list = || {
+                let out = Command::new("nft")
+                    .args(["list", "table", "netdev", TABLE])
+                    .output()
+                    .expect("nft runs");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            let mut g = KernelGuard::install(&["d0".to_string()]).expect("installs");
+            let mut o = Owned::default();
+            let (d, _) = o.change([
+                svc(80, &[("203.0.113.1", 8080)]),
+                (
+                    (6, ip("2001:db8::1"), 0),
+                    Some(service_elems((6, ip("2001:db8::1"), 0), [])),
+                ),
+            ]);
+            g.apply(&d).expect("adds");
+            let first = list();
+            let (d, _) = o.change([((6, ip("192.0.2.1"), 80), None), svc(81, &[])]);
+            g.apply(&d).expect("deletes and adds");
+            let second = list();
+            // Deleting what is not there is refused, and changes nothing.
+            let bogus = Delta {
+                add: vec![Elem::Service((6, ip("192.0.2.9"), 9))],
+                del: vec![Elem::NatAddr(ip("203.0.113.99"))],
+            };
+            let err = g.apply(&bogus).expect_err("refused");
+            let third = list();
+            g.remove().expect("removes");
+            (first, second, err.to_string(), third)
+        })
+        .expect("runs in the namespace");
+        let (first, second, err, third) = listing;
+        for want in [
+            "192.0.2.1 . tcp . 80",
+            "203.0.113.1 . tcp . 8080",
+            "2001:db8::1 . tcp",
+        ] {
+            assert!(first.contains(want), "{want} in {first}");
+        }
+        assert!(first.contains("elements = { 203.0.113.1 }"), "{first}");
+        assert!(!second.contains("192.0.2.1 . tcp . 80"), "{second}");
+        assert!(!second.contains("203.0.113.1"), "{second}");
+        assert!(second.contains("192.0.2.1 . tcp . 81"), "{second}");
+        assert!(err.contains("delete") && err.contains("rsa4"), "{err}");
+        assert_eq!(second, third, "a refused batch changes nothing");
     }
 }
