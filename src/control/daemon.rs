@@ -12,11 +12,12 @@
 //! Real servers new to a service are handed to the next-hop resolver in the
 //! background; no command waits for ARP/ND.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use foldhash::{HashSet, HashSetExt};
 
 use crate::control::ctl;
 use crate::control::socket::{self, Reply};

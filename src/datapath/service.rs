@@ -22,13 +22,12 @@
 //! * Planning does everything that can fail (building schedulers) without
 //!   touching shared objects; committing cannot fail.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt, HashSet};
 use imbl::shared_ptr::DefaultSharedPtr;
-
 use uvs_sched::{Dest, FwdMethod, Registry, SchedError, SchedParams, Scheduler, TunConfig};
 
 /// What the configuration says about one real server.
@@ -285,8 +284,7 @@ impl Services {
     /// deleted): a whole-configuration reconcile, O(services). The control
     /// plane uses [`Services::plan`] with the services a command touched.
     pub fn rebuild(&self, specs: &[ServiceSpec]) -> Result<Services, ServiceError> {
-        let keep: std::collections::HashSet<SvcId> =
-            specs.iter().map(|s| (s.proto, s.addr, s.port)).collect();
+        let keep: HashSet<SvcId> = specs.iter().map(|s| (s.proto, s.addr, s.port)).collect();
         let mut changes: Vec<Change> = self
             .services
             .keys()
@@ -324,8 +322,7 @@ fn plan_one(spec: ServiceSpec, old: Option<Arc<ServiceRt>>) -> Result<Step, Serv
     };
     let trash: Vec<Arc<Dest>> = match &old {
         Some(o) => {
-            let current: std::collections::HashSet<*const Dest> =
-                dests.iter().map(Arc::as_ptr).collect();
+            let current: HashSet<*const Dest> = dests.iter().map(Arc::as_ptr).collect();
             o.dests
                 .iter()
                 .chain(o.trash.iter())

@@ -21,10 +21,11 @@
 //! The table is replaced atomically at start (a crash leaves a stale one
 //! behind: it is cleaned first) and deleted on exit, signals included.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+
+use foldhash::{HashMap, HashMapExt};
 
 use super::nftnl::{self, KeyField, NftError, NftSock, SetChange};
 

@@ -19,9 +19,10 @@
 //! each in one function ([`supported_fwd`], [`check_scheduler`],
 //! [`check_pe`]) collected in [`Gates`], so lifting one is a one-line change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
+use foldhash::HashMap;
 use uvs_sched::{FwdMethod, Registry};
 
 use super::args::{Command, ServiceOpts};
