@@ -11,7 +11,9 @@
 //!    [`Config::apply_batch`] / [`Config::restore`] (`-R` and
 //!    `uvs run --config FILE`, all-or-nothing: a bad line leaves the running
 //!    configuration exactly as it was). The [`Applied`] result says what
-//!    changed, so the runtime can reconcile workers without a full rebuild.
+//!    changed, so the runtime can reconcile workers without a full rebuild;
+//!    [`execute_logged`] also records an [`Undo`], so the runtime can back
+//!    the change out if it cannot commit it ([`Config::undo`]).
 //! 4. Query commands (`-L`, `-S`, `--timeout`, `-c`) never change the model;
 //!    [`mod@format`] renders them byte-for-byte as ipvsadm 1.31 does, taking live
 //!    counters from the runtime through the [`Counters`] trait.
