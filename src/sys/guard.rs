@@ -485,6 +485,7 @@ mod tests {
             let mut o = Owned::default();
             let (d, _) = o.change([
                 svc(80, &[("203.0.113.1", 8080)]),
+                svc(82, &[("203.0.113.1", 8080)]),
                 (
                     (6, ip("2001:db8::1"), 0),
                     Some(service_elems((6, ip("2001:db8::1"), 0), [])),
@@ -495,6 +496,10 @@ mod tests {
             let (d, _) = o.change([((6, ip("192.0.2.1"), 80), None), svc(81, &[])]);
             g.apply(&d).expect("deletes and adds");
             let second = list();
+            // The last service behind the shared server goes: so does it.
+            let (d, _) = o.change([((6, ip("192.0.2.1"), 82), None)]);
+            g.apply(&d).expect("deletes");
+            let second_b = list();
             // Deleting what is not there is refused, and changes nothing.
             let bogus = Delta {
                 add: vec![Elem::Service((6, ip("192.0.2.9"), 9))],
@@ -503,10 +508,10 @@ mod tests {
             let err = g.apply(&bogus).expect_err("refused");
             let third = list();
             g.remove().expect("removes");
-            (first, second, err.to_string(), third)
+            (first, second, second_b, err.to_string(), third)
         })
         .expect("runs in the namespace");
-        let (first, second, err, third) = listing;
+        let (first, second, second_b, err, third) = listing;
         for want in [
             "192.0.2.1 . tcp . 80",
             "203.0.113.1 . tcp . 8080",
@@ -516,9 +521,14 @@ mod tests {
         }
         assert!(first.contains("elements = { 203.0.113.1 }"), "{first}");
         assert!(!second.contains("192.0.2.1 . tcp . 80"), "{second}");
-        assert!(!second.contains("203.0.113.1"), "{second}");
         assert!(second.contains("192.0.2.1 . tcp . 81"), "{second}");
+        assert!(
+            second.contains("203.0.113.1 . tcp . 8080"),
+            "the server behind :82 stays: {second}"
+        );
+        assert!(!second_b.contains("203.0.113.1"), "{second_b}");
+        assert!(!second_b.contains("192.0.2.1 . tcp . 82"), "{second_b}");
         assert!(err.contains("delete") && err.contains("rsa4"), "{err}");
-        assert_eq!(second, third, "a refused batch changes nothing");
+        assert_eq!(second_b, third, "a refused batch changes nothing");
     }
 }
