@@ -487,3 +487,6 @@ pub fn set_knob(k: &mut uvs_conntrack::Knobs, spec: &str) -> Result<(), String> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
