@@ -219,7 +219,7 @@ pub struct Prepared {
     pub delta: guard::Delta,
     /// Takes the guard bookkeeping back if the kernel refuses `delta`.
     pub staged: guard::Staged,
-    /// Addresses of real servers new to their service.
+    /// Addresses of real servers new to their service, each once.
     pub resolve: Vec<IpAddr>,
 }
 
@@ -268,6 +268,9 @@ pub fn prepare(
     }
     let plan = running.plan(changes).map_err(|e| e.to_string())?;
     let (delta, staged) = owned.change(elems);
+    // Many services often share servers: ask once per address.
+    let mut asked = HashSet::with_capacity(resolve.len());
+    resolve.retain(|a| asked.insert(*a));
     Ok(Prepared {
         plan,
         delta,
