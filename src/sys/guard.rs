@@ -123,7 +123,8 @@ impl KernelGuard {
     }
 
     /// Sends `delta` to the kernel in one transaction (nothing when it is
-    /// empty). On error the sets are as they were.
+    /// empty). When the kernel refuses it the sets are as they were (the
+    /// batch is atomic); after a timeout their state is unknown.
     pub fn apply(&mut self, delta: &Delta) -> Result<(), GuardError> {
         if delta.is_empty() {
             return Ok(());
