@@ -54,6 +54,9 @@ fn find_is_exact_then_port_zero_and_is_vip_counts_services() {
     assert!(s.find(6, ip("192.0.2.2"), 80).is_none());
     assert!(s.is_vip(ip("192.0.2.1")) && s.is_vip(ip("192.0.2.2")));
     assert!(!s.is_vip(ip("192.0.2.3")));
+    // An IPv6 address with the same low bits is another address.
+    assert!(!s.is_vip(ip("::c000:201")) && !s.is_vip(ip("::ffff:192.0.2.1")));
+    assert!(s.find(6, ip("::c000:202"), 443).is_none());
     // A VIP stays one while any service is on it.
     let s = apply(&s, vec![Change::Remove((6, ip("192.0.2.1"), 80))]);
     assert!(s.is_vip(ip("192.0.2.1")));
