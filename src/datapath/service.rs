@@ -109,28 +109,6 @@ type PMap<K, V> = imbl::GenericHashMap<K, V, foldhash::fast::RandomState, Defaul
 /// What identifies a service on the data path: (protocol, VIP, port).
 pub type SvcId = (u8, IpAddr, u16);
 
-/// The maps' key: an address as 128 bits plus protocol, port and family
-/// packed in 32, so hashing one is two word writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Key(u128, u32);
-
-impl Key {
-    #[inline]
-    fn new(proto: u8, addr: IpAddr, port: u16) -> Key {
-        let (bits, v6) = match addr {
-            IpAddr::V4(a) => (u128::from(u32::from(a)), 0),
-            IpAddr::V6(a) => (u128::from(a), 1 << 24),
-        };
-        Key(bits, v6 | u32::from(proto) << 16 | u32::from(port))
-    }
-
-    /// The key of a VIP (protocol and port 0).
-    #[inline]
-    fn vip(addr: IpAddr) -> Key {
-        Key::new(0, addr, 0)
-    }
-}
-
 /// Services with more real servers than this get a hash index for
 /// [`ServiceRt::dest`]; below it a scan of the vector is cheaper.
 const DEST_INDEX_MIN: usize = 8;
@@ -196,9 +174,9 @@ impl Change {
 /// An immutable snapshot of every service.
 #[derive(Clone, Default)]
 pub struct Services {
-    services: PMap<Key, Arc<ServiceRt>>,
+    services: PMap<SvcId, Arc<ServiceRt>>,
     /// VIP → number of services on it: the "is it local" route decision.
-    vips: PMap<Key, u32>,
+    vips: PMap<IpAddr, u32>,
 }
 
 impl std::fmt::Debug for Services {
@@ -235,24 +213,24 @@ impl Services {
     /// (every port) service on that VIP.
     #[inline]
     pub fn find(&self, proto: u8, addr: IpAddr, port: u16) -> Option<&Arc<ServiceRt>> {
-        if let Some(s) = self.services.get(&Key::new(proto, addr, port)) {
+        if let Some(s) = self.services.get(&(proto, addr, port)) {
             return Some(s);
         }
         if port == 0 {
             return None;
         }
-        self.services.get(&Key::new(proto, addr, 0))
+        self.services.get(&(proto, addr, 0))
     }
 
     /// Whether `addr` is a virtual address (packets to it go to LOCAL_IN).
     #[inline]
     pub fn is_vip(&self, addr: IpAddr) -> bool {
-        self.vips.contains_key(&Key::vip(addr))
+        self.vips.contains_key(&addr)
     }
 
     /// The service with exactly this key (no port-0 fallback).
-    pub fn get(&self, &(proto, addr, port): &SvcId) -> Option<&Arc<ServiceRt>> {
-        self.services.get(&Key::new(proto, addr, port))
+    pub fn get(&self, id: &SvcId) -> Option<&Arc<ServiceRt>> {
+        self.services.get(id)
     }
 
     /// All services, in no particular order.
@@ -286,7 +264,7 @@ impl Services {
             if last.get(&id) != Some(&i) {
                 continue;
             }
-            let old = self.get(&id).cloned();
+            let old = self.services.get(&id).cloned();
             match change {
                 Change::Remove(_) => {
                     if let Some(o) = old {
@@ -308,10 +286,10 @@ impl Services {
     pub fn rebuild(&self, specs: &[ServiceSpec]) -> Result<Services, ServiceError> {
         let keep: HashSet<SvcId> = specs.iter().map(|s| (s.proto, s.addr, s.port)).collect();
         let mut changes: Vec<Change> = self
-            .iter()
-            .map(|s| s.id())
-            .filter(|id| !keep.contains(id))
-            .map(Change::Remove)
+            .services
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .map(|k| Change::Remove(*k))
             .collect();
         changes.extend(specs.iter().cloned().map(Change::Upsert));
         Ok(self.plan(changes)?.commit())
@@ -425,18 +403,15 @@ impl Plan {
                             .map_or_else(Default::default, |o| o.stats.clone()),
                         index,
                     });
-                    if services
-                        .insert(Key::new(rt.proto, rt.addr, rt.port), rt)
-                        .is_none()
-                    {
-                        *vips.entry(Key::vip(spec.addr)).or_insert(0) += 1;
+                    if services.insert(rt.id(), rt).is_none() {
+                        *vips.entry(spec.addr).or_insert(0) += 1;
                     }
                 }
                 Step::Remove(o) => {
                     // Servers of deleted services are unavailable too.
                     o.dests.iter().for_each(|d| d.set_available(false));
-                    services.remove(&Key::new(o.proto, o.addr, o.port));
-                    if let imbl::hashmap::Entry::Occupied(mut e) = vips.entry(Key::vip(o.addr)) {
+                    services.remove(&o.id());
+                    if let imbl::hashmap::Entry::Occupied(mut e) = vips.entry(o.addr) {
                         *e.get_mut() -= 1;
                         if *e.get() == 0 {
                             e.remove();
