@@ -36,6 +36,7 @@
 pub mod args;
 pub mod format;
 pub mod model;
+pub mod table;
 #[cfg(test)]
 mod tests;
 
