@@ -2,24 +2,32 @@
 //! into a new service snapshot for the workers, keeps the kernel guard's
 //! sets in step, and answers the control socket until SIGINT/SIGTERM.
 //!
-//! A change is all-or-nothing: the command is validated against a copy of
-//! the configuration, the snapshot is built (schedulers may reject flags),
-//! and only then are the copy, the snapshot and the guard committed. A
-//! rejected change leaves everything as it was and names the problem.
+//! A change is all-or-nothing and costs what it changes: the command edits
+//! the configuration in place, recording how to undo itself; the daemon
+//! takes the services the [`ctl::Applied`] result names, plans their new
+//! runtime objects (schedulers may reject flags), sends the guard only the
+//! set elements whose presence changed, and only then publishes the new
+//! snapshot (which shares every untouched service with the old one). If
+//! any step fails, the configuration is undone and everything is as it was.
+//! Real servers new to a service are handed to the next-hop resolver in the
+//! background; no command waits for ARP/ND.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+
+use foldhash::{HashSet, HashSetExt};
 
 use crate::control::ctl;
 use crate::control::socket::{self, Reply};
 use crate::datapath::filter::{FilterTable, Rule};
 use crate::datapath::pipeline::Pipeline;
-use crate::datapath::service::{ClientMask, DestSpec, Persistence, ServiceSpec};
+use crate::datapath::service::{
+    Change, ClientMask, DestSpec, Persistence, Plan, ServiceSpec, Services, SvcId,
+};
 use crate::engine::{self, Engine, EngineConfig};
-use crate::sys::guard::{self, Endpoint, KernelGuard};
+use crate::sys::guard::{self, KernelGuard, Owned};
 
 /// What `uvs run` was asked to do.
 #[derive(Debug, Clone)]
@@ -54,57 +62,90 @@ struct Daemon {
     pipeline: Arc<Pipeline>,
     engine: Engine,
     guard: KernelGuard,
+    /// What the guard's sets hold, by service.
+    owned: Owned,
     config: ctl::Config,
     mh_table_size: u32,
 }
 
-/// The runtime form of a configuration, or what the engine cannot do yet
-/// (refused loudly rather than parsed and ignored).
-fn specs(cfg: &ctl::Config, mh_table_size: u32) -> Result<Vec<ServiceSpec>, String> {
-    let mut out = Vec::with_capacity(cfg.services.len());
-    for s in &cfg.services {
-        let (proto, addr, port) = match s.key {
-            ctl::SvcKey::Addr { proto, addr, port } => (proto.number(), addr, port),
-            ctl::SvcKey::Fwmark { .. } => {
-                return Err("fwmark services (-f) are not supported yet".into())
-            }
-        };
-        if s.ops {
-            return Err("one-packet scheduling (-o) is not supported yet".into());
+/// The runtime form of one configured service, or what the engine cannot
+/// do yet (refused loudly rather than parsed and ignored).
+pub fn spec(s: &ctl::ServiceConfig, mh_table_size: u32) -> Result<ServiceSpec, String> {
+    let (proto, addr, port) = match s.key {
+        ctl::SvcKey::Addr { proto, addr, port } => (proto.number(), addr, port),
+        ctl::SvcKey::Fwmark { .. } => {
+            return Err("fwmark services (-f) are not supported yet".into())
         }
-        out.push(ServiceSpec {
-            proto,
-            addr,
-            port,
-            sched: s.sched.clone(),
-            params: uvs_sched::SchedParams {
-                flags: s.sched_flags.clone(),
-                // Like the kernel's module parameter: only mh has a table.
-                mh_table_size: (s.sched == "mh").then_some(mh_table_size),
-            },
-            persistence: s.persistent.map(|t| Persistence {
-                timeout_ms: t.saturating_mul(1000),
-                mask: match s.netmask {
-                    ctl::Netmask::V4(m) => ClientMask::V4(u32::from(m)),
-                    ctl::Netmask::V6(len) => ClientMask::V6(len),
-                },
-            }),
-            dests: s
-                .dests
-                .iter()
-                .map(|d| DestSpec {
-                    addr: d.addr,
-                    port: d.port,
-                    fwd: d.fwd,
-                    weight: d.weight,
-                    u_threshold: d.u_threshold,
-                    l_threshold: d.l_threshold,
-                    tun: d.tun.map(tun_config).unwrap_or_default(),
-                })
-                .collect(),
-        });
+    };
+    if s.ops {
+        return Err("one-packet scheduling (-o) is not supported yet".into());
     }
-    Ok(out)
+    Ok(ServiceSpec {
+        proto,
+        addr,
+        port,
+        sched: s.sched.clone(),
+        params: uvs_sched::SchedParams {
+            flags: s.sched_flags.clone(),
+            // Like the kernel's module parameter: only mh has a table.
+            mh_table_size: (s.sched == "mh").then_some(mh_table_size),
+        },
+        persistence: s.persistent.map(|t| Persistence {
+            timeout_ms: t.saturating_mul(1000),
+            mask: match s.netmask {
+                ctl::Netmask::V4(m) => ClientMask::V4(u32::from(m)),
+                ctl::Netmask::V6(len) => ClientMask::V6(len),
+            },
+        }),
+        dests: s
+            .dests
+            .iter()
+            .map(|d| DestSpec {
+                addr: d.addr,
+                port: d.port,
+                fwd: d.fwd,
+                weight: d.weight,
+                u_threshold: d.u_threshold,
+                l_threshold: d.l_threshold,
+                tun: d.tun.map(tun_config).unwrap_or_default(),
+            })
+            .collect(),
+    })
+}
+
+/// The configuration key of a runtime service.
+fn key_of((proto, addr, port): SvcId) -> Option<ctl::SvcKey> {
+    let proto = match proto {
+        6 => ctl::Proto::Tcp,
+        17 => ctl::Proto::Udp,
+        132 => ctl::Proto::Sctp,
+        _ => return None,
+    };
+    Some(ctl::SvcKey::Addr { proto, addr, port })
+}
+
+/// The runtime key of a configured service (`None` for fwmark services,
+/// which never reach the runtime).
+fn id_of(key: &ctl::SvcKey) -> Option<SvcId> {
+    match *key {
+        ctl::SvcKey::Addr { proto, addr, port } => Some((proto.number(), addr, port)),
+        ctl::SvcKey::Fwmark { .. } => None,
+    }
+}
+
+/// Collects the services `applied` touched; `Cleared` touches every
+/// service of `running`.
+fn touched(applied: &ctl::Applied, running: &Services, out: &mut Vec<ctl::SvcKey>) {
+    use ctl::Applied as A;
+    match applied {
+        A::Nothing | A::Zeroed(_) | A::TimeoutsSet(_) => {}
+        A::ServiceAdded(k) | A::ServiceEdited(k) | A::ServiceDeleted(k) => out.push(*k),
+        A::DestAdded { svc, .. } | A::DestEdited { svc, .. } | A::DestDeleted { svc, .. } => {
+            out.push(*svc)
+        }
+        A::Cleared => out.extend(running.iter().filter_map(|s| key_of(s.id()))),
+        A::Batch(v) => v.iter().for_each(|a| touched(a, running, out)),
+    }
 }
 
 /// ipvsadm's tunnel options as the destination keeps them.
@@ -126,14 +167,9 @@ struct Live<'a> {
 
 impl ctl::Counters for Live<'_> {
     fn dest(&self, svc: &ctl::SvcKey, d: &ctl::DestConfig) -> ctl::DestCounters {
-        let ctl::SvcKey::Addr { proto, addr, port } = *svc else {
-            return ctl::DestCounters::default();
-        };
-        let dest = self.snap.find(proto.number(), addr, port).and_then(|s| {
-            s.dests
-                .iter()
-                .find(|x| x.addr == d.addr && x.port == d.port)
-        });
+        let dest = id_of(svc)
+            .and_then(|id| self.snap.get(&id))
+            .and_then(|s| s.dest(d.addr, d.port));
         dest.map_or_else(ctl::DestCounters::default, |x| ctl::DestCounters {
             active_conns: x.active_conns(),
             inactive_conns: x.inactive_conns(),
@@ -163,51 +199,114 @@ impl ctl::Counters for Live<'_> {
     }
 }
 
-/// The traffic the kernel must leave to uvs under `specs`.
-fn owned(specs: &[ServiceSpec]) -> (Vec<Endpoint>, Vec<Endpoint>) {
-    let svcs = specs.iter().map(|s| (s.proto, s.addr, s.port)).collect();
-    let mut nat: Vec<Endpoint> = specs
+/// The guard elements of one service.
+fn guard_elems(spec: &ServiceSpec) -> Vec<guard::Elem> {
+    let nat = spec
+        .dests
         .iter()
-        .flat_map(|s| {
-            s.dests
-                .iter()
-                .filter(|d| d.fwd == uvs_sched::FwdMethod::Masq)
-                .map(move |d| (s.proto, d.addr, if d.port == 0 { s.port } else { d.port }))
-        })
-        .collect();
-    nat.sort();
-    nat.dedup();
-    (svcs, nat)
+        .filter(|d| d.fwd == uvs_sched::FwdMethod::Masq)
+        .map(|d| (d.addr, d.port));
+    guard::service_elems((spec.proto, spec.addr, spec.port), nat)
+}
+
+/// The pure half of a commit, made by [`prepare`]: nothing shared has
+/// changed yet.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The new runtime objects of the touched services.
+    pub plan: Plan,
+    /// What the kernel guard's sets must gain and lose.
+    pub delta: guard::Delta,
+    /// Takes the guard bookkeeping back if the kernel refuses `delta`.
+    pub staged: guard::Staged,
+    /// Addresses of real servers new to their service, each once.
+    pub resolve: Vec<IpAddr>,
+}
+
+/// Plans the runtime side of `applied`, a change already made to `config`:
+/// the runtime objects of exactly the services it touched (planned against
+/// `running`) and the guard delta (recorded in `owned`; on error `owned` is
+/// unchanged). Costs O(what changed).
+pub fn prepare(
+    config: &ctl::Config,
+    applied: &ctl::Applied,
+    running: &Services,
+    owned: &mut Owned,
+    mh_table_size: u32,
+) -> Result<Prepared, String> {
+    let mut keys = Vec::new();
+    touched(applied, running, &mut keys);
+    let mut seen = HashSet::with_capacity(keys.len());
+    let mut changes = Vec::with_capacity(keys.len());
+    let mut elems = Vec::with_capacity(keys.len());
+    let mut resolve = Vec::new();
+    for key in keys {
+        if !seen.insert(key) {
+            continue;
+        }
+        match config.service(&key) {
+            Some(svc) => {
+                let spec = spec(svc, mh_table_size)?;
+                let id = (spec.proto, spec.addr, spec.port);
+                let old = running.get(&id);
+                resolve.extend(
+                    spec.dests
+                        .iter()
+                        .filter(|d| old.and_then(|o| o.dest(d.addr, d.port)).is_none())
+                        .map(|d| d.addr),
+                );
+                elems.push((id, Some(guard_elems(&spec))));
+                changes.push(Change::Upsert(spec));
+            }
+            None => {
+                if let Some(id) = id_of(&key) {
+                    elems.push((id, None));
+                    changes.push(Change::Remove(id));
+                }
+            }
+        }
+    }
+    let plan = running.plan(changes).map_err(|e| e.to_string())?;
+    let (delta, staged) = owned.change(elems);
+    // Many services often share servers: ask once per address.
+    let mut asked = HashSet::with_capacity(resolve.len());
+    resolve.retain(|a| asked.insert(*a));
+    Ok(Prepared {
+        plan,
+        delta,
+        staged,
+        resolve,
+    })
 }
 
 impl Daemon {
-    /// Validates and commits `new` (see the module doc).
-    fn commit(&mut self, new: ctl::Config) -> Result<(), String> {
-        let specs = specs(&new, self.mh_table_size)?;
-        let snapshot = self
-            .pipeline
-            .services
-            .load()
-            .rebuild(&specs)
-            .map_err(|e| e.to_string())?;
-        let (svcs, nat) = owned(&specs);
-        self.guard.update(&svcs, &nat).map_err(|e| e.to_string())?;
-        self.pipeline.services.store(Arc::new(snapshot));
-        let mut t = self.pipeline.conns.timeouts();
-        t.set_tcp_tcpfin_udp(new.timeouts.tcp, new.timeouts.tcp_fin, new.timeouts.udp);
-        self.pipeline.conns.set_timeouts(&t);
-        self.config = new;
-        // Learn the real servers' next hops now, so first packets rarely
-        // wait for ARP/ND.
-        let dests: Vec<IpAddr> = specs
-            .iter()
-            .flat_map(|s| s.dests.iter().map(|d| d.addr))
-            .collect();
-        for a in dests {
-            let _ = self
-                .engine
-                .resolver
-                .resolve_blocking(a, Duration::from_millis(500));
+    /// Brings the runtime in line with the services `applied` touched in
+    /// the (already edited) configuration (see the module doc). On error
+    /// nothing in the runtime changed; the caller undoes the configuration.
+    fn commit(&mut self, applied: &ctl::Applied) -> Result<(), String> {
+        let running = self.pipeline.services.load_full();
+        let p = prepare(
+            &self.config,
+            applied,
+            &running,
+            &mut self.owned,
+            self.mh_table_size,
+        )?;
+        if let Err(e) = self.guard.apply(&p.delta) {
+            self.owned.revert(p.staged);
+            return Err(e.to_string());
+        }
+        if !p.plan.is_empty() {
+            self.pipeline.services.store(Arc::new(p.plan.commit()));
+        }
+        let t = &self.config.timeouts;
+        let mut ct = self.pipeline.conns.timeouts();
+        ct.set_tcp_tcpfin_udp(t.tcp, t.tcp_fin, t.udp);
+        self.pipeline.conns.set_timeouts(&ct);
+        // Learn new real servers' next hops in the background, so first
+        // packets rarely wait for ARP/ND; a cached one costs a map read.
+        for a in p.resolve {
+            let _ = self.engine.resolver.lookup(a);
         }
         Ok(())
     }
@@ -227,9 +326,9 @@ impl Daemon {
         }
     }
 
-    /// One uvsadm command: parsed and validated by `ctl` against a copy of
-    /// the configuration, then committed to the runtime (or refused, leaving
-    /// everything as it was).
+    /// One uvsadm command: parsed, validated and applied to the
+    /// configuration by `ctl`, then committed to the runtime — or refused
+    /// and undone, leaving everything as it was.
     fn uvsadm(&mut self, args: &[String], stdin: Option<&str>) -> Reply {
         let cmd = match ctl::parse(args) {
             Ok(c) => c,
@@ -240,13 +339,17 @@ impl Daemon {
             conns: &self.pipeline.conns,
             now: self.engine.now_ms(),
         };
-        let mut new = self.config.clone();
-        let out = match ctl::execute_command(&mut new, &cmd, stdin, &live, &ctl::Gates::default()) {
+        let mut undo = ctl::Undo::new();
+        let gates = ctl::Gates::default();
+        let out = ctl::execute_logged(&mut self.config, &cmd, stdin, &live, &gates, &mut undo);
+        drop(live);
+        let out = match out {
             Ok(o) => o,
             Err(e) => return Reply::err(e),
         };
         if out.applied != ctl::Applied::Nothing {
-            if let Err(e) = self.commit(new) {
+            if let Err(e) = self.commit(&out.applied) {
+                self.config.undo(undo);
                 return Reply::err(e);
             }
         }
@@ -286,11 +389,14 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     }
     // Validate everything given at start before touching the system.
     let mut config = ctl::Config::default();
+    let mut loaded = Vec::new();
     if let Some(text) = &opts.config {
-        config
+        loaded = config
             .restore(text)
             .map_err(|e| DaemonError::Config(e.to_string()))?;
-        specs(&config, opts.mh_table_size).map_err(DaemonError::Config)?;
+        for s in &config.services {
+            spec(s, opts.mh_table_size).map_err(DaemonError::Config)?;
+        }
     }
     let filter = match &opts.filter {
         Some(t) => FilterTable::parse_file(t)?,
@@ -317,10 +423,12 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         pipeline,
         engine,
         guard,
-        config: ctl::Config::default(),
+        owned: Owned::default(),
+        config,
         mh_table_size: opts.mh_table_size,
     };
-    d.commit(config).map_err(DaemonError::Config)?;
+    d.commit(&ctl::Applied::Batch(loaded))
+        .map_err(DaemonError::Config)?;
     eprintln!(
         "uvs: running on {} with {} worker(s); control socket {}",
         names.join(", "),
@@ -382,3 +490,6 @@ pub fn set_knob(k: &mut uvs_conntrack::Knobs, spec: &str) -> Result<(), String> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -156,7 +156,15 @@ impl Server {
                         .and_then(|_| write_frame(&mut s, reply.stdout.as_bytes()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20))
+                    // Wait for the next client without adding latency to
+                    // its command; wake now and then to check `stop`.
+                    let mut pfd = libc::pollfd {
+                        fd: std::os::fd::AsRawFd::as_raw_fd(&self.listener),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: `pfd` is one valid pollfd, as the count says.
+                    unsafe { libc::poll(&mut pfd, 1, 100) };
                 }
                 Err(e) => {
                     eprintln!("uvs: control socket: {e}");

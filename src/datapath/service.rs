@@ -1,19 +1,33 @@
 //! The runtime service table: what the workers read for every new
 //! connection, published RCU-style.
 //!
-//! The control plane builds a new immutable [`Services`] snapshot from the
-//! configuration and swaps it in (`arc_swap`); workers load the current one
-//! without locks. Real servers are `Arc<Dest>`s that survive snapshots —
-//! their connection counts live in them — and a removed real server stays in
-//! its service's trash so that re-adding it brings its connections back
-//! (the kernel's `dest_trash`). Each service keeps its scheduler object
-//! across snapshots; the scheduler is told about destination changes with
-//! `Scheduler::update`.
+//! Contract:
+//! * Workers load the current immutable [`Services`] snapshot (`arc_swap`)
+//!   and ask [`Services::find`] / [`Services::is_vip`]: hash look-ups on
+//!   (protocol, VIP, port) and on the VIP, O(1) in the number of services,
+//!   reading shared memory only (no lock, no write, no allocation).
+//! * The control plane changes a snapshot by [`Services::plan`]ning the
+//!   services a command touched and committing the [`Plan`]: only those
+//!   services' runtime objects are built, and the new snapshot shares every
+//!   other entry with the old one (persistent hash maps, `imbl`), so one
+//!   change costs O(what it changes), never O(services).
+//! * Real servers are `Arc<Dest>`s that survive snapshots — their connection
+//!   counts live in them — and a removed real server stays in its service's
+//!   trash so that re-adding it brings its connections back (the kernel's
+//!   `dest_trash`). Each service keeps its scheduler object across
+//!   snapshots while its scheduler name and flags stay; the scheduler is
+//!   told about destination changes with `Scheduler::update`. Counters
+//!   (`Stats`) stay with the service until it is deleted. The servers of a
+//!   deleted service are marked unavailable.
+//! * Planning does everything that can fail (building schedulers) without
+//!   touching shared objects; committing cannot fail.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt, HashSet};
+use imbl::shared_ptr::DefaultSharedPtr;
 use uvs_sched::{Dest, FwdMethod, Registry, SchedError, SchedParams, Scheduler, TunConfig};
 
 /// What the configuration says about one real server.
@@ -89,6 +103,16 @@ impl Stats {
     }
 }
 
+/// A persistent hash map (structurally shared between snapshots).
+type PMap<K, V> = imbl::GenericHashMap<K, V, foldhash::fast::RandomState, DefaultSharedPtr>;
+
+/// What identifies a service on the data path: (protocol, VIP, port).
+pub type SvcId = (u8, IpAddr, u16);
+
+/// Services with more real servers than this get a hash index for
+/// [`ServiceRt::dest`]; below it a scan of the vector is cheaper.
+const DEST_INDEX_MIN: usize = 8;
+
 /// One virtual service as the workers see it.
 #[derive(Debug)]
 pub struct ServiceRt {
@@ -103,6 +127,23 @@ pub struct ServiceRt {
     /// Removed real servers, kept so a re-add resumes their connections.
     pub trash: Vec<Arc<Dest>>,
     pub stats: Arc<Stats>,
+    /// (address, port) → index in `dests`, for services with many servers.
+    index: Option<HashMap<(IpAddr, u16), usize>>,
+}
+
+impl ServiceRt {
+    /// The current real server `addr:port` (listings' counters), O(1).
+    pub fn dest(&self, addr: IpAddr, port: u16) -> Option<&Arc<Dest>> {
+        match &self.index {
+            Some(ix) => ix.get(&(addr, port)).map(|&i| &self.dests[i]),
+            None => self.dests.iter().find(|d| d.addr == addr && d.port == port),
+        }
+    }
+
+    /// This service's key.
+    pub fn id(&self) -> SvcId {
+        (self.proto, self.addr, self.port)
+    }
 }
 
 /// Errors building a snapshot; the running one stays in force.
@@ -112,126 +153,276 @@ pub enum ServiceError {
     Sched(#[from] SchedError),
 }
 
+/// One service's change, for [`Services::plan`].
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Add the service or bring it to this spec.
+    Upsert(ServiceSpec),
+    /// Delete the service (absent: nothing to do).
+    Remove(SvcId),
+}
+
+impl Change {
+    fn id(&self) -> SvcId {
+        match self {
+            Change::Upsert(s) => (s.proto, s.addr, s.port),
+            Change::Remove(id) => *id,
+        }
+    }
+}
+
 /// An immutable snapshot of every service.
-#[derive(Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Services {
-    services: Vec<Arc<ServiceRt>>,
-    /// Sorted, deduplicated VIPs: the "is it local" route decision.
-    vips: Vec<IpAddr>,
+    services: PMap<SvcId, Arc<ServiceRt>>,
+    /// VIP → number of services on it: the "is it local" route decision.
+    vips: PMap<IpAddr, u32>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("services", &self.services.len())
+            .field("vips", &self.vips.len())
+            .finish()
+    }
+}
+
+/// What [`Services::plan`] prepared for one service.
+#[derive(Debug)]
+enum Step {
+    Upsert {
+        spec: ServiceSpec,
+        old: Option<Arc<ServiceRt>>,
+        dests: Vec<Arc<Dest>>,
+        sched: Arc<dyn Scheduler>,
+        trash: Vec<Arc<Dest>>,
+    },
+    Remove(Arc<ServiceRt>),
+}
+
+/// A validated change of a snapshot; [`Plan::commit`] applies it.
+#[derive(Debug)]
+pub struct Plan {
+    base: Services,
+    steps: Vec<Step>,
 }
 
 impl Services {
     /// The service for (protocol, VIP, port), falling back to a port-0
     /// (every port) service on that VIP.
+    #[inline]
     pub fn find(&self, proto: u8, addr: IpAddr, port: u16) -> Option<&Arc<ServiceRt>> {
-        let mut wildcard = None;
-        for s in &self.services {
-            if s.proto == proto && s.addr == addr {
-                if s.port == port {
-                    return Some(s);
-                }
-                if s.port == 0 {
-                    wildcard = Some(s);
-                }
-            }
+        if let Some(s) = self.services.get(&(proto, addr, port)) {
+            return Some(s);
         }
-        wildcard
+        if port == 0 {
+            return None;
+        }
+        self.services.get(&(proto, addr, 0))
     }
 
     /// Whether `addr` is a virtual address (packets to it go to LOCAL_IN).
+    #[inline]
     pub fn is_vip(&self, addr: IpAddr) -> bool {
-        self.vips.binary_search(&addr).is_ok()
+        self.vips.contains_key(&addr)
     }
 
-    /// All services.
+    /// The service with exactly this key (no port-0 fallback).
+    pub fn get(&self, id: &SvcId) -> Option<&Arc<ServiceRt>> {
+        self.services.get(id)
+    }
+
+    /// All services, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<ServiceRt>> {
-        self.services.iter()
+        self.services.values()
     }
 
-    /// Builds the snapshot for `specs`, reusing schedulers, destinations and
-    /// counters from `self` wherever the service or server already existed.
-    /// Fails without side effects on the running snapshot's schedulers when
-    /// a scheduler cannot be built; only then are existing objects updated.
-    pub fn rebuild(&self, specs: &[ServiceSpec]) -> Result<Services, ServiceError> {
-        // Phase 1: everything that can fail, touching nothing shared.
-        let mut plans = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let old = self
-                .services
-                .iter()
-                .find(|s| s.proto == spec.proto && s.addr == spec.addr && s.port == spec.port);
-            let mut dests = Vec::with_capacity(spec.dests.len());
-            let mut reused: Vec<Arc<Dest>> = Vec::new();
-            for d in &spec.dests {
-                let existing = old.and_then(|o| {
-                    o.dests
-                        .iter()
-                        .chain(o.trash.iter())
-                        .find(|x| x.addr == d.addr && x.port == d.port)
-                });
-                let dest = match existing {
-                    Some(x) => {
-                        reused.push(x.clone());
-                        x.clone()
-                    }
-                    None => Arc::new(Dest::new(d.addr, d.port, d.weight, d.fwd)),
-                };
-                dests.push(dest);
+    /// Number of services.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// No services.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// Prepares `changes` against this snapshot, reusing schedulers,
+    /// destinations and counters of the services that already exist. Costs
+    /// O(servers of the changed services); fails, touching nothing shared,
+    /// when a scheduler cannot be built. A service changed twice keeps its
+    /// last change.
+    pub fn plan(&self, changes: Vec<Change>) -> Result<Plan, ServiceError> {
+        let mut last: HashMap<SvcId, usize> = HashMap::with_capacity(changes.len());
+        for (i, c) in changes.iter().enumerate() {
+            last.insert(c.id(), i);
+        }
+        let mut steps = Vec::with_capacity(last.len());
+        for (i, change) in changes.into_iter().enumerate() {
+            let id = change.id();
+            if last.get(&id) != Some(&i) {
+                continue;
             }
-            let keep_sched =
-                old.filter(|o| o.sched.name() == spec.sched && o.params == spec.params);
-            let sched: Arc<dyn Scheduler> = match keep_sched {
-                Some(o) => o.sched.clone(),
-                None => Arc::from(Registry::create(&spec.sched, &spec.params, &dests)?),
-            };
-            let mut trash: Vec<Arc<Dest>> = Vec::new();
-            if let Some(o) = old {
-                for x in o.dests.iter().chain(o.trash.iter()) {
-                    if !dests.iter().any(|d| Arc::ptr_eq(d, x)) {
-                        trash.push(x.clone());
+            let old = self.services.get(&id).cloned();
+            match change {
+                Change::Remove(_) => {
+                    if let Some(o) = old {
+                        steps.push(Step::Remove(o));
+                    }
+                }
+                Change::Upsert(spec) => steps.push(plan_one(spec, old)?),
+            }
+        }
+        Ok(Plan {
+            base: self.clone(),
+            steps,
+        })
+    }
+
+    /// Builds the snapshot for exactly `specs` (every other service is
+    /// deleted): a whole-configuration reconcile, O(services). The control
+    /// plane uses [`Services::plan`] with the services a command touched.
+    pub fn rebuild(&self, specs: &[ServiceSpec]) -> Result<Services, ServiceError> {
+        let keep: HashSet<SvcId> = specs.iter().map(|s| (s.proto, s.addr, s.port)).collect();
+        let mut changes: Vec<Change> = self
+            .services
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .map(|k| Change::Remove(*k))
+            .collect();
+        changes.extend(specs.iter().cloned().map(Change::Upsert));
+        Ok(self.plan(changes)?.commit())
+    }
+}
+
+/// Phase 1 for one service: everything that can fail, touching nothing
+/// shared.
+fn plan_one(spec: ServiceSpec, old: Option<Arc<ServiceRt>>) -> Result<Step, ServiceError> {
+    // The old service's servers, current and trashed, by (address, port).
+    let known: HashMap<(IpAddr, u16), &Arc<Dest>> = old
+        .iter()
+        .flat_map(|o| o.dests.iter().chain(o.trash.iter()))
+        .map(|d| ((d.addr, d.port), d))
+        .collect();
+    let dests: Vec<Arc<Dest>> = spec
+        .dests
+        .iter()
+        .map(|d| match known.get(&(d.addr, d.port)) {
+            Some(x) => Arc::clone(x),
+            None => Arc::new(Dest::new(d.addr, d.port, d.weight, d.fwd)),
+        })
+        .collect();
+    let keep_sched = old
+        .as_ref()
+        .filter(|o| o.sched.name() == spec.sched && o.params == spec.params);
+    let sched: Arc<dyn Scheduler> = match keep_sched {
+        Some(o) => o.sched.clone(),
+        None => Arc::from(Registry::create(&spec.sched, &spec.params, &dests)?),
+    };
+    let trash: Vec<Arc<Dest>> = match &old {
+        Some(o) => {
+            let current: HashSet<*const Dest> = dests.iter().map(Arc::as_ptr).collect();
+            o.dests
+                .iter()
+                .chain(o.trash.iter())
+                .filter(|x| !current.contains(&Arc::as_ptr(x)))
+                .cloned()
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    drop(known);
+    Ok(Step::Upsert {
+        spec,
+        old,
+        dests,
+        sched,
+        trash,
+    })
+}
+
+impl Plan {
+    /// Number of services this plan changes.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// The plan changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Phase 2: publishes the edits to shared objects (weights, availability,
+    /// schedulers) and returns the new snapshot, sharing every untouched
+    /// entry with the old one. Cannot fail.
+    pub fn commit(self) -> Services {
+        let Plan { base, steps } = self;
+        let Services {
+            mut services,
+            mut vips,
+        } = base;
+        for step in steps {
+            match step {
+                Step::Upsert {
+                    spec,
+                    old,
+                    dests,
+                    sched,
+                    trash,
+                } => {
+                    for (d, ds) in dests.iter().zip(&spec.dests) {
+                        d.set_weight(ds.weight);
+                        d.set_fwd_method(ds.fwd);
+                        d.set_thresholds(ds.u_threshold, ds.l_threshold);
+                        d.set_tun_config(ds.tun);
+                        d.set_available(true);
+                    }
+                    for t in &trash {
+                        t.set_available(false);
+                    }
+                    sched.update(&dests);
+                    let index = (dests.len() > DEST_INDEX_MIN).then(|| {
+                        dests
+                            .iter()
+                            .enumerate()
+                            .map(|(i, d)| ((d.addr, d.port), i))
+                            .collect()
+                    });
+                    let rt = Arc::new(ServiceRt {
+                        proto: spec.proto,
+                        addr: spec.addr,
+                        port: spec.port,
+                        sched,
+                        params: spec.params,
+                        persistence: spec.persistence,
+                        dests,
+                        trash,
+                        stats: old
+                            .as_ref()
+                            .map_or_else(Default::default, |o| o.stats.clone()),
+                        index,
+                    });
+                    if services.insert(rt.id(), rt).is_none() {
+                        *vips.entry(spec.addr).or_insert(0) += 1;
+                    }
+                }
+                Step::Remove(o) => {
+                    // Servers of deleted services are unavailable too.
+                    o.dests.iter().for_each(|d| d.set_available(false));
+                    services.remove(&o.id());
+                    if let imbl::hashmap::Entry::Occupied(mut e) = vips.entry(o.addr) {
+                        *e.get_mut() -= 1;
+                        if *e.get() == 0 {
+                            e.remove();
+                        }
                     }
                 }
             }
-            plans.push((spec, old, dests, sched, trash));
         }
-        // Phase 2: publish edits to shared objects (cannot fail).
-        let mut services = Vec::with_capacity(plans.len());
-        for (spec, old, dests, sched, trash) in plans {
-            for (d, ds) in dests.iter().zip(&spec.dests) {
-                d.set_weight(ds.weight);
-                d.set_fwd_method(ds.fwd);
-                d.set_thresholds(ds.u_threshold, ds.l_threshold);
-                d.set_tun_config(ds.tun);
-                d.set_available(true);
-            }
-            for t in &trash {
-                t.set_available(false);
-            }
-            sched.update(&dests);
-            services.push(Arc::new(ServiceRt {
-                proto: spec.proto,
-                addr: spec.addr,
-                port: spec.port,
-                sched,
-                params: spec.params.clone(),
-                persistence: spec.persistence,
-                dests,
-                trash,
-                stats: old.map_or_else(Default::default, |o| o.stats.clone()),
-            }));
-        }
-        // Servers of deleted services are unavailable too.
-        for o in &self.services {
-            if !services
-                .iter()
-                .any(|s| s.proto == o.proto && s.addr == o.addr && s.port == o.port)
-            {
-                o.dests.iter().for_each(|d| d.set_available(false));
-            }
-        }
-        let mut vips: Vec<IpAddr> = services.iter().map(|s| s.addr).collect();
-        vips.sort();
-        vips.dedup();
-        Ok(Services { services, vips })
+        Services { services, vips }
     }
 }
+
+#[cfg(test)]
+mod tests;

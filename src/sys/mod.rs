@@ -7,3 +7,4 @@ pub mod guard;
 pub mod neigh;
 pub mod netlink;
 pub mod netns;
+pub mod nftnl;

@@ -11,7 +11,9 @@
 //!    [`Config::apply_batch`] / [`Config::restore`] (`-R` and
 //!    `uvs run --config FILE`, all-or-nothing: a bad line leaves the running
 //!    configuration exactly as it was). The [`Applied`] result says what
-//!    changed, so the runtime can reconcile workers without a full rebuild.
+//!    changed, so the runtime can reconcile workers without a full rebuild;
+//!    [`execute_logged`] also records an [`Undo`], so the runtime can back
+//!    the change out if it cannot commit it ([`Config::undo`]).
 //! 4. Query commands (`-L`, `-S`, `--timeout`, `-c`) never change the model;
 //!    [`mod@format`] renders them byte-for-byte as ipvsadm 1.31 does, taking live
 //!    counters from the runtime through the [`Counters`] trait.
@@ -34,6 +36,7 @@
 pub mod args;
 pub mod format;
 pub mod model;
+pub mod table;
 #[cfg(test)]
 mod tests;
 
@@ -43,7 +46,8 @@ pub use format::{
 };
 pub use model::{
     check_pe, check_scheduler, supported_fwd, Applied, Config, DestConfig, Family, Gates, Netmask,
-    Proto, ServiceConfig, SvcKey, Timeouts, TunCsum, TunOpts, TunType, KERNEL_SCHEDULERS,
+    Proto, ServiceConfig, ServiceTable, SvcKey, Timeouts, TunCsum, TunOpts, TunType, Undo,
+    KERNEL_SCHEDULERS,
 };
 
 /// Everything that can go wrong parsing or applying a control command.
@@ -287,10 +291,24 @@ pub fn execute_command(
     counters: &dyn Counters,
     gates: &Gates,
 ) -> Result<Outcome, CtlError> {
+    execute_logged(cfg, cmd, stdin, counters, gates, &mut Undo::new())
+}
+
+/// [`execute_command`] that records how to reverse the change in `undo`
+/// ([`Config::undo`]), for a runtime that may still refuse it. On error
+/// `cfg` and `undo` are unchanged.
+pub fn execute_logged(
+    cfg: &mut Config,
+    cmd: &Command,
+    stdin: Option<&str>,
+    counters: &dyn Counters,
+    gates: &Gates,
+    undo: &mut Undo,
+) -> Result<Outcome, CtlError> {
     let output = match cmd {
         Command::Restore => {
             let text = stdin.ok_or(CtlError::RestoreNeedsInput)?;
-            let applied = cfg.restore_with(text, gates)?;
+            let applied = cfg.restore_logged(text, gates, undo)?;
             return Ok(Outcome {
                 output: String::new(),
                 applied: Applied::Batch(applied),
@@ -305,7 +323,7 @@ pub fn execute_command(
         Command::Help => args::usage(),
         Command::Version => args::version(),
         _ => {
-            let applied = cfg.apply_with(cmd, gates)?;
+            let applied = cfg.apply_logged(cmd, gates, undo)?;
             return Ok(Outcome {
                 output: String::new(),
                 applied,

@@ -7,6 +7,14 @@
 //! runtime turns an [`Applied`] (or a diff of two `Config`s) into changes of
 //! the live service table.
 //!
+//! Cost: services are indexed by key ([`ServiceTable`]: a hash map plus an
+//! insertion-order index), so one command costs O(what it changes), never
+//! O(services). Commands edit the configuration in place; each records how
+//! to reverse itself in an [`Undo`], which is how a batch (`-R`) stays
+//! all-or-nothing in O(its lines) and how the runtime backs a command out
+//! when committing it fails ([`Config::undo`]) — no copy of the
+//! configuration is ever made.
+//!
 //! Support gates: features the engine does not have yet are refused here,
 //! each in one function ([`supported_fwd`], [`check_scheduler`],
 //! [`check_pe`]) collected in [`Gates`], so lifting one is a one-line change.
@@ -16,6 +24,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use uvs_sched::{FwdMethod, Registry};
 
 use super::args::{Command, ServiceOpts};
+use super::table::UndoStep;
+pub use super::table::{ServiceTable, Undo};
 use super::{CtlError, LineError};
 
 /// Longest persistence / connection timeout ipvsadm accepts (31 days).
@@ -299,8 +309,8 @@ impl Default for Timeouts {
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
-    /// Virtual services in the order they were added (`-L --nosort` order).
-    pub services: Vec<ServiceConfig>,
+    /// Virtual services, by key and in the order they were added.
+    pub services: ServiceTable,
     /// Global timeouts.
     pub timeouts: Timeouts,
 }
@@ -463,11 +473,11 @@ impl Config {
 
     /// The service with this key.
     pub fn service(&self, key: &SvcKey) -> Option<&ServiceConfig> {
-        self.services.iter().find(|s| s.key == *key)
+        self.services.get(key)
     }
 
     fn service_mut(&mut self, key: &SvcKey) -> Option<&mut ServiceConfig> {
-        self.services.iter_mut().find(|s| s.key == *key)
+        self.services.get_mut(key)
     }
 
     /// Applies one command with the default gates. On error nothing changed.
@@ -477,6 +487,18 @@ impl Config {
 
     /// Applies one command with explicit gates. On error nothing changed.
     pub fn apply_with(&mut self, cmd: &Command, gates: &Gates) -> Result<Applied, CtlError> {
+        self.apply_logged(cmd, gates, &mut Undo::new())
+    }
+
+    /// Applies one command in place, appending how to reverse it to `undo`.
+    /// On error nothing changed and nothing was appended.
+    pub fn apply_logged(
+        &mut self,
+        cmd: &Command,
+        gates: &Gates,
+        undo: &mut Undo,
+    ) -> Result<Applied, CtlError> {
+        let log = &mut undo.steps;
         match cmd {
             Command::AddService(opts) => {
                 let new = build_service(opts, gates)?;
@@ -484,26 +506,24 @@ impl Config {
                     return Err(CtlError::ServiceExists);
                 }
                 self.services.push(new);
+                log.push(UndoStep::Added(opts.key));
                 Ok(Applied::ServiceAdded(opts.key))
             }
             Command::EditService(opts) => {
                 let new = build_service(opts, gates)?;
                 let svc = self.service_mut(&opts.key).ok_or(CtlError::NoSuchService)?;
                 let dests = std::mem::take(&mut svc.dests);
-                *svc = ServiceConfig { dests, ..new };
+                let old = std::mem::replace(svc, ServiceConfig { dests, ..new });
+                log.push(UndoStep::Edited(old));
                 Ok(Applied::ServiceEdited(opts.key))
             }
             Command::DeleteService(key) => {
-                let i = self
-                    .services
-                    .iter()
-                    .position(|s| s.key == *key)
-                    .ok_or(CtlError::NoSuchService)?;
-                self.services.remove(i);
+                let (seq, old) = self.services.remove(key).ok_or(CtlError::NoSuchService)?;
+                log.push(UndoStep::Deleted(seq, old));
                 Ok(Applied::ServiceDeleted(*key))
             }
             Command::Clear => {
-                self.services.clear();
+                log.push(UndoStep::Cleared(std::mem::take(&mut self.services)));
                 Ok(Applied::Cleared)
             }
             Command::AddServer { svc, dest } => {
@@ -514,6 +534,7 @@ impl Config {
                 }
                 let (addr, port) = (dest.addr, dest.port);
                 service.dests.push(dest);
+                log.push(UndoStep::DestAdded(*svc));
                 Ok(Applied::DestAdded {
                     svc: *svc,
                     addr,
@@ -523,13 +544,14 @@ impl Config {
             Command::EditServer { svc, dest } => {
                 let service = self.service_mut(svc).ok_or(CtlError::ServiceNotDefined)?;
                 let dest = check_dest(&service.key, dest, gates)?;
-                let slot = service
+                let i = service
                     .dests
-                    .iter_mut()
-                    .find(|d| d.addr == dest.addr && d.port == dest.port)
+                    .iter()
+                    .position(|d| d.addr == dest.addr && d.port == dest.port)
                     .ok_or(CtlError::NoSuchDest)?;
                 let (addr, port) = (dest.addr, dest.port);
-                *slot = dest;
+                let old = std::mem::replace(&mut service.dests[i], dest);
+                log.push(UndoStep::DestEdited(*svc, i, old));
                 Ok(Applied::DestEdited {
                     svc: *svc,
                     addr,
@@ -543,7 +565,8 @@ impl Config {
                     .iter()
                     .position(|d| d.addr == *addr && d.port == *port)
                     .ok_or(CtlError::NoSuchDest)?;
-                service.dests.remove(i);
+                let old = service.dests.remove(i);
+                log.push(UndoStep::DestDeleted(*svc, i, old));
                 Ok(Applied::DestDeleted {
                     svc: *svc,
                     addr: *addr,
@@ -566,6 +589,7 @@ impl Config {
                     )?;
                 }
                 // 0 keeps the current value, as in the kernel.
+                log.push(UndoStep::Timeouts(self.timeouts));
                 let t = &mut self.timeouts;
                 for (slot, v) in [
                     (&mut t.tcp, tcp),
@@ -590,7 +614,7 @@ impl Config {
     }
 
     /// Applies a batch all-or-nothing with the default gates: the commands
-    /// run on a copy that replaces `self` only if every one succeeded.
+    /// run in place, and if one fails the ones before it are undone.
     /// Queries and `-R` are refused. `cmds` pairs each command with its line
     /// number for the error.
     pub fn apply_batch(&mut self, cmds: &[(usize, Command)]) -> Result<Vec<Applied>, LineError> {
@@ -603,17 +627,56 @@ impl Config {
         cmds: &[(usize, Command)],
         gates: &Gates,
     ) -> Result<Vec<Applied>, LineError> {
-        let mut next = self.clone();
+        let mut undo = Undo::new();
+        match self.apply_batch_logged(cmds, gates, &mut undo) {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                self.undo(undo);
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies a batch in place, recording every applied command in `undo`;
+    /// on error returns at the bad line, and the caller undoes.
+    fn apply_batch_logged(
+        &mut self,
+        cmds: &[(usize, Command)],
+        gates: &Gates,
+        undo: &mut Undo,
+    ) -> Result<Vec<Applied>, LineError> {
         let mut done = Vec::with_capacity(cmds.len());
         for (line, cmd) in cmds {
             let at = |error| LineError { line: *line, error };
             if let Some(name) = cmd.query_name() {
                 return Err(at(CtlError::NotInScript(name)));
             }
-            done.push(next.apply_with(cmd, gates).map_err(at)?);
+            done.push(self.apply_logged(cmd, gates, undo).map_err(at)?);
         }
-        *self = next;
         Ok(done)
+    }
+
+    /// [`Config::restore_with`], recording the applied commands in `undo`
+    /// so the caller can back the whole batch out later. On error the
+    /// configuration is unchanged and `undo` is as it was.
+    pub fn restore_logged(
+        &mut self,
+        text: &str,
+        gates: &Gates,
+        undo: &mut Undo,
+    ) -> Result<Vec<Applied>, LineError> {
+        let cmds = super::args::parse_script(text)?;
+        let mut mine = Undo::new();
+        match self.apply_batch_logged(&cmds, gates, &mut mine) {
+            Ok(done) => {
+                undo.steps.append(&mut mine.steps);
+                Ok(done)
+            }
+            Err(e) => {
+                self.undo(mine);
+                Err(e)
+            }
+        }
     }
 
     /// Parses and applies a restore script (`-R` input, ipvsadm-save

@@ -1913,3 +1913,117 @@ fn execute_accepts_a_closure_for_counters() {
     let out = execute(&mut cfg, &words("-L --timeout"), None, &zero).expect("timeout");
     assert_eq!(out.output, "Timeout (tcp tcpfin udp): 900 120 300\n");
 }
+
+// ------------------------------------------------ indexed table and undo
+
+fn keys_in_order(cfg: &Config) -> Vec<u16> {
+    cfg.services.iter().map(|s| s.key.port()).collect()
+}
+
+#[test]
+fn the_table_keeps_insertion_order_through_deletes_and_edits() {
+    let mut cfg = open_cfg(
+        "-A -t 192.0.2.1:30\n-A -t 192.0.2.1:10\n-A -t 192.0.2.1:20\n-A -t 192.0.2.1:40\n",
+    );
+    apply_open(&mut cfg, "-D -t 192.0.2.1:10").unwrap();
+    apply_open(&mut cfg, "-E -t 192.0.2.1:20 -s rr").unwrap();
+    apply_open(&mut cfg, "-A -t 192.0.2.1:10").unwrap();
+    assert_eq!(keys_in_order(&cfg), [30, 20, 40, 10]);
+    assert_eq!(cfg.services.len(), 4);
+    assert_eq!(cfg.service(&tcp("192.0.2.1", 20)).unwrap().sched, "rr");
+    let nosort = format::list(&cfg, &list_opts("-L -n --nosort"), &NoCounters).unwrap();
+    let at = |p: &str| nosort.find(p).unwrap();
+    assert!(at(":30") < at(":20") && at(":20") < at(":40") && at(":40") < at(":10"));
+}
+
+#[test]
+fn undo_restores_exactly_what_each_command_changed() {
+    let base = "-A -t 192.0.2.1:80 -s rr\n-a -t 192.0.2.1:80 -r 203.0.113.1:80 -m\n\
+                -a -t 192.0.2.1:80 -r 203.0.113.2:80 -m -w 3\n-A -t 192.0.2.2:80\n\
+                -A -u 192.0.2.3:53\n--set 10 20 30\n";
+    let lines = [
+        "-A -t 192.0.2.9:80",
+        "-E -t 192.0.2.1:80 -s wlc -p 60",
+        "-D -t 192.0.2.1:80",
+        "-D -t 192.0.2.2:80",
+        "-C",
+        "-a -t 192.0.2.1:80 -r 203.0.113.3:80 -m",
+        "-e -t 192.0.2.1:80 -r 203.0.113.1:80 -m -w 7",
+        "-d -t 192.0.2.1:80 -r 203.0.113.1:80",
+        "--set 0 99 0",
+    ];
+    for line in lines {
+        let mut cfg = open_cfg(base);
+        let before = cfg.clone();
+        let mut undo = Undo::new();
+        cfg.apply_logged(&ok(line), &OPEN, &mut undo).unwrap();
+        assert_ne!(cfg, before, "{line} changed something");
+        cfg.undo(undo);
+        assert_eq!(cfg, before, "{line} undone");
+        assert_eq!(format::save(&cfg), format::save(&before));
+        // Adding after the undo appends at the end, as before it.
+        apply_open(&mut cfg, "-A -t 192.0.2.200:1").unwrap();
+        assert_eq!(
+            cfg.services.iter().last().unwrap().key,
+            tcp("192.0.2.200", 1)
+        );
+    }
+    // A sequence undone at once.
+    let mut cfg = open_cfg(base);
+    let before = cfg.clone();
+    let mut undo = Undo::new();
+    for line in lines {
+        let _ = cfg.apply_logged(&ok(line), &OPEN, &mut undo);
+    }
+    cfg.undo(undo);
+    assert_eq!(cfg, before);
+    assert_eq!(keys_in_order(&cfg), [80, 80, 53]);
+}
+
+#[test]
+fn a_failed_command_records_nothing_and_restore_logged_is_all_or_nothing() {
+    let mut cfg = open_cfg("-A -t 192.0.2.1:80\n");
+    let before = cfg.clone();
+    let mut undo = Undo::new();
+    assert!(cfg
+        .apply_logged(&ok("-A -t 192.0.2.1:80"), &OPEN, &mut undo)
+        .is_err());
+    assert!(undo.is_empty());
+    let bad = "-A -t 192.0.2.2:80\n-D -t 192.0.2.1:80\n-a -t 192.0.2.7:80 -r 203.0.113.1\n";
+    assert!(cfg.restore_logged(bad, &OPEN, &mut undo).is_err());
+    assert!(undo.is_empty());
+    assert_eq!(cfg, before);
+    // A good batch can be backed out later (the runtime refused it).
+    let good = "-C\n-A -t 192.0.2.2:80\n-A -t 192.0.2.3:80\n";
+    cfg.restore_logged(good, &OPEN, &mut undo).unwrap();
+    assert_eq!(keys_in_order(&cfg), [80, 80]);
+    cfg.undo(undo);
+    assert_eq!(cfg, before);
+}
+
+#[test]
+fn a_large_restore_and_its_failure_cost_no_copy() {
+    let mut script = String::new();
+    for i in 0..5000u32 {
+        script += &format!(
+            "-A -t 10.{}.{}.{}:80 -s rr\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        );
+    }
+    let mut cfg = Config::new();
+    cfg.restore(&script).unwrap();
+    assert_eq!(cfg.services.len(), 5000);
+    let first = cfg.services.iter().next().unwrap().key;
+    assert_eq!(first, tcp("10.0.0.0", 80));
+    let before = cfg.clone();
+    // A second batch whose last line fails leaves the first batch alone.
+    let mut more: String = (0..1000u32)
+        .map(|i| format!("-A -t 10.1.{}.{}:80\n", i >> 8, i & 255))
+        .collect();
+    more += "-D -t 10.0.0.7:80\n-A -t 10.0.0.0:80\n";
+    let e = cfg.restore(&more).unwrap_err();
+    assert_eq!(e.line, 1002);
+    assert_eq!(cfg, before);
+}
