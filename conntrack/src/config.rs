@@ -30,6 +30,7 @@ impl Defense {
             Defense::Always => 2,
         }
     }
+    #[inline(always)]
     fn from_bits(b: u32) -> Self {
         match b & 3 {
             0 => Defense::Off,
@@ -104,6 +105,7 @@ impl Knobs {
             | self.secure_tcp.bits() << 6
             | (self.conn_reuse_mode as u32) << 8
     }
+    #[inline(always)]
     pub(crate) fn unpack(v: u32) -> Self {
         Knobs {
             expire_nodest_conn: v & 1 != 0,
