@@ -226,7 +226,10 @@ pub struct Config {
     /// it from the OS); tests pass a fixed one for reproducibility.
     pub seed: u64,
     /// Size each shard's index for `max_entries` up front, so it never grows
-    /// (no pause) at the cost of ~10 bytes × `max_entries` from the start.
+    /// (no pause, no rehash, no allocation on insert but the slab's
+    /// chunks) at the cost of ~10 bytes × `max_entries` from the start (as
+    /// the kernel's table is a fixed bucket array). On by default; tests
+    /// with tiny tables or many tables may turn it off.
     pub presize: bool,
     /// Table fill (percent of `max_entries`) at which `Defense::Auto`
     /// defences engage (the kernel uses free memory; uvs has a cap).
@@ -243,7 +246,7 @@ impl Default for Config {
             max_entries: 1 << 20,
             shards: 256,
             seed: 0x5eed_0fc0_ffee,
-            presize: false,
+            presize: true,
             defense_threshold_pct: 75,
             knobs: Knobs::default(),
             timeouts: Timeouts::default(),

@@ -434,7 +434,10 @@ impl Pipeline {
             },
         };
         let fwd = dest.fwd_method();
-        let tun = dest.tun_config();
+        let tun = match fwd {
+            FwdMethod::Tunnel => dest.tun_config(),
+            _ => TunConfig::default(),
+        };
         // Port 0 (a port-0 service's server): the client's port.
         let dport = if dest.port == 0 { p.dport } else { dest.port };
         let daddr = dest.addr;
