@@ -36,7 +36,7 @@
 //!
 //! # Shards, and where a reply lands
 //!
-//! The table is split into `Config::shards` shards, each one mutex over a
+//! The table is split into `Config::shards` shards, each one lock over a
 //! slab and two open-addressing indexes. The shard is chosen by a hash of
 //! the *client endpoint* (proto, caddr, cport) alone: a request carries it as
 //! its source, a NAT reply as its destination. So a reply always lands in the
@@ -69,7 +69,8 @@
 //!
 //! # Locking and allocation
 //!
-//! One mutex per shard; no operation holds two. `lookup`, `update`,
+//! One spin lock per shard (see `lock.rs`: one compare-and-swap to take,
+//! a plain store to release); no operation holds two. `lookup`, `update`,
 //! `lookup_update` and `expire` allocate nothing. `lookup_update` returns a
 //! [`Hit`], a plain copy of the entry (and of its destination's tunnel
 //! settings), so the per-packet path writes nothing outside the shard. A
@@ -114,6 +115,7 @@ mod expire;
 mod hash;
 mod index;
 mod list;
+mod lock;
 pub mod proto;
 mod shard;
 mod table;

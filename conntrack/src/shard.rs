@@ -1,6 +1,6 @@
 //! One shard: a slab of entries per address family and two indexes over it.
 //!
-//! A shard is guarded by one mutex (see the crate docs for why a reply lands
+//! A shard is guarded by one lock (see the crate docs for why a reply lands
 //! in the same shard as its request). The slab is a list of fixed chunks of
 //! [`CHUNK`] entries, so growing never moves entries and never doubles
 //! memory; freed slots form a free list threaded through `Entry::aux`.

@@ -1,7 +1,7 @@
 //! The connection table: the engine-facing API (lookup, insert, update,
 //! expire) over the sharded slab.
 //!
-//! Locking: one `std::sync::Mutex` per shard, never two held at once (a
+//! Locking: one spin lock per shard (`lock.rs`), never two held at once (a
 //! template in another shard is touched after the connection's shard lock is
 //! released). Every operation holds a lock for O(1) work, except index
 //! growth (O(shard size), avoided with `Config::presize`) and the bounded
@@ -10,13 +10,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use uvs_sched::{Dest, FwdMethod, TunConfig};
 
 use crate::config::{Config, Defense, Knobs, Timeouts};
 use crate::entry::{flag, Addr, Entry, MAX_TIMEOUT_MS};
 use crate::hash::Hasher;
+use crate::lock::{Guard, ShardLock};
 use crate::proto::sctp::{self, SctpState, SCTP_STATES};
 use crate::proto::tcp::{self, TcpDir, TcpState, TCP_STATES};
 use crate::proto::{ipproto, is_new_conn, may_create, ConnState};
@@ -381,7 +382,7 @@ impl Stats {
 /// neighbouring shards do not contend on one line.
 #[derive(Debug)]
 #[repr(align(128))]
-pub(crate) struct Slot(pub(crate) Mutex<Shard>);
+pub(crate) struct Slot(pub(crate) ShardLock<Shard>);
 
 /// Pending template releases collected under one shard lock and applied
 /// after it is released (never two locks at once). Fixed size: no
@@ -441,7 +442,7 @@ impl Table {
             0
         };
         let shards = (0..n)
-            .map(|_| Slot(Mutex::new(Shard::new(presize))))
+            .map(|_| Slot(ShardLock::new(Shard::new(presize))))
             .collect::<Vec<_>>()
             .into_boxed_slice();
         let t = Table {
@@ -534,14 +535,17 @@ impl Table {
 
     // ----- internals -----
 
-    fn lock_slot<'a>(&self, s: &'a Slot) -> MutexGuard<'a, Shard> {
+    #[inline(always)]
+    fn lock_slot<'a>(&self, s: &'a Slot) -> Guard<'a, Shard> {
         // A panic while holding a shard lock leaves the shard consistent at
         // entry granularity (no operation leaves a half-linked entry before
-        // a fallible step), so a poisoned lock is taken over.
-        s.0.lock().unwrap_or_else(|p| p.into_inner())
+        // a fallible step), so the lock has no poisoning: it is released on
+        // unwind and the next holder carries on.
+        s.0.lock()
     }
 
-    pub(crate) fn lock(&self, shard: u32) -> MutexGuard<'_, Shard> {
+    #[inline(always)]
+    pub(crate) fn lock(&self, shard: u32) -> Guard<'_, Shard> {
         self.lock_slot(&self.shards[(shard & self.shard_mask) as usize])
     }
 

@@ -229,6 +229,7 @@ impl Pipeline {
         }
     }
 
+    #[inline(always)]
     fn lookup<'c>(
         &self,
         frame: &[u8],
@@ -260,6 +261,7 @@ impl Pipeline {
 
     /// `ip_vs_reply`: a NAT reply from a real server gets the VIP back as
     /// its source and goes to the client.
+    #[inline(always)]
     fn ipvs_reply(
         &self,
         frame: &mut [u8],
@@ -343,6 +345,7 @@ impl Pipeline {
     /// connection's packet is forwarded to its real server; a new one is
     /// scheduled first.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn ipvs_request(
         &self,
         frame: &mut [u8],
@@ -373,6 +376,22 @@ impl Pipeline {
                 Update::Reschedule => {}
             }
         }
+        self.ipvs_schedule(frame, p, csum, now, services, st)
+    }
+
+    /// A new connection (or a reused tuple's): find the service, schedule,
+    /// insert, forward. Apart from the per-packet path so that path stays
+    /// small enough to inline.
+    #[inline(never)]
+    fn ipvs_schedule(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: CsumMode,
+        now: u64,
+        services: &Services,
+        st: &WorkerStats,
+    ) -> Step {
         let Some(svc) = services.find(p.proto, p.dst, p.dport) else {
             return Step::Continue;
         };
@@ -499,6 +518,7 @@ impl Pipeline {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn xmit_request(
         &self,
         frame: &mut [u8],
