@@ -178,31 +178,39 @@ impl ParseError {
 /// Parses a frame (see module doc for the guarantees).
 #[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    // Same type in both arms: the fast result is returned in place, not
+    // moved out of an Option.
     match parse_fast(frame) {
-        Some(p) => Ok(p),
-        None => parse_general(frame),
+        r @ Ok(_) => r,
+        Err(_) => parse_general(frame),
     }
 }
 
+/// What [`parse_fast`] returns for a frame it leaves to the general parser.
+const UNHANDLED: ParseError = ParseError::NotIp;
+
 /// The common case in a few loads and compares: an untagged IPv4 packet
 /// without options, not a fragment, carrying a whole TCP or UDP header.
-/// `Some` only when [`parse_general`] would return exactly the same
+/// `Ok` only when [`parse_general`] would return exactly the same
 /// `Ok(Parsed)` (a test checks this on random frames); anything else,
-/// errors included, is left to the general parser.
+/// errors included, is left to the general parser (`Err(UNHANDLED)`:
+/// never an answer, only "ask the general parser").
 #[inline(always)]
-fn parse_fast(frame: &[u8]) -> Option<Parsed> {
+fn parse_fast(frame: &[u8]) -> Result<Parsed, ParseError> {
     const L3: usize = ethernet::HEADER_LEN;
-    let h: &[u8; 20] = frame.get(L3..L3 + 20)?.try_into().ok()?;
+    let Some(Ok(h)) = frame.get(L3..L3 + 20).map(<&[u8; 20]>::try_from) else {
+        return Err(UNHANDLED);
+    };
     if frame[12] != 0x08 || frame[13] != 0x00 || h[0] != 0x45 {
-        return None;
+        return Err(UNHANDLED);
     }
     let tl = usize::from(u16::from_be_bytes([h[2], h[3]]));
     // MF or a fragment offset: the general path.
     if tl < 20 || L3 + tl > frame.len() || h[6] & 0x3f != 0 || h[7] != 0 {
-        return None;
+        return Err(UNHANDLED);
     }
     if !ipv4_header_sum_ok(h) {
-        return None;
+        return Err(UNHANDLED);
     }
     let (l4_off, ip_end) = (L3 + 20, L3 + tl);
     let l4 = &frame[l4_off..ip_end];
@@ -211,20 +219,20 @@ fn parse_fast(frame: &[u8]) -> Option<Parsed> {
         ip_proto::TCP if l4.len() >= tcp::HEADER_LEN => {
             let hl = usize::from(l4[12] >> 4) * 4;
             if hl < tcp::HEADER_LEN || hl > l4.len() {
-                return None;
+                return Err(UNHANDLED);
             }
             (hl, l4[13])
         }
         ip_proto::UDP if l4.len() >= udp::HEADER_LEN => {
             let ulen = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
             if ulen < udp::HEADER_LEN || ulen > l4.len() {
-                return None;
+                return Err(UNHANDLED);
             }
             (udp::HEADER_LEN, 0)
         }
-        _ => return None,
+        _ => return Err(UNHANDLED),
     };
-    Some(Parsed {
+    Ok(Parsed {
         ethertype: ethertype::IPV4,
         vlan_tags: 0,
         l3_off: L3,
@@ -551,7 +559,7 @@ mod tests {
         let mut answered = 0;
         for f in &corpus {
             let mut check = |b: &[u8]| {
-                if let Some(fast) = parse_fast(b) {
+                if let Ok(fast) = parse_fast(b) {
                     answered += 1;
                     assert_eq!(Ok(fast), parse_general(b), "{b:02x?}");
                 }

@@ -114,7 +114,9 @@ impl Pipeline {
         now_ms: u64,
         st: &WorkerStats,
     ) -> Verdict {
-        let p = match uvs_fwd::parse(frame) {
+        // Matched by reference: the parse result is not moved again.
+        let parsed = uvs_fwd::parse(frame);
+        let p = match &parsed {
             Ok(p) => p,
             Err(ParseError::NotIp) => return self.pass(st),
             Err(e) => {
@@ -126,7 +128,7 @@ impl Pipeline {
         // TCP and UDP with their headers, and ICMP errors that may be about
         // them, are IPVS's; the rest (non-first fragments, other
         // protocols) stays with the kernel.
-        let icmp_error = is_icmp_error(&p);
+        let icmp_error = is_icmp_error(p);
         if !icmp_error && (!matches!(p.proto, TCP | UDP | SCTP) || !p.has_ports()) {
             return self.pass(st);
         }
@@ -137,13 +139,13 @@ impl Pipeline {
             let mut c = cell.try_borrow_mut().ok()?;
             let ThreadSnapshots { services, filter } = &mut *c;
             let (s, f) = (services.get(&self.services), filter.get(&self.filter));
-            Some(self.hooks_run(frame, &p, icmp_error, csum, now_ms, s, f, st))
+            Some(self.hooks_run(frame, p, icmp_error, csum, now_ms, s, f, st))
         });
         match cached {
             Ok(Some(v)) => v,
             _ => {
                 let (s, f) = (self.services.load_full(), self.filter.load_full());
-                self.hooks_run(frame, &p, icmp_error, csum, now_ms, &s, &f, st)
+                self.hooks_run(frame, p, icmp_error, csum, now_ms, &s, &f, st)
             }
         }
     }

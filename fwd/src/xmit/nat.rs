@@ -119,32 +119,44 @@ fn rewrite_v4_fast(
     {
         return false;
     }
-    let ttl = frame[l3 + 8];
-    let old_csum = u16::from_be_bytes([frame[csum_at], frame[csum_at + 1]]);
+    // Fixed-size views: one bounds check each (all checked above).
+    let (head, rest) = frame.split_at_mut(l4);
+    let Some(Ok(ip)) = head.get_mut(l3..l3 + 20).map(<&mut [u8; 20]>::try_from) else {
+        return false;
+    };
+    let (ports, rest) = rest.split_at_mut(4);
+    let Ok(ports) = <&mut [u8; 4]>::try_from(ports) else {
+        return false;
+    };
+    let Some(Ok(csum)) = rest
+        .get_mut(csum_at - l4 - 4..csum_at - l4 - 2)
+        .map(<&mut [u8; 2]>::try_from)
+    else {
+        return false;
+    };
+    let ttl = ip[8];
+    let old_csum = u16::from_be_bytes(*csum);
     let udp = p.proto == ip_proto::UDP;
     let full = mode == CsumMode::Full;
     // UDP without a checksum (IPv4 only) and TTL expiry: the general path.
     if ttl <= 1 || (udp && full && old_csum == 0) {
         return false;
     }
-    let (addr_at, port_at) = match side {
-        Side::Src => (l3 + 12, l4),
-        Side::Dst => (l3 + 16, l4 + 2),
+    let (a, pt) = match side {
+        Side::Src => (12, 0),
+        Side::Dst => (16, 2),
     };
-    let w = |b: &[u8], at: usize| u32::from(u16::from_be_bytes([b[at], b[at + 1]]));
+    let w = |hi: u8, lo: u8| u32::from(u16::from_be_bytes([hi, lo]));
     let not = |v: u16| u32::from(!v);
     // RFC 1624 eqn. 3 with every changed word in one sum: folding once
     // gives what folding after each word gives (a ones'-complement sum is
     // zero only when every term is), so the result equals the general
     // path's word-by-word update.
-    let old_sum = checksum::fold32(w(frame, addr_at) + w(frame, addr_at + 2));
-    let new_sum = checksum::fold32(
-        u32::from(u16::from_be_bytes([addr[0], addr[1]]))
-            + u32::from(u16::from_be_bytes([addr[2], addr[3]])),
-    );
+    let old_sum = checksum::fold32(w(ip[a], ip[a + 1]) + w(ip[a + 2], ip[a + 3]));
+    let new_sum = checksum::fold32(w(addr[0], addr[1]) + w(addr[2], addr[3]));
     let mut delta = not(old_sum) + u32::from(new_sum);
     let mut c = if full {
-        delta += not(w(frame, port_at) as u16) + u32::from(port);
+        delta += not(w(ports[pt], ports[pt + 1]) as u16) + u32::from(port);
         !checksum::fold32(not(old_csum) + delta)
     } else {
         checksum::fold32(u32::from(old_csum) + delta)
@@ -152,13 +164,13 @@ fn rewrite_v4_fast(
     if udp && full && c == 0 {
         c = 0xffff;
     }
-    put16(frame, csum_at, c);
-    put16(frame, port_at, port);
-    frame[addr_at..addr_at + 4].copy_from_slice(&addr);
-    frame[l3 + 8] = ttl - 1;
+    *csum = c.to_be_bytes();
+    [ports[pt], ports[pt + 1]] = port.to_be_bytes();
+    [ip[a], ip[a + 1], ip[a + 2], ip[a + 3]] = addr;
+    ip[8] = ttl - 1;
     // TTL shares its 16-bit word with the protocol byte.
-    let proto = u16::from(frame[l3 + 9]);
-    let ic = w(frame, l3 + 10) as u16;
+    let proto = u16::from(ip[9]);
+    let ic = w(ip[10], ip[11]) as u16;
     let ic = !checksum::fold32(
         not(ic)
             + not(old_sum)
@@ -166,7 +178,7 @@ fn rewrite_v4_fast(
             + not(u16::from(ttl) << 8 | proto)
             + u32::from(u16::from(ttl - 1) << 8 | proto),
     );
-    put16(frame, l3 + 10, ic);
+    [ip[10], ip[11]] = ic.to_be_bytes();
     true
 }
 
