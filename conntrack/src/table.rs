@@ -619,7 +619,15 @@ impl Table {
     }
 
     /// Applies queued template releases (no shard lock held).
+    #[inline(always)]
     pub(crate) fn apply_releases(&self, rel: &Releases) {
+        if rel.n != 0 {
+            self.apply_releases_now(rel);
+        }
+    }
+
+    #[inline(never)]
+    fn apply_releases_now(&self, rel: &Releases) {
         for &r in &rel.refs[..rel.n] {
             if rel.v6 {
                 self.release_template::<Ipv6Addr>(r);
@@ -1088,21 +1096,26 @@ impl Table {
         rel: &mut Releases,
     ) -> Update {
         let e = part.get(idx);
-        let gone = if dir == Dir::In && !related && may_create(e.proto, p, knobs) {
-            Update::Reschedule
-        } else {
-            Update::Drop
+        // What to answer when the entry is gone: decided only then (the
+        // per-packet path never asks).
+        let proto = e.proto;
+        let gone = || {
+            if dir == Dir::In && !related && may_create(proto, p, knobs) {
+                Update::Reschedule
+            } else {
+                Update::Drop
+            }
         };
         if e.remaining(now) <= 0 {
             // Its timer has run out; the sweep just has not got here yet.
             let old = part.remove(&self.hasher, idx);
             stats.expired += 1;
             self.retire(old, rel);
-            return gone;
+            return gone();
         }
         // The entry is live, so it has a dest.
         let Some(dest) = e.dest.as_ref() else {
-            return gone;
+            return gone();
         };
         if dir == Dir::In && !related && e.aux == 0 && is_new_conn(e.proto, p) {
             let quiescent = knobs.expire_nodest_conn && dest.weight() == 0;
@@ -1119,7 +1132,7 @@ impl Table {
                 let old = part.remove(&self.hasher, idx);
                 stats.nodest_expired += 1;
                 self.retire(old, rel);
-                return gone;
+                return gone();
             }
             // Not refreshed: the entry dies after its timeout even under
             // steady traffic, unless the server comes back first.
