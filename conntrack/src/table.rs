@@ -570,6 +570,7 @@ impl Table {
         }
     }
 
+    #[inline(always)]
     fn tcp_table(&self, k: &Knobs) -> &'static tcp::TcpTable {
         let secure = match k.secure_tcp {
             Defense::Off => false,
