@@ -228,8 +228,11 @@ pub struct Config {
     /// Size each shard's index for `max_entries` up front, so it never grows
     /// (no pause, no rehash, no allocation on insert but the slab's
     /// chunks) at the cost of ~10 bytes × `max_entries` from the start (as
-    /// the kernel's table is a fixed bucket array). On by default; tests
-    /// with tiny tables or many tables may turn it off.
+    /// the kernel's table is a fixed bucket array). Off by default: while
+    /// the table holds far fewer connections than its cap, a presized index
+    /// is sparse, and new connections then miss the CPU caches (and fault
+    /// in fresh pages) more than the amortized growth costs them
+    /// (`benches/pipeline`'s `new_connection`).
     pub presize: bool,
     /// Table fill (percent of `max_entries`) at which `Defense::Auto`
     /// defences engage (the kernel uses free memory; uvs has a cap).
@@ -246,7 +249,7 @@ impl Default for Config {
             max_entries: 1 << 20,
             shards: 256,
             seed: 0x5eed_0fc0_ffee,
-            presize: true,
+            presize: false,
             defense_threshold_pct: 75,
             knobs: Knobs::default(),
             timeouts: Timeouts::default(),
