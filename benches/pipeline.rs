@@ -1,63 +1,109 @@
 //! The pipeline without I/O: parse → hooks → conntrack → scheduler → NAT
 //! rewrite, for an established flow (both directions) and for new
-//! connections. Run: `cargo bench --bench pipeline`.
+//! connections, against the floor of parse + DNAT alone measured in the
+//! same group. Run: `cargo bench --bench pipeline`.
+//!
+//! Instruction counts (repeatable on a shared machine): set
+//! `UVS_PIPELINE_CASE=<case>:<iterations>` and run the bench binary under
+//! `valgrind --tool=callgrind`; it then runs that case `iterations` times
+//! outside criterion and exits. The per-packet count is the difference
+//! between two runs (e.g. 100000 and 0 iterations) divided by the
+//! iteration count. Cases: `parse_dnat`, `established_request`,
+//! `established_reply`, `new_connection` (at most 100000).
 
 use std::hint::black_box;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 #[path = "../tests/common/pipeline.rs"]
 mod setup;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use uvs::datapath::pipeline::Verdict;
+use criterion::{criterion_group, Criterion, Throughput};
+use uvs::datapath::pipeline::{Pipeline, Verdict};
 use uvs::datapath::stats::WorkerStats;
 use uvs_fwd::wire::tcp::flags::{ACK, SYN};
 use uvs_fwd::CsumMode;
 
-fn bench(c: &mut Criterion) {
-    let st = WorkerStats::default();
-    let p = setup::pipeline();
+/// New-connection SYNs per fresh table.
+const SYNS: usize = 100_000;
+
+struct Frames {
+    ack: Vec<u8>,
+    reply: Vec<u8>,
+    server: IpAddr,
+    syns: Vec<Vec<u8>>,
+}
+
+/// Opens the established flow in `p` and builds every case's frames.
+fn frames(p: &Pipeline, st: &WorkerStats) -> Frames {
     let mut syn = setup::tcp("198.51.100.10", 40000, "192.0.2.10", 80, SYN, 0);
-    let Verdict::Xmit { next_hop, .. } = p.process(&mut syn, CsumMode::Full, 0, &st) else {
+    let Verdict::Xmit { next_hop, .. } = p.process(&mut syn, CsumMode::Full, 0, st) else {
         panic!("SYN not forwarded")
     };
-    let ack = setup::tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK, 64);
-    let reply = setup::tcp(&next_hop.to_string(), 80, "198.51.100.10", 40000, ACK, 64);
-    let mut g = c.benchmark_group("pipeline");
-    g.throughput(Throughput::Elements(1));
-    let mut buf = ack.clone();
-    g.bench_function("established_request", |b| {
-        b.iter(|| {
-            buf.copy_from_slice(&ack);
-            black_box(p.process(black_box(&mut buf), CsumMode::Full, 1, &st))
-        })
-    });
-    let mut buf = reply.clone();
-    g.bench_function("established_reply", |b| {
-        b.iter(|| {
-            buf.copy_from_slice(&reply);
-            black_box(p.process(black_box(&mut buf), CsumMode::Full, 1, &st))
-        })
-    });
-    // New connections: distinct clients; a fresh table every 100k so the
-    // table size stays comparable (setup is not timed).
-    let syns: Vec<Vec<u8>> = (0..100_000u32)
+    // New connections: distinct clients.
+    let syns = (0..SYNS as u32)
         .map(|i| {
             let src = format!("198.51.{}.{}", 100 + (i >> 16) % 2, (i >> 8) & 0xff);
             let sport = 1024 + (i & 0xff) as u16 * 200 + (i >> 16) as u16;
             setup::tcp(&src, sport, "192.0.2.10", 80, SYN, 0)
         })
         .collect();
+    Frames {
+        ack: setup::tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK, 64),
+        reply: setup::tcp(&next_hop.to_string(), 80, "198.51.100.10", 40000, ACK, 64),
+        server: next_hop,
+        syns,
+    }
+}
+
+/// The floor: parse and rewrite a request with no table, hooks or
+/// scheduler.
+#[inline(always)]
+fn parse_dnat(buf: &mut [u8], server: IpAddr) -> bool {
+    match uvs_fwd::parse(buf) {
+        Ok(p) => uvs_fwd::dnat(buf, &p, server, 80, CsumMode::Full).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let st = WorkerStats::default();
+    let p = setup::pipeline();
+    let f = frames(&p, &st);
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(1));
+    let mut buf = f.ack.clone();
+    g.bench_function("parse_dnat", |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&f.ack);
+            black_box(parse_dnat(black_box(&mut buf), f.server))
+        })
+    });
+    g.bench_function("established_request", |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&f.ack);
+            black_box(p.process(black_box(&mut buf), CsumMode::Full, 1, &st))
+        })
+    });
+    let mut buf = f.reply.clone();
+    g.bench_function("established_reply", |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&f.reply);
+            black_box(p.process(black_box(&mut buf), CsumMode::Full, 1, &st))
+        })
+    });
+    // A fresh table every 100k so the table size stays comparable (setup is
+    // not timed).
     g.bench_function("new_connection", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             let mut left = iters as usize;
-            let mut buf = syns[0].clone();
+            let mut buf = f.syns[0].clone();
             while left > 0 {
                 let p = setup::pipeline();
-                let n = left.min(syns.len());
+                let n = left.min(f.syns.len());
                 let t = Instant::now();
-                for s in &syns[..n] {
+                for s in &f.syns[..n] {
                     buf.copy_from_slice(s);
                     black_box(p.process(&mut buf, CsumMode::Full, 1, &st));
                 }
@@ -70,5 +116,70 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// `UVS_PIPELINE_CASE=<case>:<n>`: runs one case `n` times, for callgrind.
+fn run_counted(spec: &str) {
+    let (case, n) = spec
+        .split_once(':')
+        .and_then(|(c, n)| Some((c, n.parse::<usize>().ok()?)))
+        .expect("UVS_PIPELINE_CASE=<case>:<iterations>");
+    let st = WorkerStats::default();
+    let p = setup::pipeline();
+    let f = frames(&p, &st);
+    let fresh = setup::pipeline();
+    let (src, mut buf) = match case {
+        "parse_dnat" | "established_request" => (&f.ack, f.ack.clone()),
+        "established_reply" => (&f.reply, f.reply.clone()),
+        "new_connection" => (&f.syns[0], f.syns[0].clone()),
+        other => panic!("unknown case {other}"),
+    };
+    let ok = counted_loop(case, n, src, &mut buf, &f, &p, &fresh, &st);
+    assert_eq!(ok, n, "{case}: every packet must be forwarded");
+    println!("{case}: {n} packets forwarded");
+}
+
+/// The measured loop, apart so that callgrind can count it alone
+/// (`--toggle-collect='*counted_loop*'`).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn counted_loop(
+    case: &str,
+    n: usize,
+    src: &[u8],
+    buf: &mut [u8],
+    f: &Frames,
+    p: &Pipeline,
+    fresh: &Pipeline,
+    st: &WorkerStats,
+) -> usize {
+    let mut ok = 0usize;
+    for i in 0..n {
+        match case {
+            "parse_dnat" => {
+                buf.copy_from_slice(src);
+                ok += parse_dnat(black_box(&mut *buf), f.server) as usize;
+            }
+            "new_connection" => {
+                buf.copy_from_slice(&f.syns[i % SYNS]);
+                let v = fresh.process(black_box(&mut *buf), CsumMode::Full, 1, st);
+                ok += matches!(v, Verdict::Xmit { .. }) as usize;
+            }
+            _ => {
+                buf.copy_from_slice(src);
+                let v = p.process(black_box(&mut *buf), CsumMode::Full, 1, st);
+                ok += matches!(v, Verdict::Xmit { .. }) as usize;
+            }
+        }
+    }
+    ok
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("UVS_PIPELINE_CASE") {
+        run_counted(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

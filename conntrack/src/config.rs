@@ -30,6 +30,7 @@ impl Defense {
             Defense::Always => 2,
         }
     }
+    #[inline(always)]
     fn from_bits(b: u32) -> Self {
         match b & 3 {
             0 => Defense::Off,
@@ -104,6 +105,7 @@ impl Knobs {
             | self.secure_tcp.bits() << 6
             | (self.conn_reuse_mode as u32) << 8
     }
+    #[inline(always)]
     pub(crate) fn unpack(v: u32) -> Self {
         Knobs {
             expire_nodest_conn: v & 1 != 0,
@@ -224,7 +226,13 @@ pub struct Config {
     /// it from the OS); tests pass a fixed one for reproducibility.
     pub seed: u64,
     /// Size each shard's index for `max_entries` up front, so it never grows
-    /// (no pause) at the cost of ~10 bytes × `max_entries` from the start.
+    /// (no pause, no rehash, no allocation on insert but the slab's
+    /// chunks) at the cost of ~10 bytes × `max_entries` from the start (as
+    /// the kernel's table is a fixed bucket array). Off by default: while
+    /// the table holds far fewer connections than its cap, a presized index
+    /// is sparse, and new connections then miss the CPU caches (and fault
+    /// in fresh pages) more than the amortized growth costs them
+    /// (`benches/pipeline`'s `new_connection`).
     pub presize: bool,
     /// Table fill (percent of `max_entries`) at which `Defense::Auto`
     /// defences engage (the kernel uses free memory; uvs has a cap).

@@ -4,7 +4,8 @@
 //!
 //! # Using it (the engine's side)
 //!
-//! * Per packet: [`Table::lookup_update`] (one lock), or [`Table::lookup`]
+//! * Per packet: [`Table::lookup_update`] (one lock; [`Table::lookup_update_out`]
+//!   for the reply side only), or [`Table::lookup`]
 //!   (`lookup_in` / `lookup_out` when the hook already knows the direction)
 //!   then [`Table::update`] with the returned [`Dir`]. Act on the
 //!   [`Update`]: `Forward`, `Drop`, or `Reschedule` (the old entry is
@@ -35,7 +36,7 @@
 //!
 //! # Shards, and where a reply lands
 //!
-//! The table is split into `Config::shards` shards, each one mutex over a
+//! The table is split into `Config::shards` shards, each one lock over a
 //! slab and two open-addressing indexes. The shard is chosen by a hash of
 //! the *client endpoint* (proto, caddr, cport) alone: a request carries it as
 //! its source, a NAT reply as its destination. So a reply always lands in the
@@ -68,11 +69,15 @@
 //!
 //! # Locking and allocation
 //!
-//! One mutex per shard; no operation holds two. `lookup`, `update`,
-//! `lookup_update` and `expire` allocate nothing: a [`Handle`] is a copy of
-//! the entry's identity plus one `Arc<Dest>` clone (an atomic increment on
-//! the destination, the price of handing the engine a `Dest` it can keep
-//! while the entry may expire concurrently). `insert` allocates only when a
+//! One spin lock per shard (see `lock.rs`: one compare-and-swap to take,
+//! a plain store to release); no operation holds two. `lookup`, `update`,
+//! `lookup_update` and `expire` allocate nothing. `lookup_update` returns a
+//! [`Hit`], a plain copy of the entry (and of its destination's tunnel
+//! settings), so the per-packet path writes nothing outside the shard. A
+//! [`Handle`] (from `lookup`, `insert`, templates) is a copy of the entry's
+//! identity plus one `Arc<Dest>` clone (an atomic increment on the
+//! destination, the price of handing the engine a `Dest` it can keep while
+//! the entry may expire concurrently). `insert` allocates only when a
 //! shard's slab needs a new 256-entry chunk or its index grows (never with
 //! `Config::presize`). Listing allocates the caller's rows.
 //!
@@ -110,6 +115,7 @@ mod expire;
 mod hash;
 mod index;
 mod list;
+mod lock;
 pub mod proto;
 mod shard;
 mod table;
@@ -122,6 +128,6 @@ pub use list::{ConnInfo, ListCursor, LIST_STEP};
 pub use proto::sctp::SctpState;
 pub use proto::tcp::TcpState;
 pub use proto::{ipproto, may_create, ConnState};
-pub use table::{Dir, Handle, InsertError, NewConn, PacketInfo, Stats, Table, Tuple, Update};
+pub use table::{Dir, Handle, Hit, InsertError, NewConn, PacketInfo, Stats, Table, Tuple, Update};
 pub use template::{mask_addr, TemplateKey};
 pub use uvs_sched::{Dest, FwdMethod};

@@ -1,6 +1,6 @@
 //! One shard: a slab of entries per address family and two indexes over it.
 //!
-//! A shard is guarded by one mutex (see the crate docs for why a reply lands
+//! A shard is guarded by one lock (see the crate docs for why a reply lands
 //! in the same shard as its request). The slab is a list of fixed chunks of
 //! [`CHUNK`] entries, so growing never moves entries and never doubles
 //! memory; freed slots form a free list threaded through `Entry::aux`.
@@ -57,6 +57,9 @@ pub(crate) struct Part<A> {
     pub sweep: u32,
     /// Next slot the eviction scan looks at.
     pub evict: u32,
+    /// Sized up front (`Config::presize`): the first chunk is allocated
+    /// whole too, rather than grown by doubling.
+    presized: bool,
 }
 
 #[derive(Debug)]
@@ -149,6 +152,7 @@ impl<A: Addr> Part<A> {
             out_ix: Index::with_capacity(presize),
             sweep: 0,
             evict: 0,
+            presized: presize > 0,
         }
     }
 
@@ -204,7 +208,7 @@ impl<A: Addr> Part<A> {
             if c == self.chunks.len() {
                 // The first chunk grows by doubling (small tables stay
                 // small); later chunks are allocated whole, once.
-                let cap = if c == 0 { 0 } else { CHUNK };
+                let cap = if c == 0 && !self.presized { 0 } else { CHUNK };
                 self.chunks.push(Vec::with_capacity(cap));
             }
             let chunk = &mut self.chunks[c];

@@ -1,7 +1,7 @@
 //! The connection table: the engine-facing API (lookup, insert, update,
 //! expire) over the sharded slab.
 //!
-//! Locking: one `std::sync::Mutex` per shard, never two held at once (a
+//! Locking: one spin lock per shard (`lock.rs`), never two held at once (a
 //! template in another shard is touched after the connection's shard lock is
 //! released). Every operation holds a lock for O(1) work, except index
 //! growth (O(shard size), avoided with `Config::presize`) and the bounded
@@ -10,13 +10,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use uvs_sched::{Dest, FwdMethod};
+use uvs_sched::{Dest, FwdMethod, TunConfig};
 
 use crate::config::{Config, Defense, Knobs, Timeouts};
 use crate::entry::{flag, Addr, Entry, MAX_TIMEOUT_MS};
 use crate::hash::Hasher;
+use crate::lock::{Guard, ShardLock};
 use crate::proto::sctp::{self, SctpState, SCTP_STATES};
 use crate::proto::tcp::{self, TcpDir, TcpState, TCP_STATES};
 use crate::proto::{ipproto, is_new_conn, may_create, ConnState};
@@ -255,6 +256,89 @@ impl Handle {
     }
 }
 
+/// A connection as [`Table::lookup_update`] found it: a plain copy of what
+/// forwarding the packet needs, taken under the shard lock. Unlike a
+/// [`Handle`] it holds no `Arc<Dest>`, so the per-packet path writes no
+/// reference count on the destination (a cache line every worker reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    proto: u8,
+    state: u8,
+    flags: u8,
+    caddr: IpAddr,
+    cport: u16,
+    vaddr: IpAddr,
+    vport: u16,
+    daddr: IpAddr,
+    dport: u16,
+    tun: TunConfig,
+}
+
+impl Hit {
+    #[inline(always)]
+    fn new<A: Addr>(e: &Entry<A>) -> Hit {
+        let tun = match (e.fwd(), &e.dest) {
+            (FwdMethod::Tunnel, Some(d)) => d.tun_config(),
+            _ => TunConfig::default(),
+        };
+        Hit {
+            proto: e.proto,
+            state: e.state,
+            flags: e.flags,
+            caddr: e.caddr.ip(),
+            cport: e.cport,
+            vaddr: e.vaddr.ip(),
+            vport: e.vport,
+            daddr: e.daddr.ip(),
+            dport: e.dport,
+            tun,
+        }
+    }
+
+    /// IP protocol.
+    pub fn proto(&self) -> u8 {
+        self.proto
+    }
+    /// Client address.
+    pub fn caddr(&self) -> IpAddr {
+        self.caddr
+    }
+    /// Client port.
+    pub fn cport(&self) -> u16 {
+        self.cport
+    }
+    /// Virtual address.
+    pub fn vaddr(&self) -> IpAddr {
+        self.vaddr
+    }
+    /// Virtual port.
+    pub fn vport(&self) -> u16 {
+        self.vport
+    }
+    /// Real server address.
+    pub fn daddr(&self) -> IpAddr {
+        self.daddr
+    }
+    /// Real server port.
+    pub fn dport(&self) -> u16 {
+        self.dport
+    }
+    /// Forwarding method.
+    pub fn fwd(&self) -> FwdMethod {
+        crate::entry::fwd_from_bits(self.flags)
+    }
+    /// The destination's tunnel settings when the method is `Tunnel` (read
+    /// when the packet was looked up); the default otherwise.
+    pub fn tun_config(&self) -> TunConfig {
+        self.tun
+    }
+    /// State after this packet (before it, when the packet removed the
+    /// entry).
+    pub fn state(&self) -> ConnState {
+        ConnState::decode(self.proto, self.state)
+    }
+}
+
 /// Table counters (sums over shards; a snapshot, not atomic as a whole).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -298,7 +382,7 @@ impl Stats {
 /// neighbouring shards do not contend on one line.
 #[derive(Debug)]
 #[repr(align(128))]
-pub(crate) struct Slot(pub(crate) Mutex<Shard>);
+pub(crate) struct Slot(pub(crate) ShardLock<Shard>);
 
 /// Pending template releases collected under one shard lock and applied
 /// after it is released (never two locks at once). Fixed size: no
@@ -358,7 +442,7 @@ impl Table {
             0
         };
         let shards = (0..n)
-            .map(|_| Slot(Mutex::new(Shard::new(presize))))
+            .map(|_| Slot(ShardLock::new(Shard::new(presize))))
             .collect::<Vec<_>>()
             .into_boxed_slice();
         let t = Table {
@@ -396,6 +480,7 @@ impl Table {
     }
 
     /// Current knobs.
+    #[inline(always)]
     pub fn knobs(&self) -> Knobs {
         Knobs::unpack(self.knobs.load(Relaxed))
     }
@@ -450,14 +535,17 @@ impl Table {
 
     // ----- internals -----
 
-    fn lock_slot<'a>(&self, s: &'a Slot) -> MutexGuard<'a, Shard> {
+    #[inline(always)]
+    fn lock_slot<'a>(&self, s: &'a Slot) -> Guard<'a, Shard> {
         // A panic while holding a shard lock leaves the shard consistent at
         // entry granularity (no operation leaves a half-linked entry before
-        // a fallible step), so a poisoned lock is taken over.
-        s.0.lock().unwrap_or_else(|p| p.into_inner())
+        // a fallible step), so the lock has no poisoning: it is released on
+        // unwind and the next holder carries on.
+        s.0.lock()
     }
 
-    pub(crate) fn lock(&self, shard: u32) -> MutexGuard<'_, Shard> {
+    #[inline(always)]
+    pub(crate) fn lock(&self, shard: u32) -> Guard<'_, Shard> {
         self.lock_slot(&self.shards[(shard & self.shard_mask) as usize])
     }
 
@@ -482,6 +570,7 @@ impl Table {
         }
     }
 
+    #[inline(always)]
     fn tcp_table(&self, k: &Knobs) -> &'static tcp::TcpTable {
         let secure = match k.secure_tcp {
             Defense::Off => false,
@@ -531,7 +620,15 @@ impl Table {
     }
 
     /// Applies queued template releases (no shard lock held).
+    #[inline(always)]
     pub(crate) fn apply_releases(&self, rel: &Releases) {
+        if rel.n != 0 {
+            self.apply_releases_now(rel);
+        }
+    }
+
+    #[inline(never)]
+    fn apply_releases_now(&self, rel: &Releases) {
         for &r in &rel.refs[..rel.n] {
             if rel.v6 {
                 self.release_template::<Ipv6Addr>(r);
@@ -603,33 +700,52 @@ impl Table {
     /// Lookup and update in one step: one shard lock per packet instead of
     /// two (a NAT reply still probes the request side first, as `lookup`
     /// does). Same semantics as [`Table::lookup`] followed by
-    /// [`Table::update`]; `None` on a miss.
-    pub fn lookup_update(
+    /// [`Table::update`]; `None` on a miss. Takes no reference on the
+    /// destination (see [`Hit`]).
+    #[inline]
+    pub fn lookup_update(&self, t: &Tuple, p: PacketInfo, now: u64) -> Option<(Hit, Dir, Update)> {
+        self.lookup_update_dirs(t, &[Dir::In, Dir::Out], &p, now)
+    }
+
+    /// [`Table::lookup_update`] for the reply side only (the `ip_vs_out`
+    /// lookup, for packets that are not addressed to a virtual service):
+    /// one probe, one lock.
+    #[inline]
+    pub fn lookup_update_out(
         &self,
         t: &Tuple,
         p: PacketInfo,
         now: u64,
-    ) -> Option<(Handle, Dir, Update)> {
+    ) -> Option<(Hit, Dir, Update)> {
+        self.lookup_update_dirs(t, &[Dir::Out], &p, now)
+    }
+
+    #[inline(always)]
+    fn lookup_update_dirs(
+        &self,
+        t: &Tuple,
+        dirs: &[Dir],
+        p: &PacketInfo,
+        now: u64,
+    ) -> Option<(Hit, Dir, Update)> {
         match (t.src, t.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => self.lookup_update_typed(t, s, d, &p, now),
-            (IpAddr::V6(s), IpAddr::V6(d)) => self.lookup_update_typed(t, s, d, &p, now),
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.lookup_update_typed(t, s, d, dirs, p, now),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.lookup_update_typed(t, s, d, dirs, p, now),
             _ => None,
         }
     }
 
+    #[inline(always)]
     fn lookup_update_typed<A: Family>(
         &self,
         t: &Tuple,
         src: A,
         dst: A,
+        dirs: &[Dir],
         p: &PacketInfo,
         now: u64,
-    ) -> Option<(Handle, Dir, Update)> {
-        let knobs = self.knobs();
-        let table = self.tcp_table(&knobs);
-        let mut rel = Releases::new(A::WIDE);
-        let mut found = None;
-        for dir in [Dir::In, Dir::Out] {
+    ) -> Option<(Hit, Dir, Update)> {
+        for &dir in dirs {
             let (shard, hash) = match dir {
                 Dir::In => (
                     self.shard_of(t.proto, src, t.sport),
@@ -640,28 +756,38 @@ impl Table {
                     key_hash(&self.hasher, t.proto, KIND_OUT, src, t.sport, dst, t.dport),
                 ),
             };
-            let mut g = self.lock(shard);
-            let (part, stats) = A::split(&mut g);
-            let hit = match dir {
-                Dir::In => part.find_in(hash, t.proto, src, t.sport, dst, t.dport),
-                Dir::Out => part.find_out(hash, t.proto, src, t.sport, dst, t.dport),
+            let mut rel = Releases::new(A::WIDE);
+            let found = {
+                let mut g = self.lock(shard);
+                let (part, stats) = A::split(&mut g);
+                let hit = match dir {
+                    Dir::In => part.find_in(hash, t.proto, src, t.sport, dst, t.dport),
+                    Dir::Out => part.find_out(hash, t.proto, src, t.sport, dst, t.dport),
+                };
+                hit.map(|(_, idx)| {
+                    let mut h = Hit::new(part.get(idx));
+                    let knobs = self.knobs();
+                    let table = self.tcp_table(&knobs);
+                    // Just found under this lock: live, a connection, ours.
+                    let u = self.update_at(
+                        part, stats, idx, dir, p, now, false, table, &knobs, &mut rel,
+                    );
+                    // Report the state after this packet when the entry
+                    // survived it (a removed slot is vacant until the lock
+                    // is released).
+                    if let Some(e) = part.live(idx) {
+                        h.state = e.state;
+                        h.flags = e.flags;
+                    }
+                    (h, dir, u)
+                })
             };
-            let Some((_, idx)) = hit else { continue };
-            let Some(mut h) = Handle::new(shard, idx, part.get(idx)) else {
-                continue;
-            };
-            let u =
-                self.update_locked(part, stats, &h, dir, p, now, false, table, &knobs, &mut rel);
-            // Report the state after this packet when the entry survived it.
-            if let Some(e) = part.live(idx).filter(|e| h.matches(*e)) {
-                h.state = e.state;
-                h.flags = e.flags;
+            if found.is_some() {
+                self.apply_releases(&rel);
+                return found;
             }
-            found = Some((h, dir, u));
-            break;
         }
-        self.apply_releases(&rel);
-        found
+        None
     }
 
     fn lookup_in_typed<A: Family>(&self, t: &Tuple, src: A, dst: A) -> Option<Handle> {
@@ -939,35 +1065,64 @@ impl Table {
         knobs: &Knobs,
         rel: &mut Releases,
     ) -> Update {
-        let creatable = dir == Dir::In && !related && may_create(h.proto, p, knobs);
-        let gone = if creatable {
-            Update::Reschedule
-        } else {
-            Update::Drop
-        };
         let valid = part
             .live(h.idx)
             .is_some_and(|e| h.matches(e) && e.flags & flag::TEMPLATE == 0);
         if !valid {
-            return gone;
+            let creatable = dir == Dir::In && !related && may_create(h.proto, p, knobs);
+            return if creatable {
+                Update::Reschedule
+            } else {
+                Update::Drop
+            };
         }
-        let e = part.get(h.idx);
+        self.update_at(part, stats, h.idx, dir, p, now, related, table, knobs, rel)
+    }
+
+    /// [`Table::update_locked`] on slot `idx`, known to hold a live
+    /// connection (not a template).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn update_at<A: Addr>(
+        &self,
+        part: &mut Part<A>,
+        stats: &mut ShardStats,
+        idx: u32,
+        dir: Dir,
+        p: &PacketInfo,
+        now: u64,
+        related: bool,
+        table: &tcp::TcpTable,
+        knobs: &Knobs,
+        rel: &mut Releases,
+    ) -> Update {
+        let e = part.get(idx);
+        // What to answer when the entry is gone: decided only then (the
+        // per-packet path never asks).
+        let proto = e.proto;
+        let gone = || {
+            if dir == Dir::In && !related && may_create(proto, p, knobs) {
+                Update::Reschedule
+            } else {
+                Update::Drop
+            }
+        };
         if e.remaining(now) <= 0 {
             // Its timer has run out; the sweep just has not got here yet.
-            let old = part.remove(&self.hasher, h.idx);
+            let old = part.remove(&self.hasher, idx);
             stats.expired += 1;
             self.retire(old, rel);
-            return gone;
+            return gone();
         }
         // The entry is live, so it has a dest.
         let Some(dest) = e.dest.as_ref() else {
-            return gone;
+            return gone();
         };
         if dir == Dir::In && !related && e.aux == 0 && is_new_conn(e.proto, p) {
             let quiescent = knobs.expire_nodest_conn && dest.weight() == 0;
             let reuse = knobs.conn_reuse_mode != 0 && reuse_expected(e, knobs.conn_reuse_mode);
             if quiescent || reuse {
-                let old = part.remove(&self.hasher, h.idx);
+                let old = part.remove(&self.hasher, idx);
                 stats.rescheduled += 1;
                 self.retire(old, rel);
                 return Update::Reschedule;
@@ -975,17 +1130,17 @@ impl Table {
         }
         if !dest.is_available() {
             if knobs.expire_nodest_conn {
-                let old = part.remove(&self.hasher, h.idx);
+                let old = part.remove(&self.hasher, idx);
                 stats.nodest_expired += 1;
                 self.retire(old, rel);
-                return gone;
+                return gone();
             }
             // Not refreshed: the entry dies after its timeout even under
             // steady traffic, unless the server comes back first.
             stats.nodest_dropped += 1;
             return Update::Drop;
         }
-        let e = part.get_mut(h.idx);
+        let e = part.get_mut(idx);
         if !related {
             self.transition(e, dir, p, table);
         }

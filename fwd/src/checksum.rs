@@ -112,12 +112,24 @@ pub fn add(a: u64, b: u64) -> u64 {
 /// zero folds to 0xFFFF (ones'-complement "negative zero"), exactly as an
 /// incremental RFC 1624 update yields, so both ways agree bit for bit.
 #[inline]
-pub fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    // The loop leaves acc <= 0xffff.
-    acc as u16
+pub fn fold(acc: u64) -> u16 {
+    // Four end-around-carry steps bring any u64 to at most 0xffff (2^33,
+    // then 0x2fffe, 0x10001, 0xffff), without a data-dependent branch. Each
+    // step keeps the value modulo 0xffff and keeps it non-zero, so the
+    // result is the one a fold-until-small loop gives.
+    let a = (acc >> 32) + (acc & 0xffff_ffff);
+    let a = (a >> 16) + (a & 0xffff);
+    let a = (a >> 16) + (a & 0xffff);
+    let a = (a >> 16) + (a & 0xffff);
+    a as u16
+}
+
+/// [`fold`] for a 32-bit accumulator (two steps suffice).
+#[inline(always)]
+pub fn fold32(acc: u32) -> u16 {
+    let a = (acc >> 16) + (acc & 0xffff);
+    let a = (a >> 16) + (a & 0xffff);
+    a as u16
 }
 
 /// The internet checksum of `data`: the value a header field holds.

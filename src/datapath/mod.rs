@@ -7,4 +7,5 @@ pub mod filter;
 pub mod hooks;
 pub mod pipeline;
 pub mod service;
+pub mod snapshot;
 pub mod stats;

@@ -3,15 +3,22 @@
 //! calls [`Pipeline::process`] on each frame in place and transmits what it
 //! returns; benchmarks and tests call it on buffers directly.
 //!
-//! Established flows touch: one parse, one snapshot load (`arc_swap`, no
-//! lock), one connection lookup, a state update, an in-place rewrite. No
-//! allocation, no global lock, no syscall.
+//! Established flows touch: one parse, this thread's copy of the
+//! configuration snapshots (two plain loads to check their generations, see
+//! `snapshot.rs`), one connection lookup and state update under one shard
+//! lock (requests probe the request side; packets not addressed to a VIP
+//! only the reply side), and an in-place rewrite. No allocation, no global
+//! lock, no syscall, and no write to a shared reference count: the lookup
+//! returns a plain copy ([`uvs_conntrack::Hit`]), not an `Arc<Dest>`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use uvs_conntrack::{Dir, InsertError, NewConn, PacketInfo, Table, TemplateKey, Tuple, Update};
+use std::cell::RefCell;
+
+use uvs_conntrack::{
+    Dir, Hit, InsertError, NewConn, PacketInfo, Table, TemplateKey, Tuple, Update,
+};
 use uvs_fwd::xmit::icmp::{nat_icmp_error, IcmpNat};
 use uvs_fwd::{CsumMode, ParseError, Parsed};
 use uvs_sched::{FwdMethod, SchedKey, TunConfig};
@@ -19,6 +26,7 @@ use uvs_sched::{FwdMethod, SchedKey, TunConfig};
 use crate::datapath::filter::{FilterKey, FilterTable, Target};
 use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
 use crate::datapath::service::Services;
+use crate::datapath::snapshot::{Cached, Snapshot};
 use crate::datapath::stats::{add, DropReason, WorkerStats};
 
 const TCP: u8 = 6;
@@ -58,6 +66,21 @@ pub enum Verdict {
     },
 }
 
+/// This thread's copies of the snapshots, one generation each.
+struct ThreadSnapshots {
+    services: Cached<Services>,
+    filter: Cached<FilterTable>,
+}
+
+thread_local! {
+    static SNAPSHOTS: RefCell<ThreadSnapshots> = const {
+        RefCell::new(ThreadSnapshots {
+            services: Cached::EMPTY,
+            filter: Cached::EMPTY,
+        })
+    };
+}
+
 /// What one hook function decided.
 enum Step {
     Continue,
@@ -68,26 +91,28 @@ enum Step {
 /// the connection table.
 #[derive(Debug)]
 pub struct Pipeline {
-    pub services: ArcSwap<Services>,
-    pub filter: ArcSwap<FilterTable>,
+    pub services: Snapshot<Services>,
+    pub filter: Snapshot<FilterTable>,
     pub conns: Table,
     pub hooks: HookChain,
 }
 
 /// The connection lookup and state update, done at most once per packet
 /// (one shard lock) even though two hook functions (reply at 98, request at
-/// 99) ask for it.
+/// 99) ask for it. At FORWARD (not addressed to a VIP) only the reply side
+/// is probed, as the kernel's `ip_vs_out` does.
 struct Ctx {
     looked_up: bool,
-    hit: Option<(uvs_conntrack::Handle, Dir, Update)>,
+    point: HookPoint,
+    hit: Option<(Hit, Dir, Update)>,
 }
 
 impl Pipeline {
     /// A pipeline with the default hook registrations.
     pub fn new(conns: Table) -> Pipeline {
         Pipeline {
-            services: ArcSwap::from_pointee(Services::default()),
-            filter: ArcSwap::from_pointee(FilterTable::default()),
+            services: Snapshot::from_pointee(Services::default()),
+            filter: Snapshot::from_pointee(FilterTable::default()),
             conns,
             hooks: HookChain::default(),
         }
@@ -101,7 +126,9 @@ impl Pipeline {
         now_ms: u64,
         st: &WorkerStats,
     ) -> Verdict {
-        let p = match uvs_fwd::parse(frame) {
+        // Matched by reference: the parse result is not moved again.
+        let parsed = uvs_fwd::parse(frame);
+        let p = match &parsed {
             Ok(p) => p,
             Err(ParseError::NotIp) => return self.pass(st),
             Err(e) => {
@@ -113,11 +140,42 @@ impl Pipeline {
         // TCP and UDP with their headers, and ICMP errors that may be about
         // them, are IPVS's; the rest (non-first fragments, other
         // protocols) stays with the kernel.
-        let icmp_error = is_icmp_error(&p);
+        let icmp_error = is_icmp_error(p);
         if !icmp_error && (!matches!(p.proto, TCP | UDP | SCTP) || !p.has_ports()) {
             return self.pass(st);
         }
-        let services = self.services.load();
+        // The snapshots, from this thread's copies (no locked instruction
+        // per packet); the shared ones only when the thread has none to
+        // lend (re-entered, or being torn down).
+        let cached = SNAPSHOTS.try_with(|cell| {
+            let mut c = cell.try_borrow_mut().ok()?;
+            let ThreadSnapshots { services, filter } = &mut *c;
+            let (s, f) = (services.get(&self.services), filter.get(&self.filter));
+            Some(self.hooks_run(frame, p, icmp_error, csum, now_ms, s, f, st))
+        });
+        match cached {
+            Ok(Some(v)) => v,
+            _ => {
+                let (s, f) = (self.services.load_full(), self.filter.load_full());
+                self.hooks_run(frame, p, icmp_error, csum, now_ms, &s, &f, st)
+            }
+        }
+    }
+
+    /// The hook chain at the packet's hook point.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn hooks_run(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        icmp_error: bool,
+        csum: CsumMode,
+        now_ms: u64,
+        services: &Services,
+        filter: &FilterTable,
+        st: &WorkerStats,
+    ) -> Verdict {
         // The routing decision: VIPs are local, so requests meet LOCAL_IN;
         // everything else (NAT replies to clients) is forwarded.
         let point = if services.is_vip(p.dst) {
@@ -127,22 +185,23 @@ impl Pipeline {
         };
         let mut ctx = Ctx {
             looked_up: false,
+            point,
             hit: None,
         };
         for e in self.hooks.at(point) {
             add(&st.hook_seen[e.index], 1);
             let step = match e.func {
-                HookFn::Filter => self.filter_hook(point, &p, st),
+                HookFn::Filter => Self::filter_hook(filter, point, p, st),
                 HookFn::IpvsReply if icmp_error => Step::Continue,
-                HookFn::IpvsReply => self.ipvs_reply(frame, &p, csum, now_ms, &mut ctx, st),
+                HookFn::IpvsReply => self.ipvs_reply(frame, p, csum, now_ms, &mut ctx, st),
                 HookFn::IpvsRequest if icmp_error => {
-                    self.ipvs_icmp(frame, &p, csum, now_ms, Dir::In, st)
+                    self.ipvs_icmp(frame, p, csum, now_ms, Dir::In, st)
                 }
                 HookFn::IpvsRequest => {
-                    self.ipvs_request(frame, &p, csum, now_ms, &services, &mut ctx, st)
+                    self.ipvs_request(frame, p, csum, now_ms, services, &mut ctx, st)
                 }
                 HookFn::IpvsForwardIcmp if icmp_error => {
-                    self.ipvs_icmp(frame, &p, csum, now_ms, Dir::Out, st)
+                    self.ipvs_icmp(frame, p, csum, now_ms, Dir::Out, st)
                 }
                 HookFn::IpvsForwardIcmp => Step::Continue,
             };
@@ -157,7 +216,7 @@ impl Pipeline {
                 return match v {
                     Verdict::Drop(
                         reason @ (DropReason::NoDestination | DropReason::TtlExceeded),
-                    ) => Verdict::Reject { reason, pkt: p },
+                    ) => Verdict::Reject { reason, pkt: *p },
                     v => v,
                 };
             }
@@ -175,7 +234,7 @@ impl Pipeline {
         Step::Done(Verdict::Drop(r))
     }
 
-    fn filter_hook(&self, point: HookPoint, p: &Parsed, st: &WorkerStats) -> Step {
+    fn filter_hook(filter: &FilterTable, point: HookPoint, p: &Parsed, st: &WorkerStats) -> Step {
         let k = FilterKey {
             proto: p.proto,
             src: p.src,
@@ -183,24 +242,27 @@ impl Pipeline {
             sport: p.sport,
             dport: p.dport,
         };
-        match self.filter.load().check(point, &k) {
+        match filter.check(point, &k) {
             Target::Accept => Step::Continue,
             Target::Drop => Self::drop(st, DropReason::Filtered),
         }
     }
 
+    #[inline(always)]
     fn lookup<'c>(
         &self,
         frame: &[u8],
         p: &Parsed,
         now: u64,
         ctx: &'c mut Ctx,
-    ) -> Option<&'c (uvs_conntrack::Handle, Dir, Update)> {
+    ) -> Option<&'c (Hit, Dir, Update)> {
         if !ctx.looked_up {
             ctx.looked_up = true;
-            ctx.hit = self
-                .conns
-                .lookup_update(&tuple(p), Self::info(frame, p), now);
+            let (t, info) = (tuple(p), Self::info(frame, p));
+            ctx.hit = match ctx.point {
+                HookPoint::Forward => self.conns.lookup_update_out(&t, info, now),
+                _ => self.conns.lookup_update(&t, info, now),
+            };
         }
         ctx.hit.as_ref()
     }
@@ -218,6 +280,7 @@ impl Pipeline {
 
     /// `ip_vs_reply`: a NAT reply from a real server gets the VIP back as
     /// its source and goes to the client.
+    #[inline(always)]
     fn ipvs_reply(
         &self,
         frame: &mut [u8],
@@ -290,7 +353,7 @@ impl Pipeline {
         let (nat, next_hop) = match (dir, h.fwd()) {
             (Dir::Out, FwdMethod::Masq) => (IcmpNat::to_client(h.vaddr(), h.vport()), h.caddr()),
             (Dir::In, FwdMethod::Masq) => (IcmpNat::to_server(h.daddr(), h.dport()), h.daddr()),
-            (Dir::In, _) => return self.xmit_along(frame, p, csum, &h, st),
+            (Dir::In, _) => return self.xmit_handle(frame, p, csum, &h, st),
             (Dir::Out, _) => return Step::Continue,
         };
         match nat_icmp_error(frame, p, &emb, &nat, csum) {
@@ -312,6 +375,7 @@ impl Pipeline {
     /// connection's packet is forwarded to its real server; a new one is
     /// scheduled first.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn ipvs_request(
         &self,
         frame: &mut [u8],
@@ -324,13 +388,40 @@ impl Pipeline {
     ) -> Step {
         if let Some((h, Dir::In, update)) = self.lookup(frame, p, now, ctx) {
             match update {
-                Update::Forward => return self.xmit_along(frame, p, csum, h, st),
+                Update::Forward => {
+                    return self.xmit_request(
+                        frame,
+                        p,
+                        csum,
+                        h.fwd(),
+                        h.daddr(),
+                        h.dport(),
+                        h.tun_config(),
+                        st,
+                    )
+                }
                 Update::Drop => return Self::drop(st, DropReason::DestRemoved),
                 // A SYN reusing a finished connection's tuple: schedule it
                 // afresh below, with this very packet.
                 Update::Reschedule => {}
             }
         }
+        self.ipvs_schedule(frame, p, csum, now, services, st)
+    }
+
+    /// A new connection (or a reused tuple's): find the service, schedule,
+    /// insert, forward. Apart from the per-packet path so that path stays
+    /// small enough to inline.
+    #[inline(never)]
+    fn ipvs_schedule(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: CsumMode,
+        now: u64,
+        services: &Services,
+        st: &WorkerStats,
+    ) -> Step {
         let Some(svc) = services.find(p.proto, p.dst, p.dport) else {
             return Step::Continue;
         };
@@ -392,7 +483,10 @@ impl Pipeline {
             },
         };
         let fwd = dest.fwd_method();
-        let tun = dest.tun_config();
+        let tun = match fwd {
+            FwdMethod::Tunnel => dest.tun_config(),
+            _ => TunConfig::default(),
+        };
         // Port 0 (a port-0 service's server): the client's port.
         let dport = if dest.port == 0 { p.dport } else { dest.port };
         let daddr = dest.addr;
@@ -418,7 +512,7 @@ impl Pipeline {
             Err(InsertError::Exists) => {
                 add(&st.conn_races, 1);
                 return match self.conns.lookup_in(&tuple(p)) {
-                    Some(h) => self.xmit_along(frame, p, csum, &h, st),
+                    Some(h) => self.xmit_handle(frame, p, csum, &h, st),
                     None => Self::drop(st, DropReason::TableFull),
                 };
             }
@@ -431,8 +525,9 @@ impl Pipeline {
         self.xmit_request(frame, p, csum, fwd, daddr, dport, tun, st)
     }
 
-    /// Forwards a packet along an existing connection.
-    fn xmit_along(
+    /// Forwards a packet along an existing connection found by handle
+    /// (ICMP errors, insert races: not the per-packet path).
+    fn xmit_handle(
         &self,
         frame: &mut [u8],
         p: &Parsed,
@@ -453,6 +548,7 @@ impl Pipeline {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn xmit_request(
         &self,
         frame: &mut [u8],

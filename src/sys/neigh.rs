@@ -3,8 +3,12 @@
 //! and neighbour table say (never configured by hand).
 //!
 //! Contract:
-//! * [`Resolver::lookup`] is the packet path. A cached answer costs one
-//!   sharded-map read: no allocation, no syscall, no global lock. A miss
+//! * [`Resolver::lookup`] is the packet path. A cached answer costs a look
+//!   in the calling thread's own small cache, validated by the resolver's
+//!   generation (one plain load of a line written only when an answer
+//!   changes): no lock, no allocation, no syscall, no write to a line other
+//!   cores write. Otherwise one sharded-map read (a shard read lock) fills
+//!   that cache. A miss
 //!   returns [`Lookup::Pending`] at once and queues one resolution request
 //!   for the destination (later misses for the same destination do not queue
 //!   again), so the caller parks or drops the packet and retries when the
@@ -33,6 +37,7 @@
 //!   kernel's old route cache): real servers, and clients when NAT replies go
 //!   back to them. Each new destination costs one background resolution.
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
@@ -230,13 +235,72 @@ struct Shared {
     /// `DashMap::len` would lock every shard).
     count: AtomicUsize,
     max_entries: usize,
+    /// Bumped (Release) after every change of an answer in `map` (publish
+    /// of a different state, removal, flush): a thread's cached answer read
+    /// after it saw generation `g` (Acquire) is valid while `gen` is `g`.
+    /// Generations are unique across resolvers (see [`next_gen`]).
+    gen: AtomicU64,
+}
+
+/// Unique generations across every resolver of the process, so a thread's
+/// cache entry can never be taken for another resolver's.
+static NEXT_GEN: AtomicU64 = AtomicU64::new(1);
+
+fn next_gen() -> u64 {
+    NEXT_GEN.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Shared {
+    /// Marks every thread's cached answers stale (after a map change).
+    fn changed(&self) {
+        self.gen.store(next_gen(), Ordering::Release);
+    }
 }
 
 struct Slot {
     state: SlotState,
     /// Set by lookups, cleared by the refresh: tells used entries from idle
-    /// ones without the packet path writing a timestamp.
-    used: AtomicBool,
+    /// ones without the packet path writing a timestamp. Shared with the
+    /// threads' caches, which set it on their hits too.
+    used: Arc<AtomicBool>,
+}
+
+/// Entries in each thread's next-hop cache (direct-mapped by address).
+const THREAD_CACHE: usize = 64;
+
+/// One thread's cached answer for one destination.
+struct CachedHop {
+    gen: u64,
+    dst: IpAddr,
+    hop: NextHop,
+    used: Arc<AtomicBool>,
+}
+
+thread_local! {
+    static HOPS: RefCell<[Option<CachedHop>; THREAD_CACHE]> =
+        const { RefCell::new([const { None }; THREAD_CACHE]) };
+}
+
+/// The thread-cache index of `dst`.
+#[inline(always)]
+fn cache_index(dst: &IpAddr) -> usize {
+    let x = match dst {
+        IpAddr::V4(a) => u64::from(u32::from(*a)),
+        IpAddr::V6(a) => {
+            let v = u128::from(*a);
+            (v as u64) ^ ((v >> 64) as u64)
+        }
+    };
+    (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % THREAD_CACHE
+}
+
+/// Marks an answer used; a plain load first: the store (a cache-line write
+/// shared between workers) happens once per refresh period, not per packet.
+#[inline(always)]
+fn mark_used(used: &AtomicBool) {
+    if !used.load(Ordering::Relaxed) {
+        used.store(true, Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -251,16 +315,12 @@ impl Slot {
     fn new(state: SlotState) -> Slot {
         Slot {
             state,
-            used: AtomicBool::new(true),
+            used: Arc::new(AtomicBool::new(true)),
         }
     }
 
     fn answer(&self) -> Lookup {
-        // A plain load first: the store (a cache-line write shared between
-        // workers) happens once per refresh period, not per packet.
-        if !self.used.load(Ordering::Relaxed) {
-            self.used.store(true, Ordering::Relaxed);
-        }
+        mark_used(&self.used);
         match self.state {
             SlotState::Pending => Lookup::Pending,
             SlotState::Ready(hop) => Lookup::Ready(hop),
@@ -303,6 +363,7 @@ impl Resolver {
             table_full: AtomicU64::new(0),
             count: AtomicUsize::new(0),
             max_entries: config.max_entries,
+            gen: AtomicU64::new(next_gen()),
         });
         let mut worker = Background {
             nl,
@@ -332,10 +393,47 @@ impl Resolver {
     /// answers [`Lookup::Pending`].
     #[inline]
     pub fn lookup(&self, dst: IpAddr) -> Lookup {
-        if let Some(slot) = self.shared.map.get(&dst) {
-            return slot.answer();
+        let gen = self.shared.gen.load(Ordering::Acquire);
+        let i = cache_index(&dst);
+        let hit = HOPS.try_with(|c| {
+            let c = c.try_borrow().ok()?;
+            let e = c[i].as_ref()?;
+            (e.gen == gen && e.dst == dst).then(|| {
+                mark_used(&e.used);
+                e.hop
+            })
+        });
+        if let Ok(Some(hop)) = hit {
+            return Lookup::Ready(hop);
         }
-        self.miss(dst)
+        self.lookup_shared(dst, gen, i)
+    }
+
+    /// The shared map, and this thread's cache filled from it (Ready
+    /// answers only: the others are short-lived or rare).
+    #[inline(never)]
+    fn lookup_shared(&self, dst: IpAddr, gen: u64, i: usize) -> Lookup {
+        let Some(slot) = self.shared.map.get(&dst) else {
+            return self.miss(dst);
+        };
+        let answer = slot.answer();
+        if let (Lookup::Ready(hop), used) = (answer, &slot.used) {
+            let entry = CachedHop {
+                gen,
+                dst,
+                hop,
+                used: Arc::clone(used),
+            };
+            drop(slot);
+            // Never fails but while the thread is torn down or re-entered;
+            // the answer stands either way.
+            let _ = HOPS.try_with(|c| {
+                if let Ok(mut c) = c.try_borrow_mut() {
+                    c[i] = Some(entry);
+                }
+            });
+        }
+        answer
     }
 
     /// The cold half of [`Resolver::lookup`]: insert a `Pending` slot and
@@ -548,6 +646,7 @@ impl Background {
             Msg::Stop => false,
             Msg::Flush => {
                 self.shared.map.clear();
+                self.shared.changed();
                 // Lookups may insert between the two calls; len() counts them.
                 self.shared
                     .count
@@ -741,6 +840,7 @@ impl Background {
                     .remove_if(&dst, |_, s| !matches!(s.state, SlotState::Pending));
                 if removed.is_some() {
                     self.shared.count.fetch_sub(1, Ordering::Relaxed);
+                    self.shared.changed();
                 }
                 continue;
             }
@@ -769,7 +869,11 @@ impl Background {
                 true
             }
         };
-        // A refresh that confirms the same answer wakes nobody.
+        // A refresh that confirms the same answer wakes nobody and leaves
+        // the threads' caches valid.
+        if changed {
+            self.shared.changed();
+        }
         self.changed |= changed;
         let at = now
             + if negative {
@@ -1025,6 +1129,8 @@ mod tests {
             };
             let (r, notified, _) = resolver(config);
             assert!(matches!(settle(&r, &notified, v(B4)), Lookup::Ready(_)));
+            // Served from this thread's cache from now on.
+            assert!(matches!(r.lookup(v(B4)), Lookup::Ready(_)));
             assert_eq!(r.len(), 1);
             let limit = Instant::now() + Duration::from_secs(3);
             while !r.is_empty() {
@@ -1033,12 +1139,20 @@ mod tests {
             }
             let got = settle(&r, &notified, v(B6));
             assert!(matches!(got, Lookup::Ready(_)), "{got:?} {:?}", r.stats());
+            assert!(matches!(r.lookup(v(B6)), Lookup::Ready(_)));
             r.flush();
             let limit = Instant::now() + Duration::from_secs(1);
             while !r.is_empty() {
                 assert!(Instant::now() < limit, "flush kept entries");
                 std::thread::sleep(Duration::from_millis(5));
             }
+            // Flushed: the thread's cached answer is stale, not served (the
+            // lookup is a miss again).
+            assert_eq!(
+                r.lookup(v(B6)),
+                Lookup::Pending,
+                "flushed answer still cached"
+            );
         });
     }
 

@@ -73,6 +73,7 @@ impl ConnState {
 /// INIT chunk, or any chunk but ABORT under `sloppy_sctp`. UDP and other
 /// protocols: always. `tcp_flags` is the TCP flag byte for TCP and the first
 /// chunk type for SCTP (see [`crate::PacketInfo`]).
+#[inline]
 pub fn may_create(proto: u8, info: &crate::PacketInfo, cfg: &crate::Knobs) -> bool {
     match proto {
         ipproto::TCP => {
@@ -90,6 +91,7 @@ pub fn may_create(proto: u8, info: &crate::PacketInfo, cfg: &crate::Knobs) -> bo
 
 /// A packet that opens a new connection on a tuple that may already exist:
 /// a TCP SYN or an SCTP INIT (the kernel's `is_new_conn`).
+#[inline]
 pub(crate) fn is_new_conn(proto: u8, info: &crate::PacketInfo) -> bool {
     match proto {
         ipproto::TCP => info.tcp_flags & tcp::flags::SYN != 0,
