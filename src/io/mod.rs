@@ -10,6 +10,7 @@
 
 pub mod ring;
 pub mod tx;
+pub mod xdp;
 
 pub use ring::{RxFrame, RxRing};
 pub use tx::TxBatch;
