@@ -25,7 +25,7 @@ use uvs_sched::{TunConfig, TunCsum as SchedTunCsum, TunType};
 use crate::datapath::pipeline::{Pipeline, Verdict};
 use crate::datapath::stats::{add, DropReason, Stats, WorkerStats};
 use crate::io::ring::HEADROOM;
-use crate::io::{self, RxFrame, RxRing, TxBatch, VNET_F_NEEDS_CSUM};
+use crate::io::{RxBatch, RxFrame, RxRing, RxSkip, RxSource, TxBatch, TxQueue, TxSink, VnetHdr};
 use crate::sys::neigh::{Lookup, NextHop, Resolver, ResolverConfig};
 
 /// An interface uvs attaches to.
@@ -101,12 +101,11 @@ struct Parked {
 }
 
 /// Size of a parking buffer: headroom, virtio-net header, a jumbo frame.
-const PARK_BUF: usize = HEADROOM + io::VNET_HDR_LEN + PARK_FRAME_MAX;
+const PARK_BUF: usize = HEADROOM + VnetHdr::LEN + PARK_FRAME_MAX;
 
 /// A worker's output side: the TX batch, parked packets, and scratch space
 /// for the ICMP errors it answers with. All allocated up front.
 struct Out {
-    tx: TxBatch,
     parked: Vec<Parked>,
     spare: Vec<Vec<u8>>,
     icmp: Vec<u8>,
@@ -159,6 +158,7 @@ struct Worker {
     id: usize,
     rings: Vec<RxRing>,
     poll: Poll,
+    tx: TxBatch,
     out: Out,
 }
 
@@ -209,11 +209,11 @@ impl Engine {
                 rings.push(ring);
             }
             wakers.push(Waker::new(poll.registry(), WAKE)?);
+            let tx = TxBatch::new(BATCH * 2, 64)?;
             let out = Out {
-                tx: TxBatch::new(BATCH * 2)?,
                 parked: Vec::with_capacity(PARK_MAX),
                 spare: (0..PARK_MAX).map(|_| vec![0u8; PARK_BUF]).collect(),
-                icmp: vec![0u8; HEADROOM + io::VNET_HDR_LEN + icmp::MAX_ERROR_FRAME],
+                icmp: vec![0u8; HEADROOM + VnetHdr::LEN + icmp::MAX_ERROR_FRAME],
                 seg: vec![0u8; HEADROOM + PARK_FRAME_MAX],
                 ident: id as u16,
                 icmp_limit: TokenBucket::new(),
@@ -222,6 +222,7 @@ impl Engine {
                 id,
                 rings,
                 poll,
+                tx,
                 out,
             });
         }
@@ -320,21 +321,21 @@ impl Worker {
                 let now = epoch.elapsed().as_millis() as u64;
                 let mut got = 0;
                 for ring in &mut self.rings {
-                    got += ring.drain(
-                        BATCH,
-                        &mut self.out,
-                        |out, f| out.handle(f, pl, st, rs, now),
-                        |out| out.tx.flush(),
-                    );
+                    let batch = ring.rx_batch(BATCH);
+                    let mut q = self.tx.queue();
+                    while let Some(f) = batch.next_frame() {
+                        got += 1;
+                        self.out.handle(f, pl, st, rs, now, &mut q);
+                    }
                 }
                 if got == 0 {
                     break;
                 }
             }
             if !self.out.parked.is_empty() {
-                self.out.retry_parked(st, rs);
+                self.out.retry_parked(st, rs, &mut self.tx.queue());
             }
-            self.out.count_tx(st);
+            count_tx(&mut self.tx, st);
         }
     }
 }
@@ -367,8 +368,8 @@ enum TunFail {
 /// Encapsulates the frame at `buf[fs..]` (with free headroom before it)
 /// toward `params.dst` and queues it: outer headers, a fresh virtio-net
 /// header (the inner checksum may still be pending), MACs toward `nh`.
-fn tunnel_out(
-    tx: &mut TxBatch,
+fn tunnel_out<'b>(
+    tx: &mut impl TxQueue<'b>,
     buf: &mut [u8],
     fs: usize,
     params: &TunParams,
@@ -386,20 +387,12 @@ fn tunnel_out(
         uvs_fwd::XmitError::TtlExceeded => TunFail::Ttl,
         _ => TunFail::Rewrite,
     })?;
-    let start = e
-        .start
-        .checked_sub(io::VNET_HDR_LEN)
-        .ok_or(TunFail::Rewrite)?;
-    let h = &mut buf[start..e.start];
-    h.fill(0);
-    if let Some(pc) = e.pending {
-        h[0] = VNET_F_NEEDS_CSUM;
-        h[6..8].copy_from_slice(&(pc.start as u16).to_ne_bytes());
-        h[8..10].copy_from_slice(&(pc.offset as u16).to_ne_bytes());
-    }
+    let vnet = e.pending.map_or(VnetHdr::default(), |pc| {
+        VnetHdr::pending_csum(pc.start, pc.offset)
+    });
     uvs_fwd::set_macs(&mut buf[e.start..e.start + e.len], nh.src_mac, nh.dst_mac)
         .map_err(|_| TunFail::Rewrite)?;
-    tx.push(&buf[start..e.start + e.len], nh.ifindex);
+    tx.copy(&buf[e.start..e.start + e.len], &vnet, nh.ifindex);
     Ok(())
 }
 
@@ -432,46 +425,71 @@ fn park(
 }
 
 fn csum_mode(vnet: &[u8]) -> CsumMode {
-    if io::vnet_flags(vnet) & VNET_F_NEEDS_CSUM != 0 {
-        CsumMode::Partial
-    } else {
-        CsumMode::Full
+    VnetHdr::read_from(vnet).unwrap_or_default().csum_mode()
+}
+
+/// Queues `buf[at..]` (an Ethernet frame after its virtio-net header) as a
+/// copy.
+fn copy_out<'b>(q: &mut impl TxQueue<'b>, buf: &[u8], at: usize, ifindex: u32) {
+    let vnet = VnetHdr::read_from(&buf[at - VnetHdr::LEN..]).unwrap_or_default();
+    q.copy(&buf[at..], &vnet, ifindex);
+}
+
+/// Moves the TX socket's totals into the worker's counters.
+fn count_tx(tx: &mut TxBatch, st: &WorkerStats) {
+    let c = tx.take_counts();
+    add(&st.tx, c.sent);
+    if c.dropped > 0 {
+        add(&st.drops[DropReason::TxFailed as usize], c.dropped);
     }
 }
 
 impl Out {
     /// One received frame: through the pipeline, then out, parked, or
     /// answered with an ICMP error.
-    fn handle(
+    fn handle<'b>(
         &mut self,
-        mut f: RxFrame<'_>,
+        mut f: RxFrame<'b>,
         pl: &Pipeline,
         st: &WorkerStats,
         rs: &Resolver,
         now: u64,
+        q: &mut impl TxQueue<'b>,
     ) {
         if let Some(skip) = f.skip {
-            if skip == io::ring::RxSkip::Truncated {
+            if skip == RxSkip::Truncated {
                 st.drop(DropReason::Truncated);
             }
             return;
         }
         add(&st.rx, 1);
-        let csum = csum_mode(f.vnet());
+        let csum = f.vnet.csum_mode();
         let v = pl.process(f.frame_mut(), csum, now, st);
         let next_hop = match v {
             Verdict::Pass => return,
             Verdict::Drop(DropReason::NoDestination) => {
-                return self.answer(f.frame_mut(), IcmpKind::PortUnreachable, st, rs)
+                return self.answer(f.frame_mut(), IcmpKind::PortUnreachable, st, rs, q)
             }
             Verdict::Drop(DropReason::TtlExceeded) => {
-                return self.answer(f.frame_mut(), IcmpKind::TimeExceeded, st, rs)
+                return self.answer(f.frame_mut(), IcmpKind::TimeExceeded, st, rs, q)
             }
             Verdict::Drop(_) => return,
             Verdict::Xmit { next_hop, .. } | Verdict::Tunnel { next_hop, .. } => next_hop,
         };
+        let head = f.at - VnetHdr::LEN;
         match rs.lookup(next_hop) {
-            Lookup::Ready(nh) => self.emit(f.buf, f.head, v, &nh, st, rs),
+            Lookup::Ready(nh) => {
+                // The common case, in place: a NAT/DR packet that fits.
+                if matches!(v, Verdict::Xmit { .. })
+                    && (f.vnet.is_gso() || f.buf.len() - f.at <= nh.mtu as usize + 14)
+                {
+                    if uvs_fwd::set_macs(f.frame_mut(), nh.src_mac, nh.dst_mac).is_ok() {
+                        q.forward(f.buf, f.at, &f.vnet, nh.ifindex);
+                    }
+                    return;
+                }
+                self.emit(f.buf, head, v, &nh, st, rs, q)
+            }
             Lookup::Pending => park(&mut self.spare, &mut self.parked, f.buf, v, next_hop, st),
             // A rewritten packet for this host itself, or no way there.
             Lookup::Local | Lookup::Unreachable => st.drop(DropReason::NoRoute),
@@ -480,7 +498,8 @@ impl Out {
 
     /// Puts a processed frame (`buf[head..]`: virtio-net header + frame) on
     /// the wire toward `nh`, encapsulating it first for `Tunnel`.
-    fn emit(
+    #[allow(clippy::too_many_arguments)]
+    fn emit<'b>(
         &mut self,
         buf: &mut [u8],
         head: usize,
@@ -488,19 +507,22 @@ impl Out {
         nh: &NextHop,
         st: &WorkerStats,
         rs: &Resolver,
+        q: &mut impl TxQueue<'b>,
     ) {
-        let fs = head + io::VNET_HDR_LEN;
+        let fs = head + VnetHdr::LEN;
         match v {
             Verdict::Xmit { dnat_from, .. } => {
                 // Cheap test first: only a frame longer than the MTU plus an
                 // Ethernet header can be too big (GSO packets are segmented
                 // by the kernel on the way out, to the MTU).
-                let gso = io::vnet_gso_type(&buf[head..fs]) != 0;
+                let gso = VnetHdr::read_from(&buf[head..])
+                    .unwrap_or_default()
+                    .is_gso();
                 if !gso && buf.len() - fs > nh.mtu as usize + 14 {
-                    return self.emit_oversized(buf, head, nh, dnat_from, st, rs);
+                    return self.emit_oversized(buf, head, nh, dnat_from, st, rs, q);
                 }
                 if uvs_fwd::set_macs(&mut buf[fs..], nh.src_mac, nh.dst_mac).is_ok() {
-                    self.tx.push(&buf[head..], nh.ifindex);
+                    copy_out(q, buf, fs, nh.ifindex);
                 }
             }
             Verdict::Tunnel { next_hop, tun } => {
@@ -508,22 +530,22 @@ impl Out {
                     return st.drop(DropReason::NoRoute);
                 };
                 let params = tun_params(tun, src, next_hop);
-                let vnet = &buf[head..fs];
-                let (csum, gso) = (csum_mode(vnet), io::vnet_gso_type(vnet) != 0);
+                let vnet = VnetHdr::read_from(&buf[head..]).unwrap_or_default();
+                let (csum, gso) = (vnet.csum_mode(), vnet.is_gso());
                 let r = if gso {
                     // No virtio GSO type exists for ipip/GRE/GUE: segment
                     // the super-packet and tunnel each segment.
-                    let gso_size = u16::from_ne_bytes([buf[head + 4], buf[head + 5]]);
+                    let gso_size = vnet.gso_size;
                     let Ok(p) = uvs_fwd::parse(&buf[fs..]) else {
                         return st.drop(DropReason::Rewrite);
                     };
-                    let Out { tx, seg, ident, .. } = self;
+                    let Out { seg, ident, .. } = self;
                     let mut first_err = Ok(());
                     let done =
                         gso::segment_tcp(&buf[fs..], &p, gso_size, seg, HEADROOM, |s, len| {
                             if first_err.is_ok() {
                                 first_err = tunnel_out(
-                                    tx,
+                                    q,
                                     &mut s[..HEADROOM + len],
                                     HEADROOM,
                                     &params,
@@ -531,25 +553,23 @@ impl Out {
                                     ident,
                                     CsumMode::Full,
                                 );
-                                // The scratch buffer is reused for the next segment.
-                                tx.flush();
                             }
                         });
                     done.map_err(|_| TunFail::Rewrite).and(first_err)
                 } else {
-                    tunnel_out(&mut self.tx, buf, fs, &params, nh, &mut self.ident, csum)
+                    tunnel_out(q, buf, fs, &params, nh, &mut self.ident, csum)
                 };
                 match r {
                     Ok(()) => {}
                     Err(TunFail::TooBig { mtu, send_icmp }) => {
                         st.drop(DropReason::TooBig);
                         if send_icmp {
-                            self.answer(&buf[fs..], IcmpKind::TooBig { mtu }, st, rs);
+                            self.answer(&buf[fs..], IcmpKind::TooBig { mtu }, st, rs, q);
                         }
                     }
                     Err(TunFail::Ttl) => {
                         st.drop(DropReason::TtlExceeded);
-                        self.answer(&buf[fs..], IcmpKind::TimeExceeded, st, rs);
+                        self.answer(&buf[fs..], IcmpKind::TimeExceeded, st, rs, q);
                     }
                     Err(TunFail::Rewrite) => st.drop(DropReason::Rewrite),
                 }
@@ -561,7 +581,8 @@ impl Out {
     /// A NAT/DR packet that may exceed the path MTU (`ensure_mtu_is_adequate`):
     /// with DF (or IPv6) it is dropped and the sender gets fragmentation
     /// needed / packet too big; an IPv4 packet without DF is fragmented.
-    fn emit_oversized(
+    #[allow(clippy::too_many_arguments)]
+    fn emit_oversized<'b>(
         &mut self,
         buf: &mut [u8],
         head: usize,
@@ -569,8 +590,9 @@ impl Out {
         dnat_from: Option<(IpAddr, u16)>,
         st: &WorkerStats,
         rs: &Resolver,
+        q: &mut impl TxQueue<'b>,
     ) {
-        let fs = head + io::VNET_HDR_LEN;
+        let fs = head + VnetHdr::LEN;
         let Ok(p) = uvs_fwd::parse(&buf[fs..]) else {
             return st.drop(DropReason::Rewrite);
         };
@@ -589,18 +611,18 @@ impl Out {
                     let undone =
                         uvs_fwd::dnat(&mut orig[..n], &p, vaddr, vport, csum_mode(&buf[head..fs]));
                     if undone.is_ok() {
-                        self.answer(&orig[..n], IcmpKind::TooBig { mtu: nf.mtu }, st, rs);
+                        self.answer(&orig[..n], IcmpKind::TooBig { mtu: nf.mtu }, st, rs, q);
                     }
                     self.seg = orig;
                 }
-                None => self.answer(&buf[fs..], IcmpKind::TooBig { mtu: nf.mtu }, st, rs),
+                None => self.answer(&buf[fs..], IcmpKind::TooBig { mtu: nf.mtu }, st, rs, q),
             }
             return;
         }
         if p.ip_len <= nh.mtu as usize {
             // It fits after all (VLAN tags made the frame long).
             if uvs_fwd::set_macs(&mut buf[fs..], nh.src_mac, nh.dst_mac).is_ok() {
-                self.tx.push(&buf[head..], nh.ifindex);
+                copy_out(q, buf, fs, nh.ifindex);
             }
             return;
         }
@@ -610,7 +632,7 @@ impl Out {
         {
             return st.drop(DropReason::Rewrite);
         }
-        let Out { tx, seg, .. } = self;
+        let Out { seg, .. } = self;
         let r = uvs_fwd::frag::fragment_ipv4(
             &buf[fs..],
             &p,
@@ -618,11 +640,8 @@ impl Out {
             seg,
             HEADROOM,
             |f, at| {
-                f[at - io::VNET_HDR_LEN..at].fill(0);
                 if uvs_fwd::set_macs(&mut f[at..], nh.src_mac, nh.dst_mac).is_ok() {
-                    tx.push(&f[at - io::VNET_HDR_LEN..], nh.ifindex);
-                    // The scratch buffer is reused for the next fragment.
-                    tx.flush();
+                    q.copy(&f[at..], &VnetHdr::default(), nh.ifindex);
                 }
             },
         );
@@ -635,14 +654,21 @@ impl Out {
     /// wrote to (a VIP: local to the director, as the kernel's `icmp_send`
     /// picks). Sent at once, so the scratch buffer is free again; skipped
     /// when the sender's next hop is not known yet.
-    fn answer(&mut self, frame: &[u8], kind: IcmpKind, st: &WorkerStats, rs: &Resolver) {
+    fn answer<'b>(
+        &mut self,
+        frame: &[u8],
+        kind: IcmpKind,
+        st: &WorkerStats,
+        rs: &Resolver,
+        q: &mut impl TxQueue<'b>,
+    ) {
         if !self.icmp_limit.take(Instant::now()) {
             return add(&st.icmp_limited, 1);
         }
         let Ok(p) = uvs_fwd::parse(frame) else { return };
         self.ident = self.ident.wrapping_add(1);
         // Laid out like a ring frame: headroom, virtio-net header, frame.
-        let fs = HEADROOM + io::VNET_HDR_LEN;
+        let fs = HEADROOM + VnetHdr::LEN;
         let Ok(n) =
             icmp::build_icmp_error(&mut self.icmp[fs..], frame, &p, kind, p.dst, self.ident)
         else {
@@ -657,9 +683,7 @@ impl Out {
         match rs.lookup(p.src) {
             Lookup::Ready(nh) => {
                 let mut icmp = std::mem::take(&mut self.icmp);
-                self.emit(&mut icmp[..fs + n], HEADROOM, v, &nh, st, rs);
-                // Sent at once, so the scratch buffer is free again.
-                self.tx.flush();
+                self.emit(&mut icmp[..fs + n], HEADROOM, v, &nh, st, rs, q);
                 self.icmp = icmp;
             }
             // The sender's MAC is not known yet (its first packet): wait
@@ -676,7 +700,7 @@ impl Out {
         }
     }
 
-    fn retry_parked(&mut self, st: &WorkerStats, rs: &Resolver) {
+    fn retry_parked<'b>(&mut self, st: &WorkerStats, rs: &Resolver, q: &mut impl TxQueue<'b>) {
         let mut i = 0;
         while i < self.parked.len() {
             let p = &self.parked[i];
@@ -688,9 +712,7 @@ impl Out {
                 }
                 Lookup::Ready(nh) => {
                     let mut p = self.parked.swap_remove(i);
-                    self.emit(&mut p.buf[..p.len], HEADROOM, p.verdict, &nh, st, rs);
-                    // The buffer must stay untouched until it is sent.
-                    self.tx.flush();
+                    self.emit(&mut p.buf[..p.len], HEADROOM, p.verdict, &nh, st, rs, q);
                     self.spare.push(p.buf);
                 }
                 _ => {
@@ -699,15 +721,6 @@ impl Out {
                     self.spare.push(p.buf);
                 }
             }
-        }
-    }
-
-    /// Moves the TX socket's totals into the worker's counters.
-    fn count_tx(&mut self, st: &WorkerStats) {
-        add(&st.tx, std::mem::take(&mut self.tx.sent));
-        let refused = std::mem::take(&mut self.tx.dropped);
-        if refused > 0 {
-            add(&st.drops[DropReason::TxFailed as usize], refused);
         }
     }
 }

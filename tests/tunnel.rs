@@ -96,11 +96,13 @@ impl Setup {
     fn send_frame_from_lb(&self, buf: Vec<u8>) {
         let (ifindex, _) = self.link("lb", "s0");
         netns::run_in(&self.lab.ns("lb"), move || {
-            let mut tx = uvs::io::TxBatch::new(4).expect("packet socket");
-            tx.push(&buf, ifindex);
-            tx.flush();
+            use uvs::io::{TxQueue, TxSink, VnetHdr};
+            let mut tx = uvs::io::TxBatch::new(4, 1).expect("packet socket");
+            let vnet = VnetHdr::read_from(&buf).expect("a virtio-net header");
+            tx.queue().copy(&buf[VnetHdr::LEN..], &vnet, ifindex);
             let err = std::io::Error::last_os_error();
-            assert_eq!((tx.sent, tx.dropped), (1, 0), "packet socket: {err}");
+            let c = tx.take_counts();
+            assert_eq!((c.sent, c.dropped), (1, 0), "packet socket: {err}");
         })
         .expect("lb namespace");
     }

@@ -5,16 +5,26 @@
 //! reach one worker), which spreads flows over workers without locks. The ring
 //! is memory-mapped: receiving costs no syscall; the worker polls the fd with
 //! mio only when the ring is empty. Frames are processed in place and may be
-//! transmitted straight out of the ring (see [`RxRing::drain`]).
+//! transmitted straight out of the ring: the ring implements [`RxSource`],
+//! whose batches keep their frames from the kernel until dropped.
+//!
+//! Layout of a frame handed out: [`HEADROOM`] free bytes, the virtio-net
+//! header as the kernel wrote it, then the Ethernet frame at
+//! [`RxFrame::at`]. The header is also decoded into [`RxFrame::vnet`]; code
+//! specific to this ring (the tunnel endpoint) may rely on the raw bytes.
 //!
 //! Frame size: 17 pages, enough for a 64 KiB GSO super-packet plus headers.
 //! Anything the ring had to truncate is reported, never forwarded.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
-use super::VNET_HDR_LEN;
+use super::device::{RxBatch, RxFrame, RxSkip, RxSource};
+use super::vnet::VnetHdr;
+
+const VNET_HDR_LEN: usize = VnetHdr::LEN;
 
 /// Bytes per ring frame (must be a multiple of the page size here, since we
 /// use one frame per block).
@@ -39,47 +49,6 @@ struct Tp2Hdr {
     snaplen: u32,
     mac: u16,
     vlan_tci: u16,
-}
-
-/// One received frame, borrowed from the ring until the end of the
-/// [`RxRing::drain`] call that produced it.
-#[derive(Debug)]
-pub struct RxFrame<'a> {
-    /// [`HEADROOM`] free bytes, then the virtio-net header (at `head`)
-    /// followed by the Ethernet frame, contiguous, so `buf[head..]` can be
-    /// handed to a vnet-header TX socket unchanged.
-    pub buf: &'a mut [u8],
-    /// Offset of the virtio-net header in `buf`.
-    pub head: usize,
-    /// Length of the packet on the wire (may exceed what the ring kept).
-    pub wire_len: usize,
-    /// The interface it arrived on.
-    pub ifindex: u32,
-    /// Why the frame must not be processed, if so.
-    pub skip: Option<RxSkip>,
-}
-
-impl RxFrame<'_> {
-    /// The virtio-net header.
-    pub fn vnet(&self) -> &[u8] {
-        &self.buf[self.head..self.head + VNET_HDR_LEN]
-    }
-    /// The Ethernet frame.
-    pub fn frame_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.head + VNET_HDR_LEN..]
-    }
-}
-
-/// Frames the ring delivers that uvs leaves alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RxSkip {
-    /// Not addressed to this host's MAC (broadcast, multicast, promiscuous).
-    NotForHost,
-    /// The kernel had already moved the 802.1Q tag out of the frame; the
-    /// packet is seen again on the VLAN interface if one exists.
-    VlanAccelerated,
-    /// Larger than a ring frame: truncated, cannot be forwarded.
-    Truncated,
 }
 
 /// A memory-mapped TPACKET_V2 RX ring bound to one interface.
@@ -220,11 +189,6 @@ impl RxRing {
         Ok(ring)
     }
 
-    /// The interface this ring is bound to.
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
-    }
-
     fn frame_ptr(&self, slot: usize) -> *mut u8 {
         // SAFETY: slot < frames, so the offset stays inside the mapping.
         unsafe { self.map.as_ptr().add(slot * FRAME_SIZE) }
@@ -264,73 +228,122 @@ impl RxRing {
     pub fn ready(&self) -> bool {
         self.status(self.cur) & TP_STATUS_USER != 0
     }
+}
 
-    /// Processes up to `max` waiting frames in place: `each` is called per
-    /// frame with `ctx` (it may queue the frame's bytes for TX), then `flush`
-    /// — which must transmit everything queued from these frames — and only
-    /// then are the frames handed back to the kernel. Returns the count.
-    pub fn drain<C>(
-        &mut self,
-        max: usize,
-        ctx: &mut C,
-        mut each: impl FnMut(&mut C, RxFrame<'_>),
-        flush: impl FnOnce(&mut C),
-    ) -> usize {
-        let start = self.cur;
-        let mut n = 0;
-        while n < max {
-            let slot = (start + n) % self.frames;
-            let st = self.status(slot);
-            if st & TP_STATUS_USER == 0 {
-                break;
+/// A batch of frames taken from an [`RxRing`]: slots `start..start + taken`
+/// are userspace's until the batch drops.
+#[derive(Debug)]
+pub struct PacketRxBatch<'r> {
+    ring: &'r mut RxRing,
+    start: usize,
+    max: usize,
+    taken: Cell<usize>,
+}
+
+impl RxBatch for PacketRxBatch<'_> {
+    fn next_frame(&self) -> Option<RxFrame<'_>> {
+        let ring = &*self.ring;
+        loop {
+            let n = self.taken.get();
+            if n >= self.max {
+                return None;
             }
-            let h = self.header(slot);
-            let base = self.frame_ptr(slot);
+            let slot = (self.start + n) % ring.frames;
+            if ring.status(slot) & TP_STATUS_USER == 0 {
+                return None;
+            }
+            self.taken.set(n + 1);
+            let h = ring.header(slot);
+            let base = ring.frame_ptr(slot);
             let mac = usize::from(h.mac);
             let snap = h.snaplen as usize;
             // The kernel places the vnet header right before the MAC header,
             // and the reserved headroom before that, after sockaddr_ll.
             let lead = HEADROOM + VNET_HDR_LEN;
-            let ok_layout = mac >= lead + SLL_OFFSET + 20 && mac + snap <= FRAME_SIZE;
-            if ok_layout {
-                // SAFETY: [mac - lead, mac + snaplen) lies inside this frame
-                // after its headers (checked above); the frame is ours
-                // (TP_STATUS_USER) until release() below, and no other slice
-                // aliases it.
-                let buf =
-                    unsafe { std::slice::from_raw_parts_mut(base.add(mac - lead), snap + lead) };
-                // SAFETY: sll_pkttype is at byte 10 of sockaddr_ll, inside the frame.
-                let pkttype = unsafe { *base.add(SLL_OFFSET + 10) };
-                let skip = if pkttype != PACKET_HOST {
-                    Some(RxSkip::NotForHost)
-                } else if h.status & TP_STATUS_VLAN_VALID != 0 && h.vlan_tci != 0 {
-                    Some(RxSkip::VlanAccelerated)
-                } else if snap < h.len as usize {
-                    Some(RxSkip::Truncated)
-                } else {
-                    None
-                };
-                each(
-                    ctx,
-                    RxFrame {
-                        buf,
-                        head: HEADROOM,
-                        wire_len: h.len as usize,
-                        ifindex: self.ifindex,
-                        skip,
-                    },
-                );
+            if mac < lead + SLL_OFFSET + 20 || mac + snap > FRAME_SIZE {
+                // Not a layout we asked for: give it back unread.
+                continue;
             }
-            n += 1;
+            // SAFETY: [mac - lead, mac + snaplen) lies inside this frame
+            // after its headers (checked above). The slot is userspace's
+            // (TP_STATUS_USER) until this batch drops, which the returned
+            // borrow of `self` outlasts; `taken` only grows, so no slot is
+            // handed out twice and no two slices alias.
+            let buf = unsafe { std::slice::from_raw_parts_mut(base.add(mac - lead), snap + lead) };
+            // SAFETY: sll_pkttype is at byte 10 of sockaddr_ll, inside the frame.
+            let pkttype = unsafe { *base.add(SLL_OFFSET + 10) };
+            let skip = if pkttype != PACKET_HOST {
+                Some(RxSkip::NotForHost)
+            } else if h.status & TP_STATUS_VLAN_VALID != 0 && h.vlan_tci != 0 {
+                Some(RxSkip::VlanAccelerated)
+            } else if snap < h.len as usize {
+                Some(RxSkip::Truncated)
+            } else {
+                None
+            };
+            let vnet = VnetHdr::read_from(&buf[HEADROOM..]).unwrap_or_default();
+            return Some(RxFrame {
+                buf,
+                at: lead,
+                vnet,
+                wire_len: h.len as usize,
+                ifindex: ring.ifindex,
+                skip,
+            });
         }
-        if n > 0 {
-            flush(ctx);
-            for i in 0..n {
-                self.release((start + i) % self.frames);
-            }
-            self.cur = (start + n) % self.frames;
+    }
+}
+
+impl Drop for PacketRxBatch<'_> {
+    fn drop(&mut self) {
+        let n = self.taken.get();
+        for i in 0..n {
+            self.ring.release((self.start + i) % self.ring.frames);
         }
-        n
+        self.ring.cur = (self.start + n) % self.ring.frames;
+    }
+}
+
+/// `struct tpacket_stats`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct TpStats {
+    packets: u32,
+    drops: u32,
+}
+
+impl RxSource for RxRing {
+    type Batch<'a> = PacketRxBatch<'a>;
+
+    fn rx_batch(&mut self, max: usize) -> PacketRxBatch<'_> {
+        let start = self.cur;
+        PacketRxBatch {
+            ring: self,
+            start,
+            max,
+            taken: Cell::new(0),
+        }
+    }
+
+    fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    fn take_kernel_drops(&mut self) -> io::Result<u64> {
+        let mut st = TpStats::default();
+        let mut len = std::mem::size_of::<TpStats>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `st`, a live
+        // tpacket_stats; reading it resets the kernel's counts.
+        cvt(unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut TpStats).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(u64::from(st.drops))
     }
 }
 
@@ -343,7 +356,7 @@ impl AsRawFd for RxRing {
 impl Drop for RxRing {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the region mapped in open(); no frame
-        // slices outlive drain(), so nothing points into it any more.
+        // batch (and so no frame slice) outlives its `&mut` borrow of the ring.
         unsafe {
             libc::munmap(self.map.as_ptr().cast(), FRAME_SIZE * self.frames);
         }

@@ -55,14 +55,14 @@ use uvs_fwd::wire::{ip_proto, ipv4, ipv6, udp};
 use uvs_fwd::xmit::tun::{decap_frame, DecapError, TunKind};
 
 use crate::engine::{self, EngineError};
-use crate::io::{RxRing, VNET_F_NEEDS_CSUM, VNET_HDR_LEN};
+use crate::io::{RxBatch, RxRing, RxSkip, RxSource, VnetHdr, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM};
+
+const VNET_HDR_LEN: usize = VnetHdr::LEN;
 use crate::sys::guard::{self, GuardError};
 
 /// The nftables table of the endpoint (`netdev uvs_tun`).
 pub const TABLE: &str = "uvs_tun";
 
-/// `VIRTIO_NET_HDR_F_DATA_VALID`: the checksums are known good.
-const VNET_F_DATA_VALID: u8 = 2;
 /// Frames drained per ring per round.
 const BATCH: usize = 64;
 /// How often the host's addresses are re-read (the guard follows them).
@@ -350,41 +350,6 @@ pub enum Offload {
     Gso,
 }
 
-/// The fields of a `struct virtio_net_hdr` (native byte order: both the
-/// packet socket and the TUN device use the legacy, CPU-endian layout).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct VnetHdr {
-    flags: u8,
-    gso_type: u8,
-    hdr_len: u16,
-    gso_size: u16,
-    csum_start: u16,
-    csum_offset: u16,
-}
-
-impl VnetHdr {
-    fn read(b: &[u8; VNET_HDR_LEN]) -> VnetHdr {
-        let u = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
-        VnetHdr {
-            flags: b[0],
-            gso_type: b[1],
-            hdr_len: u(2),
-            gso_size: u(4),
-            csum_start: u(6),
-            csum_offset: u(8),
-        }
-    }
-
-    fn write(&self, b: &mut [u8]) {
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
-    }
-}
-
 /// If `frame` is a tunnel candidate (outer protocol 4/41/47, or UDP to a GUE
 /// port), its outer destination and the end of its outer IP packet.
 fn candidate(frame: &[u8], gue_ports: &[u16]) -> Option<(IpAddr, usize)> {
@@ -530,7 +495,7 @@ pub fn process(buf: &mut [u8], local: &LocalAddrs, gue_ports: &[u16]) -> Outcome
     if end > buf.len() {
         return Outcome::Drop(DropReason::BadInner);
     }
-    tx.write(&mut buf[hstart..hstart + VNET_HDR_LEN]);
+    let _ = tx.write_to(&mut buf[hstart..]);
     let offload = match (gso, pending) {
         (true, _) => Offload::Gso,
         (false, true) => Offload::Completed,
@@ -795,13 +760,14 @@ struct Ctx<'a> {
 
 /// Handles one ring frame: decide, deliver, count.
 fn on_frame(ctx: &mut Ctx<'_>, f: crate::io::RxFrame<'_>) {
-    // From the virtio-net header on (the ring's headroom before it is unused here).
-    let buf = &mut f.buf[f.head..];
+    // From the virtio-net header on (the ring keeps its raw bytes right
+    // before the frame; the headroom before it is unused here).
+    let buf = &mut f.buf[f.at - VNET_HDR_LEN..];
     if let Some(skip) = f.skip {
         // A frame the ring truncated keeps its headers: count it when they
         // say tunnel (it cannot be delivered; the guard drops it for the
         // kernel too).
-        if skip == crate::io::ring::RxSkip::Truncated
+        if skip == RxSkip::Truncated
             && buf
                 .get(VNET_HDR_LEN..)
                 .is_some_and(|fr| looks_tunnel(fr, ctx.gue_ports))
@@ -921,7 +887,11 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
                     gue_ports: &opts.gue_ports,
                     c: &mut c,
                 };
-                got += ring.drain(BATCH, &mut ctx, on_frame, |_| {});
+                let batch = ring.rx_batch(BATCH);
+                while let Some(f) = batch.next_frame() {
+                    got += 1;
+                    on_frame(&mut ctx, f);
+                }
             }
             if got == 0 {
                 break;
@@ -992,7 +962,7 @@ mod tests {
         let p = uvs_fwd::parse(&buf[MAX_OVERHEAD..]).expect("inner parses");
         let e = encap(&mut buf, MAX_OVERHEAD, &p, params, 7, spec.csum).expect("encap");
         let mut out = vec![0u8; VNET_HDR_LEN];
-        vnet.write(&mut out);
+        vnet.write_to(&mut out);
         out.extend_from_slice(&buf[e.start..e.start + e.len]);
         // The inner IP packet as it must reach the stack (TTL decremented by
         // the director's forwarding).
@@ -1088,7 +1058,7 @@ mod tests {
             ..VnetHdr::default()
         };
         let mut buf = probe.clone();
-        vnet.write(&mut buf[..VNET_HDR_LEN]);
+        vnet.write_to(&mut buf[..VNET_HDR_LEN]);
         let o = process(&mut buf, &local(), &[6080]);
         assert!(matches!(
             o,
@@ -1117,7 +1087,7 @@ mod tests {
             csum_start: tcp_start as u16,
             csum_offset: 16,
         }
-        .write(&mut buf[..VNET_HDR_LEN]);
+        .write_to(&mut buf[..VNET_HDR_LEN]);
         let o = process(&mut buf, &local(), &[]);
         assert!(matches!(
             o,
@@ -1149,7 +1119,7 @@ mod tests {
             csum_offset: 16,
             ..VnetHdr::default()
         }
-        .write(&mut buf[..VNET_HDR_LEN]);
+        .write_to(&mut buf[..VNET_HDR_LEN]);
         assert_eq!(
             process(&mut buf, &local(), &[]),
             Outcome::Drop(DropReason::BadOffload)
