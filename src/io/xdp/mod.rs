@@ -26,4 +26,6 @@ pub use prog::{
 pub use steer::{
     AttachMode, Attachment, Program, SteerCounters, Steering, XdpError, DEFAULT_MAX_ENTRIES,
 };
-pub use sys::xsk::{RxAction, XskConfig, XskSocket, XskStats};
+pub use sys::xsk::{
+    RxAction, XskConfig, XskRx, XskRxBatch, XskSocket, XskStats, XskTx, XskTxQueue,
+};

@@ -5,4 +5,5 @@
 //! indices and UMEM addresses are checked before memory is touched.
 
 pub mod bpf;
+mod ring;
 pub mod xsk;

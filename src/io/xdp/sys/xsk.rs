@@ -1,30 +1,35 @@
 //! An AF_XDP socket: its UMEM (one anonymous mapping, registered once, cut
-//! into equal frames), the fill and completion rings of the UMEM, and the RX
-//! and TX rings of the socket, all mmapped from the kernel.
+//! into equal frames), the UMEM's fill and completion rings and the socket's
+//! RX and TX rings, all mmapped from the kernel (see [`super::ring`]).
 //!
-//! Frame ownership is tracked here, where the memory is touched: a frame is
-//! in exactly one place at a time — the free stack (userspace), the kernel
-//! (fill ring, RX in flight, TX until its completion), or lent for the
-//! length of one [`XskSocket::recv`] or [`XskSocket::send`] callback, while
-//! `&mut self` is held. So a `&mut [u8]` into the UMEM never overlaps memory
-//! the kernel may write. Every address the kernel hands back is bounds-
-//! checked against the UMEM before use.
+//! The socket is two halves that can be used together ([`XskSocket`]) or
+//! apart ([`XskSocket::split`]): [`XskRx`] owns the RX and fill rings and the
+//! frames cycling through them, [`XskTx`] the TX and completion rings and
+//! theirs. Frame ownership is tracked here, where the memory is touched: a
+//! frame is in exactly one place — a half's free stack, the kernel (fill
+//! ring, TX until its completion), or lent to the caller for the length of
+//! one callback or RX batch, while the half is borrowed mutably. So a
+//! `&mut [u8]` into the UMEM never overlaps memory the kernel or the other
+//! half may write. Every address the kernel hands back is bounds-checked.
 //!
-//! Rings are single-producer/single-consumer with the kernel on the other
-//! side: the producer index is published with Release after the entries are
-//! written, and read with Acquire before entries are read (the kernel does
-//! the same on its side). Entries are moved in batches; one index store per
-//! batch. `need_wakeup` (bound with `XDP_USE_NEED_WAKEUP`) is honoured: a
-//! syscall is made only when the kernel's ring flag asks for it.
+//! No allocation per packet: the free stacks are sized once. `need_wakeup`
+//! (bound with `XDP_USE_NEED_WAKEUP`) is honoured: a syscall is made only
+//! when the kernel's ring flag asks for one — except that copy mode
+//! transmits only from a syscall, so TX is kicked once per batch there.
 
+use std::cell::Cell;
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use super::ring::{getsockopt, setsockopt, Mmap, Ring};
+use crate::io::device::{RxBatch, RxFrame, RxSource, TxCounts, TxQueue, TxSink};
+use crate::io::vnet::VnetHdr;
 
 /// Sizes of a socket: `frames` UMEM frames of `frame_size` bytes (a power
 /// of two from 2048 to the page size), and every ring `ring` entries (a
-/// power of two).
+/// power of two; `frames` at least `ring`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct XskConfig {
     pub frames: u32,
@@ -43,6 +48,9 @@ impl Default for XskConfig {
         }
     }
 }
+
+/// Smallest frame the kernel accepts; what [`XskTx`] copies at most.
+pub const MIN_FRAME: usize = 2048;
 
 /// What becomes of a frame handed to the [`XskSocket::recv`] callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,276 +82,84 @@ pub struct XskStats {
     pub tx_ring_full: u64,
     /// uvs: sends refused because no free frame was left.
     pub tx_no_frame: u64,
-    /// uvs: transmits asked with a length of 0 or beyond the frame.
-    pub tx_bad_len: u64,
+    /// uvs: transmits of length 0, beyond a frame, GSO super-packets (AF_XDP
+    /// cannot segment) or for another interface.
+    pub tx_bad_frame: u64,
     /// uvs: RX descriptors outside the UMEM (never expected).
     pub rx_bad_desc: u64,
 }
 
-/// An owned memory mapping, unmapped on drop.
+impl XskStats {
+    /// Every packet these counters say was lost on receive.
+    pub fn rx_lost(&self) -> u64 {
+        self.rx_dropped
+            + self.rx_invalid_descs
+            + self.rx_ring_full
+            + self.rx_fill_ring_empty
+            + self.rx_bad_desc
+    }
+}
+
+/// Frame geometry of a UMEM.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    frame_size: u64,
+    frames: u64,
+}
+
+impl Geom {
+    /// For a kernel address and length: the frame's base and the bytes from
+    /// `addr` to the frame's end, if the packet lies inside one frame.
+    fn check(&self, addr: u64, len: u32) -> Option<(u64, usize)> {
+        let base = addr - addr % self.frame_size;
+        let cap = (base + self.frame_size - addr) as usize;
+        (base / self.frame_size < self.frames && len as usize <= cap).then_some((base, cap))
+    }
+}
+
+/// Receive half: the RX and fill rings.
 #[derive(Debug)]
-struct Mmap {
-    ptr: NonNull<u8>,
-    len: usize,
+pub struct XskRx {
+    rx: Ring,
+    fill: Ring,
+    umem: Arc<Mmap>,
+    fd: Arc<OwnedFd>,
+    geom: Geom,
+    free: Vec<u64>,
+    ifindex: u32,
+    bad_desc: u64,
+    reported_drops: u64,
 }
 
-// SAFETY: the mapping is plain memory owned by this value alone; moving the
-// owner to another thread moves all access with it.
-unsafe impl Send for Mmap {}
-
-impl Mmap {
-    fn new(len: usize, prot: i32, flags: i32, fd: RawFd, offset: i64) -> io::Result<Mmap> {
-        // SAFETY: a fresh mapping chosen by the kernel (addr NULL); it
-        // aliases no Rust object.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset) };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
-        Ok(Mmap { ptr, len })
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping this value owns; no reference
-        // into it outlives `self` (they all borrow `self`).
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
-}
-
-/// One mmapped ring: producer, consumer and flags words and `size` entries
-/// of `elem` bytes.
+/// Transmit half: the TX and completion rings.
 #[derive(Debug)]
-struct Ring {
-    map: Mmap,
-    producer: usize,
-    consumer: usize,
-    flags: usize,
-    desc: usize,
-    elem: usize,
-    mask: u32,
-    cached_prod: u32,
-    cached_cons: u32,
-}
-
-impl Ring {
-    fn map(
-        fd: RawFd,
-        pgoff: i64,
-        off: &libc::xdp_ring_offset,
-        size: u32,
-        elem: usize,
-    ) -> io::Result<Ring> {
-        let words = [off.producer, off.consumer, off.flags, off.desc];
-        if words.iter().any(|w| !w.is_multiple_of(4)) || !off.desc.is_multiple_of(8) {
-            return Err(io::Error::other("AF_XDP ring offsets misaligned"));
-        }
-        let len = off.desc as usize + size as usize * elem;
-        if words[..3].iter().any(|&w| w as usize + 4 > len) {
-            return Err(io::Error::other("AF_XDP ring offsets out of range"));
-        }
-        let map = Mmap::new(
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            fd,
-            pgoff,
-        )?;
-        let mut r = Ring {
-            map,
-            producer: off.producer as usize,
-            consumer: off.consumer as usize,
-            flags: off.flags as usize,
-            desc: off.desc as usize,
-            elem,
-            mask: size - 1,
-            cached_prod: 0,
-            cached_cons: 0,
-        };
-        r.cached_prod = r.word(r.producer).load(Ordering::Acquire);
-        r.cached_cons = r.word(r.consumer).load(Ordering::Acquire);
-        Ok(r)
-    }
-
-    fn word(&self, off: usize) -> &AtomicU32 {
-        // SAFETY: `off` is one of the kernel's word offsets, checked at
-        // `map` to lie inside the mapping and be 4-aligned (the mapping is
-        // page-aligned); the kernel updates these words concurrently, which
-        // is why they are only ever accessed atomically.
-        unsafe { &*self.map.ptr.as_ptr().add(off).cast::<AtomicU32>() }
-    }
-
-    fn size(&self) -> u32 {
-        self.mask + 1
-    }
-
-    fn slot(&self, idx: u32) -> *mut u8 {
-        // In bounds: desc + (idx & mask) * elem < desc + size * elem = len.
-        self.map
-            .ptr
-            .as_ptr()
-            .wrapping_add(self.desc + (idx & self.mask) as usize * self.elem)
-    }
-
-    /// Free producer slots, up to `want`.
-    fn free(&mut self, want: u32) -> u32 {
-        let mut free = self.size() - self.cached_prod.wrapping_sub(self.cached_cons);
-        if free < want {
-            self.cached_cons = self.word(self.consumer).load(Ordering::Acquire);
-            free = self.size() - self.cached_prod.wrapping_sub(self.cached_cons);
-        }
-        free.min(want)
-    }
-
-    /// Entries ready for the consumer, up to `want`.
-    fn ready(&mut self, want: u32) -> u32 {
-        let mut ready = self.cached_prod.wrapping_sub(self.cached_cons);
-        if ready < want {
-            self.cached_prod = self.word(self.producer).load(Ordering::Acquire);
-            ready = self.cached_prod.wrapping_sub(self.cached_cons);
-        }
-        ready.min(want)
-    }
-
-    /// Writes a u64 entry (fill ring) `i` slots past the producer.
-    fn put_addr(&mut self, i: u32, addr: u64) {
-        debug_assert_eq!(self.elem, 8);
-        // SAFETY: an in-bounds, 8-aligned slot (see `slot`) that the kernel
-        // does not read before the producer index passes it (`submit`).
-        unsafe {
-            self.slot(self.cached_prod.wrapping_add(i))
-                .cast::<u64>()
-                .write(addr)
-        }
-    }
-
-    /// Writes a descriptor (TX ring) `i` slots past the producer.
-    fn put_desc(&mut self, i: u32, addr: u64, len: u32) {
-        debug_assert_eq!(self.elem, 16);
-        let d = libc::xdp_desc {
-            addr,
-            len,
-            options: 0,
-        };
-        // SAFETY: as in `put_addr`; `xdp_desc` is 16 bytes, 8-aligned.
-        unsafe {
-            self.slot(self.cached_prod.wrapping_add(i))
-                .cast::<libc::xdp_desc>()
-                .write(d)
-        }
-    }
-
-    fn submit(&mut self, n: u32) {
-        self.cached_prod = self.cached_prod.wrapping_add(n);
-        self.word(self.producer)
-            .store(self.cached_prod, Ordering::Release);
-    }
-
-    /// Reads a u64 entry (completion ring) `i` slots past the consumer.
-    fn get_addr(&self, i: u32) -> u64 {
-        // SAFETY: in-bounds, 8-aligned; the kernel published it (Acquire in
-        // `ready`) and does not rewrite it before `release`.
-        unsafe {
-            self.slot(self.cached_cons.wrapping_add(i))
-                .cast::<u64>()
-                .read()
-        }
-    }
-
-    /// Reads a descriptor (RX ring) `i` slots past the consumer.
-    fn get_desc(&self, i: u32) -> (u64, u32) {
-        // SAFETY: as in `get_addr`.
-        let d = unsafe {
-            self.slot(self.cached_cons.wrapping_add(i))
-                .cast::<libc::xdp_desc>()
-                .read()
-        };
-        (d.addr, d.len)
-    }
-
-    fn release(&mut self, n: u32) {
-        self.cached_cons = self.cached_cons.wrapping_add(n);
-        self.word(self.consumer)
-            .store(self.cached_cons, Ordering::Release);
-    }
-
-    /// Producer entries the kernel has not consumed yet.
-    fn unconsumed(&mut self) -> u32 {
-        self.cached_cons = self.word(self.consumer).load(Ordering::Acquire);
-        self.cached_prod.wrapping_sub(self.cached_cons)
-    }
-
-    fn needs_wakeup(&self) -> bool {
-        self.word(self.flags).load(Ordering::Acquire) & libc::XDP_RING_NEED_WAKEUP != 0
-    }
-}
-
-fn setsockopt<T>(fd: RawFd, opt: i32, v: &T) -> io::Result<()> {
-    // SAFETY: `v` is a live value of `size_of::<T>()` bytes, read only.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_XDP,
-            opt,
-            (v as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Kernel structs made of integers only: all-zero bytes (and any bytes the
-/// kernel writes) are a valid value.
-///
-/// # Safety
-/// Implement only for `#[repr(C)]` structs of plain integers.
-unsafe trait Plain: Sized {}
-// SAFETY: `#[repr(C)]` structs of u64/u32 fields only.
-unsafe impl Plain for libc::xdp_mmap_offsets {}
-// SAFETY: as above.
-unsafe impl Plain for libc::xdp_statistics {}
-// SAFETY: as above.
-unsafe impl Plain for libc::xdp_options {}
-
-fn getsockopt<T: Plain>(fd: RawFd, opt: i32) -> io::Result<T> {
-    // SAFETY: `T: Plain`, so all-zero is a valid T.
-    let mut v: T = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `v`, which is that
-    // large; `T: Plain` is valid for any bytes.
-    let rc =
-        unsafe { libc::getsockopt(fd, libc::SOL_XDP, opt, (&mut v as *mut T).cast(), &mut len) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(v)
+pub struct XskTx {
+    tx: Ring,
+    comp: Ring,
+    umem: Arc<Mmap>,
+    fd: Arc<OwnedFd>,
+    geom: Geom,
+    free: Vec<u64>,
+    in_flight: u32,
+    zerocopy: bool,
+    ifindex: u32,
+    ring_full: u64,
+    no_frame: u64,
+    bad_frame: u64,
+    counts: TxCounts,
 }
 
 /// An AF_XDP socket bound to one queue of one interface.
 #[derive(Debug)]
 pub struct XskSocket {
-    rx: Ring,
-    tx: Ring,
-    fill: Ring,
-    comp: Ring,
-    umem: Mmap,
-    fd: OwnedFd,
-    frame_size: u32,
-    frames: u32,
-    /// Frame base addresses owned by userspace.
-    free: Vec<u64>,
-    /// Frames kept back from the fill ring for [`XskSocket::send`].
+    rx: XskRx,
+    tx: XskTx,
+    /// Frames the TX half keeps back from the fill ring for `send`.
     tx_reserve: usize,
-    /// TX descriptors submitted and not yet completed.
-    in_flight: u32,
-    stats: XskStats,
-    zerocopy: bool,
+}
+
+fn stats_of(fd: RawFd) -> io::Result<libc::xdp_statistics> {
+    getsockopt::<libc::xdp_statistics>(fd, libc::XDP_STATISTICS)
 }
 
 impl XskSocket {
@@ -354,7 +170,7 @@ impl XskSocket {
         let pow2 = |v: u32| v.is_power_of_two();
         if !pow2(cfg.ring)
             || !pow2(cfg.frame_size)
-            || cfg.frame_size < 2048
+            || (cfg.frame_size as usize) < MIN_FRAME
             || cfg.frames < cfg.ring
         {
             return Err(io::Error::new(
@@ -368,15 +184,15 @@ impl XskSocket {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a new descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
         let len = cfg.frames as usize * cfg.frame_size as usize;
-        let umem = Mmap::new(
+        let umem = Arc::new(Mmap::new(
             len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
             -1,
             0,
-        )?;
+        )?);
         let reg = libc::xdp_umem_reg {
             addr: umem.ptr.as_ptr() as u64,
             len: len as u64,
@@ -432,50 +248,175 @@ impl XskSocket {
         let zerocopy = getsockopt::<libc::xdp_options>(raw, libc::XDP_OPTIONS)
             .map(|o| o.flags & libc::XDP_OPTIONS_ZEROCOPY != 0)
             .unwrap_or(false);
-        let free = (0..u64::from(cfg.frames))
-            .rev()
-            .map(|i| i * u64::from(cfg.frame_size))
-            .collect();
-        let mut s = XskSocket {
-            rx,
-            tx,
-            fill,
-            comp,
-            umem,
-            fd,
-            frame_size: cfg.frame_size,
-            frames: cfg.frames,
-            free,
-            tx_reserve: (cfg.frames - cfg.ring) as usize,
-            in_flight: 0,
-            stats: XskStats::default(),
-            zerocopy,
+        let geom = Geom {
+            frame_size: u64::from(cfg.frame_size),
+            frames: u64::from(cfg.frames),
         };
-        s.refill();
+        let mut all: Vec<u64> = (0..geom.frames)
+            .rev()
+            .map(|i| i * geom.frame_size)
+            .collect();
+        // The RX half starts with one ring's worth (they go to the fill
+        // ring at once); the rest are the TX half's.
+        let mut rx_free = Vec::with_capacity(all.len());
+        rx_free.extend(all.drain(all.len() - cfg.ring as usize..));
+        let mut tx_free = Vec::with_capacity(geom.frames as usize);
+        tx_free.append(&mut all);
+        let mut s = XskSocket {
+            rx: XskRx {
+                rx,
+                fill,
+                umem: Arc::clone(&umem),
+                fd: Arc::clone(&fd),
+                geom,
+                free: rx_free,
+                ifindex,
+                bad_desc: 0,
+                reported_drops: 0,
+            },
+            tx: XskTx {
+                tx,
+                comp,
+                umem,
+                fd,
+                geom,
+                free: tx_free,
+                in_flight: 0,
+                zerocopy,
+                ifindex,
+                ring_full: 0,
+                no_frame: 0,
+                bad_frame: 0,
+                counts: TxCounts::default(),
+            },
+            tx_reserve: (cfg.frames - cfg.ring) as usize,
+        };
+        s.rx.refill();
         Ok(s)
+    }
+
+    /// The halves, for use apart (as the engine's RX source and TX sink).
+    pub fn split(self) -> (XskRx, XskTx) {
+        (self.rx, self.tx)
     }
 
     /// The socket's descriptor: for the XSKMAP and for poll (readable = RX
     /// descriptors waiting).
     pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.rx.fd.as_raw_fd()
     }
 
     /// Whether the driver runs the socket zero-copy (else the kernel copies).
     pub fn zerocopy(&self) -> bool {
-        self.zerocopy
+        self.tx.zerocopy
     }
 
-    /// Bytes of one UMEM frame.
-    pub fn frame_size(&self) -> usize {
-        self.frame_size as usize
-    }
-
-    /// Gives free frames (all but the TX reserve) to the kernel's fill ring,
-    /// waking the kernel if it asked for it.
+    /// Gives free frames to the kernel's fill ring (frames the TX half has
+    /// beyond its reserve too), waking the kernel if it asked for it.
     pub fn refill(&mut self) {
-        let spare = self.free.len().saturating_sub(self.tx_reserve) as u32;
-        let n = self.fill.free(spare);
+        let surplus = self.tx.free.len().saturating_sub(self.tx_reserve);
+        let take = self.tx.free.len() - surplus;
+        self.rx.free.extend(self.tx.free.drain(take..));
+        self.rx.refill();
+    }
+
+    /// Receives up to `max` packets; `f` sees each frame's bytes (mutable,
+    /// to rewrite in place) and says what becomes of it. Transmitted frames
+    /// are queued on the TX ring in one batch; [`XskSocket::flush`] sends
+    /// them. Refills the fill ring. Returns how many were received.
+    pub fn recv(&mut self, max: u32, mut f: impl FnMut(&mut [u8]) -> RxAction) -> u32 {
+        let n = self.rx.rx.ready(max);
+        let room = self.tx.tx.free(n);
+        let mut queued = 0;
+        for i in 0..n {
+            let (addr, len) = self.rx.rx.get_desc(i);
+            let Some((base, cap)) = self.rx.geom.check(addr, len) else {
+                // Not a frame of ours: never touch it (and lose it).
+                self.rx.bad_desc += 1;
+                continue;
+            };
+            // SAFETY: [addr, addr+cap) lies inside one UMEM frame (checked);
+            // the kernel gave the frame back on the RX ring and will not
+            // write it until it is refilled or transmitted, and no other
+            // reference to it exists while `&mut self` is held.
+            let frame = unsafe {
+                std::slice::from_raw_parts_mut(self.rx.umem.ptr.as_ptr().add(addr as usize), cap)
+            };
+            match f(&mut frame[..]) {
+                RxAction::Transmit(out) if out > 0 && out <= cap && queued < room => {
+                    self.tx.tx.put_desc(queued, addr, out as u32);
+                    queued += 1;
+                }
+                RxAction::Transmit(out) => {
+                    if out == 0 || out > cap {
+                        self.tx.bad_frame += 1;
+                    } else {
+                        self.tx.ring_full += 1;
+                    }
+                    self.rx.free.push(base);
+                }
+                RxAction::Release => self.rx.free.push(base),
+            }
+        }
+        if n > 0 {
+            self.rx.rx.release(n);
+        }
+        if queued > 0 {
+            self.tx.tx.submit(queued);
+            self.tx.in_flight += queued;
+            self.tx.counts.sent += u64::from(queued);
+        }
+        self.refill();
+        n
+    }
+
+    /// Sends one packet written by `f` into a free frame (see
+    /// [`XskTx::send`]).
+    pub fn send(&mut self, f: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        self.tx.send(f)
+    }
+
+    /// Kicks the kernel to send what is queued and reclaims completed frames
+    /// (see [`XskTx::flush`]).
+    pub fn flush(&mut self) {
+        self.tx.flush();
+    }
+
+    /// Frames submitted for TX and not yet completed.
+    pub fn in_flight(&self) -> u32 {
+        self.tx.in_flight
+    }
+
+    /// The kernel's counters and uvs's own.
+    pub fn stats(&self) -> io::Result<XskStats> {
+        let k = stats_of(self.rx.fd.as_raw_fd())?;
+        Ok(XskStats {
+            rx_bad_desc: self.rx.bad_desc,
+            tx_ring_full: self.tx.ring_full,
+            tx_no_frame: self.tx.no_frame,
+            tx_bad_frame: self.tx.bad_frame,
+            ..kernel_stats(&k)
+        })
+    }
+}
+
+fn kernel_stats(k: &libc::xdp_statistics) -> XskStats {
+    XskStats {
+        rx_dropped: k.rx_dropped,
+        rx_invalid_descs: k.rx_invalid_descs,
+        tx_invalid_descs: k.tx_invalid_descs,
+        rx_ring_full: k.rx_ring_full,
+        rx_fill_ring_empty: k.rx_fill_ring_empty_descs,
+        tx_ring_empty: k.tx_ring_empty_descs,
+        ..XskStats::default()
+    }
+}
+
+impl XskRx {
+    /// Gives every free frame to the fill ring (as many as fit), waking the
+    /// kernel if it asked for it.
+    fn refill(&mut self) {
+        let n = self.fill.free(self.free.len() as u32);
         for i in 0..n {
             // `n` ≤ free.len(): the pops cannot fail.
             let addr = self.free.pop().unwrap_or_default();
@@ -485,98 +426,43 @@ impl XskSocket {
             self.fill.submit(n);
         }
         if self.fill.needs_wakeup() {
-            self.kick_rx();
-        }
-    }
-
-    fn kick_rx(&self) {
-        // SAFETY: a zero-length recvfrom with NULL buffers only wakes the
-        // kernel's RX processing.
-        unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                std::ptr::null_mut(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            );
-        }
-    }
-
-    /// Receives up to `max` packets; `f` sees each frame's bytes (mutable,
-    /// to rewrite in place) and says what becomes of it. Transmitted frames
-    /// are queued on the TX ring in one batch; call [`XskSocket::flush`]
-    /// to send them. Refills the fill ring. Returns how many were received.
-    pub fn recv(&mut self, max: u32, mut f: impl FnMut(&mut [u8]) -> RxAction) -> u32 {
-        let n = self.rx.ready(max);
-        let room = self.tx.free(n);
-        let mut queued = 0;
-        for i in 0..n {
-            let (addr, len) = self.rx.get_desc(i);
-            let base = addr - addr % u64::from(self.frame_size);
-            let cap = (base + u64::from(self.frame_size) - addr) as usize;
-            if base / u64::from(self.frame_size) >= u64::from(self.frames) || len as usize > cap {
-                // Not a frame of ours: never touch it (and lose it).
-                self.stats.rx_bad_desc += 1;
-                continue;
-            }
-            // SAFETY: [addr, addr+cap) lies inside one UMEM frame (checked
-            // above); the kernel gave the frame back on the RX ring and will
-            // not write it until it is refilled or transmitted, and no other
-            // reference to it exists while `&mut self` is held.
-            let frame = unsafe {
-                std::slice::from_raw_parts_mut(self.umem.ptr.as_ptr().add(addr as usize), cap)
-            };
-            match f(&mut frame[..]) {
-                RxAction::Transmit(out) if out > 0 && out <= cap && queued < room => {
-                    self.tx.put_desc(queued, addr, out as u32);
-                    queued += 1;
-                }
-                RxAction::Transmit(out) => {
-                    if out == 0 || out > cap {
-                        self.stats.tx_bad_len += 1;
-                    } else {
-                        self.stats.tx_ring_full += 1;
-                    }
-                    self.free.push(base);
-                }
-                RxAction::Release => self.free.push(base),
+            // SAFETY: a zero-length recvfrom with NULL buffers only wakes
+            // the kernel's RX processing.
+            unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                );
             }
         }
-        if n > 0 {
-            self.rx.release(n);
-        }
-        if queued > 0 {
-            self.tx.submit(queued);
-            self.in_flight += queued;
-        }
-        self.refill();
-        n
     }
+}
 
+impl XskTx {
     /// Sends one packet written by `f` into a free frame (the whole frame
     /// is offered; `f` returns the length, 0 to cancel). Queued on the TX
-    /// ring; [`XskSocket::flush`] sends. False (and counted) when no frame
-    /// or no TX slot was free.
+    /// ring; [`XskTx::flush`] kicks. False (and counted) when no frame or
+    /// no TX slot was free.
     pub fn send(&mut self, f: impl FnOnce(&mut [u8]) -> usize) -> bool {
-        if self.tx.free(1) == 0 {
+        if self.tx.free(1) == 0 || self.free.is_empty() {
             self.complete();
-            if self.tx.free(1) == 0 {
-                self.stats.tx_ring_full += 1;
-                return false;
-            }
         }
-        if self.free.is_empty() {
-            self.complete();
+        if self.tx.free(1) == 0 {
+            self.ring_full += 1;
+            return false;
         }
         let Some(base) = self.free.pop() else {
-            self.stats.tx_no_frame += 1;
+            self.no_frame += 1;
             return false;
         };
-        let cap = self.frame_size as usize;
-        // SAFETY: `base` came from the free stack, so it is the start of one
-        // UMEM frame that userspace owns; nothing else refers to it.
+        let cap = self.geom.frame_size as usize;
+        // SAFETY: `base` came from this half's free stack, so it is the
+        // start of one UMEM frame that this half owns; nothing else refers
+        // to it while `&mut self` is held.
         let frame = unsafe {
             std::slice::from_raw_parts_mut(self.umem.ptr.as_ptr().add(base as usize), cap)
         };
@@ -588,6 +474,7 @@ impl XskSocket {
         self.tx.put_desc(0, base, len as u32);
         self.tx.submit(1);
         self.in_flight += 1;
+        self.counts.sent += 1;
         true
     }
 
@@ -596,8 +483,7 @@ impl XskSocket {
         let n = self.comp.ready(self.comp.size());
         for i in 0..n {
             let addr = self.comp.get_addr(i);
-            let base = addr - addr % u64::from(self.frame_size);
-            if base / u64::from(self.frame_size) < u64::from(self.frames) {
+            if let Some((base, _)) = self.geom.check(addr, 0) {
                 self.free.push(base);
             }
         }
@@ -612,10 +498,9 @@ impl XskSocket {
     /// in zero-copy mode unless the driver asks through `need_wakeup`), and
     /// reclaims completed frames.
     pub fn flush(&mut self) {
-        // Copy mode transmits only from a syscall (at most a few dozen
-        // descriptors per call), so it is kicked while the kernel has not
-        // taken everything; a zero-copy driver says through the ring flag
-        // when it needs a kick.
+        // Copy mode transmits only from a syscall (a few dozen descriptors
+        // per call), so it is kicked while the kernel has not taken
+        // everything; a zero-copy driver says through the flag.
         if self.tx.unconsumed() > 0 && (!self.zerocopy || self.tx.needs_wakeup()) {
             // SAFETY: a zero-length sendto with NULL buffers only starts
             // transmission of the TX ring.
@@ -636,27 +521,225 @@ impl XskSocket {
         self.complete();
     }
 
-    /// Frames submitted for TX and not yet completed.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight
+    /// Copies `frame` into a free frame and queues it, finishing a pending
+    /// L4 checksum in software (AF_XDP has no checksum offload here).
+    fn queue_copy(&mut self, frame: &[u8], vnet: &VnetHdr, ifindex: u32) {
+        if ifindex != self.ifindex || vnet.is_gso() || frame.len() > self.geom.frame_size as usize {
+            self.bad_frame += 1;
+            self.counts.dropped += 1;
+            return;
+        }
+        let sent = self.send(|buf| {
+            buf[..frame.len()].copy_from_slice(frame);
+            if vnet.needs_csum() {
+                finish_csum(
+                    &mut buf[..frame.len()],
+                    vnet.csum_start.into(),
+                    vnet.csum_offset.into(),
+                );
+            }
+            frame.len()
+        });
+        if !sent {
+            self.counts.dropped += 1;
+        }
+    }
+}
+
+/// Completes a partial checksum: the field at `start + offset` holds the
+/// pseudo-header sum; the checksum covers `start..` to the end.
+fn finish_csum(f: &mut [u8], start: usize, offset: usize) {
+    let field = start + offset;
+    if field + 2 > f.len() {
+        return;
+    }
+    let mut c = !uvs_fwd::checksum::fold(uvs_fwd::checksum::sum(&f[start..]));
+    if c == 0 {
+        // UDP sends 0 as 0xffff (0 = "no checksum"); the same value for TCP.
+        c = 0xffff;
+    }
+    f[field..field + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// One RX batch of an [`XskRx`]: frames go back to the fill ring on drop.
+#[derive(Debug)]
+pub struct XskRxBatch<'a> {
+    rx: &'a mut XskRx,
+    n: u32,
+    taken: Cell<u32>,
+    bad: Cell<u64>,
+}
+
+impl RxBatch for XskRxBatch<'_> {
+    fn next_frame(&self) -> Option<RxFrame<'_>> {
+        loop {
+            let i = self.taken.get();
+            if i >= self.n {
+                return None;
+            }
+            self.taken.set(i + 1);
+            let (addr, len) = self.rx.rx.get_desc(i);
+            let Some((base, _)) = self.rx.geom.check(addr, len) else {
+                self.bad.set(self.bad.get() + 1);
+                continue;
+            };
+            let at = (addr - base) as usize;
+            // SAFETY: [base, addr+len) lies inside one UMEM frame (checked);
+            // the kernel handed the frame back on the RX ring and will not
+            // write it before it is refilled (in `drop`, after every frame
+            // borrowed from this batch is gone); each descriptor is handed
+            // out once (`taken` only grows), and the kernel never returns a
+            // frame twice before it is refilled, so no two `&mut` overlap.
+            let buf = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.rx.umem.ptr.as_ptr().add(base as usize),
+                    at + len as usize,
+                )
+            };
+            return Some(RxFrame {
+                buf,
+                at,
+                // XDP gives no offload metadata: a NIC's frames carry
+                // complete checksums and are never GSO super-packets.
+                vnet: VnetHdr::default(),
+                wire_len: len as usize,
+                ifindex: self.rx.ifindex,
+                skip: None,
+            });
+        }
+    }
+}
+
+impl Drop for XskRxBatch<'_> {
+    fn drop(&mut self) {
+        let taken = self.taken.get();
+        for i in 0..taken {
+            let (addr, len) = self.rx.rx.get_desc(i);
+            if let Some((base, _)) = self.rx.geom.check(addr, len) {
+                self.rx.free.push(base);
+            }
+        }
+        self.rx.bad_desc += self.bad.get();
+        if taken > 0 {
+            self.rx.rx.release(taken);
+        }
+        self.rx.refill();
+    }
+}
+
+impl AsRawFd for XskRx {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl RxSource for XskRx {
+    type Batch<'a> = XskRxBatch<'a>;
+
+    fn rx_batch(&mut self, max: usize) -> XskRxBatch<'_> {
+        let n = self.rx.ready(max.min(u32::MAX as usize) as u32);
+        XskRxBatch {
+            rx: self,
+            n,
+            taken: Cell::new(0),
+            bad: Cell::new(0),
+        }
     }
 
-    /// Frames userspace owns right now.
-    pub fn free_frames(&self) -> usize {
-        self.free.len()
+    fn ifindex(&self) -> u32 {
+        self.ifindex
     }
 
-    /// The kernel's counters and uvs's own.
-    pub fn stats(&self) -> io::Result<XskStats> {
-        let k = getsockopt::<libc::xdp_statistics>(self.fd.as_raw_fd(), libc::XDP_STATISTICS)?;
-        Ok(XskStats {
-            rx_dropped: k.rx_dropped,
-            rx_invalid_descs: k.rx_invalid_descs,
-            tx_invalid_descs: k.tx_invalid_descs,
-            rx_ring_full: k.rx_ring_full,
-            rx_fill_ring_empty: k.rx_fill_ring_empty_descs,
-            tx_ring_empty: k.tx_ring_empty_descs,
-            ..self.stats
-        })
+    fn take_kernel_drops(&mut self) -> io::Result<u64> {
+        let k = kernel_stats(&stats_of(self.fd.as_raw_fd())?);
+        let total = k.rx_lost() + self.bad_desc;
+        let new = total.saturating_sub(self.reported_drops);
+        self.reported_drops = total;
+        Ok(new)
+    }
+}
+
+/// A round of transmissions on an [`XskTx`]; kicks the kernel when dropped.
+#[derive(Debug)]
+pub struct XskTxQueue<'t, 'b> {
+    tx: &'t mut XskTx,
+    _in_place: PhantomData<&'b mut [u8]>,
+}
+
+impl<'b> TxQueue<'b> for XskTxQueue<'_, 'b> {
+    fn forward(&mut self, buf: &'b mut [u8], at: usize, vnet: &VnetHdr, ifindex: u32) {
+        // Copied: the frame may belong to another socket's UMEM, and copy
+        // mode copies once more in the kernel anyway.
+        self.tx.queue_copy(&buf[at.min(buf.len())..], vnet, ifindex);
+    }
+
+    fn copy(&mut self, frame: &[u8], vnet: &VnetHdr, ifindex: u32) {
+        self.tx.queue_copy(frame, vnet, ifindex);
+    }
+
+    fn flush(&mut self) {
+        self.tx.flush();
+    }
+}
+
+impl Drop for XskTxQueue<'_, '_> {
+    fn drop(&mut self) {
+        self.tx.flush();
+    }
+}
+
+impl TxSink for XskTx {
+    const HEADROOM: usize = 0;
+    const COPY_MAX: usize = MIN_FRAME;
+
+    type Queue<'t, 'b>
+        = XskTxQueue<'t, 'b>
+    where
+        Self: 't;
+
+    fn queue<'t, 'b>(&'t mut self) -> XskTxQueue<'t, 'b> {
+        XskTxQueue {
+            tx: self,
+            _in_place: PhantomData,
+        }
+    }
+
+    fn take_counts(&mut self) -> TxCounts {
+        std::mem::take(&mut self.counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_rejects_addresses_outside_a_frame() {
+        let g = Geom {
+            frame_size: 4096,
+            frames: 4,
+        };
+        assert_eq!(g.check(256, 1500), Some((0, 4096 - 256)));
+        assert_eq!(g.check(4096 + 100, 3996), Some((4096, 3996)));
+        assert_eq!(
+            g.check(4096 + 100, 3997),
+            None,
+            "crosses into the next frame"
+        );
+        assert_eq!(g.check(4 * 4096, 60), None, "beyond the UMEM");
+    }
+
+    #[test]
+    fn software_checksum_completes_a_partial_one() {
+        // UDP 198.51.100.10:1 -> 198.51.100.1:2, payload "hi", as a stack
+        // with offload leaves it: the field holds the pseudo-header sum.
+        let mut f = uvs_fwd::build::FrameSpec::udp_v4();
+        f.csum = uvs_fwd::CsumMode::Partial;
+        let mut partial = f.build();
+        f.csum = uvs_fwd::CsumMode::Full;
+        let full = f.build();
+        assert_ne!(partial, full);
+        finish_csum(&mut partial, 34, 6);
+        assert_eq!(partial, full);
     }
 }
