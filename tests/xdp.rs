@@ -514,3 +514,103 @@ fn xsk_gets_owned_packets_the_kernel_keeps_the_rest_and_tx_arrives() {
     drop(xsk);
     drop(lab);
 }
+
+/// The same socket through the device seam: split into an `RxSource` and
+/// a `TxSink`, frames received in batches and forwarded back to the client.
+#[test]
+fn xsk_halves_serve_as_rx_source_and_tx_sink() {
+    use uvs::io::{RxBatch, RxSource, TxQueue, TxSink};
+    if !root_or_skip("xsk_halves_serve_as_rx_source_and_tx_sink") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = format!("uvy{}", std::process::id() % 100000);
+    let lab = Lab::up(&prefix, &[]).expect("lab up");
+    let (steer, att, xsk) = netns::run_in(&lab.ns("lb"), || {
+        let mut steer = Steering::new(64).expect("steering maps");
+        steer.add_service(UDP, ip("198.51.100.1"), 7000).unwrap();
+        let c0 = ifindex("c0");
+        let att = steer.attach(c0, 1, false).expect("native XDP on veth");
+        let xsk = XskSocket::open(
+            c0,
+            0,
+            XskConfig {
+                frames: 256,
+                frame_size: 2048,
+                ring: 128,
+            },
+        )
+        .expect("AF_XDP socket");
+        att.program().set_socket(0, &xsk).expect("XSK map");
+        (steer, att, xsk)
+    })
+    .expect("director namespace");
+    let (mut rx, mut tx) = xsk.split();
+    let c0 = att.ifindex();
+
+    let (done, result) = std::sync::mpsc::channel();
+    let c = netns::spawn_in(&lab.ns("c"), move || {
+        let s = UdpSocket::bind("198.51.100.10:0").expect("client udp");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        for i in 0..10 {
+            s.send_to(format!("seam-{i}").as_bytes(), "198.51.100.1:7000")
+                .expect("send");
+        }
+        let mut echoes = 0;
+        let mut buf = [0u8; 64];
+        let until = Instant::now() + Duration::from_secs(5);
+        while echoes < 10 && Instant::now() < until {
+            if let Ok(n) = s.recv(&mut buf) {
+                echoes += usize::from(buf[..n].starts_with(b"seam-"));
+            }
+        }
+        let _ = done.send(echoes);
+    })
+    .expect("client namespace");
+
+    let mut seen = 0;
+    let until = Instant::now() + Duration::from_secs(10);
+    while seen < 10 && Instant::now() < until {
+        let batch = rx.rx_batch(32);
+        let mut q = tx.queue();
+        while let Some(mut fr) = batch.next_frame() {
+            assert_eq!(fr.ifindex, c0);
+            assert!(!fr.vnet.needs_csum() && !fr.vnet.is_gso());
+            let len = fr.frame().len();
+            let f = fr.frame_mut();
+            if udp_payload(f).is_some_and(|p| p.starts_with(b"seam-")) && swap_v4_udp(f) {
+                let p = uvs_fwd::parse(f).expect("parses");
+                uvs_fwd::fill_l4_checksum(f, &p).expect("checksum");
+                seen += 1;
+                assert_eq!(len, fr.wire_len);
+                q.forward(fr.buf, fr.at, &uvs::io::VnetHdr::default(), c0);
+            }
+        }
+        drop(q);
+        drop(batch);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(seen, 10, "batches delivered the owned datagrams");
+    let echoes = loop {
+        tx.queue().flush();
+        if let Ok(e) = result.recv_timeout(Duration::from_millis(5)) {
+            break e;
+        }
+        assert!(
+            Instant::now() < until + Duration::from_secs(5),
+            "client finished"
+        );
+    };
+    let _ = c.join();
+    assert_eq!(echoes, 10, "forwarded frames arrive at the client");
+    let counts = tx.take_counts();
+    assert_eq!((counts.sent, counts.dropped), (10, 0));
+    assert_eq!(rx.take_kernel_drops().expect("XDP_STATISTICS"), 0);
+    // A frame for another interface is refused and counted, never sent.
+    tx.queue()
+        .copy(&[0u8; 60], &uvs::io::VnetHdr::default(), c0 + 100);
+    assert_eq!(tx.take_counts().dropped, 1);
+    drop((rx, tx, att, steer));
+    drop(lab);
+}
