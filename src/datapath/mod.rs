@@ -2,6 +2,7 @@
 //! with no I/O — the hook chain and its emulated tables, the service table,
 //! the pipeline that runs IPVS's functions, and the per-worker counters.
 
+pub mod egress;
 pub mod filter;
 pub mod hooks;
 pub mod pipeline;

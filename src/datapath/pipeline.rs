@@ -25,13 +25,20 @@ const TCP: u8 = 6;
 const UDP: u8 = 17;
 const SCTP: u8 = 132;
 
-/// What to do with a frame after processing.
+/// What to do with a frame after processing. Every variant that leads to
+/// a transmission carries the packet's parse as it is *after* the rewrite
+/// (`pkt`: addresses and ports as rewritten, `ttl` as received), so the
+/// egress stage never parses again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Not uvs's packet: leave it to the kernel (which also received it).
     Pass,
     /// Dropped, for this reason (already counted).
     Drop(DropReason),
+    /// Dropped (counted), and the sender is owed an ICMP error: port
+    /// unreachable for `NoDestination`, time exceeded for `TtlExceeded`.
+    /// The frame is unchanged; `pkt` is its parse.
+    Reject { reason: DropReason, pkt: Parsed },
     /// Rewritten in place; send it toward `next_hop` (the address whose
     /// route and neighbour give the interface and MACs). `dnat_from` is the
     /// destination a NAT request had before its rewrite, so an ICMP error
@@ -39,11 +46,16 @@ pub enum Verdict {
     Xmit {
         next_hop: IpAddr,
         dnat_from: Option<(IpAddr, u16)>,
+        pkt: Parsed,
     },
     /// To be encapsulated toward the real server `next_hop` (`-i`); the
-    /// worker does it, since the outer source and the path MTU come with the
-    /// route it resolves.
-    Tunnel { next_hop: IpAddr, tun: TunConfig },
+    /// egress stage does it, since the outer source and the path MTU come
+    /// with the route it resolves. The frame is unchanged.
+    Tunnel {
+        next_hop: IpAddr,
+        tun: TunConfig,
+        pkt: Parsed,
+    },
 }
 
 /// What one hook function decided.
@@ -136,13 +148,18 @@ impl Pipeline {
             };
             if let Step::Done(v) = step {
                 match v {
-                    Verdict::Drop(_) => add(&st.hook_dropped[e.index], 1),
+                    Verdict::Drop(_) | Verdict::Reject { .. } => add(&st.hook_dropped[e.index], 1),
                     Verdict::Xmit { .. } | Verdict::Tunnel { .. } => {
                         add(&st.hook_stolen[e.index], 1)
                     }
                     Verdict::Pass => {}
                 }
-                return v;
+                return match v {
+                    Verdict::Drop(
+                        reason @ (DropReason::NoDestination | DropReason::TtlExceeded),
+                    ) => Verdict::Reject { reason, pkt: p },
+                    v => v,
+                };
             }
         }
         self.pass(st)
@@ -224,6 +241,11 @@ impl Pipeline {
             Ok(()) => Step::Done(Verdict::Xmit {
                 next_hop: h.caddr(),
                 dnat_from: None,
+                pkt: Parsed {
+                    src: h.vaddr(),
+                    sport: h.vport(),
+                    ..*p
+                },
             }),
             Err(e) => Self::drop(st, xmit_reason(&e)),
         }
@@ -272,10 +294,16 @@ impl Pipeline {
             (Dir::Out, _) => return Step::Continue,
         };
         match nat_icmp_error(frame, p, &emb, &nat, csum) {
-            Ok(()) => Step::Done(Verdict::Xmit {
-                next_hop,
-                dnat_from: None,
-            }),
+            // Outer and quoted headers both changed: parse once more here
+            // (ICMP errors only), so egress gets the packet as it now is.
+            Ok(()) => match uvs_fwd::parse(frame) {
+                Ok(pkt) => Step::Done(Verdict::Xmit {
+                    next_hop,
+                    dnat_from: None,
+                    pkt,
+                }),
+                Err(_) => Self::drop(st, DropReason::Rewrite),
+            },
             Err(e) => Self::drop(st, xmit_reason(&e)),
         }
     }
@@ -441,6 +469,11 @@ impl Pipeline {
                 Ok(()) => Step::Done(Verdict::Xmit {
                     next_hop: daddr,
                     dnat_from: Some((p.dst, p.dport)),
+                    pkt: Parsed {
+                        dst: daddr,
+                        dport,
+                        ..*p
+                    },
                 }),
                 Err(e) => Self::drop(st, xmit_reason(&e)),
             },
@@ -450,12 +483,14 @@ impl Pipeline {
                 Ok(()) => Step::Done(Verdict::Xmit {
                     next_hop: daddr,
                     dnat_from: None,
+                    pkt: *p,
                 }),
                 Err(e) => Self::drop(st, xmit_reason(&e)),
             },
             FwdMethod::Tunnel => Step::Done(Verdict::Tunnel {
                 next_hop: daddr,
                 tun,
+                pkt: *p,
             }),
             FwdMethod::Local => Self::drop(st, DropReason::Unsupported),
         }

@@ -43,11 +43,14 @@ pub enum DropReason {
     ParkFull,
     /// Larger than the path (or tunnel) MTU and not to be fragmented.
     TooBig,
+    /// Dropped by the kernel before uvs saw it: the RX queue (ring) was
+    /// full (`PACKET_STATISTICS` `tp_drops`, read periodically).
+    RxQueueFull,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
@@ -64,6 +67,7 @@ impl DropReason {
         DropReason::TxFailed,
         DropReason::ParkFull,
         DropReason::TooBig,
+        DropReason::RxQueueFull,
     ];
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -82,6 +86,7 @@ impl DropReason {
             DropReason::TxFailed => "tx_failed",
             DropReason::ParkFull => "neighbour_queue_full",
             DropReason::TooBig => "too_big",
+            DropReason::RxQueueFull => "rx_queue_full",
         }
     }
 }

@@ -1,0 +1,423 @@
+//! The egress stage: from the pipeline's [`Verdict`] to frames in a
+//! [`TxQueue`], with no I/O of its own.
+//!
+//! It does what follows forwarding decisions: the next hop's MACs, the path
+//! MTU (ICMP fragmentation needed / packet too big, or IPv4 fragmentation),
+//! tunnel encapsulation (GSO super-packets segmented first, since no virtio
+//! GSO type exists for ipip/GRE/GUE), ICMP errors the director owes a sender
+//! (port unreachable, time exceeded, too big) under a rate limit, and
+//! neighbour parking as a bounded queue ([`park`]).
+//!
+//! Contract:
+//! * Time is the caller's `now` (milliseconds on the engine's clock);
+//!   neighbours come through [`Neighbours`]; frames leave only through the
+//!   queue. Nothing here parses a frame the pipeline already parsed: the
+//!   verdict carries the parse, the RX frame its offload metadata.
+//! * A frame that fits goes out in place ([`TxQueue::forward`]), encapsulated
+//!   in place in its headroom if tunnelled; fragments, segments, ICMP errors
+//!   and parked packets are built in scratch space and copied
+//!   ([`TxQueue::copy`]).
+//! * Every packet that does not leave is counted under a drop reason (or
+//!   `icmp_rate_limited` for an answer not sent).
+//! * No allocation after [`Egress::new`].
+
+pub mod limit;
+pub mod park;
+mod tunnel;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+
+use uvs_fwd::xmit::icmp::{self, IcmpKind};
+use uvs_fwd::Parsed;
+
+use crate::datapath::pipeline::Verdict;
+use crate::datapath::stats::{add, DropReason, WorkerStats};
+use crate::io::{TxQueue, VnetHdr};
+use crate::sys::neigh::{Lookup, NextHop, Resolver};
+
+use limit::TokenBucket;
+use park::{Action, ParkQueue, PARK_FRAME_MAX};
+
+/// Free bytes kept before frames built in scratch space or parked: room for
+/// tunnel headers plus a TX header.
+pub const HEADROOM: usize = 128;
+
+/// Where next hops come from (the resolver; a table in tests).
+pub trait Neighbours {
+    /// The next hop toward `dst`, as [`Resolver::lookup`] answers.
+    fn lookup(&self, dst: IpAddr) -> Lookup;
+}
+
+impl Neighbours for Resolver {
+    fn lookup(&self, dst: IpAddr) -> Lookup {
+        Resolver::lookup(self, dst)
+    }
+}
+
+/// A frame ready to leave from its buffer: `buf[at..end]`.
+#[derive(Debug, Clone, Copy)]
+struct Ready {
+    at: usize,
+    end: usize,
+    vnet: VnetHdr,
+    ifindex: u32,
+}
+
+/// Scratch space and per-worker state of the stage (apart from parking, so
+/// both can be borrowed at once).
+#[derive(Debug)]
+struct Work {
+    icmp: Vec<u8>,
+    /// One fragment or TCP segment (with headroom).
+    seg: Vec<u8>,
+    /// A copy of a packet as the client sent it (NAT undone), to quote.
+    orig: Vec<u8>,
+    /// Outer IPv4 IDs of tunnelled packets and ICMP errors.
+    ident: u16,
+    icmp_limit: TokenBucket,
+}
+
+/// One worker's egress stage.
+#[derive(Debug)]
+pub struct Egress {
+    work: Work,
+    park: ParkQueue,
+}
+
+impl Egress {
+    /// A stage whose IPv4 IDs start after `ident` (workers use different
+    /// seeds), with its rate limiter full at `now_ms`.
+    pub fn new(ident: u16, now_ms: u64) -> Egress {
+        Egress {
+            work: Work {
+                icmp: vec![0u8; HEADROOM + icmp::MAX_ERROR_FRAME],
+                seg: vec![0u8; HEADROOM + PARK_FRAME_MAX],
+                orig: vec![0u8; PARK_FRAME_MAX],
+                ident,
+                icmp_limit: TokenBucket::new(now_ms),
+            },
+            park: ParkQueue::new(),
+        }
+    }
+
+    /// Packets waiting for a neighbour.
+    pub fn parked(&self) -> usize {
+        self.park.len()
+    }
+
+    /// Sends the frame `buf[at..]` (free headroom before it) as `v` says;
+    /// `vnet` is its RX offload metadata.
+    #[allow(clippy::too_many_arguments)]
+    pub fn output<'b>(
+        &mut self,
+        buf: &'b mut [u8],
+        at: usize,
+        vnet: VnetHdr,
+        v: Verdict,
+        nb: &impl Neighbours,
+        now_ms: u64,
+        st: &WorkerStats,
+        q: &mut impl TxQueue<'b>,
+    ) {
+        let next_hop = match v {
+            Verdict::Pass | Verdict::Drop(_) => return,
+            Verdict::Reject { reason, pkt } => {
+                let kind = match reason {
+                    DropReason::TtlExceeded => IcmpKind::TimeExceeded,
+                    _ => IcmpKind::PortUnreachable,
+                };
+                let Egress { work, park } = self;
+                return work.answer(&buf[at..], &pkt, kind, nb, now_ms, st, park, q);
+            }
+            Verdict::Xmit { next_hop, .. } | Verdict::Tunnel { next_hop, .. } => next_hop,
+        };
+        match nb.lookup(next_hop) {
+            Lookup::Ready(nh) => {
+                let Egress { work, park } = self;
+                if let Some(r) = work.emit(buf, at, vnet, &v, &nh, nb, now_ms, st, park, q) {
+                    let (out, _) = buf.split_at_mut(r.end);
+                    q.forward(out, r.at, &r.vnet, r.ifindex);
+                }
+            }
+            Lookup::Pending => {
+                self.park
+                    .park(&buf[at..], vnet, Action::Emit(v), next_hop, now_ms, st)
+            }
+            // A rewritten packet for this host itself, or no way there.
+            Lookup::Local | Lookup::Unreachable => st.drop(DropReason::NoRoute),
+        }
+    }
+
+    /// Sends the parked packets whose neighbour is known now, and drops
+    /// (counted) those that cannot be sent or waited too long.
+    pub fn retry_parked<'b>(
+        &mut self,
+        nb: &impl Neighbours,
+        now_ms: u64,
+        st: &WorkerStats,
+        q: &mut impl TxQueue<'b>,
+    ) {
+        let mut from = 0;
+        while let Some((mut p, l)) = self.park.take_due(|a| nb.lookup(a), now_ms, &mut from) {
+            match l {
+                Lookup::Ready(nh) => {
+                    let buf = &mut p.buf[..HEADROOM + p.len];
+                    let Egress { work, park } = self;
+                    let ready = match p.action {
+                        Action::Emit(v) => {
+                            work.emit(buf, HEADROOM, p.vnet, &v, &nh, nb, now_ms, st, park, q)
+                        }
+                        Action::Plain => plain(buf, HEADROOM, p.vnet, &nh, st),
+                    };
+                    if let Some(r) = ready {
+                        q.copy(&buf[r.at..r.end], &r.vnet, r.ifindex);
+                    }
+                }
+                _ => st.drop(DropReason::NoRoute),
+            }
+            self.park.give_back(p.buf);
+        }
+    }
+}
+
+/// A complete frame: MACs toward `nh`, ready to leave whole.
+fn plain(
+    buf: &mut [u8],
+    at: usize,
+    vnet: VnetHdr,
+    nh: &NextHop,
+    st: &WorkerStats,
+) -> Option<Ready> {
+    match uvs_fwd::set_macs(&mut buf[at..], nh.src_mac, nh.dst_mac) {
+        Ok(()) => Some(Ready {
+            at,
+            end: buf.len(),
+            vnet,
+            ifindex: nh.ifindex,
+        }),
+        Err(_) => {
+            st.drop(DropReason::Rewrite);
+            None
+        }
+    }
+}
+
+impl Work {
+    /// Puts a processed frame (`buf[at..]`) toward `nh`: returns it ready to
+    /// leave, or has queued copies (fragments, segments) itself, or counted
+    /// why it does not leave.
+    #[allow(clippy::too_many_arguments)]
+    fn emit<'b>(
+        &mut self,
+        buf: &mut [u8],
+        at: usize,
+        vnet: VnetHdr,
+        v: &Verdict,
+        nh: &NextHop,
+        nb: &impl Neighbours,
+        now_ms: u64,
+        st: &WorkerStats,
+        park: &mut ParkQueue,
+        q: &mut impl TxQueue<'b>,
+    ) -> Option<Ready> {
+        match *v {
+            Verdict::Xmit { dnat_from, pkt, .. } => {
+                // Cheap test first: only a frame longer than the MTU plus an
+                // Ethernet header can be too big (GSO packets are segmented
+                // by the kernel on the way out, to the MTU).
+                if !vnet.is_gso() && buf.len() - at > nh.mtu as usize + 14 {
+                    let o = Oversized {
+                        pkt: &pkt,
+                        vnet,
+                        nh,
+                        dnat_from,
+                    };
+                    return self.oversized(buf, at, &o, nb, now_ms, st, park, q);
+                }
+                plain(buf, at, vnet, nh, st)
+            }
+            Verdict::Tunnel {
+                next_hop, tun, pkt, ..
+            } => {
+                let Some(src) = nh.src_ip else {
+                    st.drop(DropReason::NoRoute);
+                    return None;
+                };
+                let params = tunnel::params(tun, src, next_hop);
+                let r = if vnet.is_gso() {
+                    tunnel::segmented(
+                        &buf[at..],
+                        &pkt,
+                        vnet.gso_size,
+                        &params,
+                        nh,
+                        &mut self.seg,
+                        &mut self.ident,
+                        q,
+                    )
+                    .map(|()| None)
+                } else {
+                    tunnel::encap(
+                        buf,
+                        at,
+                        &pkt,
+                        &params,
+                        nh,
+                        &mut self.ident,
+                        vnet.csum_mode(),
+                    )
+                    .map(Some)
+                };
+                match r {
+                    Ok(ready) => ready,
+                    Err(tunnel::Fail::TooBig { mtu, send_icmp }) => {
+                        st.drop(DropReason::TooBig);
+                        if send_icmp {
+                            let kind = IcmpKind::TooBig { mtu };
+                            self.answer(&buf[at..], &pkt, kind, nb, now_ms, st, park, q);
+                        }
+                        None
+                    }
+                    Err(tunnel::Fail::Ttl) => {
+                        st.drop(DropReason::TtlExceeded);
+                        let kind = IcmpKind::TimeExceeded;
+                        self.answer(&buf[at..], &pkt, kind, nb, now_ms, st, park, q);
+                        None
+                    }
+                    Err(tunnel::Fail::Rewrite) => {
+                        st.drop(DropReason::Rewrite);
+                        None
+                    }
+                }
+            }
+            Verdict::Pass | Verdict::Drop(_) | Verdict::Reject { .. } => None,
+        }
+    }
+
+    /// A NAT/DR packet that may exceed the path MTU (`ensure_mtu_is_adequate`):
+    /// with DF (or IPv6) it is dropped and the sender gets fragmentation
+    /// needed / packet too big; an IPv4 packet without DF is fragmented.
+    #[allow(clippy::too_many_arguments)]
+    fn oversized<'b>(
+        &mut self,
+        buf: &mut [u8],
+        at: usize,
+        o: &Oversized<'_>,
+        nb: &impl Neighbours,
+        now_ms: u64,
+        st: &WorkerStats,
+        park: &mut ParkQueue,
+        q: &mut impl TxQueue<'b>,
+    ) -> Option<Ready> {
+        let (p, nh) = (o.pkt, o.nh);
+        if let Err(nf) = uvs_fwd::fits(&buf[at..], p, nh.mtu) {
+            st.drop(DropReason::TooBig);
+            if !nf.send_icmp {
+                return None;
+            }
+            let kind = IcmpKind::TooBig { mtu: nf.mtu };
+            match o.dnat_from {
+                // The kernel checks the MTU before NAT: quote the packet as
+                // the client sent it.
+                Some((vaddr, vport)) => {
+                    let n = (buf.len() - at).min(self.orig.len());
+                    let mut orig = std::mem::take(&mut self.orig);
+                    orig[..n].copy_from_slice(&buf[at..at + n]);
+                    let mode = o.vnet.csum_mode();
+                    if uvs_fwd::dnat(&mut orig[..n], p, vaddr, vport, mode).is_ok() {
+                        let quoted = Parsed {
+                            dst: vaddr,
+                            dport: vport,
+                            ..*p
+                        };
+                        self.answer(&orig[..n], &quoted, kind, nb, now_ms, st, park, q);
+                    }
+                    self.orig = orig;
+                }
+                None => self.answer(&buf[at..], p, kind, nb, now_ms, st, park, q),
+            }
+            return None;
+        }
+        if p.ip_len <= nh.mtu as usize {
+            // It fits after all (VLAN tags made the frame long).
+            return plain(buf, at, o.vnet, nh, st);
+        }
+        // Fragments cannot leave their checksum to offload: complete it.
+        if o.vnet.needs_csum() && uvs_fwd::fill_l4_checksum(&mut buf[at..], p).is_err() {
+            st.drop(DropReason::Rewrite);
+            return None;
+        }
+        let r = uvs_fwd::frag::fragment_ipv4(
+            &buf[at..],
+            p,
+            nh.mtu as usize,
+            &mut self.seg,
+            HEADROOM,
+            |f, h| {
+                if uvs_fwd::set_macs(&mut f[h..], nh.src_mac, nh.dst_mac).is_ok() {
+                    q.copy(&f[h..], &VnetHdr::default(), nh.ifindex);
+                }
+            },
+        );
+        if r.is_err() {
+            st.drop(DropReason::Rewrite);
+        }
+        None
+    }
+
+    /// Answers the sender of `frame` (parsed as `p`) with an ICMP error from
+    /// the address it wrote to (a VIP: local to the director, as the
+    /// kernel's `icmp_send` picks), within the rate limit. Parked when the
+    /// sender's next hop is not known yet (its first packet).
+    #[allow(clippy::too_many_arguments)]
+    fn answer<'b>(
+        &mut self,
+        frame: &[u8],
+        p: &Parsed,
+        kind: IcmpKind,
+        nb: &impl Neighbours,
+        now_ms: u64,
+        st: &WorkerStats,
+        park: &mut ParkQueue,
+        q: &mut impl TxQueue<'b>,
+    ) {
+        if !self.icmp_limit.take(now_ms) {
+            return add(&st.icmp_limited, 1);
+        }
+        self.ident = self.ident.wrapping_add(1);
+        let out = &mut self.icmp[HEADROOM..];
+        let Ok(n) = icmp::build_icmp_error(out, frame, p, kind, p.dst, self.ident) else {
+            // Not to be answered (an ICMP error itself, a broadcast...).
+            return;
+        };
+        add(&st.icmp_sent, 1);
+        let buf = &mut self.icmp[..HEADROOM + n];
+        match nb.lookup(p.src) {
+            Lookup::Ready(nh) => {
+                if let Some(r) = plain(buf, HEADROOM, VnetHdr::default(), &nh, st) {
+                    q.copy(&buf[r.at..r.end], &r.vnet, r.ifindex);
+                }
+            }
+            Lookup::Pending => park.park(
+                &buf[HEADROOM..],
+                VnetHdr::default(),
+                Action::Plain,
+                p.src,
+                now_ms,
+                st,
+            ),
+            Lookup::Local | Lookup::Unreachable => st.drop(DropReason::NoRoute),
+        }
+    }
+}
+
+/// What [`Work::oversized`] needs about the packet.
+struct Oversized<'a> {
+    pkt: &'a Parsed,
+    vnet: VnetHdr,
+    nh: &'a NextHop,
+    dnat_from: Option<(IpAddr, u16)>,
+}
