@@ -10,7 +10,6 @@
 //! in place and transmitted from there. Every few rounds a worker reads its
 //! sources' kernel drop counts into `drop.rx_queue_full`.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +39,8 @@ pub enum EngineError {
     NoInterfaces,
     #[error("opening a packet ring on {iface}: {err} (uvs needs root / CAP_NET_RAW)")]
     Ring { iface: String, err: std::io::Error },
+    #[error("{0}")]
+    Xdp(#[from] crate::io::xdp::XdpError),
     #[error("starting the neighbour resolver: {0}")]
     Resolver(String),
     #[error("{0}")]
@@ -78,6 +79,41 @@ pub fn interfaces(only: &[String]) -> Result<Vec<Iface>, EngineError> {
 pub struct EngineConfig {
     pub workers: usize,
     pub ring_frames: usize,
+    pub io: IoMode,
+}
+
+/// Which packet backend the workers use (`uvs run --io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// AF_XDP where every interface takes the XDP program natively, else
+    /// AF_PACKET.
+    Auto,
+    /// AF_XDP; fails to start if it cannot attach natively.
+    AfXdp,
+    /// AF_PACKET rings (with the nftables guard).
+    #[default]
+    AfPacket,
+}
+
+/// The backend the engine started with, for the start-up line and to know
+/// which kernel guard applies.
+#[derive(Debug)]
+pub enum Backend {
+    /// AF_PACKET rings; `why` says why AF_XDP was not used under `auto`.
+    AfPacket { why: Option<String> },
+    /// AF_XDP; the XDP program is the kernel guard, its maps the owned set.
+    AfXdp(crate::io::xdp::XdpIo),
+}
+
+impl Backend {
+    /// One line for the start-up message.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::AfPacket { why: None } => "AF_PACKET".into(),
+            Backend::AfPacket { why: Some(w) } => format!("AF_PACKET (AF_XDP unavailable: {w})"),
+            Backend::AfXdp(x) => format!("AF_XDP ({} XDP)", x.mode()),
+        }
+    }
 }
 
 const WAKE: Token = Token(usize::MAX);
@@ -126,6 +162,8 @@ pub struct Engine {
     pub stats: Arc<Stats>,
     pub resolver: Arc<Resolver>,
     pub ifaces: Vec<Iface>,
+    /// The backend in use (AF_XDP: the steering maps).
+    pub backend: Backend,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     wakers: Arc<Vec<Waker>>,
@@ -139,30 +177,57 @@ impl Engine {
         ifaces: Vec<Iface>,
         cfg: &EngineConfig,
     ) -> Result<Engine, EngineError> {
-        let n = cfg.workers.max(1);
+        let names: Vec<(String, u32)> = ifaces.iter().map(|i| (i.name.clone(), i.index)).collect();
+        let xdp = match cfg.io {
+            IoMode::AfPacket => Err(None),
+            IoMode::AfXdp => Ok(crate::io::xdp::XdpIo::open(
+                &names,
+                cfg.workers,
+                false,
+                crate::io::xdp::XskConfig::default(),
+            )?),
+            IoMode::Auto => crate::io::xdp::XdpIo::open(
+                &names,
+                cfg.workers,
+                false,
+                crate::io::xdp::XskConfig::default(),
+            )
+            .map_err(|e| Some(e.to_string())),
+        };
+        match xdp {
+            Ok((io, per_worker)) => {
+                let mut workers = Vec::with_capacity(per_worker.len());
+                for (id, (rx, tx)) in per_worker.into_iter().enumerate() {
+                    workers.push(Worker::new(id, rx, tx)?);
+                }
+                Self::spawn(pipeline, ifaces, Backend::AfXdp(io), workers)
+            }
+            Err(why) => {
+                let group_base = (std::process::id() as u16).wrapping_mul(7);
+                let mut workers = Vec::with_capacity(cfg.workers.max(1));
+                for id in 0..cfg.workers.max(1) {
+                    let rx = open_af_packet(&ifaces, group_base, cfg.ring_frames)?;
+                    workers.push(Worker::new(id, rx, TxBatch::new(TX_CAP, TX_COPY_SLOTS)?)?);
+                }
+                Self::spawn(pipeline, ifaces, Backend::AfPacket { why }, workers)
+            }
+        }
+    }
+
+    /// Starts `workers` (any backend), the resolver and the timer.
+    fn spawn<R: RxSource + Send + 'static, T: TxSink + Send + 'static>(
+        pipeline: Arc<Pipeline>,
+        ifaces: Vec<Iface>,
+        backend: Backend,
+        workers: Vec<Worker<R, T>>,
+    ) -> Result<Engine, EngineError> {
+        let n = workers.len();
         let stats = Arc::new(Stats::new(n));
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
-        let mut workers = Vec::with_capacity(n);
         let mut wakers = Vec::with_capacity(n);
-        let group_base = (std::process::id() as u16).wrapping_mul(7);
-        for id in 0..n {
-            let poll = Poll::new()?;
-            let rx = open_af_packet(&ifaces, group_base, cfg.ring_frames)?;
-            for (k, r) in rx.iter().enumerate() {
-                poll.registry().register(
-                    &mut SourceFd(&r.as_raw_fd()),
-                    Token(k),
-                    Interest::READABLE,
-                )?;
-            }
-            wakers.push(Waker::new(poll.registry(), WAKE)?);
-            workers.push(Worker {
-                rx,
-                tx: TxBatch::new(TX_CAP, TX_COPY_SLOTS)?,
-                egress: Egress::new(id as u16, 0),
-                poll,
-            });
+        for w in &workers {
+            wakers.push(Waker::new(w.poll.registry(), WAKE)?);
         }
         let wakers = Arc::new(wakers);
         let w2 = wakers.clone();
@@ -209,6 +274,7 @@ impl Engine {
             stats,
             resolver,
             ifaces,
+            backend,
             stop,
             threads,
             wakers,
@@ -240,6 +306,24 @@ impl Drop for Engine {
 }
 
 impl<R: RxSource, T: TxSink> Worker<R, T> {
+    /// A worker polling `rx`.
+    fn new(id: usize, rx: Vec<R>, tx: T) -> Result<Self, EngineError> {
+        let poll = Poll::new()?;
+        for (k, r) in rx.iter().enumerate() {
+            poll.registry().register(
+                &mut SourceFd(&r.as_raw_fd()),
+                Token(k),
+                Interest::READABLE,
+            )?;
+        }
+        Ok(Worker {
+            rx,
+            tx,
+            egress: Egress::new(id as u16, 0),
+            poll,
+        })
+    }
+
     fn run(
         mut self,
         pl: &Pipeline,

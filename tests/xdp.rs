@@ -570,21 +570,26 @@ fn xsk_halves_serve_as_rx_source_and_tx_sink() {
     .expect("client namespace");
 
     let mut seen = 0;
+    let mut pending = 0;
     let until = Instant::now() + Duration::from_secs(10);
     while seen < 10 && Instant::now() < until {
         let batch = rx.rx_batch(32);
         let mut q = tx.queue();
         while let Some(mut fr) = batch.next_frame() {
             assert_eq!(fr.ifindex, c0);
-            assert!(!fr.vnet.needs_csum() && !fr.vnet.is_gso());
+            assert!(!fr.vnet.is_gso());
             let len = fr.frame().len();
             let f = fr.frame_mut();
             if udp_payload(f).is_some_and(|p| p.starts_with(b"seam-")) && swap_v4_udp(f) {
-                let p = uvs_fwd::parse(f).expect("parses");
-                uvs_fwd::fill_l4_checksum(f, &p).expect("checksum");
+                // A local stack's datagram over veth: its checksum is only
+                // the pseudo-header sum (symmetric, so still right after
+                // the swap), which the source recognised; the sink
+                // completes it.
+                pending += usize::from(fr.vnet.needs_csum());
                 seen += 1;
                 assert_eq!(len, fr.wire_len);
-                q.forward(fr.buf, fr.at, &uvs::io::VnetHdr::default(), c0);
+                let vnet = fr.vnet;
+                q.forward(fr.buf, fr.at, &vnet, c0);
             }
         }
         drop(q);
@@ -592,6 +597,7 @@ fn xsk_halves_serve_as_rx_source_and_tx_sink() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(seen, 10, "batches delivered the owned datagrams");
+    assert_eq!(pending, 10, "pending checksums recognised");
     let echoes = loop {
         tx.queue().flush();
         if let Ok(e) = result.recv_timeout(Duration::from_millis(5)) {

@@ -32,6 +32,8 @@ pub struct RunOpts {
     pub ring_frames: usize,
     pub mh_table_size: u32,
     pub knobs: Vec<String>,
+    /// Packet backend (`--io`).
+    pub io: engine::IoMode,
 }
 
 /// Why the daemon could not start.
@@ -53,7 +55,8 @@ pub enum DaemonError {
 struct Daemon {
     pipeline: Arc<Pipeline>,
     engine: Engine,
-    guard: KernelGuard,
+    /// The nftables guard; `None` with AF_XDP, whose program is the guard.
+    guard: Option<KernelGuard>,
     config: ctl::Config,
     mh_table_size: u32,
 }
@@ -191,7 +194,12 @@ impl Daemon {
             .rebuild(&specs)
             .map_err(|e| e.to_string())?;
         let (svcs, nat) = owned(&specs);
-        self.guard.update(&svcs, &nat).map_err(|e| e.to_string())?;
+        if let Some(g) = &self.guard {
+            g.update(&svcs, &nat).map_err(|e| e.to_string())?;
+        }
+        if let engine::Backend::AfXdp(x) = &mut self.engine.backend {
+            x.set_owned(&svcs, &nat).map_err(|e| e.to_string())?;
+        }
         self.pipeline.services.store(Arc::new(snapshot));
         let mut t = self.pipeline.conns.timeouts();
         t.set_tcp_tcpfin_udp(new.timeouts.tcp, new.timeouts.tcp_fin, new.timeouts.udp);
@@ -302,7 +310,6 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     })?;
 
     let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
-    let guard = KernelGuard::install(&names)?;
     let pipeline = Arc::new(Pipeline::new(uvs_conntrack::Table::new(table_cfg)));
     pipeline.filter.store(Arc::new(filter));
     let engine = Engine::start(
@@ -311,8 +318,14 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         &EngineConfig {
             workers: opts.workers,
             ring_frames: opts.ring_frames,
+            io: opts.io,
         },
     )?;
+    let guard = match engine.backend {
+        engine::Backend::AfPacket { .. } => Some(KernelGuard::install(&names)?),
+        engine::Backend::AfXdp(_) => None,
+    };
+    let workers = engine.stats.workers.len();
     let mut d = Daemon {
         pipeline,
         engine,
@@ -322,9 +335,10 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     };
     d.commit(config).map_err(DaemonError::Config)?;
     eprintln!(
-        "uvs: running on {} with {} worker(s); control socket {}",
+        "uvs: running on {} with {} worker(s), {}; control socket {}",
         names.join(", "),
-        opts.workers,
+        workers,
+        d.engine.backend.describe(),
         opts.control.display()
     );
     server.serve(|| stop.load(Ordering::Relaxed), |argv| d.handle(argv));

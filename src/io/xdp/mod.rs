@@ -16,10 +16,15 @@
 //! CAP_NET_ADMIN) at run time; errors say so.
 
 pub mod asm;
+pub mod backend;
+pub mod csum;
+pub mod port;
 pub mod prog;
 pub mod steer;
 pub mod sys;
 
+pub use backend::XdpIo;
+pub use port::XskTxSet;
 pub use prog::{
     COUNTER_NO_SOCKET, COUNTER_PASSED, COUNTER_STEERED, XDP_DROP, XDP_PASS, XDP_REDIRECT,
 };

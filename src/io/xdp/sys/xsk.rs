@@ -521,9 +521,17 @@ impl XskTx {
         self.complete();
     }
 
+    /// The interface this half transmits on.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
     /// Copies `frame` into a free frame and queues it, finishing a pending
-    /// L4 checksum in software (AF_XDP has no checksum offload here).
-    fn queue_copy(&mut self, frame: &[u8], vnet: &VnetHdr, ifindex: u32) {
+    /// L4 checksum in software (AF_XDP has no checksum offload here). A
+    /// frame for another interface, a GSO super-packet (AF_XDP cannot
+    /// segment) or one larger than a frame is dropped; every drop is
+    /// counted in [`TxSink::take_counts`].
+    pub fn queue_copy(&mut self, frame: &[u8], vnet: &VnetHdr, ifindex: u32) {
         if ifindex != self.ifindex || vnet.is_gso() || frame.len() > self.geom.frame_size as usize {
             self.bad_frame += 1;
             self.counts.dropped += 1;
@@ -596,12 +604,13 @@ impl RxBatch for XskRxBatch<'_> {
                     at + len as usize,
                 )
             };
+            // XDP gives no offload metadata: frames are never GSO
+            // super-packets, and a pending checksum is read off the frame.
+            let vnet = super::super::csum::implied_vnet(&buf[at..]);
             return Some(RxFrame {
                 buf,
                 at,
-                // XDP gives no offload metadata: a NIC's frames carry
-                // complete checksums and are never GSO super-packets.
-                vnet: VnetHdr::default(),
+                vnet,
                 wire_len: len as usize,
                 ifindex: self.rx.ifindex,
                 skip: None,

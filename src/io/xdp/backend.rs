@@ -1,0 +1,142 @@
+//! AF_XDP as the engine's backend: the program attached to every interface,
+//! one socket per (worker, interface) on the worker's RX queue, and the
+//! steering maps the control plane keeps in step with the configuration.
+//!
+//! AF_XDP binds a socket to one RX queue, so a worker serves queue `k` of
+//! every interface: there are as many workers as the interface with the
+//! fewest RX queues has queues (at most the number asked for). A veth has
+//! one queue, so one worker.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use super::port::XskTxSet;
+use super::steer::{AttachMode, Attachment, Steering, XdpError, DEFAULT_MAX_ENTRIES};
+use super::sys::xsk::{XskConfig, XskRx, XskSocket};
+
+/// An owned tuple as the daemon lists them: (protocol, address, port).
+pub type Endpoint = (u8, IpAddr, u16);
+
+/// What a worker gets: its RX halves (one per interface) and TX set.
+pub type WorkerIo = (Vec<XskRx>, XskTxSet);
+
+/// The attached program and its maps; dropping it detaches everywhere.
+#[derive(Debug)]
+pub struct XdpIo {
+    // Detach before the maps go.
+    attachments: Vec<Attachment>,
+    steering: Steering,
+    /// What the last `set_owned` asked for (tuple → users).
+    wanted: HashMap<(bool, Endpoint), u32>,
+}
+
+/// RX queues of interface `name` (from sysfs; 1 when unreadable).
+fn rx_queues(name: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{name}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+impl XdpIo {
+    /// Attaches to `ifaces` (name, index) — natively, or generic when
+    /// `allow_generic` — and opens the sockets of up to `workers` workers.
+    pub fn open(
+        ifaces: &[(String, u32)],
+        workers: usize,
+        allow_generic: bool,
+        cfg: XskConfig,
+    ) -> Result<(XdpIo, Vec<WorkerIo>), XdpError> {
+        let steering = Steering::new(DEFAULT_MAX_ENTRIES)?;
+        let queues: Vec<u32> = ifaces.iter().map(|(n, _)| rx_queues(n)).collect();
+        let n = (workers.max(1) as u32).min(queues.iter().copied().min().unwrap_or(1)) as usize;
+        let mut attachments = Vec::with_capacity(ifaces.len());
+        let mut per_worker: Vec<WorkerIo> =
+            (0..n).map(|_| (Vec::new(), XskTxSet::default())).collect();
+        let mut txs: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        for ((_, index), q) in ifaces.iter().zip(&queues) {
+            let att = steering.attach(*index, *q, allow_generic)?;
+            for (k, w) in per_worker.iter_mut().enumerate() {
+                let xsk =
+                    XskSocket::open(*index, k as u32, cfg).map_err(|source| XdpError::Sys {
+                        what: "opening an AF_XDP socket",
+                        source,
+                    })?;
+                att.program().set_socket(k as u32, &xsk)?;
+                let (rx, tx) = xsk.split();
+                w.0.push(rx);
+                txs[k].push(tx);
+            }
+            attachments.push(att);
+        }
+        for (w, t) in per_worker.iter_mut().zip(txs) {
+            w.1 = XskTxSet::new(t);
+        }
+        Ok((
+            XdpIo {
+                attachments,
+                steering,
+                wanted: HashMap::new(),
+            },
+            per_worker,
+        ))
+    }
+
+    /// How the program runs: native unless some interface fell back.
+    pub fn mode(&self) -> AttachMode {
+        if self
+            .attachments
+            .iter()
+            .all(|a| a.mode() == AttachMode::Native)
+        {
+            AttachMode::Native
+        } else {
+            AttachMode::Generic
+        }
+    }
+
+    /// The steering maps, for incremental `add_*`/`remove_*` calls.
+    pub fn steering(&mut self) -> &mut Steering {
+        &mut self.steering
+    }
+
+    /// Makes the owned set exactly `services` and `nat_servers` (the lists
+    /// the nftables guard takes), changing only the entries that differ.
+    /// This diff costs the size of the lists; a control plane that knows
+    /// its deltas calls [`Steering`]'s `add_*`/`remove_*` instead.
+    pub fn set_owned(
+        &mut self,
+        services: &[Endpoint],
+        nat_servers: &[Endpoint],
+    ) -> Result<(), XdpError> {
+        let mut want: HashMap<(bool, Endpoint), u32> = HashMap::new();
+        for e in services {
+            *want.entry((false, *e)).or_default() += 1;
+        }
+        for e in nat_servers {
+            *want.entry((true, *e)).or_default() += 1;
+        }
+        let old = std::mem::take(&mut self.wanted);
+        for (&(nat, (p, a, port)), _) in old.iter().filter(|(k, _)| !want.contains_key(k)) {
+            if nat {
+                self.steering.remove_nat_server(p, a, port)?;
+            } else {
+                self.steering.remove_service(p, a, port)?;
+            }
+        }
+        for (&(nat, (p, a, port)), _) in want.iter().filter(|(k, _)| !old.contains_key(k)) {
+            if nat {
+                self.steering.add_nat_server(p, a, port)?;
+            } else {
+                self.steering.add_service(p, a, port)?;
+            }
+        }
+        self.wanted = want;
+        Ok(())
+    }
+}
