@@ -620,3 +620,120 @@ fn xsk_halves_serve_as_rx_source_and_tx_sink() {
     drop((rx, tx, att, steer));
     drop(lab);
 }
+
+/// `uvs run --io af_xdp` end to end: NAT over TCP and UDP, IPv4 and IPv6,
+/// from a client namespace through the XDP program and AF_XDP sockets to
+/// real servers; no nftables table, no RST or forwarding by the director's
+/// kernel.
+#[test]
+fn af_xdp_nat_tcp_udp_v4_v6() {
+    if !root_or_skip("af_xdp_nat_tcp_udp_v4_v6") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = format!("uvz{}", std::process::id() % 100000);
+    let lab = Lab::up(&prefix, &[]).expect("lab up");
+    let _s1 = uvs::lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1 server");
+    let _s2 = uvs::lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53).expect("rs2 server");
+    let d = uvs::lab::Director::start(
+        &lab,
+        std::path::Path::new(env!("CARGO_BIN_EXE_uvs")),
+        &["--io", "af_xdp"],
+    )
+    .expect("uvs run --io af_xdp");
+    let log = d.log_text();
+    assert!(
+        log.contains("AF_XDP (native XDP)"),
+        "start-up line names the backend: {log}"
+    );
+    for c in [
+        "-A -t 192.0.2.10:80 -s rr",
+        "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
+        "-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m",
+        "-A -u 192.0.2.10:53 -s rr",
+        "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -m",
+        "-a -u 192.0.2.10:53 -r 203.0.113.12:53 -m",
+        "-A -t [2001:db8:f::10]:80 -s rr",
+        "-a -t [2001:db8:f::10]:80 -r [2001:db8:5::11]:80 -m",
+        "-a -t [2001:db8:f::10]:80 -r [2001:db8:5::12]:80 -m",
+    ] {
+        d.uvsadm(c)
+            .unwrap_or_else(|e| panic!("{c}: {e}\n{}", d.log_text()));
+    }
+    let snmp = |group: &'static str, name: &'static str| -> u64 {
+        netns::run_in(&lab.ns("lb"), move || {
+            let t = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
+            let mut lines = t.lines().filter(|l| l.starts_with(&format!("{group}:")));
+            let (h, v) = (lines.next().expect("header"), lines.next().expect("values"));
+            let i = h
+                .split_whitespace()
+                .position(|x| x == name)
+                .expect("counter");
+            v.split_whitespace()
+                .nth(i)
+                .and_then(|x| x.parse().ok())
+                .expect("number")
+        })
+        .expect("lb namespace")
+    };
+    let (rst0, fwd0) = (snmp("Tcp", "OutRsts"), snmp("Ip", "ForwDatagrams"));
+    let c = lab.ns("c");
+    let t = netns::run_in(&c, || {
+        uvs::lab::tcp_requests(
+            "192.0.2.10:80".parse().unwrap(),
+            200,
+            Duration::from_secs(120),
+        )
+    })
+    .unwrap();
+    assert_eq!(t.failures, 0, "{t:?}\n{}", d.log_text());
+    assert_eq!((t.count("rs1"), t.count("rs2")), (100, 100), "{t:?}");
+    let u = netns::run_in(&c, || {
+        uvs::lab::udp_requests(
+            "192.0.2.10:53".parse().unwrap(),
+            100,
+            Duration::from_secs(60),
+        )
+    })
+    .unwrap();
+    assert_eq!(u.failures, 0, "{u:?}\n{}", d.log_text());
+    assert_eq!((u.count("rs1"), u.count("rs2")), (50, 50), "{u:?}");
+    let t6 = netns::run_in(&c, || {
+        uvs::lab::tcp_requests(
+            "[2001:db8:f::10]:80".parse().unwrap(),
+            20,
+            Duration::from_secs(60),
+        )
+    })
+    .unwrap();
+    assert_eq!(t6.failures, 0, "{t6:?}\n{}", d.log_text());
+    assert_eq!((t6.count("rs1"), t6.count("rs2")), (10, 10), "{t6:?}");
+    assert_eq!(
+        snmp("Tcp", "OutRsts"),
+        rst0,
+        "the director's kernel sent no RST"
+    );
+    assert_eq!(
+        snmp("Ip", "ForwDatagrams"),
+        fwd0,
+        "the director's kernel forwarded nothing"
+    );
+    let tables = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("lb"), "nft", "list", "tables"])
+        .output()
+        .expect("nft");
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("uvs"),
+        "no nftables guard with AF_XDP"
+    );
+    let st = d.stop().expect("uvs stops");
+    assert!(st.success(), "{st}");
+    let shown = std::process::Command::new("ip")
+        .args(["-n", &lab.ns("lb"), "link", "show"])
+        .output()
+        .expect("ip link");
+    assert!(
+        !String::from_utf8_lossy(&shown.stdout).contains("xdp"),
+        "detached at exit"
+    );
+}
