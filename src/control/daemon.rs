@@ -323,7 +323,12 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     )?;
     let guard = match engine.backend {
         engine::Backend::AfPacket { .. } => Some(KernelGuard::install(&names)?),
-        engine::Backend::AfXdp(_) => None,
+        engine::Backend::AfXdp(_) => {
+            // The XDP program is the guard; a table left by a crashed
+            // AF_PACKET run would still drop traffic uvs no longer owns.
+            let _ = guard::remove_stale();
+            None
+        }
     };
     let workers = engine.stats.workers.len();
     let mut d = Daemon {
