@@ -737,3 +737,48 @@ fn af_xdp_nat_tcp_udp_v4_v6() {
         "detached at exit"
     );
 }
+
+/// `--io auto` takes AF_XDP where every interface takes the program
+/// natively and says why not otherwise; `--io af_xdp` refuses an interface
+/// without native XDP (a bridge) instead of pretending.
+#[test]
+fn io_auto_says_which_backend_and_af_xdp_refuses_clearly() {
+    if !root_or_skip("io_auto_says_which_backend_and_af_xdp_refuses_clearly") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = format!("uvw{}", std::process::id() % 100000);
+    let lab = Lab::up(&prefix, &[]).expect("lab up");
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_uvs"));
+    let d = uvs::lab::Director::start(&lab, exe, &["--io", "auto"]).expect("uvs run --io auto");
+    assert!(
+        d.log_text().contains("AF_XDP (native XDP)"),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.stop().expect("stops").success());
+    // A bridge has no native XDP (it lives and dies with the lab).
+    let lb = lab.ns("lb");
+    for cmd in [
+        &["link", "add", "d0", "type", "bridge"][..],
+        &["link", "set", "d0", "up"],
+    ] {
+        let ok = std::process::Command::new("ip")
+            .args(["-n", &lb])
+            .args(cmd)
+            .status()
+            .expect("ip");
+        assert!(ok.success(), "ip {cmd:?}");
+    }
+    let d = uvs::lab::Director::start(&lab, exe, &["--io", "auto", "-i", "c0", "-i", "d0"])
+        .expect("uvs run --io auto");
+    let log = d.log_text();
+    assert!(
+        log.contains("AF_PACKET (AF_XDP unavailable: d0: cannot attach XDP"),
+        "{log}"
+    );
+    assert!(d.stop().expect("stops").success());
+    let e = uvs::lab::Director::start(&lab, exe, &["--io", "af_xdp", "-i", "c0", "-i", "d0"])
+        .expect_err("af_xdp must refuse");
+    assert!(e.to_string().contains("d0: cannot attach XDP"), "{e}");
+}

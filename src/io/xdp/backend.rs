@@ -59,15 +59,20 @@ impl XdpIo {
         let mut per_worker: Vec<WorkerIo> =
             (0..n).map(|_| (Vec::new(), XskTxSet::default())).collect();
         let mut txs: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
-        for ((_, index), q) in ifaces.iter().zip(&queues) {
-            let att = steering.attach(*index, *q, allow_generic)?;
+        for ((name, index), q) in ifaces.iter().zip(&queues) {
+            let on = |e: XdpError| XdpError::On {
+                name: name.clone(),
+                source: Box::new(e),
+            };
+            let att = steering.attach(*index, *q, allow_generic).map_err(on)?;
             for (k, w) in per_worker.iter_mut().enumerate() {
-                let xsk =
-                    XskSocket::open(*index, k as u32, cfg).map_err(|source| XdpError::Sys {
+                let xsk = XskSocket::open(*index, k as u32, cfg)
+                    .map_err(|source| XdpError::Sys {
                         what: "opening an AF_XDP socket",
                         source,
-                    })?;
-                att.program().set_socket(k as u32, &xsk)?;
+                    })
+                    .map_err(on)?;
+                att.program().set_socket(k as u32, &xsk).map_err(on)?;
                 let (rx, tx) = xsk.split();
                 w.0.push(rx);
                 txs[k].push(tx);

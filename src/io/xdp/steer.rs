@@ -52,6 +52,9 @@ pub enum XdpError {
         native: io::Error,
         generic: Option<io::Error>,
     },
+    /// A failure on one named interface.
+    #[error("{name}: {source}")]
+    On { name: String, source: Box<XdpError> },
     /// The `owned` map is full.
     #[error("XDP steering map full ({0} entries)")]
     Full(u32),
