@@ -118,7 +118,7 @@ impl Backend {
 
 const WAKE: Token = Token(usize::MAX);
 /// Frames taken from one RX source per round.
-const BATCH: usize = 64;
+const BATCH: usize = 256;
 /// Frames one TX queue holds before it sends (a round over every ring).
 const TX_CAP: usize = 256;
 /// Copy slots of a TX queue (fragments, segments, ICMP errors, parked).

@@ -52,8 +52,9 @@ enum Cmd {
         /// Load filter-table rules (iptables syntax, one a line) at start.
         #[arg(long)]
         filter: Option<PathBuf>,
-        /// Frames per RX ring (each frame holds a 64 KiB GSO packet).
-        #[arg(long, default_value_t = 128)]
+        /// Frames per RX ring, each sized to the interface's MTU (2 KiB at
+        /// 1500); larger (GSO) packets are read whole from the socket.
+        #[arg(long, default_value_t = 2048)]
         ring_frames: usize,
         /// Lookup table size of the mh (Maglev) scheduler, one of the
         /// kernel's primes (251 … 131071); like the kernel module parameter,
@@ -95,8 +96,9 @@ enum Cmd {
         /// Name of the TUN device to create (removed on exit).
         #[arg(long, default_value = "uvstun0")]
         tun_name: String,
-        /// Frames per RX ring (each frame holds a 64 KiB GSO packet).
-        #[arg(long, default_value_t = 64)]
+        /// Frames per RX ring, each sized to the interface's MTU (2 KiB at
+        /// 1500); larger (GSO) packets are read whole from the socket.
+        #[arg(long, default_value_t = 512)]
         ring_frames: usize,
         /// Keep the counters in this file (`name value` lines, rewritten
         /// while running and at exit).

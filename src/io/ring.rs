@@ -13,8 +13,16 @@
 //! [`RxFrame::at`]. The header is also decoded into [`RxFrame::vnet`]; code
 //! specific to this ring (the tunnel endpoint) may rely on the raw bytes.
 //!
-//! Frame size: 17 pages, enough for a 64 KiB GSO super-packet plus headers.
-//! Anything the ring had to truncate is reported, never forwarded.
+//! Frame size: sized to the interface's MTU (2 KiB at 1500), so a ring of
+//! thousands of frames holds thousands of small packets. A larger packet (a
+//! GSO super-packet, or any packet after the MTU grew) does not fit: with
+//! `PACKET_COPY_THRESH` the kernel puts a truncated copy in the ring, flagged
+//! `TP_STATUS_COPY`, and the whole packet on the socket's receive queue, in
+//! the same order. The batch reads it from there (one `recv` per such
+//! packet) into one of a few large buffers the ring owns, checks it is the
+//! packet the ring frame announced, and hands it out in the ring frame's
+//! place. A packet that could not be queued whole (receive buffer full) is
+//! reported truncated, never forwarded.
 
 use std::cell::Cell;
 use std::io;
@@ -26,16 +34,27 @@ use super::vnet::VnetHdr;
 
 const VNET_HDR_LEN: usize = VnetHdr::LEN;
 
-/// Bytes per ring frame (must be a multiple of the page size here, since we
-/// use one frame per block).
-pub const FRAME_SIZE: usize = 17 * 4096;
 /// Free bytes the kernel leaves before each frame's virtio-net header
 /// (`PACKET_RESERVE`): room to prepend tunnel headers in place.
 pub const HEADROOM: usize = 128;
+/// Bytes a ring frame needs besides the packet: the frame header and
+/// `sockaddr_ll` (64 with alignment), the headroom, the virtio-net header,
+/// two VLAN tags, rounded up generously.
+const FRAME_OVERHEAD: usize = 256;
+/// Smallest and largest ring frame.
+const FRAME_MIN: usize = 2048;
+const FRAME_MAX: usize = 16384;
+/// Large buffers per ring for packets read from the receive queue, and their
+/// size: headroom, virtio-net header, a 64 KiB GSO packet with its headers.
+const BIG_BUFS: usize = 4;
+const BIG_SIZE: usize = HEADROOM + VNET_HDR_LEN + 65_536 + 256;
+/// Receive-queue room for whole copies of large packets.
+const RCVBUF: libc::c_int = 8 << 20;
 
 const TPACKET_V2: libc::c_int = 1;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_COPY: u32 = 1 << 1;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const PACKET_HOST: u8 = 0;
 /// Offset of `struct sockaddr_ll` in a TPACKET_V2 frame: TPACKET_ALIGN(32).
@@ -57,6 +76,10 @@ pub struct RxRing {
     fd: OwnedFd,
     map: NonNull<u8>,
     frames: usize,
+    frame_size: usize,
+    /// [`BIG_BUFS`] buffers of [`BIG_SIZE`] bytes, for packets the ring
+    /// only holds a truncated copy of.
+    big: Box<[u8]>,
     cur: usize,
     ifindex: u32,
 }
@@ -120,10 +143,44 @@ pub(crate) fn setsockopt<T>(
     .map(drop)
 }
 
+/// The MTU of interface `ifindex` (`SIOCGIFMTU`, in this namespace).
+fn interface_mtu(ifindex: u32) -> io::Result<usize> {
+    // SAFETY: ifreq is plain old data; zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes (the size of
+    // ifr_name) and NUL-terminates.
+    if unsafe { libc::if_indextoname(ifindex, ifr.ifr_name.as_mut_ptr()) }.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain socket(2) call; the fd is owned right below.
+    let raw =
+        cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `raw` is a fresh fd we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifr_mtu of a live ifreq.
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) })?;
+    // SAFETY: SIOCGIFMTU filled the ifr_mtu member of the union.
+    let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
+    Ok(usize::try_from(mtu).unwrap_or(1500))
+}
+
+/// A power-of-two frame size holding a packet of `mtu` with its headers.
+fn frame_size_for(mtu: usize) -> usize {
+    (mtu + 14 + FRAME_OVERHEAD)
+        .next_power_of_two()
+        .clamp(FRAME_MIN, FRAME_MAX)
+}
+
 impl RxRing {
-    /// Opens a ring of `frames` frames on `ifindex` and joins fanout group
-    /// `group` (one group id per interface).
+    /// Opens a ring of `frames` frames, sized to the interface's MTU, on
+    /// `ifindex` and joins fanout group `group` (one group id per interface).
     pub fn open(ifindex: u32, group: u16, frames: usize) -> io::Result<Self> {
+        let frame_size = frame_size_for(interface_mtu(ifindex)?);
+        // Blocks of at least a page, holding whole frames (power-of-two
+        // frames tile them exactly, so frames are contiguous in the map).
+        let block_size = frame_size.max(4096);
+        let per_block = block_size / frame_size;
+        let frames = frames.max(per_block).div_ceil(per_block) * per_block;
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // The version must be set before the vnet header option.
         let fd = packet_socket(proto, |raw| {
@@ -139,14 +196,24 @@ impl RxRing {
         )?;
         let reserve = HEADROOM as libc::c_uint;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_RESERVE, &reserve)?;
+        // Packets too big for a frame also go whole to the receive queue.
+        setsockopt(
+            raw,
+            libc::SOL_PACKET,
+            libc::PACKET_COPY_THRESH,
+            &1 as &libc::c_int,
+        )?;
+        if setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RCVBUF).is_err() {
+            setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &RCVBUF)?;
+        }
         let req = libc::tpacket_req {
-            tp_block_size: FRAME_SIZE as u32,
-            tp_block_nr: frames as u32,
-            tp_frame_size: FRAME_SIZE as u32,
+            tp_block_size: block_size as u32,
+            tp_block_nr: (frames / per_block) as u32,
+            tp_frame_size: frame_size as u32,
             tp_frame_nr: frames as u32,
         };
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
-        let len = FRAME_SIZE * frames;
+        let len = frame_size * frames;
         // SAFETY: mapping the ring the kernel just allocated for this fd.
         let p = unsafe {
             libc::mmap(
@@ -167,6 +234,8 @@ impl RxRing {
             fd,
             map,
             frames,
+            frame_size,
+            big: vec![0u8; BIG_BUFS * BIG_SIZE].into_boxed_slice(),
             cur: 0,
             ifindex,
         };
@@ -191,7 +260,7 @@ impl RxRing {
 
     fn frame_ptr(&self, slot: usize) -> *mut u8 {
         // SAFETY: slot < frames, so the offset stays inside the mapping.
-        unsafe { self.map.as_ptr().add(slot * FRAME_SIZE) }
+        unsafe { self.map.as_ptr().add(slot * self.frame_size) }
     }
 
     fn status(&self, slot: usize) -> u32 {
@@ -231,13 +300,67 @@ impl RxRing {
 }
 
 /// A batch of frames taken from an [`RxRing`]: slots `start..start + taken`
-/// are userspace's until the batch drops.
+/// are userspace's until the batch drops, and so are the first `big_used`
+/// large buffers.
 #[derive(Debug)]
 pub struct PacketRxBatch<'r> {
     ring: &'r mut RxRing,
+    /// The ring's large buffers, taken from its `&mut` borrow.
+    big: *mut u8,
     start: usize,
     max: usize,
     taken: Cell<usize>,
+    big_used: Cell<usize>,
+}
+
+impl PacketRxBatch<'_> {
+    /// Reads the whole packet the kernel queued for a `TP_STATUS_COPY`
+    /// frame into the next large buffer; `None` (the copy discarded) if it
+    /// is not the packet the frame announced.
+    fn read_copy(&self, h: &Tp2Hdr, ring_data: &[u8]) -> Option<RxFrame<'_>> {
+        let i = self.big_used.get();
+        debug_assert!(i < BIG_BUFS);
+        self.big_used.set(i + 1);
+        // SAFETY: buffer i lies inside `big` (i < BIG_BUFS, checked by the
+        // caller); `big_used` only grows, so it is handed out once per batch
+        // and never aliases another frame; the batch holds the ring's `&mut`
+        // borrow, and the returned frame borrows the batch.
+        let b = unsafe { std::slice::from_raw_parts_mut(self.big.add(i * BIG_SIZE), BIG_SIZE) };
+        let fd = self.ring.fd.as_raw_fd();
+        let room = &mut b[HEADROOM..];
+        // SAFETY: recv writes at most room.len() bytes into `room`.
+        let n = unsafe { libc::recv(fd, room.as_mut_ptr().cast(), room.len(), libc::MSG_DONTWAIT) };
+        let n = usize::try_from(n).ok()?;
+        let k = ring_data.len().min(64);
+        let same = n >= VNET_HDR_LEN
+            && n - VNET_HDR_LEN == h.len as usize
+            && room[VNET_HDR_LEN..VNET_HDR_LEN + k.min(n - VNET_HDR_LEN)]
+                == ring_data[..k.min(n - VNET_HDR_LEN)];
+        if !same {
+            // Out of step with the ring (never expected): empty the queue so
+            // the next copies line up again.
+            while discard_one(fd) {}
+            return None;
+        }
+        let vnet = VnetHdr::read_from(&b[HEADROOM..]).unwrap_or_default();
+        Some(RxFrame {
+            buf: &mut b[..HEADROOM + n],
+            at: HEADROOM + VNET_HDR_LEN,
+            vnet,
+            wire_len: h.len as usize,
+            ifindex: self.ring.ifindex,
+            skip: None,
+        })
+    }
+}
+
+/// Drops the packet at the head of the socket's receive queue; false if
+/// there was none.
+fn discard_one(fd: RawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: recv writes at most one byte into `b`; the rest of the packet
+    // is dropped (packet sockets keep message boundaries).
+    unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_DONTWAIT) >= 0 }
 }
 
 impl RxBatch for PacketRxBatch<'_> {
@@ -252,16 +375,24 @@ impl RxBatch for PacketRxBatch<'_> {
             if ring.status(slot) & TP_STATUS_USER == 0 {
                 return None;
             }
-            self.taken.set(n + 1);
             let h = ring.header(slot);
+            let copied = h.status & TP_STATUS_COPY != 0;
+            if copied && self.big_used.get() == BIG_BUFS {
+                // No large buffer left in this batch: the next one takes it.
+                return None;
+            }
+            self.taken.set(n + 1);
             let base = ring.frame_ptr(slot);
             let mac = usize::from(h.mac);
             let snap = h.snaplen as usize;
             // The kernel places the vnet header right before the MAC header,
             // and the reserved headroom before that, after sockaddr_ll.
             let lead = HEADROOM + VNET_HDR_LEN;
-            if mac < lead + SLL_OFFSET + 20 || mac + snap > FRAME_SIZE {
+            if mac < lead + SLL_OFFSET + 20 || mac + snap > ring.frame_size {
                 // Not a layout we asked for: give it back unread.
+                if copied {
+                    discard_one(ring.fd.as_raw_fd());
+                }
                 continue;
             }
             // SAFETY: [mac - lead, mac + snaplen) lies inside this frame
@@ -281,6 +412,15 @@ impl RxBatch for PacketRxBatch<'_> {
             } else {
                 None
             };
+            if copied {
+                if skip == Some(RxSkip::Truncated) {
+                    if let Some(f) = self.read_copy(&h, &buf[lead..]) {
+                        return Some(f);
+                    }
+                } else {
+                    discard_one(ring.fd.as_raw_fd());
+                }
+            }
             let vnet = VnetHdr::read_from(&buf[HEADROOM..]).unwrap_or_default();
             return Some(RxFrame {
                 buf,
@@ -317,11 +457,14 @@ impl RxSource for RxRing {
 
     fn rx_batch(&mut self, max: usize) -> PacketRxBatch<'_> {
         let start = self.cur;
+        let big = self.big.as_mut_ptr();
         PacketRxBatch {
             ring: self,
+            big,
             start,
             max,
             taken: Cell::new(0),
+            big_used: Cell::new(0),
         }
     }
 
@@ -358,7 +501,7 @@ impl Drop for RxRing {
         // SAFETY: unmapping exactly the region mapped in open(); no frame
         // batch (and so no frame slice) outlives its `&mut` borrow of the ring.
         unsafe {
-            libc::munmap(self.map.as_ptr().cast(), FRAME_SIZE * self.frames);
+            libc::munmap(self.map.as_ptr().cast(), self.frame_size * self.frames);
         }
     }
 }

@@ -19,7 +19,7 @@ use super::vnet::VnetHdr;
 /// Bytes per copy slot: a virtio-net header, a jumbo frame, tunnel headers.
 const SLOT: usize = 9_472;
 /// Messages per `sendmmsg` call.
-const MMSG: usize = 64;
+const MMSG: usize = 256;
 
 /// One worker's TX socket, its message arrays and its copy slots.
 #[derive(Debug)]
