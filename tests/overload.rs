@@ -129,7 +129,10 @@ fn tx_drops(ns: &str) -> BTreeMap<String, u64> {
             .skip(2)
             .filter_map(|l| {
                 let (dev, rest) = l.split_once(':')?;
-                let v: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+                let v: Vec<u64> = rest
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
                 // rx: bytes packets errs drop fifo frame compressed multicast;
                 // tx: bytes packets errs drop …
                 let dev = dev.trim().to_string();
@@ -222,14 +225,19 @@ fn overload_every_datagram_is_accounted_for() {
     let lab = Lab::up(&prefix, &[]).expect("lab up");
     let sinks = [Sink::start(&lab.ns("rs1")), Sink::start(&lab.ns("rs2"))];
     // One worker: the client's one thread must be able to outrun it.
-    let d = Director::start(&lab, Path::new(env!("CARGO_BIN_EXE_uvs")), &["--workers", "1"])
-        .expect("uvs run");
+    let d = Director::start(
+        &lab,
+        Path::new(env!("CARGO_BIN_EXE_uvs")),
+        &["--workers", "1"],
+    )
+    .expect("uvs run");
     for c in [
         format!("-A -u 192.0.2.10:{PORT} -s rr"),
         format!("-a -u 192.0.2.10:{PORT} -r 203.0.113.11:{PORT} -m"),
         format!("-a -u 192.0.2.10:{PORT} -r 203.0.113.12:{PORT} -m"),
     ] {
-        d.uvsadm(&c).unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+        d.uvsadm(&c)
+            .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
     }
     let vip: SocketAddr = format!("192.0.2.10:{PORT}").parse().expect("literal");
     // Warm-up: neighbours resolved on every hop, connections made.
@@ -243,7 +251,11 @@ fn overload_every_datagram_is_accounted_for() {
     .expect("client namespace");
     std::thread::sleep(Duration::from_millis(500));
     let before = tally(&lab, &d, &sinks);
-    assert!(before.received > 0, "warm-up reached no server: {before:?}\n{}", d.log_text());
+    assert!(
+        before.received > 0,
+        "warm-up reached no server: {before:?}\n{}",
+        d.log_text()
+    );
 
     let sent = netns::run_in(&lab.ns("c"), move || blast(vip)).expect("client namespace");
     // Let the queues drain (socket buffers, rings, backlogs).

@@ -74,7 +74,8 @@ pub struct XskStats {
     pub tx_invalid_descs: u64,
     /// Kernel: packets dropped because the RX ring was full.
     pub rx_ring_full: u64,
-    /// Kernel: packets dropped because the fill ring was empty.
+    /// Kernel: packets dropped because the fill ring was empty (also in
+    /// `rx_dropped`).
     pub rx_fill_ring_empty: u64,
     /// Kernel: times the TX ring was found empty when it was kicked.
     pub tx_ring_empty: u64,
@@ -92,11 +93,9 @@ pub struct XskStats {
 impl XskStats {
     /// Every packet these counters say was lost on receive.
     pub fn rx_lost(&self) -> u64 {
-        self.rx_dropped
-            + self.rx_invalid_descs
-            + self.rx_ring_full
-            + self.rx_fill_ring_empty
-            + self.rx_bad_desc
+        // A packet lost to an empty fill ring is counted by the kernel in
+        // both `rx_dropped` and `rx_fill_ring_empty`: only once here.
+        self.rx_dropped + self.rx_invalid_descs + self.rx_ring_full + self.rx_bad_desc
     }
 }
 
@@ -141,6 +140,8 @@ pub struct XskTx {
     geom: Geom,
     free: Vec<u64>,
     in_flight: u32,
+    /// Descriptors written by `send`, not yet published.
+    pending: u32,
     zerocopy: bool,
     ifindex: u32,
     ring_full: u64,
@@ -282,6 +283,7 @@ impl XskSocket {
                 geom,
                 free: tx_free,
                 in_flight: 0,
+                pending: 0,
                 zerocopy,
                 ifindex,
                 ring_full: 0,
@@ -326,6 +328,7 @@ impl XskSocket {
     /// them. Refills the fill ring. Returns how many were received.
     pub fn recv(&mut self, max: u32, mut f: impl FnMut(&mut [u8]) -> RxAction) -> u32 {
         let n = self.rx.rx.ready(max);
+        self.tx.submit_pending();
         let room = self.tx.tx.free(n);
         let mut queued = 0;
         for i in 0..n {
@@ -444,14 +447,15 @@ impl XskRx {
 
 impl XskTx {
     /// Sends one packet written by `f` into a free frame (the whole frame
-    /// is offered; `f` returns the length, 0 to cancel). Queued on the TX
-    /// ring; [`XskTx::flush`] kicks. False (and counted) when no frame or
+    /// is offered; `f` returns the length, 0 to cancel). Written to the TX
+    /// ring; [`XskTx::flush`] publishes the batch and kicks. False (and counted) when no frame or
     /// no TX slot was free.
     pub fn send(&mut self, f: impl FnOnce(&mut [u8]) -> usize) -> bool {
-        if self.tx.free(1) == 0 || self.free.is_empty() {
+        let want = self.pending + 1;
+        if self.tx.free(want) < want || self.free.is_empty() {
             self.complete();
         }
-        if self.tx.free(1) == 0 {
+        if self.tx.free(want) < want {
             self.ring_full += 1;
             return false;
         }
@@ -471,11 +475,20 @@ impl XskTx {
             self.free.push(base);
             return false;
         }
-        self.tx.put_desc(0, base, len as u32);
-        self.tx.submit(1);
+        // Published with the rest of the batch in `flush`.
+        self.tx.put_desc(self.pending, base, len as u32);
+        self.pending += 1;
         self.in_flight += 1;
         self.counts.sent += 1;
         true
+    }
+
+    /// Publishes the descriptors `send` wrote (one index store per batch).
+    fn submit_pending(&mut self) {
+        if self.pending > 0 {
+            self.tx.submit(self.pending);
+            self.pending = 0;
+        }
     }
 
     /// Reclaims frames whose transmission completed.
@@ -498,27 +511,48 @@ impl XskTx {
     /// in zero-copy mode unless the driver asks through `need_wakeup`), and
     /// reclaims completed frames.
     pub fn flush(&mut self) {
-        // Copy mode transmits only from a syscall (a few dozen descriptors
-        // per call), so it is kicked while the kernel has not taken
-        // everything; a zero-copy driver says through the flag.
-        if self.tx.unconsumed() > 0 && (!self.zerocopy || self.tx.needs_wakeup()) {
-            // SAFETY: a zero-length sendto with NULL buffers only starts
-            // transmission of the TX ring.
-            let rc = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    std::ptr::null(),
-                    0,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null(),
-                    0,
-                )
-            };
-            // A failure (EAGAIN/EBUSY/ENOBUFS) means the kernel is still
-            // sending: the ring keeps the frames and the next flush retries.
-            let _ = rc;
+        self.submit_pending();
+        if self.zerocopy {
+            // The driver says through the flag when it needs a kick.
+            if self.tx.unconsumed() > 0 && self.tx.needs_wakeup() {
+                self.kick();
+            }
+        } else {
+            // Copy mode transmits only from a syscall, a budget (32) of
+            // descriptors per call: kick until the kernel has taken the
+            // batch, or stops taking it (EBUSY/ENOBUFS: the device queue
+            // is full; the ring keeps the frames for the next flush).
+            let mut left = self.tx.unconsumed();
+            for _ in 0..=self.tx.size() / 16 {
+                if left == 0 || !self.kick() {
+                    break;
+                }
+                let now = self.tx.unconsumed();
+                if now >= left {
+                    break;
+                }
+                left = now;
+            }
         }
         self.complete();
+    }
+
+    /// One zero-length `sendto`; false when the kernel refused for a
+    /// reason other than its per-call budget (EAGAIN).
+    fn kick(&self) -> bool {
+        // SAFETY: a zero-length sendto with NULL buffers only starts
+        // transmission of the TX ring.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        rc >= 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
     }
 
     /// The interface this half transmits on.
