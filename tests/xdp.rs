@@ -726,6 +726,18 @@ fn af_xdp_nat_tcp_udp_v4_v6() {
         !String::from_utf8_lossy(&tables.stdout).contains("uvs"),
         "no nftables guard with AF_XDP"
     );
+    // `uvs stats` carries the program's counters.
+    let steered = d.counter("xdp.steered").expect("xdp.steered");
+    assert!(
+        steered >= 2 * 220,
+        "both directions of every flow steered: {steered}"
+    );
+    assert!(
+        d.counter("xdp.to_kernel").expect("xdp.to_kernel") > 0,
+        "ARP/ND at least"
+    );
+    assert_eq!(d.counter("drop.xdp_no_socket").expect("no_socket"), 0);
+    assert_eq!(d.counter("drop.rx_queue_full").expect("rx_queue_full"), 0);
     let st = d.stop().expect("uvs stops");
     assert!(st.success(), "{st}");
     let shown = std::process::Command::new("ip")

@@ -223,7 +223,13 @@ impl Daemon {
     fn handle(&mut self, argv: Vec<String>) -> Reply {
         match argv.first().map(String::as_str) {
             Some("ping") => Reply::ok("pong\n"),
-            Some("stats") => Reply::ok(self.engine.stats.report(&self.pipeline.hooks)),
+            Some("stats") => {
+                let mut r = self.engine.stats.report(&self.pipeline.hooks);
+                if let engine::Backend::AfXdp(x) = &self.engine.backend {
+                    r += &x.report();
+                }
+                Reply::ok(r)
+            }
             Some("filter") => self.filter(&argv[1..]),
             Some("uvsadm") => self.uvsadm(&argv[1..], None),
             // `uvsadm -R`: the commands arrive as one text, applied as one batch.

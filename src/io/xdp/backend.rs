@@ -105,6 +105,20 @@ impl XdpIo {
         }
     }
 
+    /// The program's counters as `uvs stats` lines: `xdp.steered`,
+    /// `xdp.to_kernel`, and `drop.xdp_no_socket` (owned packets on an RX
+    /// queue without a uvs socket, dropped so the kernel cannot answer
+    /// them).
+    pub fn report(&self) -> String {
+        match self.steering.counters() {
+            Ok(c) => format!(
+                "xdp.steered {}\nxdp.to_kernel {}\ndrop.xdp_no_socket {}\n",
+                c.steered, c.passed, c.no_socket
+            ),
+            Err(e) => format!("# xdp counters unreadable: {e}\n"),
+        }
+    }
+
     /// The steering maps, for incremental `add_*`/`remove_*` calls.
     pub fn steering(&mut self) -> &mut Steering {
         &mut self.steering
