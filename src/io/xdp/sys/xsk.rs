@@ -114,7 +114,18 @@ impl Geom {
         let cap = (base + self.frame_size - addr) as usize;
         (base / self.frame_size < self.frames && len as usize <= cap).then_some((base, cap))
     }
+
+    /// Index of the frame at `base` (checked by `check`).
+    fn index(&self, base: u64) -> usize {
+        (base / self.frame_size) as usize
+    }
 }
+
+// Where an RX-half frame is: with userspace, with the kernel (fill ring or
+// RX in flight), or lent to the caller out of an RX batch.
+const AT_USER: u8 = 0;
+const AT_KERNEL: u8 = 1;
+const AT_CALLER: u8 = 2;
 
 /// Receive half: the RX and fill rings.
 #[derive(Debug)]
@@ -125,6 +136,10 @@ pub struct XskRx {
     fd: Arc<OwnedFd>,
     geom: Geom,
     free: Vec<u64>,
+    /// Per frame: `AT_USER`, `AT_KERNEL` or `AT_CALLER`. An RX descriptor
+    /// is used only for a frame the kernel holds, so even a kernel that
+    /// returned a frame twice could not make two `&mut` overlap.
+    state: Vec<Cell<u8>>,
     ifindex: u32,
     bad_desc: u64,
     reported_drops: u64,
@@ -139,6 +154,8 @@ pub struct XskTx {
     fd: Arc<OwnedFd>,
     geom: Geom,
     free: Vec<u64>,
+    /// Per frame: on the TX ring (until its completion).
+    sending: Vec<bool>,
     in_flight: u32,
     /// Descriptors written by `send`, not yet published.
     pending: u32,
@@ -271,6 +288,7 @@ impl XskSocket {
                 fd: Arc::clone(&fd),
                 geom,
                 free: rx_free,
+                state: (0..geom.frames).map(|_| Cell::new(AT_USER)).collect(),
                 ifindex,
                 bad_desc: 0,
                 reported_drops: 0,
@@ -282,6 +300,7 @@ impl XskSocket {
                 fd,
                 geom,
                 free: tx_free,
+                sending: vec![false; geom.frames as usize],
                 in_flight: 0,
                 pending: 0,
                 zerocopy,
@@ -338,15 +357,23 @@ impl XskSocket {
                 self.rx.bad_desc += 1;
                 continue;
             };
+            let fi = self.rx.geom.index(base);
+            if self.rx.state[fi].get() != AT_KERNEL {
+                // Not given to the kernel, or returned twice: never touch.
+                self.rx.bad_desc += 1;
+                continue;
+            }
+            self.rx.state[fi].set(AT_USER);
             // SAFETY: [addr, addr+cap) lies inside one UMEM frame (checked);
-            // the kernel gave the frame back on the RX ring and will not
-            // write it until it is refilled or transmitted, and no other
+            // the kernel held it (state) and gave it back on the RX ring, and
+            // will not write it until it is refilled or transmitted; no other
             // reference to it exists while `&mut self` is held.
             let frame = unsafe {
                 std::slice::from_raw_parts_mut(self.rx.umem.ptr.as_ptr().add(addr as usize), cap)
             };
             match f(&mut frame[..]) {
                 RxAction::Transmit(out) if out > 0 && out <= cap && queued < room => {
+                    self.tx.sending[fi] = true;
                     self.tx.tx.put_desc(queued, addr, out as u32);
                     queued += 1;
                 }
@@ -423,6 +450,7 @@ impl XskRx {
         for i in 0..n {
             // `n` ≤ free.len(): the pops cannot fail.
             let addr = self.free.pop().unwrap_or_default();
+            self.state[self.geom.index(addr)].set(AT_KERNEL);
             self.fill.put_addr(i, addr);
         }
         if n > 0 {
@@ -476,6 +504,7 @@ impl XskTx {
             return false;
         }
         // Published with the rest of the batch in `flush`.
+        self.sending[self.geom.index(base)] = true;
         self.tx.put_desc(self.pending, base, len as u32);
         self.pending += 1;
         self.in_flight += 1;
@@ -497,7 +526,11 @@ impl XskTx {
         for i in 0..n {
             let addr = self.comp.get_addr(i);
             if let Some((base, _)) = self.geom.check(addr, 0) {
-                self.free.push(base);
+                // Only frames that were on the TX ring come back free.
+                let sending = &mut self.sending[self.geom.index(base)];
+                if std::mem::take(sending) {
+                    self.free.push(base);
+                }
             }
         }
         if n > 0 {
@@ -625,13 +658,20 @@ impl RxBatch for XskRxBatch<'_> {
                 self.bad.set(self.bad.get() + 1);
                 continue;
             };
+            let state = &self.rx.state[self.rx.geom.index(base)];
+            if state.get() != AT_KERNEL {
+                // Not the kernel's to return, or returned twice.
+                self.bad.set(self.bad.get() + 1);
+                continue;
+            }
+            state.set(AT_CALLER);
             let at = (addr - base) as usize;
             // SAFETY: [base, addr+len) lies inside one UMEM frame (checked);
-            // the kernel handed the frame back on the RX ring and will not
-            // write it before it is refilled (in `drop`, after every frame
-            // borrowed from this batch is gone); each descriptor is handed
-            // out once (`taken` only grows), and the kernel never returns a
-            // frame twice before it is refilled, so no two `&mut` overlap.
+            // the kernel held the frame (state) and handed it back on the RX
+            // ring, and will not write it before it is refilled (in `drop`,
+            // after every frame borrowed from this batch is gone). The state
+            // moved to AT_CALLER, so the frame is lent at most once per
+            // batch: no two `&mut` overlap.
             let buf = unsafe {
                 std::slice::from_raw_parts_mut(
                     self.rx.umem.ptr.as_ptr().add(base as usize),
@@ -659,7 +699,11 @@ impl Drop for XskRxBatch<'_> {
         for i in 0..taken {
             let (addr, len) = self.rx.rx.get_desc(i);
             if let Some((base, _)) = self.rx.geom.check(addr, len) {
-                self.rx.free.push(base);
+                let state = &self.rx.state[self.rx.geom.index(base)];
+                if state.get() == AT_CALLER {
+                    state.set(AT_USER);
+                    self.rx.free.push(base);
+                }
             }
         }
         self.rx.bad_desc += self.bad.get();
