@@ -2,7 +2,8 @@
 //! the housekeeping timer, started and stopped as one.
 //!
 //! Each worker owns one RX source per attached interface (AF_PACKET: a ring,
-//! all rings of an interface in one fanout group), one TX sink and one egress
+//! all rings of an interface in one fanout group; AF_XDP: a socket on the
+//! worker's RX queue, see `uvs run --io`), one TX sink and one egress
 //! stage, and sleeps in mio's poll when its sources are empty. The engine is
 //! only that loop: RX batch → [`Pipeline::process`] → [`Egress::output`] →
 //! TX queue, with the wakers (the resolver wakes workers whose packets wait
@@ -88,30 +89,33 @@ pub enum IoMode {
     /// AF_XDP where every interface takes the XDP program natively, else
     /// AF_PACKET.
     Auto,
-    /// AF_XDP; fails to start if it cannot attach natively.
+    /// AF_XDP; fails to start if some interface cannot take the program
+    /// natively.
     AfXdp,
     /// AF_PACKET rings (with the nftables guard).
     #[default]
     AfPacket,
 }
 
-/// The backend the engine started with, for the start-up line and to know
-/// which kernel guard applies.
+/// The backend the engine runs on, for the start-up line and to know which
+/// kernel guard applies.
 #[derive(Debug)]
-pub enum Backend {
+pub enum IoBackend {
     /// AF_PACKET rings; `why` says why AF_XDP was not used under `auto`.
     AfPacket { why: Option<String> },
     /// AF_XDP; the XDP program is the kernel guard, its maps the owned set.
     AfXdp(crate::io::xdp::XdpIo),
 }
 
-impl Backend {
+impl IoBackend {
     /// One line for the start-up message.
     pub fn describe(&self) -> String {
         match self {
-            Backend::AfPacket { why: None } => "AF_PACKET".into(),
-            Backend::AfPacket { why: Some(w) } => format!("AF_PACKET (AF_XDP unavailable: {w})"),
-            Backend::AfXdp(x) => format!("AF_XDP ({} XDP)", x.mode()),
+            IoBackend::AfPacket { why: None } => "AF_PACKET".into(),
+            IoBackend::AfPacket { why: Some(w) } => {
+                format!("AF_PACKET (AF_XDP unavailable: {w})")
+            }
+            IoBackend::AfXdp(x) => format!("AF_XDP ({} XDP)", x.mode()),
         }
     }
 }
@@ -146,6 +150,14 @@ fn open_af_packet(
         .collect()
 }
 
+/// One worker's devices: an RX source per interface (in the order of the
+/// engine's interfaces) and a TX sink.
+#[derive(Debug)]
+pub struct Backend<R, T> {
+    pub rx: Vec<R>,
+    pub tx: T,
+}
+
 /// One worker: its RX sources (one per interface), its TX sink, its egress
 /// stage, and the poll it sleeps in.
 struct Worker<R, T> {
@@ -163,7 +175,7 @@ pub struct Engine {
     pub resolver: Arc<Resolver>,
     pub ifaces: Vec<Iface>,
     /// The backend in use (AF_XDP: the steering maps).
-    pub backend: Backend,
+    pub io: IoBackend,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     wakers: Arc<Vec<Waker>>,
@@ -171,63 +183,83 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens every ring and starts the workers and the timer.
+    /// Opens the backend `cfg.io` asks for — AF_XDP (the XDP program on
+    /// every interface, a socket per worker and interface) or an AF_PACKET
+    /// backend per worker (a ring per interface, a TX socket) — and starts
+    /// the workers and the timer.
     pub fn start(
         pipeline: Arc<Pipeline>,
         ifaces: Vec<Iface>,
         cfg: &EngineConfig,
     ) -> Result<Engine, EngineError> {
         let names: Vec<(String, u32)> = ifaces.iter().map(|i| (i.name.clone(), i.index)).collect();
+        let open = || crate::io::xdp::XdpIo::open(&names, cfg.workers, false, Default::default());
+        // AF_XDP when asked (an error stops the start) or under `auto` (an
+        // error is the reason given for AF_PACKET).
         let xdp = match cfg.io {
             IoMode::AfPacket => Err(None),
-            IoMode::AfXdp => Ok(crate::io::xdp::XdpIo::open(
-                &names,
-                cfg.workers,
-                false,
-                crate::io::xdp::XskConfig::default(),
-            )?),
-            IoMode::Auto => crate::io::xdp::XdpIo::open(
-                &names,
-                cfg.workers,
-                false,
-                crate::io::xdp::XskConfig::default(),
-            )
-            .map_err(|e| Some(e.to_string())),
+            IoMode::AfXdp => Ok(open()?),
+            IoMode::Auto => open().map_err(|e| Some(e.to_string())),
         };
-        match xdp {
+        let why = match xdp {
             Ok((io, per_worker)) => {
-                let mut workers = Vec::with_capacity(per_worker.len());
-                for (id, (rx, tx)) in per_worker.into_iter().enumerate() {
-                    workers.push(Worker::new(id, rx, tx)?);
-                }
-                Self::spawn(pipeline, ifaces, Backend::AfXdp(io), workers)
+                let backends = per_worker
+                    .into_iter()
+                    .map(|(rx, tx)| Backend { rx, tx })
+                    .collect();
+                let mut e = Self::start_with(pipeline, ifaces, backends)?;
+                e.io = IoBackend::AfXdp(io);
+                return Ok(e);
             }
-            Err(why) => {
-                let group_base = (std::process::id() as u16).wrapping_mul(7);
-                let mut workers = Vec::with_capacity(cfg.workers.max(1));
-                for id in 0..cfg.workers.max(1) {
-                    let rx = open_af_packet(&ifaces, group_base, cfg.ring_frames)?;
-                    workers.push(Worker::new(id, rx, TxBatch::new(TX_CAP, TX_COPY_SLOTS)?)?);
-                }
-                Self::spawn(pipeline, ifaces, Backend::AfPacket { why }, workers)
-            }
-        }
+            Err(why) => why,
+        };
+        let group_base = (std::process::id() as u16).wrapping_mul(7);
+        let backends = (0..cfg.workers.max(1))
+            .map(|_| {
+                Ok(Backend {
+                    rx: open_af_packet(&ifaces, group_base, cfg.ring_frames)?,
+                    tx: TxBatch::new(TX_CAP, TX_COPY_SLOTS)?,
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let mut e = Self::start_with(pipeline, ifaces, backends)?;
+        e.io = IoBackend::AfPacket { why };
+        Ok(e)
     }
 
-    /// Starts `workers` (any backend), the resolver and the timer.
-    fn spawn<R: RxSource + Send + 'static, T: TxSink + Send + 'static>(
+    /// Starts one worker per backend, whatever its [`RxSource`] and
+    /// [`TxSink`] implementation, and the timer.
+    pub fn start_with<R, T>(
         pipeline: Arc<Pipeline>,
         ifaces: Vec<Iface>,
-        backend: Backend,
-        workers: Vec<Worker<R, T>>,
-    ) -> Result<Engine, EngineError> {
-        let n = workers.len();
+        backends: Vec<Backend<R, T>>,
+    ) -> Result<Engine, EngineError>
+    where
+        R: RxSource + Send + 'static,
+        T: TxSink + Send + 'static,
+    {
+        let n = backends.len().max(1);
         let stats = Arc::new(Stats::new(n));
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
+        let mut workers = Vec::with_capacity(n);
         let mut wakers = Vec::with_capacity(n);
-        for w in &workers {
-            wakers.push(Waker::new(w.poll.registry(), WAKE)?);
+        for (id, b) in backends.into_iter().enumerate() {
+            let poll = Poll::new()?;
+            for (k, r) in b.rx.iter().enumerate() {
+                poll.registry().register(
+                    &mut SourceFd(&r.as_raw_fd()),
+                    Token(k),
+                    Interest::READABLE,
+                )?;
+            }
+            wakers.push(Waker::new(poll.registry(), WAKE)?);
+            workers.push(Worker {
+                rx: b.rx,
+                tx: b.tx,
+                egress: Egress::new(id as u16, 0),
+                poll,
+            });
         }
         let wakers = Arc::new(wakers);
         let w2 = wakers.clone();
@@ -274,7 +306,7 @@ impl Engine {
             stats,
             resolver,
             ifaces,
-            backend,
+            io: IoBackend::AfPacket { why: None },
             stop,
             threads,
             wakers,
@@ -306,24 +338,6 @@ impl Drop for Engine {
 }
 
 impl<R: RxSource, T: TxSink> Worker<R, T> {
-    /// A worker polling `rx`.
-    fn new(id: usize, rx: Vec<R>, tx: T) -> Result<Self, EngineError> {
-        let poll = Poll::new()?;
-        for (k, r) in rx.iter().enumerate() {
-            poll.registry().register(
-                &mut SourceFd(&r.as_raw_fd()),
-                Token(k),
-                Interest::READABLE,
-            )?;
-        }
-        Ok(Worker {
-            rx,
-            tx,
-            egress: Egress::new(id as u16, 0),
-            poll,
-        })
-    }
-
     fn run(
         mut self,
         pl: &Pipeline,

@@ -218,6 +218,9 @@ fn large_transfer_crosses_with_offloads_on() {
         .recv(&line, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\n{}", s.d.log_text()));
     assert!(who == "rs1" || who == "rs2");
+    // Super-packets larger than a (MTU-sized) ring frame were read whole,
+    // not truncated.
+    assert_eq!(s.d.counter("drop.truncated_by_ring").unwrap(), 0);
 }
 
 #[test]

@@ -197,7 +197,7 @@ impl Daemon {
         if let Some(g) = &self.guard {
             g.update(&svcs, &nat).map_err(|e| e.to_string())?;
         }
-        if let engine::Backend::AfXdp(x) = &mut self.engine.backend {
+        if let engine::IoBackend::AfXdp(x) = &mut self.engine.io {
             x.set_owned(&svcs, &nat).map_err(|e| e.to_string())?;
         }
         self.pipeline.services.store(Arc::new(snapshot));
@@ -225,7 +225,7 @@ impl Daemon {
             Some("ping") => Reply::ok("pong\n"),
             Some("stats") => {
                 let mut r = self.engine.stats.report(&self.pipeline.hooks);
-                if let engine::Backend::AfXdp(x) = &self.engine.backend {
+                if let engine::IoBackend::AfXdp(x) = &self.engine.io {
                     r += &x.report();
                 }
                 Reply::ok(r)
@@ -327,9 +327,9 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             io: opts.io,
         },
     )?;
-    let guard = match engine.backend {
-        engine::Backend::AfPacket { .. } => Some(KernelGuard::install(&names)?),
-        engine::Backend::AfXdp(_) => {
+    let guard = match engine.io {
+        engine::IoBackend::AfPacket { .. } => Some(KernelGuard::install(&names)?),
+        engine::IoBackend::AfXdp(_) => {
             // The XDP program is the guard; a table left by a crashed
             // AF_PACKET run would still drop traffic uvs no longer owns.
             let _ = guard::remove_stale();
@@ -349,7 +349,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         "uvs: running on {} with {} worker(s), {}; control socket {}",
         names.join(", "),
         workers,
-        d.engine.backend.describe(),
+        d.engine.io.describe(),
         opts.control.display()
     );
     server.serve(|| stop.load(Ordering::Relaxed), |argv| d.handle(argv));

@@ -134,7 +134,7 @@ pub enum TunnelError {
     Io(#[from] io::Error),
 }
 
-/// Why a tunnel candidate was dropped.
+/// Why a tunnel candidate (or, for `RxQueueFull`, any packet) was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub enum DropReason {
@@ -158,11 +158,14 @@ pub enum DropReason {
     BadOffload,
     /// The TUN device refused the inner packet.
     TunWrite,
+    /// The kernel could not put a packet (candidate or not) in a full RX
+    /// ring (`PACKET_STATISTICS`, read with the address refresh).
+    RxQueueFull,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
@@ -175,6 +178,7 @@ impl DropReason {
         DropReason::BadRemcsum,
         DropReason::BadOffload,
         DropReason::TunWrite,
+        DropReason::RxQueueFull,
     ];
 
     /// Counter name (`drop.NAME` in [`Counters::render`]).
@@ -190,6 +194,7 @@ impl DropReason {
             DropReason::BadRemcsum => "bad_remcsum",
             DropReason::BadOffload => "bad_offload",
             DropReason::TunWrite => "tun_write",
+            DropReason::RxQueueFull => "rx_queue_full",
         }
     }
 
@@ -668,6 +673,11 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
         }
         if last_refresh.elapsed() >= ADDR_REFRESH {
             last_refresh = Instant::now();
+            for ring in &mut rings {
+                if let Ok(n) = ring.take_kernel_drops() {
+                    c.drops[DropReason::RxQueueFull as usize] += n;
+                }
+            }
             let now = LocalAddrs::from_system();
             if now != local {
                 if let Err(e) = nft.update(&now) {
