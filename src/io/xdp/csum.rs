@@ -12,6 +12,7 @@
 //! one packet in 65,536) is marked too, harmlessly: completing it from the
 //! data gives the same, correct value. Only a corrupted packet with that
 //! exact value would be "repaired". SCTP's CRC is not recognised.
+//! [`finish_csum`] is the software completion the TX side uses.
 #![forbid(unsafe_code)]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -64,6 +65,21 @@ fn pending(f: &[u8]) -> Option<(usize, usize)> {
     (stored != 0 && stored == fold(pseudo)).then_some((l4, off))
 }
 
+/// Completes a partial checksum: the field at `start + offset` holds the
+/// pseudo-header sum; the checksum covers `start..` to the end.
+pub fn finish_csum(f: &mut [u8], start: usize, offset: usize) {
+    let field = start + offset;
+    if field + 2 > f.len() {
+        return;
+    }
+    let mut c = !uvs_fwd::checksum::fold(uvs_fwd::checksum::sum(&f[start..]));
+    if c == 0 {
+        // UDP sends 0 as 0xffff (0 = "no checksum"); the same value for TCP.
+        c = 0xffff;
+    }
+    f[field..field + 2].copy_from_slice(&c.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +107,19 @@ mod tests {
         arp.resize(42, 0);
         assert!(!implied_vnet(&arp).needs_csum());
         assert!(!implied_vnet(&[0u8; 20]).needs_csum(), "truncated");
+    }
+
+    #[test]
+    fn software_checksum_completes_a_partial_one() {
+        // UDP 198.51.100.10:1 -> 198.51.100.1:2, payload "hi", as a stack
+        // with offload leaves it: the field holds the pseudo-header sum.
+        let mut f = uvs_fwd::build::FrameSpec::udp_v4();
+        f.csum = uvs_fwd::CsumMode::Partial;
+        let mut partial = f.build();
+        f.csum = uvs_fwd::CsumMode::Full;
+        let full = f.build();
+        assert_ne!(partial, full);
+        finish_csum(&mut partial, 34, 6);
+        assert_eq!(partial, full);
     }
 }

@@ -31,6 +31,5 @@ pub use prog::{
 pub use steer::{
     AttachMode, Attachment, Program, SteerCounters, Steering, XdpError, DEFAULT_MAX_ENTRIES,
 };
-pub use sys::xsk::{
-    RxAction, XskConfig, XskRx, XskRxBatch, XskSocket, XskStats, XskTx, XskTxQueue,
-};
+pub use sys::xsk::{RxAction, XskConfig, XskRx, XskSocket, XskStats, XskTx};
+pub use sys::xsk_seam::{XskRxBatch, XskTxQueue};

@@ -7,3 +7,4 @@
 pub mod bpf;
 mod ring;
 pub mod xsk;
+pub mod xsk_seam;

@@ -1,6 +1,6 @@
 //! An AF_XDP socket: its UMEM (one anonymous mapping, registered once, cut
 //! into equal frames), the UMEM's fill and completion rings and the socket's
-//! RX and TX rings, all mmapped from the kernel (see [`super::ring`]).
+//! RX and TX rings, all mmapped from the kernel (see `sys::ring`).
 //!
 //! The socket is two halves that can be used together ([`XskSocket`]) or
 //! apart ([`XskSocket::split`]): [`XskRx`] owns the RX and fill rings and the
@@ -19,12 +19,11 @@
 
 use std::cell::Cell;
 use std::io;
-use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use super::ring::{getsockopt, setsockopt, Mmap, Ring};
-use crate::io::device::{RxBatch, RxFrame, RxSource, TxCounts, TxQueue, TxSink};
+use crate::io::device::TxCounts;
 use crate::io::vnet::VnetHdr;
 
 /// Sizes of a socket: `frames` UMEM frames of `frame_size` bytes (a power
@@ -101,7 +100,7 @@ impl XskStats {
 
 /// Frame geometry of a UMEM.
 #[derive(Debug, Clone, Copy)]
-struct Geom {
+pub(super) struct Geom {
     frame_size: u64,
     frames: u64,
 }
@@ -109,62 +108,62 @@ struct Geom {
 impl Geom {
     /// For a kernel address and length: the frame's base and the bytes from
     /// `addr` to the frame's end, if the packet lies inside one frame.
-    fn check(&self, addr: u64, len: u32) -> Option<(u64, usize)> {
+    pub(super) fn check(&self, addr: u64, len: u32) -> Option<(u64, usize)> {
         let base = addr - addr % self.frame_size;
         let cap = (base + self.frame_size - addr) as usize;
         (base / self.frame_size < self.frames && len as usize <= cap).then_some((base, cap))
     }
 
     /// Index of the frame at `base` (checked by `check`).
-    fn index(&self, base: u64) -> usize {
+    pub(super) fn index(&self, base: u64) -> usize {
         (base / self.frame_size) as usize
     }
 }
 
 // Where an RX-half frame is: with userspace, with the kernel (fill ring or
 // RX in flight), or lent to the caller out of an RX batch.
-const AT_USER: u8 = 0;
-const AT_KERNEL: u8 = 1;
-const AT_CALLER: u8 = 2;
+pub(super) const AT_USER: u8 = 0;
+pub(super) const AT_KERNEL: u8 = 1;
+pub(super) const AT_CALLER: u8 = 2;
 
 /// Receive half: the RX and fill rings.
 #[derive(Debug)]
 pub struct XskRx {
-    rx: Ring,
-    fill: Ring,
-    umem: Arc<Mmap>,
-    fd: Arc<OwnedFd>,
-    geom: Geom,
-    free: Vec<u64>,
+    pub(super) rx: Ring,
+    pub(super) fill: Ring,
+    pub(super) umem: Arc<Mmap>,
+    pub(super) fd: Arc<OwnedFd>,
+    pub(super) geom: Geom,
+    pub(super) free: Vec<u64>,
     /// Per frame: `AT_USER`, `AT_KERNEL` or `AT_CALLER`. An RX descriptor
     /// is used only for a frame the kernel holds, so even a kernel that
     /// returned a frame twice could not make two `&mut` overlap.
-    state: Vec<Cell<u8>>,
-    ifindex: u32,
-    bad_desc: u64,
-    reported_drops: u64,
+    pub(super) state: Vec<Cell<u8>>,
+    pub(super) ifindex: u32,
+    pub(super) bad_desc: u64,
+    pub(super) reported_drops: u64,
 }
 
 /// Transmit half: the TX and completion rings.
 #[derive(Debug)]
 pub struct XskTx {
-    tx: Ring,
-    comp: Ring,
-    umem: Arc<Mmap>,
-    fd: Arc<OwnedFd>,
-    geom: Geom,
-    free: Vec<u64>,
+    pub(super) tx: Ring,
+    pub(super) comp: Ring,
+    pub(super) umem: Arc<Mmap>,
+    pub(super) fd: Arc<OwnedFd>,
+    pub(super) geom: Geom,
+    pub(super) free: Vec<u64>,
     /// Per frame: on the TX ring (until its completion).
-    sending: Vec<bool>,
-    in_flight: u32,
+    pub(super) sending: Vec<bool>,
+    pub(super) in_flight: u32,
     /// Descriptors written by `send`, not yet published.
-    pending: u32,
-    zerocopy: bool,
-    ifindex: u32,
-    ring_full: u64,
-    no_frame: u64,
-    bad_frame: u64,
-    counts: TxCounts,
+    pub(super) pending: u32,
+    pub(super) zerocopy: bool,
+    pub(super) ifindex: u32,
+    pub(super) ring_full: u64,
+    pub(super) no_frame: u64,
+    pub(super) bad_frame: u64,
+    pub(super) counts: TxCounts,
 }
 
 /// An AF_XDP socket bound to one queue of one interface.
@@ -176,7 +175,7 @@ pub struct XskSocket {
     tx_reserve: usize,
 }
 
-fn stats_of(fd: RawFd) -> io::Result<libc::xdp_statistics> {
+pub(super) fn stats_of(fd: RawFd) -> io::Result<libc::xdp_statistics> {
     getsockopt::<libc::xdp_statistics>(fd, libc::XDP_STATISTICS)
 }
 
@@ -430,7 +429,7 @@ impl XskSocket {
     }
 }
 
-fn kernel_stats(k: &libc::xdp_statistics) -> XskStats {
+pub(super) fn kernel_stats(k: &libc::xdp_statistics) -> XskStats {
     XskStats {
         rx_dropped: k.rx_dropped,
         rx_invalid_descs: k.rx_invalid_descs,
@@ -445,7 +444,7 @@ fn kernel_stats(k: &libc::xdp_statistics) -> XskStats {
 impl XskRx {
     /// Gives every free frame to the fill ring (as many as fit), waking the
     /// kernel if it asked for it.
-    fn refill(&mut self) {
+    pub(super) fn refill(&mut self) {
         let n = self.fill.free(self.free.len() as u32);
         for i in 0..n {
             // `n` ≤ free.len(): the pops cannot fail.
@@ -597,7 +596,7 @@ impl XskTx {
     /// L4 checksum in software (AF_XDP has no checksum offload here). A
     /// frame for another interface, a GSO super-packet (AF_XDP cannot
     /// segment) or one larger than a frame is dropped; every drop is
-    /// counted in [`TxSink::take_counts`].
+    /// counted in [`crate::io::TxSink::take_counts`].
     pub fn queue_copy(&mut self, frame: &[u8], vnet: &VnetHdr, ifindex: u32) {
         if ifindex != self.ifindex || vnet.is_gso() || frame.len() > self.geom.frame_size as usize {
             self.bad_frame += 1;
@@ -607,7 +606,7 @@ impl XskTx {
         let sent = self.send(|buf| {
             buf[..frame.len()].copy_from_slice(frame);
             if vnet.needs_csum() {
-                finish_csum(
+                super::super::csum::finish_csum(
                     &mut buf[..frame.len()],
                     vnet.csum_start.into(),
                     vnet.csum_offset.into(),
@@ -618,181 +617,6 @@ impl XskTx {
         if !sent {
             self.counts.dropped += 1;
         }
-    }
-}
-
-/// Completes a partial checksum: the field at `start + offset` holds the
-/// pseudo-header sum; the checksum covers `start..` to the end.
-fn finish_csum(f: &mut [u8], start: usize, offset: usize) {
-    let field = start + offset;
-    if field + 2 > f.len() {
-        return;
-    }
-    let mut c = !uvs_fwd::checksum::fold(uvs_fwd::checksum::sum(&f[start..]));
-    if c == 0 {
-        // UDP sends 0 as 0xffff (0 = "no checksum"); the same value for TCP.
-        c = 0xffff;
-    }
-    f[field..field + 2].copy_from_slice(&c.to_be_bytes());
-}
-
-/// One RX batch of an [`XskRx`]: frames go back to the fill ring on drop.
-#[derive(Debug)]
-pub struct XskRxBatch<'a> {
-    rx: &'a mut XskRx,
-    n: u32,
-    taken: Cell<u32>,
-    bad: Cell<u64>,
-}
-
-impl RxBatch for XskRxBatch<'_> {
-    fn next_frame(&self) -> Option<RxFrame<'_>> {
-        loop {
-            let i = self.taken.get();
-            if i >= self.n {
-                return None;
-            }
-            self.taken.set(i + 1);
-            let (addr, len) = self.rx.rx.get_desc(i);
-            let Some((base, _)) = self.rx.geom.check(addr, len) else {
-                self.bad.set(self.bad.get() + 1);
-                continue;
-            };
-            let state = &self.rx.state[self.rx.geom.index(base)];
-            if state.get() != AT_KERNEL {
-                // Not the kernel's to return, or returned twice.
-                self.bad.set(self.bad.get() + 1);
-                continue;
-            }
-            state.set(AT_CALLER);
-            let at = (addr - base) as usize;
-            // SAFETY: [base, addr+len) lies inside one UMEM frame (checked);
-            // the kernel held the frame (state) and handed it back on the RX
-            // ring, and will not write it before it is refilled (in `drop`,
-            // after every frame borrowed from this batch is gone). The state
-            // moved to AT_CALLER, so the frame is lent at most once per
-            // batch: no two `&mut` overlap.
-            let buf = unsafe {
-                std::slice::from_raw_parts_mut(
-                    self.rx.umem.ptr.as_ptr().add(base as usize),
-                    at + len as usize,
-                )
-            };
-            // XDP gives no offload metadata: frames are never GSO
-            // super-packets, and a pending checksum is read off the frame.
-            let vnet = super::super::csum::implied_vnet(&buf[at..]);
-            return Some(RxFrame {
-                buf,
-                at,
-                vnet,
-                wire_len: len as usize,
-                ifindex: self.rx.ifindex,
-                skip: None,
-            });
-        }
-    }
-}
-
-impl Drop for XskRxBatch<'_> {
-    fn drop(&mut self) {
-        let taken = self.taken.get();
-        for i in 0..taken {
-            let (addr, len) = self.rx.rx.get_desc(i);
-            if let Some((base, _)) = self.rx.geom.check(addr, len) {
-                let state = &self.rx.state[self.rx.geom.index(base)];
-                if state.get() == AT_CALLER {
-                    state.set(AT_USER);
-                    self.rx.free.push(base);
-                }
-            }
-        }
-        self.rx.bad_desc += self.bad.get();
-        if taken > 0 {
-            self.rx.rx.release(taken);
-        }
-        self.rx.refill();
-    }
-}
-
-impl AsRawFd for XskRx {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl RxSource for XskRx {
-    type Batch<'a> = XskRxBatch<'a>;
-
-    fn rx_batch(&mut self, max: usize) -> XskRxBatch<'_> {
-        let n = self.rx.ready(max.min(u32::MAX as usize) as u32);
-        XskRxBatch {
-            rx: self,
-            n,
-            taken: Cell::new(0),
-            bad: Cell::new(0),
-        }
-    }
-
-    fn ifindex(&self) -> u32 {
-        self.ifindex
-    }
-
-    fn take_kernel_drops(&mut self) -> io::Result<u64> {
-        let k = kernel_stats(&stats_of(self.fd.as_raw_fd())?);
-        let total = k.rx_lost() + self.bad_desc;
-        let new = total.saturating_sub(self.reported_drops);
-        self.reported_drops = total;
-        Ok(new)
-    }
-}
-
-/// A round of transmissions on an [`XskTx`]; kicks the kernel when dropped.
-#[derive(Debug)]
-pub struct XskTxQueue<'t, 'b> {
-    tx: &'t mut XskTx,
-    _in_place: PhantomData<&'b mut [u8]>,
-}
-
-impl<'b> TxQueue<'b> for XskTxQueue<'_, 'b> {
-    fn forward(&mut self, buf: &'b mut [u8], at: usize, vnet: &VnetHdr, ifindex: u32) {
-        // Copied: the frame may belong to another socket's UMEM, and copy
-        // mode copies once more in the kernel anyway.
-        self.tx.queue_copy(&buf[at.min(buf.len())..], vnet, ifindex);
-    }
-
-    fn copy(&mut self, frame: &[u8], vnet: &VnetHdr, ifindex: u32) {
-        self.tx.queue_copy(frame, vnet, ifindex);
-    }
-
-    fn flush(&mut self) {
-        self.tx.flush();
-    }
-}
-
-impl Drop for XskTxQueue<'_, '_> {
-    fn drop(&mut self) {
-        self.tx.flush();
-    }
-}
-
-impl TxSink for XskTx {
-    const HEADROOM: usize = 0;
-    const COPY_MAX: usize = MIN_FRAME;
-
-    type Queue<'t, 'b>
-        = XskTxQueue<'t, 'b>
-    where
-        Self: 't;
-
-    fn queue<'t, 'b>(&'t mut self) -> XskTxQueue<'t, 'b> {
-        XskTxQueue {
-            tx: self,
-            _in_place: PhantomData,
-        }
-    }
-
-    fn take_counts(&mut self) -> TxCounts {
-        std::mem::take(&mut self.counts)
     }
 }
 
@@ -814,19 +638,5 @@ mod tests {
             "crosses into the next frame"
         );
         assert_eq!(g.check(4 * 4096, 60), None, "beyond the UMEM");
-    }
-
-    #[test]
-    fn software_checksum_completes_a_partial_one() {
-        // UDP 198.51.100.10:1 -> 198.51.100.1:2, payload "hi", as a stack
-        // with offload leaves it: the field holds the pseudo-header sum.
-        let mut f = uvs_fwd::build::FrameSpec::udp_v4();
-        f.csum = uvs_fwd::CsumMode::Partial;
-        let mut partial = f.build();
-        f.csum = uvs_fwd::CsumMode::Full;
-        let full = f.build();
-        assert_ne!(partial, full);
-        finish_csum(&mut partial, 34, 6);
-        assert_eq!(partial, full);
     }
 }
