@@ -2,9 +2,11 @@
 //! one socket per (worker, interface) on the worker's RX queue, and the
 //! steering maps the control plane keeps in step with the configuration.
 //!
-//! AF_XDP binds a socket to one RX queue, so a worker serves queue `k` of
-//! every interface: there are as many workers as the interface with the
-//! fewest RX queues has queues (at most the number asked for). A veth has
+//! AF_XDP binds a socket to one RX queue. Every RX queue of every interface
+//! gets a socket, so no owned packet lands on a queue without one; worker
+//! `k` serves queues `k`, `k + n`, … of each interface and transmits on the
+//! socket of its first. There are as many workers as the interface with the
+//! fewest RX queues has queues, at most the number asked for: a veth has
 //! one queue, so one worker.
 #![forbid(unsafe_code)]
 
@@ -65,17 +67,23 @@ impl XdpIo {
                 source: Box::new(e),
             };
             let att = steering.attach(*index, *q, allow_generic).map_err(on)?;
-            for (k, w) in per_worker.iter_mut().enumerate() {
-                let xsk = XskSocket::open(*index, k as u32, cfg)
+            // Every queue gets a socket (an owned packet on a queue without
+            // one would be dropped); worker k serves queues k, k+n, …
+            for j in 0..*q {
+                let k = j as usize % n;
+                let xsk = XskSocket::open(*index, j, cfg)
                     .map_err(|source| XdpError::Sys {
                         what: "opening an AF_XDP socket",
                         source,
                     })
                     .map_err(on)?;
-                att.program().set_socket(k as u32, &xsk).map_err(on)?;
+                att.program().set_socket(j, &xsk).map_err(on)?;
                 let (rx, tx) = xsk.split();
-                w.0.push(rx);
-                txs[k].push(tx);
+                per_worker[k].0.push(rx);
+                // One TX half per interface and worker is enough.
+                if j < n as u32 {
+                    txs[k].push(tx);
+                }
             }
             attachments.push(att);
         }
