@@ -792,5 +792,22 @@ fn io_auto_says_which_backend_and_af_xdp_refuses_clearly() {
     assert!(d.stop().expect("stops").success());
     let e = uvs::lab::Director::start(&lab, exe, &["--io", "af_xdp", "-i", "c0", "-i", "d0"])
         .expect_err("af_xdp must refuse");
+    // Generic XDP only when the caller names it as the fallback.
+    let (native_only, generic) = netns::run_in(&lb, || {
+        let steer = Steering::new(16).expect("maps");
+        let d0 = ifindex("d0");
+        let native_only = steer.attach(d0, 1, false).map(|a| a.mode());
+        let generic = steer.attach(d0, 1, true).map(|a| a.mode());
+        (
+            native_only.map_err(|e| e.to_string()),
+            generic.map_err(|e| e.to_string()),
+        )
+    })
+    .expect("director namespace");
+    assert!(
+        native_only.is_err_and(|e| e.contains("native")),
+        "native only refuses a bridge"
+    );
+    assert_eq!(generic, Ok(uvs::io::xdp::AttachMode::Generic));
     assert!(e.to_string().contains("d0: cannot attach XDP"), "{e}");
 }
