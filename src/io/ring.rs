@@ -505,3 +505,23 @@ impl Drop for RxRing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_hold_an_mtu_sized_packet_with_the_kernels_headers() {
+        // The kernel's MAC offset with our reserve and the vnet header, for
+        // an untagged frame: TPACKET_ALIGN(52 + 16) + 128 + 10 - 14 = 204.
+        let mac_off = 204;
+        for mtu in [576, 1280, 1500, 4000, 9000] {
+            let f = frame_size_for(mtu);
+            assert!(f.is_power_of_two() && (FRAME_MIN..=FRAME_MAX).contains(&f));
+            assert!(mac_off + 14 + 8 + mtu <= f, "mtu {mtu}: frame {f}");
+        }
+        assert_eq!(frame_size_for(1500), 2048);
+        // Beyond the largest frame, packets go through the receive queue.
+        assert_eq!(frame_size_for(65_000), FRAME_MAX);
+    }
+}
