@@ -10,7 +10,7 @@
 //! one queue, so one worker.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::port::XskTxSet;
@@ -29,8 +29,8 @@ pub struct XdpIo {
     // Detach before the maps go.
     attachments: Vec<Attachment>,
     steering: Steering,
-    /// What the last `set_owned` asked for (tuple → users).
-    wanted: HashMap<(bool, Endpoint), u32>,
+    /// The tuples `set_owned` has put in the maps (`true`: NAT server).
+    wanted: HashSet<(bool, Endpoint)>,
 }
 
 /// RX queues of interface `name` (from sysfs; 1 when unreadable).
@@ -94,7 +94,7 @@ impl XdpIo {
             XdpIo {
                 attachments,
                 steering,
-                wanted: HashMap::new(),
+                wanted: HashSet::new(),
             },
             per_worker,
         ))
@@ -141,29 +141,29 @@ impl XdpIo {
         services: &[Endpoint],
         nat_servers: &[Endpoint],
     ) -> Result<(), XdpError> {
-        let mut want: HashMap<(bool, Endpoint), u32> = HashMap::new();
-        for e in services {
-            *want.entry((false, *e)).or_default() += 1;
-        }
-        for e in nat_servers {
-            *want.entry((true, *e)).or_default() += 1;
-        }
-        let old = std::mem::take(&mut self.wanted);
-        for (&(nat, (p, a, port)), _) in old.iter().filter(|(k, _)| !want.contains_key(k)) {
+        let mut want: HashSet<(bool, Endpoint)> = HashSet::new();
+        want.extend(services.iter().map(|e| (false, *e)));
+        want.extend(nat_servers.iter().map(|e| (true, *e)));
+        let gone: Vec<_> = self.wanted.difference(&want).copied().collect();
+        let new: Vec<_> = want.difference(&self.wanted).copied().collect();
+        // `wanted` follows each applied change, so after an error (a full
+        // map) it still says exactly what the maps hold.
+        for k @ (nat, (p, a, port)) in gone {
             if nat {
                 self.steering.remove_nat_server(p, a, port)?;
             } else {
                 self.steering.remove_service(p, a, port)?;
             }
+            self.wanted.remove(&k);
         }
-        for (&(nat, (p, a, port)), _) in want.iter().filter(|(k, _)| !old.contains_key(k)) {
+        for k @ (nat, (p, a, port)) in new {
             if nat {
                 self.steering.add_nat_server(p, a, port)?;
             } else {
                 self.steering.add_service(p, a, port)?;
             }
+            self.wanted.insert(k);
         }
-        self.wanted = want;
         Ok(())
     }
 }
