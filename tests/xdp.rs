@@ -769,6 +769,24 @@ fn io_auto_says_which_backend_and_af_xdp_refuses_clearly() {
         d.log_text()
     );
     assert!(d.stop().expect("stops").success());
+    // Even SIGKILL detaches: the attachment is a BPF link, a descriptor.
+    let d = uvs::lab::Director::start(&lab, exe, &["--io", "af_xdp"]).expect("uvs run --io af_xdp");
+    let xdp_on_lb = || {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &lab.ns("lb"), "link", "show"])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    };
+    assert!(xdp_on_lb(), "attached while running");
+    // SAFETY: kill(2) on the PID of the process this test started.
+    unsafe { libc::kill(d.pid() as i32, libc::SIGKILL) };
+    let until = Instant::now() + Duration::from_secs(5);
+    while xdp_on_lb() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!xdp_on_lb(), "detached when uvs was killed");
+    let _ = d.stop();
     // A bridge has no native XDP (it lives and dies with the lab).
     let lb = lab.ns("lb");
     for cmd in [
