@@ -151,6 +151,51 @@ fn program_steers_exactly_the_owned_tuples() {
             owned,
         ),
         (
+            "IPv6 service behind extension headers",
+            {
+                let mut f = FrameSpec::udp_v6();
+                f.dst = ip("2001:db8:f::10");
+                f.dport = 53;
+                f.ext_headers = vec![0, 43, 60]; // hop-by-hop, routing, dest. options
+                f.build()
+            },
+            owned,
+        ),
+        (
+            "IPv6 first fragment",
+            {
+                let mut f = FrameSpec::udp_v6();
+                f.dst = ip("2001:db8:f::10");
+                f.dport = 53;
+                f.ext_headers = vec![60];
+                f.frag = Some((0, true));
+                f.build()
+            },
+            owned,
+        ),
+        (
+            "IPv6 later fragment",
+            {
+                let mut f = FrameSpec::udp_v6();
+                f.dst = ip("2001:db8:f::10");
+                f.dport = 53;
+                f.frag = Some((1448, false));
+                f.build()
+            },
+            kernel,
+        ),
+        (
+            "IPv6 four extension headers",
+            {
+                let mut f = FrameSpec::udp_v6();
+                f.dst = ip("2001:db8:f::10");
+                f.dport = 53;
+                f.ext_headers = vec![0, 60, 60, 60];
+                f.build()
+            },
+            kernel,
+        ),
+        (
             "IPv6 other port",
             {
                 let mut f = FrameSpec::udp_v6();

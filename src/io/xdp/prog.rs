@@ -19,8 +19,8 @@
 //! This is the nftables guard's rule set (`src/sys/guard.rs`), so in AF_XDP
 //! mode the program is the kernel guard too: what it steers, the kernel never
 //! sees. Like the guard it leaves to the kernel what it cannot classify: VLAN
-//! tags, IPv6 extension headers before the transport header, and IPv4
-//! fragments after the first (they carry no ports).
+//! tags, more than three IPv6 extension headers, and fragments after the
+//! first (they carry no ports).
 //!
 //! Every decision is counted in a per-CPU array (no shared cache line):
 //! [`COUNTER_STEERED`], [`COUNTER_PASSED`], and [`COUNTER_NO_SOCKET`] for an
@@ -123,6 +123,12 @@ const IPPROTO_TCP: i32 = 6;
 const IPPROTO_UDP: i32 = 17;
 const IPPROTO_SCTP: i32 = 132;
 const IPPROTO_ICMPV6: i32 = 58;
+const IPV6_HOPOPTS: i32 = 0;
+const IPV6_ROUTING: i32 = 43;
+const IPV6_FRAGMENT: i32 = 44;
+const IPV6_DSTOPTS: i32 = 60;
+/// Extension headers walked before giving up (to the kernel).
+const EXT6_MAX: usize = 3;
 const HELPER_MAP_LOOKUP: i32 = 1;
 const HELPER_REDIRECT_MAP: i32 = 51;
 // struct xdp_md
@@ -275,18 +281,56 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     g.lookup(steer);
     g.a.ja(pass);
 
-    // IPv6: the fixed header, then the transport header directly.
+    // IPv6: the fixed header, up to EXT6_MAX hop-by-hop / routing /
+    // destination-options headers, a fragment header (a later fragment
+    // goes to the kernel), then the transport header.
     let ports6 = g.a.label();
     let icmp6 = g.a.label();
+    let l4_6 = g.a.label();
+    let frag6 = g.a.label();
     let a = &mut g.a;
     a.bind(v6);
     a.mov(R2, R7);
-    a.alu_imm(Alu::Add, R2, i32::from(ETH_HLEN) + 40 + 8);
+    a.alu_imm(Alu::Add, R2, i32::from(ETH_HLEN) + 40);
     a.jmp_reg(Cond::Gt, R2, R8, pass);
     a.load(Size::B, R5, R7, ETH_HLEN + 6);
-    a.store(Size::B, FP, K_PROTO, R5);
     a.mov(R9, R7);
     a.alu_imm(Alu::Add, R9, i32::from(ETH_HLEN) + 40);
+    for _ in 0..EXT6_MAX {
+        let ext = a.label();
+        let next = a.label();
+        for h in [IPV6_HOPOPTS, IPV6_ROUTING, IPV6_DSTOPTS] {
+            a.jmp_imm(Cond::Eq, R5, h, ext);
+        }
+        a.ja(next);
+        a.bind(ext);
+        a.mov(R2, R9);
+        a.alu_imm(Alu::Add, R2, 8);
+        a.jmp_reg(Cond::Gt, R2, R8, pass);
+        a.load(Size::B, R5, R9, 0);
+        // Length in 8-byte units, not counting the first 8: 8..2048 bytes.
+        a.load(Size::B, R3, R9, 1);
+        a.alu_imm(Alu::Add, R3, 1);
+        a.alu_imm(Alu::Lsh, R3, 3);
+        a.alu_reg(Alu::Add, R9, R3);
+        a.bind(next);
+    }
+    a.jmp_imm(Cond::Eq, R5, IPV6_FRAGMENT, frag6);
+    a.ja(l4_6);
+    a.bind(frag6);
+    a.mov(R2, R9);
+    a.alu_imm(Alu::Add, R2, 8);
+    a.jmp_reg(Cond::Gt, R2, R8, pass);
+    a.load(Size::H, R4, R9, 2);
+    a.alu_imm(Alu::And, R4, ne16([0xff, 0xf8]));
+    a.jmp_imm(Cond::Ne, R4, 0, pass);
+    a.load(Size::B, R5, R9, 0);
+    a.alu_imm(Alu::Add, R9, 8);
+    a.bind(l4_6);
+    a.mov(R2, R9);
+    a.alu_imm(Alu::Add, R2, 8);
+    a.jmp_reg(Cond::Gt, R2, R8, pass);
+    a.store(Size::B, FP, K_PROTO, R5);
     a.jmp_imm(Cond::Eq, R5, IPPROTO_ICMPV6, icmp6);
     g.if_ported(R5, ports6);
     g.a.ja(pass);
