@@ -11,7 +11,9 @@
 //! A complete checksum that happens to equal the pseudo-header sum (about
 //! one packet in 65,536) is marked too, harmlessly: completing it from the
 //! data gives the same, correct value. Only a corrupted packet with that
-//! exact value would be "repaired". SCTP's CRC is not recognised.
+//! exact value would be "repaired". SCTP's CRC, IPv6 packets with
+//! extension headers and IPv4 fragments are not recognised (left as they
+//! are).
 //! [`finish_csum`] is the software completion the TX side uses.
 #![forbid(unsafe_code)]
 
