@@ -38,12 +38,14 @@ pub struct XskConfig {
 
 impl Default for XskConfig {
     fn default() -> Self {
-        // 2 × 2048 frames of 4 KiB: 16 MiB of UMEM per socket, enough for a
-        // full fill ring and a full TX ring at once.
+        // 2 × 1024 frames of 2 KiB (a 1500-byte MTU frame after the
+        // kernel's 256-byte headroom): 4 MiB of UMEM per socket, enough for
+        // a full fill ring and a full TX ring at once. Larger frames are
+        // dropped by the kernel and counted (`rx_dropped`).
         XskConfig {
-            frames: 4096,
-            frame_size: 4096,
-            ring: 2048,
+            frames: 2048,
+            frame_size: 2048,
+            ring: 1024,
         }
     }
 }
