@@ -2,7 +2,8 @@
 //! the housekeeping timer, started and stopped as one.
 //!
 //! Each worker owns one RX source per attached interface (AF_PACKET: a ring,
-//! all rings of an interface in one fanout group), one TX sink and one egress
+//! all rings of an interface in one fanout group; AF_XDP: a socket on the
+//! worker's RX queue, see `uvs run --io`), one TX sink and one egress
 //! stage, and sleeps in mio's poll when its sources are empty. The engine is
 //! only that loop: RX batch → [`Pipeline::process`] → [`Egress::output`] →
 //! TX queue, with the wakers (the resolver wakes workers whose packets wait
@@ -39,6 +40,8 @@ pub enum EngineError {
     NoInterfaces,
     #[error("opening a packet ring on {iface}: {err} (uvs needs root / CAP_NET_RAW)")]
     Ring { iface: String, err: std::io::Error },
+    #[error("{0}")]
+    Xdp(#[from] crate::io::xdp::XdpError),
     #[error("starting the neighbour resolver: {0}")]
     Resolver(String),
     #[error("{0}")]
@@ -77,6 +80,44 @@ pub fn interfaces(only: &[String]) -> Result<Vec<Iface>, EngineError> {
 pub struct EngineConfig {
     pub workers: usize,
     pub ring_frames: usize,
+    pub io: IoMode,
+}
+
+/// Which packet backend the workers use (`uvs run --io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// AF_XDP where every interface takes the XDP program natively, else
+    /// AF_PACKET.
+    Auto,
+    /// AF_XDP; fails to start if some interface cannot take the program
+    /// natively.
+    AfXdp,
+    /// AF_PACKET rings (with the nftables guard).
+    #[default]
+    AfPacket,
+}
+
+/// The backend the engine runs on, for the start-up line and to know which
+/// kernel guard applies.
+#[derive(Debug)]
+pub enum IoBackend {
+    /// AF_PACKET rings; `why` says why AF_XDP was not used under `auto`.
+    AfPacket { why: Option<String> },
+    /// AF_XDP; the XDP program is the kernel guard, its maps the owned set.
+    AfXdp(crate::io::xdp::XdpIo),
+}
+
+impl IoBackend {
+    /// One line for the start-up message.
+    pub fn describe(&self) -> String {
+        match self {
+            IoBackend::AfPacket { why: None } => "AF_PACKET".into(),
+            IoBackend::AfPacket { why: Some(w) } => {
+                format!("AF_PACKET (AF_XDP unavailable: {w})")
+            }
+            IoBackend::AfXdp(x) => format!("AF_XDP ({} XDP)", x.mode()),
+        }
+    }
 }
 
 const WAKE: Token = Token(usize::MAX);
@@ -133,6 +174,8 @@ pub struct Engine {
     pub stats: Arc<Stats>,
     pub resolver: Arc<Resolver>,
     pub ifaces: Vec<Iface>,
+    /// The backend in use (AF_XDP: the steering maps).
+    pub io: IoBackend,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     wakers: Arc<Vec<Waker>>,
@@ -140,13 +183,36 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens an AF_PACKET backend per worker (a ring per interface, a TX
-    /// socket) and starts the workers and the timer.
+    /// Opens the backend `cfg.io` asks for — AF_XDP (the XDP program on
+    /// every interface, a socket per worker and interface) or an AF_PACKET
+    /// backend per worker (a ring per interface, a TX socket) — and starts
+    /// the workers and the timer.
     pub fn start(
         pipeline: Arc<Pipeline>,
         ifaces: Vec<Iface>,
         cfg: &EngineConfig,
     ) -> Result<Engine, EngineError> {
+        let names: Vec<(String, u32)> = ifaces.iter().map(|i| (i.name.clone(), i.index)).collect();
+        let open = || crate::io::xdp::XdpIo::open(&names, cfg.workers, false, Default::default());
+        // AF_XDP when asked (an error stops the start) or under `auto` (an
+        // error is the reason given for AF_PACKET).
+        let xdp = match cfg.io {
+            IoMode::AfPacket => Err(None),
+            IoMode::AfXdp => Ok(open()?),
+            IoMode::Auto => open().map_err(|e| Some(e.to_string())),
+        };
+        let why = match xdp {
+            Ok((io, per_worker)) => {
+                let backends = per_worker
+                    .into_iter()
+                    .map(|(rx, tx)| Backend { rx, tx })
+                    .collect();
+                let mut e = Self::start_with(pipeline, ifaces, backends)?;
+                e.io = IoBackend::AfXdp(io);
+                return Ok(e);
+            }
+            Err(why) => why,
+        };
         let group_base = (std::process::id() as u16).wrapping_mul(7);
         let backends = (0..cfg.workers.max(1))
             .map(|_| {
@@ -156,7 +222,9 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
-        Self::start_with(pipeline, ifaces, backends)
+        let mut e = Self::start_with(pipeline, ifaces, backends)?;
+        e.io = IoBackend::AfPacket { why };
+        Ok(e)
     }
 
     /// Starts one worker per backend, whatever its [`RxSource`] and
@@ -238,6 +306,7 @@ impl Engine {
             stats,
             resolver,
             ifaces,
+            io: IoBackend::AfPacket { why: None },
             stop,
             threads,
             wakers,

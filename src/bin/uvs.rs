@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use uvs::control::socket;
+use uvs::engine::IoMode;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,6 +21,15 @@ use uvs::control::socket;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// `uvs run --io`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[value(rename_all = "snake_case")]
+enum Io {
+    Auto,
+    AfXdp,
+    AfPacket,
 }
 
 #[derive(Subcommand, Debug)]
@@ -55,6 +65,13 @@ enum Cmd {
         /// `--set-knob NAME=VALUE`).
         #[arg(long = "set-knob")]
         knobs: Vec<String>,
+        /// Packet backend: af_packet (rings, nftables guard), af_xdp (an
+        /// XDP program steers what uvs owns into AF_XDP sockets and is the
+        /// guard; native attach only), auto (af_xdp where every interface
+        /// takes the program natively, else af_packet). The start-up line
+        /// says which runs.
+        #[arg(long, value_enum, default_value_t = Io::AfPacket)]
+        io: Io,
     },
     /// Build a namespace lab, balance real TCP and UDP traffic through uvs,
     /// print the result and remove the lab. Needs root.
@@ -231,6 +248,7 @@ fn real_main() -> Result<ExitCode> {
             ring_frames,
             mh_table_size,
             knobs,
+            io,
         } => {
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -257,6 +275,11 @@ fn real_main() -> Result<ExitCode> {
                 ring_frames,
                 mh_table_size,
                 knobs,
+                io: match io {
+                    Io::Auto => IoMode::Auto,
+                    Io::AfXdp => IoMode::AfXdp,
+                    Io::AfPacket => IoMode::AfPacket,
+                },
             };
             uvs::control::daemon::run(opts, &stop)?;
             Ok(ExitCode::SUCCESS)

@@ -40,6 +40,8 @@ pub struct RunOpts {
     pub ring_frames: usize,
     pub mh_table_size: u32,
     pub knobs: Vec<String>,
+    /// Packet backend (`--io`).
+    pub io: engine::IoMode,
 }
 
 /// Why the daemon could not start.
@@ -61,8 +63,9 @@ pub enum DaemonError {
 struct Daemon {
     pipeline: Arc<Pipeline>,
     engine: Engine,
-    guard: KernelGuard,
-    /// What the guard's sets hold, by service.
+    /// The nftables guard; `None` with AF_XDP, whose program is the guard.
+    guard: Option<KernelGuard>,
+    /// What the guard's sets (or the XDP program's maps) hold, by service.
     owned: Owned,
     config: ctl::Config,
     mh_table_size: u32,
@@ -279,6 +282,44 @@ pub fn prepare(
     })
 }
 
+/// Applies a guard delta to the XDP program's maps (AF_XDP mode, where the
+/// program is the guard): one map entry per changed element. On error the
+/// entries already changed are changed back, so the maps hold what they did.
+fn steer(
+    x: &mut crate::io::xdp::XdpIo,
+    delta: &guard::Delta,
+) -> Result<(), crate::io::xdp::XdpError> {
+    use guard::Elem;
+    // (element, adding?) in order; NatAddr is implied by its NatServer
+    // (the program's map counts the real server's address itself).
+    let ops = delta
+        .del
+        .iter()
+        .map(|e| (e, false))
+        .chain(delta.add.iter().map(|e| (e, true)));
+    let one = |x: &mut crate::io::xdp::XdpIo, e: &Elem, add: bool| {
+        let st = x.steering();
+        match (*e, add) {
+            (Elem::Service((p, a, port)), true) => st.add_service(p, a, port),
+            (Elem::Service((p, a, port)), false) => st.remove_service(p, a, port),
+            (Elem::NatServer((p, a, port)), true) => st.add_nat_server(p, a, port),
+            (Elem::NatServer((p, a, port)), false) => st.remove_nat_server(p, a, port),
+            (Elem::NatAddr(_), _) => Ok(()),
+        }
+    };
+    let mut done: Vec<(&Elem, bool)> = Vec::new();
+    for (e, add) in ops {
+        if let Err(err) = one(x, e, add) {
+            for (e, add) in done.into_iter().rev() {
+                let _ = one(x, e, !add);
+            }
+            return Err(err);
+        }
+        done.push((e, add));
+    }
+    Ok(())
+}
+
 impl Daemon {
     /// Brings the runtime in line with the services `applied` touched in
     /// the (already edited) configuration (see the module doc). On error
@@ -292,9 +333,14 @@ impl Daemon {
             &mut self.owned,
             self.mh_table_size,
         )?;
-        if let Err(e) = self.guard.apply(&p.delta) {
+        let kernel = match (&mut self.guard, &mut self.engine.io) {
+            (Some(g), _) => g.apply(&p.delta).map_err(|e| e.to_string()),
+            (None, engine::IoBackend::AfXdp(x)) => steer(x, &p.delta).map_err(|e| e.to_string()),
+            (None, _) => Ok(()),
+        };
+        if let Err(e) = kernel {
             self.owned.revert(p.staged);
-            return Err(e.to_string());
+            return Err(e);
         }
         if !p.plan.is_empty() {
             self.pipeline.services.store(Arc::new(p.plan.commit()));
@@ -314,7 +360,13 @@ impl Daemon {
     fn handle(&mut self, argv: Vec<String>) -> Reply {
         match argv.first().map(String::as_str) {
             Some("ping") => Reply::ok("pong\n"),
-            Some("stats") => Reply::ok(self.engine.stats.report(&self.pipeline.hooks)),
+            Some("stats") => {
+                let mut r = self.engine.stats.report(&self.pipeline.hooks);
+                if let engine::IoBackend::AfXdp(x) = &self.engine.io {
+                    r += &x.report();
+                }
+                Reply::ok(r)
+            }
             Some("filter") => self.filter(&argv[1..]),
             Some("uvsadm") => self.uvsadm(&argv[1..], None),
             // `uvsadm -R`: the commands arrive as one text, applied as one batch.
@@ -408,7 +460,6 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     })?;
 
     let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
-    let guard = KernelGuard::install(&names)?;
     let pipeline = Arc::new(Pipeline::new(uvs_conntrack::Table::new(table_cfg)));
     pipeline.filter.store(Arc::new(filter));
     let engine = Engine::start(
@@ -417,8 +468,19 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         &EngineConfig {
             workers: opts.workers,
             ring_frames: opts.ring_frames,
+            io: opts.io,
         },
     )?;
+    let guard = match engine.io {
+        engine::IoBackend::AfPacket { .. } => Some(KernelGuard::install(&names)?),
+        engine::IoBackend::AfXdp(_) => {
+            // The XDP program is the guard; a table left by a crashed
+            // AF_PACKET run would still drop traffic uvs no longer owns.
+            let _ = guard::remove_stale();
+            None
+        }
+    };
+    let workers = engine.stats.workers.len();
     let mut d = Daemon {
         pipeline,
         engine,
@@ -430,9 +492,10 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     d.commit(&ctl::Applied::Batch(loaded))
         .map_err(DaemonError::Config)?;
     eprintln!(
-        "uvs: running on {} with {} worker(s); control socket {}",
+        "uvs: running on {} with {} worker(s), {}; control socket {}",
         names.join(", "),
-        opts.workers,
+        workers,
+        d.engine.io.describe(),
         opts.control.display()
     );
     server.serve(|| stop.load(Ordering::Relaxed), |argv| d.handle(argv));

@@ -14,6 +14,7 @@ pub mod device;
 pub mod ring;
 pub mod tx;
 pub mod vnet;
+pub mod xdp;
 
 pub use device::{RxBatch, RxFrame, RxSkip, RxSource, TxCounts, TxQueue, TxSink};
 pub use ring::RxRing;

@@ -381,7 +381,8 @@ pub struct Director {
 
 impl Director {
     /// Starts `uvs_exe run` in `lab`'s director namespace with `args` and
-    /// waits until its control socket answers.
+    /// waits until its control socket answers. With `UVS_LAB_IO` set, `--io
+    /// VALUE` is passed too (to run lab tests under another backend).
     pub fn start(lab: &Lab, uvs_exe: &std::path::Path, args: &[&str]) -> io::Result<Director> {
         let control = std::path::PathBuf::from(format!("/run/uvs/{}.sock", lab.prefix));
         let log = std::env::temp_dir().join(format!("{}-uvs.log", lab.prefix));
@@ -392,6 +393,13 @@ impl Director {
             .arg("run")
             .arg("--control")
             .arg(&control)
+            // The whole lab suite under another backend:
+            // UVS_LAB_IO=af_xdp cargo test --test lab
+            .args(
+                std::env::var("UVS_LAB_IO")
+                    .map(|io| vec!["--io".to_string(), io])
+                    .unwrap_or_default(),
+            )
             .args(args)
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -1,0 +1,125 @@
+//! AF_XDP as the engine's backend: the program attached to every interface,
+//! one socket per (worker, interface) on the worker's RX queue, and the
+//! steering maps the control plane keeps in step with the configuration.
+//!
+//! AF_XDP binds a socket to one RX queue. Every RX queue of every interface
+//! gets a socket, so no owned packet lands on a queue without one; worker
+//! `k` serves queues `k`, `k + n`, … of each interface and transmits on the
+//! socket of its first. There are as many workers as the interface with the
+//! fewest RX queues has queues, at most the number asked for: a veth has
+//! one queue, so one worker.
+#![forbid(unsafe_code)]
+
+use super::port::XskTxSet;
+use super::steer::{AttachMode, Attachment, Steering, XdpError, DEFAULT_MAX_ENTRIES};
+use super::sys::xsk::{XskConfig, XskRx, XskSocket};
+
+/// What a worker gets: its RX halves (one per interface) and TX set.
+pub type WorkerIo = (Vec<XskRx>, XskTxSet);
+
+/// The attached program and its maps; dropping it detaches everywhere.
+#[derive(Debug)]
+pub struct XdpIo {
+    // Detach before the maps go.
+    attachments: Vec<Attachment>,
+    steering: Steering,
+}
+
+/// RX queues of interface `name` (from sysfs; 1 when unreadable).
+fn rx_queues(name: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{name}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+impl XdpIo {
+    /// Attaches to `ifaces` (name, index) — natively, or generic when
+    /// `allow_generic` — and opens the sockets of up to `workers` workers.
+    pub fn open(
+        ifaces: &[(String, u32)],
+        workers: usize,
+        allow_generic: bool,
+        cfg: XskConfig,
+    ) -> Result<(XdpIo, Vec<WorkerIo>), XdpError> {
+        let steering = Steering::new(DEFAULT_MAX_ENTRIES)?;
+        let queues: Vec<u32> = ifaces.iter().map(|(n, _)| rx_queues(n)).collect();
+        let n = (workers.max(1) as u32).min(queues.iter().copied().min().unwrap_or(1)) as usize;
+        let mut attachments = Vec::with_capacity(ifaces.len());
+        let mut per_worker: Vec<WorkerIo> =
+            (0..n).map(|_| (Vec::new(), XskTxSet::default())).collect();
+        let mut txs: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        for ((name, index), q) in ifaces.iter().zip(&queues) {
+            let on = |e: XdpError| XdpError::On {
+                name: name.clone(),
+                source: Box::new(e),
+            };
+            let att = steering.attach(*index, *q, allow_generic).map_err(on)?;
+            // Every queue gets a socket (an owned packet on a queue without
+            // one would be dropped); worker k serves queues k, k+n, …
+            for j in 0..*q {
+                let k = j as usize % n;
+                let xsk = XskSocket::open(*index, j, cfg)
+                    .map_err(|source| XdpError::Sys {
+                        what: "opening an AF_XDP socket",
+                        source,
+                    })
+                    .map_err(on)?;
+                att.program().set_socket(j, &xsk).map_err(on)?;
+                let (rx, tx) = xsk.split();
+                per_worker[k].0.push(rx);
+                // One TX half per interface and worker is enough.
+                if j < n as u32 {
+                    txs[k].push(tx);
+                }
+            }
+            attachments.push(att);
+        }
+        for (w, t) in per_worker.iter_mut().zip(txs) {
+            w.1 = XskTxSet::new(t);
+        }
+        Ok((
+            XdpIo {
+                attachments,
+                steering,
+            },
+            per_worker,
+        ))
+    }
+
+    /// How the program runs: native unless some interface fell back.
+    pub fn mode(&self) -> AttachMode {
+        if self
+            .attachments
+            .iter()
+            .all(|a| a.mode() == AttachMode::Native)
+        {
+            AttachMode::Native
+        } else {
+            AttachMode::Generic
+        }
+    }
+
+    /// The program's counters as `uvs stats` lines: `xdp.steered`,
+    /// `xdp.to_kernel`, and `drop.xdp_no_socket` (owned packets on an RX
+    /// queue without a uvs socket, dropped so the kernel cannot answer
+    /// them).
+    pub fn report(&self) -> String {
+        match self.steering.counters() {
+            Ok(c) => format!(
+                "xdp.steered {}\nxdp.to_kernel {}\ndrop.xdp_no_socket {}\n",
+                c.steered, c.passed, c.no_socket
+            ),
+            Err(e) => format!("# xdp counters unreadable: {e}\n"),
+        }
+    }
+
+    /// The steering maps, for incremental `add_*`/`remove_*` calls.
+    pub fn steering(&mut self) -> &mut Steering {
+        &mut self.steering
+    }
+}

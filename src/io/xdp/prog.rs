@@ -1,0 +1,427 @@
+//! The XDP steering program, written with [`super::asm`].
+//!
+//! Per packet it decides one thing: does uvs own it? Owned packets are
+//! redirected into the AF_XDP socket of the receiving RX queue (an XSKMAP
+//! indexed by queue); everything else goes on to the kernel (`XDP_PASS`).
+//! The program forwards nothing itself: every packet uvs forwards is
+//! processed by uvs's engine in userspace.
+//!
+//! Owned, by one hash map (`owned`) the control plane edits entry by entry:
+//!
+//! * service tuples: destination (VIP, protocol, port), or (VIP, protocol,
+//!   port 0) for a port-0 service — TCP, UDP and SCTP;
+//! * NAT reply tuples: source (real server, protocol, port), port 0 again
+//!   being every port;
+//! * ICMP errors (IPv4 destination-unreachable, source-quench,
+//!   time-exceeded, parameter-problem; ICMPv6 1–4) whose source is a NAT real
+//!   server: uvs relays them rewritten.
+//!
+//! This is the nftables guard's rule set (`src/sys/guard.rs`), so in AF_XDP
+//! mode the program is the kernel guard too: what it steers, the kernel never
+//! sees. Like the guard it leaves to the kernel what it cannot classify: VLAN
+//! tags, more than three IPv6 extension headers, and fragments after the
+//! first (they carry no ports).
+//!
+//! Every decision is counted in a per-CPU array (no shared cache line):
+//! [`COUNTER_STEERED`], [`COUNTER_PASSED`], and [`COUNTER_NO_SOCKET`] for an
+//! owned packet that arrived on a queue without a uvs socket, which is
+//! dropped — the kernel must not answer it in uvs's place.
+//!
+//! Cost per packet: at most four hash lookups plus one counter, whatever the
+//! number of services.
+#![forbid(unsafe_code)]
+
+use std::net::IpAddr;
+
+use super::asm::{
+    Alu, Asm, AsmError, Cond, Insn, Size, FP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9,
+};
+
+/// Bytes in a key of the `owned` map.
+pub const KEY_LEN: usize = 20;
+
+/// Index of the steered-packet counter.
+pub const COUNTER_STEERED: u32 = 0;
+/// Index of the passed-to-the-kernel counter.
+pub const COUNTER_PASSED: u32 = 1;
+/// Index of the owned-but-no-socket (dropped) counter.
+pub const COUNTER_NO_SOCKET: u32 = 2;
+/// Entries in the counter array.
+pub const COUNTERS: u32 = 3;
+
+/// XDP verdicts.
+pub const XDP_DROP: i32 = 1;
+pub const XDP_PASS: i32 = 2;
+pub const XDP_REDIRECT: i32 = 4;
+
+// Key tags (byte 19): what kind of entry, which family.
+const TAG_SVC4: u8 = 1;
+const TAG_SVC6: u8 = 2;
+const TAG_RS4: u8 = 3;
+const TAG_RS6: u8 = 4;
+const TAG_RSADDR4: u8 = 5;
+const TAG_RSADDR6: u8 = 6;
+
+// Key layout on the program's stack: address at fp-24 (16 bytes, IPv4 in the
+// first 4, the rest zero), port at fp-8 (network order), protocol at fp-6,
+// tag at fp-5. The counter index lives at fp-28.
+const K_ADDR: i16 = -24;
+const K_PORT: i16 = -8;
+const K_PROTO: i16 = -6;
+const K_TAG: i16 = -5;
+const K_COUNTER: i16 = -28;
+
+/// A key of the `owned` map: `[address 16][port 2, network order][protocol][tag]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(pub [u8; KEY_LEN]);
+
+impl Key {
+    fn new(tag4: u8, tag6: u8, proto: u8, addr: IpAddr, port: u16) -> Key {
+        let mut k = [0u8; KEY_LEN];
+        let tag = match addr {
+            IpAddr::V4(a) => {
+                k[..4].copy_from_slice(&a.octets());
+                tag4
+            }
+            IpAddr::V6(a) => {
+                k[..16].copy_from_slice(&a.octets());
+                tag6
+            }
+        };
+        k[16..18].copy_from_slice(&port.to_be_bytes());
+        k[18] = proto;
+        k[19] = tag;
+        Key(k)
+    }
+
+    /// Packets to a service: (VIP, protocol, port), port 0 = every port.
+    pub fn service(proto: u8, vip: IpAddr, port: u16) -> Key {
+        Key::new(TAG_SVC4, TAG_SVC6, proto, vip, port)
+    }
+
+    /// NAT replies: from (real server, protocol, port), port 0 = every port.
+    pub fn nat_server(proto: u8, rs: IpAddr, port: u16) -> Key {
+        Key::new(TAG_RS4, TAG_RS6, proto, rs, port)
+    }
+
+    /// ICMP errors from a NAT real server's address.
+    pub fn nat_address(rs: IpAddr) -> Key {
+        Key::new(TAG_RSADDR4, TAG_RSADDR6, 0, rs, 0)
+    }
+}
+
+// Constants compared with values loaded from the packet: the program runs in
+// the host's byte order, so network-order fields are compared as the same
+// bytes read natively.
+fn ne16(b: [u8; 2]) -> i32 {
+    i32::from(u16::from_ne_bytes(b))
+}
+
+const ETH_HLEN: i16 = 14;
+const IPPROTO_ICMP: i32 = 1;
+const IPPROTO_TCP: i32 = 6;
+const IPPROTO_UDP: i32 = 17;
+const IPPROTO_SCTP: i32 = 132;
+const IPPROTO_ICMPV6: i32 = 58;
+const IPV6_HOPOPTS: i32 = 0;
+const IPV6_ROUTING: i32 = 43;
+const IPV6_FRAGMENT: i32 = 44;
+const IPV6_DSTOPTS: i32 = 60;
+/// Extension headers walked before giving up (to the kernel).
+const EXT6_MAX: usize = 3;
+const HELPER_MAP_LOOKUP: i32 = 1;
+const HELPER_REDIRECT_MAP: i32 = 51;
+// struct xdp_md
+const MD_DATA: i16 = 0;
+const MD_DATA_END: i16 = 4;
+const MD_RX_QUEUE: i16 = 16;
+
+/// The map file descriptors the program is built around.
+#[derive(Debug, Clone, Copy)]
+pub struct Maps {
+    /// `BPF_MAP_TYPE_HASH`, key [`KEY_LEN`] bytes, value 1 byte.
+    pub owned: i32,
+    /// `BPF_MAP_TYPE_XSKMAP` of this interface, indexed by RX queue.
+    pub xsks: i32,
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY` of u64, [`COUNTERS`] entries.
+    pub counters: i32,
+}
+
+struct Gen {
+    a: Asm,
+    maps: Maps,
+}
+
+impl Gen {
+    /// `if owned[key] goto steer` (r1..r5 and r0 clobbered).
+    fn lookup(&mut self, steer: super::asm::Label) {
+        self.a.load_map_fd(R1, self.maps.owned);
+        self.a.mov(R2, FP);
+        self.a.alu_imm(Alu::Add, R2, i32::from(K_ADDR));
+        self.a.call(HELPER_MAP_LOOKUP);
+        self.a.jmp_imm(Cond::Ne, R0, 0, steer);
+    }
+
+    /// Bumps counter `idx` and returns `action`.
+    fn count_and_return(&mut self, idx: u32, action: i32) {
+        let a = &mut self.a;
+        a.store_imm(Size::W, FP, K_COUNTER, idx as i32);
+        a.load_map_fd(R1, self.maps.counters);
+        a.mov(R2, FP);
+        a.alu_imm(Alu::Add, R2, i32::from(K_COUNTER));
+        a.call(HELPER_MAP_LOOKUP);
+        let skip = a.label();
+        a.jmp_imm(Cond::Eq, R0, 0, skip);
+        // Per-CPU value: this CPU only, no atomic needed.
+        a.load(Size::DW, R1, R0, 0);
+        a.alu_imm(Alu::Add, R1, 1);
+        a.store(Size::DW, R0, 0, R1);
+        a.bind(skip);
+        a.mov_imm(R0, action);
+        a.exit();
+    }
+
+    /// Jumps to `to` when `reg` is TCP, UDP or SCTP.
+    fn if_ported(&mut self, reg: super::asm::Reg, to: super::asm::Label) {
+        for p in [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP] {
+            self.a.jmp_imm(Cond::Eq, reg, p, to);
+        }
+    }
+}
+
+/// Builds the steering program around `maps`. r6 = ctx, r7 = data,
+/// r8 = data_end, r9 = transport header (bounds-checked for 8 bytes).
+pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
+    let mut g = Gen {
+        a: Asm::new(),
+        maps,
+    };
+    let pass = g.a.label();
+    let steer = g.a.label();
+    let v4 = g.a.label();
+    let v6 = g.a.label();
+
+    let a = &mut g.a;
+    a.mov(R6, R1);
+    a.load(Size::W, R7, R6, MD_DATA);
+    a.load(Size::W, R8, R6, MD_DATA_END);
+    // The key starts zeroed: IPv4 addresses use 4 of its 16 bytes.
+    a.store_imm(Size::DW, FP, K_ADDR, 0);
+    a.store_imm(Size::DW, FP, K_ADDR + 8, 0);
+    a.store_imm(Size::W, FP, K_PORT, 0);
+    // Ethernet.
+    a.mov(R2, R7);
+    a.alu_imm(Alu::Add, R2, i32::from(ETH_HLEN));
+    a.jmp_reg(Cond::Gt, R2, R8, pass);
+    a.load(Size::H, R3, R7, 12);
+    a.jmp_imm(Cond::Eq, R3, ne16([0x08, 0x00]), v4);
+    a.jmp_imm(Cond::Eq, R3, ne16([0x86, 0xdd]), v6);
+    a.ja(pass);
+
+    // IPv4.
+    let ports4 = a.label();
+    let icmp4 = a.label();
+    a.bind(v4);
+    a.mov(R2, R7);
+    a.alu_imm(Alu::Add, R2, i32::from(ETH_HLEN) + 20);
+    a.jmp_reg(Cond::Gt, R2, R8, pass);
+    // A fragment after the first has no transport header.
+    a.load(Size::H, R4, R7, ETH_HLEN + 6);
+    a.alu_imm(Alu::And, R4, ne16([0x1f, 0xff]));
+    a.jmp_imm(Cond::Ne, R4, 0, pass);
+    a.load(Size::B, R3, R7, ETH_HLEN);
+    a.alu_imm(Alu::And, R3, 0x0f);
+    a.alu_imm(Alu::Lsh, R3, 2);
+    a.jmp_imm(Cond::Lt, R3, 20, pass);
+    a.load(Size::B, R5, R7, ETH_HLEN + 9);
+    a.store(Size::B, FP, K_PROTO, R5);
+    a.mov(R9, R7);
+    a.alu_imm(Alu::Add, R9, i32::from(ETH_HLEN));
+    a.alu_reg(Alu::Add, R9, R3);
+    a.mov(R2, R9);
+    a.alu_imm(Alu::Add, R2, 8);
+    a.jmp_reg(Cond::Gt, R2, R8, pass);
+    a.jmp_imm(Cond::Eq, R5, IPPROTO_ICMP, icmp4);
+    g.if_ported(R5, ports4);
+    g.a.ja(pass);
+
+    g.a.bind(ports4);
+    // To a service: destination address and port.
+    g.a.load(Size::W, R0, R7, ETH_HLEN + 16);
+    g.a.store(Size::W, FP, K_ADDR, R0);
+    g.a.load(Size::H, R0, R9, 2);
+    g.a.store(Size::H, FP, K_PORT, R0);
+    g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_SVC4));
+    g.lookup(steer);
+    g.a.store_imm(Size::H, FP, K_PORT, 0);
+    g.lookup(steer);
+    // From a NAT real server: source address and port.
+    g.a.load(Size::W, R0, R7, ETH_HLEN + 12);
+    g.a.store(Size::W, FP, K_ADDR, R0);
+    g.a.load(Size::H, R0, R9, 0);
+    g.a.store(Size::H, FP, K_PORT, R0);
+    g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_RS4));
+    g.lookup(steer);
+    g.a.store_imm(Size::H, FP, K_PORT, 0);
+    g.lookup(steer);
+    g.a.ja(pass);
+
+    let icmperr4 = g.a.label();
+    g.a.bind(icmp4);
+    g.a.load(Size::B, R0, R9, 0);
+    for t in [3, 4, 11, 12] {
+        g.a.jmp_imm(Cond::Eq, R0, t, icmperr4);
+    }
+    g.a.ja(pass);
+    g.a.bind(icmperr4);
+    g.a.load(Size::W, R0, R7, ETH_HLEN + 12);
+    g.a.store(Size::W, FP, K_ADDR, R0);
+    g.a.store_imm(Size::B, FP, K_PROTO, 0);
+    g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_RSADDR4));
+    g.lookup(steer);
+    g.a.ja(pass);
+
+    // IPv6: the fixed header, up to EXT6_MAX hop-by-hop / routing /
+    // destination-options headers, a fragment header (a later fragment
+    // goes to the kernel), then the transport header.
+    let ports6 = g.a.label();
+    let icmp6 = g.a.label();
+    let l4_6 = g.a.label();
+    let frag6 = g.a.label();
+    let a = &mut g.a;
+    a.bind(v6);
+    a.mov(R2, R7);
+    a.alu_imm(Alu::Add, R2, i32::from(ETH_HLEN) + 40);
+    a.jmp_reg(Cond::Gt, R2, R8, pass);
+    a.load(Size::B, R5, R7, ETH_HLEN + 6);
+    a.mov(R9, R7);
+    a.alu_imm(Alu::Add, R9, i32::from(ETH_HLEN) + 40);
+    for _ in 0..EXT6_MAX {
+        let ext = a.label();
+        let next = a.label();
+        for h in [IPV6_HOPOPTS, IPV6_ROUTING, IPV6_DSTOPTS] {
+            a.jmp_imm(Cond::Eq, R5, h, ext);
+        }
+        a.ja(next);
+        a.bind(ext);
+        a.mov(R2, R9);
+        a.alu_imm(Alu::Add, R2, 8);
+        a.jmp_reg(Cond::Gt, R2, R8, pass);
+        a.load(Size::B, R5, R9, 0);
+        // Length in 8-byte units, not counting the first 8: 8..2048 bytes.
+        a.load(Size::B, R3, R9, 1);
+        a.alu_imm(Alu::Add, R3, 1);
+        a.alu_imm(Alu::Lsh, R3, 3);
+        a.alu_reg(Alu::Add, R9, R3);
+        a.bind(next);
+    }
+    a.jmp_imm(Cond::Eq, R5, IPV6_FRAGMENT, frag6);
+    a.ja(l4_6);
+    a.bind(frag6);
+    a.mov(R2, R9);
+    a.alu_imm(Alu::Add, R2, 8);
+    a.jmp_reg(Cond::Gt, R2, R8, pass);
+    a.load(Size::H, R4, R9, 2);
+    a.alu_imm(Alu::And, R4, ne16([0xff, 0xf8]));
+    a.jmp_imm(Cond::Ne, R4, 0, pass);
+    a.load(Size::B, R5, R9, 0);
+    a.alu_imm(Alu::Add, R9, 8);
+    a.bind(l4_6);
+    a.mov(R2, R9);
+    a.alu_imm(Alu::Add, R2, 8);
+    a.jmp_reg(Cond::Gt, R2, R8, pass);
+    a.store(Size::B, FP, K_PROTO, R5);
+    a.jmp_imm(Cond::Eq, R5, IPPROTO_ICMPV6, icmp6);
+    g.if_ported(R5, ports6);
+    g.a.ja(pass);
+
+    let copy_addr6 = |a: &mut Asm, off: i16| {
+        a.load(Size::DW, R0, R7, off);
+        a.store(Size::DW, FP, K_ADDR, R0);
+        a.load(Size::DW, R0, R7, off + 8);
+        a.store(Size::DW, FP, K_ADDR + 8, R0);
+    };
+    g.a.bind(ports6);
+    copy_addr6(&mut g.a, ETH_HLEN + 24);
+    g.a.load(Size::H, R0, R9, 2);
+    g.a.store(Size::H, FP, K_PORT, R0);
+    g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_SVC6));
+    g.lookup(steer);
+    g.a.store_imm(Size::H, FP, K_PORT, 0);
+    g.lookup(steer);
+    copy_addr6(&mut g.a, ETH_HLEN + 8);
+    g.a.load(Size::H, R0, R9, 0);
+    g.a.store(Size::H, FP, K_PORT, R0);
+    g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_RS6));
+    g.lookup(steer);
+    g.a.store_imm(Size::H, FP, K_PORT, 0);
+    g.lookup(steer);
+    g.a.ja(pass);
+
+    let icmperr6 = g.a.label();
+    g.a.bind(icmp6);
+    g.a.load(Size::B, R0, R9, 0);
+    for t in [1, 2, 3, 4] {
+        g.a.jmp_imm(Cond::Eq, R0, t, icmperr6);
+    }
+    g.a.ja(pass);
+    g.a.bind(icmperr6);
+    copy_addr6(&mut g.a, ETH_HLEN + 8);
+    g.a.store_imm(Size::B, FP, K_PROTO, 0);
+    g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_RSADDR6));
+    g.lookup(steer);
+    g.a.ja(pass);
+
+    // Owned: into this queue's socket; without one, dropped and counted.
+    let redirected = g.a.label();
+    g.a.bind(steer);
+    g.a.load(Size::W, R2, R6, MD_RX_QUEUE);
+    g.a.load_map_fd(R1, g.maps.xsks);
+    // Flags 0: a missing socket returns XDP_ABORTED (0), told apart below.
+    g.a.mov_imm(R3, 0);
+    g.a.call(HELPER_REDIRECT_MAP);
+    g.a.jmp_imm(Cond::Eq, R0, XDP_REDIRECT, redirected);
+    g.count_and_return(COUNTER_NO_SOCKET, XDP_DROP);
+    g.a.bind(redirected);
+    g.count_and_return(COUNTER_STEERED, XDP_REDIRECT);
+    g.a.bind(pass);
+    g.count_and_return(COUNTER_PASSED, XDP_PASS);
+    g.a.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn program_assembles_and_fits() {
+        let p = steering_program(Maps {
+            owned: 3,
+            xsks: 4,
+            counters: 5,
+        })
+        .expect("assembles");
+        assert!(p.len() > 50 && p.len() < 1000, "{} instructions", p.len());
+        // The last instruction returns.
+        assert_eq!(p.last().map(|i| i.code), Some(0x95));
+    }
+
+    #[test]
+    fn keys_separate_family_kind_and_port() {
+        let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+        let k = Key::service(6, v4, 80);
+        assert_eq!(&k.0[..4], &[192, 0, 2, 10]);
+        assert_eq!(&k.0[4..16], &[0; 12]);
+        assert_eq!(&k.0[16..], &[0, 80, 6, TAG_SVC4]);
+        assert_ne!(k, Key::nat_server(6, v4, 80));
+        assert_ne!(k, Key::service(17, v4, 80));
+        let v6 = IpAddr::V6(Ipv6Addr::new(0xc000, 0x020a, 0, 0, 0, 0, 0, 0));
+        assert_ne!(
+            k,
+            Key::service(6, v6, 80),
+            "same leading bytes, other family"
+        );
+        assert_eq!(Key::nat_address(v4).0[16..], [0, 0, 0, TAG_RSADDR4]);
+    }
+}

@@ -1,0 +1,173 @@
+//! The device seam over an AF_XDP socket's halves: [`XskRx`] as an
+//! [`RxSource`] (frames lent out of a batch, back to the fill ring when it
+//! drops) and [`XskTx`] as a [`TxSink`] (frames copied into TX frames,
+//! published and kicked when the queue drops).
+
+use std::cell::Cell;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::xsk::{kernel_stats, stats_of, XskRx, XskTx, AT_CALLER, AT_KERNEL, AT_USER, MIN_FRAME};
+use crate::io::device::{RxBatch, RxFrame, RxSource, TxCounts, TxQueue, TxSink};
+use crate::io::vnet::VnetHdr;
+
+/// One RX batch of an [`XskRx`]: frames go back to the fill ring on drop.
+#[derive(Debug)]
+pub struct XskRxBatch<'a> {
+    rx: &'a mut XskRx,
+    n: u32,
+    taken: Cell<u32>,
+    bad: Cell<u64>,
+}
+
+impl RxBatch for XskRxBatch<'_> {
+    fn next_frame(&self) -> Option<RxFrame<'_>> {
+        loop {
+            let i = self.taken.get();
+            if i >= self.n {
+                return None;
+            }
+            self.taken.set(i + 1);
+            let (addr, len) = self.rx.rx.get_desc(i);
+            let Some((base, _)) = self.rx.geom.check(addr, len) else {
+                self.bad.set(self.bad.get() + 1);
+                continue;
+            };
+            let state = &self.rx.state[self.rx.geom.index(base)];
+            if state.get() != AT_KERNEL {
+                // Not the kernel's to return, or returned twice.
+                self.bad.set(self.bad.get() + 1);
+                continue;
+            }
+            state.set(AT_CALLER);
+            let at = (addr - base) as usize;
+            // SAFETY: [base, addr+len) lies inside one UMEM frame (checked);
+            // the kernel held the frame (state) and handed it back on the RX
+            // ring, and will not write it before it is refilled (in `drop`,
+            // after every frame borrowed from this batch is gone). The state
+            // moved to AT_CALLER, so the frame is lent at most once per
+            // batch: no two `&mut` overlap.
+            let buf = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.rx.umem.ptr.as_ptr().add(base as usize),
+                    at + len as usize,
+                )
+            };
+            // XDP gives no offload metadata: frames are never GSO
+            // super-packets, and a pending checksum is read off the frame.
+            let vnet = super::super::csum::implied_vnet(&buf[at..]);
+            return Some(RxFrame {
+                buf,
+                at,
+                vnet,
+                wire_len: len as usize,
+                ifindex: self.rx.ifindex,
+                skip: None,
+            });
+        }
+    }
+}
+
+impl Drop for XskRxBatch<'_> {
+    fn drop(&mut self) {
+        let taken = self.taken.get();
+        for i in 0..taken {
+            let (addr, len) = self.rx.rx.get_desc(i);
+            if let Some((base, _)) = self.rx.geom.check(addr, len) {
+                let state = &self.rx.state[self.rx.geom.index(base)];
+                if state.get() == AT_CALLER {
+                    state.set(AT_USER);
+                    self.rx.free.push(base);
+                }
+            }
+        }
+        self.rx.bad_desc += self.bad.get();
+        if taken > 0 {
+            self.rx.rx.release(taken);
+        }
+        self.rx.refill();
+    }
+}
+
+impl AsRawFd for XskRx {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl RxSource for XskRx {
+    type Batch<'a> = XskRxBatch<'a>;
+
+    fn rx_batch(&mut self, max: usize) -> XskRxBatch<'_> {
+        let n = self.rx.ready(max.min(u32::MAX as usize) as u32);
+        XskRxBatch {
+            rx: self,
+            n,
+            taken: Cell::new(0),
+            bad: Cell::new(0),
+        }
+    }
+
+    fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    fn take_kernel_drops(&mut self) -> io::Result<u64> {
+        let k = kernel_stats(&stats_of(self.fd.as_raw_fd())?);
+        let total = k.rx_lost() + self.bad_desc;
+        let new = total.saturating_sub(self.reported_drops);
+        self.reported_drops = total;
+        Ok(new)
+    }
+}
+
+/// A round of transmissions on an [`XskTx`]; kicks the kernel when dropped.
+#[derive(Debug)]
+pub struct XskTxQueue<'t, 'b> {
+    tx: &'t mut XskTx,
+    _in_place: PhantomData<&'b mut [u8]>,
+}
+
+impl<'b> TxQueue<'b> for XskTxQueue<'_, 'b> {
+    fn forward(&mut self, buf: &'b mut [u8], at: usize, vnet: &VnetHdr, ifindex: u32) {
+        // Copied: the frame may belong to another socket's UMEM, and copy
+        // mode copies once more in the kernel anyway.
+        self.tx.queue_copy(&buf[at.min(buf.len())..], vnet, ifindex);
+    }
+
+    fn copy(&mut self, frame: &[u8], vnet: &VnetHdr, ifindex: u32) {
+        self.tx.queue_copy(frame, vnet, ifindex);
+    }
+
+    fn flush(&mut self) {
+        self.tx.flush();
+    }
+}
+
+impl Drop for XskTxQueue<'_, '_> {
+    fn drop(&mut self) {
+        self.tx.flush();
+    }
+}
+
+impl TxSink for XskTx {
+    const HEADROOM: usize = 0;
+    const COPY_MAX: usize = MIN_FRAME;
+
+    type Queue<'t, 'b>
+        = XskTxQueue<'t, 'b>
+    where
+        Self: 't;
+
+    fn queue<'t, 'b>(&'t mut self) -> XskTxQueue<'t, 'b> {
+        XskTxQueue {
+            tx: self,
+            _in_place: PhantomData,
+        }
+    }
+
+    fn take_counts(&mut self) -> TxCounts {
+        std::mem::take(&mut self.counts)
+    }
+}
