@@ -7,16 +7,15 @@
 //! tunnelling. Needs root; skips without it.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use uvs::lab::{self, Director, Lab, Server};
+use uvs::lab;
 use uvs::sys::netns;
 
 mod common;
 
-use common::{root_or_skip, Endpoint};
+use common::{root_or_skip, Endpoint, Setup};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -25,24 +24,12 @@ const LOCAL_REQUESTS: usize = 20;
 /// Client requests through the VIP, running at the same time.
 const CLIENT_REQUESTS: usize = 40;
 
-struct Setup {
-    // Field order is drop order: stop uvs, then the servers, then the lab.
-    d: Director,
-    _servers: (Server, Server),
-    lab: Lab,
-}
-
 fn setup(tag: &str, lab_opts: &[&str]) -> Setup {
-    let prefix = format!("uvd{}{tag}", std::process::id() % 100000);
-    let lab = Lab::up(&prefix, lab_opts).expect("lab up");
-    let s1 = lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1 server");
-    let s2 = lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53).expect("rs2 server");
-    let d = Director::start(&lab, Path::new(env!("CARGO_BIN_EXE_uvs")), &[]).expect("uvs run");
-    Setup {
-        d,
-        _servers: (s1, s2),
-        lab,
-    }
+    Setup::start(
+        &format!("uvd{}{tag}", std::process::id() % 100000),
+        lab_opts,
+        &[],
+    )
 }
 
 fn addr(s: &str) -> SocketAddr {

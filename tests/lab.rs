@@ -9,12 +9,12 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use uvs::lab::{self, Director, EchoConn, Lab, Server};
+use uvs::lab::{self, Director, EchoConn, Lab};
 use uvs::sys::netns;
 
 mod common;
 
-use common::{root_or_skip, Endpoint};
+use common::{root_or_skip, Endpoint, Setup};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -22,24 +22,12 @@ fn vip(s: &str) -> SocketAddr {
     s.parse().expect("valid literal address")
 }
 
-struct Setup {
-    // Field order is drop order: stop uvs, then the servers, then the lab.
-    d: Director,
-    _servers: (Server, Server),
-    lab: Lab,
-}
-
 fn setup(tag: &str, lab_opts: &[&str], args: &[&str]) -> Setup {
-    let prefix = format!("uvt{}{tag}", std::process::id() % 100000);
-    let lab = Lab::up(&prefix, lab_opts).expect("lab up");
-    let s1 = lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1 server");
-    let s2 = lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53).expect("rs2 server");
-    let d = Director::start(&lab, Path::new(env!("CARGO_BIN_EXE_uvs")), args).expect("uvs run");
-    Setup {
-        d,
-        _servers: (s1, s2),
-        lab,
-    }
+    Setup::start(
+        &format!("uvt{}{tag}", std::process::id() % 100000),
+        lab_opts,
+        args,
+    )
 }
 
 impl Setup {
@@ -393,7 +381,11 @@ fn stopping_leaves_nothing_behind_and_restart_after_crash_cleans_up() {
     unsafe { libc::kill(s.d.pid() as i32, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(300));
     assert!(lb_has_uvs_table(&s.lab), "SIGKILL cannot clean up");
-    let Setup { d, _servers, lab } = s;
+    let Setup {
+        d,
+        servers: _servers,
+        lab,
+    } = s;
     let _ = d.stop();
     // ...and a restart cleans them first, then serves again.
     let d = Director::start(&lab, Path::new(env!("CARGO_BIN_EXE_uvs")), &[])

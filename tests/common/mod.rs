@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use uvs::lab::Lab;
+use uvs::lab::{self, Director, Lab, Server};
 
 /// Root check; prints why a test is skipped.
 pub fn root_or_skip(test: &str) -> bool {
@@ -18,6 +18,32 @@ pub fn root_or_skip(test: &str) -> bool {
     }
     eprintln!("skipping {test}: lab tests create network namespaces and need root");
     false
+}
+
+/// A lab (`scripts/lab.sh` options `lab_opts`) with the lab servers on both
+/// real servers (TCP 80, UDP 53) and `uvs run ARGS` in the director.
+pub struct Setup {
+    // Field order is drop order: stop uvs, then the servers, then the lab.
+    pub d: Director,
+    /// The real servers' lab servers, kept running.
+    pub servers: (Server, Server),
+    pub lab: Lab,
+}
+
+impl Setup {
+    /// Builds it under the namespace prefix `prefix`.
+    pub fn start(prefix: &str, lab_opts: &[&str], args: &[&str]) -> Setup {
+        let lab = Lab::up(prefix, lab_opts).expect("lab up");
+        let s1 = lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1 server");
+        let s2 = lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53).expect("rs2 server");
+        let exe = std::path::Path::new(env!("CARGO_BIN_EXE_uvs"));
+        let d = Director::start(&lab, exe, args).expect("uvs run");
+        Setup {
+            d,
+            servers: (s1, s2),
+            lab,
+        }
+    }
 }
 
 /// `uvs tunnel-endpoint` in a namespace; stopped by PID with SIGTERM (so it
