@@ -16,33 +16,49 @@
 //! element can be wanted by several services (the same NAT real server
 //! behind two services). A configuration change yields a [`Delta`] — only
 //! the elements whose presence changed — and [`KernelGuard::apply`] sends
-//! just that, over nf_tables netlink ([`super::nftnl`], one atomic batch, no
-//! `nft` process), so a change costs what it changes, not the size of the
-//! sets. Installing and removing the table (once per run) use `nft`.
+//! just that, over nf_tables netlink ([`super::nftnl`], one atomic batch),
+//! so a change costs what it changes, not the size of the sets. The table,
+//! its sets, chains and rules are made the same way: uvs runs no `nft`
+//! process and needs no nftables package.
 //!
-//! The table is replaced atomically at start (a crash leaves a stale one
-//! behind: it is cleaned first) and deleted on exit, signals included.
+//! The table carries `NFT_TABLE_F_OWNER`: it belongs to the guard's netlink
+//! socket, which the daemon holds for its lifetime, so the kernel deletes
+//! the table when uvs ends, however it ends (SIGKILL, a panic, OOM) — a
+//! dead uvs never leaves the VIPs black-holed. It is also deleted
+//! explicitly on a clean exit. At install a table of the same name that
+//! nobody owns (left by an older uvs) is replaced in the same transaction;
+//! one owned by a live process is not touched ([`GuardError::Busy`]).
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 use foldhash::{HashMap, HashMapExt};
 
-use super::nftnl::{self, KeyField, NftError, NftSock, SetChange};
+use super::nftnl::{
+    self, Base, Batch, Expr, Ingress, KeyField, KeyType, MetaKey, NftError, NftSock, SetChange,
+    SetRef, NFPROTO_NETDEV, NFT_TABLE_F_OWNER, R1,
+};
 
-/// Failures talking to nftables.
+/// Failures talking to nf_tables.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
-    /// `nft` could not be run.
-    #[error("cannot run nft (install the nftables package): {0}")]
-    Spawn(#[from] std::io::Error),
-    /// `nft` rejected the script.
-    #[error("nft failed: {0}")]
-    Nft(String),
-    /// nf_tables refused a set change over netlink.
+    /// nf_tables refused a change, or could not be reached.
     #[error(transparent)]
     Netlink(#[from] NftError),
+    /// The table belongs to another live process.
+    #[error("nftables table netdev {0} belongs to another running process (another uvs in this network namespace?)")]
+    Busy(String),
+}
+
+impl GuardError {
+    /// `err` from a transaction on `table`: EPERM there means another
+    /// socket owns it (the capability itself is checked before start).
+    pub(crate) fn on_table(table: &str, err: NftError) -> GuardError {
+        if err.errno() == Some(libc::EPERM) {
+            GuardError::Busy(table.to_string())
+        } else {
+            GuardError::Netlink(err)
+        }
+    }
 }
 
 /// A (protocol, address, port) triple; port 0 = every port of a persistent
@@ -51,76 +67,222 @@ pub type Endpoint = (u8, IpAddr, u16);
 
 const TABLE: &str = "uvs";
 
-/// The installed table; dropping it removes the table.
+/// The installed table; dropping it removes the table (and so does the
+/// end of the process: the kernel deletes it with the socket).
 #[derive(Debug)]
 pub struct KernelGuard {
     installed: bool,
-    /// Set changes go here (opened in the guard's namespace at install).
+    /// Owns the table: opened in the guard's namespace at install, and
+    /// the only socket that may change it.
     sock: NftSock,
 }
 
-/// Runs `nft -f -` on `script` (one atomic transaction).
-pub(crate) fn nft(script: &str) -> Result<(), GuardError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(GuardError::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
+/// Removes a `netdev` table `table` left by a process that did not own it
+/// (an owned one dies with its owner); nothing when there is none.
+pub(crate) fn remove_table(table: &str) -> Result<(), GuardError> {
+    let mut b = Batch::new(NFPROTO_NETDEV);
+    b.add_table(table, None);
+    b.del_table(table);
+    NftSock::open()?
+        .commit(&b)
+        .map_err(|e| GuardError::on_table(table, e))
+}
+
+/// Removes a table left behind by an older uvs that did not exit cleanly.
+pub fn remove_stale() -> Result<(), GuardError> {
+    remove_table(TABLE)
+}
+
+/// `meta protocol` is IPv4 (`v6`: IPv6), the dependency of every `ip`
+/// (`ip6`) match in a netdev chain.
+pub(crate) fn l3(v6: bool) -> [Expr; 2] {
+    let ethertype: u16 = if v6 { 0x86dd } else { 0x0800 };
+    [
+        Expr::Meta {
+            key: MetaKey::Protocol,
+            dreg: R1,
+        },
+        Expr::Cmp {
+            sreg: R1,
+            neq: false,
+            data: ethertype.to_be_bytes().to_vec(),
+        },
+    ]
+}
+
+/// Loads the source (`src`) or destination address into the registers
+/// from `NFT_REG_1` on.
+pub(crate) fn load_addr(v6: bool, src: bool) -> Expr {
+    let (offset, len) = match (v6, src) {
+        (false, true) => (12, 4),
+        (false, false) => (16, 4),
+        (true, true) => (8, 16),
+        (true, false) => (24, 16),
+    };
+    Expr::Payload {
+        base: Base::Network,
+        offset,
+        len,
+        dreg: R1,
     }
 }
 
-/// Removes a table left behind by a uvs that did not exit cleanly.
-pub fn remove_stale() -> Result<(), GuardError> {
-    nft(&format!(
-        "add table netdev {TABLE}\ndelete table netdev {TABLE}\n"
-    ))
+/// `meta l4proto == proto`.
+pub(crate) fn l4proto_is(proto: u8) -> [Expr; 2] {
+    [
+        Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: R1,
+        },
+        Expr::Cmp {
+            sreg: R1,
+            neq: false,
+            data: vec![proto],
+        },
+    ]
+}
+
+/// `ADDR . meta l4proto [. th PORT] @set`: the address at the register
+/// file's start, the protocol and the port in the 4-byte slots after it.
+fn tuple_lookup(v6: bool, src: bool, port: bool, set: &str) -> Vec<Expr> {
+    let alen = if v6 { 16 } else { 4 };
+    let mut v = vec![
+        load_addr(v6, src),
+        Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: nftnl::reg(alen),
+        },
+    ];
+    if port {
+        v.push(Expr::Payload {
+            base: Base::Transport,
+            offset: if src { 0 } else { 2 },
+            len: 2,
+            dreg: nftnl::reg(alen + 4),
+        });
+    }
+    v.push(Expr::Lookup {
+        set: SetRef::named(set),
+        sreg: R1,
+    });
+    v
+}
+
+/// `fib daddr type != local`: the packet is not addressed to this host.
+fn not_to_me() -> [Expr; 2] {
+    [
+        Expr::FibDaddrType { dreg: R1 },
+        Expr::Cmp {
+            sreg: R1,
+            neq: true,
+            data: nftnl::RTN_LOCAL.to_ne_bytes().to_vec(),
+        },
+    ]
+}
+
+/// ICMP error types uvs relays for NAT real servers: destination
+/// unreachable, source quench, time exceeded, parameter problem; for
+/// ICMPv6 destination unreachable, packet too big, time exceeded,
+/// parameter problem.
+const ICMP4_ERRORS: [u8; 4] = [3, 4, 11, 12];
+const ICMP6_ERRORS: [u8; 4] = [1, 2, 3, 4];
+
+/// The transaction that (re)creates the table hooked on `devices`, with
+/// empty sets: the rules of the module doc, in `nft`'s terms
+///
+/// ```text
+/// ip daddr . meta l4proto . th dport @svc4 counter drop
+/// ip daddr . meta l4proto @svcw4 counter drop
+/// ip saddr . meta l4proto . th sport @rs4 fib daddr type != local counter drop
+/// ip saddr . meta l4proto @rsw4 fib daddr type != local counter drop
+/// (the same four for ip6)
+/// ip saddr @rsa4 icmp type { destination-unreachable, source-quench,
+///     time-exceeded, parameter-problem } fib daddr type != local counter drop
+/// ip6 saddr @rsa6 icmpv6 type { destination-unreachable, packet-too-big,
+///     time-exceeded, parameter-problem } fib daddr type != local counter drop
+/// ```
+fn install_batch(devices: &[String]) -> Batch {
+    use KeyType::{InetProto, InetService, Ipv4Addr, Ipv6Addr};
+    let mut b = Batch::new(NFPROTO_NETDEV);
+    // An unowned leftover is replaced in the same transaction.
+    b.add_table(TABLE, None);
+    b.del_table(TABLE);
+    b.add_table(TABLE, Some(NFT_TABLE_F_OWNER));
+    for (fam, a) in [("4", Ipv4Addr), ("6", Ipv6Addr)] {
+        b.add_set(TABLE, &format!("svc{fam}"), &[a, InetProto, InetService]);
+        b.add_set(TABLE, &format!("svcw{fam}"), &[a, InetProto]);
+        b.add_set(TABLE, &format!("rs{fam}"), &[a, InetProto, InetService]);
+        b.add_set(TABLE, &format!("rsw{fam}"), &[a, InetProto]);
+        b.add_set(TABLE, &format!("rsa{fam}"), &[a]);
+    }
+    for (i, dev) in devices.iter().enumerate() {
+        let chain = format!("in{i}");
+        b.add_ingress_chain(
+            TABLE,
+            &Ingress {
+                name: &chain,
+                device: dev,
+                priority: -500,
+            },
+        );
+        let drop = [Expr::Counter, Expr::Drop];
+        for (fam, v6) in [("4", false), ("6", true)] {
+            for (set, port) in [(format!("svc{fam}"), true), (format!("svcw{fam}"), false)] {
+                let mut r = l3(v6).to_vec();
+                r.extend(tuple_lookup(v6, false, port, &set));
+                r.extend(drop.clone());
+                b.add_rule(TABLE, &chain, &r);
+            }
+            // NAT replies go to clients; a reply addressed to the
+            // director itself answers its own connection (a health
+            // check, an operator's curl) and stays the kernel's.
+            for (set, port) in [(format!("rs{fam}"), true), (format!("rsw{fam}"), false)] {
+                let mut r = l3(v6).to_vec();
+                r.extend(tuple_lookup(v6, true, port, &set));
+                r.extend(not_to_me());
+                r.extend(drop.clone());
+                b.add_rule(TABLE, &chain, &r);
+            }
+        }
+        // ICMP errors from NAT real servers: uvs relays them rewritten.
+        for (v6, set, proto, ty, types) in [
+            (false, "rsa4", 1, KeyType::IcmpType, ICMP4_ERRORS),
+            (true, "rsa6", 58, KeyType::Icmpv6Type, ICMP6_ERRORS),
+        ] {
+            let keys: Vec<Vec<u8>> = types.iter().map(|t| vec![*t]).collect();
+            let anon = b.anon_set(TABLE, ty, &keys);
+            let mut r = l3(v6).to_vec();
+            r.push(load_addr(v6, true));
+            r.push(Expr::Lookup {
+                set: SetRef::named(set),
+                sreg: R1,
+            });
+            r.extend(l4proto_is(proto));
+            r.push(Expr::Payload {
+                base: Base::Transport,
+                offset: 0,
+                len: 1,
+                dreg: R1,
+            });
+            r.push(Expr::Lookup {
+                set: anon,
+                sreg: R1,
+            });
+            r.extend(not_to_me());
+            r.extend(drop.clone());
+            b.add_rule(TABLE, &chain, &r);
+        }
+    }
+    b
 }
 
 impl KernelGuard {
-    /// Replaces any existing `netdev uvs` table with an empty-set one hooked
-    /// on `devices`.
+    /// Replaces any unowned `netdev uvs` table with an empty-set one hooked
+    /// on `devices`, owned by a socket this guard keeps.
     pub fn install(devices: &[String]) -> Result<Self, GuardError> {
-        let mut s = format!(
-            "add table netdev {TABLE}\ndelete table netdev {TABLE}\ntable netdev {TABLE} {{\n"
-        );
-        for fam in ["4", "6"] {
-            let a = if fam == "4" { "ipv4_addr" } else { "ipv6_addr" };
-            s += &format!("  set svc{fam} {{ type {a} . inet_proto . inet_service; }}\n");
-            s += &format!("  set svcw{fam} {{ type {a} . inet_proto; }}\n");
-            s += &format!("  set rs{fam} {{ type {a} . inet_proto . inet_service; }}\n");
-            s += &format!("  set rsw{fam} {{ type {a} . inet_proto; }}\n");
-            s += &format!("  set rsa{fam} {{ type {a}; }}\n");
-        }
-        for (i, dev) in devices.iter().enumerate() {
-            s += &format!("  chain in{i} {{\n    type filter hook ingress device \"{dev}\" priority -500; policy accept;\n");
-            for (fam, ip) in [("4", "ip"), ("6", "ip6")] {
-                s += &format!("    {ip} daddr . meta l4proto . th dport @svc{fam} counter drop\n");
-                s += &format!("    {ip} daddr . meta l4proto @svcw{fam} counter drop\n");
-                // NAT replies go to clients; a reply addressed to the
-                // director itself answers its own connection (a health
-                // check, an operator's curl) and stays the kernel's.
-                s += &format!("    {ip} saddr . meta l4proto . th sport @rs{fam} fib daddr type != local counter drop\n");
-                s += &format!("    {ip} saddr . meta l4proto @rsw{fam} fib daddr type != local counter drop\n");
-            }
-            // ICMP errors from NAT real servers: uvs relays them rewritten.
-            s += "    ip saddr @rsa4 icmp type { destination-unreachable, source-quench, time-exceeded, parameter-problem } fib daddr type != local counter drop\n";
-            s += "    ip6 saddr @rsa6 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } fib daddr type != local counter drop\n";
-            s += "  }\n";
-        }
-        s += "}\n";
-        let sock = NftSock::open()?;
-        nft(&s)?;
+        let mut sock = NftSock::open()?;
+        sock.commit(&install_batch(devices))
+            .map_err(|e| GuardError::on_table(TABLE, e))?;
         Ok(KernelGuard {
             installed: true,
             sock,
@@ -134,15 +296,18 @@ impl KernelGuard {
         if delta.is_empty() {
             return Ok(());
         }
-        self.sock
-            .commit(nftnl::NFPROTO_NETDEV, TABLE, &set_changes(delta))?;
+        let mut b = Batch::new(NFPROTO_NETDEV);
+        b.set_changes(TABLE, &set_changes(delta));
+        self.sock.commit(&b)?;
         Ok(())
     }
 
     /// Removes the table now (also done on drop).
     pub fn remove(&mut self) -> Result<(), GuardError> {
         if std::mem::take(&mut self.installed) {
-            nft(&format!("delete table netdev {TABLE}\n"))?;
+            let mut b = Batch::new(NFPROTO_NETDEV);
+            b.del_table(TABLE);
+            self.sock.commit(&b)?;
         }
         Ok(())
     }
@@ -348,6 +513,7 @@ impl Owned {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -460,34 +626,57 @@ mod tests {
         }
     }
 
-    #[test]
-    fn deltas_reach_the_kernel_sets_over_netlink() {
+    fn lab_ns(tag: &str) -> Option<Ns> {
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || Command::new("nft").arg("-v").output().is_err() {
-            eprintln!("deltas_reach_the_kernel_sets_over_netlink: skipped (needs root and nft)");
-            return;
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("{tag}: skipped (needs root for a network namespace)");
+            return None;
         }
-        let ns = Ns(format!("uvsguard-{}", std::process::id()));
-        let ip_cmd = |args: &[&str]| {
+        let ns = Ns(format!("uvsguard-{tag}-{}", std::process::id()));
+        for args in [
+            &["netns", "add", &ns.0][..],
+            &[
+                "-n", &ns.0, "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+            ],
+        ] {
             let ok = Command::new("ip")
                 .args(args)
                 .status()
                 .is_ok_and(|s| s.success());
             assert!(ok, "ip {args:?}");
-        };
-        ip_cmd(&["netns", "add", &ns.0]);
-        ip_cmd(&[
-            "-n", &ns.0, "link", "add", "d0", "type", "veth", "peer", "name", "d1",
-        ]);
-        let listing = crate::sys::netns::run_in(&ns.0, || {
-            let list = || {
-                let out = Command::new("nft")
-                    .args(["list", "table", "netdev", TABLE])
-                    .output()
-                    .expect("nft runs");
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            };
+        }
+        Some(ns)
+    }
+
+    /// Every set's keys, read back over netlink, as `set: hex key` lines.
+    fn read_back(sock: &mut NftSock) -> Vec<String> {
+        let mut out = Vec::new();
+        for set in [
+            "svc4", "svcw4", "rs4", "rsw4", "rsa4", "svc6", "svcw6", "rs6", "rsw6", "rsa6",
+        ] {
+            for k in sock
+                .set_keys(NFPROTO_NETDEV, TABLE, set)
+                .expect("set listed")
+            {
+                let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+                out.push(format!("{set}: {hex}"));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn hex(e: Elem) -> String {
+        let h: String = e.key().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}: {h}", e.set())
+    }
+
+    #[test]
+    fn deltas_reach_the_kernel_sets_over_netlink() {
+        let Some(ns) = lab_ns("delta") else { return };
+        let (first, second, second_b, err, third, gone) = crate::sys::netns::run_in(&ns.0, || {
             let mut g = KernelGuard::install(&["d0".to_string()]).expect("installs");
+            let mut rd = NftSock::open().expect("socket");
             let mut o = Owned::default();
             let (d, _) = o.change([
                 svc(80, &[("203.0.113.1", 8080)]),
@@ -498,43 +687,161 @@ mod tests {
                 ),
             ]);
             g.apply(&d).expect("adds");
-            let first = list();
+            let first = read_back(&mut rd);
             let (d, _) = o.change([((6, ip("192.0.2.1"), 80), None), svc(81, &[])]);
             g.apply(&d).expect("deletes and adds");
-            let second = list();
+            let second = read_back(&mut rd);
             // The last service behind the shared server goes: so does it.
             let (d, _) = o.change([((6, ip("192.0.2.1"), 82), None)]);
             g.apply(&d).expect("deletes");
-            let second_b = list();
+            let second_b = read_back(&mut rd);
             // Deleting what is not there is refused, and changes nothing.
             let bogus = Delta {
                 add: vec![Elem::Service((6, ip("192.0.2.9"), 9))],
                 del: vec![Elem::NatAddr(ip("203.0.113.99"))],
             };
             let err = g.apply(&bogus).expect_err("refused");
-            let third = list();
+            let third = read_back(&mut rd);
             g.remove().expect("removes");
-            (first, second, second_b, err.to_string(), third)
+            let gone = rd.tables(NFPROTO_NETDEV).expect("tables");
+            (first, second, second_b, err.to_string(), third, gone)
         })
         .expect("runs in the namespace");
-        let (first, second, second_b, err, third) = listing;
-        for want in [
-            "192.0.2.1 . tcp . 80",
-            "203.0.113.1 . tcp . 8080",
-            "2001:db8::1 . tcp",
-        ] {
-            assert!(first.contains(want), "{want} in {first}");
+        let svc80 = hex(Elem::Service((6, ip("192.0.2.1"), 80)));
+        let rs = hex(Elem::NatServer((6, ip("203.0.113.1"), 8080)));
+        let rsa = hex(Elem::NatAddr(ip("203.0.113.1")));
+        let wild6 = hex(Elem::Service((6, ip("2001:db8::1"), 0)));
+        for want in [&svc80, &rs, &rsa, &wild6] {
+            assert!(first.contains(want), "{want} in {first:?}");
         }
-        assert!(first.contains("elements = { 203.0.113.1 }"), "{first}");
-        assert!(!second.contains("192.0.2.1 . tcp . 80"), "{second}");
-        assert!(second.contains("192.0.2.1 . tcp . 81"), "{second}");
+        assert_eq!(first.len(), 5, "{first:?}");
+        assert!(!second.contains(&svc80), "{second:?}");
+        assert!(second.contains(&hex(Elem::Service((6, ip("192.0.2.1"), 81)))));
         assert!(
-            second.contains("203.0.113.1 . tcp . 8080"),
-            "the server behind :82 stays: {second}"
+            second.contains(&rs),
+            "the server behind :82 stays: {second:?}"
         );
-        assert!(!second_b.contains("203.0.113.1"), "{second_b}");
-        assert!(!second_b.contains("192.0.2.1 . tcp . 82"), "{second_b}");
+        assert!(
+            !second_b.contains(&rs) && !second_b.contains(&rsa),
+            "{second_b:?}"
+        );
         assert!(err.contains("delete") && err.contains("rsa4"), "{err}");
         assert_eq!(second_b, third, "a refused batch changes nothing");
+        assert!(!gone.contains(&TABLE.to_string()), "{gone:?}");
+    }
+
+    #[test]
+    fn the_table_is_owned_by_the_guards_socket_and_dies_with_it() {
+        let Some(ns) = lab_ns("owner") else { return };
+        let (during, busy, after, stale_replaced) = crate::sys::netns::run_in(&ns.0, || {
+            let mut rd = NftSock::open().expect("socket");
+            let mut g =
+                KernelGuard::install(&["d0".to_string(), "d1".to_string()]).expect("installs");
+            let during = rd.tables(NFPROTO_NETDEV).expect("tables");
+            // Another socket may neither replace nor delete it...
+            let busy = KernelGuard::install(&["d0".to_string()])
+                .expect_err("owned by the first guard")
+                .to_string();
+            assert!(remove_stale().is_err());
+            // ...and closing the owner's socket (what process death does)
+            // deletes it, without any remove.
+            g.installed = false;
+            let owner = std::mem::replace(&mut g.sock, NftSock::open().expect("socket"));
+            drop(owner);
+            let after = rd.tables(NFPROTO_NETDEV).expect("tables");
+            // An unowned leftover of the same name is replaced.
+            let mut b = Batch::new(NFPROTO_NETDEV);
+            b.add_table(TABLE, None);
+            rd.commit(&b).expect("unowned table");
+            let mut g = KernelGuard::install(&["d0".to_string()]).expect("replaces");
+            g.remove().expect("removes");
+            let stale_replaced = rd.tables(NFPROTO_NETDEV).expect("tables");
+            (during, busy, after, stale_replaced)
+        })
+        .expect("runs in the namespace");
+        assert!(during.contains(&TABLE.to_string()), "{during:?}");
+        assert!(busy.contains("another running process"), "{busy}");
+        assert!(!after.contains(&TABLE.to_string()), "{after:?}");
+        assert!(!stale_replaced.contains(&TABLE.to_string()));
+    }
+
+    /// The rules as the old `nft` script wrote them, for comparison.
+    const NFT_SCRIPT: &str = "table netdev uvsref {
+  set svc4 { type ipv4_addr . inet_proto . inet_service; }
+  set svcw4 { type ipv4_addr . inet_proto; }
+  set rs4 { type ipv4_addr . inet_proto . inet_service; }
+  set rsw4 { type ipv4_addr . inet_proto; }
+  set rsa4 { type ipv4_addr; }
+  set svc6 { type ipv6_addr . inet_proto . inet_service; }
+  set svcw6 { type ipv6_addr . inet_proto; }
+  set rs6 { type ipv6_addr . inet_proto . inet_service; }
+  set rsw6 { type ipv6_addr . inet_proto; }
+  set rsa6 { type ipv6_addr; }
+  chain in0 {
+    type filter hook ingress device \"d0\" priority -500; policy accept;
+    ip daddr . meta l4proto . th dport @svc4 counter drop
+    ip daddr . meta l4proto @svcw4 counter drop
+    ip saddr . meta l4proto . th sport @rs4 fib daddr type != local counter drop
+    ip saddr . meta l4proto @rsw4 fib daddr type != local counter drop
+    ip6 daddr . meta l4proto . th dport @svc6 counter drop
+    ip6 daddr . meta l4proto @svcw6 counter drop
+    ip6 saddr . meta l4proto . th sport @rs6 fib daddr type != local counter drop
+    ip6 saddr . meta l4proto @rsw6 fib daddr type != local counter drop
+    ip saddr @rsa4 icmp type { destination-unreachable, source-quench, time-exceeded, parameter-problem } fib daddr type != local counter drop
+    ip6 saddr @rsa6 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } fib daddr type != local counter drop
+  }
+}
+";
+
+    #[test]
+    fn nft_lists_the_netlink_table_as_the_rules_it_replaces() {
+        // `nft` is only the oracle here: uvs itself never runs it.
+        if Command::new("nft").arg("-v").output().is_err() {
+            eprintln!("nft_lists_the_netlink_table_as_the_rules_it_replaces: skipped (no nft)");
+            return;
+        }
+        let Some(ns) = lab_ns("oracle") else { return };
+        let nft = |args: &[&str], stdin: Option<&str>| {
+            use std::io::Write as _;
+            let mut c = Command::new("ip")
+                .args(["netns", "exec", &ns.0, "nft"])
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("nft runs");
+            if let Some(s) = stdin {
+                c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+            }
+            drop(c.stdin.take());
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "nft {args:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        nft(&["-f", "-"], Some(NFT_SCRIPT));
+        let want = nft(&["list", "table", "netdev", "uvsref"], None).replace("uvsref", TABLE);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let name = ns.0.clone();
+        let t = std::thread::spawn(move || {
+            crate::sys::netns::enter(&name).unwrap();
+            let g = KernelGuard::install(&["d0".to_string()]).expect("installs");
+            tx.send(()).unwrap();
+            let _ = done_rx.recv();
+            drop(g);
+        });
+        rx.recv().expect("installed");
+        let got = nft(&["list", "table", "netdev", TABLE], None);
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        // Ownership is the one intended difference: nft names the owning
+        // process after the table.
+        let (head, rest) = got.split_once('\n').expect("listing");
+        assert!(head.contains("# progname"), "owned: {head}");
+        let got = format!(
+            "table netdev {TABLE} {{\n{}",
+            rest.replace("\tflags owner\n", "").trim_start_matches('\n')
+        );
+        assert_eq!(got, want, "netlink:\n{got}\nnft:\n{want}");
     }
 }

@@ -1,56 +1,137 @@
-//! A minimal nf_tables client over netlink: adds and deletes set elements
-//! of an existing table in one atomic transaction, without running `nft`.
+//! A minimal nf_tables client over netlink: builds tables, sets, chains,
+//! rules and set elements and applies them in atomic transactions, and
+//! reads tables and set elements back, without running `nft` (no nftables
+//! package needed).
 //!
 //! Contract:
 //! * [`NftSock`] is one `AF_NETLINK`/`NETLINK_NETFILTER` socket, bound to
-//!   the network namespace of the thread that called [`NftSock::open`].
-//! * [`NftSock::commit`] sends one nfnetlink batch (`BATCH_BEGIN`, then
-//!   `NFT_MSG_DELSETELEM` / `NFT_MSG_NEWSETELEM` messages of at most
-//!   [`ELEMS_PER_MSG`] elements, then `BATCH_END`) in a single `send`, so
-//!   the kernel applies all of it or none; every element message asks for
-//!   an acknowledgement, and the call returns when each one was answered
-//!   (or the first error, or the 2 s receive timeout). Replies to an
-//!   earlier, abandoned transaction are recognised by sequence number and
-//!   skipped.
+//!   the network namespace of the thread that called [`NftSock::open`]. A
+//!   table created through it with [`NFT_TABLE_F_OWNER`] belongs to it:
+//!   only this socket may change it, and the kernel deletes the table when
+//!   the socket closes, however the process ends (SIGKILL included).
+//! * [`NftSock::commit`] sends one [`Batch`] as one nfnetlink batch
+//!   (`BATCH_BEGIN`, its messages, `BATCH_END`) in a single `send`, so the
+//!   kernel applies all of it or none. Every message asks for an
+//!   acknowledgement; the call returns when each one was answered, at the
+//!   first error (named by what the failing message did, with the kernel's
+//!   extended-ack text when it gives one), or after the 2 s receive
+//!   timeout. Replies to an earlier, abandoned transaction are recognised
+//!   by sequence number and skipped.
 //! * Keys are given as the kernel stores them: for a concatenation, each
 //!   field in network byte order, zero-padded to a multiple of 4 bytes
 //!   (nf_tables' 32-bit registers) — see [`key`].
 //!
 //! Control-path code: it allocates and makes syscalls, once per change.
 
+mod msg;
+
+pub use msg::{reg, Base, Batch, Expr, Ingress, KeyType, MetaKey, SetRef, R1, RTN_LOCAL};
+
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use msg::align4;
 
 /// Kernel ABI numbers (uapi `netlink.h`, `nfnetlink.h`, `nf_tables.h`).
 mod abi {
     pub const NLMSG_HDRLEN: usize = 16;
     pub const NLMSG_ERROR: u16 = 2;
+    pub const NLMSG_DONE: u16 = 3;
     pub const NLM_F_REQUEST: u16 = 0x001;
     pub const NLM_F_ACK: u16 = 0x004;
+    pub const NLM_F_DUMP: u16 = 0x300;
     pub const NLM_F_CREATE: u16 = 0x400;
+    pub const NLM_F_APPEND: u16 = 0x800;
+    /// In an error message: the request's payload was left out.
+    pub const NLM_F_CAPPED: u16 = 0x100;
+    /// In an error message: extended-ack attributes follow.
+    pub const NLM_F_ACK_TLVS: u16 = 0x200;
+    pub const NLMSGERR_ATTR_MSG: u16 = 1;
     pub const NLA_F_NESTED: u16 = 0x8000;
+    pub const NLA_TYPE_MASK: u16 = 0x3fff;
     pub const NETLINK_NETFILTER: i32 = 12;
     pub const NETLINK_CAP_ACK: i32 = 10;
+    pub const NETLINK_EXT_ACK: i32 = 11;
 
     pub const NFNL_MSG_BATCH_BEGIN: u16 = 16;
     pub const NFNL_MSG_BATCH_END: u16 = 17;
     pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    pub const NFT_MSG_NEWTABLE: u16 = 0;
+    pub const NFT_MSG_GETTABLE: u16 = 1;
+    pub const NFT_MSG_DELTABLE: u16 = 2;
+    pub const NFT_MSG_NEWCHAIN: u16 = 3;
+    pub const NFT_MSG_NEWRULE: u16 = 6;
+    pub const NFT_MSG_NEWSET: u16 = 9;
     pub const NFT_MSG_NEWSETELEM: u16 = 12;
+    pub const NFT_MSG_GETSETELEM: u16 = 13;
     pub const NFT_MSG_DELSETELEM: u16 = 14;
     /// `struct nfgenmsg`: family (u8), version (u8), res_id (be16).
     pub const NFGENMSG_LEN: usize = 4;
 
+    pub const NFTA_TABLE_NAME: u16 = 1;
+    pub const NFTA_TABLE_FLAGS: u16 = 2;
+    pub const NFTA_CHAIN_TABLE: u16 = 1;
+    pub const NFTA_CHAIN_NAME: u16 = 3;
+    pub const NFTA_CHAIN_HOOK: u16 = 4;
+    pub const NFTA_CHAIN_POLICY: u16 = 5;
+    pub const NFTA_CHAIN_TYPE: u16 = 7;
+    pub const NFTA_HOOK_HOOKNUM: u16 = 1;
+    pub const NFTA_HOOK_PRIORITY: u16 = 2;
+    pub const NFTA_HOOK_DEV: u16 = 3;
+    pub const NF_NETDEV_INGRESS: u32 = 0;
+    pub const NF_DROP: u32 = 0;
+    pub const NF_ACCEPT: u32 = 1;
+    pub const NFTA_RULE_TABLE: u16 = 1;
+    pub const NFTA_RULE_CHAIN: u16 = 2;
+    pub const NFTA_RULE_EXPRESSIONS: u16 = 4;
+    pub const NFTA_EXPR_NAME: u16 = 1;
+    pub const NFTA_EXPR_DATA: u16 = 2;
+    pub const NFTA_SET_TABLE: u16 = 1;
+    pub const NFTA_SET_NAME: u16 = 2;
+    pub const NFTA_SET_FLAGS: u16 = 3;
+    pub const NFTA_SET_KEY_TYPE: u16 = 4;
+    pub const NFTA_SET_KEY_LEN: u16 = 5;
+    pub const NFTA_SET_DESC: u16 = 9;
+    pub const NFTA_SET_ID: u16 = 10;
+    pub const NFTA_SET_DESC_SIZE: u16 = 1;
+    pub const NFT_SET_ANONYMOUS: u32 = 0x1;
+    pub const NFT_SET_CONSTANT: u32 = 0x2;
     pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
     pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
     pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+    pub const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
     pub const NFTA_LIST_ELEM: u16 = 1;
     pub const NFTA_SET_ELEM_KEY: u16 = 1;
     pub const NFTA_DATA_VALUE: u16 = 1;
+    pub const NFTA_DATA_VERDICT: u16 = 2;
+    pub const NFTA_VERDICT_CODE: u16 = 1;
+    pub const NFTA_META_DREG: u16 = 1;
+    pub const NFTA_META_KEY: u16 = 2;
+    pub const NFTA_CMP_SREG: u16 = 1;
+    pub const NFTA_CMP_OP: u16 = 2;
+    pub const NFTA_CMP_DATA: u16 = 3;
+    pub const NFTA_PAYLOAD_DREG: u16 = 1;
+    pub const NFTA_PAYLOAD_BASE: u16 = 2;
+    pub const NFTA_PAYLOAD_OFFSET: u16 = 3;
+    pub const NFTA_PAYLOAD_LEN: u16 = 4;
+    pub const NFTA_LOOKUP_SET: u16 = 1;
+    pub const NFTA_LOOKUP_SREG: u16 = 2;
+    pub const NFTA_LOOKUP_SET_ID: u16 = 4;
+    pub const NFTA_FIB_DREG: u16 = 1;
+    pub const NFTA_FIB_RESULT: u16 = 2;
+    pub const NFTA_FIB_FLAGS: u16 = 3;
+    pub const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+    pub const NFTA_FIB_F_DADDR: u32 = 2;
+    pub const NFTA_IMMEDIATE_DREG: u16 = 1;
+    pub const NFTA_IMMEDIATE_DATA: u16 = 2;
 }
 
 /// The `netdev` family of nf_tables tables.
 pub const NFPROTO_NETDEV: u8 = 5;
+/// Table flag: the table belongs to the netlink socket that created it
+/// and is deleted with it (Linux 5.12).
+pub const NFT_TABLE_F_OWNER: u32 = 0x2;
 /// Elements per message: keeps each message well below a page multiple the
 /// kernel handles comfortably; a transaction has as many as it needs.
 pub const ELEMS_PER_MSG: usize = 1024;
@@ -64,14 +145,14 @@ pub enum NftError {
     #[error("nf_tables netlink socket: {0}")]
     Socket(#[from] io::Error),
     /// The kernel refused the transaction.
-    #[error("nf_tables refused {op} on set {set}: {err}")]
+    #[error("nf_tables refused to {what}: {err}{}", in_parens(.detail))]
     Kernel {
-        /// `add` or `delete`.
-        op: &'static str,
-        /// The set's name.
-        set: String,
+        /// What the refused message did, e.g. `delete elements of set rsa4`.
+        what: String,
         /// The errno the kernel answered.
         err: io::Error,
+        /// The kernel's extended-ack message, when it gave one.
+        detail: Option<String>,
     },
     /// No answer within the receive timeout.
     #[error("nf_tables did not answer in time")]
@@ -79,6 +160,20 @@ pub enum NftError {
     /// An answer that does not parse.
     #[error("malformed nf_tables answer: {0}")]
     Malformed(&'static str),
+}
+
+fn in_parens(d: &Option<String>) -> String {
+    d.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+}
+
+impl NftError {
+    /// The kernel's errno, when the kernel refused.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NftError::Kernel { err, .. } => err.raw_os_error(),
+            _ => None,
+        }
+    }
 }
 
 /// One set's change: `keys` added to or deleted from `set`.
@@ -90,6 +185,19 @@ pub struct SetChange {
     pub set: String,
     /// Keys as built by [`key`].
     pub keys: Vec<Vec<u8>>,
+}
+
+impl Batch {
+    /// Applies `changes` to the sets of `table`, deletions first.
+    pub fn set_changes(&mut self, table: &str, changes: &[SetChange]) {
+        let ordered = changes
+            .iter()
+            .filter(|c| !c.add)
+            .chain(changes.iter().filter(|c| c.add));
+        for c in ordered {
+            self.elems(table, &SetRef::named(&c.set), c.add, &c.keys);
+        }
+    }
 }
 
 /// A set key from its fields: each field in network byte order, padded
@@ -146,6 +254,12 @@ fn setsockopt_int(fd: &OwnedFd, level: i32, name: i32, val: i32) -> io::Result<(
     Ok(())
 }
 
+/// A message that waits for its acknowledgement.
+struct Pending {
+    seq: u32,
+    what: String,
+}
+
 impl NftSock {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<NftSock, NftError> {
@@ -176,8 +290,10 @@ impl NftSock {
         if rc < 0 {
             return Err(io::Error::last_os_error().into());
         }
-        // Errors without a copy of our (possibly large) request.
+        // Errors without a copy of our (possibly large) request, but with
+        // the kernel's reason as text where it has one.
         setsockopt_int(&fd, libc::SOL_NETLINK, abi::NETLINK_CAP_ACK, 1)?;
+        let _ = setsockopt_int(&fd, libc::SOL_NETLINK, abi::NETLINK_EXT_ACK, 1);
         let tv = libc::timeval {
             tv_sec: RECV_TIMEOUT_SECS,
             tv_usec: 0,
@@ -202,25 +318,24 @@ impl NftSock {
         })
     }
 
-    /// Applies `changes` to sets of `table` (of `family`) in one
-    /// transaction; see the module doc.
-    pub fn commit(
-        &mut self,
-        family: u8,
-        table: &str,
-        changes: &[SetChange],
-    ) -> Result<(), NftError> {
-        let (msg, pending) = batch(&mut self.seq, family, table, changes);
-        if pending.is_empty() {
+    /// Applies `batch` in one transaction; see the module doc.
+    pub fn commit(&mut self, batch: &Batch) -> Result<(), NftError> {
+        if batch.is_empty() {
             return Ok(());
         }
+        let (msg, first, pending) = frame(&mut self.seq, batch);
         self.grow_sndbuf(msg.len())?;
+        self.send(&msg)?;
+        self.await_acks(first, pending)
+    }
+
+    fn send(&self, msg: &[u8]) -> Result<(), NftError> {
         // SAFETY: `msg` is a valid buffer of `msg.len()` bytes.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
         if n < 0 {
             return Err(io::Error::last_os_error().into());
         }
-        self.await_acks(pending)
+        Ok(())
     }
 
     /// A transaction is one datagram: make room for it (root may exceed
@@ -235,268 +350,320 @@ impl NftSock {
             .map_err(NftError::Socket)
     }
 
-    /// Reads answers until every sequence number in `pending` was
-    /// acknowledged, or an error.
-    fn await_acks(
-        &mut self,
-        mut pending: Vec<(u32, &'static str, String)>,
-    ) -> Result<(), NftError> {
+    /// One datagram from the kernel into `buf`; its length.
+    fn recv(&mut self) -> Result<usize, NftError> {
+        // SAFETY: `buf` is a valid, writable buffer of its length.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                self.buf.as_mut_ptr().cast(),
+                self.buf.len(),
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => NftError::Timeout,
+                _ => NftError::Socket(e),
+            });
+        }
+        Ok(n as usize)
+    }
+
+    /// Reads answers until every message in `pending` was acknowledged, or
+    /// an error about this batch (sequence numbers from `first`: the batch
+    /// begin itself is refused without the capability).
+    fn await_acks(&mut self, first: u32, mut pending: Vec<Pending>) -> Result<(), NftError> {
+        let last = pending.last().map_or(first, |p| p.seq).wrapping_add(1);
+        let ours = |seq: u32| seq.wrapping_sub(first) <= last.wrapping_sub(first);
         while !pending.is_empty() {
-            // SAFETY: `buf` is a valid, writable buffer of its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return Err(match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => NftError::Timeout,
-                    _ => NftError::Socket(e),
-                });
-            }
-            for (seq, errno) in acks(&self.buf[..n as usize])? {
-                let Some(i) = pending.iter().position(|p| p.0 == seq) else {
+            let n = self.recv()?;
+            for m in messages(&self.buf[..n])? {
+                let Some(e) = m.error()? else { continue };
+                if !ours(m.seq) {
                     continue; // an earlier transaction's late answer
-                };
-                let (_, op, set) = pending.swap_remove(i);
-                if errno != 0 {
+                }
+                let i = pending.iter().position(|p| p.seq == m.seq);
+                if e.errno != 0 {
+                    let what = i.map_or_else(
+                        || "begin a transaction".to_string(),
+                        |i| pending[i].what.clone(),
+                    );
                     return Err(NftError::Kernel {
-                        op,
-                        set,
-                        err: io::Error::from_raw_os_error(errno),
+                        what,
+                        err: io::Error::from_raw_os_error(e.errno),
+                        detail: e.detail,
                     });
+                }
+                if let Some(i) = i {
+                    pending.swap_remove(i);
                 }
             }
         }
         Ok(())
     }
+
+    /// Runs a dump request `kind` with `attrs`; calls `each` with every
+    /// answer's attributes.
+    fn dump(
+        &mut self,
+        family: u8,
+        kind: u16,
+        attrs: impl FnOnce(&mut msg::Attrs<'_>),
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), NftError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut b = Vec::new();
+        let at = header(
+            &mut b,
+            (abi::NFNL_SUBSYS_NFTABLES << 8) | kind,
+            abi::NLM_F_REQUEST | abi::NLM_F_DUMP,
+            seq,
+            family,
+            0,
+        );
+        attrs(&mut msg::Attrs(&mut b));
+        end_msg(&mut b, at);
+        self.send(&b)?;
+        loop {
+            let n = self.recv()?;
+            let buf = std::mem::take(&mut self.buf);
+            let res = (|| {
+                for m in messages(&buf[..n])? {
+                    if m.seq != seq {
+                        continue;
+                    }
+                    match m.kind {
+                        abi::NLMSG_DONE => return Ok(true),
+                        abi::NLMSG_ERROR => {
+                            let e = m.error()?.ok_or(NftError::Malformed("error"))?;
+                            return Err(NftError::Kernel {
+                                what: "list".to_string(),
+                                err: io::Error::from_raw_os_error(e.errno),
+                                detail: e.detail,
+                            });
+                        }
+                        _ => each(m.payload.get(abi::NFGENMSG_LEN..).unwrap_or_default()),
+                    }
+                }
+                Ok(false)
+            })();
+            self.buf = buf;
+            if res? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The names of the tables of `family` in this socket's namespace.
+    pub fn tables(&mut self, family: u8) -> Result<Vec<String>, NftError> {
+        let mut out = Vec::new();
+        self.dump(
+            family,
+            abi::NFT_MSG_GETTABLE,
+            |_| {},
+            |m| {
+                if let Some(name) = attr(m, abi::NFTA_TABLE_NAME) {
+                    out.push(cstr(name));
+                }
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// The keys in `set` of `table` (ENOENT when either does not exist).
+    pub fn set_keys(
+        &mut self,
+        family: u8,
+        table: &str,
+        set: &str,
+    ) -> Result<Vec<Vec<u8>>, NftError> {
+        let mut out = Vec::new();
+        self.dump(
+            family,
+            abi::NFT_MSG_GETSETELEM,
+            |a| {
+                a.str(abi::NFTA_SET_ELEM_LIST_TABLE, table);
+                a.str(abi::NFTA_SET_ELEM_LIST_SET, set);
+            },
+            |m| {
+                let Some(list) = attr(m, abi::NFTA_SET_ELEM_LIST_ELEMENTS) else {
+                    return;
+                };
+                for (_, e) in attrs(list) {
+                    if let Some(v) =
+                        attr(e, abi::NFTA_SET_ELEM_KEY).and_then(|k| attr(k, abi::NFTA_DATA_VALUE))
+                    {
+                        out.push(v.to_vec());
+                    }
+                }
+            },
+        )?;
+        Ok(out)
+    }
 }
 
-/// The acknowledgements (sequence number, errno; 0 = success) in one
-/// datagram from the kernel.
-fn acks(mut b: &[u8]) -> Result<Vec<(u32, i32)>, NftError> {
+/// The attributes in `b`: (type without flags, payload).
+fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let kind = u16::from_ne_bytes([b[2], b[3]]) & abi::NLA_TYPE_MASK;
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        let v = &b[4..len];
+        b = &b[align4(len).min(b.len())..];
+        Some((kind, v))
+    })
+}
+
+/// The first attribute of type `kind` in `b`.
+fn attr(b: &[u8], kind: u16) -> Option<&[u8]> {
+    attrs(b).find(|a| a.0 == kind).map(|a| a.1)
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// One netlink message of a datagram.
+struct Message<'a> {
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    payload: &'a [u8],
+}
+
+/// An `NLMSG_ERROR` answer: errno 0 is an acknowledgement.
+struct Ack {
+    errno: i32,
+    detail: Option<String>,
+}
+
+impl Message<'_> {
+    /// The acknowledgement or error this message carries, if it is one.
+    fn error(&self) -> Result<Option<Ack>, NftError> {
+        if self.kind != abi::NLMSG_ERROR {
+            return Ok(None);
+        }
+        let p = self.payload;
+        if p.len() < 4 + abi::NLMSG_HDRLEN {
+            return Err(NftError::Malformed("short error message"));
+        }
+        let err = i32::from_ne_bytes(p[0..4].try_into().expect("4 bytes"));
+        let mut detail = None;
+        if self.flags & abi::NLM_F_ACK_TLVS != 0 {
+            // After the errno: the request's header, and its payload
+            // unless capped; then the extended-ack attributes.
+            let orig = u32::from_ne_bytes(p[4..8].try_into().expect("4 bytes")) as usize;
+            let skip = if self.flags & abi::NLM_F_CAPPED != 0 {
+                abi::NLMSG_HDRLEN
+            } else {
+                align4(orig)
+            };
+            if let Some(tlvs) = p.get(4 + skip..) {
+                detail = attr(tlvs, abi::NLMSGERR_ATTR_MSG).map(cstr);
+            }
+        }
+        Ok(Some(Ack {
+            errno: -err,
+            detail,
+        }))
+    }
+}
+
+/// The messages in one datagram from the kernel.
+fn messages(mut b: &[u8]) -> Result<Vec<Message<'_>>, NftError> {
     let mut out = Vec::new();
     while b.len() >= abi::NLMSG_HDRLEN {
         let len = u32::from_ne_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
-        let kind = u16::from_ne_bytes([b[4], b[5]]);
-        let seq = u32::from_ne_bytes(b[8..12].try_into().expect("4 bytes"));
         if len < abi::NLMSG_HDRLEN || len > b.len() {
             return Err(NftError::Malformed("message length"));
         }
-        if kind == abi::NLMSG_ERROR {
-            let p = &b[abi::NLMSG_HDRLEN..len];
-            if p.len() < 4 {
-                return Err(NftError::Malformed("short error message"));
-            }
-            let err = i32::from_ne_bytes(p[0..4].try_into().expect("4 bytes"));
-            out.push((seq, -err));
-        }
+        out.push(Message {
+            kind: u16::from_ne_bytes([b[4], b[5]]),
+            flags: u16::from_ne_bytes([b[6], b[7]]),
+            seq: u32::from_ne_bytes(b[8..12].try_into().expect("4 bytes")),
+            payload: &b[abi::NLMSG_HDRLEN..len],
+        });
         b = &b[align4(len).min(b.len())..];
     }
     Ok(out)
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
+/// Starts a message in `b`; returns its offset for [`end_msg`].
+fn header(b: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
+    let at = b.len();
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b.extend_from_slice(&kind.to_ne_bytes());
+    b.extend_from_slice(&flags.to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b.extend_from_slice(&[family, 0]);
+    b.extend_from_slice(&res_id.to_be_bytes());
+    debug_assert_eq!(b.len() - at, abi::NLMSG_HDRLEN + abi::NFGENMSG_LEN);
+    at
 }
 
-/// Builds netlink messages in a byte buffer.
-struct Writer {
-    b: Vec<u8>,
+fn end_msg(b: &mut [u8], at: usize) {
+    let len = (b.len() - at) as u32;
+    b[at..at + 4].copy_from_slice(&len.to_ne_bytes());
 }
 
-impl Writer {
-    /// Starts a message; returns its offset for [`Writer::end_msg`].
-    fn msg(&mut self, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
-        let at = self.b.len();
-        self.b.extend_from_slice(&0u32.to_ne_bytes());
-        self.b.extend_from_slice(&kind.to_ne_bytes());
-        self.b.extend_from_slice(&flags.to_ne_bytes());
-        self.b.extend_from_slice(&seq.to_ne_bytes());
-        self.b.extend_from_slice(&0u32.to_ne_bytes());
-        self.b.extend_from_slice(&[family, 0]);
-        self.b.extend_from_slice(&res_id.to_be_bytes());
-        debug_assert_eq!(self.b.len() - at, abi::NLMSG_HDRLEN + abi::NFGENMSG_LEN);
-        at
-    }
-
-    fn end_msg(&mut self, at: usize) {
-        let len = (self.b.len() - at) as u32;
-        self.b[at..at + 4].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    fn attr(&mut self, kind: u16, data: &[u8]) {
-        let len = (4 + data.len()) as u16;
-        self.b.extend_from_slice(&len.to_ne_bytes());
-        self.b.extend_from_slice(&kind.to_ne_bytes());
-        self.b.extend_from_slice(data);
-        self.b.resize(align4(self.b.len()), 0);
-    }
-
-    fn str_attr(&mut self, kind: u16, s: &str) {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        self.attr(kind, &v);
-    }
-
-    fn nest(&mut self, kind: u16) -> usize {
-        let at = self.b.len();
-        self.b.extend_from_slice(&0u16.to_ne_bytes());
-        self.b
-            .extend_from_slice(&(kind | abi::NLA_F_NESTED).to_ne_bytes());
-        at
-    }
-
-    fn end_nest(&mut self, at: usize) {
-        let len = (self.b.len() - at) as u16;
-        self.b[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-}
-
-/// The batch for `changes` and the (sequence, op, set) of each message
-/// that will be acknowledged. Deletions go first.
-fn batch(
-    seq: &mut u32,
-    family: u8,
-    table: &str,
-    changes: &[SetChange],
-) -> (Vec<u8>, Vec<(u32, &'static str, String)>) {
-    let mut w = Writer { b: Vec::new() };
-    let mut pending = Vec::new();
+/// The datagram for `batch`, the batch begin's sequence number, and the
+/// messages that will be acknowledged.
+fn frame(seq: &mut u32, batch: &Batch) -> (Vec<u8>, u32, Vec<Pending>) {
+    let mut b =
+        Vec::with_capacity(64 + batch.msgs.iter().map(|m| m.body.len() + 20).sum::<usize>());
+    let mut pending = Vec::with_capacity(batch.msgs.len());
     let mut next = || {
         *seq = seq.wrapping_add(1);
         *seq
     };
-    let begin = w.msg(
+    let first = next();
+    let at = header(
+        &mut b,
         abi::NFNL_MSG_BATCH_BEGIN,
         abi::NLM_F_REQUEST,
-        next(),
+        first,
         0,
         abi::NFNL_SUBSYS_NFTABLES,
     );
-    w.end_msg(begin);
-    let ordered = changes
-        .iter()
-        .filter(|c| !c.add)
-        .chain(changes.iter().filter(|c| c.add));
-    for c in ordered {
-        for chunk in c.keys.chunks(ELEMS_PER_MSG) {
-            let (kind, flags, op) = if c.add {
-                (abi::NFT_MSG_NEWSETELEM, abi::NLM_F_CREATE, "add")
-            } else {
-                (abi::NFT_MSG_DELSETELEM, 0, "delete")
-            };
-            let s = next();
-            let m = w.msg(
-                (abi::NFNL_SUBSYS_NFTABLES << 8) | kind,
-                abi::NLM_F_REQUEST | abi::NLM_F_ACK | flags,
-                s,
-                family,
-                0,
-            );
-            w.str_attr(abi::NFTA_SET_ELEM_LIST_TABLE, table);
-            w.str_attr(abi::NFTA_SET_ELEM_LIST_SET, &c.set);
-            let list = w.nest(abi::NFTA_SET_ELEM_LIST_ELEMENTS);
-            for k in chunk {
-                let e = w.nest(abi::NFTA_LIST_ELEM);
-                let kn = w.nest(abi::NFTA_SET_ELEM_KEY);
-                w.attr(abi::NFTA_DATA_VALUE, k);
-                w.end_nest(kn);
-                w.end_nest(e);
-            }
-            w.end_nest(list);
-            w.end_msg(m);
-            pending.push((s, op, c.set.clone()));
-        }
+    end_msg(&mut b, at);
+    for m in &batch.msgs {
+        let s = next();
+        let at = header(
+            &mut b,
+            (abi::NFNL_SUBSYS_NFTABLES << 8) | m.kind,
+            abi::NLM_F_REQUEST | abi::NLM_F_ACK | m.flags,
+            s,
+            batch.family,
+            0,
+        );
+        b.extend_from_slice(&m.body);
+        end_msg(&mut b, at);
+        pending.push(Pending {
+            seq: s,
+            what: m.what.clone(),
+        });
     }
-    let end = w.msg(
+    let at = header(
+        &mut b,
         abi::NFNL_MSG_BATCH_END,
         abi::NLM_F_REQUEST,
         next(),
         0,
         abi::NFNL_SUBSYS_NFTABLES,
     );
-    w.end_msg(end);
-    (w.b, pending)
+    end_msg(&mut b, at);
+    (b, first, pending)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_pad_every_field_to_four_bytes() {
-        let k = key(&[
-            KeyField::Addr("192.0.2.1".parse().unwrap()),
-            KeyField::Proto(6),
-            KeyField::Port(0x1f90),
-        ]);
-        assert_eq!(k, [192, 0, 2, 1, 6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
-        let k6 = key(&[
-            KeyField::Addr("2001:db8::1".parse().unwrap()),
-            KeyField::Proto(17),
-        ]);
-        assert_eq!(k6.len(), 20);
-        assert_eq!(&k6[16..], [17, 0, 0, 0]);
-    }
-
-    #[test]
-    fn a_batch_is_framed_and_chunked() {
-        let mut seq = 100;
-        let keys: Vec<Vec<u8>> = (0..ELEMS_PER_MSG as u32 + 1)
-            .map(|i| i.to_be_bytes().to_vec())
-            .collect();
-        let changes = [
-            SetChange {
-                add: true,
-                set: "rsa4".into(),
-                keys,
-            },
-            SetChange {
-                add: false,
-                set: "svc4".into(),
-                keys: vec![vec![1; 12]],
-            },
-        ];
-        let (b, pending) = batch(&mut seq, NFPROTO_NETDEV, "uvs", &changes);
-        // delete first, then the add in two messages; begin and end unacked.
-        let ops: Vec<(&str, &str)> = pending.iter().map(|p| (p.1, p.2.as_str())).collect();
-        assert_eq!(ops, [("delete", "svc4"), ("add", "rsa4"), ("add", "rsa4")]);
-        assert_eq!(pending[0].0, 102);
-        assert_eq!(seq, 105);
-        // Walk the messages: lengths chain to the end, types as expected.
-        let mut kinds = Vec::new();
-        let mut rest = &b[..];
-        while !rest.is_empty() {
-            let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
-            kinds.push(u16::from_ne_bytes([rest[4], rest[5]]));
-            rest = &rest[len..];
-        }
-        assert_eq!(
-            kinds,
-            [16, (10 << 8) | 14, (10 << 8) | 12, (10 << 8) | 12, 17]
-        );
-        // Batch begin names the nftables subsystem (big endian).
-        assert_eq!(&b[18..20], &10u16.to_be_bytes());
-    }
-
-    #[test]
-    fn acks_are_parsed_with_errno() {
-        let mut b = Vec::new();
-        for (seq, err) in [(7u32, 0i32), (8, -2)] {
-            b.extend_from_slice(&36u32.to_ne_bytes());
-            b.extend_from_slice(&abi::NLMSG_ERROR.to_ne_bytes());
-            b.extend_from_slice(&0u16.to_ne_bytes());
-            b.extend_from_slice(&seq.to_ne_bytes());
-            b.extend_from_slice(&0u32.to_ne_bytes());
-            b.extend_from_slice(&err.to_ne_bytes());
-            b.extend_from_slice(&[0; 16]);
-        }
-        assert_eq!(acks(&b).unwrap(), [(7, 0), (8, 2)]);
-        assert!(acks(&b[..20]).is_err());
-    }
-}
+mod tests;
