@@ -198,11 +198,14 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
     o.first = a.first;
     o.conns = a.conns;
     o.out = a.out;
-    // Check what is missing before asking for root, so a user learns both.
-    bench::check_tools(&o.peers)?;
-    if !bench::is_root() {
-        bail!("uvs bench builds network namespaces and needs root (try: sudo uvs bench)");
+    // Everything missing at once: root, kernel features, the lab's and the
+    // chosen peers' programs.
+    let mut needs = uvs::sys::prereq::for_lab("uvs bench");
+    for p in &o.peers {
+        needs.programs.extend(p.tools().iter().copied());
     }
+    uvs::sys::prereq::check(&needs)?;
+    bench::check_tools(&o.peers)?;
     // SIGINT/SIGTERM raise the flag; the bench then removes what it made
     // and returns.
     let stop = Arc::new(AtomicBool::new(false));
@@ -230,7 +233,12 @@ fn main() -> ExitCode {
     match real_main() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("uvs: {e:#}");
+            if let Some(m) = e.downcast_ref::<uvs::sys::prereq::Missing>() {
+                eprintln!("{m}");
+            } else {
+                let e: &(dyn std::error::Error + 'static) = e.as_ref();
+                eprintln!("uvs: {}", uvs::sys::prereq::describe(e));
+            }
             ExitCode::from(1)
         }
     }
@@ -250,6 +258,14 @@ fn real_main() -> Result<ExitCode> {
             knobs,
             io,
         } => {
+            // What it needs, checked before anything is changed.
+            let control = socket::path(control.as_deref());
+            uvs::sys::prereq::check(&uvs::sys::prereq::for_run(
+                &interfaces,
+                &control,
+                io == Io::AfXdp,
+                io != Io::AfXdp,
+            ))?;
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, stop.clone())
@@ -259,7 +275,7 @@ fn real_main() -> Result<ExitCode> {
                 interfaces,
                 workers: workers
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-                control: socket::path(control.as_deref()),
+                control,
                 config: config
                     .map(|p| {
                         std::fs::read_to_string(&p)
@@ -308,9 +324,7 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { requests } => {
-            if !uvs::lab::demo::is_root() {
-                bail!("uvs demo builds network namespaces and needs root (try: sudo uvs demo)");
-            }
+            uvs::sys::prereq::check(&uvs::sys::prereq::for_lab("uvs demo"))?;
             let ok = uvs::lab::demo::run(requests)?;
             Ok(if ok {
                 ExitCode::SUCCESS
