@@ -3,10 +3,12 @@
 //! socket), and the VIP is the director kernel's again at once, with no
 //! restart. Needs root (a namespace lab); skips without it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use uvs::lab;
+use uvs::sys::guard::{service_elems, KernelGuard, Owned};
 use uvs::sys::netns;
 use uvs::sys::nftnl::{NftSock, NFPROTO_NETDEV};
 
@@ -59,6 +61,12 @@ fn sigkill_leaves_no_table_and_the_vip_is_the_kernels_again() {
         "balanced by uvs: {t:?}"
     );
     assert!(netdev_tables(&s.lab.ns("lb")).contains(&"uvs".to_string()));
+    // `uvs stats` shows what the guard kept from the kernel: the clients'
+    // packets to the VIP and the real servers' NAT replies.
+    let stats = s.d.call(&["stats"]).unwrap().stdout;
+    assert!(s.d.counter("guard.service").unwrap() >= 10, "{stats}");
+    assert!(s.d.counter("guard.nat_reply").unwrap() >= 10, "{stats}");
+    assert_eq!(s.d.counter("guard.nat_icmp").unwrap(), 0, "{stats}");
 
     // SAFETY: kill(2) on the PID of the uvs process this test started.
     unsafe { libc::kill(s.d.pid() as i32, libc::SIGKILL) };
@@ -75,4 +83,78 @@ fn sigkill_leaves_no_table_and_the_vip_is_the_kernels_again() {
     })
     .unwrap();
     assert_eq!((t.count("lb"), t.failures), (5, 0), "{t:?}");
+}
+
+/// Service `i` of a large configuration: its own VIP and port, two NAT
+/// real servers.
+fn nth_service(i: u32) -> ((u8, IpAddr, u16), Vec<uvs::sys::guard::Elem>) {
+    let vip = IpAddr::V4(Ipv4Addr::from(0xc600_0000 | (i / 60_000) << 16 | (i % 250)));
+    let port = 1 + (i % 60_000) as u16;
+    let id = (6, vip, port);
+    let rs = |k: u32| {
+        (
+            IpAddr::V4(Ipv4Addr::from(0xcb00_7100 + (i * 2 + k) % 250)),
+            8000 + (i % 1000) as u16,
+        )
+    };
+    (id, service_elems(id, [rs(0), rs(1)]))
+}
+
+/// Sanity measurement for the lead (no figure is claimed by a test run):
+/// the time to send one added service's elements to the kernel with
+/// 10,000 and 50,000 services installed. `cargo test --release --test
+/// guard -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn guard_update_time_for_one_service_at_10k_and_50k() {
+    if !root_or_skip("guard_update_time_for_one_service_at_10k_and_50k") {
+        return;
+    }
+    let ns = format!("uvgm{}", std::process::id() % 100000);
+    for args in [
+        &["netns", "add", &ns][..],
+        &[
+            "-n", &ns, "link", "add", "m0", "type", "veth", "peer", "name", "m1",
+        ],
+    ] {
+        assert!(Command::new("ip").args(args).status().unwrap().success());
+    }
+    let r = netns::run_in(&ns, || {
+        let mut out = Vec::new();
+        for n in [10_000u32, 50_000] {
+            let mut g = KernelGuard::install(&["m0".to_string()]).expect("installs");
+            let mut o = Owned::default();
+            let (d, _) = o.change((0..n).map(|i| {
+                let (id, e) = nth_service(i);
+                (id, Some(e))
+            }));
+            g.apply(&d).expect("loads N services");
+            let mut times = Vec::new();
+            for k in 0..21 {
+                let (id, e) = nth_service(n + k);
+                let (d, _) = o.change([(id, Some(e))]);
+                let t = Instant::now();
+                g.apply(&d).expect("adds one");
+                times.push(t.elapsed());
+            }
+            let keys = NftSock::open()
+                .and_then(|mut s| s.set_keys(NFPROTO_NETDEV, "uvs", "svc4"))
+                .expect("read back");
+            assert_eq!(
+                keys.len(),
+                n as usize + 21,
+                "every service reached the kernel"
+            );
+            times.sort();
+            out.push((n, times[times.len() / 2], times[0], times[times.len() - 1]));
+            g.remove().expect("removes");
+        }
+        out
+    });
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    for (n, med, min, max) in r.expect("namespace") {
+        eprintln!(
+            "guard: one added service at N={n}: median {med:?} (min {min:?}, max {max:?}, 21 runs)"
+        );
+    }
 }

@@ -365,6 +365,9 @@ impl Daemon {
                 if let engine::IoBackend::AfXdp(x) = &self.engine.io {
                     r += &x.report();
                 }
+                if let Some(g) = &mut self.guard {
+                    r += &g.report();
+                }
                 Reply::ok(r)
             }
             Some("filter") => self.filter(&argv[1..]),

@@ -302,6 +302,28 @@ impl KernelGuard {
         Ok(())
     }
 
+    /// The guard's counters for `uvs stats`: packets it kept from the
+    /// kernel, summed over the interfaces, by rule kind —
+    /// `guard.service` (to a VIP), `guard.nat_reply` (a NAT real server's
+    /// reply to a client), `guard.nat_icmp` (a NAT real server's ICMP
+    /// error). Replies addressed to the director pass and are not counted.
+    pub fn report(&mut self) -> String {
+        let rules = match self.sock.rule_counters(NFPROTO_NETDEV, TABLE) {
+            Ok(r) => r,
+            Err(e) => return format!("# guard counters unreadable: {e}\n"),
+        };
+        let (mut svc, mut reply, mut icmp) = (0, 0, 0);
+        for r in rules {
+            match r.set.as_deref().unwrap_or("") {
+                s if s.starts_with("svc") => svc += r.packets,
+                s if s.starts_with("rsa") => icmp += r.packets,
+                s if s.starts_with("rs") => reply += r.packets,
+                _ => {}
+            }
+        }
+        format!("guard.service {svc}\nguard.nat_reply {reply}\nguard.nat_icmp {icmp}\n")
+    }
+
     /// Removes the table now (also done on drop).
     pub fn remove(&mut self) -> Result<(), GuardError> {
         if std::mem::take(&mut self.installed) {
@@ -702,6 +724,11 @@ mod tests {
             };
             let err = g.apply(&bogus).expect_err("refused");
             let third = read_back(&mut rd);
+            let report = g.report();
+            assert_eq!(
+                report,
+                "guard.service 0\nguard.nat_reply 0\nguard.nat_icmp 0\n"
+            );
             g.remove().expect("removes");
             let gone = rd.tables(NFPROTO_NETDEV).expect("tables");
             (first, second, second_b, err.to_string(), third, gone)

@@ -62,6 +62,7 @@ mod abi {
     pub const NFT_MSG_DELTABLE: u16 = 2;
     pub const NFT_MSG_NEWCHAIN: u16 = 3;
     pub const NFT_MSG_NEWRULE: u16 = 6;
+    pub const NFT_MSG_GETRULE: u16 = 7;
     pub const NFT_MSG_NEWSET: u16 = 9;
     pub const NFT_MSG_NEWSETELEM: u16 = 12;
     pub const NFT_MSG_GETSETELEM: u16 = 13;
@@ -123,6 +124,8 @@ mod abi {
     pub const NFTA_FIB_FLAGS: u16 = 3;
     pub const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
     pub const NFTA_FIB_F_DADDR: u32 = 2;
+    pub const NFTA_COUNTER_BYTES: u16 = 1;
+    pub const NFTA_COUNTER_PACKETS: u16 = 2;
     pub const NFTA_IMMEDIATE_DREG: u16 = 1;
     pub const NFTA_IMMEDIATE_DATA: u16 = 2;
 }
@@ -498,6 +501,68 @@ impl NftSock {
                     {
                         out.push(v.to_vec());
                     }
+                }
+            },
+        )?;
+        Ok(out)
+    }
+}
+
+/// One rule's counter, as [`NftSock::rule_counters`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCounter {
+    /// The rule's chain.
+    pub chain: String,
+    /// The first named set the rule looks up (its identity in uvs's
+    /// tables), if any.
+    pub set: Option<String>,
+    /// Packets that reached the counter.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl NftSock {
+    /// The counters of the rules of `table` that have one, in rule order.
+    pub fn rule_counters(&mut self, family: u8, table: &str) -> Result<Vec<RuleCounter>, NftError> {
+        let be64 = |b: Option<&[u8]>| {
+            b.and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_be_bytes)
+        };
+        let mut out = Vec::new();
+        self.dump(
+            family,
+            abi::NFT_MSG_GETRULE,
+            |a| a.str(abi::NFTA_RULE_TABLE, table),
+            |m| {
+                let chain = attr(m, abi::NFTA_RULE_CHAIN).map(cstr).unwrap_or_default();
+                let mut set = None;
+                let mut counter = None;
+                for (_, e) in attrs(attr(m, abi::NFTA_RULE_EXPRESSIONS).unwrap_or_default()) {
+                    let name = attr(e, abi::NFTA_EXPR_NAME).map(cstr).unwrap_or_default();
+                    let data = attr(e, abi::NFTA_EXPR_DATA).unwrap_or_default();
+                    match name.as_str() {
+                        "lookup" if set.is_none() => {
+                            set = attr(data, abi::NFTA_LOOKUP_SET)
+                                .map(cstr)
+                                .filter(|s| !s.starts_with("__set"));
+                        }
+                        "counter" => {
+                            counter = Some((
+                                be64(attr(data, abi::NFTA_COUNTER_PACKETS)),
+                                be64(attr(data, abi::NFTA_COUNTER_BYTES)),
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some((packets, bytes)) = counter {
+                    out.push(RuleCounter {
+                        chain,
+                        set,
+                        packets,
+                        bytes,
+                    });
                 }
             },
         )?;
