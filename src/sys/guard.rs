@@ -47,16 +47,22 @@ pub enum GuardError {
     /// The table belongs to another live process.
     #[error("nftables table netdev {0} belongs to another running process (another uvs in this network namespace?)")]
     Busy(String),
+    /// The kernel cannot give a table an owner.
+    #[error("this kernel's nf_tables cannot give table netdev {0} an owner (NFT_TABLE_F_OWNER needs Linux 5.12 or later)")]
+    NoOwner(String),
 }
 
 impl GuardError {
     /// `err` from a transaction on `table`: EPERM there means another
-    /// socket owns it (the capability itself is checked before start).
+    /// socket owns it (the capability itself is checked before start), and
+    /// EOPNOTSUPP on adding it a kernel without owned tables.
     pub(crate) fn on_table(table: &str, err: NftError) -> GuardError {
-        if err.errno() == Some(libc::EPERM) {
-            GuardError::Busy(table.to_string())
-        } else {
-            GuardError::Netlink(err)
+        let adding_table =
+            matches!(&err, NftError::Kernel { what, .. } if what.starts_with("add table"));
+        match err.errno() {
+            Some(libc::EPERM) => GuardError::Busy(table.to_string()),
+            Some(libc::EOPNOTSUPP) if adding_table => GuardError::NoOwner(table.to_string()),
+            _ => GuardError::Netlink(err),
         }
     }
 }
