@@ -47,8 +47,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{
-    self, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
+use crossbeam_channel::{
+    self as channel, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
 };
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
