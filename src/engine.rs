@@ -51,9 +51,10 @@ pub enum EngineError {
 /// The up, non-loopback Ethernet interfaces of this namespace, or the ones
 /// named in `only` (each must exist and be up).
 pub fn interfaces(only: &[String]) -> Result<Vec<Iface>, EngineError> {
-    let all: Vec<Iface> = pnet_datalink::interfaces()
+    let all: Vec<Iface> = crate::sys::netlink::links()
+        .map_err(|e| EngineError::Io(std::io::Error::other(e)))?
         .into_iter()
-        .filter(|i| i.is_up() && !i.is_loopback() && i.mac.is_some_and(|m| m.octets() != [0; 6]))
+        .filter(|i| i.up && !i.loopback && i.mac.is_some_and(|m| m != [0; 6]))
         .map(|i| Iface {
             name: i.name,
             index: i.index,

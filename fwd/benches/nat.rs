@@ -1,6 +1,7 @@
 //! Per-packet cost of the fwd hot path without I/O: parse a 64-byte TCP frame,
 //! then DNAT it (Full and Partial checksum modes), and a full L4 checksum
-//! fill for comparison. Run by the lead: `cargo bench -p uvs-fwd --bench nat`.
+//! fill for comparison, and SCTP's CRC-32C over 1,480 bytes. Run by the lead:
+//! `cargo bench -p uvs-fwd --bench nat`.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -61,6 +62,12 @@ fn bench(c: &mut Criterion) {
     let p = parse(&f).expect("valid frame");
     c.bench_function("fill_l4_checksum_tcp4_64B", |b| {
         b.iter(|| fill_l4_checksum(black_box(&mut f), &p).expect("fill"))
+    });
+
+    // SCTP's CRC-32C over a full-size 1,480-byte segment.
+    let seg: Vec<u8> = (0..1480u32).map(|i| i as u8).collect();
+    c.bench_function("crc32c_1480B", |b| {
+        b.iter(|| uvs_fwd::checksum::crc32c(black_box(&seg)))
     });
 }
 

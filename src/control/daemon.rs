@@ -362,6 +362,7 @@ impl Daemon {
             Some("ping") => Reply::ok("pong\n"),
             Some("stats") => {
                 let mut r = self.engine.stats.report(&self.pipeline.hooks);
+                r += &self.engine.resolver.stats().render();
                 if let engine::IoBackend::AfXdp(x) = &self.engine.io {
                     r += &x.report();
                 }

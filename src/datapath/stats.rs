@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crossbeam::utils::CachePadded;
+use crossbeam_utils::CachePadded;
 use uvs_fwd::ParseError;
 
 use crate::datapath::hooks::{HookChain, MAX_ENTRIES};

@@ -17,20 +17,28 @@
 //!   asks the kernel for the route (`ip route get`), the output interface's
 //!   MAC and MTU and the next hop's neighbour entry. An unknown neighbour is
 //!   resolved by the kernel itself ([`Netlink::neigh_probe`]: the kernel
-//!   sends ARP / neighbour solicitations), and the thread polls the entry
-//!   every few milliseconds until it is usable, FAILED, or the resolve
-//!   timeout passes. Many resolutions proceed side by side; none blocks the
-//!   others. After publishing results the thread calls the notify callback
-//!   once per batch.
-//! * Answers are re-validated every `refresh_after` (30 s) while they are
-//!   being used, so route and neighbour changes are followed; during a
-//!   re-validation the old answer keeps being served. A STALE neighbour is
-//!   asked to be re-confirmed by the kernel (uvs's packets bypass the kernel,
-//!   which would otherwise never see traffic to it). Entries unused for
-//!   `idle_expiry` are dropped. A failed resolution is remembered for
-//!   `negative_ttl` (2 s) as [`Lookup::Unreachable`], then retried on the
-//!   next lookup.
-//! * The netlink socket is opened by [`Resolver::new`], in the network
+//!   sends ARP / neighbour solicitations), and the thread waits for the
+//!   kernel's notification that the entry became usable or FAILED, or for
+//!   the resolve timeout. Many resolutions proceed side by side; none blocks
+//!   the others. After publishing results the thread calls the notify
+//!   callback once per batch.
+//! * Changes are followed from the kernel's notifications, never by polling:
+//!   the thread subscribes to link, neighbour, address, route, rule and
+//!   next-hop events ([`Group::ROUTING`]) before its first lookup. A
+//!   neighbour's new MAC is published at once; a neighbour that fails or
+//!   disappears, a route added or removed for a prefix, an address or link
+//!   change, re-resolve exactly the destinations they can affect (those in
+//!   the prefix, on the interface, behind the neighbour); a rule or
+//!   next-hop change, or lost notifications (socket overrun), re-resolve
+//!   everything. During a re-resolution the old answer keeps being served;
+//!   an answer that comes out the same wakes nobody. A neighbour that turns
+//!   STALE while destinations use it is asked to be re-confirmed (uvs's
+//!   packets bypass the kernel, which would otherwise never see traffic to
+//!   it). Every `refresh_after` the thread only checks which answers were
+//!   used: entries unused for `idle_expiry` are dropped. A failed resolution
+//!   is remembered for `negative_ttl` (2 s) as [`Lookup::Unreachable`], then
+//!   retried on the next lookup.
+//! * The netlink sockets are opened by [`Resolver::new`], in the network
 //!   namespace of the calling thread; the thread stops and is joined when
 //!   the resolver is dropped.
 //! * Cache granularity is one entry per destination address (like the
@@ -39,21 +47,27 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{
-    self, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
+use crossbeam_channel::{
+    self as channel, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
 };
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use super::netlink::{Netlink, NlError, NudState, Route, RouteKind};
+use mio::unix::SourceFd;
+use mio::{Interest, Poll, Token, Waker};
+
+use super::netlink::{
+    in_prefix, Event, Events, Group, Neigh, Netlink, NlError, NudState, Route, RouteKind,
+};
 
 /// Everything needed to put a frame on the wire toward a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,12 +161,16 @@ pub enum StartError {
     /// The background thread could not be spawned.
     #[error("next-hop resolver: cannot spawn its thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The thread's poller could not be set up.
+    #[error("next-hop resolver: cannot set up its poller: {0}")]
+    Poll(#[source] std::io::Error),
 }
 
 /// Timings and limits of a [`Resolver`].
 #[derive(Debug, Clone)]
 pub struct ResolverConfig {
-    /// Re-validate a used answer (route + neighbour) this often.
+    /// Check this often whether an answer is still used (answers are
+    /// re-validated when the kernel announces a change, not on a timer).
     pub refresh_after: Duration,
     /// Remember a failed resolution this long before trying again.
     pub negative_ttl: Duration,
@@ -160,8 +178,6 @@ pub struct ResolverConfig {
     /// kernel retransmits every second (`retrans_time`), so the default of
     /// 3 s survives two lost requests.
     pub resolve_timeout: Duration,
-    /// Poll a neighbour being resolved this often.
-    pub poll_interval: Duration,
     /// Forget an answer not looked up for this long.
     pub idle_expiry: Duration,
     /// Capacity of the request queue from the packet path.
@@ -179,7 +195,6 @@ impl Default for ResolverConfig {
             refresh_after: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(2),
             resolve_timeout: Duration::from_secs(3),
-            poll_interval: Duration::from_millis(5),
             idle_expiry: Duration::from_secs(120),
             queue_len: 1024,
             max_entries: 1 << 18,
@@ -202,12 +217,38 @@ pub struct ResolverStats {
     pub queue_full: u64,
     /// New destinations refused because the cache was full.
     pub table_full: u64,
+    /// Kernel notifications read (links, neighbours, addresses, routes).
+    pub events: u64,
+    /// Times every answer was re-resolved because notifications were lost
+    /// or a rule / next-hop object changed.
+    pub resyncs: u64,
+}
+
+impl ResolverStats {
+    /// `resolver.NAME VALUE` lines, as `uvs stats` prints them.
+    pub fn render(&self) -> String {
+        format!(
+            "resolver.resolutions {}\nresolver.resolved {}\nresolver.failed {}\n\
+             resolver.probes {}\nresolver.queue_full {}\nresolver.table_full {}\n\
+             resolver.events {}\nresolver.resyncs {}\n",
+            self.resolutions,
+            self.resolved,
+            self.failed,
+            self.probes,
+            self.queue_full,
+            self.table_full,
+            self.events,
+            self.resyncs
+        )
+    }
 }
 
 /// The next-hop cache; share it between workers in an `Arc`.
 pub struct Resolver {
     shared: Arc<Shared>,
     tx: Sender<Msg>,
+    /// Wakes the background thread after a message was queued.
+    waker: Arc<Waker>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -231,6 +272,8 @@ struct Shared {
     probes: AtomicU64,
     queue_full: AtomicU64,
     table_full: AtomicU64,
+    events: AtomicU64,
+    resyncs: AtomicU64,
     /// Slots in `map`, kept by whoever inserts or removes one (reading
     /// `DashMap::len` would lock every shard).
     count: AtomicUsize,
@@ -350,7 +393,19 @@ impl Resolver {
         config: ResolverConfig,
         notify: impl Fn() + Send + 'static,
     ) -> Result<Resolver, StartError> {
+        // Subscribed before the first lookup: a change between a lookup and
+        // its answer is seen as an event.
+        let events = Events::subscribe(&Group::ROUTING)?;
         let nl = Netlink::open()?;
+        let poll = Poll::new().map_err(StartError::Poll)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(StartError::Poll)?);
+        poll.registry()
+            .register(
+                &mut SourceFd(&events.as_raw_fd()),
+                EVENTS,
+                Interest::READABLE,
+            )
+            .map_err(StartError::Poll)?;
         let (tx, rx) = channel::bounded(config.queue_len.max(1));
         let shared = Arc::new(Shared {
             map: DashMap::new(),
@@ -361,12 +416,16 @@ impl Resolver {
             probes: AtomicU64::new(0),
             queue_full: AtomicU64::new(0),
             table_full: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
             count: AtomicUsize::new(0),
             max_entries: config.max_entries,
             gen: AtomicU64::new(next_gen()),
         });
         let mut worker = Background {
             nl,
+            events,
+            poll,
             shared: Arc::clone(&shared),
             rx,
             notify: Box::new(notify),
@@ -374,6 +433,11 @@ impl Resolver {
             entries: HashMap::new(),
             due: BinaryHeap::new(),
             inflight: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            waiting_on: HashMap::new(),
+            by_neigh: HashMap::new(),
+            dirty: HashSet::new(),
+            resync: false,
             waiters: HashMap::new(),
             changed: false,
         };
@@ -384,6 +448,7 @@ impl Resolver {
         Ok(Resolver {
             shared,
             tx,
+            waker,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -454,6 +519,10 @@ impl Resolver {
                     Ok(()) => {
                         vacant.insert(Slot::new(SlotState::Pending));
                         self.shared.count.fetch_add(1, Ordering::Relaxed);
+                        // Once per new destination (this cold path): an
+                        // eventfd write. A failure leaves the request to
+                        // the thread's next wake-up.
+                        let _ = self.waker.wake();
                     }
                     Err(TrySendError::Full(_)) => {
                         self.shared.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -486,7 +555,9 @@ impl Resolver {
             waiter: Some(reply_tx),
         };
         match self.tx.send_timeout(msg, timeout) {
-            Ok(()) => {}
+            Ok(()) => {
+                let _ = self.waker.wake();
+            }
             Err(SendTimeoutError::Timeout(_)) => return Err(ResolveError::Timeout(dst)),
             Err(SendTimeoutError::Disconnected(_)) => return Err(ResolveError::Stopped),
         }
@@ -503,6 +574,7 @@ impl Resolver {
     pub fn flush(&self) {
         // Blocking send: the control path may wait for the queue.
         let _ = self.tx.send(Msg::Flush);
+        let _ = self.waker.wake();
     }
 
     /// The background thread's counters.
@@ -515,6 +587,8 @@ impl Resolver {
             probes: s.probes.load(Ordering::Relaxed),
             queue_full: s.queue_full.load(Ordering::Relaxed),
             table_full: s.table_full.load(Ordering::Relaxed),
+            events: s.events.load(Ordering::Relaxed),
+            resyncs: s.resyncs.load(Ordering::Relaxed),
         }
     }
 
@@ -535,6 +609,7 @@ impl Drop for Resolver {
         // Wakes the thread at once; when the queue is full the thread is
         // busy and sees the stop flag after its current step.
         let _ = self.tx.try_send(Msg::Stop);
+        let _ = self.waker.wake();
         let handle = match self.thread.get_mut() {
             Ok(h) => h.take(),
             Err(poisoned) => poisoned.into_inner().take(),
@@ -549,11 +624,15 @@ impl Drop for Resolver {
 
 /// Timing of one published destination, owned by the background thread.
 struct Meta {
-    /// When to look at it next (refresh, expiry of a negative answer).
+    /// When to look at it next (use check, expiry of a negative answer).
     at: Instant,
-    /// The last refresh at which it had been used.
+    /// The last check at which it had been used.
     last_used: Instant,
     negative: bool,
+    /// The published answer (the thread's copy of the map's slot).
+    state: SlotState,
+    /// The neighbour (ifindex, address) a Ready answer sends to.
+    via: Option<(u32, IpAddr)>,
 }
 
 /// A destination waiting for its neighbour to answer.
@@ -566,22 +645,21 @@ struct InFlight {
     deadline: Instant,
 }
 
-/// A neighbour's state as seen by one poll.
-#[derive(Clone, Copy)]
-enum Poll {
-    Usable([u8; 6]),
-    Waiting,
-    Failed,
-}
-
 /// What one resolution step concluded.
 enum Step {
-    Done(Result<SlotState, ResolveError>),
+    /// The answer, and the neighbour a Ready one sends to.
+    Done(Result<SlotState, ResolveError>, Option<(u32, IpAddr)>),
     Wait(InFlight),
 }
 
+/// Tokens of the background thread's poller.
+const WAKE: Token = Token(0);
+const EVENTS: Token = Token(1);
+
 struct Background {
     nl: Netlink,
+    events: Events,
+    poll: Poll,
     shared: Arc<Shared>,
     rx: Receiver<Msg>,
     notify: Box<dyn Fn() + Send>,
@@ -592,35 +670,68 @@ struct Background {
     /// (whose time no longer matches `entries`) are skipped.
     due: BinaryHeap<Reverse<(Instant, IpAddr)>>,
     inflight: HashMap<IpAddr, InFlight>,
+    /// (deadline, destination) of in-flight resolutions; stale items are
+    /// skipped.
+    deadlines: BinaryHeap<Reverse<(Instant, IpAddr)>>,
+    /// In-flight destinations by the neighbour (ifindex, address) they wait
+    /// for.
+    waiting_on: HashMap<(u32, IpAddr), HashSet<IpAddr>>,
+    /// Ready destinations by the neighbour they send to.
+    by_neigh: HashMap<(u32, IpAddr), HashSet<IpAddr>>,
+    /// Destinations to re-resolve once the current burst of notifications
+    /// has been read.
+    dirty: HashSet<IpAddr>,
+    /// Re-resolve everything (lost notifications, rule change).
+    resync: bool,
     waiters: HashMap<IpAddr, Vec<Sender<Outcome>>>,
     /// Something was published since the last notify.
     changed: bool,
 }
 
 /// Longest sleep of an idle resolver thread (bounds shutdown latency when
-/// the stop message could not be queued).
+/// neither the stop message nor the wake-up could be delivered).
 const IDLE_TICK: Duration = Duration::from_millis(200);
+
+fn remove_from(
+    index: &mut HashMap<(u32, IpAddr), HashSet<IpAddr>>,
+    key: (u32, IpAddr),
+    dst: IpAddr,
+) {
+    if let Some(set) = index.get_mut(&key) {
+        set.remove(&dst);
+        if set.is_empty() {
+            index.remove(&key);
+        }
+    }
+}
 
 impl Background {
     fn run(&mut self) {
+        let mut ready = mio::Events::with_capacity(4);
         while !self.shared.stop.load(Ordering::Relaxed) {
             let wait = self.next_wait();
-            match self.rx.recv_timeout(wait) {
-                Ok(msg) => {
-                    if !self.handle(msg) {
-                        break;
-                    }
-                    // Take everything queued before polling again.
-                    while let Ok(msg) = self.rx.try_recv() {
+            if let Err(e) = self.poll.poll(&mut ready, Some(wait)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    // Unusable poller: fall back to sleeping the tick.
+                    std::thread::sleep(IDLE_TICK);
+                }
+            }
+            loop {
+                match self.rx.try_recv() {
+                    Ok(msg) => {
                         if !self.handle(msg) {
                             return;
                         }
                     }
+                    Err(channel::TryRecvError::Empty) => break,
+                    Err(channel::TryRecvError::Disconnected) => return,
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
             }
-            self.poll_inflight();
+            // Edge-triggered: read every queued notification each round
+            // (one non-blocking recv when there is none).
+            self.read_events();
+            self.apply_dirty();
+            self.expire_inflight();
             self.visit_due();
             if std::mem::take(&mut self.changed) {
                 (self.notify)();
@@ -628,16 +739,18 @@ impl Background {
         }
     }
 
-    /// How long to sleep for the next message.
+    /// How long to sleep for the next message, notification or timer.
     fn next_wait(&self) -> Duration {
-        if !self.inflight.is_empty() {
-            return self.config.poll_interval;
-        }
         let now = Instant::now();
-        match self.due.peek() {
-            Some(Reverse((at, _))) => at.saturating_duration_since(now).min(IDLE_TICK),
-            None => IDLE_TICK,
-        }
+        let next =
+            |h: &BinaryHeap<Reverse<(Instant, IpAddr)>>| h.peek().map(|Reverse((at, _))| *at);
+        [next(&self.due), next(&self.deadlines)]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(IDLE_TICK, |at| {
+                at.saturating_duration_since(now).min(IDLE_TICK)
+            })
     }
 
     /// Handles one message; false means stop.
@@ -653,6 +766,7 @@ impl Background {
                     .store(self.shared.map.len(), Ordering::Relaxed);
                 self.entries.clear();
                 self.due.clear();
+                self.by_neigh.clear();
                 // In-flight resolutions finish and publish: their callers
                 // are waiting for them.
                 true
@@ -669,38 +783,187 @@ impl Background {
         }
     }
 
+    /// Reads the queued notifications and marks what they affect.
+    fn read_events(&mut self) {
+        let mut got = Vec::new();
+        // A failing socket leaves the answers as they are; the next round
+        // tries again.
+        let _ = self.events.drain(|e| got.push(e));
+        self.shared
+            .events
+            .fetch_add(got.len() as u64, Ordering::Relaxed);
+        for e in got {
+            self.on_event(e);
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Neigh {
+                ifindex,
+                addr,
+                neigh,
+            } => self.on_neigh((ifindex, addr), neigh),
+            Event::Route {
+                dst,
+                prefix_len,
+                deleted: _,
+            } => self.mark(|d, _| in_prefix(d, dst, prefix_len)),
+            Event::Addr { ifindex, addr, .. } => self.mark(|d, state| {
+                d == addr
+                    || match state {
+                        Some(SlotState::Ready(h)) => h.ifindex == ifindex || h.src_ip == Some(addr),
+                        // Local answers, negative ones, in-flight ones.
+                        _ => true,
+                    }
+            }),
+            Event::Link { ifindex, .. } => self.mark(|_, state| match state {
+                Some(SlotState::Ready(h)) => h.ifindex == ifindex,
+                Some(SlotState::Local) => false,
+                _ => true,
+            }),
+            Event::Routing | Event::Resync => self.resync = true,
+        }
+    }
+
+    /// Marks for re-resolution the published and in-flight destinations
+    /// `f` selects (given the published state; `None` for in-flight ones).
+    fn mark(&mut self, f: impl Fn(IpAddr, Option<SlotState>) -> bool) {
+        for (&d, m) in &self.entries {
+            if f(d, Some(m.state)) {
+                self.dirty.insert(d);
+            }
+        }
+        for &d in self.inflight.keys() {
+            if f(d, None) {
+                self.dirty.insert(d);
+            }
+        }
+    }
+
+    /// A neighbour entry changed (`None`: it was deleted).
+    fn on_neigh(&mut self, key: (u32, IpAddr), neigh: Option<Neigh>) {
+        let usable = neigh.and_then(|n| n.usable_mac());
+        let failed = neigh.is_some_and(|n| n.state == NudState::FAILED);
+        let finished: Vec<IpAddr> = match self.waiting_on.get(&key) {
+            Some(waiting) if usable.is_some() || failed => waiting.iter().copied().collect(),
+            _ => Vec::new(),
+        };
+        for dst in finished {
+            let Some(f) = self.take_inflight(dst) else {
+                continue;
+            };
+            let result = match usable {
+                Some(mac) => Ok(SlotState::Ready(NextHop {
+                    ifindex: f.ifindex,
+                    src_mac: f.src_mac,
+                    dst_mac: mac,
+                    mtu: f.mtu,
+                    src_ip: f.src_ip,
+                })),
+                // The kernel gave up.
+                None => Err(ResolveError::NoNeighbour {
+                    dst,
+                    next_hop: f.next_hop,
+                }),
+            };
+            self.publish(dst, result, Some(key));
+        }
+        let Some(users) = self.by_neigh.get(&key) else {
+            return;
+        };
+        let users: Vec<IpAddr> = users.iter().copied().collect();
+        match usable {
+            Some(mac) => {
+                for dst in users {
+                    if let Some(SlotState::Ready(hop)) = self.entries.get(&dst).map(|m| m.state) {
+                        if hop.dst_mac != mac {
+                            let hop = NextHop {
+                                dst_mac: mac,
+                                ..hop
+                            };
+                            self.publish(dst, Ok(SlotState::Ready(hop)), Some(key));
+                        }
+                    }
+                }
+                if neigh.is_some_and(|n| n.state.wants_confirmation()) {
+                    // Our frames bypass the kernel, so it never sees traffic
+                    // that would make it re-confirm a STALE entry: ask for
+                    // it (failure is harmless here).
+                    let _ = self.probe(key.0, key.1);
+                }
+            }
+            // Failed or deleted: resolve the users again (the old answer is
+            // served meanwhile). Other states (INCOMPLETE after our own
+            // probe, ...) end in one of these or in a usable one.
+            None if failed || neigh.is_none() => self.dirty.extend(users),
+            None => {}
+        }
+    }
+
+    /// Re-resolves what the notifications marked.
+    fn apply_dirty(&mut self) {
+        if std::mem::take(&mut self.resync) {
+            self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
+            self.mark(|_, _| true);
+        }
+        if self.dirty.is_empty() {
+            return;
+        }
+        let dirty: Vec<IpAddr> = self.dirty.drain().collect();
+        for dst in dirty {
+            let inflight = self.take_inflight(dst).is_some();
+            if inflight || self.entries.contains_key(&dst) {
+                self.start(dst);
+            }
+        }
+    }
+
+    /// Removes an in-flight resolution and its index entry.
+    fn take_inflight(&mut self, dst: IpAddr) -> Option<InFlight> {
+        let f = self.inflight.remove(&dst)?;
+        remove_from(&mut self.waiting_on, (f.ifindex, f.next_hop), dst);
+        Some(f)
+    }
+
     /// First step of a resolution: route, link, neighbour.
     fn start(&mut self, dst: IpAddr) {
         self.shared.resolutions.fetch_add(1, Ordering::Relaxed);
         match self.begin(dst) {
-            Step::Done(result) => self.publish(dst, result),
-            Step::Wait(inflight) => {
-                self.inflight.insert(dst, inflight);
+            Step::Done(result, via) => self.publish(dst, result, via),
+            Step::Wait(f) => {
+                self.waiting_on
+                    .entry((f.ifindex, f.next_hop))
+                    .or_default()
+                    .insert(dst);
+                self.deadlines.push(Reverse((f.deadline, dst)));
+                self.inflight.insert(dst, f);
             }
         }
     }
 
     fn begin(&mut self, dst: IpAddr) -> Step {
+        let fail = |e| Step::Done(Err(e), None);
         let netlink = |e: NlError| {
-            Step::Done(Err(ResolveError::Netlink {
+            fail(ResolveError::Netlink {
                 dst,
                 source: Arc::new(e),
-            }))
+            })
         };
         let route: Route = match self.nl.route_get(dst) {
             Ok(r) => r,
             Err(e) => return netlink(e),
         };
         match route.kind {
-            RouteKind::Local | RouteKind::Anycast => return Step::Done(Ok(SlotState::Local)),
+            RouteKind::Local | RouteKind::Anycast => return Step::Done(Ok(SlotState::Local), None),
             RouteKind::Unicast => {}
-            kind => return Step::Done(Err(ResolveError::NoRoute { dst, kind })),
+            kind => return fail(ResolveError::NoRoute { dst, kind }),
         }
         let Some(ifindex) = route.oif else {
-            return Step::Done(Err(ResolveError::NoRoute {
+            return fail(ResolveError::NoRoute {
                 dst,
                 kind: route.kind,
-            }));
+            });
         };
         let link = match self.nl.link(ifindex) {
             Ok(l) => l,
@@ -708,7 +971,7 @@ impl Background {
         };
         // Loopback has an all-zero "MAC": no frame can go there.
         let Some(src_mac) = link.mac.filter(|m| *m != [0; 6]) else {
-            return Step::Done(Err(ResolveError::NotEthernet { dst, ifindex }));
+            return fail(ResolveError::NotEthernet { dst, ifindex });
         };
         let mtu = route.mtu.map_or(link.mtu, |m| m.min(link.mtu));
         let next_hop = route.next_hop(dst);
@@ -724,17 +987,17 @@ impl Background {
             Ok(Some(n)) => {
                 if let Some(mac) = n.usable_mac() {
                     if n.state.wants_confirmation() {
-                        // Our frames bypass the kernel, so it never sees
-                        // traffic that would make it re-confirm a STALE
-                        // entry: ask for it (failure is harmless here).
+                        // See on_neigh: the kernel would never re-confirm it.
                         let _ = self.probe(ifindex, next_hop);
                     }
-                    return Step::Done(Ok(SlotState::Ready(hop(mac))));
+                    return Step::Done(Ok(SlotState::Ready(hop(mac))), Some((ifindex, next_hop)));
                 }
             }
             Ok(None) => {}
             Err(e) => return netlink(e),
         }
+        // The answer comes as a notification (subscribed before this probe,
+        // so it cannot be missed).
         if let Err(e) = self.probe(ifindex, next_hop) {
             return netlink(e);
         }
@@ -753,58 +1016,28 @@ impl Background {
         self.nl.neigh_probe(ifindex, next_hop)
     }
 
-    /// Polls every neighbour being resolved (once per distinct neighbour).
-    fn poll_inflight(&mut self) {
-        if self.inflight.is_empty() {
-            return;
-        }
+    /// Fails the resolutions whose neighbour has not answered in time.
+    fn expire_inflight(&mut self) {
         let now = Instant::now();
-        let mut seen: HashMap<(u32, IpAddr), Poll> = HashMap::new();
-        let mut finished = Vec::new();
-        for (&dst, f) in &self.inflight {
-            let key = (f.ifindex, f.next_hop);
-            let poll = *seen.entry(key).or_insert_with(|| {
-                match self.nl.neigh_get(f.ifindex, f.next_hop) {
-                    Ok(Some(n)) => match n.usable_mac() {
-                        Some(mac) => Poll::Usable(mac),
-                        None if n.state == NudState::FAILED => Poll::Failed,
-                        None => Poll::Waiting,
-                    },
-                    Ok(None) => Poll::Waiting,
-                    // Transient: retried at the next poll.
-                    Err(_) => Poll::Waiting,
-                }
-            });
-            let no_answer = || {
-                Err(ResolveError::NoNeighbour {
+        while let Some(&Reverse((at, dst))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            if !matches!(self.inflight.get(&dst), Some(f) if f.deadline == at) {
+                continue; // finished or restarted meanwhile
+            }
+            if let Some(f) = self.take_inflight(dst) {
+                let result = Err(ResolveError::NoNeighbour {
                     dst,
                     next_hop: f.next_hop,
-                })
-            };
-            let result = match poll {
-                Poll::Usable(mac) => Some(Ok(SlotState::Ready(NextHop {
-                    ifindex: f.ifindex,
-                    src_mac: f.src_mac,
-                    dst_mac: mac,
-                    mtu: f.mtu,
-                    src_ip: f.src_ip,
-                }))),
-                // The kernel gave up before our deadline.
-                Poll::Failed => Some(no_answer()),
-                Poll::Waiting if now >= f.deadline => Some(no_answer()),
-                Poll::Waiting => None,
-            };
-            if let Some(r) = result {
-                finished.push((dst, r));
+                });
+                self.publish(dst, result, None);
             }
-        }
-        for (dst, result) in finished {
-            self.inflight.remove(&dst);
-            self.publish(dst, result);
         }
     }
 
-    /// Refreshes, expires or forgets entries whose time has come.
+    /// Expires negative answers and forgets idle entries whose time has come.
     fn visit_due(&mut self) {
         let now = Instant::now();
         while let Some(&Reverse((at, dst))) = self.due.peek() {
@@ -818,13 +1051,16 @@ impl Background {
             if meta.at != at || self.inflight.contains_key(&dst) {
                 continue; // superseded
             }
-            let used = match self.shared.map.get(&dst) {
-                Some(slot) => slot.used.swap(false, Ordering::Relaxed),
-                None => {
-                    // Flushed meanwhile.
-                    self.entries.remove(&dst);
-                    continue;
-                }
+            let used = self
+                .shared
+                .map
+                .get(&dst)
+                .map(|slot| slot.used.swap(false, Ordering::Relaxed));
+            let Some(used) = used else {
+                // Flushed meanwhile.
+                let via = meta.via;
+                self.forget(dst, via);
+                continue;
             };
             if used {
                 meta.last_used = now;
@@ -833,7 +1069,8 @@ impl Background {
             if meta.negative || idle {
                 // A negative answer is forgotten when it expires, so the next
                 // lookup retries; an idle entry is forgotten altogether.
-                self.entries.remove(&dst);
+                let via = meta.via;
+                self.forget(dst, via);
                 let removed = self
                     .shared
                     .map
@@ -844,13 +1081,28 @@ impl Background {
                 }
                 continue;
             }
-            // Re-validate; the old answer is served meanwhile.
-            self.start(dst);
+            // Still in use: look again after another period. Changes come
+            // as notifications; nothing is re-read here.
+            meta.at = now + self.config.refresh_after;
+            self.due.push(Reverse((meta.at, dst)));
+        }
+    }
+
+    /// Drops the thread's record of a destination.
+    fn forget(&mut self, dst: IpAddr, via: Option<(u32, IpAddr)>) {
+        self.entries.remove(&dst);
+        if let Some(key) = via {
+            remove_from(&mut self.by_neigh, key, dst);
         }
     }
 
     /// Publishes an answer: to the map, to waiting callers, to the schedule.
-    fn publish(&mut self, dst: IpAddr, result: Result<SlotState, ResolveError>) {
+    fn publish(
+        &mut self,
+        dst: IpAddr,
+        result: Result<SlotState, ResolveError>,
+        via: Option<(u32, IpAddr)>,
+    ) {
         let now = Instant::now();
         let (state, negative) = match &result {
             Ok(state) => (*state, false),
@@ -861,6 +1113,7 @@ impl Background {
         } else {
             self.shared.resolved.fetch_add(1, Ordering::Relaxed);
         }
+        let via = via.filter(|_| matches!(state, SlotState::Ready(_)));
         let changed = match self.shared.map.get_mut(&dst) {
             Some(mut slot) => std::mem::replace(&mut slot.state, state) != state,
             None => {
@@ -869,8 +1122,8 @@ impl Background {
                 true
             }
         };
-        // A refresh that confirms the same answer wakes nobody and leaves
-        // the threads' caches valid.
+        // A re-resolution that confirms the same answer wakes nobody and
+        // leaves the threads' caches valid.
         if changed {
             self.shared.changed();
         }
@@ -881,13 +1134,24 @@ impl Background {
             } else {
                 self.config.refresh_after
             };
-        let last_used = self.entries.get(&dst).map_or(now, |m| m.last_used);
+        let old = self.entries.get(&dst);
+        let last_used = old.map_or(now, |m| m.last_used);
+        if let Some(old_via) = old.and_then(|m| m.via) {
+            if Some(old_via) != via {
+                remove_from(&mut self.by_neigh, old_via, dst);
+            }
+        }
+        if let Some(key) = via {
+            self.by_neigh.entry(key).or_default().insert(dst);
+        }
         self.entries.insert(
             dst,
             Meta {
                 at,
                 last_used,
                 negative,
+                state,
+                via,
             },
         );
         self.due.push(Reverse((at, dst)));
@@ -924,7 +1188,6 @@ mod tests {
             // Above the kernel's 1 s retransmit time, so one lost
             // solicitation does not fail a test.
             resolve_timeout: Duration::from_millis(1500),
-            poll_interval: Duration::from_millis(5),
             idle_expiry: Duration::from_secs(60),
             queue_len: 64,
             max_entries: 1000,
@@ -1092,28 +1355,110 @@ mod tests {
     }
 
     #[test]
-    fn refresh_follows_route_changes() {
-        if !testns::available("refresh_follows_route_changes") {
+    fn notifications_follow_route_changes_without_polling() {
+        if !testns::available("notifications_follow_route_changes_without_polling") {
             return;
         }
         let lab = Lab::new();
         let dst = v("203.0.113.20");
-        let (r, notified, _) = lab.run_in(&lab.a, || resolver(quick()));
+        // No timer could notice the changes within the test.
+        let config = ResolverConfig {
+            refresh_after: Duration::from_secs(600),
+            ..quick()
+        };
+        let (r, notified, _) = lab.run_in(&lab.a, || resolver(config));
         // The resolver's socket stays in namespace a: the test thread can
         // leave it.
         assert!(matches!(settle(&r, &notified, dst), Lookup::Ready(_)));
+        let before = r.stats();
         lab.ip(&["-n", &lab.a, "route", "del", "203.0.113.0/24"]);
-        let limit = Instant::now() + Duration::from_secs(3);
+        let t = Instant::now();
         while r.lookup(dst) != Lookup::Unreachable {
-            assert!(Instant::now() < limit, "route removal not noticed");
-            std::thread::sleep(Duration::from_millis(20));
+            assert!(
+                t.elapsed() < Duration::from_millis(100),
+                "route removal not followed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
         lab.ip(&["-n", &lab.a, "route", "add", "203.0.113.0/24", "via", B4]);
-        let limit = Instant::now() + Duration::from_secs(3);
+        let t = Instant::now();
         while !matches!(r.lookup(dst), Lookup::Ready(_)) {
-            assert!(Instant::now() < limit, "route return not noticed");
-            std::thread::sleep(Duration::from_millis(20));
+            assert!(
+                t.elapsed() < Duration::from_millis(100),
+                "route return not followed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
+        let after = r.stats();
+        assert!(after.events > before.events, "{after:?}");
+        assert_eq!(after.resyncs, 0, "{after:?}");
+        // One re-resolution per change (route events come in pairs at most),
+        // none from a timer.
+        assert!(
+            after.resolutions - before.resolutions <= 4,
+            "{before:?} {after:?}"
+        );
+    }
+
+    #[test]
+    fn neighbour_changes_are_followed_at_once() {
+        if !testns::available("neighbour_changes_are_followed_at_once") {
+            return;
+        }
+        let lab = Lab::new();
+        let dst = v("203.0.113.21");
+        let config = ResolverConfig {
+            refresh_after: Duration::from_secs(600),
+            ..quick()
+        };
+        let (r, notified, _) = lab.run_in(&lab.a, || resolver(config));
+        let Lookup::Ready(hop) = settle(&r, &notified, dst) else {
+            panic!("resolves");
+        };
+        assert_eq!(hop.dst_mac, lab.mac(&lab.b, "vb"));
+        let before = r.stats();
+        // The gateway's entry gets another MAC: published without asking
+        // the kernel anything.
+        lab.ip(&[
+            "-n",
+            &lab.a,
+            "neigh",
+            "replace",
+            B4,
+            "lladdr",
+            "02:00:00:00:00:42",
+            "dev",
+            "va",
+        ]);
+        let t = Instant::now();
+        loop {
+            match r.lookup(dst) {
+                Lookup::Ready(h) if h.dst_mac == [2, 0, 0, 0, 0, 0x42] => break,
+                other => {
+                    assert!(t.elapsed() < Duration::from_millis(100), "{other:?}");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        assert_eq!(r.stats().resolutions, before.resolutions, "{:?}", r.stats());
+        // The entry removed: re-resolved (probe, the peer answers), back to
+        // the peer's real MAC.
+        lab.ip(&["-n", &lab.a, "neigh", "del", B4, "dev", "va"]);
+        let t = Instant::now();
+        loop {
+            match r.lookup(dst) {
+                Lookup::Ready(h) if h.dst_mac == hop.dst_mac => break,
+                other => {
+                    assert!(t.elapsed() < Duration::from_millis(500), "{other:?}");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        let after = r.stats();
+        assert!(
+            after.events > before.events && after.probes > before.probes,
+            "{after:?}"
+        );
     }
 
     #[test]

@@ -26,7 +26,10 @@
 //!   answer them with ICMP protocol/port unreachable (the ring sees them
 //!   first: packet taps run before ingress hooks). It is replaced at start (a
 //!   stale one from a crash is cleaned) and removed on exit, SIGINT/SIGTERM
-//!   included. Its address sets follow the host's addresses.
+//!   included. Its address sets follow the host's addresses: the endpoint
+//!   subscribes to the kernel's address notifications (`RTNLGRP_IPV4_IFADDR`,
+//!   `RTNLGRP_IPV6_IFADDR`) and re-reads the addresses once per burst of
+//!   them, never on a timer.
 //!
 //! Offloads: a frame from a local stack across veth may carry a pending
 //! checksum (virtio `NEEDS_CSUM`): it is completed in software before
@@ -56,6 +59,7 @@ use uvs_fwd::xmit::tun::{decap_frame, DecapError, TunKind};
 
 use crate::engine::{self, EngineError};
 use crate::io::{RxBatch, RxRing, RxSkip, RxSource, VnetHdr, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM};
+use crate::sys::netlink;
 
 const VNET_HDR_LEN: usize = VnetHdr::LEN;
 
@@ -72,11 +76,12 @@ pub const TABLE: &str = "uvs_tun";
 
 /// Frames drained per ring per round.
 const BATCH: usize = 64;
-/// How often the host's addresses are re-read (the guard follows them).
-const ADDR_REFRESH: Duration = Duration::from_secs(1);
+/// How often the rings' kernel drop counters are read.
+const DROPS_EVERY: Duration = Duration::from_secs(1);
 /// How often a changed stats file is rewritten.
 const STATS_EVERY: Duration = Duration::from_millis(200);
 const TUN_TOKEN: Token = Token(usize::MAX);
+const ADDR_TOKEN: Token = Token(usize::MAX - 1);
 
 /// What `uvs tunnel-endpoint` was asked to do.
 #[derive(Debug, Clone)]
@@ -232,6 +237,9 @@ pub struct Counters {
     /// Packets the local stack sent into the TUN device (read and discarded;
     /// nothing is routed through it, but IPv6 may send ND/MLD there).
     pub tun_discarded: u64,
+    /// Times the host's addresses were re-read because the kernel announced
+    /// an address change (there is no periodic re-read).
+    pub addr_events: u64,
 }
 
 fn kind_index(k: TunKind) -> usize {
@@ -281,6 +289,7 @@ impl Counters {
             let _ = writeln!(s, "drop.{} {}", r.name(), self.dropped(r));
         }
         let _ = writeln!(s, "tun.discarded {}", self.tun_discarded);
+        let _ = writeln!(s, "addr.rereads {}", self.addr_events);
         s
     }
 }
@@ -311,12 +320,9 @@ impl LocalAddrs {
     }
 
     /// The addresses of every interface of this network namespace.
-    pub fn from_system() -> LocalAddrs {
-        LocalAddrs::new(
-            pnet_datalink::interfaces()
-                .into_iter()
-                .flat_map(|i| i.ips.into_iter().map(|n| n.ip())),
-        )
+    pub fn from_system() -> Result<LocalAddrs, TunnelError> {
+        let addrs = netlink::addrs().map_err(|e| TunnelError::Addresses(io::Error::other(e)))?;
+        Ok(LocalAddrs::new(addrs.into_iter().map(|(_, a)| a)))
     }
 
     /// Whether `a` is one of them (a handful: a linear scan is fastest).
@@ -583,7 +589,10 @@ fn write_stats(path: &std::path::Path, c: &Counters) -> io::Result<()> {
 /// final counters. Everything it installed is removed before it returns.
 pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelError> {
     let ifaces = engine::interfaces(&opts.interfaces)?;
-    let mut local = LocalAddrs::from_system();
+    // Subscribed before the first read: no change between the two is missed.
+    let mut addr_events = netlink::Events::subscribe(&netlink::Group::ADDRS)
+        .map_err(|e| TunnelError::Addresses(io::Error::other(e)))?;
+    let mut local = LocalAddrs::from_system()?;
     // Clean a stale table first, so a crashed run's rules never outlive it.
     remove_stale()?;
     let tun = TunDev::open(&opts.tun_name).map_err(|err| TunnelError::Tun {
@@ -617,6 +626,11 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
         TUN_TOKEN,
         Interest::READABLE,
     )?;
+    poll.registry().register(
+        &mut SourceFd(&addr_events.as_raw_fd()),
+        ADDR_TOKEN,
+        Interest::READABLE,
+    )?;
     let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
     let mut nft = TunnelGuard::install(&names, &opts.gue_ports, &local)?;
     let mut c = Counters::default();
@@ -639,11 +653,11 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
     );
     let mut events = Events::with_capacity(64);
     let mut scratch = vec![0u8; 65_536];
-    let mut last_refresh = Instant::now();
+    let mut last_drops = Instant::now();
     let (mut last_stats, mut written) = (Instant::now(), c.clone());
     while !stop.load(Ordering::Relaxed) {
         // Edge-triggered: every ring is drained fully each round; the
-        // timeout bounds how late a stop or an address change is seen.
+        // timeout bounds how late a stop is seen.
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100))) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e.into());
@@ -671,19 +685,32 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
         if events.iter().any(|e| e.token() == TUN_TOKEN) {
             c.tun_discarded += tun.discard(&mut scratch);
         }
-        if last_refresh.elapsed() >= ADDR_REFRESH {
-            last_refresh = Instant::now();
+        if events.iter().any(|e| e.token() == ADDR_TOKEN) {
+            // Edge-triggered: drain every notification, then re-read once.
+            let mut changed = false;
+            if let Err(e) = addr_events.drain(|_| changed = true) {
+                eprintln!("uvs tunnel-endpoint: reading address notifications: {e}");
+            }
+            if changed {
+                c.addr_events += 1;
+                match LocalAddrs::from_system() {
+                    Ok(now) if now != local => {
+                        if let Err(e) = nft.update(&now) {
+                            eprintln!("uvs tunnel-endpoint: updating the address sets: {e}");
+                        }
+                        local = now;
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("uvs tunnel-endpoint: {e}"),
+                }
+            }
+        }
+        if last_drops.elapsed() >= DROPS_EVERY {
+            last_drops = Instant::now();
             for ring in &mut rings {
                 if let Ok(n) = ring.take_kernel_drops() {
                     c.drops[DropReason::RxQueueFull as usize] += n;
                 }
-            }
-            let now = LocalAddrs::from_system();
-            if now != local {
-                if let Err(e) = nft.update(&now) {
-                    eprintln!("uvs tunnel-endpoint: updating the address sets: {e}");
-                }
-                local = now;
             }
         }
         if let Some(p) = &opts.stats_file {
