@@ -1060,7 +1060,7 @@ pub fn usage() -> String {
 SERVICE: -t|--tcp-service ADDR:PORT, -u|--udp-service ADDR:PORT,
          --sctp-service ADDR:PORT, -f|--fwmark-service MARK [-6]
          (IPv6 as [2001:db8::1]:80; addresses and ports are numeric)
-Defaults: scheduler wlc, persistence 300 s, forwarding -g, weight 1.
+Defaults: scheduler wlc, persistence 360 s, forwarding -g, weight 1.
 Schedulers: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos.
 Forwarding: -m masquerading (NAT), -g gatewaying (direct routing), -i tunnel.
 Not built yet (refused by name): -f fwmark services, -o, --pe sip.

@@ -583,9 +583,6 @@ pub fn save(cfg: &Config) -> String {
     for svc in sorted_services(cfg, false) {
         let name = rule_name(&svc.key);
         let _ = write!(out, "-A {name} -s {}", svc.sched);
-        if !svc.sched_flags.is_empty() {
-            let _ = write!(out, " -b {}", svc.sched_flags.join(","));
-        }
         if let Some(t) = svc.persistent {
             let _ = write!(out, " -p {t}");
             if let Some(m) = mask_text(svc) {
@@ -597,6 +594,10 @@ pub fn save(cfg: &Config) -> String {
         }
         if svc.ops {
             out.push_str(" -o");
+        }
+        // ipvsadm writes the scheduler flags last.
+        if !svc.sched_flags.is_empty() {
+            let _ = write!(out, " -b {}", svc.sched_flags.join(","));
         }
         out.push('\n');
         for d in sorted_dests(svc, false) {

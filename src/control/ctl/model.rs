@@ -30,8 +30,9 @@ use super::{CtlError, LineError};
 
 /// Longest persistence / connection timeout ipvsadm accepts (31 days).
 pub const MAX_TIMEOUT: u32 = 86_400 * 31;
-/// Persistence timeout when `-p` has no value.
-pub const DEFAULT_PERSISTENCE: u32 = 300;
+/// Persistence timeout when `-p` has no value: libipvs's
+/// `IPVS_SVC_PERSISTENT_TIMEOUT`, 6 × 60 s (the man page says 300; the code wins).
+pub const DEFAULT_PERSISTENCE: u32 = 360;
 /// Scheduler when `-s` is not given.
 pub const DEFAULT_SCHED: &str = "wlc";
 /// The schedulers the Linux kernel has, in `ipvsadm -h` order.

@@ -265,7 +265,7 @@ fn parse_service_options() {
         panic!()
     };
     assert_eq!(o.sched, "sh");
-    assert_eq!(o.persistent, Some(300));
+    assert_eq!(o.persistent, Some(360));
     assert_eq!(
         o.netmask,
         Some(Netmask::V4(Ipv4Addr::new(255, 255, 255, 0)))
@@ -281,11 +281,11 @@ fn parse_persistent_takes_only_a_number() {
         Command::AddService(o) => o.persistent,
         c => panic!("{c:?}"),
     };
-    assert_eq!(pers("-A -t 192.0.2.1:80 -p"), Some(300));
+    assert_eq!(pers("-A -t 192.0.2.1:80 -p"), Some(360));
     assert_eq!(pers("-A -t 192.0.2.1:80 -p 120"), Some(120));
-    assert_eq!(pers("-A -t 192.0.2.1:80 -p -s rr"), Some(300));
-    assert_eq!(pers("-A -p -t 192.0.2.1:80"), Some(300));
-    assert_eq!(pers("-A -t 192.0.2.1:80 --persistent"), Some(300));
+    assert_eq!(pers("-A -t 192.0.2.1:80 -p -s rr"), Some(360));
+    assert_eq!(pers("-A -p -t 192.0.2.1:80"), Some(360));
+    assert_eq!(pers("-A -t 192.0.2.1:80 --persistent"), Some(360));
     assert_eq!(pers("-A -t 192.0.2.1:80 --persistent 9"), Some(9));
     assert_eq!(pers("-A -t 192.0.2.1:80"), None);
     assert!(err("-A -t 192.0.2.1:80 -p 0").contains("invalid value '0' for -p"));
@@ -1320,7 +1320,7 @@ fn golden_list_service_flags_forwarding_and_ipv6() {
         "SCTP 192.0.2.30:9 rr\n",
         "  -> 203.0.113.5:9                Tunnel  1      5          5         \n",
         "  -> 203.0.113.6:9                Route   20     6          6         \n",
-        "TCP  [2001:db8::10]:443 wlc persistent 300 mask 64\n",
+        "TCP  [2001:db8::10]:443 wlc persistent 360 mask 64\n",
         "  -> [2001:db8::2]:8443           Masq    65535  2          2         \n",
         "FWM  7 IPv6 rr\n",
         "  -> [2001:db8::3]:0              Route   0      3          3         \n",
@@ -1739,13 +1739,13 @@ fn golden_save_every_field() {
         concat!(
             "-A -t 192.0.2.40:0 -s lc -p 10\n",
             "-a -t 192.0.2.40:0 -r 203.0.113.40:0 -m -w 1\n",
-            "-A -u 192.0.2.20:53 -s sh -b sh-fallback,sh-port -p 120 -M 255.255.255.0 --pe sip -o\n",
+            "-A -u 192.0.2.20:53 -s sh -p 120 -M 255.255.255.0 --pe sip -o -b sh-fallback,sh-port\n",
             "-a -u 192.0.2.20:53 -r 203.0.113.9:5353 -m -w 7\n",
             "-A --sctp-service 192.0.2.30:9 -s rr\n",
             "-a --sctp-service 192.0.2.30:9 -r 203.0.113.5:9 -i -w 1 --tun-type ipip\n",
             "-a --sctp-service 192.0.2.30:9 -r 203.0.113.6:9 -i -w 1 --tun-type gue --tun-port 6080 --tun-remcsum\n",
             "-a --sctp-service 192.0.2.30:9 -r 203.0.113.7:9 -g -w 20\n",
-            "-A -t [2001:db8::10]:443 -s wlc -p 300 -M 64\n",
+            "-A -t [2001:db8::10]:443 -s wlc -p 360 -M 64\n",
             "-a -t [2001:db8::10]:443 -r 203.0.113.8:443 -i -w 1 --tun-type gre --tun-csum\n",
             "-a -t [2001:db8::10]:443 -r [2001:db8::2]:8443 -m -w 65535\n",
             "-A -f 7 -6 -s mh -b mh-fallback\n",
