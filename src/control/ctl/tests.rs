@@ -236,14 +236,14 @@ fn parse_service_kinds() {
             family: Family::V4
         }
     );
-    // -6 may come before or after -f.
+    // -6 comes after -f, as ipvsadm wants it.
     let v6mark = SvcKey::Fwmark {
         mark: 7,
         family: Family::V6,
     };
     assert_eq!(key("-D -f 7 -6"), v6mark);
-    assert_eq!(key("-D -6 --fwmark-service 7"), v6mark);
-    assert_eq!(key("-D --ipv6 -f 7"), v6mark);
+    assert_eq!(key("-D --fwmark-service 7 --ipv6"), v6mark);
+    assert_eq!(err("-D -6 --fwmark-service 7"), "-6 used before -f\n");
     assert_eq!(
         key("-D -t [2001:db8::1]:443"),
         SvcKey::Addr {
@@ -288,25 +288,58 @@ fn parse_persistent_takes_only_a_number() {
     assert_eq!(pers("-A -t 192.0.2.1:80 --persistent"), Some(360));
     assert_eq!(pers("-A -t 192.0.2.1:80 --persistent 9"), Some(9));
     assert_eq!(pers("-A -t 192.0.2.1:80"), None);
-    assert!(err("-A -t 192.0.2.1:80 -p 0").contains("invalid value '0' for -p"));
-    assert!(err("-A -t 192.0.2.1:80 -p 2678401").contains("expected 1..2678400"));
-    assert!(err("-A -t 192.0.2.1:80 --persistent=abc").contains("'abc'"));
+    assert_eq!(pers("-A -t 192.0.2.1:80 -p600"), Some(600));
+    assert_eq!(
+        pers("-A -t 192.0.2.1:80 --persistent=2678400"),
+        Some(2678400)
+    );
+    assert_eq!(
+        err("-A -t 192.0.2.1:80 -p 0"),
+        "invalid timeout value `0' specified"
+    );
+    assert_eq!(
+        err("-A -t 192.0.2.1:80 -p 2678401"),
+        "invalid timeout value `2678401' specified"
+    );
+    // popt gives -p the next word unless it starts with '-'.
+    assert_eq!(
+        err("-A -t 192.0.2.1:80 -p abc"),
+        "invalid timeout value `abc' specified"
+    );
 }
 
 #[test]
-fn parse_ipv6_netmask_is_a_prefix_whatever_the_order() {
+fn parse_netmask_as_ipvsadm_reads_it() {
     let mask = |s: &str| match ok(s) {
         Command::AddService(o) => o.netmask,
         c => panic!("{c:?}"),
     };
     assert_eq!(
-        mask("-A -M 64 -t [2001:db8::1]:80 -p"),
+        mask("-A -t [2001:db8::1]:80 -p -M 64"),
         Some(Netmask::V6(64))
     );
+    // ipvsadm reads -M by the family known so far; a later IPv6 service
+    // resets the mask to /128.
+    assert_eq!(mask("-A -M 64 -t [2001:db8::1]:80 -p"), None);
     assert_eq!(mask("-A -f 3 -6 -p -M 48"), Some(Netmask::V6(48)));
-    assert!(err("-A -t [2001:db8::1]:80 -p -M 129").contains("invalid netmask '129'"));
-    assert!(err("-A -t 192.0.2.1:80 -p -M 24").contains("invalid netmask '24'"));
-    assert!(err("-A -t 192.0.2.1:80 -p -M 255.0.0").contains("invalid netmask"));
+    assert_eq!(mask("-A -f 3 -6 -p -M 48abc"), Some(Netmask::V6(48)));
+    // inet_aton: 24 is the mask 0.0.0.24, 255.0.0 is 255.0.0.0.
+    assert_eq!(
+        mask("-A -t 192.0.2.1:80 -p -M 24"),
+        Some(Netmask::V4(Ipv4Addr::new(0, 0, 0, 24)))
+    );
+    assert_eq!(
+        mask("-A -t 192.0.2.1:80 -p -M 255.0.0"),
+        Some(Netmask::V4(Ipv4Addr::new(255, 0, 0, 0)))
+    );
+    assert_eq!(
+        err("-A -t [2001:db8::1]:80 -p -M 129"),
+        "illegal ipv6 netmask specified"
+    );
+    assert_eq!(
+        err("-A -t 192.0.2.1:80 -p -M 255.0.0.0.0"),
+        "illegal virtual server persistent mask specified"
+    );
 }
 
 #[test]
@@ -369,8 +402,12 @@ fn parse_server_options() {
     assert_eq!(fwd("-a -f 5 -r 203.0.113.1:81 -g"), (FwdMethod::Route, 81));
     assert_eq!(fwd("-a -f 5 -r 203.0.113.1 -m"), (FwdMethod::Masq, 0));
     assert_eq!(
-        fwd("-a -t 192.0.2.1:80 -r [2001:db8::9]:81 -m"),
-        (FwdMethod::Masq, 81)
+        fwd("-a -t 192.0.2.1:80 -r [2001:db8::9]:81 -i"),
+        (FwdMethod::Tunnel, 80)
+    );
+    assert_eq!(
+        err("-a -t 192.0.2.1:80 -r [2001:db8::9]:81 -m"),
+        "Different address family is allowed only for tunneling servers"
     );
 }
 
@@ -382,14 +419,16 @@ fn parse_weight_and_threshold_ranges() {
     };
     assert_eq!(w("-a -t 192.0.2.1:80 -r 203.0.113.1 -w 65535"), 65535);
     assert_eq!(w("-a -t 192.0.2.1:80 -r 203.0.113.1 -w0"), 0);
+    assert_eq!(w("-a -t 192.0.2.1:80 -r 203.0.113.1 -w +7"), 7);
+    let r = "-a -t 192.0.2.1:80 -r 203.0.113.1";
+    assert_eq!(err(&format!("{r} -w 65536")), "illegal weight specified");
+    assert_eq!(err(&format!("{r} -w -1")), "illegal weight specified");
+    assert_eq!(err(&format!("{r} --weight=x")), "illegal weight specified");
     assert_eq!(
-        err("-a -t 192.0.2.1:80 -r 203.0.113.1 -w 65536"),
-        "invalid value '65536' for -w (expected 0..65535)"
+        err(&format!("{r} -x 2147483648")),
+        "illegal u_threshold specified"
     );
-    assert!(err("-a -t 192.0.2.1:80 -r 203.0.113.1 -w -1").contains("'-1' for -w"));
-    assert!(err("-a -t 192.0.2.1:80 -r 203.0.113.1 --weight=x").contains("'x' for --weight"));
-    assert!(err("-a -t 192.0.2.1:80 -r 203.0.113.1 -x 2147483648").contains("for -x"));
-    assert!(err("-a -t 192.0.2.1:80 -r 203.0.113.1 -y 1.5").contains("for -y"));
+    assert_eq!(err(&format!("{r} -y 1.5")), "illegal l_threshold specified");
 }
 
 #[test]
@@ -436,45 +475,44 @@ fn parse_tunnel_options() {
 #[test]
 fn parse_tunnel_option_errors() {
     let base = "-a -t 192.0.2.1:80 -r 203.0.113.1";
+    let e = |tail: &str| err(&format!("{base} {tail}"));
     assert_eq!(
-        err(&format!("{base} -m --tun-type gue")),
-        "tunnel options (--tun-*) need the ipip forwarding method (-i)"
+        e("-m --tun-type gue"),
+        "Tunnel options conflict with forward method"
     );
     assert_eq!(
-        err(&format!("{base} --tun-csum")),
-        "tunnel options (--tun-*) need the ipip forwarding method (-i)"
+        e("--tun-csum"),
+        "Tunnel options conflict with forward method"
     );
     assert_eq!(
-        err(&format!("{base} -i --tun-type gue")),
-        "tunnel type gue requires --tun-port"
+        e("-i --tun-type gue"),
+        "You need to supply the 'tun-port' option for the 'gue' tunnel type"
     );
     assert_eq!(
-        err(&format!("{base} -i --tun-type gre --tun-remcsum")),
-        "option --tun-remcsum is not valid for tunnel type gre"
+        e("-i --tun-type gre --tun-remcsum"),
+        "Illegal 'tun-remcsum' option with the 'gre' tunnel type"
     );
     assert_eq!(
-        err(&format!("{base} -i --tun-type gre --tun-port 5")),
-        "option --tun-port is not valid for tunnel type gre"
+        e("-i --tun-type gre --tun-port 5"),
+        "Illegal 'tun-port' option with the 'gre' tunnel type"
     );
     assert_eq!(
-        err(&format!("{base} -i --tun-nocsum")),
-        "option --tun-nocsum is not valid for tunnel type ipip"
+        e("-i --tun-nocsum"),
+        "Illegal 'tun-nocsum' option with the 'ipip' tunnel type"
     );
     assert_eq!(
-        err(&format!("{base} -i --tun-port 5")),
-        "option --tun-port is not valid for tunnel type ipip"
+        e("-i --tun-port 5"),
+        "Illegal 'tun-port' option with the 'ipip' tunnel type"
+    );
+    assert_eq!(e("-i --tun-type vxlan"), "illegal tunnel type specified");
+    assert_eq!(
+        e("-i --tun-type gue --tun-port 5 --tun-csum --tun-nocsum"),
+        "The option 'tun-csum' conflicts with the 'tun-nocsum' option in the 'gue' tunnel type"
     );
     assert_eq!(
-        err(&format!("{base} -i --tun-type vxlan")),
-        "invalid tunnel type 'vxlan' (one of ipip, gue, gre)"
+        e("-i --tun-type gue --tun-port 0"),
+        "illegal tunnel port specified"
     );
-    assert_eq!(
-        err(&format!(
-            "{base} -i --tun-type gue --tun-port 5 --tun-csum --tun-nocsum"
-        )),
-        "multiple tunnel checksum options specified: --tun-csum and --tun-nocsum"
-    );
-    assert!(err(&format!("{base} -i --tun-type gue --tun-port 0")).contains("--tun-port"));
 }
 
 #[test]
@@ -498,201 +536,213 @@ fn parse_list_options() {
 
 #[test]
 fn parse_list_conflicts() {
-    assert_eq!(
-        err("-L -c --stats"),
-        "options -c and --stats conflict in the list command"
-    );
-    assert_eq!(
-        err("-L --timeout --rate"),
-        "options --timeout and --rate conflict in the list command"
-    );
+    for bad in [
+        "-L -c --stats",
+        "-L --timeout --rate",
+        "-L --daemon --persistent-conn",
+    ] {
+        assert_eq!(err(bad), "options conflicts in the list command", "{bad}");
+    }
     assert_eq!(
         err("-L -c --timeout"),
-        "options -c and --timeout conflict in the list command"
+        "The option 'timeout' conflicts with the 'connection' option in the 'list' command"
     );
     assert_eq!(
         err("-L -t 192.0.2.1:80 --daemon"),
-        "options -t and --daemon conflict in the list command"
+        "The option 'daemon' conflicts with the 'service-address' option in the 'list' command"
     );
+    // ipvsadm lists connections with the persistence engine columns.
+    assert!(list_opts("-L -c --persistent-conn").persistent_conn);
 }
 
 #[test]
-fn parse_addresses_and_ports() {
-    use super::args::parse_addr_port;
+fn parse_addresses_and_ports_as_ipvsadm() {
+    let svc = |s: &str| match p(&format!("-D -t {s}")) {
+        Ok(Command::DeleteService(k)) => Ok(k),
+        Ok(c) => panic!("{c:?}"),
+        Err(e) => Err(e),
+    };
+    assert_eq!(svc("192.0.2.1:80"), Ok(tcp("192.0.2.1", 80)));
+    assert_eq!(svc("192.0.2.1"), Ok(tcp("192.0.2.1", 0)));
+    // inet_aton's short forms, as ipvsadm reads them.
+    assert_eq!(svc("192.0.513:80"), Ok(tcp("192.0.2.1", 80)));
     assert_eq!(
-        parse_addr_port("192.0.2.1:80"),
-        Ok((v4("192.0.2.1"), Some(80)))
-    );
-    assert_eq!(parse_addr_port("192.0.2.1"), Ok((v4("192.0.2.1"), None)));
-    assert_eq!(
-        parse_addr_port("192.0.2.1:0"),
-        Ok((v4("192.0.2.1"), Some(0)))
-    );
-    assert_eq!(
-        parse_addr_port("[2001:db8::1]:80"),
-        Ok((v6("2001:db8::1"), Some(80)))
-    );
-    assert_eq!(
-        parse_addr_port("[2001:db8::1]"),
-        Ok((v6("2001:db8::1"), None))
-    );
-    assert_eq!(
-        parse_addr_port("2001:db8::1"),
-        Ok((v6("2001:db8::1"), None))
-    );
-    assert_eq!(
-        parse_addr_port("192.0.2.1:x").map_err(|e| e.to_string()),
-        Err("invalid port 'x' in '192.0.2.1:x'".to_string())
-    );
-    assert_eq!(
-        parse_addr_port("192.0.2.1:65536").map_err(|e| e.to_string()),
-        Err("invalid port '65536' in '192.0.2.1:65536'".to_string())
-    );
-    assert_eq!(
-        parse_addr_port("192.0.2.1:").map_err(|e| e.to_string()),
-        Err("invalid port '' in '192.0.2.1:'".to_string())
-    );
-    assert_eq!(
-        parse_addr_port("192.0.2.1:http").map_err(|e| e.to_string()),
-        Err("invalid port 'http' in '192.0.2.1:http'".to_string())
-    );
-    assert_eq!(
-        parse_addr_port("[2001:db8::1]:-1").map_err(|e| e.to_string()),
-        Err("invalid port '-1' in '[2001:db8::1]:-1'".to_string())
-    );
-    assert_eq!(
-        parse_addr_port("www.example.com:80").map_err(|e| e.to_string()),
-        Err(
-            "host name 'www.example.com' is not supported: give a numeric IPv4 or IPv6 address"
-                .to_string()
-        )
+        svc("[2001:db8::1]:80"),
+        Ok(SvcKey::Addr {
+            proto: Proto::Tcp,
+            addr: v6("2001:db8::1"),
+            port: 80
+        })
     );
     for bad in [
         "80",
         "300.1.1.1:80",
-        "192.0.2:80",
-        "[192.0.2.1]:80",
+        "[2001:db8::1]",
         "[2001:db8::1",
         "[::1]x80",
-        "",
+        "192.0.2.1:x",
+        "192.0.2.1:65536",
+        "192.0.2.1:",
+        "www.example.com:80",
     ] {
-        assert!(
-            matches!(parse_addr_port(bad), Err(CtlError::InvalidAddress(_))),
-            "{bad:?} accepted"
-        );
+        assert_eq!(svc(bad), Err(CtlError::IllegalVirtualAddr), "{bad:?}");
     }
+    assert_eq!(
+        err("-a -t 192.0.2.1:80 -r [2001:db8::1]"),
+        "illegal real server address[:port] specified"
+    );
 }
 
 #[test]
 fn parse_fwmark_and_set_ranges() {
+    assert_eq!(err("-A -f 0"), "invalid fwmark value `0' specified");
     assert_eq!(
-        err("-A -f 0"),
-        "invalid value '0' for -f (expected 1..4294967295)"
-    );
-    assert!(err("-A -f 4294967296").contains("for -f"));
-    assert!(err("-A --fwmark-service x").contains("'x' for --fwmark-service"));
-    assert_eq!(
-        err("--set 1 2"),
-        "--set requires 3 timeout values (tcp tcpfin udp)"
+        err("-A -f 4294967296"),
+        "invalid fwmark value `4294967296' specified"
     );
     assert_eq!(
-        err("--set 1 2 3 4"),
-        "--set requires 3 timeout values (tcp tcpfin udp)"
+        err("-A --fwmark-service x"),
+        "invalid fwmark value `x' specified"
     );
-    assert!(err("--set 1 2 x").contains("'x' for --set udp"));
-    assert!(err("--set 2678401 2 3").contains("for --set tcp"));
+    assert_eq!(err("--set 1 2"), "--set option requires 3 timeout values");
+    assert_eq!(err("--set 1 2 3 4"), "unexpected argument 4");
+    assert_eq!(err("--set 1 2 x"), "invalid timeout value `x' specified");
+    assert_eq!(
+        err("--set 2678401 2 3"),
+        "invalid timeout value `2678401' specified"
+    );
 }
 
 #[test]
 fn parse_command_errors() {
-    assert_eq!(err("-t 192.0.2.1:80"), CtlError::NoCommand.to_string());
-    assert_eq!(err("-A -L"), "multiple commands specified: -A and -L");
-    assert_eq!(err("-A -t 192.0.2.1:80 --foo"), "unknown option --foo");
-    assert_eq!(err("-A -t 192.0.2.1:80 -q"), "unknown option -q");
-    assert_eq!(err("-A -t 192.0.2.1:80 -s"), "option -s requires a value");
-    assert_eq!(
-        err("-A --tcp-service"),
-        "option --tcp-service requires a value"
-    );
+    let try_help = "Try `uvsadm -h' or 'uvsadm --help' for more information.";
+    assert_eq!(err("-t 192.0.2.1:80"), try_help);
+    assert_eq!(err("-t 192.0.2.1:80 -A"), try_help);
+    assert_eq!(err("--foo -A"), try_help);
+    assert_eq!(err("-A -L"), "invalid option `-L'");
+    assert_eq!(err("-A -t 192.0.2.1:80 -R"), "invalid option `-R'");
+    assert_eq!(err("-L -h"), "invalid option `-h'");
+    assert_eq!(err("-A -t 192.0.2.1:80 --foo"), "--foo: unknown option");
+    assert_eq!(err("-A -t 192.0.2.1:80 -q"), "-q: unknown option");
+    assert_eq!(err("-A -t 192.0.2.1:80 -s"), "-s: missing argument");
+    assert_eq!(err("-A --tcp-service"), "--tcp-service: missing argument");
     assert_eq!(
         err("-L --numeric=yes"),
-        "option --numeric does not take a value"
+        "--numeric=yes: option does not take an argument"
     );
-    assert_eq!(
-        err("-A -t 192.0.2.1:80 extra"),
-        "unexpected argument 'extra'"
-    );
+    assert_eq!(err("-A -t 192.0.2.1:80 extra"), "unexpected argument extra");
     assert_eq!(
         err("-A -t 192.0.2.1:80 -s rr -s wrr"),
-        "multiple identical options specified: -s and -s"
+        "multiple 'scheduler' options specified"
     );
     assert_eq!(
         err("-A -t 192.0.2.1:80 -u 192.0.2.1:53"),
-        "multiple service options specified: -t and -u"
+        "multiple 'service-address' options specified"
     );
     assert_eq!(
         err("-a -t 192.0.2.1:80 -r 203.0.113.1 -g -m"),
-        "multiple forwarding method options specified: -g and -m"
+        "multiple 'forwarding-method' options specified"
     );
     assert_eq!(
         err("-A -t 192.0.2.1:80 -w 3"),
-        "option -w is not valid with -A (only with -a/-e)"
+        "Illegal 'weight' option with the 'add-service' command"
     );
     assert_eq!(
         err("-a -t 192.0.2.1:80 -r 203.0.113.1 -s rr"),
-        "option -s is not valid with -a (only with -A/-E)"
+        "Illegal 'scheduler' option with the 'add-server' command"
     );
     assert_eq!(
         err("-A -t 192.0.2.1:80 -r 203.0.113.1"),
-        "option -r is not valid with -A (only with -a/-e/-d)"
+        "Illegal 'real-server' option with the 'add-service' command"
     );
     assert_eq!(
         err("-C -n"),
-        "option -n is not valid with -C (only with -L/-S)"
+        "Illegal 'numeric' option with the 'flush' command"
+    );
+    assert_eq!(
+        err("-R -n"),
+        "Illegal 'numeric' option with the 'restore' command"
     );
     assert_eq!(
         err("-S --stats"),
-        "option --stats is not valid with -S (only with -L)"
-    );
-    assert_eq!(
-        err("-d -t 192.0.2.1:80 -r 203.0.113.1 -w 1"),
-        "option -w is not valid with -d (only with -a/-e)"
+        "Illegal 'stats' option with the 'save' command"
     );
     assert_eq!(
         err("-A -s rr"),
-        "-A requires a service (-t, -u, --sctp-service ADDR:PORT or -f MARK)"
+        "You need to supply the 'service-address' option for the 'add-service' command"
     );
     assert_eq!(
         err("-a -t 192.0.2.1:80"),
-        "-a requires a real server (-r ADDR[:PORT])"
+        "You need to supply the 'real-server' option for the 'add-server' command"
     );
     assert_eq!(
-        err("-D -t 192.0.2.1:80 -6"),
-        "-6 is only valid with a fwmark service (-f)"
+        err("-L -c --timeout"),
+        "The option 'timeout' conflicts with the 'connection' option in the 'list' command"
     );
-    assert_eq!(err("-Z -6"), "-6 is only valid with a fwmark service (-f)");
+    assert_eq!(err("-D -t 192.0.2.1:80 -6"), "-6 used before -f\n");
+    assert_eq!(err("-A -6 -f 1"), "-6 used before -f\n");
     assert_eq!(
         err("--start-daemon master"),
         "the connection sync daemon (--start-daemon/--stop-daemon) is not supported yet"
     );
     assert_eq!(
+        err("--start-daemon primary"),
+        "illegal start-daemon parameter specified"
+    );
+    assert_eq!(err("--stop-daemon x"), "illegal start_daemon specified");
+    assert_eq!(
         err("--stop-daemon backup --syncid 3"),
         "the connection sync daemon (--start-daemon/--stop-daemon) is not supported yet"
+    );
+    assert_eq!(
+        err("--stop-daemon backup --syncid 256"),
+        "illegal syncid specified"
+    );
+    // -L takes --syncid (and ignores it), as ipvsadm does.
+    assert!(matches!(ok("-L -n --syncid 3"), Command::List(_)));
+}
+
+#[test]
+fn exit_statuses_are_ipvsadm_s() {
+    let status = |s: &str| p(s).unwrap_err().exit_status();
+    assert_eq!(status("-t 192.0.2.1:80"), 255);
+    assert_eq!(status("-A -t 192.0.2.1:80 --foo"), 255);
+    assert_eq!(status("-A -t 192.0.2.1:80 -s"), 255);
+    assert_eq!(status("-A -t 192.0.2.1:80 -R"), 2);
+    assert_eq!(status("-A -t 192.0.2.1"), 2);
+    assert_eq!(status("-a -t 192.0.2.1:80 -r x"), 2);
+    assert_eq!(status("--start-daemon master"), 255);
+    assert_eq!(CtlError::ServiceExists.exit_status(), 255);
+    assert_eq!(CtlError::NotUnicast.exit_status(), 255);
+    assert_eq!(CtlError::ListNoSuchService.exit_status(), 1);
+    let mut cfg = Config::new();
+    let run = |cfg: &mut Config, s: &str| execute(cfg, &words(s), None, &NoCounters);
+    assert_eq!(
+        run(&mut cfg, "-L -t 192.0.2.1:80"),
+        Err(CtlError::ListNoSuchService)
+    );
+    assert_eq!(
+        run(&mut cfg, "-D -t 192.0.2.1:80"),
+        Err(CtlError::NoSuchService)
     );
 }
 
 #[test]
 fn usage_and_version_texts() {
     assert!(version().starts_with("uvsadm v"));
+    assert!(version().contains("IPVS v1.2.1"));
     let u = usage();
+    assert!(u.starts_with(&version()));
     for needle in [
-        "-A|-E SERVICE",
-        "-a|-e SERVICE",
-        "--set TCP TCPFIN UDP",
-        "Not built yet (refused by name)",
+        "\nUsage:\n  uvsadm -A|E virtual-service",
+        "\nCommands:\nEither long or short options are allowed.\n",
+        "\nvirtual-service:\n",
+        "\nOptions:\n",
+        "\nDaemon Options:\n",
+        "  --set tcp tcpfin udp",
         "--control PATH",
     ] {
-        assert!(u.contains(needle), "usage lacks {needle}");
+        assert!(u.contains(needle), "usage lacks {needle:?}");
     }
 }
 
@@ -754,7 +804,7 @@ fn gate_forwarding_methods() {
 fn gate_schedulers() {
     assert_eq!(
         check_scheduler("nosuch").map_err(|e| e.to_string()),
-        Err("unknown scheduler 'nosuch'".into())
+        Err("Scheduler or persistence engine not found".into())
     );
     for name in KERNEL_SCHEDULERS {
         match check_scheduler(name) {
@@ -966,8 +1016,8 @@ fn queries_do_not_change_the_model() {
 fn zero_port_only_for_persistent_services() {
     let mut cfg = Config::new();
     assert_eq!(
-        apply_open(&mut cfg, "-A -t 192.0.2.10 -s rr").map_err(|e| e.to_string()),
-        Err("zero port specified for non-persistent service".into())
+        err("-A -t 192.0.2.10 -s rr"),
+        "Zero port specified for non-persistent service"
     );
     assert!(apply_open(&mut cfg, "-A -t 192.0.2.10:0 -s rr -p").is_ok());
     // fwmark services have no port at all.
@@ -978,11 +1028,11 @@ fn zero_port_only_for_persistent_services() {
 fn ops_only_for_udp_and_fwmark() {
     let mut cfg = Config::new();
     assert_eq!(
-        apply_open(&mut cfg, "-A -t 192.0.2.10:80 -s rr -o").map_err(|e| e.to_string()),
-        Err("one-packet scheduling (-o) is only for UDP and fwmark services".into())
+        err("-A -t 192.0.2.10:80 -s rr -o"),
+        "One-Packet Scheduling is only for UDP virtual services"
     );
     assert_eq!(
-        apply_open(&mut cfg, "-A --sctp-service 192.0.2.10:80 -s rr -o"),
+        p("-A --sctp-service 192.0.2.10:80 -s rr -o"),
         Err(CtlError::OpsNotUdp)
     );
     assert!(apply_open(&mut cfg, "-A -u 192.0.2.10:53 -s rr -o").is_ok());
@@ -1011,14 +1061,11 @@ fn sched_flags_are_checked_and_canonical() {
     );
     assert_eq!(
         canonical_sched_flags("rr", &s(&["sh-port"])).map_err(|e| e.to_string()),
-        Err("scheduler flag 'sh-port' is not valid with scheduler 'rr'".into())
+        Err("incompatible scheduler flag `sh-port'".into())
     );
     assert_eq!(
         canonical_sched_flags("sh", &s(&["mh-port"])),
-        Err(CtlError::IncompatibleSchedFlag {
-            flag: "mh-port".into(),
-            sched: "sh".into()
-        })
+        Err(CtlError::IncompatibleSchedFlag("mh-port".into()))
     );
     assert_eq!(
         canonical_sched_flags("sh", &s(&["fast"])),
@@ -1037,12 +1084,11 @@ fn family_mismatch_and_ports_and_thresholds() {
          -A -f 5 -6 -s rr",
     );
     assert_eq!(
-        apply_open(&mut cfg, "-a -t 192.0.2.10:80 -r [2001:db8::1]:80 -m")
-            .map_err(|e| e.to_string()),
-        Err("different address family is allowed only for tunneling servers".into())
+        err("-a -t 192.0.2.10:80 -r [2001:db8::1]:80 -m"),
+        "Different address family is allowed only for tunneling servers"
     );
     assert_eq!(
-        apply_open(&mut cfg, "-a -f 5 -6 -r 203.0.113.1 -m"),
+        p("-a -f 5 -6 -r 203.0.113.1 -m"),
         Err(CtlError::FamilyMismatch)
     );
     // Tunnelling may cross families.
@@ -1055,7 +1101,7 @@ fn family_mismatch_and_ports_and_thresholds() {
             "-a -t 192.0.2.10:80 -r 203.0.113.1 -m -x 10 -y 11"
         )
         .map_err(|e| e.to_string()),
-        Err("lower threshold (-y 11) is above upper threshold (-x 10)".into())
+        Err("Numerical result out of range".into())
     );
     assert_eq!(
         apply_open(&mut cfg, "-a -t 192.0.2.10:80 -r 203.0.113.1 -m -y 3"),
@@ -1152,10 +1198,7 @@ fn parse_script_names_the_bad_line() {
     let e = parse_script("-A -t 192.0.2.10:80\n\n-a -t 192.0.2.10:80 -r 203.0.113.1 -w x\n")
         .unwrap_err();
     assert_eq!(e.line, 3);
-    assert_eq!(
-        e.to_string(),
-        "line 3: invalid value 'x' for -w (expected 0..65535)"
-    );
+    assert_eq!(e.to_string(), "line 3: illegal weight specified");
 }
 
 #[test]
@@ -1179,9 +1222,9 @@ fn batch_is_all_or_nothing_and_names_the_line() {
 
     // A syntax error is caught before anything is applied, too.
     let e = cfg
-        .restore_with("-A -u 192.0.2.10:53 -s rr\n-Q\n", &OPEN)
+        .restore_with("-A -u 192.0.2.10:53 -s rr\n-L -Q\n", &OPEN)
         .unwrap_err();
-    assert_eq!(e.to_string(), "line 2: unknown option -Q");
+    assert_eq!(e.to_string(), "line 2: -Q: unknown option");
     assert_eq!(cfg, before);
 
     // The same batch without the bad line applies completely.
@@ -1400,7 +1443,8 @@ fn golden_sorting_servers_wrapping_compare() {
                 "192.0.2.1",
                 "127.0.0.1",
                 "138.0.0.1",
-                "0.0.0.1",
+                // 1.0.0.1 compares with each of these as 0.0.0.1 would.
+                "1.0.0.1",
             ],
             &[
                 "127.0.0.1",
@@ -1408,7 +1452,7 @@ fn golden_sorting_servers_wrapping_compare() {
                 "192.0.2.1",
                 "203.0.113.11",
                 "203.0.113.12",
-                "0.0.0.1",
+                "1.0.0.1",
                 "10.0.0.1",
             ],
         ),
@@ -1813,7 +1857,10 @@ fn execute_runs_the_whole_flow() {
         .starts_with("uvsadm"));
     assert_eq!(run(&mut cfg, "-R", None), Err(CtlError::RestoreNeedsInput));
     let e = run(&mut cfg, "-R", Some("-C\n-A -t 192.0.2.1:80 -s nope\n")).unwrap_err();
-    assert_eq!(e.to_string(), "line 2: unknown scheduler 'nope'");
+    assert_eq!(
+        e.to_string(),
+        "line 2: Scheduler or persistence engine not found"
+    );
     assert_eq!(cfg.services.len(), 3, "failed -R must not clear");
     let out = run(&mut cfg, "-D -f 259", None).expect("delete");
     assert_eq!(
@@ -1826,7 +1873,10 @@ fn execute_runs_the_whole_flow() {
     assert_eq!(out.output, "");
     // The argv entry point parses for itself.
     let e = execute(&mut cfg, &words("-A -t 192.0.2.1:x"), None, &NoCounters).unwrap_err();
-    assert_eq!(e.to_string(), "invalid port 'x' in '192.0.2.1:x'");
+    assert_eq!(
+        e.to_string(),
+        "illegal virtual server address[:port] specified"
+    );
 }
 
 // ------------------------------------------------------------ formatting
