@@ -7,6 +7,11 @@
 //! with ipvsadm's output formats, texts and exit statuses. `-R` sends
 //! standard input along as one batch that is applied all or nothing.
 //!
+//! Names are this process's business, as they are ipvsadm's: host and
+//! port names in a command (or in `-R` input) become numbers before it is
+//! sent, and without `-n` the numbers of `-L`/`-S` output become names
+//! (`control::resolver`, bounded in time).
+//!
 //! Exit statuses are ipvsadm 1.31's: 0, 2 for what ipvsadm refuses itself
 //! (and when the engine cannot be reached, as ipvsadm when IPVS is
 //! missing), 255 for usage errors and what the kernel refuses, 1 for `-L`
@@ -16,6 +21,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use uvs::control::resolver::{Collect, SystemNames, REVERSE_BUDGET};
 use uvs::control::{ctl, socket};
 
 fn main() -> ExitCode {
@@ -38,6 +44,8 @@ fn main() -> ExitCode {
             i += 1;
         }
     }
+    let mut names = SystemNames::new();
+    let args = ctl::names::resolve(&args, &names);
     // The parser shared with the engine: help, version and every usage
     // error are answered here, as ipvsadm answers them without the kernel.
     let cmd = match ctl::parse(&args) {
@@ -65,13 +73,25 @@ fn main() -> ExitCode {
             eprintln!("uvsadm: reading commands from stdin: {e}");
             return ExitCode::from(2);
         }
-        req = vec!["uvsadm-restore".to_string(), text];
+        req = vec![
+            "uvsadm-restore".to_string(),
+            ctl::names::resolve_script(&text, &names),
+        ];
     } else {
         req.extend(args);
     }
     match socket::call(&socket::path(path.as_deref()), &req) {
         Ok(r) => {
-            print!("{}", r.stdout);
+            let mut stdout = r.stdout;
+            if r.status == 0 {
+                // Without -n: name the addresses, all looked up together.
+                // (-n and other commands: no look-ups, text unchanged.)
+                let seen = Collect::default();
+                let _ = ctl::names::rename(&cmd, &stdout, &seen);
+                names.prefetch(seen.addrs.take(), REVERSE_BUDGET);
+                stdout = ctl::names::rename(&cmd, &stdout, &names);
+            }
+            print!("{stdout}");
             eprint!("{}", r.stderr);
             ExitCode::from(r.status)
         }

@@ -41,6 +41,7 @@ pub mod args;
 pub mod format;
 pub mod help;
 pub mod model;
+pub mod names;
 mod options;
 pub mod table;
 #[cfg(test)]
