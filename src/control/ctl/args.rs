@@ -14,7 +14,8 @@
 //! * A server without a port takes the service's port wherever `-r` stands
 //!   (ipvsadm copies the port of a service named before `-r` only).
 //! * Addresses and ports are numeric here; `uvsadm` replaces host and port
-//!   names by numbers before it sends a command ([`resolve`]).
+//!   names by numbers before it sends a command
+//!   ([`super::names::resolve`]).
 //! * A leading `ipvsadm`/`uvsadm` word is skipped (as in `-R` input).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

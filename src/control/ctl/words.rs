@@ -7,7 +7,7 @@
 //!
 //! Names (`www:http`) are not looked up here: the daemon parses numbers
 //! only. `uvsadm` replaces names by numbers before it sends a command
-//! ([`super::args::resolve`]), as ipvsadm resolves them in its own process.
+//! ([`super::names::resolve`]), as ipvsadm resolves them in its own process.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
