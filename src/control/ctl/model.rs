@@ -658,6 +658,10 @@ impl Config {
         let mut done = Vec::with_capacity(cmds.len());
         for (line, cmd) in cmds {
             let at = |error| LineError { line: *line, error };
+            // ipvsadm answers a nested -R with its usage hint.
+            if *cmd == Command::Restore {
+                return Err(at(CtlError::TryHelp));
+            }
             if let Some(name) = cmd.query_name() {
                 return Err(at(CtlError::NotInScript(name)));
             }

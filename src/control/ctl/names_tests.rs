@@ -159,3 +159,34 @@ fn save_prints_names() {
         save(&c)
     );
 }
+
+#[test]
+fn connection_entries_print_names() {
+    use crate::control::ctl::{connections, ConnRow};
+    let t = table();
+    let row = ConnRow {
+        proto: Proto::Tcp,
+        expire_ms: 61_000,
+        state: "ESTABLISHED".into(),
+        client: "198.51.100.10:40000".parse().unwrap(),
+        virt: "192.0.2.10:80".parse().unwrap(),
+        dest: "203.0.113.11:80".parse().unwrap(),
+    };
+    let cmd = parse(&w("-L -c")).unwrap();
+    let named = rename(&cmd, &connections(&[row]), &t);
+    let want = format!(
+        "IPVS connection entries\n\
+         pro expire {:<11} {:<18} {:<18} destination\n\
+         {:<3} {:<6} {:<11} {:<18} {:<18} {}\n",
+        "state",
+        "source",
+        "virtual",
+        "TCP",
+        "01:01",
+        "ESTABLISHED",
+        "198.51.100.10:40000",
+        "www.example.org:http",
+        "rs1:http"
+    );
+    assert_eq!(named, want);
+}

@@ -604,11 +604,15 @@ fn batch_is_all_or_nothing_and_names_the_line() {
 #[test]
 fn batch_refuses_queries_and_nested_restore() {
     let mut cfg = Config::new();
-    for (line, name) in [("-L -n", "-L"), ("-S", "-S"), ("-R", "-R")] {
+    for (line, want) in [
+        ("-L -n", CtlError::NotInScript("-L")),
+        ("-S", CtlError::NotInScript("-S")),
+        ("-R", CtlError::TryHelp),
+    ] {
         let script = format!("-A -t 192.0.2.10:80 -s rr\n{line}\n");
         let e = cfg.restore_with(&script, &OPEN).unwrap_err();
         assert_eq!(e.line, 2);
-        assert_eq!(e.error, CtlError::NotInScript(name));
+        assert_eq!(e.error, want);
         assert!(cfg.services.is_empty());
     }
 }
