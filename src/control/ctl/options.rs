@@ -561,6 +561,13 @@ impl<'a> Popt<'a> {
             .find(|d| d.short == Some(c))
             .ok_or_else(|| self.popt_err("unknown option"))?;
         if d.arg == Arg::No {
+            // `-L=x`: popt refuses a value for a flag here too.
+            if self
+                .cluster
+                .is_some_and(|(_, rest)| w.as_bytes()[rest] == b'=')
+            {
+                return Err(self.popt_err("option does not take an argument"));
+            }
             return Ok((d, None));
         }
         if let Some((_, rest)) = self.cluster.take() {
