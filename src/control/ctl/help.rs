@@ -41,7 +41,8 @@ pub fn usage() -> String {
     }
     s.push('\n');
     s.push_str("Commands:\nEither long or short options are allowed.\n");
-    table(
+    // Commands in ipvsadm's narrower columns: text from column 30.
+    commands(
         &mut s,
         &[
             ("--add-service", "-A", "add a virtual service"),
@@ -192,6 +193,16 @@ pub fn usage() -> String {
          (default: $UVS_CONTROL, else /run/uvs/uvs.sock).\n",
     );
     s
+}
+
+/// Rows of `  LONG  SHORT  TEXT` with the description from column 30.
+fn commands(s: &mut String, rows: &[(&str, &str, &str)]) {
+    for (long, short, text) in rows {
+        let left = format!("{long:<17} {short}");
+        let line = format!("  {left:<27} {text}");
+        s.push_str(line.trim_end());
+        s.push('\n');
+    }
 }
 
 /// Rows of `  LONG  SHORT  TEXT`, the description starting at column 38
