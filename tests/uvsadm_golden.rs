@@ -2,8 +2,9 @@
 //! `uvsadm` binary, run once per case of `tests/fixtures/uvsadm_golden.txt`,
 //! talks to a control socket answered by the engine's own command core
 //! (`ctl`: parser, model, formats, error texts and exit statuses — what
-//! `uvs run` answers with, without a data path, so no root is needed).
-//! Every case checks stdout, stderr and the exit status exactly.
+//! `uvs run` answers with, without a data path, so no root is needed), and,
+//! as root, to a real `uvs run` in a lab. Every case checks stdout, stderr
+//! and the exit status exactly.
 //!
 //! Fixture format: `$ ARGS` starts a case (words split on blanks), `< TEXT`
 //! lines are its standard input, `> TEXT` and `! TEXT` the expected stdout
@@ -15,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+mod common;
 
 use uvs::control::ctl;
 use uvs::control::socket::{Reply, Server};
@@ -164,11 +167,16 @@ fn run(control: &Path, c: &Case) -> (i32, String, String) {
 /// Runs every case of a fixture against a fresh engine.
 fn check(tag: &str, text: &str, min_cases: usize) {
     let engine = Engine::start(tag);
+    check_at(&engine.path, text, min_cases);
+}
+
+/// Runs every case of a fixture against the engine at `control`.
+fn check_at(control: &Path, text: &str, min_cases: usize) {
     let mut failures = Vec::new();
     let all = cases(text);
     assert!(all.len() >= min_cases, "the table has {} cases", all.len());
     for c in &all {
-        let (status, stdout, stderr) = run(&engine.path, c);
+        let (status, stdout, stderr) = run(control, c);
         if (status, &stdout, &stderr) != (c.status, &c.stdout, &c.stderr) {
             failures.push(format!(
                 "line {}: uvsadm {}\n  status {status} (want {})\n  stdout {stdout:?}\n  want   {:?}\n  stderr {stderr:?}\n  want   {:?}",
@@ -186,6 +194,20 @@ fn check(tag: &str, text: &str, min_cases: usize) {
 #[test]
 fn uvsadm_matches_the_golden_table() {
     check("errors", include_str!("fixtures/uvsadm_golden.txt"), 100);
+}
+
+#[test]
+fn uvs_run_matches_the_golden_table() {
+    if !common::root_or_skip("uvs_run_matches_the_golden_table") {
+        return;
+    }
+    // The same table through the daemon, its commits and its control socket.
+    let s = common::Setup::start("gld", &[], &[]);
+    check_at(
+        &s.d.control,
+        include_str!("fixtures/uvsadm_golden.txt"),
+        100,
+    );
 }
 
 /// Whether this machine's files give the names the names table expects
