@@ -14,6 +14,8 @@ command -v iptables-restore >/dev/null || need+=(iptables)
 command -v ip >/dev/null || need+=(iproute2)
 command -v curl >/dev/null || need+=(curl)
 command -v ping >/dev/null || need+=(iputils-ping)
+# /etc/services, for uvsadm's port names (tests/uvsadm_golden.rs).
+[ -f /etc/services ] || need+=(netbase)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test.sh: installing ${need[*]}"

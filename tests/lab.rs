@@ -622,7 +622,10 @@ fn config_file_at_start_and_bad_files_rejected() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("line 2") && err.contains("nine"), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("illegal weight"),
+        "{err}"
+    );
     let _ = std::fs::remove_file(good);
     let _ = std::fs::remove_file(bad);
 }

@@ -1,15 +1,27 @@
 //! uvsadm: ipvsadm's command line for uvs.
 //!
-//! Every argument is sent as-is to the running engine over its control
-//! socket (`--control PATH`, else `$UVS_CONTROL`, else /run/uvs/uvs.sock);
-//! the engine parses, validates and applies it, and answers with ipvsadm's
-//! output formats. `-R` sends standard input along as one batch that is
-//! applied all or nothing.
+//! The arguments are checked here with the engine's own parser, so usage
+//! errors, `-h` and `-v` need no engine; a valid command is sent as-is to
+//! the running engine over its control socket (`--control PATH`, else
+//! `$UVS_CONTROL`, else /run/uvs/uvs.sock), which applies it and answers
+//! with ipvsadm's output formats, texts and exit statuses. `-R` sends
+//! standard input along as one batch that is applied all or nothing.
+//!
+//! Names are this process's business, as they are ipvsadm's: host and
+//! port names in a command (or in `-R` input) become numbers before it is
+//! sent, and without `-n` the numbers of `-L`/`-S` output become names
+//! (`control::resolver`, bounded in time).
+//!
+//! Exit statuses are ipvsadm 1.31's: 0, 2 for what ipvsadm refuses itself
+//! (and when the engine cannot be reached, as ipvsadm when IPVS is
+//! missing), 255 for usage errors and what the kernel refuses, 1 for `-L`
+//! of a missing service.
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use uvs::control::resolver::{Collect, SystemNames, REVERSE_BUDGET};
 use uvs::control::{ctl, socket};
 
 fn main() -> ExitCode {
@@ -32,33 +44,54 @@ fn main() -> ExitCode {
             i += 1;
         }
     }
-    // Help and version need no engine, as with ipvsadm; the parser shared
-    // with the daemon says which command this is.
-    if let Ok(cmd) = ctl::parse(&args) {
-        if matches!(cmd, ctl::Command::Help | ctl::Command::Version) {
-            let text = if cmd == ctl::Command::Help {
-                ctl::usage()
-            } else {
-                ctl::version()
-            };
-            print!("{text}");
+    let mut names = SystemNames::new();
+    let args = ctl::names::resolve(&args, &names);
+    // The parser shared with the engine: help, version and every usage
+    // error are answered here, as ipvsadm answers them without the kernel.
+    let cmd = match ctl::parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{}", e.error_text());
+            return ExitCode::from(e.exit_status());
+        }
+    };
+    match cmd {
+        ctl::Command::Help => {
+            print!("{}", ctl::usage());
             return ExitCode::SUCCESS;
         }
+        ctl::Command::Version => {
+            print!("{}", ctl::version());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
     }
-    let restore = args.iter().any(|a| a == "-R" || a == "--restore");
     let mut req = vec!["uvsadm".to_string()];
-    req.extend(args);
-    if restore {
+    if cmd == ctl::Command::Restore {
         let mut text = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut text) {
             eprintln!("uvsadm: reading commands from stdin: {e}");
             return ExitCode::from(2);
         }
-        req = vec!["uvsadm-restore".to_string(), text];
+        req = vec![
+            "uvsadm-restore".to_string(),
+            ctl::names::resolve_script(&text, &names),
+        ];
+    } else {
+        req.extend(args);
     }
     match socket::call(&socket::path(path.as_deref()), &req) {
         Ok(r) => {
-            print!("{}", r.stdout);
+            let mut stdout = r.stdout;
+            if r.status == 0 {
+                // Without -n: name the addresses, all looked up together.
+                // (-n and other commands: no look-ups, text unchanged.)
+                let seen = Collect::default();
+                let _ = ctl::names::rename(&cmd, &stdout, &seen);
+                names.prefetch(seen.addrs.take(), REVERSE_BUDGET);
+                stdout = ctl::names::rename(&cmd, &stdout, &names);
+            }
+            print!("{stdout}");
             eprint!("{}", r.stderr);
             ExitCode::from(r.status)
         }

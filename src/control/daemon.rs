@@ -388,7 +388,7 @@ impl Daemon {
     fn uvsadm(&mut self, args: &[String], stdin: Option<&str>) -> Reply {
         let cmd = match ctl::parse(args) {
             Ok(c) => c,
-            Err(e) => return Reply::err(e),
+            Err(e) => return ctl_refused(&e),
         };
         let live = Live {
             snap: self.pipeline.services.load_full(),
@@ -401,12 +401,16 @@ impl Daemon {
         drop(live);
         let out = match out {
             Ok(o) => o,
-            Err(e) => return Reply::err(e),
+            Err(e) => return ctl_refused(&e),
         };
         if out.applied != ctl::Applied::Nothing {
             if let Err(e) = self.commit(&out.applied) {
                 self.config.undo(undo);
-                return Reply::err(e);
+                // Refused by the runtime, as ipvsadm's kernel errors: 255.
+                return Reply {
+                    status: 255,
+                    ..Reply::err(e)
+                };
             }
         }
         Reply::ok(out.output)
@@ -430,6 +434,15 @@ impl Daemon {
         };
         self.pipeline.filter.store(Arc::new(new));
         Reply::ok("")
+    }
+}
+
+/// A refused uvsadm command: ipvsadm's text and exit status.
+fn ctl_refused(e: &ctl::CtlError) -> Reply {
+    Reply {
+        status: e.exit_status(),
+        stdout: String::new(),
+        stderr: e.error_text(),
     }
 }
 

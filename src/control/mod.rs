@@ -1,7 +1,9 @@
 //! The control plane: ipvsadm's language and configuration model ([`ctl`],
-//! pure), the control socket ([`socket`]) and the daemon that commits
-//! changes to the data path ([`daemon`]).
+//! pure), the control socket ([`socket`]), the daemon that commits
+//! changes to the data path ([`daemon`]), and uvsadm's bounded name
+//! look-ups ([`resolver`]).
 
 pub mod ctl;
 pub mod daemon;
+pub mod resolver;
 pub mod socket;

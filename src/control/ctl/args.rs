@@ -1,17 +1,23 @@
-//! ipvsadm's command line: argv words → [`Command`].
+//! ipvsadm 1.31's command line: argv words → [`Command`], with ipvsadm's
+//! rules, its order of checks and its messages.
 //!
-//! Accepted forms: short options (`-t ADDR`, `-tADDR`, clusters such as
-//! `-Ln`), long options (`--tcp-service ADDR`, `--tcp-service=ADDR`), an
-//! optional leading `ipvsadm`/`uvsadm` word (as in `-R` input), options in
-//! any order. Each option is checked against the command it is used with,
-//! like ipvsadm's command × option table, and every error names the word
-//! at fault. Only syntax and per-command rules live here; checks that need
-//! the service (address family, ports, thresholds, gates) are in
-//! [`super::model`] so programmatic commands get them too.
+//! Words are read as popt reads them for ipvsadm: short options (`-t ADDR`,
+//! `-tADDR`, clusters such as `-Ln`), long options (`--tcp-service ADDR`,
+//! `--tcp-service=ADDR`), `--` ending the options, `-p` taking the next
+//! word as its timeout unless that starts with `-`. The first option must
+//! be the command (else "Try `uvsadm -h' …"); `-h` and `-v` there answer at
+//! once. The other options then come in any order and are checked one by
+//! one as they come, then against ipvsadm's command × option table, then
+//! per command — so the first error ipvsadm would print is the one given.
 //!
-//! Addresses and ports must be numeric: the daemon never resolves names.
+//! Differences from ipvsadm, all harmless to its scripts:
+//! * A server without a port takes the service's port wherever `-r` stands
+//!   (ipvsadm copies the port of a service named before `-r` only).
+//! * Addresses and ports are numeric here; `uvsadm` replaces host and port
+//!   names by numbers before it sends a command
+//!   ([`super::names::resolve`]).
+//! * A leading `ipvsadm`/`uvsadm` word is skipped (as in `-R` input).
 
-use std::mem::discriminant;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use uvs_sched::FwdMethod;
@@ -21,6 +27,9 @@ use super::model::{
     DestConfig, Family, Netmask, Proto, SvcKey, TunCsum, TunOpts, TunType, DEFAULT_PERSISTENCE,
     DEFAULT_SCHED, MAX_TIMEOUT,
 };
+pub use super::options::CmdKind;
+use super::options::{tun_usage, usage_of, Key, Opt, Popt, Use};
+use super::words::{c_atoi, inet_aton, number_in, parse_service};
 use super::{CtlError, LineError};
 
 /// The attributes `-A`/`-E` give a service.
@@ -132,874 +141,483 @@ impl Command {
     }
 }
 
-/// The command options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CmdKind {
-    /// `-A`
-    AddService,
-    /// `-E`
-    EditService,
-    /// `-D`
-    DeleteService,
-    /// `-C`
-    Clear,
-    /// `-a`
-    AddServer,
-    /// `-e`
-    EditServer,
-    /// `-d`
-    DeleteServer,
-    /// `-L`
-    List,
-    /// `-S`
-    Save,
-    /// `-R`
-    Restore,
-    /// `-Z`
-    Zero,
-    /// `--set`
-    Set,
-    /// `-h`
-    Help,
-    /// `-v`
-    Version,
-    /// `--start-daemon`
-    StartDaemon,
-    /// `--stop-daemon`
-    StopDaemon,
-}
-
-impl CmdKind {
-    /// The short spelling used in messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            CmdKind::AddService => "-A",
-            CmdKind::EditService => "-E",
-            CmdKind::DeleteService => "-D",
-            CmdKind::Clear => "-C",
-            CmdKind::AddServer => "-a",
-            CmdKind::EditServer => "-e",
-            CmdKind::DeleteServer => "-d",
-            CmdKind::List => "-L",
-            CmdKind::Save => "-S",
-            CmdKind::Restore => "-R",
-            CmdKind::Zero => "-Z",
-            CmdKind::Set => "--set",
-            CmdKind::Help => "-h",
-            CmdKind::Version => "-v",
-            CmdKind::StartDaemon => "--start-daemon",
-            CmdKind::StopDaemon => "--stop-daemon",
-        }
-    }
-}
-
-/// Which service option: `-t`, `-u`, `--sctp-service`, `-f`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SvcOpt {
-    Proto(Proto),
-    Fwmark,
-}
-
-/// Option identities. Variants with a payload form one group (two of them
-/// count as a duplicate, like ipvsadm's single "forwarding-method" option).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Cmd(CmdKind),
-    Service(SvcOpt),
-    Ipv6,
-    Sched,
-    Persistent,
-    Netmask,
-    SchedFlags,
-    Ops,
-    Pe,
-    Server,
-    Fwd(FwdMethod),
-    Weight,
-    UThreshold,
-    LThreshold,
-    TunType,
-    TunPort,
-    TunCsum(TunCsum),
-    Numeric,
-    Connection,
-    Stats,
-    Rate,
-    Thresholds,
-    PersistentConn,
-    Timeout,
-    Daemon,
-    TunInfo,
-    Exact,
-    Sort,
-    NoSort,
-    /// Sync daemon options: recognised so the error is "not supported".
-    DaemonOpt,
-}
-
-impl Kind {
-    /// Group name for duplicate messages.
-    fn group(self) -> &'static str {
-        match self {
-            Kind::Cmd(_) => "command",
-            Kind::Service(_) => "service",
-            Kind::Fwd(_) => "forwarding method",
-            Kind::TunCsum(_) => "tunnel checksum",
-            _ => "identical",
-        }
-    }
-
-    /// Commands the option belongs to (for the "only with" message).
-    fn valid_with(self) -> &'static str {
-        match self {
-            Kind::Service(_) | Kind::Ipv6 => "-A/-E/-D/-a/-e/-d/-L/-Z",
-            Kind::Sched
-            | Kind::Persistent
-            | Kind::Netmask
-            | Kind::SchedFlags
-            | Kind::Ops
-            | Kind::Pe => "-A/-E",
-            Kind::Server => "-a/-e/-d",
-            Kind::Fwd(_)
-            | Kind::Weight
-            | Kind::UThreshold
-            | Kind::LThreshold
-            | Kind::TunType
-            | Kind::TunPort
-            | Kind::TunCsum(_) => "-a/-e",
-            Kind::Numeric => "-L/-S",
-            Kind::DaemonOpt => "--start-daemon",
-            _ => "-L",
-        }
-    }
-
-    /// ipvsadm's command × option table.
-    fn allowed(self, cmd: CmdKind) -> bool {
-        use CmdKind as C;
-        match self {
-            Kind::Cmd(_) => true,
-            Kind::Service(_) | Kind::Ipv6 => matches!(
-                cmd,
-                C::AddService
-                    | C::EditService
-                    | C::DeleteService
-                    | C::AddServer
-                    | C::EditServer
-                    | C::DeleteServer
-                    | C::List
-                    | C::Zero
-            ),
-            Kind::Sched
-            | Kind::Persistent
-            | Kind::Netmask
-            | Kind::SchedFlags
-            | Kind::Ops
-            | Kind::Pe => matches!(cmd, C::AddService | C::EditService),
-            Kind::Server => matches!(cmd, C::AddServer | C::EditServer | C::DeleteServer),
-            Kind::Fwd(_)
-            | Kind::Weight
-            | Kind::UThreshold
-            | Kind::LThreshold
-            | Kind::TunType
-            | Kind::TunPort
-            | Kind::TunCsum(_) => matches!(cmd, C::AddServer | C::EditServer),
-            Kind::Numeric => matches!(cmd, C::List | C::Save),
-            Kind::DaemonOpt => matches!(cmd, C::StartDaemon | C::StopDaemon),
-            Kind::Connection
-            | Kind::Stats
-            | Kind::Rate
-            | Kind::Thresholds
-            | Kind::PersistentConn
-            | Kind::Timeout
-            | Kind::Daemon
-            | Kind::TunInfo
-            | Kind::Exact
-            | Kind::Sort
-            | Kind::NoSort => cmd == C::List,
-        }
-    }
-}
-
-/// Whether an option takes a value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Arg {
-    No,
-    Yes,
-    /// `-p [T]`: takes the next word only if it is a number.
-    OptionalNumber,
-}
-
-struct Def {
-    short: Option<char>,
-    long: &'static str,
-    kind: Kind,
-    arg: Arg,
-}
-
-const fn def(short: Option<char>, long: &'static str, kind: Kind, arg: Arg) -> Def {
-    Def {
-        short,
-        long,
-        kind,
-        arg,
-    }
-}
-
-/// Every option ipvsadm 1.31 knows.
-const OPTIONS: &[Def] = &[
-    def(
-        Some('A'),
-        "add-service",
-        Kind::Cmd(CmdKind::AddService),
-        Arg::No,
-    ),
-    def(
-        Some('E'),
-        "edit-service",
-        Kind::Cmd(CmdKind::EditService),
-        Arg::No,
-    ),
-    def(
-        Some('D'),
-        "delete-service",
-        Kind::Cmd(CmdKind::DeleteService),
-        Arg::No,
-    ),
-    def(Some('C'), "clear", Kind::Cmd(CmdKind::Clear), Arg::No),
-    def(
-        Some('a'),
-        "add-server",
-        Kind::Cmd(CmdKind::AddServer),
-        Arg::No,
-    ),
-    def(
-        Some('e'),
-        "edit-server",
-        Kind::Cmd(CmdKind::EditServer),
-        Arg::No,
-    ),
-    def(
-        Some('d'),
-        "delete-server",
-        Kind::Cmd(CmdKind::DeleteServer),
-        Arg::No,
-    ),
-    def(Some('L'), "list", Kind::Cmd(CmdKind::List), Arg::No),
-    def(Some('l'), "list", Kind::Cmd(CmdKind::List), Arg::No),
-    def(Some('S'), "save", Kind::Cmd(CmdKind::Save), Arg::No),
-    def(Some('R'), "restore", Kind::Cmd(CmdKind::Restore), Arg::No),
-    def(Some('Z'), "zero", Kind::Cmd(CmdKind::Zero), Arg::No),
-    def(None, "set", Kind::Cmd(CmdKind::Set), Arg::No),
-    def(Some('h'), "help", Kind::Cmd(CmdKind::Help), Arg::No),
-    def(Some('v'), "version", Kind::Cmd(CmdKind::Version), Arg::No),
-    def(
-        None,
-        "start-daemon",
-        Kind::Cmd(CmdKind::StartDaemon),
-        Arg::Yes,
-    ),
-    def(
-        None,
-        "stop-daemon",
-        Kind::Cmd(CmdKind::StopDaemon),
-        Arg::Yes,
-    ),
-    def(
-        Some('t'),
-        "tcp-service",
-        Kind::Service(SvcOpt::Proto(Proto::Tcp)),
-        Arg::Yes,
-    ),
-    def(
-        Some('u'),
-        "udp-service",
-        Kind::Service(SvcOpt::Proto(Proto::Udp)),
-        Arg::Yes,
-    ),
-    def(
-        None,
-        "sctp-service",
-        Kind::Service(SvcOpt::Proto(Proto::Sctp)),
-        Arg::Yes,
-    ),
-    def(
-        Some('f'),
-        "fwmark-service",
-        Kind::Service(SvcOpt::Fwmark),
-        Arg::Yes,
-    ),
-    def(Some('6'), "ipv6", Kind::Ipv6, Arg::No),
-    def(Some('s'), "scheduler", Kind::Sched, Arg::Yes),
-    def(
-        Some('p'),
-        "persistent",
-        Kind::Persistent,
-        Arg::OptionalNumber,
-    ),
-    def(Some('M'), "netmask", Kind::Netmask, Arg::Yes),
-    def(Some('b'), "sched-flags", Kind::SchedFlags, Arg::Yes),
-    def(Some('o'), "ops", Kind::Ops, Arg::No),
-    def(None, "pe", Kind::Pe, Arg::Yes),
-    def(Some('r'), "real-server", Kind::Server, Arg::Yes),
-    def(
-        Some('g'),
-        "gatewaying",
-        Kind::Fwd(FwdMethod::Route),
-        Arg::No,
-    ),
-    def(Some('i'), "ipip", Kind::Fwd(FwdMethod::Tunnel), Arg::No),
-    def(
-        Some('m'),
-        "masquerading",
-        Kind::Fwd(FwdMethod::Masq),
-        Arg::No,
-    ),
-    def(Some('w'), "weight", Kind::Weight, Arg::Yes),
-    def(Some('x'), "u-threshold", Kind::UThreshold, Arg::Yes),
-    def(Some('y'), "l-threshold", Kind::LThreshold, Arg::Yes),
-    def(None, "tun-type", Kind::TunType, Arg::Yes),
-    def(None, "tun-port", Kind::TunPort, Arg::Yes),
-    def(None, "tun-nocsum", Kind::TunCsum(TunCsum::NoCsum), Arg::No),
-    def(None, "tun-csum", Kind::TunCsum(TunCsum::Csum), Arg::No),
-    def(
-        None,
-        "tun-remcsum",
-        Kind::TunCsum(TunCsum::RemCsum),
-        Arg::No,
-    ),
-    def(Some('n'), "numeric", Kind::Numeric, Arg::No),
-    def(Some('c'), "connection", Kind::Connection, Arg::No),
-    def(None, "stats", Kind::Stats, Arg::No),
-    def(None, "rate", Kind::Rate, Arg::No),
-    def(None, "thresholds", Kind::Thresholds, Arg::No),
-    def(None, "persistent-conn", Kind::PersistentConn, Arg::No),
-    def(None, "timeout", Kind::Timeout, Arg::No),
-    def(None, "daemon", Kind::Daemon, Arg::No),
-    def(None, "tun-info", Kind::TunInfo, Arg::No),
-    def(Some('X'), "exact", Kind::Exact, Arg::No),
-    def(None, "sort", Kind::Sort, Arg::No),
-    def(None, "nosort", Kind::NoSort, Arg::No),
-    def(None, "mcast-interface", Kind::DaemonOpt, Arg::Yes),
-    def(None, "syncid", Kind::DaemonOpt, Arg::Yes),
-    def(None, "sync-maxlen", Kind::DaemonOpt, Arg::Yes),
-    def(None, "mcast-group", Kind::DaemonOpt, Arg::Yes),
-    def(None, "mcast-port", Kind::DaemonOpt, Arg::Yes),
-    def(None, "mcast-ttl", Kind::DaemonOpt, Arg::Yes),
-];
-
-/// One option occurrence: what it is, as typed, and its value.
-#[derive(Debug)]
-struct Occ {
-    kind: Kind,
-    typed: String,
-    value: Option<String>,
-}
-
-fn is_number(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// Splits argv into option occurrences and positional words.
-fn tokenize(words: &[String]) -> Result<(Vec<Occ>, Vec<String>), CtlError> {
-    let mut occs = Vec::new();
-    let mut positional = Vec::new();
-    let mut i = 0;
-    while i < words.len() {
-        let w = &words[i];
-        i += 1;
-        if let Some(body) = w.strip_prefix("--").filter(|b| !b.is_empty()) {
-            let (name, inline) = match body.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (body, None),
-            };
-            let d = OPTIONS
-                .iter()
-                .find(|d| d.long == name)
-                .ok_or_else(|| CtlError::UnknownOption(format!("--{name}")))?;
-            let typed = format!("--{name}");
-            let value = match d.arg {
-                Arg::No => {
-                    if inline.is_some() {
-                        return Err(CtlError::UnexpectedValue(typed));
-                    }
-                    None
-                }
-                Arg::Yes => match inline {
-                    Some(v) => Some(v),
-                    None => {
-                        let v = words
-                            .get(i)
-                            .ok_or_else(|| CtlError::MissingValue(typed.clone()))?;
-                        i += 1;
-                        Some(v.clone())
-                    }
-                },
-                Arg::OptionalNumber => match inline {
-                    Some(v) => Some(v),
-                    None if words.get(i).is_some_and(|v| is_number(v)) => {
-                        i += 1;
-                        Some(words[i - 1].clone())
-                    }
-                    None => None,
-                },
-            };
-            occs.push(Occ {
-                kind: d.kind,
-                typed,
-                value,
-            });
-        } else if w.len() > 1 && w.starts_with('-') {
-            // A cluster of short options; one taking a value ends it.
-            let chars: Vec<char> = w[1..].chars().collect();
-            let mut j = 0;
-            while j < chars.len() {
-                let c = chars[j];
-                j += 1;
-                let d = OPTIONS
-                    .iter()
-                    .find(|d| d.short == Some(c))
-                    .ok_or_else(|| CtlError::UnknownOption(format!("-{c}")))?;
-                let typed = format!("-{c}");
-                let rest: String = chars[j..].iter().collect();
-                let value = match d.arg {
-                    Arg::No => None,
-                    Arg::Yes => {
-                        j = chars.len();
-                        if rest.is_empty() {
-                            let v = words
-                                .get(i)
-                                .ok_or_else(|| CtlError::MissingValue(typed.clone()))?;
-                            i += 1;
-                            Some(v.clone())
-                        } else {
-                            Some(rest)
-                        }
-                    }
-                    Arg::OptionalNumber => {
-                        j = chars.len();
-                        if !rest.is_empty() {
-                            Some(rest)
-                        } else if words.get(i).is_some_and(|v| is_number(v)) {
-                            i += 1;
-                            Some(words[i - 1].clone())
-                        } else {
-                            None
-                        }
-                    }
-                };
-                occs.push(Occ {
-                    kind: d.kind,
-                    typed,
-                    value,
-                });
-            }
-        } else {
-            positional.push(w.clone());
-        }
-    }
-    Ok((occs, positional))
-}
-
 /// Whether a word is the program name ipvsadm scripts may start with.
 fn is_program_word(w: &str) -> bool {
     let base = w.rsplit('/').next().unwrap_or(w);
     base == "ipvsadm" || base == "uvsadm"
 }
 
+/// The words after a leading program word.
+pub(crate) fn command_words(argv: &[String]) -> &[String] {
+    match argv.first() {
+        Some(w) if is_program_word(w) => &argv[1..],
+        _ => argv,
+    }
+}
+
+/// Everything the options of one command said, as ipvsadm collects it.
+struct Given {
+    cmd: CmdKind,
+    seen: u64,
+    svc: Option<SvcKey>,
+    sched: Option<String>,
+    persistent: Option<u32>,
+    netmask: Netmask,
+    server: Option<(IpAddr, Option<u16>)>,
+    fwd: FwdMethod,
+    weight: u32,
+    u_threshold: u32,
+    l_threshold: u32,
+    ops: bool,
+    pe: Option<String>,
+    sched_flags: Option<String>,
+    tun_type: TunType,
+    tun_port: Option<u16>,
+    tun_csum: TunCsum,
+}
+
+impl Given {
+    fn has(&self, o: Opt) -> bool {
+        self.seen & o.bit() != 0
+    }
+
+    /// ipvsadm's `set_option`: each option once.
+    fn set(&mut self, o: Opt) -> Result<(), CtlError> {
+        if self.has(o) {
+            return Err(CtlError::DuplicateOption(o.name()));
+        }
+        self.seen |= o.bit();
+        Ok(())
+    }
+
+    /// One option, checked as ipvsadm checks it when it reads it.
+    fn take(&mut self, key: Key, value: Option<&str>, word: String) -> Result<(), CtlError> {
+        let v = value.unwrap_or("");
+        match key {
+            Key::Cmd(_) | Key::Help | Key::Version => return Err(CtlError::InvalidOption(word)),
+            Key::Sort => {}
+            Key::Svc(proto) => {
+                self.set(Opt::Service)?;
+                let (addr, port) = parse_service(v).ok_or(CtlError::IllegalVirtualAddr)?;
+                if addr.is_ipv6() {
+                    self.netmask = Netmask::V6(128);
+                }
+                self.svc = Some(SvcKey::Addr {
+                    proto,
+                    addr,
+                    port: port.unwrap_or(0),
+                });
+            }
+            Key::Fwmark => {
+                self.set(Opt::Service)?;
+                let mark = number_in(v, 1, u32::MAX.into())
+                    .ok_or_else(|| CtlError::InvalidFwmark(v.to_string()))?;
+                self.svc = Some(SvcKey::Fwmark {
+                    mark: mark as u32,
+                    family: Family::V4,
+                });
+            }
+            Key::Ipv6 => match &mut self.svc {
+                Some(SvcKey::Fwmark { family, .. }) => {
+                    *family = Family::V6;
+                    self.netmask = Netmask::V6(128);
+                }
+                _ => return Err(CtlError::SixBeforeF),
+            },
+            Key::Fwd(m) => {
+                self.set(Opt::Forward)?;
+                self.fwd = m;
+            }
+            Key::Plain(o) => {
+                self.set(o)?;
+                self.plain(o, value, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn plain(&mut self, o: Opt, value: Option<&str>, v: &str) -> Result<(), CtlError> {
+        let int_max = i64::from(i32::MAX);
+        match o {
+            Opt::Scheduler => self.sched = Some(v.to_string()),
+            Opt::Persistent => {
+                self.persistent = Some(match value {
+                    None => DEFAULT_PERSISTENCE,
+                    Some(t) => timeout(t, 1)?,
+                })
+            }
+            Opt::Netmask => {
+                self.netmask = if self.svc.map(|s| s.family()) == Some(Family::V6) {
+                    let p = c_atoi(v);
+                    if !(1..=128).contains(&p) {
+                        return Err(CtlError::IllegalV6Netmask);
+                    }
+                    Netmask::V6(p as u8)
+                } else {
+                    Netmask::V4(inet_aton(v).ok_or(CtlError::IllegalPersistentMask)?)
+                }
+            }
+            Opt::Server => self.server = Some(parse_service(v).ok_or(CtlError::IllegalRealAddr)?),
+            Opt::Weight => {
+                self.weight = number_in(v, 0, 65535).ok_or(CtlError::IllegalWeight)? as u32
+            }
+            Opt::UThreshold => {
+                self.u_threshold =
+                    number_in(v, 0, int_max).ok_or(CtlError::IllegalUThreshold)? as u32
+            }
+            Opt::LThreshold => {
+                self.l_threshold =
+                    number_in(v, 0, int_max).ok_or(CtlError::IllegalLThreshold)? as u32
+            }
+            Opt::SyncId => {
+                number_in(v, 0, 255).ok_or(CtlError::IllegalDaemonValue("syncid"))?;
+            }
+            Opt::McastGroup => mcast_group(v)?,
+            Opt::McastPort => {
+                number_in(v, 1, 65535).ok_or(CtlError::IllegalDaemonValue("mcast-port"))?;
+            }
+            Opt::McastTtl => {
+                number_in(v, 1, 255).ok_or(CtlError::IllegalDaemonValue("mcast-ttl"))?;
+            }
+            Opt::SyncMaxlen => {
+                number_in(v, 1, 65535 - 20 - 8)
+                    .ok_or(CtlError::IllegalDaemonValue("sync-maxlen"))?;
+            }
+            Opt::Ops => self.ops = true,
+            Opt::Pe => self.pe = Some(v.to_string()),
+            Opt::SchedFlags => self.sched_flags = Some(v.to_string()),
+            Opt::TunType => {
+                self.tun_type = match v {
+                    "ipip" => TunType::Ipip,
+                    "gue" => TunType::Gue,
+                    "gre" => TunType::Gre,
+                    _ => return Err(CtlError::IllegalTunType),
+                }
+            }
+            Opt::TunPort => {
+                self.tun_port = Some(number_in(v, 1, 65535).ok_or(CtlError::IllegalTunPort)? as u16)
+            }
+            Opt::TunNoCsum => self.tun_csum = TunCsum::NoCsum,
+            Opt::TunCsum => self.tun_csum = TunCsum::Csum,
+            Opt::TunRemCsum => self.tun_csum = TunCsum::RemCsum,
+            Opt::Numeric
+            | Opt::Connection
+            | Opt::Service
+            | Opt::Forward
+            | Opt::McastIf
+            | Opt::Timeout
+            | Opt::Daemon
+            | Opt::Stats
+            | Opt::Rate
+            | Opt::Thresholds
+            | Opt::PersistentConn
+            | Opt::NoSort
+            | Opt::Exact
+            | Opt::TunInfo => {}
+        }
+        Ok(())
+    }
+
+    /// ipvsadm's `generic_opt_check`: the command × option table, options
+    /// in table order.
+    fn check_table(&self) -> Result<(), CtlError> {
+        let cmd = self.cmd.ipvsadm_name();
+        let mut first_exclusive: Option<Opt> = None;
+        for o in Opt::ALL {
+            match (usage_of(self.cmd, o), self.has(o)) {
+                (Use::Compulsory, false) => {
+                    return Err(CtlError::NeedOption { opt: o.name(), cmd })
+                }
+                (Use::Illegal, true) => return Err(CtlError::IllegalOption { opt: o.name(), cmd }),
+                (Use::Exclusive, true) => match first_exclusive {
+                    None => first_exclusive = Some(o),
+                    Some(other) => {
+                        return Err(CtlError::OptionConflict {
+                            opt: o.name(),
+                            other: other.name(),
+                            cmd,
+                        })
+                    }
+                },
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// ipvsadm's `tunnel_opt_check` for the server's tunnel type.
+    fn check_tunnel(&self) -> Result<(), CtlError> {
+        let tun = self.tun_type.name();
+        let mut first: Option<Opt> = None;
+        for o in [Opt::TunPort, Opt::TunNoCsum, Opt::TunCsum, Opt::TunRemCsum] {
+            match (tun_usage(self.tun_type, o), self.has(o)) {
+                (Use::Compulsory, false) => {
+                    return Err(CtlError::TunNeedOption { opt: o.name(), tun })
+                }
+                (Use::Illegal, true) => {
+                    return Err(CtlError::TunIllegalOption { opt: o.name(), tun })
+                }
+                (Use::Exclusive, true) => match first {
+                    None => first = Some(o),
+                    Some(other) => {
+                        return Err(CtlError::TunOptionConflict {
+                            opt: o.name(),
+                            other: other.name(),
+                            tun,
+                        })
+                    }
+                },
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// ipvsadm's `parse_timeout`.
+fn timeout(v: &str, min: i64) -> Result<u32, CtlError> {
+    number_in(v, min, MAX_TIMEOUT.into())
+        .map(|t| t as u32)
+        .ok_or_else(|| CtlError::InvalidTimeout(v.to_string()))
+}
+
+/// `--mcast-group`: a multicast address of either family.
+fn mcast_group(v: &str) -> Result<(), CtlError> {
+    let ok = if v.contains(':') {
+        v.parse::<Ipv6Addr>().is_ok_and(|a| a.is_multicast())
+    } else {
+        v.parse::<Ipv4Addr>().is_ok_and(|a| a.is_multicast())
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(CtlError::InvalidMcastGroup {
+            v6: v.contains(':'),
+            value: v.to_string(),
+        })
+    }
+}
+
+/// ipvsadm's `parse_sched_flags`: comma-separated words, each known and,
+/// for the sh/mh ones, matching the scheduler.
+fn sched_flag_words(sched: &str, text: &str) -> Result<Vec<String>, CtlError> {
+    let mut out = Vec::new();
+    let words: Vec<&str> = text.split(',').filter(|w| !w.is_empty()).collect();
+    if words.is_empty() {
+        return Err(CtlError::InvalidSchedFlag(String::new()));
+    }
+    for f in words {
+        match f {
+            "flag-1" | "flag-2" | "flag-3" => {}
+            "sh-fallback" | "sh-port" | "mh-fallback" | "mh-port" => {
+                if sched != &f[..2] {
+                    return Err(CtlError::IncompatibleSchedFlag(f.to_string()));
+                }
+            }
+            _ => return Err(CtlError::InvalidSchedFlag(f.to_string())),
+        }
+        out.push(f.to_string());
+    }
+    Ok(out)
+}
+
 /// Parses one command line: argv without the program name (a leading
 /// `ipvsadm`/`uvsadm` word is skipped). No words at all means `-L`, as for
 /// ipvsadm.
 pub fn parse(argv: &[String]) -> Result<Command, CtlError> {
-    let words = match argv.first() {
-        Some(w) if is_program_word(w) => &argv[1..],
-        _ => argv,
-    };
+    let words = command_words(argv);
     if words.is_empty() {
         return Ok(Command::List(ListOpts::default()));
     }
-    let (occs, positional) = tokenize(words)?;
-
-    // Exactly one command.
-    let mut cmd: Option<(CmdKind, &Occ)> = None;
-    for o in &occs {
-        if let Kind::Cmd(c) = o.kind {
-            if let Some((_, first)) = cmd {
-                return Err(CtlError::MultipleCommands(
-                    first.typed.clone(),
-                    o.typed.clone(),
-                ));
+    let mut p = Popt::new(words);
+    // The first option is the command; anything else there is a usage error.
+    let cmd = match p.next_opt() {
+        Some(Ok((d, v))) => match d.key {
+            Key::Help => return Ok(Command::Help),
+            Key::Version => return Ok(Command::Version),
+            Key::Cmd(c) => {
+                if let (CmdKind::StartDaemon | CmdKind::StopDaemon, Some(v)) = (c, v) {
+                    if !matches!(p.value(v), "master" | "backup") {
+                        return Err(CtlError::IllegalDaemonState(c == CmdKind::StartDaemon));
+                    }
+                }
+                c
             }
-            cmd = Some((c, o));
-        }
-    }
-    let (cmd, _) = cmd.ok_or(CtlError::NoCommand)?;
-    if matches!(cmd, CmdKind::StartDaemon | CmdKind::StopDaemon) {
-        return Err(CtlError::Unsupported(
-            "the connection sync daemon (--start-daemon/--stop-daemon)",
-        ));
-    }
-
-    // Each option once, and only with commands that take it.
-    for (n, o) in occs.iter().enumerate() {
-        if matches!(o.kind, Kind::Cmd(_)) {
-            continue;
-        }
-        if let Some(prev) = occs[..n]
-            .iter()
-            .find(|p| discriminant(&p.kind) == discriminant(&o.kind))
-        {
-            return Err(CtlError::DuplicateOption(
-                o.kind.group(),
-                prev.typed.clone(),
-                o.typed.clone(),
-            ));
-        }
-        if !o.kind.allowed(cmd) {
-            return Err(CtlError::OptionNotAllowed {
-                opt: o.typed.clone(),
-                cmd: cmd.name(),
-                valid: o.kind.valid_with(),
-            });
-        }
-    }
-    let find = |pred: fn(Kind) -> bool| occs.iter().find(|o| pred(o.kind));
-    let has = |k: Kind| occs.iter().any(|o| o.kind == k);
-
-    if cmd != CmdKind::Set {
-        if let Some(p) = positional.first() {
-            return Err(CtlError::UnexpectedArgument(p.clone()));
-        }
-    }
-
-    let svc = match find(|k| matches!(k, Kind::Service(_))) {
-        Some(o) => Some(parse_service(o, has(Kind::Ipv6))?),
-        None => {
-            if has(Kind::Ipv6) {
-                return Err(CtlError::Ipv6WithoutFwmark);
-            }
-            None
-        }
+            _ => return Err(CtlError::TryHelp),
+        },
+        _ => return Err(CtlError::TryHelp),
     };
-    let need_svc = |svc: Option<SvcKey>| {
-        svc.ok_or(CtlError::MissingOption {
-            cmd: cmd.name(),
-            what: "a service (-t, -u, --sctp-service ADDR:PORT or -f MARK)",
+    let mut g = Given {
+        cmd,
+        seen: 0,
+        svc: None,
+        sched: None,
+        persistent: None,
+        netmask: Netmask::V4(Ipv4Addr::BROADCAST),
+        server: None,
+        fwd: FwdMethod::Route,
+        weight: 1,
+        u_threshold: 0,
+        l_threshold: 0,
+        ops: false,
+        pe: None,
+        sched_flags: None,
+        tun_type: TunType::Ipip,
+        tun_port: None,
+        tun_csum: TunCsum::NoCsum,
+    };
+    while let Some(next) = p.next_opt() {
+        let (d, v) = next?;
+        let value = v.map(|v| p.value(v));
+        g.take(d.key, value, p.last_word())?;
+    }
+    let mut args = p.args.iter().map(|&i| words[i].as_str());
+    let set = if cmd == CmdKind::Set {
+        match (args.next(), args.next(), args.next()) {
+            (Some(a), Some(b), Some(c)) => Some((timeout(a, 0)?, timeout(b, 0)?, timeout(c, 0)?)),
+            _ => return Err(CtlError::SetNeedsThree),
+        }
+    } else {
+        None
+    };
+    if let Some(a) = args.next() {
+        return Err(CtlError::UnexpectedArgument(a.to_string()));
+    }
+    let sched = g.sched.clone().unwrap_or_else(|| DEFAULT_SCHED.to_string());
+    let sched_flags = match g.sched_flags.as_deref() {
+        Some(t) if !t.is_empty() => sched_flag_words(&sched, t)?,
+        _ => Vec::new(),
+    };
+    g.check_table()?;
+    build(g, sched, sched_flags, set)
+}
+
+/// The per-command checks after the table, then the command itself.
+fn build(
+    g: Given,
+    sched: String,
+    sched_flags: Vec<String>,
+    set: Option<(u32, u32, u32)>,
+) -> Result<Command, CtlError> {
+    // The table has made sure a service is there where one is needed.
+    let svc = g.svc;
+    let need_svc = || {
+        svc.ok_or(CtlError::NeedOption {
+            opt: Opt::Service.name(),
+            cmd: g.cmd.ipvsadm_name(),
         })
     };
-
-    Ok(match cmd {
+    Ok(match g.cmd {
         CmdKind::AddService | CmdKind::EditService => {
-            let opts = service_opts(need_svc(svc)?, &occs)?;
-            if cmd == CmdKind::AddService {
+            let key = need_svc()?;
+            if matches!(key, SvcKey::Addr { port: 0, .. }) && g.persistent.is_none() {
+                return Err(CtlError::ZeroPortNotPersistent);
+            }
+            if g.ops && !matches!(key.proto(), None | Some(Proto::Udp)) {
+                return Err(CtlError::OpsNotUdp);
+            }
+            let netmask = (g.has(Opt::Netmask) || key.family() == Family::V6)
+                .then_some(g.netmask)
+                .filter(|m| *m != Netmask::default_for(key.family()));
+            let opts = ServiceOpts {
+                key,
+                sched,
+                sched_flags,
+                persistent: g.persistent,
+                netmask,
+                ops: g.ops,
+                pe: g.pe.clone(),
+            };
+            if g.cmd == CmdKind::AddService {
                 Command::AddService(opts)
             } else {
                 Command::EditService(opts)
             }
         }
-        CmdKind::DeleteService => Command::DeleteService(need_svc(svc)?),
+        CmdKind::DeleteService => Command::DeleteService(need_svc()?),
         CmdKind::Clear => Command::Clear,
         CmdKind::AddServer | CmdKind::EditServer | CmdKind::DeleteServer => {
-            let svc = need_svc(svc)?;
-            let server = find(|k| k == Kind::Server).ok_or(CtlError::MissingOption {
-                cmd: cmd.name(),
-                what: "a real server (-r ADDR[:PORT])",
+            let svc = need_svc()?;
+            let (addr, port) = g.server.ok_or(CtlError::NeedOption {
+                opt: Opt::Server.name(),
+                cmd: g.cmd.ipvsadm_name(),
             })?;
-            let (addr, port) = parse_addr_port(value(server)?)?;
-            let port = port.unwrap_or(svc.port());
-            if cmd == CmdKind::DeleteServer {
-                Command::DeleteServer { svc, addr, port }
+            let mut port = port.unwrap_or(svc.port());
+            if g.cmd == CmdKind::DeleteServer {
+                return Ok(Command::DeleteServer { svc, addr, port });
+            }
+            if !svc.is_fwmark() && matches!(g.fwd, FwdMethod::Route | FwdMethod::Tunnel) {
+                port = svc.port();
+            }
+            if Family::of(addr) != svc.family() && g.fwd != FwdMethod::Tunnel {
+                return Err(CtlError::FamilyMismatch);
+            }
+            let tun_opts = Opt::TunType.bit()
+                | Opt::TunPort.bit()
+                | Opt::TunNoCsum.bit()
+                | Opt::TunCsum.bit()
+                | Opt::TunRemCsum.bit();
+            if g.seen & tun_opts != 0 && g.fwd != FwdMethod::Tunnel {
+                return Err(CtlError::TunnelOptionsNeedIpip);
+            }
+            g.check_tunnel()?;
+            let dest = DestConfig {
+                addr,
+                port,
+                fwd: g.fwd,
+                weight: g.weight,
+                u_threshold: g.u_threshold,
+                l_threshold: g.l_threshold,
+                tun: (g.fwd == FwdMethod::Tunnel).then_some(TunOpts {
+                    kind: g.tun_type,
+                    port: g.tun_port,
+                    csum: g.tun_csum,
+                }),
+            };
+            if g.cmd == CmdKind::AddServer {
+                Command::AddServer { svc, dest }
             } else {
-                let dest = dest_config(&svc, addr, port, &occs)?;
-                if cmd == CmdKind::AddServer {
-                    Command::AddServer { svc, dest }
-                } else {
-                    Command::EditServer { svc, dest }
-                }
+                Command::EditServer { svc, dest }
             }
         }
-        CmdKind::List => Command::List(list_opts(svc, &occs)?),
+        CmdKind::List => {
+            let has = |o: Opt| g.has(o);
+            let views = has(Opt::Connection) || has(Opt::Timeout) || has(Opt::Daemon);
+            let columns = has(Opt::Stats) || has(Opt::Rate) || has(Opt::Thresholds);
+            if (views && columns)
+                || ((has(Opt::Timeout) || has(Opt::Daemon)) && has(Opt::PersistentConn))
+            {
+                return Err(CtlError::ListConflict);
+            }
+            Command::List(ListOpts {
+                service: svc,
+                numeric: has(Opt::Numeric),
+                connection: has(Opt::Connection),
+                stats: has(Opt::Stats),
+                rate: has(Opt::Rate),
+                thresholds: has(Opt::Thresholds),
+                persistent_conn: has(Opt::PersistentConn),
+                timeout: has(Opt::Timeout),
+                daemon: has(Opt::Daemon),
+                tun_info: has(Opt::TunInfo),
+                exact: has(Opt::Exact),
+                nosort: has(Opt::NoSort),
+            })
+        }
         CmdKind::Save => Command::Save {
-            numeric: has(Kind::Numeric),
+            numeric: g.has(Opt::Numeric),
         },
         CmdKind::Restore => Command::Restore,
         CmdKind::Zero => Command::Zero(svc),
         CmdKind::Set => {
-            let [tcp, tcp_fin, udp] = positional.as_slice() else {
-                return Err(CtlError::SetNeedsThree);
-            };
-            Command::SetTimeouts {
-                tcp: number("--set tcp", tcp, 0, MAX_TIMEOUT.into())? as u32,
-                tcp_fin: number("--set tcpfin", tcp_fin, 0, MAX_TIMEOUT.into())? as u32,
-                udp: number("--set udp", udp, 0, MAX_TIMEOUT.into())? as u32,
-            }
+            let (tcp, tcp_fin, udp) = set.ok_or(CtlError::SetNeedsThree)?;
+            Command::SetTimeouts { tcp, tcp_fin, udp }
         }
-        CmdKind::Help => Command::Help,
-        CmdKind::Version => Command::Version,
         CmdKind::StartDaemon | CmdKind::StopDaemon => {
             return Err(CtlError::Unsupported(
                 "the connection sync daemon (--start-daemon/--stop-daemon)",
             ))
         }
-    })
-}
-
-fn value(o: &Occ) -> Result<&str, CtlError> {
-    o.value
-        .as_deref()
-        .ok_or_else(|| CtlError::MissingValue(o.typed.clone()))
-}
-
-/// A decimal number in `min..=max` (no sign, no spaces).
-fn number(opt: &str, s: &str, min: u64, max: u64) -> Result<u64, CtlError> {
-    let bad = || CtlError::InvalidNumber {
-        opt: opt.to_string(),
-        value: s.to_string(),
-        min,
-        max,
-    };
-    if !is_number(s) {
-        return Err(bad());
-    }
-    let v: u64 = s.parse().map_err(|_| bad())?;
-    if v < min || v > max {
-        return Err(bad());
-    }
-    Ok(v)
-}
-
-/// `ADDR[:PORT]`, `[V6ADDR][:PORT]` or a bare IPv6 address (no port).
-pub fn parse_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), CtlError> {
-    let port_of = |p: &str| -> Result<u16, CtlError> {
-        if !is_number(p) {
-            return Err(CtlError::InvalidPort {
-                port: p.to_string(),
-                input: s.to_string(),
-            });
-        }
-        p.parse::<u16>().map_err(|_| CtlError::InvalidPort {
-            port: p.to_string(),
-            input: s.to_string(),
-        })
-    };
-    if let Some(inner) = s.strip_prefix('[') {
-        let (host, rest) = inner
-            .split_once(']')
-            .ok_or_else(|| CtlError::InvalidAddress(s.to_string()))?;
-        let addr: Ipv6Addr = host
-            .parse()
-            .map_err(|_| CtlError::InvalidAddress(s.to_string()))?;
-        let port = match rest {
-            "" => None,
-            _ => match rest.strip_prefix(':') {
-                Some(p) => Some(port_of(p)?),
-                None => return Err(CtlError::InvalidAddress(s.to_string())),
-            },
-        };
-        return Ok((IpAddr::V6(addr), port));
-    }
-    if let Ok(v6) = s.parse::<Ipv6Addr>() {
-        return Ok((IpAddr::V6(v6), None));
-    }
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (s, None),
-    };
-    let addr: Ipv4Addr = host.parse().map_err(|_| {
-        if host.bytes().any(|b| b.is_ascii_alphabetic()) {
-            CtlError::HostName(host.to_string())
-        } else {
-            CtlError::InvalidAddress(s.to_string())
-        }
-    })?;
-    let port = port.map(port_of).transpose()?;
-    Ok((IpAddr::V4(addr), port))
-}
-
-fn parse_service(o: &Occ, ipv6: bool) -> Result<SvcKey, CtlError> {
-    let v = value(o)?;
-    match o.kind {
-        Kind::Service(SvcOpt::Fwmark) => Ok(SvcKey::Fwmark {
-            mark: number(&o.typed, v, 1, u32::MAX.into())? as u32,
-            family: if ipv6 { Family::V6 } else { Family::V4 },
-        }),
-        Kind::Service(SvcOpt::Proto(proto)) => {
-            if ipv6 {
-                return Err(CtlError::Ipv6WithoutFwmark);
-            }
-            let (addr, port) = parse_addr_port(v)?;
-            Ok(SvcKey::Addr {
-                proto,
-                addr,
-                port: port.unwrap_or(0),
-            })
-        }
-        _ => Err(CtlError::UnknownOption(o.typed.clone())),
-    }
-}
-
-fn service_opts(key: SvcKey, occs: &[Occ]) -> Result<ServiceOpts, CtlError> {
-    let mut opts = ServiceOpts::new(key);
-    for o in occs {
-        match o.kind {
-            Kind::Sched => opts.sched = value(o)?.to_string(),
-            Kind::Persistent => {
-                opts.persistent = Some(match &o.value {
-                    Some(v) => number(&o.typed, v, 1, MAX_TIMEOUT.into())? as u32,
-                    None => DEFAULT_PERSISTENCE,
-                })
-            }
-            Kind::Netmask => opts.netmask = Some(parse_netmask(value(o)?, key.family())?),
-            Kind::SchedFlags => {
-                opts.sched_flags = value(o)?
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|f| !f.is_empty())
-                    .map(String::from)
-                    .collect()
-            }
-            Kind::Ops => opts.ops = true,
-            Kind::Pe => opts.pe = Some(value(o)?.to_string()),
-            _ => {}
-        }
-    }
-    Ok(opts)
-}
-
-/// `-M`: dotted mask for IPv4 services, prefix length for IPv6 ones
-/// (decided by the service, whatever the option order).
-fn parse_netmask(s: &str, family: Family) -> Result<Netmask, CtlError> {
-    let bad = || CtlError::InvalidNetmask(s.to_string());
-    match family {
-        Family::V4 => s.parse::<Ipv4Addr>().map(Netmask::V4).map_err(|_| bad()),
-        Family::V6 => match number("-M", s, 1, 128) {
-            Ok(p) => Ok(Netmask::V6(p as u8)),
-            Err(_) => Err(bad()),
-        },
-    }
-}
-
-fn dest_config(
-    svc: &SvcKey,
-    addr: IpAddr,
-    port: u16,
-    occs: &[Occ],
-) -> Result<DestConfig, CtlError> {
-    let mut d = DestConfig {
-        addr,
-        port,
-        // ipvsadm's default forwarding method is direct routing.
-        fwd: FwdMethod::Route,
-        weight: 1,
-        u_threshold: 0,
-        l_threshold: 0,
-        tun: None,
-    };
-    let mut tun_type: Option<TunType> = None;
-    let mut tun_port: Option<u16> = None;
-    let mut tun_csum: Option<(TunCsum, &'static str)> = None;
-    for o in occs {
-        match o.kind {
-            Kind::Fwd(m) => d.fwd = m,
-            Kind::Weight => d.weight = number(&o.typed, value(o)?, 0, 65535)? as u32,
-            Kind::UThreshold => {
-                d.u_threshold = number(&o.typed, value(o)?, 0, i32::MAX as u64)? as u32
-            }
-            Kind::LThreshold => {
-                d.l_threshold = number(&o.typed, value(o)?, 0, i32::MAX as u64)? as u32
-            }
-            Kind::TunType => {
-                let v = value(o)?;
-                tun_type = Some(match v {
-                    "ipip" => TunType::Ipip,
-                    "gue" => TunType::Gue,
-                    "gre" => TunType::Gre,
-                    _ => return Err(CtlError::InvalidTunType(v.to_string())),
-                })
-            }
-            Kind::TunPort => tun_port = Some(number(&o.typed, value(o)?, 1, 65535)? as u16),
-            Kind::TunCsum(c) => tun_csum = Some((c, c.option())),
-            _ => {}
-        }
-    }
-    let tun_given = tun_type.is_some() || tun_port.is_some() || tun_csum.is_some();
-    if d.fwd == FwdMethod::Tunnel {
-        let kind = tun_type.unwrap_or(TunType::Ipip);
-        // ipvsadm refuses even the default --tun-nocsum on ipip.
-        if let (TunType::Ipip, Some((_, opt))) = (kind, tun_csum) {
-            return Err(CtlError::TunOptionInvalid {
-                opt,
-                kind: kind.name(),
-            });
-        }
-        let tun = TunOpts {
-            kind,
-            port: tun_port,
-            csum: tun_csum.map(|(c, _)| c).unwrap_or_default(),
-        };
-        tun.validate()?;
-        d.tun = Some(tun);
-    } else if tun_given {
-        return Err(CtlError::TunnelOptionsNeedIpip);
-    }
-    // ipvsadm: direct-routing and tunnelling servers take the service's
-    // port, whatever -r said (fwmark services have no port to take).
-    if matches!(d.fwd, FwdMethod::Route | FwdMethod::Tunnel) && !svc.is_fwmark() {
-        d.port = svc.port();
-    }
-    Ok(d)
-}
-
-fn list_opts(service: Option<SvcKey>, occs: &[Occ]) -> Result<ListOpts, CtlError> {
-    let has = |k: Kind| occs.iter().any(|o| o.kind == k);
-    let typed = |k: Kind| {
-        occs.iter()
-            .find(|o| o.kind == k)
-            .map(|o| o.typed.clone())
-            .unwrap_or_default()
-    };
-    // ipvsadm: one of -c, a service, --timeout, --daemon; and the views
-    // -c/--timeout/--daemon exclude the column options.
-    let exclusive: Vec<String> = occs
-        .iter()
-        .filter(|o| {
-            matches!(
-                o.kind,
-                Kind::Connection | Kind::Service(_) | Kind::Timeout | Kind::Daemon
-            )
-        })
-        .map(|o| o.typed.clone())
-        .collect();
-    if exclusive.len() > 1 {
-        return Err(CtlError::ListConflict(
-            exclusive[0].clone(),
-            exclusive[1].clone(),
-        ));
-    }
-    for view in [Kind::Connection, Kind::Timeout, Kind::Daemon] {
-        for col in [
-            Kind::Stats,
-            Kind::PersistentConn,
-            Kind::Rate,
-            Kind::Thresholds,
-        ] {
-            if has(view) && has(col) {
-                return Err(CtlError::ListConflict(typed(view), typed(col)));
-            }
-        }
-    }
-    Ok(ListOpts {
-        service,
-        numeric: has(Kind::Numeric),
-        connection: has(Kind::Connection),
-        stats: has(Kind::Stats),
-        rate: has(Kind::Rate),
-        thresholds: has(Kind::Thresholds),
-        persistent_conn: has(Kind::PersistentConn),
-        timeout: has(Kind::Timeout),
-        daemon: has(Kind::Daemon),
-        tun_info: has(Kind::TunInfo),
-        exact: has(Kind::Exact),
-        nosort: has(Kind::NoSort),
     })
 }
 
@@ -1026,48 +644,4 @@ pub fn parse_script(text: &str) -> Result<Vec<(usize, Command)>, LineError> {
         out.push((line_no, cmd));
     }
     Ok(out)
-}
-
-/// `uvsadm -v` text.
-pub fn version() -> String {
-    format!(
-        "uvsadm v{} (ipvsadm 1.31 command line, IPVS 1.2.1 formats)\n",
-        env!("CARGO_PKG_VERSION")
-    )
-}
-
-/// `uvsadm -h` text.
-pub fn usage() -> String {
-    let mut s = version();
-    s.push_str(
-        "Usage:
-  uvsadm -A|-E SERVICE [-s SCHED] [-p [TIMEOUT]] [-M NETMASK] [-b FLAGS] [-o] [--pe NAME]
-  uvsadm -D SERVICE
-  uvsadm -C
-  uvsadm -R                      (commands on standard input)
-  uvsadm -S [-n]
-  uvsadm -a|-e SERVICE -r SERVER[:PORT] [-g|-i|-m] [-w WEIGHT] [-x UPPER] [-y LOWER]
-                                 [--tun-type ipip|gue|gre] [--tun-port PORT]
-                                 [--tun-nocsum|--tun-csum|--tun-remcsum]
-  uvsadm -d SERVICE -r SERVER[:PORT]
-  uvsadm -L|-l [SERVICE] [-n] [-c] [--stats] [--rate] [--thresholds]
-                                 [--persistent-conn] [--timeout] [--daemon]
-                                 [--tun-info] [--exact] [--sort|--nosort]
-  uvsadm -Z [SERVICE]
-  uvsadm --set TCP TCPFIN UDP    (0 keeps a value)
-  uvsadm -h | -v
-
-SERVICE: -t|--tcp-service ADDR:PORT, -u|--udp-service ADDR:PORT,
-         --sctp-service ADDR:PORT, -f|--fwmark-service MARK [-6]
-         (IPv6 as [2001:db8::1]:80; addresses and ports are numeric)
-Defaults: scheduler wlc, persistence 300 s, forwarding -g, weight 1.
-Schedulers: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos.
-Forwarding: -m masquerading (NAT), -g gatewaying (direct routing), -i tunnel.
-Not built yet (refused by name): -f fwmark services, -o, --pe sip.
-Output is always numeric.
-uvsadm's own option: --control PATH, the engine's control socket
-(default: $UVS_CONTROL, else /run/uvs/uvs.sock).
-",
-    );
-    s
 }

@@ -552,7 +552,13 @@ fn service_entry(out: &mut String, svc: &ServiceConfig, o: &ListOpts, c: &dyn Co
 /// A service given with `-L SERVICE` must exist ("No such service").
 pub fn list(cfg: &Config, o: &ListOpts, counters: &dyn Counters) -> Result<String, CtlError> {
     if o.connection {
-        return Ok(connections(&counters.connections()));
+        let mut out = connections(&counters.connections());
+        if o.persistent_conn {
+            // ipvsadm adds the persistence engine columns to the title;
+            // rows have them only for connections of a `--pe` service.
+            out = out.replacen(&connections_title(false), &connections_title(true), 1);
+        }
+        return Ok(out);
     }
     if o.timeout {
         return Ok(timeout(&cfg.timeouts));
@@ -583,9 +589,6 @@ pub fn save(cfg: &Config) -> String {
     for svc in sorted_services(cfg, false) {
         let name = rule_name(&svc.key);
         let _ = write!(out, "-A {name} -s {}", svc.sched);
-        if !svc.sched_flags.is_empty() {
-            let _ = write!(out, " -b {}", svc.sched_flags.join(","));
-        }
         if let Some(t) = svc.persistent {
             let _ = write!(out, " -p {t}");
             if let Some(m) = mask_text(svc) {
@@ -597,6 +600,10 @@ pub fn save(cfg: &Config) -> String {
         }
         if svc.ops {
             out.push_str(" -o");
+        }
+        // ipvsadm writes the scheduler flags last.
+        if !svc.sched_flags.is_empty() {
+            let _ = write!(out, " -b {}", svc.sched_flags.join(","));
         }
         out.push('\n');
         for d in sorted_dests(svc, false) {
@@ -630,14 +637,25 @@ pub fn save(cfg: &Config) -> String {
     out
 }
 
+/// The title line of `-L -c`, with the `--persistent-conn` columns or not.
+fn connections_title(pe: bool) -> String {
+    if pe {
+        format!(
+            "pro expire {:<11} {:<18} {:<18} {:<18} {:<16} pe_data\n",
+            "state", "source", "virtual", "destination", "pe name"
+        )
+    } else {
+        format!(
+            "pro expire {:<11} {:<18} {:<18} destination\n",
+            "state", "source", "virtual"
+        )
+    }
+}
+
 /// `-L -c`: the connection table.
 pub fn connections(rows: &[ConnRow]) -> String {
     let mut out = String::from("IPVS connection entries\n");
-    let _ = writeln!(
-        out,
-        "pro expire {:<11} {:<18} {:<18} destination",
-        "state", "source", "virtual"
-    );
+    out.push_str(&connections_title(false));
     for r in rows {
         let secs = r.expire_ms / 1000;
         let expire = format!("{:02}:{:02}", secs / 60, secs % 60);

@@ -22,12 +22,16 @@
 //! runtime reconcile (publishing the model to workers) live outside this
 //! module.
 //!
+//! Errors carry ipvsadm 1.31's texts and exit statuses
+//! ([`CtlError::exit_status`], [`CtlError::error_text`]).
+//!
 //! Deliberate differences from ipvsadm, all loud rather than silent:
-//! * Addresses and ports must be numeric (no DNS or `/etc/services`
-//!   look-ups on the daemon's control path). Output is always numeric, with
-//!   or without `-n`.
-//! * Options may appear in any order (ipvsadm wants the command first and
-//!   `-6` after `-f`).
+//! * The daemon reads numeric addresses and ports only (no DNS or
+//!   `/etc/services` look-ups on its control path); `uvsadm` turns names
+//!   into numbers before it sends a command and numbers into names in what
+//!   it prints without `-n`, in its own process, as ipvsadm does.
+//! * Options after the command may come in any order (see [`args`]).
+//! * `-R` is all or nothing: a bad line leaves the configuration as it was.
 //! * Features the engine does not have yet are refused with a "not supported
 //!   yet" error by the gates in [`model`] ([`model::supported_fwd`],
 //!   [`model::check_scheduler`], [`model::check_pe`]); the sync daemon
@@ -35,15 +39,20 @@
 
 pub mod args;
 pub mod format;
+pub mod help;
 pub mod model;
+pub mod names;
+mod options;
 pub mod table;
 #[cfg(test)]
 mod tests;
+pub mod words;
 
-pub use args::{parse, parse_script, usage, version, CmdKind, Command, ServiceOpts};
+pub use args::{parse, parse_script, CmdKind, Command, ServiceOpts};
 pub use format::{
     connections, largenum, list, save, ConnRow, Counters, DestCounters, ListOpts, NoCounters, Stats,
 };
+pub use help::{usage, version};
 pub use model::{
     check_pe, check_scheduler, supported_fwd, Applied, Config, DestConfig, Family, Gates, Netmask,
     Proto, ServiceConfig, ServiceTable, SvcKey, Timeouts, TunCsum, TunOpts, TunType, Undo,
@@ -52,80 +61,171 @@ pub use model::{
 
 /// Everything that can go wrong parsing or applying a control command.
 ///
-/// Messages name the offending word; where ipvsadm/the kernel has a
-/// well-known text ("Service already exists", …) the same text is used so
-/// scripts grepping for it keep working.
+/// Each error has ipvsadm 1.31's text and exit status
+/// ([`CtlError::exit_status`]): 2 for what ipvsadm itself refuses, 255 for
+/// its usage errors and for what the kernel refuses, 1 for `-L` of a
+/// missing service. Errors only uvs has (features not built yet, checks
+/// of programmatic commands) have their own texts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CtlError {
-    // ---- command-line syntax ----
-    /// An option nobody knows.
-    #[error("unknown option {0}")]
-    UnknownOption(String),
-    /// An option that needs a value got none.
-    #[error("option {0} requires a value")]
-    MissingValue(String),
-    /// A flag option was given `=value`.
-    #[error("option {0} does not take a value")]
-    UnexpectedValue(String),
-    /// A word that is neither an option nor expected.
-    #[error("unexpected argument '{0}'")]
+    // ---- usage (popt), exit 255 ----
+    /// No command, or the first option is not one.
+    #[error("Try `uvsadm -h' or 'uvsadm --help' for more information.")]
+    TryHelp,
+    /// popt could not read an option (`--bogus: unknown option`).
+    #[error("{word}: {reason}")]
+    Popt {
+        /// The word at fault.
+        word: String,
+        /// popt's reason: "unknown option", "missing argument", …
+        reason: &'static str,
+    },
+
+    // ---- ipvsadm's own checks, exit 2 ----
+    /// A command (or `-h`/`-v`) after the first option.
+    #[error("invalid option `{0}'")]
+    InvalidOption(String),
+    /// A word that is no option.
+    #[error("unexpected argument {0}")]
     UnexpectedArgument(String),
-    /// No command option (-A, -a, -L, …) at all.
-    #[error("no command given (one of -A -E -D -C -a -e -d -L -S -R -Z --set -h -v)")]
-    NoCommand,
-    /// Two command options.
-    #[error("multiple commands specified: {0} and {1}")]
-    MultipleCommands(String, String),
-    /// The same option (or two of one group, like -g and -m) twice.
-    #[error("multiple {0} options specified: {1} and {2}")]
-    DuplicateOption(&'static str, String, String),
-    /// An option the command does not take.
-    #[error("option {opt} is not valid with {cmd} (only with {valid})")]
-    OptionNotAllowed {
-        /// The option as typed.
-        opt: String,
-        /// The command, e.g. `-A`.
-        cmd: &'static str,
-        /// Commands the option belongs to.
-        valid: &'static str,
-    },
-    /// A command is missing a compulsory option.
-    #[error("{cmd} requires {what}")]
-    MissingOption {
-        /// The command, e.g. `-a`.
-        cmd: &'static str,
-        /// What is missing, e.g. "a real server (`-r ADDR[:PORT]`)".
-        what: &'static str,
-    },
-    /// Two list options that cannot go together.
-    #[error("options {0} and {1} conflict in the list command")]
-    ListConflict(String, String),
-    /// `-6` without `-f`.
-    #[error("-6 is only valid with a fwmark service (-f)")]
-    Ipv6WithoutFwmark,
-    /// `--set` without exactly three values.
-    #[error("--set requires 3 timeout values (tcp tcpfin udp)")]
+    /// `--set` without three values.
+    #[error("--set option requires 3 timeout values")]
     SetNeedsThree,
-    /// Not an IP address.
-    #[error("invalid address '{0}'")]
-    InvalidAddress(String),
-    /// A host name where uvs needs a number.
-    #[error("host name '{0}' is not supported: give a numeric IPv4 or IPv6 address")]
-    HostName(String),
-    /// A bad port in ADDR:PORT.
-    #[error("invalid port '{port}' in '{input}'")]
-    InvalidPort {
-        /// The port text.
-        port: String,
-        /// The whole ADDR:PORT word.
-        input: String,
+    /// The same option twice (or two of one group, like `-g` and `-m`).
+    #[error("multiple '{0}' options specified")]
+    DuplicateOption(&'static str),
+    /// A command without an option it needs.
+    #[error("You need to supply the '{opt}' option for the '{cmd}' command")]
+    NeedOption {
+        /// ipvsadm's name of the option.
+        opt: &'static str,
+        /// ipvsadm's name of the command.
+        cmd: &'static str,
     },
-    /// A number out of range or not a number.
+    /// An option the command does not take.
+    #[error("Illegal '{opt}' option with the '{cmd}' command")]
+    IllegalOption {
+        /// ipvsadm's name of the option.
+        opt: &'static str,
+        /// ipvsadm's name of the command.
+        cmd: &'static str,
+    },
+    /// Two options of which the command takes one.
+    #[error("The option '{opt}' conflicts with the '{other}' option in the '{cmd}' command")]
+    OptionConflict {
+        /// The later option.
+        opt: &'static str,
+        /// The earlier one.
+        other: &'static str,
+        /// ipvsadm's name of the command.
+        cmd: &'static str,
+    },
+    /// A tunnel type without an option it needs (gue: `--tun-port`).
+    #[error("You need to supply the '{opt}' option for the '{tun}' tunnel type")]
+    TunNeedOption {
+        /// ipvsadm's name of the option.
+        opt: &'static str,
+        /// The tunnel type.
+        tun: &'static str,
+    },
+    /// A tunnel option the tunnel type does not have.
+    #[error("Illegal '{opt}' option with the '{tun}' tunnel type")]
+    TunIllegalOption {
+        /// ipvsadm's name of the option.
+        opt: &'static str,
+        /// The tunnel type.
+        tun: &'static str,
+    },
+    /// Two checksum modes.
+    #[error("The option '{opt}' conflicts with the '{other}' option in the '{tun}' tunnel type")]
+    TunOptionConflict {
+        /// The later option.
+        opt: &'static str,
+        /// The earlier one.
+        other: &'static str,
+        /// The tunnel type.
+        tun: &'static str,
+    },
+    /// `-L` views that exclude each other's columns.
+    #[error("options conflicts in the list command")]
+    ListConflict,
+    /// A bad `-t`/`-u`/`--sctp-service` word.
+    #[error("illegal virtual server address[:port] specified")]
+    IllegalVirtualAddr,
+    /// A bad `-r` word.
+    #[error("illegal real server address[:port] specified")]
+    IllegalRealAddr,
+    /// A bad `-f` mark.
+    #[error("invalid fwmark value `{0}' specified")]
+    InvalidFwmark(String),
+    /// A bad `-p` or `--set` value.
+    #[error("invalid timeout value `{0}' specified")]
+    InvalidTimeout(String),
+    /// A bad `-M` for an IPv4 service.
+    #[error("illegal virtual server persistent mask specified")]
+    IllegalPersistentMask,
+    /// A bad `-M` for an IPv6 service.
+    #[error("illegal ipv6 netmask specified")]
+    IllegalV6Netmask,
+    /// A bad `-w`.
+    #[error("illegal weight specified")]
+    IllegalWeight,
+    /// A bad `-x`.
+    #[error("illegal u_threshold specified")]
+    IllegalUThreshold,
+    /// A bad `-y`.
+    #[error("illegal l_threshold specified")]
+    IllegalLThreshold,
+    /// A bad `--syncid`, `--mcast-port`, `--mcast-ttl` or `--sync-maxlen`.
+    #[error("illegal {0} specified")]
+    IllegalDaemonValue(&'static str),
+    /// A `--mcast-group` that is no multicast address.
+    #[error("invalid IPv{} mcast-group `{value}'", if *v6 { 6 } else { 4 })]
+    InvalidMcastGroup {
+        /// Whether it looked like IPv6 (has a `:`).
+        v6: bool,
+        /// The word.
+        value: String,
+    },
+    /// `--start-daemon`/`--stop-daemon` other than master or backup
+    /// (`true` for start; ipvsadm words the two differently).
+    #[error("{}", if *.0 { "illegal start-daemon parameter specified" } else { "illegal start_daemon specified" })]
+    IllegalDaemonState(bool),
+    /// `-6` without a `-f` before it (ipvsadm's text ends in a newline).
+    #[error("-6 used before -f\n")]
+    SixBeforeF,
+    /// A bad `--tun-type`.
+    #[error("illegal tunnel type specified")]
+    IllegalTunType,
+    /// A bad `--tun-port`.
+    #[error("illegal tunnel port specified")]
+    IllegalTunPort,
+    /// A `-b` word that is no scheduler flag.
+    #[error("invalid scheduler flag `{0}'")]
+    InvalidSchedFlag(String),
+    /// A `-b` flag of another scheduler (`sh-port` with `-s rr`).
+    #[error("incompatible scheduler flag `{0}'")]
+    IncompatibleSchedFlag(String),
+    /// Port 0 is a wildcard and only makes sense with persistence.
+    #[error("Zero port specified for non-persistent service")]
+    ZeroPortNotPersistent,
+    /// `-o` on a TCP or SCTP service.
+    #[error("One-Packet Scheduling is only for UDP virtual services")]
+    OpsNotUdp,
+    /// A real server of the other address family without tunnelling.
+    #[error("Different address family is allowed only for tunneling servers")]
+    FamilyMismatch,
+    /// Tunnel options on a server that is not tunnelled.
+    #[error("Tunnel options conflict with forward method")]
+    TunnelOptionsNeedIpip,
+
+    // ---- checks of programmatic commands (uvs's texts), exit 2 ----
+    /// A number out of range.
     #[error("invalid value '{value}' for {opt} (expected {min}..{max})")]
     InvalidNumber {
         /// The option, e.g. `-w`.
         opt: String,
-        /// The text given.
+        /// The value given.
         value: String,
         /// Smallest accepted value.
         min: u64,
@@ -135,23 +235,6 @@ pub enum CtlError {
     /// A netmask that does not fit the service's family.
     #[error("invalid netmask '{0}' (IPv4: dotted mask such as 255.255.255.0; IPv6: prefix length 1..128)")]
     InvalidNetmask(String),
-    /// A `-b` word that is no scheduler flag.
-    #[error("invalid scheduler flag '{0}' (known: flag-1 flag-2 flag-3 sh-fallback sh-port mh-fallback mh-port)")]
-    InvalidSchedFlag(String),
-    /// A `-b` flag of another scheduler (`sh-port` with `-s rr`).
-    #[error("scheduler flag '{flag}' is not valid with scheduler '{sched}'")]
-    IncompatibleSchedFlag {
-        /// The flag.
-        flag: String,
-        /// The service's scheduler.
-        sched: String,
-    },
-    /// `--tun-type` other than ipip, gue, gre.
-    #[error("invalid tunnel type '{0}' (one of ipip, gue, gre)")]
-    InvalidTunType(String),
-    /// Tunnel options on a server that is not tunnelled.
-    #[error("tunnel options (--tun-*) need the ipip forwarding method (-i)")]
-    TunnelOptionsNeedIpip,
     /// A tunnel option the tunnel type does not have.
     #[error("option {opt} is not valid for tunnel type {kind}")]
     TunOptionInvalid {
@@ -163,20 +246,6 @@ pub enum CtlError {
     /// `--tun-type gue` without `--tun-port`.
     #[error("tunnel type gue requires --tun-port")]
     TunPortRequired,
-    /// The sync daemon and other features uvs does not implement.
-    #[error("{0} is not supported yet")]
-    Unsupported(&'static str),
-
-    // ---- configuration semantics (ipvsadm client and kernel checks) ----
-    /// Port 0 is a wildcard and only makes sense with persistence.
-    #[error("zero port specified for non-persistent service")]
-    ZeroPortNotPersistent,
-    /// `-o` on a TCP or SCTP service.
-    #[error("one-packet scheduling (-o) is only for UDP and fwmark services")]
-    OpsNotUdp,
-    /// A real server of the other address family without tunnelling.
-    #[error("different address family is allowed only for tunneling servers")]
-    FamilyMismatch,
     /// A direct-routing or tunnelling server with its own port.
     #[error("server port {dest} differs from the service port {svc}: direct routing and tunneling servers must use the service port")]
     DestPortMismatch {
@@ -185,31 +254,48 @@ pub enum CtlError {
         /// The service's port.
         svc: u16,
     },
-    /// `-y` above `-x`.
-    #[error("lower threshold (-y {lower}) is above upper threshold (-x {upper})")]
+
+    // ---- the kernel's refusals, exit 255 ----
+    /// `-A` of an existing service.
+    #[error("Service already exists")]
+    ServiceExists,
+    /// `-E`, `-D`, `-Z` of a missing service.
+    #[error("No such service")]
+    NoSuchService,
+    /// A server command on a missing service.
+    #[error("Service not defined")]
+    ServiceNotDefined,
+    /// `-a` of an existing server.
+    #[error("Destination already exists")]
+    DestExists,
+    /// `-e`/`-d` of a missing server.
+    #[error("No such destination")]
+    NoSuchDest,
+    /// A scheduler name the kernel does not have (ENOENT).
+    #[error("Scheduler or persistence engine not found")]
+    UnknownScheduler(String),
+    /// A persistence engine the kernel does not have (ENOENT).
+    #[error("Scheduler or persistence engine not found")]
+    UnknownPe(String),
+    /// A real server address that is not unicast: multicast, broadcast,
+    /// 0.0.0.0/8, `::`, link-local, v4-mapped (EINVAL).
+    #[error("Invalid operation.  Possibly wrong module version, address not unicast, ...")]
+    NotUnicast,
+    /// `-y` above `-x` (ERANGE).
+    #[error("Numerical result out of range")]
     ThresholdOrder {
         /// `-y`.
         lower: u32,
         /// `-x`.
         upper: u32,
     },
-    /// Kernel: `-A` of an existing service.
-    #[error("Service already exists")]
-    ServiceExists,
-    /// Kernel: `-E`, `-D`, `-Z`, `-L SERVICE` of a missing service.
-    #[error("No such service")]
-    NoSuchService,
-    /// Kernel: a server command on a missing service.
-    #[error("Service not defined")]
-    ServiceNotDefined,
-    /// Kernel: `-a` of an existing server.
-    #[error("Destination already exists")]
-    DestExists,
-    /// Kernel: `-e`/`-d` of a missing server.
-    #[error("No such destination")]
-    NoSuchDest,
 
-    // ---- support gates (lifted as the engine grows) ----
+    // ---- `-L` of a missing service, exit 1 ----
+    /// `-L SERVICE` of a service that does not exist.
+    #[error("No such service")]
+    ListNoSuchService,
+
+    // ---- support gates (lifted as the engine grows), exit 255 ----
     /// A forwarding method the engine cannot do yet.
     #[error("forwarding method '{0}' is not supported yet (only -m, -g and -i)")]
     FwdNotSupported(&'static str),
@@ -221,15 +307,12 @@ pub enum CtlError {
         /// Schedulers uvs has, space separated.
         available: String,
     },
-    /// A scheduler name the kernel does not have either.
-    #[error("unknown scheduler '{0}'")]
-    UnknownScheduler(String),
     /// A persistence engine the kernel has but uvs does not.
     #[error("persistence engine '{0}' is not supported yet")]
     PeNotSupported(String),
-    /// A persistence engine nobody has.
-    #[error("unknown persistence engine '{0}' (the kernel has: sip)")]
-    UnknownPe(String),
+    /// The sync daemon and other features uvs does not implement.
+    #[error("{0} is not supported yet")]
+    Unsupported(&'static str),
 
     // ---- flow ----
     /// `-R` without its input.
@@ -241,6 +324,45 @@ pub enum CtlError {
     /// A bad line of a restore script or configuration file.
     #[error(transparent)]
     Script(Box<LineError>),
+}
+
+impl CtlError {
+    /// The exit status ipvsadm 1.31 gives this error.
+    pub fn exit_status(&self) -> u8 {
+        use CtlError as E;
+        match self {
+            E::TryHelp | E::Popt { .. } => 255,
+            E::ServiceExists
+            | E::NoSuchService
+            | E::ServiceNotDefined
+            | E::DestExists
+            | E::NoSuchDest
+            | E::UnknownScheduler(_)
+            | E::UnknownPe(_)
+            | E::NotUnicast
+            | E::ThresholdOrder { .. }
+            | E::FwdNotSupported(_)
+            | E::SchedulerNotSupported { .. }
+            | E::PeNotSupported(_)
+            | E::Unsupported(_) => 255,
+            E::ListNoSuchService => 1,
+            E::Script(l) => l.error.exit_status(),
+            _ => 2,
+        }
+    }
+
+    /// What the client prints on standard error: ipvsadm's text and a
+    /// newline; for `-R`, then the line it was on (uvs restores all or
+    /// nothing, where ipvsadm would have applied the lines before).
+    pub fn error_text(&self) -> String {
+        match self {
+            CtlError::Script(l) => format!(
+                "{}\nuvsadm: -R: line {} refused, nothing restored\n",
+                l.error, l.line
+            ),
+            e => format!("{e}\n"),
+        }
+    }
 }
 
 /// An error on one line of a restore script or configuration file.
@@ -315,13 +437,17 @@ pub fn execute_logged(
             });
         }
         Command::List(opts) => {
-            // Validates the service first (apply answers "No such service").
-            cfg.apply_with(cmd, gates)?;
-            format::list(cfg, opts, counters)?
+            // ipvsadm exits 1, not 255, when the listed service is missing.
+            let missing = |e| match e {
+                CtlError::NoSuchService => CtlError::ListNoSuchService,
+                e => e,
+            };
+            cfg.apply_with(cmd, gates).map_err(missing)?;
+            format::list(cfg, opts, counters).map_err(missing)?
         }
         Command::Save { .. } => format::save(cfg),
-        Command::Help => args::usage(),
-        Command::Version => args::version(),
+        Command::Help => help::usage(),
+        Command::Version => help::version(),
         _ => {
             let applied = cfg.apply_logged(cmd, gates, undo)?;
             return Ok(Outcome {

@@ -30,8 +30,9 @@ use super::{CtlError, LineError};
 
 /// Longest persistence / connection timeout ipvsadm accepts (31 days).
 pub const MAX_TIMEOUT: u32 = 86_400 * 31;
-/// Persistence timeout when `-p` has no value.
-pub const DEFAULT_PERSISTENCE: u32 = 300;
+/// Persistence timeout when `-p` has no value: libipvs's
+/// `IPVS_SVC_PERSISTENT_TIMEOUT`, 6 × 60 s (the man page says 300; the code wins).
+pub const DEFAULT_PERSISTENCE: u32 = 360;
 /// Scheduler when `-s` is not given.
 pub const DEFAULT_SCHED: &str = "wlc";
 /// The schedulers the Linux kernel has, in `ipvsadm -h` order.
@@ -437,10 +438,7 @@ pub fn canonical_sched_flags(sched: &str, flags: &[String]) -> Result<Vec<String
             "sh-fallback" | "sh-port" | "mh-fallback" | "mh-port" => {
                 let owner = &f[..2];
                 if sched != owner {
-                    return Err(CtlError::IncompatibleSchedFlag {
-                        flag: f.clone(),
-                        sched: sched.to_string(),
-                    });
+                    return Err(CtlError::IncompatibleSchedFlag(f.clone()));
                 }
                 if f.ends_with("fallback") {
                     0
@@ -501,15 +499,19 @@ impl Config {
         let log = &mut undo.steps;
         match cmd {
             Command::AddService(opts) => {
-                let new = build_service(opts, gates)?;
+                // The kernel looks the service up before anything else.
                 if self.service(&opts.key).is_some() {
                     return Err(CtlError::ServiceExists);
                 }
+                let new = build_service(opts, gates)?;
                 self.services.push(new);
                 log.push(UndoStep::Added(opts.key));
                 Ok(Applied::ServiceAdded(opts.key))
             }
             Command::EditService(opts) => {
+                if self.service(&opts.key).is_none() {
+                    return Err(CtlError::NoSuchService);
+                }
                 let new = build_service(opts, gates)?;
                 let svc = self.service_mut(&opts.key).ok_or(CtlError::NoSuchService)?;
                 let dests = std::mem::take(&mut svc.dests);
@@ -528,10 +530,14 @@ impl Config {
             }
             Command::AddServer { svc, dest } => {
                 let service = self.service_mut(svc).ok_or(CtlError::ServiceNotDefined)?;
-                let dest = check_dest(&service.key, dest, gates)?;
+                // The kernel's order: thresholds, then an existing server,
+                // then the address of a new one.
+                check_thresholds(dest)?;
                 if service.dest(dest.addr, dest.port).is_some() {
                     return Err(CtlError::DestExists);
                 }
+                check_unicast(dest.addr)?;
+                let dest = check_dest(&service.key, dest, gates)?;
                 let (addr, port) = (dest.addr, dest.port);
                 service.dests.push(dest);
                 log.push(UndoStep::DestAdded(*svc));
@@ -543,6 +549,10 @@ impl Config {
             }
             Command::EditServer { svc, dest } => {
                 let service = self.service_mut(svc).ok_or(CtlError::ServiceNotDefined)?;
+                check_thresholds(dest)?;
+                if service.dest(dest.addr, dest.port).is_none() {
+                    return Err(CtlError::NoSuchDest);
+                }
                 let dest = check_dest(&service.key, dest, gates)?;
                 let i = service
                     .dests
@@ -648,6 +658,10 @@ impl Config {
         let mut done = Vec::with_capacity(cmds.len());
         for (line, cmd) in cmds {
             let at = |error| LineError { line: *line, error };
+            // ipvsadm answers a nested -R with its usage hint.
+            if *cmd == Command::Restore {
+                return Err(at(CtlError::TryHelp));
+            }
             if let Some(name) = cmd.query_name() {
                 return Err(at(CtlError::NotInScript(name)));
             }
@@ -784,12 +798,41 @@ fn check_dest(key: &SvcKey, d: &DestConfig, gates: &Gates) -> Result<DestConfig,
             svc: key.port(),
         });
     }
+    check_thresholds(&d)?;
+    (gates.fwd)(d.fwd)?;
+    Ok(d)
+}
+
+/// The kernel refuses a lower threshold above the upper one (ERANGE), also
+/// when the upper one is 0 (no limit).
+fn check_thresholds(d: &DestConfig) -> Result<(), CtlError> {
     if d.l_threshold > d.u_threshold {
         return Err(CtlError::ThresholdOrder {
             lower: d.l_threshold,
             upper: d.u_threshold,
         });
     }
-    (gates.fwd)(d.fwd)?;
-    Ok(d)
+    Ok(())
+}
+
+/// The kernel's check of a new real server's address (EINVAL): IPv4 must
+/// be unicast or local (not 0.0.0.0/8, 255.255.255.255 or multicast);
+/// IPv6 must be unicast and not link-local (not `::`, multicast,
+/// `::ffff:0:0/96`, `fe80::/10`). A subnet's broadcast address, which the
+/// kernel finds in the director's routes, is not known here.
+pub fn check_unicast(addr: IpAddr) -> Result<(), CtlError> {
+    let ok = match addr {
+        IpAddr::V4(a) => !(a.octets()[0] == 0 || a.is_broadcast() || a.is_multicast()),
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            let mapped = s[..5].iter().all(|&w| w == 0) && s[5] == 0xffff;
+            let link_local = s[0] & 0xffc0 == 0xfe80;
+            !(a.is_unspecified() || a.is_multicast() || mapped || link_local)
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(CtlError::NotUnicast)
+    }
 }
