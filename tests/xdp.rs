@@ -292,6 +292,96 @@ fn program_steers_exactly_the_owned_tuples() {
     );
 }
 
+/// Issue 15: what a NAT real server sends to the director itself (its own
+/// connections, its health checks) is the kernel's, counted as
+/// `pass_local`; the same tuple toward a client stays uvs's.
+#[test]
+fn program_leaves_replies_to_the_director_to_its_kernel() {
+    if !root_or_skip("program_leaves_replies_to_the_director_to_its_kernel") {
+        return;
+    }
+    let mut s = Steering::new(64).expect("maps");
+    let prog = s.load(1).expect("the verifier accepts the program");
+    s.add_nat_server(TCP, ip("203.0.113.11"), 80).unwrap();
+    s.add_nat_server(TCP, ip("2001:db8:5::11"), 80).unwrap();
+    s.add_service(TCP, ip("192.0.2.10"), 80).unwrap();
+    // The director: 203.0.113.1 and 2001:db8:5::1, and an AnyIP /24.
+    s.set_local(ip("203.0.113.1"), 32, true).unwrap();
+    s.set_local(ip("2001:db8:5::1"), 128, true).unwrap();
+    s.set_local(ip("192.0.2.0"), 24, true).unwrap();
+    let run = |frame: &[u8]| prog.test_run(frame).expect("test run");
+    let reply = |src: &str, dst: &str| {
+        let mut f = if ip(src).is_ipv4() {
+            FrameSpec::tcp_v4()
+        } else {
+            FrameSpec::tcp_v6()
+        };
+        f.src = ip(src);
+        f.sport = 80;
+        f.dst = ip(dst);
+        f.dport = 40000;
+        f.build()
+    };
+    let (owned, kernel) = (XDP_DROP as u32, XDP_PASS as u32);
+    let cases = [
+        (
+            "v4 reply to the director",
+            reply("203.0.113.11", "203.0.113.1"),
+            kernel,
+        ),
+        (
+            "v4 reply to a client",
+            reply("203.0.113.11", "198.51.100.10"),
+            owned,
+        ),
+        (
+            "v4 reply into the AnyIP prefix",
+            reply("203.0.113.11", "192.0.2.99"),
+            kernel,
+        ),
+        (
+            "v6 reply to the director",
+            reply("2001:db8:5::11", "2001:db8:5::1"),
+            kernel,
+        ),
+        (
+            "v6 reply to a client",
+            reply("2001:db8:5::11", "2001:db8:1::10"),
+            owned,
+        ),
+        (
+            "ICMP error to the director",
+            icmp_error("203.0.113.11", "203.0.113.1", 3),
+            kernel,
+        ),
+        (
+            "ICMP error to a client",
+            icmp_error("203.0.113.11", "198.51.100.10", 3),
+            owned,
+        ),
+        (
+            "a service tuple stays owned on a local address",
+            {
+                let mut f = FrameSpec::tcp_v4();
+                f.dst = ip("192.0.2.10");
+                f.dport = 80;
+                f.build()
+            },
+            owned,
+        ),
+    ];
+    for (what, frame, want) in &cases {
+        assert_eq!(run(frame), *want, "{what}");
+    }
+    let c = s.counters().expect("counters");
+    assert_eq!(c.pass_local, 4, "{c:?}");
+    assert_eq!(c.no_socket, 4, "{c:?}");
+    assert_eq!(c.passed, 0, "{c:?}");
+    // Removed: the director's replies are steered again.
+    s.set_local(ip("203.0.113.1"), 32, false).unwrap();
+    assert_eq!(run(&cases[0].1), owned, "no longer local");
+}
+
 /// The frame's Ethernet, IPv4 and UDP source and destination swapped in
 /// place: an echo whose checksums stay valid (the sums are symmetric).
 fn swap_v4_udp(f: &mut [u8]) -> bool {

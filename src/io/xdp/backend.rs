@@ -10,6 +10,9 @@
 //! one queue, so one worker.
 #![forbid(unsafe_code)]
 
+use std::sync::atomic::Ordering;
+
+use super::local::LocalWatcher;
 use super::port::XskTxSet;
 use super::steer::{AttachMode, Attachment, Steering, XdpError, DEFAULT_MAX_ENTRIES};
 use super::sys::xsk::{XskConfig, XskRx, XskSocket};
@@ -22,6 +25,8 @@ pub type WorkerIo = (Vec<XskRx>, XskTxSet);
 pub struct XdpIo {
     // Detach before the maps go.
     attachments: Vec<Attachment>,
+    /// Keeps the `local` map in step with the director's local routes.
+    local: LocalWatcher,
     steering: Steering,
 }
 
@@ -47,6 +52,12 @@ impl XdpIo {
         cfg: XskConfig,
     ) -> Result<(XdpIo, Vec<WorkerIo>), XdpError> {
         let steering = Steering::new(DEFAULT_MAX_ENTRIES)?;
+        // Filled before any program is attached, so the director's own
+        // connections never see a moment of steering.
+        let local = LocalWatcher::start(steering.local_map()?).map_err(|source| XdpError::Sys {
+            what: "reading the director's local routes",
+            source,
+        })?;
         let queues: Vec<u32> = ifaces.iter().map(|(n, _)| rx_queues(n)).collect();
         let n = (workers.max(1) as u32).min(queues.iter().copied().min().unwrap_or(1)) as usize;
         let mut attachments = Vec::with_capacity(ifaces.len());
@@ -85,6 +96,7 @@ impl XdpIo {
         Ok((
             XdpIo {
                 attachments,
+                local,
                 steering,
             },
             per_worker,
@@ -105,16 +117,26 @@ impl XdpIo {
     }
 
     /// The program's counters as `uvs stats` lines: `xdp.steered`,
-    /// `xdp.to_kernel`, and `drop.xdp_no_socket` (owned packets on an RX
-    /// queue without a uvs socket, dropped so the kernel cannot answer
-    /// them).
+    /// `xdp.to_kernel` (not uvs's), `xdp.pass_local` (from a NAT real
+    /// server to the director itself: the kernel's), and
+    /// `drop.xdp_no_socket` (owned packets on an RX queue without a uvs
+    /// socket, dropped so the kernel cannot answer them); then the local
+    /// prefixes known (`xdp.local_prefixes`, `xdp.local_errors`,
+    /// `xdp.local_resyncs`).
     pub fn report(&self) -> String {
+        let l = self.local.stats();
+        let local = format!(
+            "xdp.local_prefixes {}\nxdp.local_errors {}\nxdp.local_resyncs {}\n",
+            l.prefixes.load(Ordering::Relaxed),
+            l.errors.load(Ordering::Relaxed),
+            l.resyncs.load(Ordering::Relaxed)
+        );
         match self.steering.counters() {
             Ok(c) => format!(
-                "xdp.steered {}\nxdp.to_kernel {}\ndrop.xdp_no_socket {}\n",
-                c.steered, c.passed, c.no_socket
+                "xdp.steered {}\nxdp.to_kernel {}\nxdp.pass_local {}\ndrop.xdp_no_socket {}\n{local}",
+                c.steered, c.passed, c.pass_local, c.no_socket
             ),
-            Err(e) => format!("# xdp counters unreadable: {e}\n"),
+            Err(e) => format!("# xdp counters unreadable: {e}\n{local}"),
         }
     }
 

@@ -18,6 +18,7 @@
 pub mod asm;
 pub mod backend;
 pub mod csum;
+pub mod local;
 pub mod port;
 pub mod prog;
 pub mod steer;
