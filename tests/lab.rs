@@ -375,12 +375,27 @@ fn stopping_leaves_nothing_behind_and_restart_after_crash_cleans_up() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup("stop", &[], &[]);
     s.cmds(&RR);
-    assert!(lb_has_uvs_table(&s.lab));
+    // The kernel guard: an nftables table, or under AF_XDP the XDP program
+    // (attached through a BPF link, so detached even by SIGKILL).
+    let xdp = common::uses_af_xdp(&s.d);
+    let lb = s.lab.ns("lb");
+    let guard = |lab: &Lab| {
+        if xdp {
+            common::xdp_attached(&lb)
+        } else {
+            lb_has_uvs_table(lab)
+        }
+    };
+    assert!(guard(&s.lab));
     // Crash: SIGKILL leaves the table and socket file behind...
     // SAFETY: kill(2) on the PID of the uvs process this test started.
     unsafe { libc::kill(s.d.pid() as i32, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(300));
-    assert!(lb_has_uvs_table(&s.lab), "SIGKILL cannot clean up");
+    assert_eq!(
+        guard(&s.lab),
+        !xdp,
+        "SIGKILL cannot clean up (but the BPF link goes)"
+    );
     let Setup {
         d,
         servers: _servers,
@@ -401,10 +416,7 @@ fn stopping_leaves_nothing_behind_and_restart_after_crash_cleans_up() {
     let control = d.control.clone();
     let status = d.stop().unwrap();
     assert!(status.success(), "uvs exit status {status}");
-    assert!(
-        !lb_has_uvs_table(&lab),
-        "uvs left its nftables table behind"
-    );
+    assert!(!guard(&lab), "uvs left its kernel guard behind");
     assert!(!control.exists(), "uvs left its control socket behind");
 }
 
@@ -1165,6 +1177,8 @@ fn sctp_association(method: &str) {
     // The real server: a raw-socket SCTP responder (rs1 has no SCTP stack).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
+    // The client's INIT is sent once: only after the responder listens.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = netns::spawn_in(&s.lab.ns("rs1"), move || {
         use std::io::Read;
         let Ok(sock) = raw_sctp() else { return };
@@ -1174,6 +1188,7 @@ fn sctp_association(method: &str) {
                 return;
             }
         }
+        let _ = ready_tx.send(());
         let mut buf = [0u8; 2048];
         let my_tag = 0x5253_0001u32;
         let mut peer_tag = 0;
@@ -1214,6 +1229,9 @@ fn sctp_association(method: &str) {
         }
     })
     .expect("responder in rs1");
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the SCTP responder is up");
     let my_tag = 0x434c_0001u32;
     let cport = 40123;
     let conn_state = |s: &Setup| {
