@@ -9,7 +9,8 @@
 //! TX queue, with the wakers (the resolver wakes workers whose packets wait
 //! for a neighbour) and the timer (connection expiry). Frames are processed
 //! in place and transmitted from there. Every few rounds a worker reads its
-//! sources' kernel drop counts into `drop.rx_queue_full`.
+//! sources' kernel drop counts into `drop.rx_queue_full` (AF_PACKET; an
+//! AF_XDP socket's drops have their own names, read by `XdpIo::report`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

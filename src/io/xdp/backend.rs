@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use super::local::LocalWatcher;
 use super::port::XskTxSet;
 use super::steer::{AttachMode, Attachment, Steering, XdpError, DEFAULT_MAX_ENTRIES};
-use super::sys::xsk::{XskConfig, XskRx, XskSocket};
+use super::sys::xsk::{XskConfig, XskRx, XskSocket, XskStats, XskStatsHandle};
 
 /// What a worker gets: its RX halves (one per interface) and TX set.
 pub type WorkerIo = (Vec<XskRx>, XskTxSet);
@@ -27,6 +27,8 @@ pub struct XdpIo {
     attachments: Vec<Attachment>,
     /// Keeps the `local` map in step with the director's local routes.
     local: LocalWatcher,
+    /// Every socket's drop counters.
+    sockets: Vec<XskStatsHandle>,
     steering: Steering,
 }
 
@@ -64,6 +66,7 @@ impl XdpIo {
         let mut per_worker: Vec<WorkerIo> =
             (0..n).map(|_| (Vec::new(), XskTxSet::default())).collect();
         let mut txs: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        let mut sockets = Vec::new();
         for ((name, index), q) in ifaces.iter().zip(&queues) {
             let on = |e: XdpError| XdpError::On {
                 name: name.clone(),
@@ -82,6 +85,7 @@ impl XdpIo {
                     .map_err(on)?;
                 att.program().set_socket(j, &xsk).map_err(on)?;
                 let (rx, tx) = xsk.split();
+                sockets.push(rx.stats_handle());
                 per_worker[k].0.push(rx);
                 // One TX half per interface and worker is enough.
                 if j < n as u32 {
@@ -97,6 +101,7 @@ impl XdpIo {
             XdpIo {
                 attachments,
                 local,
+                sockets,
                 steering,
             },
             per_worker,
@@ -122,8 +127,35 @@ impl XdpIo {
     /// `drop.xdp_no_socket` (owned packets on an RX queue without a uvs
     /// socket, dropped so the kernel cannot answer them); then the local
     /// prefixes known (`xdp.local_prefixes`, `xdp.local_errors`,
-    /// `xdp.local_resyncs`).
+    /// `xdp.local_resyncs`); then the sockets' own counters summed, drops
+    /// by name ([`XskStats::named_drops`]: `drop.xdp_rx_ring_full`, …) and
+    /// two that lose no packet (`xdp.rx_invalid_descs`: fill-ring entries
+    /// the kernel refused; `xdp.tx_ring_empty`: kicks that found nothing
+    /// to send).
     pub fn report(&self) -> String {
+        let mut sum = XskStats::default();
+        let mut unread = 0;
+        for s in &self.sockets {
+            match s.read() {
+                Ok(st) => sum.add(&st),
+                Err(_) => unread += 1,
+            }
+        }
+        let mut sockets = String::new();
+        for (name, v) in sum.named_drops() {
+            sockets += &format!("drop.{name} {v}\n");
+        }
+        sockets += &format!(
+            "xdp.rx_invalid_descs {}\nxdp.tx_ring_empty {}\n",
+            sum.rx_invalid_descs, sum.tx_ring_empty
+        );
+        if unread > 0 {
+            sockets += &format!("# XDP_STATISTICS unreadable on {unread} socket(s)\n");
+        }
+        format!("{}{sockets}", self.program_report())
+    }
+
+    fn program_report(&self) -> String {
         let l = self.local.stats();
         let local = format!(
             "xdp.local_prefixes {}\nxdp.local_errors {}\nxdp.local_resyncs {}\n",
