@@ -46,12 +46,16 @@ fn rx_queues(name: &str) -> u32 {
 
 impl XdpIo {
     /// Attaches to `ifaces` (name, index) — natively, or generic when
-    /// `allow_generic` — and opens the sockets of up to `workers` workers.
+    /// `allow_generic` — and opens the sockets of up to `workers` workers;
+    /// with `busy_poll_us` > 0 each socket is set to busy-poll
+    /// ([`XskSocket::set_busy_poll`], a budget of `busy_poll_budget`).
     pub fn open(
         ifaces: &[(String, u32)],
         workers: usize,
         allow_generic: bool,
         cfg: XskConfig,
+        busy_poll_us: u32,
+        busy_poll_budget: u32,
     ) -> Result<(XdpIo, Vec<WorkerIo>), XdpError> {
         let steering = Steering::new(DEFAULT_MAX_ENTRIES)?;
         // Filled before any program is attached, so the director's own
@@ -83,6 +87,14 @@ impl XdpIo {
                         source,
                     })
                     .map_err(on)?;
+                if busy_poll_us > 0 {
+                    xsk.set_busy_poll(busy_poll_us, busy_poll_budget)
+                        .map_err(|source| XdpError::Sys {
+                            what: "setting busy polling on an AF_XDP socket (--busy-poll; Linux 5.11+)",
+                            source,
+                        })
+                        .map_err(on)?;
+                }
                 att.program().set_socket(j, &xsk).map_err(on)?;
                 let (rx, tx) = xsk.split();
                 sockets.push(rx.stats_handle());

@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::ring::{getsockopt, setsockopt, Mmap, Ring};
+use super::ring::{getsockopt, setsockopt, setsockopt_at, Mmap, Ring};
 use crate::io::device::TxCounts;
 use crate::io::vnet::VnetHdr;
 
@@ -384,6 +384,24 @@ impl XskSocket {
         self.rx.fd.as_raw_fd()
     }
 
+    /// Busy polling (`uvs run --busy-poll`): `SO_BUSY_POLL` of `usecs`,
+    /// `SO_PREFER_BUSY_POLL`, and `SO_BUSY_POLL_BUDGET` of `budget` packets,
+    /// so a non-blocking receive call ([`XskRx::busy_poll`]) runs the
+    /// device's NAPI processing on the calling core instead of waiting for
+    /// its interrupt or softirq (Linux 5.11 or later).
+    pub fn set_busy_poll(&self, usecs: u32, budget: u32) -> io::Result<()> {
+        let fd = self.raw_fd();
+        let (usecs, budget) = (usecs as libc::c_int, budget as libc::c_int);
+        setsockopt_at(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL, &usecs)?;
+        setsockopt_at(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PREFER_BUSY_POLL,
+            &(1 as libc::c_int),
+        )?;
+        setsockopt_at(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL_BUDGET, &budget)
+    }
+
     /// Whether the driver runs the socket zero-copy (else the kernel copies).
     pub fn zerocopy(&self) -> bool {
         self.tx.zerocopy
@@ -527,18 +545,29 @@ impl XskRx {
             self.fill.submit(n);
         }
         if self.fill.needs_wakeup() {
-            // SAFETY: a zero-length recvfrom with NULL buffers only wakes
-            // the kernel's RX processing.
-            unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    0,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                );
-            }
+            self.wake();
+        }
+    }
+
+    /// One non-blocking zero-length receive call: wakes the kernel's RX
+    /// processing, and with busy polling set runs the device's NAPI poll
+    /// here (`--busy-poll`: called while a worker spins instead of sleeping).
+    pub fn busy_poll(&self) {
+        self.wake();
+    }
+
+    fn wake(&self) {
+        // SAFETY: a zero-length recvfrom with NULL buffers only wakes
+        // the kernel's RX processing.
+        unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
         }
     }
 }

@@ -113,6 +113,10 @@ impl RxSource for XskRx {
         self.ifindex
     }
 
+    fn busy_poll(&mut self) {
+        XskRx::busy_poll(self);
+    }
+
     /// Always 0: AF_XDP's drops have their own names in `uvs stats`
     /// (`drop.xdp_*`, read from the socket by [`XskRx::stats_handle`]), so
     /// they are not also counted as `drop.rx_queue_full`. Publishes uvs's
