@@ -6,10 +6,12 @@
 //! worker's RX queue, see `uvs run --io`), one TX sink and one egress
 //! stage, and sleeps in mio's poll when its sources are empty. The engine is
 //! only that loop: RX batch → [`Pipeline::process`] → [`Egress::output`] →
-//! TX queue, with the wakers (the resolver wakes workers whose packets wait
+//! TX queue (with `--busy-poll`, a worker that finds its sources empty
+//! keeps checking them for that long before it sleeps), with the wakers (the resolver wakes workers whose packets wait
 //! for a neighbour) and the timer (connection expiry). Frames are processed
 //! in place and transmitted from there. Every few rounds a worker reads its
-//! sources' kernel drop counts into `drop.rx_queue_full`.
+//! sources' kernel drop counts into `drop.rx_queue_full` (AF_PACKET; an
+//! AF_XDP socket's drops have their own names, read by `XdpIo::report`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -82,6 +84,9 @@ pub struct EngineConfig {
     pub workers: usize,
     pub ring_frames: usize,
     pub io: IoMode,
+    /// `--busy-poll`: microseconds a worker keeps polling its sources
+    /// after they ran dry before it sleeps; 0 = sleep at once (default).
+    pub busy_poll_us: u32,
 }
 
 /// Which packet backend the workers use (`uvs run --io`).
@@ -166,6 +171,8 @@ struct Worker<R, T> {
     tx: T,
     egress: Egress,
     poll: Poll,
+    /// How long to keep polling empty sources before sleeping.
+    busy_poll: Duration,
 }
 
 /// A running engine; `stop()` (or drop) ends the workers.
@@ -194,7 +201,16 @@ impl Engine {
         cfg: &EngineConfig,
     ) -> Result<Engine, EngineError> {
         let names: Vec<(String, u32)> = ifaces.iter().map(|i| (i.name.clone(), i.index)).collect();
-        let open = || crate::io::xdp::XdpIo::open(&names, cfg.workers, false, Default::default());
+        let open = || {
+            crate::io::xdp::XdpIo::open(
+                &names,
+                cfg.workers,
+                false,
+                Default::default(),
+                cfg.busy_poll_us,
+                BATCH as u32,
+            )
+        };
         // AF_XDP when asked (an error stops the start) or under `auto` (an
         // error is the reason given for AF_PACKET).
         let xdp = match cfg.io {
@@ -208,7 +224,7 @@ impl Engine {
                     .into_iter()
                     .map(|(rx, tx)| Backend { rx, tx })
                     .collect();
-                let mut e = Self::start_with(pipeline, ifaces, backends)?;
+                let mut e = Self::start_with(pipeline, ifaces, backends, cfg.busy_poll_us)?;
                 e.io = IoBackend::AfXdp(io);
                 return Ok(e);
             }
@@ -223,17 +239,19 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
-        let mut e = Self::start_with(pipeline, ifaces, backends)?;
+        let mut e = Self::start_with(pipeline, ifaces, backends, cfg.busy_poll_us)?;
         e.io = IoBackend::AfPacket { why };
         Ok(e)
     }
 
     /// Starts one worker per backend, whatever its [`RxSource`] and
-    /// [`TxSink`] implementation, and the timer.
+    /// [`TxSink`] implementation, and the timer; workers busy-poll for
+    /// `busy_poll_us` before sleeping (0: never).
     pub fn start_with<R, T>(
         pipeline: Arc<Pipeline>,
         ifaces: Vec<Iface>,
         backends: Vec<Backend<R, T>>,
+        busy_poll_us: u32,
     ) -> Result<Engine, EngineError>
     where
         R: RxSource + Send + 'static,
@@ -260,6 +278,7 @@ impl Engine {
                 tx: b.tx,
                 egress: Egress::new(id as u16, 0),
                 poll,
+                busy_poll: Duration::from_micros(u64::from(busy_poll_us)),
             });
         }
         let wakers = Arc::new(wakers);
@@ -349,10 +368,25 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
     ) {
         let mut events = Events::with_capacity(64);
         let mut drops_read = 0;
+        // Busy polling: since when the sources have been found empty.
+        let mut idle_since: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
-            // Edge-triggered readiness: drain every source fully each round;
-            // the timeout bounds how late a stop or parked retry is seen.
-            let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
+            let spin = !self.busy_poll.is_zero()
+                && idle_since.is_none_or(|t| t.elapsed() < self.busy_poll);
+            if spin {
+                // A core's worth of polling instead of a sleep and a wake-up.
+                for rx in &mut self.rx {
+                    rx.busy_poll();
+                }
+                std::hint::spin_loop();
+            } else {
+                // Edge-triggered readiness: drain every source fully each
+                // round; the timeout bounds how late a stop or parked retry
+                // is seen.
+                let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
+                idle_since = None;
+            }
+            let mut round = 0;
             loop {
                 let now = epoch.elapsed().as_millis() as u64;
                 let mut got = 0;
@@ -366,9 +400,15 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
                         handle(f, pl, &mut self.egress, rs, now, st, &mut q);
                     }
                 }
+                round += got;
                 if got == 0 {
                     break;
                 }
+            }
+            if round > 0 {
+                idle_since = None;
+            } else if idle_since.is_none() {
+                idle_since = Some(Instant::now());
             }
             let now = epoch.elapsed().as_millis() as u64;
             if self.egress.parked() > 0 {

@@ -121,10 +121,23 @@ fn director_reaches_its_nat_real_servers_ipv4_and_ipv6() {
     ];
     s.local_and_client(addr("192.0.2.10:80"), &servers);
     s.local_and_client(addr("[2001:db8:f::10]:80"), &servers);
-    // uvs left the director's replies to the kernel: its pipeline passed
-    // them (no connection of uvs's), none was dropped as a reply.
-    let passed = s.d.counter("passed_to_kernel").expect("uvs stats");
-    assert!(passed >= (LOCAL_REQUESTS * 4) as u64, "passed = {passed}");
+    // uvs left the director's replies to the kernel, and says who decided:
+    // under AF_PACKET its pipeline passed them (no connection of uvs's);
+    // under AF_XDP the program did, before uvs saw them.
+    let (name, decided) = if s.d.counter("xdp.steered").is_ok() {
+        ("xdp.pass_local", s.d.counter("xdp.pass_local"))
+    } else {
+        ("passed_to_kernel", s.d.counter("passed_to_kernel"))
+    };
+    let decided = decided.expect("uvs stats");
+    if name == "xdp.pass_local" {
+        local_prefixes_follow_the_directors_addresses(&s);
+    }
+    assert!(
+        decided >= (LOCAL_REQUESTS * 4) as u64,
+        "{name} = {decided}\n{}",
+        s.d.call(&["stats"]).map(|r| r.stdout).unwrap_or_default()
+    );
 }
 
 #[test]
@@ -154,4 +167,31 @@ fn director_reaches_its_dr_and_tunnel_real_servers() {
         "-i --tun-type ipip",
     ));
     s.local_and_client(addr("[2001:db8:f::10]:80"), &servers);
+}
+
+/// AF_XDP: the program's local-prefix map follows addresses added to and
+/// removed from the director while uvs runs (route events).
+fn local_prefixes_follow_the_directors_addresses(s: &Setup) {
+    let n = || s.d.counter("xdp.local_prefixes").expect("uvs stats");
+    let wait = |want: u64| {
+        let end = std::time::Instant::now() + Duration::from_secs(3);
+        while n() != want && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        n()
+    };
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(["-n", &s.lab.ns("lb")])
+            .args(args)
+            .status()
+            .expect("ip");
+        assert!(st.success(), "ip {args:?}");
+    };
+    let before = n();
+    assert!(before >= 4, "the director's addresses: {before}");
+    ip(&["addr", "add", "192.0.2.200/32", "dev", "lo"]);
+    assert_eq!(wait(before + 1), before + 1, "address added");
+    ip(&["addr", "del", "192.0.2.200/32", "dev", "lo"]);
+    assert_eq!(wait(before), before, "address removed");
 }

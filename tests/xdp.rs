@@ -292,6 +292,96 @@ fn program_steers_exactly_the_owned_tuples() {
     );
 }
 
+/// Issue 15: what a NAT real server sends to the director itself (its own
+/// connections, its health checks) is the kernel's, counted as
+/// `pass_local`; the same tuple toward a client stays uvs's.
+#[test]
+fn program_leaves_replies_to_the_director_to_its_kernel() {
+    if !root_or_skip("program_leaves_replies_to_the_director_to_its_kernel") {
+        return;
+    }
+    let mut s = Steering::new(64).expect("maps");
+    let prog = s.load(1).expect("the verifier accepts the program");
+    s.add_nat_server(TCP, ip("203.0.113.11"), 80).unwrap();
+    s.add_nat_server(TCP, ip("2001:db8:5::11"), 80).unwrap();
+    s.add_service(TCP, ip("192.0.2.10"), 80).unwrap();
+    // The director: 203.0.113.1 and 2001:db8:5::1, and an AnyIP /24.
+    s.set_local(ip("203.0.113.1"), 32, true).unwrap();
+    s.set_local(ip("2001:db8:5::1"), 128, true).unwrap();
+    s.set_local(ip("192.0.2.0"), 24, true).unwrap();
+    let run = |frame: &[u8]| prog.test_run(frame).expect("test run");
+    let reply = |src: &str, dst: &str| {
+        let mut f = if ip(src).is_ipv4() {
+            FrameSpec::tcp_v4()
+        } else {
+            FrameSpec::tcp_v6()
+        };
+        f.src = ip(src);
+        f.sport = 80;
+        f.dst = ip(dst);
+        f.dport = 40000;
+        f.build()
+    };
+    let (owned, kernel) = (XDP_DROP as u32, XDP_PASS as u32);
+    let cases = [
+        (
+            "v4 reply to the director",
+            reply("203.0.113.11", "203.0.113.1"),
+            kernel,
+        ),
+        (
+            "v4 reply to a client",
+            reply("203.0.113.11", "198.51.100.10"),
+            owned,
+        ),
+        (
+            "v4 reply into the AnyIP prefix",
+            reply("203.0.113.11", "192.0.2.99"),
+            kernel,
+        ),
+        (
+            "v6 reply to the director",
+            reply("2001:db8:5::11", "2001:db8:5::1"),
+            kernel,
+        ),
+        (
+            "v6 reply to a client",
+            reply("2001:db8:5::11", "2001:db8:1::10"),
+            owned,
+        ),
+        (
+            "ICMP error to the director",
+            icmp_error("203.0.113.11", "203.0.113.1", 3),
+            kernel,
+        ),
+        (
+            "ICMP error to a client",
+            icmp_error("203.0.113.11", "198.51.100.10", 3),
+            owned,
+        ),
+        (
+            "a service tuple stays owned on a local address",
+            {
+                let mut f = FrameSpec::tcp_v4();
+                f.dst = ip("192.0.2.10");
+                f.dport = 80;
+                f.build()
+            },
+            owned,
+        ),
+    ];
+    for (what, frame, want) in &cases {
+        assert_eq!(run(frame), *want, "{what}");
+    }
+    let c = s.counters().expect("counters");
+    assert_eq!(c.pass_local, 4, "{c:?}");
+    assert_eq!(c.no_socket, 4, "{c:?}");
+    assert_eq!(c.passed, 0, "{c:?}");
+    // Removed: the director's replies are steered again.
+    s.set_local(ip("203.0.113.1"), 32, false).unwrap();
+    assert_eq!(run(&cases[0].1), owned, "no longer local");
+}
+
 /// The frame's Ethernet, IPv4 and UDP source and destination swapped in
 /// place: an echo whose checksums stay valid (the sums are symmetric).
 fn swap_v4_udp(f: &mut [u8]) -> bool {
@@ -657,7 +747,13 @@ fn xsk_halves_serve_as_rx_source_and_tx_sink() {
     assert_eq!(echoes, 10, "forwarded frames arrive at the client");
     let counts = tx.take_counts();
     assert_eq!((counts.sent, counts.dropped), (10, 0));
-    assert_eq!(rx.take_kernel_drops().expect("XDP_STATISTICS"), 0);
+    let st = rx.stats_handle().read().expect("XDP_STATISTICS");
+    assert_eq!(st.rx_lost(), 0, "{st:?}");
+    assert_eq!(
+        rx.take_kernel_drops().expect("publish"),
+        0,
+        "named drops only"
+    );
     // A frame for another interface is refused and counted, never sent.
     tx.queue()
         .copy(&[0u8; 60], &uvs::io::VnetHdr::default(), c0 + 100);
@@ -873,4 +969,48 @@ fn io_auto_says_which_backend_and_af_xdp_refuses_clearly() {
     );
     assert_eq!(generic, Ok(uvs::io::xdp::AttachMode::Generic));
     assert!(e.to_string().contains("d0: cannot attach XDP"), "{e}");
+}
+
+/// `--busy-poll`: workers that spin before sleeping (AF_XDP sockets with
+/// SO_BUSY_POLL / SO_PREFER_BUSY_POLL) forward like sleeping ones, under
+/// both backends.
+#[test]
+fn busy_poll_forwards_under_both_backends() {
+    if !root_or_skip("busy_poll_forwards_under_both_backends") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for io in ["af_packet", "af_xdp"] {
+        let prefix = format!("uvbp{}", std::process::id() % 100000);
+        let lab = Lab::up(&prefix, &[]).expect("lab up");
+        let _s1 = uvs::lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1 server");
+        let _s2 = uvs::lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53).expect("rs2 server");
+        let d = uvs::lab::Director::start(
+            &lab,
+            std::path::Path::new(env!("CARGO_BIN_EXE_uvs")),
+            &["--io", io, "--busy-poll", "200", "--workers", "1"],
+        )
+        .unwrap_or_else(|e| panic!("uvs run --io {io} --busy-poll 200: {e}"));
+        for c in [
+            "-A -t 192.0.2.10:80 -s rr",
+            "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
+            "-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m",
+        ] {
+            d.uvsadm(c)
+                .unwrap_or_else(|e| panic!("{c}: {e}\n{}", d.log_text()));
+        }
+        let t = netns::run_in(&lab.ns("c"), || {
+            uvs::lab::tcp_requests(
+                "192.0.2.10:80".parse().unwrap(),
+                40,
+                Duration::from_secs(60),
+            )
+        })
+        .unwrap();
+        assert_eq!(t.failures, 0, "{io}: {t:?}\n{}", d.log_text());
+        assert_eq!((t.count("rs1"), t.count("rs2")), (20, 20), "{io}: {t:?}");
+        let status = d.stop().expect("stop");
+        assert!(status.success(), "{io}: exit {status}");
+        drop(lab);
+    }
 }

@@ -72,6 +72,14 @@ enum Cmd {
         /// says which runs.
         #[arg(long, value_enum, default_value_t = Io::AfPacket)]
         io: Io,
+        /// Busy polling, for dedicated cores: a worker whose sources ran
+        /// dry keeps polling them for USECS microseconds before it sleeps
+        /// (under AF_XDP the sockets also get SO_BUSY_POLL and
+        /// SO_PREFER_BUSY_POLL, so the polling runs the device's receive
+        /// processing). Costs a core per worker while traffic flows; 0 (the
+        /// default) sleeps at once.
+        #[arg(long = "busy-poll", value_name = "USECS", default_value_t = 0)]
+        busy_poll: u32,
     },
     /// Build a namespace lab, balance real TCP and UDP traffic through uvs,
     /// print the result and remove the lab. Needs root.
@@ -257,6 +265,7 @@ fn real_main() -> Result<ExitCode> {
             mh_table_size,
             knobs,
             io,
+            busy_poll,
         } => {
             // What it needs, checked before anything is changed.
             let control = socket::path(control.as_deref());
@@ -296,6 +305,7 @@ fn real_main() -> Result<ExitCode> {
                     Io::AfXdp => IoMode::AfXdp,
                     Io::AfPacket => IoMode::AfPacket,
                 },
+                busy_poll_us: busy_poll,
             };
             uvs::control::daemon::run(opts, &stop)?;
             Ok(ExitCode::SUCCESS)

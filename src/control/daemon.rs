@@ -42,6 +42,8 @@ pub struct RunOpts {
     pub knobs: Vec<String>,
     /// Packet backend (`--io`).
     pub io: engine::IoMode,
+    /// `--busy-poll` microseconds (0: off).
+    pub busy_poll_us: u32,
 }
 
 /// Why the daemon could not start.
@@ -486,6 +488,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             workers: opts.workers,
             ring_frames: opts.ring_frames,
             io: opts.io,
+            busy_poll_us: opts.busy_poll_us,
         },
     )?;
     let guard = match engine.io {

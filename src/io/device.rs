@@ -85,6 +85,12 @@ pub trait RxSource: AsRawFd {
     /// The interface this source receives on.
     fn ifindex(&self) -> u32;
 
+    /// Called instead of sleeping while a worker busy-polls
+    /// (`--busy-poll`): a chance to make the kernel deliver (AF_XDP: a
+    /// non-blocking receive call that runs the device's NAPI poll). A ring
+    /// in memory the kernel fills needs nothing: the default does nothing.
+    fn busy_poll(&mut self) {}
+
     /// Packets the kernel dropped for this source since the last call (its
     /// queue was full): reads and resets the kernel's count. A syscall:
     /// call it periodically, not per packet.

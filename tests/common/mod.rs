@@ -134,6 +134,20 @@ impl Endpoint {
     }
 }
 
+/// Whether `d` runs on AF_XDP (its stats carry the program's counters).
+pub fn uses_af_xdp(d: &Director) -> bool {
+    d.counter("xdp.steered").is_ok()
+}
+
+/// Whether some interface of namespace `ns` has an XDP program attached.
+pub fn xdp_attached(ns: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-n", ns, "link", "show"])
+        .output()
+        .expect("ip runs");
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
 pub fn parse_counters(s: &str) -> BTreeMap<String, u64> {
     s.lines()
         .filter_map(|l| {

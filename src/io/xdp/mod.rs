@@ -18,6 +18,7 @@
 pub mod asm;
 pub mod backend;
 pub mod csum;
+pub mod local;
 pub mod port;
 pub mod prog;
 pub mod steer;
@@ -26,10 +27,11 @@ pub mod sys;
 pub use backend::XdpIo;
 pub use port::XskTxSet;
 pub use prog::{
-    COUNTER_NO_SOCKET, COUNTER_PASSED, COUNTER_STEERED, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+    COUNTER_NO_SOCKET, COUNTER_PASSED, COUNTER_PASS_LOCAL, COUNTER_STEERED, XDP_DROP, XDP_PASS,
+    XDP_REDIRECT,
 };
 pub use steer::{
     AttachMode, Attachment, Program, SteerCounters, Steering, XdpError, DEFAULT_MAX_ENTRIES,
 };
-pub use sys::xsk::{RxAction, XskConfig, XskRx, XskSocket, XskStats, XskTx};
+pub use sys::xsk::{RxAction, XskConfig, XskRx, XskSocket, XskStats, XskStatsHandle, XskTx};
 pub use sys::xsk_seam::{XskRxBatch, XskTxQueue};

@@ -16,6 +16,16 @@
 //!   time-exceeded, parameter-problem; ICMPv6 1–4) whose source is a NAT real
 //!   server: uvs relays them rewritten.
 //!
+//! A NAT reply or ICMP error addressed to the director itself is not uvs's:
+//! it answers a connection the director's own stack started (a health
+//! checker, monitoring, an operator's `curl` to a real server), so it goes
+//! to the kernel, counted as [`COUNTER_PASS_LOCAL`]. "Addressed to the
+//! director" is a longest-prefix match of the destination in the `local`
+//! map, which mirrors the kernel's local routes (`type local`: every
+//! address of the director, and AnyIP prefixes) — the AF_PACKET guard's
+//! `fib daddr type local`. Service tuples are uvs's whatever their
+//! destination.
+//!
 //! This is the nftables guard's rule set (`src/sys/guard.rs`), so in AF_XDP
 //! mode the program is the kernel guard too: what it steers, the kernel never
 //! sees. Like the guard it leaves to the kernel what it cannot classify: VLAN
@@ -23,12 +33,14 @@
 //! first (they carry no ports).
 //!
 //! Every decision is counted in a per-CPU array (no shared cache line):
-//! [`COUNTER_STEERED`], [`COUNTER_PASSED`], and [`COUNTER_NO_SOCKET`] for an
-//! owned packet that arrived on a queue without a uvs socket, which is
-//! dropped — the kernel must not answer it in uvs's place.
+//! [`COUNTER_STEERED`], [`COUNTER_PASSED`], [`COUNTER_PASS_LOCAL`], and
+//! [`COUNTER_NO_SOCKET`] for an owned packet that arrived on a queue without
+//! a uvs socket, which is dropped — the kernel must not answer it in uvs's
+//! place.
 //!
-//! Cost per packet: at most four hash lookups plus one counter, whatever the
-//! number of services.
+//! Cost per packet: at most four hash lookups, one prefix match (only for a
+//! packet from a NAT real server) and one counter, whatever the number of
+//! services.
 #![forbid(unsafe_code)]
 
 use std::net::IpAddr;
@@ -46,8 +58,14 @@ pub const COUNTER_STEERED: u32 = 0;
 pub const COUNTER_PASSED: u32 = 1;
 /// Index of the owned-but-no-socket (dropped) counter.
 pub const COUNTER_NO_SOCKET: u32 = 2;
+/// Index of the counter of NAT replies and ICMP errors from a real server
+/// addressed to the director itself, passed to its kernel.
+pub const COUNTER_PASS_LOCAL: u32 = 3;
 /// Entries in the counter array.
-pub const COUNTERS: u32 = 3;
+pub const COUNTERS: u32 = 4;
+/// Bytes in a key of the `local` map (`struct bpf_lpm_trie_key` with 20
+/// bytes of data): see [`local_key`].
+pub const LOCAL_KEY_LEN: usize = 24;
 
 /// XDP verdicts.
 pub const XDP_DROP: i32 = 1;
@@ -70,6 +88,42 @@ const K_PORT: i16 = -8;
 const K_PROTO: i16 = -6;
 const K_TAG: i16 = -5;
 const K_COUNTER: i16 = -28;
+// The `local` map's key at fp-56: prefix length (bits), family tag (a
+// native u32: 4 or 6), then the destination address (16 bytes, zeroed).
+// Every field is aligned for its store, as the verifier requires.
+const L_PLEN: i16 = -56;
+const L_TAG: i16 = -52;
+const L_ADDR: i16 = -48;
+const LOCAL_TAG4: u32 = 4;
+const LOCAL_TAG6: u32 = 6;
+
+/// A key of the `local` map: `[prefix length + 32, u32][family tag,
+/// u32][address 16]` — the tag is matched as the first 32 bits of every
+/// prefix, so IPv4 and IPv6 prefixes never match each other. Address bits
+/// past `len` are zeroed.
+pub fn local_key(addr: IpAddr, len: u8) -> [u8; LOCAL_KEY_LEN] {
+    let mut k = [0u8; LOCAL_KEY_LEN];
+    let mut a = [0u8; 16];
+    let (tag, max) = match addr {
+        IpAddr::V4(v4) => {
+            a[..4].copy_from_slice(&v4.octets());
+            (LOCAL_TAG4, 32)
+        }
+        IpAddr::V6(v6) => {
+            a = v6.octets();
+            (LOCAL_TAG6, 128)
+        }
+    };
+    let len = len.min(max);
+    for (i, b) in a.iter_mut().enumerate() {
+        let keep = (u32::from(len)).saturating_sub(i as u32 * 8).min(8);
+        *b &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+    }
+    k[0..4].copy_from_slice(&(32 + u32::from(len)).to_ne_bytes());
+    k[4..8].copy_from_slice(&tag.to_ne_bytes());
+    k[8..].copy_from_slice(&a);
+    k
+}
 
 /// A key of the `owned` map: `[address 16][port 2, network order][protocol][tag]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,6 +199,9 @@ pub struct Maps {
     pub xsks: i32,
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of u64, [`COUNTERS`] entries.
     pub counters: i32,
+    /// `BPF_MAP_TYPE_LPM_TRIE`, key [`LOCAL_KEY_LEN`] bytes, value 1 byte:
+    /// the director's local prefixes.
+    pub local: i32,
 }
 
 struct Gen {
@@ -179,6 +236,34 @@ impl Gen {
         a.bind(skip);
         a.mov_imm(R0, action);
         a.exit();
+    }
+
+    /// From a NAT real server (the `owned` match is done): to the kernel if
+    /// the destination (at `daddr` in the packet, IPv4 or IPv6) is local,
+    /// else steered. Ends the path.
+    fn unless_local(&mut self, v6: bool, daddr: i16, steer: super::asm::Label) {
+        let a = &mut self.a;
+        a.store_imm(Size::DW, FP, L_ADDR, 0);
+        a.store_imm(Size::DW, FP, L_ADDR + 8, 0);
+        if v6 {
+            a.store_imm(Size::W, FP, L_PLEN, 32 + 128);
+            a.store_imm(Size::W, FP, L_TAG, LOCAL_TAG6 as i32);
+            a.load(Size::DW, R0, R7, daddr);
+            a.store(Size::DW, FP, L_ADDR, R0);
+            a.load(Size::DW, R0, R7, daddr + 8);
+            a.store(Size::DW, FP, L_ADDR + 8, R0);
+        } else {
+            a.store_imm(Size::W, FP, L_PLEN, 32 + 32);
+            a.store_imm(Size::W, FP, L_TAG, LOCAL_TAG4 as i32);
+            a.load(Size::W, R0, R7, daddr);
+            a.store(Size::W, FP, L_ADDR, R0);
+        }
+        a.load_map_fd(R1, self.maps.local);
+        a.mov(R2, FP);
+        a.alu_imm(Alu::Add, R2, i32::from(L_PLEN));
+        a.call(HELPER_MAP_LOOKUP);
+        a.jmp_imm(Cond::Eq, R0, 0, steer);
+        self.count_and_return(COUNTER_PASS_LOCAL, XDP_PASS);
     }
 
     /// Jumps to `to` when `reg` is TCP, UDP or SCTP.
@@ -256,15 +341,18 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     g.a.store_imm(Size::H, FP, K_PORT, 0);
     g.lookup(steer);
     // From a NAT real server: source address and port.
+    let rs4 = g.a.label();
     g.a.load(Size::W, R0, R7, ETH_HLEN + 12);
     g.a.store(Size::W, FP, K_ADDR, R0);
     g.a.load(Size::H, R0, R9, 0);
     g.a.store(Size::H, FP, K_PORT, R0);
     g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_RS4));
-    g.lookup(steer);
+    g.lookup(rs4);
     g.a.store_imm(Size::H, FP, K_PORT, 0);
-    g.lookup(steer);
+    g.lookup(rs4);
     g.a.ja(pass);
+    g.a.bind(rs4);
+    g.unless_local(false, ETH_HLEN + 16, steer);
 
     let icmperr4 = g.a.label();
     g.a.bind(icmp4);
@@ -278,8 +366,11 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     g.a.store(Size::W, FP, K_ADDR, R0);
     g.a.store_imm(Size::B, FP, K_PROTO, 0);
     g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_RSADDR4));
-    g.lookup(steer);
+    let rserr4 = g.a.label();
+    g.lookup(rserr4);
     g.a.ja(pass);
+    g.a.bind(rserr4);
+    g.unless_local(false, ETH_HLEN + 16, steer);
 
     // IPv6: the fixed header, up to EXT6_MAX hop-by-hop / routing /
     // destination-options headers, a fragment header (a later fragment
@@ -353,10 +444,13 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     g.a.load(Size::H, R0, R9, 0);
     g.a.store(Size::H, FP, K_PORT, R0);
     g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_RS6));
-    g.lookup(steer);
+    let rs6 = g.a.label();
+    g.lookup(rs6);
     g.a.store_imm(Size::H, FP, K_PORT, 0);
-    g.lookup(steer);
+    g.lookup(rs6);
     g.a.ja(pass);
+    g.a.bind(rs6);
+    g.unless_local(true, ETH_HLEN + 24, steer);
 
     let icmperr6 = g.a.label();
     g.a.bind(icmp6);
@@ -369,8 +463,11 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     copy_addr6(&mut g.a, ETH_HLEN + 8);
     g.a.store_imm(Size::B, FP, K_PROTO, 0);
     g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_RSADDR6));
-    g.lookup(steer);
+    let rserr6 = g.a.label();
+    g.lookup(rserr6);
     g.a.ja(pass);
+    g.a.bind(rserr6);
+    g.unless_local(true, ETH_HLEN + 24, steer);
 
     // Owned: into this queue's socket; without one, dropped and counted.
     let redirected = g.a.label();
@@ -400,6 +497,7 @@ mod tests {
             owned: 3,
             xsks: 4,
             counters: 5,
+            local: 6,
         })
         .expect("assembles");
         assert!(p.len() > 50 && p.len() < 1000, "{} instructions", p.len());
@@ -423,5 +521,27 @@ mod tests {
             "same leading bytes, other family"
         );
         assert_eq!(Key::nat_address(v4).0[16..], [0, 0, 0, TAG_RSADDR4]);
+    }
+
+    #[test]
+    fn local_keys_mask_past_the_prefix_and_keep_families_apart() {
+        let k = local_key(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 77)), 24);
+        assert_eq!(&k[0..4], &(32u32 + 24).to_ne_bytes());
+        assert_eq!(&k[4..8], &LOCAL_TAG4.to_ne_bytes());
+        assert_eq!(&k[8..12], &[192, 0, 2, 0]);
+        assert_eq!(&k[12..], &[0; 12]);
+        let k = local_key(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 77)), 99);
+        assert_eq!(&k[0..4], &(32u32 + 32).to_ne_bytes(), "capped at 32");
+        assert_eq!(&k[8..12], &[192, 0, 2, 77]);
+        let a6: Ipv6Addr = "2001:db8:5::ff".parse().unwrap();
+        let k = local_key(IpAddr::V6(a6), 20);
+        assert_eq!(&k[4..8], &LOCAL_TAG6.to_ne_bytes());
+        assert_eq!(
+            &k[8..12],
+            &[0x20, 0x01, 0x00, 0x00],
+            "0x0d cut to its first 4 bits"
+        );
+        assert_eq!(&k[12..], &[0; 12]);
+        assert_eq!(local_key(IpAddr::V6(a6), 128)[8..], a6.octets());
     }
 }

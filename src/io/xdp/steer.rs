@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 
 use super::asm::AsmError;
-use super::prog::{self, Key, Maps, COUNTERS, KEY_LEN};
+use super::prog::{self, local_key, Key, Maps, COUNTERS, KEY_LEN, LOCAL_KEY_LEN};
 use super::sys::bpf::{LoadError, Map, MapType, Prog};
 use super::sys::xsk::XskSocket;
 
@@ -32,6 +32,8 @@ const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
 /// Entries the `owned` map holds by default.
 pub const DEFAULT_MAX_ENTRIES: u32 = 1 << 16;
+/// Local prefixes the `local` map holds (allocated as used).
+pub const LOCAL_MAX_ENTRIES: u32 = 1 << 14;
 
 /// Failures of the AF_XDP steering.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +104,9 @@ pub struct SteerCounters {
     pub passed: u64,
     /// Owned packets dropped: no uvs socket on their RX queue.
     pub no_socket: u64,
+    /// NAT replies and ICMP errors from real servers addressed to the
+    /// director itself, left to its kernel.
+    pub pass_local: u64,
 }
 
 /// The shared maps and the reference counts of their entries.
@@ -109,6 +114,7 @@ pub struct SteerCounters {
 pub struct Steering {
     owned: Map,
     counters: Map,
+    local: Map,
     refs: HashMap<Key, u32>,
     max_entries: u32,
 }
@@ -160,9 +166,19 @@ impl Steering {
         .map_err(sys("creating the steering map"))?;
         let counters = Map::create(MapType::PerCpuArray, "uvs_steer_cnt", 4, 8, COUNTERS, cpus)
             .map_err(sys("creating the steering counters"))?;
+        let local = Map::create(
+            MapType::LpmTrie,
+            "uvs_local",
+            LOCAL_KEY_LEN as u32,
+            1,
+            LOCAL_MAX_ENTRIES,
+            cpus,
+        )
+        .map_err(sys("creating the local-prefix map"))?;
         Ok(Steering {
             owned,
             counters,
+            local,
             refs: HashMap::new(),
             max_entries,
         })
@@ -189,6 +205,7 @@ impl Steering {
             owned: self.owned.raw_fd(),
             xsks: xsks.raw_fd(),
             counters: self.counters.raw_fd(),
+            local: self.local.raw_fd(),
         })?;
         let prog = Prog::load_xdp("uvs_steer", &insns)
             .map_err(|LoadError { error, log }| XdpError::Verifier { error, log })?;
@@ -256,6 +273,29 @@ impl Steering {
         self.remove(Key::nat_address(rs))
     }
 
+    /// Marks `addr/len` as local to the director (or no longer): NAT
+    /// replies and ICMP errors addressed there go to the kernel. The
+    /// [`super::local::LocalWatcher`] does this from the kernel's routes.
+    pub fn set_local(&self, addr: IpAddr, len: u8, local: bool) -> Result<(), XdpError> {
+        let k = local_key(addr, len);
+        let r = if local {
+            self.local.update(&k, &[1])
+        } else {
+            match self.local.delete(&k) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        };
+        r.map_err(sys("changing the local-prefix map"))
+    }
+
+    /// A second handle on the `local` map, for the thread that keeps it.
+    pub fn local_map(&self) -> Result<Map, XdpError> {
+        self.local
+            .try_clone()
+            .map_err(sys("duplicating the local-prefix map"))
+    }
+
     /// Entries in the `owned` map.
     pub fn entries(&self) -> usize {
         self.refs.len()
@@ -277,6 +317,7 @@ impl Steering {
             steered: read(prog::COUNTER_STEERED)?,
             passed: read(prog::COUNTER_PASSED)?,
             no_socket: read(prog::COUNTER_NO_SOCKET)?,
+            pass_local: read(prog::COUNTER_PASS_LOCAL)?,
         })
     }
 }

@@ -27,8 +27,13 @@ const BPF_XDP: u32 = 37;
 pub enum MapType {
     Hash = 1,
     PerCpuArray = 6,
+    /// Longest-prefix match (`struct bpf_lpm_trie_key` keys).
+    LpmTrie = 11,
     XskMap = 17,
 }
+
+/// `BPF_F_NO_PREALLOC`, which an LPM trie requires.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[repr(C)]
 #[derive(Default)]
@@ -167,6 +172,11 @@ impl Map {
             key_size,
             value_size,
             max_entries,
+            map_flags: if ty == MapType::LpmTrie {
+                BPF_F_NO_PREALLOC
+            } else {
+                0
+            },
             map_name: name16(name),
             ..Default::default()
         };
@@ -180,6 +190,15 @@ impl Map {
             fd,
             key_size: key_size as usize,
             value_len,
+        })
+    }
+
+    /// A second handle on the same map (for another thread).
+    pub fn try_clone(&self) -> io::Result<Map> {
+        Ok(Map {
+            fd: self.fd.try_clone()?,
+            key_size: self.key_size,
+            value_len: self.value_len,
         })
     }
 

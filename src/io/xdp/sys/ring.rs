@@ -223,11 +223,16 @@ impl Ring {
 }
 
 pub(super) fn setsockopt<T>(fd: RawFd, opt: i32, v: &T) -> io::Result<()> {
+    setsockopt_at(fd, libc::SOL_XDP, opt, v)
+}
+
+/// `setsockopt(2)` at `level`.
+pub(super) fn setsockopt_at<T>(fd: RawFd, level: i32, opt: i32, v: &T) -> io::Result<()> {
     // SAFETY: `v` is a live value of `size_of::<T>()` bytes, read only.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_XDP,
+            level,
             opt,
             (v as *const T).cast(),
             std::mem::size_of::<T>() as libc::socklen_t,

@@ -20,9 +20,10 @@
 use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::ring::{getsockopt, setsockopt, Mmap, Ring};
+use super::ring::{getsockopt, setsockopt, setsockopt_at, Mmap, Ring};
 use crate::io::device::TxCounts;
 use crate::io::vnet::VnetHdr;
 
@@ -92,6 +93,40 @@ pub struct XskStats {
 }
 
 impl XskStats {
+    /// The receive drops as `uvs stats` names them, each packet once:
+    /// `xdp_rx_ring_full` (uvs did not empty the RX ring in time),
+    /// `xdp_fill_ring_empty` (no free frame to receive into),
+    /// `xdp_rx_dropped` (the kernel's other drops: larger than a frame, …;
+    /// it counts fill-ring misses in `rx_dropped` too, so they are taken
+    /// out), `xdp_rx_bad_desc` (uvs: a descriptor it would not touch), and
+    /// on transmit `xdp_tx_invalid` (descriptors the kernel refused).
+    pub fn named_drops(&self) -> [(&'static str, u64); 5] {
+        [
+            ("xdp_rx_ring_full", self.rx_ring_full),
+            ("xdp_fill_ring_empty", self.rx_fill_ring_empty),
+            (
+                "xdp_rx_dropped",
+                self.rx_dropped.saturating_sub(self.rx_fill_ring_empty),
+            ),
+            ("xdp_rx_bad_desc", self.rx_bad_desc),
+            ("xdp_tx_invalid", self.tx_invalid_descs),
+        ]
+    }
+
+    /// Adds `o` to these counters.
+    pub fn add(&mut self, o: &XskStats) {
+        self.rx_dropped += o.rx_dropped;
+        self.rx_invalid_descs += o.rx_invalid_descs;
+        self.tx_invalid_descs += o.tx_invalid_descs;
+        self.rx_ring_full += o.rx_ring_full;
+        self.rx_fill_ring_empty += o.rx_fill_ring_empty;
+        self.tx_ring_empty += o.tx_ring_empty;
+        self.tx_ring_full += o.tx_ring_full;
+        self.tx_no_frame += o.tx_no_frame;
+        self.tx_bad_frame += o.tx_bad_frame;
+        self.rx_bad_desc += o.rx_bad_desc;
+    }
+
     /// Every packet these counters say was lost on receive.
     pub fn rx_lost(&self) -> u64 {
         // A packet lost to an empty fill ring is counted by the kernel in
@@ -143,7 +178,28 @@ pub struct XskRx {
     pub(super) state: Vec<Cell<u8>>,
     pub(super) ifindex: u32,
     pub(super) bad_desc: u64,
-    pub(super) reported_drops: u64,
+    /// `bad_desc` as last published for [`XskStatsHandle`] (by the worker,
+    /// periodically: no shared write per packet).
+    pub(super) published_bad: Arc<AtomicU64>,
+}
+
+/// Reads a socket's drop counters from another thread (`uvs stats`): the
+/// kernel's `XDP_STATISTICS` and what the receiving worker published.
+#[derive(Debug, Clone)]
+pub struct XskStatsHandle {
+    fd: Arc<OwnedFd>,
+    bad_desc: Arc<AtomicU64>,
+}
+
+impl XskStatsHandle {
+    /// The kernel's counters and uvs's receive-side one.
+    pub fn read(&self) -> io::Result<XskStats> {
+        let k = stats_of(self.fd.as_raw_fd())?;
+        Ok(XskStats {
+            rx_bad_desc: self.bad_desc.load(Ordering::Relaxed),
+            ..kernel_stats(&k)
+        })
+    }
 }
 
 /// Transmit half: the TX and completion rings.
@@ -292,7 +348,7 @@ impl XskSocket {
                 state: (0..geom.frames).map(|_| Cell::new(AT_USER)).collect(),
                 ifindex,
                 bad_desc: 0,
-                reported_drops: 0,
+                published_bad: Arc::new(AtomicU64::new(0)),
             },
             tx: XskTx {
                 tx,
@@ -326,6 +382,24 @@ impl XskSocket {
     /// descriptors waiting).
     pub fn raw_fd(&self) -> RawFd {
         self.rx.fd.as_raw_fd()
+    }
+
+    /// Busy polling (`uvs run --busy-poll`): `SO_BUSY_POLL` of `usecs`,
+    /// `SO_PREFER_BUSY_POLL`, and `SO_BUSY_POLL_BUDGET` of `budget` packets,
+    /// so a non-blocking receive call ([`XskRx::busy_poll`]) runs the
+    /// device's NAPI processing on the calling core instead of waiting for
+    /// its interrupt or softirq (Linux 5.11 or later).
+    pub fn set_busy_poll(&self, usecs: u32, budget: u32) -> io::Result<()> {
+        let fd = self.raw_fd();
+        let (usecs, budget) = (usecs as libc::c_int, budget as libc::c_int);
+        setsockopt_at(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL, &usecs)?;
+        setsockopt_at(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PREFER_BUSY_POLL,
+            &(1 as libc::c_int),
+        )?;
+        setsockopt_at(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL_BUDGET, &budget)
     }
 
     /// Whether the driver runs the socket zero-copy (else the kernel copies).
@@ -444,6 +518,19 @@ pub(super) fn kernel_stats(k: &libc::xdp_statistics) -> XskStats {
 }
 
 impl XskRx {
+    /// A handle for reading this socket's drop counters elsewhere.
+    pub fn stats_handle(&self) -> XskStatsHandle {
+        XskStatsHandle {
+            fd: Arc::clone(&self.fd),
+            bad_desc: Arc::clone(&self.published_bad),
+        }
+    }
+
+    /// Makes `bad_desc` visible to [`XskStatsHandle::read`].
+    pub(super) fn publish(&self) {
+        self.published_bad.store(self.bad_desc, Ordering::Relaxed);
+    }
+
     /// Gives every free frame to the fill ring (as many as fit), waking the
     /// kernel if it asked for it.
     pub(super) fn refill(&mut self) {
@@ -458,18 +545,29 @@ impl XskRx {
             self.fill.submit(n);
         }
         if self.fill.needs_wakeup() {
-            // SAFETY: a zero-length recvfrom with NULL buffers only wakes
-            // the kernel's RX processing.
-            unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    0,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                );
-            }
+            self.wake();
+        }
+    }
+
+    /// One non-blocking zero-length receive call: wakes the kernel's RX
+    /// processing, and with busy polling set runs the device's NAPI poll
+    /// here (`--busy-poll`: called while a worker spins instead of sleeping).
+    pub fn busy_poll(&self) {
+        self.wake();
+    }
+
+    fn wake(&self) {
+        // SAFETY: a zero-length recvfrom with NULL buffers only wakes
+        // the kernel's RX processing.
+        unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
         }
     }
 }
