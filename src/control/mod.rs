@@ -4,4 +4,5 @@
 
 pub mod ctl;
 pub mod daemon;
+pub mod reload;
 pub mod socket;
