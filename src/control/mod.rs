@@ -4,5 +4,6 @@
 
 pub mod ctl;
 pub mod daemon;
+pub mod lifecycle;
 pub mod reload;
 pub mod socket;
