@@ -35,6 +35,14 @@ const SECOND: &str = "\
 -a -t 192.0.2.10:80 -r 203.0.113.12:8080 -m -w 1
 ";
 
+/// rs2:80 back, all three with weight 1.
+const THIRD: &str = "\
+-A -t 192.0.2.10:80 -s wrr
+-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m -w 1
+-a -t 192.0.2.10:80 -r 203.0.113.12:8080 -m -w 1
+-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m -w 1
+";
+
 /// Line 3 has a weight out of range.
 const BROKEN: &str = "\
 -A -t 192.0.2.10:80 -s rr
@@ -127,6 +135,7 @@ fn reload_applies_only_the_difference_and_refuses_a_bad_file() {
     }
     let keep = names.iter().position(|n| n == "rs1").expect("one on rs1");
     let mut kept = conns.swap_remove(keep);
+    let mut gone = conns.pop().expect("one on rs2");
 
     // Edit: one server added, one removed, one weight changed.
     std::fs::write(&files.config, SECOND).unwrap();
@@ -153,6 +162,14 @@ fn reload_applies_only_the_difference_and_refuses_a_bad_file() {
             log()
         );
     }
+    // The removed server's connection: its packets are dropped and counted,
+    // as kernel IPVS does after `-d` (expire_nodest_conn=0); weight 0 is
+    // how a server is drained.
+    let removed_drops = s.d.counter("drop.dest_removed").unwrap();
+    gone.send("gone").unwrap();
+    assert!(gone.recv("gone", Duration::from_millis(500)).is_err());
+    assert!(s.d.counter("drop.dest_removed").unwrap() > removed_drops);
+
     // New connections follow the new table: wrr 3:1, none to rs2:80.
     let t = tally(&s, 80);
     assert_eq!(t.failures, 0, "{:?}\n{}", t.first_error, log());
@@ -161,15 +178,44 @@ fn reload_applies_only_the_difference_and_refuses_a_bad_file() {
         (60, 20, 0),
         "{t:?}"
     );
-    let listing = s.d.uvsadm("-S -n").unwrap();
     assert_eq!(
-        listing,
+        s.d.uvsadm("-S -n").unwrap(),
         "-A -t 192.0.2.10:80 -s wrr\n\
          -a -t 192.0.2.10:80 -r 203.0.113.11:80 -m -w 3\n\
          -a -t 192.0.2.10:80 -r 203.0.113.12:8080 -m -w 1\n"
     );
     let rules = s.d.call(&["filter", "list"]).unwrap().stdout;
     assert!(rules.contains("--dport 9 -j DROP"), "{rules}");
+
+    // A reload under load: short connections keep coming while rs2:80
+    // comes back and rs1's weight changes; none fails.
+    let ns = s.lab.ns("c");
+    let load = std::thread::spawn(move || {
+        netns::run_in(&ns, || {
+            lab::tcp_requests(vip("192.0.2.10:80"), 150, Duration::from_secs(30))
+        })
+        .expect("client namespace")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&files.config, THIRD).unwrap();
+    let (code, out, err) = uvs_reload(&s.d.control);
+    assert_eq!(code, 0, "{out}{err}\n{}", log());
+    assert!(out.contains("real servers +1 -0 ~1"), "{out}");
+    let t = load.join().expect("load thread");
+    assert_eq!(t.failures, 0, "under load: {:?}\n{}", t.first_error, log());
+    assert_eq!(t.total(), 150, "{t:?}");
+    assert!(t.count("rs2") > 0, "rs2 back during the load: {t:?}");
+    // rs2:80 is back, so is its connection: the client's retransmission of
+    // the dropped line is answered.
+    assert_eq!(gone.recv("gone", Duration::from_secs(20)).unwrap(), "rs2");
+    assert_eq!(kept.ping("under load").expect("kept connection"), "rs1");
+    let t = tally(&s, 30);
+    assert_eq!(
+        (t.count("rs1"), t.count("rs2"), t.count("rs2b"), t.failures),
+        (10, 10, 10, 0),
+        "{t:?}"
+    );
+    let listing = s.d.uvsadm("-S -n").unwrap();
 
     // A broken file: refused, naming the line; the table is as it was.
     std::fs::write(&files.config, BROKEN).unwrap();
@@ -189,10 +235,10 @@ fn reload_applies_only_the_difference_and_refuses_a_bad_file() {
     let now = s.d.call(&["filter", "list"]).unwrap().stdout;
     assert_eq!(now, rules, "the filter file is not applied alone either");
     assert_eq!(kept.ping("after refusal").expect("kept connection"), "rs1");
-    let t = tally(&s, 8);
+    let t = tally(&s, 9);
     assert_eq!(
-        (t.count("rs1"), t.count("rs2b"), t.failures),
-        (6, 2, 0),
+        (t.count("rs1"), t.count("rs2"), t.count("rs2b"), t.failures),
+        (3, 3, 3, 0),
         "{t:?}"
     );
 
@@ -207,11 +253,11 @@ fn reload_applies_only_the_difference_and_refuses_a_bad_file() {
         assert!(Instant::now() < end, "SIGHUP did not reload:\n{}", log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(s
-        .d
-        .uvsadm("-S -n")
-        .unwrap()
-        .contains("203.0.113.12:80 -m -w 1"));
+    let now = s.d.uvsadm("-S -n").unwrap();
+    assert!(
+        !now.contains(":8080") && now.contains("203.0.113.12:80 -m -w 1"),
+        "{now}"
+    );
     assert_eq!(s.d.call(&["filter", "list"]).unwrap().stdout, "");
     assert_eq!(kept.ping("after SIGHUP").expect("kept connection"), "rs1");
     let t = tally(&s, 20);
@@ -221,7 +267,7 @@ fn reload_applies_only_the_difference_and_refuses_a_bad_file() {
         "{t:?}"
     );
     drop(kept);
-    drop(conns);
+    drop(gone);
     let d = s.d;
     let st = d.stop().expect("uvs stops");
     assert!(st.success(), "uvs exit {st}");
