@@ -184,7 +184,8 @@ enum Cmd {
     },
     /// Re-read the files `uvs run` was started with (--config, --filter)
     /// and apply only the difference: services and real servers that stay
-    /// keep their connections. A bad file changes nothing; the error names
+    /// keep their connections (a removed server's are dropped, as after
+    /// `uvsadm -d`; weight 0 drains). A bad file changes nothing; the error names
     /// the file and line, and the exit status is non-zero. SIGHUP to
     /// `uvs run` does the same (the answer goes to its log).
     Reload {
