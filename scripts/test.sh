@@ -16,6 +16,9 @@ command -v curl >/dev/null || need+=(curl)
 command -v ping >/dev/null || need+=(iputils-ping)
 # /etc/services, for uvsadm's port names (tests/uvsadm_golden.rs).
 [ -f /etc/services ] || need+=(netbase)
+# tests/packaging.rs: the man pages through groff, the unit through systemd-analyze.
+command -v groff >/dev/null || need+=(groff-base)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test.sh: installing ${need[*]}"

@@ -16,7 +16,17 @@ use uvs::engine::IoMode;
 #[command(
     name = "uvs",
     version,
-    about = "Linux IPVS as a userspace L4 load balancer"
+    about = "Linux IPVS as a userspace L4 load balancer",
+    after_long_help = "\
+Environment:
+  UVS_CONTROL  the control socket, for every subcommand that has --control
+               (the option wins; default /run/uvs/uvs.sock). uvsadm reads it too.
+
+Files:
+  /run/uvs/uvs.sock    the control socket (mode 0600)
+  /etc/default/uvs     UVS_ARGS and UVS_CONTROL for the systemd unit uvs.service
+
+See also uvsadm(8), the ipvsadm-syntax front end, and uvs-run(8)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +45,25 @@ enum Io {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the load balancer in this network namespace.
+    ///
+    /// What uvs installs on the host while it runs: with --io af_packet
+    /// (the default), one nftables table `netdev uvs` whose ingress chains
+    /// make the kernel ignore the traffic uvs owns (packets to a service,
+    /// NAT replies from real servers), removed on exit and replaced if a
+    /// stale one is found at start; with --io af_xdp, an XDP program on each
+    /// interface (through a BPF link, detached when uvs exits however it
+    /// exits) that steers what uvs owns into AF_XDP sockets, and no nftables
+    /// table. Also the control socket (--control, mode 0600).
+    ///
+    /// What it needs: root, or CAP_NET_ADMIN and CAP_NET_RAW (packet
+    /// sockets, nf_tables netlink), plus CAP_BPF and CAP_SYS_ADMIN for
+    /// af_xdp (XDP program, BPF maps; Linux 5.9 or later); the `nft` program
+    /// (Debian package nftables) for the af_packet guard.
+    ///
+    /// SIGHUP or `uvs reload` re-reads --config and --filter and applies
+    /// only the difference. SIGINT/SIGTERM stop it. Under systemd
+    /// (Type=notify) it reports READY=1 once the workers run and the
+    /// control socket listens, and STOPPING=1 on the way out.
     Run {
         /// Attach only to this interface (repeatable). Default: every
         /// interface that is up, except loopback.
@@ -43,14 +72,17 @@ enum Cmd {
         /// Worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
-        /// Control socket path (default: $UVS_CONTROL or /run/uvs/uvs.sock).
-        #[arg(long)]
+        /// Control socket to listen on [default: /run/uvs/uvs.sock].
+        #[arg(long, env = socket::ENV, value_name = "PATH")]
         control: Option<PathBuf>,
-        /// Load an ipvsadm-save format configuration at start.
-        #[arg(long)]
+        /// Load an ipvsadm-save format configuration at start; re-read on
+        /// reload (the file is then the whole table: services and servers
+        /// not in it are removed).
+        #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Load filter-table rules (iptables syntax, one a line) at start.
-        #[arg(long)]
+        /// Load filter-table rules (iptables syntax, one a line) at start;
+        /// re-read on reload.
+        #[arg(long, value_name = "FILE")]
         filter: Option<PathBuf>,
         /// Frames per RX ring, each sized to the interface's MTU (2 KiB at
         /// 1500); larger (GSO) packets are read whole from the socket.
@@ -61,9 +93,12 @@ enum Cmd {
         /// it applies to every mh service.
         #[arg(long, default_value_t = 4093)]
         mh_table_size: u32,
-        /// Connection table settings: expire_nodest_conn=0|1 (repeatable
-        /// `--set-knob NAME=VALUE`).
-        #[arg(long = "set-knob")]
+        /// The kernel's IPVS sysctls that uvs implements, as NAME=VALUE
+        /// (repeatable); each with its values and [default]:
+        /// expire_nodest_conn=0|1 [0], expire_quiescent_template=0|1 [0],
+        /// sloppy_tcp=0|1 [0], sloppy_sctp=0|1 [0], drop_entry=0|1 [1],
+        /// conn_reuse_mode=0..3 [1].
+        #[arg(long = "set-knob", value_name = "NAME=VALUE")]
         knobs: Vec<String>,
         /// Packet backend: af_packet (rings, nftables guard), af_xdp (an
         /// XDP program steers what uvs owns into AF_XDP sockets and is the
@@ -151,17 +186,76 @@ enum Cmd {
     },
     /// Print the engine's counters (drops by reason, hook entries).
     Stats {
-        #[arg(long)]
+        /// Control socket of the running uvs [default: /run/uvs/uvs.sock].
+        #[arg(long, env = socket::ENV, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+    /// Re-read the files `uvs run` was started with (--config, --filter)
+    /// and apply only the difference: services and real servers that stay
+    /// keep their connections (a removed server's are dropped, as after
+    /// `uvsadm -d`; weight 0 drains). A bad file changes nothing; the error names
+    /// the file and line, and the exit status is non-zero. SIGHUP to
+    /// `uvs run` does the same (the answer goes to its log).
+    Reload {
+        /// Control socket of the running uvs [default: /run/uvs/uvs.sock].
+        #[arg(long, env = socket::ENV, value_name = "PATH")]
         control: Option<PathBuf>,
     },
     /// The emulated filter table: `add RULE`, `del RULE`, `list`, `flush`
     /// (RULE in iptables syntax, e.g. `-A INPUT -p tcp --dport 80 -j DROP`).
     Filter {
-        #[arg(long)]
+        /// Control socket of the running uvs [default: /run/uvs/uvs.sock].
+        #[arg(long, env = socket::ENV, value_name = "PATH")]
         control: Option<PathBuf>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
+    /// Write the man pages (section 8: uvs and uvs-SUBCOMMAND) and the
+    /// shell completions (bash, zsh, fish) into DIR, for packaging.
+    #[command(hide = true)]
+    GenDocs {
+        /// Output directory: DIR/man/*.8, DIR/completions/{uvs.bash,_uvs,uvs.fish}.
+        dir: PathBuf,
+    },
+}
+
+/// `uvs gen-docs DIR`: man pages and completions from the clap definitions,
+/// so they never disagree with `--help`.
+fn gen_docs(dir: &std::path::Path) -> Result<ExitCode> {
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let comp = dir.join("completions");
+    for d in [&man, &comp] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let mut cmd = Cli::command();
+    // Gives subcommands their display names (uvs-run) and bin names (uvs run).
+    cmd.build();
+    let page = |c: clap::Command| {
+        clap_mangen::Man::new(c)
+            .section("8")
+            .manual("System Manager's Manual")
+            .source(format!("uvs {}", env!("CARGO_PKG_VERSION")))
+            .generate_to(&man)
+            .with_context(|| format!("writing man pages into {}", man.display()))
+    };
+    page(cmd.clone())?;
+    // Not clap's own `help` subcommand: `uvs help X` is `uvs X --help`.
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        page(sub.clone())?;
+    }
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "uvs", &comp)
+            .with_context(|| format!("writing {shell} completions"))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn remote(path: Option<PathBuf>, argv: Vec<String>) -> Result<ExitCode> {
@@ -280,6 +374,13 @@ fn real_main() -> Result<ExitCode> {
                 signal_hook::flag::register(sig, stop.clone())
                     .context("installing signal handlers")?;
             }
+            let control = socket::path(control.as_deref());
+            uvs::control::lifecycle::reload_on_sighup(&control)
+                .context("installing the SIGHUP handler")?;
+            let sources = uvs::control::lifecycle::Sources {
+                config: config.clone(),
+                filter: filter.clone(),
+            };
             let opts = uvs::control::daemon::RunOpts {
                 interfaces,
                 workers: workers
@@ -306,6 +407,7 @@ fn real_main() -> Result<ExitCode> {
                     Io::AfPacket => IoMode::AfPacket,
                 },
                 busy_poll_us: busy_poll,
+                sources,
             };
             uvs::control::daemon::run(opts, &stop)?;
             Ok(ExitCode::SUCCESS)
@@ -362,6 +464,8 @@ fn real_main() -> Result<ExitCode> {
             out,
         }),
         Cmd::Stats { control } => remote(control, vec!["stats".into()]),
+        Cmd::Reload { control } => remote(control, vec!["reload".into()]),
+        Cmd::GenDocs { dir } => gen_docs(&dir),
         Cmd::Filter { control, args } => {
             let mut v = vec!["filter".to_string()];
             v.extend(args);

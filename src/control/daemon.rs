@@ -20,6 +20,8 @@ use std::sync::Arc;
 use foldhash::{HashSet, HashSetExt};
 
 use crate::control::ctl;
+use crate::control::lifecycle::{self, State};
+use crate::control::reload;
 use crate::control::socket::{self, Reply};
 use crate::datapath::filter::{FilterTable, Rule};
 use crate::datapath::pipeline::Pipeline;
@@ -44,6 +46,8 @@ pub struct RunOpts {
     pub io: engine::IoMode,
     /// `--busy-poll` microseconds (0: off).
     pub busy_poll_us: u32,
+    /// The files re-read by `uvs reload` / SIGHUP (see [`reload`]).
+    pub sources: lifecycle::Sources,
 }
 
 /// Why the daemon could not start.
@@ -71,6 +75,8 @@ struct Daemon {
     owned: Owned,
     config: ctl::Config,
     mh_table_size: u32,
+    /// The files a reload re-reads.
+    sources: lifecycle::Sources,
 }
 
 /// The runtime form of one configured service, or what the engine cannot
@@ -380,6 +386,11 @@ impl Daemon {
                 &["-R".to_string()],
                 Some(argv.get(1).map_or("", String::as_str)),
             ),
+            // `uvs reload` and SIGHUP (see reload.rs).
+            Some("reload") => match self.sources.read() {
+                Ok(texts) => self.reload(texts),
+                Err(e) => self.reload_refused(e),
+            },
             _ => Reply::err(format!("unknown control request {:?}", argv.first())),
         }
     }
@@ -416,6 +427,40 @@ impl Daemon {
             }
         }
         Reply::ok(out.output)
+    }
+
+    /// A reload with the files' new contents: planned whole by
+    /// [`reload::plan`] (a bad file changes nothing), then applied as one
+    /// undoable batch of uvsadm commands and committed like any command,
+    /// so only the services that differ are rebuilt.
+    fn reload(&mut self, texts: reload::Texts) -> Reply {
+        lifecycle::notify(State::Reloading);
+        let mh = self.mh_table_size;
+        let filter = self.pipeline.filter.load_full();
+        let plan = match reload::plan(&self.config, &filter, &texts, |s| spec(s, mh).map(drop)) {
+            Ok(p) => p,
+            Err(e) => return self.reload_refused(e),
+        };
+        let (applied, undo) = match reload::apply(&mut self.config, &plan.commands) {
+            Ok(a) => a,
+            Err(e) => return self.reload_refused(reload::ReloadError::Apply(e.to_string())),
+        };
+        if let Err(e) = self.commit(&ctl::Applied::Batch(applied)) {
+            self.config.undo(undo);
+            return self.reload_refused(reload::ReloadError::Apply(e));
+        }
+        if let Some(f) = plan.filter {
+            self.pipeline.filter.store(Arc::new(f));
+        }
+        eprintln!("uvs: reloaded: {}", plan.summary);
+        lifecycle::notify(State::Ready("running (reloaded)"));
+        Reply::ok(format!("reloaded: {}\n", plan.summary))
+    }
+
+    fn reload_refused(&self, e: reload::ReloadError) -> Reply {
+        eprintln!("uvs: reload refused, nothing changed: {e}");
+        lifecycle::notify(State::Ready("running (last reload refused)"));
+        Reply::err(format!("reload refused, nothing changed: {e}"))
     }
 
     fn filter(&mut self, args: &[String]) -> Reply {
@@ -508,6 +553,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         owned: Owned::default(),
         config,
         mh_table_size: opts.mh_table_size,
+        sources: opts.sources.clone(),
     };
     d.commit(&ctl::Applied::Batch(loaded))
         .map_err(DaemonError::Config)?;
@@ -518,8 +564,13 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         d.engine.io.describe(),
         opts.control.display()
     );
+    lifecycle::notify(State::Ready(&format!(
+        "running on {} with {workers} worker(s)",
+        names.join(", ")
+    )));
     server.serve(|| stop.load(Ordering::Relaxed), |argv| d.handle(argv));
     eprintln!("uvs: stopping");
+    lifecycle::notify(State::Stopping);
     d.engine.stop();
     // Guard drop removes the nftables table; the server's drop the socket.
     drop(d);

@@ -6,4 +6,6 @@
 pub mod ctl;
 pub mod daemon;
 pub mod resolver;
+pub mod lifecycle;
+pub mod reload;
 pub mod socket;

@@ -291,6 +291,12 @@ impl FilterTable {
         Ok(t)
     }
 
+    /// A table of exactly these rules, in order (a reload reuses running
+    /// rules, and so their counters).
+    pub fn from_rules(rules: Vec<Arc<Rule>>) -> FilterTable {
+        FilterTable { rules }
+    }
+
     /// A copy with `rule` appended.
     pub fn with_rule(&self, rule: Rule) -> FilterTable {
         let mut t = self.clone();
