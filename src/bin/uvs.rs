@@ -374,7 +374,6 @@ fn real_main() -> Result<ExitCode> {
                 signal_hook::flag::register(sig, stop.clone())
                     .context("installing signal handlers")?;
             }
-            let control = socket::path(control.as_deref());
             uvs::control::lifecycle::reload_on_sighup(&control)
                 .context("installing the SIGHUP handler")?;
             let sources = uvs::control::lifecycle::Sources {
