@@ -27,20 +27,16 @@ pub const REVERSE_BUDGET: Duration = Duration::from_secs(2);
 /// Reverse look-ups in flight at once.
 const REVERSE_THREADS: usize = 8;
 
-/// One `/etc/services` entry.
-#[derive(Debug, Clone)]
-struct Service {
-    name: String,
-    aliases: Vec<String>,
-    port: u16,
-    proto: String,
-}
-
-/// Names from the system.
+/// Names from the system. Every answer is kept, so a large `-R` file
+/// naming the same hosts and ports asks the system once per name.
 #[derive(Debug, Default)]
 pub struct SystemNames {
-    services: Vec<Service>,
+    /// (name or alias, protocol) → port, the first entry winning.
+    ports: HashMap<(String, String), u16>,
+    /// (port, protocol) → name, the first entry winning (getservbyport).
+    services: HashMap<(u16, String), String>,
     reverse: HashMap<IpAddr, String>,
+    forward: RefCell<HashMap<String, Option<Ipv4Addr>>>,
     forward_timeout: Duration,
 }
 
@@ -61,7 +57,8 @@ impl SystemNames {
 
     /// Names with the services of a text in `/etc/services` format.
     pub fn with_services(text: &str) -> SystemNames {
-        let mut services = Vec::new();
+        let mut ports = HashMap::new();
+        let mut services = HashMap::new();
         for line in text.lines() {
             let line = line.split('#').next().unwrap_or("");
             let mut w = line.split_whitespace();
@@ -74,16 +71,20 @@ impl SystemNames {
             let Ok(port) = port.parse::<u16>() else {
                 continue;
             };
-            services.push(Service {
-                name: name.to_string(),
-                aliases: w.map(String::from).collect(),
-                port,
-                proto: proto.to_string(),
-            });
+            services
+                .entry((port, proto.to_string()))
+                .or_insert_with(|| name.to_string());
+            for n in std::iter::once(name).chain(w) {
+                ports
+                    .entry((n.to_string(), proto.to_string()))
+                    .or_insert(port);
+            }
         }
         SystemNames {
+            ports,
             services,
             reverse: HashMap::new(),
+            forward: RefCell::new(HashMap::new()),
             forward_timeout: FORWARD_TIMEOUT,
         }
     }
@@ -192,6 +193,9 @@ fn reverse_lookup(addr: IpAddr) -> Option<String> {
 
 impl Names for SystemNames {
     fn host_v4(&self, name: &str) -> Option<Ipv4Addr> {
+        if let Some(known) = self.forward.borrow().get(name) {
+            return *known;
+        }
         let (tx, rx) = mpsc::channel();
         let owned = name.to_string();
         std::thread::spawn(move || {
@@ -206,15 +210,15 @@ impl Names for SystemNames {
                 });
             let _ = tx.send(found);
         });
-        rx.recv_timeout(self.forward_timeout).ok().flatten()
+        let found = rx.recv_timeout(self.forward_timeout).ok().flatten();
+        self.forward.borrow_mut().insert(name.to_string(), found);
+        found
     }
 
     fn port(&self, name: &str, proto: Proto) -> Option<u16> {
-        let p = proto_word(proto);
-        self.services
-            .iter()
-            .find(|s| s.proto == p && (s.name == name || s.aliases.iter().any(|a| a == name)))
-            .map(|s| s.port)
+        self.ports
+            .get(&(name.to_string(), proto_word(proto).to_string()))
+            .copied()
     }
 
     fn host_of(&self, addr: IpAddr) -> Option<String> {
@@ -222,11 +226,9 @@ impl Names for SystemNames {
     }
 
     fn service_of(&self, port: u16, proto: Proto) -> Option<String> {
-        let p = proto_word(proto);
         self.services
-            .iter()
-            .find(|s| s.proto == p && s.port == port)
-            .map(|s| s.name.clone())
+            .get(&(port, proto_word(proto).to_string()))
+            .cloned()
     }
 }
 
