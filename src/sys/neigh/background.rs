@@ -77,6 +77,8 @@ pub(super) struct Background {
     dirty: HashSet<IpAddr>,
     /// Re-resolve everything (lost notifications, rule change).
     resync: bool,
+    /// The last drain stopped at its limit: read again without waiting.
+    more_events: bool,
     waiters: HashMap<IpAddr, Vec<Sender<Outcome>>>,
     /// Something was published since the last notify.
     changed: bool,
@@ -125,6 +127,7 @@ impl Background {
             by_neigh: HashMap::new(),
             dirty: HashSet::new(),
             resync: false,
+            more_events: false,
             waiters: HashMap::new(),
             changed: false,
         }
@@ -165,6 +168,9 @@ impl Background {
 
     /// How long to sleep for the next message, notification or timer.
     fn next_wait(&self) -> Duration {
+        if self.more_events {
+            return Duration::ZERO;
+        }
         let now = Instant::now();
         let next =
             |h: &BinaryHeap<Reverse<(Instant, IpAddr)>>| h.peek().map(|Reverse((at, _))| *at);
@@ -212,7 +218,8 @@ impl Background {
         let mut got = Vec::new();
         // A failing socket leaves the answers as they are; the next round
         // tries again.
-        let _ = self.events.drain(|e| got.push(e));
+        let read = self.events.drain(|e| got.push(e)).unwrap_or(0);
+        self.more_events = read >= Events::DRAIN_MAX;
         self.shared
             .events
             .fetch_add(got.len() as u64, Ordering::Relaxed);
