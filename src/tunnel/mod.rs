@@ -654,11 +654,17 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
     let mut events = Events::with_capacity(64);
     let mut scratch = vec![0u8; 65_536];
     let mut last_drops = Instant::now();
+    let mut addr_pending = false;
     let (mut last_stats, mut written) = (Instant::now(), c.clone());
     while !stop.load(Ordering::Relaxed) {
         // Edge-triggered: every ring is drained fully each round; the
         // timeout bounds how late a stop is seen.
-        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100))) {
+        let wait = if addr_pending {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
+        if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e.into());
             }
@@ -685,11 +691,16 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
         if events.iter().any(|e| e.token() == TUN_TOKEN) {
             c.tun_discarded += tun.discard(&mut scratch);
         }
-        if events.iter().any(|e| e.token() == ADDR_TOKEN) {
-            // Edge-triggered: drain every notification, then re-read once.
+        if addr_pending || events.iter().any(|e| e.token() == ADDR_TOKEN) {
+            // Edge-triggered: drain the notifications (the rest next round
+            // if a flood stopped the drain), then re-read once.
             let mut changed = false;
-            if let Err(e) = addr_events.drain(|_| changed = true) {
-                eprintln!("uvs tunnel-endpoint: reading address notifications: {e}");
+            match addr_events.drain(|_| changed = true) {
+                Ok(n) => addr_pending = n >= netlink::Events::DRAIN_MAX,
+                Err(e) => {
+                    addr_pending = false;
+                    eprintln!("uvs tunnel-endpoint: reading address notifications: {e}");
+                }
             }
             if changed {
                 c.addr_events += 1;

@@ -129,6 +129,9 @@ impl fmt::Debug for Events {
 }
 
 impl Events {
+    /// Most datagrams one [`Events::drain`] reads.
+    pub const DRAIN_MAX: usize = 256;
+
     /// Subscribes, in the calling thread's network namespace, to `groups`.
     /// Notifications are queued from this call on: state read after it
     /// plus the events drained later describe every change.
@@ -147,11 +150,14 @@ impl Events {
         })
     }
 
-    /// Hands every queued notification to `f`, without blocking; returns
-    /// how many datagrams were read.
+    /// Hands the queued notifications to `f`, without blocking; returns
+    /// how many datagrams were read. At most [`Events::DRAIN_MAX`] are read
+    /// per call, so a flood of changes cannot hold the caller: when that
+    /// many were read, more may be queued (call again before waiting for
+    /// readiness, which an edge-triggered poller would not signal again).
     pub fn drain(&mut self, mut f: impl FnMut(Event)) -> Result<usize, NlError> {
         let mut datagrams = 0;
-        loop {
+        while datagrams < Self::DRAIN_MAX {
             let n = match self.sock.recv(&mut &mut self.buf[..], libc::MSG_TRUNC) {
                 Ok(n) => n,
                 Err(e) => match e.raw_os_error() {
@@ -172,6 +178,7 @@ impl Events {
             }
             parse_events(&self.buf[..n], &mut f);
         }
+        Ok(datagrams)
     }
 }
 
