@@ -316,5 +316,6 @@ fn counters_render_every_name() {
     assert!(r.contains("decap.gre 2\n"), "{r}");
     assert!(r.contains("drop.checksum 1\n"), "{r}");
     assert!(r.contains("pass.not_local 1\n"), "{r}");
-    assert_eq!(r.lines().count(), 3 + 4 + DropReason::COUNT + 1);
+    assert!(r.contains("addr.rereads 0\n"), "{r}");
+    assert_eq!(r.lines().count(), 3 + 4 + DropReason::COUNT + 2);
 }
