@@ -16,16 +16,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use foldhash::{HashSet, HashSetExt};
 
 use crate::control::ctl;
 use crate::control::socket::{self, Reply};
+use crate::datapath::estimator::INTERVAL_MS;
 use crate::datapath::filter::{FilterTable, Rule};
 use crate::datapath::pipeline::Pipeline;
 use crate::datapath::service::{
     Change, ClientMask, DestSpec, Persistence, Plan, ServiceSpec, Services, SvcId,
 };
+use crate::datapath::stats::{Stats, NO_SLOT};
 use crate::engine::{self, Engine, EngineConfig};
 use crate::sys::guard::{self, KernelGuard, Owned};
 
@@ -161,11 +164,42 @@ fn tun_config(t: ctl::TunOpts) -> uvs_sched::TunConfig {
 }
 
 /// Live numbers for listings: connection counts from the destinations,
-/// entries from the connection table.
+/// traffic counters and rates from the workers' statistics, entries from
+/// the connection table.
 struct Live<'a> {
     snap: Arc<crate::datapath::service::Services>,
     conns: &'a uvs_conntrack::Table,
+    stats: &'a Stats,
     now: u64,
+}
+
+/// A counter slot's totals and rates as listings show them.
+pub fn slot_stats(stats: &Stats, id: u32) -> ctl::Stats {
+    if id == NO_SLOT {
+        return ctl::Stats::default();
+    }
+    let c = stats.counters(id);
+    let r = stats.rates(id);
+    ctl::Stats {
+        conns: c.conns,
+        inpkts: c.inpkts,
+        outpkts: c.outpkts,
+        inbytes: c.inbytes,
+        outbytes: c.outbytes,
+        cps: r.cps,
+        inpps: r.inpps,
+        outpps: r.outpps,
+        inbps: r.inbps,
+        outbps: r.outbps,
+    }
+}
+
+/// A real server's own counter slot (the low half of its tag).
+pub fn dest_slot(d: &uvs_sched::Dest) -> u32 {
+    match d.stats_tag() {
+        uvs_sched::Dest::NO_STATS => NO_SLOT,
+        t => t as u32,
+    }
 }
 
 impl ctl::Counters for Live<'_> {
@@ -177,8 +211,14 @@ impl ctl::Counters for Live<'_> {
             active_conns: x.active_conns(),
             inactive_conns: x.inactive_conns(),
             persistent_conns: x.persistent_conns(),
-            stats: ctl::Stats::default(),
+            stats: slot_stats(self.stats, dest_slot(x)),
         })
+    }
+
+    fn service(&self, svc: &ctl::ServiceConfig, _sum_of_dests: &ctl::Stats) -> ctl::Stats {
+        id_of(&svc.key)
+            .and_then(|id| self.snap.get(&id))
+            .map_or_else(ctl::Stats::default, |s| slot_stats(self.stats, s.stats.id))
     }
 
     fn connections(&self) -> Vec<ctl::ConnRow> {
@@ -389,6 +429,7 @@ impl Daemon {
         let live = Live {
             snap: self.pipeline.services.load_full(),
             conns: &self.pipeline.conns,
+            stats: &self.engine.stats,
             now: self.engine.now_ms(),
         };
         let mut undo = ctl::Undo::new();
@@ -404,6 +445,11 @@ impl Daemon {
                 self.config.undo(undo);
                 return Reply::err(e);
             }
+            zero(
+                &out.applied,
+                &self.pipeline.services.load_full(),
+                &self.engine.stats,
+            );
         }
         Reply::ok(out.output)
     }
@@ -427,6 +473,68 @@ impl Daemon {
         self.pipeline.filter.store(Arc::new(new));
         Reply::ok("")
     }
+}
+
+/// `-Z`: the counters and rates of one service and its servers, or of all,
+/// start again from zero (as the kernel's `ip_vs_zero_service`).
+pub fn zero(applied: &ctl::Applied, snap: &Services, stats: &Stats) {
+    let one = |s: &crate::datapath::service::ServiceRt| {
+        stats.zero(s.stats.id);
+        for d in s.dests.iter().chain(&s.trash) {
+            stats.zero(dest_slot(d));
+        }
+    };
+    match applied {
+        ctl::Applied::Zeroed(None) => snap.iter().for_each(|s| one(s)),
+        ctl::Applied::Zeroed(Some(k)) => {
+            if let Some(s) = id_of(k).and_then(|id| snap.get(&id)) {
+                one(s)
+            }
+        }
+        ctl::Applied::Batch(v) => v.iter().for_each(|a| zero(a, snap, stats)),
+        _ => {}
+    }
+}
+
+/// The estimator's timer thread: every [`INTERVAL_MS`] one estimator step
+/// for every counter slot; stopped and joined on drop.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn estimator_thread(stats: Arc<Stats>) -> std::io::Result<Ticker> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sp = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("uvs-estimator".into())
+        .spawn(move || {
+            let mut next = std::time::Instant::now() + Duration::from_millis(INTERVAL_MS);
+            while !sp.load(Ordering::Relaxed) {
+                let now = std::time::Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(Duration::from_millis(100)));
+                    continue;
+                }
+                stats.estimate();
+                // Fixed steps from the start, so a late tick does not
+                // shift the later ones.
+                next += Duration::from_millis(INTERVAL_MS);
+            }
+        })?;
+    Ok(Ticker {
+        stop,
+        thread: Some(thread),
+    })
 }
 
 /// Runs the daemon until `stop` is set.
@@ -481,6 +589,11 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         }
     };
     let workers = engine.stats.workers.len();
+    pipeline
+        .services
+        .store(Arc::new(Services::counted(engine.stats.clone())));
+    let ticker = estimator_thread(engine.stats.clone())
+        .map_err(|e| DaemonError::Engine(engine::EngineError::Io(e)))?;
     let mut d = Daemon {
         pipeline,
         engine,
@@ -500,6 +613,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     );
     server.serve(|| stop.load(Ordering::Relaxed), |argv| d.handle(argv));
     eprintln!("uvs: stopping");
+    drop(ticker);
     d.engine.stop();
     // Guard drop removes the nftables table; the server's drop the socket.
     drop(d);
