@@ -19,8 +19,28 @@ use uvs::engine::IoMode;
     about = "Linux IPVS as a userspace L4 load balancer"
 )]
 struct Cli {
+    /// Log level on stderr: error, warn, info, debug, trace (or RUST_LOG
+    /// syntax, e.g. `uvs=debug`). Default: $RUST_LOG, else info.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Logs to stderr as `uvs: LEVEL: message` (`info` without the level).
+fn init_log(level: Option<&str>) {
+    use std::io::Write as _;
+    let mut b = env_logger::Builder::new();
+    match (level, std::env::var("RUST_LOG")) {
+        (Some(l), _) => b.parse_filters(l),
+        (None, Ok(env)) => b.parse_filters(&env),
+        (None, Err(_)) => b.filter_level(log::LevelFilter::Info),
+    };
+    b.format(|f, r| match r.level() {
+        log::Level::Info => writeln!(f, "uvs: {}", r.args()),
+        l => writeln!(f, "uvs: {}: {}", l.as_str().to_lowercase(), r.args()),
+    });
+    let _ = b.try_init();
 }
 
 /// `uvs run --io`.
@@ -72,6 +92,10 @@ enum Cmd {
         /// says which runs.
         #[arg(long, value_enum, default_value_t = Io::AfPacket)]
         io: Io,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by
+        /// default; a loopback address is suggested).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Build a namespace lab, balance real TCP and UDP traffic through uvs,
     /// print the result and remove the lab. Needs root.
@@ -145,6 +169,9 @@ enum Cmd {
     Stats {
         #[arg(long)]
         control: Option<PathBuf>,
+        /// The same counters as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// The emulated filter table: `add RULE`, `del RULE`, `list`, `flush`
     /// (RULE in iptables syntax, e.g. `-A INPUT -p tcp --dport 80 -j DROP`).
@@ -238,6 +265,7 @@ fn main() -> ExitCode {
 
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
+    init_log(cli.log_level.as_deref());
     match cli.cmd {
         Cmd::Run {
             interfaces,
@@ -249,6 +277,7 @@ fn real_main() -> Result<ExitCode> {
             mh_table_size,
             knobs,
             io,
+            metrics,
         } => {
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -280,6 +309,7 @@ fn real_main() -> Result<ExitCode> {
                     Io::AfXdp => IoMode::AfXdp,
                     Io::AfPacket => IoMode::AfPacket,
                 },
+                metrics,
             };
             uvs::control::daemon::run(opts, &stop)?;
             Ok(ExitCode::SUCCESS)
@@ -337,7 +367,13 @@ fn real_main() -> Result<ExitCode> {
             conns,
             out,
         }),
-        Cmd::Stats { control } => remote(control, vec!["stats".into()]),
+        Cmd::Stats { control, json } => {
+            let mut v = vec!["stats".to_string()];
+            if json {
+                v.push("--json".into());
+            }
+            remote(control, v)
+        }
         Cmd::Filter { control, args } => {
             let mut v = vec!["filter".to_string()];
             v.extend(args);

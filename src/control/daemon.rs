@@ -22,6 +22,7 @@ use foldhash::{HashSet, HashSetExt};
 
 use crate::control::ctl;
 use crate::control::socket::{self, Reply};
+use crate::control::{metrics, registry};
 use crate::datapath::estimator::INTERVAL_MS;
 use crate::datapath::filter::{FilterTable, Rule};
 use crate::datapath::pipeline::Pipeline;
@@ -45,6 +46,8 @@ pub struct RunOpts {
     pub knobs: Vec<String>,
     /// Packet backend (`--io`).
     pub io: engine::IoMode,
+    /// `--metrics ADDR:PORT`: serve Prometheus text at `/metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the daemon could not start.
@@ -60,6 +63,11 @@ pub enum DaemonError {
     Filter(#[from] crate::datapath::filter::FilterError),
     #[error("control socket {path}: {err}")]
     Control { path: String, err: std::io::Error },
+    #[error("metrics address {addr}: {err}")]
+    Metrics {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
 }
 
 /// The daemon's state on the control thread.
@@ -72,6 +80,7 @@ struct Daemon {
     owned: Owned,
     config: ctl::Config,
     mh_table_size: u32,
+    ring_frames: usize,
 }
 
 /// The runtime form of one configured service, or what the engine cannot
@@ -401,11 +410,23 @@ impl Daemon {
         match argv.first().map(String::as_str) {
             Some("ping") => Reply::ok("pong\n"),
             Some("stats") => {
-                let mut r = self.engine.stats.report(&self.pipeline.hooks);
-                if let engine::IoBackend::AfXdp(x) = &self.engine.io {
-                    r += &x.report();
+                let extra = match &self.engine.io {
+                    engine::IoBackend::AfXdp(x) => x.report(),
+                    _ => String::new(),
+                };
+                let r = registry::collect(&registry::Sources {
+                    pipeline: &self.pipeline,
+                    stats: &self.engine.stats,
+                    guard: self.guard.is_some(),
+                    extra: &extra,
+                    services: false,
+                    ring_frames: self.ring_frames,
+                });
+                match argv.get(1).map(String::as_str) {
+                    None => Reply::ok(r.text()),
+                    Some("--json") => Reply::ok(format!("{}\n", r.json())),
+                    Some(o) => Reply::err(format!("uvs stats: unknown option {o}")),
                 }
-                Reply::ok(r)
             }
             Some("filter") => self.filter(&argv[1..]),
             Some("uvsadm") => self.uvsadm(&argv[1..], None),
@@ -601,18 +622,43 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         owned: Owned::default(),
         config,
         mh_table_size: opts.mh_table_size,
+        ring_frames: opts.ring_frames,
     };
     d.commit(&ctl::Applied::Batch(loaded))
         .map_err(DaemonError::Config)?;
-    eprintln!(
-        "uvs: running on {} with {} worker(s), {}; control socket {}",
+    // Prometheus: the registry from the shared counters, on its own
+    // thread (AF_XDP's program counters stay in `uvs stats`).
+    let metrics = match opts.metrics {
+        None => None,
+        Some(addr) => {
+            let (pl, st) = (d.pipeline.clone(), d.engine.stats.clone());
+            let guard = d.guard.is_some();
+            let ring_frames = opts.ring_frames;
+            let m = metrics::serve(addr, move || {
+                registry::collect(&registry::Sources {
+                    pipeline: &pl,
+                    stats: &st,
+                    guard,
+                    extra: "",
+                    services: true,
+                    ring_frames,
+                })
+            })
+            .map_err(|err| DaemonError::Metrics { addr, err })?;
+            log::info!("metrics at http://{}/metrics", m.addr);
+            Some(m)
+        }
+    };
+    log::info!(
+        "running on {} with {} worker(s), {}; control socket {}",
         names.join(", "),
         workers,
         d.engine.io.describe(),
         opts.control.display()
     );
     server.serve(|| stop.load(Ordering::Relaxed), |argv| d.handle(argv));
-    eprintln!("uvs: stopping");
+    log::info!("stopping");
+    drop(metrics);
     drop(ticker);
     d.engine.stop();
     // Guard drop removes the nftables table; the server's drop the socket.

@@ -4,4 +4,6 @@
 
 pub mod ctl;
 pub mod daemon;
+pub mod metrics;
+pub mod registry;
 pub mod socket;

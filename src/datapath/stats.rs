@@ -15,7 +15,6 @@
 //! its servers is alive; a server's once no connection holds it (checked by
 //! [`Stats::sweep`] on the estimator's timer).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -24,7 +23,7 @@ use uvs_fwd::ParseError;
 use uvs_sched::Dest;
 
 use crate::datapath::estimator::{Estimator, Rates};
-use crate::datapath::hooks::{HookChain, MAX_ENTRIES};
+use crate::datapath::hooks::MAX_ENTRIES;
 
 /// Why uvs dropped a packet (parse errors are counted apart, per reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -505,48 +504,6 @@ impl Stats {
     /// Total drops for `r`.
     pub fn drops(&self, r: DropReason) -> u64 {
         self.sum(|w| &w.drops[r as usize])
-    }
-
-    /// `uvs stats` text: totals, drops and parse errors by reason, hook entries.
-    pub fn report(&self, hooks: &HookChain) -> String {
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "rx {}\ntx {}\npassed_to_kernel {}\nicmp_sent {}\nicmp_rate_limited {}\nconnection_races {}\nconnections {}",
-            self.sum(|w| &w.rx),
-            self.sum(|w| &w.tx),
-            self.sum(|w| &w.passed),
-            self.sum(|w| &w.icmp_sent),
-            self.sum(|w| &w.icmp_limited),
-            self.sum(|w| &w.conn_races),
-            self.sum(|w| &w.conns)
-        );
-        for r in DropReason::ALL {
-            let _ = writeln!(s, "drop.{} {}", r.name(), self.drops(r));
-        }
-        for e in ParseError::ALL {
-            let _ = writeln!(
-                s,
-                "parse.{} {}",
-                e.name(),
-                self.sum(|w| &w.parse[e.index()])
-            );
-        }
-        for e in hooks.all() {
-            let i = e.index;
-            let _ = writeln!(
-                s,
-                "hook.{}.{}.{} seen {} dropped {} stolen {}  # {}",
-                e.point.name(),
-                e.priority,
-                e.func.name(),
-                self.sum(|w| &w.hook_seen[i]),
-                self.sum(|w| &w.hook_dropped[i]),
-                self.sum(|w| &w.hook_stolen[i]),
-                e.why
-            );
-        }
-        s
     }
 }
 
