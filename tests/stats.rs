@@ -23,11 +23,14 @@ const RR: [&str; 3] = [
     "-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m",
 ];
 
+/// Where `uvs run --metrics` listens, inside the director's namespace.
+const METRICS: &str = "127.0.0.1:9188";
+
 fn setup(tag: &str) -> Setup {
     let s = Setup::start(
         &format!("uvst{}{tag}", std::process::id() % 100000),
         &[],
-        &[],
+        &["--metrics", METRICS],
     );
     for c in RR {
         s.d.uvsadm(c)
@@ -88,6 +91,61 @@ fn requests(s: &Setup, n: usize) -> lab::Tally {
     .expect("client namespace")
 }
 
+/// A real HTTP GET of /metrics from the director's namespace; the body.
+fn get_metrics(s: &Setup) -> String {
+    netns::run_in(&s.lab.ns("lb"), || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(METRICS).expect("metrics listens");
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: lab\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).expect("answer");
+        out
+    })
+    .expect("lb namespace")
+}
+
+/// Parses Prometheus text exposition strictly: every line is a `# HELP`,
+/// `# TYPE`, `# EOF` or a `name{labels} value` sample of a declared
+/// family. Returns `name{labels}` → value.
+fn parse_prometheus(body: &str) -> BTreeMap<String, f64> {
+    let mut types = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for l in body.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let (n, t) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(["counter", "gauge"].contains(&t), "{l}");
+            types.insert(n.to_string(), t.to_string());
+            continue;
+        }
+        if l.starts_with("# HELP ") || l == "# EOF" {
+            continue;
+        }
+        let (series, v) = l.rsplit_once(' ').unwrap_or_else(|| panic!("sample {l:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{l}"
+        );
+        let fam = name.strip_suffix("_total").unwrap_or(name);
+        assert!(types.contains_key(fam), "undeclared {name}: {l}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                let inner = labels.strip_prefix('{').and_then(|x| x.strip_suffix('}'));
+                let inner = inner.unwrap_or_else(|| panic!("labels {l:?}"));
+                for kv in inner.split(',') {
+                    let (k, v) = kv.split_once('=').expect("label k=v");
+                    assert!(!k.is_empty() && v.starts_with('"') && v.ends_with('"'), "{l}");
+                }
+            }
+        }
+        out.insert(series.to_string(), v.parse().unwrap_or_else(|_| panic!("{l}")));
+    }
+    assert!(body.trim_end().ends_with("# EOF"), "no # EOF");
+    out
+}
+
 #[test]
 fn stats_count_exactly_what_the_client_sent_and_received_and_z_zeroes() {
     if !root_or_skip("stats_count_exactly_what_the_client_sent_and_received_and_z_zeroes") {
@@ -129,6 +187,56 @@ fn stats_count_exactly_what_the_client_sent_and_received_and_z_zeroes() {
             r1[i] + r2[i],
             "servers add up to the service: {why}"
         );
+    }
+
+    // /metrics: a real HTTP GET; Prometheus text; the same counters.
+    let http = get_metrics(&s);
+    let (head, body) = http.split_once("\r\n\r\n").expect("HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    let m = parse_prometheus(body);
+    let svc_l = r#"{proto="tcp",vip="192.0.2.10",port="80"}"#;
+    let names = ["connections", "in_packets", "out_packets", "in_bytes", "out_bytes"];
+    for (i, n) in names.iter().enumerate() {
+        let k = format!("uvs_service_{n}_total{svc_l}");
+        assert_eq!(m.get(&k).copied(), Some(svc[i] as f64), "{k}
+{body}");
+        let k = format!(
+            r#"uvs_server_{n}_total{{proto="tcp",vip="192.0.2.10",port="80",server="203.0.113.11:80"}}"#
+        );
+        assert_eq!(m.get(&k).copied(), Some(r1[i] as f64), "{k}
+{body}");
+    }
+    assert!(m.contains_key(r#"uvs_drops_total{reason="filtered"}"#), "{body}");
+    assert!(m.contains_key("uvs_connection_table_entries"), "{body}");
+    assert!(
+        m.keys().any(|k| k.starts_with("uvs_hook_packets_total{")),
+        "{body}"
+    );
+    // `uvs stats --json` has what `uvs stats` prints.
+    let text = s.d.call(&["stats"]).unwrap().stdout;
+    let j: serde_json::Value =
+        serde_json::from_str(&s.d.call(&["stats", "--json"]).unwrap().stdout).expect("JSON");
+    for l in text.lines().filter(|l| !l.starts_with("hook.")) {
+        let (k, v) = l.split_once(' ').expect("name value");
+        assert_eq!(
+            j["counters"][k].as_u64(),
+            Some(v.parse().unwrap()),
+            "{k}
+{text}
+{j}"
+        );
+    }
+    let hooks: Vec<&str> = text.lines().filter(|l| l.starts_with("hook.")).collect();
+    assert_eq!(j["hooks"].as_array().map(Vec::len), Some(hooks.len()));
+    for (h, l) in j["hooks"].as_array().unwrap().iter().zip(&hooks) {
+        let want = format!(
+            "{} seen {} dropped {} stolen {}",
+            h["hook"].as_str().unwrap(),
+            h["seen"],
+            h["dropped"],
+            h["stolen"]
+        );
+        assert!(l.starts_with(&want), "{l} vs {want}");
     }
 
     // -Z on the service zeroes it and its servers; traffic counts again.
