@@ -136,11 +136,17 @@ fn parse_prometheus(body: &str) -> BTreeMap<String, f64> {
                 let inner = inner.unwrap_or_else(|| panic!("labels {l:?}"));
                 for kv in inner.split(',') {
                     let (k, v) = kv.split_once('=').expect("label k=v");
-                    assert!(!k.is_empty() && v.starts_with('"') && v.ends_with('"'), "{l}");
+                    assert!(
+                        !k.is_empty() && v.starts_with('"') && v.ends_with('"'),
+                        "{l}"
+                    );
                 }
             }
         }
-        out.insert(series.to_string(), v.parse().unwrap_or_else(|_| panic!("{l}")));
+        out.insert(
+            series.to_string(),
+            v.parse().unwrap_or_else(|_| panic!("{l}")),
+        );
     }
     assert!(body.trim_end().ends_with("# EOF"), "no # EOF");
     out
@@ -195,18 +201,35 @@ fn stats_count_exactly_what_the_client_sent_and_received_and_z_zeroes() {
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     let m = parse_prometheus(body);
     let svc_l = r#"{proto="tcp",vip="192.0.2.10",port="80"}"#;
-    let names = ["connections", "in_packets", "out_packets", "in_bytes", "out_bytes"];
+    let names = [
+        "connections",
+        "in_packets",
+        "out_packets",
+        "in_bytes",
+        "out_bytes",
+    ];
     for (i, n) in names.iter().enumerate() {
         let k = format!("uvs_service_{n}_total{svc_l}");
-        assert_eq!(m.get(&k).copied(), Some(svc[i] as f64), "{k}
-{body}");
+        assert_eq!(
+            m.get(&k).copied(),
+            Some(svc[i] as f64),
+            "{k}
+{body}"
+        );
         let k = format!(
             r#"uvs_server_{n}_total{{proto="tcp",vip="192.0.2.10",port="80",server="203.0.113.11:80"}}"#
         );
-        assert_eq!(m.get(&k).copied(), Some(r1[i] as f64), "{k}
-{body}");
+        assert_eq!(
+            m.get(&k).copied(),
+            Some(r1[i] as f64),
+            "{k}
+{body}"
+        );
     }
-    assert!(m.contains_key(r#"uvs_drops_total{reason="filtered"}"#), "{body}");
+    assert!(
+        m.contains_key(r#"uvs_drops_total{reason="filtered"}"#),
+        "{body}"
+    );
     assert!(m.contains_key("uvs_connection_table_entries"), "{body}");
     assert!(
         m.keys().any(|k| k.starts_with("uvs_hook_packets_total{")),
@@ -237,6 +260,36 @@ fn stats_count_exactly_what_the_client_sent_and_received_and_z_zeroes() {
             h["stolen"]
         );
         assert!(l.starts_with(&want), "{l} vs {want}");
+    }
+
+    // `uvsadm -L -n --stats --json` parses and agrees with the text.
+    let j: serde_json::Value =
+        serde_json::from_str(&s.d.uvsadm("-L -n --stats --json").expect("json")).expect("JSON");
+    let keys = ["conns", "inpkts", "outpkts", "inbytes", "outbytes"];
+    let js = &j["services"][0];
+    assert_eq!(js["address"], "192.0.2.10", "{j}");
+    let got: Vec<u64> = keys
+        .iter()
+        .map(|k| js["stats"][k].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, svc, "{j}\n{list}");
+    let got: Vec<u64> = keys
+        .iter()
+        .map(|k| js["servers"][0]["stats"][k].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, r1, "{j}\n{list}");
+    // -c --json: as many entries as the text, same sources.
+    let ct = s.d.uvsadm("-L -n -c").expect("-c");
+    let cj: serde_json::Value =
+        serde_json::from_str(&s.d.uvsadm("-L -n -c --json").expect("-c json")).expect("JSON");
+    let rows = ct.lines().count() - 2;
+    assert_eq!(
+        cj["connections"].as_array().map(Vec::len),
+        Some(rows),
+        "{ct}\n{cj}"
+    );
+    if let Some(c0) = cj["connections"].as_array().and_then(|a| a.first()) {
+        assert!(ct.contains(c0["source"].as_str().unwrap()), "{ct}\n{cj}");
     }
 
     // -Z on the service zeroes it and its servers; traffic counts again.

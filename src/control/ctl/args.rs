@@ -231,6 +231,8 @@ enum Kind {
     Daemon,
     TunInfo,
     Exact,
+    /// `--json` (uvs): the listing as JSON.
+    Json,
     Sort,
     NoSort,
     /// Sync daemon options: recognised so the error is "not supported".
@@ -314,6 +316,7 @@ impl Kind {
             | Kind::Daemon
             | Kind::TunInfo
             | Kind::Exact
+            | Kind::Json
             | Kind::Sort
             | Kind::NoSort => cmd == C::List,
         }
@@ -477,6 +480,7 @@ const OPTIONS: &[Def] = &[
     def(None, "daemon", Kind::Daemon, Arg::No),
     def(None, "tun-info", Kind::TunInfo, Arg::No),
     def(Some('X'), "exact", Kind::Exact, Arg::No),
+    def(None, "json", Kind::Json, Arg::No),
     def(None, "sort", Kind::Sort, Arg::No),
     def(None, "nosort", Kind::NoSort, Arg::No),
     def(None, "mcast-interface", Kind::DaemonOpt, Arg::Yes),
@@ -999,6 +1003,7 @@ fn list_opts(service: Option<SvcKey>, occs: &[Occ]) -> Result<ListOpts, CtlError
         daemon: has(Kind::Daemon),
         tun_info: has(Kind::TunInfo),
         exact: has(Kind::Exact),
+        json: has(Kind::Json),
         nosort: has(Kind::NoSort),
     })
 }
@@ -1052,7 +1057,7 @@ pub fn usage() -> String {
   uvsadm -d SERVICE -r SERVER[:PORT]
   uvsadm -L|-l [SERVICE] [-n] [-c] [--stats] [--rate] [--thresholds]
                                  [--persistent-conn] [--timeout] [--daemon]
-                                 [--tun-info] [--exact] [--sort|--nosort]
+                                 [--tun-info] [--exact] [--sort|--nosort] [--json]
   uvsadm -Z [SERVICE]
   uvsadm --set TCP TCPFIN UDP    (0 keeps a value)
   uvsadm -h | -v

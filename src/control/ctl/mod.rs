@@ -35,6 +35,7 @@
 
 pub mod args;
 pub mod format;
+pub mod json;
 pub mod model;
 pub mod table;
 #[cfg(test)]
