@@ -13,7 +13,10 @@
 //! thread) and runs the estimator. An id is reused only after its owner is
 //! gone: a service's id once the service left every snapshot and none of
 //! its servers is alive; a server's once no connection holds it (checked by
-//! [`Stats::sweep`] on the estimator's timer).
+//! [`Stats::sweep`] on the estimator's timer). A packet already past its
+//! connection lookup when the last holder went may still count into the
+//! old id: at most the packets in flight at that instant, seconds before
+//! the id can be handed out again.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
