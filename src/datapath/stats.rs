@@ -15,8 +15,8 @@
 //! its servers is alive; a server's once no connection holds it (checked by
 //! [`Stats::sweep`] on the estimator's timer). A packet already past its
 //! connection lookup when the last holder went may still count into the
-//! old id: at most the packets in flight at that instant, seconds before
-//! the id can be handed out again.
+//! old id: at most the packets in flight at that instant, normally long
+//! done when the next sweep frees the id.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
