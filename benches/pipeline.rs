@@ -1,7 +1,9 @@
 //! The pipeline without I/O: parse → hooks → conntrack → scheduler → NAT
 //! rewrite, for an established flow (both directions) and for new
 //! connections, against the floor of parse + DNAT alone measured in the
-//! same group. Run: `cargo bench --bench pipeline`.
+//! same group. The `_counted` cases run the same packets with the service
+//! and real-server counters on (`--stats`), against the uncounted ones.
+//! Run: `cargo bench --bench pipeline`.
 //!
 //! Instruction counts (repeatable on a shared machine): set
 //! `UVS_PIPELINE_CASE=<case>:<iterations>` and run the bench binary under
@@ -13,6 +15,7 @@
 
 use std::hint::black_box;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[path = "../tests/common/pipeline.rs"]
@@ -20,7 +23,8 @@ mod setup;
 
 use criterion::{criterion_group, Criterion, Throughput};
 use uvs::datapath::pipeline::{Pipeline, Verdict};
-use uvs::datapath::stats::WorkerStats;
+use uvs::datapath::service::Services;
+use uvs::datapath::stats::{Stats, WorkerStats};
 use uvs_fwd::wire::tcp::flags::{ACK, SYN};
 use uvs_fwd::CsumMode;
 
@@ -85,11 +89,29 @@ fn bench(c: &mut Criterion) {
             black_box(p.process(black_box(&mut buf), CsumMode::Full, 1, &st))
         })
     });
+    // The same with counters: a counted snapshot and its worker block.
+    let stats = Arc::new(Stats::new(1));
+    let pc = setup::pipeline_on(Services::counted(stats.clone()));
+    let stc = &stats.workers[0];
+    let fc = frames(&pc, stc);
+    g.bench_function("established_request_counted", |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&fc.ack);
+            black_box(pc.process(black_box(&mut buf), CsumMode::Full, 1, stc))
+        })
+    });
     let mut buf = f.reply.clone();
     g.bench_function("established_reply", |b| {
         b.iter(|| {
             buf.copy_from_slice(&f.reply);
             black_box(p.process(black_box(&mut buf), CsumMode::Full, 1, &st))
+        })
+    });
+    let mut buf = fc.reply.clone();
+    g.bench_function("established_reply_counted", |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&fc.reply);
+            black_box(pc.process(black_box(&mut buf), CsumMode::Full, 1, stc))
         })
     });
     // A fresh table every 100k so the table size stays comparable (setup is

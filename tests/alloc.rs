@@ -37,10 +37,18 @@ static A: Counting = Counting;
 
 #[test]
 fn established_flow_allocates_nothing() {
-    let p = common::pipeline::pipeline();
-    let st = WorkerStats::default();
+    // One test (the allocation counter is global): without and with the
+    // service and real-server counters.
+    established_flow(&common::pipeline::pipeline(), &WorkerStats::default());
+    let stats = std::sync::Arc::new(uvs::datapath::stats::Stats::new(1));
+    let counted =
+        common::pipeline::pipeline_on(uvs::datapath::service::Services::counted(stats.clone()));
+    established_flow(&counted, &stats.workers[0]);
+}
+
+fn established_flow(p: &uvs::datapath::pipeline::Pipeline, st: &WorkerStats) {
     let mut syn = common::pipeline::tcp("198.51.100.10", 40000, "192.0.2.10", 80, SYN, 0);
-    let Verdict::Xmit { next_hop, .. } = p.process(&mut syn, CsumMode::Full, 0, &st) else {
+    let Verdict::Xmit { next_hop, .. } = p.process(&mut syn, CsumMode::Full, 0, st) else {
         panic!("SYN not forwarded")
     };
     let req = common::pipeline::tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK, 100);
@@ -56,20 +64,20 @@ fn established_flow_allocates_nothing() {
     // Warm up (thread-local snapshot slots and the like).
     for _ in 0..10 {
         a.copy_from_slice(&req);
-        p.process(&mut a, CsumMode::Full, 1, &st);
+        p.process(&mut a, CsumMode::Full, 1, st);
         b.copy_from_slice(&rep);
-        p.process(&mut b, CsumMode::Full, 1, &st);
+        p.process(&mut b, CsumMode::Full, 1, st);
     }
     let before = ALLOCS.load(Relaxed);
     for i in 0..10_000u64 {
         a.copy_from_slice(&req);
         assert!(matches!(
-            p.process(&mut a, CsumMode::Full, 1 + i, &st),
+            p.process(&mut a, CsumMode::Full, 1 + i, st),
             Verdict::Xmit { .. }
         ));
         b.copy_from_slice(&rep);
         assert!(matches!(
-            p.process(&mut b, CsumMode::Full, 1 + i, &st),
+            p.process(&mut b, CsumMode::Full, 1 + i, st),
             Verdict::Xmit { .. }
         ));
     }

@@ -272,6 +272,7 @@ pub struct Hit {
     daddr: IpAddr,
     dport: u16,
     tun: TunConfig,
+    stats: u64,
 }
 
 impl Hit {
@@ -292,7 +293,14 @@ impl Hit {
             daddr: e.daddr.ip(),
             dport: e.dport,
             tun,
+            stats: e.dest.as_ref().map_or(Dest::NO_STATS, |d| d.stats_tag()),
         }
+    }
+
+    /// The destination's counter tag ([`Dest::stats_tag`]).
+    #[inline]
+    pub fn stats_tag(&self) -> u64 {
+        self.stats
     }
 
     /// IP protocol.

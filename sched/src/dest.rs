@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 
 /// How packets reach the destination (`-m`, `-g`, `-i`, and local delivery).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,6 +156,9 @@ pub struct Dest {
     persistent: AtomicU32,
     u_threshold: AtomicU32,
     l_threshold: AtomicU32,
+    /// Where the embedding program counts this server's traffic (opaque
+    /// here; [`Dest::NO_STATS`] until assigned).
+    stats: AtomicU64,
 }
 
 impl fmt::Debug for Dest {
@@ -188,7 +191,20 @@ impl Dest {
             persistent: AtomicU32::new(0),
             u_threshold: AtomicU32::new(0),
             l_threshold: AtomicU32::new(0),
+            stats: AtomicU64::new(Self::NO_STATS),
         }
+    }
+
+    /// The counter tag of a destination nobody counts.
+    pub const NO_STATS: u64 = u64::MAX;
+    /// The embedder's counter tag for this server (read per packet).
+    #[inline]
+    pub fn stats_tag(&self) -> u64 {
+        self.stats.load(Relaxed)
+    }
+    /// Sets the counter tag (control path, before the server is published).
+    pub fn set_stats_tag(&self, tag: u64) {
+        self.stats.store(tag, Relaxed)
     }
 
     /// Current weight (0 = quiescent: no new connections).

@@ -29,8 +29,28 @@ Files:
 See also uvsadm(8), the ipvsadm-syntax front end, and uvs-run(8)."
 )]
 struct Cli {
+    /// Log level on stderr: error, warn, info, debug, trace (or RUST_LOG
+    /// syntax, e.g. `uvs=debug`). Default: $RUST_LOG, else info.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Logs to stderr as `uvs: LEVEL: message` (`info` without the level).
+fn init_log(level: Option<&str>) {
+    use std::io::Write as _;
+    let mut b = env_logger::Builder::new();
+    match (level, std::env::var("RUST_LOG")) {
+        (Some(l), _) => b.parse_filters(l),
+        (None, Ok(env)) => b.parse_filters(&env),
+        (None, Err(_)) => b.filter_level(log::LevelFilter::Info),
+    };
+    b.format(|f, r| match r.level() {
+        log::Level::Info => writeln!(f, "uvs: {}", r.args()),
+        l => writeln!(f, "uvs: {}: {}", l.as_str().to_lowercase(), r.args()),
+    });
+    let _ = b.try_init();
 }
 
 /// `uvs run --io`.
@@ -115,6 +135,10 @@ enum Cmd {
         /// default) sleeps at once.
         #[arg(long = "busy-poll", value_name = "USECS", default_value_t = 0)]
         busy_poll: u32,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by
+        /// default; a loopback address is suggested).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Build a namespace lab, balance real TCP and UDP traffic through uvs,
     /// print the result and remove the lab. Needs root.
@@ -189,6 +213,9 @@ enum Cmd {
         /// Control socket of the running uvs [default: /run/uvs/uvs.sock].
         #[arg(long, env = socket::ENV, value_name = "PATH")]
         control: Option<PathBuf>,
+        /// The same counters as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-read the files `uvs run` was started with (--config, --filter)
     /// and apply only the difference: services and real servers that stay
@@ -348,6 +375,7 @@ fn main() -> ExitCode {
 
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
+    init_log(cli.log_level.as_deref());
     match cli.cmd {
         Cmd::Run {
             interfaces,
@@ -360,6 +388,7 @@ fn real_main() -> Result<ExitCode> {
             knobs,
             io,
             busy_poll,
+            metrics,
         } => {
             // What it needs, checked before anything is changed.
             let control = socket::path(control.as_deref());
@@ -407,6 +436,7 @@ fn real_main() -> Result<ExitCode> {
                 },
                 busy_poll_us: busy_poll,
                 sources,
+                metrics,
             };
             uvs::control::daemon::run(opts, &stop)?;
             Ok(ExitCode::SUCCESS)
@@ -462,7 +492,13 @@ fn real_main() -> Result<ExitCode> {
             conns,
             out,
         }),
-        Cmd::Stats { control } => remote(control, vec!["stats".into()]),
+        Cmd::Stats { control, json } => {
+            let mut v = vec!["stats".to_string()];
+            if json {
+                v.push("--json".into());
+            }
+            remote(control, v)
+        }
         Cmd::Reload { control } => remote(control, vec!["reload".into()]),
         Cmd::GenDocs { dir } => gen_docs(&dir),
         Cmd::Filter { control, args } => {

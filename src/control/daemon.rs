@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use foldhash::{HashSet, HashSetExt};
 
@@ -23,11 +24,14 @@ use crate::control::ctl;
 use crate::control::lifecycle::{self, State};
 use crate::control::reload;
 use crate::control::socket::{self, Reply};
+use crate::control::{metrics, registry};
+use crate::datapath::estimator::INTERVAL_MS;
 use crate::datapath::filter::{FilterTable, Rule};
 use crate::datapath::pipeline::Pipeline;
 use crate::datapath::service::{
     Change, ClientMask, DestSpec, Persistence, Plan, ServiceSpec, Services, SvcId,
 };
+use crate::datapath::stats::{Stats, NO_SLOT};
 use crate::engine::{self, Engine, EngineConfig};
 use crate::sys::guard::{self, KernelGuard, Owned};
 
@@ -48,6 +52,8 @@ pub struct RunOpts {
     pub busy_poll_us: u32,
     /// The files re-read by `uvs reload` / SIGHUP (see [`reload`]).
     pub sources: lifecycle::Sources,
+    /// `--metrics ADDR:PORT`: serve Prometheus text at `/metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the daemon could not start.
@@ -63,6 +69,11 @@ pub enum DaemonError {
     Filter(#[from] crate::datapath::filter::FilterError),
     #[error("control socket {path}: {err}")]
     Control { path: String, err: std::io::Error },
+    #[error("metrics address {addr}: {err}")]
+    Metrics {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
 }
 
 /// The daemon's state on the control thread.
@@ -77,6 +88,7 @@ struct Daemon {
     mh_table_size: u32,
     /// The files a reload re-reads.
     sources: lifecycle::Sources,
+    ring_frames: usize,
 }
 
 /// The runtime form of one configured service, or what the engine cannot
@@ -169,11 +181,42 @@ fn tun_config(t: ctl::TunOpts) -> uvs_sched::TunConfig {
 }
 
 /// Live numbers for listings: connection counts from the destinations,
-/// entries from the connection table.
+/// traffic counters and rates from the workers' statistics, entries from
+/// the connection table.
 struct Live<'a> {
     snap: Arc<crate::datapath::service::Services>,
     conns: &'a uvs_conntrack::Table,
+    stats: &'a Stats,
     now: u64,
+}
+
+/// A counter slot's totals and rates as listings show them.
+pub fn slot_stats(stats: &Stats, id: u32) -> ctl::Stats {
+    if id == NO_SLOT {
+        return ctl::Stats::default();
+    }
+    let c = stats.counters(id);
+    let r = stats.rates(id);
+    ctl::Stats {
+        conns: c.conns,
+        inpkts: c.inpkts,
+        outpkts: c.outpkts,
+        inbytes: c.inbytes,
+        outbytes: c.outbytes,
+        cps: r.cps,
+        inpps: r.inpps,
+        outpps: r.outpps,
+        inbps: r.inbps,
+        outbps: r.outbps,
+    }
+}
+
+/// A real server's own counter slot (the low half of its tag).
+pub fn dest_slot(d: &uvs_sched::Dest) -> u32 {
+    match d.stats_tag() {
+        uvs_sched::Dest::NO_STATS => NO_SLOT,
+        t => t as u32,
+    }
 }
 
 impl ctl::Counters for Live<'_> {
@@ -185,8 +228,14 @@ impl ctl::Counters for Live<'_> {
             active_conns: x.active_conns(),
             inactive_conns: x.inactive_conns(),
             persistent_conns: x.persistent_conns(),
-            stats: ctl::Stats::default(),
+            stats: slot_stats(self.stats, dest_slot(x)),
         })
+    }
+
+    fn service(&self, svc: &ctl::ServiceConfig, _sum_of_dests: &ctl::Stats) -> ctl::Stats {
+        id_of(&svc.key)
+            .and_then(|id| self.snap.get(&id))
+            .map_or_else(ctl::Stats::default, |s| slot_stats(self.stats, s.stats.id))
     }
 
     fn connections(&self) -> Vec<ctl::ConnRow> {
@@ -369,15 +418,23 @@ impl Daemon {
         match argv.first().map(String::as_str) {
             Some("ping") => Reply::ok("pong\n"),
             Some("stats") => {
-                let mut r = self.engine.stats.report(&self.pipeline.hooks);
-                r += &self.engine.resolver.stats().render();
+                let mut extra = self.engine.resolver.stats().render();
                 if let engine::IoBackend::AfXdp(x) = &self.engine.io {
-                    r += &x.report();
+                    extra += &x.report();
                 }
-                if let Some(g) = &mut self.guard {
-                    r += &g.report();
+                let r = registry::collect(&registry::Sources {
+                    pipeline: &self.pipeline,
+                    stats: &self.engine.stats,
+                    guard: self.guard.is_some(),
+                    extra: &extra,
+                    services: false,
+                    ring_frames: self.ring_frames,
+                });
+                match argv.get(1).map(String::as_str) {
+                    None => Reply::ok(r.text()),
+                    Some("--json") => Reply::ok(format!("{}\n", r.json())),
+                    Some(o) => Reply::err(format!("uvs stats: unknown option {o}")),
                 }
-                Reply::ok(r)
             }
             Some("filter") => self.filter(&argv[1..]),
             Some("uvsadm") => self.uvsadm(&argv[1..], None),
@@ -406,6 +463,7 @@ impl Daemon {
         let live = Live {
             snap: self.pipeline.services.load_full(),
             conns: &self.pipeline.conns,
+            stats: &self.engine.stats,
             now: self.engine.now_ms(),
         };
         let mut undo = ctl::Undo::new();
@@ -425,6 +483,11 @@ impl Daemon {
                     ..Reply::err(e)
                 };
             }
+            zero(
+                &out.applied,
+                &self.pipeline.services.load_full(),
+                &self.engine.stats,
+            );
         }
         Reply::ok(out.output)
     }
@@ -493,6 +556,68 @@ fn ctl_refused(e: &ctl::CtlError) -> Reply {
     }
 }
 
+/// `-Z`: the counters and rates of one service and its servers, or of all,
+/// start again from zero (as the kernel's `ip_vs_zero_service`).
+pub fn zero(applied: &ctl::Applied, snap: &Services, stats: &Stats) {
+    let one = |s: &crate::datapath::service::ServiceRt| {
+        stats.zero(s.stats.id);
+        for d in s.dests.iter().chain(&s.trash) {
+            stats.zero(dest_slot(d));
+        }
+    };
+    match applied {
+        ctl::Applied::Zeroed(None) => snap.iter().for_each(|s| one(s)),
+        ctl::Applied::Zeroed(Some(k)) => {
+            if let Some(s) = id_of(k).and_then(|id| snap.get(&id)) {
+                one(s)
+            }
+        }
+        ctl::Applied::Batch(v) => v.iter().for_each(|a| zero(a, snap, stats)),
+        _ => {}
+    }
+}
+
+/// The estimator's timer thread: every [`INTERVAL_MS`] one estimator step
+/// for every counter slot; stopped and joined on drop.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn estimator_thread(stats: Arc<Stats>) -> std::io::Result<Ticker> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sp = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("uvs-estimator".into())
+        .spawn(move || {
+            let mut next = std::time::Instant::now() + Duration::from_millis(INTERVAL_MS);
+            while !sp.load(Ordering::Relaxed) {
+                let now = std::time::Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(Duration::from_millis(100)));
+                    continue;
+                }
+                stats.estimate();
+                // Fixed steps from the start, so a late tick does not
+                // shift the later ones.
+                next += Duration::from_millis(INTERVAL_MS);
+            }
+        })?;
+    Ok(Ticker {
+        stop,
+        thread: Some(thread),
+    })
+}
+
 /// Runs the daemon until `stop` is set.
 pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     let ifaces = engine::interfaces(&opts.interfaces)?;
@@ -546,6 +671,11 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         }
     };
     let workers = engine.stats.workers.len();
+    pipeline
+        .services
+        .store(Arc::new(Services::counted(engine.stats.clone())));
+    let ticker = estimator_thread(engine.stats.clone())
+        .map_err(|e| DaemonError::Engine(engine::EngineError::Io(e)))?;
     let mut d = Daemon {
         pipeline,
         engine,
@@ -554,11 +684,35 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         config,
         mh_table_size: opts.mh_table_size,
         sources: opts.sources.clone(),
+        ring_frames: opts.ring_frames,
     };
     d.commit(&ctl::Applied::Batch(loaded))
         .map_err(DaemonError::Config)?;
-    eprintln!(
-        "uvs: running on {} with {} worker(s), {}; control socket {}",
+    // Prometheus: the registry from the shared counters, on its own
+    // thread (AF_XDP's program counters stay in `uvs stats`).
+    let metrics = match opts.metrics {
+        None => None,
+        Some(addr) => {
+            let (pl, st) = (d.pipeline.clone(), d.engine.stats.clone());
+            let guard = d.guard.is_some();
+            let ring_frames = opts.ring_frames;
+            let m = metrics::serve(addr, move || {
+                registry::collect(&registry::Sources {
+                    pipeline: &pl,
+                    stats: &st,
+                    guard,
+                    extra: "",
+                    services: true,
+                    ring_frames,
+                })
+            })
+            .map_err(|err| DaemonError::Metrics { addr, err })?;
+            log::info!("metrics at http://{}/metrics", m.addr);
+            Some(m)
+        }
+    };
+    log::info!(
+        "running on {} with {} worker(s), {}; control socket {}",
         names.join(", "),
         workers,
         d.engine.io.describe(),
@@ -569,8 +723,10 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         names.join(", ")
     )));
     server.serve(|| stop.load(Ordering::Relaxed), |argv| d.handle(argv));
-    eprintln!("uvs: stopping");
+    log::info!("stopping");
     lifecycle::notify(State::Stopping);
+    drop(metrics);
+    drop(ticker);
     d.engine.stop();
     // Guard drop removes the nftables table; the server's drop the socket.
     drop(d);

@@ -8,4 +8,6 @@ pub mod daemon;
 pub mod resolver;
 pub mod lifecycle;
 pub mod reload;
+pub mod metrics;
+pub mod registry;
 pub mod socket;

@@ -167,7 +167,7 @@ impl Server {
                     unsafe { libc::poll(&mut pfd, 1, 100) };
                 }
                 Err(e) => {
-                    eprintln!("uvs: control socket: {e}");
+                    log::warn!("control socket: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }

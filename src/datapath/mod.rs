@@ -3,6 +3,7 @@
 //! the pipeline that runs IPVS's functions, and the per-worker counters.
 
 pub mod egress;
+pub mod estimator;
 pub mod filter;
 pub mod hooks;
 pub mod pipeline;

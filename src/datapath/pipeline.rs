@@ -301,15 +301,18 @@ impl Pipeline {
             Update::Drop | Update::Reschedule => return Self::drop(st, DropReason::DestRemoved),
         }
         match uvs_fwd::snat(frame, p, h.vaddr(), h.vport(), csum) {
-            Ok(()) => Step::Done(Verdict::Xmit {
-                next_hop: h.caddr(),
-                dnat_from: None,
-                pkt: Parsed {
-                    src: h.vaddr(),
-                    sport: h.vport(),
-                    ..*p
-                },
-            }),
+            Ok(()) => {
+                st.count_packet(h.stats_tag(), false, p.ip_len);
+                Step::Done(Verdict::Xmit {
+                    next_hop: h.caddr(),
+                    dnat_from: None,
+                    pkt: Parsed {
+                        src: h.vaddr(),
+                        sport: h.vport(),
+                        ..*p
+                    },
+                })
+            }
             Err(e) => Self::drop(st, xmit_reason(&e)),
         }
     }
@@ -350,6 +353,7 @@ impl Pipeline {
         if self.conns.update_related(&h, dir, p.ip_len as u32, now) != Update::Forward {
             return Self::drop(st, DropReason::DestRemoved);
         }
+        st.count_packet(h.dest().stats_tag(), dir == Dir::In, p.ip_len);
         let (nat, next_hop) = match (dir, h.fwd()) {
             (Dir::Out, FwdMethod::Masq) => (IcmpNat::to_client(h.vaddr(), h.vport()), h.caddr()),
             (Dir::In, FwdMethod::Masq) => (IcmpNat::to_server(h.daddr(), h.dport()), h.daddr()),
@@ -389,6 +393,7 @@ impl Pipeline {
         if let Some((h, Dir::In, update)) = self.lookup(frame, p, now, ctx) {
             match update {
                 Update::Forward => {
+                    st.count_packet(h.stats_tag(), true, p.ip_len);
                     return self.xmit_request(
                         frame,
                         p,
@@ -398,7 +403,7 @@ impl Pipeline {
                         h.dport(),
                         h.tun_config(),
                         st,
-                    )
+                    );
                 }
                 Update::Drop => return Self::drop(st, DropReason::DestRemoved),
                 // A SYN reusing a finished connection's tuple: schedule it
@@ -490,6 +495,7 @@ impl Pipeline {
         // Port 0 (a port-0 service's server): the client's port.
         let dport = if dest.port == 0 { p.dport } else { dest.port };
         let daddr = dest.addr;
+        let tag = dest.stats_tag();
         let nc = NewConn {
             proto: p.proto,
             caddr: p.src,
@@ -512,16 +518,18 @@ impl Pipeline {
             Err(InsertError::Exists) => {
                 add(&st.conn_races, 1);
                 return match self.conns.lookup_in(&tuple(p)) {
-                    Some(h) => self.xmit_handle(frame, p, csum, &h, st),
+                    Some(h) => {
+                        st.count_packet(h.dest().stats_tag(), true, p.ip_len);
+                        self.xmit_handle(frame, p, csum, &h, st)
+                    }
                     None => Self::drop(st, DropReason::TableFull),
                 };
             }
             Err(_) => return Self::drop(st, DropReason::TableFull),
         }
         add(&st.conns, 1);
-        svc.stats
-            .conns
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        st.count_conn(tag);
+        st.count_packet(tag, true, p.ip_len);
         self.xmit_request(frame, p, csum, fwd, daddr, dport, tun, st)
     }
 

@@ -19,11 +19,15 @@
 //!   told about destination changes with `Scheduler::update`. Counters
 //!   (`Stats`) stay with the service until it is deleted. The servers of a
 //!   deleted service are marked unavailable.
+//! * A snapshot made [`Services::counted`] gives each new service and each
+//!   new real server a counter slot in the workers' statistics (`--stats`):
+//!   a service keeps its slot across snapshots and changes, a re-added
+//!   (deleted, then added) service gets a new one, counting from zero, as
+//!   the kernel's does. Without it (benchmarks, tests) nothing is counted.
 //! * Planning does everything that can fail (building schedulers) without
 //!   touching shared objects; committing cannot fail.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet};
@@ -80,28 +84,12 @@ pub struct ServiceSpec {
     pub dests: Vec<DestSpec>,
 }
 
-/// Per-service traffic counters (`--stats`).
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub conns: AtomicU64,
-    pub inpkts: AtomicU64,
-    pub outpkts: AtomicU64,
-    pub inbytes: AtomicU64,
-    pub outbytes: AtomicU64,
-}
+/// A service's traffic counters (`--stats`): its slot in the workers'
+/// statistics, held for as long as the service exists.
+pub type Stats = crate::datapath::stats::SvcSlot;
 
-impl Stats {
-    /// Counts one packet in direction `inbound` (client → server).
-    pub fn packet(&self, inbound: bool, bytes: usize) {
-        if inbound {
-            self.inpkts.fetch_add(1, Relaxed);
-            self.inbytes.fetch_add(bytes as u64, Relaxed);
-        } else {
-            self.outpkts.fetch_add(1, Relaxed);
-            self.outbytes.fetch_add(bytes as u64, Relaxed);
-        }
-    }
-}
+/// Where new services and servers get their counter slots.
+type Counted = Option<Arc<crate::datapath::stats::Stats>>;
 
 /// A persistent hash map (structurally shared between snapshots).
 type PMap<K, V> = imbl::GenericHashMap<K, V, foldhash::fast::RandomState, DefaultSharedPtr>;
@@ -177,6 +165,8 @@ pub struct Services {
     services: PMap<SvcId, Arc<ServiceRt>>,
     /// VIP → number of services on it: the "is it local" route decision.
     vips: PMap<IpAddr, u32>,
+    /// The workers' statistics, when services are counted.
+    counted: Counted,
 }
 
 impl std::fmt::Debug for Services {
@@ -193,10 +183,10 @@ impl std::fmt::Debug for Services {
 enum Step {
     Upsert {
         spec: ServiceSpec,
-        old: Option<Arc<ServiceRt>>,
         dests: Vec<Arc<Dest>>,
         sched: Arc<dyn Scheduler>,
         trash: Vec<Arc<Dest>>,
+        stats: Arc<Stats>,
     },
     Remove(Arc<ServiceRt>),
 }
@@ -209,6 +199,15 @@ pub struct Plan {
 }
 
 impl Services {
+    /// An empty snapshot whose services and servers are counted in `stats`
+    /// (the snapshots made from it are too).
+    pub fn counted(stats: Arc<crate::datapath::stats::Stats>) -> Services {
+        Services {
+            counted: Some(stats),
+            ..Services::default()
+        }
+    }
+
     /// The service for (protocol, VIP, port), falling back to a port-0
     /// (every port) service on that VIP.
     #[inline]
@@ -271,7 +270,7 @@ impl Services {
                         steps.push(Step::Remove(o));
                     }
                 }
-                Change::Upsert(spec) => steps.push(plan_one(spec, old)?),
+                Change::Upsert(spec) => steps.push(plan_one(spec, old, &self.counted)?),
             }
         }
         Ok(Plan {
@@ -298,7 +297,20 @@ impl Services {
 
 /// Phase 1 for one service: everything that can fail, touching nothing
 /// shared.
-fn plan_one(spec: ServiceSpec, old: Option<Arc<ServiceRt>>) -> Result<Step, ServiceError> {
+fn plan_one(
+    spec: ServiceSpec,
+    old: Option<Arc<ServiceRt>>,
+    counted: &Counted,
+) -> Result<Step, ServiceError> {
+    // The service's counters: kept from the running service, else new (a
+    // slot in the workers' statistics when counted).
+    let stats = match (&old, counted) {
+        (Some(o), _) => o.stats.clone(),
+        (None, Some(c)) => c.service_slot(),
+        (None, None) => Arc::new(Stats {
+            id: crate::datapath::stats::NO_SLOT,
+        }),
+    };
     // The old service's servers, current and trashed, by (address, port).
     let known: HashMap<(IpAddr, u16), &Arc<Dest>> = old
         .iter()
@@ -310,7 +322,13 @@ fn plan_one(spec: ServiceSpec, old: Option<Arc<ServiceRt>>) -> Result<Step, Serv
         .iter()
         .map(|d| match known.get(&(d.addr, d.port)) {
             Some(x) => Arc::clone(x),
-            None => Arc::new(Dest::new(d.addr, d.port, d.weight, d.fwd)),
+            None => {
+                let d = Arc::new(Dest::new(d.addr, d.port, d.weight, d.fwd));
+                if let Some(c) = counted {
+                    c.dest_slot(&stats, &d);
+                }
+                d
+            }
         })
         .collect();
     let keep_sched = old
@@ -335,10 +353,10 @@ fn plan_one(spec: ServiceSpec, old: Option<Arc<ServiceRt>>) -> Result<Step, Serv
     drop(known);
     Ok(Step::Upsert {
         spec,
-        old,
         dests,
         sched,
         trash,
+        stats,
     })
 }
 
@@ -361,15 +379,16 @@ impl Plan {
         let Services {
             mut services,
             mut vips,
+            counted,
         } = base;
         for step in steps {
             match step {
                 Step::Upsert {
                     spec,
-                    old,
                     dests,
                     sched,
                     trash,
+                    stats,
                 } => {
                     for (d, ds) in dests.iter().zip(&spec.dests) {
                         d.set_weight(ds.weight);
@@ -398,9 +417,7 @@ impl Plan {
                         persistence: spec.persistence,
                         dests,
                         trash,
-                        stats: old
-                            .as_ref()
-                            .map_or_else(Default::default, |o| o.stats.clone()),
+                        stats,
                         index,
                     });
                     if services.insert(rt.id(), rt).is_none() {
@@ -420,7 +437,11 @@ impl Plan {
                 }
             }
         }
-        Services { services, vips }
+        Services {
+            services,
+            vips,
+            counted,
+        }
     }
 }
 

@@ -73,6 +73,34 @@ pub type Endpoint = (u8, IpAddr, u16);
 
 const TABLE: &str = "uvs";
 
+/// Packets the guard kept from the kernel's own stack (uvs handles them),
+/// summed over the interfaces, by rule kind. Replies addressed to the
+/// director pass and are not counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// `guard.service`: to a VIP.
+    pub service: u64,
+    /// `guard.nat_reply`: a NAT real server's reply to a client.
+    pub nat_reply: u64,
+    /// `guard.nat_icmp`: a NAT real server's ICMP error.
+    pub nat_icmp: u64,
+}
+
+/// Reads the guard's rule counters over a netlink socket of its own, so any
+/// thread (`uvs stats`, `/metrics`) may ask without the owner's socket.
+pub fn counters() -> Result<Counters, GuardError> {
+    let mut c = Counters::default();
+    for r in NftSock::open()?.rule_counters(NFPROTO_NETDEV, TABLE)? {
+        match r.set.as_deref().unwrap_or("") {
+            s if s.starts_with("svc") => c.service += r.packets,
+            s if s.starts_with("rsa") => c.nat_icmp += r.packets,
+            s if s.starts_with("rs") => c.nat_reply += r.packets,
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
 /// The installed table; dropping it removes the table (and so does the
 /// end of the process: the kernel deletes it with the socket).
 #[derive(Debug)]
@@ -306,28 +334,6 @@ impl KernelGuard {
         b.set_changes(TABLE, &set_changes(delta));
         self.sock.commit(&b)?;
         Ok(())
-    }
-
-    /// The guard's counters for `uvs stats`: packets it kept from the
-    /// kernel, summed over the interfaces, by rule kind —
-    /// `guard.service` (to a VIP), `guard.nat_reply` (a NAT real server's
-    /// reply to a client), `guard.nat_icmp` (a NAT real server's ICMP
-    /// error). Replies addressed to the director pass and are not counted.
-    pub fn report(&mut self) -> String {
-        let rules = match self.sock.rule_counters(NFPROTO_NETDEV, TABLE) {
-            Ok(r) => r,
-            Err(e) => return format!("# guard counters unreadable: {e}\n"),
-        };
-        let (mut svc, mut reply, mut icmp) = (0, 0, 0);
-        for r in rules {
-            match r.set.as_deref().unwrap_or("") {
-                s if s.starts_with("svc") => svc += r.packets,
-                s if s.starts_with("rsa") => icmp += r.packets,
-                s if s.starts_with("rs") => reply += r.packets,
-                _ => {}
-            }
-        }
-        format!("guard.service {svc}\nguard.nat_reply {reply}\nguard.nat_icmp {icmp}\n")
     }
 
     /// Removes the table now (also done on drop).
@@ -730,11 +736,7 @@ mod tests {
             };
             let err = g.apply(&bogus).expect_err("refused");
             let third = read_back(&mut rd);
-            let report = g.report();
-            assert_eq!(
-                report,
-                "guard.service 0\nguard.nat_reply 0\nguard.nat_icmp 0\n"
-            );
+            assert_eq!(counters().expect("counters"), Counters::default());
             g.remove().expect("removes");
             let gone = rd.tables(NFPROTO_NETDEV).expect("tables");
             (first, second, second_b, err.to_string(), third, gone)

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use uvs::datapath::pipeline::Pipeline;
-use uvs::datapath::service::{DestSpec, ServiceSpec};
+use uvs::datapath::service::{DestSpec, ServiceSpec, Services};
 use uvs_fwd::build::{FrameSpec, L4Spec};
 use uvs_sched::{FwdMethod, SchedParams};
 
@@ -26,6 +26,12 @@ pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8, payload: usi
 }
 
 pub fn pipeline() -> Pipeline {
+    pipeline_on(Services::default())
+}
+
+/// The same pipeline with its services planned from `base` (e.g. a
+/// [`Services::counted`] snapshot, whose servers are counted).
+pub fn pipeline_on(base: Services) -> Pipeline {
     let p = Pipeline::new(uvs_conntrack::Table::new(uvs_conntrack::Config::default()));
     let dest = |a: &str| DestSpec {
         addr: a.parse().unwrap(),
@@ -45,7 +51,7 @@ pub fn pipeline() -> Pipeline {
         persistence: None,
         dests: vec![dest("203.0.113.11"), dest("203.0.113.12")],
     };
-    let snap = p.services.load().rebuild(&[spec]).unwrap();
+    let snap = base.rebuild(&[spec]).unwrap();
     p.services.store(Arc::new(snap));
     p
 }

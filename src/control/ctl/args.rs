@@ -313,6 +313,7 @@ impl Given {
             | Opt::PersistentConn
             | Opt::NoSort
             | Opt::Exact
+            | Opt::Json
             | Opt::TunInfo => {}
         }
         Ok(())
@@ -601,6 +602,7 @@ fn build(
                 daemon: has(Opt::Daemon),
                 tun_info: has(Opt::TunInfo),
                 exact: has(Opt::Exact),
+                json: has(Opt::Json),
                 nosort: has(Opt::NoSort),
             })
         }

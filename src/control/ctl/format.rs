@@ -61,6 +61,8 @@ pub struct ListOpts {
     pub tun_info: bool,
     /// `--exact`.
     pub exact: bool,
+    /// `--json` (uvs): the same listing as JSON (`json.rs`).
+    pub json: bool,
     /// `--nosort`: configuration order.
     pub nosort: bool,
 }
@@ -551,6 +553,9 @@ fn service_entry(out: &mut String, svc: &ServiceConfig, o: &ListOpts, c: &dyn Co
 /// `-L`: the service table, or the `-c`, `--timeout`, `--daemon` views.
 /// A service given with `-L SERVICE` must exist ("No such service").
 pub fn list(cfg: &Config, o: &ListOpts, counters: &dyn Counters) -> Result<String, CtlError> {
+    if o.json {
+        return super::json::list(cfg, o, counters);
+    }
     if o.connection {
         let mut out = connections(&counters.connections());
         if o.persistent_conn {

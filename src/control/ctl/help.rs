@@ -157,6 +157,7 @@ pub fn usage() -> String {
             ("--stats", "", "list counters"),
             ("--rate", "", "list rates"),
             ("--exact", "", "numbers in full"),
+            ("--json", "", "the listing as JSON (uvs)"),
             ("--thresholds", "", "list thresholds"),
             ("--persistent-conn", "", "list persistent connections"),
             ("--tun-info", "", "list tunnel settings"),

@@ -40,6 +40,7 @@
 pub mod args;
 pub mod format;
 pub mod help;
+pub mod json;
 pub mod model;
 pub mod names;
 mod options;

@@ -129,10 +129,12 @@ pub(crate) enum Opt {
     TunNoCsum,
     TunCsum,
     TunRemCsum,
+    /// `--json` (uvs's own): the listing as JSON.
+    Json,
 }
 
 impl Opt {
-    pub(crate) const ALL: [Opt; 34] = [
+    pub(crate) const ALL: [Opt; 35] = [
         Opt::Numeric,
         Opt::Connection,
         Opt::Service,
@@ -167,6 +169,7 @@ impl Opt {
         Opt::TunNoCsum,
         Opt::TunCsum,
         Opt::TunRemCsum,
+        Opt::Json,
     ];
 
     /// The name in ipvsadm's messages.
@@ -206,6 +209,7 @@ impl Opt {
             Opt::TunNoCsum => "tun-nocsum",
             Opt::TunCsum => "tun-csum",
             Opt::TunRemCsum => "tun-remcsum",
+            Opt::Json => "json",
         }
     }
 
@@ -256,6 +260,7 @@ pub(crate) fn usage_of(cmd: CmdKind, opt: Opt) -> Use {
                 O::SyncId,
                 O::Exact,
                 O::TunInfo,
+                O::Json,
             ],
             &[O::Connection, O::Service, O::Timeout, O::Daemon],
         ),
@@ -464,6 +469,7 @@ const OPTIONS: &[Def] = &[
     def(None, "nosort", Key::Plain(Opt::NoSort), Arg::No),
     def(None, "sort", Key::Sort, Arg::No),
     def(Some('X'), "exact", Key::Plain(Opt::Exact), Arg::No),
+    def(None, "json", Key::Plain(Opt::Json), Arg::No),
     def(Some('6'), "ipv6", Key::Ipv6, Arg::No),
     def(Some('o'), "ops", Key::Plain(Opt::Ops), Arg::No),
     def(None, "pe", Key::Plain(Opt::Pe), Arg::Yes),
