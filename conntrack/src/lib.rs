@@ -112,6 +112,7 @@
 pub mod config;
 mod entry;
 mod expire;
+mod handle;
 mod hash;
 mod index;
 mod list;
@@ -120,14 +121,16 @@ pub mod proto;
 mod shard;
 mod table;
 mod template;
+mod update;
 
 pub use config::{Config, Defense, Knobs, Timeouts, UnknownState};
 pub use entry::MAX_TIMEOUT_MS;
 pub use expire::{EVICT_SCAN, SWEEP_STEP};
+pub use handle::{Handle, Hit};
 pub use list::{ConnInfo, ListCursor, LIST_STEP};
 pub use proto::sctp::SctpState;
 pub use proto::tcp::TcpState;
 pub use proto::{ipproto, may_create, ConnState};
-pub use table::{Dir, Handle, Hit, InsertError, NewConn, PacketInfo, Stats, Table, Tuple, Update};
+pub use table::{Dir, InsertError, NewConn, PacketInfo, Stats, Table, Tuple, Update};
 pub use template::{mask_addr, TemplateKey};
 pub use uvs_sched::{Dest, FwdMethod};
