@@ -78,7 +78,7 @@ impl Index {
 
     /// Finds the slab index whose key matches; `eq` is called only for slots
     /// with the same home and tag. Returns (slot position, slab index).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<(usize, u32)> {
         let cap = self.slots.len();
         if cap == 0 {

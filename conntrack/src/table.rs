@@ -208,16 +208,17 @@ pub(crate) struct Slot(pub(crate) ShardLock<Shard>);
 /// Pending template releases collected under one shard lock and applied
 /// after it is released (never two locks at once). Fixed size: no
 /// allocation; callers stop their scan when it is full.
-pub(crate) struct Releases {
-    refs: [u32; 32],
+pub(crate) struct Releases<const N: usize = 32> {
+    refs: [u32; N],
     n: usize,
     v6: bool,
 }
 
-impl Releases {
+impl<const N: usize> Releases<N> {
+    #[inline(always)]
     pub(crate) fn new(v6: bool) -> Self {
         Releases {
-            refs: [0; 32],
+            refs: [0; N],
             n: 0,
             v6,
         }
@@ -306,6 +307,13 @@ impl Table {
         Knobs::unpack(self.knobs.load(Relaxed))
     }
 
+    /// The knobs as stored (`Knobs::pack`): the per-packet path tests the
+    /// bits it needs and unpacks only on its rare branches.
+    #[inline(always)]
+    pub(crate) fn knob_bits(&self) -> u32 {
+        self.knobs.load(Relaxed)
+    }
+
     /// Replaces the knobs (control path; takes effect on the next packet).
     pub fn set_knobs(&self, k: &Knobs) {
         self.knobs.store(k.pack(), Relaxed);
@@ -376,9 +384,14 @@ impl Table {
     #[inline(always)]
     pub(crate) fn shard_of<A: Addr>(&self, proto: u8, caddr: A, cport: u16) -> u32 {
         let (a, b) = caddr.words();
-        let h = self
-            .hasher
-            .hash3(a, b, (cport as u64) << 8 | proto as u64 | 1 << 40);
+        let h = if A::WIDE {
+            self.hasher
+                .hash3(a, b, (cport as u64) << 8 | proto as u64 | 1 << 40)
+        } else {
+            // An IPv4 endpoint fits one 56-bit word: one multiply.
+            self.hasher
+                .hash1(a << 24 | (cport as u64) << 8 | proto as u64)
+        };
         ((h >> 32) as u32) & self.shard_mask
     }
 
@@ -393,7 +406,12 @@ impl Table {
 
     #[inline(always)]
     pub(crate) fn tcp_table(&self, k: &Knobs) -> &'static tcp::TcpTable {
-        let secure = match k.secure_tcp {
+        self.tcp_table_for(k.secure_tcp)
+    }
+
+    #[inline(always)]
+    pub(crate) fn tcp_table_for(&self, secure_tcp: Defense) -> &'static tcp::TcpTable {
+        let secure = match secure_tcp {
             Defense::Off => false,
             Defense::Always => true,
             Defense::Auto => self.count.load(Relaxed) >= self.defense_at,
@@ -426,7 +444,7 @@ impl Table {
 
     /// Unbinds a removed entry from its destination and queues its template
     /// release; returns the entry's capacity unit.
-    pub(crate) fn retire<A: Addr>(&self, e: Entry<A>, rel: &mut Releases) {
+    pub(crate) fn retire<A: Addr, const N: usize>(&self, e: Entry<A>, rel: &mut Releases<N>) {
         if let Some(d) = &e.dest {
             if e.flags & flag::TEMPLATE != 0 {
                 d.template_bound(false);
@@ -442,14 +460,14 @@ impl Table {
 
     /// Applies queued template releases (no shard lock held).
     #[inline(always)]
-    pub(crate) fn apply_releases(&self, rel: &Releases) {
+    pub(crate) fn apply_releases<const N: usize>(&self, rel: &Releases<N>) {
         if rel.n != 0 {
             self.apply_releases_now(rel);
         }
     }
 
     #[inline(never)]
-    fn apply_releases_now(&self, rel: &Releases) {
+    fn apply_releases_now<const N: usize>(&self, rel: &Releases<N>) {
         for &r in &rel.refs[..rel.n] {
             if rel.v6 {
                 self.release_template::<Ipv6Addr>(r);
@@ -474,7 +492,7 @@ impl Table {
         if e.aux == 0 && e.flags & flag::UNHASHED != 0 {
             let old = part.remove(&self.hasher, idx);
             stats.expired += 1;
-            let mut rel = Releases::new(A::WIDE);
+            let mut rel: Releases = Releases::new(A::WIDE);
             self.retire(old, &mut rel);
         }
     }
@@ -577,7 +595,8 @@ impl Table {
                     key_hash(&self.hasher, t.proto, KIND_OUT, src, t.sport, dst, t.dport),
                 ),
             };
-            let mut rel = Releases::new(A::WIDE);
+            // One packet releases at most one template reference.
+            let mut rel = Releases::<2>::new(A::WIDE);
             let found = {
                 let mut g = self.lock(shard);
                 let (part, stats) = A::split(&mut g);
@@ -585,21 +604,9 @@ impl Table {
                     Dir::In => part.find_in(hash, t.proto, src, t.sport, dst, t.dport),
                     Dir::Out => part.find_out(hash, t.proto, src, t.sport, dst, t.dport),
                 };
+                // Just found under this lock: live, a connection, ours.
                 hit.map(|(_, idx)| {
-                    let mut h = Hit::new(part.get(idx));
-                    let knobs = self.knobs();
-                    let table = self.tcp_table(&knobs);
-                    // Just found under this lock: live, a connection, ours.
-                    let u = self.update_at(
-                        part, stats, idx, dir, p, now, false, table, &knobs, &mut rel,
-                    );
-                    // Report the state after this packet when the entry
-                    // survived it (a removed slot is vacant until the lock
-                    // is released).
-                    if let Some(e) = part.live(idx) {
-                        h.state = e.state;
-                        h.flags = e.flags;
-                    }
+                    let (h, u) = self.account(part, stats, idx, dir, p, now, &mut rel);
                     (h, dir, u)
                 })
             };
@@ -697,7 +704,7 @@ impl Table {
             caddr,
             c.cport,
         );
-        let mut rel = Releases::new(A::WIDE);
+        let mut rel: Releases = Releases::new(A::WIDE);
         let res = {
             let mut g = self.lock(shard);
             self.insert_locked(
@@ -710,7 +717,7 @@ impl Table {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn insert_locked<A: Family>(
+    fn insert_locked<A: Family, const N: usize>(
         &self,
         sh: &mut Shard,
         shard: u32,
@@ -726,7 +733,7 @@ impl Table {
         masq: bool,
         hin: u64,
         hout: u64,
-        rel: &mut Releases,
+        rel: &mut Releases<N>,
     ) -> Result<Handle, InsertError> {
         let (part, stats) = A::split(sh);
         // A leftover entry on the same tuple that has expired but was not
@@ -807,7 +814,7 @@ impl Table {
     }
 
     fn remove_typed<A: Family>(&self, h: &Handle) -> bool {
-        let mut rel = Releases::new(A::WIDE);
+        let mut rel: Releases = Releases::new(A::WIDE);
         let done = {
             let mut g = self.lock(h.shard);
             let (part, stats) = A::split(&mut g);

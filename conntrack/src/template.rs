@@ -182,7 +182,7 @@ impl Table {
         let shard = self.shard_of(k.proto, caddr, 0);
         let hash = key_hash(&self.hasher, k.proto, kind, caddr, 0, vaddr, k.vport);
         let knobs = self.knobs();
-        let mut rel = Releases::new(A::WIDE);
+        let mut rel: Releases = Releases::new(A::WIDE);
         let res = {
             let mut g = self.lock(shard);
             let (part, stats) = A::split(&mut g);
@@ -207,14 +207,14 @@ impl Table {
 
     /// The kernel's `ip_vs_check_template`, plus expiry of idle templates
     /// the sweep has not reached. True when the template may be used.
-    fn check_template<A: Family>(
+    fn check_template<A: Family, const N: usize>(
         &self,
         part: &mut Part<A>,
         stats: &mut ShardStats,
         idx: u32,
         now: u64,
         knobs: &Knobs,
-        rel: &mut Releases,
+        rel: &mut Releases<N>,
     ) -> bool {
         let e = part.get(idx);
         let Some(dest) = e.dest.as_ref() else {
@@ -245,7 +245,7 @@ impl Table {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn create_template<A: Family>(
+    fn create_template<A: Family, const N: usize>(
         &self,
         part: &mut Part<A>,
         stats: &mut ShardStats,
@@ -257,7 +257,7 @@ impl Table {
         n: NewTpl<'_>,
         now: u64,
         knobs: &Knobs,
-        rel: &mut Releases,
+        rel: &mut Releases<N>,
     ) -> Result<Handle, InsertError> {
         let daddr = A::from_ip(n.dest.addr).ok_or(InsertError::FamilyMismatch)?;
         if !self.reserve() {

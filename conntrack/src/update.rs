@@ -10,7 +10,7 @@ use crate::proto::sctp::{self, SctpState};
 use crate::proto::tcp::{self, TcpDir, TcpState};
 use crate::proto::{ipproto, is_new_conn, may_create};
 use crate::shard::{Family, Part, ShardStats};
-use crate::table::{Dir, Handle, PacketInfo, Releases, Table, Update};
+use crate::table::{Dir, Handle, Hit, PacketInfo, Releases, Table, Update};
 
 impl Table {
     /// Processes one packet of a looked-up connection: reuse and
@@ -46,7 +46,7 @@ impl Table {
     ) -> Update {
         let knobs = self.knobs();
         let table = self.tcp_table(&knobs);
-        let mut rel = Releases::new(A::WIDE);
+        let mut rel: Releases = Releases::new(A::WIDE);
         let verdict = {
             let mut g = self.lock(h.shard);
             let (part, stats) = A::split(&mut g);
@@ -59,7 +59,7 @@ impl Table {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn update_locked<A: Addr>(
+    fn update_locked<A: Addr, const N: usize>(
         &self,
         part: &mut Part<A>,
         stats: &mut ShardStats,
@@ -70,7 +70,7 @@ impl Table {
         related: bool,
         table: &tcp::TcpTable,
         knobs: &Knobs,
-        rel: &mut Releases,
+        rel: &mut Releases<N>,
     ) -> Update {
         let valid = part
             .live(h.idx)
@@ -86,11 +86,79 @@ impl Table {
         self.update_at(part, stats, h.idx, dir, p, now, related, table, knobs, rel)
     }
 
+    /// The per-packet step of `lookup_update` on slot `idx`, just found
+    /// under the shard lock (live, a connection): the common case inline —
+    /// timer running, server available, not a SYN/INIT that could restart
+    /// the tuple — and everything else in [`Table::update_at`]. Returns
+    /// what the engine forwards with, as the entry is after this packet
+    /// (before it, when the packet removed the entry).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(crate) fn account<A: Addr, const N: usize>(
+        &self,
+        part: &mut Part<A>,
+        stats: &mut ShardStats,
+        idx: u32,
+        dir: Dir,
+        p: &PacketInfo,
+        now: u64,
+        rel: &mut Releases<N>,
+    ) -> (Hit, Update) {
+        let kb = self.knob_bits();
+        let table = self.tcp_table_for(Knobs::secure_tcp_of(kb));
+        let e = part.get_mut(idx);
+        let common = e.remaining(now) > 0
+            && !(dir == Dir::In && e.aux == 0 && is_new_conn(e.proto, p))
+            && e.dest.as_ref().is_some_and(|d| d.is_available());
+        if common {
+            self.transition(e, dir, p, table);
+            self.refresh(e, p, now, kb & Knobs::RELEASE_ON_CLOSE_BIT != 0, rel);
+            return (Hit::new(e), Update::Forward);
+        }
+        self.account_slow(
+            part,
+            stats,
+            idx,
+            dir,
+            p,
+            now,
+            table,
+            &Knobs::unpack(kb),
+            rel,
+        )
+    }
+
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn account_slow<A: Addr, const N: usize>(
+        &self,
+        part: &mut Part<A>,
+        stats: &mut ShardStats,
+        idx: u32,
+        dir: Dir,
+        p: &PacketInfo,
+        now: u64,
+        table: &tcp::TcpTable,
+        knobs: &Knobs,
+        rel: &mut Releases<N>,
+    ) -> (Hit, Update) {
+        let mut h = Hit::new(part.get(idx));
+        let u = self.update_at(part, stats, idx, dir, p, now, false, table, knobs, rel);
+        // Report the state after this packet when the entry survived it (a
+        // removed slot is vacant until the lock is released).
+        if let Some(e) = part.live(idx) {
+            h.state = e.state;
+            h.flags = e.flags;
+        }
+        (h, u)
+    }
+
     /// [`Table::update_locked`] on slot `idx`, known to hold a live
     /// connection (not a template).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    pub(crate) fn update_at<A: Addr>(
+    pub(crate) fn update_at<A: Addr, const N: usize>(
         &self,
         part: &mut Part<A>,
         stats: &mut ShardStats,
@@ -101,7 +169,7 @@ impl Table {
         related: bool,
         table: &tcp::TcpTable,
         knobs: &Knobs,
-        rel: &mut Releases,
+        rel: &mut Releases<N>,
     ) -> Update {
         let e = part.get(idx);
         // What to answer when the entry is gone: decided only then (the
@@ -151,17 +219,32 @@ impl Table {
         if !related {
             self.transition(e, dir, p, table);
         }
-        e.pkts = e.pkts.wrapping_add(1);
-        e.bytes = e.bytes.wrapping_add(p.bytes);
-        e.expires = (now as u32).wrapping_add(self.timeout_ms(e.proto, e.state));
-        if e.aux != 0 && knobs.release_template_on_close && is_closing(e.proto, e.state) {
-            rel.push(e.aux - 1);
-            e.aux = 0;
-        }
+        self.refresh(e, p, now, knobs.release_template_on_close, rel);
         Update::Forward
     }
 
+    /// Counters and the timer, and the template let go once the
+    /// connection closes (`release_template_on_close`).
+    #[inline(always)]
+    fn refresh<A: Addr, const N: usize>(
+        &self,
+        e: &mut Entry<A>,
+        p: &PacketInfo,
+        now: u64,
+        release_on_close: bool,
+        rel: &mut Releases<N>,
+    ) {
+        e.pkts = e.pkts.wrapping_add(1);
+        e.bytes = e.bytes.wrapping_add(p.bytes);
+        e.expires = (now as u32).wrapping_add(self.timeout_ms(e.proto, e.state));
+        if e.aux != 0 && release_on_close && is_closing(e.proto, e.state) {
+            rel.push(e.aux - 1);
+            e.aux = 0;
+        }
+    }
+
     /// The state machine step plus the dest's active/inactive move.
+    #[inline(always)]
     pub(crate) fn transition<A: Addr>(
         &self,
         e: &mut Entry<A>,
