@@ -642,11 +642,21 @@ impl Table {
     /// packet's state transition (direction `In`). Binds the destination
     /// (counted inactive until ESTABLISHED, as the kernel does).
     pub fn insert(&self, c: NewConn, first: PacketInfo, now: u64) -> Result<Handle, InsertError> {
-        self.counted(self.insert_with_aux(c, first, now, 0))
+        self.counted(self.insert_with_aux(c, first, now, 0, true))
+            .and_then(|h| h.ok_or(InsertError::Full))
+    }
+
+    /// [`Table::insert`] for the engine, which needs no handle: the
+    /// connection's `Arc<Dest>` is moved into the entry and no reference is
+    /// taken for the caller (no reference-count write on the destination
+    /// beyond the one `NewConn` already holds).
+    pub fn add(&self, c: NewConn, first: PacketInfo, now: u64) -> Result<(), InsertError> {
+        self.counted(self.insert_with_aux(c, first, now, 0, false))
+            .map(|_| ())
     }
 
     /// Counts caller-error refusals (the others are counted per shard).
-    pub(crate) fn counted(&self, r: Result<Handle, InsertError>) -> Result<Handle, InsertError> {
+    pub(crate) fn counted<T>(&self, r: Result<T, InsertError>) -> Result<T, InsertError> {
         if let Err(InsertError::FamilyMismatch | InsertError::TemplateGone) = r {
             self.refused_invalid.fetch_add(1, Relaxed);
         }
@@ -659,13 +669,14 @@ impl Table {
         first: PacketInfo,
         now: u64,
         aux: u32,
-    ) -> Result<Handle, InsertError> {
+        handle: bool,
+    ) -> Result<Option<Handle>, InsertError> {
         match (c.caddr, c.vaddr, c.daddr) {
             (IpAddr::V4(ca), IpAddr::V4(va), IpAddr::V4(da)) => {
-                self.insert_typed(c, ca, va, da, first, now, aux)
+                self.insert_typed(c, ca, va, da, first, now, aux, handle)
             }
             (IpAddr::V6(ca), IpAddr::V6(va), IpAddr::V6(da)) => {
-                self.insert_typed(c, ca, va, da, first, now, aux)
+                self.insert_typed(c, ca, va, da, first, now, aux, handle)
             }
             _ => Err(InsertError::FamilyMismatch),
         }
@@ -681,7 +692,8 @@ impl Table {
         first: PacketInfo,
         now: u64,
         aux: u32,
-    ) -> Result<Handle, InsertError> {
+        handle: bool,
+    ) -> Result<Option<Handle>, InsertError> {
         let knobs = self.knobs();
         let table = self.tcp_table(&knobs);
         let shard = self.shard_of(c.proto, caddr, c.cport);
@@ -708,9 +720,15 @@ impl Table {
         let res = {
             let mut g = self.lock(shard);
             self.insert_locked(
-                &mut g, shard, &c, caddr, vaddr, daddr, first, now, aux, table, &knobs, masq, hin,
+                &mut g, shard, c, caddr, vaddr, daddr, first, now, aux, table, &knobs, masq, hin,
                 hout, &mut rel,
             )
+            // Built under the lock: once released the entry may go.
+            .map(|idx| {
+                handle
+                    .then(|| Handle::new(shard, idx, A::part_ref(&g).get(idx)))
+                    .flatten()
+            })
         };
         self.apply_releases(&rel);
         res
@@ -720,8 +738,8 @@ impl Table {
     fn insert_locked<A: Family, const N: usize>(
         &self,
         sh: &mut Shard,
-        shard: u32,
-        c: &NewConn,
+        _shard: u32,
+        c: NewConn,
         caddr: A,
         vaddr: A,
         daddr: A,
@@ -734,7 +752,7 @@ impl Table {
         hin: u64,
         hout: u64,
         rel: &mut Releases<N>,
-    ) -> Result<Handle, InsertError> {
+    ) -> Result<u32, InsertError> {
         let (part, stats) = A::split(sh);
         // A leftover entry on the same tuple that has expired but was not
         // swept yet is removed; a live one wins.
@@ -770,7 +788,7 @@ impl Table {
             flags |= flag::NOOUTPUT;
         }
         let entry = Entry {
-            dest: Some(c.dest.clone()),
+            dest: Some(c.dest),
             caddr,
             vaddr,
             daddr,
@@ -790,7 +808,9 @@ impl Table {
             stats.refused_full += 1;
             return Err(InsertError::Full);
         };
-        c.dest.conn_bound(false);
+        if let Some(d) = &part.get(idx).dest {
+            d.conn_bound(false);
+        }
         let e = part.get_mut(idx);
         self.transition(e, Dir::In, &first, table);
         e.pkts = 1;
@@ -798,8 +818,7 @@ impl Table {
         e.expires = (now as u32).wrapping_add(self.timeout_ms(e.proto, e.state));
         part.index(&self.hasher, idx);
         stats.inserted += 1;
-        // The entry was just stored with its dest, so a handle always exists.
-        Handle::new(shard, idx, part.get(idx)).ok_or(InsertError::Full)
+        Ok(idx)
     }
 
     /// Removes the entry `h` names (a connection, or a template that

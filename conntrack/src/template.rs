@@ -112,8 +112,21 @@ impl Table {
         first: PacketInfo,
         now: u64,
     ) -> Result<Handle, InsertError> {
-        let r = self.insert_controlled_inner(c, tpl, first, now);
-        self.counted(r)
+        let r = self.insert_controlled_inner(c, tpl, first, now, true);
+        self.counted(r).and_then(|h| h.ok_or(InsertError::Full))
+    }
+
+    /// [`Table::insert_controlled`] without a handle for the caller (see
+    /// [`Table::add`]).
+    pub fn add_controlled(
+        &self,
+        c: NewConn,
+        tpl: &Handle,
+        first: PacketInfo,
+        now: u64,
+    ) -> Result<(), InsertError> {
+        let r = self.insert_controlled_inner(c, tpl, first, now, false);
+        self.counted(r).map(|_| ())
     }
 
     fn insert_controlled_inner(
@@ -122,7 +135,8 @@ impl Table {
         tpl: &Handle,
         first: PacketInfo,
         now: u64,
-    ) -> Result<Handle, InsertError> {
+        handle: bool,
+    ) -> Result<Option<Handle>, InsertError> {
         if !tpl.is_template() {
             return Err(InsertError::TemplateGone);
         }
@@ -138,7 +152,7 @@ impl Table {
         if !bound {
             return Err(InsertError::TemplateGone);
         }
-        match self.insert_with_aux(c, first, now, r + 1) {
+        match self.insert_with_aux(c, first, now, r + 1, handle) {
             Ok(h) => Ok(h),
             Err(e) => {
                 if tpl.caddr().is_ipv4() {

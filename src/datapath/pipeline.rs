@@ -25,7 +25,7 @@ use uvs_sched::{FwdMethod, SchedKey, TunConfig};
 
 use crate::datapath::filter::{FilterKey, FilterTable, Target};
 use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
-use crate::datapath::service::Services;
+use crate::datapath::service::{ServiceRt, Services};
 use crate::datapath::snapshot::{Cached, Snapshot};
 use crate::datapath::stats::{add, DropReason, WorkerStats};
 
@@ -86,17 +86,21 @@ thread_local! {
 /// Most virtual addresses [`Vips`] lists inline.
 const SMALL_VIPS: usize = 8;
 
-/// The route decision ("is this a VIP?") of one services generation: the
-/// addresses themselves when a configuration has at most [`SMALL_VIPS`]
-/// services (a few compares instead of a map probe per packet), else the
-/// snapshot's map. Derived per thread when the generation moves, in time
-/// bounded by `SMALL_VIPS` whatever the number of services.
+/// The route decision ("is this a VIP?") and the service lookup of one
+/// services generation: the addresses and services themselves when a
+/// configuration has at most [`SMALL_VIPS`] services (a few compares
+/// instead of a map probe per packet), else the snapshot's maps. Derived
+/// per thread when the generation moves, in time bounded by `SMALL_VIPS`
+/// whatever the number of services.
 struct Vips {
     /// Generation of the services snapshot this was derived from (0: none).
     gen: u64,
     small: bool,
     n: usize,
     addrs: [IpAddr; SMALL_VIPS],
+    /// The services, when `small` (their count is `svcs_n`).
+    svcs: [Option<Arc<ServiceRt>>; SMALL_VIPS],
+    svcs_n: usize,
 }
 
 impl Vips {
@@ -105,6 +109,8 @@ impl Vips {
         small: false,
         n: 0,
         addrs: [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED); SMALL_VIPS],
+        svcs: [const { None }; SMALL_VIPS],
+        svcs_n: 0,
     };
 
     /// Brings the list to `services` of generation `gen`.
@@ -120,6 +126,8 @@ impl Vips {
     fn derive(&mut self, gen: u64, services: &Services) {
         self.gen = gen;
         self.n = 0;
+        self.svcs_n = 0;
+        self.svcs = [const { None }; SMALL_VIPS];
         self.small = services.len() <= SMALL_VIPS;
         if !self.small {
             return;
@@ -129,7 +137,30 @@ impl Vips {
                 self.addrs[self.n] = svc.addr;
                 self.n += 1;
             }
+            self.svcs[self.svcs_n] = Some(Arc::clone(svc));
+            self.svcs_n += 1;
         }
+    }
+
+    /// [`Services::find`]: the exact service, else the address's port-0
+    /// service.
+    #[inline]
+    fn find<'a>(
+        &'a self,
+        services: &'a Services,
+        proto: u8,
+        addr: IpAddr,
+        port: u16,
+    ) -> Option<&'a Arc<ServiceRt>> {
+        if !self.small {
+            return services.find(proto, addr, port);
+        }
+        let list = self.svcs[..self.svcs_n].iter().flatten();
+        let exact = |want: u16| {
+            list.clone()
+                .find(|s| s.port == want && s.proto == proto && s.addr == addr)
+        };
+        exact(port).or_else(|| if port == 0 { None } else { exact(0) })
     }
 
     #[inline(always)]
@@ -140,6 +171,13 @@ impl Vips {
             services.is_vip(addr)
         }
     }
+}
+
+/// The services as this packet sees them: the snapshot and this thread's
+/// small-configuration copy of it.
+struct View<'a> {
+    services: &'a Services,
+    small: &'a Vips,
 }
 
 /// What one hook function decided. `Done`'s verdict is written into the
@@ -212,28 +250,61 @@ impl Pipeline {
         // per packet); the shared ones only when the thread has none to
         // lend (re-entered, or being torn down).
         let mut v = Verdict::Pass;
-        let ran = SNAPSHOTS.try_with(|cell| {
-            let Ok(mut c) = cell.try_borrow_mut() else {
-                return false;
-            };
-            let ThreadSnapshots {
-                services,
-                filter,
-                vips,
-            } = &mut *c;
-            let ((gen, s), f) = (services.get_gen(&self.services), filter.get(&self.filter));
-            vips.follow(gen, s);
-            let local = vips.is_vip(s, p.dst);
-            self.hooks_run(frame, p, icmp_error, csum, now_ms, s, f, local, st, &mut v);
-            true
-        });
-        if ran != Ok(true) {
-            let (s, f) = (self.services.load_full(), self.filter.load_full());
-            let local = s.is_vip(p.dst);
-            self.hooks_run(
-                frame, p, icmp_error, csum, now_ms, &s, &f, local, st, &mut v,
-            );
+        // The thread's copies, reached without a closure so that the chain
+        // is inlined here and writes the verdict straight into `v`.
+        if let Ok(cell) = SNAPSHOTS.try_with(|c| c as *const RefCell<ThreadSnapshots>) {
+            // SAFETY: `cell` points at this thread's `SNAPSHOTS`. `try_with`
+            // succeeded, so the thread's TLS destructors have not run, and
+            // they cannot run before this function returns (it calls no
+            // code that could end the thread); the reference does not
+            // outlive this call.
+            let cell = unsafe { &*cell };
+            if let Ok(mut c) = cell.try_borrow_mut() {
+                let ThreadSnapshots {
+                    services,
+                    filter,
+                    vips,
+                } = &mut *c;
+                let ((gen, s), f) = (services.get_gen(&self.services), filter.get(&self.filter));
+                vips.follow(gen, s);
+                let local = vips.is_vip(s, p.dst);
+                let view = View {
+                    services: s,
+                    small: vips,
+                };
+                self.hooks_run(
+                    frame, p, icmp_error, csum, now_ms, &view, f, local, st, &mut v,
+                );
+                return v;
+            }
         }
+        self.process_shared(frame, p, icmp_error, csum, now_ms, st)
+    }
+
+    /// [`Pipeline::process`] with the shared snapshots, when this thread
+    /// has no copies to lend (re-entered, or being torn down).
+    #[cold]
+    #[inline(never)]
+    fn process_shared(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        icmp_error: bool,
+        csum: CsumMode,
+        now_ms: u64,
+        st: &WorkerStats,
+    ) -> Verdict {
+        let mut v = Verdict::Pass;
+        let (s, f) = (self.services.load_full(), self.filter.load_full());
+        let local = s.is_vip(p.dst);
+        let none = Vips::EMPTY;
+        let view = View {
+            services: &s,
+            small: &none,
+        };
+        self.hooks_run(
+            frame, p, icmp_error, csum, now_ms, &view, &f, local, st, &mut v,
+        );
         v
     }
 
@@ -247,7 +318,7 @@ impl Pipeline {
         icmp_error: bool,
         csum: CsumMode,
         now_ms: u64,
-        services: &Services,
+        services: &View<'_>,
         filter: &FilterTable,
         to_vip: bool,
         st: &WorkerStats,
@@ -493,7 +564,7 @@ impl Pipeline {
         p: &Parsed,
         csum: CsumMode,
         now: u64,
-        services: &Services,
+        services: &View<'_>,
         ctx: &mut Ctx,
         st: &WorkerStats,
         out: &mut Verdict,
@@ -533,11 +604,14 @@ impl Pipeline {
         p: &Parsed,
         csum: CsumMode,
         now: u64,
-        services: &Services,
+        services: &View<'_>,
         st: &WorkerStats,
         out: &mut Verdict,
     ) -> Step {
-        let Some(svc) = services.find(p.proto, p.dst, p.dport) else {
+        let found = services
+            .small
+            .find(services.services, p.proto, p.dst, p.dport);
+        let Some(svc) = found else {
             return Step::Continue;
         };
         let info = Self::info(frame, p);
@@ -616,9 +690,11 @@ impl Pipeline {
             dest,
             fwd,
         };
+        // `add`: the entry takes the scheduler's `Arc<Dest>`; no handle
+        // (and no further reference count on the destination) comes back.
         let inserted = match &tpl {
-            Some(t) => self.conns.insert_controlled(nc, t, info, now),
-            None => self.conns.insert(nc, info, now),
+            Some(t) => self.conns.add_controlled(nc, t, info, now),
+            None => self.conns.add(nc, info, now),
         };
         match inserted {
             Ok(_) => {}
@@ -745,3 +821,6 @@ fn xmit_reason(e: &uvs_fwd::XmitError) -> DropReason {
         _ => DropReason::Rewrite,
     }
 }
+
+#[cfg(test)]
+mod tests;
