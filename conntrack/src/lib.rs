@@ -11,11 +11,13 @@
 //!   [`Update`]: `Forward`, `Drop`, or `Reschedule` (the old entry is
 //!   gone; schedule this same packet and insert a new entry, so the first
 //!   packet of a reused tuple is not lost). Miss → if [`may_create`] allows,
-//!   schedule and [`Table::insert`] (`Err(Exists)` means another worker won
+//!   schedule and [`Table::insert`] ([`Table::add`] when no handle is
+//!   needed: the `Arc<Dest>` moves into the entry; `Err(Exists)` means another worker won
 //!   the race: look up again). DR/TUN connections are only ever found as
 //!   `Dir::In`; only NAT connections are indexed by their reply.
 //! * Persistent services: [`Table::lookup_template`] /
-//!   [`Table::get_or_insert_template`], then [`Table::insert_controlled`].
+//!   [`Table::get_or_insert_template`], then [`Table::insert_controlled`]
+//!   (or [`Table::add_controlled`]).
 //! * ICMP errors: [`Table::lookup_related`] with the embedded header, then
 //!   [`Table::update_related`].
 //! * Periodically (e.g. every 10–100 ms from one thread):
