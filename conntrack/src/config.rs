@@ -95,6 +95,15 @@ impl Default for Knobs {
 }
 
 impl Knobs {
+    /// `release_template_on_close` in the packed form.
+    pub(crate) const RELEASE_ON_CLOSE_BIT: u32 = 32;
+
+    /// `secure_tcp` from the packed form.
+    #[inline(always)]
+    pub(crate) fn secure_tcp_of(v: u32) -> Defense {
+        Defense::from_bits(v >> 6)
+    }
+
     pub(crate) fn pack(&self) -> u32 {
         (self.expire_nodest_conn as u32)
             | (self.expire_quiescent_template as u32) << 1

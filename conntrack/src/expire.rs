@@ -82,7 +82,7 @@ impl Table {
         step: usize,
         nodest: bool,
     ) -> (usize, usize, bool, Releases) {
-        let mut rel = Releases::new(A::WIDE);
+        let mut rel: Releases = Releases::new(A::WIDE);
         let mut g = self.lock(shard);
         let (part, stats) = A::split(&mut g);
         let slots = part.slots();
@@ -110,14 +110,14 @@ impl Table {
     }
 
     /// Examines slot `idx`; true when it removed the entry.
-    fn sweep_one<A: Family>(
+    fn sweep_one<A: Family, const N: usize>(
         &self,
         part: &mut Part<A>,
         stats: &mut ShardStats,
         idx: u32,
         now: u64,
         nodest: bool,
-        rel: &mut Releases,
+        rel: &mut Releases<N>,
     ) -> bool {
         let e = part.get(idx);
         let Some(dest) = &e.dest else { return false };
@@ -151,12 +151,12 @@ impl Table {
 
     /// Frees one slot of `part` for an insert into a full table. True when a
     /// victim was removed (its capacity unit returned to the table).
-    pub(crate) fn evict_one<A: Family>(
+    pub(crate) fn evict_one<A: Family, const N: usize>(
         &self,
         part: &mut Part<A>,
         stats: &mut ShardStats,
         now: u64,
-        rel: &mut Releases,
+        rel: &mut Releases<N>,
     ) -> bool {
         let slots = part.slots();
         if slots == 0 || rel.full() {

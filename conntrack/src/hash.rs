@@ -41,6 +41,12 @@ impl Hasher {
         Hasher { k }
     }
 
+    /// Hashes one word (an IPv4 endpoint packed by the caller).
+    #[inline(always)]
+    pub(crate) fn hash1(&self, a: u64) -> u64 {
+        fold(a ^ self.k[0], self.k[3])
+    }
+
     /// Hashes three words (addresses packed by the caller).
     #[inline(always)]
     pub(crate) fn hash3(&self, a: u64, b: u64, c: u64) -> u64 {

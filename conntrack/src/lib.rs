@@ -11,11 +11,13 @@
 //!   [`Update`]: `Forward`, `Drop`, or `Reschedule` (the old entry is
 //!   gone; schedule this same packet and insert a new entry, so the first
 //!   packet of a reused tuple is not lost). Miss → if [`may_create`] allows,
-//!   schedule and [`Table::insert`] (`Err(Exists)` means another worker won
+//!   schedule and [`Table::insert`] ([`Table::add`] when no handle is
+//!   needed: the `Arc<Dest>` moves into the entry; `Err(Exists)` means another worker won
 //!   the race: look up again). DR/TUN connections are only ever found as
 //!   `Dir::In`; only NAT connections are indexed by their reply.
 //! * Persistent services: [`Table::lookup_template`] /
-//!   [`Table::get_or_insert_template`], then [`Table::insert_controlled`].
+//!   [`Table::get_or_insert_template`], then [`Table::insert_controlled`]
+//!   (or [`Table::add_controlled`]).
 //! * ICMP errors: [`Table::lookup_related`] with the embedded header, then
 //!   [`Table::update_related`].
 //! * Periodically (e.g. every 10–100 ms from one thread):
@@ -112,6 +114,7 @@
 pub mod config;
 mod entry;
 mod expire;
+mod handle;
 mod hash;
 mod index;
 mod list;
@@ -120,14 +123,16 @@ pub mod proto;
 mod shard;
 mod table;
 mod template;
+mod update;
 
 pub use config::{Config, Defense, Knobs, Timeouts, UnknownState};
 pub use entry::MAX_TIMEOUT_MS;
 pub use expire::{EVICT_SCAN, SWEEP_STEP};
+pub use handle::{Handle, Hit};
 pub use list::{ConnInfo, ListCursor, LIST_STEP};
 pub use proto::sctp::SctpState;
 pub use proto::tcp::TcpState;
 pub use proto::{ipproto, may_create, ConnState};
-pub use table::{Dir, Handle, Hit, InsertError, NewConn, PacketInfo, Stats, Table, Tuple, Update};
+pub use table::{Dir, InsertError, NewConn, PacketInfo, Stats, Table, Tuple, Update};
 pub use template::{mask_addr, TemplateKey};
 pub use uvs_sched::{Dest, FwdMethod};

@@ -317,36 +317,45 @@ impl<A: Addr> Part<A> {
         if self.in_ix.needs_grow() || !self.in_ix.insert(hin, idx) {
             // The slab already holds the new entry, so the rebuild adds it.
             let n = self.in_ix.grown_capacity();
-            let keys = self.live_keys(h, false);
-            self.in_ix.rebuild(n, &keys);
+            self.in_ix = self.rebuilt(h, false, n);
         }
         if let Some(hout) = out {
             if self.out_ix.needs_grow() || !self.out_ix.insert(hout, idx) {
                 let n = self.out_ix.grown_capacity();
-                let keys = self.live_keys(h, true);
-                self.out_ix.rebuild(n, &keys);
+                self.out_ix = self.rebuilt(h, true, n);
             }
         }
     }
 
-    /// (hash, idx) of every entry currently in one index. Growth path only:
-    /// allocates a temporary list.
-    fn live_keys(&self, h: &Hasher, out: bool) -> Vec<(u64, u32)> {
-        let mut v = Vec::with_capacity(self.len as usize);
-        for idx in 0..self.hwm {
-            let e = self.get(idx);
-            if !e.is_live() {
-                continue;
-            }
-            if out {
-                if e.has_out_key() {
-                    v.push((Self::out_hash(h, e), idx));
+    /// A fresh in- or out-index with room for at least `n` keys, filled
+    /// straight from the slab (no intermediate key list), growing further
+    /// if a displacement overflows.
+    fn rebuilt(&self, h: &Hasher, out: bool, mut n: usize) -> Index {
+        'retry: loop {
+            let mut ix = Index::with_capacity(n.max(self.len as usize));
+            for idx in 0..self.hwm {
+                let e = self.get(idx);
+                if !e.is_live() {
+                    continue;
                 }
-            } else if e.flags & flag::UNHASHED == 0 {
-                v.push((Self::in_hash(h, e), idx));
+                let hash = if out {
+                    if !e.has_out_key() {
+                        continue;
+                    }
+                    Self::out_hash(h, e)
+                } else {
+                    if e.flags & flag::UNHASHED != 0 {
+                        continue;
+                    }
+                    Self::in_hash(h, e)
+                };
+                if !ix.insert(hash, idx) {
+                    n = n * 3 / 2 + 16;
+                    continue 'retry;
+                }
             }
+            return ix;
         }
-        v
     }
 
     /// Removes entry `idx` from the in-index only (invalidated templates).

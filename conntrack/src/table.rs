@@ -12,16 +12,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use uvs_sched::{Dest, FwdMethod, TunConfig};
+use uvs_sched::{Dest, FwdMethod};
 
 use crate::config::{Config, Defense, Knobs, Timeouts};
 use crate::entry::{flag, Addr, Entry, MAX_TIMEOUT_MS};
+pub(crate) use crate::handle::{Handle, Hit};
 use crate::hash::Hasher;
 use crate::lock::{Guard, ShardLock};
-use crate::proto::sctp::{self, SctpState, SCTP_STATES};
-use crate::proto::tcp::{self, TcpDir, TcpState, TCP_STATES};
-use crate::proto::{ipproto, is_new_conn, may_create, ConnState};
-use crate::shard::{key_hash, Family, Part, Shard, ShardStats, KIND_CONN, KIND_OUT, REF_SHIFT};
+use crate::proto::ipproto;
+use crate::proto::sctp::SCTP_STATES;
+use crate::proto::tcp::{self, TCP_STATES};
+use crate::shard::{key_hash, Family, Shard, ShardStats, KIND_CONN, KIND_OUT, REF_SHIFT};
 
 /// Which way a packet travels relative to the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -159,194 +160,6 @@ pub enum InsertError {
     TemplateGone,
 }
 
-/// A found entry: a snapshot of its identity plus the destination.
-///
-/// Cheap to hold while one packet is processed; it does not pin the entry
-/// (the entry may expire meanwhile; `update` then reports it).
-#[derive(Debug, Clone)]
-pub struct Handle {
-    pub(crate) shard: u32,
-    pub(crate) idx: u32,
-    proto: u8,
-    state: u8,
-    flags: u8,
-    caddr: IpAddr,
-    cport: u16,
-    vaddr: IpAddr,
-    vport: u16,
-    daddr: IpAddr,
-    dport: u16,
-    dest: Arc<Dest>,
-}
-
-impl Handle {
-    pub(crate) fn new<A: Addr>(shard: u32, idx: u32, e: &Entry<A>) -> Option<Handle> {
-        Some(Handle {
-            shard,
-            idx,
-            proto: e.proto,
-            state: e.state,
-            flags: e.flags,
-            caddr: e.caddr.ip(),
-            cport: e.cport,
-            vaddr: e.vaddr.ip(),
-            vport: e.vport,
-            daddr: e.daddr.ip(),
-            dport: e.dport,
-            dest: e.dest.clone()?,
-        })
-    }
-
-    /// Does `e` still hold the entry this handle was taken from?
-    pub(crate) fn matches<A: Addr>(&self, e: &Entry<A>) -> bool {
-        e.is_live()
-            && e.proto == self.proto
-            && e.cport == self.cport
-            && e.vport == self.vport
-            && e.dport == self.dport
-            && (e.flags & flag::TEMPLATE) == (self.flags & flag::TEMPLATE)
-            && e.caddr.ip() == self.caddr
-            && e.vaddr.ip() == self.vaddr
-            && e.daddr.ip() == self.daddr
-    }
-
-    /// IP protocol.
-    pub fn proto(&self) -> u8 {
-        self.proto
-    }
-    /// Client address.
-    pub fn caddr(&self) -> IpAddr {
-        self.caddr
-    }
-    /// Client port (0 for a template).
-    pub fn cport(&self) -> u16 {
-        self.cport
-    }
-    /// Virtual address (for a firewall-mark template: the mark, encoded).
-    pub fn vaddr(&self) -> IpAddr {
-        self.vaddr
-    }
-    /// Virtual port.
-    pub fn vport(&self) -> u16 {
-        self.vport
-    }
-    /// Real server address.
-    pub fn daddr(&self) -> IpAddr {
-        self.daddr
-    }
-    /// Real server port.
-    pub fn dport(&self) -> u16 {
-        self.dport
-    }
-    /// The destination.
-    pub fn dest(&self) -> &Arc<Dest> {
-        &self.dest
-    }
-    /// Forwarding method.
-    pub fn fwd(&self) -> FwdMethod {
-        crate::entry::fwd_from_bits(self.flags)
-    }
-    /// State when the handle was taken.
-    pub fn state(&self) -> ConnState {
-        ConnState::decode(self.proto, self.state)
-    }
-    /// A persistence template rather than a connection.
-    pub fn is_template(&self) -> bool {
-        self.flags & flag::TEMPLATE != 0
-    }
-}
-
-/// A connection as [`Table::lookup_update`] found it: a plain copy of what
-/// forwarding the packet needs, taken under the shard lock. Unlike a
-/// [`Handle`] it holds no `Arc<Dest>`, so the per-packet path writes no
-/// reference count on the destination (a cache line every worker reads).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hit {
-    proto: u8,
-    state: u8,
-    flags: u8,
-    caddr: IpAddr,
-    cport: u16,
-    vaddr: IpAddr,
-    vport: u16,
-    daddr: IpAddr,
-    dport: u16,
-    tun: TunConfig,
-    stats: u64,
-}
-
-impl Hit {
-    #[inline(always)]
-    fn new<A: Addr>(e: &Entry<A>) -> Hit {
-        let tun = match (e.fwd(), &e.dest) {
-            (FwdMethod::Tunnel, Some(d)) => d.tun_config(),
-            _ => TunConfig::default(),
-        };
-        Hit {
-            proto: e.proto,
-            state: e.state,
-            flags: e.flags,
-            caddr: e.caddr.ip(),
-            cport: e.cport,
-            vaddr: e.vaddr.ip(),
-            vport: e.vport,
-            daddr: e.daddr.ip(),
-            dport: e.dport,
-            tun,
-            stats: e.dest.as_ref().map_or(Dest::NO_STATS, |d| d.stats_tag()),
-        }
-    }
-
-    /// The destination's counter tag ([`Dest::stats_tag`]).
-    #[inline]
-    pub fn stats_tag(&self) -> u64 {
-        self.stats
-    }
-
-    /// IP protocol.
-    pub fn proto(&self) -> u8 {
-        self.proto
-    }
-    /// Client address.
-    pub fn caddr(&self) -> IpAddr {
-        self.caddr
-    }
-    /// Client port.
-    pub fn cport(&self) -> u16 {
-        self.cport
-    }
-    /// Virtual address.
-    pub fn vaddr(&self) -> IpAddr {
-        self.vaddr
-    }
-    /// Virtual port.
-    pub fn vport(&self) -> u16 {
-        self.vport
-    }
-    /// Real server address.
-    pub fn daddr(&self) -> IpAddr {
-        self.daddr
-    }
-    /// Real server port.
-    pub fn dport(&self) -> u16 {
-        self.dport
-    }
-    /// Forwarding method.
-    pub fn fwd(&self) -> FwdMethod {
-        crate::entry::fwd_from_bits(self.flags)
-    }
-    /// The destination's tunnel settings when the method is `Tunnel` (read
-    /// when the packet was looked up); the default otherwise.
-    pub fn tun_config(&self) -> TunConfig {
-        self.tun
-    }
-    /// State after this packet (before it, when the packet removed the
-    /// entry).
-    pub fn state(&self) -> ConnState {
-        ConnState::decode(self.proto, self.state)
-    }
-}
-
 /// Table counters (sums over shards; a snapshot, not atomic as a whole).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -395,16 +208,17 @@ pub(crate) struct Slot(pub(crate) ShardLock<Shard>);
 /// Pending template releases collected under one shard lock and applied
 /// after it is released (never two locks at once). Fixed size: no
 /// allocation; callers stop their scan when it is full.
-pub(crate) struct Releases {
-    refs: [u32; 32],
+pub(crate) struct Releases<const N: usize = 32> {
+    refs: [u32; N],
     n: usize,
     v6: bool,
 }
 
-impl Releases {
+impl<const N: usize> Releases<N> {
+    #[inline(always)]
     pub(crate) fn new(v6: bool) -> Self {
         Releases {
-            refs: [0; 32],
+            refs: [0; N],
             n: 0,
             v6,
         }
@@ -493,6 +307,13 @@ impl Table {
         Knobs::unpack(self.knobs.load(Relaxed))
     }
 
+    /// The knobs as stored (`Knobs::pack`): the per-packet path tests the
+    /// bits it needs and unpacks only on its rare branches.
+    #[inline(always)]
+    pub(crate) fn knob_bits(&self) -> u32 {
+        self.knobs.load(Relaxed)
+    }
+
     /// Replaces the knobs (control path; takes effect on the next packet).
     pub fn set_knobs(&self, k: &Knobs) {
         self.knobs.store(k.pack(), Relaxed);
@@ -563,9 +384,14 @@ impl Table {
     #[inline(always)]
     pub(crate) fn shard_of<A: Addr>(&self, proto: u8, caddr: A, cport: u16) -> u32 {
         let (a, b) = caddr.words();
-        let h = self
-            .hasher
-            .hash3(a, b, (cport as u64) << 8 | proto as u64 | 1 << 40);
+        let h = if A::WIDE {
+            self.hasher
+                .hash3(a, b, (cport as u64) << 8 | proto as u64 | 1 << 40)
+        } else {
+            // An IPv4 endpoint fits one 56-bit word: one multiply.
+            self.hasher
+                .hash1(a << 24 | (cport as u64) << 8 | proto as u64)
+        };
         ((h >> 32) as u32) & self.shard_mask
     }
 
@@ -579,8 +405,13 @@ impl Table {
     }
 
     #[inline(always)]
-    fn tcp_table(&self, k: &Knobs) -> &'static tcp::TcpTable {
-        let secure = match k.secure_tcp {
+    pub(crate) fn tcp_table(&self, k: &Knobs) -> &'static tcp::TcpTable {
+        self.tcp_table_for(k.secure_tcp)
+    }
+
+    #[inline(always)]
+    pub(crate) fn tcp_table_for(&self, secure_tcp: Defense) -> &'static tcp::TcpTable {
+        let secure = match secure_tcp {
             Defense::Off => false,
             Defense::Always => true,
             Defense::Auto => self.count.load(Relaxed) >= self.defense_at,
@@ -613,7 +444,7 @@ impl Table {
 
     /// Unbinds a removed entry from its destination and queues its template
     /// release; returns the entry's capacity unit.
-    pub(crate) fn retire<A: Addr>(&self, e: Entry<A>, rel: &mut Releases) {
+    pub(crate) fn retire<A: Addr, const N: usize>(&self, e: Entry<A>, rel: &mut Releases<N>) {
         if let Some(d) = &e.dest {
             if e.flags & flag::TEMPLATE != 0 {
                 d.template_bound(false);
@@ -629,14 +460,14 @@ impl Table {
 
     /// Applies queued template releases (no shard lock held).
     #[inline(always)]
-    pub(crate) fn apply_releases(&self, rel: &Releases) {
+    pub(crate) fn apply_releases<const N: usize>(&self, rel: &Releases<N>) {
         if rel.n != 0 {
             self.apply_releases_now(rel);
         }
     }
 
     #[inline(never)]
-    fn apply_releases_now(&self, rel: &Releases) {
+    fn apply_releases_now<const N: usize>(&self, rel: &Releases<N>) {
         for &r in &rel.refs[..rel.n] {
             if rel.v6 {
                 self.release_template::<Ipv6Addr>(r);
@@ -661,7 +492,7 @@ impl Table {
         if e.aux == 0 && e.flags & flag::UNHASHED != 0 {
             let old = part.remove(&self.hasher, idx);
             stats.expired += 1;
-            let mut rel = Releases::new(A::WIDE);
+            let mut rel: Releases = Releases::new(A::WIDE);
             self.retire(old, &mut rel);
         }
     }
@@ -764,7 +595,8 @@ impl Table {
                     key_hash(&self.hasher, t.proto, KIND_OUT, src, t.sport, dst, t.dport),
                 ),
             };
-            let mut rel = Releases::new(A::WIDE);
+            // One packet releases at most one template reference.
+            let mut rel = Releases::<2>::new(A::WIDE);
             let found = {
                 let mut g = self.lock(shard);
                 let (part, stats) = A::split(&mut g);
@@ -772,21 +604,9 @@ impl Table {
                     Dir::In => part.find_in(hash, t.proto, src, t.sport, dst, t.dport),
                     Dir::Out => part.find_out(hash, t.proto, src, t.sport, dst, t.dport),
                 };
+                // Just found under this lock: live, a connection, ours.
                 hit.map(|(_, idx)| {
-                    let mut h = Hit::new(part.get(idx));
-                    let knobs = self.knobs();
-                    let table = self.tcp_table(&knobs);
-                    // Just found under this lock: live, a connection, ours.
-                    let u = self.update_at(
-                        part, stats, idx, dir, p, now, false, table, &knobs, &mut rel,
-                    );
-                    // Report the state after this packet when the entry
-                    // survived it (a removed slot is vacant until the lock
-                    // is released).
-                    if let Some(e) = part.live(idx) {
-                        h.state = e.state;
-                        h.flags = e.flags;
-                    }
+                    let (h, u) = self.account(part, stats, idx, dir, p, now, &mut rel);
                     (h, dir, u)
                 })
             };
@@ -822,11 +642,21 @@ impl Table {
     /// packet's state transition (direction `In`). Binds the destination
     /// (counted inactive until ESTABLISHED, as the kernel does).
     pub fn insert(&self, c: NewConn, first: PacketInfo, now: u64) -> Result<Handle, InsertError> {
-        self.counted(self.insert_with_aux(c, first, now, 0))
+        self.counted(self.insert_with_aux(c, first, now, 0, true))
+            .and_then(|h| h.ok_or(InsertError::Full))
+    }
+
+    /// [`Table::insert`] for the engine, which needs no handle: the
+    /// connection's `Arc<Dest>` is moved into the entry and no reference is
+    /// taken for the caller (no reference-count write on the destination
+    /// beyond the one `NewConn` already holds).
+    pub fn add(&self, c: NewConn, first: PacketInfo, now: u64) -> Result<(), InsertError> {
+        self.counted(self.insert_with_aux(c, first, now, 0, false))
+            .map(|_| ())
     }
 
     /// Counts caller-error refusals (the others are counted per shard).
-    pub(crate) fn counted(&self, r: Result<Handle, InsertError>) -> Result<Handle, InsertError> {
+    pub(crate) fn counted<T>(&self, r: Result<T, InsertError>) -> Result<T, InsertError> {
         if let Err(InsertError::FamilyMismatch | InsertError::TemplateGone) = r {
             self.refused_invalid.fetch_add(1, Relaxed);
         }
@@ -839,13 +669,14 @@ impl Table {
         first: PacketInfo,
         now: u64,
         aux: u32,
-    ) -> Result<Handle, InsertError> {
+        handle: bool,
+    ) -> Result<Option<Handle>, InsertError> {
         match (c.caddr, c.vaddr, c.daddr) {
             (IpAddr::V4(ca), IpAddr::V4(va), IpAddr::V4(da)) => {
-                self.insert_typed(c, ca, va, da, first, now, aux)
+                self.insert_typed(c, ca, va, da, first, now, aux, handle)
             }
             (IpAddr::V6(ca), IpAddr::V6(va), IpAddr::V6(da)) => {
-                self.insert_typed(c, ca, va, da, first, now, aux)
+                self.insert_typed(c, ca, va, da, first, now, aux, handle)
             }
             _ => Err(InsertError::FamilyMismatch),
         }
@@ -861,7 +692,8 @@ impl Table {
         first: PacketInfo,
         now: u64,
         aux: u32,
-    ) -> Result<Handle, InsertError> {
+        handle: bool,
+    ) -> Result<Option<Handle>, InsertError> {
         let knobs = self.knobs();
         let table = self.tcp_table(&knobs);
         let shard = self.shard_of(c.proto, caddr, c.cport);
@@ -884,24 +716,30 @@ impl Table {
             caddr,
             c.cport,
         );
-        let mut rel = Releases::new(A::WIDE);
+        let mut rel: Releases = Releases::new(A::WIDE);
         let res = {
             let mut g = self.lock(shard);
             self.insert_locked(
-                &mut g, shard, &c, caddr, vaddr, daddr, first, now, aux, table, &knobs, masq, hin,
+                &mut g, shard, c, caddr, vaddr, daddr, first, now, aux, table, &knobs, masq, hin,
                 hout, &mut rel,
             )
+            // Built under the lock: once released the entry may go.
+            .map(|idx| {
+                handle
+                    .then(|| Handle::new(shard, idx, A::part_ref(&g).get(idx)))
+                    .flatten()
+            })
         };
         self.apply_releases(&rel);
         res
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn insert_locked<A: Family>(
+    fn insert_locked<A: Family, const N: usize>(
         &self,
         sh: &mut Shard,
-        shard: u32,
-        c: &NewConn,
+        _shard: u32,
+        c: NewConn,
         caddr: A,
         vaddr: A,
         daddr: A,
@@ -913,8 +751,8 @@ impl Table {
         masq: bool,
         hin: u64,
         hout: u64,
-        rel: &mut Releases,
-    ) -> Result<Handle, InsertError> {
+        rel: &mut Releases<N>,
+    ) -> Result<u32, InsertError> {
         let (part, stats) = A::split(sh);
         // A leftover entry on the same tuple that has expired but was not
         // swept yet is removed; a live one wins.
@@ -950,7 +788,7 @@ impl Table {
             flags |= flag::NOOUTPUT;
         }
         let entry = Entry {
-            dest: Some(c.dest.clone()),
+            dest: Some(c.dest),
             caddr,
             vaddr,
             daddr,
@@ -970,7 +808,9 @@ impl Table {
             stats.refused_full += 1;
             return Err(InsertError::Full);
         };
-        c.dest.conn_bound(false);
+        if let Some(d) = &part.get(idx).dest {
+            d.conn_bound(false);
+        }
         let e = part.get_mut(idx);
         self.transition(e, Dir::In, &first, table);
         e.pkts = 1;
@@ -978,8 +818,7 @@ impl Table {
         e.expires = (now as u32).wrapping_add(self.timeout_ms(e.proto, e.state));
         part.index(&self.hasher, idx);
         stats.inserted += 1;
-        // The entry was just stored with its dest, so a handle always exists.
-        Handle::new(shard, idx, part.get(idx)).ok_or(InsertError::Full)
+        Ok(idx)
     }
 
     /// Removes the entry `h` names (a connection, or a template that
@@ -994,7 +833,7 @@ impl Table {
     }
 
     fn remove_typed<A: Family>(&self, h: &Handle) -> bool {
-        let mut rel = Releases::new(A::WIDE);
+        let mut rel: Releases = Releases::new(A::WIDE);
         let done = {
             let mut g = self.lock(h.shard);
             let (part, stats) = A::split(&mut g);
@@ -1010,230 +849,5 @@ impl Table {
         };
         self.apply_releases(&rel);
         done
-    }
-
-    // ----- update -----
-
-    /// Processes one packet of a looked-up connection: reuse and
-    /// removed-server policies, the state machine, dest counts, counters and
-    /// the timer. Allocation-free; one shard lock (plus, rarely, a template's
-    /// shard lock afterwards).
-    pub fn update(&self, h: &Handle, dir: Dir, p: PacketInfo, now: u64) -> Update {
-        self.update_impl(h, dir, &p, now, false)
-    }
-
-    /// Accounts an ICMP error related to connection `h` (found with
-    /// [`Table::lookup_related`]): refreshes the timer without a state
-    /// change, as the kernel does. `Drop` when the server is gone.
-    pub fn update_related(&self, h: &Handle, dir: Dir, bytes: u32, now: u64) -> Update {
-        self.update_impl(h, dir, &PacketInfo::udp(bytes), now, true)
-    }
-
-    fn update_impl(&self, h: &Handle, dir: Dir, p: &PacketInfo, now: u64, related: bool) -> Update {
-        if h.caddr.is_ipv4() {
-            self.update_typed::<Ipv4Addr>(h, dir, p, now, related)
-        } else {
-            self.update_typed::<Ipv6Addr>(h, dir, p, now, related)
-        }
-    }
-
-    fn update_typed<A: Family>(
-        &self,
-        h: &Handle,
-        dir: Dir,
-        p: &PacketInfo,
-        now: u64,
-        related: bool,
-    ) -> Update {
-        let knobs = self.knobs();
-        let table = self.tcp_table(&knobs);
-        let mut rel = Releases::new(A::WIDE);
-        let verdict = {
-            let mut g = self.lock(h.shard);
-            let (part, stats) = A::split(&mut g);
-            self.update_locked(
-                part, stats, h, dir, p, now, related, table, &knobs, &mut rel,
-            )
-        };
-        self.apply_releases(&rel);
-        verdict
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn update_locked<A: Addr>(
-        &self,
-        part: &mut Part<A>,
-        stats: &mut ShardStats,
-        h: &Handle,
-        dir: Dir,
-        p: &PacketInfo,
-        now: u64,
-        related: bool,
-        table: &tcp::TcpTable,
-        knobs: &Knobs,
-        rel: &mut Releases,
-    ) -> Update {
-        let valid = part
-            .live(h.idx)
-            .is_some_and(|e| h.matches(e) && e.flags & flag::TEMPLATE == 0);
-        if !valid {
-            let creatable = dir == Dir::In && !related && may_create(h.proto, p, knobs);
-            return if creatable {
-                Update::Reschedule
-            } else {
-                Update::Drop
-            };
-        }
-        self.update_at(part, stats, h.idx, dir, p, now, related, table, knobs, rel)
-    }
-
-    /// [`Table::update_locked`] on slot `idx`, known to hold a live
-    /// connection (not a template).
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn update_at<A: Addr>(
-        &self,
-        part: &mut Part<A>,
-        stats: &mut ShardStats,
-        idx: u32,
-        dir: Dir,
-        p: &PacketInfo,
-        now: u64,
-        related: bool,
-        table: &tcp::TcpTable,
-        knobs: &Knobs,
-        rel: &mut Releases,
-    ) -> Update {
-        let e = part.get(idx);
-        // What to answer when the entry is gone: decided only then (the
-        // per-packet path never asks).
-        let proto = e.proto;
-        let gone = || {
-            if dir == Dir::In && !related && may_create(proto, p, knobs) {
-                Update::Reschedule
-            } else {
-                Update::Drop
-            }
-        };
-        if e.remaining(now) <= 0 {
-            // Its timer has run out; the sweep just has not got here yet.
-            let old = part.remove(&self.hasher, idx);
-            stats.expired += 1;
-            self.retire(old, rel);
-            return gone();
-        }
-        // The entry is live, so it has a dest.
-        let Some(dest) = e.dest.as_ref() else {
-            return gone();
-        };
-        if dir == Dir::In && !related && e.aux == 0 && is_new_conn(e.proto, p) {
-            let quiescent = knobs.expire_nodest_conn && dest.weight() == 0;
-            let reuse = knobs.conn_reuse_mode != 0 && reuse_expected(e, knobs.conn_reuse_mode);
-            if quiescent || reuse {
-                let old = part.remove(&self.hasher, idx);
-                stats.rescheduled += 1;
-                self.retire(old, rel);
-                return Update::Reschedule;
-            }
-        }
-        if !dest.is_available() {
-            if knobs.expire_nodest_conn {
-                let old = part.remove(&self.hasher, idx);
-                stats.nodest_expired += 1;
-                self.retire(old, rel);
-                return gone();
-            }
-            // Not refreshed: the entry dies after its timeout even under
-            // steady traffic, unless the server comes back first.
-            stats.nodest_dropped += 1;
-            return Update::Drop;
-        }
-        let e = part.get_mut(idx);
-        if !related {
-            self.transition(e, dir, p, table);
-        }
-        e.pkts = e.pkts.wrapping_add(1);
-        e.bytes = e.bytes.wrapping_add(p.bytes);
-        e.expires = (now as u32).wrapping_add(self.timeout_ms(e.proto, e.state));
-        if e.aux != 0 && knobs.release_template_on_close && is_closing(e.proto, e.state) {
-            rel.push(e.aux - 1);
-            e.aux = 0;
-        }
-        Update::Forward
-    }
-
-    /// The state machine step plus the dest's active/inactive move.
-    fn transition<A: Addr>(
-        &self,
-        e: &mut Entry<A>,
-        dir: Dir,
-        p: &PacketInfo,
-        table: &tcp::TcpTable,
-    ) {
-        let d = match (dir, e.flags & flag::NOOUTPUT != 0) {
-            (Dir::Out, true) => {
-                e.flags &= !flag::NOOUTPUT;
-                TcpDir::Output
-            }
-            (Dir::Out, false) => TcpDir::Output,
-            (Dir::In, true) => TcpDir::InputOnly,
-            (Dir::In, false) => TcpDir::Input,
-        };
-        let (new, active) = match e.proto {
-            ipproto::TCP => {
-                let s = tcp::next_state(table, d, TcpState::from_u8(e.state), p.tcp_flags);
-                (s as u8, s.is_active())
-            }
-            ipproto::SCTP => {
-                let s = sctp::next_state(d as usize, SctpState::from_u8(e.state), p.sctp_chunk);
-                (s as u8, s.is_active())
-            }
-            _ => return,
-        };
-        if new == e.state {
-            return;
-        }
-        e.state = new;
-        let inactive = e.flags & flag::INACTIVE != 0;
-        if let Some(dest) = &e.dest {
-            if !inactive && !active {
-                e.flags |= flag::INACTIVE;
-                dest.conn_state_moved(false);
-            } else if inactive && active {
-                e.flags &= !flag::INACTIVE;
-                dest.conn_state_moved(true);
-            }
-        }
-    }
-}
-
-/// The kernel's `is_new_conn_expected`: a new SYN/INIT on this entry's tuple
-/// starts a new connection rather than continuing the old one.
-fn reuse_expected<A: Addr>(e: &Entry<A>, mode: u8) -> bool {
-    match e.proto {
-        ipproto::TCP => {
-            let s = TcpState::from_u8(e.state);
-            s == TcpState::TimeWait
-                || s == TcpState::Close
-                || (mode & 2 != 0 && s == TcpState::FinWait && e.flags & flag::NOOUTPUT != 0)
-        }
-        ipproto::SCTP => SctpState::from_u8(e.state) == SctpState::Closed,
-        _ => false,
-    }
-}
-
-/// States after which a connection no longer holds its template (uvs's
-/// `release_template_on_close` policy).
-fn is_closing(proto: u8, state: u8) -> bool {
-    match proto {
-        ipproto::TCP => matches!(
-            TcpState::from_u8(state),
-            TcpState::TimeWait | TcpState::Close
-        ),
-        ipproto::SCTP => matches!(
-            SctpState::from_u8(state),
-            SctpState::Closed | SctpState::Rejected
-        ),
-        _ => false,
     }
 }

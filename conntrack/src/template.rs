@@ -112,8 +112,21 @@ impl Table {
         first: PacketInfo,
         now: u64,
     ) -> Result<Handle, InsertError> {
-        let r = self.insert_controlled_inner(c, tpl, first, now);
-        self.counted(r)
+        let r = self.insert_controlled_inner(c, tpl, first, now, true);
+        self.counted(r).and_then(|h| h.ok_or(InsertError::Full))
+    }
+
+    /// [`Table::insert_controlled`] without a handle for the caller (see
+    /// [`Table::add`]).
+    pub fn add_controlled(
+        &self,
+        c: NewConn,
+        tpl: &Handle,
+        first: PacketInfo,
+        now: u64,
+    ) -> Result<(), InsertError> {
+        let r = self.insert_controlled_inner(c, tpl, first, now, false);
+        self.counted(r).map(|_| ())
     }
 
     fn insert_controlled_inner(
@@ -122,7 +135,8 @@ impl Table {
         tpl: &Handle,
         first: PacketInfo,
         now: u64,
-    ) -> Result<Handle, InsertError> {
+        handle: bool,
+    ) -> Result<Option<Handle>, InsertError> {
         if !tpl.is_template() {
             return Err(InsertError::TemplateGone);
         }
@@ -138,7 +152,7 @@ impl Table {
         if !bound {
             return Err(InsertError::TemplateGone);
         }
-        match self.insert_with_aux(c, first, now, r + 1) {
+        match self.insert_with_aux(c, first, now, r + 1, handle) {
             Ok(h) => Ok(h),
             Err(e) => {
                 if tpl.caddr().is_ipv4() {
@@ -182,7 +196,7 @@ impl Table {
         let shard = self.shard_of(k.proto, caddr, 0);
         let hash = key_hash(&self.hasher, k.proto, kind, caddr, 0, vaddr, k.vport);
         let knobs = self.knobs();
-        let mut rel = Releases::new(A::WIDE);
+        let mut rel: Releases = Releases::new(A::WIDE);
         let res = {
             let mut g = self.lock(shard);
             let (part, stats) = A::split(&mut g);
@@ -207,14 +221,14 @@ impl Table {
 
     /// The kernel's `ip_vs_check_template`, plus expiry of idle templates
     /// the sweep has not reached. True when the template may be used.
-    fn check_template<A: Family>(
+    fn check_template<A: Family, const N: usize>(
         &self,
         part: &mut Part<A>,
         stats: &mut ShardStats,
         idx: u32,
         now: u64,
         knobs: &Knobs,
-        rel: &mut Releases,
+        rel: &mut Releases<N>,
     ) -> bool {
         let e = part.get(idx);
         let Some(dest) = e.dest.as_ref() else {
@@ -245,7 +259,7 @@ impl Table {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn create_template<A: Family>(
+    fn create_template<A: Family, const N: usize>(
         &self,
         part: &mut Part<A>,
         stats: &mut ShardStats,
@@ -257,7 +271,7 @@ impl Table {
         n: NewTpl<'_>,
         now: u64,
         knobs: &Knobs,
-        rel: &mut Releases,
+        rel: &mut Releases<N>,
     ) -> Result<Handle, InsertError> {
         let daddr = A::from_ip(n.dest.addr).ok_or(InsertError::FamilyMismatch)?;
         if !self.reserve() {

@@ -287,3 +287,29 @@ fn remove_unbinds() {
     assert!(t.is_empty());
     assert_eq!(d.inactive_conns(), 0);
 }
+
+#[test]
+fn add_moves_the_dest_in_and_hands_back_no_reference() {
+    let t = table(1000);
+    let d = dest("203.0.113.11", 8080, FwdMethod::Masq);
+    let c = conn(TCP, 40001, &d);
+    let before = std::sync::Arc::strong_count(&d);
+    t.add(c.clone(), PacketInfo::tcp(SYN, 60), 0).unwrap();
+    // `c` (kept by the test) and the entry hold one reference each; the
+    // `NewConn` given to `add` was moved into the entry.
+    assert_eq!(std::sync::Arc::strong_count(&d), before + 1);
+    assert_eq!((d.active_conns(), d.inactive_conns()), (0, 1));
+    assert_eq!(
+        t.add(c.clone(), PacketInfo::tcp(SYN, 60), 1),
+        Err(InsertError::Exists)
+    );
+    let (h, dir) = t.lookup(&reply(&c)).unwrap();
+    assert_eq!((dir, h.daddr(), h.dport()), (Dir::Out, d.addr, 8080));
+    drop(h);
+    // The per-packet path (lookup_update) sees the same connection.
+    let (hit, dir, u) = t
+        .lookup_update(&req(&c), PacketInfo::tcp(ACK, 52), 2)
+        .unwrap();
+    assert_eq!((dir, u, hit.daddr()), (Dir::In, Update::Forward, d.addr));
+    assert_eq!(t.len(), 1);
+}

@@ -142,6 +142,7 @@ const F_AVAILABLE: u8 = 1;
 const F_OVERLOAD: u8 = 2;
 
 /// One real server of one service.
+#[repr(align(64))]
 pub struct Dest {
     /// Real server address.
     pub addr: IpAddr,
@@ -151,14 +152,24 @@ pub struct Dest {
     fwd: AtomicU8,
     tun: AtomicU32,
     flags: AtomicU8,
-    active: AtomicU32,
-    inactive: AtomicU32,
-    persistent: AtomicU32,
     u_threshold: AtomicU32,
     l_threshold: AtomicU32,
     /// Where the embedding program counts this server's traffic (opaque
-    /// here; [`Dest::NO_STATS`] until assigned).
+    /// here; [`Dest::NO_STATS`] until assigned). Read per packet, written
+    /// once on the control path.
     stats: AtomicU64,
+    /// Written on every connection bound or unbound, by any worker: kept
+    /// off the line the per-packet path reads (`flags`), and, since `Dest`
+    /// is cache-line aligned, off the `Arc`'s reference counts too.
+    counts: Counts,
+}
+
+/// The connection counts, on their own cache line.
+#[repr(align(64))]
+struct Counts {
+    active: AtomicU32,
+    inactive: AtomicU32,
+    persistent: AtomicU32,
 }
 
 impl fmt::Debug for Dest {
@@ -186,12 +197,14 @@ impl Dest {
             fwd: AtomicU8::new(fwd as u8),
             tun: AtomicU32::new(0),
             flags: AtomicU8::new(F_AVAILABLE),
-            active: AtomicU32::new(0),
-            inactive: AtomicU32::new(0),
-            persistent: AtomicU32::new(0),
             u_threshold: AtomicU32::new(0),
             l_threshold: AtomicU32::new(0),
             stats: AtomicU64::new(Self::NO_STATS),
+            counts: Counts {
+                active: AtomicU32::new(0),
+                inactive: AtomicU32::new(0),
+                persistent: AtomicU32::new(0),
+            },
         }
     }
 
@@ -208,6 +221,7 @@ impl Dest {
     }
 
     /// Current weight (0 = quiescent: no new connections).
+    #[inline]
     pub fn weight(&self) -> u32 {
         self.weight.load(Relaxed)
     }
@@ -216,6 +230,7 @@ impl Dest {
         self.weight.store(w, Relaxed)
     }
     /// Forwarding method for new connections.
+    #[inline]
     pub fn fwd_method(&self) -> FwdMethod {
         FwdMethod::from_u8(self.fwd.load(Relaxed))
     }
@@ -224,6 +239,7 @@ impl Dest {
         self.fwd.store(m as u8, Relaxed)
     }
     /// Tunnel settings for `-i` (ignored for other methods).
+    #[inline]
     pub fn tun_config(&self) -> TunConfig {
         TunConfig::unpack(self.tun.load(Relaxed))
     }
@@ -232,16 +248,18 @@ impl Dest {
         self.tun.store(t.pack(), Relaxed)
     }
     /// Active connections (ActiveConn: ESTABLISHED, as the kernel counts).
+    #[inline]
     pub fn active_conns(&self) -> u32 {
-        self.active.load(Relaxed)
+        self.counts.active.load(Relaxed)
     }
     /// Inactive connections (every other state; all UDP).
+    #[inline]
     pub fn inactive_conns(&self) -> u32 {
-        self.inactive.load(Relaxed)
+        self.counts.inactive.load(Relaxed)
     }
     /// Persistence templates pointing at this server.
     pub fn persistent_conns(&self) -> u32 {
-        self.persistent.load(Relaxed)
+        self.counts.persistent.load(Relaxed)
     }
     /// Upper/lower connection thresholds (`-x`, `-y`; 0 = unset).
     pub fn thresholds(&self) -> (u32, u32) {
@@ -258,6 +276,7 @@ impl Dest {
     }
     /// Still part of its service. Cleared by `-d`; set again when the same
     /// server is re-added (its connections then resume).
+    #[inline]
     pub fn is_available(&self) -> bool {
         self.flags.load(Relaxed) & F_AVAILABLE != 0
     }
@@ -270,10 +289,12 @@ impl Dest {
         }
     }
     /// Over its upper threshold: gets no new connections.
+    #[inline]
     pub fn is_overloaded(&self) -> bool {
         self.flags.load(Relaxed) & F_OVERLOAD != 0
     }
     /// May receive a new connection: available, weight > 0, not overloaded.
+    #[inline]
     pub fn can_schedule(&self) -> bool {
         self.flags.load(Relaxed) == F_AVAILABLE && self.weight() > 0
     }
@@ -284,10 +305,17 @@ impl Dest {
     fn update_overload(&self) {
         let (upper, lower) = self.thresholds();
         let total = self.active_conns().saturating_add(self.inactive_conns());
+        // Read before writing: most calls change nothing, and a locked
+        // write here would bounce the line every packet reads `flags` from.
+        let over = self.is_overloaded();
         if upper == 0 {
-            self.flags.fetch_and(!F_OVERLOAD, Relaxed);
+            if over {
+                self.flags.fetch_and(!F_OVERLOAD, Relaxed);
+            }
         } else if total >= upper {
-            self.flags.fetch_or(F_OVERLOAD, Relaxed);
+            if !over {
+                self.flags.fetch_or(F_OVERLOAD, Relaxed);
+            }
         } else {
             // Without -y the kernel clears when `total * 4 < upper * 3`, i.e.
             // below the exact 3/4 of -x (upper 10 clears at 7, not at 6 as
@@ -297,7 +325,7 @@ impl Dest {
             } else {
                 (total as u64) * 4 < (upper as u64) * 3
             };
-            if clears {
+            if clears && over {
                 self.flags.fetch_and(!F_OVERLOAD, Relaxed);
             }
         }
@@ -306,15 +334,19 @@ impl Dest {
     /// A connection was bound to this destination (`ip_vs_bind_dest`).
     pub fn conn_bound(&self, active: bool) {
         if active {
-            self.active.fetch_add(1, Relaxed);
+            self.counts.active.fetch_add(1, Relaxed);
         } else {
-            self.inactive.fetch_add(1, Relaxed);
+            self.counts.inactive.fetch_add(1, Relaxed);
         }
         self.update_overload();
     }
     /// A connection left this destination (`ip_vs_unbind_dest`).
     pub fn conn_unbound(&self, active: bool) {
-        let ctr = if active { &self.active } else { &self.inactive };
+        let ctr = if active {
+            &self.counts.active
+        } else {
+            &self.counts.inactive
+        };
         // Saturating: a counting bug must not wrap to 4 billion connections.
         let _ = ctr.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
         self.update_overload();
@@ -322,9 +354,9 @@ impl Dest {
     /// A connection moved between the active and inactive counts.
     pub fn conn_state_moved(&self, now_active: bool) {
         let (from, to) = if now_active {
-            (&self.inactive, &self.active)
+            (&self.counts.inactive, &self.counts.active)
         } else {
-            (&self.active, &self.inactive)
+            (&self.counts.active, &self.counts.inactive)
         };
         let _ = from.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
         to.fetch_add(1, Relaxed);
@@ -332,9 +364,10 @@ impl Dest {
     /// A persistence template was bound (`true`) or unbound (`false`).
     pub fn template_bound(&self, bound: bool) {
         if bound {
-            self.persistent.fetch_add(1, Relaxed);
+            self.counts.persistent.fetch_add(1, Relaxed);
         } else {
             let _ = self
+                .counts
                 .persistent
                 .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
         }

@@ -26,6 +26,9 @@ pub enum HookPoint {
 }
 
 impl HookPoint {
+    /// Number of hook points.
+    pub const COUNT: usize = 5;
+
     /// The netfilter name.
     pub fn name(self) -> &'static str {
         match self {
@@ -160,6 +163,9 @@ pub fn default_entries() -> Vec<HookEntry> {
 #[derive(Debug)]
 pub struct HookChain {
     points: Vec<(HookPoint, Vec<HookEntry>)>,
+    /// Position in `points` of each hook point's list (by `HookPoint as
+    /// usize`), so the per-packet [`HookChain::at`] does not search.
+    slot: [Option<usize>; HookPoint::COUNT],
 }
 
 impl HookChain {
@@ -188,15 +194,20 @@ impl HookChain {
             i <= MAX_ENTRIES,
             "hook chain holds {i} entries, more than MAX_ENTRIES"
         );
-        HookChain { points }
+        let mut slot = [None; HookPoint::COUNT];
+        for (i, (p, _)) in points.iter().enumerate() {
+            slot[*p as usize] = Some(i);
+        }
+        HookChain { points, slot }
     }
 
     /// The entries of one hook point in the order they run.
+    #[inline]
     pub fn at(&self, point: HookPoint) -> &[HookEntry] {
-        self.points
-            .iter()
-            .find(|(p, _)| *p == point)
-            .map_or(&[], |(_, v)| v.as_slice())
+        match self.slot[point as usize] {
+            Some(i) => &self.points[i].1,
+            None => &[],
+        }
     }
 
     /// Every entry, point by point, in running order.

@@ -25,7 +25,7 @@ use uvs_sched::{FwdMethod, SchedKey, TunConfig};
 
 use crate::datapath::filter::{FilterKey, FilterTable, Target};
 use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
-use crate::datapath::service::Services;
+use crate::datapath::service::{ServiceRt, Services};
 use crate::datapath::snapshot::{Cached, Snapshot};
 use crate::datapath::stats::{add, DropReason, WorkerStats};
 
@@ -70,6 +70,7 @@ pub enum Verdict {
 struct ThreadSnapshots {
     services: Cached<Services>,
     filter: Cached<FilterTable>,
+    vips: Vips,
 }
 
 thread_local! {
@@ -77,14 +78,115 @@ thread_local! {
         RefCell::new(ThreadSnapshots {
             services: Cached::EMPTY,
             filter: Cached::EMPTY,
+            vips: Vips::EMPTY,
         })
     };
 }
 
-/// What one hook function decided.
+/// Most virtual addresses [`Vips`] lists inline.
+const SMALL_VIPS: usize = 8;
+
+/// The route decision ("is this a VIP?") and the service lookup of one
+/// services generation: the addresses and services themselves when a
+/// configuration has at most [`SMALL_VIPS`] services (a few compares
+/// instead of a map probe per packet), else the snapshot's maps. Derived
+/// per thread when the generation moves, in time bounded by `SMALL_VIPS`
+/// whatever the number of services.
+struct Vips {
+    /// Generation of the services snapshot this was derived from (0: none).
+    gen: u64,
+    small: bool,
+    n: usize,
+    addrs: [IpAddr; SMALL_VIPS],
+    /// The services, when `small` (their count is `svcs_n`).
+    svcs: [Option<Arc<ServiceRt>>; SMALL_VIPS],
+    svcs_n: usize,
+}
+
+impl Vips {
+    const EMPTY: Vips = Vips {
+        gen: 0,
+        small: false,
+        n: 0,
+        addrs: [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED); SMALL_VIPS],
+        svcs: [const { None }; SMALL_VIPS],
+        svcs_n: 0,
+    };
+
+    /// Brings the list to `services` of generation `gen`.
+    #[inline(always)]
+    fn follow(&mut self, gen: u64, services: &Services) {
+        if self.gen != gen {
+            self.derive(gen, services);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn derive(&mut self, gen: u64, services: &Services) {
+        self.gen = gen;
+        self.n = 0;
+        self.svcs_n = 0;
+        self.svcs = [const { None }; SMALL_VIPS];
+        self.small = services.len() <= SMALL_VIPS;
+        if !self.small {
+            return;
+        }
+        for svc in services.iter() {
+            if !self.addrs[..self.n].contains(&svc.addr) {
+                self.addrs[self.n] = svc.addr;
+                self.n += 1;
+            }
+            self.svcs[self.svcs_n] = Some(Arc::clone(svc));
+            self.svcs_n += 1;
+        }
+    }
+
+    /// [`Services::find`]: the exact service, else the address's port-0
+    /// service.
+    #[inline]
+    fn find<'a>(
+        &'a self,
+        services: &'a Services,
+        proto: u8,
+        addr: IpAddr,
+        port: u16,
+    ) -> Option<&'a Arc<ServiceRt>> {
+        if !self.small {
+            return services.find(proto, addr, port);
+        }
+        let list = self.svcs[..self.svcs_n].iter().flatten();
+        let exact = |want: u16| {
+            list.clone()
+                .find(|s| s.port == want && s.proto == proto && s.addr == addr)
+        };
+        exact(port).or_else(|| if port == 0 { None } else { exact(0) })
+    }
+
+    #[inline(always)]
+    fn is_vip(&self, services: &Services, addr: IpAddr) -> bool {
+        if self.small {
+            self.addrs[..self.n].contains(&addr)
+        } else {
+            services.is_vip(addr)
+        }
+    }
+}
+
+/// The services as this packet sees them: the snapshot and this thread's
+/// small-configuration copy of it.
+struct View<'a> {
+    services: &'a Services,
+    small: &'a Vips,
+}
+
+/// What one hook function decided. `Done`'s verdict is written into the
+/// caller's slot rather than returned, so the large [`Verdict`] is built
+/// once, in place, and never moved through the chain.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Step {
     Continue,
-    Done(Verdict),
+    Done,
 }
 
 /// Everything the workers share: read-mostly configuration snapshots and
@@ -147,19 +249,63 @@ impl Pipeline {
         // The snapshots, from this thread's copies (no locked instruction
         // per packet); the shared ones only when the thread has none to
         // lend (re-entered, or being torn down).
-        let cached = SNAPSHOTS.try_with(|cell| {
-            let mut c = cell.try_borrow_mut().ok()?;
-            let ThreadSnapshots { services, filter } = &mut *c;
-            let (s, f) = (services.get(&self.services), filter.get(&self.filter));
-            Some(self.hooks_run(frame, p, icmp_error, csum, now_ms, s, f, st))
-        });
-        match cached {
-            Ok(Some(v)) => v,
-            _ => {
-                let (s, f) = (self.services.load_full(), self.filter.load_full());
-                self.hooks_run(frame, p, icmp_error, csum, now_ms, &s, &f, st)
+        let mut v = Verdict::Pass;
+        // The thread's copies, reached without a closure so that the chain
+        // is inlined here and writes the verdict straight into `v`.
+        if let Ok(cell) = SNAPSHOTS.try_with(|c| c as *const RefCell<ThreadSnapshots>) {
+            // SAFETY: `cell` points at this thread's `SNAPSHOTS`. `try_with`
+            // succeeded, so the thread's TLS destructors have not run, and
+            // they cannot run before this function returns (it calls no
+            // code that could end the thread); the reference does not
+            // outlive this call.
+            let cell = unsafe { &*cell };
+            if let Ok(mut c) = cell.try_borrow_mut() {
+                let ThreadSnapshots {
+                    services,
+                    filter,
+                    vips,
+                } = &mut *c;
+                let ((gen, s), f) = (services.get_gen(&self.services), filter.get(&self.filter));
+                vips.follow(gen, s);
+                let local = vips.is_vip(s, p.dst);
+                let view = View {
+                    services: s,
+                    small: vips,
+                };
+                self.hooks_run(
+                    frame, p, icmp_error, csum, now_ms, &view, f, local, st, &mut v,
+                );
+                return v;
             }
         }
+        self.process_shared(frame, p, icmp_error, csum, now_ms, st)
+    }
+
+    /// [`Pipeline::process`] with the shared snapshots, when this thread
+    /// has no copies to lend (re-entered, or being torn down).
+    #[cold]
+    #[inline(never)]
+    fn process_shared(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        icmp_error: bool,
+        csum: CsumMode,
+        now_ms: u64,
+        st: &WorkerStats,
+    ) -> Verdict {
+        let mut v = Verdict::Pass;
+        let (s, f) = (self.services.load_full(), self.filter.load_full());
+        let local = s.is_vip(p.dst);
+        let none = Vips::EMPTY;
+        let view = View {
+            services: &s,
+            small: &none,
+        };
+        self.hooks_run(
+            frame, p, icmp_error, csum, now_ms, &view, &f, local, st, &mut v,
+        );
+        v
     }
 
     /// The hook chain at the packet's hook point.
@@ -172,13 +318,15 @@ impl Pipeline {
         icmp_error: bool,
         csum: CsumMode,
         now_ms: u64,
-        services: &Services,
+        services: &View<'_>,
         filter: &FilterTable,
+        to_vip: bool,
         st: &WorkerStats,
-    ) -> Verdict {
+        out: &mut Verdict,
+    ) {
         // The routing decision: VIPs are local, so requests meet LOCAL_IN;
         // everything else (NAT replies to clients) is forwarded.
-        let point = if services.is_vip(p.dst) {
+        let point = if to_vip {
             HookPoint::LocalIn
         } else {
             HookPoint::Forward
@@ -191,37 +339,38 @@ impl Pipeline {
         for e in self.hooks.at(point) {
             add(&st.hook_seen[e.index], 1);
             let step = match e.func {
-                HookFn::Filter => Self::filter_hook(filter, point, p, st),
+                HookFn::Filter => Self::filter_hook(filter, point, p, st, out),
                 HookFn::IpvsReply if icmp_error => Step::Continue,
-                HookFn::IpvsReply => self.ipvs_reply(frame, p, csum, now_ms, &mut ctx, st),
+                HookFn::IpvsReply => self.ipvs_reply(frame, p, csum, now_ms, &mut ctx, st, out),
                 HookFn::IpvsRequest if icmp_error => {
-                    self.ipvs_icmp(frame, p, csum, now_ms, Dir::In, st)
+                    self.ipvs_icmp(frame, p, csum, now_ms, Dir::In, st, out)
                 }
                 HookFn::IpvsRequest => {
-                    self.ipvs_request(frame, p, csum, now_ms, services, &mut ctx, st)
+                    self.ipvs_request(frame, p, csum, now_ms, services, &mut ctx, st, out)
                 }
                 HookFn::IpvsForwardIcmp if icmp_error => {
-                    self.ipvs_icmp(frame, p, csum, now_ms, Dir::Out, st)
+                    self.ipvs_icmp(frame, p, csum, now_ms, Dir::Out, st, out)
                 }
                 HookFn::IpvsForwardIcmp => Step::Continue,
             };
-            if let Step::Done(v) = step {
-                match v {
-                    Verdict::Drop(_) | Verdict::Reject { .. } => add(&st.hook_dropped[e.index], 1),
+            if step == Step::Done {
+                match *out {
                     Verdict::Xmit { .. } | Verdict::Tunnel { .. } => {
                         add(&st.hook_stolen[e.index], 1)
                     }
+                    Verdict::Drop(r) => {
+                        add(&st.hook_dropped[e.index], 1);
+                        if let DropReason::NoDestination | DropReason::TtlExceeded = r {
+                            *out = Verdict::Reject { reason: r, pkt: *p };
+                        }
+                    }
+                    Verdict::Reject { .. } => add(&st.hook_dropped[e.index], 1),
                     Verdict::Pass => {}
                 }
-                return match v {
-                    Verdict::Drop(
-                        reason @ (DropReason::NoDestination | DropReason::TtlExceeded),
-                    ) => Verdict::Reject { reason, pkt: *p },
-                    v => v,
-                };
+                return;
             }
         }
-        self.pass(st)
+        *out = self.pass(st);
     }
 
     fn pass(&self, st: &WorkerStats) -> Verdict {
@@ -229,12 +378,32 @@ impl Pipeline {
         Verdict::Pass
     }
 
-    fn drop(st: &WorkerStats, r: DropReason) -> Step {
+    #[inline(always)]
+    fn drop(st: &WorkerStats, r: DropReason, out: &mut Verdict) -> Step {
         st.drop(r);
-        Step::Done(Verdict::Drop(r))
+        *out = Verdict::Drop(r);
+        Step::Done
     }
 
-    fn filter_hook(filter: &FilterTable, point: HookPoint, p: &Parsed, st: &WorkerStats) -> Step {
+    /// Sets the verdict and ends the chain.
+    #[inline(always)]
+    fn done(out: &mut Verdict, v: Verdict) -> Step {
+        *out = v;
+        Step::Done
+    }
+
+    #[inline(always)]
+    fn filter_hook(
+        filter: &FilterTable,
+        point: HookPoint,
+        p: &Parsed,
+        st: &WorkerStats,
+        out: &mut Verdict,
+    ) -> Step {
+        // No rules (the usual case): ACCEPT without building a key.
+        if filter.rules().is_empty() {
+            return Step::Continue;
+        }
         let k = FilterKey {
             proto: p.proto,
             src: p.src,
@@ -244,7 +413,7 @@ impl Pipeline {
         };
         match filter.check(point, &k) {
             Target::Accept => Step::Continue,
-            Target::Drop => Self::drop(st, DropReason::Filtered),
+            Target::Drop => Self::drop(st, DropReason::Filtered, out),
         }
     }
 
@@ -281,6 +450,7 @@ impl Pipeline {
     /// `ip_vs_reply`: a NAT reply from a real server gets the VIP back as
     /// its source and goes to the client.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn ipvs_reply(
         &self,
         frame: &mut [u8],
@@ -289,6 +459,7 @@ impl Pipeline {
         now: u64,
         ctx: &mut Ctx,
         st: &WorkerStats,
+        out: &mut Verdict,
     ) -> Step {
         let Some((h, Dir::Out, update)) = self.lookup(frame, p, now, ctx) else {
             return Step::Continue;
@@ -298,12 +469,14 @@ impl Pipeline {
         }
         match update {
             Update::Forward => {}
-            Update::Drop | Update::Reschedule => return Self::drop(st, DropReason::DestRemoved),
+            Update::Drop | Update::Reschedule => {
+                return Self::drop(st, DropReason::DestRemoved, out)
+            }
         }
         match uvs_fwd::snat(frame, p, h.vaddr(), h.vport(), csum) {
             Ok(()) => {
                 st.count_packet(h.stats_tag(), false, p.ip_len);
-                Step::Done(Verdict::Xmit {
+                *out = Verdict::Xmit {
                     next_hop: h.caddr(),
                     dnat_from: None,
                     pkt: Parsed {
@@ -311,9 +484,10 @@ impl Pipeline {
                         sport: h.vport(),
                         ..*p
                     },
-                })
+                };
+                Step::Done
             }
-            Err(e) => Self::drop(st, xmit_reason(&e)),
+            Err(e) => Self::drop(st, xmit_reason(&e), out),
         }
     }
 
@@ -322,6 +496,8 @@ impl Pipeline {
     /// errors from a real server, `want` = Out): NAT rewrites outer and
     /// quoted headers; DR and TUN forward it as the connection's packets.
     /// Errors never create connections (no `schedule_icmp`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     fn ipvs_icmp(
         &self,
         frame: &mut [u8],
@@ -330,6 +506,7 @@ impl Pipeline {
         now: u64,
         want: Dir,
         st: &WorkerStats,
+        out: &mut Verdict,
     ) -> Step {
         let Ok(emb) = uvs_fwd::embedded(frame, p) else {
             return Step::Continue;
@@ -351,27 +528,30 @@ impl Pipeline {
             return Step::Continue;
         }
         if self.conns.update_related(&h, dir, p.ip_len as u32, now) != Update::Forward {
-            return Self::drop(st, DropReason::DestRemoved);
+            return Self::drop(st, DropReason::DestRemoved, out);
         }
         st.count_packet(h.dest().stats_tag(), dir == Dir::In, p.ip_len);
         let (nat, next_hop) = match (dir, h.fwd()) {
             (Dir::Out, FwdMethod::Masq) => (IcmpNat::to_client(h.vaddr(), h.vport()), h.caddr()),
             (Dir::In, FwdMethod::Masq) => (IcmpNat::to_server(h.daddr(), h.dport()), h.daddr()),
-            (Dir::In, _) => return self.xmit_handle(frame, p, csum, &h, st),
+            (Dir::In, _) => return self.xmit_handle(frame, p, csum, &h, st, out),
             (Dir::Out, _) => return Step::Continue,
         };
         match nat_icmp_error(frame, p, &emb, &nat, csum) {
             // Outer and quoted headers both changed: parse once more here
             // (ICMP errors only), so egress gets the packet as it now is.
             Ok(()) => match uvs_fwd::parse(frame) {
-                Ok(pkt) => Step::Done(Verdict::Xmit {
-                    next_hop,
-                    dnat_from: None,
-                    pkt,
-                }),
-                Err(_) => Self::drop(st, DropReason::Rewrite),
+                Ok(pkt) => Self::done(
+                    out,
+                    Verdict::Xmit {
+                        next_hop,
+                        dnat_from: None,
+                        pkt,
+                    },
+                ),
+                Err(_) => Self::drop(st, DropReason::Rewrite, out),
             },
-            Err(e) => Self::drop(st, xmit_reason(&e)),
+            Err(e) => Self::drop(st, xmit_reason(&e), out),
         }
     }
 
@@ -386,9 +566,10 @@ impl Pipeline {
         p: &Parsed,
         csum: CsumMode,
         now: u64,
-        services: &Services,
+        services: &View<'_>,
         ctx: &mut Ctx,
         st: &WorkerStats,
+        out: &mut Verdict,
     ) -> Step {
         if let Some((h, Dir::In, update)) = self.lookup(frame, p, now, ctx) {
             match update {
@@ -403,20 +584,22 @@ impl Pipeline {
                         h.dport(),
                         h.tun_config(),
                         st,
-                    );
+                        out,
+                    )
                 }
-                Update::Drop => return Self::drop(st, DropReason::DestRemoved),
+                Update::Drop => return Self::drop(st, DropReason::DestRemoved, out),
                 // A SYN reusing a finished connection's tuple: schedule it
                 // afresh below, with this very packet.
                 Update::Reschedule => {}
             }
         }
-        self.ipvs_schedule(frame, p, csum, now, services, st)
+        self.ipvs_schedule(frame, p, csum, now, services, st, out)
     }
 
     /// A new connection (or a reused tuple's): find the service, schedule,
     /// insert, forward. Apart from the per-packet path so that path stays
     /// small enough to inline.
+    #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn ipvs_schedule(
         &self,
@@ -424,17 +607,21 @@ impl Pipeline {
         p: &Parsed,
         csum: CsumMode,
         now: u64,
-        services: &Services,
+        services: &View<'_>,
         st: &WorkerStats,
+        out: &mut Verdict,
     ) -> Step {
-        let Some(svc) = services.find(p.proto, p.dst, p.dport) else {
+        let found = services
+            .small
+            .find(services.services, p.proto, p.dst, p.dport);
+        let Some(svc) = found else {
             return Step::Continue;
         };
         let info = Self::info(frame, p);
         if !uvs_conntrack::may_create(p.proto, &info, &self.conns.knobs()) {
             // The kernel would pass this to its own stack, which answers
             // with a RST; uvs owns the VIP and drops it instead.
-            return Self::drop(st, DropReason::NoConnection);
+            return Self::drop(st, DropReason::NoConnection, out);
         }
         let key = SchedKey {
             proto: p.proto,
@@ -460,7 +647,7 @@ impl Pipeline {
                     Some(t) => Some(t),
                     None => {
                         let Some(dest) = svc.sched.schedule(&key) else {
-                            return Self::drop(st, DropReason::NoDestination);
+                            return Self::drop(st, DropReason::NoDestination, out);
                         };
                         self.conns
                             .get_or_insert_template(
@@ -476,7 +663,7 @@ impl Pipeline {
                 };
                 match t {
                     Some(t) => Some(t),
-                    None => return Self::drop(st, DropReason::TableFull),
+                    None => return Self::drop(st, DropReason::TableFull, out),
                 }
             }
         };
@@ -484,7 +671,7 @@ impl Pipeline {
             Some(t) => Arc::clone(t.dest()),
             None => match svc.sched.schedule(&key) {
                 Some(d) => d,
-                None => return Self::drop(st, DropReason::NoDestination),
+                None => return Self::drop(st, DropReason::NoDestination, out),
             },
         };
         let fwd = dest.fwd_method();
@@ -507,9 +694,11 @@ impl Pipeline {
             dest,
             fwd,
         };
+        // `add`: the entry takes the scheduler's `Arc<Dest>`; no handle
+        // (and no further reference count on the destination) comes back.
         let inserted = match &tpl {
-            Some(t) => self.conns.insert_controlled(nc, t, info, now),
-            None => self.conns.insert(nc, info, now),
+            Some(t) => self.conns.add_controlled(nc, t, info, now),
+            None => self.conns.add(nc, info, now),
         };
         match inserted {
             Ok(_) => {}
@@ -520,17 +709,17 @@ impl Pipeline {
                 return match self.conns.lookup_in(&tuple(p)) {
                     Some(h) => {
                         st.count_packet(h.dest().stats_tag(), true, p.ip_len);
-                        self.xmit_handle(frame, p, csum, &h, st)
+                        self.xmit_handle(frame, p, csum, &h, st, out)
                     }
-                    None => Self::drop(st, DropReason::TableFull),
+                    None => Self::drop(st, DropReason::TableFull, out),
                 };
             }
-            Err(_) => return Self::drop(st, DropReason::TableFull),
+            Err(_) => return Self::drop(st, DropReason::TableFull, out),
         }
         add(&st.conns, 1);
         st.count_conn(tag);
         st.count_packet(tag, true, p.ip_len);
-        self.xmit_request(frame, p, csum, fwd, daddr, dport, tun, st)
+        self.xmit_request(frame, p, csum, fwd, daddr, dport, tun, st, out)
     }
 
     /// Forwards a packet along an existing connection found by handle
@@ -542,6 +731,7 @@ impl Pipeline {
         csum: CsumMode,
         h: &uvs_conntrack::Handle,
         st: &WorkerStats,
+        out: &mut Verdict,
     ) -> Step {
         self.xmit_request(
             frame,
@@ -552,6 +742,7 @@ impl Pipeline {
             h.dport(),
             h.dest().tun_config(),
             st,
+            out,
         )
     }
 
@@ -567,37 +758,46 @@ impl Pipeline {
         dport: u16,
         tun: TunConfig,
         st: &WorkerStats,
+        out: &mut Verdict,
     ) -> Step {
+        // Each arm writes the verdict in place (no move of a built one).
         match fwd {
             FwdMethod::Masq => match uvs_fwd::dnat(frame, p, daddr, dport, csum) {
-                Ok(()) => Step::Done(Verdict::Xmit {
-                    next_hop: daddr,
-                    dnat_from: Some((p.dst, p.dport)),
-                    pkt: Parsed {
-                        dst: daddr,
-                        dport,
-                        ..*p
-                    },
-                }),
-                Err(e) => Self::drop(st, xmit_reason(&e)),
+                Ok(()) => {
+                    *out = Verdict::Xmit {
+                        next_hop: daddr,
+                        dnat_from: Some((p.dst, p.dport)),
+                        pkt: Parsed {
+                            dst: daddr,
+                            dport,
+                            ..*p
+                        },
+                    }
+                }
+                Err(e) => return Self::drop(st, xmit_reason(&e), out),
             },
             // Direct routing: the packet keeps the VIP; only the TTL and, in
             // the worker, the MACs change (the real server is on-link).
             FwdMethod::Route => match uvs_fwd::xmit::dr::dr(frame, p) {
-                Ok(()) => Step::Done(Verdict::Xmit {
-                    next_hop: daddr,
-                    dnat_from: None,
-                    pkt: *p,
-                }),
-                Err(e) => Self::drop(st, xmit_reason(&e)),
+                Ok(()) => {
+                    *out = Verdict::Xmit {
+                        next_hop: daddr,
+                        dnat_from: None,
+                        pkt: *p,
+                    }
+                }
+                Err(e) => return Self::drop(st, xmit_reason(&e), out),
             },
-            FwdMethod::Tunnel => Step::Done(Verdict::Tunnel {
-                next_hop: daddr,
-                tun,
-                pkt: *p,
-            }),
-            FwdMethod::Local => Self::drop(st, DropReason::Unsupported),
+            FwdMethod::Tunnel => {
+                *out = Verdict::Tunnel {
+                    next_hop: daddr,
+                    tun,
+                    pkt: *p,
+                }
+            }
+            FwdMethod::Local => return Self::drop(st, DropReason::Unsupported, out),
         }
+        Step::Done
     }
 }
 
@@ -627,3 +827,6 @@ fn xmit_reason(e: &uvs_fwd::XmitError) -> DropReason {
         _ => DropReason::Rewrite,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -87,6 +87,18 @@ pub(crate) struct Cached<T> {
 impl<T> Cached<T> {
     pub(crate) const EMPTY: Cached<T> = Cached { gen: 0, val: None };
 
+    /// [`Cached::get`], with the value's generation (for data a thread
+    /// derives from the value).
+    #[inline(always)]
+    pub(crate) fn get_gen(&mut self, s: &Snapshot<T>) -> (u64, &T) {
+        let g = s.generation();
+        if g != self.gen {
+            self.val = None;
+            self.gen = g;
+        }
+        (g, self.val.get_or_insert_with(|| s.load_full()))
+    }
+
     /// The value for `s`'s current generation, reloaded only when the
     /// generation moved.
     #[inline(always)]
