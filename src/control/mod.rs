@@ -5,9 +5,9 @@
 
 pub mod ctl;
 pub mod daemon;
-pub mod resolver;
 pub mod lifecycle;
-pub mod reload;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
+pub mod resolver;
 pub mod socket;

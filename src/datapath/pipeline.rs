@@ -585,7 +585,7 @@ impl Pipeline {
                         h.tun_config(),
                         st,
                         out,
-                    )
+                    );
                 }
                 Update::Drop => return Self::drop(st, DropReason::DestRemoved, out),
                 // A SYN reusing a finished connection's tuple: schedule it
