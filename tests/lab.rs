@@ -1050,7 +1050,7 @@ fn icmp_error_from_a_real_server_reaches_the_client_rewritten() {
     assert_eq!(fwd, 0, "the director's kernel forwarded the raw error too");
 }
 
-/// CRC-32C, bitwise (independent of uvs-fwd's table-driven one).
+/// CRC-32C, bitwise (independent of uvs-fwd's, which uses the crc32c crate).
 fn crc32c_bitwise(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
