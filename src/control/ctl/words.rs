@@ -16,26 +16,26 @@ fn is_c_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r')
 }
 
+/// What C's number readers skip first: leading blanks, then one optional
+/// sign. Returns whether it was `-`, and where the digits start.
+fn c_sign(b: &[u8]) -> (bool, usize) {
+    let mut i = 0;
+    while i < b.len() && is_c_space(b[i]) {
+        i += 1;
+    }
+    match b.get(i) {
+        Some(b'-') => (true, i + 1),
+        Some(b'+') => (false, i + 1),
+        _ => (false, i),
+    }
+}
+
 /// `strtol(s, &end, 10)` that must consume the whole word, as ipvsadm's
 /// `string_to_number`: `None` when nothing or not everything was a number
 /// or it overflows a C `long`.
 pub fn c_strtol(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() && is_c_space(b[i]) {
-        i += 1;
-    }
-    let neg = match b.get(i) {
-        Some(b'-') => {
-            i += 1;
-            true
-        }
-        Some(b'+') => {
-            i += 1;
-            false
-        }
-        _ => false,
-    };
+    let (neg, mut i) = c_sign(b);
     let start = i;
     let mut v: i64 = 0;
     let mut overflow = false;
@@ -68,21 +68,7 @@ pub fn number_in(s: &str, min: i64, max: i64) -> Option<i64> {
 /// (`64abc` is 64, `abc` is 0); saturates instead of wrapping.
 pub fn c_atoi(s: &str) -> i64 {
     let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() && is_c_space(b[i]) {
-        i += 1;
-    }
-    let neg = match b.get(i) {
-        Some(b'-') => {
-            i += 1;
-            true
-        }
-        Some(b'+') => {
-            i += 1;
-            false
-        }
-        _ => false,
-    };
+    let (neg, mut i) = c_sign(b);
     let mut v: i64 = 0;
     while i < b.len() && b[i].is_ascii_digit() {
         v = v.saturating_mul(10).saturating_add(i64::from(b[i] - b'0'));
