@@ -405,27 +405,16 @@ fn real_main() -> Result<ExitCode> {
             }
             uvs::control::lifecycle::reload_on_sighup(&control)
                 .context("installing the SIGHUP handler")?;
-            let sources = uvs::control::lifecycle::Sources {
-                config: config.clone(),
-                filter: filter.clone(),
-            };
+            let sources = uvs::control::lifecycle::Sources { config, filter };
+            // Read as a reload reads them (same paths, same errors).
+            let texts = sources.read()?;
             let opts = uvs::control::daemon::RunOpts {
                 interfaces,
                 workers: workers
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 control,
-                config: config
-                    .map(|p| {
-                        std::fs::read_to_string(&p)
-                            .with_context(|| format!("reading {}", p.display()))
-                    })
-                    .transpose()?,
-                filter: filter
-                    .map(|p| {
-                        std::fs::read_to_string(&p)
-                            .with_context(|| format!("reading {}", p.display()))
-                    })
-                    .transpose()?,
+                config: texts.config.map(|t| t.text),
+                filter: texts.filter.map(|t| t.text),
                 ring_frames,
                 mh_table_size,
                 knobs,
