@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # uvs namespace lab: a client, a load balancer and two real servers.
 #
-#   scripts/lab.sh up   [PREFIX] [--vip-on-lb] [--dr]   build the lab
+#   scripts/lab.sh up   [PREFIX] [--vip-on-lb] [--dr] [--pair]   build the lab
 #   scripts/lab.sh down [PREFIX]                 remove exactly what `up` made
 #   scripts/lab.sh names [PREFIX]                print the namespace names
 #
@@ -32,35 +32,60 @@
 # through the director: the client has a second leg on the server switch
 # (eth1 203.0.113.100, 2001:db8:5::100) and the real servers route the
 # client's addresses to it.
+#
+# --pair adds a second director, PREFIX-lb2 (c0 198.51.100.2, 2001:db8:c::2;
+# s0 203.0.113.2, 2001:db8:5::2), for connection sync and failover: the
+# client then reaches both directors through a second bridge (br1 in
+# PREFIX-sw). Routes still point at PREFIX-lb; a takeover test moves the
+# client's VIP route and the real servers' default route to lb2.
 set -euo pipefail
 
 cmd=${1:-}
 P=${2:-uvslab}
 [[ "$P" =~ ^[A-Za-z0-9_-]{1,40}$ ]] || { echo "lab.sh: bad prefix '$P'" >&2; exit 2; }
-C=$P-c LB=$P-lb SW=$P-sw RS1=$P-rs1 RS2=$P-rs2
+C=$P-c LB=$P-lb SW=$P-sw RS1=$P-rs1 RS2=$P-rs2 LB2=$P-lb2
 
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 down() {
   # Only the namespaces this prefix names; deleting a namespace removes its
   # veth ends, and processes still inside are the caller's to stop.
-  for ns in "$C" "$LB" "$SW" "$RS1" "$RS2"; do
+  for ns in "$C" "$LB" "$SW" "$RS1" "$RS2" "$LB2"; do
     ip netns del "$ns" 2>/dev/null || true
   done
 }
 
 up() {
-  local vip_on_lb=$1 dr=$2
+  local vip_on_lb=$1 dr=$2 pair=$3
   down
   trap 'down' ERR
-  for ns in "$C" "$LB" "$SW" "$RS1" "$RS2"; do
+  local all=("$C" "$LB" "$SW" "$RS1" "$RS2")
+  [ "$pair" = 1 ] && all+=("$LB2")
+  for ns in "${all[@]}"; do
     ip netns add "$ns"
     nsx "$ns" ip link set lo up
     nsx "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
   done
 
-  # client <-> LB
-  ip -n "$C" link add eth0 type veth peer name c0 netns "$LB"
+  # client <-> LB (with --pair: client, LB and LB2 on the switch's br1)
+  if [ "$pair" = 1 ]; then
+    nsx "$SW" ip link add br1 type bridge
+    nsx "$SW" ip link set br1 up
+    ip -n "$C" link add eth0 type veth peer name q0 netns "$SW"
+    ip -n "$LB" link add c0 type veth peer name q1 netns "$SW"
+    ip -n "$LB2" link add c0 type veth peer name q2 netns "$SW"
+    for q in q0 q1 q2; do nsx "$SW" ip link set "$q" master br1 up; done
+    nsx "$LB2" ip addr add 198.51.100.2/24 dev c0
+    nsx "$LB2" ip -6 addr add 2001:db8:c::2/64 dev c0 nodad
+    nsx "$LB2" ip link set c0 up
+    ip -n "$LB2" link add s0 type veth peer name p9 netns "$SW"
+    nsx "$LB2" ip addr add 203.0.113.2/24 dev s0
+    nsx "$LB2" ip -6 addr add 2001:db8:5::2/64 dev s0 nodad
+    nsx "$LB2" ip link set s0 up
+    nsx "$LB2" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+  else
+    ip -n "$C" link add eth0 type veth peer name c0 netns "$LB"
+  fi
   nsx "$C" ip addr add 198.51.100.10/24 dev eth0
   nsx "$C" ip -6 addr add 2001:db8:c::10/64 dev eth0 nodad
   nsx "$C" ip link set eth0 up
@@ -80,6 +105,7 @@ up() {
   nsx "$LB" ip -6 addr add 2001:db8:5::1/64 dev s0 nodad
   nsx "$LB" ip link set s0 up
   nsx "$SW" ip link set p0 master br0 up
+  [ "$pair" = 1 ] && nsx "$SW" ip link set p9 master br0 up
   nsx "$LB" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
   if [ "$vip_on_lb" = 1 ]; then
     nsx "$LB" ip addr add 192.0.2.10/32 dev c0
@@ -126,15 +152,16 @@ up() {
 case "$cmd" in
   up)
     shift 2 || true
-    vip=0 dr=0
+    vip=0 dr=0 pair=0
     for o in "$@"; do
       case "$o" in
         --vip-on-lb) vip=1 ;;
         --dr) dr=1 ;;
+        --pair) pair=1 ;;
         *) echo "lab.sh: unknown option '$o'" >&2; exit 2 ;;
       esac
     done
-    up "$vip" "$dr" ;;
+    up "$vip" "$dr" "$pair" ;;
   down) down ;;
   names) echo "$C $LB $SW $RS1 $RS2" ;;
   *) sed -n '2,9p' "$0" >&2; exit 2 ;;

@@ -334,6 +334,11 @@ impl Engine {
         })
     }
 
+    /// The engine's clock's zero (`now_ms` counts from it).
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
     /// Milliseconds on the engine's clock (what the connection table sees).
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64

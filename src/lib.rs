@@ -18,5 +18,6 @@ pub mod datapath;
 pub mod engine;
 pub mod io;
 pub mod lab;
+pub mod sync;
 pub mod sys;
 pub mod tunnel;

@@ -77,6 +77,9 @@ pub struct Knobs {
     /// CLOSED/REJECTED (SCTP), so persistence is not stretched by closing
     /// connections beyond the `-p` timeout. Off = the kernel's behaviour.
     pub release_template_on_close: bool,
+    /// The sync daemon runs as master: packets mark the connections it
+    /// should send (`uvsadm --start-daemon master`; not a kernel sysctl).
+    pub sync_master: bool,
 }
 
 impl Default for Knobs {
@@ -90,6 +93,7 @@ impl Default for Knobs {
             secure_tcp: Defense::Off,
             drop_entry: true,
             release_template_on_close: true,
+            sync_master: false,
         }
     }
 }
@@ -113,6 +117,7 @@ impl Knobs {
             | (self.release_template_on_close as u32) << 5
             | self.secure_tcp.bits() << 6
             | (self.conn_reuse_mode as u32) << 8
+            | (self.sync_master as u32) << 16
     }
     #[inline(always)]
     pub(crate) fn unpack(v: u32) -> Self {
@@ -125,6 +130,7 @@ impl Knobs {
             release_template_on_close: v & 32 != 0,
             secure_tcp: Defense::from_bits(v >> 6),
             conn_reuse_mode: (v >> 8) as u8,
+            sync_master: v & Self::SYNC_MASTER_BIT != 0,
         }
     }
 }
@@ -281,6 +287,7 @@ mod tests {
             secure_tcp: Defense::Auto,
             drop_entry: false,
             release_template_on_close: true,
+            sync_master: true,
         };
         assert_eq!(Knobs::unpack(k.pack()), k);
         assert_eq!(Knobs::unpack(Knobs::default().pack()), Knobs::default());

@@ -43,6 +43,8 @@ pub(crate) mod flag {
     /// Removed from the index (an invalidated template waiting for its
     /// controlled connections to end).
     pub const UNHASHED: u8 = 1 << 6;
+    /// A sync master should send this connection (see `sync.rs`).
+    pub const SYNC_DUE: u8 = 1 << 7;
 }
 
 /// An address family usable as entry storage.

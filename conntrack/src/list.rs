@@ -75,17 +75,42 @@ impl Table {
         now: u64,
         out: &mut Vec<ConnInfo>,
     ) -> Option<ListCursor> {
+        self.walk_page(from, max, now, out, false)
+    }
+
+    /// [`Table::list_page`], or with `marked` only the entries marked for
+    /// the sync daemon, their marks cleared ([`Table::sync_page`]); then
+    /// `max` bounds the slots visited, not the entries taken.
+    pub(crate) fn walk_page(
+        &self,
+        from: ListCursor,
+        max: usize,
+        now: u64,
+        out: &mut Vec<ConnInfo>,
+        marked: bool,
+    ) -> Option<ListCursor> {
         let mut cur = from;
         let start = out.len();
+        let mut visited = 0usize;
         while (cur.shard as usize) < self.shards.len() {
-            if out.len() - start >= max {
+            let full = if marked {
+                visited >= max
+            } else {
+                out.len() - start >= max
+            };
+            if full {
                 return Some(cur);
             }
-            let room = max - (out.len() - start);
-            let done = if cur.v6 {
-                self.list_part::<std::net::Ipv6Addr>(&mut cur, room, now, out)
+            visited += LIST_STEP as usize;
+            let room = if marked {
+                usize::MAX
             } else {
-                self.list_part::<std::net::Ipv4Addr>(&mut cur, room, now, out)
+                max - (out.len() - start)
+            };
+            let done = if cur.v6 {
+                self.list_part::<std::net::Ipv6Addr>(&mut cur, room, now, out, marked)
+            } else {
+                self.list_part::<std::net::Ipv4Addr>(&mut cur, room, now, out, marked)
             };
             if done {
                 if cur.v6 {
@@ -121,15 +146,16 @@ impl Table {
         room: usize,
         now: u64,
         out: &mut Vec<ConnInfo>,
+        marked: bool,
     ) -> bool {
-        let g = self.lock(cur.shard);
-        let part = A::part_ref(&g);
+        let mut g = self.lock(cur.shard);
+        let (part, _) = A::split(&mut g);
         let end = part.slots().min(cur.idx.saturating_add(LIST_STEP));
         let mut taken = 0;
         while cur.idx < end && taken < room {
-            let e = part.get(cur.idx);
+            let e = part.get_mut(cur.idx);
             cur.idx += 1;
-            if !e.is_live() {
+            if !e.is_live() || (marked && !crate::sync::take_marked(e)) {
                 continue;
             }
             let tpl = e.flags & flag::TEMPLATE != 0;

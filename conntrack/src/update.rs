@@ -111,8 +111,12 @@ impl Table {
             && !(dir == Dir::In && e.aux == 0 && is_new_conn(e.proto, p))
             && e.dest.as_ref().is_some_and(|d| d.is_available());
         if common {
+            let before = e.state;
             self.transition(e, dir, p, table);
             self.refresh(e, p, now, kb & Knobs::RELEASE_ON_CLOSE_BIT != 0, rel);
+            if kb & Knobs::SYNC_MASTER_BIT != 0 {
+                crate::sync::mark(e, before);
+            }
             return (Hit::new(e), Update::Forward);
         }
         self.account_slow(
@@ -216,10 +220,14 @@ impl Table {
             return Update::Drop;
         }
         let e = part.get_mut(idx);
+        let before = e.state;
         if !related {
             self.transition(e, dir, p, table);
         }
         self.refresh(e, p, now, knobs.release_template_on_close, rel);
+        if knobs.sync_master {
+            crate::sync::mark(e, before);
+        }
         Update::Forward
     }
 

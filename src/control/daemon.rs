@@ -89,6 +89,8 @@ struct Daemon {
     /// The files a reload re-reads.
     sources: lifecycle::Sources,
     ring_frames: usize,
+    /// `--start-daemon`'s connection sync daemons.
+    sync: crate::sync::SyncDaemons,
 }
 
 /// The runtime form of one configured service, or what the engine cannot
@@ -460,6 +462,28 @@ impl Daemon {
             Ok(c) => c,
             Err(e) => return ctl_refused(&e),
         };
+        // The sync daemons change no configuration: run here, not in ctl.
+        let synced = match &cmd {
+            ctl::Command::StartDaemon(c) => Some(self.sync.start(
+                c.clone(),
+                self.pipeline.clone(),
+                self.engine.epoch(),
+            )),
+            ctl::Command::StopDaemon(r) => Some(self.sync.stop(*r)),
+            ctl::Command::List(o) if o.daemon && !o.json => return Reply::ok(self.sync.list()),
+            _ => None,
+        };
+        match synced {
+            Some(Ok(())) => return Reply::ok(""),
+            // A kernel error for ipvsadm: its text, exit 255.
+            Some(Err(e)) => {
+                return Reply {
+                    status: 255,
+                    ..Reply::err(e)
+                }
+            }
+            None => {}
+        }
         let live = Live {
             snap: self.pipeline.services.load_full(),
             conns: &self.pipeline.conns,
@@ -685,6 +709,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         mh_table_size: opts.mh_table_size,
         sources: opts.sources.clone(),
         ring_frames: opts.ring_frames,
+        sync: Default::default(),
     };
     d.commit(&ctl::Applied::Batch(loaded))
         .map_err(DaemonError::Config)?;

@@ -384,11 +384,26 @@ impl Director {
     /// waits until its control socket answers. With `UVS_LAB_IO` set, `--io
     /// VALUE` is passed too (to run lab tests under another backend).
     pub fn start(lab: &Lab, uvs_exe: &std::path::Path, args: &[&str]) -> io::Result<Director> {
-        let control = std::path::PathBuf::from(format!("/run/uvs/{}.sock", lab.prefix));
-        let log = std::env::temp_dir().join(format!("{}-uvs.log", lab.prefix));
+        Director::start_in(lab, "lb", uvs_exe, args)
+    }
+
+    /// [`Director::start`] in the lab host `host` (`lb`, or `lb2` of a
+    /// `--pair` lab).
+    pub fn start_in(
+        lab: &Lab,
+        host: &str,
+        uvs_exe: &std::path::Path,
+        args: &[&str],
+    ) -> io::Result<Director> {
+        let name = match host {
+            "lb" => lab.prefix.clone(),
+            h => format!("{}-{h}", lab.prefix),
+        };
+        let control = std::path::PathBuf::from(format!("/run/uvs/{name}.sock"));
+        let log = std::env::temp_dir().join(format!("{name}-uvs.log"));
         let out = std::fs::File::create(&log)?;
         let child = std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.ns("lb")])
+            .args(["netns", "exec", &lab.ns(host)])
             .arg(uvs_exe)
             .arg("run")
             .arg("--control")
@@ -478,6 +493,12 @@ impl Director {
     /// SIGTERM, then wait (SIGKILL after 10 s); returns the exit status.
     pub fn stop(mut self) -> io::Result<std::process::ExitStatus> {
         self.terminate()
+    }
+
+    /// SIGKILL (a crash: uvs cleans up nothing itself), then wait.
+    pub fn kill(mut self) -> io::Result<std::process::ExitStatus> {
+        self.child.kill()?;
+        self.child.wait()
     }
 
     fn terminate(&mut self) -> io::Result<std::process::ExitStatus> {

@@ -47,6 +47,31 @@ impl ConnState {
         }
     }
 
+    /// The state with the kernel's number `n` for protocol `proto` (the
+    /// numbering sync messages carry, which uvs's states share); `None`
+    /// beyond the protocol's states.
+    pub fn from_number(proto: u8, n: u16) -> Option<Self> {
+        let count = match proto {
+            ipproto::TCP => tcp::TCP_STATES,
+            ipproto::SCTP => sctp::SCTP_STATES,
+            _ => 1,
+        };
+        ((n as usize) < count).then(|| ConnState::decode(proto, n as u8))
+    }
+
+    /// The kernel's number of the state (0 for UDP's one state).
+    pub const fn number(self) -> u16 {
+        match self {
+            ConnState::Tcp(s) => s as u16,
+            ConnState::Sctp(s) => s as u16,
+            ConnState::Udp => 0,
+        }
+    }
+
+    pub(crate) const fn encode(self) -> u8 {
+        self.number() as u8
+    }
+
     /// The name `ipvsadm -L -c` prints (`UDP` for UDP and other protocols).
     pub const fn name(self) -> &'static str {
         match self {

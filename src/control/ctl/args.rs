@@ -120,10 +120,53 @@ pub enum Command {
         /// UDP timeout.
         udp: u32,
     },
+    /// `--start-daemon master|backup` with its options.
+    StartDaemon(SyncConfig),
+    /// `--stop-daemon master|backup`.
+    StopDaemon(SyncRole),
     /// `-h`.
     Help,
     /// `-v`.
     Version,
+}
+
+/// Which side of connection sync a daemon is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncRole {
+    /// Sends the connections of this director.
+    Master,
+    /// Installs what a master sends.
+    Backup,
+}
+
+impl SyncRole {
+    /// `master` or `backup`, as ipvsadm writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncRole::Master => "master",
+            SyncRole::Backup => "backup",
+        }
+    }
+}
+
+/// A sync daemon's options, as ipvsadm passes them to the kernel: what was
+/// not given is `None` (the daemon picks the kernel's default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// Master or backup.
+    pub role: SyncRole,
+    /// `--mcast-interface` (ipvsadm's default: `eth0`).
+    pub ifname: String,
+    /// `--syncid` (default 0: a backup then accepts every sync ID).
+    pub syncid: u8,
+    /// `--sync-maxlen`.
+    pub maxlen: Option<u16>,
+    /// `--mcast-group`.
+    pub group: Option<IpAddr>,
+    /// `--mcast-port`.
+    pub port: Option<u16>,
+    /// `--mcast-ttl`.
+    pub ttl: Option<u8>,
 }
 
 impl Command {
@@ -174,6 +217,7 @@ struct Given {
     tun_type: TunType,
     tun_port: Option<u16>,
     tun_csum: TunCsum,
+    sync: SyncConfig,
 }
 
 impl Given {
@@ -270,18 +314,28 @@ impl Given {
                     number_in(v, 0, int_max).ok_or(CtlError::IllegalLThreshold)? as u32
             }
             Opt::SyncId => {
-                number_in(v, 0, 255).ok_or(CtlError::IllegalDaemonValue("syncid"))?;
+                self.sync.syncid =
+                    number_in(v, 0, 255).ok_or(CtlError::IllegalDaemonValue("syncid"))? as u8;
             }
-            Opt::McastGroup => mcast_group(v)?,
+            Opt::McastIf => self.sync.ifname = v.to_string(),
+            Opt::McastGroup => self.sync.group = Some(mcast_group(v)?),
             Opt::McastPort => {
-                number_in(v, 1, 65535).ok_or(CtlError::IllegalDaemonValue("mcast-port"))?;
+                self.sync.port = Some(
+                    number_in(v, 1, 65535).ok_or(CtlError::IllegalDaemonValue("mcast-port"))?
+                        as u16,
+                );
             }
             Opt::McastTtl => {
-                number_in(v, 1, 255).ok_or(CtlError::IllegalDaemonValue("mcast-ttl"))?;
+                self.sync.ttl = Some(
+                    number_in(v, 1, 255).ok_or(CtlError::IllegalDaemonValue("mcast-ttl"))? as u8,
+                );
             }
             Opt::SyncMaxlen => {
-                number_in(v, 1, 65535 - 20 - 8)
-                    .ok_or(CtlError::IllegalDaemonValue("sync-maxlen"))?;
+                self.sync.maxlen = Some(
+                    number_in(v, 1, 65535 - 20 - 8)
+                        .ok_or(CtlError::IllegalDaemonValue("sync-maxlen"))?
+                        as u16,
+                );
             }
             Opt::Ops => self.ops = true,
             Opt::Pe => self.pe = Some(v.to_string()),
@@ -304,7 +358,6 @@ impl Given {
             | Opt::Connection
             | Opt::Service
             | Opt::Forward
-            | Opt::McastIf
             | Opt::Timeout
             | Opt::Daemon
             | Opt::Stats
@@ -383,14 +436,20 @@ fn timeout(v: &str, min: i64) -> Result<u32, CtlError> {
 }
 
 /// `--mcast-group`: a multicast address of either family.
-fn mcast_group(v: &str) -> Result<(), CtlError> {
-    let ok = if v.contains(':') {
-        v.parse::<Ipv6Addr>().is_ok_and(|a| a.is_multicast())
+fn mcast_group(v: &str) -> Result<IpAddr, CtlError> {
+    let a = if v.contains(':') {
+        v.parse::<Ipv6Addr>()
+            .ok()
+            .filter(|a| a.is_multicast())
+            .map(IpAddr::V6)
     } else {
-        v.parse::<Ipv4Addr>().is_ok_and(|a| a.is_multicast())
+        v.parse::<Ipv4Addr>()
+            .ok()
+            .filter(|a| a.is_multicast())
+            .map(IpAddr::V4)
     };
-    if ok {
-        Ok(())
+    if let Some(a) = a {
+        Ok(a)
     } else {
         Err(CtlError::InvalidMcastGroup {
             v6: v.contains(':'),
@@ -432,15 +491,18 @@ pub fn parse(argv: &[String]) -> Result<Command, CtlError> {
     }
     let mut p = Popt::new(words);
     // The first option is the command; anything else there is a usage error.
+    let mut role = SyncRole::Master;
     let cmd = match p.next_opt() {
         Some(Ok((d, v))) => match d.key {
             Key::Help => return Ok(Command::Help),
             Key::Version => return Ok(Command::Version),
             Key::Cmd(c) => {
                 if let (CmdKind::StartDaemon | CmdKind::StopDaemon, Some(v)) = (c, v) {
-                    if !matches!(p.value(v), "master" | "backup") {
-                        return Err(CtlError::IllegalDaemonState(c == CmdKind::StartDaemon));
-                    }
+                    role = match p.value(v) {
+                        "master" => SyncRole::Master,
+                        "backup" => SyncRole::Backup,
+                        _ => return Err(CtlError::IllegalDaemonState(c == CmdKind::StartDaemon)),
+                    };
                 }
                 c
             }
@@ -466,6 +528,15 @@ pub fn parse(argv: &[String]) -> Result<Command, CtlError> {
         tun_type: TunType::Ipip,
         tun_port: None,
         tun_csum: TunCsum::NoCsum,
+        sync: SyncConfig {
+            role,
+            ifname: "eth0".to_string(),
+            syncid: 0,
+            maxlen: None,
+            group: None,
+            port: None,
+            ttl: None,
+        },
     };
     while let Some(next) = p.next_opt() {
         let (d, v) = next?;
@@ -615,11 +686,8 @@ fn build(
             let (tcp, tcp_fin, udp) = set.ok_or(CtlError::SetNeedsThree)?;
             Command::SetTimeouts { tcp, tcp_fin, udp }
         }
-        CmdKind::StartDaemon | CmdKind::StopDaemon => {
-            return Err(CtlError::Unsupported(
-                "the connection sync daemon (--start-daemon/--stop-daemon)",
-            ))
-        }
+        CmdKind::StartDaemon => Command::StartDaemon(g.sync),
+        CmdKind::StopDaemon => Command::StopDaemon(g.sync.role),
     })
 }
 

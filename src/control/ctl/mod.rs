@@ -49,7 +49,7 @@ pub mod table;
 mod tests;
 pub mod words;
 
-pub use args::{parse, parse_script, CmdKind, Command, ServiceOpts};
+pub use args::{parse, parse_script, CmdKind, Command, ServiceOpts, SyncConfig, SyncRole};
 pub use format::{
     connections, largenum, list, save, ConnRow, Counters, DestCounters, ListOpts, NoCounters, Stats,
 };
@@ -311,7 +311,7 @@ pub enum CtlError {
     /// A persistence engine the kernel has but uvs does not.
     #[error("persistence engine '{0}' is not supported yet")]
     PeNotSupported(String),
-    /// The sync daemon and other features uvs does not implement.
+    /// A feature uvs does not implement.
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
 

@@ -620,6 +620,11 @@ impl Config {
             }
             Command::Save { .. } | Command::Help | Command::Version => Ok(Applied::Nothing),
             Command::Restore => Err(CtlError::RestoreNeedsInput),
+            // The daemon runs these itself (they change no configuration);
+            // here only a `-R` line can bring them.
+            Command::StartDaemon(_) | Command::StopDaemon(_) => Err(CtlError::Unsupported(
+                "--start-daemon/--stop-daemon in -R input (run them as commands)",
+            )),
         }
     }
 

@@ -1,0 +1,183 @@
+//! Connection sync between two directors (`uvsadm --start-daemon`): a
+//! master sends its connections, a backup installs them, and after the
+//! master is killed the backup carries the established NAT connections on.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use uvs::lab::{self, Director, EchoConn, Lab};
+use uvs::sys::netns;
+
+mod common;
+use common::root_or_skip;
+
+const SERVICE: [&str; 3] = [
+    "-A -t 192.0.2.10:80 -s rr",
+    "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
+    "-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m",
+];
+const CONNS: usize = 200;
+
+fn ip_in(ns: &str, args: &str) {
+    let st = Command::new("ip")
+        .args(["-n", ns])
+        .args(args.split_whitespace())
+        .status()
+        .expect("ip runs");
+    assert!(st.success(), "ip -n {ns} {args}");
+}
+
+fn director(lab: &Lab, host: &str, sync: &str) -> Director {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_uvs"));
+    let d = Director::start_in(lab, host, exe, &[]).expect("uvs run");
+    for c in SERVICE {
+        d.uvsadm(c)
+            .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    }
+    d.uvsadm(sync)
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    d
+}
+
+#[test]
+fn backup_takes_over_established_nat_connections() {
+    if !root_or_skip("backup_takes_over_established_nat_connections") {
+        return;
+    }
+    let lab = Lab::up(&format!("usy{}", std::process::id() % 100000), &["--pair"]).expect("lab up");
+    let _s1 = lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1");
+    let _s2 = lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53).expect("rs2");
+    // Sync over the server-side segment both directors share.
+    let master = director(
+        &lab,
+        "lb",
+        "--start-daemon master --mcast-interface s0 --syncid 7",
+    );
+    let backup = director(
+        &lab,
+        "lb2",
+        "--start-daemon backup --mcast-interface s0 --syncid 7",
+    );
+    assert_eq!(
+        master.uvsadm("-L --daemon").unwrap(),
+        "master sync daemon (mcast=s0, syncid=7, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n"
+    );
+    assert!(backup
+        .uvsadm("-L --daemon")
+        .unwrap()
+        .starts_with("backup sync daemon (mcast=s0, syncid=7"));
+
+    // 200 long-lived connections through the master, each past its third
+    // packet (what the master syncs).
+    let vip: SocketAddr = "192.0.2.10:80".parse().unwrap();
+    let (mut conns, before): (Vec<EchoConn>, Vec<String>) =
+        netns::run_in(&lab.ns("c"), move || {
+            let mut cs = Vec::new();
+            let mut who = Vec::new();
+            for i in 0..CONNS {
+                let mut c = EchoConn::connect(vip).expect("connect");
+                who.push(c.ping(&format!("hello {i}")).expect("first echo"));
+                cs.push(c);
+            }
+            (cs, who)
+        })
+        .expect("client namespace");
+
+    // Wait (bounded) until the backup holds them all.
+    let end = Instant::now() + Duration::from_secs(10);
+    let count = |d: &Director| {
+        d.uvsadm("-L -n -c")
+            .map(|t| t.lines().filter(|l| l.contains("ESTABLISHED")).count())
+            .unwrap_or(0)
+    };
+    while count(&backup) < CONNS && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let synced = count(&backup);
+    assert!(
+        synced >= CONNS,
+        "backup learnt {synced} of {CONNS}:\n{}",
+        backup.log_text()
+    );
+
+    // The master dies; the client and the real servers route via lb2.
+    let t0 = Instant::now();
+    master.kill().expect("SIGKILL");
+    ip_in(&lab.ns("c"), "route replace 192.0.2.0/24 via 198.51.100.2");
+    for rs in ["rs1", "rs2"] {
+        ip_in(&lab.ns(rs), "route replace default via 203.0.113.2");
+    }
+    let after: Vec<Result<String, String>> = netns::run_in(&lab.ns("c"), move || {
+        conns
+            .iter_mut()
+            .enumerate()
+            .map(|(i, c)| c.ping(&format!("again {i}")).map_err(|e| e.to_string()))
+            .collect()
+    })
+    .expect("client namespace");
+    let recovered = t0.elapsed();
+    let kept = after
+        .iter()
+        .zip(&before)
+        .filter(|(a, b)| a.as_ref().ok() == Some(*b))
+        .count();
+    eprintln!("failover: {kept}/{CONNS} connections kept, all answered within {recovered:?}");
+    assert!(
+        kept * 1000 >= CONNS * 995,
+        "{kept}/{CONNS} survived: {:?}\nbackup log:\n{}",
+        after
+            .iter()
+            .filter(|a| a.is_err())
+            .take(3)
+            .collect::<Vec<_>>(),
+        backup.log_text()
+    );
+}
+
+#[test]
+fn daemon_commands_answer_as_ipvsadm() {
+    if !root_or_skip("daemon_commands_answer_as_ipvsadm") {
+        return;
+    }
+    let lab = Lab::up(&format!("usz{}", std::process::id() % 100000), &[]).expect("lab up");
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_uvs"));
+    let d = Director::start(&lab, exe, &[]).expect("uvs run");
+    assert_eq!(d.uvsadm("-L --daemon").unwrap(), "");
+    let r = d.call(&["uvsadm", "--stop-daemon", "master"]).unwrap();
+    assert_eq!(
+        (r.status, r.stderr.as_str()),
+        (255, "No daemon is running\n")
+    );
+    let r = d
+        .call(&[
+            "uvsadm",
+            "--start-daemon",
+            "backup",
+            "--mcast-interface",
+            "nosuch0",
+        ])
+        .unwrap();
+    assert_eq!((r.status, r.stderr.as_str()), (255, "No such device\n"));
+    d.uvsadm("--start-daemon master --mcast-interface s0 --mcast-port 9000 --mcast-ttl 2")
+        .unwrap();
+    let r = d
+        .call(&[
+            "uvsadm",
+            "--start-daemon",
+            "master",
+            "--mcast-interface",
+            "s0",
+        ])
+        .unwrap();
+    assert_eq!(
+        (r.status, r.stderr.as_str()),
+        (255, "Daemon has already run\n")
+    );
+    assert_eq!(
+        d.uvsadm("-L --daemon").unwrap(),
+        "master sync daemon (mcast=s0, syncid=0, maxlen=1472, group=224.0.0.81, port=9000, ttl=2)\n"
+    );
+    d.uvsadm("--stop-daemon master").unwrap();
+    assert_eq!(d.uvsadm("-L --daemon").unwrap(), "");
+}
