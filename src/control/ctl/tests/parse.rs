@@ -577,8 +577,31 @@ fn parse_command_errors() {
     assert_eq!(err("-D -t 192.0.2.1:80 -6"), "-6 used before -f\n");
     assert_eq!(err("-A -6 -f 1"), "-6 used before -f\n");
     assert_eq!(
-        err("--start-daemon master"),
-        "the connection sync daemon (--start-daemon/--stop-daemon) is not supported yet"
+        ok("--start-daemon master"),
+        Command::StartDaemon(SyncConfig {
+            role: SyncRole::Master,
+            ifname: "eth0".into(),
+            syncid: 0,
+            maxlen: None,
+            group: None,
+            port: None,
+            ttl: None,
+        })
+    );
+    assert_eq!(
+        ok(
+            "--start-daemon backup --mcast-interface s0 --syncid 9 --sync-maxlen 1400 \
+            --mcast-group 239.1.2.3 --mcast-port 9000 --mcast-ttl 3"
+        ),
+        Command::StartDaemon(SyncConfig {
+            role: SyncRole::Backup,
+            ifname: "s0".into(),
+            syncid: 9,
+            maxlen: Some(1400),
+            group: Some("239.1.2.3".parse().unwrap()),
+            port: Some(9000),
+            ttl: Some(3),
+        })
     );
     assert_eq!(
         err("--start-daemon primary"),
@@ -586,8 +609,8 @@ fn parse_command_errors() {
     );
     assert_eq!(err("--stop-daemon x"), "illegal start_daemon specified");
     assert_eq!(
-        err("--stop-daemon backup --syncid 3"),
-        "the connection sync daemon (--start-daemon/--stop-daemon) is not supported yet"
+        ok("--stop-daemon backup --syncid 3"),
+        Command::StopDaemon(SyncRole::Backup)
     );
     assert_eq!(
         err("--stop-daemon backup --syncid 256"),
@@ -606,7 +629,6 @@ fn exit_statuses_are_ipvsadm_s() {
     assert_eq!(status("-A -t 192.0.2.1:80 -R"), 2);
     assert_eq!(status("-A -t 192.0.2.1"), 2);
     assert_eq!(status("-a -t 192.0.2.1:80 -r x"), 2);
-    assert_eq!(status("--start-daemon master"), 255);
     assert_eq!(CtlError::ServiceExists.exit_status(), 255);
     assert_eq!(CtlError::NotUnicast.exit_status(), 255);
     assert_eq!(CtlError::ListNoSuchService.exit_status(), 1);
