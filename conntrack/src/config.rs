@@ -77,6 +77,12 @@ pub struct Knobs {
     /// CLOSED/REJECTED (SCTP), so persistence is not stretched by closing
     /// connections beyond the `-p` timeout. Off = the kernel's behaviour.
     pub release_template_on_close: bool,
+    /// `schedule_icmp`: an ICMP error from a client about a connection the
+    /// table does not hold (e.g. one a failed-over director had) is
+    /// scheduled like the connection's first packet: a new entry, and the
+    /// error goes to the chosen real server. Off (the default): such
+    /// errors are left alone.
+    pub schedule_icmp: bool,
 }
 
 impl Default for Knobs {
@@ -90,6 +96,7 @@ impl Default for Knobs {
             secure_tcp: Defense::Off,
             drop_entry: true,
             release_template_on_close: true,
+            schedule_icmp: false,
         }
     }
 }
@@ -97,6 +104,9 @@ impl Default for Knobs {
 impl Knobs {
     /// `release_template_on_close` in the packed form.
     pub(crate) const RELEASE_ON_CLOSE_BIT: u32 = 32;
+    /// `schedule_icmp`'s shift in the packed form (above
+    /// `conn_reuse_mode`'s byte).
+    const SCHEDULE_ICMP_BIT: u32 = 24;
 
     /// `secure_tcp` from the packed form.
     #[inline(always)]
@@ -113,6 +123,7 @@ impl Knobs {
             | (self.release_template_on_close as u32) << 5
             | self.secure_tcp.bits() << 6
             | (self.conn_reuse_mode as u32) << 8
+            | (self.schedule_icmp as u32) << Self::SCHEDULE_ICMP_BIT
     }
     #[inline(always)]
     pub(crate) fn unpack(v: u32) -> Self {
@@ -125,6 +136,7 @@ impl Knobs {
             release_template_on_close: v & 32 != 0,
             secure_tcp: Defense::from_bits(v >> 6),
             conn_reuse_mode: (v >> 8) as u8,
+            schedule_icmp: (v >> Self::SCHEDULE_ICMP_BIT) & 1 != 0,
         }
     }
 }
@@ -281,6 +293,7 @@ mod tests {
             secure_tcp: Defense::Auto,
             drop_entry: false,
             release_template_on_close: true,
+            schedule_icmp: true,
         };
         assert_eq!(Knobs::unpack(k.pack()), k);
         assert_eq!(Knobs::unpack(Knobs::default().pack()), Knobs::default());

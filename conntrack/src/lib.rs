@@ -134,5 +134,5 @@ pub use proto::sctp::SctpState;
 pub use proto::tcp::TcpState;
 pub use proto::{ipproto, may_create, ConnState};
 pub use table::{Dir, InsertError, NewConn, PacketInfo, Stats, Table, Tuple, Update};
-pub use template::{mask_addr, TemplateKey};
+pub use template::{mask_addr, pe_digest, TemplateKey};
 pub use uvs_sched::{Dest, FwdMethod};

@@ -443,6 +443,7 @@ fn tkey(c: &uvs_conntrack::NewConn) -> TemplateKey {
         vaddr: c.vaddr,
         vport: c.vport,
         fwmark: 0,
+        pe: 0,
     }
 }
 
@@ -580,6 +581,7 @@ fn fwmark_and_port_zero_templates_are_distinct() {
         vaddr: ip("192.0.2.10"),
         vport: 0,
         fwmark: 0,
+        pe: 0,
     };
     let marked = TemplateKey { fwmark: 7, ..base };
     let a = t
@@ -646,6 +648,7 @@ fn ipv6_and_udp_templates() {
         vaddr: ip("2001:db8::10"),
         vport: 53,
         fwmark: 0,
+        pe: 0,
     };
     let tpl = t
         .get_or_insert_template(&k, &d, 53, FwdMethod::Masq, 5_000, 0)
