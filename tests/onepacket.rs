@@ -153,3 +153,89 @@ fn sip_call_ids_from_one_client_port_stick_to_their_own_servers() {
         assert!(s.d.uvsadm(bad).is_err(), "{bad} accepted");
     }
 }
+
+/// The Internet checksum of `b`.
+fn inet_csum(b: &[u8]) -> u16 {
+    let mut s: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// ICMP port unreachable as the client would send it about a datagram
+/// VIP:53 → client:`cport` that it had no socket for.
+fn port_unreachable_about(cport: u16) -> Vec<u8> {
+    let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0];
+    ip.extend_from_slice(&[192, 0, 2, 10, 198, 51, 100, 10]);
+    let c = inet_csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(&53u16.to_be_bytes());
+    ip.extend_from_slice(&cport.to_be_bytes());
+    ip.extend_from_slice(&[0, 8, 0, 0]);
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&ip);
+    let c = inet_csum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    icmp
+}
+
+#[test]
+fn schedule_icmp_schedules_a_clients_icmp_error_about_an_unknown_connection() {
+    if !root_or_skip("schedule_icmp_schedules_a_clients_icmp_error_about_an_unknown_connection") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Setup::start(
+        &format!("uvo{}icmp", std::process::id() % 100000),
+        &["--dr"],
+        &["--set-knob", "schedule_icmp=1"],
+    );
+    cmds(
+        &s,
+        &[
+            &format!("-A -u {VIP} -s rr"),
+            &format!("-a -u {VIP} -r 203.0.113.11:53 -g"),
+            &format!("-a -u {VIP} -r 203.0.113.12:53 -g"),
+        ],
+    );
+    let cport = 41234;
+    netns::run_in(&s.lab.ns("c"), move || {
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        )
+        .expect("raw ICMP socket");
+        let to: SocketAddr = "192.0.2.10:0".parse().unwrap();
+        raw.send_to(&port_unreachable_about(cport), &to.into())
+            .expect("send ICMP");
+    })
+    .expect("client namespace");
+    // The error created the connection it is about.
+    let mut conns = String::new();
+    for _ in 0..40 {
+        conns = s.d.uvsadm("-L -n -c").unwrap();
+        if conns.contains(&format!("198.51.100.10:{cport}")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let row = conns
+        .lines()
+        .find(|l| l.contains(&format!("198.51.100.10:{cport}")))
+        .unwrap_or_else(|| panic!("no entry for the ICMP error:\n{conns}\n{}", s.d.log_text()))
+        .to_string();
+    // The client's next datagram from that port follows it.
+    let to = exchange(&s, cport, vec![b"after the error".to_vec()]);
+    let server = to[0].clone().expect("answered");
+    let addr = if server == "rs1" {
+        "203.0.113.11:53"
+    } else {
+        "203.0.113.12:53"
+    };
+    assert!(row.ends_with(addr), "{row} vs {server}");
+}
