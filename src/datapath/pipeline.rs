@@ -226,6 +226,20 @@ impl Pipeline {
         now_ms: u64,
         st: &WorkerStats,
     ) -> Verdict {
+        self.process_from(frame, csum, now_ms, st, false)
+    }
+
+    /// [`Pipeline::process`] for a frame received (`local_out` false) or
+    /// sent by the director's own stack (true: it meets LOCAL_OUT).
+    #[inline(always)]
+    fn process_from(
+        &self,
+        frame: &mut [u8],
+        csum: CsumMode,
+        now_ms: u64,
+        st: &WorkerStats,
+        local_out: bool,
+    ) -> Verdict {
         // Matched by reference: the parse result is not moved again.
         let parsed = uvs_fwd::parse(frame);
         let p = match &parsed {
@@ -265,24 +279,25 @@ impl Pipeline {
                 } = &mut *c;
                 let ((gen, s), f) = (services.get_gen(&self.services), filter.get(&self.filter));
                 vips.follow(gen, s);
-                let local = vips.is_vip(s, p.dst);
+                let point = route(local_out, vips.is_vip(s, p.dst));
                 let view = View {
                     services: s,
                     small: vips,
                 };
                 self.hooks_run(
-                    frame, p, icmp_error, csum, now_ms, &view, f, local, st, &mut v,
+                    frame, p, icmp_error, csum, now_ms, &view, f, point, st, &mut v,
                 );
                 return v;
             }
         }
-        self.process_shared(frame, p, icmp_error, csum, now_ms, st)
+        self.process_shared(frame, p, icmp_error, csum, now_ms, st, local_out)
     }
 
     /// [`Pipeline::process`] with the shared snapshots, when this thread
     /// has no copies to lend (re-entered, or being torn down).
     #[cold]
     #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
     fn process_shared(
         &self,
         frame: &mut [u8],
@@ -291,17 +306,18 @@ impl Pipeline {
         csum: CsumMode,
         now_ms: u64,
         st: &WorkerStats,
+        local_out: bool,
     ) -> Verdict {
         let mut v = Verdict::Pass;
         let (s, f) = (self.services.load_full(), self.filter.load_full());
-        let local = s.is_vip(p.dst);
+        let point = route(local_out, s.is_vip(p.dst));
         let none = Vips::EMPTY;
         let view = View {
             services: &s,
             small: &none,
         };
         self.hooks_run(
-            frame, p, icmp_error, csum, now_ms, &view, &f, local, st, &mut v,
+            frame, p, icmp_error, csum, now_ms, &view, &f, point, st, &mut v,
         );
         v
     }
@@ -318,17 +334,10 @@ impl Pipeline {
         now_ms: u64,
         services: &View<'_>,
         filter: &FilterTable,
-        to_vip: bool,
+        point: HookPoint,
         st: &WorkerStats,
         out: &mut Verdict,
     ) {
-        // The routing decision: VIPs are local, so requests meet LOCAL_IN;
-        // everything else (NAT replies to clients) is forwarded.
-        let point = if to_vip {
-            HookPoint::LocalIn
-        } else {
-            HookPoint::Forward
-        };
         let mut ctx = Ctx {
             looked_up: false,
             point,
@@ -338,12 +347,14 @@ impl Pipeline {
             add(&st.hook_seen[e.index], 1);
             let step = match e.func {
                 HookFn::Filter => Self::filter_hook(filter, point, p, st, out),
-                HookFn::IpvsReply if icmp_error => Step::Continue,
-                HookFn::IpvsReply => self.ipvs_reply(frame, p, csum, now_ms, &mut ctx, st, out),
-                HookFn::IpvsRequest if icmp_error => {
+                HookFn::IpvsReply | HookFn::IpvsLocalReply if icmp_error => Step::Continue,
+                HookFn::IpvsReply | HookFn::IpvsLocalReply => {
+                    self.ipvs_reply(frame, p, csum, now_ms, &mut ctx, st, out)
+                }
+                HookFn::IpvsRequest | HookFn::IpvsLocalRequest if icmp_error => {
                     self.ipvs_icmp(frame, p, csum, now_ms, Dir::In, services, st, out)
                 }
-                HookFn::IpvsRequest => {
+                HookFn::IpvsRequest | HookFn::IpvsLocalRequest => {
                     self.ipvs_request(frame, p, csum, now_ms, services, &mut ctx, st, out)
                 }
                 HookFn::IpvsForwardIcmp if icmp_error => {
@@ -789,6 +800,20 @@ impl Pipeline {
     }
 }
 
+/// The routing decision: the director's own packets meet LOCAL_OUT; VIPs
+/// are local, so requests meet LOCAL_IN; everything else (NAT replies to
+/// clients) is forwarded.
+#[inline(always)]
+fn route(local_out: bool, to_vip: bool) -> HookPoint {
+    if local_out {
+        HookPoint::LocalOut
+    } else if to_vip {
+        HookPoint::LocalIn
+    } else {
+        HookPoint::Forward
+    }
+}
+
 /// The connection-table key of a packet as it is on the wire.
 fn tuple(p: &Parsed) -> Tuple {
     Tuple {
@@ -816,6 +841,7 @@ fn xmit_reason(e: &uvs_fwd::XmitError) -> DropReason {
     }
 }
 
+mod local_out;
 mod sched;
 #[cfg(test)]
 mod tests;
