@@ -107,16 +107,8 @@ pub fn spec(s: &ctl::ServiceConfig, mh_table_size: u32) -> Result<ServiceSpec, S
         Some("sip") => Some(Pe::Sip),
         Some(other) => return Err(format!("persistence engine '{other}' is unknown")),
     };
-    if pe.is_some() && s.persistent.is_none() {
-        // The kernel consults a PE only when scheduling a persistent
-        // service: without -p it would be configured and do nothing.
-        return Err("--pe sip needs a persistent service (-p)".into());
-    }
-    if pe.is_some() && proto != 17 {
-        // The kernel's SIP engine keys UDP datagrams only (and drops
-        // everything else a persistent service schedules).
-        return Err("--pe sip is for UDP services (-u)".into());
-    }
+    // A PE without -p, or on TCP/SCTP, is refused by the model
+    // (`CtlError::PeNeedsPersistentUdp`).
     Ok(ServiceSpec {
         proto,
         addr,

@@ -761,6 +761,9 @@ fn build_service(o: &ServiceOpts, gates: &Gates) -> Result<ServiceConfig, CtlErr
     (gates.scheduler)(&o.sched)?;
     if let Some(pe) = &o.pe {
         (gates.pe)(pe)?;
+        if o.persistent.is_none() || !matches!(o.key.proto(), None | Some(Proto::Udp)) {
+            return Err(CtlError::PeNeedsPersistentUdp(pe.clone()));
+        }
     }
     Ok(ServiceConfig {
         key: o.key,

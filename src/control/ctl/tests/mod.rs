@@ -209,6 +209,20 @@ fn gate_persistence_engines() {
     );
     assert!(e.is_ok(), "{e:?}");
     assert_eq!(check_pe("sip"), Ok(()));
+    // Where the kernel would ignore it: without -p, or on TCP.
+    for bad in [
+        "-A -u 192.0.2.1:5061 -s rr --pe sip",
+        "-A -t 192.0.2.1:5060 -s rr -p --pe sip",
+    ] {
+        let e = cfg.apply_with(
+            &ok(bad),
+            &Gates {
+                scheduler: allow_kernel_scheds,
+                ..Gates::default()
+            },
+        );
+        assert_eq!(e.unwrap_err(), CtlError::PeNeedsPersistentUdp("sip".into()));
+    }
     assert_eq!(check_pe("ftp"), Err(CtlError::UnknownPe("ftp".into())));
 }
 
