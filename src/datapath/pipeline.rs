@@ -279,7 +279,7 @@ impl Pipeline {
                 } = &mut *c;
                 let ((gen, s), f) = (services.get_gen(&self.services), filter.get(&self.filter));
                 vips.follow(gen, s);
-                let point = route(local_out, vips.is_vip(s, p.dst));
+                let point = local_out::route(local_out, vips.is_vip(s, p.dst));
                 let view = View {
                     services: s,
                     small: vips,
@@ -310,7 +310,7 @@ impl Pipeline {
     ) -> Verdict {
         let mut v = Verdict::Pass;
         let (s, f) = (self.services.load_full(), self.filter.load_full());
-        let point = route(local_out, s.is_vip(p.dst));
+        let point = local_out::route(local_out, s.is_vip(p.dst));
         let none = Vips::EMPTY;
         let view = View {
             services: &s,
@@ -797,20 +797,6 @@ impl Pipeline {
             FwdMethod::Local => return Self::drop(st, DropReason::Unsupported, out),
         }
         Step::Done
-    }
-}
-
-/// The routing decision: the director's own packets meet LOCAL_OUT; VIPs
-/// are local, so requests meet LOCAL_IN; everything else (NAT replies to
-/// clients) is forwarded.
-#[inline(always)]
-fn route(local_out: bool, to_vip: bool) -> HookPoint {
-    if local_out {
-        HookPoint::LocalOut
-    } else if to_vip {
-        HookPoint::LocalIn
-    } else {
-        HookPoint::Forward
     }
 }
 

@@ -9,6 +9,7 @@
 use uvs_fwd::CsumMode;
 
 use super::{Pipeline, Verdict};
+use crate::datapath::hooks::HookPoint;
 use crate::datapath::stats::WorkerStats;
 
 impl Pipeline {
@@ -22,6 +23,20 @@ impl Pipeline {
         st: &WorkerStats,
     ) -> Verdict {
         self.process_from(frame, csum, now_ms, st, true)
+    }
+}
+
+/// The routing decision: the director's own packets meet LOCAL_OUT; VIPs
+/// are local, so requests meet LOCAL_IN; everything else (NAT replies to
+/// clients) is forwarded.
+#[inline(always)]
+pub(super) fn route(local_out: bool, to_vip: bool) -> HookPoint {
+    if local_out {
+        HookPoint::LocalOut
+    } else if to_vip {
+        HookPoint::LocalIn
+    } else {
+        HookPoint::Forward
     }
 }
 
