@@ -80,6 +80,12 @@ pub struct Knobs {
     /// The sync daemon runs as master: packets mark the connections it
     /// should send (`uvsadm --start-daemon master`; not a kernel sysctl).
     pub sync_master: bool,
+    /// `schedule_icmp`: an ICMP error from a client about a connection the
+    /// table does not hold (e.g. one a failed-over director had) is
+    /// scheduled like the connection's first packet: a new entry, and the
+    /// error goes to the chosen real server. Off (the default): such
+    /// errors are left alone.
+    pub schedule_icmp: bool,
 }
 
 impl Default for Knobs {
@@ -94,6 +100,7 @@ impl Default for Knobs {
             drop_entry: true,
             release_template_on_close: true,
             sync_master: false,
+            schedule_icmp: false,
         }
     }
 }
@@ -101,6 +108,9 @@ impl Default for Knobs {
 impl Knobs {
     /// `release_template_on_close` in the packed form.
     pub(crate) const RELEASE_ON_CLOSE_BIT: u32 = 32;
+    /// `schedule_icmp`'s shift in the packed form (above
+    /// `conn_reuse_mode`'s byte).
+    const SCHEDULE_ICMP_BIT: u32 = 24;
 
     /// `secure_tcp` from the packed form.
     #[inline(always)]
@@ -118,6 +128,7 @@ impl Knobs {
             | self.secure_tcp.bits() << 6
             | (self.conn_reuse_mode as u32) << 8
             | (self.sync_master as u32) << 16
+            | (self.schedule_icmp as u32) << Self::SCHEDULE_ICMP_BIT
     }
     #[inline(always)]
     pub(crate) fn unpack(v: u32) -> Self {
@@ -131,6 +142,7 @@ impl Knobs {
             secure_tcp: Defense::from_bits(v >> 6),
             conn_reuse_mode: (v >> 8) as u8,
             sync_master: v & Self::SYNC_MASTER_BIT != 0,
+            schedule_icmp: (v >> Self::SCHEDULE_ICMP_BIT) & 1 != 0,
         }
     }
 }
@@ -288,6 +300,7 @@ mod tests {
             drop_entry: false,
             release_template_on_close: true,
             sync_master: true,
+            schedule_icmp: true,
         };
         assert_eq!(Knobs::unpack(k.pack()), k);
         assert_eq!(Knobs::unpack(Knobs::default().pack()), Knobs::default());

@@ -136,5 +136,5 @@ pub use proto::tcp::TcpState;
 pub use proto::{ipproto, may_create, ConnState};
 pub use sync::{Synced, SYNC_PERIOD, SYNC_THRESHOLD};
 pub use table::{Dir, InsertError, NewConn, PacketInfo, Stats, Table, Tuple, Update};
-pub use template::{mask_addr, TemplateKey};
+pub use template::{mask_addr, pe_digest, TemplateKey};
 pub use uvs_sched::{Dest, FwdMethod};

@@ -167,7 +167,8 @@ impl Table {
             out.push(ConnInfo {
                 proto: e.proto,
                 caddr: e.caddr.ip(),
-                cport: e.cport,
+                // A template's client-port slot may hold a PE key.
+                cport: if tpl { 0 } else { e.cport },
                 vaddr: e.vaddr.ip(),
                 vport: e.vport,
                 daddr: e.daddr.ip(),

@@ -287,12 +287,14 @@ impl<A: Addr> Part<A> {
     }
 
     /// Finds a template by its key.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn find_tpl(
         &self,
         hash: u64,
         proto: u8,
         mark: bool,
         caddr: A,
+        (pe_port, pe_rest): (u16, u32),
         vaddr: A,
         vport: u16,
     ) -> Option<(usize, u32)> {
@@ -301,7 +303,8 @@ impl<A: Addr> Part<A> {
             let e = self.get(i);
             e.flags & (flag::TEMPLATE | flag::FWMARK) == want
                 && e.caddr == caddr
-                && e.cport == 0
+                && e.cport == pe_port
+                && e.bytes == pe_rest
                 && e.vaddr == vaddr
                 && e.vport == vport
                 && e.proto == proto

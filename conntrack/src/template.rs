@@ -46,6 +46,32 @@ pub struct TemplateKey {
     pub vport: u16,
     /// Firewall mark of a fwmark service; 0 otherwise.
     pub fwmark: u32,
+    /// A persistence engine's key ([`pe_digest`] of the SIP Call-ID under
+    /// `--pe sip`); 0 for services without one. Only its low 48 bits
+    /// count: they are stored in the template's client-port and byte-count
+    /// slots (both unused by templates), so an entry stays 48 bytes.
+    pub pe: u64,
+}
+
+/// The 48-bit digest (never 0) of a persistence engine's key bytes, for
+/// [`TemplateKey::pe`]. Two keys with one digest share a template (a call
+/// that lands on another call's server): with 47 significant bits, about
+/// one pair in 10^14.
+pub fn pe_digest(data: &[u8]) -> u64 {
+    // FNV-1a: the data is short (a Call-ID) and the table's own seeded
+    // hash covers the index, so this only has to spread the bytes.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h & 0xffff_ffff_ffff) | 1
+}
+
+/// The (client-port, byte-count) slots that hold a template's `pe` key.
+#[inline(always)]
+fn pe_slots(pe: u64) -> (u16, u32) {
+    (pe as u16, (pe >> 16) as u32)
 }
 
 /// Applies a prefix length (`-M 255.255.255.0` = 24) to an address.
@@ -165,7 +191,26 @@ impl Table {
         }
     }
 
+    /// Restarts the timer of template `tpl` as binding a connection would,
+    /// without binding one: one-packet scheduling (`-o`) uses a template
+    /// for a datagram whose connection does not stay. False when the
+    /// template is gone or invalidated.
+    pub fn touch_template(&self, tpl: &Handle, now: u64) -> bool {
+        if !tpl.is_template() {
+            return false;
+        }
+        if tpl.caddr().is_ipv4() {
+            self.refresh_template::<Ipv4Addr>(tpl, now, 0)
+        } else {
+            self.refresh_template::<Ipv6Addr>(tpl, now, 0)
+        }
+    }
+
     fn bind_template<A: Family>(&self, tpl: &Handle, now: u64) -> bool {
+        self.refresh_template::<A>(tpl, now, 1)
+    }
+
+    fn refresh_template<A: Family>(&self, tpl: &Handle, now: u64, bind: u32) -> bool {
         let mut g = self.lock(tpl.shard);
         let part = A::part(&mut g);
         let ok = part
@@ -173,7 +218,7 @@ impl Table {
             .is_some_and(|e| tpl.matches(e) && e.flags & flag::UNHASHED == 0);
         if ok {
             let e = part.get_mut(tpl.idx);
-            e.aux += 1;
+            e.aux += bind;
             e.expires = (now as u32).wrapping_add(e.pkts);
         }
         ok
@@ -194,14 +239,23 @@ impl Table {
         };
         let kind = if mark { KIND_TPL_MARK } else { KIND_TPL };
         let shard = self.shard_of(k.proto, caddr, 0);
-        let hash = key_hash(&self.hasher, k.proto, kind, caddr, 0, vaddr, k.vport);
+        let (pe_port, pe_rest) = pe_slots(k.pe);
+        let hash = key_hash(&self.hasher, k.proto, kind, caddr, pe_port, vaddr, k.vport);
         let knobs = self.knobs();
         let mut rel: Releases = Releases::new(A::WIDE);
         let res = {
             let mut g = self.lock(shard);
             let (part, stats) = A::split(&mut g);
             let found = part
-                .find_tpl(hash, k.proto, mark, caddr, vaddr, k.vport)
+                .find_tpl(
+                    hash,
+                    k.proto,
+                    mark,
+                    caddr,
+                    (pe_port, pe_rest),
+                    vaddr,
+                    k.vport,
+                )
                 .map(|(_, idx)| idx);
             let valid =
                 found.filter(|&idx| self.check_template(part, stats, idx, now, &knobs, &mut rel));
@@ -282,12 +336,13 @@ impl Table {
             }
         }
         let flags = flag::TEMPLATE | if mark { flag::FWMARK } else { 0 } | n.fwd as u8;
+        let (pe_port, pe_rest) = pe_slots(k.pe);
         let entry = Entry {
             dest: Some(n.dest.clone()),
             caddr,
             vaddr,
             daddr,
-            cport: 0,
+            cport: pe_port,
             vport: k.vport,
             dport: n.dport,
             proto: k.proto,
@@ -295,7 +350,7 @@ impl Table {
             flags,
             expires: (now as u32).wrapping_add(n.timeout_ms),
             pkts: n.timeout_ms,
-            bytes: 0,
+            bytes: pe_rest,
             aux: 0,
         };
         let Some(idx) = part.alloc(entry) else {

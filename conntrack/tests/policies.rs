@@ -443,6 +443,7 @@ fn tkey(c: &uvs_conntrack::NewConn) -> TemplateKey {
         vaddr: c.vaddr,
         vport: c.vport,
         fwmark: 0,
+        pe: 0,
     }
 }
 
@@ -580,6 +581,7 @@ fn fwmark_and_port_zero_templates_are_distinct() {
         vaddr: ip("192.0.2.10"),
         vport: 0,
         fwmark: 0,
+        pe: 0,
     };
     let marked = TemplateKey { fwmark: 7, ..base };
     let a = t
@@ -600,6 +602,50 @@ fn fwmark_and_port_zero_templates_are_distinct() {
         .insert_controlled(c, &a, PacketInfo::tcp(SYN, 60), 1)
         .unwrap();
     assert_eq!(h.dport(), 8443);
+}
+
+#[test]
+fn persistence_engine_keys_make_distinct_templates() {
+    let t = table(100);
+    let (d1, d2) = (
+        dest("203.0.113.11", 5060, FwdMethod::Route),
+        dest("203.0.113.12", 5060, FwdMethod::Route),
+    );
+    let k = |call: &[u8]| TemplateKey {
+        proto: UDP,
+        caddr: ip("198.51.100.1"),
+        vaddr: ip("192.0.2.10"),
+        vport: 5060,
+        fwmark: 0,
+        pe: uvs_conntrack::pe_digest(call),
+    };
+    let a = t
+        .get_or_insert_template(&k(b"call-a"), &d1, 5060, FwdMethod::Route, 1000, 0)
+        .unwrap();
+    let b = t
+        .get_or_insert_template(&k(b"call-b"), &d2, 5060, FwdMethod::Route, 1000, 0)
+        .unwrap();
+    assert_eq!(t.len(), 2);
+    assert_eq!(
+        t.lookup_template(&k(b"call-a"), 1).unwrap().daddr(),
+        a.daddr()
+    );
+    assert_eq!(
+        t.lookup_template(&k(b"call-b"), 1).unwrap().daddr(),
+        b.daddr()
+    );
+    assert_ne!(a.daddr(), b.daddr());
+    // Neither is the engine-less template of that client.
+    assert!(t
+        .lookup_template(&TemplateKey { pe: 0, ..k(b"") }, 1)
+        .is_none());
+    // Listed with client port 0, as templates are.
+    assert!(list_all(&t, 1).iter().all(|i| i.template && i.cport == 0));
+    // A touch restarts the timer without binding a connection: alive past
+    // the first timeout, gone after an untouched one.
+    assert!(t.touch_template(&a, 900));
+    assert!(t.lookup_template(&k(b"call-a"), 1500).is_some());
+    assert!(t.lookup_template(&k(b"call-a"), 3000).is_none());
 }
 
 fn list_all(t: &uvs_conntrack::Table, now: u64) -> Vec<uvs_conntrack::ConnInfo> {
@@ -646,6 +692,7 @@ fn ipv6_and_udp_templates() {
         vaddr: ip("2001:db8::10"),
         vport: 53,
         fwmark: 0,
+        pe: 0,
     };
     let tpl = t
         .get_or_insert_template(&k, &d, 53, FwdMethod::Masq, 5_000, 0)

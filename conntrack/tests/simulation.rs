@@ -119,6 +119,7 @@ impl Sim {
             vaddr: tu.dst,
             vport: tu.dport,
             fwmark: 0,
+            pe: 0,
         }
     }
 

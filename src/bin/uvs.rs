@@ -117,7 +117,7 @@ enum Cmd {
         /// (repeatable); each with its values and [default]:
         /// expire_nodest_conn=0|1 [0], expire_quiescent_template=0|1 [0],
         /// sloppy_tcp=0|1 [0], sloppy_sctp=0|1 [0], drop_entry=0|1 [1],
-        /// conn_reuse_mode=0..3 [1].
+        /// conn_reuse_mode=0..3 [1], schedule_icmp=0|1 [0].
         #[arg(long = "set-knob", value_name = "NAME=VALUE")]
         knobs: Vec<String>,
         /// Packet backend: af_packet (rings, nftables guard), af_xdp (an

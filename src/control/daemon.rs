@@ -29,7 +29,7 @@ use crate::datapath::estimator::INTERVAL_MS;
 use crate::datapath::filter::{FilterTable, Rule};
 use crate::datapath::pipeline::Pipeline;
 use crate::datapath::service::{
-    Change, ClientMask, DestSpec, Persistence, Plan, ServiceSpec, Services, SvcId,
+    Change, ClientMask, DestSpec, Pe, Persistence, Plan, ServiceSpec, Services, SvcId,
 };
 use crate::datapath::stats::{Stats, NO_SLOT};
 use crate::engine::{self, Engine, EngineConfig};
@@ -102,9 +102,15 @@ pub fn spec(s: &ctl::ServiceConfig, mh_table_size: u32) -> Result<ServiceSpec, S
             return Err("fwmark services (-f) are not supported yet".into())
         }
     };
-    if s.ops {
-        return Err("one-packet scheduling (-o) is not supported yet".into());
-    }
+    // `-o` needs nothing more here: the configuration model admits it for
+    // UDP services only, as ipvsadm does.
+    let pe = match s.pe.as_deref() {
+        None => None,
+        Some("sip") => Some(Pe::Sip),
+        Some(other) => return Err(format!("persistence engine '{other}' is unknown")),
+    };
+    // A PE without -p, or on TCP/SCTP, is refused by the model
+    // (`CtlError::PeNeedsPersistentUdp`).
     Ok(ServiceSpec {
         proto,
         addr,
@@ -122,6 +128,8 @@ pub fn spec(s: &ctl::ServiceConfig, mh_table_size: u32) -> Result<ServiceSpec, S
                 ctl::Netmask::V6(len) => ClientMask::V6(len),
             },
         }),
+        one_packet: s.ops,
+        pe,
         dests: s
             .dests
             .iter()
@@ -790,6 +798,7 @@ pub fn set_knob(k: &mut uvs_conntrack::Knobs, spec: &str) -> Result<(), String> 
         "sloppy_tcp" => k.sloppy_tcp = flag()?,
         "sloppy_sctp" => k.sloppy_sctp = flag()?,
         "drop_entry" => k.drop_entry = flag()?,
+        "schedule_icmp" => k.schedule_icmp = flag()?,
         "conn_reuse_mode" => {
             k.conn_reuse_mode = val
                 .parse::<u8>()
@@ -799,7 +808,7 @@ pub fn set_knob(k: &mut uvs_conntrack::Knobs, spec: &str) -> Result<(), String> 
         }
         _ => {
             return Err(format!(
-                "unknown knob '{name}' (known: expire_nodest_conn expire_quiescent_template sloppy_tcp sloppy_sctp drop_entry conn_reuse_mode)"
+                "unknown knob '{name}' (known: expire_nodest_conn expire_quiescent_template sloppy_tcp sloppy_sctp drop_entry conn_reuse_mode schedule_icmp)"
             ))
         }
     }

@@ -55,6 +55,12 @@ pub enum HookFn {
     /// `ip_vs_forward_icmp`: ICMP errors from real servers about NAT
     /// connections, on their way to the client.
     IpvsForwardIcmp,
+    /// `ip_vs_local_reply`: at LOCAL_OUT, NAT replies sent by the director
+    /// itself (as `IpvsReply`, for packets of local origin).
+    IpvsLocalReply,
+    /// `ip_vs_local_request`: at LOCAL_OUT, requests to a virtual service
+    /// from processes on the director (as `IpvsRequest`).
+    IpvsLocalRequest,
 }
 
 impl HookFn {
@@ -65,6 +71,8 @@ impl HookFn {
             HookFn::IpvsReply => "ip_vs_reply",
             HookFn::IpvsRequest => "ip_vs_remote_request",
             HookFn::IpvsForwardIcmp => "ip_vs_forward_icmp",
+            HookFn::IpvsLocalReply => "ip_vs_local_reply",
+            HookFn::IpvsLocalRequest => "ip_vs_local_request",
         }
     }
 }
@@ -73,6 +81,8 @@ impl HookFn {
 pub const PRI_FILTER: i32 = 0;
 /// `NF_IP_PRI_NAT_SRC` (nat/SNAT), which IPVS's LOCAL_IN functions sit just below.
 pub const PRI_NAT_SRC: i32 = 100;
+/// `NF_IP_PRI_NAT_DST` (nat/DNAT), which IPVS's LOCAL_OUT functions sit just above.
+pub const PRI_NAT_DST: i32 = -100;
 
 /// One registered hook function.
 #[derive(Debug)]
@@ -155,6 +165,18 @@ pub fn default_entries() -> Vec<HookEntry> {
             PRI_NAT_SRC,
             IpvsReply,
             "NAT replies routed through the director, after filter FORWARD",
+        ),
+        HookEntry::new(
+            LocalOut,
+            PRI_NAT_DST + 1,
+            IpvsLocalReply,
+            "replies of the director's own sockets, after nat OUTPUT DNAT so IPVS sees its result",
+        ),
+        HookEntry::new(
+            LocalOut,
+            PRI_NAT_DST + 2,
+            IpvsLocalRequest,
+            "local clients' requests to a VIP, after ip_vs_local_reply and before filter OUTPUT",
         ),
     ]
 }

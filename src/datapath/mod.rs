@@ -6,6 +6,7 @@ pub mod egress;
 pub mod estimator;
 pub mod filter;
 pub mod hooks;
+pub mod pe_sip;
 pub mod pipeline;
 pub mod service;
 pub mod snapshot;

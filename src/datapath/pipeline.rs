@@ -16,16 +16,14 @@ use std::sync::Arc;
 
 use std::cell::RefCell;
 
-use uvs_conntrack::{
-    Dir, Hit, InsertError, NewConn, PacketInfo, Table, TemplateKey, Tuple, Update,
-};
+use uvs_conntrack::{Dir, Hit, InsertError, NewConn, PacketInfo, Table, Tuple, Update};
 use uvs_fwd::xmit::icmp::{nat_icmp_error, IcmpNat};
 use uvs_fwd::{CsumMode, ParseError, Parsed};
 use uvs_sched::{FwdMethod, SchedKey, TunConfig};
 
 use crate::datapath::filter::{FilterKey, FilterTable, Target};
 use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
-use crate::datapath::service::{ServiceRt, Services};
+use crate::datapath::service::{Pe, ServiceRt, Services};
 use crate::datapath::snapshot::{Cached, Snapshot};
 use crate::datapath::stats::{add, DropReason, WorkerStats};
 
@@ -228,6 +226,20 @@ impl Pipeline {
         now_ms: u64,
         st: &WorkerStats,
     ) -> Verdict {
+        self.process_from(frame, csum, now_ms, st, false)
+    }
+
+    /// [`Pipeline::process`] for a frame received (`local_out` false) or
+    /// sent by the director's own stack (true: it meets LOCAL_OUT).
+    #[inline(always)]
+    fn process_from(
+        &self,
+        frame: &mut [u8],
+        csum: CsumMode,
+        now_ms: u64,
+        st: &WorkerStats,
+        local_out: bool,
+    ) -> Verdict {
         // Matched by reference: the parse result is not moved again.
         let parsed = uvs_fwd::parse(frame);
         let p = match &parsed {
@@ -267,24 +279,25 @@ impl Pipeline {
                 } = &mut *c;
                 let ((gen, s), f) = (services.get_gen(&self.services), filter.get(&self.filter));
                 vips.follow(gen, s);
-                let local = vips.is_vip(s, p.dst);
+                let point = local_out::route(local_out, vips.is_vip(s, p.dst));
                 let view = View {
                     services: s,
                     small: vips,
                 };
                 self.hooks_run(
-                    frame, p, icmp_error, csum, now_ms, &view, f, local, st, &mut v,
+                    frame, p, icmp_error, csum, now_ms, &view, f, point, st, &mut v,
                 );
                 return v;
             }
         }
-        self.process_shared(frame, p, icmp_error, csum, now_ms, st)
+        self.process_shared(frame, p, icmp_error, csum, now_ms, st, local_out)
     }
 
     /// [`Pipeline::process`] with the shared snapshots, when this thread
     /// has no copies to lend (re-entered, or being torn down).
     #[cold]
     #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
     fn process_shared(
         &self,
         frame: &mut [u8],
@@ -293,17 +306,18 @@ impl Pipeline {
         csum: CsumMode,
         now_ms: u64,
         st: &WorkerStats,
+        local_out: bool,
     ) -> Verdict {
         let mut v = Verdict::Pass;
         let (s, f) = (self.services.load_full(), self.filter.load_full());
-        let local = s.is_vip(p.dst);
+        let point = local_out::route(local_out, s.is_vip(p.dst));
         let none = Vips::EMPTY;
         let view = View {
             services: &s,
             small: &none,
         };
         self.hooks_run(
-            frame, p, icmp_error, csum, now_ms, &view, &f, local, st, &mut v,
+            frame, p, icmp_error, csum, now_ms, &view, &f, point, st, &mut v,
         );
         v
     }
@@ -320,17 +334,10 @@ impl Pipeline {
         now_ms: u64,
         services: &View<'_>,
         filter: &FilterTable,
-        to_vip: bool,
+        point: HookPoint,
         st: &WorkerStats,
         out: &mut Verdict,
     ) {
-        // The routing decision: VIPs are local, so requests meet LOCAL_IN;
-        // everything else (NAT replies to clients) is forwarded.
-        let point = if to_vip {
-            HookPoint::LocalIn
-        } else {
-            HookPoint::Forward
-        };
         let mut ctx = Ctx {
             looked_up: false,
             point,
@@ -340,16 +347,18 @@ impl Pipeline {
             add(&st.hook_seen[e.index], 1);
             let step = match e.func {
                 HookFn::Filter => Self::filter_hook(filter, point, p, st, out),
-                HookFn::IpvsReply if icmp_error => Step::Continue,
-                HookFn::IpvsReply => self.ipvs_reply(frame, p, csum, now_ms, &mut ctx, st, out),
-                HookFn::IpvsRequest if icmp_error => {
-                    self.ipvs_icmp(frame, p, csum, now_ms, Dir::In, st, out)
+                HookFn::IpvsReply | HookFn::IpvsLocalReply if icmp_error => Step::Continue,
+                HookFn::IpvsReply | HookFn::IpvsLocalReply => {
+                    self.ipvs_reply(frame, p, csum, now_ms, &mut ctx, st, out)
                 }
-                HookFn::IpvsRequest => {
+                HookFn::IpvsRequest | HookFn::IpvsLocalRequest if icmp_error => {
+                    self.ipvs_icmp(frame, p, csum, now_ms, Dir::In, services, st, out)
+                }
+                HookFn::IpvsRequest | HookFn::IpvsLocalRequest => {
                     self.ipvs_request(frame, p, csum, now_ms, services, &mut ctx, st, out)
                 }
                 HookFn::IpvsForwardIcmp if icmp_error => {
-                    self.ipvs_icmp(frame, p, csum, now_ms, Dir::Out, st, out)
+                    self.ipvs_icmp(frame, p, csum, now_ms, Dir::Out, services, st, out)
                 }
                 HookFn::IpvsForwardIcmp => Step::Continue,
             };
@@ -495,7 +504,8 @@ impl Pipeline {
     /// errors from the client side, `want` = In; `ip_vs_forward_icmp` for
     /// errors from a real server, `want` = Out): NAT rewrites outer and
     /// quoted headers; DR and TUN forward it as the connection's packets.
-    /// Errors never create connections (no `schedule_icmp`).
+    /// Errors create connections only under the `schedule_icmp` knob
+    /// (`sched.rs`).
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn ipvs_icmp(
@@ -505,6 +515,7 @@ impl Pipeline {
         csum: CsumMode,
         now: u64,
         want: Dir,
+        services: &View<'_>,
         st: &WorkerStats,
         out: &mut Verdict,
     ) -> Step {
@@ -521,7 +532,14 @@ impl Pipeline {
             dst: emb.dst,
             dport: emb.dport,
         };
-        let Some((h, dir)) = self.conns.lookup_related(&inner) else {
+        let found = match self.conns.lookup_related(&inner) {
+            None if want == Dir::In => match self.schedule_icmp(&inner, p, now, services, st) {
+                Ok(f) => f,
+                Err(r) => return Self::drop(st, r, out),
+            },
+            f => f,
+        };
+        let Some((h, dir)) = found else {
             return Step::Continue;
         };
         if dir != want {
@@ -631,48 +649,18 @@ impl Pipeline {
             dport: p.dport,
             now_ms: now,
         };
-        // Persistent services: the client's template picks the server; a new
-        // client is scheduled once and the template remembers the choice.
-        let tpl = match svc.persistence {
-            None => None,
-            Some(per) => {
-                let tk = TemplateKey {
-                    proto: p.proto,
-                    caddr: per.mask.apply(p.src),
-                    vaddr: p.dst,
-                    vport: svc.port,
-                    fwmark: 0,
-                };
-                let t = match self.conns.lookup_template(&tk, now) {
-                    Some(t) => Some(t),
-                    None => {
-                        let Some(dest) = svc.sched.schedule(&key) else {
-                            return Self::drop(st, DropReason::NoDestination, out);
-                        };
-                        self.conns
-                            .get_or_insert_template(
-                                &tk,
-                                &dest,
-                                dest.port,
-                                dest.fwd_method(),
-                                per.timeout_ms,
-                                now,
-                            )
-                            .ok()
-                    }
-                };
-                match t {
-                    Some(t) => Some(t),
-                    None => return Self::drop(st, DropReason::TableFull, out),
-                }
-            }
-        };
-        let dest = match &tpl {
-            Some(t) => Arc::clone(t.dest()),
-            None => match svc.sched.schedule(&key) {
-                Some(d) => d,
-                None => return Self::drop(st, DropReason::NoDestination, out),
+        // A persistence engine adds its key to the template's (`--pe sip`:
+        // the Call-ID; a datagram without one cannot be keyed: dropped).
+        let pe = match svc.pe {
+            None => 0,
+            Some(Pe::Sip) => match crate::datapath::pe_sip::template_key(frame, p) {
+                Some(k) => k,
+                None => return Self::drop(st, DropReason::PeNoCallId, out),
             },
+        };
+        let (dest, tpl) = match self.pick_dest(svc, &key, pe) {
+            Ok(x) => x,
+            Err(r) => return Self::drop(st, r, out),
         };
         let fwd = dest.fwd_method();
         let tun = match fwd {
@@ -683,6 +671,17 @@ impl Pipeline {
         let dport = if dest.port == 0 { p.dport } else { dest.port };
         let daddr = dest.addr;
         let tag = dest.stats_tag();
+        if svc.one_packet && p.proto == UDP {
+            // `-o`: this datagram alone was scheduled; no entry stays (a
+            // template used keeps its timer running, as binding would).
+            if let Some(t) = &tpl {
+                self.conns.touch_template(t, now);
+            }
+            add(&st.conns, 1);
+            st.count_conn(tag);
+            st.count_packet(tag, true, p.ip_len);
+            return self.xmit_request(frame, p, csum, fwd, daddr, dport, tun, st, out);
+        }
         let nc = NewConn {
             proto: p.proto,
             caddr: p.src,
@@ -828,5 +827,7 @@ fn xmit_reason(e: &uvs_fwd::XmitError) -> DropReason {
     }
 }
 
+mod local_out;
+mod sched;
 #[cfg(test)]
 mod tests;

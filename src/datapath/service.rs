@@ -72,6 +72,14 @@ pub struct Persistence {
     pub mask: ClientMask,
 }
 
+/// A persistence engine (`--pe`): what besides the client keys a
+/// persistent service's templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pe {
+    /// `sip`: the SIP Call-ID of each datagram (`pe_sip.rs`).
+    Sip,
+}
+
 /// What the configuration says about one virtual service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -81,6 +89,11 @@ pub struct ServiceSpec {
     pub sched: String,
     pub params: SchedParams,
     pub persistence: Option<Persistence>,
+    /// `-o`: each UDP datagram is scheduled on its own and leaves no
+    /// connection entry (the kernel's IP_VS_SVC_F_ONEPACKET).
+    pub one_packet: bool,
+    /// `--pe`: the persistence engine (with `persistence` only).
+    pub pe: Option<Pe>,
     pub dests: Vec<DestSpec>,
 }
 
@@ -110,6 +123,10 @@ pub struct ServiceRt {
     pub sched: Arc<dyn Scheduler>,
     pub params: SchedParams,
     pub persistence: Option<Persistence>,
+    /// See [`ServiceSpec::one_packet`].
+    pub one_packet: bool,
+    /// See [`ServiceSpec::pe`].
+    pub pe: Option<Pe>,
     /// Current real servers, in configuration order.
     pub dests: Vec<Arc<Dest>>,
     /// Removed real servers, kept so a re-add resumes their connections.
@@ -415,6 +432,8 @@ impl Plan {
                         sched,
                         params: spec.params,
                         persistence: spec.persistence,
+                        one_packet: spec.one_packet,
+                        pe: spec.pe,
                         dests,
                         trash,
                         stats,

@@ -63,11 +63,14 @@ pub enum DropReason {
     /// Dropped by the kernel before uvs saw it: the RX queue (ring) was
     /// full (`PACKET_STATISTICS` `tp_drops`, read periodically).
     RxQueueFull,
+    /// A datagram to a `--pe sip` service without a usable Call-ID header
+    /// (the kernel's SIP engine cannot key it and drops it).
+    PeNoCallId,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
@@ -85,6 +88,7 @@ impl DropReason {
         DropReason::ParkFull,
         DropReason::TooBig,
         DropReason::RxQueueFull,
+        DropReason::PeNoCallId,
     ];
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -104,6 +108,7 @@ impl DropReason {
             DropReason::ParkFull => "neighbour_queue_full",
             DropReason::TooBig => "too_big",
             DropReason::RxQueueFull => "rx_queue_full",
+            DropReason::PeNoCallId => "pe_no_call_id",
         }
     }
 }

@@ -49,6 +49,8 @@ pub fn pipeline_on(base: Services) -> Pipeline {
         sched: "rr".into(),
         params: SchedParams::default(),
         persistence: None,
+        one_packet: false,
+        pe: None,
         dests: vec![dest("203.0.113.11"), dest("203.0.113.12")],
     };
     let snap = base.rebuild(&[spec]).unwrap();

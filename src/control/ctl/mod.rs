@@ -311,6 +311,11 @@ pub enum CtlError {
     /// A persistence engine the kernel has but uvs does not.
     #[error("persistence engine '{0}' is not supported yet")]
     PeNotSupported(String),
+    /// `--pe` where it would do nothing: the kernel consults a persistence
+    /// engine only when scheduling a persistent service, and its SIP engine
+    /// keys UDP datagrams only (uvs refuses rather than ignore it).
+    #[error("persistence engine '{0}' needs a persistent UDP or fwmark service (-p)")]
+    PeNeedsPersistentUdp(String),
     /// A feature uvs does not implement.
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
@@ -345,6 +350,7 @@ impl CtlError {
             | E::FwdNotSupported(_)
             | E::SchedulerNotSupported { .. }
             | E::PeNotSupported(_)
+            | E::PeNeedsPersistentUdp(_)
             | E::Unsupported(_) => 255,
             E::ListNoSuchService => 1,
             E::Script(l) => l.error.exit_status(),

@@ -416,10 +416,10 @@ pub fn check_scheduler(name: &str) -> Result<(), CtlError> {
     Err(CtlError::UnknownScheduler(name.to_string()))
 }
 
-/// Gate: persistence engines (the kernel has `sip`; uvs none yet).
+/// Gate: persistence engines (the kernel has `sip`, and so has uvs).
 pub fn check_pe(name: &str) -> Result<(), CtlError> {
     if name == "sip" {
-        Err(CtlError::PeNotSupported(name.to_string()))
+        Ok(())
     } else {
         Err(CtlError::UnknownPe(name.to_string()))
     }
@@ -766,6 +766,9 @@ fn build_service(o: &ServiceOpts, gates: &Gates) -> Result<ServiceConfig, CtlErr
     (gates.scheduler)(&o.sched)?;
     if let Some(pe) = &o.pe {
         (gates.pe)(pe)?;
+        if o.persistent.is_none() || !matches!(o.key.proto(), None | Some(Proto::Udp)) {
+            return Err(CtlError::PeNeedsPersistentUdp(pe.clone()));
+        }
     }
     Ok(ServiceConfig {
         key: o.key,

@@ -41,6 +41,8 @@ fn svc(addr: &str, port: u16, server: &str, server_port: u16) -> ServiceSpec {
         sched: "rr".into(),
         params: SchedParams::default(),
         persistence: None,
+        one_packet: false,
+        pe: None,
         dests: vec![DestSpec {
             addr: ip(server),
             port: server_port,

@@ -29,6 +29,8 @@ fn spec(vip: &str, port: u16, sched: &str, dests: Vec<DestSpec>) -> ServiceSpec 
         sched: sched.into(),
         params: SchedParams::default(),
         persistence: None,
+        one_packet: false,
+        pe: None,
         dests,
     }
 }

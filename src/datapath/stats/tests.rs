@@ -41,6 +41,8 @@ fn spec(port: u16, servers: &[&str], fwd: FwdMethod) -> ServiceSpec {
         sched: "rr".into(),
         params: SchedParams::default(),
         persistence: None,
+        one_packet: false,
+        pe: None,
         dests: servers
             .iter()
             .map(|a| DestSpec {

@@ -154,12 +154,12 @@ fn gate_forwarding_methods() {
     cfg.apply(&ok("-a -t 192.0.2.10:80 -r 203.0.113.12 -i --tun-type gre"))
         .expect("tunnel");
     assert_eq!(cfg.services[0].dests[1].fwd, FwdMethod::Tunnel);
-    // A gated feature is refused and changes nothing.
+    // A refused edit changes nothing.
     let before = cfg.clone();
     let e = cfg
-        .apply(&ok("-E -t 192.0.2.10:80 -s rr -p --pe sip"))
+        .apply(&ok("-E -t 192.0.2.10:80 -s rr -p --pe ftp"))
         .unwrap_err();
-    assert_eq!(e, CtlError::PeNotSupported("sip".into()));
+    assert_eq!(e, CtlError::UnknownPe("ftp".into()));
     assert_eq!(cfg, before);
 }
 
@@ -207,10 +207,22 @@ fn gate_persistence_engines() {
             ..Gates::default()
         },
     );
-    assert_eq!(
-        e.map_err(|e| e.to_string()),
-        Err("persistence engine 'sip' is not supported yet".into())
-    );
+    assert!(e.is_ok(), "{e:?}");
+    assert_eq!(check_pe("sip"), Ok(()));
+    // Where the kernel would ignore it: without -p, or on TCP.
+    for bad in [
+        "-A -u 192.0.2.1:5061 -s rr --pe sip",
+        "-A -t 192.0.2.1:5060 -s rr -p --pe sip",
+    ] {
+        let e = cfg.apply_with(
+            &ok(bad),
+            &Gates {
+                scheduler: allow_kernel_scheds,
+                ..Gates::default()
+            },
+        );
+        assert_eq!(e.unwrap_err(), CtlError::PeNeedsPersistentUdp("sip".into()));
+    }
     assert_eq!(check_pe("ftp"), Err(CtlError::UnknownPe("ftp".into())));
 }
 
@@ -619,14 +631,14 @@ fn batch_refuses_queries_and_nested_restore() {
 
 #[test]
 fn config_from_script_uses_default_gates() {
-    // --pe sip is refused by today's gate.
+    // An unknown engine is refused by the default gate.
     let e =
-        Config::from_script("-A -t 192.0.2.10:80 -s rr\n-E -t 192.0.2.10:80 -s rr -p --pe sip\n")
+        Config::from_script("-A -t 192.0.2.10:80 -s rr\n-E -t 192.0.2.10:80 -s rr -p --pe ftp\n")
             .unwrap_err();
     match check_scheduler("rr") {
         Ok(()) => {
             assert_eq!(e.line, 2);
-            assert_eq!(e.error, CtlError::PeNotSupported("sip".into()));
+            assert_eq!(e.error, CtlError::UnknownPe("ftp".into()));
         }
         Err(g) => {
             assert_eq!(e.line, 1);
