@@ -221,6 +221,11 @@ impl Pipeline {
     }
 
     /// Processes one Ethernet frame in place.
+    ///
+    /// A thin wrapper over [`Pipeline::process_into`]: its one local is
+    /// the returned value, so the verdict is built in the caller's slot
+    /// (no copy of the large [`Verdict`] on return).
+    #[inline]
     pub fn process(
         &self,
         frame: &mut [u8],
@@ -228,15 +233,34 @@ impl Pipeline {
         now_ms: u64,
         st: &WorkerStats,
     ) -> Verdict {
+        let mut v = Verdict::Pass;
+        self.process_into(frame, csum, now_ms, st, &mut v);
+        v
+    }
+
+    /// [`Pipeline::process`], writing the verdict into `out` (whatever it
+    /// held before is overwritten).
+    pub fn process_into(
+        &self,
+        frame: &mut [u8],
+        csum: CsumMode,
+        now_ms: u64,
+        st: &WorkerStats,
+        out: &mut Verdict,
+    ) {
         // Matched by reference: the parse result is not moved again.
         let parsed = uvs_fwd::parse(frame);
         let p = match &parsed {
             Ok(p) => p,
-            Err(ParseError::NotIp) => return self.pass(st),
+            Err(ParseError::NotIp) => {
+                *out = self.pass(st);
+                return;
+            }
             Err(e) => {
                 add(&st.parse[e.index()], 1);
                 st.drop(DropReason::Malformed);
-                return Verdict::Drop(DropReason::Malformed);
+                *out = Verdict::Drop(DropReason::Malformed);
+                return;
             }
         };
         // TCP and UDP with their headers, and ICMP errors that may be about
@@ -244,12 +268,12 @@ impl Pipeline {
         // protocols) stays with the kernel.
         let icmp_error = is_icmp_error(p);
         if !icmp_error && (!matches!(p.proto, TCP | UDP | SCTP) || !p.has_ports()) {
-            return self.pass(st);
+            *out = self.pass(st);
+            return;
         }
         // The snapshots, from this thread's copies (no locked instruction
         // per packet); the shared ones only when the thread has none to
         // lend (re-entered, or being torn down).
-        let mut v = Verdict::Pass;
         // The thread's copies, reached without a closure so that the chain
         // is inlined here and writes the verdict straight into `v`.
         if let Ok(cell) = SNAPSHOTS.try_with(|c| c as *const RefCell<ThreadSnapshots>) {
@@ -272,19 +296,18 @@ impl Pipeline {
                     services: s,
                     small: vips,
                 };
-                self.hooks_run(
-                    frame, p, icmp_error, csum, now_ms, &view, f, local, st, &mut v,
-                );
-                return v;
+                self.hooks_run(frame, p, icmp_error, csum, now_ms, &view, f, local, st, out);
+                return;
             }
         }
-        self.process_shared(frame, p, icmp_error, csum, now_ms, st)
+        self.process_shared(frame, p, icmp_error, csum, now_ms, st, out)
     }
 
     /// [`Pipeline::process`] with the shared snapshots, when this thread
     /// has no copies to lend (re-entered, or being torn down).
     #[cold]
     #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
     fn process_shared(
         &self,
         frame: &mut [u8],
@@ -293,8 +316,8 @@ impl Pipeline {
         csum: CsumMode,
         now_ms: u64,
         st: &WorkerStats,
-    ) -> Verdict {
-        let mut v = Verdict::Pass;
+        out: &mut Verdict,
+    ) {
         let (s, f) = (self.services.load_full(), self.filter.load_full());
         let local = s.is_vip(p.dst);
         let none = Vips::EMPTY;
@@ -303,9 +326,8 @@ impl Pipeline {
             small: &none,
         };
         self.hooks_run(
-            frame, p, icmp_error, csum, now_ms, &view, &f, local, st, &mut v,
+            frame, p, icmp_error, csum, now_ms, &view, &f, local, st, out,
         );
-        v
     }
 
     /// The hook chain at the packet's hook point.
@@ -428,10 +450,11 @@ impl Pipeline {
         if !ctx.looked_up {
             ctx.looked_up = true;
             let (t, info) = (tuple(p), Self::info(frame, p));
-            ctx.hit = match ctx.point {
-                HookPoint::Forward => self.conns.lookup_update_out(&t, info, now),
-                _ => self.conns.lookup_update(&t, info, now),
-            };
+            // Written into the context's slot in place (no move of the
+            // found copy).
+            let out_only = ctx.point == HookPoint::Forward;
+            self.conns
+                .lookup_update_into(&t, out_only, info, now, &mut ctx.hit);
         }
         ctx.hit.as_ref()
     }
@@ -646,7 +669,7 @@ impl Pipeline {
                 let t = match self.conns.lookup_template(&tk, now) {
                     Some(t) => Some(t),
                     None => {
-                        let Some(dest) = svc.sched.schedule(&key) else {
+                        let Some(dest) = svc.sched.schedule_in(&svc.dests, &key) else {
                             return Self::drop(st, DropReason::NoDestination, out);
                         };
                         self.conns
@@ -669,7 +692,7 @@ impl Pipeline {
         };
         let dest = match &tpl {
             Some(t) => Arc::clone(t.dest()),
-            None => match svc.sched.schedule(&key) {
+            None => match svc.sched.schedule_in(&svc.dests, &key) {
                 Some(d) => d,
                 None => return Self::drop(st, DropReason::NoDestination, out),
             },
