@@ -543,7 +543,9 @@ impl Table {
     /// destination (see [`Hit`]).
     #[inline]
     pub fn lookup_update(&self, t: &Tuple, p: PacketInfo, now: u64) -> Option<(Hit, Dir, Update)> {
-        self.lookup_update_dirs(t, &[Dir::In, Dir::Out], &p, now)
+        let mut found = None;
+        self.lookup_update_into(t, false, p, now, &mut found);
+        found
     }
 
     /// [`Table::lookup_update`] for the reply side only (the `ip_vs_out`
@@ -556,25 +558,43 @@ impl Table {
         p: PacketInfo,
         now: u64,
     ) -> Option<(Hit, Dir, Update)> {
-        self.lookup_update_dirs(t, &[Dir::Out], &p, now)
+        let mut found = None;
+        self.lookup_update_into(t, true, p, now, &mut found);
+        found
     }
 
+    /// [`Table::lookup_update`] (or, with `out_only`,
+    /// [`Table::lookup_update_out`]) writing its answer into `found`, which
+    /// is overwritten: the per-packet path keeps the answer in its own
+    /// slot, and the copy is built there under the lock rather than moved.
     #[inline(always)]
-    fn lookup_update_dirs(
+    pub fn lookup_update_into(
         &self,
         t: &Tuple,
-        dirs: &[Dir],
-        p: &PacketInfo,
+        out_only: bool,
+        p: PacketInfo,
         now: u64,
-    ) -> Option<(Hit, Dir, Update)> {
+        found: &mut Option<(Hit, Dir, Update)>,
+    ) {
+        let dirs: &[Dir] = if out_only {
+            &[Dir::Out]
+        } else {
+            &[Dir::In, Dir::Out]
+        };
+        *found = None;
         match (t.src, t.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => self.lookup_update_typed(t, s, d, dirs, p, now),
-            (IpAddr::V6(s), IpAddr::V6(d)) => self.lookup_update_typed(t, s, d, dirs, p, now),
-            _ => None,
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                self.lookup_update_typed(t, s, d, dirs, &p, now, found)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                self.lookup_update_typed(t, s, d, dirs, &p, now, found)
+            }
+            _ => {}
         }
     }
 
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn lookup_update_typed<A: Family>(
         &self,
         t: &Tuple,
@@ -583,7 +603,8 @@ impl Table {
         dirs: &[Dir],
         p: &PacketInfo,
         now: u64,
-    ) -> Option<(Hit, Dir, Update)> {
+        out: &mut Option<(Hit, Dir, Update)>,
+    ) {
         for &dir in dirs {
             let (shard, hash) = match dir {
                 Dir::In => (
@@ -605,17 +626,20 @@ impl Table {
                     Dir::Out => part.find_out(hash, t.proto, src, t.sport, dst, t.dport),
                 };
                 // Just found under this lock: live, a connection, ours.
-                hit.map(|(_, idx)| {
-                    let (h, u) = self.account(part, stats, idx, dir, p, now, &mut rel);
-                    (h, dir, u)
-                })
+                match hit {
+                    Some((_, idx)) => {
+                        let (h, u) = self.account(part, stats, idx, dir, p, now, &mut rel);
+                        *out = Some((h, dir, u));
+                        true
+                    }
+                    None => false,
+                }
             };
-            if found.is_some() {
+            if found {
                 self.apply_releases(&rel);
-                return found;
+                return;
             }
         }
-        None
     }
 
     fn lookup_in_typed<A: Family>(&self, t: &Tuple, src: A, dst: A) -> Option<Handle> {

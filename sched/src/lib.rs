@@ -83,6 +83,18 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     /// Picks the destination for a new connection, or `None` when no
     /// destination is available. Never allocates; callable from many threads.
     fn schedule(&self, key: &SchedKey) -> Option<Arc<Dest>>;
+    /// [`Scheduler::schedule`], given the destination list the caller holds
+    /// for this service: the list last passed to `update`, or one passed
+    /// before it (a worker still on an older configuration snapshot).
+    /// Removed destinations are marked unavailable before `update` runs, so
+    /// an older list never yields one. A scheduler whose state is only a
+    /// copy of the list (rr) picks from `dests` and skips loading its own
+    /// copy; the others ignore it.
+    #[inline]
+    fn schedule_in(&self, dests: &[Arc<Dest>], key: &SchedKey) -> Option<Arc<Dest>> {
+        let _ = dests;
+        self.schedule(key)
+    }
     /// Drops per-client state unused since before `now_ms` minus the
     /// scheduler's expiration (lblc, lblcr; a no-op for the others). Picks
     /// expire lazily too; an engine timer calling this (say once a minute)

@@ -219,6 +219,11 @@ impl Pipeline {
     }
 
     /// Processes one Ethernet frame in place.
+    ///
+    /// A thin wrapper over [`Pipeline::process_into`]: its one local is
+    /// the returned value, so the verdict is built in the caller's slot
+    /// (no copy of the large [`Verdict`] on return).
+    #[inline]
     pub fn process(
         &self,
         frame: &mut [u8],
@@ -226,11 +231,26 @@ impl Pipeline {
         now_ms: u64,
         st: &WorkerStats,
     ) -> Verdict {
-        self.process_from(frame, csum, now_ms, st, false)
+        let mut v = Verdict::Pass;
+        self.process_into(frame, csum, now_ms, st, &mut v);
+        v
     }
 
-    /// [`Pipeline::process`] for a frame received (`local_out` false) or
-    /// sent by the director's own stack (true: it meets LOCAL_OUT).
+    /// [`Pipeline::process`], writing the verdict into `out` (whatever it
+    /// held before is overwritten).
+    pub fn process_into(
+        &self,
+        frame: &mut [u8],
+        csum: CsumMode,
+        now_ms: u64,
+        st: &WorkerStats,
+        out: &mut Verdict,
+    ) {
+        self.process_from(frame, csum, now_ms, st, false, out)
+    }
+
+    /// [`Pipeline::process_into`] for a frame received (`local_out` false)
+    /// or sent by the director's own stack (true: it meets LOCAL_OUT).
     #[inline(always)]
     fn process_from(
         &self,
@@ -239,16 +259,21 @@ impl Pipeline {
         now_ms: u64,
         st: &WorkerStats,
         local_out: bool,
-    ) -> Verdict {
+        out: &mut Verdict,
+    ) {
         // Matched by reference: the parse result is not moved again.
         let parsed = uvs_fwd::parse(frame);
         let p = match &parsed {
             Ok(p) => p,
-            Err(ParseError::NotIp) => return self.pass(st),
+            Err(ParseError::NotIp) => {
+                *out = self.pass(st);
+                return;
+            }
             Err(e) => {
                 add(&st.parse[e.index()], 1);
                 st.drop(DropReason::Malformed);
-                return Verdict::Drop(DropReason::Malformed);
+                *out = Verdict::Drop(DropReason::Malformed);
+                return;
             }
         };
         // TCP and UDP with their headers, and ICMP errors that may be about
@@ -256,14 +281,14 @@ impl Pipeline {
         // protocols) stays with the kernel.
         let icmp_error = is_icmp_error(p);
         if !icmp_error && (!matches!(p.proto, TCP | UDP | SCTP) || !p.has_ports()) {
-            return self.pass(st);
+            *out = self.pass(st);
+            return;
         }
         // The snapshots, from this thread's copies (no locked instruction
         // per packet); the shared ones only when the thread has none to
         // lend (re-entered, or being torn down).
-        let mut v = Verdict::Pass;
         // The thread's copies, reached without a closure so that the chain
-        // is inlined here and writes the verdict straight into `v`.
+        // is inlined here and writes the verdict straight into `out`.
         if let Ok(cell) = SNAPSHOTS.try_with(|c| c as *const RefCell<ThreadSnapshots>) {
             // SAFETY: `cell` points at this thread's `SNAPSHOTS`. `try_with`
             // succeeded, so the thread's TLS destructors have not run, and
@@ -284,13 +309,11 @@ impl Pipeline {
                     services: s,
                     small: vips,
                 };
-                self.hooks_run(
-                    frame, p, icmp_error, csum, now_ms, &view, f, point, st, &mut v,
-                );
-                return v;
+                self.hooks_run(frame, p, icmp_error, csum, now_ms, &view, f, point, st, out);
+                return;
             }
         }
-        self.process_shared(frame, p, icmp_error, csum, now_ms, st, local_out)
+        self.process_shared(frame, p, icmp_error, csum, now_ms, st, local_out, out)
     }
 
     /// [`Pipeline::process`] with the shared snapshots, when this thread
@@ -307,8 +330,8 @@ impl Pipeline {
         now_ms: u64,
         st: &WorkerStats,
         local_out: bool,
-    ) -> Verdict {
-        let mut v = Verdict::Pass;
+        out: &mut Verdict,
+    ) {
         let (s, f) = (self.services.load_full(), self.filter.load_full());
         let point = local_out::route(local_out, s.is_vip(p.dst));
         let none = Vips::EMPTY;
@@ -316,10 +339,7 @@ impl Pipeline {
             services: &s,
             small: &none,
         };
-        self.hooks_run(
-            frame, p, icmp_error, csum, now_ms, &view, &f, point, st, &mut v,
-        );
-        v
+        self.hooks_run(frame, p, icmp_error, csum, now_ms, &view, &f, point, st, out);
     }
 
     /// The hook chain at the packet's hook point.
@@ -437,10 +457,11 @@ impl Pipeline {
         if !ctx.looked_up {
             ctx.looked_up = true;
             let (t, info) = (tuple(p), Self::info(frame, p));
-            ctx.hit = match ctx.point {
-                HookPoint::Forward => self.conns.lookup_update_out(&t, info, now),
-                _ => self.conns.lookup_update(&t, info, now),
-            };
+            // Written into the context's slot in place (no move of the
+            // found copy).
+            let out_only = ctx.point == HookPoint::Forward;
+            self.conns
+                .lookup_update_into(&t, out_only, info, now, &mut ctx.hit);
         }
         ctx.hit.as_ref()
     }

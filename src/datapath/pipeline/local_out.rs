@@ -22,7 +22,9 @@ impl Pipeline {
         now_ms: u64,
         st: &WorkerStats,
     ) -> Verdict {
-        self.process_from(frame, csum, now_ms, st, true)
+        let mut v = Verdict::Pass;
+        self.process_from(frame, csum, now_ms, st, true, &mut v);
+        v
     }
 }
 

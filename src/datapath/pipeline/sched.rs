@@ -29,7 +29,7 @@ impl Pipeline {
         let Some(per) = svc.persistence else {
             return svc
                 .sched
-                .schedule(key)
+                .schedule_in(&svc.dests, key)
                 .map(|d| (d, None))
                 .ok_or(DropReason::NoDestination);
         };
@@ -46,7 +46,10 @@ impl Pipeline {
         let t = match self.conns.lookup_template(&tk, key.now_ms) {
             Some(t) => t,
             None => {
-                let dest = svc.sched.schedule(key).ok_or(DropReason::NoDestination)?;
+                let dest = svc
+                    .sched
+                    .schedule_in(&svc.dests, key)
+                    .ok_or(DropReason::NoDestination)?;
                 self.conns
                     .get_or_insert_template(
                         &tk,
