@@ -73,6 +73,10 @@ fn main() -> ExitCode {
             eprintln!("uvsadm: reading commands from stdin: {e}");
             return ExitCode::from(2);
         }
+        if let Some(line) = uvs::control::daemon::nul_line(&text) {
+            eprintln!("uvsadm: line {line} of the -R input holds a NUL byte; nothing was applied");
+            return ExitCode::from(2);
+        }
         req = vec![
             "uvsadm-restore".to_string(),
             ctl::names::resolve_script(&text, &names),
@@ -80,7 +84,29 @@ fn main() -> ExitCode {
     } else {
         req.extend(args);
     }
-    match socket::call(&socket::path(path.as_deref()), &req) {
+    let path = socket::path(path.as_deref());
+    // `-L -c -n`: printed as it arrives (millions of entries; no names to
+    // look up across the whole listing).
+    if let ctl::Command::List(o) = &cmd {
+        if o.connection && o.numeric && !o.json {
+            let mut out = std::io::stdout().lock();
+            let r = socket::call_streamed(&path, &req, |piece| {
+                std::io::Write::write_all(&mut out, piece.as_bytes())
+            });
+            let _ = std::io::Write::flush(&mut out);
+            return match r {
+                Ok(r) => {
+                    eprint!("{}", r.stderr);
+                    ExitCode::from(r.status)
+                }
+                Err(e) => {
+                    eprintln!("uvsadm: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+    }
+    match socket::call(&path, &req) {
         Ok(r) => {
             let mut stdout = r.stdout;
             if r.status == 0 {

@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use foldhash::{HashSet, HashSetExt};
 
+use crate::control::connlist;
 use crate::control::ctl;
 use crate::control::lifecycle::{self, State};
 use crate::control::reload;
-use crate::control::socket::{self, Reply};
+use crate::control::socket::{self, Answer, Reply};
 use crate::control::{metrics, registry};
 use crate::datapath::estimator::INTERVAL_MS;
 use crate::datapath::filter::{FilterTable, Rule};
@@ -250,21 +251,8 @@ impl ctl::Counters for Live<'_> {
 
     fn connections(&self) -> Vec<ctl::ConnRow> {
         let mut rows = Vec::new();
-        self.conns.for_each_entry(self.now, |c| {
-            let proto = match c.proto {
-                6 => ctl::Proto::Tcp,
-                17 => ctl::Proto::Udp,
-                _ => ctl::Proto::Sctp,
-            };
-            rows.push(ctl::ConnRow {
-                proto,
-                expire_ms: c.expires_in_ms,
-                state: c.state.name().to_string(),
-                client: SocketAddr::new(c.caddr, c.cport),
-                virt: SocketAddr::new(c.vaddr, c.vport),
-                dest: SocketAddr::new(c.daddr, c.dport),
-            });
-        });
+        self.conns
+            .for_each_entry(self.now, |c| rows.push(connlist::row(c)));
         rows
     }
 }
@@ -424,6 +412,37 @@ impl Daemon {
         Ok(())
     }
 
+    /// A control request's answer: the streamed and guarded requests here,
+    /// every other one by [`Daemon::handle`].
+    fn answer(&mut self, argv: Vec<String>) -> Answer {
+        match argv.first().map(String::as_str) {
+            // `-L -c` (not `--json`) is streamed: millions of entries list.
+            Some("uvsadm") => match ctl::parse(&argv[1..]) {
+                Ok(ctl::Command::List(o)) if o.connection && !o.json => {
+                    let (pl, now) = (self.pipeline.clone(), self.engine.now_ms());
+                    Answer::Stream(Box::new(connlist::Listing::new(pl, now, o.persistent_conn)))
+                }
+                _ => self.handle(argv).into(),
+            },
+            // A NUL byte in `-R` input refuses all of it.
+            Some("uvsadm-restore") => match argv.get(1).and_then(|t| nul_line(t)) {
+                Some(line) => Reply::err(format!(
+                    "uvsadm: line {line} of the -R input holds a NUL byte; nothing was applied"
+                ))
+                .into(),
+                None => self.handle(argv).into(),
+            },
+            Some("test-fill") => connlist::fill(
+                &self.pipeline.conns,
+                &self.pipeline.services.load(),
+                self.engine.now_ms(),
+                &argv[1..],
+            )
+            .into(),
+            _ => self.handle(argv).into(),
+        }
+    }
+
     fn handle(&mut self, argv: Vec<String>) -> Reply {
         match argv.first().map(String::as_str) {
             Some("ping") => Reply::ok("pong\n"),
@@ -577,6 +596,12 @@ impl Daemon {
         self.pipeline.filter.store(Arc::new(new));
         Reply::ok("")
     }
+}
+
+/// The 1-based line of the first NUL byte in `text`, if any.
+pub fn nul_line(text: &str) -> Option<usize> {
+    let at = text.find('\0')?;
+    Some(text[..at].matches('\n').count() + 1)
 }
 
 /// A refused uvsadm command: ipvsadm's text and exit status.
@@ -755,7 +780,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         "running on {} with {workers} worker(s)",
         names.join(", ")
     )));
-    server.serve(|| stop.load(Ordering::Relaxed), |argv| d.handle(argv));
+    server.serve(|| stop.load(Ordering::Relaxed), |argv| d.answer(argv));
     log::info!("stopping");
     lifecycle::notify(State::Stopping);
     drop(metrics);

@@ -3,6 +3,7 @@
 //! changes to the data path ([`daemon`]), and uvsadm's bounded name
 //! look-ups ([`resolver`]).
 
+pub mod connlist;
 pub mod ctl;
 pub mod daemon;
 pub mod lifecycle;

@@ -1,23 +1,44 @@
 //! The control socket: a Unix stream socket (default `/run/uvs/uvs.sock`,
 //! mode 0600) over which `uvsadm` and `uvs` subcommands talk to the engine.
 //!
-//! Wire format, both directions length-prefixed (u32 big-endian):
-//! request = argv words joined by NUL; response = one status byte (0 = ok,
-//! otherwise the exit status to use), then stdout text, then stderr text.
-//! The daemon parses the words itself, so every client (uvsadm, `uvs filter`,
-//! scripts) gets the same validation and messages.
+//! Contract:
+//! * One request per connection: argv words, each its own length-prefixed
+//!   frame (a `-R` text is one word), bounded in size ([`wire`]). The
+//!   daemon parses the words itself, so every client (uvsadm, `uvs
+//!   filter`, scripts) gets the same validation and messages.
+//! * The reply is a sequence of stdout/stderr frames ended by a status
+//!   frame. A handler answers with a whole [`Reply`] or with a [`Stream`],
+//!   which is asked for its output piece by piece as the client takes it
+//!   (`-L -c` of millions of connections, `uvs trace`); [`call`] collects
+//!   a reply, [`call_streamed`] hands the pieces on as they come.
+//! * Clients are served together by one event loop ([`serve`]): a client
+//!   that sends nothing, trickles, or never reads its reply delays no
+//!   other; each has [`REQUEST_DEADLINE`] to send its request and is
+//!   dropped when it takes nothing of its reply for [`WRITE_TIMEOUT`].
+//! * Only root and the daemon's own uid are served (`SO_PEERCRED`, as
+//!   ipvsadm needs CAP_NET_ADMIN for everything, listings too); anyone
+//!   else gets a refusal, whatever the socket's mode.
+//! * The socket is created with mode 0600: bound inside a private 0700
+//!   directory, given its mode there and only then renamed into place, so
+//!   it is never reachable with a wider mode.
 
-use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod serve;
+pub mod wire;
+
+pub use serve::{MAX_CLIENTS, REQUEST_DEADLINE, STREAM_CHUNK, WRITE_TIMEOUT};
 
 /// Default control socket path.
 pub const DEFAULT_PATH: &str = "/run/uvs/uvs.sock";
 /// Environment variable naming the control socket.
 pub const ENV: &str = "UVS_CONTROL";
-const MAX_MSG: usize = 64 << 20;
+/// How long a client waits for the next piece of a reply.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A command's answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,23 +68,53 @@ impl Reply {
     }
 }
 
-fn write_frame(w: &mut impl Write, b: &[u8]) -> io::Result<()> {
-    w.write_all(&(b.len() as u32).to_be_bytes())?;
-    w.write_all(b)
+/// What a [`Stream`] did when asked for more.
+#[derive(Debug)]
+pub enum Next {
+    /// It appended output and has more.
+    More,
+    /// It has nothing now (what it appended, if anything, is sent); ask
+    /// again shortly (`uvs trace` waiting for packets).
+    Idle,
+    /// It is finished: this reply's stdout follows what it appended, then
+    /// its stderr and status end the answer.
+    End(Reply),
 }
 
-fn read_frame(r: &mut impl Read) -> io::Result<Vec<u8>> {
-    let mut l = [0u8; 4];
-    r.read_exact(&mut l)?;
-    let n = u32::from_be_bytes(l) as usize;
-    if n > MAX_MSG {
-        return Err(io::Error::other(format!(
-            "control message of {n} bytes is too large"
-        )));
+/// A reply made piece by piece on the control thread, as the client takes
+/// it. `next` should append about [`STREAM_CHUNK`] bytes and return soon
+/// (it runs on the thread that serves every client); it is dropped, unasked,
+/// when the client goes away.
+pub trait Stream: Send {
+    /// Appends the next piece of standard output to `out`.
+    fn next(&mut self, out: &mut String) -> Next;
+}
+
+/// A handler's answer: whole, or streamed.
+pub enum Answer {
+    Done(Reply),
+    Stream(Box<dyn Stream>),
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Done(r) => f.debug_tuple("Done").field(r).finish(),
+            Answer::Stream(_) => f.write_str("Stream(..)"),
+        }
     }
-    let mut b = vec![0u8; n];
-    r.read_exact(&mut b)?;
-    Ok(b)
+}
+
+impl From<Reply> for Answer {
+    fn from(r: Reply) -> Answer {
+        Answer::Done(r)
+    }
+}
+
+/// The effective uid of this process.
+fn own_uid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// The socket path: `--control` if given, else `$UVS_CONTROL`, else the default.
@@ -73,8 +124,26 @@ pub fn path(flag: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
 }
 
-/// Sends `argv` to the engine at `path` and returns its reply.
+/// Sends `argv` to the engine at `path` and returns its whole reply.
 pub fn call(path: &Path, argv: &[String]) -> io::Result<Reply> {
+    let mut stdout = String::new();
+    let mut r = call_streamed(path, argv, |piece| {
+        stdout.push_str(piece);
+        Ok(())
+    })?;
+    r.stdout = stdout;
+    Ok(r)
+}
+
+/// Sends `argv` and hands each piece of standard output to `on_stdout` as
+/// it arrives; returns the status and standard error (stdout empty). An
+/// error from `on_stdout` ends the call (and the daemon stops making the
+/// reply when the connection closes).
+pub fn call_streamed(
+    path: &Path,
+    argv: &[String],
+    mut on_stdout: impl FnMut(&str) -> io::Result<()>,
+) -> io::Result<Reply> {
     let mut s = UnixStream::connect(path).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -84,19 +153,41 @@ pub fn call(path: &Path, argv: &[String]) -> io::Result<Reply> {
             ),
         )
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write_frame(&mut s, argv.join("\0").as_bytes())?;
-    let mut b = read_frame(&mut s)?;
-    if b.is_empty() {
-        return Err(io::Error::other("empty control reply"));
+    s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    // A daemon that refuses us answers before reading: read its answer
+    // even if it closed its side while we were writing.
+    let sent = s.write_all(&wire::request(argv));
+    let mut reply = Reply::default();
+    let mut buf = Vec::new();
+    let mut r = io::BufReader::with_capacity(256 << 10, &s);
+    loop {
+        let kind = match wire::read_frame(&mut r, &mut buf) {
+            Ok(k) => k,
+            Err(e) => {
+                sent?;
+                return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
+                    io::Error::new(e.kind(), "the control reply was cut off")
+                } else {
+                    e
+                });
+            }
+        };
+        let text = String::from_utf8_lossy(&buf);
+        match kind {
+            wire::KIND_STDOUT => on_stdout(&text)?,
+            wire::KIND_STDERR => reply.stderr.push_str(&text),
+            wire::KIND_STATUS => {
+                reply.status = buf.first().copied().unwrap_or(2);
+                return Ok(reply);
+            }
+            k => {
+                return Err(io::Error::other(format!(
+                    "unknown control reply frame {k:#04x}"
+                )))
+            }
+        }
     }
-    let status = b.remove(0);
-    let out = read_frame(&mut s)?;
-    Ok(Reply {
-        status,
-        stdout: String::from_utf8_lossy(&out).into(),
-        stderr: String::from_utf8_lossy(&b).into(),
-    })
 }
 
 /// A bound control socket.
@@ -107,22 +198,43 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `path` (mode 0600), replacing a stale socket file.
+    /// Binds `path` with mode 0600 (see the module doc), replacing a stale
+    /// socket file; refuses a path a running daemon answers on.
     pub fn bind(path: &Path) -> io::Result<Server> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir)?;
+        if path.exists() && UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running uvs", path.display()),
+            ));
         }
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{} is in use by a running uvs", path.display()),
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?;
+        let private = dir.join(format!(
+            ".{}.{}.bind",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        // A leftover of an earlier process with our PID: ours to clear.
+        let _ = std::fs::remove_file(private.join("s"));
+        let _ = std::fs::remove_dir(&private);
+        std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+        let inner = private.join("s");
+        let bound = (|| -> io::Result<UnixListener> {
+            let l = UnixListener::bind(&inner)?;
+            // Only we can reach it in here; narrow it before it is public.
+            std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&inner, path)?;
+            Ok(l)
+        })();
+        let _ = std::fs::remove_file(&inner);
+        let _ = std::fs::remove_dir(&private);
+        let listener = bound?;
         listener.set_nonblocking(true)?;
         Ok(Server {
             listener,
@@ -130,42 +242,18 @@ impl Server {
         })
     }
 
-    /// Answers requests until `stop()` returns true, one at a time (the
-    /// configuration is changed by one writer).
-    pub fn serve(&self, stop: impl Fn() -> bool, mut handle: impl FnMut(Vec<String>) -> Reply) {
+    /// Answers requests until `stop()` returns true, every client at once
+    /// (see the module doc); `handle` runs on this thread, one request at
+    /// a time, so the configuration has one writer.
+    pub fn serve<A: Into<Answer>>(
+        &self,
+        stop: impl Fn() -> bool,
+        mut handle: impl FnMut(Vec<String>) -> A,
+    ) {
+        let mut h = |argv: Vec<String>| handle(argv).into();
         while !stop() {
-            match self.listener.accept() {
-                Ok((mut s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                    let reply = match read_frame(&mut s) {
-                        Ok(b) => {
-                            let text = String::from_utf8_lossy(&b);
-                            let argv = if text.is_empty() {
-                                Vec::new()
-                            } else {
-                                text.split('\0').map(String::from).collect()
-                            };
-                            handle(argv)
-                        }
-                        Err(e) => Reply::err(format!("bad control request: {e}")),
-                    };
-                    let mut head = vec![reply.status];
-                    head.extend_from_slice(reply.stderr.as_bytes());
-                    let _ = write_frame(&mut s, &head)
-                        .and_then(|_| write_frame(&mut s, reply.stdout.as_bytes()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Wait for the next client without adding latency to
-                    // its command; wake now and then to check `stop`.
-                    let mut pfd = libc::pollfd {
-                        fd: std::os::fd::AsRawFd::as_raw_fd(&self.listener),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: `pfd` is one valid pollfd, as the count says.
-                    unsafe { libc::poll(&mut pfd, 1, 100) };
-                }
+            match serve::run(&self.listener, &stop, &mut h) {
+                Ok(()) => return,
                 Err(e) => {
                     log::warn!("control socket: {e}");
                     std::thread::sleep(Duration::from_millis(100));

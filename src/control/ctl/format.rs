@@ -659,23 +659,35 @@ fn connections_title(pe: bool) -> String {
 
 /// `-L -c`: the connection table.
 pub fn connections(rows: &[ConnRow]) -> String {
-    let mut out = String::from("IPVS connection entries\n");
-    out.push_str(&connections_title(false));
+    let mut out = connections_head(false);
     for r in rows {
-        let secs = r.expire_ms / 1000;
-        let expire = format!("{:02}:{:02}", secs / 60, secs % 60);
-        let _ = writeln!(
-            out,
-            "{:<3} {:<6} {:<11} {:<18} {:<18} {}",
-            r.proto.list_name(),
-            expire,
-            r.state,
-            addr_port(r.client.ip(), r.client.port()),
-            addr_port(r.virt.ip(), r.virt.port()),
-            addr_port(r.dest.ip(), r.dest.port())
-        );
+        connection_row(&mut out, r);
     }
     out
+}
+
+/// The two title lines of `-L -c` (with `--persistent-conn`'s columns or
+/// not), for a listing made piece by piece.
+pub fn connections_head(pe: bool) -> String {
+    let mut out = String::from("IPVS connection entries\n");
+    out.push_str(&connections_title(pe));
+    out
+}
+
+/// One `-L -c` row, appended to `out`.
+pub fn connection_row(out: &mut String, r: &ConnRow) {
+    let secs = r.expire_ms / 1000;
+    let expire = format!("{:02}:{:02}", secs / 60, secs % 60);
+    let _ = writeln!(
+        out,
+        "{:<3} {:<6} {:<11} {:<18} {:<18} {}",
+        r.proto.list_name(),
+        expire,
+        r.state,
+        addr_port(r.client.ip(), r.client.port()),
+        addr_port(r.virt.ip(), r.virt.port()),
+        addr_port(r.dest.ip(), r.dest.port())
+    );
 }
 
 /// `-L --timeout`.
