@@ -722,7 +722,23 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         "running on {} with {workers} worker(s)",
         names.join(", ")
     )));
-    server.serve(|| stop.load(Ordering::Relaxed), |argv| d.handle(argv));
+    server.serve_streams(
+        || stop.load(Ordering::Relaxed),
+        |argv| match argv.first().map(String::as_str) {
+            // `uvs trace`: streamed from its own thread (control/trace.rs).
+            Some("trace") => crate::control::trace::answer(
+                &d.pipeline,
+                d.engine.stats.workers.len(),
+                d.engine
+                    .ifaces
+                    .iter()
+                    .map(|i| (i.index, i.name.clone()))
+                    .collect(),
+                &argv[1..],
+            ),
+            _ => socket::Answer::Reply(d.handle(argv)),
+        },
+    );
     log::info!("stopping");
     lifecycle::notify(State::Stopping);
     drop(metrics);

@@ -11,3 +11,4 @@ pub mod registry;
 pub mod reload;
 pub mod resolver;
 pub mod socket;
+pub mod trace;

@@ -6,6 +6,13 @@
 //! otherwise the exit status to use), then stdout text, then stderr text.
 //! The daemon parses the words itself, so every client (uvsadm, `uvs filter`,
 //! scripts) gets the same validation and messages.
+//!
+//! A streamed answer (`uvs trace`, [`Answer::Stream`]) starts the same way
+//! (status 0, empty stderr), then sends its output as any number of frames
+//! as it is produced, and ends with an empty frame; a frame holding one NUL
+//! byte is a keep-alive, which tells the daemon when the client has gone.
+//! It is produced on a thread of its own, so commands are answered
+//! meanwhile. [`call_stream`] reads it.
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -99,6 +106,70 @@ pub fn call(path: &Path, argv: &[String]) -> io::Result<Reply> {
     })
 }
 
+/// A streamed answer's producer: called on its own thread with a sink
+/// for output chunks (an empty chunk is a keep-alive); returns when it is
+/// done or the sink fails.
+pub type Stream = Box<dyn FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) + Send>;
+
+/// A request's answer: one reply, or a stream.
+pub enum Answer {
+    Reply(Reply),
+    Stream(Stream),
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Reply(r) => f.debug_tuple("Reply").field(r).finish(),
+            Answer::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// Sends `argv` to the engine at `path` and hands each chunk of a streamed
+/// answer to `chunk` as it arrives, until the stream ends. An answer that
+/// is not a stream (an error) is returned as a [`Reply`] whose stdout was
+/// handed to `chunk`.
+pub fn call_stream(
+    path: &Path,
+    argv: &[String],
+    mut chunk: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<Reply> {
+    let mut s = UnixStream::connect(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot reach uvs at {} ({e}); is `uvs run` running?",
+                path.display()
+            ),
+        )
+    })?;
+    write_frame(&mut s, argv.join("\0").as_bytes())?;
+    let mut b = read_frame(&mut s)?;
+    if b.is_empty() {
+        return Err(io::Error::other("empty control reply"));
+    }
+    let status = b.remove(0);
+    loop {
+        let f = match read_frame(&mut s) {
+            Ok(f) => f,
+            // A plain reply has one stdout frame and then the end.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        };
+        match f.as_slice() {
+            [] => break,
+            [0] => continue,
+            data => chunk(data)?,
+        }
+    }
+    Ok(Reply {
+        status,
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&b).into(),
+    })
+}
+
 /// A bound control socket.
 #[derive(Debug)]
 pub struct Server {
@@ -133,6 +204,16 @@ impl Server {
     /// Answers requests until `stop()` returns true, one at a time (the
     /// configuration is changed by one writer).
     pub fn serve(&self, stop: impl Fn() -> bool, mut handle: impl FnMut(Vec<String>) -> Reply) {
+        self.serve_streams(stop, |argv| Answer::Reply(handle(argv)))
+    }
+
+    /// [`Server::serve`], where a request may be answered by a stream,
+    /// produced on a thread of its own (see the module docs).
+    pub fn serve_streams(
+        &self,
+        stop: impl Fn() -> bool,
+        mut handle: impl FnMut(Vec<String>) -> Answer,
+    ) {
         while !stop() {
             match self.listener.accept() {
                 Ok((mut s, _)) => {
@@ -146,7 +227,13 @@ impl Server {
                             } else {
                                 text.split('\0').map(String::from).collect()
                             };
-                            handle(argv)
+                            match handle(argv) {
+                                Answer::Reply(r) => r,
+                                Answer::Stream(f) => {
+                                    stream_on_thread(s, f);
+                                    continue;
+                                }
+                            }
                         }
                         Err(e) => Reply::err(format!("bad control request: {e}")),
                     };
@@ -172,6 +259,27 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+/// Runs a streamed answer on its own thread: the head (status 0), the
+/// chunks (a keep-alive as one NUL byte), the empty end frame.
+fn stream_on_thread(mut s: UnixStream, f: Stream) {
+    let run = move || {
+        let _ = s.set_read_timeout(None);
+        let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+        if write_frame(&mut s, &[0]).is_err() {
+            return;
+        }
+        let mut sink = |b: &[u8]| write_frame(&mut s, if b.is_empty() { &[0] } else { b });
+        f(&mut sink);
+        let _ = write_frame(&mut s, &[]);
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("uvs-ctl-stream".into())
+        .spawn(run)
+    {
+        log::warn!("control socket: cannot start a streamed answer: {e}");
     }
 }
 

@@ -28,6 +28,7 @@ use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
 use crate::datapath::service::{ServiceRt, Services};
 use crate::datapath::snapshot::{Cached, Snapshot};
 use crate::datapath::stats::{add, DropReason, WorkerStats};
+use crate::datapath::trace::{self, Tracer};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -197,6 +198,8 @@ pub struct Pipeline {
     pub filter: Snapshot<FilterTable>,
     pub conns: Table,
     pub hooks: HookChain,
+    /// `uvs trace`: armed while a trace runs (see `trace.rs`).
+    pub trace: Tracer,
 }
 
 /// The connection lookup and state update, done at most once per packet
@@ -217,6 +220,7 @@ impl Pipeline {
             filter: Snapshot::from_pointee(FilterTable::default()),
             conns,
             hooks: HookChain::default(),
+            trace: Tracer::default(),
         }
     }
 
@@ -646,7 +650,7 @@ impl Pipeline {
                 let t = match self.conns.lookup_template(&tk, now) {
                     Some(t) => Some(t),
                     None => {
-                        let Some(dest) = svc.sched.schedule(&key) else {
+                        let Some(dest) = trace::schedule(&*svc.sched, &key) else {
                             return Self::drop(st, DropReason::NoDestination, out);
                         };
                         self.conns
@@ -669,7 +673,7 @@ impl Pipeline {
         };
         let dest = match &tpl {
             Some(t) => Arc::clone(t.dest()),
-            None => match svc.sched.schedule(&key) {
+            None => match trace::schedule(&*svc.sched, &key) {
                 Some(d) => d,
                 None => return Self::drop(st, DropReason::NoDestination, out),
             },
