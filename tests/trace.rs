@@ -1,7 +1,8 @@
 //! Lab tests of `uvs trace` with real packets: a packet a filter rule
 //! drops names that rule; a new connection names the scheduler's reason;
 //! its reply shows the SNAT back to the VIP; `--json` output parses. They
-//! need root and skip without it; one at a time.
+//! need root and skip without it; one at a time. Also the real-server
+//! address check that needs the director's routes (issue 11).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -222,4 +223,39 @@ fn a_new_connection_names_the_scheduler_and_its_reply_the_snat_in_json() {
     assert_eq!(reply["parse"]["tcp_flags"], "SYN,ACK", "{all}");
     let end = objs.last().unwrap();
     assert_eq!(end["end"]["shown"], 2, "{all}");
+}
+
+/// Issue 11's last real-server address check, beside the trace tests for
+/// want of a lab of its own: the broadcast address of a subnet the
+/// director is on is refused as the kernel refuses it (EINVAL: ipvsadm's
+/// text, exit 255), found from the director's routes; the configuration
+/// is unchanged.
+#[test]
+fn a_subnet_broadcast_real_server_is_refused() {
+    if !root_or_skip("subnet broadcast") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("b");
+    let before = s.d.uvsadm("-S -n").unwrap();
+    let r =
+        s.d.call(&[
+            "uvsadm",
+            "-a",
+            "-t",
+            "192.0.2.10:80",
+            "-r",
+            "203.0.113.255:80",
+            "-m",
+        ])
+        .unwrap();
+    assert_eq!(r.status, 255, "{r:?}");
+    assert_eq!(
+        r.stderr,
+        "Invalid operation.  Possibly wrong module version, address not unicast, ...\n"
+    );
+    assert_eq!(s.d.uvsadm("-S -n").unwrap(), before);
+    // An ordinary address of that subnet is still fine.
+    s.d.uvsadm("-a -t 192.0.2.10:80 -r 203.0.113.13:80 -m")
+        .unwrap();
 }

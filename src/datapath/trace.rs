@@ -494,9 +494,10 @@ pub fn handle<'b>(
     st: &WorkerStats,
     q: &mut impl TxQueue<'b>,
 ) {
-    let session = pl.trace.session.load_full();
+    // A guard, not a clone: no reference count written per packet.
+    let session = pl.trace.session.load();
     let parsed = uvs_fwd::parse(f.frame());
-    let traced = session.as_ref().and_then(|s| {
+    let traced = (*session).as_ref().and_then(|s| {
         let (m, followed) = match &parsed {
             Ok(p) => {
                 let m = s.filter.matches(p);

@@ -79,3 +79,43 @@ fn a_stream_ends_when_its_reader_goes() {
     assert!(r.is_ok());
     assert!(!tr.armed());
 }
+
+#[test]
+fn a_block_names_the_rule_and_the_drop_and_json_says_the_same() {
+    use crate::datapath::hooks::{HookFn, HookPoint, HookVerdict};
+    use crate::datapath::stats::DropReason;
+    use crate::datapath::trace::{HookVisit, Outcome, Record, RuleVisit, Text};
+    let mut r = Record {
+        seq: 7,
+        ifindex: 3,
+        len: 60,
+        parsed: Err(uvs_fwd::ParseError::TruncatedIp),
+        outcome: Outcome::Drop(DropReason::Filtered),
+        ..Record::EMPTY
+    };
+    r.hooks[0] = Some(HookVisit {
+        point: HookPoint::LocalIn,
+        priority: 0,
+        func: HookFn::Filter,
+        verdict: HookVerdict::Drop,
+    });
+    r.push_rule(RuleVisit {
+        point: HookPoint::LocalIn,
+        priority: 0,
+        table: "filter",
+        chain: Text::of(&"INPUT"),
+        rule_no: 2,
+        text: Text::of(&"-A INPUT -p tcp --dport 81 -j DROP"),
+        verdict: "DROP",
+    });
+    let ifaces = vec![(3, "c0".to_string())];
+    assert_eq!(
+        format::text(&r, &ifaces),
+        "#7 on c0 (ring 0), 60 bytes\n  parse: failed: truncated_ip\n  hook: LOCAL_IN 0 filter: DROP\n    rule filter INPUT #2 \"-A INPUT -p tcp --dport 81 -j DROP\": DROP\n  result: dropped: filtered\n\n"
+    );
+    let j = format::json(&r, &ifaces);
+    assert_eq!(j["iface"], "c0");
+    assert_eq!(j["hooks"][0]["rules"][0]["rule"], 2);
+    assert_eq!(j["result"]["drop"], "filtered");
+    assert_eq!(j["parse"]["error"], "truncated_ip");
+}
