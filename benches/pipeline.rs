@@ -3,6 +3,10 @@
 //! connections, against the floor of parse + DNAT alone measured in the
 //! same group. The `_counted` cases run the same packets with the service
 //! and real-server counters on (`--stats`), against the uncounted ones.
+//! `established_request_trace_off` is `established_request` with the
+//! engine's per-packet `uvs trace` check in front (a relaxed load of the
+//! tracer's flag, no trace running): what tracing costs when off. (New
+//! connections always include the scheduler call's thread-local check.)
 //! Run: `cargo bench --bench pipeline`.
 //!
 //! Instruction counts (repeatable on a shared machine): set
@@ -86,6 +90,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function("established_request", |b| {
         b.iter(|| {
             buf.copy_from_slice(&f.ack);
+            black_box(p.process(black_box(&mut buf), CsumMode::Full, 1, &st))
+        })
+    });
+    g.bench_function("established_request_trace_off", |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&f.ack);
+            // What `engine.rs` does per packet before the pipeline.
+            if black_box(&p.trace).armed() {
+                unreachable!("no trace runs in the bench");
+            }
             black_box(p.process(black_box(&mut buf), CsumMode::Full, 1, &st))
         })
     });

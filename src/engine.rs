@@ -454,6 +454,9 @@ fn handle<'b>(
     }
     add(&st.rx, 1);
     let csum = f.vnet.csum_mode();
+    if pl.trace.armed() {
+        return crate::datapath::trace::handle(f, csum, pl, egress, rs, now, st, q);
+    }
     let v = pl.process(f.frame_mut(), csum, now, st);
     egress.output(f.buf, f.at, f.vnet, v, rs, now, st, q);
 }

@@ -226,6 +226,17 @@ fn stats_count_exactly_what_the_client_sent_and_received_and_z_zeroes() {
 {body}"
         );
     }
+    // The totals over every service (one here), as /proc/net/ip_vs_stats.
+    for (i, n) in names.iter().enumerate() {
+        let k = format!("uvs_total_{n}_total");
+        assert_eq!(m.get(&k).copied(), Some(svc[i] as f64), "{k}\n{body}");
+    }
+    assert_eq!(s.d.counter("total.connections").unwrap(), svc[0]);
+    // The control thread's counters (resolver; AF_XDP's under --io af_xdp).
+    assert!(m.keys().any(|k| k.starts_with("uvs_resolver_")), "{body}");
+    if common::uses_af_xdp(&s.d) {
+        assert!(m.contains_key("uvs_xdp_steered_total"), "{body}");
+    }
     assert!(
         m.contains_key(r#"uvs_drops_total{reason="filtered"}"#),
         "{body}"

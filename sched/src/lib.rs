@@ -29,6 +29,7 @@
 
 mod common;
 pub mod dest;
+pub mod explain;
 pub mod flags;
 pub mod locality;
 pub mod registry;
@@ -54,6 +55,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use dest::{Dest, FwdMethod, TunConfig, TunCsum, TunType};
+pub use explain::Explain;
 pub use flags::SchedFlags;
 pub use registry::{Registry, SchedError, SchedParams};
 
@@ -94,6 +96,18 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     fn schedule_in(&self, dests: &[Arc<Dest>], key: &SchedKey) -> Option<Arc<Dest>> {
         let _ = dests;
         self.schedule(key)
+    }
+
+    /// [`Scheduler::schedule`], the same pick with the same effects, also
+    /// saying why in `why` (see [`explain`]). Only traced packets call it,
+    /// so the untraced path pays nothing for explaining; it never
+    /// allocates either. The default reports the bare pick.
+    fn schedule_explained(&self, key: &SchedKey, why: &mut Explain) -> Option<Arc<Dest>> {
+        let d = self.schedule(key);
+        if d.is_none() {
+            why.how = explain::How::NoDestination;
+        }
+        d
     }
     /// Drops per-client state unused since before `now_ms` minus the
     /// scheduler's expiration (lblc, lblcr; a no-op for the others). Picks

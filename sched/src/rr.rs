@@ -15,8 +15,11 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use std::net::SocketAddr;
+
 use crate::common::{plain_params, Snapshot};
-use crate::{Dest, SchedError, SchedKey, SchedParams, Scheduler};
+use crate::explain::{How, Skip};
+use crate::{Dest, Explain, SchedError, SchedKey, SchedParams, Scheduler};
 
 /// No pick yet: the next search starts at the list head.
 const NONE: usize = usize::MAX;
@@ -111,6 +114,46 @@ impl Rr {
             }
         }
     }
+
+    fn schedule_explained(&self, _key: &SchedKey, why: &mut Explain) -> Option<Arc<Dest>> {
+        // `schedule`'s walk, noting the position it continued from and
+        // the servers it passed over (tracing only).
+        let st = self.state.load();
+        let n = st.dests.len();
+        let mut last = self.last.load(Ordering::Acquire);
+        loop {
+            *why = Explain::default();
+            let start = match last.checked_add(1) {
+                Some(s) if s < n => s,
+                _ => 0,
+            };
+            let mut found = None;
+            for i in (start..n).chain(0..start) {
+                match Skip::of(&st.dests[i]) {
+                    None => {
+                        found = Some(i);
+                        break;
+                    }
+                    Some(s) => why.skip(&st.dests[i], s),
+                }
+            }
+            let Some(found) = found else {
+                why.how = How::NoDestination;
+                return None;
+            };
+            match self
+                .last
+                .compare_exchange_weak(last, found, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let after = st.dests.get(last).map(|d| SocketAddr::new(d.addr, d.port));
+                    why.how = How::NextAfter { after };
+                    return Some(Arc::clone(&st.dests[found]));
+                }
+                Err(now) => last = now,
+            }
+        }
+    }
 }
 
 /// Where the rotation continues in `new` given the last pick `last` in `old`.
@@ -150,6 +193,31 @@ mod tests {
         ds[3].conn_bound(true);
         assert!(ds[3].is_overloaded());
         assert_eq!(pick_names(&s, &ds, 4), "0202");
+    }
+
+    #[test]
+    fn explained_picks_are_the_same_picks_and_say_why() {
+        let ds = dests(&[1, 0, 1]);
+        let (plain, told) = (Rr::new(&ds), Rr::new(&ds));
+        for round in 0..5 {
+            let mut why = Explain::default();
+            let a = plain.schedule(&key(1)).unwrap();
+            let b = told.schedule_explained(&key(1), &mut why).unwrap();
+            assert!(Arc::ptr_eq(&a, &b));
+            let first = round == 0;
+            let after = why.how;
+            assert_eq!(
+                after == (How::NextAfter { after: None }),
+                first,
+                "{after:?}"
+            );
+            // From server 0 the walk passes over server 1 (weight 0).
+            assert_eq!(why.n_skipped, u32::from(Arc::ptr_eq(&b, &ds[2])));
+        }
+        let none = Rr::new(&dests(&[0]));
+        let mut why = Explain::default();
+        assert!(none.schedule_explained(&key(1), &mut why).is_none());
+        assert_eq!(why.how, How::NoDestination);
     }
 
     #[test]

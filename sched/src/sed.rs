@@ -56,6 +56,11 @@ impl Scheduler for Sed {
         let st = self.state.load();
         least_weighted(st.dests.iter(), sed_overhead).cloned()
     }
+
+    fn schedule_explained(&self, _key: &SchedKey, why: &mut crate::Explain) -> Option<Arc<Dest>> {
+        let st = self.state.load();
+        crate::wlc::least_explained(st.dests.iter(), sed_overhead, why).cloned()
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! uvs: the load balancer daemon (`uvs run`), the namespace demo
 //! (`uvs demo`), the comparison with the kernel's DNAT (`uvs bench`), the real-server tunnel endpoint (`uvs tunnel-endpoint`) and
-//! small control commands (`uvs stats`, `uvs filter`).
+//! small control commands (`uvs stats`, `uvs filter`, `uvs trace`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -217,6 +217,44 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show what uvs does with each matching packet, as it happens: the
+    /// interface it came in on, the parse, every hook entry it met (and
+    /// the table rule that decided), the connection entry before and
+    /// after, the service, the scheduler's pick and reason, the rewrite,
+    /// next hop, MACs and outgoing interface, or the named drop reason.
+    /// Replies of a traced NAT connection are shown too. Runs until
+    /// --count packets were shown or --timeout passed (or Ctrl-C). Costs
+    /// nothing while no trace runs; a reader too slow for the traffic
+    /// loses records (counted at the end), never packets.
+    Trace {
+        /// Control socket of the running uvs [default: /run/uvs/uvs.sock].
+        #[arg(long, env = socket::ENV, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Protocol: tcp, udp, sctp or icmp (ICMPv6 too).
+        #[arg(short = 'p', long = "protocol", value_name = "PROTO")]
+        proto: Option<String>,
+        /// Source address or prefix.
+        #[arg(short = 's', long = "source", value_name = "ADDR[/LEN]")]
+        src: Option<String>,
+        /// Destination address or prefix.
+        #[arg(short = 'd', long = "destination", value_name = "ADDR[/LEN]")]
+        dst: Option<String>,
+        /// Source port.
+        #[arg(long, value_name = "P")]
+        sport: Option<u16>,
+        /// Destination port.
+        #[arg(long, value_name = "P")]
+        dport: Option<u16>,
+        /// Stop after N packets.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after S seconds.
+        #[arg(long, value_name = "S")]
+        timeout: Option<f64>,
+        /// One JSON object per packet, one per line (and a last `end` object).
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read the files `uvs run` was started with (--config, --filter)
     /// and apply only the difference: services and real servers that stay
     /// keep their connections (a removed server's are dropped, as after
@@ -288,6 +326,25 @@ fn gen_docs(dir: &std::path::Path) -> Result<ExitCode> {
 fn remote(path: Option<PathBuf>, argv: Vec<String>) -> Result<ExitCode> {
     let r = socket::call(&socket::path(path.as_deref()), &argv)?;
     print!("{}", r.stdout);
+    eprint!("{}", r.stderr);
+    Ok(ExitCode::from(r.status))
+}
+
+/// `uvs trace`: the words checked here (the same parser as the daemon's),
+/// then the daemon's stream printed as it comes.
+fn trace(path: Option<PathBuf>, words: Vec<String>) -> Result<ExitCode> {
+    use std::io::Write as _;
+    if let Err(e) = uvs::control::trace::Request::parse(&words) {
+        eprintln!("uvs trace: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    let mut argv = vec!["trace".to_string()];
+    argv.extend(words);
+    let mut out = std::io::stdout().lock();
+    let r = socket::call_streamed(&socket::path(path.as_deref()), &argv, |b| {
+        out.write_all(b.as_bytes())?;
+        out.flush()
+    })?;
     eprint!("{}", r.stderr);
     Ok(ExitCode::from(r.status))
 }
@@ -489,6 +546,38 @@ fn real_main() -> Result<ExitCode> {
             remote(control, v)
         }
         Cmd::Reload { control } => remote(control, vec!["reload".into()]),
+        Cmd::Trace {
+            control,
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
+            count,
+            timeout,
+            json,
+        } => {
+            let mut w = Vec::new();
+            let opts = [
+                ("-p", proto),
+                ("-s", src),
+                ("-d", dst),
+                ("--sport", sport.map(|p| p.to_string())),
+                ("--dport", dport.map(|p| p.to_string())),
+                ("--count", count.map(|n| n.to_string())),
+                ("--timeout", timeout.map(|t| t.to_string())),
+            ];
+            for (o, v) in opts {
+                if let Some(v) = v {
+                    w.push(o.to_string());
+                    w.push(v);
+                }
+            }
+            if json {
+                w.push("--json".into());
+            }
+            trace(control, w)
+        }
         Cmd::GenDocs { dir } => gen_docs(&dir),
         Cmd::Filter { control, args } => {
             let mut v = vec!["filter".to_string()];

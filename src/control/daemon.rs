@@ -388,6 +388,11 @@ impl Daemon {
             &mut self.owned,
             self.mh_table_size,
         )?;
+        // A subnet's broadcast address, known only from the routes.
+        if crate::control::dest_check::first_refused(&p.resolve).is_some() {
+            self.owned.revert(p.staged);
+            return Err(ctl::CtlError::NotUnicast.to_string());
+        }
         let kernel = match (&mut self.guard, &mut self.engine.io) {
             (Some(g), _) => g.apply(&p.delta).map_err(|e| e.to_string()),
             (None, engine::IoBackend::AfXdp(x)) => steer(x, &p.delta).map_err(|e| e.to_string()),
@@ -432,6 +437,17 @@ impl Daemon {
                 .into(),
                 None => self.handle(argv).into(),
             },
+            // `uvs trace`: produced on its own thread (control/trace.rs).
+            Some("trace") => crate::control::trace::answer(
+                &self.pipeline,
+                self.engine.stats.workers.len(),
+                self.engine
+                    .ifaces
+                    .iter()
+                    .map(|i| (i.index, i.name.clone()))
+                    .collect(),
+                &argv[1..],
+            ),
             Some("test-fill") => connlist::fill(
                 &self.pipeline.conns,
                 &self.pipeline.services.load(),
@@ -446,11 +462,11 @@ impl Daemon {
     fn handle(&mut self, argv: Vec<String>) -> Reply {
         match argv.first().map(String::as_str) {
             Some("ping") => Reply::ok("pong\n"),
+            // The counters only the control thread can read (the resolver's,
+            // the AF_XDP program's and sockets'), for `/metrics`.
+            Some("stats-extra") => Reply::ok(self.stats_extra()),
             Some("stats") => {
-                let mut extra = self.engine.resolver.stats().render();
-                if let engine::IoBackend::AfXdp(x) = &self.engine.io {
-                    extra += &x.report();
-                }
+                let extra = self.stats_extra();
                 let r = registry::collect(&registry::Sources {
                     pipeline: &self.pipeline,
                     stats: &self.engine.stats,
@@ -479,6 +495,16 @@ impl Daemon {
             },
             _ => Reply::err(format!("unknown control request {:?}", argv.first())),
         }
+    }
+
+    /// `name value` lines of the resolver's counters and, under AF_XDP,
+    /// the program's and sockets' ([`registry::Registry::text_counters`]).
+    fn stats_extra(&self) -> String {
+        let mut extra = self.engine.resolver.stats().render();
+        if let engine::IoBackend::AfXdp(x) = &self.engine.io {
+            extra += &x.report();
+        }
+        extra
     }
 
     /// One uvsadm command: parsed, validated and applied to the
@@ -747,19 +773,24 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     d.commit(&ctl::Applied::Batch(loaded))
         .map_err(DaemonError::Config)?;
     // Prometheus: the registry from the shared counters, on its own
-    // thread (AF_XDP's program counters stay in `uvs stats`).
+    // thread; the counters only the control thread reads (resolver,
+    // AF_XDP) it asks for over the control socket, as any client would.
     let metrics = match opts.metrics {
         None => None,
         Some(addr) => {
             let (pl, st) = (d.pipeline.clone(), d.engine.stats.clone());
             let guard = d.guard.is_some();
             let ring_frames = opts.ring_frames;
+            let control = opts.control.clone();
             let m = metrics::serve(addr, move || {
+                let extra = socket::call(&control, &["stats-extra".to_string()])
+                    .map(|r| r.stdout)
+                    .unwrap_or_default();
                 registry::collect(&registry::Sources {
                     pipeline: &pl,
                     stats: &st,
                     guard,
-                    extra: "",
+                    extra: &extra,
                     services: true,
                     ring_frames,
                 })

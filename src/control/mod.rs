@@ -6,9 +6,11 @@
 pub mod connlist;
 pub mod ctl;
 pub mod daemon;
+pub mod dest_check;
 pub mod lifecycle;
 pub mod metrics;
 pub mod registry;
 pub mod reload;
 pub mod resolver;
 pub mod socket;
+pub mod trace;

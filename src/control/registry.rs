@@ -471,10 +471,87 @@ pub fn collect(src: &Sources<'_>) -> Registry {
         vec![],
         src.ring_frames as u64,
     );
+    let snap = src.pipeline.services.load_full();
+    totals(&mut r, &snap, src.stats);
     if src.services {
-        services(&mut r, &src.pipeline.services.load_full(), src.stats);
+        services(&mut r, &snap, src.stats);
     }
     r
+}
+
+/// The totals over every service, as the kernel's `/proc/net/ip_vs_stats`
+/// shows them: connections, packets and bytes each way, and their rates
+/// (the sum of the services' estimators, which is the estimator of the
+/// sum: its averaging is linear). A deleted service's share leaves the
+/// totals with it. In `uvs stats` as `total.*` and in `/metrics` as
+/// `uvs_total_*`. O(services).
+pub fn totals(r: &mut Registry, snap: &Services, stats: &Stats) {
+    let mut t = crate::control::ctl::Stats::default();
+    for s in snap.iter() {
+        let x = daemon::slot_stats(stats, s.stats.id);
+        t.conns += x.conns;
+        t.inpkts += x.inpkts;
+        t.outpkts += x.outpkts;
+        t.inbytes += x.inbytes;
+        t.outbytes += x.outbytes;
+        t.cps += x.cps;
+        t.inpps += x.inpps;
+        t.outpps += x.outpps;
+        t.inbps += x.inbps;
+        t.outbps += x.outbps;
+    }
+    let counters: [(&str, &'static str, u64); 5] = [
+        (
+            "connections",
+            "Connections scheduled, all services",
+            t.conns,
+        ),
+        (
+            "in_packets",
+            "Packets client to server, all services",
+            t.inpkts,
+        ),
+        (
+            "out_packets",
+            "Packets server to client, all services",
+            t.outpkts,
+        ),
+        (
+            "in_bytes",
+            "Bytes client to server, all services",
+            t.inbytes,
+        ),
+        (
+            "out_bytes",
+            "Bytes server to client, all services",
+            t.outbytes,
+        ),
+    ];
+    for (what, help, v) in counters {
+        r.counter(
+            format!("total.{what}"),
+            format!("total_{what}"),
+            help,
+            vec![],
+            v,
+        );
+    }
+    let rates: [(&str, &'static str, u64); 5] = [
+        ("cps", "Connections per second, all services", t.cps),
+        ("in_pps", "Packets per second in, all services", t.inpps),
+        ("out_pps", "Packets per second out, all services", t.outpps),
+        ("in_bps", "Bytes per second in, all services", t.inbps),
+        ("out_bps", "Bytes per second out, all services", t.outbps),
+    ];
+    for (what, help, v) in rates {
+        r.gauge(
+            format!("total.{what}"),
+            format!("total_rate_{what}"),
+            help,
+            vec![],
+            v,
+        );
+    }
 }
 
 /// The kernel guard's counters (packets kept from the director's own stack

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::datapath::hooks::HookPoint;
+use crate::datapath::hooks::{HookPoint, PRI_FILTER};
 
 /// A rule that could not be parsed, with the reason.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -324,9 +324,24 @@ impl FilterTable {
     /// The verdict for a packet at `chain`: the first matching rule's target
     /// (counted), else ACCEPT.
     pub fn check(&self, chain: HookPoint, k: &FilterKey) -> Target {
+        // `n`: the rule's number in its chain, for `uvs trace`.
+        let mut n = 0;
         for r in &self.rules {
-            if r.chain == chain && r.matches(k) {
+            if r.chain != chain {
+                continue;
+            }
+            n += 1;
+            if r.matches(k) {
                 r.hits.fetch_add(1, Relaxed);
+                let (name, verdict) = match (chain, r.target) {
+                    (HookPoint::Forward, t) => ("FORWARD", t),
+                    (_, t) => ("INPUT", t),
+                };
+                let verdict = match verdict {
+                    Target::Accept => "ACCEPT",
+                    Target::Drop => "DROP",
+                };
+                crate::datapath::trace::rule(chain, PRI_FILTER, "filter", name, n, &**r, verdict);
                 return r.target;
             }
         }

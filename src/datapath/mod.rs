@@ -11,3 +11,4 @@ pub mod pipeline;
 pub mod service;
 pub mod snapshot;
 pub mod stats;
+pub mod trace;

@@ -26,6 +26,7 @@ use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
 use crate::datapath::service::{Pe, ServiceRt, Services};
 use crate::datapath::snapshot::{Cached, Snapshot};
 use crate::datapath::stats::{add, DropReason, WorkerStats};
+use crate::datapath::trace::{self, Tracer};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -195,6 +196,8 @@ pub struct Pipeline {
     pub filter: Snapshot<FilterTable>,
     pub conns: Table,
     pub hooks: HookChain,
+    /// `uvs trace`: armed while a trace runs (see `trace.rs`).
+    pub trace: Tracer,
 }
 
 /// The connection lookup and state update, done at most once per packet
@@ -215,6 +218,7 @@ impl Pipeline {
             filter: Snapshot::from_pointee(FilterTable::default()),
             conns,
             hooks: HookChain::default(),
+            trace: Tracer::default(),
         }
     }
 

@@ -827,7 +827,8 @@ fn check_thresholds(d: &DestConfig) -> Result<(), CtlError> {
 /// be unicast or local (not 0.0.0.0/8, 255.255.255.255 or multicast);
 /// IPv6 must be unicast and not link-local (not `::`, multicast,
 /// `::ffff:0:0/96`, `fe80::/10`). A subnet's broadcast address, which the
-/// kernel finds in the director's routes, is not known here.
+/// kernel finds in the director's routes, is checked by the daemon
+/// (`control::dest_check`).
 pub fn check_unicast(addr: IpAddr) -> Result<(), CtlError> {
     let ok = match addr {
         IpAddr::V4(a) => !(a.octets()[0] == 0 || a.is_broadcast() || a.is_multicast()),

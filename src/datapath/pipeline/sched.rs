@@ -15,6 +15,7 @@ use uvs_sched::{Dest, SchedKey};
 use super::{Pipeline, View, SCTP, TCP, UDP};
 use crate::datapath::service::ServiceRt;
 use crate::datapath::stats::{add, DropReason, WorkerStats};
+use crate::datapath::trace;
 
 impl Pipeline {
     /// The real server for a new connection `key` of service `svc`, and the
@@ -27,9 +28,7 @@ impl Pipeline {
         pe: u64,
     ) -> Result<(Arc<Dest>, Option<Handle>), DropReason> {
         let Some(per) = svc.persistence else {
-            return svc
-                .sched
-                .schedule_in(&svc.dests, key)
+            return trace::schedule(&*svc.sched, &svc.dests, key)
                 .map(|d| (d, None))
                 .ok_or(DropReason::NoDestination);
         };
@@ -46,9 +45,7 @@ impl Pipeline {
         let t = match self.conns.lookup_template(&tk, key.now_ms) {
             Some(t) => t,
             None => {
-                let dest = svc
-                    .sched
-                    .schedule_in(&svc.dests, key)
+                let dest = trace::schedule(&*svc.sched, &svc.dests, key)
                     .ok_or(DropReason::NoDestination)?;
                 self.conns
                     .get_or_insert_template(
