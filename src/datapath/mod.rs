@@ -10,3 +10,4 @@ pub mod pipeline;
 pub mod service;
 pub mod snapshot;
 pub mod stats;
+pub mod tables;

@@ -28,6 +28,7 @@ use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
 use crate::datapath::service::{ServiceRt, Services};
 use crate::datapath::snapshot::{Cached, Snapshot};
 use crate::datapath::stats::{add, DropReason, WorkerStats};
+use crate::datapath::tables::{Ruleset, TableId};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -70,6 +71,7 @@ pub enum Verdict {
 struct ThreadSnapshots {
     services: Cached<Services>,
     filter: Cached<FilterTable>,
+    tables: Cached<Ruleset>,
     vips: Vips,
 }
 
@@ -78,6 +80,7 @@ thread_local! {
         RefCell::new(ThreadSnapshots {
             services: Cached::EMPTY,
             filter: Cached::EMPTY,
+            tables: Cached::EMPTY,
             vips: Vips::EMPTY,
         })
     };
@@ -133,6 +136,9 @@ impl Vips {
             return;
         }
         for svc in services.iter() {
+            if svc.proto == crate::datapath::service::FWMARK {
+                continue;
+            }
             if !self.addrs[..self.n].contains(&svc.addr) {
                 self.addrs[self.n] = svc.addr;
                 self.n += 1;
@@ -195,6 +201,8 @@ enum Step {
 pub struct Pipeline {
     pub services: Snapshot<Services>,
     pub filter: Snapshot<FilterTable>,
+    /// The emulated iptables tables (`uvs tables`).
+    pub tables: Snapshot<Ruleset>,
     pub conns: Table,
     pub hooks: HookChain,
 }
@@ -207,6 +215,8 @@ struct Ctx {
     looked_up: bool,
     point: HookPoint,
     hit: Option<(Hit, Dir, Update)>,
+    /// The packet's firewall mark (`skb->mark`), set by MARK rules.
+    mark: u32,
 }
 
 impl Pipeline {
@@ -215,6 +225,7 @@ impl Pipeline {
         Pipeline {
             services: Snapshot::from_pointee(Services::default()),
             filter: Snapshot::from_pointee(FilterTable::default()),
+            tables: Snapshot::from_pointee(Ruleset::default()),
             conns,
             hooks: HookChain::default(),
         }
@@ -263,9 +274,11 @@ impl Pipeline {
                 let ThreadSnapshots {
                     services,
                     filter,
+                    tables,
                     vips,
                 } = &mut *c;
                 let ((gen, s), f) = (services.get_gen(&self.services), filter.get(&self.filter));
+                let t = tables.get(&self.tables);
                 vips.follow(gen, s);
                 let local = vips.is_vip(s, p.dst);
                 let view = View {
@@ -273,7 +286,7 @@ impl Pipeline {
                     small: vips,
                 };
                 self.hooks_run(
-                    frame, p, icmp_error, csum, now_ms, &view, f, local, st, &mut v,
+                    frame, p, icmp_error, csum, now_ms, &view, f, t, local, st, &mut v,
                 );
                 return v;
             }
@@ -296,6 +309,7 @@ impl Pipeline {
     ) -> Verdict {
         let mut v = Verdict::Pass;
         let (s, f) = (self.services.load_full(), self.filter.load_full());
+        let t = self.tables.load_full();
         let local = s.is_vip(p.dst);
         let none = Vips::EMPTY;
         let view = View {
@@ -303,7 +317,7 @@ impl Pipeline {
             small: &none,
         };
         self.hooks_run(
-            frame, p, icmp_error, csum, now_ms, &view, &f, local, st, &mut v,
+            frame, p, icmp_error, csum, now_ms, &view, &f, &t, local, st, &mut v,
         );
         v
     }
@@ -320,13 +334,14 @@ impl Pipeline {
         now_ms: u64,
         services: &View<'_>,
         filter: &FilterTable,
+        tables: &Ruleset,
         to_vip: bool,
         st: &WorkerStats,
         out: &mut Verdict,
     ) {
         // The routing decision: VIPs are local, so requests meet LOCAL_IN;
         // everything else (NAT replies to clients) is forwarded.
-        let point = if to_vip {
+        let mut point = if to_vip {
             HookPoint::LocalIn
         } else {
             HookPoint::Forward
@@ -335,11 +350,55 @@ impl Pipeline {
             looked_up: false,
             point,
             hit: None,
+            mark: 0,
         };
+        // PRE_ROUTING (the tables' entries only): before the routing
+        // decision, so a MARK can route a packet to a fwmark service.
+        let tables_on = !tables.is_empty();
+        if tables_on {
+            for e in self.hooks.at(HookPoint::PreRouting) {
+                add(&st.hook_seen[e.index], 1);
+                let step = self.tables_hook(
+                    tables,
+                    e.func,
+                    HookPoint::PreRouting,
+                    frame,
+                    p,
+                    now_ms,
+                    &mut ctx,
+                    st,
+                    out,
+                );
+                if step == Step::Done {
+                    return Self::hook_done(e.index, p, st, out);
+                }
+            }
+            // A fwmark service's traffic is the director's own (as with
+            // the `ip rule fwmark ... lookup local` its kernel setup needs).
+            if !to_vip
+                && ctx.mark != 0
+                && services
+                    .services
+                    .find_fwmark(!p.is_ipv4(), ctx.mark)
+                    .is_some()
+            {
+                point = HookPoint::LocalIn;
+                ctx.point = point;
+            }
+        }
         for e in self.hooks.at(point) {
             add(&st.hook_seen[e.index], 1);
             let step = match e.func {
-                HookFn::Filter => Self::filter_hook(filter, point, p, st, out),
+                HookFn::Mangle | HookFn::NatDst | HookFn::NatSrc if !tables_on => Step::Continue,
+                HookFn::Mangle | HookFn::NatDst | HookFn::NatSrc => {
+                    self.tables_hook(tables, e.func, point, frame, p, now_ms, &mut ctx, st, out)
+                }
+                HookFn::Filter => match Self::filter_hook(filter, point, p, st, out) {
+                    Step::Continue if tables_on => {
+                        self.tables_hook(tables, e.func, point, frame, p, now_ms, &mut ctx, st, out)
+                    }
+                    s => s,
+                },
                 HookFn::IpvsReply if icmp_error => Step::Continue,
                 HookFn::IpvsReply => self.ipvs_reply(frame, p, csum, now_ms, &mut ctx, st, out),
                 HookFn::IpvsRequest if icmp_error => {
@@ -354,23 +413,129 @@ impl Pipeline {
                 HookFn::IpvsForwardIcmp => Step::Continue,
             };
             if step == Step::Done {
-                match *out {
-                    Verdict::Xmit { .. } | Verdict::Tunnel { .. } => {
-                        add(&st.hook_stolen[e.index], 1)
-                    }
-                    Verdict::Drop(r) => {
-                        add(&st.hook_dropped[e.index], 1);
-                        if let DropReason::NoDestination | DropReason::TtlExceeded = r {
-                            *out = Verdict::Reject { reason: r, pkt: *p };
-                        }
-                    }
-                    Verdict::Reject { .. } => add(&st.hook_dropped[e.index], 1),
-                    Verdict::Pass => {}
-                }
-                return;
+                return Self::hook_done(e.index, p, st, out);
             }
         }
         *out = self.pass(st);
+    }
+
+    /// Counts what entry `index` decided and turns drops that owe the
+    /// sender an ICMP error into rejects.
+    #[inline(always)]
+    fn hook_done(index: usize, p: &Parsed, st: &WorkerStats, out: &mut Verdict) {
+        match *out {
+            Verdict::Xmit { .. } | Verdict::Tunnel { .. } => add(&st.hook_stolen[index], 1),
+            Verdict::Drop(r) => {
+                add(&st.hook_dropped[index], 1);
+                if let DropReason::NoDestination | DropReason::TtlExceeded = r {
+                    *out = Verdict::Reject { reason: r, pkt: *p };
+                }
+            }
+            Verdict::Reject { .. } => add(&st.hook_dropped[index], 1),
+            Verdict::Pass => {}
+        }
+    }
+
+    /// The emulated tables' entry `func` at `point` (see `tables/`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn tables_hook(
+        &self,
+        tables: &Ruleset,
+        func: HookFn,
+        point: HookPoint,
+        frame: &[u8],
+        p: &Parsed,
+        now: u64,
+        ctx: &mut Ctx,
+        st: &WorkerStats,
+        out: &mut Verdict,
+    ) -> Step {
+        let id = match func {
+            HookFn::Mangle => TableId::Mangle,
+            HookFn::NatDst | HookFn::NatSrc => TableId::Nat,
+            _ => TableId::Filter,
+        };
+        if !tables.active(id, point) {
+            return Step::Continue;
+        }
+        let k = crate::datapath::tables::Pkt {
+            proto: p.proto,
+            src: p.src,
+            dst: p.dst,
+            sport: p.sport,
+            dport: p.dport,
+            has_ports: matches!(p.proto, TCP | UDP | SCTP) && p.has_ports(),
+            len: p.ip_len as u32,
+        };
+        let mut mark = ctx.mark;
+        let icmp_error = is_icmp_error(p);
+        let mut facts = None;
+        let mut ct = || *facts.get_or_insert_with(|| self.ct_facts(frame, p, now, icmp_error, ctx));
+        let v = tables.run(id, point, &k, &mut mark, &mut ct);
+        ctx.mark = mark;
+        use crate::datapath::tables::TableVerdict as T;
+        match v {
+            T::Accept => Step::Continue,
+            T::Drop => Self::drop(st, DropReason::Filtered, out),
+            T::Reject => {
+                st.drop(DropReason::Filtered);
+                Self::done(
+                    out,
+                    Verdict::Reject {
+                        reason: DropReason::Filtered,
+                        pkt: *p,
+                    },
+                )
+            }
+        }
+    }
+
+    /// `-m conntrack` / `-m ipvs` facts from uvs's connection table (the
+    /// lookup the IPVS entries would make anyway, done once).
+    fn ct_facts(
+        &self,
+        frame: &[u8],
+        p: &Parsed,
+        now: u64,
+        icmp_error: bool,
+        ctx: &mut Ctx,
+    ) -> crate::datapath::tables::CtFacts {
+        use crate::datapath::tables::{CtFacts, CtState, IpvsFacts};
+        if icmp_error {
+            let related = uvs_fwd::embedded(frame, p).ok().is_some_and(|emb| {
+                let inner = Tuple {
+                    proto: emb.proto,
+                    src: emb.src,
+                    sport: emb.sport,
+                    dst: emb.dst,
+                    dport: emb.dport,
+                };
+                emb.has_ports && self.conns.lookup_related(&inner).is_some()
+            });
+            let state = if related {
+                CtState::RELATED
+            } else {
+                CtState::INVALID
+            };
+            return CtFacts { state, ipvs: None };
+        }
+        match self.lookup(frame, p, now, ctx) {
+            Some((h, dir, _)) => CtFacts {
+                state: CtState::ESTABLISHED,
+                ipvs: Some(IpvsFacts {
+                    vaddr: h.vaddr(),
+                    vport: h.vport(),
+                    vproto: p.proto,
+                    method: h.fwd(),
+                    original: *dir == Dir::In,
+                }),
+            },
+            None => CtFacts {
+                state: CtState::NEW,
+                ipvs: None,
+            },
+        }
     }
 
     fn pass(&self, st: &WorkerStats) -> Verdict {
@@ -593,7 +758,7 @@ impl Pipeline {
                 Update::Reschedule => {}
             }
         }
-        self.ipvs_schedule(frame, p, csum, now, services, st, out)
+        self.ipvs_schedule(frame, p, csum, now, services, ctx.mark, st, out)
     }
 
     /// A new connection (or a reused tuple's): find the service, schedule,
@@ -608,12 +773,21 @@ impl Pipeline {
         csum: CsumMode,
         now: u64,
         services: &View<'_>,
+        mark: u32,
         st: &WorkerStats,
         out: &mut Verdict,
     ) -> Step {
-        let found = services
-            .small
-            .find(services.services, p.proto, p.dst, p.dport);
+        // The kernel's order (`ip_vs_service_find`): the packet's mark's
+        // service first, then (protocol, address, port), then port 0.
+        let by_mark = match mark {
+            0 => None,
+            m => services.services.find_fwmark(!p.is_ipv4(), m),
+        };
+        let found = by_mark.or_else(|| {
+            services
+                .small
+                .find(services.services, p.proto, p.dst, p.dport)
+        });
         let Some(svc) = found else {
             return Step::Continue;
         };
@@ -636,12 +810,15 @@ impl Pipeline {
         let tpl = match svc.persistence {
             None => None,
             Some(per) => {
+                // A fwmark service's template is the mark's, for every
+                // address and port it covers (as the kernel's).
+                let fwm = svc.proto == crate::datapath::service::FWMARK;
                 let tk = TemplateKey {
-                    proto: p.proto,
+                    proto: if fwm { 0 } else { p.proto },
                     caddr: per.mask.apply(p.src),
-                    vaddr: p.dst,
+                    vaddr: if fwm { svc.addr } else { p.dst },
                     vport: svc.port,
-                    fwmark: 0,
+                    fwmark: if fwm { mark } else { 0 },
                 };
                 let t = match self.conns.lookup_template(&tk, now) {
                     Some(t) => Some(t),
