@@ -94,7 +94,15 @@ fn mark_rules_feed_a_fwmark_service_and_filter_drops_replies() {
             "1",
         ],
     );
-    let _ = (std::fs::remove_file(&cfg), std::fs::remove_file(&tbl));
+    struct Rm(Vec<std::path::PathBuf>);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _rm = Rm(vec![cfg.clone(), tbl.clone()]);
     let log = || s.d.log_text();
 
     // One -f service for both marked ports, rr across both servers.
@@ -156,4 +164,17 @@ fn mark_rules_feed_a_fwmark_service_and_filter_drops_replies() {
     assert!(uvs_tables(&s.d.control, &["save"], "")
         .1
         .contains("--set-xmark 0x1/0xffffffff"));
+
+    // `uvs reload` re-reads --tables: a bad file changes nothing, a good
+    // one replaces the tables it names.
+    std::fs::write(&tbl, "*mangle\n-A PREROUTING -j MARK\nCOMMIT\n").unwrap();
+    let r = s.d.call(&["reload"]).unwrap();
+    assert_ne!(r.status, 0, "{r:?}");
+    assert!(r.stderr.contains("line 2"), "{r:?}");
+    std::fs::write(&tbl, TABLES.replace("80,443", "80,443,8443")).unwrap();
+    let r = s.d.call(&["reload"]).unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    let saved = uvs_tables(&s.d.control, &["save"], "").1;
+    assert!(saved.contains("--dports 80,443,8443"), "{saved}");
+    assert!(saved.contains("-s 203.0.113.12/32"), "{saved}");
 }

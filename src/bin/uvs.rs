@@ -80,8 +80,8 @@ enum Cmd {
     /// af_xdp (XDP program, BPF maps; Linux 5.9 or later); the `nft` program
     /// (Debian package nftables) for the af_packet guard.
     ///
-    /// SIGHUP or `uvs reload` re-reads --config and --filter and applies
-    /// only the difference. SIGINT/SIGTERM stop it. Under systemd
+    /// SIGHUP or `uvs reload` re-reads --config, --filter and --tables and
+    /// applies only the difference. SIGINT/SIGTERM stop it. Under systemd
     /// (Type=notify) it reports READY=1 once the workers run and the
     /// control socket listens, and STOPPING=1 on the way out.
     Run {
@@ -221,8 +221,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Re-read the files `uvs run` was started with (--config, --filter)
-    /// and apply only the difference: services and real servers that stay
+    /// Re-read the files `uvs run` was started with (--config, --filter,
+    /// --tables) and apply only the difference: services and real servers that stay
     /// keep their connections (a removed server's are dropped, as after
     /// `uvsadm -d`; weight 0 drains). A bad file changes nothing; the error names
     /// the file and line, and the exit status is non-zero. SIGHUP to

@@ -218,8 +218,10 @@ impl Table {
                 let r = &chain.rules[p as usize];
                 if r.m.test(k, *mark, ct) {
                     self.count(chain.first + p as usize, k.len);
-                    // Trace hook: (table, chain, rule position, target) is
-                    // where `uvs trace` records the rule entry visited.
+                    // Where `uvs trace` records the rule applied (branch
+                    // `trace`'s `trace::rule(point, self.id.priority(point),
+                    // self.id.name(), &chain.name, p + 1, &r.text,
+                    // r.target.iptables_name())`), once merged.
                     match r.target {
                         Target::None | Target::Log => continue,
                         Target::Mark { mask, xor } => {

@@ -63,6 +63,17 @@ impl TableId {
         }
     }
 
+    /// The priority of this table's hook entry at `point` (for the trace).
+    pub fn priority(self, point: HookPoint) -> i32 {
+        use crate::datapath::hooks::{PRI_FILTER, PRI_MANGLE, PRI_NAT_DST, PRI_NAT_SRC};
+        match (self, point) {
+            (TableId::Mangle, _) => PRI_MANGLE,
+            (TableId::Nat, HookPoint::PreRouting | HookPoint::LocalOut) => PRI_NAT_DST,
+            (TableId::Nat, _) => PRI_NAT_SRC,
+            (TableId::Filter, _) => PRI_FILTER,
+        }
+    }
+
     /// The table's built-in chains, in iptables-save's order.
     pub fn builtins(self) -> &'static [&'static str] {
         match self {
@@ -186,6 +197,23 @@ pub enum Target {
     },
     /// `LOG`: counted (and recorded in the trace); the walk goes on.
     Log,
+}
+
+impl Target {
+    /// iptables' name of the target (what a trace records).
+    pub fn iptables_name(&self) -> &'static str {
+        match self {
+            Target::None => "",
+            Target::Accept => "ACCEPT",
+            Target::Drop => "DROP",
+            Target::Reject => "REJECT",
+            Target::Return => "RETURN",
+            Target::Jump(_) => "JUMP",
+            Target::Goto(_) => "GOTO",
+            Target::Mark { .. } => "MARK",
+            Target::Log => "LOG",
+        }
+    }
 }
 
 /// One rule.
