@@ -80,8 +80,8 @@ enum Cmd {
     /// af_xdp (XDP program, BPF maps; Linux 5.9 or later); the `nft` program
     /// (Debian package nftables) for the af_packet guard.
     ///
-    /// SIGHUP or `uvs reload` re-reads --config and --filter and applies
-    /// only the difference. SIGINT/SIGTERM stop it. Under systemd
+    /// SIGHUP or `uvs reload` re-reads --config, --filter and --tables and
+    /// applies only the difference. SIGINT/SIGTERM stop it. Under systemd
     /// (Type=notify) it reports READY=1 once the workers run and the
     /// control socket listens, and STOPPING=1 on the way out.
     Run {
@@ -104,6 +104,10 @@ enum Cmd {
         /// re-read on reload.
         #[arg(long, value_name = "FILE")]
         filter: Option<PathBuf>,
+        /// Load emulated iptables tables (iptables-save text: *mangle,
+        /// *nat, *filter) at start; re-read on reload (see `uvs tables`).
+        #[arg(long, value_name = "FILE")]
+        tables: Option<PathBuf>,
         /// Frames per RX ring, each sized to the interface's MTU (2 KiB at
         /// 1500); larger (GSO) packets are read whole from the socket.
         #[arg(long, default_value_t = 2048)]
@@ -255,8 +259,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Re-read the files `uvs run` was started with (--config, --filter)
-    /// and apply only the difference: services and real servers that stay
+    /// Re-read the files `uvs run` was started with (--config, --filter,
+    /// --tables) and apply only the difference: services and real servers that stay
     /// keep their connections (a removed server's are dropped, as after
     /// `uvsadm -d`; weight 0 drains). A bad file changes nothing; the error names
     /// the file and line, and the exit status is non-zero. SIGHUP to
@@ -274,6 +278,19 @@ enum Cmd {
         control: Option<PathBuf>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
+    },
+    /// The emulated iptables tables (mangle, nat, filter) in iptables'
+    /// own language: `restore` reads iptables-save text from stdin and
+    /// replaces the tables it names, all or nothing (an error names the
+    /// line; the running tables stay); `save [-c]` writes them back (with
+    /// `[packets:bytes]` counters); `list` shows every chain with exact
+    /// counters, like `iptables -L -v -n -x`.
+    Tables {
+        /// Control socket of the running uvs [default: /run/uvs/uvs.sock].
+        #[arg(long, env = socket::ENV, value_name = "PATH")]
+        control: Option<PathBuf>,
+        #[command(subcommand)]
+        op: TablesOp,
     },
     /// Write the man pages (section 8: uvs and uvs-SUBCOMMAND) and the
     /// shell completions (bash, zsh, fish) into DIR, for packaging.
@@ -321,6 +338,21 @@ fn gen_docs(dir: &std::path::Path) -> Result<ExitCode> {
             .with_context(|| format!("writing {shell} completions"))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `uvs tables` operations.
+#[derive(Debug, Subcommand)]
+enum TablesOp {
+    /// Replace the tables named in the iptables-save text on stdin.
+    Restore,
+    /// Write the tables as iptables-save text.
+    Save {
+        /// With each chain's and rule's [packets:bytes].
+        #[arg(short = 'c', long)]
+        counters: bool,
+    },
+    /// Every chain with exact packet and byte counters.
+    List,
 }
 
 fn remote(path: Option<PathBuf>, argv: Vec<String>) -> Result<ExitCode> {
@@ -440,6 +472,7 @@ fn real_main() -> Result<ExitCode> {
             control,
             config,
             filter,
+            tables,
             ring_frames,
             mh_table_size,
             knobs,
@@ -462,9 +495,14 @@ fn real_main() -> Result<ExitCode> {
             }
             uvs::control::lifecycle::reload_on_sighup(&control)
                 .context("installing the SIGHUP handler")?;
-            let sources = uvs::control::lifecycle::Sources { config, filter };
+            let sources = uvs::control::lifecycle::Sources {
+                config,
+                filter,
+                tables,
+            };
             // Read as a reload reads them (same paths, same errors).
             let texts = sources.read()?;
+            let tables = sources.read_tables()?;
             let opts = uvs::control::daemon::RunOpts {
                 interfaces,
                 workers: workers
@@ -472,6 +510,7 @@ fn real_main() -> Result<ExitCode> {
                 control,
                 config: texts.config.map(|t| t.text),
                 filter: texts.filter.map(|t| t.text),
+                tables,
                 ring_frames,
                 mh_table_size,
                 knobs,
@@ -579,6 +618,25 @@ fn real_main() -> Result<ExitCode> {
             trace(control, w)
         }
         Cmd::GenDocs { dir } => gen_docs(&dir),
+        Cmd::Tables { control, op } => {
+            let v = match op {
+                TablesOp::Restore => {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                        .context("reading the tables from stdin")?;
+                    vec!["tables".into(), "restore".into(), text]
+                }
+                TablesOp::Save { counters } => {
+                    let mut v = vec!["tables".to_string(), "save".into()];
+                    if counters {
+                        v.push("-c".into());
+                    }
+                    v
+                }
+                TablesOp::List => vec!["tables".into(), "list".into()],
+            };
+            remote(control, v)
+        }
         Cmd::Filter { control, args } => {
             let mut v = vec!["filter".to_string()];
             v.extend(args);

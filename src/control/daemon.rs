@@ -30,7 +30,8 @@ use crate::datapath::estimator::INTERVAL_MS;
 use crate::datapath::filter::{FilterTable, Rule};
 use crate::datapath::pipeline::Pipeline;
 use crate::datapath::service::{
-    Change, ClientMask, DestSpec, Pe, Persistence, Plan, ServiceSpec, Services, SvcId,
+    fwmark_id, Change, ClientMask, DestSpec, Pe, Persistence, Plan, ServiceSpec, Services, SvcId,
+    FWMARK,
 };
 use crate::datapath::stats::{Stats, NO_SLOT};
 use crate::engine::{self, Engine, EngineConfig};
@@ -44,6 +45,8 @@ pub struct RunOpts {
     pub control: PathBuf,
     pub config: Option<String>,
     pub filter: Option<String>,
+    /// `--tables`: the file's name and text.
+    pub tables: Option<reload::Text>,
     pub ring_frames: usize,
     pub mh_table_size: u32,
     pub knobs: Vec<String>,
@@ -68,6 +71,11 @@ pub enum DaemonError {
     Config(String),
     #[error("filter rules: {0}")]
     Filter(#[from] crate::datapath::filter::FilterError),
+    #[error("tables {name}: {err}")]
+    Tables {
+        name: String,
+        err: crate::datapath::tables::TablesError,
+    },
     #[error("control socket {path}: {err}")]
     Control { path: String, err: std::io::Error },
     #[error("metrics address {addr}: {err}")]
@@ -99,9 +107,7 @@ struct Daemon {
 pub fn spec(s: &ctl::ServiceConfig, mh_table_size: u32) -> Result<ServiceSpec, String> {
     let (proto, addr, port) = match s.key {
         ctl::SvcKey::Addr { proto, addr, port } => (proto.number(), addr, port),
-        ctl::SvcKey::Fwmark { .. } => {
-            return Err("fwmark services (-f) are not supported yet".into())
-        }
+        ctl::SvcKey::Fwmark { mark, family } => fwmark_id(family == ctl::Family::V6, mark),
     };
     // `-o` needs nothing more here: the configuration model admits it for
     // UDP services only, as ipvsadm does.
@@ -150,6 +156,13 @@ pub fn spec(s: &ctl::ServiceConfig, mh_table_size: u32) -> Result<ServiceSpec, S
 /// The configuration key of a runtime service.
 fn key_of((proto, addr, port): SvcId) -> Option<ctl::SvcKey> {
     let proto = match proto {
+        FWMARK => {
+            let (mark, family) = match addr {
+                IpAddr::V4(a) => (u32::from(a), ctl::Family::V4),
+                IpAddr::V6(a) => (u128::from(a) as u32, ctl::Family::V6),
+            };
+            return Some(ctl::SvcKey::Fwmark { mark, family });
+        }
         6 => ctl::Proto::Tcp,
         17 => ctl::Proto::Udp,
         132 => ctl::Proto::Sctp,
@@ -158,12 +171,11 @@ fn key_of((proto, addr, port): SvcId) -> Option<ctl::SvcKey> {
     Some(ctl::SvcKey::Addr { proto, addr, port })
 }
 
-/// The runtime key of a configured service (`None` for fwmark services,
-/// which never reach the runtime).
+/// The runtime key of a configured service (fwmark services: [`fwmark_id`]).
 fn id_of(key: &ctl::SvcKey) -> Option<SvcId> {
     match *key {
         ctl::SvcKey::Addr { proto, addr, port } => Some((proto.number(), addr, port)),
-        ctl::SvcKey::Fwmark { .. } => None,
+        ctl::SvcKey::Fwmark { mark, family } => Some(fwmark_id(family == ctl::Family::V6, mark)),
     }
 }
 
@@ -259,6 +271,23 @@ impl ctl::Counters for Live<'_> {
 
 /// The guard elements of one service.
 fn guard_elems(spec: &ServiceSpec) -> Vec<guard::Elem> {
+    if spec.proto == FWMARK {
+        // The traffic is claimed by the MARK rules that feed the service
+        // (see `tables_claims`); its NAT servers' replies, of any protocol
+        // the mark may carry, here.
+        let mut v = Vec::new();
+        for d in spec
+            .dests
+            .iter()
+            .filter(|d| d.fwd == uvs_sched::FwdMethod::Masq && d.port != 0)
+        {
+            for proto in [6, 17, 132] {
+                v.push(guard::Elem::NatServer((proto, d.addr, d.port)));
+            }
+            v.push(guard::Elem::NatAddr(d.addr));
+        }
+        return v;
+    }
     let nat = spec
         .dests
         .iter()
@@ -482,6 +511,7 @@ impl Daemon {
                 }
             }
             Some("filter") => self.filter(&argv[1..]),
+            Some("tables") => self.tables(&argv[1..]),
             Some("uvsadm") => self.uvsadm(&argv[1..], None),
             // `uvsadm -R`: the commands arrive as one text, applied as one batch.
             Some("uvsadm-restore") => self.uvsadm(
@@ -576,6 +606,17 @@ impl Daemon {
     fn reload(&mut self, texts: reload::Texts) -> Reply {
         lifecycle::notify(State::Reloading);
         let mh = self.mh_table_size;
+        // `--tables`: read and parsed before anything changes.
+        let tables = match self.sources.read_tables() {
+            Ok(None) => None,
+            Ok(Some(t)) => match crate::datapath::tables::parse(&t.text) {
+                Ok(r) => Some(r),
+                Err(err) => {
+                    return self.reload_refused(reload::ReloadError::Tables { name: t.name, err })
+                }
+            },
+            Err(e) => return self.reload_refused(e),
+        };
         let filter = self.pipeline.filter.load_full();
         let plan = match reload::plan(&self.config, &filter, &texts, |s| spec(s, mh).map(drop)) {
             Ok(p) => p,
@@ -592,6 +633,11 @@ impl Daemon {
         if let Some(f) = plan.filter {
             self.pipeline.filter.store(Arc::new(f));
         }
+        if let Some(t) = tables {
+            if let Err(e) = self.publish_tables(t) {
+                return self.reload_refused(reload::ReloadError::Apply(e));
+            }
+        }
         eprintln!("uvs: reloaded: {}", plan.summary);
         lifecycle::notify(State::Ready("running (reloaded)"));
         Reply::ok(format!("reloaded: {}\n", plan.summary))
@@ -601,6 +647,50 @@ impl Daemon {
         eprintln!("uvs: reload refused, nothing changed: {e}");
         lifecycle::notify(State::Ready("running (last reload refused)"));
         Reply::err(format!("reload refused, nothing changed: {e}"))
+    }
+
+    /// `uvs tables restore TEXT | save [-c] | list`.
+    fn tables(&mut self, args: &[String]) -> Reply {
+        let cur = self.pipeline.tables.load_full();
+        match (
+            args.first().map(String::as_str),
+            args.get(1).map(String::as_str),
+        ) {
+            (Some("save"), None) => Reply::ok(cur.save(false)),
+            (Some("save"), Some("-c")) => Reply::ok(cur.save(true)),
+            (Some("list"), None) => Reply::ok(cur.listing()),
+            (Some("restore"), Some(text)) => match crate::datapath::tables::parse(text) {
+                Ok(new) => match self.publish_tables(new) {
+                    Ok(()) => Reply::ok(""),
+                    Err(e) => Reply::err(format!("uvs tables restore: {e}")),
+                },
+                Err(e) => Reply::err(format!("uvs tables restore: {e}; nothing changed\n")),
+            },
+            _ => Reply::err("uvs tables: expected restore TEXT | save [-c] | list\n"),
+        }
+    }
+
+    /// Replaces the tables `new` names (the others stay) and claims from
+    /// the kernel what its MARK rules feed to uvs's fwmark services.
+    fn publish_tables(&mut self, new: crate::datapath::tables::Ruleset) -> Result<(), String> {
+        let merged = self.pipeline.tables.load_full().replaced_by(new);
+        let claims: Vec<guard::Elem> = merged
+            .mark_claims()
+            .into_iter()
+            .map(guard::Elem::Service)
+            .collect();
+        let (delta, staged) = self.owned.change([(TABLES_OWNER, Some(claims))]);
+        let kernel = match (&mut self.guard, &mut self.engine.io) {
+            (Some(g), _) => g.apply(&delta).map_err(|e| e.to_string()),
+            (None, engine::IoBackend::AfXdp(x)) => steer(x, &delta).map_err(|e| e.to_string()),
+            (None, _) => Ok(()),
+        };
+        if let Err(e) = kernel {
+            self.owned.revert(staged);
+            return Err(e);
+        }
+        self.pipeline.tables.store(Arc::new(merged));
+        Ok(())
     }
 
     fn filter(&mut self, args: &[String]) -> Reply {
@@ -629,6 +719,10 @@ pub fn nul_line(text: &str) -> Option<usize> {
     let at = text.find('\0')?;
     Some(text[..at].matches('\n').count() + 1)
 }
+
+/// The guard's owner key for what the tables claim (no service has it:
+/// protocol 255 is reserved).
+const TABLES_OWNER: SvcId = (255, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// A refused uvsadm command: ipvsadm's text and exit status.
 fn ctl_refused(e: &ctl::CtlError) -> Reply {
@@ -726,6 +820,16 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         Some(t) => FilterTable::parse_file(t)?,
         None => FilterTable::default(),
     };
+    let tables =
+        match &opts.tables {
+            Some(t) => Some(crate::datapath::tables::parse(&t.text).map_err(|err| {
+                DaemonError::Tables {
+                    name: t.name.clone(),
+                    err,
+                }
+            })?),
+            None => None,
+        };
     let server = socket::Server::bind(&opts.control).map_err(|err| DaemonError::Control {
         path: opts.control.display().to_string(),
         err,
@@ -772,6 +876,9 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     };
     d.commit(&ctl::Applied::Batch(loaded))
         .map_err(DaemonError::Config)?;
+    if let Some(t) = tables {
+        d.publish_tables(t).map_err(DaemonError::Config)?;
+    }
     // Prometheus: the registry from the shared counters, on its own
     // thread; the counters only the control thread reads (resolver,
     // AF_XDP) it asks for over the control socket, as any client would.

@@ -21,6 +21,8 @@ pub struct Sources {
     pub config: Option<PathBuf>,
     /// `--filter FILE`.
     pub filter: Option<PathBuf>,
+    /// `--tables FILE` (iptables-save text).
+    pub tables: Option<PathBuf>,
 }
 
 impl Sources {
@@ -38,6 +40,18 @@ impl Sources {
             config: read(&self.config)?,
             filter: read(&self.filter)?,
         })
+    }
+
+    /// Reads the `--tables` file, if one was given.
+    pub fn read_tables(&self) -> Result<Option<Text>, ReloadError> {
+        let Some(p) = &self.tables else {
+            return Ok(None);
+        };
+        let name = p.display().to_string();
+        match std::fs::read_to_string(p) {
+            Ok(text) => Ok(Some(Text { name, text })),
+            Err(err) => Err(ReloadError::Read { name, err }),
+        }
     }
 }
 

@@ -83,6 +83,14 @@ pub enum ReloadError {
         /// The parser's error.
         err: FilterError,
     },
+    /// The `--tables` file is wrong (the error names the line).
+    #[error("{name}: {err}")]
+    Tables {
+        /// The path.
+        name: String,
+        /// The parser's error.
+        err: crate::datapath::tables::TablesError,
+    },
     /// Applying the difference failed (the daemon undid it).
     #[error("applying the change: {0}")]
     Apply(String),

@@ -45,8 +45,14 @@ impl HookPoint {
 /// no allocation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HookFn {
-    /// The emulated `filter` table.
+    /// The emulated `mangle` table (`uvs tables`): MARK rules.
+    Mangle,
+    /// The emulated `nat` table's destination half (PREROUTING, OUTPUT).
+    NatDst,
+    /// The emulated `filter` table (`uvs filter` rules, then `uvs tables`).
     Filter,
+    /// The emulated `nat` table's source half (INPUT, POSTROUTING).
+    NatSrc,
     /// `ip_vs_reply`: NAT replies from real servers, source rewritten to the VIP.
     IpvsReply,
     /// `ip_vs_remote_request`: requests to a virtual service (and ICMP
@@ -67,7 +73,10 @@ impl HookFn {
     /// The kernel's name for the function.
     pub fn name(self) -> &'static str {
         match self {
+            HookFn::Mangle => "mangle",
+            HookFn::NatDst => "nat",
             HookFn::Filter => "filter",
+            HookFn::NatSrc => "nat",
             HookFn::IpvsReply => "ip_vs_reply",
             HookFn::IpvsRequest => "ip_vs_remote_request",
             HookFn::IpvsForwardIcmp => "ip_vs_forward_icmp",
@@ -77,12 +86,23 @@ impl HookFn {
     }
 }
 
+/// `NF_IP_PRI_RAW`: the raw table (not emulated; before conntrack).
+pub const PRI_RAW: i32 = -300;
+/// `NF_IP_PRI_CONNTRACK`: where the kernel's conntrack looks a packet up.
+/// uvs's own connection table answers `-m conntrack` and `-m ipvs` from
+/// here on (looked up at most once per packet).
+pub const PRI_CONNTRACK: i32 = -200;
+/// `NF_IP_PRI_MANGLE`.
+pub const PRI_MANGLE: i32 = -150;
+/// `NF_IP_PRI_NAT_DST` (nat/DNAT), which LOCAL_OUT's IPVS functions sit
+/// just above (`ip_vs_local_reply` −99, `ip_vs_local_request` −98).
+pub const PRI_NAT_DST: i32 = -100;
 /// Netfilter's priority of the filter table (`NF_IP_PRI_FILTER`).
 pub const PRI_FILTER: i32 = 0;
+/// `NF_IP_PRI_SECURITY` (not emulated).
+pub const PRI_SECURITY: i32 = 50;
 /// `NF_IP_PRI_NAT_SRC` (nat/SNAT), which IPVS's LOCAL_IN functions sit just below.
 pub const PRI_NAT_SRC: i32 = 100;
-/// `NF_IP_PRI_NAT_DST` (nat/DNAT), which IPVS's LOCAL_OUT functions sit just above.
-pub const PRI_NAT_DST: i32 = -100;
 
 /// One registered hook function.
 #[derive(Debug)]
@@ -112,7 +132,7 @@ impl HookEntry {
 }
 
 /// Most entries a chain may hold (sizes the per-worker counter arrays).
-pub const MAX_ENTRIES: usize = 16;
+pub const MAX_ENTRIES: usize = 24;
 
 /// Netfilter verdicts as the chain sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +150,66 @@ pub fn default_entries() -> Vec<HookEntry> {
     use HookFn::*;
     use HookPoint::*;
     vec![
+        HookEntry::new(
+            PreRouting,
+            PRI_MANGLE,
+            Mangle,
+            "mangle PREROUTING: marks are set before routing, so a MARK can make a packet a fwmark service's",
+        ),
+        HookEntry::new(
+            PreRouting,
+            PRI_NAT_DST,
+            NatDst,
+            "nat PREROUTING: DNAT before the routing decision, as the kernel's",
+        ),
+        HookEntry::new(
+            LocalIn,
+            PRI_MANGLE,
+            Mangle,
+            "mangle INPUT: before filter, after routing",
+        ),
+        HookEntry::new(
+            Forward,
+            PRI_MANGLE,
+            Mangle,
+            "mangle FORWARD: before filter FORWARD",
+        ),
+        HookEntry::new(
+            LocalOut,
+            PRI_MANGLE,
+            Mangle,
+            "mangle OUTPUT: locally sent packets, before nat OUTPUT",
+        ),
+        HookEntry::new(
+            LocalOut,
+            PRI_NAT_DST,
+            NatDst,
+            "nat OUTPUT: DNAT of local packets, just before IPVS's LOCAL_OUT functions (-99, -98)",
+        ),
+        HookEntry::new(
+            LocalOut,
+            PRI_FILTER,
+            Filter,
+            "filter OUTPUT: after IPVS's LOCAL_OUT functions, as in the kernel",
+        ),
+        HookEntry::new(
+            PostRouting,
+            PRI_MANGLE,
+            Mangle,
+            "mangle POSTROUTING: last look before nat SNAT",
+        ),
+        HookEntry::new(
+            PostRouting,
+            PRI_NAT_SRC,
+            NatSrc,
+            "nat POSTROUTING: SNAT/MASQUERADE on the way out",
+        ),
+        HookEntry::new(
+            LocalIn,
+            PRI_NAT_SRC,
+            NatSrc,
+            "nat INPUT: after IPVS (98, 99), so IPVS sees the original source",
+        ),
         HookEntry::new(
             LocalIn,
             PRI_FILTER,
@@ -259,9 +339,11 @@ mod tests {
         assert_eq!(
             li,
             vec![
+                (HookFn::Mangle, -150),
                 (HookFn::Filter, 0),
                 (HookFn::IpvsReply, 98),
-                (HookFn::IpvsRequest, 99)
+                (HookFn::IpvsRequest, 99),
+                (HookFn::NatSrc, 100)
             ]
         );
         let fw: Vec<_> = c
@@ -272,12 +354,25 @@ mod tests {
         assert_eq!(
             fw,
             vec![
+                (HookFn::Mangle, -150),
                 (HookFn::Filter, 0),
                 (HookFn::IpvsForwardIcmp, 99),
                 (HookFn::IpvsReply, 100)
             ]
         );
-        assert!(c.at(HookPoint::PreRouting).is_empty());
+        let pre: Vec<_> = c
+            .at(HookPoint::PreRouting)
+            .iter()
+            .map(|e| (e.func, e.priority))
+            .collect();
+        assert_eq!(pre, vec![(HookFn::Mangle, -150), (HookFn::NatDst, -100)]);
+        let post: Vec<_> = c
+            .at(HookPoint::PostRouting)
+            .iter()
+            .map(|e| (e.func, e.priority))
+            .collect();
+        assert_eq!(post, vec![(HookFn::Mangle, -150), (HookFn::NatSrc, 100)]);
+        assert!(c.all().all(|e| !e.why.is_empty()));
     }
 
     #[test]

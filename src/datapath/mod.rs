@@ -12,3 +12,4 @@ pub mod service;
 pub mod snapshot;
 pub mod stats;
 pub mod trace;
+pub mod tables;

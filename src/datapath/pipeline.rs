@@ -27,6 +27,7 @@ use crate::datapath::service::{Pe, ServiceRt, Services};
 use crate::datapath::snapshot::{Cached, Snapshot};
 use crate::datapath::stats::{add, DropReason, WorkerStats};
 use crate::datapath::trace::{self, Tracer};
+use crate::datapath::tables::{Ruleset, TableId};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -69,6 +70,7 @@ pub enum Verdict {
 struct ThreadSnapshots {
     services: Cached<Services>,
     filter: Cached<FilterTable>,
+    tables: Cached<Ruleset>,
     vips: Vips,
 }
 
@@ -77,6 +79,7 @@ thread_local! {
         RefCell::new(ThreadSnapshots {
             services: Cached::EMPTY,
             filter: Cached::EMPTY,
+            tables: Cached::EMPTY,
             vips: Vips::EMPTY,
         })
     };
@@ -132,6 +135,9 @@ impl Vips {
             return;
         }
         for svc in services.iter() {
+            if svc.proto == crate::datapath::service::FWMARK {
+                continue;
+            }
             if !self.addrs[..self.n].contains(&svc.addr) {
                 self.addrs[self.n] = svc.addr;
                 self.n += 1;
@@ -194,6 +200,8 @@ enum Step {
 pub struct Pipeline {
     pub services: Snapshot<Services>,
     pub filter: Snapshot<FilterTable>,
+    /// The emulated iptables tables (`uvs tables`).
+    pub tables: Snapshot<Ruleset>,
     pub conns: Table,
     pub hooks: HookChain,
     /// `uvs trace`: armed while a trace runs (see `trace.rs`).
@@ -208,6 +216,8 @@ struct Ctx {
     looked_up: bool,
     point: HookPoint,
     hit: Option<(Hit, Dir, Update)>,
+    /// The packet's firewall mark (`skb->mark`), set by MARK rules.
+    mark: u32,
 }
 
 impl Pipeline {
@@ -216,6 +226,7 @@ impl Pipeline {
         Pipeline {
             services: Snapshot::from_pointee(Services::default()),
             filter: Snapshot::from_pointee(FilterTable::default()),
+            tables: Snapshot::from_pointee(Ruleset::default()),
             conns,
             hooks: HookChain::default(),
             trace: Tracer::default(),
@@ -304,16 +315,20 @@ impl Pipeline {
                 let ThreadSnapshots {
                     services,
                     filter,
+                    tables,
                     vips,
                 } = &mut *c;
                 let ((gen, s), f) = (services.get_gen(&self.services), filter.get(&self.filter));
+                let t = tables.get(&self.tables);
                 vips.follow(gen, s);
                 let point = local_out::route(local_out, vips.is_vip(s, p.dst));
                 let view = View {
                     services: s,
                     small: vips,
                 };
-                self.hooks_run(frame, p, icmp_error, csum, now_ms, &view, f, point, st, out);
+                self.hooks_run(
+                    frame, p, icmp_error, csum, now_ms, &view, f, t, point, st, out,
+                );
                 return;
             }
         }
@@ -337,13 +352,16 @@ impl Pipeline {
         out: &mut Verdict,
     ) {
         let (s, f) = (self.services.load_full(), self.filter.load_full());
+        let t = self.tables.load_full();
         let point = local_out::route(local_out, s.is_vip(p.dst));
         let none = Vips::EMPTY;
         let view = View {
             services: &s,
             small: &none,
         };
-        self.hooks_run(frame, p, icmp_error, csum, now_ms, &view, &f, point, st, out);
+        self.hooks_run(
+            frame, p, icmp_error, csum, now_ms, &view, &f, &t, point, st, out,
+        );
     }
 
     /// The hook chain at the packet's hook point.
@@ -358,19 +376,66 @@ impl Pipeline {
         now_ms: u64,
         services: &View<'_>,
         filter: &FilterTable,
+        tables: &Ruleset,
         point: HookPoint,
         st: &WorkerStats,
         out: &mut Verdict,
     ) {
+        let mut point = point;
         let mut ctx = Ctx {
             looked_up: false,
             point,
             hit: None,
+            mark: 0,
         };
+        // PRE_ROUTING (the tables' entries only): before the routing
+        // decision, so a MARK can route a packet to a fwmark service.
+        let tables_on = !tables.is_empty();
+        // Locally sent packets start at LOCAL_OUT, not PRE_ROUTING.
+        if tables_on && point != HookPoint::LocalOut {
+            for e in self.hooks.at(HookPoint::PreRouting) {
+                add(&st.hook_seen[e.index], 1);
+                let step = self.tables_hook(
+                    tables,
+                    e.func,
+                    HookPoint::PreRouting,
+                    frame,
+                    p,
+                    now_ms,
+                    &mut ctx,
+                    st,
+                    out,
+                );
+                if step == Step::Done {
+                    return Self::hook_done(e.index, p, st, out);
+                }
+            }
+            // A fwmark service's traffic is the director's own (as with
+            // the `ip rule fwmark ... lookup local` its kernel setup needs).
+            if point == HookPoint::Forward
+                && ctx.mark != 0
+                && services
+                    .services
+                    .find_fwmark(!p.is_ipv4(), ctx.mark)
+                    .is_some()
+            {
+                point = HookPoint::LocalIn;
+                ctx.point = point;
+            }
+        }
         for e in self.hooks.at(point) {
             add(&st.hook_seen[e.index], 1);
             let step = match e.func {
-                HookFn::Filter => Self::filter_hook(filter, point, p, st, out),
+                HookFn::Mangle | HookFn::NatDst | HookFn::NatSrc if !tables_on => Step::Continue,
+                HookFn::Mangle | HookFn::NatDst | HookFn::NatSrc => {
+                    self.tables_hook(tables, e.func, point, frame, p, now_ms, &mut ctx, st, out)
+                }
+                HookFn::Filter => match Self::filter_hook(filter, point, p, st, out) {
+                    Step::Continue if tables_on => {
+                        self.tables_hook(tables, e.func, point, frame, p, now_ms, &mut ctx, st, out)
+                    }
+                    s => s,
+                },
                 HookFn::IpvsReply | HookFn::IpvsLocalReply if icmp_error => Step::Continue,
                 HookFn::IpvsReply | HookFn::IpvsLocalReply => {
                     self.ipvs_reply(frame, p, csum, now_ms, &mut ctx, st, out)
@@ -387,23 +452,129 @@ impl Pipeline {
                 HookFn::IpvsForwardIcmp => Step::Continue,
             };
             if step == Step::Done {
-                match *out {
-                    Verdict::Xmit { .. } | Verdict::Tunnel { .. } => {
-                        add(&st.hook_stolen[e.index], 1)
-                    }
-                    Verdict::Drop(r) => {
-                        add(&st.hook_dropped[e.index], 1);
-                        if let DropReason::NoDestination | DropReason::TtlExceeded = r {
-                            *out = Verdict::Reject { reason: r, pkt: *p };
-                        }
-                    }
-                    Verdict::Reject { .. } => add(&st.hook_dropped[e.index], 1),
-                    Verdict::Pass => {}
-                }
-                return;
+                return Self::hook_done(e.index, p, st, out);
             }
         }
         *out = self.pass(st);
+    }
+
+    /// Counts what entry `index` decided and turns drops that owe the
+    /// sender an ICMP error into rejects.
+    #[inline(always)]
+    fn hook_done(index: usize, p: &Parsed, st: &WorkerStats, out: &mut Verdict) {
+        match *out {
+            Verdict::Xmit { .. } | Verdict::Tunnel { .. } => add(&st.hook_stolen[index], 1),
+            Verdict::Drop(r) => {
+                add(&st.hook_dropped[index], 1);
+                if let DropReason::NoDestination | DropReason::TtlExceeded = r {
+                    *out = Verdict::Reject { reason: r, pkt: *p };
+                }
+            }
+            Verdict::Reject { .. } => add(&st.hook_dropped[index], 1),
+            Verdict::Pass => {}
+        }
+    }
+
+    /// The emulated tables' entry `func` at `point` (see `tables/`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn tables_hook(
+        &self,
+        tables: &Ruleset,
+        func: HookFn,
+        point: HookPoint,
+        frame: &[u8],
+        p: &Parsed,
+        now: u64,
+        ctx: &mut Ctx,
+        st: &WorkerStats,
+        out: &mut Verdict,
+    ) -> Step {
+        let id = match func {
+            HookFn::Mangle => TableId::Mangle,
+            HookFn::NatDst | HookFn::NatSrc => TableId::Nat,
+            _ => TableId::Filter,
+        };
+        if !tables.active(id, point) {
+            return Step::Continue;
+        }
+        let k = crate::datapath::tables::Pkt {
+            proto: p.proto,
+            src: p.src,
+            dst: p.dst,
+            sport: p.sport,
+            dport: p.dport,
+            has_ports: matches!(p.proto, TCP | UDP | SCTP) && p.has_ports(),
+            len: p.ip_len as u32,
+        };
+        let mut mark = ctx.mark;
+        let icmp_error = is_icmp_error(p);
+        let mut facts = None;
+        let mut ct = || *facts.get_or_insert_with(|| self.ct_facts(frame, p, now, icmp_error, ctx));
+        let v = tables.run(id, point, &k, &mut mark, &mut ct);
+        ctx.mark = mark;
+        use crate::datapath::tables::TableVerdict as T;
+        match v {
+            T::Accept => Step::Continue,
+            T::Drop => Self::drop(st, DropReason::Filtered, out),
+            T::Reject => {
+                st.drop(DropReason::Filtered);
+                Self::done(
+                    out,
+                    Verdict::Reject {
+                        reason: DropReason::Filtered,
+                        pkt: *p,
+                    },
+                )
+            }
+        }
+    }
+
+    /// `-m conntrack` / `-m ipvs` facts from uvs's connection table (the
+    /// lookup the IPVS entries would make anyway, done once).
+    fn ct_facts(
+        &self,
+        frame: &[u8],
+        p: &Parsed,
+        now: u64,
+        icmp_error: bool,
+        ctx: &mut Ctx,
+    ) -> crate::datapath::tables::CtFacts {
+        use crate::datapath::tables::{CtFacts, CtState, IpvsFacts};
+        if icmp_error {
+            let related = uvs_fwd::embedded(frame, p).ok().is_some_and(|emb| {
+                let inner = Tuple {
+                    proto: emb.proto,
+                    src: emb.src,
+                    sport: emb.sport,
+                    dst: emb.dst,
+                    dport: emb.dport,
+                };
+                emb.has_ports && self.conns.lookup_related(&inner).is_some()
+            });
+            let state = if related {
+                CtState::RELATED
+            } else {
+                CtState::INVALID
+            };
+            return CtFacts { state, ipvs: None };
+        }
+        match self.lookup(frame, p, now, ctx) {
+            Some((h, dir, _)) => CtFacts {
+                state: CtState::ESTABLISHED,
+                ipvs: Some(IpvsFacts {
+                    vaddr: h.vaddr(),
+                    vport: h.vport(),
+                    vproto: p.proto,
+                    method: h.fwd(),
+                    original: *dir == Dir::In,
+                }),
+            },
+            None => CtFacts {
+                state: CtState::NEW,
+                ipvs: None,
+            },
+        }
     }
 
     fn pass(&self, st: &WorkerStats) -> Verdict {
@@ -636,7 +807,7 @@ impl Pipeline {
                 Update::Reschedule => {}
             }
         }
-        self.ipvs_schedule(frame, p, csum, now, services, st, out)
+        self.ipvs_schedule(frame, p, csum, now, services, ctx.mark, st, out)
     }
 
     /// A new connection (or a reused tuple's): find the service, schedule,
@@ -651,12 +822,21 @@ impl Pipeline {
         csum: CsumMode,
         now: u64,
         services: &View<'_>,
+        mark: u32,
         st: &WorkerStats,
         out: &mut Verdict,
     ) -> Step {
-        let found = services
-            .small
-            .find(services.services, p.proto, p.dst, p.dport);
+        // The kernel's order (`ip_vs_service_find`): the packet's mark's
+        // service first, then (protocol, address, port), then port 0.
+        let by_mark = match mark {
+            0 => None,
+            m => services.services.find_fwmark(!p.is_ipv4(), m),
+        };
+        let found = by_mark.or_else(|| {
+            services
+                .small
+                .find(services.services, p.proto, p.dst, p.dport)
+        });
         let Some(svc) = found else {
             return Step::Continue;
         };
@@ -683,7 +863,7 @@ impl Pipeline {
                 None => return Self::drop(st, DropReason::PeNoCallId, out),
             },
         };
-        let (dest, tpl) = match self.pick_dest(svc, &key, pe) {
+        let (dest, tpl) = match self.pick_dest(svc, &key, pe, mark) {
             Ok(x) => x,
             Err(r) => return Self::drop(st, r, out),
         };

@@ -108,7 +108,24 @@ type Counted = Option<Arc<crate::datapath::stats::Stats>>;
 type PMap<K, V> = imbl::GenericHashMap<K, V, foldhash::fast::RandomState, DefaultSharedPtr>;
 
 /// What identifies a service on the data path: (protocol, VIP, port).
+/// A firewall-mark service (`-f MARK`) has the key [`fwmark_id`].
 pub type SvcId = (u8, IpAddr, u16);
+
+/// The protocol number of fwmark services' keys (no packet has it: the
+/// data path looks them up by mark only, [`Services::find_fwmark`]).
+pub const FWMARK: u8 = 0;
+
+/// The key of the fwmark service for `mark` (`-6 -f MARK` when `v6`): the
+/// mark stands where the address does, in the family's form, port 0. Such
+/// keys are no VIPs.
+pub fn fwmark_id(v6: bool, mark: u32) -> SvcId {
+    let addr = if v6 {
+        IpAddr::V6(std::net::Ipv6Addr::from(u128::from(mark)))
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::from(mark))
+    };
+    (FWMARK, addr, 0)
+}
 
 /// Services with more real servers than this get a hash index for
 /// [`ServiceRt::dest`]; below it a scan of the vector is cheaper.
@@ -236,6 +253,12 @@ impl Services {
             return None;
         }
         self.services.get(&(proto, addr, 0))
+    }
+
+    /// The fwmark service of `mark` for the family (`v6`).
+    #[inline]
+    pub fn find_fwmark(&self, v6: bool, mark: u32) -> Option<&Arc<ServiceRt>> {
+        self.services.get(&fwmark_id(v6, mark))
     }
 
     /// Whether `addr` is a virtual address (packets to it go to LOCAL_IN).
@@ -439,7 +462,7 @@ impl Plan {
                         stats,
                         index,
                     });
-                    if services.insert(rt.id(), rt).is_none() {
+                    if services.insert(rt.id(), rt).is_none() && spec.proto != FWMARK {
                         *vips.entry(spec.addr).or_insert(0) += 1;
                     }
                 }
@@ -447,6 +470,9 @@ impl Plan {
                     // Servers of deleted services are unavailable too.
                     o.dests.iter().for_each(|d| d.set_available(false));
                     services.remove(&o.id());
+                    if o.proto == FWMARK {
+                        continue;
+                    }
                     if let imbl::hashmap::Entry::Occupied(mut e) = vips.entry(o.addr) {
                         *e.get_mut() -= 1;
                         if *e.get() == 0 {

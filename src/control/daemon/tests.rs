@@ -114,17 +114,25 @@ fn clear_removes_every_service_and_a_refused_change_is_undone() {
     let (d, _) = st.run("-C", None).unwrap();
     assert_eq!(d.del.len(), 2);
     assert!(st.running.is_empty() && st.owned.is_empty());
-    // The runtime refuses what the model accepts (fwmark services): the
-    // configuration is as it was.
+    // The runtime refuses what the model accepts (one-packet scheduling):
+    // the configuration is as it was.
     st.run("-A -t 192.0.2.1:80", None).unwrap();
     let before = st.config.clone();
-    let e = st.run("-A -f 7", None).unwrap_err();
-    assert!(e.contains("fwmark"), "{e}");
+    let e = st.run("-A -u 192.0.2.1:54 -o", None).unwrap_err();
+    assert!(e.contains("one-packet"), "{e}");
     assert_eq!(st.config, before);
     let e = st
-        .run("-R", Some("-A -t 192.0.2.9:80\n-A -f 8\n"))
+        .run("-R", Some("-A -t 192.0.2.9:80\n-A -u 192.0.2.1:54 -o\n"))
         .unwrap_err();
-    assert!(e.contains("fwmark"), "{e}");
+    assert!(e.contains("one-packet"), "{e}");
     assert_eq!(st.config, before);
     assert_eq!(st.running.len(), 1);
+    // Fwmark services reach the runtime under their mark's key, and
+    // claim nothing from the kernel themselves (their MARK rules do).
+    let (d, _) = st.run("-A -f 7", None).unwrap();
+    assert!(d.is_empty());
+    let key = crate::datapath::service::fwmark_id(false, 7);
+    assert!(st.running.get(&key).is_some());
+    assert!(st.running.find_fwmark(false, 7).is_some());
+    assert!(!st.running.is_vip(key.1));
 }

@@ -20,12 +20,14 @@ use crate::datapath::trace;
 impl Pipeline {
     /// The real server for a new connection `key` of service `svc`, and the
     /// template that chose it (persistent services). `pe` is the
-    /// persistence engine's key (0: none).
+    /// persistence engine's key (0: none); `mark` the packet's firewall
+    /// mark (a fwmark service's template is the mark's).
     pub(super) fn pick_dest(
         &self,
         svc: &ServiceRt,
         key: &SchedKey,
         pe: u64,
+        mark: u32,
     ) -> Result<(Arc<Dest>, Option<Handle>), DropReason> {
         let Some(per) = svc.persistence else {
             return trace::schedule(&*svc.sched, &svc.dests, key)
@@ -34,12 +36,15 @@ impl Pipeline {
         };
         // The client's template picks the server; a new client is
         // scheduled once and the template remembers the choice.
+        // A fwmark service's template is the mark's, for every address
+        // and port it covers (as the kernel's).
+        let fwm = svc.proto == crate::datapath::service::FWMARK;
         let tk = TemplateKey {
-            proto: key.proto,
+            proto: if fwm { 0 } else { key.proto },
             caddr: per.mask.apply(key.src),
-            vaddr: key.dst,
+            vaddr: if fwm { svc.addr } else { key.dst },
             vport: svc.port,
-            fwmark: 0,
+            fwmark: if fwm { mark } else { 0 },
             pe,
         };
         let t = match self.conns.lookup_template(&tk, key.now_ms) {
@@ -104,7 +109,7 @@ impl Pipeline {
             dport: vport,
             now_ms: now,
         };
-        let (dest, tpl) = self.pick_dest(svc, &key, 0)?;
+        let (dest, tpl) = self.pick_dest(svc, &key, 0, 0)?;
         let dport = if dest.port == 0 { vport } else { dest.port };
         let tag = dest.stats_tag();
         let nc = NewConn {

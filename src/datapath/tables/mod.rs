@@ -1,0 +1,456 @@
+//! Emulated netfilter tables (`mangle`, `nat`, `filter`) in iptables' own
+//! language: `uvs tables restore` reads `iptables-save` text,
+//! `uvs tables save [-c]` writes it back, `uvs run --tables FILE` loads it.
+//!
+//! Contract:
+//! * [`parse`] is a pure function of the text: a [`Ruleset`] or the first
+//!   error, naming its line ([`TablesError`]). Nothing is applied from a
+//!   text that has an error anywhere (the daemon publishes a ruleset whole,
+//!   RCU-style, like the service snapshot).
+//! * A text replaces the tables it names; the others stay
+//!   ([`Ruleset::replaced_by`], as `iptables-restore` without `--noflush`).
+//! * The walk ([`Ruleset::run`]) allocates nothing and takes no lock: each
+//!   chain is indexed by exact destination port and by destination host
+//!   address, so a packet compares itself only with the rules that could
+//!   match it plus the rules that fit no index, in rule order.
+//! * Every rule and every built-in chain's policy counts packets and bytes,
+//!   per worker slot (no cache line written by two workers while there are
+//!   no more workers than [`SLOTS`]).
+//! * What uvs does not do yet is refused at load with the line's number,
+//!   never accepted and ignored: the nat table's targets (DNAT, SNAT,
+//!   MASQUERADE; the hook points exist), `-i`/`-o` with other interfaces
+//!   than `lo` (uvs does not see loopback traffic, so `-i lo` never
+//!   matches, as for the kernel's packets from outside).
+
+mod eval;
+mod parse;
+mod save;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use foldhash::HashMap;
+
+use crate::datapath::hooks::HookPoint;
+
+pub use eval::{CtFacts, CtState, IpvsFacts, Pkt, TableVerdict};
+pub use parse::parse;
+
+/// A text that could not be loaded: the line (1-based) and why.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("line {line}: {msg}")]
+pub struct TablesError {
+    pub line: usize,
+    pub msg: String,
+}
+
+/// The emulated tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TableId {
+    Mangle,
+    Nat,
+    Filter,
+}
+
+impl TableId {
+    pub const ALL: [TableId; 3] = [TableId::Mangle, TableId::Nat, TableId::Filter];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TableId::Mangle => "mangle",
+            TableId::Nat => "nat",
+            TableId::Filter => "filter",
+        }
+    }
+
+    /// The priority of this table's hook entry at `point` (for the trace).
+    pub fn priority(self, point: HookPoint) -> i32 {
+        use crate::datapath::hooks::{PRI_FILTER, PRI_MANGLE, PRI_NAT_DST, PRI_NAT_SRC};
+        match (self, point) {
+            (TableId::Mangle, _) => PRI_MANGLE,
+            (TableId::Nat, HookPoint::PreRouting | HookPoint::LocalOut) => PRI_NAT_DST,
+            (TableId::Nat, _) => PRI_NAT_SRC,
+            (TableId::Filter, _) => PRI_FILTER,
+        }
+    }
+
+    /// The table's built-in chains, in iptables-save's order.
+    pub fn builtins(self) -> &'static [&'static str] {
+        match self {
+            TableId::Mangle => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+            TableId::Nat => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+            TableId::Filter => &["INPUT", "FORWARD", "OUTPUT"],
+        }
+    }
+}
+
+/// The hook point a built-in chain runs at.
+pub fn chain_point(name: &str) -> Option<HookPoint> {
+    Some(match name {
+        "PREROUTING" => HookPoint::PreRouting,
+        "INPUT" => HookPoint::LocalIn,
+        "FORWARD" => HookPoint::Forward,
+        "OUTPUT" => HookPoint::LocalOut,
+        "POSTROUTING" => HookPoint::PostRouting,
+        _ => return None,
+    })
+}
+
+/// An address prefix, possibly negated (`! -s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn contains(&self, a: IpAddr) -> bool {
+        match (self.addr, a) {
+            (IpAddr::V4(p), IpAddr::V4(a)) => {
+                let m = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(p) & m == u32::from(a) & m
+            }
+            (IpAddr::V6(p), IpAddr::V6(a)) => {
+                let m = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(p) & m == u128::from(a) & m
+            }
+            _ => false,
+        }
+    }
+
+    /// A single host (`/32`, `/128`): what the destination index keys on.
+    pub fn is_host(&self) -> bool {
+        self.len == if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+}
+
+/// Inclusive port ranges (`--dport 80`, `1024:65535`, multiport lists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports(pub Vec<(u16, u16)>);
+
+impl Ports {
+    pub fn contains(&self, p: u16) -> bool {
+        self.0.iter().any(|&(a, b)| a <= p && p <= b)
+    }
+
+    /// The single port, when this is exactly one.
+    pub fn single(&self) -> Option<u16> {
+        match self.0.as_slice() {
+            [(a, b)] if a == b => Some(*a),
+            _ => None,
+        }
+    }
+}
+
+/// `-m ipvs` options (each optional, each negatable).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpvsMatch {
+    pub ipvs: Option<bool>,
+    pub vaddr: Option<(bool, Prefix)>,
+    pub vport: Option<(bool, u16)>,
+    pub vproto: Option<(bool, u8)>,
+    /// GATE, IPIP, MASQ.
+    pub vmethod: Option<(bool, uvs_sched::FwdMethod)>,
+    /// `--vdir ORIGINAL` is `Some(false)` reply; `Some(true)` original.
+    pub vdir_original: Option<bool>,
+}
+
+/// Everything a rule matches on; `bool` is "negated".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matches {
+    pub proto: Option<(bool, u8)>,
+    pub src: Option<(bool, Prefix)>,
+    pub dst: Option<(bool, Prefix)>,
+    pub sport: Option<(bool, Ports)>,
+    pub dport: Option<(bool, Ports)>,
+    /// `-i lo` / `-o lo` (the only interface accepted): never seen by uvs.
+    pub iif_lo: Option<bool>,
+    pub oif_lo: Option<bool>,
+    /// `--mark V[/M]`.
+    pub mark: Option<(bool, u32, u32)>,
+    /// `--ctstate` bits ([`CtState`]).
+    pub ctstate: Option<(bool, u8)>,
+    pub ipvs: Option<IpvsMatch>,
+}
+
+/// Rule targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// No `-j`: the rule only counts.
+    None,
+    Accept,
+    Drop,
+    Reject,
+    Return,
+    /// `-j CHAIN` (index into the table's chains).
+    Jump(usize),
+    /// `-g CHAIN`.
+    Goto(usize),
+    /// `MARK`: `mark = (mark & !mask) ^ xor` (`--set-xmark`; `--set-mark
+    /// V/M` is xor = V with the masked bits cleared first, which is the
+    /// same with `mask` = M and `xor` = V).
+    Mark {
+        mask: u32,
+        xor: u32,
+    },
+    /// `LOG`: counted (and recorded in the trace); the walk goes on.
+    Log,
+}
+
+impl Target {
+    /// iptables' name of the target (what a trace records).
+    pub fn iptables_name(&self) -> &'static str {
+        match self {
+            Target::None => "",
+            Target::Accept => "ACCEPT",
+            Target::Drop => "DROP",
+            Target::Reject => "REJECT",
+            Target::Return => "RETURN",
+            Target::Jump(_) => "JUMP",
+            Target::Goto(_) => "GOTO",
+            Target::Mark { .. } => "MARK",
+            Target::Log => "LOG",
+        }
+    }
+}
+
+/// One rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub m: Matches,
+    pub target: Target,
+    /// The rule as written after `-A CHAIN` (for `save`).
+    pub text: String,
+    /// `[pkts:bytes]` it was restored with.
+    pub base: (u64, u64),
+    /// Line in the text it came from.
+    pub line: usize,
+}
+
+/// Built-in chain policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Accept,
+    Drop,
+}
+
+/// One chain: its rules in order and their index.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    pub name: String,
+    /// `None` for user chains.
+    pub policy: Option<Policy>,
+    pub base: (u64, u64),
+    pub rules: Vec<Rule>,
+    /// Position of the chain's first rule in the table's counter array.
+    pub(crate) first: usize,
+    pub(crate) index: eval::Index,
+}
+
+/// Counters of one worker slot: (packets, bytes) per rule, then per chain
+/// policy.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Slot(Box<[[AtomicU64; 2]]>);
+
+/// Worker slots per table: workers beyond this share slots (still exact,
+/// atomically added).
+pub const SLOTS: usize = 16;
+
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static MY_SLOT: usize = NEXT_SLOT.fetch_add(1, Relaxed) % SLOTS;
+}
+
+/// One table: chains, the built-ins' positions by hook point, counters.
+#[derive(Debug)]
+pub struct Table {
+    pub id: TableId,
+    pub chains: Vec<Chain>,
+    /// Built-in chain at each hook point (by `HookPoint as usize`).
+    pub(crate) at: [Option<usize>; HookPoint::COUNT],
+    /// Rules in all chains.
+    pub(crate) n_rules: usize,
+    slots: Box<[Slot]>,
+}
+
+impl Table {
+    pub(crate) fn new(id: TableId, chains: Vec<Chain>) -> Table {
+        let mut chains = chains;
+        let mut first = 0;
+        for c in &mut chains {
+            c.first = first;
+            first += c.rules.len();
+            c.index = eval::Index::build(&c.rules);
+        }
+        let n_rules = first;
+        let mut at = [None; HookPoint::COUNT];
+        for (i, c) in chains.iter().enumerate() {
+            if c.policy.is_some() {
+                if let Some(p) = chain_point(&c.name) {
+                    at[p as usize] = Some(i);
+                }
+            }
+        }
+        let n = n_rules + chains.len();
+        let slots = (0..SLOTS)
+            .map(|_| {
+                Slot(
+                    (0..n)
+                        .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                        .collect(),
+                )
+            })
+            .collect();
+        Table {
+            id,
+            chains,
+            at,
+            n_rules,
+            slots,
+        }
+    }
+
+    /// The chain named `name`.
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+
+    #[inline]
+    pub(crate) fn count(&self, counter: usize, bytes: u32) {
+        let i = MY_SLOT.try_with(|s| *s).unwrap_or(0);
+        if let Some(c) = self.slots[i].0.get(counter) {
+            c[0].fetch_add(1, Relaxed);
+            c[1].fetch_add(u64::from(bytes), Relaxed);
+        }
+    }
+
+    fn counted(&self, counter: usize) -> (u64, u64) {
+        let mut t = (0, 0);
+        for s in self.slots.iter() {
+            t.0 += s.0[counter][0].load(Relaxed);
+            t.1 += s.0[counter][1].load(Relaxed);
+        }
+        t
+    }
+
+    /// (packets, bytes) of rule `i` of chain `c`, with its restored base.
+    pub fn rule_counts(&self, c: usize, i: usize) -> (u64, u64) {
+        let ch = &self.chains[c];
+        let (p, b) = self.counted(ch.first + i);
+        (p + ch.rules[i].base.0, b + ch.rules[i].base.1)
+    }
+
+    /// (packets, bytes) of chain `c`'s policy, with its restored base.
+    pub fn policy_counts(&self, c: usize) -> (u64, u64) {
+        let (p, b) = self.counted(self.n_rules + c);
+        (p + self.chains[c].base.0, b + self.chains[c].base.1)
+    }
+}
+
+/// The tables as the workers see them (immutable; replaced whole).
+#[derive(Debug, Default)]
+pub struct Ruleset {
+    tables: [Option<std::sync::Arc<Table>>; 3],
+    /// Whether any loaded rule reads the connection table (`-m conntrack`,
+    /// `-m ipvs`), so packets need not look it up early otherwise.
+    pub needs_ct: bool,
+}
+
+impl Ruleset {
+    pub(crate) fn from_tables(tables: Vec<Table>) -> Ruleset {
+        let mut r = Ruleset::default();
+        for t in tables {
+            let i = t.id as usize;
+            r.tables[i] = Some(std::sync::Arc::new(t));
+        }
+        r.needs_ct = r.compute_needs_ct();
+        r
+    }
+
+    fn compute_needs_ct(&self) -> bool {
+        self.tables.iter().flatten().any(|t| {
+            t.chains
+                .iter()
+                .flat_map(|c| &c.rules)
+                .any(|r| r.m.ctstate.is_some() || r.m.ipvs.is_some())
+        })
+    }
+
+    /// This ruleset with the tables `new` holds replacing its own (the
+    /// others, with their counters, stay).
+    pub fn replaced_by(&self, new: Ruleset) -> Ruleset {
+        let mut r = Ruleset::default();
+        for (i, t) in new.tables.into_iter().enumerate() {
+            r.tables[i] = t.or_else(|| self.tables[i].clone());
+        }
+        r.needs_ct = r.compute_needs_ct();
+        r
+    }
+
+    /// One table, if loaded.
+    pub fn table(&self, id: TableId) -> Option<&Table> {
+        self.tables[id as usize].as_deref()
+    }
+
+    /// Whether no table has a rule or a DROP policy (then the hooks skip
+    /// the walk).
+    pub fn is_empty(&self) -> bool {
+        self.tables
+            .iter()
+            .flatten()
+            .all(|t| t.n_rules == 0 && t.chains.iter().all(|c| c.policy != Some(Policy::Drop)))
+    }
+
+    /// Whether `id` has anything to do at `point`.
+    #[inline]
+    pub fn active(&self, id: TableId, point: HookPoint) -> bool {
+        self.tables[id as usize]
+            .as_ref()
+            .and_then(|t| t.at[point as usize].map(|c| (t, c)))
+            .is_some_and(|(t, c)| {
+                !t.chains[c].rules.is_empty() || t.chains[c].policy == Some(Policy::Drop)
+            })
+    }
+
+    /// The marks that mangle MARK rules can set, with the (protocol,
+    /// destination host, port) each such rule names when it names all
+    /// three: what uvs must claim from the kernel for fwmark services.
+    pub fn mark_claims(&self) -> Vec<(u8, IpAddr, u16)> {
+        let mut v = Vec::new();
+        let Some(t) = self.table(TableId::Mangle) else {
+            return v;
+        };
+        for r in t.chains.iter().flat_map(|c| &c.rules) {
+            if !matches!(r.target, Target::Mark { .. }) {
+                continue;
+            }
+            let (Some((false, p)), Some((false, d))) = (r.m.proto, r.m.dst) else {
+                continue;
+            };
+            if !d.is_host() {
+                continue;
+            }
+            if let Some((false, ports)) = &r.m.dport {
+                for &(a, b) in &ports.0 {
+                    // Bounded: a claim per port, for ranges up to 64 ports.
+                    if b - a < 64 {
+                        v.extend((a..=b).map(|port| (p, d.addr, port)));
+                    }
+                }
+            }
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// Lookup of a chain by name inside a table being built.
+pub(crate) type ChainNames = HashMap<String, usize>;
+
+#[cfg(test)]
+mod tests;

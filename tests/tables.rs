@@ -1,0 +1,180 @@
+//! The emulated iptables tables with real traffic: `uvs run --tables FILE`
+//! in the lab, a mangle MARK rule for two VIP ports feeding one fwmark
+//! service (`-f`), `uvs tables restore` from stdin (a bad line refused with
+//! its number, the running tables unchanged), and a filter DROP at FORWARD
+//! that stops NAT replies, its rule's counter showing where. Needs root;
+//! skips without.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use uvs::lab;
+use uvs::sys::netns;
+
+mod common;
+
+use common::{root_or_skip, Setup};
+
+const CONFIG: &str = "\
+-A -f 1 -s rr
+-a -f 1 -r 203.0.113.11:80 -m -w 1
+-a -f 1 -r 203.0.113.12:80 -m -w 1
+";
+
+const TABLES: &str = "\
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d 192.0.2.10/32 -p tcp -m multiport --dports 80,443 -m comment --comment \"web to fwmark 1\" -j MARK --set-xmark 0x1/0xffffffff
+COMMIT
+";
+
+fn vip(s: &str) -> SocketAddr {
+    s.parse().expect("valid literal address")
+}
+
+/// `uvs tables --control PATH ARGS` with `stdin`: (exit code, stdout, stderr).
+fn uvs_tables(control: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_uvs"))
+        .arg("tables")
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run uvs tables");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let o = c.wait_with_output().expect("uvs tables output");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+fn tally(s: &Setup, addr: &str, n: usize) -> lab::Tally {
+    let a = vip(addr);
+    netns::run_in(&s.lab.ns("c"), move || {
+        lab::tcp_requests(a, n, Duration::from_secs(40))
+    })
+    .expect("client namespace")
+}
+
+#[test]
+fn mark_rules_feed_a_fwmark_service_and_filter_drops_replies() {
+    if !root_or_skip("mark_rules_feed_a_fwmark_service_and_filter_drops_replies") {
+        return;
+    }
+    let prefix = format!("uvt{}", std::process::id() % 100000);
+    let base = std::env::temp_dir().join(&prefix);
+    let (cfg, tbl) = (base.with_extension("rules"), base.with_extension("tables"));
+    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::write(&tbl, TABLES).unwrap();
+    let s = Setup::start(
+        &prefix,
+        &[],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--tables",
+            tbl.to_str().unwrap(),
+            "--workers",
+            "1",
+        ],
+    );
+    struct Rm(Vec<std::path::PathBuf>);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _rm = Rm(vec![cfg.clone(), tbl.clone()]);
+    let log = || s.d.log_text();
+
+    // One -f service for both marked ports, rr across both servers.
+    for port in [80, 443] {
+        let t = tally(&s, &format!("192.0.2.10:{port}"), 20);
+        assert_eq!(t.failures, 0, "port {port}: {:?}\n{}", t.first_error, log());
+        assert_eq!((t.count("rs1"), t.count("rs2")), (10, 10), "{t:?}");
+    }
+    let listing = s.d.uvsadm("-S -n").unwrap();
+    assert!(listing.starts_with("-A -f 1 -s rr\n"), "{listing}");
+    let saved = uvs_tables(&s.d.control, &["save", "-c"], "");
+    assert_eq!(saved.0, 0, "{saved:?}");
+    // 40 connections' packets client → VIP passed the MARK rule.
+    let counted = saved
+        .1
+        .lines()
+        .find(|l| l.contains("-j MARK"))
+        .and_then(|l| l.strip_prefix('['))
+        .and_then(|l| l.split(':').next())
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(counted >= 40 * 3, "{}", saved.1);
+
+    // A bad line: refused with its number, the running tables unchanged.
+    let before = uvs_tables(&s.d.control, &["save"], "").1;
+    let bad = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 80 -j DROP\n-A INPUT -p tcp --dport 70000 -j DROP\nCOMMIT\n";
+    let (code, out, err) = uvs_tables(&s.d.control, &["restore"], bad);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("line 4") && err.contains("invalid port '70000'"),
+        "{err}"
+    );
+    assert_eq!(uvs_tables(&s.d.control, &["save"], "").1, before);
+    let t = tally(&s, "192.0.2.10:80", 2);
+    assert_eq!(t.failures, 0, "{:?}", t.first_error);
+
+    // filter FORWARD drops rs2's replies: its connections fail, rs1's
+    // work, and the rule's counter and drop.filtered say where.
+    let filtered = s.d.counter("drop.filtered").unwrap();
+    let drop_rs2 = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -s 203.0.113.12/32 -p tcp --sport 80 -j DROP\nCOMMIT\n";
+    let (code, out, err) = uvs_tables(&s.d.control, &["restore"], drop_rs2);
+    assert_eq!(code, 0, "{out}{err}");
+    let t = tally(&s, "192.0.2.10:80", 4);
+    assert_eq!((t.count("rs1"), t.failures), (2, 2), "{t:?}");
+    let list = uvs_tables(&s.d.control, &["list"], "").1;
+    let line = list
+        .lines()
+        .find(|l| l.contains("-s 203.0.113.12/32"))
+        .unwrap_or("");
+    let pkts: u64 = line
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    assert!(pkts >= 2, "{list}");
+    assert!(list.contains("Chain FORWARD (policy ACCEPT"), "{list}");
+    assert!(s.d.counter("drop.filtered").unwrap() >= filtered + 2);
+    // The mangle table stayed (restore replaces only the tables it names).
+    assert!(uvs_tables(&s.d.control, &["save"], "")
+        .1
+        .contains("--set-xmark 0x1/0xffffffff"));
+
+    // `uvs reload` re-reads --tables: a bad file changes nothing, a good
+    // one replaces the tables it names.
+    std::fs::write(&tbl, "*mangle\n-A PREROUTING -j MARK\nCOMMIT\n").unwrap();
+    let r = s.d.call(&["reload"]).unwrap();
+    assert_ne!(r.status, 0, "{r:?}");
+    assert!(r.stderr.contains("line 2"), "{r:?}");
+    std::fs::write(&tbl, TABLES.replace("80,443", "80,443,8443")).unwrap();
+    let r = s.d.call(&["reload"]).unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    let saved = uvs_tables(&s.d.control, &["save"], "").1;
+    assert!(saved.contains("--dports 80,443,8443"), "{saved}");
+    assert!(saved.contains("-s 203.0.113.12/32"), "{saved}");
+}
