@@ -43,6 +43,9 @@ pub(crate) mod flag {
     /// Removed from the index (an invalidated template waiting for its
     /// controlled connections to end).
     pub const UNHASHED: u8 = 1 << 6;
+    /// TCP: the client sent a bare ACK (it confirmed the handshake), so a
+    /// server's packet may establish the connection (`update.rs`).
+    pub const CONFIRMED: u8 = 1 << 7;
 }
 
 /// An address family usable as entry storage.

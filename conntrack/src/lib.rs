@@ -112,6 +112,7 @@
 //!   with eviction.
 
 pub mod config;
+mod defense;
 mod entry;
 mod expire;
 mod handle;
@@ -126,6 +127,7 @@ mod template;
 mod update;
 
 pub use config::{Config, Defense, Knobs, Timeouts, UnknownState};
+pub use defense::{DefenseStatus, AMEMTHRESH_DEFAULT, AM_DROPRATE_DEFAULT};
 pub use entry::MAX_TIMEOUT_MS;
 pub use expire::{EVICT_SCAN, SWEEP_STEP};
 pub use handle::{Handle, Hit};

@@ -5,6 +5,7 @@
 
 pub mod ctl;
 pub mod daemon;
+pub mod knobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod registry;

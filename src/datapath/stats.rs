@@ -63,11 +63,14 @@ pub enum DropReason {
     /// Dropped by the kernel before uvs saw it: the RX queue (ring) was
     /// full (`PACKET_STATISTICS` `tp_drops`, read periodically).
     RxQueueFull,
+    /// A connection-opening packet dropped by the `drop_packet` flood
+    /// defence (one in every *rate* while engaged).
+    DefenseDropPacket,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
@@ -85,6 +88,7 @@ impl DropReason {
         DropReason::ParkFull,
         DropReason::TooBig,
         DropReason::RxQueueFull,
+        DropReason::DefenseDropPacket,
     ];
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -104,6 +108,7 @@ impl DropReason {
             DropReason::ParkFull => "neighbour_queue_full",
             DropReason::TooBig => "too_big",
             DropReason::RxQueueFull => "rx_queue_full",
+            DropReason::DefenseDropPacket => "defense_drop_packet",
         }
     }
 }
@@ -127,6 +132,12 @@ pub struct WorkerStats {
     pub icmp_limited: AtomicU64,
     /// New connections another worker had already created (insert race).
     pub conn_races: AtomicU64,
+    /// Frames skipped, not processed: the kernel had moved their 802.1Q
+    /// tag out (seen again on the VLAN device, if one exists).
+    pub skipped_vlan: AtomicU64,
+    /// Frames skipped: not addressed to this host (broadcast, multicast,
+    /// another MAC).
+    pub skipped_other_host: AtomicU64,
     pub parse: [AtomicU64; ParseError::COUNT],
     pub drops: [AtomicU64; DropReason::COUNT],
     pub hook_seen: [AtomicU64; MAX_ENTRIES],
@@ -146,6 +157,8 @@ impl Default for WorkerStats {
             icmp_sent: AtomicU64::new(0),
             conn_races: AtomicU64::new(0),
             icmp_limited: AtomicU64::new(0),
+            skipped_vlan: AtomicU64::new(0),
+            skipped_other_host: AtomicU64::new(0),
             parse: arr(),
             drops: arr(),
             hook_seen: arr(),
