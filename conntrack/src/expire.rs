@@ -23,8 +23,10 @@
 //! protocol) entry that saw a single packet, else the ESTABLISHED (TCP,
 //! SCTP) entry with the fewest packets, if it saw at most 8 (a spoofed
 //! SYN + blind ACK makes an ESTABLISHED entry of 2 packets in DR/TUN;
-//! a connection that exchanged data has more). Templates in use and
-//! busier connections are never evicted. The cursor moving round the slab
+//! a connection that exchanged data has more). A handshake younger than
+//! a second ranks after 2-packet ESTABLISHED entries, so a real client's
+//! SYN_RECV survives a blind-ACK flood (`victim_class`). Templates in use
+//! and busier connections are never evicted. The cursor moving round the slab
 //! spreads evictions evenly instead of always hitting the newest entries.
 //! `drop_entry`'s once-a-second pass (the kernel's random drop) is in
 //! `defense.rs`.
@@ -181,10 +183,9 @@ impl Table {
                 cur = 0;
             }
             let e = part.get(here);
-            if let Some(class) = victim_class(e, now) {
-                // Expired and handshake entries are taken at once; a
-                // one-packet datagram flow or a low-packet established
-                // connection only if nothing better shows up.
+            if let Some(class) = self.victim_class(e, now) {
+                // Expired entries and stale handshakes are taken at once;
+                // anything else only if nothing better shows up.
                 if class <= 1 {
                     best = Some(((class, 0), here));
                     break;
@@ -201,7 +202,7 @@ impl Table {
         };
         let old = part.remove(&self.hasher, idx);
         stats.evicted += 1;
-        if class == 3 {
+        if class == 3 || class == 5 {
             stats.evicted_established += 1;
         }
         self.retire(old, rel);
@@ -209,28 +210,49 @@ impl Table {
     }
 }
 
-/// Eviction preference: 0 expired, 1 handshake, 2 one-packet datagram flow,
-/// 3 ESTABLISHED with at most 8 packets; `None` = never evicted.
-fn victim_class<A: crate::entry::Addr>(e: &Entry<A>, now: u64) -> Option<u8> {
-    e.dest.as_ref()?;
-    if e.flags & flag::TEMPLATE != 0 {
-        return (e.aux == 0 && e.remaining(now) <= 0).then_some(0);
-    }
-    if e.remaining(now) <= 0 {
-        return Some(0);
-    }
-    let low = e.pkts <= 8;
-    match e.proto {
-        ipproto::TCP => match TcpState::from_u8(e.state) {
-            TcpState::SynRecv | TcpState::SynAck => Some(1),
-            TcpState::Established if low => Some(3),
+/// A handshake younger than this is evicted only after blind-ACK entries:
+/// a real client's SYN_RECV lasts one round trip, and during a SYN + blind
+/// ACK flood it would otherwise be the first victim.
+const FRESH_MS: u32 = 1000;
+
+impl Table {
+    /// Eviction preference, lowest first: 0 expired, 1 handshake older
+    /// than [`FRESH_MS`], 2 one-packet datagram flow, 3 ESTABLISHED with at
+    /// most 2 packets (SYN + ACK, no data: what a blind-ACK flood makes),
+    /// 4 fresh handshake, 5 ESTABLISHED with 3 to 8 packets; `None` = never
+    /// evicted.
+    fn victim_class<A: crate::entry::Addr>(&self, e: &Entry<A>, now: u64) -> Option<u8> {
+        e.dest.as_ref()?;
+        if e.flags & flag::TEMPLATE != 0 {
+            return (e.aux == 0 && e.remaining(now) <= 0).then_some(0);
+        }
+        let left = e.remaining(now);
+        if left <= 0 {
+            return Some(0);
+        }
+        let fresh = || {
+            self.timeout_ms(e.proto, e.state)
+                .saturating_sub(left as u32)
+                < FRESH_MS
+        };
+        let handshake = || Some(if fresh() { 4 } else { 1 });
+        let established = || match e.pkts {
+            0..=2 => Some(3),
+            3..=8 => Some(5),
             _ => None,
-        },
-        ipproto::SCTP => match SctpState::from_u8(e.state) {
-            SctpState::Init1 | SctpState::Init => Some(1),
-            SctpState::Established if low => Some(3),
-            _ => None,
-        },
-        _ => (e.pkts <= 1).then_some(2),
+        };
+        match e.proto {
+            ipproto::TCP => match TcpState::from_u8(e.state) {
+                TcpState::SynRecv | TcpState::SynAck => handshake(),
+                TcpState::Established => established(),
+                _ => None,
+            },
+            ipproto::SCTP => match SctpState::from_u8(e.state) {
+                SctpState::Init1 | SctpState::Init => handshake(),
+                SctpState::Established => established(),
+                _ => None,
+            },
+            _ => (e.pkts <= 1).then_some(2),
+        }
     }
 }

@@ -173,6 +173,14 @@ fn a_full_table_evicts_the_flood_not_the_busy_connections() {
     }
     assert_eq!(ok, 100);
     assert_eq!(state(&t, &old), Some(ConnState::Tcp(TcpState::Established)));
+    // A real client's handshake in flight outlives the flood's inserts.
+    let mut half = conn(TCP, 3000, &d);
+    half.caddr = ip("203.0.113.201");
+    t.insert(half.clone(), PacketInfo::tcp(SYN, 60), 2).unwrap();
+    for i in 60_000..61_000 {
+        syn_ack(&t, &spoofed(i, &d), 2);
+    }
+    assert_eq!(state(&t, &half), Some(ConnState::Tcp(TcpState::SynRecv)));
     let s = t.stats();
     assert!(s.evicted_established > 40_000, "{s:?}");
     assert_eq!(s.refused_full, 0);
