@@ -18,12 +18,14 @@
 //!   slots per lock hold) and drops, as the kernel's random drop does:
 //!   every TCP SYN_RECV/SYNACK and SCTP INIT1/INIT entry; and ESTABLISHED
 //!   (TCP, SCTP) or datagram entries that have been idle for at least
-//!   `Config::todrop_idle_ms` (the kernel's 60 s) and saw 1 to 8 packets,
-//!   one in every *n* such entries with *n* packets (fewer packets, dropped
-//!   sooner). The kernel samples a random 1/32 of its hash table per
-//!   second; uvs visits every entry, so a flood's low-packet entries are
-//!   gone a few seconds after they have been idle for the threshold
-//!   (2-packet entries: half per second). Templates are never dropped here.
+//!   `Config::todrop_idle_ms` (the kernel's 60 s) and saw 1 to 8 packets:
+//!   those of 1 or 2 packets (a handshake that never carried data) at once,
+//!   and one in every *n* of those with *n* = 3..8 packets (fewer packets,
+//!   dropped sooner). The kernel samples a random 1/32 of its hash table
+//!   per second and drops 1 in 2 of its 2-packet entries; uvs visits every
+//!   entry, and drops every 2-packet one, so a flood's entries are gone
+//!   within a second of reaching the idle threshold. Templates are never
+//!   dropped here.
 //! * Per packet, [`Table::drop_new_packet`] is one relaxed load while
 //!   `drop_packet` is not engaged; engaged, a per-thread countdown (no
 //!   shared write) drops one in every *rate* connection-opening packets.
@@ -299,6 +301,9 @@ impl Table {
         let n = e.pkts;
         if n == 0 || n > 8 {
             return false;
+        }
+        if n <= 2 {
+            return true;
         }
         let c = &mut countdown[n as usize];
         if *c > 1 {
