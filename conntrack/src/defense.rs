@@ -16,7 +16,9 @@
 //! * While `drop_entry` is engaged the tick walks the whole table in
 //!   bounded steps (one shard part, at most [`SWEEP_STEP`](crate::SWEEP_STEP)
 //!   slots per lock hold) and drops, as the kernel's random drop does:
-//!   every TCP SYN_RECV/SYNACK and SCTP INIT1/INIT entry; and ESTABLISHED
+//!   every TCP SYN_RECV/SYNACK and SCTP INIT1/INIT entry older than a
+//!   second (the kernel's takes them at any age, also a real client's
+//!   handshake in flight); and ESTABLISHED
 //!   (TCP, SCTP) or datagram entries that have been idle for at least
 //!   `Config::todrop_idle_ms` (the kernel's 60 s) and saw 1 to 8 packets:
 //!   those of 1 or 2 packets (a handshake that never carried data) at once,
@@ -41,7 +43,7 @@ use std::sync::Mutex;
 
 use crate::config::Defense;
 use crate::entry::{flag, Addr, Entry};
-use crate::expire::SWEEP_STEP;
+use crate::expire::{FRESH_MS, SWEEP_STEP};
 use crate::proto::ipproto;
 use crate::proto::sctp::SctpState;
 use crate::proto::tcp::TcpState;
@@ -276,26 +278,25 @@ impl Table {
         if e.flags & flag::TEMPLATE != 0 {
             return false;
         }
+        // Idle since its last packet: the state's timeout minus what is left.
+        let left = e.remaining(now).max(0) as u32;
+        let idle = self.timeout_ms(e.proto, e.state).saturating_sub(left);
+        // A handshake goes once it is a second old: a real client's lasts a
+        // round trip (the kernel takes it at any age).
         let low_packet = match e.proto {
             ipproto::TCP => match TcpState::from_u8(e.state) {
-                TcpState::SynRecv | TcpState::SynAck => return true,
+                TcpState::SynRecv | TcpState::SynAck => return idle >= FRESH_MS,
                 TcpState::Established => true,
                 _ => false,
             },
             ipproto::SCTP => match SctpState::from_u8(e.state) {
-                SctpState::Init1 | SctpState::Init => return true,
+                SctpState::Init1 | SctpState::Init => return idle >= FRESH_MS,
                 SctpState::Established => true,
                 _ => false,
             },
             _ => true,
         };
-        if !low_packet {
-            return false;
-        }
-        // Idle since its last packet: the state's timeout minus what is left.
-        let left = e.remaining(now).max(0) as u32;
-        let idle = self.timeout_ms(e.proto, e.state).saturating_sub(left);
-        if idle < self.defense.idle_ms {
+        if !low_packet || idle < self.defense.idle_ms {
             return false;
         }
         let n = e.pkts;

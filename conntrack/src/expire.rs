@@ -213,7 +213,7 @@ impl Table {
 /// A handshake younger than this is evicted only after blind-ACK entries:
 /// a real client's SYN_RECV lasts one round trip, and during a SYN + blind
 /// ACK flood it would otherwise be the first victim.
-const FRESH_MS: u32 = 1000;
+pub(crate) const FRESH_MS: u32 = 1000;
 
 impl Table {
     /// Eviction preference, lowest first: 0 expired, 1 handshake older
