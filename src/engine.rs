@@ -314,10 +314,16 @@ impl Engine {
             std::thread::Builder::new()
                 .name("uvs-timer".into())
                 .spawn(move || {
+                    let mut defended = 0;
                     while !sp.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(100));
                         let now = epoch.elapsed().as_millis() as u64;
                         pl.conns.expire(now, 65_536);
+                        // The flood defence, once a second (knobs.rs).
+                        if now >= defended + 1000 {
+                            defended = now;
+                            crate::control::knobs::tick(&pl.conns, now);
+                        }
                     }
                 })?,
         );
@@ -447,8 +453,10 @@ fn handle<'b>(
     q: &mut impl TxQueue<'b>,
 ) {
     if let Some(skip) = f.skip {
-        if skip == RxSkip::Truncated {
-            st.drop(DropReason::Truncated);
+        match skip {
+            RxSkip::Truncated => st.drop(DropReason::Truncated),
+            RxSkip::VlanAccelerated => add(&st.skipped_vlan, 1),
+            RxSkip::NotForHost => add(&st.skipped_other_host, 1),
         }
         return;
     }

@@ -10,32 +10,66 @@ use crate::proto::sctp::{SctpState, ALL_SCTP_STATES, SCTP_STATES};
 use crate::proto::tcp::{TcpState, ALL_TCP_STATES, TCP_STATES};
 use crate::MAX_TIMEOUT_MS;
 
-/// How a SYN-flood defence engages (the kernel's 0 / automatic / always).
+/// How a flood defence (`drop_entry`, `drop_packet`, `secure_tcp`)
+/// engages: the kernel's sysctl values 0 (never), 1 and 2 (automatic: on
+/// while memory is short, see [`crate::Table::defense_tick`]; the kernel
+/// shows 2 while engaged and 1 while not), 3 (always).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Defense {
-    /// Never.
+    /// Never (0).
     #[default]
     Off,
-    /// When the table is at least `Config::defense_threshold_pct` full.
+    /// While the table is at least `Config::defense_threshold_pct` full or
+    /// the host's available memory is below `amemthresh` (1 or 2).
     Auto,
-    /// Always.
+    /// Always (3).
     Always,
 }
 
 impl Defense {
+    /// From the kernel's sysctl value (0..=3); `None` outside it.
+    pub fn from_level(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Defense::Off),
+            1 | 2 => Some(Defense::Auto),
+            3 => Some(Defense::Always),
+            _ => None,
+        }
+    }
+
+    /// The sysctl value the kernel would show: automatic modes read 2
+    /// while `engaged`, else 1.
+    pub fn level(self, engaged: bool) -> u32 {
+        match self {
+            Defense::Off => 0,
+            Defense::Auto => 1 + engaged as u32,
+            Defense::Always => 3,
+        }
+    }
+
+    /// Whether the defence acts now, given the memory verdict.
+    #[inline(always)]
+    pub fn active(self, short_of_memory: bool) -> bool {
+        match self {
+            Defense::Off => false,
+            Defense::Auto => short_of_memory,
+            Defense::Always => true,
+        }
+    }
+
     fn bits(self) -> u32 {
         match self {
             Defense::Off => 0,
             Defense::Auto => 1,
-            Defense::Always => 2,
+            Defense::Always => 3,
         }
     }
     #[inline(always)]
     fn from_bits(b: u32) -> Self {
         match b & 3 {
             0 => Defense::Off,
-            1 => Defense::Auto,
-            _ => Defense::Always,
+            3 => Defense::Always,
+            _ => Defense::Auto,
         }
     }
 }
@@ -67,11 +101,22 @@ pub struct Knobs {
     /// the server's SYN+ACK, then SYNACK until the server speaks again),
     /// and a DR/TUN SYN starts in SYNACK.
     pub secure_tcp: Defense,
-    /// `drop_entry`: when the table is full, evict an entry still in its
-    /// handshake (TCP SYN_RECV/SYNACK, SCTP INIT1/INIT, single-packet UDP)
-    /// instead of refusing the new one. uvs defaults this on because its
-    /// table has a hard cap (the kernel's is bounded only by memory).
-    pub drop_entry: bool,
+    /// `drop_entry`: while engaged, [`crate::Table::defense_tick`] drops
+    /// handshake entries and low-packet idle ones (the kernel's
+    /// `ip_vs_random_dropentry`, see `defense.rs`), and an insert into a
+    /// full table evicts an entry still in its handshake (TCP
+    /// SYN_RECV/SYNACK, SCTP INIT1/INIT), a single-packet datagram flow or,
+    /// failing those, the ESTABLISHED entry with the fewest packets (≤ 8)
+    /// instead of refusing the new one. A full table counts as short of
+    /// memory, so the automatic mode evicts there. uvs defaults this to 1
+    /// (automatic) because its table has a hard cap (the kernel's default
+    /// is 0, with a table bounded only by memory).
+    pub drop_entry: Defense,
+    /// `drop_packet`: while engaged, one in every *rate* packets that would
+    /// open a connection is dropped before it is scheduled; the rate is
+    /// `amemthresh / (amemthresh - available)` in the automatic mode and
+    /// `am_droprate` in mode 3 (see [`crate::Table::drop_new_packet`]).
+    pub drop_packet: Defense,
     /// uvs policy (no kernel knob): a controlled connection releases its
     /// persistence template when it reaches TIME_WAIT/CLOSE (TCP) or
     /// CLOSED/REJECTED (SCTP), so persistence is not stretched by closing
@@ -97,7 +142,8 @@ impl Default for Knobs {
             sloppy_sctp: false,
             conn_reuse_mode: 1,
             secure_tcp: Defense::Off,
-            drop_entry: true,
+            drop_entry: Defense::Auto,
+            drop_packet: Defense::Off,
             release_template_on_close: true,
             sync_master: false,
             schedule_icmp: false,
@@ -123,11 +169,12 @@ impl Knobs {
             | (self.expire_quiescent_template as u32) << 1
             | (self.sloppy_tcp as u32) << 2
             | (self.sloppy_sctp as u32) << 3
-            | (self.drop_entry as u32) << 4
             | (self.release_template_on_close as u32) << 5
             | self.secure_tcp.bits() << 6
             | (self.conn_reuse_mode as u32) << 8
-            | (self.sync_master as u32) << 16
+            | self.drop_entry.bits() << 16
+            | self.drop_packet.bits() << 18
+            | (self.sync_master as u32) << 25
             | (self.schedule_icmp as u32) << Self::SCHEDULE_ICMP_BIT
     }
     #[inline(always)]
@@ -137,10 +184,11 @@ impl Knobs {
             expire_quiescent_template: v & 2 != 0,
             sloppy_tcp: v & 4 != 0,
             sloppy_sctp: v & 8 != 0,
-            drop_entry: v & 16 != 0,
             release_template_on_close: v & 32 != 0,
             secure_tcp: Defense::from_bits(v >> 6),
             conn_reuse_mode: (v >> 8) as u8,
+            drop_entry: Defense::from_bits(v >> 16),
+            drop_packet: Defense::from_bits(v >> 18),
             sync_master: v & Self::SYNC_MASTER_BIT != 0,
             schedule_icmp: (v >> Self::SCHEDULE_ICMP_BIT) & 1 != 0,
         }
@@ -262,8 +310,13 @@ pub struct Config {
     /// (`benches/pipeline`'s `new_connection`).
     pub presize: bool,
     /// Table fill (percent of `max_entries`) at which `Defense::Auto`
-    /// defences engage (the kernel uses free memory; uvs has a cap).
+    /// defences engage (the kernel uses free memory only; uvs has a cap,
+    /// and also watches the host's memory against `amemthresh`).
     pub defense_threshold_pct: u8,
+    /// `drop_entry` drops a low-packet ESTABLISHED (or datagram) entry only
+    /// once it has been idle this long: the kernel's 60 s, "enough time for
+    /// a normal connection to get through". Tests shorten it.
+    pub todrop_idle_ms: u32,
     /// The sysctl-like knobs.
     pub knobs: Knobs,
     /// Initial timeouts.
@@ -278,6 +331,7 @@ impl Default for Config {
             seed: 0x5eed_0fc0_ffee,
             presize: false,
             defense_threshold_pct: 75,
+            todrop_idle_ms: 60_000,
             knobs: Knobs::default(),
             timeouts: Timeouts::default(),
         }
@@ -297,13 +351,32 @@ mod tests {
             sloppy_sctp: false,
             conn_reuse_mode: 3,
             secure_tcp: Defense::Auto,
-            drop_entry: false,
+            drop_entry: Defense::Off,
+            drop_packet: Defense::Always,
             release_template_on_close: true,
             sync_master: true,
             schedule_icmp: true,
         };
         assert_eq!(Knobs::unpack(k.pack()), k);
+        let k = Knobs {
+            drop_entry: Defense::Always,
+            secure_tcp: Defense::Off,
+            drop_packet: Defense::Auto,
+            ..k
+        };
+        assert_eq!(Knobs::unpack(k.pack()), k);
         assert_eq!(Knobs::unpack(Knobs::default().pack()), Knobs::default());
+    }
+
+    #[test]
+    fn defense_levels_are_the_kernels() {
+        for v in 0..=3 {
+            let d = Defense::from_level(v).unwrap();
+            assert_eq!(d.level(v == 2), v);
+        }
+        assert_eq!(Defense::from_level(4), None);
+        assert!(!Defense::Auto.active(false) && Defense::Auto.active(true));
+        assert!(Defense::Always.active(false) && !Defense::Off.active(true));
     }
 
     #[test]

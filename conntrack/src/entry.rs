@@ -43,8 +43,12 @@ pub(crate) mod flag {
     /// Removed from the index (an invalidated template waiting for its
     /// controlled connections to end).
     pub const UNHASHED: u8 = 1 << 6;
-    /// A sync master should send this connection (see `sync.rs`).
-    pub const SYNC_DUE: u8 = 1 << 7;
+    /// TCP: the client sent a bare ACK (it confirmed the handshake), so a
+    /// server's packet may establish the connection (`update.rs`).
+    pub const CONFIRMED: u8 = 1 << 7;
+    /// Connections only (the bit is the templates' FWMARK): a sync master
+    /// should send this connection (see `sync.rs`).
+    pub const SYNC_DUE: u8 = 1 << 5;
 }
 
 /// An address family usable as entry storage.

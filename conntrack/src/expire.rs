@@ -20,9 +20,16 @@
 //! inserting shard's slab is scanned for up to [`EVICT_SCAN`] slots from a
 //! moving cursor, taking the first expired or handshake entry (TCP
 //! SYN_RECV/SYNACK, SCTP INIT1/INIT), else the first UDP (or other
-//! protocol) entry that saw a single packet. Established connections and
-//! templates in use are never evicted. The cursor moving round the slab
+//! protocol) entry that saw a single packet, else the ESTABLISHED (TCP,
+//! SCTP) entry with the fewest packets, if it saw at most 8 (a spoofed
+//! SYN + blind ACK makes an ESTABLISHED entry of 2 packets in DR/TUN;
+//! a connection that exchanged data has more). A handshake younger than
+//! a second ranks after 2-packet ESTABLISHED entries, so a real client's
+//! SYN_RECV survives a blind-ACK flood (`victim_class`). Templates in use
+//! and busier connections are never evicted. The cursor moving round the slab
 //! spreads evictions evenly instead of always hitting the newest entries.
+//! `drop_entry`'s once-a-second pass (the kernel's random drop) is in
+//! `defense.rs`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering::Relaxed;
@@ -100,7 +107,10 @@ impl Table {
             cur += 1;
             if cur >= slots {
                 cur = 0;
-                if visited >= slots as usize {
+                // A pass over this part ends: give a flood's memory back.
+                part.sweep = 0;
+                part.shrink(&self.hasher);
+                if visited >= slots as usize || part.slots() != slots {
                     break;
                 }
             }
@@ -162,7 +172,8 @@ impl Table {
         if slots == 0 || rel.full() {
             return false;
         }
-        let mut best: Option<(u8, u32)> = None;
+        // (class, packets) of the best victim so far, and its slot.
+        let mut best: Option<((u8, u32), u32)> = None;
         let mut cur = part.evict % slots;
         let scan = EVICT_SCAN.min(slots);
         for _ in 0..scan {
@@ -171,48 +182,77 @@ impl Table {
             if cur >= slots {
                 cur = 0;
             }
-            if let Some(class) = victim_class(part.get(here), now) {
-                // Expired and handshake entries are taken at once; a
-                // one-packet datagram flow only if nothing better shows up.
+            let e = part.get(here);
+            if let Some(class) = self.victim_class(e, now) {
+                // Expired entries and stale handshakes are taken at once;
+                // anything else only if nothing better shows up.
                 if class <= 1 {
-                    best = Some((class, here));
+                    best = Some(((class, 0), here));
                     break;
                 }
-                if best.is_none() {
-                    best = Some((class, here));
+                let rank = (class, e.pkts);
+                if best.is_none_or(|(r, _)| rank < r) {
+                    best = Some((rank, here));
                 }
             }
         }
         part.evict = cur;
-        let Some((_, idx)) = best else { return false };
+        let Some(((class, _), idx)) = best else {
+            return false;
+        };
         let old = part.remove(&self.hasher, idx);
         stats.evicted += 1;
+        if class == 3 || class == 5 {
+            stats.evicted_established += 1;
+        }
         self.retire(old, rel);
         true
     }
 }
 
-/// Eviction preference: 0 expired, 1 handshake, 2 one-packet datagram flow;
-/// `None` = never evicted.
-fn victim_class<A: crate::entry::Addr>(e: &Entry<A>, now: u64) -> Option<u8> {
-    e.dest.as_ref()?;
-    if e.flags & flag::TEMPLATE != 0 {
-        return (e.aux == 0 && e.remaining(now) <= 0).then_some(0);
-    }
-    if e.remaining(now) <= 0 {
-        return Some(0);
-    }
-    match e.proto {
-        ipproto::TCP => matches!(
-            TcpState::from_u8(e.state),
-            TcpState::SynRecv | TcpState::SynAck
-        )
-        .then_some(1),
-        ipproto::SCTP => matches!(
-            SctpState::from_u8(e.state),
-            SctpState::Init1 | SctpState::Init
-        )
-        .then_some(1),
-        _ => (e.pkts <= 1).then_some(2),
+/// A handshake younger than this is evicted only after blind-ACK entries:
+/// a real client's SYN_RECV lasts one round trip, and during a SYN + blind
+/// ACK flood it would otherwise be the first victim.
+pub(crate) const FRESH_MS: u32 = 1000;
+
+impl Table {
+    /// Eviction preference, lowest first: 0 expired, 1 handshake older
+    /// than [`FRESH_MS`], 2 one-packet datagram flow, 3 ESTABLISHED with at
+    /// most 2 packets (SYN + ACK, no data: what a blind-ACK flood makes),
+    /// 4 fresh handshake, 5 ESTABLISHED with 3 to 8 packets; `None` = never
+    /// evicted.
+    fn victim_class<A: crate::entry::Addr>(&self, e: &Entry<A>, now: u64) -> Option<u8> {
+        e.dest.as_ref()?;
+        if e.flags & flag::TEMPLATE != 0 {
+            return (e.aux == 0 && e.remaining(now) <= 0).then_some(0);
+        }
+        let left = e.remaining(now);
+        if left <= 0 {
+            return Some(0);
+        }
+        let fresh = || {
+            self.timeout_ms(e.proto, e.state)
+                .saturating_sub(left as u32)
+                < FRESH_MS
+        };
+        let handshake = || Some(if fresh() { 4 } else { 1 });
+        let established = || match e.pkts {
+            0..=2 => Some(3),
+            3..=8 => Some(5),
+            _ => None,
+        };
+        match e.proto {
+            ipproto::TCP => match TcpState::from_u8(e.state) {
+                TcpState::SynRecv | TcpState::SynAck => handshake(),
+                TcpState::Established => established(),
+                _ => None,
+            },
+            ipproto::SCTP => match SctpState::from_u8(e.state) {
+                SctpState::Init1 | SctpState::Init => handshake(),
+                SctpState::Established => established(),
+                _ => None,
+            },
+            _ => (e.pkts <= 1).then_some(2),
+        }
     }
 }

@@ -23,6 +23,10 @@
 //! * Periodically (e.g. every 10–100 ms from one thread):
 //!   [`Table::expire`]`(now, budget)`; a full pass takes about
 //!   `len / budget` calls.
+//! * Once a second: [`Table::defense_tick`]`(now, host_pages)`, the
+//!   kernel's flood defence (`drop_entry`, `drop_packet`, `secure_tcp`;
+//!   `defense.rs`); before scheduling a new connection,
+//!   [`Table::drop_new_packet`].
 //! * Control plane: [`Table::set_timeouts`] (`--set`), [`Table::set_knobs`],
 //!   [`Table::list_page`] / [`Table::for_each_entry`] (`-L -c`),
 //!   [`Table::stats`].
@@ -112,6 +116,7 @@
 //!   with eviction.
 
 pub mod config;
+mod defense;
 mod entry;
 mod expire;
 mod handle;
@@ -127,6 +132,7 @@ mod template;
 mod update;
 
 pub use config::{Config, Defense, Knobs, Timeouts, UnknownState};
+pub use defense::{DefenseStatus, AMEMTHRESH_DEFAULT, AM_DROPRATE_DEFAULT};
 pub use entry::MAX_TIMEOUT_MS;
 pub use expire::{EVICT_SCAN, SWEEP_STEP};
 pub use handle::{Handle, Hit};

@@ -36,6 +36,8 @@ pub(crate) struct ShardStats {
     pub refused_full: u64,
     pub refused_exists: u64,
     pub evicted: u64,
+    pub evicted_established: u64,
+    pub dropped_entry: u64,
     pub expired: u64,
     pub rescheduled: u64,
     pub nodest_dropped: u64,
@@ -372,6 +374,60 @@ impl<A: Addr> Part<A> {
             self.in_ix.remove_at(pos);
         }
         self.get_mut(idx).flags |= flag::UNHASHED;
+    }
+
+    /// Gives memory back after a flood (called by the sweep when its pass
+    /// over this part wraps): when at most a quarter of the slab is live,
+    /// the free slots above the highest live entry are cut off (whole
+    /// chunks freed, the free list rebuilt below the new end) and an
+    /// index holding over 8× its keys' room is rebuilt to fit. Entries
+    /// never move, so handles and template references stay valid. O(slab)
+    /// under the lock, at most once per pass and only on a sparse part.
+    /// A presized index keeps its size. Returns the bytes freed.
+    pub(crate) fn shrink(&mut self, h: &Hasher) -> usize {
+        if self.hwm == 0 || self.len * 4 > self.hwm {
+            return 0;
+        }
+        let before = self.heap_bytes();
+        let mut end = self.hwm;
+        while end > 0 && !self.get(end - 1).is_live() {
+            end -= 1;
+        }
+        if end < self.hwm {
+            let chunks = (end as usize).div_ceil(CHUNK);
+            self.chunks.truncate(chunks);
+            let presized = self.presized;
+            if let Some(last) = self.chunks.last_mut() {
+                last.truncate(end as usize - (chunks - 1) * CHUNK);
+                if chunks == 1 && !presized {
+                    // The first chunk grows by doubling; let it shrink too.
+                    last.shrink_to_fit();
+                }
+            }
+            self.hwm = end;
+            // The free list, rebuilt from the slots that remain (lowest
+            // first out, so new entries fill the bottom of the slab).
+            self.free = 0;
+            for idx in (0..end).rev() {
+                if !self.get(idx).is_live() {
+                    let next = self.free;
+                    *self.get_mut(idx) = Entry::vacant(next);
+                    self.free = idx + 1;
+                }
+            }
+            self.sweep = 0;
+            self.evict = 0;
+        }
+        if !self.presized {
+            let room = self.len as usize * 2 + 16;
+            if self.in_ix.heap_bytes() / 4 > 8 * room {
+                self.in_ix = self.rebuilt(h, false, room);
+            }
+            if self.out_ix.heap_bytes() / 4 > 8 * room {
+                self.out_ix = self.rebuilt(h, true, room);
+            }
+        }
+        before.saturating_sub(self.heap_bytes())
     }
 
     /// Unlinks entry `idx` from both indexes and frees its slot, returning

@@ -80,7 +80,7 @@ pub(crate) fn mark<A>(e: &mut Entry<A>, before: u8) {
 
 impl Knobs {
     /// `sync_master` in the packed form.
-    pub(crate) const SYNC_MASTER_BIT: u32 = 1 << 16;
+    pub(crate) const SYNC_MASTER_BIT: u32 = 1 << 25;
 }
 
 /// What a backup learnt about one connection.
@@ -178,6 +178,9 @@ impl Table {
 
 /// Takes the entry for a sync page if it is marked, clearing the mark.
 pub(crate) fn take_marked<A>(e: &mut Entry<A>) -> bool {
+    if e.flags & flag::TEMPLATE != 0 {
+        return false; // the bit is a template's FWMARK
+    }
     let due = e.flags & flag::SYNC_DUE != 0;
     e.flags &= !flag::SYNC_DUE;
     due

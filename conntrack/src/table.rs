@@ -169,8 +169,14 @@ pub struct Stats {
     pub refused_full: u64,
     /// Inserts refused because the tuple (or reply tuple) was taken.
     pub refused_exists: u64,
-    /// Entries evicted to make room (`drop_entry`).
+    /// Entries evicted to make room (`drop_entry`), all reasons.
     pub evicted: u64,
+    /// Of `evicted`: low-packet ESTABLISHED entries (no handshake entry
+    /// was found to evict).
+    pub evicted_established: u64,
+    /// Entries `drop_entry`'s once-a-second pass removed
+    /// ([`Table::defense_tick`]).
+    pub dropped_entry: u64,
     /// Entries expired by timeout.
     pub expired: u64,
     /// Inserts refused for a caller error: mixed address families, or a
@@ -192,6 +198,8 @@ impl Stats {
         self.refused_full += s.refused_full;
         self.refused_exists += s.refused_exists;
         self.evicted += s.evicted;
+        self.evicted_established += s.evicted_established;
+        self.dropped_entry += s.dropped_entry;
         self.expired += s.expired;
         self.rescheduled += s.rescheduled;
         self.nodest_dropped += s.nodest_dropped;
@@ -250,6 +258,7 @@ pub struct Table {
     udp_to: AtomicU32,
     pub(crate) sweep_shard: AtomicUsize,
     refused_invalid: AtomicU64,
+    pub(crate) defense: crate::defense::State,
 }
 
 impl Table {
@@ -280,6 +289,7 @@ impl Table {
             udp_to: AtomicU32::new(0),
             sweep_shard: AtomicUsize::new(0),
             refused_invalid: AtomicU64::new(0),
+            defense: crate::defense::State::new(cfg.todrop_idle_ms),
         };
         t.set_timeouts(&cfg.timeouts);
         t
@@ -414,7 +424,9 @@ impl Table {
         let secure = match secure_tcp {
             Defense::Off => false,
             Defense::Always => true,
-            Defense::Auto => self.count.load(Relaxed) >= self.defense_at,
+            Defense::Auto => {
+                self.defense.secure_engaged() || self.count.load(Relaxed) >= self.defense_at
+            }
         };
         if secure {
             &tcp::TCP_TABLE_SECURE
@@ -801,7 +813,7 @@ impl Table {
             }
         }
         if !self.reserve() {
-            let evicted = knobs.drop_entry && self.evict_one(part, stats, now, rel);
+            let evicted = knobs.drop_entry != Defense::Off && self.evict_one(part, stats, now, rel);
             if !evicted || !self.reserve() {
                 stats.refused_full += 1;
                 return Err(InsertError::Full);

@@ -329,7 +329,8 @@ impl Table {
     ) -> Result<Handle, InsertError> {
         let daddr = A::from_ip(n.dest.addr).ok_or(InsertError::FamilyMismatch)?;
         if !self.reserve() {
-            let evicted = knobs.drop_entry && self.evict_one(part, stats, now, rel);
+            let evicted =
+                knobs.drop_entry != crate::Defense::Off && self.evict_one(part, stats, now, rel);
             if !evicted || !self.reserve() {
                 stats.refused_full += 1;
                 return Err(InsertError::Full);

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::config::Knobs;
 use crate::entry::{flag, Addr, Entry};
 use crate::proto::sctp::{self, SctpState};
-use crate::proto::tcp::{self, TcpDir, TcpState};
+use crate::proto::tcp::{self, flags, TcpDir, TcpState};
 use crate::proto::{ipproto, is_new_conn, may_create};
 use crate::shard::{Family, Part, ShardStats};
 use crate::table::{Dir, Handle, Hit, PacketInfo, Releases, Table, Update};
@@ -271,7 +271,24 @@ impl Table {
         };
         let (new, active) = match e.proto {
             ipproto::TCP => {
-                let s = tcp::next_state(table, d, TcpState::from_u8(e.state), p.tcp_flags);
+                let old = TcpState::from_u8(e.state);
+                let mut s = tcp::next_state(table, d, old, p.tcp_flags);
+                if d != TcpDir::Output {
+                    if p.tcp_flags & (flags::SYN | flags::RST | flags::ACK) == flags::ACK
+                        && e.flags & flag::CONFIRMED == 0
+                    {
+                        e.flags |= flag::CONFIRMED;
+                    }
+                } else if s == TcpState::Established
+                    && matches!(old, TcpState::SynRecv | TcpState::SynAck)
+                    && e.flags & flag::CONFIRMED == 0
+                {
+                    // A server's packet on a handshake the client never
+                    // confirmed: the answer to a duplicate (spoofed) SYN
+                    // (RFC 5961's challenge ACK). The kernel's tables
+                    // establish here; uvs waits for the client's ACK.
+                    s = old;
+                }
                 (s as u8, s.is_active())
             }
             ipproto::SCTP => {

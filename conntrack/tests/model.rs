@@ -13,7 +13,8 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use uvs_conntrack::proto::tcp::flags::{ACK, SYN};
 use uvs_conntrack::{
-    Config, Dest, Dir, FwdMethod, InsertError, Knobs, NewConn, PacketInfo, Table, Tuple, Update,
+    Config, Defense, Dest, Dir, FwdMethod, InsertError, Knobs, NewConn, PacketInfo, Table, Tuple,
+    Update,
 };
 
 #[derive(Debug, Clone)]
@@ -218,7 +219,7 @@ proptest! {
             max_entries: 10_000,
             shards: 2,
             seed: 5,
-            knobs: Knobs { drop_entry: false, ..Knobs::default() },
+            knobs: Knobs { drop_entry: Defense::Off, ..Knobs::default() },
             ..Config::default()
         });
         let dests = vec![

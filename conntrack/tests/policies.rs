@@ -309,7 +309,7 @@ fn secure_tcp_auto_engages_at_threshold() {
 fn full_table_refuses_or_evicts_handshakes_only() {
     let t = table(64);
     t.set_knobs(&Knobs {
-        drop_entry: false,
+        drop_entry: Defense::Off,
         ..Knobs::default()
     });
     let d = dest("203.0.113.11", 80, FwdMethod::Masq);

@@ -118,12 +118,26 @@ enum Cmd {
         #[arg(long, default_value_t = 4093)]
         mh_table_size: u32,
         /// The kernel's IPVS sysctls that uvs implements, as NAME=VALUE
-        /// (repeatable); each with its values and [default]:
+        /// (repeatable; `uvs knob` lists and changes them while running);
+        /// each with its values and [default]:
         /// expire_nodest_conn=0|1 [0], expire_quiescent_template=0|1 [0],
-        /// sloppy_tcp=0|1 [0], sloppy_sctp=0|1 [0], drop_entry=0|1 [1],
-        /// conn_reuse_mode=0..3 [1], schedule_icmp=0|1 [0].
+        /// sloppy_tcp=0|1 [0], sloppy_sctp=0|1 [0], conn_reuse_mode=0..3 [1],
+        /// schedule_icmp=0|1 [0], drop_entry=0..3 [1], drop_packet=0..3 [0],
+        /// secure_tcp=0..3 [0], amemthresh=PAGES [1024], am_droprate=N [10].
+        /// The defences drop_entry, drop_packet and secure_tcp take the
+        /// kernel's modes: 0 never, 1 or 2 automatic (engaged while the
+        /// connection table is over 75% full or the host has fewer than
+        /// amemthresh pages available; listed as 2 while engaged), 3 always.
         #[arg(long = "set-knob", value_name = "NAME=VALUE")]
         knobs: Vec<String>,
+        /// The connection table's cap (connections and templates). A full
+        /// table evicts handshake and low-packet entries (drop_entry) or
+        /// refuses new connections (drop_entry=0).
+        #[arg(long = "conn-max", value_name = "N", default_value_t = 1 << 20)]
+        conn_max: usize,
+        /// Same as --set-knob amemthresh=PAGES.
+        #[arg(long, value_name = "PAGES")]
+        amemthresh: Option<u32>,
         /// Packet backend: af_packet (rings, nftables guard), af_xdp (an
         /// XDP program steers what uvs owns into AF_XDP sockets and is the
         /// guard; native attach only), auto (af_xdp where every interface
@@ -258,6 +272,16 @@ enum Cmd {
         /// One JSON object per packet, one per line (and a last `end` object).
         #[arg(long)]
         json: bool,
+    },
+    /// List the kernel-sysctl knobs of the running uvs (`NAME VALUE`), or
+    /// change them: `uvs knob secure_tcp=1 drop_packet=2` (all or none
+    /// applied; the names and values are `uvs run --set-knob`'s).
+    Knob {
+        /// Control socket of the running uvs [default: /run/uvs/uvs.sock].
+        #[arg(long, env = socket::ENV, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// NAME=VALUE settings; none lists every knob.
+        settings: Vec<String>,
     },
     /// Re-read the files `uvs run` was started with (--config, --filter,
     /// --tables) and apply only the difference: services and real servers that stay
@@ -475,11 +499,14 @@ fn real_main() -> Result<ExitCode> {
             tables,
             ring_frames,
             mh_table_size,
-            knobs,
+            mut knobs,
+            conn_max,
+            amemthresh,
             io,
             busy_poll,
             metrics,
         } => {
+            knobs.extend(amemthresh.map(|p| format!("amemthresh={p}")));
             // What it needs, checked before anything is changed.
             let control = socket::path(control.as_deref());
             uvs::sys::prereq::check(&uvs::sys::prereq::for_run(
@@ -514,6 +541,7 @@ fn real_main() -> Result<ExitCode> {
                 ring_frames,
                 mh_table_size,
                 knobs,
+                conn_max,
                 io: match io {
                     Io::Auto => IoMode::Auto,
                     Io::AfXdp => IoMode::AfXdp,
@@ -616,6 +644,11 @@ fn real_main() -> Result<ExitCode> {
                 w.push("--json".into());
             }
             trace(control, w)
+            }
+        Cmd::Knob { control, settings } => {
+            let mut argv = vec!["knob".to_string()];
+            argv.extend(settings);
+            remote(control, argv)
         }
         Cmd::GenDocs { dir } => gen_docs(&dir),
         Cmd::Tables { control, op } => {

@@ -22,6 +22,7 @@ use foldhash::{HashSet, HashSetExt};
 
 use crate::control::connlist;
 use crate::control::ctl;
+use crate::control::knobs;
 use crate::control::lifecycle::{self, State};
 use crate::control::reload;
 use crate::control::socket::{self, Answer, Reply};
@@ -50,6 +51,8 @@ pub struct RunOpts {
     pub ring_frames: usize,
     pub mh_table_size: u32,
     pub knobs: Vec<String>,
+    /// `--conn-max`: the connection table's cap (connections + templates).
+    pub conn_max: usize,
     /// Packet backend (`--io`).
     pub io: engine::IoMode,
     /// `--busy-poll` microseconds (0: off).
@@ -512,6 +515,11 @@ impl Daemon {
             }
             Some("filter") => self.filter(&argv[1..]),
             Some("tables") => self.tables(&argv[1..]),
+            // `uvs knob [NAME=VALUE…]` (see knobs.rs).
+            Some("knob") => match knobs::request(&argv[1..], &self.pipeline) {
+                Ok(out) => Reply::ok(out),
+                Err(e) => Reply::err(e),
+            },
             Some("uvsadm") => self.uvsadm(&argv[1..], None),
             // `uvsadm -R`: the commands arrive as one text, applied as one batch.
             Some("uvsadm-restore") => self.uvsadm(
@@ -798,13 +806,24 @@ fn estimator_thread(stats: Arc<Stats>) -> std::io::Result<Ticker> {
 /// Runs the daemon until `stop` is set.
 pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     let ifaces = engine::interfaces(&opts.interfaces)?;
-    let mut table_cfg = uvs_conntrack::Config {
+    let mut settings = knobs::Settings::default();
+    for k in &opts.knobs {
+        settings
+            .set(k)
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+    }
+    if opts.conn_max == 0 || opts.conn_max > CONN_MAX_LIMIT {
+        return Err(DaemonError::Config(format!(
+            "--conn-max {}: must be 1..{CONN_MAX_LIMIT}",
+            opts.conn_max
+        )));
+    }
+    let table_cfg = uvs_conntrack::Config {
         seed: random_seed(),
+        max_entries: opts.conn_max,
+        knobs: settings.conn,
         ..Default::default()
     };
-    for k in &opts.knobs {
-        set_knob(&mut table_cfg.knobs, k).map_err(DaemonError::Config)?;
-    }
     // Validate everything given at start before touching the system.
     let mut config = ctl::Config::default();
     let mut loaded = Vec::new();
@@ -837,6 +856,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
 
     let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
     let pipeline = Arc::new(Pipeline::new(uvs_conntrack::Table::new(table_cfg)));
+    settings.apply(&pipeline);
     pipeline.filter.store(Arc::new(filter));
     let engine = Engine::start(
         pipeline.clone(),
@@ -944,37 +964,20 @@ fn random_seed() -> u64 {
     u64::from_ne_bytes(b)
 }
 
-/// `--set-knob NAME=VALUE`: the kernel's IPVS sysctls that the connection
-/// table implements.
+/// The largest `--conn-max`: what 256 shards of 2²² slots per family hold
+/// is more; this keeps the table's memory (≈ 62 bytes an entry) sane.
+pub const CONN_MAX_LIMIT: usize = 1 << 28;
+
+/// `--set-knob NAME=VALUE` on the connection table's knobs alone (the
+/// parser is [`knobs`]'; the knobs outside the table are checked and
+/// ignored here).
 pub fn set_knob(k: &mut uvs_conntrack::Knobs, spec: &str) -> Result<(), String> {
-    let (name, val) = spec
-        .split_once('=')
-        .ok_or_else(|| format!("knob '{spec}': expected NAME=VALUE"))?;
-    let flag = || match val {
-        "0" => Ok(false),
-        "1" => Ok(true),
-        _ => Err(format!("knob {name}: value '{val}' must be 0 or 1")),
+    let mut s = knobs::Settings {
+        conn: *k,
+        ..Default::default()
     };
-    match name {
-        "expire_nodest_conn" => k.expire_nodest_conn = flag()?,
-        "expire_quiescent_template" => k.expire_quiescent_template = flag()?,
-        "sloppy_tcp" => k.sloppy_tcp = flag()?,
-        "sloppy_sctp" => k.sloppy_sctp = flag()?,
-        "drop_entry" => k.drop_entry = flag()?,
-        "schedule_icmp" => k.schedule_icmp = flag()?,
-        "conn_reuse_mode" => {
-            k.conn_reuse_mode = val
-                .parse::<u8>()
-                .ok()
-                .filter(|v| *v <= 3)
-                .ok_or_else(|| format!("knob conn_reuse_mode: value '{val}' must be 0..3"))?
-        }
-        _ => {
-            return Err(format!(
-                "unknown knob '{name}' (known: expire_nodest_conn expire_quiescent_template sloppy_tcp sloppy_sctp drop_entry conn_reuse_mode schedule_icmp)"
-            ))
-        }
-    }
+    s.set(spec).map_err(|e| e.to_string())?;
+    *k = s.conn;
     Ok(())
 }
 

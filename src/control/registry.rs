@@ -170,7 +170,7 @@ pub fn engine(r: &mut Registry, stats: &Stats, hooks: &HookChain) {
         stats.workers.iter().map(|w| f(w)).sum()
     };
     use std::sync::atomic::Ordering::Relaxed;
-    let totals: [(&str, &str, &'static str, u64); 7] = [
+    let totals: [(&str, &str, &'static str, u64); 9] = [
         (
             "rx",
             "received_packets",
@@ -200,6 +200,18 @@ pub fn engine(r: &mut Registry, stats: &Stats, hooks: &HookChain) {
             "icmp_rate_limited",
             "ICMP errors not sent: over the rate limit",
             sum(&|w| w.icmp_limited.load(Relaxed)),
+        ),
+        (
+            "rx.skipped_vlan",
+            "rx_skipped_vlan",
+            "Frames skipped: the kernel had moved their VLAN tag out (seen again on the VLAN device)",
+            sum(&|w| w.skipped_vlan.load(Relaxed)),
+        ),
+        (
+            "rx.skipped_other_host",
+            "rx_skipped_other_host",
+            "Frames skipped: not addressed to this host",
+            sum(&|w| w.skipped_other_host.load(Relaxed)),
         ),
         (
             "connection_races",
@@ -457,6 +469,7 @@ pub fn collect(src: &Sources<'_>) -> Registry {
         vec![],
         src.pipeline.conns.len() as u64,
     );
+    crate::control::knobs::samples(&mut r, &src.pipeline.conns);
     r.gauge(
         "workers",
         "workers",

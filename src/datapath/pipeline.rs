@@ -846,6 +846,10 @@ impl Pipeline {
             // with a RST; uvs owns the VIP and drops it instead.
             return Self::drop(st, DropReason::NoConnection, out);
         }
+        // The `drop_packet` flood defence: one load unless engaged.
+        if self.conns.drop_new_packet() {
+            return Self::drop(st, DropReason::DefenseDropPacket, out);
+        }
         let key = SchedKey {
             proto: p.proto,
             src: p.src,

@@ -66,6 +66,9 @@ pub enum DropReason {
     /// A datagram to a `--pe sip` service without a usable Call-ID header
     /// (the kernel's SIP engine cannot key it and drops it).
     PeNoCallId,
+    /// A connection-opening packet dropped by the `drop_packet` flood
+    /// defence (one in every *rate* while engaged).
+    DefenseDropPacket,
 }
 
 impl DropReason {
@@ -89,6 +92,7 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::RxQueueFull,
         DropReason::PeNoCallId,
+        DropReason::DefenseDropPacket,
     ];
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -109,6 +113,7 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::RxQueueFull => "rx_queue_full",
             DropReason::PeNoCallId => "pe_no_call_id",
+            DropReason::DefenseDropPacket => "defense_drop_packet",
         }
     }
 }
@@ -132,6 +137,12 @@ pub struct WorkerStats {
     pub icmp_limited: AtomicU64,
     /// New connections another worker had already created (insert race).
     pub conn_races: AtomicU64,
+    /// Frames skipped, not processed: the kernel had moved their 802.1Q
+    /// tag out (seen again on the VLAN device, if one exists).
+    pub skipped_vlan: AtomicU64,
+    /// Frames skipped: not addressed to this host (broadcast, multicast,
+    /// another MAC).
+    pub skipped_other_host: AtomicU64,
     pub parse: [AtomicU64; ParseError::COUNT],
     pub drops: [AtomicU64; DropReason::COUNT],
     pub hook_seen: [AtomicU64; MAX_ENTRIES],
@@ -151,6 +162,8 @@ impl Default for WorkerStats {
             icmp_sent: AtomicU64::new(0),
             conn_races: AtomicU64::new(0),
             icmp_limited: AtomicU64::new(0),
+            skipped_vlan: AtomicU64::new(0),
+            skipped_other_host: AtomicU64::new(0),
             parse: arr(),
             drops: arr(),
             hook_seen: arr(),

@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod flood;
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};

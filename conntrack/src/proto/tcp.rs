@@ -11,7 +11,18 @@
 //!
 //! Two tables exist: the normal one and the `secure_tcp` one, which keeps a
 //! connection in SYN_RECV until the server has answered (so spoofed SYNs and
-//! bare ACK floods never reach ESTABLISHED's long timeout).
+//! bare ACK floods never reach ESTABLISHED's long timeout). Both are the
+//! kernel's `tcp_states` and `tcp_states_dos`, cell for cell
+//! (`tests/tcp_states.rs`).
+//!
+//! One rule on top of the tables (in `update.rs`): in both, a server's ACK
+//! on a SYN_RECV or SYNACK entry establishes it. A server sends one to a
+//! client that never confirmed the handshake when a second SYN with another
+//! sequence number arrives (RFC 5961's challenge ACK), so every spoofed
+//! SYN sent twice to a NAT service became ESTABLISHED (15 minutes). uvs
+//! lets a server's packet establish an entry only once the client has sent
+//! a bare ACK on it; a real handshake always has, so its transitions are
+//! the kernel's.
 
 /// TCP connection state (`IP_VS_TCP_S_*`; the discriminant is the index used
 /// in the tables and the timeout array).
