@@ -50,10 +50,14 @@ pub enum Verdict {
     /// Rewritten in place; send it toward `next_hop` (the address whose
     /// route and neighbour give the interface and MACs). `dnat_from` is the
     /// destination a NAT request had before its rewrite, so an ICMP error
-    /// about it (path MTU) can quote the packet as the client sent it.
+    /// about it (path MTU) can quote the packet as the client sent it;
+    /// `snat_from` is the source a NAT reply had before its rewrite (the
+    /// real server's address and port), so a path MTU error about it goes
+    /// back to the real server, as the kernel checks the MTU before SNAT.
     Xmit {
         next_hop: IpAddr,
         dnat_from: Option<(IpAddr, u16)>,
+        snat_from: Option<(IpAddr, u16)>,
         pkt: Parsed,
     },
     /// To be encapsulated toward the real server `next_hop` (`-i`); the
@@ -479,6 +483,7 @@ impl Pipeline {
                 *out = Verdict::Xmit {
                     next_hop: h.caddr(),
                     dnat_from: None,
+                    snat_from: Some((p.src, p.sport)),
                     pkt: Parsed {
                         src: h.vaddr(),
                         sport: h.vport(),
@@ -546,6 +551,7 @@ impl Pipeline {
                     Verdict::Xmit {
                         next_hop,
                         dnat_from: None,
+                        snat_from: None,
                         pkt,
                     },
                 ),
@@ -767,6 +773,7 @@ impl Pipeline {
                     *out = Verdict::Xmit {
                         next_hop: daddr,
                         dnat_from: Some((p.dst, p.dport)),
+                        snat_from: None,
                         pkt: Parsed {
                             dst: daddr,
                             dport,
@@ -783,6 +790,7 @@ impl Pipeline {
                     *out = Verdict::Xmit {
                         next_hop: daddr,
                         dnat_from: None,
+                        snat_from: None,
                         pkt: *p,
                     }
                 }
