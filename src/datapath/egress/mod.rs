@@ -241,9 +241,17 @@ impl Work {
                 ..
             } => {
                 // Cheap test first: only a frame longer than the MTU plus an
-                // Ethernet header can be too big (GSO packets are segmented
-                // by the kernel on the way out, to the MTU).
-                if !vnet.is_gso() && buf.len() - at > nh.mtu as usize + 14 {
+                // Ethernet header can be too big. A GSO super-packet is cut
+                // by the kernel on the way out into segments of its
+                // `gso_size`: each of those must fit (the kernel's
+                // `skb_gso_validate_network_len`; a veth drops them
+                // silently otherwise).
+                let too_long = if vnet.is_gso() {
+                    gso_segment_len(&pkt, vnet) > nh.mtu as usize
+                } else {
+                    buf.len() - at > nh.mtu as usize + 14
+                };
+                if too_long {
                     let o = Oversized {
                         pkt: &pkt,
                         vnet,
@@ -331,7 +339,17 @@ impl Work {
         q: &mut impl TxQueue<'b>,
     ) -> Option<Ready> {
         let (p, nh) = (o.pkt, o.nh);
-        if let Err(nf) = uvs_fwd::fits(&buf[at..], p, nh.mtu) {
+        let gso = o.vnet.is_gso();
+        // What must fit: the packet, or each segment of a super-packet.
+        let seg = Parsed {
+            ip_len: if gso {
+                gso_segment_len(p, o.vnet)
+            } else {
+                p.ip_len
+            },
+            ..*p
+        };
+        if let Err(nf) = uvs_fwd::fits(&buf[at..], &seg, nh.mtu) {
             st.drop(DropReason::TooBig);
             if !nf.send_icmp {
                 return None;
@@ -346,11 +364,23 @@ impl Work {
             };
             match undo {
                 Some((side, addr, port)) => {
+                    // Only the start is quoted: copy what the scratch space
+                    // holds (a super-packet is longer) and undo the NAT on
+                    // that, its headers in it.
                     let n = (buf.len() - at).min(self.orig.len());
                     let mut orig = std::mem::take(&mut self.orig);
                     orig[..n].copy_from_slice(&buf[at..at + n]);
                     let mode = o.vnet.csum_mode();
-                    if let Some(quoted) = undo_nat(&mut orig[..n], p, side, addr, port, mode) {
+                    let end = p.ip_end.min(n).max(p.payload_off);
+                    let head = Parsed {
+                        ip_end: end,
+                        ip_len: end - p.l3_off,
+                        ..*p
+                    };
+                    let quoted = (head.ip_end <= n)
+                        .then(|| undo_nat(&mut orig[..n], &head, side, addr, port, mode))
+                        .flatten();
+                    if let Some(quoted) = quoted {
                         // A reply's sender is a real server, not a holder of
                         // the address it wrote to: answer from this host's
                         // address toward it (the reply's VIP if none).
@@ -364,6 +394,12 @@ impl Work {
                 }
                 None => self.answer(&buf[at..], p, kind, IcmpFrom::Dst, nb, now_ms, st, park, q),
             }
+            return None;
+        }
+        if gso {
+            // Segments too long without DF: the kernel would segment, then
+            // fragment; uvs sends neither (and no error is owed).
+            st.drop(DropReason::TooBig);
             return None;
         }
         if p.ip_len <= nh.mtu as usize {
@@ -459,6 +495,13 @@ struct Oversized<'a> {
     nh: &'a NextHop,
     dnat_from: Option<(IpAddr, u16)>,
     snat_from: Option<(IpAddr, u16)>,
+}
+
+/// The IP length of each segment a GSO super-packet is cut into: its
+/// headers (IP, extension headers, L4) plus `gso_size` bytes of payload.
+fn gso_segment_len(p: &Parsed, vnet: VnetHdr) -> usize {
+    let headers = p.payload_off.saturating_sub(p.l3_off);
+    p.ip_len.min(headers + usize::from(vnet.gso_size))
 }
 
 /// The source of an ICMP error the director sends.

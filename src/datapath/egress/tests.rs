@@ -508,3 +508,69 @@ fn undoing_nat_keeps_a_ttl_of_two_answerable() {
     assert_eq!(q.dst, p0.dst);
     assert_eq!(f, spec.build(), "byte for byte the packet as sent");
 }
+
+#[test]
+fn a_gso_reply_whose_segments_outgrow_the_client_path_is_answered() {
+    let st = WorkerStats::default();
+    let mut spec = FrameSpec {
+        src: ip(RS),
+        dst: ip(CLIENT),
+        sport: 8080,
+        dport: 40000,
+        payload: vec![7; 20_000],
+        l4: L4Spec::Tcp {
+            flags: 0x18,
+            options: Vec::new(),
+        },
+        ..FrameSpec::tcp_v4()
+    };
+    spec.csum = CsumMode::Partial;
+    let mut frame = spec.build();
+    let orig = uvs_fwd::parse(&frame).expect("parses");
+    uvs_fwd::snat(&mut frame, &orig, ip(VIP), 80, CsumMode::Partial).expect("snat");
+    let v = Verdict::Xmit {
+        next_hop: ip(CLIENT),
+        dnat_from: None,
+        snat_from: Some((ip(RS), 8080)),
+        pkt: Parsed {
+            src: ip(VIP),
+            sport: 80,
+            ..orig
+        },
+    };
+    let vnet = VnetHdr {
+        gso_type: 1,
+        gso_size: 1448,
+        ..VnetHdr::pending_csum(34, 16)
+    };
+    let t = Table::default();
+    t.set(ip(CLIENT), Lookup::Ready(hop(1400)));
+    t.set(
+        ip(RS),
+        Lookup::Ready(NextHop {
+            ifindex: 9,
+            ..hop(1500)
+        }),
+    );
+    let sent = run(&frame, vnet, v, &t, &st);
+    assert_eq!(drops(&st, DropReason::TooBig), 1);
+    assert_eq!(sent.len(), 1, "the error only");
+    let f = &sent[0].frame;
+    let p = uvs_fwd::parse(f).expect("error parses");
+    assert_eq!(
+        (p.icmp_type, p.icmp_code, p.src, p.dst),
+        (3, 4, ip(LB), ip(RS))
+    );
+    assert_eq!(u16::from_be_bytes([f[p.l4_off + 6], f[p.l4_off + 7]]), 1400);
+    let q = uvs_fwd::embedded(f, &p).expect("a quote");
+    assert_eq!((q.src, q.sport), (ip(RS), 8080));
+
+    // Segments that fit leave whole, for the kernel to cut.
+    let t = table(1500);
+    t.set(ip(CLIENT), Lookup::Ready(hop(1500)));
+    let (mut frame2, v2) = (spec.build(), v);
+    uvs_fwd::snat(&mut frame2, &orig, ip(VIP), 80, CsumMode::Partial).expect("snat");
+    let sent = run(&frame2, vnet, v2, &t, &st);
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].in_place && sent[0].vnet.is_gso());
+}
