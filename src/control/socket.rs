@@ -52,7 +52,8 @@ fn write_frame(w: &mut impl Write, b: &[u8]) -> io::Result<()> {
     w.write_all(b)
 }
 
-fn read_frame(r: &mut impl Read) -> io::Result<Vec<u8>> {
+/// Reads one length-prefixed frame (also the fuzz target's decoder).
+pub(crate) fn read_frame(r: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut l = [0u8; 4];
     r.read_exact(&mut l)?;
     let n = u32::from_be_bytes(l) as usize;
