@@ -24,6 +24,7 @@ use uvs_fwd::{CsumMode, ParseError, Parsed};
 use uvs_sched::{FwdMethod, SchedKey, TunConfig};
 
 use crate::datapath::filter::{FilterKey, FilterTable, Target};
+use crate::datapath::frag6;
 use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
 use crate::datapath::service::{ServiceRt, Services};
 use crate::datapath::snapshot::{Cached, Snapshot};
@@ -246,6 +247,9 @@ impl Pipeline {
         // TCP and UDP with their headers, and ICMP errors that may be about
         // them, are IPVS's; the rest (non-first fragments, other
         // protocols) stays with the kernel.
+        if p.is_fragment && !p.has_l4 && !p.is_ipv4() {
+            return self.later_fragment(frame, p, csum, now_ms, st);
+        }
         let icmp_error = is_icmp_error(p);
         if !icmp_error && (!matches!(p.proto, TCP | UDP | SCTP) || !p.has_ports()) {
             return self.pass(st);
@@ -279,6 +283,9 @@ impl Pipeline {
                 self.hooks_run(
                     frame, p, icmp_error, csum, now_ms, &view, f, local, st, &mut v,
                 );
+                if p.is_fragment {
+                    frag6::note_first(frame, p, &v, now_ms);
+                }
                 return v;
             }
         }
@@ -309,7 +316,37 @@ impl Pipeline {
         self.hooks_run(
             frame, p, icmp_error, csum, now_ms, &view, &f, local, st, &mut v,
         );
+        if p.is_fragment {
+            frag6::note_first(frame, p, &v, now_ms);
+        }
         v
+    }
+
+    /// An IPv6 fragment after the first: what its first fragment got
+    /// (`frag6`); without one, dropped if addressed to a VIP, else the
+    /// kernel's.
+    #[cold]
+    #[inline(never)]
+    fn later_fragment(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: CsumMode,
+        now_ms: u64,
+        st: &WorkerStats,
+    ) -> Verdict {
+        match frag6::follow_later(frame, p, csum, now_ms) {
+            Some(Verdict::Drop(r)) => {
+                st.drop(r);
+                Verdict::Drop(r)
+            }
+            Some(v) => v,
+            None if self.services.load_full().is_vip(p.dst) => {
+                st.drop(DropReason::FragmentUnmatched);
+                Verdict::Drop(DropReason::FragmentUnmatched)
+            }
+            None => self.pass(st),
+        }
     }
 
     /// The hook chain at the packet's hook point.

@@ -63,11 +63,15 @@ pub enum DropReason {
     /// Dropped by the kernel before uvs saw it: the RX queue (ring) was
     /// full (`PACKET_STATISTICS` `tp_drops`, read periodically).
     RxQueueFull,
+    /// An IPv6 fragment after the first, to a VIP, whose first fragment
+    /// uvs has not seen (or no longer remembers): it cannot be given the
+    /// first fragment's real server.
+    FragmentUnmatched,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
@@ -85,6 +89,7 @@ impl DropReason {
         DropReason::ParkFull,
         DropReason::TooBig,
         DropReason::RxQueueFull,
+        DropReason::FragmentUnmatched,
     ];
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -104,6 +109,7 @@ impl DropReason {
             DropReason::ParkFull => "neighbour_queue_full",
             DropReason::TooBig => "too_big",
             DropReason::RxQueueFull => "rx_queue_full",
+            DropReason::FragmentUnmatched => "fragment_unmatched",
         }
     }
 }
