@@ -122,8 +122,9 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8]) {
 }
 
 /// The stable fuzz smoke: each target's corpus mutated for at most
-/// `UVS_FUZZ_SMOKE_ITERS` inputs (default 2,000) or 3 s, whichever ends
-/// first; seeded by `UVS_FUZZ_SEED` for reproduction.
+/// `UVS_FUZZ_SMOKE_ITERS` inputs (default 2,000) or `UVS_FUZZ_SMOKE_SECS`
+/// seconds (default 3), whichever ends first; seeded by `UVS_FUZZ_SEED`
+/// for reproduction.
 #[test]
 fn bounded_mutation_smoke() {
     let iters: usize = std::env::var("UVS_FUZZ_SMOKE_ITERS")
@@ -134,10 +135,14 @@ fn bounded_mutation_smoke() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5eed_1234);
+    let secs: u64 = std::env::var("UVS_FUZZ_SMOKE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     for (ti, (name, f)) in TARGETS.iter().enumerate() {
         let files: Vec<Vec<u8>> = corpus(name).into_iter().map(|(_, b)| b).collect();
         let mut rng = Rng(seed ^ (ti as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let end = Instant::now() + Duration::from_secs(3);
+        let end = Instant::now() + Duration::from_secs(secs);
         let mut done = 0;
         while done < iters && Instant::now() < end {
             let mut input = files[rng.below(files.len())].clone();
