@@ -33,6 +33,13 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo bench --workspace --no-run
 cargo test --workspace
+# Fuzzing (issue 12): `cargo test` above replays every fuzz corpus and runs a
+# bounded mutation smoke on stable (tests/fuzz_corpus.rs). With
+# UVS_FUZZ_SECS=N and a nightly cargo-fuzz, each libFuzzer target also runs
+# N seconds (opt-in: its nightly build takes minutes on 2 cores).
+if [ "${UVS_FUZZ_SECS:-0}" != 0 ]; then
+  scripts/fuzz.sh "$UVS_FUZZ_SECS"
+fi
 # The lab suite again under the AF_XDP backend (issue 9: both backends in
 # CI); about a minute and a half on 2 cores.
 UVS_LAB_IO=af_xdp cargo test --test lab --test director_local --test overload

@@ -16,6 +16,9 @@
 //!
 //! Contract: no allocation, no panic; fragments are written one at a time
 //! into the caller's scratch buffer at `headroom` and handed to `emit`.
+//!
+//! [`ipv6_fragment_id`] finds an IPv6 fragment's identification, which is
+//! what ties a later fragment (no L4 header, no ports) to its first.
 
 use crate::parse::{IpVersion, Parsed};
 use crate::wire::{ipv4, put16};
@@ -116,6 +119,32 @@ fn strip_uncopied_options(opts: &mut [u8]) {
             }
         }
     }
+}
+
+/// The identification of the IPv6 fragment `frame` (parsed as `p`): the
+/// fragment header is found between the fixed header and `l4_off` (after
+/// hop-by-hop, routing, destination options or AH headers). `None` when
+/// `p` is no IPv6 fragment or the chain does not lead to one. Never panics.
+pub fn ipv6_fragment_id(frame: &[u8], p: &Parsed) -> Option<u32> {
+    if p.version != IpVersion::V6 || !p.is_fragment {
+        return None;
+    }
+    let mut next = *frame.get(p.l3_off + 6)?;
+    let mut at = p.l3_off + 40;
+    while at < p.l4_off {
+        let len = match next {
+            44 => {
+                let id = frame.get(at + 4..at + 8)?;
+                return Some(u32::from_be_bytes([id[0], id[1], id[2], id[3]]));
+            }
+            0 | 43 | 60 => (usize::from(*frame.get(at + 1)?) + 1) * 8,
+            51 => (usize::from(*frame.get(at + 1)?) + 2) * 4,
+            _ => return None,
+        };
+        next = *frame.get(at)?;
+        at += len;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod egress;
 pub mod estimator;
 pub mod filter;
+pub mod frag6;
 pub mod hooks;
 pub mod pe_sip;
 pub mod pipeline;

@@ -22,6 +22,7 @@ use uvs_fwd::{CsumMode, ParseError, Parsed};
 use uvs_sched::{FwdMethod, SchedKey, TunConfig};
 
 use crate::datapath::filter::{FilterKey, FilterTable, Target};
+use crate::datapath::frag6;
 use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
 use crate::datapath::service::{Pe, ServiceRt, Services};
 use crate::datapath::snapshot::{Cached, Snapshot};
@@ -50,10 +51,14 @@ pub enum Verdict {
     /// Rewritten in place; send it toward `next_hop` (the address whose
     /// route and neighbour give the interface and MACs). `dnat_from` is the
     /// destination a NAT request had before its rewrite, so an ICMP error
-    /// about it (path MTU) can quote the packet as the client sent it.
+    /// about it (path MTU) can quote the packet as the client sent it;
+    /// `snat_from` is the source a NAT reply had before its rewrite (the
+    /// real server's address and port), so a path MTU error about it goes
+    /// back to the real server, as the kernel checks the MTU before SNAT.
     Xmit {
         next_hop: IpAddr,
         dnat_from: Option<(IpAddr, u16)>,
+        snat_from: Option<(IpAddr, u16)>,
         pkt: Parsed,
     },
     /// To be encapsulated toward the real server `next_hop` (`-i`); the
@@ -294,6 +299,9 @@ impl Pipeline {
         // TCP and UDP with their headers, and ICMP errors that may be about
         // them, are IPVS's; the rest (non-first fragments, other
         // protocols) stays with the kernel.
+        if p.is_fragment && !p.has_l4 && !p.is_ipv4() {
+            return self.later_fragment(frame, p, csum, now_ms, st);
+        }
         let icmp_error = is_icmp_error(p);
         if !icmp_error && (!matches!(p.proto, TCP | UDP | SCTP) || !p.has_ports()) {
             *out = self.pass(st);
@@ -329,6 +337,9 @@ impl Pipeline {
                 self.hooks_run(
                     frame, p, icmp_error, csum, now_ms, &view, f, t, point, st, out,
                 );
+                if p.is_fragment {
+                    frag6::note_first(frame, p, out, now_ms);
+                }
                 return;
             }
         }
@@ -362,6 +373,36 @@ impl Pipeline {
         self.hooks_run(
             frame, p, icmp_error, csum, now_ms, &view, &f, &t, point, st, out,
         );
+        if p.is_fragment {
+            frag6::note_first(frame, p, out, now_ms);
+        }
+    }
+
+    /// An IPv6 fragment after the first: what its first fragment got
+    /// (`frag6`); without one, dropped if addressed to a VIP, else the
+    /// kernel's.
+    #[cold]
+    #[inline(never)]
+    fn later_fragment(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        csum: CsumMode,
+        now_ms: u64,
+        st: &WorkerStats,
+    ) -> Verdict {
+        match frag6::follow_later(frame, p, csum, now_ms) {
+            Some(Verdict::Drop(r)) => {
+                st.drop(r);
+                Verdict::Drop(r)
+            }
+            Some(v) => v,
+            None if self.services.load_full().is_vip(p.dst) => {
+                st.drop(DropReason::FragmentUnmatched);
+                Verdict::Drop(DropReason::FragmentUnmatched)
+            }
+            None => self.pass(st),
+        }
     }
 
     /// The hook chain at the packet's hook point.
@@ -684,6 +725,7 @@ impl Pipeline {
                 *out = Verdict::Xmit {
                     next_hop: h.caddr(),
                     dnat_from: None,
+                    snat_from: Some((p.src, p.sport)),
                     pkt: Parsed {
                         src: h.vaddr(),
                         sport: h.vport(),
@@ -760,6 +802,7 @@ impl Pipeline {
                     Verdict::Xmit {
                         next_hop,
                         dnat_from: None,
+                        snat_from: None,
                         pkt,
                     },
                 ),
@@ -975,6 +1018,7 @@ impl Pipeline {
                     *out = Verdict::Xmit {
                         next_hop: daddr,
                         dnat_from: Some((p.dst, p.dport)),
+                        snat_from: None,
                         pkt: Parsed {
                             dst: daddr,
                             dport,
@@ -991,6 +1035,7 @@ impl Pipeline {
                     *out = Verdict::Xmit {
                         next_hop: daddr,
                         dnat_from: None,
+                        snat_from: None,
                         pkt: *p,
                     }
                 }

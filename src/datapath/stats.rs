@@ -69,6 +69,10 @@ pub enum DropReason {
     /// A connection-opening packet dropped by the `drop_packet` flood
     /// defence (one in every *rate* while engaged).
     DefenseDropPacket,
+    /// An IPv6 fragment after the first, to a VIP, whose first fragment
+    /// uvs has not seen (or no longer remembers): it cannot be given the
+    /// first fragment's real server.
+    FragmentUnmatched,
 }
 
 impl DropReason {
@@ -93,6 +97,7 @@ impl DropReason {
         DropReason::RxQueueFull,
         DropReason::PeNoCallId,
         DropReason::DefenseDropPacket,
+        DropReason::FragmentUnmatched,
     ];
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -114,6 +119,7 @@ impl DropReason {
             DropReason::RxQueueFull => "rx_queue_full",
             DropReason::PeNoCallId => "pe_no_call_id",
             DropReason::DefenseDropPacket => "defense_drop_packet",
+            DropReason::FragmentUnmatched => "fragment_unmatched",
         }
     }
 }

@@ -8,6 +8,15 @@
 //! (port unreachable, time exceeded, too big) under a rate limit, and
 //! neighbour parking as a bounded queue ([`park`]).
 //!
+//! The path MTU is checked against the packet as it arrived, as the
+//! kernel's `ip_forward` does before NAT: a NAT reply too big for the
+//! client's path gets its fragmentation needed / packet too big back at the
+//! real server that sent it (quoting the reply with SNAT undone, from this
+//! host's address toward that server), and a request's error goes to the
+//! client quoting it with DNAT undone. Path MTU errors are exempt from the
+//! rate limit, as in the kernel (`icmpv4_mask_allow`, `icmpv6_xrlim_allow`):
+//! limiting them would break path MTU discovery.
+//!
 //! Contract:
 //! * Time is the caller's `now` (milliseconds on the engine's clock);
 //!   neighbours come through [`Neighbours`]; frames leave only through the
@@ -31,7 +40,7 @@ mod tests;
 use std::net::IpAddr;
 
 use uvs_fwd::xmit::icmp::{self, IcmpKind};
-use uvs_fwd::Parsed;
+use uvs_fwd::{Parsed, Side};
 
 use crate::datapath::pipeline::Verdict;
 use crate::datapath::stats::{add, DropReason, WorkerStats};
@@ -130,7 +139,8 @@ impl Egress {
                     _ => IcmpKind::PortUnreachable,
                 };
                 let Egress { work, park } = self;
-                return work.answer(&buf[at..], &pkt, kind, nb, now_ms, st, park, q);
+                let from = IcmpFrom::Dst;
+                return work.answer(&buf[at..], &pkt, kind, from, nb, now_ms, st, park, q);
             }
             Verdict::Xmit { next_hop, .. } | Verdict::Tunnel { next_hop, .. } => next_hop,
         };
@@ -224,16 +234,30 @@ impl Work {
         q: &mut impl TxQueue<'b>,
     ) -> Option<Ready> {
         match *v {
-            Verdict::Xmit { dnat_from, pkt, .. } => {
+            Verdict::Xmit {
+                dnat_from,
+                snat_from,
+                pkt,
+                ..
+            } => {
                 // Cheap test first: only a frame longer than the MTU plus an
-                // Ethernet header can be too big (GSO packets are segmented
-                // by the kernel on the way out, to the MTU).
-                if !vnet.is_gso() && buf.len() - at > nh.mtu as usize + 14 {
+                // Ethernet header can be too big. A GSO super-packet is cut
+                // by the kernel on the way out into segments of its
+                // `gso_size`: each of those must fit (the kernel's
+                // `skb_gso_validate_network_len`; a veth drops them
+                // silently otherwise).
+                let too_long = if vnet.is_gso() {
+                    gso_segment_len(&pkt, vnet) > nh.mtu as usize
+                } else {
+                    buf.len() - at > nh.mtu as usize + 14
+                };
+                if too_long {
                     let o = Oversized {
                         pkt: &pkt,
                         vnet,
                         nh,
                         dnat_from,
+                        snat_from,
                     };
                     return self.oversized(buf, at, &o, nb, now_ms, st, park, q);
                 }
@@ -277,14 +301,16 @@ impl Work {
                         st.drop(DropReason::TooBig);
                         if send_icmp {
                             let kind = IcmpKind::TooBig { mtu };
-                            self.answer(&buf[at..], &pkt, kind, nb, now_ms, st, park, q);
+                            let from = IcmpFrom::Dst;
+                            self.answer(&buf[at..], &pkt, kind, from, nb, now_ms, st, park, q);
                         }
                         None
                     }
                     Err(tunnel::Fail::Ttl) => {
                         st.drop(DropReason::TtlExceeded);
                         let kind = IcmpKind::TimeExceeded;
-                        self.answer(&buf[at..], &pkt, kind, nb, now_ms, st, park, q);
+                        let from = IcmpFrom::Dst;
+                        self.answer(&buf[at..], &pkt, kind, from, nb, now_ms, st, park, q);
                         None
                     }
                     Err(tunnel::Fail::Rewrite) => {
@@ -313,32 +339,67 @@ impl Work {
         q: &mut impl TxQueue<'b>,
     ) -> Option<Ready> {
         let (p, nh) = (o.pkt, o.nh);
-        if let Err(nf) = uvs_fwd::fits(&buf[at..], p, nh.mtu) {
+        let gso = o.vnet.is_gso();
+        // What must fit: the packet, or each segment of a super-packet.
+        let seg = Parsed {
+            ip_len: if gso {
+                gso_segment_len(p, o.vnet)
+            } else {
+                p.ip_len
+            },
+            ..*p
+        };
+        if let Err(nf) = uvs_fwd::fits(&buf[at..], &seg, nh.mtu) {
             st.drop(DropReason::TooBig);
             if !nf.send_icmp {
                 return None;
             }
             let kind = IcmpKind::TooBig { mtu: nf.mtu };
-            match o.dnat_from {
-                // The kernel checks the MTU before NAT: quote the packet as
-                // the client sent it.
-                Some((vaddr, vport)) => {
+            // The kernel checks the MTU before NAT: quote the packet as its
+            // sender sent it, NAT undone.
+            let undo = match (o.dnat_from, o.snat_from) {
+                (Some((vaddr, vport)), _) => Some((Side::Dst, vaddr, vport)),
+                (None, Some((raddr, rport))) => Some((Side::Src, raddr, rport)),
+                (None, None) => None,
+            };
+            match undo {
+                Some((side, addr, port)) => {
+                    // Only the start is quoted: copy what the scratch space
+                    // holds (a super-packet is longer) and undo the NAT on
+                    // that, its headers in it.
                     let n = (buf.len() - at).min(self.orig.len());
                     let mut orig = std::mem::take(&mut self.orig);
                     orig[..n].copy_from_slice(&buf[at..at + n]);
                     let mode = o.vnet.csum_mode();
-                    if uvs_fwd::dnat(&mut orig[..n], p, vaddr, vport, mode).is_ok() {
-                        let quoted = Parsed {
-                            dst: vaddr,
-                            dport: vport,
-                            ..*p
+                    let end = p.ip_end.min(n).max(p.payload_off);
+                    let head = Parsed {
+                        ip_end: end,
+                        ip_len: end - p.l3_off,
+                        ..*p
+                    };
+                    let quoted = (head.ip_end <= n)
+                        .then(|| undo_nat(&mut orig[..n], &head, side, addr, port, mode))
+                        .flatten();
+                    if let Some(quoted) = quoted {
+                        // A reply's sender is a real server, not a holder of
+                        // the address it wrote to: answer from this host's
+                        // address toward it (the reply's VIP if none).
+                        let from = match side {
+                            Side::Dst => IcmpFrom::Dst,
+                            Side::Src => IcmpFrom::Route { fallback: p.src },
                         };
-                        self.answer(&orig[..n], &quoted, kind, nb, now_ms, st, park, q);
+                        self.answer(&orig[..n], &quoted, kind, from, nb, now_ms, st, park, q);
                     }
                     self.orig = orig;
                 }
-                None => self.answer(&buf[at..], p, kind, nb, now_ms, st, park, q),
+                None => self.answer(&buf[at..], p, kind, IcmpFrom::Dst, nb, now_ms, st, park, q),
             }
+            return None;
+        }
+        if gso {
+            // Segments too long without DF: the kernel would segment, then
+            // fragment; uvs sends neither (and no error is owed).
+            st.drop(DropReason::TooBig);
             return None;
         }
         if p.ip_len <= nh.mtu as usize {
@@ -369,33 +430,46 @@ impl Work {
     }
 
     /// Answers the sender of `frame` (parsed as `p`) with an ICMP error from
-    /// the address it wrote to (a VIP: local to the director, as the
-    /// kernel's `icmp_send` picks), within the rate limit. Parked when the
-    /// sender's next hop is not known yet (its first packet).
+    /// the address `from` names, within the rate limit (path MTU errors
+    /// exempt). Parked when the sender's next hop is not known yet (its
+    /// first packet).
     #[allow(clippy::too_many_arguments)]
     fn answer<'b>(
         &mut self,
         frame: &[u8],
         p: &Parsed,
         kind: IcmpKind,
+        from: IcmpFrom,
         nb: &impl Neighbours,
         now_ms: u64,
         st: &WorkerStats,
         park: &mut ParkQueue,
         q: &mut impl TxQueue<'b>,
     ) {
-        if !self.icmp_limit.take(now_ms) {
+        let pmtu = matches!(kind, IcmpKind::TooBig { .. });
+        if !pmtu && !self.icmp_limit.take(now_ms) {
             return add(&st.icmp_limited, 1);
         }
+        let route = nb.lookup(p.src);
+        let src = match (from, route) {
+            (IcmpFrom::Dst, _) => p.dst,
+            (
+                IcmpFrom::Route { .. },
+                Lookup::Ready(NextHop {
+                    src_ip: Some(a), ..
+                }),
+            ) if a.is_ipv4() == p.is_ipv4() => a,
+            (IcmpFrom::Route { fallback }, _) => fallback,
+        };
         self.ident = self.ident.wrapping_add(1);
         let out = &mut self.icmp[HEADROOM..];
-        let Ok(n) = icmp::build_icmp_error(out, frame, p, kind, p.dst, self.ident) else {
+        let Ok(n) = icmp::build_icmp_error(out, frame, p, kind, src, self.ident) else {
             // Not to be answered (an ICMP error itself, a broadcast...).
             return;
         };
         add(&st.icmp_sent, 1);
         let buf = &mut self.icmp[..HEADROOM + n];
-        match nb.lookup(p.src) {
+        match route {
             Lookup::Ready(nh) => {
                 if let Some(r) = plain(buf, HEADROOM, VnetHdr::default(), &nh, st) {
                     q.copy(&buf[r.at..r.end], &r.vnet, r.ifindex);
@@ -420,4 +494,75 @@ struct Oversized<'a> {
     vnet: VnetHdr,
     nh: &'a NextHop,
     dnat_from: Option<(IpAddr, u16)>,
+    snat_from: Option<(IpAddr, u16)>,
+}
+
+/// The IP length of each segment a GSO super-packet is cut into: its
+/// headers (IP, extension headers, L4) plus `gso_size` bytes of payload.
+fn gso_segment_len(p: &Parsed, vnet: VnetHdr) -> usize {
+    let headers = p.payload_off.saturating_sub(p.l3_off);
+    p.ip_len.min(headers + usize::from(vnet.gso_size))
+}
+
+/// The source of an ICMP error the director sends.
+#[derive(Debug, Clone, Copy)]
+enum IcmpFrom {
+    /// The address the packet was sent to (a VIP: local to the director,
+    /// as the kernel's `icmp_send` picks for a local destination).
+    Dst,
+    /// This host's address on the route back to the sender (a forwarded
+    /// packet's destination is not ours); `fallback` when the route names
+    /// none.
+    Route { fallback: IpAddr },
+}
+
+/// Undoes the NAT of `frame` (parsed as `p`, after the rewrite): `side`
+/// gets `addr`/`port` back. The TTL / hop limit is left as received (the
+/// rewrites decrement it; the kernel quotes the packet before its own
+/// decrement). Returns the parse of the packet as its sender sent it.
+fn undo_nat(
+    frame: &mut [u8],
+    p: &Parsed,
+    side: Side,
+    addr: IpAddr,
+    port: u16,
+    mode: uvs_fwd::CsumMode,
+) -> Option<Parsed> {
+    // The rewrite refuses TTL <= 1 (the pipeline's rewrite left at least
+    // 1): lift it first, set it back after.
+    set_ttl(frame, p, p.ttl.max(2))?;
+    let r = match side {
+        Side::Dst => uvs_fwd::dnat(frame, p, addr, port, mode),
+        Side::Src => uvs_fwd::snat(frame, p, addr, port, mode),
+    };
+    r.ok()?;
+    set_ttl(frame, p, p.ttl)?;
+    Some(match side {
+        Side::Dst => Parsed {
+            dst: addr,
+            dport: port,
+            ..*p
+        },
+        Side::Src => Parsed {
+            src: addr,
+            sport: port,
+            ..*p
+        },
+    })
+}
+
+/// Writes the IPv4 TTL (header checksum updated) or IPv6 hop limit.
+fn set_ttl(frame: &mut [u8], p: &Parsed, ttl: u8) -> Option<()> {
+    let l3 = p.l3_off;
+    if p.is_ipv4() {
+        let old = u16::from_be_bytes([*frame.get(l3 + 8)?, *frame.get(l3 + 9)?]);
+        let new = u16::from(ttl) << 8 | (old & 0xff);
+        let c = u16::from_be_bytes([*frame.get(l3 + 10)?, *frame.get(l3 + 11)?]);
+        let c = uvs_fwd::checksum::update16(c, old, new);
+        frame[l3 + 8] = ttl;
+        frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        *frame.get_mut(l3 + 7)? = ttl;
+    }
+    Some(())
 }

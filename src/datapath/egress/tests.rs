@@ -129,6 +129,7 @@ fn dnat(mut frame: Vec<u8>) -> (Vec<u8>, Verdict) {
     let v = Verdict::Xmit {
         next_hop: ip(RS),
         dnat_from: Some((p.dst, p.dport)),
+        snat_from: None,
         pkt: Parsed {
             dst: ip(RS),
             dport: 8080,
@@ -275,6 +276,7 @@ fn an_ipv6_nat_packet_too_big_gets_packet_too_big() {
     let v = Verdict::Xmit {
         next_hop: ip(RS),
         dnat_from: None,
+        snat_from: None,
         pkt: p,
     };
     let t = table(1280);
@@ -375,4 +377,200 @@ fn no_route_is_counted() {
     let sent = run(&frame, VnetHdr::default(), v, &Table::default(), &st);
     assert!(sent.is_empty());
     assert_eq!(drops(&st, DropReason::NoRoute), 1);
+}
+
+/// A DF reply RS:8080 → CLIENT after SNAT to VIP:80, and its verdict, as
+/// the pipeline's NAT reply path makes them, and the reply as sent; `v6`
+/// for the IPv6 version.
+fn snat_reply(payload: usize, v6: bool) -> (Vec<u8>, Verdict, Parsed, Vec<u8>) {
+    let (rs, client, vip): (IpAddr, IpAddr, IpAddr) = if v6 {
+        (
+            ip("2001:db8:2::11"),
+            ip("2001:db8:1::1"),
+            ip("2001:db8::10"),
+        )
+    } else {
+        (ip(RS), ip(CLIENT), ip(VIP))
+    };
+    let mut frame = FrameSpec {
+        src: rs,
+        dst: client,
+        sport: 8080,
+        dport: 40000,
+        payload: vec![0x33; payload],
+        ..if v6 {
+            FrameSpec::udp_v6()
+        } else {
+            FrameSpec::udp_v4()
+        }
+    }
+    .build();
+    let sent = frame.clone();
+    let orig = uvs_fwd::parse(&frame).expect("parses");
+    uvs_fwd::snat(&mut frame, &orig, vip, 80, CsumMode::Full).expect("snat");
+    let v = Verdict::Xmit {
+        next_hop: client,
+        dnat_from: None,
+        snat_from: Some((rs, 8080)),
+        pkt: Parsed {
+            src: vip,
+            sport: 80,
+            ..orig
+        },
+    };
+    (frame, v, orig, sent)
+}
+
+#[test]
+fn a_nat_reply_too_big_for_the_client_path_is_answered_to_the_real_server() {
+    for v6 in [false, true] {
+        let st = WorkerStats::default();
+        let (frame, v, orig, as_sent) = snat_reply(1400, v6);
+        let t = Table::default();
+        let lb = if v6 { ip("2001:db8:2::1") } else { ip(LB) };
+        // The client's path is narrow; the real server is on a 1500 link.
+        t.set(
+            orig.dst,
+            Lookup::Ready(NextHop {
+                src_ip: None,
+                ..hop(1280)
+            }),
+        );
+        t.set(
+            orig.src,
+            Lookup::Ready(NextHop {
+                src_ip: Some(lb),
+                ifindex: 9,
+                ..hop(1500)
+            }),
+        );
+        let sent = run(&frame, VnetHdr::default(), v, &t, &st);
+        assert_eq!(drops(&st, DropReason::TooBig), 1);
+        assert_eq!(sent.len(), 1, "only the error leaves");
+        assert_eq!(sent[0].ifindex, 9, "toward the real server");
+        let f = &sent[0].frame;
+        let p = uvs_fwd::parse(f).expect("error parses");
+        let want_type = if v6 {
+            (ip_proto::ICMPV6, 2, 0)
+        } else {
+            (ip_proto::ICMP, 3, 4)
+        };
+        assert_eq!((p.proto, p.icmp_type, p.icmp_code), want_type);
+        assert_eq!(
+            (p.src, p.dst),
+            (lb, orig.src),
+            "from this host to the server"
+        );
+        let q = uvs_fwd::embedded(f, &p).expect("a quote");
+        assert_eq!(
+            (q.src, q.sport, q.dst, q.dport),
+            (orig.src, 8080, orig.dst, 40000),
+            "the reply as the real server sent it"
+        );
+        // The quoted IP header is the one sent: TTL as received, valid sum.
+        let qh = &f[p.payload_off..];
+        let n = qh.len().min(as_sent.len() - 14);
+        assert_eq!(&qh[..n], &as_sent[14..14 + n]);
+    }
+}
+
+#[test]
+fn path_mtu_errors_are_not_rate_limited() {
+    let st = WorkerStats::default();
+    let (frame, v, orig, _) = snat_reply(1400, false);
+    let t = Table::default();
+    t.set(orig.dst, Lookup::Ready(hop(1000)));
+    t.set(orig.src, Lookup::Ready(hop(1500)));
+    let mut e = Egress::new(1, 0);
+    let mut q = FakeTx::default();
+    for _ in 0..200 {
+        let (mut buf, at) = with_headroom(&frame);
+        e.output(&mut buf, at, VnetHdr::default(), v, &t, 5, &st, &mut q);
+    }
+    assert_eq!(q.sent.len(), 200, "every one answered");
+    assert_eq!(st.icmp_limited.load(Relaxed), 0);
+    assert_eq!(st.icmp_sent.load(Relaxed), 200);
+}
+
+#[test]
+fn undoing_nat_keeps_a_ttl_of_two_answerable() {
+    let mut spec = FrameSpec::udp_v4();
+    spec.ttl = 2;
+    let mut f = spec.build();
+    let p0 = uvs_fwd::parse(&f).expect("parses");
+    uvs_fwd::dnat(&mut f, &p0, ip(RS), 8080, CsumMode::Full).expect("dnat");
+    let p = Parsed {
+        dst: ip(RS),
+        dport: 8080,
+        ..p0
+    };
+    let q = undo_nat(&mut f, &p, Side::Dst, p0.dst, p0.dport, CsumMode::Full).expect("undone");
+    assert_eq!(q.dst, p0.dst);
+    assert_eq!(f, spec.build(), "byte for byte the packet as sent");
+}
+
+#[test]
+fn a_gso_reply_whose_segments_outgrow_the_client_path_is_answered() {
+    let st = WorkerStats::default();
+    let mut spec = FrameSpec {
+        src: ip(RS),
+        dst: ip(CLIENT),
+        sport: 8080,
+        dport: 40000,
+        payload: vec![7; 20_000],
+        l4: L4Spec::Tcp {
+            flags: 0x18,
+            options: Vec::new(),
+        },
+        ..FrameSpec::tcp_v4()
+    };
+    spec.csum = CsumMode::Partial;
+    let mut frame = spec.build();
+    let orig = uvs_fwd::parse(&frame).expect("parses");
+    uvs_fwd::snat(&mut frame, &orig, ip(VIP), 80, CsumMode::Partial).expect("snat");
+    let v = Verdict::Xmit {
+        next_hop: ip(CLIENT),
+        dnat_from: None,
+        snat_from: Some((ip(RS), 8080)),
+        pkt: Parsed {
+            src: ip(VIP),
+            sport: 80,
+            ..orig
+        },
+    };
+    let vnet = VnetHdr {
+        gso_type: 1,
+        gso_size: 1448,
+        ..VnetHdr::pending_csum(34, 16)
+    };
+    let t = Table::default();
+    t.set(ip(CLIENT), Lookup::Ready(hop(1400)));
+    t.set(
+        ip(RS),
+        Lookup::Ready(NextHop {
+            ifindex: 9,
+            ..hop(1500)
+        }),
+    );
+    let sent = run(&frame, vnet, v, &t, &st);
+    assert_eq!(drops(&st, DropReason::TooBig), 1);
+    assert_eq!(sent.len(), 1, "the error only");
+    let f = &sent[0].frame;
+    let p = uvs_fwd::parse(f).expect("error parses");
+    assert_eq!(
+        (p.icmp_type, p.icmp_code, p.src, p.dst),
+        (3, 4, ip(LB), ip(RS))
+    );
+    assert_eq!(u16::from_be_bytes([f[p.l4_off + 6], f[p.l4_off + 7]]), 1400);
+    let q = uvs_fwd::embedded(f, &p).expect("a quote");
+    assert_eq!((q.src, q.sport), (ip(RS), 8080));
+
+    // Segments that fit leave whole, for the kernel to cut.
+    let t = table(1500);
+    t.set(ip(CLIENT), Lookup::Ready(hop(1500)));
+    let (mut frame2, v2) = (spec.build(), v);
+    uvs_fwd::snat(&mut frame2, &orig, ip(VIP), 80, CsumMode::Partial).expect("snat");
+    let sent = run(&frame2, vnet, v2, &t, &st);
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].in_place && sent[0].vnet.is_gso());
 }
