@@ -80,8 +80,8 @@ enum Cmd {
     /// af_xdp (XDP program, BPF maps; Linux 5.9 or later); the `nft` program
     /// (Debian package nftables) for the af_packet guard.
     ///
-    /// SIGHUP or `uvs reload` re-reads --config and --filter and applies
-    /// only the difference. SIGINT/SIGTERM stop it. Under systemd
+    /// SIGHUP or `uvs reload` re-reads --config, --filter and --keepalived
+    /// and applies only the difference. SIGINT/SIGTERM stop it. Under systemd
     /// (Type=notify) it reports READY=1 once the workers run and the
     /// control socket listens, and STOPPING=1 on the way out.
     Run {
@@ -104,6 +104,15 @@ enum Cmd {
         /// re-read on reload.
         #[arg(long, value_name = "FILE")]
         filter: Option<PathBuf>,
+        /// Load the virtual_server blocks of a keepalived.conf and check
+        /// their real servers as keepalived does (TCP_CHECK, HTTP_GET,
+        /// MISC_CHECK, UDP_CHECK): a failing server is removed, or set to
+        /// weight 0 with inhibit_on_failure, and restored when it passes
+        /// again. Sections uvs does not run are warned about. Re-read on
+        /// reload (checkers whose configuration is unchanged keep their
+        /// state). Its services may not also be in --config.
+        #[arg(long, value_name = "FILE")]
+        keepalived: Option<PathBuf>,
         /// Frames per RX ring, each sized to the interface's MTU (2 KiB at
         /// 1500); larger (GSO) packets are read whole from the socket.
         #[arg(long, default_value_t = 2048)]
@@ -217,7 +226,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Re-read the files `uvs run` was started with (--config, --filter)
+    /// Re-read the files `uvs run` was started with (--config, --filter, --keepalived)
     /// and apply only the difference: services and real servers that stay
     /// keep their connections (a removed server's are dropped, as after
     /// `uvsadm -d`; weight 0 drains). A bad file changes nothing; the error names
@@ -383,6 +392,7 @@ fn real_main() -> Result<ExitCode> {
             control,
             config,
             filter,
+            keepalived,
             ring_frames,
             mh_table_size,
             knobs,
@@ -405,7 +415,11 @@ fn real_main() -> Result<ExitCode> {
             }
             uvs::control::lifecycle::reload_on_sighup(&control)
                 .context("installing the SIGHUP handler")?;
-            let sources = uvs::control::lifecycle::Sources { config, filter };
+            let sources = uvs::control::lifecycle::Sources {
+                config,
+                filter,
+                keepalived,
+            };
             // Read as a reload reads them (same paths, same errors).
             let texts = sources.read()?;
             let opts = uvs::control::daemon::RunOpts {
@@ -415,6 +429,7 @@ fn real_main() -> Result<ExitCode> {
                 control,
                 config: texts.config.map(|t| t.text),
                 filter: texts.filter.map(|t| t.text),
+                keepalived: texts.keepalived,
                 ring_frames,
                 mh_table_size,
                 knobs,

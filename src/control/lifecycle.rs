@@ -21,6 +21,8 @@ pub struct Sources {
     pub config: Option<PathBuf>,
     /// `--filter FILE`.
     pub filter: Option<PathBuf>,
+    /// `--keepalived FILE` (its includes are read when it is parsed).
+    pub keepalived: Option<PathBuf>,
 }
 
 impl Sources {
@@ -37,6 +39,7 @@ impl Sources {
         Ok(Texts {
             config: read(&self.config)?,
             filter: read(&self.filter)?,
+            keepalived: read(&self.keepalived)?,
         })
     }
 }
