@@ -507,3 +507,28 @@ fn udp_probe_fails_on_port_unreachable() {
     assert!(probe::run(&c(None), a).is_err());
     let _: IpAddr = a.ip();
 }
+
+#[test]
+fn counters_reach_stats_text_and_prometheus() {
+    let h = Health::new(parse(TWO).unwrap());
+    let id = ids(&h.lock())[0];
+    let s = serial(&h.lock(), id);
+    for _ in 0..2 {
+        h.lock().record(id, s, Err("x".into()), Instant::now());
+    }
+    let mut r = crate::control::registry::Registry::default();
+    h.register(&mut r);
+    let key = "health.tcp/192.0.2.10:80/203.0.113.11:80";
+    let get = |k: &str| r.samples.iter().find(|x| x.key == k).map(|x| x.value);
+    assert_eq!(get(&format!("{key}.checks")), Some(2));
+    assert_eq!(get(&format!("{key}.failures")), Some(2));
+    assert_eq!(get(&format!("{key}.transitions")), Some(1));
+    assert_eq!(get(&format!("{key}.up")), Some(0));
+    let text = crate::control::metrics::encode(&r);
+    assert!(
+        text.contains(
+            "uvs_health_transitions_total{service=\"tcp/192.0.2.10:80\",server=\"203.0.113.11:80\"} 1"
+        ),
+        "{text}"
+    );
+}
