@@ -17,6 +17,7 @@ pub mod control;
 pub mod datapath;
 pub mod engine;
 pub mod fuzz;
+pub mod health;
 pub mod io;
 pub mod lab;
 pub mod sync;

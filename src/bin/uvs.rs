@@ -80,8 +80,8 @@ enum Cmd {
     /// af_xdp (XDP program, BPF maps; Linux 5.9 or later); the `nft` program
     /// (Debian package nftables) for the af_packet guard.
     ///
-    /// SIGHUP or `uvs reload` re-reads --config, --filter and --tables and
-    /// applies only the difference. SIGINT/SIGTERM stop it. Under systemd
+    /// SIGHUP or `uvs reload` re-reads --config, --filter, --tables and
+    /// --keepalived and applies only the difference. SIGINT/SIGTERM stop it. Under systemd
     /// (Type=notify) it reports READY=1 once the workers run and the
     /// control socket listens, and STOPPING=1 on the way out.
     Run {
@@ -108,6 +108,15 @@ enum Cmd {
         /// *nat, *filter) at start; re-read on reload (see `uvs tables`).
         #[arg(long, value_name = "FILE")]
         tables: Option<PathBuf>,
+        /// Load the virtual_server blocks of a keepalived.conf and check
+        /// their real servers as keepalived does (TCP_CHECK, HTTP_GET,
+        /// MISC_CHECK, UDP_CHECK): a failing server is removed, or set to
+        /// weight 0 with inhibit_on_failure, and restored when it passes
+        /// again. Sections uvs does not run are warned about. Re-read on
+        /// reload (checkers whose configuration is unchanged keep their
+        /// state). Its services may not also be in --config.
+        #[arg(long, value_name = "FILE")]
+        keepalived: Option<PathBuf>,
         /// Frames per RX ring, each sized to the interface's MTU (2 KiB at
         /// 1500); larger (GSO) packets are read whole from the socket.
         #[arg(long, default_value_t = 2048)]
@@ -284,7 +293,7 @@ enum Cmd {
         settings: Vec<String>,
     },
     /// Re-read the files `uvs run` was started with (--config, --filter,
-    /// --tables) and apply only the difference: services and real servers that stay
+    /// --tables, --keepalived) and apply only the difference: services and real servers that stay
     /// keep their connections (a removed server's are dropped, as after
     /// `uvsadm -d`; weight 0 drains). A bad file changes nothing; the error names
     /// the file and line, and the exit status is non-zero. SIGHUP to
@@ -497,6 +506,7 @@ fn real_main() -> Result<ExitCode> {
             config,
             filter,
             tables,
+            keepalived,
             ring_frames,
             mh_table_size,
             mut knobs,
@@ -526,6 +536,7 @@ fn real_main() -> Result<ExitCode> {
                 config,
                 filter,
                 tables,
+                keepalived,
             };
             // Read as a reload reads them (same paths, same errors).
             let texts = sources.read()?;
@@ -538,6 +549,7 @@ fn real_main() -> Result<ExitCode> {
                 config: texts.config.map(|t| t.text),
                 filter: texts.filter.map(|t| t.text),
                 tables,
+                keepalived: texts.keepalived,
                 ring_frames,
                 mh_table_size,
                 knobs,

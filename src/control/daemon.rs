@@ -61,6 +61,8 @@ pub struct RunOpts {
     pub sources: lifecycle::Sources,
     /// `--metrics ADDR:PORT`: serve Prometheus text at `/metrics`.
     pub metrics: Option<SocketAddr>,
+    /// `--keepalived FILE`: its virtual servers, health-checked.
+    pub keepalived: Option<reload::Text>,
 }
 
 /// Why the daemon could not start.
@@ -103,6 +105,8 @@ struct Daemon {
     ring_frames: usize,
     /// `--start-daemon`'s connection sync daemons.
     sync: crate::sync::SyncDaemons,
+    /// `--keepalived`'s health state (see [`crate::health`]).
+    health: Option<Arc<crate::health::Health>>,
 }
 
 /// The runtime form of one configured service, or what the engine cannot
@@ -499,7 +503,7 @@ impl Daemon {
             Some("stats-extra") => Reply::ok(self.stats_extra()),
             Some("stats") => {
                 let extra = self.stats_extra();
-                let r = registry::collect(&registry::Sources {
+                let mut r = registry::collect(&registry::Sources {
                     pipeline: &self.pipeline,
                     stats: &self.engine.stats,
                     guard: self.guard.is_some(),
@@ -507,6 +511,9 @@ impl Daemon {
                     services: false,
                     ring_frames: self.ring_frames,
                 });
+                if let Some(h) = &self.health {
+                    h.register(&mut r);
+                }
                 match argv.get(1).map(String::as_str) {
                     None => Reply::ok(r.text()),
                     Some("--json") => Reply::ok(format!("{}\n", r.json())),
@@ -531,6 +538,8 @@ impl Daemon {
                 Ok(texts) => self.reload(texts),
                 Err(e) => self.reload_refused(e),
             },
+            // From the health checker thread (see crate::health::runner).
+            Some("health-sync") => self.health_sync(),
             _ => Reply::err(format!("unknown control request {:?}", argv.first())),
         }
     }
@@ -543,6 +552,37 @@ impl Daemon {
             extra += &x.report();
         }
         extra
+    }
+
+    /// The keepalived services' table as their health says now, applied as
+    /// the difference through the ordinary commit.
+    fn health_sync(&mut self) -> Reply {
+        let Some(h) = &self.health else {
+            return Reply::err("no --keepalived file");
+        };
+        let r = crate::health::sync(h, &self.config)
+            .map_err(|e| e.to_string())
+            .and_then(|cmds| self.apply_commands(&cmds).map(|()| cmds.len()));
+        match r {
+            Ok(n) => {
+                log::info!("health: table updated ({n} change(s))");
+                Reply::ok("")
+            }
+            Err(e) => {
+                log::warn!("health: table update refused: {e}");
+                Reply::err(e)
+            }
+        }
+    }
+
+    /// Applies uvsadm commands as one undoable batch and commits it.
+    fn apply_commands(&mut self, cmds: &[ctl::Command]) -> Result<(), String> {
+        let (applied, undo) = reload::apply(&mut self.config, cmds).map_err(|e| e.to_string())?;
+        if let Err(e) = self.commit(&ctl::Applied::Batch(applied)) {
+            self.config.undo(undo);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// One uvsadm command: parsed, validated and applied to the
@@ -626,7 +666,9 @@ impl Daemon {
             Err(e) => return self.reload_refused(e),
         };
         let filter = self.pipeline.filter.load_full();
-        let plan = match reload::plan(&self.config, &filter, &texts, |s| spec(s, mh).map(drop)) {
+        let check = |s: &ctl::ServiceConfig| spec(s, mh).map(drop);
+        let health = self.health.as_deref();
+        let plan = match reload::plan_with(&self.config, &filter, &texts, check, health) {
             Ok(p) => p,
             Err(e) => return self.reload_refused(e),
         };
@@ -645,6 +687,10 @@ impl Daemon {
             if let Err(e) = self.publish_tables(t) {
                 return self.reload_refused(reload::ReloadError::Apply(e));
             }
+        }
+        if let (Some(h), Some(staged)) = (&self.health, plan.keepalived) {
+            staged.warnings().iter().for_each(|w| log::warn!("{w}"));
+            h.install(staged);
         }
         eprintln!("uvs: reloaded: {}", plan.summary);
         lifecycle::notify(State::Ready("running (reloaded)"));
@@ -835,6 +881,14 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             spec(s, opts.mh_table_size).map_err(DaemonError::Config)?;
         }
     }
+    let mut health = None;
+    if let Some(t) = &opts.keepalived {
+        let check = |s: &ctl::ServiceConfig| spec(s, opts.mh_table_size).map(drop);
+        let (h, applied) = crate::health::load(t, &mut config, check)
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        loaded.extend(applied);
+        health = Some(h);
+    }
     let filter = match &opts.filter {
         Some(t) => FilterTable::parse_file(t)?,
         None => FilterTable::default(),
@@ -893,6 +947,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         sources: opts.sources.clone(),
         ring_frames: opts.ring_frames,
         sync: Default::default(),
+        health: health.clone(),
     };
     d.commit(&ctl::Applied::Batch(loaded))
         .map_err(DaemonError::Config)?;
@@ -914,13 +969,20 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
                     .map(|r| r.stdout)
                     .unwrap_or_default();
                 registry::collect(&registry::Sources {
+            let health = health.clone();
+            let m = metrics::serve(addr, move || {
+                let mut r = registry::collect(&registry::Sources {
                     pipeline: &pl,
                     stats: &st,
                     guard,
                     extra: &extra,
                     services: true,
                     ring_frames,
-                })
+                });
+                if let Some(h) = &health {
+                    h.register(&mut r);
+                }
+                r
             })
             .map_err(|err| DaemonError::Metrics { addr, err })?;
             log::info!("metrics at http://{}/metrics", m.addr);
@@ -939,6 +1001,29 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         names.join(", ")
     )));
     server.serve(|| stop.load(Ordering::Relaxed), |argv| d.answer(argv));
+    // The health checker applies its changes through the control socket,
+    // like SIGHUP's reload: one writer.
+    let checker = match health {
+        None => None,
+        Some(h) => {
+            let control = opts.control.clone();
+            let sync = move || {
+                let argv = ["health-sync".to_string()];
+                // Answered (even refused, which the daemon logs): done;
+                // unreachable: tried again.
+                socket::call(&control, &argv).is_ok()
+            };
+            Some(
+                crate::health::runner::start(h, sync)
+                    .map_err(|e| DaemonError::Engine(engine::EngineError::Io(e)))?,
+            )
+        }
+    };
+    server.serve(|| stop.load(Ordering::Relaxed), |argv| d.handle(argv));
+    // Closed first, so a checker waiting on it is answered (refused) and
+    // stops.
+    drop(server);
+    drop(checker);
     log::info!("stopping");
     lifecycle::notify(State::Stopping);
     drop(metrics);

@@ -23,6 +23,8 @@ pub struct Sources {
     pub filter: Option<PathBuf>,
     /// `--tables FILE` (iptables-save text).
     pub tables: Option<PathBuf>,
+    /// `--keepalived FILE` (its includes are read when it is parsed).
+    pub keepalived: Option<PathBuf>,
 }
 
 impl Sources {
@@ -39,6 +41,7 @@ impl Sources {
         Ok(Texts {
             config: read(&self.config)?,
             filter: read(&self.filter)?,
+            keepalived: read(&self.keepalived)?,
         })
     }
 

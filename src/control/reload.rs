@@ -23,9 +23,15 @@
 //! Cost: O(services + servers) of the two configurations (the files are
 //! re-read whole), plus what the daemon's commit costs for what changed.
 //!
-//! More sources (`--keepalived`, `--tables`) join as further fields of
-//! [`Texts`] and [`Plan`], each parsed and checked in [`plan`] before the
-//! daemon applies any.
+//! * `--keepalived` (a keepalived.conf) is the desired state of its
+//!   `virtual_server`s, as their real servers' health says
+//!   ([`crate::health`]); `--config` governs every other service and may
+//!   not name one of them. A reload keeps the health of every checker
+//!   whose configuration is unchanged ([`plan_with`]).
+//!
+//! More sources (`--tables`) join as further fields of [`Texts`] and
+//! [`Plan`], each parsed and checked in [`plan`] before the daemon applies
+//! any.
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,6 +40,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::control::ctl::{self, Command, Config, CtlError, ServiceConfig, ServiceOpts, SvcKey};
 use crate::datapath::filter::{FilterError, FilterTable, Rule};
+use crate::health;
 
 /// One file's text and the name it is reported under (its path).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +58,8 @@ pub struct Texts {
     pub config: Option<Text>,
     /// `--filter` (filter rules, iptables syntax).
     pub filter: Option<Text>,
+    /// `--keepalived` (keepalived.conf; its includes are read by the parser).
+    pub keepalived: Option<Text>,
 }
 
 /// Why a reload changes nothing.
@@ -91,6 +100,9 @@ pub enum ReloadError {
         /// The parser's error.
         err: crate::datapath::tables::TablesError,
     },
+    /// The keepalived file is wrong (the message names file:line).
+    #[error("{0}")]
+    Keepalived(#[from] health::ParseError),
     /// Applying the difference failed (the daemon undid it).
     #[error("applying the change: {0}")]
     Apply(String),
@@ -107,6 +119,9 @@ pub struct Plan {
     pub filter: Option<FilterTable>,
     /// What changed, for the log and `uvs reload`.
     pub summary: Summary,
+    /// The keepalived file's health state, to install once the commands
+    /// are applied; `None` without `--keepalived`.
+    pub keepalived: Option<health::Staged>,
 }
 
 /// Counts of what a reload changes.
@@ -124,6 +139,14 @@ pub struct Summary {
     pub filter: bool,
     /// Filter rules kept (with their counters), added, removed.
     pub rules: [usize; 3],
+    /// Whether a keepalived file was read.
+    pub keepalived: bool,
+    /// Its services added, removed, edited.
+    pub ka_services: [usize; 3],
+    /// Its real servers added, removed, edited.
+    pub ka_servers: [usize; 3],
+    /// Its checkers kept (with their health), started, stopped.
+    pub checkers: [usize; 3],
 }
 
 impl Summary {
@@ -133,19 +156,35 @@ impl Summary {
             && self.servers == [0; 3]
             && !self.timeouts
             && self.rules[1..] == [0, 0]
+            && self.ka_services == [0; 3]
+            && self.ka_servers == [0; 3]
+            && self.checkers[1..] == [0, 0]
     }
 
     fn count(&mut self, c: &Command) {
-        match c {
-            Command::AddService(_) => self.services[0] += 1,
-            Command::DeleteService(_) => self.services[1] += 1,
-            Command::EditService(_) => self.services[2] += 1,
-            Command::AddServer { .. } => self.servers[0] += 1,
-            Command::DeleteServer { .. } => self.servers[1] += 1,
-            Command::EditServer { .. } => self.servers[2] += 1,
-            Command::SetTimeouts { .. } => self.timeouts = true,
-            _ => {}
+        let (services, servers) = (&mut self.services, &mut self.servers);
+        if let Command::SetTimeouts { .. } = c {
+            self.timeouts = true;
         }
+        count_into(c, services, servers);
+    }
+}
+
+fn count_into(c: &Command, services: &mut [usize; 3], servers: &mut [usize; 3]) {
+    match c {
+        Command::AddService(_) => services[0] += 1,
+        Command::DeleteService(_) => services[1] += 1,
+        Command::EditService(_) => services[2] += 1,
+        Command::AddServer { .. } => servers[0] += 1,
+        Command::DeleteServer { .. } => servers[1] += 1,
+        Command::EditServer { .. } => servers[2] += 1,
+        _ => {}
+    }
+}
+
+impl Summary {
+    fn count_ka(&mut self, c: &Command) {
+        count_into(c, &mut self.ka_services, &mut self.ka_servers);
     }
 }
 
@@ -164,8 +203,16 @@ impl fmt::Display for Summary {
             let [k, a, d] = self.rules;
             parts.push(format!("filter rules {k} kept, +{a} -{d}"));
         }
+        if self.keepalived {
+            let [sa, sd, se] = self.ka_services;
+            let [ra, rd, re] = self.ka_servers;
+            let [k, s, t] = self.checkers;
+            parts.push(format!(
+                "keepalived services +{sa} -{sd} ~{se}, real servers +{ra} -{rd} ~{re}, checkers {k} kept, {s} started, {t} stopped"
+            ));
+        }
         if parts.is_empty() {
-            return f.write_str("no --config or --filter file to re-read");
+            return f.write_str("no --config, --filter or --keepalived file to re-read");
         }
         if self.is_empty() {
             parts.push("nothing changed".into());
@@ -184,13 +231,59 @@ pub fn plan(
     texts: &Texts,
     check: impl Fn(&ServiceConfig) -> Result<(), String>,
 ) -> Result<Plan, ReloadError> {
+    plan_with(config, filter, texts, check, None)
+}
+
+/// [`plan`] with the running keepalived health: the keepalived file's
+/// services are left out of the `--config` difference (which may not name
+/// them) and planned from the re-read file and the kept health state.
+pub fn plan_with(
+    config: &Config,
+    filter: &FilterTable,
+    texts: &Texts,
+    check: impl Fn(&ServiceConfig) -> Result<(), String>,
+    health: Option<&health::Health>,
+) -> Result<Plan, ReloadError> {
     let mut summary = Summary::default();
     let mut commands = Vec::new();
+    // The services a keepalived file owns, before and after.
+    let mut owned: Vec<SvcKey> = health.map(|h| h.keys()).unwrap_or_default();
+    let mut staged = None;
+    if let (Some(t), Some(h)) = (&texts.keepalived, health) {
+        let s = h.stage(health::parse_text(&t.name, &t.text)?);
+        owned.extend(s.keys());
+        staged = Some(s);
+    }
+    let mut seen: foldhash::HashSet<SvcKey> = foldhash::HashSetExt::with_capacity(owned.len());
+    owned.retain(|k| seen.insert(*k));
     if let Some(t) = &texts.config {
         let new = parse_config(t, &check)?;
-        commands = diff(config, &new);
+        let new_owned: Vec<SvcKey> = staged.as_ref().map(|s| s.keys()).unwrap_or_default();
+        if let Some(k) = new_owned.iter().find(|k| new.service(k).is_some()) {
+            return Err(ReloadError::Config {
+                name: t.name.clone(),
+                line: 0,
+                msg: format!(
+                    "service {} is also a virtual_server of the keepalived file",
+                    health::key_name(k)
+                ),
+            });
+        }
+        commands = diff(&health::without(config, &owned), &new);
         summary.config = true;
         commands.iter().for_each(|c| summary.count(c));
+    }
+    if let Some(s) = &mut staged {
+        let cmds = s.commands();
+        let desired = health::build(s.conf(), &cmds, config.timeouts)?;
+        for svc in desired.services.iter() {
+            check(svc).map_err(|msg| health::refusal(s.conf(), &svc.key, &msg))?;
+        }
+        let ka = diff(&health::only(config, &owned), &desired);
+        summary.keepalived = true;
+        summary.checkers = s.checkers;
+        ka.iter().for_each(|c| summary.count_ka(c));
+        commands.extend(ka);
     }
     let mut new_filter = None;
     if let Some(t) = &texts.filter {
@@ -207,6 +300,7 @@ pub fn plan(
         commands,
         filter: new_filter,
         summary,
+        keepalived: staged,
     })
 }
 
@@ -358,7 +452,7 @@ pub fn merge_filter(old: &FilterTable, new: FilterTable) -> (Option<FilterTable>
 }
 
 /// The `-A`/`-E` options that recreate a service's attributes.
-fn opts(s: &ServiceConfig) -> ServiceOpts {
+pub(crate) fn opts(s: &ServiceConfig) -> ServiceOpts {
     ServiceOpts {
         key: s.key,
         sched: s.sched.clone(),

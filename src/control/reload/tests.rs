@@ -49,6 +49,7 @@ fn same_file_is_no_command() {
         &Texts {
             config: Some(text("rules", BASE)),
             filter: None,
+            keepalived: None,
         },
         ok,
     )
@@ -153,6 +154,7 @@ fn bad_line_is_named_and_nothing_planned() {
         &Texts {
             config: Some(text("/etc/uvs/rules", broken)),
             filter: None,
+            keepalived: None,
         },
         ok,
     )
@@ -248,6 +250,7 @@ fn bad_filter_file_is_refused_with_its_line() {
                 "/etc/uvs/filter",
                 "-A INPUT -j DROP\n-A INPUT -p bogus -j DROP\n",
             )),
+            keepalived: None,
         },
         ok,
     )
@@ -265,6 +268,7 @@ fn summary_counts_and_reads() {
         &Texts {
             config: Some(text("rules", "-A -t 192.0.2.10:80 -s rr\n")),
             filter: Some(text("f", "-A INPUT -p tcp -j DROP\n")),
+            keepalived: None,
         },
         ok,
     )
@@ -276,7 +280,7 @@ fn summary_counts_and_reads() {
     let none = plan(&cfg(BASE), &FilterTable::default(), &Texts::default(), ok).unwrap();
     assert_eq!(
         none.summary.to_string(),
-        "no --config or --filter file to re-read"
+        "no --config, --filter or --keepalived file to re-read"
     );
     assert!(none.commands.is_empty() && none.filter.is_none());
 }
