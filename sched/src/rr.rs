@@ -84,36 +84,6 @@ impl Scheduler for Rr {
     fn schedule_in(&self, dests: &[Arc<Dest>], _key: &SchedKey) -> Option<Arc<Dest>> {
         self.pick(dests)
     }
-}
-
-impl Rr {
-    /// The next schedulable destination of `dests` after the last pick.
-    #[inline]
-    fn pick(&self, dests: &[Arc<Dest>]) -> Option<Arc<Dest>> {
-        let n = dests.len();
-        if n == 0 {
-            return None;
-        }
-        let mut last = self.last.load(Ordering::Acquire);
-        loop {
-            // `last` may be NONE, or stale from a list that was longer.
-            let start = match last.checked_add(1) {
-                Some(s) if s < n => s,
-                _ => 0,
-            };
-            // No division on the hot path: scan start..n, then 0..start.
-            let found = (start..n)
-                .chain(0..start)
-                .find(|&i| dests[i].can_schedule())?;
-            match self
-                .last
-                .compare_exchange_weak(last, found, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Some(Arc::clone(&dests[found])),
-                Err(now) => last = now,
-            }
-        }
-    }
 
     fn schedule_explained(&self, _key: &SchedKey, why: &mut Explain) -> Option<Arc<Dest>> {
         // `schedule`'s walk, noting the position it continued from and
@@ -154,6 +124,37 @@ impl Rr {
             }
         }
     }
+}
+
+impl Rr {
+    /// The next schedulable destination of `dests` after the last pick.
+    #[inline]
+    fn pick(&self, dests: &[Arc<Dest>]) -> Option<Arc<Dest>> {
+        let n = dests.len();
+        if n == 0 {
+            return None;
+        }
+        let mut last = self.last.load(Ordering::Acquire);
+        loop {
+            // `last` may be NONE, or stale from a list that was longer.
+            let start = match last.checked_add(1) {
+                Some(s) if s < n => s,
+                _ => 0,
+            };
+            // No division on the hot path: scan start..n, then 0..start.
+            let found = (start..n)
+                .chain(0..start)
+                .find(|&i| dests[i].can_schedule())?;
+            match self
+                .last
+                .compare_exchange_weak(last, found, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(Arc::clone(&dests[found])),
+                Err(now) => last = now,
+            }
+        }
+    }
+
 }
 
 /// Where the rotation continues in `new` given the last pick `last` in `old`.

@@ -964,13 +964,11 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             let guard = d.guard.is_some();
             let ring_frames = opts.ring_frames;
             let control = opts.control.clone();
+            let health = health.clone();
             let m = metrics::serve(addr, move || {
                 let extra = socket::call(&control, &["stats-extra".to_string()])
                     .map(|r| r.stdout)
                     .unwrap_or_default();
-                registry::collect(&registry::Sources {
-            let health = health.clone();
-            let m = metrics::serve(addr, move || {
                 let mut r = registry::collect(&registry::Sources {
                     pipeline: &pl,
                     stats: &st,

@@ -27,7 +27,7 @@ use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
 use crate::datapath::service::{Pe, ServiceRt, Services};
 use crate::datapath::snapshot::{Cached, Snapshot};
 use crate::datapath::stats::{add, DropReason, WorkerStats};
-use crate::datapath::trace::{self, Tracer};
+use crate::datapath::trace::Tracer;
 use crate::datapath::tables::{Ruleset, TableId};
 
 const TCP: u8 = 6;
@@ -300,7 +300,8 @@ impl Pipeline {
         // them, are IPVS's; the rest (non-first fragments, other
         // protocols) stays with the kernel.
         if p.is_fragment && !p.has_l4 && !p.is_ipv4() {
-            return self.later_fragment(frame, p, csum, now_ms, st);
+            *out = self.later_fragment(frame, p, csum, now_ms, st);
+            return;
         }
         let icmp_error = is_icmp_error(p);
         if !icmp_error && (!matches!(p.proto, TCP | UDP | SCTP) || !p.has_ports()) {

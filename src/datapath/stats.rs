@@ -77,7 +77,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 18;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,

@@ -98,6 +98,8 @@ fn services(bits: u16, sched: u8) -> Vec<ServiceSpec> {
                         ClientMask::V4(u32::MAX)
                     },
                 }),
+                one_packet: false,
+                pe: None,
                 dests: vec![dest(0), dest(1)],
             }
         })

@@ -24,6 +24,8 @@ fn pipeline() -> Pipeline {
         sched: "rr".into(),
         params: SchedParams::default(),
         persistence: None,
+        one_packet: false,
+        pe: None,
         dests: vec![DestSpec {
             addr: ip("2001:db8:5::11"),
             port: 5353,

@@ -88,7 +88,7 @@ fn rules_and_picks_are_recorded_only_while_recording() {
         dport: 80,
         now_ms: 0,
     };
-    assert!(schedule(&rr, &key).is_some());
+    assert!(schedule(&rr, &[], &key).is_some());
     RECORDING.with(|c| c.set(false));
     let i = INNER.with(|i| *i.borrow());
     let r = i.rules[0].unwrap();
