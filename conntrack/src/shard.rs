@@ -194,6 +194,8 @@ impl<A: Addr> Part<A> {
     }
 
     /// Stores `e` in a free slot; `None` when the part is at its size limit.
+    /// Inlined so that the entry is built in its slot, not moved there.
+    #[inline]
     pub(crate) fn alloc(&mut self, e: Entry<A>) -> Option<u32> {
         let idx = if self.free != 0 {
             let idx = self.free - 1;
@@ -319,6 +321,19 @@ impl<A: Addr> Part<A> {
         let e = self.get(idx);
         let hin = Self::in_hash(h, e);
         let out = e.has_out_key().then(|| Self::out_hash(h, e));
+        self.index_hashed(h, idx, hin, out);
+    }
+
+    /// [`Part::index`] with the entry's key hashes already known (`hin`:
+    /// [`Part::in_hash`]; `out`: [`Part::out_hash`] when the entry has a
+    /// reply key), as a new connection's insert has them from its checks.
+    #[inline]
+    pub(crate) fn index_hashed(&mut self, h: &Hasher, idx: u32, hin: u64, out: Option<u64>) {
+        debug_assert_eq!(hin, Self::in_hash(h, self.get(idx)));
+        debug_assert_eq!(out, {
+            let e = self.get(idx);
+            e.has_out_key().then(|| Self::out_hash(h, e))
+        });
         if self.in_ix.needs_grow() || !self.in_ix.insert(hin, idx) {
             // The slab already holds the new entry, so the rebuild adds it.
             let n = self.in_ix.grown_capacity();

@@ -852,7 +852,9 @@ impl Table {
         e.pkts = 1;
         e.bytes = first.bytes;
         e.expires = (now as u32).wrapping_add(self.timeout_ms(e.proto, e.state));
-        part.index(&self.hasher, idx);
+        // The key hashes the checks above used: not computed again.
+        let out = part.get(idx).has_out_key().then_some(hout);
+        part.index_hashed(&self.hasher, idx, hin, out);
         stats.inserted += 1;
         Ok(idx)
     }
