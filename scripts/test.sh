@@ -42,4 +42,4 @@ if [ "${UVS_FUZZ_SECS:-0}" != 0 ]; then
 fi
 # The lab suite again under the AF_XDP backend (issue 9: both backends in
 # CI); about a minute and a half on 2 cores.
-UVS_LAB_IO=af_xdp cargo test --test lab --test director_local --test overload
+UVS_LAB_IO=af_xdp cargo test --test lab --test director_local --test overload --test trace

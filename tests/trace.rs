@@ -101,16 +101,27 @@ fn a_filtered_packet_names_the_rule_that_dropped_it() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup("f");
+    // The service's own port: under AF_XDP only what uvs owns reaches it.
     let r =
         s.d.call(&[
-            "filter", "add", "-A", "INPUT", "-p", "tcp", "--dport", "81", "-j", "DROP",
+            "filter", "add", "-A", "INPUT", "-p", "tcp", "--dport", "80", "-j", "DROP",
         ])
         .unwrap();
     assert_eq!(r.status, 0, "{}", r.stderr);
     // Streamed through the library's client, in text.
-    let argv: Vec<String> = ["trace", "-p", "tcp", "--dport", "81", "--count", "1"]
-        .map(String::from)
-        .to_vec();
+    let argv: Vec<String> = [
+        "trace",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "--count",
+        "1",
+        "--timeout",
+        "20",
+    ]
+    .map(String::from)
+    .to_vec();
     let control = s.d.control.clone();
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -127,7 +138,7 @@ fn a_filtered_packet_names_the_rule_that_dropped_it() {
     });
     rx.recv_timeout(Duration::from_secs(10))
         .expect("the trace starts");
-    let _ = request(&s, 81, Duration::from_millis(300));
+    let _ = request(&s, 80, Duration::from_millis(300));
     let (status, text) = reader.join().unwrap();
     assert_eq!(status.unwrap(), 0, "{text}");
     assert!(
@@ -135,7 +146,7 @@ fn a_filtered_packet_names_the_rule_that_dropped_it() {
         "the filter entry's verdict:\n{text}"
     );
     assert!(
-        text.contains("rule filter INPUT #1 \"-A INPUT -p tcp --dport 81 -j DROP\": DROP"),
+        text.contains("rule filter INPUT #1 \"-A INPUT -p tcp --dport 80 -j DROP\": DROP"),
         "the rule that dropped it:\n{text}"
     );
     assert!(text.contains("result: dropped: filtered"), "{text}");
@@ -162,6 +173,8 @@ fn a_new_connection_names_the_scheduler_and_its_reply_the_snat_in_json() {
             "80",
             "--count",
             "2",
+            "--timeout",
+            "20",
             "--json",
         ],
     );

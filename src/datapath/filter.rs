@@ -333,11 +333,11 @@ impl FilterTable {
             n += 1;
             if r.matches(k) {
                 r.hits.fetch_add(1, Relaxed);
-                let (name, verdict) = match (chain, r.target) {
-                    (HookPoint::Forward, t) => ("FORWARD", t),
-                    (_, t) => ("INPUT", t),
+                let name = match chain {
+                    HookPoint::Forward => "FORWARD",
+                    _ => "INPUT",
                 };
-                let verdict = match verdict {
+                let verdict = match r.target {
                     Target::Accept => "ACCEPT",
                     Target::Drop => "DROP",
                 };
