@@ -352,12 +352,25 @@ impl Table {
 }
 
 /// The tables as the workers see them (immutable; replaced whole).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ruleset {
     tables: [Option<std::sync::Arc<Table>>; 3],
     /// Whether any loaded rule reads the connection table (`-m conntrack`,
     /// `-m ipvs`), so packets need not look it up early otherwise.
     pub needs_ct: bool,
+    /// No rule and no DROP policy anywhere (worked out once per ruleset,
+    /// not per packet).
+    empty: bool,
+}
+
+impl Default for Ruleset {
+    fn default() -> Self {
+        Ruleset {
+            tables: [None, None, None],
+            needs_ct: false,
+            empty: true,
+        }
+    }
 }
 
 impl Ruleset {
@@ -368,6 +381,7 @@ impl Ruleset {
             r.tables[i] = Some(std::sync::Arc::new(t));
         }
         r.needs_ct = r.compute_needs_ct();
+        r.empty = r.compute_empty();
         r
     }
 
@@ -388,6 +402,7 @@ impl Ruleset {
             r.tables[i] = t.or_else(|| self.tables[i].clone());
         }
         r.needs_ct = r.compute_needs_ct();
+        r.empty = r.compute_empty();
         r
     }
 
@@ -397,8 +412,13 @@ impl Ruleset {
     }
 
     /// Whether no table has a rule or a DROP policy (then the hooks skip
-    /// the walk).
+    /// the walk). O(1).
+    #[inline]
     pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    fn compute_empty(&self) -> bool {
         self.tables
             .iter()
             .flatten()

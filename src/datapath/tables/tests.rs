@@ -198,6 +198,19 @@ fn replace_keeps_other_tables_and_their_counters() {
 }
 
 #[test]
+fn empty_rulesets_are_known_as_such() {
+    assert!(Ruleset::default().is_empty());
+    assert!(parse("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")
+        .unwrap()
+        .is_empty());
+    assert!(!parse("*filter\n:INPUT DROP [0:0]\nCOMMIT\n")
+        .unwrap()
+        .is_empty());
+    let one = parse("*mangle\n-A INPUT -j MARK --set-mark 1\nCOMMIT\n").unwrap();
+    assert!(!Ruleset::default().replaced_by(one).is_empty());
+}
+
+#[test]
 fn the_walk_is_indexed() {
     // 10,000 port rules: a packet for one port compares itself with one
     // rule plus the unindexed ones (here: none), found by hash.
