@@ -184,6 +184,8 @@ pub struct Engine {
     pub ifaces: Vec<Iface>,
     /// The backend in use (AF_XDP: the steering maps).
     pub io: IoBackend,
+    /// Panics of its threads (each also stops the engine: [`crate::fault`]).
+    pub faults: Arc<crate::fault::Faults>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     wakers: Arc<Vec<Waker>>,
@@ -294,31 +296,38 @@ impl Engine {
             .map_err(|e| EngineError::Resolver(e.to_string()))?,
         );
         let mut threads = Vec::new();
+        let faults = Arc::new(crate::fault::Faults::default());
         for (id, w) in workers.into_iter().enumerate() {
-            let (pl, st, rs, sp) = (
+            let (pl, st, rs, sp, f) = (
                 pipeline.clone(),
                 stats.clone(),
                 resolver.clone(),
                 stop.clone(),
+                faults.clone(),
             );
+            let name = format!("uvs-worker-{id}");
             threads.push(
                 std::thread::Builder::new()
-                    .name(format!("uvs-worker-{id}"))
-                    .spawn(move || w.run(&pl, &st.workers[id], &rs, &sp, epoch))?,
+                    .name(name.clone())
+                    .spawn(move || {
+                        f.guard(&name, &sp, || w.run(&pl, &st.workers[id], &rs, &sp, epoch));
+                    })?,
             );
         }
         // Housekeeping: expire connections in small slices so no worker
         // waits on a shard for long.
-        let (pl, sp) = (pipeline.clone(), stop.clone());
+        let (pl, sp, f) = (pipeline.clone(), stop.clone(), faults.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("uvs-timer".into())
                 .spawn(move || {
-                    while !sp.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(100));
-                        let now = epoch.elapsed().as_millis() as u64;
-                        pl.conns.expire(now, 65_536);
-                    }
+                    f.guard("uvs-timer", &sp, || {
+                        while !sp.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(100));
+                            let now = epoch.elapsed().as_millis() as u64;
+                            pl.conns.expire(now, 65_536);
+                        }
+                    });
                 })?,
         );
         Ok(Engine {
@@ -327,6 +336,7 @@ impl Engine {
             resolver,
             ifaces,
             io: IoBackend::AfPacket { why: None },
+            faults,
             stop,
             threads,
             wakers,

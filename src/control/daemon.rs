@@ -70,6 +70,8 @@ pub enum DaemonError {
     Filter(#[from] crate::datapath::filter::FilterError),
     #[error("control socket {path}: {err}")]
     Control { path: String, err: std::io::Error },
+    #[error("an engine thread panicked ({first}; {count} panic(s) in all); uvs stopped")]
+    Fault { first: String, count: u64 },
     #[error("metrics address {addr}: {err}")]
     Metrics {
         addr: SocketAddr,
@@ -747,7 +749,12 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         "running on {} with {workers} worker(s)",
         names.join(", ")
     )));
-    server.serve(|| stop.load(Ordering::Relaxed), |argv| d.answer(argv));
+    // A panicked engine thread stops the daemon too (crate::fault).
+    let faults = d.engine.faults.clone();
+    server.serve(
+        || stop.load(Ordering::Relaxed) || faults.panics() > 0,
+        |argv| d.answer(argv),
+    );
     log::info!("stopping");
     lifecycle::notify(State::Stopping);
     drop(metrics);
@@ -755,7 +762,13 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     d.engine.stop();
     // Guard drop removes the nftables table; the server's drop the socket.
     drop(d);
-    Ok(())
+    match faults.panics() {
+        0 => Ok(()),
+        count => Err(DaemonError::Fault {
+            first: faults.first().unwrap_or_default(),
+            count,
+        }),
+    }
 }
 
 /// A hash seed from the OS, so clients cannot aim at one table shard.
