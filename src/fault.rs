@@ -79,7 +79,9 @@ mod tests {
         assert_eq!(f.first().as_deref(), Some("uvs-worker-3: boom 1"));
     }
 
-    /// A source that is always readable and panics when read.
+    /// A source that is always readable and panics when read (the second
+    /// end of the pair is kept so the first stays readable).
+    #[allow(dead_code)]
     struct Bomb(
         std::os::unix::net::UnixDatagram,
         std::os::unix::net::UnixDatagram,
