@@ -184,6 +184,8 @@ pub struct Engine {
     pub ifaces: Vec<Iface>,
     /// The backend in use (AF_XDP: the steering maps).
     pub io: IoBackend,
+    /// Panics of its threads (each also stops the engine: [`crate::fault`]).
+    pub faults: Arc<crate::fault::Faults>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     wakers: Arc<Vec<Waker>>,
@@ -294,37 +296,44 @@ impl Engine {
             .map_err(|e| EngineError::Resolver(e.to_string()))?,
         );
         let mut threads = Vec::new();
+        let faults = Arc::new(crate::fault::Faults::default());
         for (id, w) in workers.into_iter().enumerate() {
-            let (pl, st, rs, sp) = (
+            let (pl, st, rs, sp, f) = (
                 pipeline.clone(),
                 stats.clone(),
                 resolver.clone(),
                 stop.clone(),
+                faults.clone(),
             );
+            let name = format!("uvs-worker-{id}");
             threads.push(
                 std::thread::Builder::new()
-                    .name(format!("uvs-worker-{id}"))
-                    .spawn(move || w.run(&pl, &st.workers[id], &rs, &sp, epoch))?,
+                    .name(name.clone())
+                    .spawn(move || {
+                        f.guard(&name, &sp, || w.run(&pl, &st.workers[id], &rs, &sp, epoch));
+                    })?,
             );
         }
         // Housekeeping: expire connections in small slices so no worker
         // waits on a shard for long.
-        let (pl, sp) = (pipeline.clone(), stop.clone());
+        let (pl, sp, f) = (pipeline.clone(), stop.clone(), faults.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("uvs-timer".into())
                 .spawn(move || {
-                    let mut defended = 0;
-                    while !sp.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(100));
-                        let now = epoch.elapsed().as_millis() as u64;
-                        pl.conns.expire(now, 65_536);
-                        // The flood defence, once a second (knobs.rs).
-                        if now >= defended + 1000 {
-                            defended = now;
-                            crate::control::knobs::tick(&pl.conns, now);
+                    f.guard("uvs-timer", &sp, || {
+                        let mut defended = 0;
+                        while !sp.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(100));
+                            let now = epoch.elapsed().as_millis() as u64;
+                            pl.conns.expire(now, 65_536);
+                            // The flood defence, once a second (knobs.rs).
+                            if now >= defended + 1000 {
+                                defended = now;
+                                crate::control::knobs::tick(&pl.conns, now);
+                            }
                         }
-                    }
+                    });
                 })?,
         );
         Ok(Engine {
@@ -333,6 +342,7 @@ impl Engine {
             resolver,
             ifaces,
             io: IoBackend::AfPacket { why: None },
+            faults,
             stop,
             threads,
             wakers,

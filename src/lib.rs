@@ -16,6 +16,7 @@
 pub mod control;
 pub mod datapath;
 pub mod engine;
+pub mod fault;
 pub mod fuzz;
 pub mod health;
 pub mod io;

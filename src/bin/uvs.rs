@@ -234,6 +234,16 @@ enum Cmd {
         /// while running and at exit).
         #[arg(long)]
         stats_file: Option<PathBuf>,
+        /// Decapsulate tunnel packets from this director address only
+        /// (repeatable); others are dropped and counted as
+        /// drop.not_director. One of --director and --any-director is
+        /// required.
+        #[arg(long = "director", value_name = "ADDR")]
+        directors: Vec<std::net::IpAddr>,
+        /// Decapsulate tunnel packets from every host (anyone who reaches
+        /// this host can then inject packets; said loudly at start).
+        #[arg(long)]
+        any_director: bool,
     },
     /// Print the engine's counters (drops by reason, hook entries).
     Stats {
@@ -572,7 +582,10 @@ fn real_main() -> Result<ExitCode> {
             tun_name,
             ring_frames,
             stats_file,
+            directors,
+            any_director,
         } => {
+            uvs::sys::prereq::check(&uvs::sys::prereq::for_tunnel_endpoint(&interfaces))?;
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, stop.clone())
@@ -584,6 +597,8 @@ fn real_main() -> Result<ExitCode> {
                 tun_name,
                 ring_frames,
                 stats_file,
+                directors,
+                any_director,
             };
             let c = uvs::tunnel::run(&opts, &stop)?;
             print!("{}", c.render());

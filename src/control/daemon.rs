@@ -83,6 +83,8 @@ pub enum DaemonError {
     },
     #[error("control socket {path}: {err}")]
     Control { path: String, err: std::io::Error },
+    #[error("an engine thread panicked ({first}; {count} panic(s) in all); uvs stopped")]
+    Fault { first: String, count: u64 },
     #[error("metrics address {addr}: {err}")]
     Metrics {
         addr: SocketAddr,
@@ -998,7 +1000,6 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         "running on {} with {workers} worker(s)",
         names.join(", ")
     )));
-    server.serve(|| stop.load(Ordering::Relaxed), |argv| d.answer(argv));
     // The health checker applies its changes through the control socket,
     // like SIGHUP's reload: one writer.
     let checker = match health {
@@ -1017,7 +1018,12 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             )
         }
     };
-    server.serve(|| stop.load(Ordering::Relaxed), |argv| d.handle(argv));
+    // A panicked engine thread stops the daemon too (crate::fault).
+    let faults = d.engine.faults.clone();
+    server.serve(
+        || stop.load(Ordering::Relaxed) || faults.panics() > 0,
+        |argv| d.answer(argv),
+    );
     // Closed first, so a checker waiting on it is answered (refused) and
     // stops.
     drop(server);
@@ -1029,7 +1035,13 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     d.engine.stop();
     // Guard drop removes the nftables table; the server's drop the socket.
     drop(d);
-    Ok(())
+    match faults.panics() {
+        0 => Ok(()),
+        count => Err(DaemonError::Fault {
+            first: faults.first().unwrap_or_default(),
+            count,
+        }),
+    }
 }
 
 /// A hash seed from the OS, so clients cannot aim at one table shard.

@@ -69,6 +69,9 @@ pub struct Needs {
     /// Where the control socket goes: its directory must be creatable and
     /// writable.
     pub control: Option<PathBuf>,
+    /// A TUN device (`/dev/net/tun`) and a reverse-path filter that lets
+    /// decapsulated packets in (`uvs tunnel-endpoint`).
+    pub tun: bool,
 }
 
 /// One missing prerequisite.
@@ -118,6 +121,22 @@ pub fn for_run(interfaces: &[String], control: &Path, xdp: bool, packet: bool) -
         nf_tables: packet,
         interfaces: interfaces.to_vec(),
         control: Some(control.to_path_buf()),
+        ..Needs::default()
+    }
+}
+
+/// `uvs tunnel-endpoint`'s needs: packet sockets, nf_tables (its guard
+/// table), a TUN device, the interfaces named with `-i`, and an IPv4
+/// reverse-path filter that is not strict (it would drop every
+/// decapsulated packet; uvs does not change it).
+pub fn for_tunnel_endpoint(interfaces: &[String]) -> Needs {
+    Needs {
+        command: "uvs tunnel-endpoint",
+        caps: vec![(Cap::NetAdmin, None), (Cap::NetRaw, None)],
+        packet: true,
+        nf_tables: true,
+        tun: true,
+        interfaces: interfaces.to_vec(),
         ..Needs::default()
     }
 }
@@ -225,6 +244,9 @@ pub fn check(n: &Needs) -> Result<(), Missing> {
     if let Some(c) = &n.control {
         lacks.extend(check_control(c));
     }
+    if n.tun {
+        lacks.extend(check_tun());
+    }
     if lacks.is_empty() {
         Ok(())
     } else {
@@ -233,6 +255,36 @@ pub fn check(n: &Needs) -> Result<(), Missing> {
             lacks,
         })
     }
+}
+
+/// `/dev/net/tun`, and `all`/`default` IPv4 rp_filter not strict (a new
+/// TUN device takes `default`; the kernel applies the larger of `all` and
+/// the device's value).
+fn check_tun() -> Vec<Lack> {
+    let mut v = Vec::new();
+    if !Path::new("/dev/net/tun").exists() {
+        v.push(Lack {
+            what: "/dev/net/tun (TUN devices)".into(),
+            fix: "load the tun module (modprobe tun), or run it where /dev/net/tun exists".into(),
+        });
+    }
+    let read = |k: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{k}/rp_filter"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    for k in ["all", "default"] {
+        if read(k) == "1" {
+            v.push(Lack {
+                what: format!(
+                    "net.ipv4.conf.{k}.rp_filter is strict (1): the kernel would drop every \
+                     decapsulated packet (its client is routed through another interface)"
+                ),
+                fix: format!("make it loose: sysctl -w net.ipv4.conf.{k}.rp_filter=2"),
+            });
+        }
+    }
+    v
 }
 
 /// `uvs run` → `run`.

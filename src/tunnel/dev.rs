@@ -1,5 +1,5 @@
-//! The TUN device the endpoint delivers inner packets to, and the
-//! reverse-path filter setting it needs (moved out of `mod.rs` unchanged).
+//! The TUN device the endpoint delivers inner packets to, and a look at
+//! its reverse-path filter (read, never changed: the host's setting).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -143,20 +143,10 @@ fn sysctl_read(path: &str) -> Result<String, TunnelError> {
         })
 }
 
-fn sysctl_write(path: &str, v: &str) -> Result<(), TunnelError> {
-    std::fs::write(path, v).map_err(|err| TunnelError::Sysctl {
-        path: path.into(),
-        err,
-    })
-}
-
-/// Relaxes the reverse-path filter of the TUN device: inner packets arrive
-/// there from the client, whose address is routed through another
-/// interface, so strict mode would drop them all. The kernel applies the
-/// larger of `all` and the device's value: with `all` strict (1), only loose
-/// (2) on the device lifts strictness; otherwise 0 turns the check off.
-pub(super) fn relax_rp_filter(dev: &str) -> Result<(), TunnelError> {
+/// Whether IPv4 reverse-path filtering on `dev` is strict (the kernel
+/// uses the larger of `all` and the device's value; 1 is strict).
+pub(super) fn strict_rp_filter(dev: &str) -> Result<bool, TunnelError> {
     let all = sysctl_read("/proc/sys/net/ipv4/conf/all/rp_filter")?;
-    let v = if all == "1" { "2" } else { "0" };
-    sysctl_write(&format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter"), v)
+    let own = sysctl_read(&format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter"))?;
+    Ok(all.max(own) == "1")
 }

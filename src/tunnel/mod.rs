@@ -15,10 +15,16 @@
 //! * **Decapsulation**: [`uvs_fwd::xmit::tun::decap_frame`] validates the
 //!   outer headers and tunnel checksums; a candidate it refuses is dropped
 //!   and counted by reason ([`DropReason`]).
+//! * **Admission** ([`policy`]): only packets from the configured
+//!   directors are decapsulated, and only inner packets to an address of
+//!   this host from a source that is neither local nor martian are
+//!   delivered; the rest are dropped and counted by reason.
 //! * **Delivery**: the inner packet goes to a TUN device (`IFF_TUN`,
 //!   `IFF_NO_PI`, `IFF_VNET_HDR`), i.e. into the local stack as if it had
-//!   arrived on that device. Its reverse-path filter is relaxed (the inner
-//!   source, the client, is routed elsewhere). A TUN fd takes one packet per
+//!   arrived on that device. Its reverse-path filter is left as the host set
+//!   it (a strict one would drop the clients' packets: the endpoint warns at
+//!   start, and `uvs tunnel-endpoint`'s prerequisite check refuses
+//!   it). A TUN fd takes one packet per
 //!   `write(2)`: that write is the one syscall per packet this path makes;
 //!   nothing allocates per packet.
 //! * **Kernel guard**: an nftables table `netdev uvs_tun` drops, at ingress,
@@ -65,11 +71,13 @@ const VNET_HDR_LEN: usize = VnetHdr::LEN;
 
 mod dev;
 mod nft;
+pub mod policy;
 
 use crate::sys::guard::GuardError;
-use dev::relax_rp_filter;
+use dev::strict_rp_filter;
 pub use dev::TunDev;
 pub use nft::{remove_stale, TunnelGuard};
+pub use policy::Directors;
 
 /// The nftables table of the endpoint (`netdev uvs_tun`).
 pub const TABLE: &str = "uvs_tun";
@@ -96,6 +104,10 @@ pub struct EndpointOpts {
     pub ring_frames: usize,
     /// File rewritten with the counters while running (and at exit).
     pub stats_file: Option<PathBuf>,
+    /// Outer source addresses whose packets are decapsulated (`--director`).
+    pub directors: Vec<IpAddr>,
+    /// Decapsulate every host's packets (`--any-director`).
+    pub any_director: bool,
 }
 
 /// Why the endpoint could not start or run.
@@ -137,6 +149,12 @@ pub enum TunnelError {
     /// Polling or the stats file failed.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// Neither `--director` nor `--any-director` was given.
+    #[error(
+        "no --director given: name the directors whose tunnel packets to accept \
+         (--director ADDR, repeatable), or accept every host with --any-director"
+    )]
+    NoDirectors,
 }
 
 /// Why a tunnel candidate (or, for `RxQueueFull`, any packet) was dropped.
@@ -166,11 +184,19 @@ pub enum DropReason {
     /// The kernel could not put a packet (candidate or not) in a full RX
     /// ring (`PACKET_STATISTICS`, read with the address refresh).
     RxQueueFull,
+    /// The outer source is not one of the directors.
+    NotDirector,
+    /// The inner destination is not an address of this host.
+    InnerDstNotLocal,
+    /// The inner source is an address of this host.
+    InnerSrcLocal,
+    /// The inner source is a martian (see [`policy::martian`]).
+    InnerSrcMartian,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 15;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
@@ -184,6 +210,10 @@ impl DropReason {
         DropReason::BadOffload,
         DropReason::TunWrite,
         DropReason::RxQueueFull,
+        DropReason::NotDirector,
+        DropReason::InnerDstNotLocal,
+        DropReason::InnerSrcLocal,
+        DropReason::InnerSrcMartian,
     ];
 
     /// Counter name (`drop.NAME` in [`Counters::render`]).
@@ -200,6 +230,10 @@ impl DropReason {
             DropReason::BadOffload => "bad_offload",
             DropReason::TunWrite => "tun_write",
             DropReason::RxQueueFull => "rx_queue_full",
+            DropReason::NotDirector => "not_director",
+            DropReason::InnerDstNotLocal => "inner_dst_not_local",
+            DropReason::InnerSrcLocal => "inner_src_local",
+            DropReason::InnerSrcMartian => "inner_src_martian",
         }
     }
 
@@ -369,16 +403,18 @@ pub enum Offload {
 }
 
 /// If `frame` is a tunnel candidate (outer protocol 4/41/47, or UDP to a GUE
-/// port), its outer destination and the end of its outer IP packet.
-fn candidate(frame: &[u8], gue_ports: &[u16]) -> Option<(IpAddr, usize)> {
+/// port), its outer source and destination and the end of its outer IP
+/// packet.
+fn candidate(frame: &[u8], gue_ports: &[u16]) -> Option<(IpAddr, IpAddr, usize)> {
     let e = ethernet::Frame::new_checked(frame)
         .and_then(|f| f.encap())
         .ok()?;
     let l3 = frame.get(e.l3_off..)?;
-    let (dst, proto, l4, end, first_fragment) = match e.ethertype {
+    let (src, dst, proto, l4, end, first_fragment) = match e.ethertype {
         ethertype::IPV4 => {
             let ip = ipv4::Packet::new_checked(l3).ok()?;
             (
+                IpAddr::V4(ip.src_addr()),
                 IpAddr::V4(ip.dst_addr()),
                 ip.protocol(),
                 ip.header_len(),
@@ -390,6 +426,7 @@ fn candidate(frame: &[u8], gue_ports: &[u16]) -> Option<(IpAddr, usize)> {
             let ip = ipv6::Packet::new_checked(l3).ok()?;
             let up = ip.upper_layer().ok()?;
             (
+                IpAddr::V6(ip.src_addr()),
                 IpAddr::V6(ip.dst_addr()),
                 up.proto,
                 up.offset,
@@ -408,7 +445,7 @@ fn candidate(frame: &[u8], gue_ports: &[u16]) -> Option<(IpAddr, usize)> {
             .is_some_and(|u| gue_ports.contains(&u.dst_port())),
         _ => false,
     };
-    tunnel.then_some((dst, e.l3_off + end))
+    tunnel.then_some((src, dst, e.l3_off + end))
 }
 
 /// [`candidate`] from the headers alone, for a frame cut short by the ring
@@ -455,15 +492,31 @@ fn complete_checksum(frame: &mut [u8], start: usize, offset: usize, end: usize) 
 /// virtio header has been written in place (over outer header bytes, which
 /// are no longer needed) right before the inner packet, so the range can be
 /// written to the TUN device as it is.
+///
+/// [`process_from`] with every host a director.
 pub fn process(buf: &mut [u8], local: &LocalAddrs, gue_ports: &[u16]) -> Outcome {
+    process_from(buf, local, gue_ports, &Directors::Any)
+}
+
+/// [`process`], decapsulating only packets from `directors` (and, in
+/// either, delivering only inner packets [`policy::refuse_inner`] admits).
+pub fn process_from(
+    buf: &mut [u8],
+    local: &LocalAddrs,
+    gue_ports: &[u16],
+    directors: &Directors,
+) -> Outcome {
     let Some((hdr, frame)) = buf.split_first_chunk_mut::<VNET_HDR_LEN>() else {
         return Outcome::Pass;
     };
-    let Some((dst, ip_end)) = candidate(frame, gue_ports) else {
+    let Some((src, dst, ip_end)) = candidate(frame, gue_ports) else {
         return Outcome::Pass;
     };
     if !local.contains(dst) {
         return Outcome::NotLocal;
+    }
+    if !directors.admits(src) {
+        return Outcome::Drop(DropReason::NotDirector);
     }
     let rx = VnetHdr::read(hdr);
     let pending = rx.flags & VNET_F_NEEDS_CSUM != 0;
@@ -479,6 +532,10 @@ pub fn process(buf: &mut [u8], local: &LocalAddrs, gue_ports: &[u16]) -> Outcome
         Ok(d) => d,
         Err(e) => return Outcome::Drop(DropReason::from_decap(e)),
     };
+    let inner = frame.get(d.offset..d.offset + d.len).unwrap_or(&[]);
+    if let Some(r) = policy::refuse_inner(inner, local) {
+        return Outcome::Drop(r);
+    }
     let mut tx = VnetHdr::default();
     if gso {
         // Offsets were relative to the frame; the TUN device's are relative
@@ -532,6 +589,7 @@ struct Ctx<'a> {
     tun: &'a TunDev,
     local: &'a LocalAddrs,
     gue_ports: &'a [u16],
+    directors: &'a Directors,
     c: &'a mut Counters,
 }
 
@@ -553,7 +611,7 @@ fn on_frame(ctx: &mut Ctx<'_>, f: crate::io::RxFrame<'_>) {
         }
         return;
     }
-    let o = process(buf, ctx.local, ctx.gue_ports);
+    let o = process_from(buf, ctx.local, ctx.gue_ports, ctx.directors);
     ctx.c.count(&o);
     if let Outcome::Deliver {
         start,
@@ -588,6 +646,18 @@ fn write_stats(path: &std::path::Path, c: &Counters) -> io::Result<()> {
 /// Runs the endpoint until `stop` is set (SIGINT/SIGTERM); returns the
 /// final counters. Everything it installed is removed before it returns.
 pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelError> {
+    let directors = match (opts.any_director, &opts.directors[..]) {
+        (true, _) => {
+            eprintln!(
+                "uvs tunnel-endpoint: WARNING: --any-director: tunnel packets from every host \
+                 are decapsulated; anyone who reaches this host can put packets with any \
+                 client address into its stack. Name the directors with --director ADDR."
+            );
+            Directors::Any
+        }
+        (false, []) => return Err(TunnelError::NoDirectors),
+        (false, d) => Directors::Only(d.to_vec()),
+    };
     let ifaces = engine::interfaces(&opts.interfaces)?;
     // Subscribed before the first read: no change between the two is missed.
     let mut addr_events = netlink::Events::subscribe(&netlink::Group::ADDRS)
@@ -599,7 +669,15 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
         name: opts.tun_name.clone(),
         err,
     })?;
-    relax_rp_filter(&tun.name)?;
+    if strict_rp_filter(&tun.name)? {
+        eprintln!(
+            "uvs tunnel-endpoint: WARNING: IPv4 rp_filter is strict (1) on {}: the kernel \
+             drops decapsulated packets whose client is routed elsewhere; set \
+             net.ipv4.conf.all.rp_filter and net.ipv4.conf.default.rp_filter to 0 or 2 \
+             (uvs leaves it as the host set it)",
+            tun.name
+        );
+    }
     let mut poll = Poll::new()?;
     let mut rings = Vec::with_capacity(ifaces.len());
     // Fanout group ids are per namespace; keep clear of `uvs run`'s.
@@ -638,9 +716,17 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
         write_stats(p, &c)?;
     }
     eprintln!(
-        "uvs tunnel-endpoint: {} up; receiving on {}; GUE ports: {}",
+        "uvs tunnel-endpoint: {} up; receiving on {}; directors: {}; GUE ports: {}",
         tun.name,
         names.join(", "),
+        match &directors {
+            Directors::Any => "any".to_string(),
+            Directors::Only(v) => v
+                .iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        },
         if opts.gue_ports.is_empty() {
             "none".to_string()
         } else {
@@ -676,6 +762,7 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
                     tun: &tun,
                     local: &local,
                     gue_ports: &opts.gue_ports,
+                    directors: &directors,
                     c: &mut c,
                 };
                 let batch = ring.rx_batch(BATCH);

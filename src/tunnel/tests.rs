@@ -10,8 +10,36 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("literal address")
 }
 
+/// The real server's addresses, its VIPs (on `lo`) included.
 fn local() -> LocalAddrs {
-    LocalAddrs::new([ip(RS), ip("2001:db8:5::11"), ip("192.0.2.10")])
+    LocalAddrs::new([
+        ip(RS),
+        ip("2001:db8:5::11"),
+        ip("192.0.2.10"),
+        ip("2001:db8:2::10"),
+    ])
+}
+
+#[test]
+fn only_directors_are_decapsulated() {
+    let dirs = Directors::Only(vec![ip(LB), ip("2001:db8:5::1")]);
+    for outer_v6 in [false, true] {
+        let spec = FrameSpec::udp_v4();
+        let (mut buf, _) = tunnelled(&spec, &params(TunKind::Ipip, outer_v6), VnetHdr::default());
+        let o = process_from(&mut buf, &local(), &[], &dirs);
+        assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
+        let mut p = params(TunKind::Ipip, outer_v6);
+        p.src = if outer_v6 {
+            ip("2001:db8:5::99")
+        } else {
+            ip("203.0.113.99")
+        };
+        let (mut buf, _) = tunnelled(&spec, &p, VnetHdr::default());
+        assert_eq!(
+            process_from(&mut buf, &local(), &[], &dirs),
+            Outcome::Drop(DropReason::NotDirector)
+        );
+    }
 }
 
 /// A ring-like buffer (virtio header + frame) of `spec` encapsulated

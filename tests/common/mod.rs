@@ -67,6 +67,18 @@ impl Endpoint {
             .arg("tunnel-endpoint")
             .arg("--stats-file")
             .arg(&stats)
+            // The lab's director (its server-side addresses), unless the
+            // test says whom to accept.
+            .args(
+                if args
+                    .iter()
+                    .any(|a| *a == "--director" || *a == "--any-director")
+                {
+                    &[][..]
+                } else {
+                    &["--director", "203.0.113.1", "--director", "2001:db8:5::1"][..]
+                },
+            )
             .args(args)
             .stdout(Stdio::piped())
             .stderr(log)
