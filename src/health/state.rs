@@ -1,9 +1,12 @@
 //! The health of every checker and server, and the table it implies. Pure
 //! data: [`super::runner`] feeds it probe results, the daemon reads the
-//! table. Costs are O(servers) per table and per reload, O(1) per result.
+//! table. Costs are O(servers) per table and per reload, O(log checkers)
+//! per probe scheduled (a heap of due times, stale entries skipped).
 
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -62,6 +65,39 @@ pub struct State {
     servers: HashMap<ServerId, ServerCounters>,
     quorum_up: HashMap<SvcKey, bool>,
     serial: u64,
+    /// (due, serial, checker): an entry whose checker has another serial
+    /// or due time, or is in flight, is stale and skipped.
+    heap: BinaryHeap<Due>,
+}
+
+/// A heap entry: the earliest `at` first (serials are unique, so `at` and
+/// `serial` order entries completely).
+#[derive(Debug, Clone)]
+struct Due {
+    at: Instant,
+    serial: u64,
+    id: CheckerId,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.serial) == (o.at, o.serial)
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for Due {
+    /// Reversed: `BinaryHeap` is a max-heap.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.serial).cmp(&(self.at, self.serial))
+    }
 }
 
 /// A state worked out for a re-read file, not running yet, with what
@@ -101,6 +137,7 @@ impl State {
             servers: HashMap::new(),
             quorum_up: HashMap::new(),
             serial: 0,
+            heap: BinaryHeap::new(),
         };
         s.stage_into(conf, &mut [0; 3]);
         s
@@ -162,6 +199,7 @@ impl State {
             }
         }
         *self = new;
+        self.reheap();
     }
 
     fn stage_into(&mut self, conf: KaConfig, counts: &mut [usize; 3]) {
@@ -218,29 +256,53 @@ impl State {
         self.checkers = checkers;
         self.servers = servers;
         self.conf = conf;
+        self.reheap();
+    }
+
+    /// The heap from the checkers (after a reload: O(checkers)).
+    fn reheap(&mut self) {
+        self.heap = self
+            .checkers
+            .iter()
+            .filter(|(_, c)| !c.in_flight)
+            .map(|(id, c)| Due {
+                at: c.due,
+                serial: c.serial,
+                id: *id,
+            })
+            .collect();
     }
 
     /// Checkers due by `now` and idle, marked in flight, as jobs; also the
     /// earliest time another becomes due.
     pub fn due(&mut self, now: Instant, jobs: &mut Vec<Job>) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        for (id, c) in self.checkers.iter_mut() {
-            if c.in_flight {
+        while let Some(&Due {
+            at: due,
+            serial,
+            id,
+        }) = self.heap.peek()
+        {
+            let Some(c) = self.checkers.get_mut(&id) else {
+                self.heap.pop();
+                continue;
+            };
+            if c.serial != serial || c.due != due || c.in_flight {
+                self.heap.pop();
                 continue;
             }
-            if c.due <= now {
-                c.in_flight = true;
-                jobs.push(Job {
-                    id: *id,
-                    serial: c.serial,
-                    check: c.check.clone(),
-                    target: c.target,
-                });
-            } else {
-                next = Some(next.map_or(c.due, |n| n.min(c.due)));
+            if due > now {
+                return Some(due);
             }
+            self.heap.pop();
+            c.in_flight = true;
+            jobs.push(Job {
+                id,
+                serial,
+                check: c.check.clone(),
+                target: c.target,
+            });
         }
-        next
+        None
     }
 
     /// Records a probe's result (`Ok(Some(w))`: `misc_dynamic`'s weight);
@@ -263,6 +325,7 @@ impl State {
         let Some(counters) = self.servers.get_mut(&sid) else {
             return false;
         };
+        // Scheduled again below; the heap entry is pushed once `due` is set.
         counters.checks += 1;
         let mut changed = false;
         match result {
@@ -300,6 +363,11 @@ impl State {
                 }
             }
         }
+        self.heap.push(Due {
+            at: c.due,
+            serial: c.serial,
+            id,
+        });
         let n = self.count_checks(sid);
         let up = (0..n).all(|i| {
             self.checkers
@@ -409,11 +477,6 @@ impl State {
             }
         }
         out
-    }
-
-    /// Whether any checker is due within `d` of `now` (for tests).
-    pub fn next_due_within(&self, now: Instant, d: Duration) -> bool {
-        self.checkers.values().any(|c| c.due <= now + d)
     }
 }
 
