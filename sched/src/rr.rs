@@ -154,7 +154,6 @@ impl Rr {
             }
         }
     }
-
 }
 
 /// Where the rotation continues in `new` given the last pick `last` in `old`.

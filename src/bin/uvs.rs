@@ -671,7 +671,7 @@ fn real_main() -> Result<ExitCode> {
                 w.push("--json".into());
             }
             trace(control, w)
-            }
+        }
         Cmd::Knob { control, settings } => {
             let mut argv = vec!["knob".to_string()];
             argv.extend(settings);

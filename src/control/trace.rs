@@ -255,7 +255,10 @@ pub fn answer(pl: &Arc<Pipeline>, workers: usize, ifaces: Ifaces, args: &[String
             let _ = out(format!("uvs trace: {e}\n").as_bytes());
         }
     };
-    match std::thread::Builder::new().name("uvs-trace".into()).spawn(run) {
+    match std::thread::Builder::new()
+        .name("uvs-trace".into())
+        .spawn(run)
+    {
         Ok(_) => Answer::Stream(Box::new(Blocks(rx))),
         Err(e) => Answer::Done(Reply::err(format!("uvs trace: cannot start: {e}"))),
     }
@@ -276,9 +279,7 @@ impl Stream for Blocks {
                         return Next::More;
                     }
                 }
-                Err(crossbeam_channel::TryRecvError::Empty) if out.is_empty() => {
-                    return Next::Idle
-                }
+                Err(crossbeam_channel::TryRecvError::Empty) if out.is_empty() => return Next::Idle,
                 Err(crossbeam_channel::TryRecvError::Empty) => return Next::More,
                 Err(crossbeam_channel::TryRecvError::Disconnected) => {
                     return Next::End(Reply::ok(""))

@@ -12,5 +12,5 @@ pub mod pipeline;
 pub mod service;
 pub mod snapshot;
 pub mod stats;
-pub mod trace;
 pub mod tables;
+pub mod trace;

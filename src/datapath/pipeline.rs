@@ -27,8 +27,8 @@ use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
 use crate::datapath::service::{Pe, ServiceRt, Services};
 use crate::datapath::snapshot::{Cached, Snapshot};
 use crate::datapath::stats::{add, DropReason, WorkerStats};
-use crate::datapath::trace::Tracer;
 use crate::datapath::tables::{Ruleset, TableId};
+use crate::datapath::trace::Tracer;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
