@@ -114,19 +114,26 @@ fn clear_removes_every_service_and_a_refused_change_is_undone() {
     let (d, _) = st.run("-C", None).unwrap();
     assert_eq!(d.del.len(), 2);
     assert!(st.running.is_empty() && st.owned.is_empty());
-    // The runtime refuses what the model accepts (one-packet scheduling):
-    // the configuration is as it was.
+    // What the model accepts the runtime now runs (one-packet scheduling
+    // too); a bad `-R` line refuses the whole input.
     st.run("-A -t 192.0.2.1:80", None).unwrap();
+    st.run("-A -u 192.0.2.1:54 -o", None).unwrap();
+    assert!(
+        st.running
+            .get(&(17, ip("192.0.2.1"), 54))
+            .unwrap()
+            .one_packet
+    );
     let before = st.config.clone();
-    let e = st.run("-A -u 192.0.2.1:54 -o", None).unwrap_err();
-    assert!(e.contains("one-packet"), "{e}");
-    assert_eq!(st.config, before);
     let e = st
-        .run("-R", Some("-A -t 192.0.2.9:80\n-A -u 192.0.2.1:54 -o\n"))
+        .run(
+            "-R",
+            Some("-A -t 192.0.2.9:80\n-A -u 192.0.2.1:55 -s nosuch\n"),
+        )
         .unwrap_err();
-    assert!(e.contains("one-packet"), "{e}");
+    assert!(e.contains("line 2") && e.contains("not found"), "{e}");
     assert_eq!(st.config, before);
-    assert_eq!(st.running.len(), 1);
+    assert_eq!(st.running.len(), 2);
     // Fwmark services reach the runtime under their mark's key, and
     // claim nothing from the kernel themselves (their MARK rules do).
     let (d, _) = st.run("-A -f 7", None).unwrap();
