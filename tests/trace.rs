@@ -221,7 +221,12 @@ fn a_new_connection_names_the_scheduler_and_its_reply_the_snat_in_json() {
         .iter()
         .map(|h| h["function"].as_str().unwrap())
         .collect();
-    assert_eq!(hooks, ["filter", "ip_vs_reply", "ip_vs_remote_request"]);
+    // LOCAL_IN's entries up to the one that took it: mangle −150, filter 0,
+    // ip_vs_reply 98, ip_vs_remote_request 99 (nat 100 is never reached).
+    assert_eq!(
+        hooks,
+        ["mangle", "filter", "ip_vs_reply", "ip_vs_remote_request"]
+    );
     // The SYN-ACK: followed as a reply, SNAT back to the VIP.
     let reply = objs
         .iter()
