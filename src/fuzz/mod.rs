@@ -26,6 +26,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("pipeline", pipeline::run),
     ("ctl", text::ctl),
     ("filter", text::filter),
+    ("tables", text::tables),
     ("ctl_frame", text::ctl_frame),
 ];
 

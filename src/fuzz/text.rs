@@ -62,6 +62,20 @@ pub fn filter(data: &[u8]) {
     }
 }
 
+/// `tables`: the iptables-save parser of the emulated tables
+/// (`datapath::tables::parse`). It never panics; a text it accepts saves
+/// to a text that parses again and saves the same (a fixed point).
+pub fn tables(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(r) = crate::datapath::tables::parse(&text) else {
+        return;
+    };
+    let saved = r.save(false);
+    let again = crate::datapath::tables::parse(&saved)
+        .unwrap_or_else(|e| panic!("saved text does not parse ({e}):\n{saved}"));
+    assert_eq!(again.save(false), saved, "save is not a fixed point");
+}
+
 /// `ctl_frame`: the control socket's wire format (`control/socket/wire.rs`).
 /// The request decoder is fed growing prefixes, as bytes arrive: it never
 /// panics and never asks for more than a whole request; a whole request
