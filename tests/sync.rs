@@ -100,6 +100,10 @@ fn backup_takes_over_established_nat_connections() {
         "backup learnt {synced} of {CONNS}:\n{}",
         backup.log_text()
     );
+    // Counted on both sides (uvs stats).
+    assert!(master.counter("sync.master.conns").unwrap() >= CONNS as u64);
+    assert!(backup.counter("sync.backup.conns").unwrap() >= CONNS as u64);
+    assert_eq!(backup.counter("sync.backup.bad_messages").unwrap(), 0);
 
     // The master dies; the client and the real servers route via lb2.
     let t0 = Instant::now();

@@ -553,6 +553,7 @@ impl Daemon {
         if let engine::IoBackend::AfXdp(x) = &self.engine.io {
             extra += &x.report();
         }
+        extra += &self.sync.render();
         extra
     }
 

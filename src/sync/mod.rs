@@ -154,8 +154,8 @@ impl SyncDaemons {
         } else {
             IP_UDP_V4
         };
-        // The kernel's default: a 1500-byte datagram for a master; what the
-        // interface takes, at least 1500, for a backup's buffer.
+        // The kernel's default message length: a 1500-byte datagram (a
+        // backup reads into a 64 KiB buffer whatever it is).
         let maxlen = cfg.maxlen.map_or(1500 - hdr, usize::from);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(SyncStats::default());
@@ -220,18 +220,26 @@ impl SyncDaemons {
         out
     }
 
-    /// The running daemon's counters.
-    pub fn stats(&self, role: SyncRole) -> Option<Arc<SyncStats>> {
-        match role {
-            SyncRole::Master => self.master.as_ref(),
-            SyncRole::Backup => self.backup.as_ref(),
+    /// `name value` lines of the running daemons' counters, for `uvs
+    /// stats` and `/metrics` (`sync.master.messages`, `sync.backup.conns`, …).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for r in [&self.master, &self.backup].into_iter().flatten() {
+            let s = &r.stats;
+            let role = r.cfg.role.name();
+            for (name, v) in [
+                ("messages", &s.messages),
+                ("conns", &s.conns),
+                ("bad_messages", &s.bad_messages),
+                ("bad_entries", &s.bad_entries),
+                ("no_dest", &s.no_dest),
+                ("templates", &s.templates),
+                ("errors", &s.errors),
+            ] {
+                out.push_str(&format!("sync.{role}.{name} {}\n", v.load(Relaxed)));
+            }
         }
-        .map(|r| r.stats.clone())
-    }
-
-    /// Is the master running (the packet path marks connections)?
-    pub fn master_running(&self) -> bool {
-        self.master.is_some()
+        out
     }
 }
 
