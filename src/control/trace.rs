@@ -10,7 +10,6 @@
 pub mod format;
 
 use std::io;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -37,23 +36,14 @@ pub const USAGE: &str = "uvs trace [-p tcp|udp|sctp|icmp] [-s ADDR[/LEN]] [-d AD
 [--sport P] [--dport P] [--count N] [--timeout S] [--json]";
 
 fn prefix(opt: &str, v: &str) -> Result<Prefix, String> {
-    let (a, l) = match v.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (v, None),
-    };
-    let addr: IpAddr = a
-        .parse()
-        .map_err(|_| format!("{opt} {v}: not an IP address[/LEN]"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = match l {
-        None => max,
-        Some(l) => l
-            .parse::<u8>()
-            .ok()
-            .filter(|n| *n <= max)
-            .ok_or_else(|| format!("{opt} {v}: prefix length must be 0..{max}"))?,
-    };
-    Ok(Prefix { addr, len })
+    Prefix::parse(v).map_err(|e| match e {
+        crate::datapath::prefix::PrefixError::Address(_) => {
+            format!("{opt} {v}: not an IP address[/LEN]")
+        }
+        crate::datapath::prefix::PrefixError::Length { max, .. } => {
+            format!("{opt} {v}: prefix length must be 0..{max}")
+        }
+    })
 }
 
 fn number<T: std::str::FromStr>(opt: &str, v: &str, what: &str) -> Result<T, String> {

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::datapath::hooks::{HookPoint, PRI_FILTER};
+use crate::datapath::prefix::{Prefix, PrefixError};
 
 /// A rule that could not be parsed, with the reason.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,43 +42,6 @@ pub struct FilterKey {
 pub enum Target {
     Accept,
     Drop,
-}
-
-/// An address with a prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefix {
-    addr: IpAddr,
-    len: u8,
-}
-
-impl Prefix {
-    fn contains(&self, a: IpAddr) -> bool {
-        match (self.addr, a) {
-            (IpAddr::V4(p), IpAddr::V4(a)) => {
-                let m = if self.len == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(self.len))
-                };
-                u32::from(p) & m == u32::from(a) & m
-            }
-            (IpAddr::V6(p), IpAddr::V6(a)) => {
-                let m = if self.len == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - u32::from(self.len))
-                };
-                u128::from(p) & m == u128::from(a) & m
-            }
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
 }
 
 /// One rule with its match counter.
@@ -245,17 +209,10 @@ impl Rule {
 }
 
 fn parse_prefix(s: &str) -> Result<Prefix, String> {
-    let (a, l) = s.split_once('/').map_or((s, None), |(a, l)| (a, Some(l)));
-    let addr: IpAddr = a.parse().map_err(|_| format!("invalid address '{a}'"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = match l {
-        None => max,
-        Some(l) => match l.parse::<u8>() {
-            Ok(n) if n <= max => n,
-            _ => return Err(format!("invalid prefix length '{l}' in '{s}'")),
-        },
-    };
-    Ok(Prefix { addr, len })
+    Prefix::parse(s).map_err(|e| match e {
+        PrefixError::Address(a) => format!("invalid address '{a}'"),
+        PrefixError::Length { len, .. } => format!("invalid prefix length '{len}' in '{s}'"),
+    })
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {

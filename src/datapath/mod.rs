@@ -9,6 +9,7 @@ pub mod frag6;
 pub mod hooks;
 pub mod pe_sip;
 pub mod pipeline;
+pub mod prefix;
 pub mod service;
 pub mod snapshot;
 pub mod stats;

@@ -39,7 +39,7 @@ pub mod record;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,37 +68,7 @@ const TRACED_SLOTS: usize = 1024;
 /// Slots probed per look-up in that set.
 const PROBE: usize = 8;
 
-/// An address prefix (`ADDR[/LEN]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefix {
-    pub addr: IpAddr,
-    pub len: u8,
-}
-
-impl Prefix {
-    /// Does `a` fall in the prefix (same family only)?
-    pub fn contains(&self, a: IpAddr) -> bool {
-        match (self.addr, a) {
-            (IpAddr::V4(p), IpAddr::V4(a)) => {
-                let m = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(p) & m == u32::from(a) & m
-            }
-            (IpAddr::V6(p), IpAddr::V6(a)) => {
-                let m = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(p) & m == u128::from(a) & m
-            }
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
+pub use crate::datapath::prefix::Prefix;
 
 /// Which packets a trace follows (every field given must match).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

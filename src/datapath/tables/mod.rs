@@ -96,35 +96,7 @@ pub fn chain_point(name: &str) -> Option<HookPoint> {
     })
 }
 
-/// An address prefix, possibly negated (`! -s`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefix {
-    pub addr: IpAddr,
-    pub len: u8,
-}
-
-impl Prefix {
-    pub fn contains(&self, a: IpAddr) -> bool {
-        match (self.addr, a) {
-            (IpAddr::V4(p), IpAddr::V4(a)) => {
-                let m = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(p) & m == u32::from(a) & m
-            }
-            (IpAddr::V6(p), IpAddr::V6(a)) => {
-                let m = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(p) & m == u128::from(a) & m
-            }
-            _ => false,
-        }
-    }
-
-    /// A single host (`/32`, `/128`): what the destination index keys on.
-    pub fn is_host(&self) -> bool {
-        self.len == if self.addr.is_ipv4() { 32 } else { 128 }
-    }
-}
+pub use crate::datapath::prefix::Prefix;
 
 /// Inclusive port ranges (`--dport 80`, `1024:65535`, multiport lists).
 #[derive(Debug, Clone, PartialEq, Eq)]

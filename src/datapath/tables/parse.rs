@@ -1,8 +1,6 @@
 //! `iptables-save` text → [`Ruleset`]: a pure function (no I/O, no
 //! global state), so it can be fuzzed and so a bad text changes nothing.
 
-use std::net::IpAddr;
-
 use foldhash::HashMapExt;
 
 use super::eval::CtState;
@@ -378,19 +376,14 @@ fn tokenize(l: &str) -> Result<Vec<Word>, String> {
 }
 
 fn parse_prefix(s: &str) -> Result<Prefix, String> {
-    let (a, l) = s.split_once('/').map_or((s, None), |(a, l)| (a, Some(l)));
-    let addr: IpAddr = a
-        .parse()
-        .map_err(|_| format!("invalid address '{a}' (no host names, no lists)"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = match l {
-        None => max,
-        Some(l) => match l.parse::<u8>() {
-            Ok(n) if n <= max => n,
-            _ => return Err(format!("invalid prefix length '{l}' in '{s}'")),
-        },
-    };
-    Ok(Prefix { addr, len })
+    Prefix::parse(s).map_err(|e| match e {
+        crate::datapath::prefix::PrefixError::Address(a) => {
+            format!("invalid address '{a}' (no host names, no lists)")
+        }
+        crate::datapath::prefix::PrefixError::Length { len, .. } => {
+            format!("invalid prefix length '{len}' in '{s}'")
+        }
+    })
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
