@@ -139,11 +139,7 @@ impl SyncDaemons {
         pipeline: Arc<Pipeline>,
         epoch: Instant,
     ) -> Result<(), SyncError> {
-        let slot = match cfg.role {
-            SyncRole::Master => &mut self.master,
-            SyncRole::Backup => &mut self.backup,
-        };
-        if slot.is_some() {
+        if self.slot(cfg.role).is_some() {
             return Err(SyncError::Running);
         }
         let index = ifindex(&cfg.ifname).ok_or(SyncError::NoDevice)?;
@@ -176,10 +172,11 @@ impl SyncDaemons {
                     .spawn(move || backup(sock, syncid, pipeline, epoch, &st, &sp))?
             }
         };
-        if cfg.role == SyncRole::Master {
+        let role = cfg.role;
+        if role == SyncRole::Master {
             set_marking(&pl, true);
         }
-        *slot = Some(Running {
+        *self.slot(role) = Some(Running {
             cfg,
             maxlen,
             stop,
@@ -192,11 +189,23 @@ impl SyncDaemons {
 
     /// Stops the master or backup daemon.
     pub fn stop(&mut self, role: SyncRole) -> Result<(), SyncError> {
-        let slot = match role {
+        self.slot(role)
+            .take()
+            .map(drop)
+            .ok_or(SyncError::NotRunning)
+    }
+
+    /// Where the daemon of `role` is kept.
+    fn slot(&mut self, role: SyncRole) -> &mut Option<Running> {
+        match role {
             SyncRole::Master => &mut self.master,
             SyncRole::Backup => &mut self.backup,
-        };
-        slot.take().map(drop).ok_or(SyncError::NotRunning)
+        }
+    }
+
+    /// The running daemons, master first.
+    fn running(&self) -> impl Iterator<Item = &Running> {
+        [&self.master, &self.backup].into_iter().flatten()
     }
 
     /// `-L --daemon`, as ipvsadm prints what the kernel reports: each
@@ -204,7 +213,7 @@ impl SyncDaemons {
     /// port and TTL.
     pub fn list(&self) -> String {
         let mut out = String::new();
-        for r in [&self.master, &self.backup].into_iter().flatten() {
+        for r in self.running() {
             let c = &r.cfg;
             out.push_str(&format!(
                 "{} sync daemon (mcast={}, syncid={}, maxlen={}, group={}, port={}, ttl={})\n",
@@ -224,7 +233,7 @@ impl SyncDaemons {
     /// stats` and `/metrics` (`sync.master.messages`, `sync.backup.conns`, …).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        for r in [&self.master, &self.backup].into_iter().flatten() {
+        for r in self.running() {
             let s = &r.stats;
             let role = r.cfg.role.name();
             for (name, v) in [
