@@ -2,10 +2,12 @@
 //! master sends its connections, a backup installs them, and after the
 //! master is killed the backup carries the established NAT connections on.
 
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Protocol, Socket, Type};
 use uvs::lab::{self, Director, EchoConn, Lab};
 use uvs::sys::netns;
 
@@ -29,9 +31,13 @@ fn ip_in(ns: &str, args: &str) {
 }
 
 fn director(lab: &Lab, host: &str, sync: &str) -> Director {
+    director_of(lab, host, &SERVICE, sync)
+}
+
+fn director_of(lab: &Lab, host: &str, service: &[&str], sync: &str) -> Director {
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_uvs"));
     let d = Director::start_in(lab, host, exe, &[]).expect("uvs run");
-    for c in SERVICE {
+    for c in service {
         d.uvsadm(c)
             .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
     }
@@ -184,4 +190,122 @@ fn daemon_commands_answer_as_ipvsadm() {
     );
     d.uvsadm("--stop-daemon master").unwrap();
     assert_eq!(d.uvsadm("-L --daemon").unwrap(), "");
+}
+
+/// One request on a new connection from `src`: the answering server.
+fn ask_from(src: IpAddr, vip: SocketAddr, line: &str) -> std::io::Result<(TcpStream, String)> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.bind(&SocketAddr::new(src, 0).into())?;
+    s.connect_timeout(&vip.into(), Duration::from_secs(3))?;
+    let mut s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    writeln!(s, "{line}")?;
+    let mut a = String::new();
+    BufReader::new(s.try_clone()?).read_line(&mut a)?;
+    let (name, echo) = a
+        .trim_end()
+        .split_once(':')
+        .ok_or_else(|| std::io::Error::other(format!("bad echo {a:?}")))?;
+    if echo != line {
+        return Err(std::io::Error::other(format!("echo {echo:?}")));
+    }
+    Ok((s, name.to_string()))
+}
+
+/// Persistence templates sync: 8 clients of a `-p` service, each on the
+/// real server the master chose; after the master is killed, their *new*
+/// connections (asked in the reverse order, so that the backup's own
+/// round robin would give each the other server) land on the same real
+/// servers via the backup.
+#[test]
+fn persistent_clients_keep_their_real_servers_after_takeover() {
+    if !root_or_skip("persistent_clients_keep_their_real_servers_after_takeover") {
+        return;
+    }
+    let lab = Lab::up(
+        &format!("uxsyp{}", std::process::id() % 100000),
+        &["--pair"],
+    )
+    .expect("lab up");
+    let _s1 = lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1");
+    let _s2 = lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53).expect("rs2");
+    let service = [
+        "-A -t 192.0.2.10:80 -s rr -p 300",
+        "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
+        "-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m",
+    ];
+    let master = director_of(
+        &lab,
+        "lb",
+        &service,
+        "--start-daemon master --mcast-interface s0 --syncid 3",
+    );
+    let backup = director_of(
+        &lab,
+        "lb2",
+        &service,
+        "--start-daemon backup --mcast-interface s0 --syncid 3",
+    );
+    const CLIENTS: u8 = 8;
+    let clients: Vec<IpAddr> = (0..CLIENTS)
+        .map(|i| IpAddr::from([198, 51, 100, 101 + i]))
+        .collect();
+    for a in &clients {
+        ip_in(&lab.ns("c"), &format!("addr add {a}/24 dev eth0"));
+    }
+    let vip: SocketAddr = "192.0.2.10:80".parse().unwrap();
+    let cl = clients.clone();
+    // Each client's connection stays open: its third packet (the request)
+    // gets it, and its template, synced.
+    let (_open, before): (Vec<TcpStream>, Vec<String>) = netns::run_in(&lab.ns("c"), move || {
+        cl.iter()
+            .enumerate()
+            .map(|(i, &a)| ask_from(a, vip, &format!("first {i}")).expect("first ask"))
+            .unzip()
+    })
+    .expect("client namespace");
+    assert!(
+        before.iter().any(|s| s == "rs1") && before.iter().any(|s| s == "rs2"),
+        "{before:?}"
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while backup.counter("sync.backup.templates").unwrap_or(0) < u64::from(CLIENTS)
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        backup.counter("sync.backup.templates").unwrap(),
+        u64::from(CLIENTS),
+        "{}",
+        backup.log_text()
+    );
+    assert_eq!(
+        master.counter("sync.master.templates").unwrap(),
+        u64::from(CLIENTS)
+    );
+    // Listed on the backup as templates (client port 0).
+    let listed = backup.uvsadm("-L -n -c").unwrap();
+    let templates = listed.lines().filter(|l| l.contains(":0 ")).count();
+    assert_eq!(templates, usize::from(CLIENTS), "{listed}");
+
+    master.kill().expect("SIGKILL");
+    ip_in(&lab.ns("c"), "route replace 192.0.2.0/24 via 198.51.100.2");
+    for rs in ["rs1", "rs2"] {
+        ip_in(&lab.ns(rs), "route replace default via 203.0.113.2");
+    }
+    let cl = clients.clone();
+    let after: Vec<String> = netns::run_in(&lab.ns("c"), move || {
+        let mut v: Vec<String> = cl
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, &a)| ask_from(a, vip, &format!("new {i}")).expect("new ask").1)
+            .collect();
+        v.reverse();
+        v
+    })
+    .expect("client namespace");
+    eprintln!("persistence across failover: before {before:?}, after {after:?}");
+    assert_eq!(after, before, "{}", backup.log_text());
 }

@@ -140,7 +140,7 @@ pub use list::{ConnInfo, ListCursor, LIST_STEP};
 pub use proto::sctp::SctpState;
 pub use proto::tcp::TcpState;
 pub use proto::{ipproto, may_create, ConnState};
-pub use sync::{Synced, SYNC_PERIOD, SYNC_THRESHOLD};
+pub use sync::{Synced, SyncedTemplate, SYNC_PERIOD, SYNC_THRESHOLD};
 pub use table::{Dir, InsertError, NewConn, PacketInfo, Stats, Table, Tuple, Update};
 pub use template::{mask_addr, pe_digest, TemplateKey};
 pub use uvs_sched::{Dest, FwdMethod};

@@ -16,16 +16,33 @@
 //! different real server is replaced, unless the message is about an
 //! inactive connection (the kernel's rule: an inactive entry's message is
 //! the expiry note of the connection already replaced).
+//!
+//! **Templates** (persistence) travel with their connections, as the
+//! kernel's master sends them: each time a connection controlled by a
+//! template is collected, its template is sent too (once per page, before
+//! the connections), with its own timeout (the service's `-p`). The packet
+//! path marks nothing for templates; the sync thread finds a collected
+//! connection's template by the reference the connection holds. A backup
+//! installs a template with [`Table::install_synced_template`]: created, or
+//! its timer restarted, or, when the master's client now maps to another
+//! real server, the old one invalidated (as a template whose server went
+//! away) and the master's installed. Templates of a persistence engine
+//! (`--pe sip`) are not sent: uvs keeps only a digest of the Call-ID, and
+//! the wire carries the Call-ID itself.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use uvs_sched::{Dest, FwdMethod};
 
 use crate::entry::{flag, Entry};
 use crate::list::{ConnInfo, ListCursor};
 use crate::proto::sctp::SctpState;
 use crate::proto::tcp::TcpState;
 use crate::proto::{ipproto, ConnState};
-use crate::shard::Family;
-use crate::table::{InsertError, NewConn, PacketInfo, Table, Tuple};
+use crate::shard::{Family, REF_SHIFT};
+use crate::table::{InsertError, NewConn, PacketInfo, Releases, Table, Tuple};
+use crate::template::TemplateKey;
 use crate::Knobs;
 
 /// The kernel's `sync_threshold`: a connection is first synced at this packet.
@@ -94,6 +111,21 @@ pub struct Synced {
     pub timeout_ms: Option<u32>,
 }
 
+/// What a backup learnt about one persistence template.
+#[derive(Debug)]
+pub struct SyncedTemplate {
+    /// The template's key, as this director's scheduler builds it.
+    pub key: TemplateKey,
+    /// The backup's destination object of the template's real server.
+    pub dest: Arc<Dest>,
+    /// The real server port the template records (0: port-0 service).
+    pub dport: u16,
+    /// Forwarding method.
+    pub fwd: FwdMethod,
+    /// The template's own timeout (the master's `-p`), in milliseconds.
+    pub timeout_ms: u32,
+}
+
 impl Table {
     /// Master: appends to `out` the marked entries among about
     /// `slots` table slots from `from` on (whole steps of
@@ -108,7 +140,148 @@ impl Table {
         now: u64,
         out: &mut Vec<ConnInfo>,
     ) -> Option<ListCursor> {
-        self.walk_page(from, slots, now, out, true)
+        let start = out.len();
+        let next = self.walk_page(from, slots, now, out, true);
+        let tpls = self.templates_of(&out[start..]);
+        out.splice(start..start, tpls);
+        next
+    }
+
+    /// The templates controlling `conns` (each once), with their own
+    /// timeout in `expires_in_ms`. One lookup and one template read per
+    /// connection, each under its own shard lock (never two at once).
+    fn templates_of(&self, conns: &[ConnInfo]) -> Vec<ConnInfo> {
+        let mut refs: Vec<(bool, u32)> = conns
+            .iter()
+            .filter(|c| !c.template)
+            .filter_map(|c| {
+                let t = Tuple {
+                    proto: c.proto,
+                    src: c.caddr,
+                    sport: c.cport,
+                    dst: c.vaddr,
+                    dport: c.vport,
+                };
+                let h = self.lookup_in(&t)?;
+                let v6 = h.caddr.is_ipv6();
+                let aux = if v6 {
+                    self.aux_of::<Ipv6Addr>(&h)
+                } else {
+                    self.aux_of::<Ipv4Addr>(&h)
+                };
+                (aux != 0).then(|| (v6, aux - 1))
+            })
+            .collect();
+        refs.sort_unstable();
+        refs.dedup();
+        refs.into_iter()
+            .filter_map(|(v6, r)| {
+                if v6 {
+                    self.template_info::<Ipv6Addr>(r)
+                } else {
+                    self.template_info::<Ipv4Addr>(r)
+                }
+            })
+            .collect()
+    }
+
+    /// The `aux` word of the connection `h` (its template reference + 1).
+    fn aux_of<A: Family>(&self, h: &crate::Handle) -> u32 {
+        let mut g = self.lock(h.shard);
+        let part = A::part(&mut g);
+        part.live(h.idx)
+            .filter(|e| h.matches(*e) && e.flags & flag::TEMPLATE == 0)
+            .map_or(0, |e| e.aux)
+    }
+
+    /// The sync row of the template at reference `r`, unless it is gone,
+    /// invalidated, or carries a persistence engine's key.
+    fn template_info<A: Family>(&self, r: u32) -> Option<ConnInfo> {
+        let (shard, idx) = (r >> REF_SHIFT, r & ((1 << REF_SHIFT) - 1));
+        let mut g = self.lock(shard);
+        let part = A::part(&mut g);
+        let e = part.live(idx)?;
+        let usable = e.flags & flag::TEMPLATE != 0 && e.flags & flag::UNHASHED == 0;
+        // A PE template keeps its key digest in the cport and bytes slots.
+        if !usable || e.cport != 0 || e.bytes != 0 {
+            return None;
+        }
+        let mark = e.flags & flag::FWMARK != 0;
+        Some(ConnInfo {
+            proto: e.proto,
+            caddr: e.caddr.ip(),
+            cport: 0,
+            vaddr: e.vaddr.ip(),
+            vport: e.vport,
+            daddr: e.daddr.ip(),
+            dport: e.dport,
+            fwd: e.fwd(),
+            state: ConnState::decode(e.proto, e.state),
+            template: true,
+            fwmark: mark.then(|| mark_of(e.vaddr.ip())),
+            // Its own timeout, as the kernel sends it (`-p`).
+            expires_in_ms: u64::from(e.pkts),
+            pkts: 0,
+            bytes: 0,
+            controlled: e.aux,
+        })
+    }
+
+    /// Backup: installs or refreshes a persistence template received from
+    /// a master. A template of the key bound to another real server is
+    /// invalidated first (its connections keep it until they end).
+    pub fn install_synced_template(&self, t: SyncedTemplate, now: u64) -> Result<(), InsertError> {
+        let get =
+            || self.get_or_insert_template(&t.key, &t.dest, t.dport, t.fwd, t.timeout_ms, now);
+        let mut h = get()?;
+        if h.daddr != t.dest.addr || h.dport != t.dport {
+            if h.caddr.is_ipv6() {
+                self.invalidate_template::<Ipv6Addr>(&h);
+            } else {
+                self.invalidate_template::<Ipv4Addr>(&h);
+            }
+            h = get()?;
+        }
+        let timeout = t.timeout_ms.min(crate::MAX_TIMEOUT_MS);
+        if h.caddr.is_ipv6() {
+            self.set_template_timer::<Ipv6Addr>(&h, timeout, now);
+        } else {
+            self.set_template_timer::<Ipv4Addr>(&h, timeout, now);
+        }
+        Ok(())
+    }
+
+    /// Gives template `h` the timeout `ms`, starting now.
+    fn set_template_timer<A: Family>(&self, h: &crate::Handle, ms: u32, now: u64) {
+        let mut g = self.lock(h.shard);
+        let part = A::part(&mut g);
+        if part.live(h.idx).is_some_and(|e| h.matches(e)) {
+            let e = part.get_mut(h.idx);
+            e.pkts = ms;
+            e.expires = (now as u32).wrapping_add(ms);
+        }
+    }
+
+    /// Takes template `h` out of the index: removed when it controls no
+    /// connection, else left to its connections (freed with the last).
+    fn invalidate_template<A: Family>(&self, h: &crate::Handle) {
+        let mut rel: Releases = Releases::new(A::WIDE);
+        {
+            let mut g = self.lock(h.shard);
+            let (part, stats) = A::split(&mut g);
+            let Some(e) = part.live(h.idx) else { return };
+            if !h.matches(e) || e.flags & flag::TEMPLATE == 0 {
+                return;
+            }
+            if e.aux == 0 {
+                let old = part.remove(&self.hasher, h.idx);
+                stats.expired += 1;
+                self.retire(old, &mut rel);
+            } else {
+                part.unhash_in(&self.hasher, h.idx);
+            }
+        }
+        self.apply_releases(&rel);
     }
 
     /// Backup: installs or updates a connection received from a master.
@@ -173,6 +346,13 @@ impl Table {
         e.pkts = SYNC_THRESHOLD;
         let t = timeout.unwrap_or_else(|| self.timeout_ms(e.proto, e.state));
         e.expires = (now as u32).wrapping_add(t.min(crate::MAX_TIMEOUT_MS));
+    }
+}
+
+fn mark_of(a: std::net::IpAddr) -> u32 {
+    match a {
+        std::net::IpAddr::V4(v) => u32::from(v),
+        std::net::IpAddr::V6(v) => u128::from(v) as u32,
     }
 }
 

@@ -6,7 +6,8 @@ use common::*;
 
 use uvs_conntrack::proto::tcp::flags::{ACK, FIN, SYN};
 use uvs_conntrack::{
-    ConnInfo, ConnState, FwdMethod, Knobs, ListCursor, PacketInfo, Synced, TcpState,
+    ConnInfo, ConnState, FwdMethod, Knobs, ListCursor, PacketInfo, Synced, SyncedTemplate,
+    TcpState, TemplateKey,
 };
 
 fn master() -> uvs_conntrack::Table {
@@ -149,4 +150,78 @@ fn kernel_state_numbers_map_both_ways() {
     assert_eq!(ConnState::from_number(132, 14), None);
     assert_eq!(ConnState::from_number(UDP, 0), Some(ConnState::Udp));
     assert_eq!(ConnState::from_number(UDP, 1), None);
+}
+
+fn key(caddr: &str) -> TemplateKey {
+    TemplateKey {
+        proto: TCP,
+        caddr: ip(caddr),
+        vaddr: ip("192.0.2.10"),
+        vport: 80,
+        fwmark: 0,
+        pe: 0,
+    }
+}
+
+#[test]
+fn a_master_sends_the_template_of_each_synced_connection_once_and_first() {
+    let t = master();
+    let d = dest("203.0.113.11", 8080, FwdMethod::Masq);
+    let tpl = t
+        .get_or_insert_template(&key("198.51.100.1"), &d, 8080, FwdMethod::Masq, 300_000, 0)
+        .unwrap();
+    // Two connections of one client under one template, each past its
+    // third packet.
+    for cport in [40000, 40001] {
+        let c = conn(UDP, cport, &d);
+        let h = t
+            .insert_controlled(c.clone(), &tpl, PacketInfo::udp(60), 0)
+            .unwrap();
+        for i in 0..2 {
+            t.update(&h, uvs_conntrack::Dir::In, PacketInfo::udp(60), 1 + i);
+        }
+    }
+    // A later bind of the template, 100 s on: the template's own timeout
+    // is what travels, not what is left of it.
+    let got = collect(&t, 100_000);
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert!(got[0].template, "the template first");
+    assert!(!got[1].template && !got[2].template);
+    assert_eq!(got[0].caddr, ip("198.51.100.1"));
+    assert_eq!((got[0].cport, got[0].vport, got[0].dport), (0, 80, 8080));
+    assert_eq!(got[0].expires_in_ms, 300_000);
+    assert_eq!(got[0].controlled, 2);
+    assert!(collect(&t, 100_001).is_empty(), "taken once");
+}
+
+#[test]
+fn a_backup_installs_refreshes_and_replaces_templates() {
+    let t = table(1000);
+    let d1 = dest("203.0.113.11", 80, FwdMethod::Masq);
+    let d2 = dest("203.0.113.12", 80, FwdMethod::Masq);
+    let synced = |d: &std::sync::Arc<uvs_conntrack::Dest>, ms| SyncedTemplate {
+        key: key("198.51.100.0"),
+        dest: d.clone(),
+        dport: 80,
+        fwd: FwdMethod::Masq,
+        timeout_ms: ms,
+    };
+    t.install_synced_template(synced(&d1, 300_000), 0).unwrap();
+    let h = t.lookup_template(&key("198.51.100.0"), 1).unwrap();
+    assert_eq!(h.daddr(), d1.addr);
+    assert_eq!(d1.persistent_conns(), 1);
+    // Refreshed: a second message 200 s on restarts its 300 s.
+    t.install_synced_template(synced(&d1, 300_000), 200_000)
+        .unwrap();
+    assert_eq!(t.len(), 1);
+    assert!(t.lookup_template(&key("198.51.100.0"), 450_000).is_some());
+    // The master's client moved to d2: ours is replaced.
+    t.install_synced_template(synced(&d2, 60_000), 460_000)
+        .unwrap();
+    let h = t.lookup_template(&key("198.51.100.0"), 461_000).unwrap();
+    assert_eq!(h.daddr(), d2.addr);
+    assert_eq!((d1.persistent_conns(), d2.persistent_conns()), (0, 1));
+    assert_eq!(t.len(), 1);
+    // And it expires with the master's timeout.
+    assert!(t.lookup_template(&key("198.51.100.0"), 521_001).is_none());
 }

@@ -17,11 +17,18 @@
 //! over (its VIPs start receiving the traffic), those connections carry on
 //! to the same real servers.
 //!
+//! Persistence templates travel with the connections they control (the
+//! kernel's `IP_VS_CONN_F_TEMPLATE` entries, state 0, the template's own
+//! timeout) and a backup installs them
+//! ([`uvs_conntrack::Table::install_synced_template`]), so after takeover
+//! a persistent client's *new* connections go to the real server the
+//! master had chosen for it.
+//!
 //! The wire format is the kernel's, so uvs and a kernel IPVS director can
 //! be master and backup of each other. What a backup cannot use is counted
 //! by reason and never stops it: messages for another sync ID, malformed
 //! messages, entries for a service or real server this director does not
-//! have, persistence templates (not installed yet).
+//! have (or a template for a service that is not persistent here).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -31,12 +38,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use uvs_conntrack::{ConnInfo, ConnState, ListCursor, NewConn, Synced};
+use uvs_conntrack::{
+    pe_digest, ConnInfo, ConnState, ListCursor, NewConn, Synced, SyncedTemplate, TemplateKey,
+};
 use uvs_sched::FwdMethod;
-use uvs_sync::{decode, flags, Conn, MessageWriter};
+use uvs_sync::{decode, flags, Conn, MessageError, MessageWriter};
 
 use crate::control::ctl::{SyncConfig, SyncRole};
 use crate::datapath::pipeline::Pipeline;
+use crate::datapath::service::{Pe, Services};
 
 /// Master tick.
 const TICK: Duration = Duration::from_millis(100);
@@ -72,14 +82,17 @@ pub struct SyncStats {
     pub messages: AtomicU64,
     /// Connections sent (master) or installed (backup).
     pub conns: AtomicU64,
-    /// Backup: messages dropped whole (bad header, other sync ID).
+    /// Master: templates sent. Backup: templates installed.
+    pub templates: AtomicU64,
+    /// Backup: messages dropped whole (bad header, length or version).
     pub bad_messages: AtomicU64,
+    /// Backup: messages of another sync ID (`--syncid`), dropped whole.
+    pub other_syncid: AtomicU64,
     /// Backup: entries skipped (malformed, unknown protocol or state).
     pub bad_entries: AtomicU64,
-    /// Backup: entries for a service or real server this director lacks.
+    /// Backup: entries for a service or real server this director lacks,
+    /// or templates for a service not persistent here.
     pub no_dest: AtomicU64,
-    /// Backup: persistence templates (not installed yet).
-    pub templates: AtomicU64,
     /// Send or install errors (table full, socket errors).
     pub errors: AtomicU64,
 }
@@ -239,10 +252,11 @@ impl SyncDaemons {
             for (name, v) in [
                 ("messages", &s.messages),
                 ("conns", &s.conns),
+                ("templates", &s.templates),
                 ("bad_messages", &s.bad_messages),
+                ("other_syncid", &s.other_syncid),
                 ("bad_entries", &s.bad_entries),
                 ("no_dest", &s.no_dest),
-                ("templates", &s.templates),
                 ("errors", &s.errors),
             ] {
                 out.push_str(&format!("sync.{role}.{name} {}\n", v.load(Relaxed)));
@@ -304,11 +318,10 @@ fn backup_socket(cfg: &SyncConfig, index: u32, group: IpAddr, port: u16) -> io::
 /// A marked connection as the kernel's master would send it.
 fn to_wire(c: &ConnInfo) -> Conn {
     let mut f = c.fwd as u32;
-    if !c.state.is_active() {
-        f |= flags::INACTIVE;
-    }
     if c.template {
         f |= flags::TEMPLATE;
+    } else if !c.state.is_active() {
+        f |= flags::INACTIVE;
     }
     Conn {
         protocol: c.proto,
@@ -364,7 +377,12 @@ fn master(
                     continue;
                 }
             }
-            stats.conns.fetch_add(1, Relaxed);
+            let n = if c.template {
+                &stats.templates
+            } else {
+                &stats.conns
+            };
+            n.fetch_add(1, Relaxed);
         }
         if let Some(m) = w.finish() {
             send(m);
@@ -401,6 +419,10 @@ fn backup(
         stats.messages.fetch_add(1, Relaxed);
         let d = match decode(bytes, syncid) {
             Ok(d) => d,
+            Err(MessageError::SyncId(_)) => {
+                stats.other_syncid.fetch_add(1, Relaxed);
+                continue;
+            }
             Err(_) => {
                 stats.bad_messages.fetch_add(1, Relaxed);
                 continue;
@@ -412,7 +434,14 @@ fn backup(
         let services = pl.services.load_full();
         for c in d.conns {
             if c.flags & flags::TEMPLATE != 0 {
-                stats.templates.fetch_add(1, Relaxed);
+                let counter = match template_of(&c, &services) {
+                    Ok(t) => match pl.conns.install_synced_template(t, now) {
+                        Ok(()) => &stats.templates,
+                        Err(_) => &stats.errors,
+                    },
+                    Err(counter) => counter.of(stats),
+                };
+                counter.fetch_add(1, Relaxed);
                 continue;
             }
             let Some(state) = ConnState::from_number(c.protocol, c.state) else {
@@ -448,4 +477,69 @@ fn backup(
             };
         }
     }
+}
+
+/// Why a received template was not installed: the counter it goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// No such service, real server, or the service is not persistent.
+    NoDest,
+    /// A persistence engine this service does not run.
+    BadEntry,
+}
+
+impl Skip {
+    fn of(self, s: &SyncStats) -> &AtomicU64 {
+        match self {
+            Skip::NoDest => &s.no_dest,
+            Skip::BadEntry => &s.bad_entries,
+        }
+    }
+}
+
+/// A received template as this director's scheduler would have made it.
+/// Protocol 0 is a firewall-mark service's template: the kernel (and uvs)
+/// keep the service's mark in its virtual address.
+fn template_of(c: &Conn, services: &Services) -> Result<SyncedTemplate, Skip> {
+    let fwmark = if c.protocol == 0 {
+        match c.vaddr {
+            IpAddr::V4(v) => u32::from(v),
+            IpAddr::V6(v) => u128::from(v) as u32,
+        }
+    } else {
+        0
+    };
+    let svc = if fwmark != 0 {
+        services.find_fwmark(c.caddr.is_ipv6(), fwmark)
+    } else {
+        services.find(c.protocol, c.vaddr, c.vport)
+    }
+    .ok_or(Skip::NoDest)?;
+    let per = svc.persistence.ok_or(Skip::NoDest)?;
+    let dest = svc.dest(c.daddr, c.dport).cloned().ok_or(Skip::NoDest)?;
+    let pe = match (&c.pe, svc.pe) {
+        (None, None) => 0,
+        // The SIP engine's data is the Call-ID; uvs keys by its digest.
+        (Some(p), Some(Pe::Sip)) if p.name == b"sip" => pe_digest(&p.data),
+        _ => return Err(Skip::BadEntry),
+    };
+    let timeout_ms = if c.timeout > 0 {
+        c.timeout.saturating_mul(1000)
+    } else {
+        per.timeout_ms
+    };
+    Ok(SyncedTemplate {
+        key: TemplateKey {
+            proto: c.protocol,
+            caddr: c.caddr,
+            vaddr: c.vaddr,
+            vport: c.vport,
+            fwmark,
+            pe,
+        },
+        fwd: dest.fwd_method(),
+        dest,
+        dport: c.dport,
+        timeout_ms,
+    })
 }
