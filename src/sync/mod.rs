@@ -24,6 +24,14 @@
 //! a persistent client's *new* connections go to the real server the
 //! master had chosen for it.
 //!
+//! **Unicast** (`--sync-peer ADDR`, a uvs extension: ipvsadm 1.31 has no
+//! such option and the kernel's sync-daemon netlink attributes name only a
+//! multicast group, port and TTL): a master sends its messages to ADDR
+//! instead of the group; a backup listens on the port of its interface
+//! without joining a group and takes messages from ADDR only (others are
+//! counted, `sync.backup.other_sender`). The TTL is `--mcast-ttl`'s
+//! (default 1: raise it when the peer is beyond a router).
+//!
 //! The wire format is the kernel's, so uvs and a kernel IPVS director can
 //! be master and backup of each other. What a backup cannot use is counted
 //! by reason and never stops it: messages for another sync ID, malformed
@@ -88,6 +96,11 @@ pub struct SyncStats {
     pub bad_messages: AtomicU64,
     /// Backup: messages of another sync ID (`--syncid`), dropped whole.
     pub other_syncid: AtomicU64,
+    /// Backup with `--sync-peer`: datagrams from another address, dropped.
+    pub other_sender: AtomicU64,
+    /// Backup: connections installed without the sequence adjustment their
+    /// master sent (uvs has no application helpers to apply one).
+    pub seq_ignored: AtomicU64,
     /// Backup: entries skipped (malformed, unknown protocol or state).
     pub bad_entries: AtomicU64,
     /// Backup: entries for a service or real server this director lacks,
@@ -158,7 +171,7 @@ impl SyncDaemons {
         let index = ifindex(&cfg.ifname).ok_or(SyncError::NoDevice)?;
         let group = group_of(&cfg);
         let port = cfg.port.unwrap_or(uvs_sync::DEFAULT_PORT);
-        let hdr = if group.is_ipv6() {
+        let hdr = if cfg.peer.unwrap_or(group).is_ipv6() {
             IP_UDP_V6
         } else {
             IP_UDP_V4
@@ -179,10 +192,10 @@ impl SyncDaemons {
             }
             SyncRole::Backup => {
                 let sock = backup_socket(&cfg, index, group, port)?;
-                let syncid = cfg.syncid;
+                let (syncid, peer) = (cfg.syncid, cfg.peer);
                 std::thread::Builder::new()
                     .name("uvs-sync-backup".into())
-                    .spawn(move || backup(sock, syncid, pipeline, epoch, &st, &sp))?
+                    .spawn(move || backup(sock, syncid, peer, pipeline, epoch, &st, &sp))?
             }
         };
         let role = cfg.role;
@@ -228,13 +241,17 @@ impl SyncDaemons {
         let mut out = String::new();
         for r in self.running() {
             let c = &r.cfg;
+            // ipvsadm's line; a unicast peer shows where the group would.
+            let to = match c.peer {
+                Some(p) => format!("peer={p}"),
+                None => format!("group={}", group_of(c)),
+            };
             out.push_str(&format!(
-                "{} sync daemon (mcast={}, syncid={}, maxlen={}, group={}, port={}, ttl={})\n",
+                "{} sync daemon (mcast={}, syncid={}, maxlen={}, {to}, port={}, ttl={})\n",
                 c.role.name(),
                 c.ifname,
                 c.syncid,
                 r.maxlen,
-                group_of(c),
                 c.port.unwrap_or(uvs_sync::DEFAULT_PORT),
                 c.ttl.unwrap_or(uvs_sync::DEFAULT_TTL),
             ));
@@ -255,8 +272,10 @@ impl SyncDaemons {
                 ("templates", &s.templates),
                 ("bad_messages", &s.bad_messages),
                 ("other_syncid", &s.other_syncid),
+                ("other_sender", &s.other_sender),
                 ("bad_entries", &s.bad_entries),
                 ("no_dest", &s.no_dest),
+                ("seq_ignored", &s.seq_ignored),
                 ("errors", &s.errors),
             ] {
                 out.push_str(&format!("sync.{role}.{name} {}\n", v.load(Relaxed)));
@@ -274,7 +293,8 @@ fn set_marking(pl: &Pipeline, on: bool) {
 }
 
 fn master_socket(cfg: &SyncConfig, index: u32, group: IpAddr, port: u16) -> io::Result<UdpSocket> {
-    let dom = if group.is_ipv6() {
+    let to = cfg.peer.unwrap_or(group);
+    let dom = if to.is_ipv6() {
         Domain::IPV6
     } else {
         Domain::IPV4
@@ -282,7 +302,13 @@ fn master_socket(cfg: &SyncConfig, index: u32, group: IpAddr, port: u16) -> io::
     let s = Socket::new(dom, Type::DGRAM, Some(Protocol::UDP))?;
     s.bind_device(Some(cfg.ifname.as_bytes()))?;
     let ttl = u32::from(cfg.ttl.unwrap_or(uvs_sync::DEFAULT_TTL));
-    if group.is_ipv6() {
+    if let Some(peer) = cfg.peer {
+        if peer.is_ipv6() {
+            s.set_unicast_hops_v6(ttl)?;
+        } else {
+            s.set_ttl(ttl)?;
+        }
+    } else if group.is_ipv6() {
         s.set_multicast_if_v6(index)?;
         s.set_multicast_hops_v6(ttl)?;
         s.set_multicast_loop_v6(false)?;
@@ -290,7 +316,7 @@ fn master_socket(cfg: &SyncConfig, index: u32, group: IpAddr, port: u16) -> io::
         s.set_multicast_ttl_v4(ttl)?;
         s.set_multicast_loop_v4(false)?;
     }
-    s.connect(&SockAddr::from(SocketAddr::new(group, port)))?;
+    s.connect(&SockAddr::from(SocketAddr::new(to, port)))?;
     s.set_write_timeout(Some(Duration::from_millis(200)))?;
     Ok(s.into())
 }
@@ -301,6 +327,20 @@ fn backup_socket(cfg: &SyncConfig, index: u32, group: IpAddr, port: u16) -> io::
     } else {
         Domain::IPV4
     };
+    if let Some(peer) = cfg.peer {
+        // Unicast: any local address of the interface, no group.
+        let (dom, any) = if peer.is_ipv6() {
+            (Domain::IPV6, IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED))
+        } else {
+            (Domain::IPV4, IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED))
+        };
+        let s = Socket::new(dom, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_address(true)?;
+        s.bind_device(Some(cfg.ifname.as_bytes()))?;
+        s.bind(&SockAddr::from(SocketAddr::new(any, port)))?;
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        return Ok(s.into());
+    }
     let s = Socket::new(dom, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.bind_device(Some(cfg.ifname.as_bytes()))?;
@@ -393,6 +433,7 @@ fn master(
 fn backup(
     sock: UdpSocket,
     syncid: u8,
+    peer: Option<IpAddr>,
     pl: Arc<Pipeline>,
     epoch: Instant,
     stats: &SyncStats,
@@ -400,8 +441,12 @@ fn backup(
 ) {
     let mut buf = vec![0u8; 65536];
     while !stop.load(Relaxed) {
-        let n = match sock.recv(&mut buf) {
-            Ok(n) => n,
+        let n = match sock.recv_from(&mut buf) {
+            Ok((n, from)) if peer.is_none_or(|p| p == from.ip()) => n,
+            Ok(_) => {
+                stats.other_sender.fetch_add(1, Relaxed);
+                continue;
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -471,10 +516,18 @@ fn backup(
                 state,
                 timeout_ms: (c.timeout > 0).then(|| c.timeout.saturating_mul(1000)),
             };
+            let seq = c.seq.is_some();
             match pl.conns.install_synced(s, now) {
-                Ok(()) => stats.conns.fetch_add(1, Relaxed),
-                Err(_) => stats.errors.fetch_add(1, Relaxed),
-            };
+                Ok(()) => {
+                    stats.conns.fetch_add(1, Relaxed);
+                    if seq {
+                        stats.seq_ignored.fetch_add(1, Relaxed);
+                    }
+                }
+                Err(_) => {
+                    stats.errors.fetch_add(1, Relaxed);
+                }
+            }
         }
     }
 }

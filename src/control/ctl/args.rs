@@ -167,6 +167,10 @@ pub struct SyncConfig {
     pub port: Option<u16>,
     /// `--mcast-ttl`.
     pub ttl: Option<u8>,
+    /// `--sync-peer` (a uvs extension; ipvsadm and the kernel sync only by
+    /// multicast): the other director's unicast address. A master sends to
+    /// it instead of the group; a backup takes messages from it only.
+    pub peer: Option<IpAddr>,
 }
 
 impl Command {
@@ -319,6 +323,7 @@ impl Given {
             }
             Opt::McastIf => self.sync.ifname = v.to_string(),
             Opt::McastGroup => self.sync.group = Some(mcast_group(v)?),
+            Opt::SyncPeer => self.sync.peer = Some(sync_peer(v)?),
             Opt::McastPort => {
                 self.sync.port = Some(
                     number_in(v, 1, 65535).ok_or(CtlError::IllegalDaemonValue("mcast-port"))?
@@ -435,6 +440,14 @@ fn timeout(v: &str, min: i64) -> Result<u32, CtlError> {
         .ok_or_else(|| CtlError::InvalidTimeout(v.to_string()))
 }
 
+/// `--sync-peer`: a unicast address of either family.
+fn sync_peer(v: &str) -> Result<IpAddr, CtlError> {
+    v.parse::<IpAddr>()
+        .ok()
+        .filter(|a| !a.is_multicast() && !a.is_unspecified())
+        .ok_or(CtlError::IllegalDaemonValue("sync-peer"))
+}
+
 /// `--mcast-group`: a multicast address of either family.
 fn mcast_group(v: &str) -> Result<IpAddr, CtlError> {
     let a = if v.contains(':') {
@@ -536,6 +549,7 @@ pub fn parse(argv: &[String]) -> Result<Command, CtlError> {
             group: None,
             port: None,
             ttl: None,
+            peer: None,
         },
     };
     while let Some(next) = p.next_opt() {

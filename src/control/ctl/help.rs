@@ -186,6 +186,11 @@ pub fn usage() -> String {
             ("--mcast-group", "address", "multicast group, IPv4 or IPv6"),
             ("--mcast-port", "port", "UDP port"),
             ("--mcast-ttl", "ttl", "multicast TTL"),
+            (
+                "--sync-peer",
+                "address",
+                "uvs: unicast sync with this director",
+            ),
         ],
     );
     s.push('\n');

@@ -131,10 +131,12 @@ pub(crate) enum Opt {
     TunRemCsum,
     /// `--json` (uvs's own): the listing as JSON.
     Json,
+    /// `--sync-peer` (uvs's own): unicast sync with this director.
+    SyncPeer,
 }
 
 impl Opt {
-    pub(crate) const ALL: [Opt; 35] = [
+    pub(crate) const ALL: [Opt; 36] = [
         Opt::Numeric,
         Opt::Connection,
         Opt::Service,
@@ -170,6 +172,7 @@ impl Opt {
         Opt::TunCsum,
         Opt::TunRemCsum,
         Opt::Json,
+        Opt::SyncPeer,
     ];
 
     /// The name in ipvsadm's messages.
@@ -210,6 +213,7 @@ impl Opt {
             Opt::TunCsum => "tun-csum",
             Opt::TunRemCsum => "tun-remcsum",
             Opt::Json => "json",
+            Opt::SyncPeer => "sync-peer",
         }
     }
 
@@ -285,12 +289,12 @@ pub(crate) fn usage_of(cmd: CmdKind, opt: Opt) -> Use {
             &[
                 O::McastIf,
                 O::SyncId,
-                O::McastGroup,
                 O::McastPort,
                 O::McastTtl,
                 O::SyncMaxlen,
             ],
-            &[],
+            // A unicast peer replaces the group.
+            &[O::McastGroup, O::SyncPeer],
         ),
         C::StopDaemon => (&[], &[O::SyncId], &[]),
         C::Save => (&[], &[O::Numeric], &[]),
@@ -483,6 +487,7 @@ const OPTIONS: &[Def] = &[
     def(None, "mcast-port", Key::Plain(Opt::McastPort), Arg::Yes),
     def(None, "mcast-ttl", Key::Plain(Opt::McastTtl), Arg::Yes),
     def(None, "sync-maxlen", Key::Plain(Opt::SyncMaxlen), Arg::Yes),
+    def(None, "sync-peer", Key::Plain(Opt::SyncPeer), Arg::Yes),
     def(None, "tun-info", Key::Plain(Opt::TunInfo), Arg::No),
     def(None, "tun-type", Key::Plain(Opt::TunType), Arg::Yes),
     def(None, "tun-port", Key::Plain(Opt::TunPort), Arg::Yes),

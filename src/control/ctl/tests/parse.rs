@@ -586,6 +586,7 @@ fn parse_command_errors() {
             group: None,
             port: None,
             ttl: None,
+            peer: None,
         })
     );
     assert_eq!(
@@ -601,7 +602,30 @@ fn parse_command_errors() {
             group: Some("239.1.2.3".parse().unwrap()),
             port: Some(9000),
             ttl: Some(3),
+            peer: None,
         })
+    );
+    // uvs's unicast extension, instead of a group.
+    assert_eq!(
+        ok("--start-daemon master --mcast-interface s0 --sync-peer 203.0.113.2"),
+        Command::StartDaemon(SyncConfig {
+            role: SyncRole::Master,
+            ifname: "s0".into(),
+            syncid: 0,
+            maxlen: None,
+            group: None,
+            port: None,
+            ttl: None,
+            peer: Some("203.0.113.2".parse().unwrap()),
+        })
+    );
+    assert_eq!(
+        err("--start-daemon master --sync-peer 224.0.0.81"),
+        "illegal sync-peer specified"
+    );
+    assert_eq!(
+        err("--start-daemon master --mcast-group 239.1.2.3 --sync-peer 203.0.113.2"),
+        "The option 'sync-peer' conflicts with the 'mcast-group' option in the 'start-daemon' command"
     );
     assert_eq!(
         err("--start-daemon primary"),
