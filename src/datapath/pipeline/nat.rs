@@ -190,7 +190,11 @@ impl Pipeline {
                     point,
                     PRI_NAT_DST,
                     "nat",
-                    "",
+                    if point == HookPoint::LocalOut {
+                        "OUTPUT"
+                    } else {
+                        "PREROUTING"
+                    },
                     0,
                     &MapText("existing mapping", &hit.m, hit.dir),
                     "FOLLOW",
@@ -286,7 +290,7 @@ impl Pipeline {
                         HookPoint::PostRouting,
                         PRI_NAT_SRC,
                         "nat",
-                        "",
+                        "POSTROUTING",
                         0,
                         &MapText("new mapping", &hit.m, hit.dir),
                         if hit.m.snat.is_some() {

@@ -147,3 +147,35 @@ impl LocalNets {
             .map(|(_, a)| *a)
     }
 }
+
+/// The director's addresses with their subnets, read from the kernel when
+/// a ruleset with nat rules is published (not per packet; an address
+/// added later is seen at the next `uvs tables restore` or reload).
+pub fn local_nets() -> LocalNets {
+    let all = crate::sys::netlink::Netlink::open().and_then(|mut n| n.addrs_with_len());
+    match all {
+        Ok(v) => LocalNets(
+            v.into_iter()
+                .filter(|(_, a, _)| !a.is_loopback())
+                .map(|(_, addr, len)| (Prefix { addr, len }, addr))
+                .collect(),
+        ),
+        Err(e) => {
+            log::warn!("uvs tables: reading the director's addresses for MASQUERADE: {e}");
+            LocalNets::default()
+        }
+    }
+}
+
+/// What the guard must keep from the kernel for the nat table (see
+/// [`super::Ruleset::dnat_claims`]): DNAT'd destinations as a service's,
+/// the DNAT targets' replies as a NAT real server's.
+pub fn guard_claims(r: &super::Ruleset) -> Vec<crate::sys::guard::Elem> {
+    use crate::sys::guard::Elem;
+    let (to_us, servers) = r.dnat_claims();
+    to_us
+        .into_iter()
+        .map(Elem::Service)
+        .chain(servers.into_iter().map(Elem::NatServer))
+        .collect()
+}
