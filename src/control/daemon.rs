@@ -730,12 +730,16 @@ impl Daemon {
     /// Replaces the tables `new` names (the others stay) and claims from
     /// the kernel what its MARK rules feed to uvs's fwmark services.
     fn publish_tables(&mut self, new: crate::datapath::tables::Ruleset) -> Result<(), String> {
-        let merged = self.pipeline.tables.load_full().replaced_by(new);
-        let claims: Vec<guard::Elem> = merged
+        let mut merged = self.pipeline.tables.load_full().replaced_by(new);
+        let mut claims: Vec<guard::Elem> = merged
             .mark_claims()
             .into_iter()
             .map(guard::Elem::Service)
             .collect();
+        if merged.nat_on {
+            merged = merged.with_local_nets(crate::datapath::tables::nat::local_nets());
+            claims.extend(crate::datapath::tables::nat::guard_claims(&merged));
+        }
         let (delta, staged) = self.owned.change([(TABLES_OWNER, Some(claims))]);
         let kernel = match (&mut self.guard, &mut self.engine.io) {
             (Some(g), _) => g.apply(&delta).map_err(|e| e.to_string()),

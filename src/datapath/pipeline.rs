@@ -211,6 +211,8 @@ pub struct Pipeline {
     pub hooks: HookChain,
     /// `uvs trace`: armed while a trace runs (see `trace.rs`).
     pub trace: Tracer,
+    /// The nat table's connection tracking (`tables/natct.rs`).
+    pub nat: crate::datapath::tables::natct::NatTable,
 }
 
 /// The connection lookup and state update, done at most once per packet
@@ -223,6 +225,8 @@ struct Ctx {
     hit: Option<(Hit, Dir, Update)>,
     /// The packet's firewall mark (`skb->mark`), set by MARK rules.
     mark: u32,
+    /// The nat table's view of the packet's flow (`pipeline/nat.rs`).
+    nat: nat::NatCtx,
 }
 
 impl Pipeline {
@@ -235,6 +239,7 @@ impl Pipeline {
             conns,
             hooks: HookChain::default(),
             trace: Tracer::default(),
+            nat: Default::default(),
         }
     }
 
@@ -429,7 +434,11 @@ impl Pipeline {
             point,
             hit: None,
             mark: 0,
+            nat: nat::NatCtx::default(),
         };
+        // The packet as the nat table has rewritten it (a copy of `p`
+        // until then).
+        let mut cur = *p;
         // PRE_ROUTING (the tables' entries only): before the routing
         // decision, so a MARK can route a packet to a fwmark service.
         let tables_on = !tables.is_empty();
@@ -437,20 +446,39 @@ impl Pipeline {
         if tables_on && point != HookPoint::LocalOut {
             for e in self.hooks.at(HookPoint::PreRouting) {
                 add(&st.hook_seen[e.index], 1);
-                let step = self.tables_hook(
-                    tables,
-                    e.func,
-                    HookPoint::PreRouting,
-                    frame,
-                    p,
-                    now_ms,
-                    &mut ctx,
-                    st,
-                    out,
-                );
+                let step = match e.func {
+                    HookFn::NatDst if tables.nat_on => self.nat_dst(
+                        tables,
+                        HookPoint::PreRouting,
+                        frame,
+                        &mut cur,
+                        csum,
+                        now_ms,
+                        &mut ctx,
+                        st,
+                        out,
+                    ),
+                    _ => self.tables_hook(
+                        tables,
+                        e.func,
+                        HookPoint::PreRouting,
+                        frame,
+                        &cur,
+                        now_ms,
+                        &mut ctx,
+                        st,
+                        out,
+                    ),
+                };
                 if step == Step::Done {
-                    return Self::hook_done(e.index, p, st, out);
+                    return Self::hook_done(e.index, &cur, st, out);
                 }
+            }
+            // DNAT (or a reply's un-SNAT) changed the destination: the
+            // routing decision is made on the new one.
+            if cur.dst != p.dst && point != HookPoint::LocalOut {
+                point = local_out::route(false, services.small.is_vip(services.services, cur.dst));
+                ctx.point = point;
             }
             // A fwmark service's traffic is the director's own (as with
             // the `ip rule fwmark ... lookup local` its kernel setup needs).
@@ -467,8 +495,20 @@ impl Pipeline {
         }
         for e in self.hooks.at(point) {
             add(&st.hook_seen[e.index], 1);
+            let p = &cur;
             let step = match e.func {
                 HookFn::Mangle | HookFn::NatDst | HookFn::NatSrc if !tables_on => Step::Continue,
+                // DNAT of local packets (nat OUTPUT); nat INPUT has no
+                // translation uvs applies (parse refuses SNAT there).
+                HookFn::NatDst if tables.nat_on => {
+                    let mut c = *p;
+                    let s = self.nat_dst(
+                        tables, point, frame, &mut c, csum, now_ms, &mut ctx, st, out,
+                    );
+                    cur = c;
+                    s
+                }
+                HookFn::NatSrc if tables.nat_on => Step::Continue,
                 HookFn::Mangle | HookFn::NatDst | HookFn::NatSrc => {
                     self.tables_hook(tables, e.func, point, frame, p, now_ms, &mut ctx, st, out)
                 }
@@ -494,8 +534,15 @@ impl Pipeline {
                 HookFn::IpvsForwardIcmp => Step::Continue,
             };
             if step == Step::Done {
-                return Self::hook_done(e.index, p, st, out);
+                if tables.nat_on {
+                    self.nat_post(tables, frame, csum, now_ms, &mut ctx, st, out);
+                }
+                return Self::hook_done(e.index, &cur, st, out);
             }
+        }
+        // A packet the nat table translates is uvs's to send.
+        if tables.nat_on && ctx.nat.owned {
+            return self.nat_forward(tables, frame, &cur, csum, now_ms, &mut ctx, st, out);
         }
         *out = self.pass(st);
     }
@@ -557,7 +604,8 @@ impl Pipeline {
         ctx.mark = mark;
         use crate::datapath::tables::TableVerdict as T;
         match v {
-            T::Accept => Step::Continue,
+            // Only the nat table has nat targets (`nat_dst`, `nat_post`).
+            T::Accept | T::Nat(_) => Step::Continue,
             T::Drop => Self::drop(st, DropReason::Filtered, out),
             T::Reject => {
                 st.drop(DropReason::Filtered);
@@ -601,9 +649,17 @@ impl Pipeline {
             };
             return CtFacts { state, ipvs: None };
         }
-        match self.lookup(frame, p, now, ctx) {
+        let nat_bits = ctx.nat.ct_bits();
+        let mut f = match self.lookup(frame, p, now, ctx) {
             Some((h, dir, _)) => CtFacts {
-                state: CtState::ESTABLISHED,
+                // IPVS's NAT forwarding is recorded in the kernel's
+                // conntrack entry as a DNAT.
+                state: CtState::ESTABLISHED
+                    | if h.fwd() == FwdMethod::Masq {
+                        CtState::DNAT
+                    } else {
+                        0
+                    },
                 ipvs: Some(IpvsFacts {
                     vaddr: h.vaddr(),
                     vport: h.vport(),
@@ -612,11 +668,18 @@ impl Pipeline {
                     original: *dir == Dir::In,
                 }),
             },
+            // A flow only the nat table tracks is established once seen.
+            None if nat_bits != 0 => CtFacts {
+                state: CtState::ESTABLISHED,
+                ipvs: None,
+            },
             None => CtFacts {
                 state: CtState::NEW,
                 ipvs: None,
             },
-        }
+        };
+        f.state |= nat_bits & !CtState::ESTABLISHED;
+        f
     }
 
     fn pass(&self, st: &WorkerStats) -> Verdict {
@@ -1083,6 +1146,7 @@ fn xmit_reason(e: &uvs_fwd::XmitError) -> DropReason {
 }
 
 mod local_out;
+mod nat;
 mod sched;
 #[cfg(test)]
 mod tests;

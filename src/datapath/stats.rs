@@ -73,11 +73,18 @@ pub enum DropReason {
     /// uvs has not seen (or no longer remembers): it cannot be given the
     /// first fragment's real server.
     FragmentUnmatched,
+    /// A flow the nat table translates could not be recorded: the nat
+    /// connection table is full.
+    NatTableFull,
+    /// SNAT/MASQUERADE found no free source port in its range.
+    NatNoPort,
+    /// MASQUERADE found no address of the director for the packet's family.
+    NatNoAddress,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 21;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
@@ -98,6 +105,9 @@ impl DropReason {
         DropReason::PeNoCallId,
         DropReason::DefenseDropPacket,
         DropReason::FragmentUnmatched,
+        DropReason::NatTableFull,
+        DropReason::NatNoPort,
+        DropReason::NatNoAddress,
     ];
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -120,6 +130,9 @@ impl DropReason {
             DropReason::PeNoCallId => "pe_no_call_id",
             DropReason::DefenseDropPacket => "defense_drop_packet",
             DropReason::FragmentUnmatched => "fragment_unmatched",
+            DropReason::NatTableFull => "nat_table_full",
+            DropReason::NatNoPort => "nat_no_port",
+            DropReason::NatNoAddress => "nat_no_address",
         }
     }
 }

@@ -214,6 +214,22 @@ fn not_to_me() -> [Expr; 2] {
     ]
 }
 
+/// `fib daddr type local`: the packet is addressed to this host.
+fn to_me() -> [Expr; 2] {
+    [
+        Expr::FibDaddrType { dreg: R1 },
+        Expr::Cmp {
+            sreg: R1,
+            neq: false,
+            data: nftnl::RTN_LOCAL.to_ne_bytes().to_vec(),
+        },
+    ]
+}
+
+/// High bytes of the destination ports of replies to the nat table's
+/// MASQUERADE (`tables::nat::MASQ_PORTS`, 0xf000..=0xffff).
+const MASQ_PORT_HIGH: std::ops::RangeInclusive<u8> = 0xf0..=0xff;
+
 /// ICMP error types uvs relays for NAT real servers: destination
 /// unreachable, source quench, time exceeded, parameter problem; for
 /// ICMPv6 destination unreachable, packet too big, time exceeded,
@@ -229,7 +245,9 @@ const ICMP6_ERRORS: [u8; 4] = [1, 2, 3, 4];
 /// ip daddr . meta l4proto @svcw4 counter drop
 /// ip saddr . meta l4proto . th sport @rs4 fib daddr type != local counter drop
 /// ip saddr . meta l4proto @rsw4 fib daddr type != local counter drop
-/// (the same four for ip6)
+/// ip saddr . meta l4proto . th sport @rs4 fib daddr type local
+///     @th,16,8 { 0xf0-0xff } counter drop
+/// (the same five for ip6)
 /// ip saddr @rsa4 icmp type { destination-unreachable, source-quench,
 ///     time-exceeded, parameter-problem } fib daddr type != local counter drop
 /// ip6 saddr @rsa6 icmpv6 type { destination-unreachable, packet-too-big,
@@ -277,6 +295,26 @@ fn install_batch(devices: &[String]) -> Batch {
                 r.extend(drop.clone());
                 b.add_rule(TABLE, &chain, &r);
             }
+            // Replies to the nat table's MASQUERADE ports on the
+            // director's own addresses are uvs's to un-NAT (below the
+            // range the director's own sockets use).
+            let high: Vec<Vec<u8>> = MASQ_PORT_HIGH.map(|b| vec![b]).collect();
+            let anon = b.anon_set(TABLE, KeyType::InetProto, &high);
+            let mut r = l3(v6).to_vec();
+            r.extend(tuple_lookup(v6, true, true, &format!("rs{fam}")));
+            r.extend(to_me());
+            r.push(Expr::Payload {
+                base: Base::Transport,
+                offset: 2,
+                len: 1,
+                dreg: R1,
+            });
+            r.push(Expr::Lookup {
+                set: anon,
+                sreg: R1,
+            });
+            r.extend(drop.clone());
+            b.add_rule(TABLE, &chain, &r);
         }
         // ICMP errors from NAT real servers: uvs relays them rewritten.
         for (v6, set, proto, ty, types) in [

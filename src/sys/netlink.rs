@@ -519,6 +519,21 @@ impl Netlink {
         Ok(out)
     }
 
+    /// [`Netlink::addrs`] with each address's prefix length.
+    pub fn addrs_with_len(&mut self) -> Result<Vec<(u32, IpAddr, u8)>, NlError> {
+        let mut out = Vec::new();
+        let msg = AddressMessage::default();
+        self.dump("RTM_GETADDR", RouteNetlinkMessage::GetAddress(msg), |m| {
+            if let RouteNetlinkMessage::NewAddress(a) = m {
+                if let Some(ip) = addr_of(&a) {
+                    out.push((a.header.index, ip, a.header.prefix_len));
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32, NlError> {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();

@@ -19,6 +19,11 @@ impl CtState {
     pub const ESTABLISHED: u8 = 2;
     pub const RELATED: u8 = 4;
     pub const INVALID: u8 = 8;
+    /// conntrack's virtual states: the flow's source (destination) is
+    /// translated — by the nat table, or (DNAT) by IPVS's NAT forwarding,
+    /// which the kernel records in the flow's conntrack entry.
+    pub const SNAT: u8 = 16;
+    pub const DNAT: u8 = 32;
 }
 
 /// What `-m ipvs` sees of the packet's IPVS connection.
@@ -35,7 +40,8 @@ pub struct IpvsFacts {
 /// The connection facts of a packet, from uvs's own connection table.
 #[derive(Debug, Clone, Copy)]
 pub struct CtFacts {
-    /// One [`CtState`] bit.
+    /// One of NEW, ESTABLISHED, RELATED, INVALID, with SNAT and DNAT
+    /// ([`CtState`]).
     pub state: u8,
     pub ipvs: Option<IpvsFacts>,
 }
@@ -60,6 +66,9 @@ pub enum TableVerdict {
     Accept,
     Drop,
     Reject,
+    /// A nat target matched: the flow's translation (the nat table's walk
+    /// ends there, as for ACCEPT).
+    Nat(super::nat::NatTo),
 }
 
 /// Rule positions of one chain, by what a packet can be looked up by.
@@ -224,6 +233,18 @@ impl Table {
                     // r.target.iptables_name())`), once merged.
                     match r.target {
                         Target::None | Target::Log => continue,
+                        Target::Nat(n) => {
+                            crate::datapath::trace::rule(
+                                point,
+                                self.id.priority(point),
+                                self.id.name(),
+                                &chain.name,
+                                p + 1,
+                                &r.text,
+                                r.target.iptables_name(),
+                            );
+                            return Some(TableVerdict::Nat(n));
+                        }
                         Target::Mark { mask, xor } => {
                             *mark = (*mark & !mask) ^ xor;
                             continue;

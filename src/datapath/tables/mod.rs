@@ -16,13 +16,18 @@
 //! * Every rule and every built-in chain's policy counts packets and bytes,
 //!   per worker slot (no cache line written by two workers while there are
 //!   no more workers than [`SLOTS`]).
+//! * The nat table translates ([`nat`], [`natct`]): the first packet of a
+//!   flow walks its chains, later packets and replies follow the recorded
+//!   mapping.
 //! * What uvs does not do yet is refused at load with the line's number,
-//!   never accepted and ignored: the nat table's targets (DNAT, SNAT,
-//!   MASQUERADE; the hook points exist), `-i`/`-o` with other interfaces
-//!   than `lo` (uvs does not see loopback traffic, so `-i lo` never
-//!   matches, as for the kernel's packets from outside).
+//!   never accepted and ignored: REDIRECT, SNAT at INPUT, address ranges,
+//!   `-m set` (ipsets), `-i`/`-o` with other interfaces than `lo` (uvs
+//!   does not see loopback traffic, so `-i lo` never matches, as for the
+//!   kernel's packets from outside).
 
 mod eval;
+pub mod nat;
+pub mod natct;
 mod parse;
 mod save;
 
@@ -169,6 +174,8 @@ pub enum Target {
     },
     /// `LOG`: counted (and recorded in the trace); the walk goes on.
     Log,
+    /// `DNAT`, `SNAT`, `MASQUERADE`: the flow's translation (nat table).
+    Nat(nat::NatTo),
 }
 
 impl Target {
@@ -184,6 +191,7 @@ impl Target {
             Target::Goto(_) => "GOTO",
             Target::Mark { .. } => "MARK",
             Target::Log => "LOG",
+            Target::Nat(n) => n.kind.name(),
         }
     }
 }
@@ -333,6 +341,11 @@ pub struct Ruleset {
     /// No rule and no DROP policy anywhere (worked out once per ruleset,
     /// not per packet).
     empty: bool,
+    /// The nat table has a rule (then packets look their flow up in the
+    /// nat connection table).
+    pub nat_on: bool,
+    /// The director's addresses, for MASQUERADE (set by the daemon).
+    pub local: nat::LocalNets,
 }
 
 impl Default for Ruleset {
@@ -341,6 +354,8 @@ impl Default for Ruleset {
             tables: [None, None, None],
             needs_ct: false,
             empty: true,
+            nat_on: false,
+            local: nat::LocalNets::default(),
         }
     }
 }
@@ -354,7 +369,14 @@ impl Ruleset {
         }
         r.needs_ct = r.compute_needs_ct();
         r.empty = r.compute_empty();
+        r.nat_on = r.table(TableId::Nat).is_some_and(|t| t.n_rules > 0);
         r
+    }
+
+    /// This ruleset with MASQUERADE's addresses.
+    pub fn with_local_nets(mut self, local: nat::LocalNets) -> Ruleset {
+        self.local = local;
+        self
     }
 
     fn compute_needs_ct(&self) -> bool {
@@ -375,6 +397,8 @@ impl Ruleset {
         }
         r.needs_ct = r.compute_needs_ct();
         r.empty = r.compute_empty();
+        r.nat_on = r.table(TableId::Nat).is_some_and(|t| t.n_rules > 0);
+        r.local = self.local.clone();
         r
     }
 
@@ -438,6 +462,53 @@ impl Ruleset {
         v.sort_unstable();
         v.dedup();
         v
+    }
+}
+
+impl Ruleset {
+    /// What DNAT rules make uvs's: the (protocol, destination host, port)
+    /// each names when it names all three (to claim from the kernel as a
+    /// service's), and the (protocol, address, port) it sends them to (whose
+    /// replies uvs un-NATs).
+    pub fn dnat_claims(&self) -> (Vec<(u8, IpAddr, u16)>, Vec<(u8, IpAddr, u16)>) {
+        let (mut to_us, mut servers) = (Vec::new(), Vec::new());
+        let Some(t) = self.table(TableId::Nat) else {
+            return (to_us, servers);
+        };
+        for r in t.chains.iter().flat_map(|c| &c.rules) {
+            let Target::Nat(n) = r.target else {
+                continue;
+            };
+            let (nat::NatKind::Dnat, Some(addr), Some((false, p))) = (n.kind, n.addr, r.m.proto)
+            else {
+                continue;
+            };
+            let ports: Vec<u16> = match &r.m.dport {
+                Some((false, ports)) => ports
+                    .0
+                    .iter()
+                    .filter(|(a, b)| b - a < 64)
+                    .flat_map(|&(a, b)| a..=b)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if let Some((false, d)) = r.m.dst {
+                if d.is_host() {
+                    to_us.extend(ports.iter().map(|&port| (p, d.addr, port)));
+                }
+            }
+            match n.ports {
+                Some((a, _)) => servers.push((p, addr, a)),
+                None if !ports.is_empty() => servers.extend(ports.iter().map(|&x| (p, addr, x))),
+                // Any port: every reply of that server and protocol.
+                None => servers.push((p, addr, 0)),
+            }
+        }
+        for v in [&mut to_us, &mut servers] {
+            v.sort_unstable();
+            v.dedup();
+        }
+        (to_us, servers)
     }
 }
 

@@ -4,6 +4,8 @@
 use foldhash::HashMapExt;
 
 use super::eval::CtState;
+use super::nat::{NatKind, NatTo};
+use super::natct::PortPick;
 use super::{
     eval::Index, Chain, ChainNames, IpvsMatch, Matches, Policy, Ports, Prefix, Rule, Ruleset,
     Table, TableId, TablesError, Target,
@@ -273,8 +275,47 @@ impl Building {
         for start in 0..chains.len() {
             depth_check(&edges, start, 0, &mut vec![start])?;
         }
+        if self.id == TableId::Nat {
+            nat_hooks_check(&chains, &edges)?;
+        }
         Ok(Table::new(self.id, chains))
     }
+}
+
+/// Each nat target is reachable only from built-in chains it may run at
+/// (see `nat.rs`), as x_tables checks a target's hooks at load.
+fn nat_hooks_check(chains: &[Chain], edges: &[Vec<(usize, usize)>]) -> Result<(), TablesError> {
+    for (b, c) in chains.iter().enumerate() {
+        let Some(point) = c.policy.and_then(|_| super::chain_point(&c.name)) else {
+            continue;
+        };
+        let mut seen = vec![false; chains.len()];
+        let mut todo = vec![b];
+        while let Some(i) = todo.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            for r in &chains[i].rules {
+                if let Target::Nat(n) = r.target {
+                    if !n.kind.valid_at(point) {
+                        let why = match (n.kind, point) {
+                            (NatKind::Snat, crate::datapath::hooks::HookPoint::LocalIn) => {
+                                " (uvs does not rewrite packets it leaves to the director's own stack)"
+                            }
+                            (NatKind::Dnat, _) => ": DNAT is valid from PREROUTING and OUTPUT",
+                            _ => ": SNAT and MASQUERADE are valid from POSTROUTING",
+                        };
+                        return Err(TablesError {
+                            line: r.line,
+                            msg: format!("{} reached from {}{why}", n.kind.name(), c.name),
+                        });
+                    }
+                }
+            }
+            todo.extend(edges[i].iter().map(|&(t, _)| t));
+        }
+    }
+    Ok(())
 }
 
 fn depth_check(
@@ -309,7 +350,16 @@ fn valid_chain_name(n: &str) -> Result<(), String> {
     }
     if matches!(
         n,
-        "ACCEPT" | "DROP" | "REJECT" | "RETURN" | "MARK" | "LOG" | "DNAT" | "SNAT" | "MASQUERADE"
+        "ACCEPT"
+            | "DROP"
+            | "REJECT"
+            | "RETURN"
+            | "MARK"
+            | "LOG"
+            | "DNAT"
+            | "SNAT"
+            | "MASQUERADE"
+            | "REDIRECT"
     ) {
         return Err(format!("chain name '{n}' is a target's"));
     }
@@ -507,6 +557,11 @@ fn rule(id: TableId, words: &[Word], base: (u64, u64), line: usize) -> Result<Pe
                     "ipvs",
                     "comment",
                 ];
+                if name == "set" {
+                    return Err(
+                        "match '-m set' (ipsets, kube-proxy's --match-set) is not emulated: write the set's members as -d/-s/--dport rules".into(),
+                    );
+                }
                 let Some(k) = known.iter().find(|k| **k == name) else {
                     return Err(format!(
                         "match '-m {name}' is not emulated ({})",
@@ -565,9 +620,14 @@ fn rule(id: TableId, words: &[Word], base: (u64, u64), line: usize) -> Result<Pe
                         "ESTABLISHED" => CtState::ESTABLISHED,
                         "RELATED" => CtState::RELATED,
                         "INVALID" => CtState::INVALID,
+                        "SNAT" => CtState::SNAT,
+                        "DNAT" => CtState::DNAT,
+                        // uvs tracks every flow it sees (no raw NOTRACK):
+                        // a bit no packet has.
+                        "UNTRACKED" => 64,
                         s => {
                             return Err(format!(
-                                "unknown state '{s}' (NEW, ESTABLISHED, RELATED, INVALID)"
+                                "unknown state '{s}' (NEW, ESTABLISHED, RELATED, INVALID, UNTRACKED, SNAT, DNAT)"
                             ))
                         }
                     };
@@ -635,10 +695,23 @@ fn rule(id: TableId, words: &[Word], base: (u64, u64), line: usize) -> Result<Pe
                     }
                     "MARK" => Target::Mark { mask: 0, xor: 0 },
                     "LOG" => Target::Log,
-                    "DNAT" | "SNAT" | "MASQUERADE" | "REDIRECT" => {
-                        return Err(format!(
-                            "-j {t}: the nat table's translation is not emulated yet"
-                        ))
+                    "DNAT" | "SNAT" | "MASQUERADE" if id != TableId::Nat => {
+                        return Err(format!("{t} is valid in the nat table only"))
+                    }
+                    "DNAT" | "SNAT" | "MASQUERADE" => Target::Nat(NatTo {
+                        kind: match t.as_str() {
+                            "DNAT" => NatKind::Dnat,
+                            "SNAT" => NatKind::Snat,
+                            _ => NatKind::Masquerade,
+                        },
+                        addr: None,
+                        ports: None,
+                        pick: PortPick::Keep,
+                    }),
+                    "REDIRECT" => {
+                        return Err(
+                            "-j REDIRECT is not emulated: it delivers to the director's own sockets, which uvs leaves to the kernel (DNAT to an address instead)".into(),
+                        )
                     }
                     _ => {
                         jump = Some((t.clone(), false));
@@ -653,6 +726,46 @@ fn rule(id: TableId, words: &[Word], base: (u64, u64), line: usize) -> Result<Pe
                 }
                 let (v, mk) = parse_mark(&next(&mut i, "a mark", w)?)?;
                 mark_opt = Some((v, mk, w == "--set-xmark"));
+            }
+            // The MARK shorthands, as --set-xmark V/M.
+            "--xor-mark" | "--or-mark" | "--and-mark" => {
+                if target_name.as_deref() != Some("MARK") {
+                    return Err(format!("{w} needs -j MARK"));
+                }
+                let v = parse_u32(&next(&mut i, "a mark", w)?)?;
+                mark_opt = Some(match w {
+                    "--xor-mark" => (v, 0, true),
+                    "--or-mark" => (v, v, true),
+                    _ => (0, !v, true),
+                });
+            }
+            "--to-destination" | "--to-source" | "--to-ports" | "--random" | "--random-fully"
+            | "--persistent" => {
+                let Target::Nat(to) = &mut target else {
+                    return Err(format!("{w} needs -j DNAT, SNAT or MASQUERADE"));
+                };
+                match (w, to.kind) {
+                    ("--to-destination", NatKind::Dnat) | ("--to-source", NatKind::Snat) => {
+                        let (a, ports) = super::nat::parse_to(&next(&mut i, "an address", w)?, w)?;
+                        if ports.is_some() && !matches!(m.proto, Some((false, 6 | 17 | 132))) {
+                            return Err(format!("{w} with a port needs -p tcp, udp or sctp"));
+                        }
+                        to.addr = Some(a);
+                        to.ports = ports;
+                    }
+                    ("--to-ports", NatKind::Masquerade) => {
+                        if !matches!(m.proto, Some((false, 6 | 17 | 132))) {
+                            return Err(format!("{w} needs -p tcp, udp or sctp"));
+                        }
+                        to.ports = Some(super::nat::parse_ports(&next(&mut i, "ports", w)?, w)?);
+                    }
+                    ("--random", _) => to.pick = PortPick::Random,
+                    ("--random-fully", _) => to.pick = PortPick::Fully,
+                    // One address per rule: every connection of a client
+                    // gets it, which is what --persistent keeps.
+                    ("--persistent", NatKind::Dnat | NatKind::Snat) => {}
+                    (w, k) => return Err(format!("{w} is not an option of -j {}", k.name())),
+                }
             }
             "--log-prefix" | "--log-level" => {
                 if target_name.as_deref() != Some("LOG") {
@@ -724,8 +837,25 @@ fn rule(id: TableId, words: &[Word], base: (u64, u64), line: usize) -> Result<Pe
             }
         };
     }
-    if id == TableId::Nat && !matches!(target, Target::None | Target::Return) && jump.is_none() {
-        return Err("rules in the nat table are not emulated yet beyond RETURN and jumps".into());
+    if id == TableId::Nat && matches!(target, Target::Drop | Target::Reject) {
+        return Err("the nat table is not for filtering: DROP belongs in the filter table".into());
+    }
+    if let Target::Nat(to) = &target {
+        match (to.kind, to.addr) {
+            (NatKind::Dnat, None) => return Err("-j DNAT needs --to-destination".into()),
+            (NatKind::Snat, None) => return Err("-j SNAT needs --to-source".into()),
+            _ => {}
+        }
+        let fam = to.addr.map(|a| a.is_ipv4());
+        let other = [m.src, m.dst]
+            .into_iter()
+            .flatten()
+            .map(|(_, p)| p.addr.is_ipv4());
+        if let Some(f) = fam {
+            if other.into_iter().any(|o| o != f) {
+                return Err("the nat address and -s/-d are of different address families".into());
+            }
+        }
     }
     if let (Some((_, s)), Some((_, d))) = (m.src, m.dst) {
         if s.addr.is_ipv4() != d.addr.is_ipv4() {

@@ -44,12 +44,11 @@ COMMIT
 
 #[test]
 fn mangle_marks_and_filter_drops_marked() {
-    // DNAT is not a --ctstate value: the line is refused with its number.
-    let e = parse(KUBE).unwrap_err();
+    // DNAT is one of conntrack's states (kube-proxy's KUBE-FIREWALL).
+    let r = parse(KUBE).unwrap();
+    let e = parse(&KUBE.replace(",DNAT", ",SNATTED")).unwrap_err();
     assert_eq!(e.line, 17, "{e}");
-    assert!(e.msg.contains("unknown state 'DNAT'"), "{e}");
-    let text = KUBE.replace(",DNAT", "");
-    let r = parse(&text).unwrap();
+    assert!(e.msg.contains("unknown state 'SNATTED'"), "{e}");
     let mut mark = 0;
     let v = r.run(
         TableId::Mangle,
@@ -139,7 +138,7 @@ fn bad_lines_name_their_number() {
     assert_eq!(e("*filter\n-A INPUT -j DROP\n").line, 1);
     assert_eq!(e("*filter\n:A - [0:0]\n-A A -j A\nCOMMIT\n").line, 3);
     assert_eq!(e("*filter\n-A INPUT -i eth0 -j DROP\nCOMMIT\n").line, 2);
-    assert_eq!(e("*nat\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n").line, 2);
+    assert_eq!(e("*nat\n-A PREROUTING -j MASQUERADE\nCOMMIT\n").line, 2);
     assert_eq!(e("*filter\n-A INPUT --mark 1 -j DROP\nCOMMIT\n").line, 2);
     assert_eq!(e("*mangle\n-A PREROUTING -j MARK\nCOMMIT\n").line, 2);
     assert!(e("-A INPUT -j DROP\n").msg.contains("outside a table"));
@@ -254,3 +253,7 @@ fn the_walk_is_indexed() {
         TableVerdict::Drop
     );
 }
+
+#[cfg(test)]
+#[path = "nat_tests.rs"]
+mod nat_tests;

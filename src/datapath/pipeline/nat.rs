@@ -1,0 +1,396 @@
+//! The nat table's hook entries in the pipeline: the destination half at
+//! PREROUTING (and OUTPUT), the source half at POSTROUTING, with the flow
+//! recorded in the nat connection table (`tables/natct.rs`).
+//!
+//! * PREROUTING: a packet of a recorded flow gets its destination rewrite
+//!   (DNAT, or a reply's SNAT undone) without a rule walk; a first packet
+//!   walks the nat PREROUTING chain (a DNAT rewrites it) and is pending.
+//!   Routing is then decided on the new destination.
+//! * POSTROUTING, for every packet uvs transmits (IPVS's or the nat
+//!   table's own): a recorded flow gets its source rewrite (SNAT, or a
+//!   reply's DNAT undone); a pending first packet, as IPVS has rewritten
+//!   it, walks the nat POSTROUTING chain and its flow is recorded.
+//! * A packet of a translated flow that no IPVS function took is
+//!   forwarded by uvs (TTL decremented once), not left to the kernel: the
+//!   kernel's own copy is kept from it by the guard (`dnat_claims`).
+//! * Only when the nat table has a rule (`Ruleset::nat_on`): an empty nat
+//!   table costs a packet nothing. ICMP errors about translated flows are
+//!   not translated (they pass as before).
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use uvs_fwd::{CsumMode, IpVersion, Parsed};
+
+use super::{is_icmp_error, tuple, xmit_reason, Ctx, Pipeline, Step, Verdict, TCP};
+use crate::datapath::hooks::{HookFn, HookPoint, PRI_NAT_DST, PRI_NAT_SRC};
+use crate::datapath::stats::{add, DropReason, WorkerStats};
+use crate::datapath::tables::nat::{NatKind, MASQ_PORTS, SNAT_PORTS};
+use crate::datapath::tables::natct::{Mapping, NatDir, NatError, NatHit, Pending, Seen, SrcNat};
+use crate::datapath::tables::{CtState, Pkt, Ruleset, TableId, TableVerdict};
+
+/// What the nat entries know of a packet's flow.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct NatCtx {
+    /// The recorded flow and the packet's direction in it.
+    hit: Option<NatHit>,
+    /// A first packet's facts, until POSTROUTING records its flow.
+    pending: Option<Pending>,
+    /// The flow is translated: uvs sends the packet.
+    pub(super) owned: bool,
+    /// The destination a DNAT replaced (for ICMP errors about the packet).
+    dnat_from: Option<(IpAddr, u16)>,
+}
+
+impl NatCtx {
+    /// `--ctstate` bits of a recorded flow: ESTABLISHED with SNAT/DNAT.
+    pub(super) fn ct_bits(&self) -> u8 {
+        self.hit.map_or(0, |h| {
+            CtState::ESTABLISHED
+                | if h.m.snat.is_some() { CtState::SNAT } else { 0 }
+                | if h.m.dnat.is_some() { CtState::DNAT } else { 0 }
+        })
+    }
+}
+
+/// A mapping as `uvs trace` shows it (formatted only when tracing).
+struct MapText<'a>(&'static str, &'a Mapping, NatDir);
+
+impl fmt::Display for MapText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (m, o) = (self.1, self.1.orig);
+        write!(
+            f,
+            "nat: {} {} -> {}",
+            self.0,
+            SocketAddr::new(o.src, o.sport),
+            SocketAddr::new(o.dst, o.dport)
+        )?;
+        if let Some((a, p)) = m.dnat {
+            write!(f, " DNAT to {}", SocketAddr::new(a, p))?;
+        }
+        if let Some((a, p)) = m.snat {
+            write!(f, " SNAT to {}", SocketAddr::new(a, p))?;
+        }
+        if m.dnat.is_none() && m.snat.is_none() {
+            f.write_str(" untranslated")?;
+        }
+        if self.2 == NatDir::Reply {
+            f.write_str(" (reply)")?;
+        }
+        Ok(())
+    }
+}
+
+fn seen(p: &Parsed) -> Seen {
+    Seen {
+        tcp_flags: if p.proto == TCP { p.tcp_flags } else { 0 },
+    }
+}
+
+fn pkt(p: &Parsed) -> Pkt {
+    Pkt {
+        proto: p.proto,
+        src: p.src,
+        dst: p.dst,
+        sport: p.sport,
+        dport: p.dport,
+        has_ports: p.has_ports(),
+        len: p.ip_len as u32,
+    }
+}
+
+/// Adds `delta` to the TTL (hop limit), keeping the IPv4 header checksum
+/// (RFC 1624); false when it would leave 1..=255.
+fn ttl_add(frame: &mut [u8], p: &Parsed, delta: i16) -> bool {
+    let v4 = p.version == IpVersion::V4;
+    let at = p.l3_off + if v4 { 8 } else { 7 };
+    let Some(&old) = frame.get(at) else {
+        return false;
+    };
+    let new = i16::from(old) + delta;
+    if !(1..=255).contains(&new) {
+        return false;
+    }
+    let new = new as u8;
+    frame[at] = new;
+    if v4 {
+        let c = p.l3_off + 10;
+        let Some(&[hi, lo]) = frame
+            .get(c..c + 2)
+            .and_then(|s| <&[u8; 2]>::try_from(s).ok())
+        else {
+            return false;
+        };
+        let proto = frame[at + 1];
+        let (m, m2) = (
+            u32::from(u16::from_be_bytes([old, proto])),
+            u32::from(u16::from_be_bytes([new, proto])),
+        );
+        let mut sum = u32::from(!u16::from_be_bytes([hi, lo])) + (!m & 0xffff) + m2;
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        frame[c..c + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    }
+    true
+}
+
+/// Rewrites the destination (`dst`) or source of `cur` in `frame`,
+/// leaving the TTL as it was (the forward decrements it once).
+fn rewrite(
+    frame: &mut [u8],
+    cur: &mut Parsed,
+    dst: bool,
+    (a, port): (IpAddr, u16),
+    csum: CsumMode,
+) -> Result<(), DropReason> {
+    let r = if dst {
+        uvs_fwd::dnat(frame, cur, a, port, csum)
+    } else {
+        uvs_fwd::snat(frame, cur, a, port, csum)
+    };
+    r.map_err(|e| xmit_reason(&e))?;
+    ttl_add(frame, cur, 1);
+    if dst {
+        cur.dst = a;
+        cur.dport = port;
+    } else {
+        cur.src = a;
+        cur.sport = port;
+    }
+    Ok(())
+}
+
+impl Pipeline {
+    /// The nat table's destination half (PREROUTING, OUTPUT).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    pub(super) fn nat_dst(
+        &self,
+        tables: &Ruleset,
+        point: HookPoint,
+        frame: &mut [u8],
+        cur: &mut Parsed,
+        csum: CsumMode,
+        now: u64,
+        ctx: &mut Ctx,
+        st: &WorkerStats,
+        out: &mut Verdict,
+    ) -> Step {
+        if is_icmp_error(cur) || !cur.has_ports() || ctx.nat.hit.is_some() {
+            return Step::Continue;
+        }
+        let t = tuple(cur);
+        let to = match self.nat.lookup(&t, seen(cur), now) {
+            Some(hit) => {
+                ctx.nat.hit = Some(hit);
+                ctx.nat.owned = hit.m.dnat.is_some() || hit.m.snat.is_some();
+                crate::datapath::trace::rule(
+                    point,
+                    PRI_NAT_DST,
+                    "nat",
+                    if point == HookPoint::LocalOut {
+                        "OUTPUT"
+                    } else {
+                        "PREROUTING"
+                    },
+                    0,
+                    &MapText("existing mapping", &hit.m, hit.dir),
+                    "FOLLOW",
+                );
+                match hit.m.dst_manip(hit.dir) {
+                    Some(to) => to,
+                    None => return Step::Continue,
+                }
+            }
+            None => {
+                let k = pkt(cur);
+                let mut mark = ctx.mark;
+                let mut facts = None;
+                let v = {
+                    let f: &[u8] = frame;
+                    let p: &Parsed = cur;
+                    let mut ct =
+                        || *facts.get_or_insert_with(|| self.ct_facts(f, p, now, false, ctx));
+                    tables.run(TableId::Nat, point, &k, &mut mark, &mut ct)
+                };
+                ctx.mark = mark;
+                let dnat = match v {
+                    TableVerdict::Nat(n) if n.kind == NatKind::Dnat => {
+                        n.addr.map(|a| (a, n.ports.map_or(cur.dport, |(lo, _)| lo)))
+                    }
+                    _ => None,
+                };
+                ctx.nat.pending = Some(Pending {
+                    orig: t,
+                    dnat,
+                    out: t,
+                });
+                match dnat {
+                    Some(to) => {
+                        ctx.nat.owned = true;
+                        to
+                    }
+                    None => return Step::Continue,
+                }
+            }
+        };
+        if ctx.nat.hit.is_none_or(|h| h.dir == NatDir::Original) {
+            ctx.nat.dnat_from = Some((cur.dst, cur.dport));
+        }
+        if let Err(r) = rewrite(frame, cur, true, to, csum) {
+            return Self::drop(st, r, out);
+        }
+        // The connection table is asked again, with the new tuple.
+        ctx.looked_up = false;
+        ctx.hit = None;
+        Step::Continue
+    }
+
+    /// The nat table's source half, for a packet uvs transmits (`out` an
+    /// `Xmit`): the recorded rewrite, or a first packet's walk of nat
+    /// POSTROUTING and its flow recorded.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    pub(super) fn nat_post(
+        &self,
+        tables: &Ruleset,
+        frame: &mut [u8],
+        csum: CsumMode,
+        now: u64,
+        ctx: &mut Ctx,
+        st: &WorkerStats,
+        out: &mut Verdict,
+    ) {
+        let Verdict::Xmit { pkt: p, .. } = out else {
+            return;
+        };
+        let mut cur = *p;
+        if !cur.has_ports() || is_icmp_error(&cur) {
+            return;
+        }
+        for e in self.hooks.at(HookPoint::PostRouting) {
+            if e.func == HookFn::NatSrc {
+                add(&st.hook_seen[e.index], 1);
+            }
+        }
+        let to = if let Some(hit) = ctx.nat.hit {
+            hit.m.src_manip(hit.dir)
+        } else if let Some(mut pend) = ctx.nat.pending.take() {
+            pend.out = tuple(&cur);
+            let src = match self.nat_src_walk(tables, frame, &cur, now, ctx) {
+                Ok(s) => s,
+                Err(r) => return Self::nat_drop(st, r, out),
+            };
+            let translated = src.is_some() || pend.dnat.is_some();
+            match self.nat.confirm(&pend, src, seen(&cur), now) {
+                Ok(hit) => {
+                    crate::datapath::trace::rule(
+                        HookPoint::PostRouting,
+                        PRI_NAT_SRC,
+                        "nat",
+                        "POSTROUTING",
+                        0,
+                        &MapText("new mapping", &hit.m, hit.dir),
+                        if hit.m.snat.is_some() {
+                            "SNAT"
+                        } else {
+                            "RECORD"
+                        },
+                    );
+                    hit.m.snat
+                }
+                // An untranslated flow is walked again next time.
+                Err(_) if !translated => None,
+                Err(NatError::Full) => return Self::nat_drop(st, DropReason::NatTableFull, out),
+                Err(NatError::NoPort) => return Self::nat_drop(st, DropReason::NatNoPort, out),
+            }
+        } else {
+            None
+        };
+        let Some(to) = to else {
+            return;
+        };
+        if let Err(r) = rewrite(frame, &mut cur, false, to, csum) {
+            return Self::nat_drop(st, r, out);
+        }
+        if let Verdict::Xmit { pkt, .. } = out {
+            *pkt = cur;
+        }
+    }
+
+    /// nat POSTROUTING for a first packet: its source half.
+    fn nat_src_walk(
+        &self,
+        tables: &Ruleset,
+        frame: &[u8],
+        cur: &Parsed,
+        now: u64,
+        ctx: &mut Ctx,
+    ) -> Result<Option<SrcNat>, DropReason> {
+        let k = pkt(cur);
+        let mut mark = ctx.mark;
+        let mut facts = None;
+        let mut ct = || *facts.get_or_insert_with(|| self.ct_facts(frame, cur, now, false, ctx));
+        let v = tables.run(TableId::Nat, HookPoint::PostRouting, &k, &mut mark, &mut ct);
+        ctx.mark = mark;
+        let TableVerdict::Nat(n) = v else {
+            return Ok(None);
+        };
+        let addr = match n.addr {
+            Some(a) => a,
+            None => tables
+                .local
+                .masq_addr(cur.dst)
+                .ok_or(DropReason::NatNoAddress)?,
+        };
+        let ports = n.ports.unwrap_or(match n.kind {
+            NatKind::Masquerade => MASQ_PORTS,
+            _ if cur.sport < 1024 => (1, 1023),
+            _ => SNAT_PORTS,
+        });
+        Ok(Some(SrcNat {
+            addr,
+            ports,
+            pick: n.pick,
+        }))
+    }
+
+    fn nat_drop(st: &WorkerStats, r: DropReason, out: &mut Verdict) {
+        st.drop(r);
+        *out = Verdict::Drop(r);
+    }
+
+    /// A translated flow's packet that no IPVS function took: uvs forwards
+    /// it toward its (new) destination.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    pub(super) fn nat_forward(
+        &self,
+        tables: &Ruleset,
+        frame: &mut [u8],
+        cur: &Parsed,
+        csum: CsumMode,
+        now: u64,
+        ctx: &mut Ctx,
+        st: &WorkerStats,
+        out: &mut Verdict,
+    ) {
+        if !ttl_add(frame, cur, -1) {
+            st.drop(DropReason::TtlExceeded);
+            *out = Verdict::Reject {
+                reason: DropReason::TtlExceeded,
+                pkt: *cur,
+            };
+            return;
+        }
+        *out = Verdict::Xmit {
+            next_hop: cur.dst,
+            dnat_from: ctx.nat.dnat_from,
+            snat_from: None,
+            pkt: *cur,
+        };
+        self.nat_post(tables, frame, csum, now, ctx, st, out);
+    }
+}

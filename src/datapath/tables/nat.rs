@@ -1,0 +1,181 @@
+//! The nat table's targets (`DNAT`, `SNAT`, `MASQUERADE`) as parsed, and
+//! what the pipeline needs to apply them: the options' meaning, where in
+//! the hook chain each target may be used, and the addresses MASQUERADE
+//! takes.
+//!
+//! Contract:
+//! * `--to-destination ADDR[:PORT[-PORT]]`, `--to-source ADDR[:PORT[-PORT]]`
+//!   (`[ADDR]:PORT` for IPv6), `--to-ports PORT[-PORT]` (MASQUERADE),
+//!   `--random`, `--random-fully`, `--persistent` are read with iptables'
+//!   meaning. An address range (`A-B`) is refused: uvs maps to one address,
+//!   which is also all `--persistent` asks for (it keeps a client on one
+//!   address of a range), so `--persistent` is accepted.
+//! * DNAT's port range: each flow gets the first port of it (nf_nat keeps
+//!   the destination port when in range, else takes the range's start; a
+//!   port rewrite needs a destination port range of one to be
+//!   predictable, so uvs always takes the start, documented).
+//! * MASQUERADE takes the address of the director's interface whose
+//!   connected subnet holds the packet's next destination (as the kernel's
+//!   `inet_select_addr` on the route's interface for an on-link next hop),
+//!   else the first address of the family; without `--to-ports` its ports
+//!   come from [`MASQ_PORTS`], above Linux's default ephemeral range
+//!   (`ip_local_port_range` 32768–60999), so a reply to one is never a
+//!   reply to one of the director's own sockets, and uvs's guard keeps
+//!   exactly those from the kernel.
+//! * Where a target may be used (checked at load, as x_tables checks a
+//!   target's hooks): DNAT from PREROUTING and OUTPUT; SNAT and MASQUERADE
+//!   from POSTROUTING (SNAT at INPUT is refused: uvs does not rewrite
+//!   packets it leaves to the director's own stack). REDIRECT is refused:
+//!   it delivers to the director's own sockets.
+
+use std::net::IpAddr;
+
+use super::natct::PortPick;
+use super::Prefix;
+use crate::datapath::hooks::HookPoint;
+
+/// Source ports of MASQUERADE without `--to-ports` (`0xf000..=0xffff`).
+pub const MASQ_PORTS: (u16, u16) = (61440, 65535);
+/// Source ports of SNAT with an address and no port (nf_nat's default
+/// for a source port of 1024 and above).
+pub const SNAT_PORTS: (u16, u16) = (1024, 65535);
+
+/// Which nat target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    Dnat,
+    Snat,
+    Masquerade,
+}
+
+impl NatKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            NatKind::Dnat => "DNAT",
+            NatKind::Snat => "SNAT",
+            NatKind::Masquerade => "MASQUERADE",
+        }
+    }
+
+    /// Whether the target may run at `point` (see the module doc).
+    pub fn valid_at(self, point: HookPoint) -> bool {
+        match self {
+            NatKind::Dnat => matches!(point, HookPoint::PreRouting | HookPoint::LocalOut),
+            NatKind::Snat | NatKind::Masquerade => point == HookPoint::PostRouting,
+        }
+    }
+}
+
+/// A nat rule's target with its options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatTo {
+    pub kind: NatKind,
+    /// `None` for MASQUERADE (the outgoing interface's address).
+    pub addr: Option<IpAddr>,
+    /// Inclusive port range (`None`: the port stays, or MASQUERADE's own).
+    pub ports: Option<(u16, u16)>,
+    pub pick: PortPick,
+}
+
+/// `ADDR`, `ADDR:P`, `ADDR:P-Q`, `[V6]`, `[V6]:P[-Q]`.
+pub fn parse_to(s: &str, opt: &str) -> Result<(IpAddr, Option<(u16, u16)>), String> {
+    let (a, ports) = if let Some(rest) = s.strip_prefix('[') {
+        let (a, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{opt} {s}: missing ']'"))?;
+        match tail {
+            "" => (a, None),
+            t => (
+                a,
+                Some(
+                    t.strip_prefix(':')
+                        .ok_or_else(|| format!("{opt} {s}: expected ':' after ']'"))?,
+                ),
+            ),
+        }
+    } else if s.matches(':').count() == 1 {
+        let (a, p) = s.split_once(':').unwrap_or((s, ""));
+        (a, Some(p))
+    } else {
+        (s, None)
+    };
+    if a.contains('-') {
+        return Err(format!(
+            "{opt} {s}: address ranges are not emulated (give one address)"
+        ));
+    }
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("{opt} {s}: invalid address '{a}'"))?;
+    let ports = ports.map(|p| parse_ports(p, opt)).transpose()?;
+    Ok((addr, ports))
+}
+
+/// `P` or `P-Q`, ports 1–65535.
+pub fn parse_ports(s: &str, opt: &str) -> Result<(u16, u16), String> {
+    let one = |x: &str| match x.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("{opt}: invalid port '{x}'")),
+    };
+    let (a, b) = match s.split_once('-') {
+        None => (one(s)?, one(s)?),
+        Some((a, b)) => (one(a)?, one(b)?),
+    };
+    if a > b {
+        return Err(format!("{opt}: port range '{s}' is backwards"));
+    }
+    Ok((a, b))
+}
+
+/// The director's addresses with their connected subnets, for
+/// MASQUERADE.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalNets(pub Vec<(Prefix, IpAddr)>);
+
+impl LocalNets {
+    /// The address MASQUERADE gives a packet going to `next`.
+    pub fn masq_addr(&self, next: IpAddr) -> Option<IpAddr> {
+        self.0
+            .iter()
+            .filter(|(p, _)| p.contains(next))
+            .max_by_key(|(p, _)| p.len)
+            .or_else(|| {
+                self.0
+                    .iter()
+                    .find(|(_, a)| a.is_ipv4() == next.is_ipv4() && !a.is_loopback())
+            })
+            .map(|(_, a)| *a)
+    }
+}
+
+/// The director's addresses with their subnets, read from the kernel when
+/// a ruleset with nat rules is published (not per packet; an address
+/// added later is seen at the next `uvs tables restore` or reload).
+pub fn local_nets() -> LocalNets {
+    let all = crate::sys::netlink::Netlink::open().and_then(|mut n| n.addrs_with_len());
+    match all {
+        Ok(v) => LocalNets(
+            v.into_iter()
+                .filter(|(_, a, _)| !a.is_loopback())
+                .map(|(_, addr, len)| (Prefix { addr, len }, addr))
+                .collect(),
+        ),
+        Err(e) => {
+            log::warn!("uvs tables: reading the director's addresses for MASQUERADE: {e}");
+            LocalNets::default()
+        }
+    }
+}
+
+/// What the guard must keep from the kernel for the nat table (see
+/// [`super::Ruleset::dnat_claims`]): DNAT'd destinations as a service's,
+/// the DNAT targets' replies as a NAT real server's.
+pub fn guard_claims(r: &super::Ruleset) -> Vec<crate::sys::guard::Elem> {
+    use crate::sys::guard::Elem;
+    let (to_us, servers) = r.dnat_claims();
+    to_us
+        .into_iter()
+        .map(Elem::Service)
+        .chain(servers.into_iter().map(Elem::NatServer))
+        .collect()
+}

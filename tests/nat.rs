@@ -1,0 +1,253 @@
+//! The nat table translating real traffic, in a kube-proxy IPVS-mode
+//! shape: KUBE-SERVICES marks a VIP port's new flows with 0x4000 at nat
+//! PREROUTING, IPVS balances them to its NAT real servers, and
+//! KUBE-POSTROUTING MASQUERADEs the marked ones (`--random-fully`), so the
+//! real server sees the director's address; its replies are un-MASQUERADEd,
+//! then IPVS un-DNATs them. A VIP port without the mark keeps the client's
+//! address. A DNAT rule for a port no IPVS service owns forwards it. The
+//! nat rules count first packets only (`save -c`), and `uvs trace` shows
+//! the first packet's decision and a later one's "existing mapping".
+//! Needs root; skips without.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use uvs::control::socket;
+use uvs::sys::netns;
+
+mod common;
+
+use common::{root_or_skip, Setup};
+
+const CONFIG: &str = "\
+-A -t 192.0.2.10:80 -s rr
+-a -t 192.0.2.10:80 -r 203.0.113.11:8081 -m -w 1
+-a -t 192.0.2.10:80 -r 203.0.113.12:8081 -m -w 1
+-A -t 192.0.2.10:443 -s rr
+-a -t 192.0.2.10:443 -r 203.0.113.11:8081 -m -w 1
+-a -t 192.0.2.10:443 -r 203.0.113.12:8081 -m -w 1
+";
+
+/// A kube-proxy IPVS-mode node's nat and filter tables (the ipset match
+/// written as -d/--dport: uvs refuses `-m set`), plus a DNAT for a port no
+/// service owns.
+const TABLES: &str = "\
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A PREROUTING -d 192.0.2.20/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 203.0.113.11:8081
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully
+-A KUBE-SERVICES ! -s 10.244.0.0/16 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"cluster ip + port for masquerade purpose\" -j KUBE-MARK-MASQ
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-FIREWALL - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A KUBE-FIREWALL -m comment --comment \"kubernetes firewall for dropping marked packets\" -m mark --mark 0x8000/0x8000 -j DROP
+-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
+COMMIT
+";
+
+/// Answers each connection with "NAME PEER-ADDRESS" and closes; stops
+/// when dropped (or after 120 s).
+struct WhoAmI {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for WhoAmI {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn whoami(ns: &str, name: &'static str, port: u16) -> WhoAmI {
+    let l = netns::run_in(ns, move || TcpListener::bind(("0.0.0.0", port)))
+        .expect("namespace")
+        .expect("bind");
+    l.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(120);
+        while !s.load(Ordering::Relaxed) && Instant::now() < end {
+            match l.accept() {
+                Ok((mut c, peer)) => {
+                    let _ = writeln!(c, "{name} {}", peer.ip());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    WhoAmI { stop }
+}
+
+/// `n` connections from the client to `addr`: the answers.
+fn ask(s: &Setup, addr: &str, n: usize) -> Vec<String> {
+    let a: SocketAddr = addr.parse().unwrap();
+    netns::run_in(&s.lab.ns("c"), move || {
+        (0..n)
+            .map(|_| {
+                let c = TcpStream::connect_timeout(&a, Duration::from_secs(3));
+                match c {
+                    Ok(c) => {
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+                        let mut line = String::new();
+                        match BufReader::new(c).read_line(&mut line) {
+                            Ok(_) => line.trim().to_string(),
+                            Err(e) => format!("error: {e}"),
+                        }
+                    }
+                    Err(e) => format!("error: {e}"),
+                }
+            })
+            .collect()
+    })
+    .expect("client namespace")
+}
+
+fn count(v: &[String], what: &str) -> usize {
+    v.iter().filter(|l| *l == what).count()
+}
+
+/// The packet count of the saved rule containing `needle`.
+fn rule_packets(saved: &str, needle: &str) -> u64 {
+    saved
+        .lines()
+        .find(|l| l.contains(needle))
+        .and_then(|l| l.strip_prefix('['))
+        .and_then(|l| l.split(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
+    if !root_or_skip("kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port") {
+        return;
+    }
+    let prefix = format!("uxnt{}", std::process::id() % 100000);
+    let base = std::env::temp_dir().join(&prefix);
+    let (cfg, tbl) = (base.with_extension("rules"), base.with_extension("tables"));
+    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::write(&tbl, TABLES).unwrap();
+    struct Rm(Vec<std::path::PathBuf>);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _rm = Rm(vec![cfg.clone(), tbl.clone()]);
+    let s = Setup::start(
+        &prefix,
+        &[],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--tables",
+            tbl.to_str().unwrap(),
+            "--workers",
+            "1",
+        ],
+    );
+    let _w1 = whoami(&s.lab.ns("rs1"), "rs1", 8081);
+    let _w2 = whoami(&s.lab.ns("rs2"), "rs2", 8081);
+    let log = || s.d.log_text();
+
+    // Marked by KUBE-MARK-MASQ: balanced, and the real servers see the
+    // director's server-side address.
+    let v = ask(&s, "192.0.2.10:80", 10);
+    assert_eq!(
+        (count(&v, "rs1 203.0.113.1"), count(&v, "rs2 203.0.113.1")),
+        (5, 5),
+        "{v:?}\n{}",
+        log()
+    );
+    // Not marked: IPVS alone, the client's address.
+    let v = ask(&s, "192.0.2.10:443", 4);
+    assert_eq!(
+        (
+            count(&v, "rs1 198.51.100.10"),
+            count(&v, "rs2 198.51.100.10")
+        ),
+        (2, 2),
+        "{v:?}"
+    );
+    // DNAT for a port no service owns: forwarded to rs1, client's address.
+    let v = ask(&s, "192.0.2.20:8080", 3);
+    assert_eq!(count(&v, "rs1 198.51.100.10"), 3, "{v:?}\n{}", log());
+
+    // nat rules see first packets only: one per flow.
+    let saved = s.d.call(&["tables", "save", "-c"]).unwrap().stdout;
+    assert_eq!(rule_packets(&saved, "-j MASQUERADE"), 10, "{saved}");
+    assert_eq!(rule_packets(&saved, "-j KUBE-MARK-MASQ"), 10, "{saved}");
+    assert_eq!(rule_packets(&saved, "-j DNAT"), 3, "{saved}");
+    // KUBE-FIREWALL's DROP did not stop anything.
+    assert_eq!(s.d.counter("drop.filtered").unwrap_or(0), 0);
+
+    // `uvs trace`: the first packet's decision, then a later packet's
+    // existing mapping.
+    let argv: Vec<String> = [
+        "trace",
+        "-p",
+        "tcp",
+        "--dport",
+        "8080",
+        "--count",
+        "2",
+        "--timeout",
+        "20",
+    ]
+    .map(String::from)
+    .to_vec();
+    let control = s.d.control.clone();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let r = socket::call_streamed(&control, &argv, |b| {
+            let chunk = b.to_string();
+            if chunk.starts_with("tracing ") {
+                let _ = tx.send(());
+            }
+            text.push_str(&chunk);
+            Ok(())
+        });
+        (r.map(|r| r.status), text)
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the trace starts");
+    let v = ask(&s, "192.0.2.20:8080", 1);
+    assert_eq!(count(&v, "rs1 198.51.100.10"), 1, "{v:?}");
+    let (status, text) = reader.join().unwrap();
+    assert_eq!(status.unwrap(), 0, "{text}");
+    assert!(
+        text.contains("rule nat PREROUTING #2 \"-d 192.0.2.20/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 203.0.113.11:8081\": DNAT"),
+        "the rule that decided:\n{text}"
+    );
+    assert!(
+        text.contains("nat: new mapping 198.51.100.10:")
+            && text.contains("DNAT to 203.0.113.11:8081"),
+        "the mapping:\n{text}"
+    );
+    assert!(
+        text.contains("nat: existing mapping"),
+        "a later packet:\n{text}"
+    );
+}
