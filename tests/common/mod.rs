@@ -176,3 +176,20 @@ impl Drop for Endpoint {
         let _ = std::fs::remove_file(&self.out);
     }
 }
+
+/// Polls `cond` every 20 ms until it holds or `limit` has passed; returns
+/// whether it held. For waits on something that will happen (a counter
+/// moving, a process gone): as quick as the machine allows, and as patient
+/// as a loaded one needs, where a fixed sleep is either too long or too short.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
