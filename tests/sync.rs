@@ -422,6 +422,7 @@ fn persistent_clients_keep_their_real_servers_after_takeover() {
     for rs in ["rs1", "rs2"] {
         ip_in(&lab.ns(rs), "route replace default via 203.0.113.2");
     }
+    let conns_before = backup.counter("sync.backup.conns").unwrap();
     let cl = clients.clone();
     let after: Vec<String> = netns::run_in(&lab.ns("c"), move || {
         let mut v: Vec<String> = cl
@@ -445,4 +446,17 @@ fn persistent_clients_keep_their_real_servers_after_takeover() {
             "{c}"
         );
     }
+    // A well-formed message from another address is dropped, counted.
+    netns::run_in(&lab.ns("rs1"), || {
+        let s = std::net::UdpSocket::bind("203.0.113.11:0").unwrap();
+        s.send_to(&message(3, "203.0.113.11", false), "203.0.113.2:8848")
+            .unwrap();
+    })
+    .expect("rs1 namespace");
+    let end = Instant::now() + Duration::from_secs(5);
+    while backup.counter("sync.backup.other_sender").unwrap_or(0) == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(backup.counter("sync.backup.other_sender").unwrap(), 1);
+    assert_eq!(backup.counter("sync.backup.conns").unwrap(), conns_before);
 }
