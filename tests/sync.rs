@@ -76,21 +76,28 @@ fn send_sync_from(ns: &str, src: std::net::Ipv4Addr, msg: Vec<u8>) {
     .expect("sender namespace");
 }
 
-/// One sync message of `syncid` about a connection to real server `rs`.
-fn message(syncid: u8, rs: &str) -> Vec<u8> {
+/// One sync message of `syncid` about a connection to real server `rs`,
+/// with TCP sequence adjustment data when `seq` (as a kernel master sends
+/// for a connection its FTP helper rewrote).
+fn message(syncid: u8, rs: &str, seq: bool) -> Vec<u8> {
+    let adj = uvs_sync::Seq {
+        init_seq: 1000,
+        delta: 4,
+        previous_delta: 0,
+    };
     let c = uvs_sync::Conn {
         protocol: 6,
         flags: 0,
         state: uvs_sync::tcp_state::ESTABLISHED,
         caddr: "198.51.100.10".parse().unwrap(),
-        cport: 1,
+        cport: if seq { 2 } else { 1 },
         vaddr: "192.0.2.10".parse().unwrap(),
         vport: 80,
         daddr: rs.parse().unwrap(),
         dport: 80,
         fwmark: 0,
         timeout: 900,
-        seq: None,
+        seq: seq.then_some((adj, adj)),
         pe: None,
     };
     let mut w = uvs_sync::MessageWriter::new(syncid, 1472);
@@ -179,23 +186,25 @@ fn backup_takes_over_established_nat_connections() {
 
     // Messages the backup must drop, each counted under its name: another
     // sync ID, a real server it does not have, a datagram that is no
-    // sync message.
+    // sync message; and a connection with sequence data, installed
+    // without it (counted).
     let rs1 = std::net::Ipv4Addr::new(203, 0, 113, 11);
-    send_sync_from(&lab.ns("rs1"), rs1, message(9, "203.0.113.11"));
-    send_sync_from(&lab.ns("rs1"), rs1, message(7, "203.0.113.99"));
+    send_sync_from(&lab.ns("rs1"), rs1, message(9, "203.0.113.11", false));
+    send_sync_from(&lab.ns("rs1"), rs1, message(7, "203.0.113.99", false));
     send_sync_from(&lab.ns("rs1"), rs1, b"not a sync message".to_vec());
+    send_sync_from(&lab.ns("rs1"), rs1, message(7, "203.0.113.11", true));
     let end = Instant::now() + Duration::from_secs(5);
     let dropped = |d: &Director| {
-        ["other_syncid", "no_dest", "bad_messages"]
+        ["other_syncid", "no_dest", "bad_messages", "seq_ignored"]
             .map(|c| d.counter(&format!("sync.backup.{c}")).unwrap_or(0))
     };
-    while dropped(&backup) != [1, 1, 1] && Instant::now() < end {
+    while dropped(&backup) != [1, 1, 1, 1] && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
         dropped(&backup),
-        [1, 1, 1],
-        "other_syncid, no_dest, bad_messages"
+        [1, 1, 1, 1],
+        "other_syncid, no_dest, bad_messages, seq_ignored"
     );
 
     // Without refresh, when would the backup's copies expire?
@@ -413,6 +422,7 @@ fn persistent_clients_keep_their_real_servers_after_takeover() {
     for rs in ["rs1", "rs2"] {
         ip_in(&lab.ns(rs), "route replace default via 203.0.113.2");
     }
+    let conns_before = backup.counter("sync.backup.conns").unwrap();
     let cl = clients.clone();
     let after: Vec<String> = netns::run_in(&lab.ns("c"), move || {
         let mut v: Vec<String> = cl
@@ -436,4 +446,17 @@ fn persistent_clients_keep_their_real_servers_after_takeover() {
             "{c}"
         );
     }
+    // A well-formed message from another address is dropped, counted.
+    netns::run_in(&lab.ns("rs1"), || {
+        let s = std::net::UdpSocket::bind("203.0.113.11:0").unwrap();
+        s.send_to(&message(3, "203.0.113.11", false), "203.0.113.2:8848")
+            .unwrap();
+    })
+    .expect("rs1 namespace");
+    let end = Instant::now() + Duration::from_secs(5);
+    while backup.counter("sync.backup.other_sender").unwrap_or(0) == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(backup.counter("sync.backup.other_sender").unwrap(), 1);
+    assert_eq!(backup.counter("sync.backup.conns").unwrap(), conns_before);
 }

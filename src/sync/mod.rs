@@ -596,3 +596,6 @@ fn template_of(c: &Conn, services: &Services) -> Result<SyncedTemplate, Skip> {
         timeout_ms,
     })
 }
+
+#[cfg(test)]
+mod tests;
