@@ -33,7 +33,25 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn director(lab: &Lab, k: u32) -> Director {
+/// A health-checked service on a third VIP: rs1's port 8080, TCP_CHECK.
+const KEEPALIVED: &str = "\
+virtual_server 192.0.2.30 8080 {
+    delay_loop 1
+    lb_algo rr
+    lb_kind DR
+    protocol TCP
+    real_server 203.0.113.11 8080 {
+        weight 1
+        TCP_CHECK {
+            connect_timeout 1
+            retry 1
+            delay_before_retry 0.3
+        }
+    }
+}
+";
+
+fn director(lab: &Lab, k: u32, keepalived: &std::path::Path) -> Director {
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_uvs"));
     let (las, pas, hold) = (
         ecmp::DIRECTOR_AS.to_string(),
@@ -51,6 +69,8 @@ fn director(lab: &Lab, k: u32) -> Director {
         &pas,
         "--bgp-hold-time",
         &hold,
+        "--keepalived",
+        keepalived.to_str().unwrap(),
     ];
     let d = Director::start_in(lab, &format!("lb{k}"), exe, &args).expect("uvs run --bgp-peer");
     for c in SERVICES {
@@ -99,9 +119,13 @@ fn directors_behind_ecmp_keep_established_dr_connections_when_one_dies() {
     .expect("lab up --ecmp 2");
     let _s1 = lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1");
     let _s2 = lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53).expect("rs2");
-    let lb1 = director(&lab, 1);
-    let lb2 = director(&lab, 2);
-    let (vip, vip2) = (ip("192.0.2.10"), ip("192.0.2.20"));
+    let checked = lab::serve_in(&lab.ns("rs1"), "rs1", 8080, 5300).expect("rs1:8080");
+    let ka = std::env::temp_dir().join(format!("{}-keepalived.conf", lab.prefix));
+    std::fs::write(&ka, KEEPALIVED).unwrap();
+    let lb1 = director(&lab, 1, &ka);
+    let lb2 = director(&lab, 2, &ka);
+    let _ = std::fs::remove_file(&ka);
+    let (vip, vip2, vip3) = (ip("192.0.2.10"), ip("192.0.2.20"), ip("192.0.2.30"));
     let both = [director_addr(1), director_addr(2)];
 
     // One next hop per director for each VIP.
@@ -123,10 +147,20 @@ fn directors_behind_ecmp_keep_established_dr_connections_when_one_dies() {
         .unwrap();
     let t = hops(&lab, vip2, &both, "servers back", &[&lb1, &lb2]);
     eprintln!("ecmp: {vip2} announced again by both {t:?} after its server came back");
+    // The health checks: rs1:8080 stops listening, both directors remove
+    // it, the VIP goes; it listens again, the VIP comes back.
+    hops(&lab, vip3, &both, "checked service up", &[&lb1, &lb2]);
+    drop(checked);
+    let t = hops(&lab, vip3, &[], "checked server down", &[&lb1, &lb2]);
+    eprintln!("ecmp: {vip3} withdrawn by both {t:?} after its only server stopped listening");
+    let checked = lab::serve_in(&lab.ns("rs1"), "rs1", 8080, 5300).expect("rs1:8080");
+    let t = hops(&lab, vip3, &both, "checked server back", &[&lb1, &lb2]);
+    eprintln!("ecmp: {vip3} announced again by both {t:?} after it listened again");
+    drop(checked);
     // The first VIP was never touched by that.
     assert_eq!(ecmp::next_hops(&lab, vip).unwrap(), both);
     assert!(lb1.counter("bgp.reconfigures").unwrap() >= 2);
-    assert_eq!(lb1.counter("bgp.announced").unwrap(), 2);
+    assert_eq!(lb1.counter("bgp.announced").unwrap(), 3);
     assert_eq!(lb1.counter("bgp.reconfigure_failures").unwrap(), 0);
 
     // Long-lived connections, spread by the router over both directors.
