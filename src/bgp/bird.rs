@@ -226,7 +226,8 @@ fn write_conf(dir: &Path, text: &str) -> io::Result<()> {
 }
 
 /// `bird -f` (foreground: the child is BIRD itself) with SIGTERM as its
-/// parent-death signal; its output goes where uvs's goes.
+/// parent-death signal, in its own process group; its output goes where
+/// uvs's goes.
 fn spawn(cfg: &BgpConfig) -> Result<Child, BgpError> {
     let dir = &cfg.runtime_dir;
     let parent = std::process::id() as libc::pid_t;
@@ -238,7 +239,10 @@ fn spawn(cfg: &BgpConfig) -> Result<Child, BgpError> {
         .arg(dir.join(CTL))
         .arg("-P")
         .arg(dir.join(PID))
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // Its own process group: a terminal's Ctrl-C reaches uvs alone,
+        // which then withdraws before it stops BIRD.
+        .process_group(0);
     // SAFETY: the closure runs in the forked child before exec; it calls
     // only prctl(2) and getppid(2), which are async-signal-safe, and builds
     // its errors without allocating.
