@@ -19,6 +19,8 @@ command -v ping >/dev/null || need+=(iputils-ping)
 # tests/packaging.rs: the man pages through groff, the unit through systemd-analyze.
 command -v groff >/dev/null || need+=(groff-base)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# tests/ecmp.rs: BIRD 2 on the lab router and on every director.
+command -v bird >/dev/null || need+=(bird2)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test.sh: installing ${need[*]}"

@@ -13,6 +13,7 @@
 //! * [`tunnel`] — the real servers' tunnel endpoint;
 //! * [`lab`] — the namespace lab and `uvs demo`.
 
+pub mod bgp;
 pub mod control;
 pub mod datapath;
 pub mod engine;

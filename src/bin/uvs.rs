@@ -166,6 +166,8 @@ enum Cmd {
         /// default; a loopback address is suggested).
         #[arg(long, value_name = "ADDR:PORT")]
         metrics: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        bgp: Box<uvs::bgp::BgpArgs>,
     },
     /// Build a namespace lab, balance real TCP and UDP traffic through uvs,
     /// print the result and remove the lab. Needs root.
@@ -525,10 +527,12 @@ fn real_main() -> Result<ExitCode> {
             io,
             busy_poll,
             metrics,
+            bgp,
         } => {
             knobs.extend(amemthresh.map(|p| format!("amemthresh={p}")));
             // What it needs, checked before anything is changed.
             let control = socket::path(control.as_deref());
+            let bgp = bgp.config(&control)?;
             uvs::sys::prereq::check(&uvs::sys::prereq::for_run(
                 &interfaces,
                 &control,
@@ -572,6 +576,7 @@ fn real_main() -> Result<ExitCode> {
                 busy_poll_us: busy_poll,
                 sources,
                 metrics,
+                bgp,
             };
             uvs::control::daemon::run(opts, &stop)?;
             Ok(ExitCode::SUCCESS)

@@ -63,6 +63,8 @@ pub struct RunOpts {
     pub metrics: Option<SocketAddr>,
     /// `--keepalived FILE`: its virtual servers, health-checked.
     pub keepalived: Option<reload::Text>,
+    /// `--bgp-peer …`: announce the healthy services' VIPs through BIRD.
+    pub bgp: Option<crate::bgp::BgpConfig>,
 }
 
 /// Why the daemon could not start.
@@ -90,6 +92,8 @@ pub enum DaemonError {
         addr: SocketAddr,
         err: std::io::Error,
     },
+    #[error("BGP: {0}")]
+    Bgp(#[from] crate::bgp::BgpError),
 }
 
 /// The daemon's state on the control thread.
@@ -109,6 +113,8 @@ struct Daemon {
     sync: crate::sync::SyncDaemons,
     /// `--keepalived`'s health state (see [`crate::health`]).
     health: Option<Arc<crate::health::Health>>,
+    /// `--bgp-peer`'s speaker: told which services each commit touched.
+    bgp: Option<crate::bgp::Bgp>,
 }
 
 /// The runtime form of one configured service, or what the engine cannot
@@ -443,6 +449,11 @@ impl Daemon {
         if !p.plan.is_empty() {
             self.pipeline.services.store(Arc::new(p.plan.commit()));
         }
+        if let Some(b) = &self.bgp {
+            let mut keys = Vec::new();
+            touched(applied, &running, &mut keys);
+            b.update(&self.config, &keys);
+        }
         let t = &self.config.timeouts;
         let mut ct = self.pipeline.conns.timeouts();
         ct.set_tcp_tcpfin_udp(t.tcp, t.tcp_fin, t.udp);
@@ -515,6 +526,9 @@ impl Daemon {
                 });
                 if let Some(h) = &self.health {
                     h.register(&mut r);
+                }
+                if let Some(b) = &self.bgp {
+                    b.register(&mut r);
                 }
                 match argv.get(1).map(String::as_str) {
                     None => Reply::ok(r.text()),
@@ -955,6 +969,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         ring_frames: opts.ring_frames,
         sync: Default::default(),
         health: health.clone(),
+        bgp: None,
     };
     d.commit(&ctl::Applied::Batch(loaded))
         .map_err(DaemonError::Config)?;
@@ -994,6 +1009,10 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             Some(m)
         }
     };
+    // Announced once the services are in place and the engine runs.
+    if let Some(cfg) = opts.bgp.clone() {
+        d.bgp = Some(crate::bgp::Bgp::start(cfg, &d.config)?);
+    }
     log::info!(
         "running on {} with {} worker(s), {}; control socket {}",
         names.join(", "),
@@ -1029,6 +1048,11 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         || stop.load(Ordering::Relaxed) || faults.panics() > 0,
         |argv| d.answer(argv),
     );
+    // Withdrawn first, so the routers move new flows away while this
+    // director still forwards the ones in flight.
+    if let Some(b) = d.bgp.take() {
+        b.stop();
+    }
     // Closed first, so a checker waiting on it is answered (refused) and
     // stops.
     drop(server);

@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod ecmp;
 pub mod flood;
 
 use std::collections::BTreeMap;
