@@ -45,5 +45,8 @@ if [ "${UVS_FUZZ_SECS:-0}" != 0 ]; then
   scripts/fuzz.sh "$UVS_FUZZ_SECS"
 fi
 # The lab suite again under the AF_XDP backend (issue 9: both backends in
-# CI); about a minute and a half on 2 cores.
-UVS_LAB_IO=af_xdp cargo test --test lab --test director_local --test overload --test trace
+# CI); about a minute and a half on 2 cores. `--workspace` as above, so
+# features resolve as they did there and nothing is rebuilt (without it the
+# uvs library, regex, criterion and netlink-packet-route build a second
+# time: minutes in CI).
+UVS_LAB_IO=af_xdp cargo test --workspace --test lab --test director_local --test overload --test trace

@@ -279,9 +279,13 @@ fn knobs_are_listed_and_changed_live() {
     ] {
         assert!(list.stdout.contains(want), "{want:?} in\n{}", list.stdout);
     }
-    // Mode 3 with rate 1 (from the first defence tick): every new
-    // connection's first packet is dropped and counted.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Mode 3 with rate 1 (from the first defence tick, waited for): every
+    // new connection's first packet is dropped and counted.
+    let gauge = |k: &str| s.d.counter(k).unwrap_or(u64::MAX);
+    assert!(
+        common::wait_until(Duration::from_secs(5), || gauge("defense.drop_rate") == 1),
+        "no defence tick"
+    );
     let t = netns::run_in(&s.lab.ns("c"), || {
         lab::tcp_requests(vip(), 1, Duration::from_millis(1500))
     })
@@ -297,7 +301,12 @@ fn knobs_are_listed_and_changed_live() {
         (r.status, r.stdout.as_str()),
         (0, "drop_packet 0\nsecure_tcp 1\n")
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            gauge("defense.drop_packet") == 0 && gauge("defense.drop_rate") == 0
+        }),
+        "the change took no effect at a tick"
+    );
     let t = netns::run_in(&s.lab.ns("c"), || {
         lab::tcp_requests(vip(), 5, Duration::from_secs(20))
     })
