@@ -897,7 +897,14 @@ mod tests {
             String::from_utf8(out.stdout).unwrap()
         };
         nft(&["-f", "-"], Some(NFT_SCRIPT));
-        let want = nft(&["list", "table", "netdev", "uvsref"], None).replace("uvsref", TABLE);
+        // nft types a raw-payload set as its integer type and lists it in
+        // hex; uvs's 1-byte set is typed inet_proto, listed in decimal:
+        // the same bytes.
+        let hex: Vec<String> = MASQ_PORT_HIGH.map(|b| format!("{b:#04x}")).collect();
+        let dec: Vec<String> = MASQ_PORT_HIGH.map(|b| b.to_string()).collect();
+        let want = nft(&["list", "table", "netdev", "uvsref"], None)
+            .replace("uvsref", TABLE)
+            .replace(&hex.join(", "), &dec.join(", "));
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let name = ns.0.clone();
