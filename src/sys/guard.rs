@@ -9,7 +9,10 @@
 //! port) and NAT replies from a masqueraded real server (address, protocol,
 //! port) that are not addressed to the director itself (`fib daddr type !=
 //! local`: replies to the director's own connections, such as a health
-//! checker's, reach its stack). The sets change with the configuration, never per packet.
+//! checker's, reach its stack), except replies to the nat table's
+//! MASQUERADE ports (61440-65535, above the director's own ephemeral
+//! ports) on the director's addresses, which uvs un-NATs. The sets change
+//! with the configuration, never per packet.
 //!
 //! The daemon keeps the wanted set contents in an [`Owned`]: what each
 //! service contributes, with a reference count per element, because one
@@ -856,10 +859,12 @@ mod tests {
     ip daddr . meta l4proto @svcw4 counter drop
     ip saddr . meta l4proto . th sport @rs4 fib daddr type != local counter drop
     ip saddr . meta l4proto @rsw4 fib daddr type != local counter drop
+    ip saddr . meta l4proto . th sport @rs4 fib daddr type local @th,16,8 { 240, 241, 242, 243, 244, 245, 246, 247, 248, 249, 250, 251, 252, 253, 254, 255 } counter drop
     ip6 daddr . meta l4proto . th dport @svc6 counter drop
     ip6 daddr . meta l4proto @svcw6 counter drop
     ip6 saddr . meta l4proto . th sport @rs6 fib daddr type != local counter drop
     ip6 saddr . meta l4proto @rsw6 fib daddr type != local counter drop
+    ip6 saddr . meta l4proto . th sport @rs6 fib daddr type local @th,16,8 { 240, 241, 242, 243, 244, 245, 246, 247, 248, 249, 250, 251, 252, 253, 254, 255 } counter drop
     ip saddr @rsa4 icmp type { destination-unreachable, source-quench, time-exceeded, parameter-problem } fib daddr type != local counter drop
     ip6 saddr @rsa6 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } fib daddr type != local counter drop
   }
@@ -892,7 +897,14 @@ mod tests {
             String::from_utf8(out.stdout).unwrap()
         };
         nft(&["-f", "-"], Some(NFT_SCRIPT));
-        let want = nft(&["list", "table", "netdev", "uvsref"], None).replace("uvsref", TABLE);
+        // nft types a raw-payload set as its integer type and lists it in
+        // hex; uvs's 1-byte set is typed inet_proto, listed in decimal:
+        // the same bytes.
+        let hex: Vec<String> = MASQ_PORT_HIGH.map(|b| format!("{b:#04x}")).collect();
+        let dec: Vec<String> = MASQ_PORT_HIGH.map(|b| b.to_string()).collect();
+        let want = nft(&["list", "table", "netdev", "uvsref"], None)
+            .replace("uvsref", TABLE)
+            .replace(&hex.join(", "), &dec.join(", "));
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let name = ns.0.clone();

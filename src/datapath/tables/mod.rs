@@ -465,12 +465,15 @@ impl Ruleset {
     }
 }
 
+/// A (protocol, address, port) uvs claims from the kernel.
+pub type Claim = (u8, IpAddr, u16);
+
 impl Ruleset {
     /// What DNAT rules make uvs's: the (protocol, destination host, port)
     /// each names when it names all three (to claim from the kernel as a
     /// service's), and the (protocol, address, port) it sends them to (whose
     /// replies uvs un-NATs).
-    pub fn dnat_claims(&self) -> (Vec<(u8, IpAddr, u16)>, Vec<(u8, IpAddr, u16)>) {
+    pub fn dnat_claims(&self) -> (Vec<Claim>, Vec<Claim>) {
         let (mut to_us, mut servers) = (Vec::new(), Vec::new());
         let Some(t) = self.table(TableId::Nat) else {
             return (to_us, servers);
