@@ -78,6 +78,23 @@ pub fn interfaces(only: &[String]) -> Result<Vec<Iface>, EngineError> {
         .collect()
 }
 
+/// The worker count when `--workers` is not given: one per core, except on
+/// a machine of at most two cores, where one worker. There the kernel's
+/// share of forwarding (the ring's receive path and the transmit, which
+/// runs the receiver's stack on a veth) and any local endpoints need the
+/// other core, and a NAT connection's request and reply, hashed to
+/// different workers, would each wake a second thread and move the
+/// connection entry between cores: `scripts/io_perpacket.py` measured a
+/// serial request/answer through one worker at a fraction of the time and
+/// CPU of two on the 2-core lab.
+pub fn default_workers(cores: usize) -> usize {
+    if cores <= 2 {
+        1
+    } else {
+        cores
+    }
+}
+
 /// Engine settings from the command line.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -396,6 +413,9 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
                 && idle_since.is_none_or(|t| t.elapsed() < self.busy_poll);
             if spin {
                 // A core's worth of polling instead of a sleep and a wake-up.
+                // (No yield between polls: measured with other work on the
+                // core, each yield gave it a whole time slice and a serial
+                // request/answer took several times longer.)
                 for rx in &mut self.rx {
                     rx.busy_poll();
                 }
