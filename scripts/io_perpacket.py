@@ -183,7 +183,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--uvs", default="target/debug/uvs")
     ap.add_argument("--io", default="af_packet")
-    ap.add_argument("--workers", default="2")
+    ap.add_argument("--workers", default="", help="default: uvs's own")
     ap.add_argument("--serial", type=int, default=3000)
     ap.add_argument("--burst", type=int, default=60000)
     ap.add_argument("extra", nargs="*")
@@ -204,7 +204,7 @@ def main():
         log = open(os.path.join(tmp, "uvs.log"), "w")
         d = subprocess.Popen(
             ["ip", "netns", "exec", f"{P}-lb", args.uvs, "run", "--config", cfg, "--control", sock,
-             "--io", args.io, "--workers", args.workers] + args.extra,
+             "--io", args.io] + (["--workers", args.workers] if args.workers else []) + args.extra,
             stdout=log, stderr=subprocess.STDOUT,
         )
         procs.append(d)
