@@ -552,3 +552,16 @@ fn handle<'b>(
     let v = pl.process(f.frame_mut(), csum, now, st);
     egress.output(f.buf, f.at, f.vnet, v, rs, now, st, q);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::default_workers;
+
+    #[test]
+    fn one_worker_up_to_two_cores_then_one_per_core() {
+        assert_eq!(default_workers(1), 1);
+        assert_eq!(default_workers(2), 1);
+        assert_eq!(default_workers(3), 3);
+        assert_eq!(default_workers(16), 16);
+    }
+}
