@@ -78,6 +78,23 @@ pub fn interfaces(only: &[String]) -> Result<Vec<Iface>, EngineError> {
         .collect()
 }
 
+/// The worker count when `--workers` is not given: one per core, except on
+/// a machine of at most two cores, where one worker. There the kernel's
+/// share of forwarding (the ring's receive path and the transmit, which
+/// runs the receiver's stack on a veth) and any local endpoints need the
+/// other core, and a NAT connection's request and reply, hashed to
+/// different workers, would each wake a second thread and move the
+/// connection entry between cores: `scripts/io_perpacket.py` measured a
+/// serial request/answer through one worker at a fraction of the time and
+/// CPU of two on the 2-core lab.
+pub fn default_workers(cores: usize) -> usize {
+    if cores <= 2 {
+        1
+    } else {
+        cores
+    }
+}
+
 /// Engine settings from the command line.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -396,6 +413,9 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
                 && idle_since.is_none_or(|t| t.elapsed() < self.busy_poll);
             if spin {
                 // A core's worth of polling instead of a sleep and a wake-up.
+                // (No yield between polls: measured with other work on the
+                // core, each yield gave it a whole time slice and a serial
+                // request/answer took several times longer.)
                 for rx in &mut self.rx {
                     rx.busy_poll();
                 }
@@ -409,18 +429,14 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
             }
             let mut round = 0;
             loop {
-                let now = epoch.elapsed().as_millis() as u64;
-                let mut got = 0;
-                for rx in &mut self.rx {
-                    // The queue is opened after the batch, so it drops (and
-                    // transmits) before the batch gives its frames back.
-                    let batch = rx.rx_batch(BATCH);
-                    let mut q = self.tx.queue();
-                    while let Some(f) = batch.next_frame() {
-                        got += 1;
-                        handle(f, pl, &mut self.egress, rs, now, st, &mut q);
-                    }
-                }
+                let mut cx = Round {
+                    pl,
+                    egress: &mut self.egress,
+                    rs,
+                    now: epoch.elapsed().as_millis() as u64,
+                    st,
+                };
+                let got = cx.run(&mut self.rx, None, &mut self.tx);
                 round += got;
                 if got == 0 {
                     break;
@@ -452,6 +468,64 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
     }
 }
 
+/// The batches of one round, one per RX source, chained on the stack (each
+/// lives in its own frame of [`Round::run`]) so that a round holds all of
+/// them without allocating.
+struct Open<'c> {
+    batch: &'c dyn RxBatch,
+    prev: Option<&'c Open<'c>>,
+}
+
+/// What a round's frames are handled with.
+struct Round<'a> {
+    pl: &'a Pipeline,
+    egress: &'a mut Egress,
+    rs: &'a Resolver,
+    now: u64,
+    st: &'a WorkerStats,
+}
+
+impl Round<'_> {
+    /// Opens a batch on every source of `rxs`, then one TX queue for all of
+    /// them, handles every frame and lets the queue flush: one transmission
+    /// (one `sendmmsg`, one TX kick) per round however many interfaces had
+    /// traffic, where a queue per source cost one each. The queue is opened
+    /// after the batches, so it drops (and transmits) before they give their
+    /// frames back. Returns the frames taken.
+    fn run<R: RxSource, T: TxSink>(
+        &mut self,
+        rxs: &mut [R],
+        prev: Option<&Open<'_>>,
+        tx: &mut T,
+    ) -> usize {
+        match rxs.split_first_mut() {
+            Some((rx, rest)) => {
+                let batch = rx.rx_batch(BATCH);
+                let open = Open {
+                    batch: &batch,
+                    prev,
+                };
+                self.run(rest, Some(&open), tx)
+            }
+            None => {
+                let mut q = tx.queue();
+                prev.map_or(0, |last| self.drain(last, &mut q))
+            }
+        }
+    }
+
+    /// Handles the frames of `open`'s batch and of those before it, in the
+    /// sources' order.
+    fn drain<'b>(&mut self, open: &'b Open<'_>, q: &mut impl TxQueue<'b>) -> usize {
+        let mut got = open.prev.map_or(0, |p| self.drain(p, q));
+        while let Some(f) = open.batch.next_frame() {
+            got += 1;
+            handle(f, self.pl, self.egress, self.rs, self.now, self.st, q);
+        }
+        got
+    }
+}
+
 /// One received frame: through the pipeline, then the egress stage.
 fn handle<'b>(
     mut f: RxFrame<'b>,
@@ -477,4 +551,17 @@ fn handle<'b>(
     }
     let v = pl.process(f.frame_mut(), csum, now, st);
     egress.output(f.buf, f.at, f.vnet, v, rs, now, st, q);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_workers;
+
+    #[test]
+    fn one_worker_up_to_two_cores_then_one_per_core() {
+        assert_eq!(default_workers(1), 1);
+        assert_eq!(default_workers(2), 1);
+        assert_eq!(default_workers(3), 3);
+        assert_eq!(default_workers(16), 16);
+    }
 }

@@ -89,7 +89,9 @@ enum Cmd {
         /// interface that is up, except loopback.
         #[arg(short = 'i', long = "interface")]
         interfaces: Vec<String>,
-        /// Worker threads (default: one per core).
+        /// Worker threads (default: one per core; one on a machine of up to
+        /// two cores, whose other core the kernel's side of forwarding
+        /// needs). Under AF_XDP at most one per RX queue.
         #[arg(long)]
         workers: Option<usize>,
         /// Control socket to listen on [default: /run/uvs/uvs.sock].
@@ -557,8 +559,11 @@ fn real_main() -> Result<ExitCode> {
             let tables = sources.read_tables()?;
             let opts = uvs::control::daemon::RunOpts {
                 interfaces,
-                workers: workers
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                workers: workers.unwrap_or_else(|| {
+                    uvs::engine::default_workers(
+                        std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    )
+                }),
                 control,
                 config: texts.config.map(|t| t.text),
                 filter: texts.filter.map(|t| t.text),
