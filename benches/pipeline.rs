@@ -15,7 +15,10 @@
 //! outside criterion and exits. The per-packet count is the difference
 //! between two runs (e.g. 100000 and 0 iterations) divided by the
 //! iteration count. Cases: `parse_dnat`, `established_request`,
-//! `established_reply`, `new_connection` (at most 100000).
+//! `established_reply`, `new_connection` (at most 100000), and
+//! `established_request_among_<N>`: the established request with N other
+//! services configured (the service look-up and the VIP check must stay
+//! flat in N; criterion runs it for N = 50000).
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -114,6 +117,14 @@ fn bench(c: &mut Criterion) {
             black_box(pc.process(black_box(&mut buf), CsumMode::Full, 1, stc))
         })
     });
+    let pn = setup::pipeline_among(Services::default(), 50_000);
+    let fnn = frames(&pn, &st);
+    g.bench_function("established_request_among_50000", |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&fnn.ack);
+            black_box(pn.process(black_box(&mut buf), CsumMode::Full, 1, &st))
+        })
+    });
     let mut buf = f.reply.clone();
     g.bench_function("established_reply", |b| {
         b.iter(|| {
@@ -159,9 +170,21 @@ fn run_counted(spec: &str) {
         .and_then(|(c, n)| Some((c, n.parse::<usize>().ok()?)))
         .expect("UVS_PIPELINE_CASE=<case>:<iterations>");
     let st = WorkerStats::default();
-    let p = setup::pipeline();
+    let among = case.strip_prefix("established_request_among_").map(|n| {
+        n.parse::<usize>()
+            .expect("established_request_among_<number of services>")
+    });
+    let p = match among {
+        Some(n) => setup::pipeline_among(Services::default(), n),
+        None => setup::pipeline(),
+    };
     let f = frames(&p, &st);
     let fresh = setup::pipeline();
+    let case = if among.is_some() {
+        "established_request"
+    } else {
+        case
+    };
     let (src, mut buf) = match case {
         "parse_dnat" | "established_request" => (&f.ack, f.ack.clone()),
         "established_reply" => (&f.reply, f.reply.clone()),

@@ -588,23 +588,20 @@ impl Table {
         now: u64,
         found: &mut Option<(Hit, Dir, Update)>,
     ) {
-        let dirs: &[Dir] = if out_only {
-            &[Dir::Out]
-        } else {
-            &[Dir::In, Dir::Out]
-        };
         *found = None;
         match (t.src, t.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                self.lookup_update_typed(t, s, d, dirs, &p, now, found)
+                self.lookup_update_typed(t, s, d, out_only, &p, now, found)
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                self.lookup_update_typed(t, s, d, dirs, &p, now, found)
+                self.lookup_update_typed(t, s, d, out_only, &p, now, found)
             }
             _ => {}
         }
     }
 
+    /// The request side (unless `out_only`), then the reply side: two
+    /// straight-line probes rather than a loop over a list of directions.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn lookup_update_typed<A: Family>(
@@ -612,46 +609,63 @@ impl Table {
         t: &Tuple,
         src: A,
         dst: A,
-        dirs: &[Dir],
+        out_only: bool,
         p: &PacketInfo,
         now: u64,
         out: &mut Option<(Hit, Dir, Update)>,
     ) {
-        for &dir in dirs {
-            let (shard, hash) = match dir {
-                Dir::In => (
-                    self.shard_of(t.proto, src, t.sport),
-                    key_hash(&self.hasher, t.proto, KIND_CONN, src, t.sport, dst, t.dport),
-                ),
-                Dir::Out => (
-                    self.shard_of(t.proto, dst, t.dport),
-                    key_hash(&self.hasher, t.proto, KIND_OUT, src, t.sport, dst, t.dport),
-                ),
-            };
-            // One packet releases at most one template reference.
-            let mut rel = Releases::<2>::new(A::WIDE);
-            let found = {
-                let mut g = self.lock(shard);
-                let (part, stats) = A::split(&mut g);
-                let hit = match dir {
-                    Dir::In => part.find_in(hash, t.proto, src, t.sport, dst, t.dport),
-                    Dir::Out => part.find_out(hash, t.proto, src, t.sport, dst, t.dport),
-                };
-                // Just found under this lock: live, a connection, ours.
-                match hit {
-                    Some((_, idx)) => {
-                        let (h, u) = self.account(part, stats, idx, dir, p, now, &mut rel);
-                        *out = Some((h, dir, u));
-                        true
-                    }
-                    None => false,
-                }
-            };
-            if found {
-                self.apply_releases(&rel);
-                return;
-            }
+        if !out_only && self.probe_update(t, src, dst, Dir::In, p, now, out) {
+            return;
         }
+        self.probe_update(t, src, dst, Dir::Out, p, now, out);
+    }
+
+    /// One direction's probe of [`Table::lookup_update_typed`]: whether it
+    /// found (and accounted) the connection.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn probe_update<A: Family>(
+        &self,
+        t: &Tuple,
+        src: A,
+        dst: A,
+        dir: Dir,
+        p: &PacketInfo,
+        now: u64,
+        out: &mut Option<(Hit, Dir, Update)>,
+    ) -> bool {
+        let (shard, hash) = match dir {
+            Dir::In => (
+                self.shard_of(t.proto, src, t.sport),
+                key_hash(&self.hasher, t.proto, KIND_CONN, src, t.sport, dst, t.dport),
+            ),
+            Dir::Out => (
+                self.shard_of(t.proto, dst, t.dport),
+                key_hash(&self.hasher, t.proto, KIND_OUT, src, t.sport, dst, t.dport),
+            ),
+        };
+        // One packet releases at most one template reference.
+        let mut rel = Releases::<2>::new(A::WIDE);
+        let found = {
+            let mut g = self.lock(shard);
+            let (part, stats) = A::split(&mut g);
+            let hit = match dir {
+                Dir::In => part.find_in(hash, t.proto, src, t.sport, dst, t.dport),
+                Dir::Out => part.find_out(hash, t.proto, src, t.sport, dst, t.dport),
+            };
+            // Just found under this lock: live, a connection, ours.
+            match hit {
+                Some((_, idx)) => {
+                    self.account(part, stats, idx, dir, p, now, &mut rel, out);
+                    true
+                }
+                None => false,
+            }
+        };
+        if found {
+            self.apply_releases(&rel);
+        }
+        found
     }
 
     fn lookup_in_typed<A: Family>(&self, t: &Tuple, src: A, dst: A) -> Option<Handle> {

@@ -91,7 +91,8 @@ impl Table {
     /// timer running, server available, not a SYN/INIT that could restart
     /// the tuple — and everything else in [`Table::update_at`]. Returns
     /// what the engine forwards with, as the entry is after this packet
-    /// (before it, when the packet removed the entry).
+    /// (before it, when the packet removed the entry), written into `out`
+    /// (built there, not moved through a return value).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     pub(crate) fn account<A: Addr, const N: usize>(
@@ -103,7 +104,8 @@ impl Table {
         p: &PacketInfo,
         now: u64,
         rel: &mut Releases<N>,
-    ) -> (Hit, Update) {
+        out: &mut Option<(Hit, Dir, Update)>,
+    ) {
         let kb = self.knob_bits();
         let table = self.tcp_table_for(Knobs::secure_tcp_of(kb));
         let e = part.get_mut(idx);
@@ -117,9 +119,10 @@ impl Table {
             if kb & Knobs::SYNC_MASTER_BIT != 0 {
                 crate::sync::mark(e, before);
             }
-            return (Hit::new(e), Update::Forward);
+            *out = Some((Hit::new(e), dir, Update::Forward));
+            return;
         }
-        self.account_slow(
+        let (h, u) = self.account_slow(
             part,
             stats,
             idx,
@@ -129,7 +132,8 @@ impl Table {
             table,
             &Knobs::unpack(kb),
             rel,
-        )
+        );
+        *out = Some((h, dir, u));
     }
 
     #[cold]

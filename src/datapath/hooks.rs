@@ -134,6 +134,9 @@ impl HookEntry {
 /// Most entries a chain may hold (sizes the per-worker counter arrays).
 pub const MAX_ENTRIES: usize = 24;
 
+/// Most entries one hook point may hold (sizes a [`Plan`]).
+pub const MAX_PER_POINT: usize = 8;
+
 /// Netfilter verdicts as the chain sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookVerdict {
@@ -297,7 +300,13 @@ impl HookChain {
             "hook chain holds {i} entries, more than MAX_ENTRIES"
         );
         let mut slot = [None; HookPoint::COUNT];
-        for (i, (p, _)) in points.iter().enumerate() {
+        for (i, (p, v)) in points.iter().enumerate() {
+            assert!(
+                v.len() <= MAX_PER_POINT,
+                "{} holds {} entries, more than MAX_PER_POINT",
+                p.name(),
+                v.len()
+            );
             slot[*p as usize] = Some(i);
         }
         HookChain { points, slot }
@@ -315,6 +324,64 @@ impl HookChain {
     /// Every entry, point by point, in running order.
     pub fn all(&self) -> impl Iterator<Item = &HookEntry> {
         self.points.iter().flat_map(|(_, v)| v.iter())
+    }
+}
+
+impl HookChain {
+    /// The entries `keep` says can act, point by point in running order:
+    /// what one configuration's packets walk. Built when the configuration
+    /// changes (a bounded loop over the registrations, no allocation), so
+    /// an entry that cannot act (an empty table's) costs packets nothing,
+    /// as an nftables hook is registered only while its base chain exists.
+    pub fn plan(&self, mut keep: impl FnMut(&HookEntry) -> bool) -> Plan {
+        let mut plan = Plan::EMPTY;
+        for e in self.all().filter(|e| keep(e)) {
+            let (at, len) = (
+                &mut plan.at[e.point as usize],
+                &mut plan.len[e.point as usize],
+            );
+            at[*len as usize] = Planned {
+                func: e.func,
+                index: e.index as u8,
+            };
+            *len += 1;
+        }
+        plan
+    }
+}
+
+/// One entry of a [`Plan`]: its function and its [`HookEntry::index`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    pub func: HookFn,
+    pub index: u8,
+}
+
+/// The entries of a [`HookChain`] that can act under one configuration,
+/// per hook point, inline (see [`HookChain::plan`]). Entries left out see
+/// no packet: their counters stay still and `uvs trace` does not list
+/// them.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    at: [[Planned; MAX_PER_POINT]; HookPoint::COUNT],
+    len: [u8; HookPoint::COUNT],
+}
+
+impl Plan {
+    /// No entry anywhere.
+    pub const EMPTY: Plan = Plan {
+        at: [[Planned {
+            func: HookFn::Filter,
+            index: 0,
+        }; MAX_PER_POINT]; HookPoint::COUNT],
+        len: [0; HookPoint::COUNT],
+    };
+
+    /// The entries that run at `point`, in order.
+    #[inline(always)]
+    pub fn at(&self, point: HookPoint) -> &[Planned] {
+        let i = point as usize;
+        &self.at[i][..(self.len[i] as usize).min(MAX_PER_POINT)]
     }
 }
 
@@ -373,6 +440,23 @@ mod tests {
             .collect();
         assert_eq!(post, vec![(HookFn::Mangle, -150), (HookFn::NatSrc, 100)]);
         assert!(c.all().all(|e| !e.why.is_empty()));
+    }
+
+    #[test]
+    fn a_plan_keeps_the_running_order_of_what_can_act() {
+        let c = HookChain::default();
+        let plan = c.plan(|e| !matches!(e.func, HookFn::Mangle | HookFn::NatSrc));
+        let li: Vec<_> = plan.at(HookPoint::LocalIn).iter().map(|e| e.func).collect();
+        assert_eq!(
+            li,
+            vec![HookFn::Filter, HookFn::IpvsReply, HookFn::IpvsRequest]
+        );
+        for e in plan.at(HookPoint::LocalIn) {
+            let entry = c.all().find(|x| x.index == e.index as usize).unwrap();
+            assert_eq!((entry.point, entry.func), (HookPoint::LocalIn, e.func));
+        }
+        assert!(plan.at(HookPoint::PostRouting).is_empty());
+        assert!(Plan::EMPTY.at(HookPoint::Forward).is_empty());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use uvs_sched::{FwdMethod, SchedKey, TunConfig};
 
 use crate::datapath::filter::{FilterKey, FilterTable, Target};
 use crate::datapath::frag6;
-use crate::datapath::hooks::{HookChain, HookFn, HookPoint};
+use crate::datapath::hooks::{HookChain, HookFn, HookPoint, Plan};
 use crate::datapath::service::{Pe, ServiceRt, Services};
 use crate::datapath::snapshot::{Cached, Snapshot};
 use crate::datapath::stats::{add, DropReason, WorkerStats};
@@ -77,6 +77,7 @@ struct ThreadSnapshots {
     filter: Cached<FilterTable>,
     tables: Cached<Ruleset>,
     vips: Vips,
+    plan: plan::Cached,
 }
 
 thread_local! {
@@ -86,6 +87,7 @@ thread_local! {
             filter: Cached::EMPTY,
             tables: Cached::EMPTY,
             vips: Vips::EMPTY,
+            plan: plan::Cached::EMPTY,
         })
     };
 }
@@ -331,17 +333,20 @@ impl Pipeline {
                     filter,
                     tables,
                     vips,
+                    plan,
                 } = &mut *c;
-                let ((gen, s), f) = (services.get_gen(&self.services), filter.get(&self.filter));
-                let t = tables.get(&self.tables);
+                let (gen, s) = services.get_gen(&self.services);
+                let ((fg, f), (tg, t)) =
+                    (filter.get_gen(&self.filter), tables.get_gen(&self.tables));
                 vips.follow(gen, s);
+                let plan = plan.get((fg, tg), &self.hooks, f, t);
                 let point = local_out::route(local_out, vips.is_vip(s, p.dst));
                 let view = View {
                     services: s,
                     small: vips,
                 };
                 self.hooks_run(
-                    frame, p, icmp_error, csum, now_ms, &view, f, t, point, st, out,
+                    frame, p, icmp_error, csum, now_ms, &view, f, t, plan, point, st, out,
                 );
                 if p.is_fragment {
                     frag6::note_first(frame, p, out, now_ms);
@@ -376,8 +381,9 @@ impl Pipeline {
             services: &s,
             small: &none,
         };
+        let plan = plan::build(&self.hooks, &f, &t);
         self.hooks_run(
-            frame, p, icmp_error, csum, now_ms, &view, &f, &t, point, st, out,
+            frame, p, icmp_error, csum, now_ms, &view, &f, &t, &plan, point, st, out,
         );
         if p.is_fragment {
             frag6::note_first(frame, p, out, now_ms);
@@ -411,7 +417,8 @@ impl Pipeline {
         }
     }
 
-    /// The hook chain at the packet's hook point.
+    /// The hook chain at the packet's hook point: the entries of `plan`
+    /// (those that can act under this configuration).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn hooks_run(
@@ -424,6 +431,7 @@ impl Pipeline {
         services: &View<'_>,
         filter: &FilterTable,
         tables: &Ruleset,
+        plan: &Plan,
         point: HookPoint,
         st: &WorkerStats,
         out: &mut Verdict,
@@ -441,11 +449,11 @@ impl Pipeline {
         let mut cur = *p;
         // PRE_ROUTING (the tables' entries only): before the routing
         // decision, so a MARK can route a packet to a fwmark service.
-        let tables_on = !tables.is_empty();
         // Locally sent packets start at LOCAL_OUT, not PRE_ROUTING.
-        if tables_on && point != HookPoint::LocalOut {
-            for e in self.hooks.at(HookPoint::PreRouting) {
-                add(&st.hook_seen[e.index], 1);
+        let pre = plan.at(HookPoint::PreRouting);
+        if !pre.is_empty() && point != HookPoint::LocalOut {
+            for e in pre {
+                add(&st.hook_seen[e.index as usize], 1);
                 let step = match e.func {
                     HookFn::NatDst if tables.nat_on => self.nat_dst(
                         tables,
@@ -471,7 +479,7 @@ impl Pipeline {
                     ),
                 };
                 if step == Step::Done {
-                    return Self::hook_done(e.index, &cur, st, out);
+                    return Self::hook_done(e.index as usize, &cur, st, out);
                 }
             }
             // DNAT (or a reply's un-SNAT) changed the destination: the
@@ -493,11 +501,10 @@ impl Pipeline {
                 ctx.point = point;
             }
         }
-        for e in self.hooks.at(point) {
-            add(&st.hook_seen[e.index], 1);
+        for e in plan.at(point) {
+            add(&st.hook_seen[e.index as usize], 1);
             let p = &cur;
             let step = match e.func {
-                HookFn::Mangle | HookFn::NatDst | HookFn::NatSrc if !tables_on => Step::Continue,
                 // DNAT of local packets (nat OUTPUT); nat INPUT has no
                 // translation uvs applies (parse refuses SNAT there).
                 HookFn::NatDst if tables.nat_on => {
@@ -513,7 +520,7 @@ impl Pipeline {
                     self.tables_hook(tables, e.func, point, frame, p, now_ms, &mut ctx, st, out)
                 }
                 HookFn::Filter => match Self::filter_hook(filter, point, p, st, out) {
-                    Step::Continue if tables_on => {
+                    Step::Continue => {
                         self.tables_hook(tables, e.func, point, frame, p, now_ms, &mut ctx, st, out)
                     }
                     s => s,
@@ -537,7 +544,7 @@ impl Pipeline {
                 if tables.nat_on {
                     self.nat_post(tables, frame, csum, now_ms, &mut ctx, st, out);
                 }
-                return Self::hook_done(e.index, &cur, st, out);
+                return Self::hook_done(e.index as usize, &cur, st, out);
             }
         }
         // A packet the nat table translates is uvs's to send.
@@ -1147,6 +1154,7 @@ fn xmit_reason(e: &uvs_fwd::XmitError) -> DropReason {
 
 mod local_out;
 mod nat;
+mod plan;
 mod sched;
 #[cfg(test)]
 mod tests;

@@ -32,6 +32,13 @@ pub fn pipeline() -> Pipeline {
 /// The same pipeline with its services planned from `base` (e.g. a
 /// [`Services::counted`] snapshot, whose servers are counted).
 pub fn pipeline_on(base: Services) -> Pipeline {
+    pipeline_among(base, 0)
+}
+
+/// [`pipeline_on`] with `others` more TCP services in front of the
+/// measured one (VIPs 10.x.y.z:80, one server each), for the look-ups'
+/// cost against the number of services.
+pub fn pipeline_among(base: Services, others: usize) -> Pipeline {
     let p = Pipeline::new(uvs_conntrack::Table::new(uvs_conntrack::Config::default()));
     let dest = |a: &str| DestSpec {
         addr: a.parse().unwrap(),
@@ -53,7 +60,15 @@ pub fn pipeline_on(base: Services) -> Pipeline {
         pe: None,
         dests: vec![dest("203.0.113.11"), dest("203.0.113.12")],
     };
-    let snap = base.rebuild(&[spec]).unwrap();
+    let mut specs: Vec<ServiceSpec> = (0..others as u32)
+        .map(|i| ServiceSpec {
+            addr: std::net::Ipv4Addr::from(0x0a00_0000 + i).into(),
+            dests: vec![dest("203.0.113.11")],
+            ..spec.clone()
+        })
+        .collect();
+    specs.push(spec);
+    let snap = base.rebuild(&specs).unwrap();
     p.services.store(Arc::new(snap));
     p
 }
