@@ -166,6 +166,17 @@ enum Cmd {
         /// default; a loopback address is suggested).
         #[arg(long, value_name = "ADDR:PORT")]
         metrics: Option<std::net::SocketAddr>,
+        /// Local clients: processes on this host reach the VIPs through
+        /// uvs, balanced like remote clients (NAT services), as IPVS's
+        /// LOCAL_OUT hooks do. ADDR (one IPv4, one IPv6; repeatable) is
+        /// their source address: not yet an address of this host, routed
+        /// back to it by the real servers. uvs creates the TUN device
+        /// `uvs-lo` with ADDR, the policy rule `iif lo lookup 30070` (per
+        /// family) with a route per VIP in table 30070, and the nftables
+        /// table `netdev uvs_lo`; all removed on exit. Needs --io
+        /// af_packet.
+        #[arg(long = "local-src", value_name = "ADDR")]
+        local_src: Vec<std::net::IpAddr>,
     },
     /// Build a namespace lab, balance real TCP and UDP traffic through uvs,
     /// print the result and remove the lab. Needs root.
@@ -525,6 +536,7 @@ fn real_main() -> Result<ExitCode> {
             io,
             busy_poll,
             metrics,
+            local_src,
         } => {
             knobs.extend(amemthresh.map(|p| format!("amemthresh={p}")));
             // What it needs, checked before anything is changed.
@@ -572,6 +584,7 @@ fn real_main() -> Result<ExitCode> {
                 busy_poll_us: busy_poll,
                 sources,
                 metrics,
+                local_src,
             };
             uvs::control::daemon::run(opts, &stop)?;
             Ok(ExitCode::SUCCESS)

@@ -73,11 +73,16 @@ pub enum DropReason {
     /// uvs has not seen (or no longer remembers): it cannot be given the
     /// first fragment's real server.
     FragmentUnmatched,
+    /// A local client's packet (read from the `uvs-lo` TUN device) that
+    /// no service took: nothing else would deliver it.
+    LocalNotBalanced,
+    /// The `uvs-lo` TUN device refused a reply for a local client.
+    LocalTunWrite,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 20;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
@@ -98,6 +103,8 @@ impl DropReason {
         DropReason::PeNoCallId,
         DropReason::DefenseDropPacket,
         DropReason::FragmentUnmatched,
+        DropReason::LocalNotBalanced,
+        DropReason::LocalTunWrite,
     ];
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -120,6 +127,8 @@ impl DropReason {
             DropReason::PeNoCallId => "pe_no_call_id",
             DropReason::DefenseDropPacket => "defense_drop_packet",
             DropReason::FragmentUnmatched => "fragment_unmatched",
+            DropReason::LocalNotBalanced => "local_not_balanced",
+            DropReason::LocalTunWrite => "local_tun_write",
         }
     }
 }
