@@ -181,6 +181,9 @@ struct Worker<R, T> {
     busy_poll: Duration,
     /// The local-client device (worker 0 only).
     local: Option<LocalRx>,
+    /// Whether it may hold packets (edge-triggered readiness seen, and
+    /// not read dry since).
+    local_ready: bool,
 }
 
 /// A running engine; `stop()` (or drop) ends the workers.
@@ -332,6 +335,7 @@ impl Engine {
                 poll,
                 busy_poll: Duration::from_micros(u64::from(busy_poll_us)),
                 local: local_rx,
+                local_ready: true,
             });
         }
         let wakers = Arc::new(wakers);
@@ -451,12 +455,15 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
                     rx.busy_poll();
                 }
                 std::hint::spin_loop();
+                self.local_ready = true;
             } else {
                 // Edge-triggered readiness: drain every source fully each
                 // round; the timeout bounds how late a stop or parked retry
                 // is seen.
                 let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
                 idle_since = None;
+                // The TUN is read only once it says it has packets.
+                self.local_ready |= events.iter().any(|e| e.token() == LOCAL);
             }
             let mut round = 0;
             loop {
@@ -472,10 +479,13 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
                         handle(f, pl, &mut self.egress, rs, now, st, &mut q);
                     }
                 }
-                if let Some(l) = &mut self.local {
+                if let Some(l) = self.local.as_mut().filter(|_| self.local_ready) {
                     let mut q = self.tx.queue();
                     let egress = &mut self.egress;
-                    got += l.round(|f| handle_local(f, pl, egress, rs, now, st, &mut q));
+                    let (n, drained) =
+                        l.round(st, |f| handle_local(f, pl, egress, rs, now, st, &mut q));
+                    got += n;
+                    self.local_ready = !drained;
                 }
                 round += got;
                 if got == 0 {

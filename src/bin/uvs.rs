@@ -73,7 +73,9 @@ enum Cmd {
     /// stale one is found at start; with --io af_xdp, an XDP program on each
     /// interface (through a BPF link, detached when uvs exits however it
     /// exits) that steers what uvs owns into AF_XDP sockets, and no nftables
-    /// table. Also the control socket (--control, mode 0600).
+    /// table. Also the control socket (--control, mode 0600), and with
+    /// --local-src the TUN device uvs-lo, a policy rule, its routes and
+    /// the nftables table `netdev uvs_lo` (see --local-src).
     ///
     /// What it needs: root, or CAP_NET_ADMIN and CAP_NET_RAW (packet
     /// sockets, nf_tables netlink), plus CAP_BPF and CAP_SYS_ADMIN for

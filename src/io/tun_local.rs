@@ -196,18 +196,33 @@ impl LocalRx {
     }
 
     /// Reads what the stack sent (at most [`SLOTS`] packets) and hands
-    /// each, as a frame at LOCAL_OUT, to `each`; returns how many.
-    pub fn round<'b>(&'b mut self, mut each: impl FnMut(RxFrame<'b>)) -> usize {
+    /// each, as a frame at LOCAL_OUT, to `each`. Returns how many, and
+    /// whether the device is drained (a read found nothing, or failed).
+    pub fn round<'b>(
+        &'b mut self,
+        st: &WorkerStats,
+        mut each: impl FnMut(RxFrame<'b>),
+    ) -> (usize, bool) {
         let fd = self.io.tun.as_raw_fd();
         let mut n = 0;
-        for p in self.slots.iter_mut() {
+        let mut drained = false;
+        let mut reads = 0;
+        while n < SLOTS && reads < 2 * SLOTS {
+            reads += 1;
+            let p = &mut self.slots[n];
             // The virtio-net header lands where the Ethernet header ends,
             // the IP packet right after.
             let into = &mut p.buf[AT + ETH - VNET..];
             // SAFETY: read(2) into a live buffer of the length passed.
             let r = unsafe { libc::read(fd, into.as_mut_ptr().cast(), into.len()) };
-            if r <= VNET as isize {
+            if r < 0 {
+                drained = true;
                 break;
+            }
+            // Shorter than any IP header: not a packet to process.
+            if r <= (VNET + 20) as isize {
+                st.drop(DropReason::Malformed);
+                continue;
             }
             let r = r as usize;
             let vnet = rebase(VnetHdr::read_from(into).unwrap_or_default(), true);
@@ -236,7 +251,7 @@ impl LocalRx {
                 skip: None,
             });
         }
-        n
+        (n, drained)
     }
 }
 

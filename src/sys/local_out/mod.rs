@@ -163,13 +163,15 @@ impl LocalClients {
             .map(|(_, a)| a)
             .collect();
         check_sources(srcs, &host)?;
+        // First the device: a live uvs holding it makes this fail (EBUSY)
+        // before anything of that uvs is touched.
+        let tun = TunDev::open(DEV).map_err(LocalError::Tun)?;
         // A stale rule points at an empty table (its routes died with the
-        // old device), but would shadow nothing: remove it all the same.
+        // old device) and routes nothing: removed all the same.
         for v6 in [false, true] {
             route::remove_stale_rules(&mut nl, v6);
         }
         let _ = nft::remove_stale();
-        let tun = TunDev::open(DEV).map_err(LocalError::Tun)?;
         let ifindex = route::ifindex(&mut nl, DEV).map_err(nlerr("finding uvs-lo"))?;
         let mut me = LocalClients {
             io: LocalIo {
