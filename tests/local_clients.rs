@@ -26,6 +26,7 @@ const VIP: &str = "192.0.2.10";
 /// The local clients' source address: in the VIP range, which the real
 /// servers route to the director (their default route).
 const LOCAL_SRC: &str = "192.0.2.250";
+const LOCAL_SRC_V6: &str = "2001:db8:f::250";
 const CURLS: usize = 10;
 
 /// Local clients need AF_PACKET: under another `UVS_LAB_IO` the test
@@ -44,7 +45,7 @@ fn setup(tag: &str) -> Setup {
     Setup::start(
         &format!("uxlo{}{tag}", std::process::id() % 100000),
         &[],
-        &["--local-src", LOCAL_SRC],
+        &["--local-src", LOCAL_SRC, "--local-src", LOCAL_SRC_V6],
     )
 }
 
@@ -58,13 +59,16 @@ fn ip_out(ns: &str, args: &[&str]) -> String {
 }
 
 /// What uvs adds, as the director's namespace shows it now: (the device
-/// exists, policy rules toward table 30070, netdev tables).
+/// exists, IPv4 and IPv6 policy rules toward table 30070, netdev tables).
 fn added(ns: &str) -> (bool, usize, Vec<String>) {
     let dev = ip_out(ns, &["link", "show"]).contains("uvs-lo");
-    let rules = ip_out(ns, &["rule", "show"])
-        .lines()
-        .filter(|l| l.contains("lookup 30070"))
-        .count();
+    let rules = [
+        ip_out(ns, &["rule", "show"]),
+        ip_out(ns, &["-6", "rule", "show"]),
+    ]
+    .iter()
+    .flat_map(|t| t.lines().filter(|l| l.contains("lookup 30070")))
+    .count();
     let tables = netns::run_in(ns, || {
         NftSock::open()
             .and_then(|mut s| s.tables(NFPROTO_NETDEV))
@@ -77,11 +81,16 @@ fn added(ns: &str) -> (bool, usize, Vec<String>) {
 /// `curl http://VIP/` `n` times from the director's namespace; the
 /// answering server of each (the lab server's body is its name).
 fn curls(ns: &str, n: usize) -> Vec<String> {
+    curls_to(ns, VIP, n)
+}
+
+/// [`curls`] to the URL host `host`.
+fn curls_to(ns: &str, host: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|_| {
             let o = Command::new("ip")
                 .args(["netns", "exec", ns, "curl", "-sS", "-m", "5"])
-                .arg(format!("http://{VIP}/"))
+                .arg(format!("http://{host}/"))
                 .output()
                 .expect("curl");
             assert!(
@@ -120,21 +129,23 @@ fn curl_on_the_director_is_balanced_at_local_out_and_sigterm_removes_everything(
         "{routes}"
     );
 
-    // Remote clients at the same time: their path is unchanged.
-    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
-    let remote = netns::spawn_in(&s.lab.ns("c"), move || {
-        let t = lab::tcp_requests(vip, 10, Duration::from_secs(60));
-        assert_eq!((t.failures, t.total()), (0, 10), "remote client: {t:?}");
-    })
-    .expect("client namespace");
     let got = curls(&lb, CURLS);
-    remote.join().expect("remote client");
     let n = |name: &str| got.iter().filter(|g| *g == name).count();
     assert_eq!(
         (n("rs1"), n("rs2")),
         (CURLS / 2, CURLS / 2),
         "rr over both real servers: {got:?}"
     );
+    // Remote clients at the same time as local ones (one rotation for
+    // both, so only success is asserted): their path is unchanged.
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let remote = netns::spawn_in(&s.lab.ns("c"), move || {
+        let t = lab::tcp_requests(vip, 10, Duration::from_secs(60));
+        assert_eq!((t.failures, t.total()), (0, 10), "remote client: {t:?}");
+    })
+    .expect("client namespace");
+    curls(&lb, 4);
+    remote.join().expect("remote client");
 
     // `uvs stats`: the LOCAL_OUT entry scheduled them, the TUN carried
     // both directions, the guard kept the replies from the kernel.
@@ -154,6 +165,18 @@ fn curl_on_the_director_is_balanced_at_local_out_and_sigterm_removes_everything(
     for c in ["local.from_tun", "local.to_tun", "guard.local_reply"] {
         assert!(s.d.counter(c).unwrap() >= 3 * CURLS as u64, "{c}\n{stats}");
     }
+    // IPv6 local clients, from the IPv6 --local-src.
+    for c in [
+        "-A -t [2001:db8:f::10]:80 -s rr",
+        "-a -t [2001:db8:f::10]:80 -r [2001:db8:5::11]:80 -m -w 1",
+        "-a -t [2001:db8:f::10]:80 -r [2001:db8:5::12]:80 -m -w 1",
+    ] {
+        s.d.uvsadm(c)
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.d.log_text()));
+    }
+    let mut got6 = curls_to(&lb, "[2001:db8:f::10]", 4);
+    got6.sort();
+    assert_eq!(got6, ["rs1", "rs1", "rs2", "rs2"], "IPv6 rr");
     for c in ["drop.local_not_balanced", "drop.local_tun_write"] {
         assert_eq!(s.d.counter(c).unwrap(), 0, "{c}\n{stats}");
     }
@@ -217,14 +240,14 @@ fn after_sigkill_the_next_start_cleans_up_and_vip_routes_follow_the_services() {
     let s = setup("k");
     let lb = s.lab.ns("lb");
     let (dev, rules, tables) = added(&lb);
-    assert!(dev && rules == 1, "{dev} {rules}");
+    assert!(dev && rules == 2, "{dev} {rules}");
     assert!(tables.contains(&"uvs_lo".to_string()), "{tables:?}");
     let Setup { d, servers, lab } = s;
     d.kill().expect("SIGKILL");
     // The kernel removed the device and the owned tables with the
     // process; the rule stays, pointing at a table with no routes.
     let (dev, rules, tables) = added(&lb);
-    assert_eq!((dev, rules), (false, 1));
+    assert_eq!((dev, rules), (false, 2));
     assert!(tables.is_empty(), "{tables:?}");
 
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_uvs"));
@@ -235,7 +258,7 @@ fn after_sigkill_the_next_start_cleans_up_and_vip_routes_follow_the_services() {
         "{}",
         d.log_text()
     );
-    assert_eq!(added(&lb).1, 1, "one rule, the new one");
+    assert_eq!(added(&lb).1, 1, "one rule, the new one (IPv4 only now)");
     let s = Setup { d, servers, lab };
     service(&s);
     assert_eq!(curls(&lb, 2).len(), 2);
