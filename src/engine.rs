@@ -23,6 +23,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::datapath::egress::Egress;
 use crate::datapath::pipeline::Pipeline;
 use crate::datapath::stats::{add, DropReason, Stats, WorkerStats};
+use crate::io::tun_local::{LocalRx, LocalSink};
 use crate::io::{RxBatch, RxFrame, RxRing, RxSkip, RxSource, TxBatch, TxQueue, TxSink};
 use crate::sys::neigh::{Resolver, ResolverConfig};
 
@@ -104,6 +105,9 @@ pub struct EngineConfig {
     /// `--busy-poll`: microseconds a worker keeps polling its sources
     /// after they ran dry before it sleeps; 0 = sleep at once (default).
     pub busy_poll_us: u32,
+    /// Local clients (`--local-src`): the `uvs-lo` TUN device, read by
+    /// worker 0 at LOCAL_OUT and written by every worker's egress.
+    pub local: Option<(crate::io::tun_local::LocalIo, u32)>,
 }
 
 /// Which packet backend the workers use (`uvs run --io`).
@@ -144,6 +148,8 @@ impl IoBackend {
 }
 
 const WAKE: Token = Token(usize::MAX);
+/// The local-client TUN device's readiness (worker 0).
+const LOCAL: Token = Token(usize::MAX - 1);
 /// Frames taken from one RX source per round.
 const BATCH: usize = 256;
 /// Frames one TX queue holds before it sends (a round over every ring).
@@ -190,6 +196,11 @@ struct Worker<R, T> {
     poll: Poll,
     /// How long to keep polling empty sources before sleeping.
     busy_poll: Duration,
+    /// The local-client device (worker 0 only).
+    local: Option<LocalRx>,
+    /// Whether it may hold packets (edge-triggered readiness seen, and
+    /// not read dry since).
+    local_ready: bool,
 }
 
 /// A running engine; `stop()` (or drop) ends the workers.
@@ -243,7 +254,13 @@ impl Engine {
                     .into_iter()
                     .map(|(rx, tx)| Backend { rx, tx })
                     .collect();
-                let mut e = Self::start_with(pipeline, ifaces, backends, cfg.busy_poll_us)?;
+                let mut e = Self::start_inner(
+                    pipeline,
+                    ifaces,
+                    backends,
+                    cfg.busy_poll_us,
+                    cfg.local.clone(),
+                )?;
                 e.io = IoBackend::AfXdp(io);
                 return Ok(e);
             }
@@ -258,7 +275,13 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
-        let mut e = Self::start_with(pipeline, ifaces, backends, cfg.busy_poll_us)?;
+        let mut e = Self::start_inner(
+            pipeline,
+            ifaces,
+            backends,
+            cfg.busy_poll_us,
+            cfg.local.clone(),
+        )?;
         e.io = IoBackend::AfPacket { why };
         Ok(e)
     }
@@ -271,6 +294,22 @@ impl Engine {
         ifaces: Vec<Iface>,
         backends: Vec<Backend<R, T>>,
         busy_poll_us: u32,
+    ) -> Result<Engine, EngineError>
+    where
+        R: RxSource + Send + 'static,
+        T: TxSink + Send + 'static,
+    {
+        Self::start_inner(pipeline, ifaces, backends, busy_poll_us, None)
+    }
+
+    /// [`Engine::start_with`], with the local-client device (and its
+    /// interface index) if there is one.
+    fn start_inner<R, T>(
+        pipeline: Arc<Pipeline>,
+        ifaces: Vec<Iface>,
+        backends: Vec<Backend<R, T>>,
+        busy_poll_us: u32,
+        local: Option<(crate::io::tun_local::LocalIo, u32)>,
     ) -> Result<Engine, EngineError>
     where
         R: RxSource + Send + 'static,
@@ -292,12 +331,28 @@ impl Engine {
                 )?;
             }
             wakers.push(Waker::new(poll.registry(), WAKE)?);
+            let mut egress = Egress::new(id as u16, 0);
+            let mut local_rx = None;
+            if let Some((io, ifindex)) = &local {
+                egress.set_local(LocalSink::new(io.clone(), id));
+                if id == 0 {
+                    let rx = LocalRx::new(io.clone(), *ifindex);
+                    poll.registry().register(
+                        &mut SourceFd(&rx.raw_fd()),
+                        LOCAL,
+                        Interest::READABLE,
+                    )?;
+                    local_rx = Some(rx);
+                }
+            }
             workers.push(Worker {
                 rx: b.rx,
                 tx: b.tx,
-                egress: Egress::new(id as u16, 0),
+                egress,
                 poll,
                 busy_poll: Duration::from_micros(u64::from(busy_poll_us)),
+                local: local_rx,
+                local_ready: true,
             });
         }
         let wakers = Arc::new(wakers);
@@ -420,23 +475,35 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
                     rx.busy_poll();
                 }
                 std::hint::spin_loop();
+                self.local_ready = true;
             } else {
                 // Edge-triggered readiness: drain every source fully each
                 // round; the timeout bounds how late a stop or parked retry
                 // is seen.
                 let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
                 idle_since = None;
+                // The TUN is read only once it says it has packets.
+                self.local_ready |= events.iter().any(|e| e.token() == LOCAL);
             }
             let mut round = 0;
             loop {
+                let now = epoch.elapsed().as_millis() as u64;
                 let mut cx = Round {
                     pl,
                     egress: &mut self.egress,
                     rs,
-                    now: epoch.elapsed().as_millis() as u64,
+                    now,
                     st,
                 };
-                let got = cx.run(&mut self.rx, None, &mut self.tx);
+                let mut got = cx.run(&mut self.rx, None, &mut self.tx);
+                if let Some(l) = self.local.as_mut().filter(|_| self.local_ready) {
+                    let mut q = self.tx.queue();
+                    let egress = &mut self.egress;
+                    let (n, drained) =
+                        l.round(st, |f| handle_local(f, pl, egress, rs, now, st, &mut q));
+                    got += n;
+                    self.local_ready = !drained;
+                }
                 round += got;
                 if got == 0 {
                     break;
@@ -550,6 +617,35 @@ fn handle<'b>(
         return crate::datapath::trace::handle(f, csum, pl, egress, rs, now, st, q);
     }
     let v = pl.process(f.frame_mut(), csum, now, st);
+    egress.output(f.buf, f.at, f.vnet, v, rs, now, st, q);
+}
+
+/// One frame the director's own stack sent into the local-client device:
+/// through the pipeline at LOCAL_OUT, then the egress stage. Nothing else
+/// would deliver a packet no service took, so that is a drop.
+fn handle_local<'b>(
+    mut f: RxFrame<'b>,
+    pl: &Pipeline,
+    egress: &mut Egress,
+    rs: &Resolver,
+    now: u64,
+    st: &WorkerStats,
+    q: &mut impl TxQueue<'b>,
+) {
+    add(&st.rx, 1);
+    let csum = f.vnet.csum_mode();
+    if pl.trace.armed() {
+        return crate::datapath::trace::handle_from(true, f, csum, pl, egress, rs, now, st, q);
+    }
+    let v = pl.process_local_out(f.frame_mut(), csum, now, st);
+    if let crate::datapath::pipeline::Verdict::Pass = v {
+        // The stack's own multicast on the device (IPv6 neighbour
+        // discovery, MLD) is nobody's traffic; the rest was meant for a VIP.
+        if !crate::io::tun_local::is_multicast(f.frame()) {
+            st.drop(DropReason::LocalNotBalanced);
+        }
+        return;
+    }
     egress.output(f.buf, f.at, f.vnet, v, rs, now, st, q);
 }
 

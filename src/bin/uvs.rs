@@ -73,7 +73,9 @@ enum Cmd {
     /// stale one is found at start; with --io af_xdp, an XDP program on each
     /// interface (through a BPF link, detached when uvs exits however it
     /// exits) that steers what uvs owns into AF_XDP sockets, and no nftables
-    /// table. Also the control socket (--control, mode 0600).
+    /// table. Also the control socket (--control, mode 0600), and with
+    /// --local-src the TUN device uvs-lo, a policy rule, its routes and
+    /// the nftables table `netdev uvs_lo` (see --local-src).
     ///
     /// What it needs: root, or CAP_NET_ADMIN and CAP_NET_RAW (packet
     /// sockets, nf_tables netlink), plus CAP_BPF and CAP_SYS_ADMIN for
@@ -170,6 +172,17 @@ enum Cmd {
         metrics: Option<std::net::SocketAddr>,
         #[command(flatten)]
         bgp: Box<uvs::bgp::BgpArgs>,
+        /// Local clients: processes on this host reach the VIPs through
+        /// uvs, balanced like remote clients (NAT services), as IPVS's
+        /// LOCAL_OUT hooks do. ADDR (one IPv4, one IPv6; repeatable) is
+        /// their source address: not yet an address of this host, routed
+        /// back to it by the real servers. uvs creates the TUN device
+        /// `uvs-lo` with ADDR, the policy rule `iif lo lookup 30070` (per
+        /// family) with a route per VIP in table 30070, and the nftables
+        /// table `netdev uvs_lo`; all removed on exit. Needs --io
+        /// af_packet.
+        #[arg(long = "local-src", value_name = "ADDR")]
+        local_src: Vec<std::net::IpAddr>,
     },
     /// Build a namespace lab, balance real TCP and UDP traffic through uvs,
     /// print the result and remove the lab. Needs root.
@@ -530,6 +543,7 @@ fn real_main() -> Result<ExitCode> {
             busy_poll,
             metrics,
             bgp,
+            local_src,
         } => {
             knobs.extend(amemthresh.map(|p| format!("amemthresh={p}")));
             // What it needs, checked before anything is changed.
@@ -582,6 +596,7 @@ fn real_main() -> Result<ExitCode> {
                 sources,
                 metrics,
                 bgp,
+                local_src,
             };
             uvs::control::daemon::run(opts, &stop)?;
             Ok(ExitCode::SUCCESS)

@@ -65,6 +65,9 @@ pub struct RunOpts {
     pub keepalived: Option<reload::Text>,
     /// `--bgp-peer …`: announce the healthy services' VIPs through BIRD.
     pub bgp: Option<crate::bgp::BgpConfig>,
+    /// `--local-src ADDR`: local clients reach the VIPs from this address
+    /// (one per family; empty: off). See [`crate::sys::local_out`].
+    pub local_src: Vec<IpAddr>,
 }
 
 /// Why the daemon could not start.
@@ -87,6 +90,8 @@ pub enum DaemonError {
     Control { path: String, err: std::io::Error },
     #[error("an engine thread panicked ({first}; {count} panic(s) in all); uvs stopped")]
     Fault { first: String, count: u64 },
+    #[error(transparent)]
+    Local(#[from] crate::sys::local_out::LocalError),
     #[error("metrics address {addr}: {err}")]
     Metrics {
         addr: SocketAddr,
@@ -115,6 +120,8 @@ struct Daemon {
     health: Option<Arc<crate::health::Health>>,
     /// `--bgp-peer`'s speaker: told which services each commit touched.
     bgp: Option<crate::bgp::Bgp>,
+    /// `--local-src`: the local-client device, rules and routes.
+    local: Option<crate::sys::local_out::LocalClients>,
 }
 
 /// The runtime form of one configured service, or what the engine cannot
@@ -454,6 +461,12 @@ impl Daemon {
             touched(applied, &running, &mut keys);
             b.update(&self.config, &keys);
         }
+        if let Some(l) = &mut self.local {
+            // The services run; only local clients' way to them failed.
+            if let Err(e) = l.follow(&p.delta) {
+                log::warn!("{e}");
+            }
+        }
         let t = &self.config.timeouts;
         let mut ct = self.pipeline.conns.timeouts();
         ct.set_tcp_tcpfin_udp(t.tcp, t.tcp_fin, t.udp);
@@ -568,6 +581,9 @@ impl Daemon {
             extra += &x.report();
         }
         extra += &self.sync.render();
+        if let Some(l) = &self.local {
+            extra += &l.stats_lines();
+        }
         extra
     }
 
@@ -930,6 +946,23 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     })?;
 
     let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
+    // Local clients need the rings to see the replies the nftables table
+    // drops; AF_XDP's program would have to steer them (not built).
+    if !opts.local_src.is_empty() && opts.io != engine::IoMode::AfPacket {
+        return Err(DaemonError::Config(
+            "--local-src needs --io af_packet (the AF_XDP program does not steer \
+             local clients' replies)"
+                .into(),
+        ));
+    }
+    let local = match opts.local_src.is_empty() {
+        true => None,
+        false => Some(crate::sys::local_out::LocalClients::start(
+            &opts.local_src,
+            &names,
+            opts.workers.max(1),
+        )?),
+    };
     let pipeline = Arc::new(Pipeline::new(uvs_conntrack::Table::new(table_cfg)));
     settings.apply(&pipeline);
     pipeline.filter.store(Arc::new(filter));
@@ -941,6 +974,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             ring_frames: opts.ring_frames,
             io: opts.io,
             busy_poll_us: opts.busy_poll_us,
+            local: local.as_ref().map(|l| (l.io(), l.ifindex())),
         },
     )?;
     let guard = match engine.io {
@@ -970,6 +1004,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         sync: Default::default(),
         health: health.clone(),
         bgp: None,
+        local,
     };
     d.commit(&ctl::Applied::Batch(loaded))
         .map_err(DaemonError::Config)?;

@@ -80,11 +80,16 @@ pub enum DropReason {
     NatNoPort,
     /// MASQUERADE found no address of the director for the packet's family.
     NatNoAddress,
+    /// A local client's packet (read from the `uvs-lo` TUN device) that
+    /// no service took: nothing else would deliver it.
+    LocalNotBalanced,
+    /// The `uvs-lo` TUN device refused a reply for a local client.
+    LocalTunWrite,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 23;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
@@ -108,6 +113,8 @@ impl DropReason {
         DropReason::NatTableFull,
         DropReason::NatNoPort,
         DropReason::NatNoAddress,
+        DropReason::LocalNotBalanced,
+        DropReason::LocalTunWrite,
     ];
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -133,6 +140,8 @@ impl DropReason {
             DropReason::NatTableFull => "nat_table_full",
             DropReason::NatNoPort => "nat_no_port",
             DropReason::NatNoAddress => "nat_no_address",
+            DropReason::LocalNotBalanced => "local_not_balanced",
+            DropReason::LocalTunWrite => "local_tun_write",
         }
     }
 }

@@ -455,6 +455,24 @@ fn conn_view(conns: &Table, t: &Tuple) -> Option<ConnView> {
 #[cold]
 #[inline(never)]
 pub fn handle<'b>(
+    f: RxFrame<'b>,
+    csum: CsumMode,
+    pl: &Pipeline,
+    egress: &mut Egress,
+    nb: &impl Neighbours,
+    now: u64,
+    st: &WorkerStats,
+    q: &mut impl TxQueue<'b>,
+) {
+    handle_from(false, f, csum, pl, egress, nb, now, st, q)
+}
+
+/// [`handle`] for a frame received (`local_out` false) or sent by the
+/// director's own stack (true: read from the local-client device, it
+/// meets LOCAL_OUT).
+#[allow(clippy::too_many_arguments)]
+pub fn handle_from<'b>(
+    local_out: bool,
     mut f: RxFrame<'b>,
     csum: CsumMode,
     pl: &Pipeline,
@@ -464,6 +482,13 @@ pub fn handle<'b>(
     st: &WorkerStats,
     q: &mut impl TxQueue<'b>,
 ) {
+    let process = |frame: &mut [u8]| {
+        if local_out {
+            pl.process_local_out(frame, csum, now, st)
+        } else {
+            pl.process(frame, csum, now, st)
+        }
+    };
     // A guard, not a clone: no reference count written per packet.
     let session = pl.trace.session.load();
     let parsed = uvs_fwd::parse(f.frame());
@@ -484,7 +509,7 @@ pub fn handle<'b>(
             .then_some((s, seq, followed))
     });
     let Some((s, seq, followed)) = traced else {
-        let v = pl.process(f.frame_mut(), csum, now, st);
+        let v = process(f.frame_mut());
         egress.output(f.buf, f.at, f.vnet, v, nb, now, st, q);
         return;
     };
@@ -501,7 +526,7 @@ pub fn handle<'b>(
     let before = Counts::read(st);
     INNER.with(|i| *i.borrow_mut() = Inner::EMPTY);
     RECORDING.with(|c| c.set(true));
-    let v = pl.process(f.frame_mut(), csum, now, st);
+    let v = process(f.frame_mut());
     RECORDING.with(|c| c.set(false));
     let inner = INNER.with(|i| *i.borrow());
     let mid = Counts::read(st);
@@ -532,7 +557,7 @@ pub fn handle<'b>(
         }
     }
     r.conn_new = mid.conns > before.conns;
-    if let (Ok(p), Some(HookPoint::LocalIn)) = (&parsed, r.point) {
+    if let (Ok(p), Some(HookPoint::LocalIn | HookPoint::LocalOut)) = (&parsed, r.point) {
         let services = pl.services.load();
         r.service = services.find(p.proto, p.dst, p.dport).map(|s| SvcView {
             proto: s.proto,

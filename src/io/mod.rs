@@ -12,6 +12,7 @@
 
 pub mod device;
 pub mod ring;
+pub mod tun_local;
 pub mod tx;
 pub mod vnet;
 pub mod xdp;

@@ -4,6 +4,7 @@
 //! namespaces, and the prerequisite checks run before anything changes.
 
 pub mod guard;
+pub mod local_out;
 pub mod neigh;
 pub mod netlink;
 pub mod netns;

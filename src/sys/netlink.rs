@@ -455,6 +455,21 @@ impl Netlink {
         }
     }
 
+    /// Sends a change (`RTM_NEW*` / `RTM_DEL*`, with `flags` besides
+    /// request and ack) and waits for the kernel's acknowledgement.
+    pub fn change(
+        &mut self,
+        op: &'static str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<(), NlError> {
+        let f = NLM_F_REQUEST | NLM_F_ACK | flags;
+        match self.transact(op, msg, f, |_| Err::<(), _>("unexpected data".into()))? {
+            Answer::Ack => Ok(()),
+            Answer::Data(()) => Err(malformed(op, "data instead of an acknowledgement")),
+        }
+    }
+
     /// Interface `ifindex`: name, Ethernet address, MTU, flags.
     pub fn link(&mut self, ifindex: u32) -> Result<Link, NlError> {
         const OP: &str = "RTM_GETLINK";

@@ -94,6 +94,8 @@ struct Work {
 pub struct Egress {
     work: Work,
     park: ParkQueue,
+    /// Local clients' replies go into the `uvs-lo` TUN device, not out.
+    local: Option<crate::io::tun_local::LocalSink>,
 }
 
 impl Egress {
@@ -109,7 +111,14 @@ impl Egress {
                 icmp_limit: TokenBucket::new(now_ms),
             },
             park: ParkQueue::new(),
+            local: None,
         }
+    }
+
+    /// Delivers packets for local-client addresses into the TUN device
+    /// (`uvs run --local-src`).
+    pub fn set_local(&mut self, sink: crate::io::tun_local::LocalSink) {
+        self.local = Some(sink);
     }
 
     /// Packets waiting for a neighbour.
@@ -138,15 +147,19 @@ impl Egress {
                     DropReason::TtlExceeded => IcmpKind::TimeExceeded,
                     _ => IcmpKind::PortUnreachable,
                 };
-                let Egress { work, park } = self;
+                let Egress { work, park, .. } = self;
                 let from = IcmpFrom::Dst;
                 return work.answer(&buf[at..], &pkt, kind, from, nb, now_ms, st, park, q);
             }
             Verdict::Xmit { next_hop, .. } | Verdict::Tunnel { next_hop, .. } => next_hop,
         };
+        // A reply for a local client: into the TUN, before any neighbour.
+        if let Some(l) = self.local.as_ref().filter(|l| l.owns(next_hop)) {
+            return l.deliver(&mut buf[at..], vnet, st);
+        }
         match nb.lookup(next_hop) {
             Lookup::Ready(nh) => {
-                let Egress { work, park } = self;
+                let Egress { work, park, .. } = self;
                 if let Some(r) = work.emit(buf, at, vnet, &v, &nh, nb, now_ms, st, park, q) {
                     let (out, _) = buf.split_at_mut(r.end);
                     q.forward(out, r.at, &r.vnet, r.ifindex);
@@ -175,7 +188,7 @@ impl Egress {
             match l {
                 Lookup::Ready(nh) => {
                     let buf = &mut p.buf[..HEADROOM + p.len];
-                    let Egress { work, park } = self;
+                    let Egress { work, park, .. } = self;
                     let ready = match p.action {
                         Action::Emit(v) => {
                             work.emit(buf, HEADROOM, p.vnet, &v, &nh, nb, now_ms, st, park, q)

@@ -3,8 +3,9 @@
 //! and `ip_vs_local_reply`). The caller hands over the packet as an
 //! Ethernet frame (a device that carries bare IP packets, such as a TUN,
 //! gets a placeholder Ethernet header in front); the verdicts are those of
-//! [`Pipeline::process`]. What feeds this entry (a device the director's
-//! VIP routes for local origin point at) is not built yet.
+//! [`Pipeline::process`]. It is fed by the `uvs-lo` TUN device that the
+//! VIPs are routed to for local origin (`uvs run --local-src`, see
+//! [`crate::sys::local_out`] and [`crate::io::tun_local`]).
 
 use uvs_fwd::CsumMode;
 
