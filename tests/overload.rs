@@ -305,7 +305,9 @@ fn overload_every_datagram_is_accounted_for() {
         d.call(&["stats"]).map(|r| r.stdout).unwrap_or_default()
     );
     eprintln!("{report}");
-    assert!(sent > 100_000, "the client hardly sent: {report}");
+    // A floor that catches a broken blast, not a slow machine: a loaded one
+    // has sent only ~80,000 in the 3 s (and still overloaded uvs).
+    assert!(sent > 10_000, "the client hardly sent: {report}");
     let queue_full: u64 = [
         "drop.rx_queue_full",
         "drop.xdp_rx_ring_full",
