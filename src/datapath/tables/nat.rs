@@ -179,3 +179,42 @@ pub fn guard_claims(r: &super::Ruleset) -> Vec<crate::sys::guard::Elem> {
         .chain(servers.into_iter().map(Elem::NatServer))
         .collect()
 }
+
+/// Each nat target is reachable only from built-in chains it may run at
+/// (see `nat.rs`), as x_tables checks a target's hooks at load.
+pub(super) fn hooks_check(
+    chains: &[super::Chain],
+    edges: &[Vec<(usize, usize)>],
+) -> Result<(), super::TablesError> {
+    for (b, c) in chains.iter().enumerate() {
+        let Some(point) = c.policy.and_then(|_| super::chain_point(&c.name)) else {
+            continue;
+        };
+        let mut seen = vec![false; chains.len()];
+        let mut todo = vec![b];
+        while let Some(i) = todo.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            for r in &chains[i].rules {
+                if let super::Target::Nat(n) = r.target {
+                    if !n.kind.valid_at(point) {
+                        let why = match (n.kind, point) {
+                            (NatKind::Snat, crate::datapath::hooks::HookPoint::LocalIn) => {
+                                " (uvs does not rewrite packets it leaves to the director's own stack)"
+                            }
+                            (NatKind::Dnat, _) => ": DNAT is valid from PREROUTING and OUTPUT",
+                            _ => ": SNAT and MASQUERADE are valid from POSTROUTING",
+                        };
+                        return Err(super::TablesError {
+                            line: r.line,
+                            msg: format!("{} reached from {}{why}", n.kind.name(), c.name),
+                        });
+                    }
+                }
+            }
+            todo.extend(edges[i].iter().map(|&(t, _)| t));
+        }
+    }
+    Ok(())
+}

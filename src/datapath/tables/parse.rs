@@ -276,46 +276,10 @@ impl Building {
             depth_check(&edges, start, 0, &mut vec![start])?;
         }
         if self.id == TableId::Nat {
-            nat_hooks_check(&chains, &edges)?;
+            super::nat::hooks_check(&chains, &edges)?;
         }
         Ok(Table::new(self.id, chains))
     }
-}
-
-/// Each nat target is reachable only from built-in chains it may run at
-/// (see `nat.rs`), as x_tables checks a target's hooks at load.
-fn nat_hooks_check(chains: &[Chain], edges: &[Vec<(usize, usize)>]) -> Result<(), TablesError> {
-    for (b, c) in chains.iter().enumerate() {
-        let Some(point) = c.policy.and_then(|_| super::chain_point(&c.name)) else {
-            continue;
-        };
-        let mut seen = vec![false; chains.len()];
-        let mut todo = vec![b];
-        while let Some(i) = todo.pop() {
-            if std::mem::replace(&mut seen[i], true) {
-                continue;
-            }
-            for r in &chains[i].rules {
-                if let Target::Nat(n) = r.target {
-                    if !n.kind.valid_at(point) {
-                        let why = match (n.kind, point) {
-                            (NatKind::Snat, crate::datapath::hooks::HookPoint::LocalIn) => {
-                                " (uvs does not rewrite packets it leaves to the director's own stack)"
-                            }
-                            (NatKind::Dnat, _) => ": DNAT is valid from PREROUTING and OUTPUT",
-                            _ => ": SNAT and MASQUERADE are valid from POSTROUTING",
-                        };
-                        return Err(TablesError {
-                            line: r.line,
-                            msg: format!("{} reached from {}{why}", n.kind.name(), c.name),
-                        });
-                    }
-                }
-            }
-            todo.extend(edges[i].iter().map(|&(t, _)| t));
-        }
-    }
-    Ok(())
 }
 
 fn depth_check(
