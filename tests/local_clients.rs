@@ -8,10 +8,9 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::{mpsc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use uvs::control::socket;
 use uvs::lab;
 use uvs::sys::netns;
 use uvs::sys::nftnl::{NftSock, NFPROTO_NETDEV};
@@ -195,24 +194,9 @@ fn curl_on_the_director_is_balanced_at_local_out_and_sigterm_removes_everything(
     ]
     .map(String::from)
     .to_vec();
-    let control = s.d.control.clone();
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let r = socket::call_streamed(&control, &argv, |b| {
-            let chunk = b.to_string();
-            if chunk.starts_with("tracing ") {
-                let _ = tx.send(());
-            }
-            text.push_str(&chunk);
-            Ok(())
-        });
-        (r.map(|r| r.status), text)
+    let (status, text) = common::trace_during(&s.d, argv, || {
+        curls(&lb, 1);
     });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("the trace starts");
-    curls(&lb, 1);
-    let (status, text) = reader.join().unwrap();
     assert_eq!(status.unwrap(), 0, "{text}");
     assert!(
         text.contains("LOCAL_OUT -98 ip_vs_local_request: STOLEN"),

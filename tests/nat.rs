@@ -12,10 +12,9 @@
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use uvs::control::socket;
 use uvs::sys::netns;
 
 mod common;
@@ -217,25 +216,10 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
     ]
     .map(String::from)
     .to_vec();
-    let control = s.d.control.clone();
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let r = socket::call_streamed(&control, &argv, |b| {
-            let chunk = b.to_string();
-            if chunk.starts_with("tracing ") {
-                let _ = tx.send(());
-            }
-            text.push_str(&chunk);
-            Ok(())
-        });
-        (r.map(|r| r.status), text)
+    let (status, text) = common::trace_during(&s.d, argv, || {
+        let v = ask(&s, "192.0.2.20:8080", 1);
+        assert_eq!(count(&v, "rs1 198.51.100.10"), 1, "{v:?}");
     });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("the trace starts");
-    let v = ask(&s, "192.0.2.20:8080", 1);
-    assert_eq!(count(&v, "rs1 198.51.100.10"), 1, "{v:?}");
-    let (status, text) = reader.join().unwrap();
     assert_eq!(status.unwrap(), 0, "{text}");
     assert!(
         text.contains("rule nat PREROUTING #2 \"-d 192.0.2.20/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 203.0.113.11:8081\": DNAT"),

@@ -11,7 +11,6 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use uvs::control::socket;
 use uvs::lab;
 use uvs::sys::netns;
 
@@ -122,24 +121,9 @@ fn a_filtered_packet_names_the_rule_that_dropped_it() {
     ]
     .map(String::from)
     .to_vec();
-    let control = s.d.control.clone();
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let r = socket::call_streamed(&control, &argv, |b| {
-            let chunk = b.to_string();
-            if chunk.starts_with("tracing ") {
-                let _ = tx.send(());
-            }
-            text.push_str(&chunk);
-            Ok(())
-        });
-        (r.map(|r| r.status), text)
+    let (status, text) = common::trace_during(&s.d, argv, || {
+        let _ = request(&s, 80, Duration::from_millis(300));
     });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("the trace starts");
-    let _ = request(&s, 80, Duration::from_millis(300));
-    let (status, text) = reader.join().unwrap();
     assert_eq!(status.unwrap(), 0, "{text}");
     assert!(
         text.contains("hook: LOCAL_IN 0 filter: DROP"),

@@ -193,3 +193,30 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs `uvs trace ARGV` on `d`'s control socket while `traffic` runs:
+/// `traffic` starts once the trace says it is tracing. Returns the trace's
+/// exit status and everything it printed.
+pub fn trace_during(
+    d: &Director,
+    argv: Vec<String>,
+    traffic: impl FnOnce(),
+) -> (std::io::Result<u8>, String) {
+    let control = d.control.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let r = uvs::control::socket::call_streamed(&control, &argv, |b| {
+            if b.starts_with("tracing ") {
+                let _ = tx.send(());
+            }
+            text.push_str(b);
+            Ok(())
+        });
+        (r.map(|r| r.status), text)
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the trace starts");
+    traffic();
+    reader.join().unwrap()
+}
