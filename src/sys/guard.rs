@@ -37,8 +37,8 @@ use std::net::IpAddr;
 use foldhash::{HashMap, HashMapExt};
 
 use super::nftnl::{
-    self, Base, Batch, Expr, Ingress, KeyField, KeyType, MetaKey, NftError, NftSock, SetChange,
-    SetRef, NFPROTO_NETDEV, NFT_TABLE_F_OWNER, R1,
+    self, Base, Batch, Expr, Ingress, KeyField, KeyType, MetaKey, NftError, NftSock, OwnedTable,
+    SetChange, SetRef, NFPROTO_NETDEV, NFT_TABLE_F_OWNER, R1,
 };
 
 /// Failures talking to nf_tables.
@@ -108,10 +108,9 @@ pub fn counters() -> Result<Counters, GuardError> {
 /// end of the process: the kernel deletes it with the socket).
 #[derive(Debug)]
 pub struct KernelGuard {
-    installed: bool,
     /// Owns the table: opened in the guard's namespace at install, and
     /// the only socket that may change it.
-    sock: NftSock,
+    table: OwnedTable,
 }
 
 /// Removes a `netdev` table `table` left by a process that did not own it
@@ -359,8 +358,7 @@ impl KernelGuard {
         sock.commit(&install_batch(devices))
             .map_err(|e| GuardError::on_table(TABLE, e))?;
         Ok(KernelGuard {
-            installed: true,
-            sock,
+            table: OwnedTable::new(TABLE, sock),
         })
     }
 
@@ -373,26 +371,13 @@ impl KernelGuard {
         }
         let mut b = Batch::new(NFPROTO_NETDEV);
         b.set_changes(TABLE, &set_changes(delta));
-        self.sock.commit(&b)?;
+        self.table.sock().commit(&b)?;
         Ok(())
     }
 
     /// Removes the table now (also done on drop).
     pub fn remove(&mut self) -> Result<(), GuardError> {
-        if std::mem::take(&mut self.installed) {
-            let mut b = Batch::new(NFPROTO_NETDEV);
-            b.del_table(TABLE);
-            self.sock.commit(&b)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for KernelGuard {
-    fn drop(&mut self) {
-        if let Err(e) = self.remove() {
-            eprintln!("uvs: removing nftables table netdev {TABLE}: {e}");
-        }
+        Ok(self.table.remove()?)
     }
 }
 
@@ -821,9 +806,7 @@ mod tests {
             assert!(remove_stale().is_err());
             // ...and closing the owner's socket (what process death does)
             // deletes it, without any remove.
-            g.installed = false;
-            let owner = std::mem::replace(&mut g.sock, NftSock::open().expect("socket"));
-            drop(owner);
+            drop(g.table.take_owner());
             let after = rd.tables(NFPROTO_NETDEV).expect("tables");
             // An unowned leftover of the same name is replaced.
             let mut b = Batch::new(NFPROTO_NETDEV);

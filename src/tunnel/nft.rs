@@ -10,7 +10,8 @@ use std::net::IpAddr;
 
 use crate::sys::guard::{self, GuardError};
 use crate::sys::nftnl::{
-    Base, Batch, Expr, Ingress, KeyType, NftSock, SetRef, NFPROTO_NETDEV, NFT_TABLE_F_OWNER, R1,
+    Base, Batch, Expr, Ingress, KeyType, NftSock, OwnedTable, SetRef, NFPROTO_NETDEV,
+    NFT_TABLE_F_OWNER, R1,
 };
 
 use super::{LocalAddrs, TABLE};
@@ -18,9 +19,8 @@ use super::{LocalAddrs, TABLE};
 /// The `netdev uvs_tun` table; dropping it removes the table.
 #[derive(Debug)]
 pub struct TunnelGuard {
-    installed: bool,
     /// Owns the table (the only socket that may change it).
-    sock: NftSock,
+    table: OwnedTable,
     /// The addresses the sets hold.
     local: LocalAddrs,
 }
@@ -137,8 +137,7 @@ impl TunnelGuard {
         sock.commit(&b)
             .map_err(|e| GuardError::on_table(TABLE, e))?;
         Ok(TunnelGuard {
-            installed: true,
-            sock,
+            table: OwnedTable::new(TABLE, sock),
             local: local.clone(),
         })
     }
@@ -157,26 +156,13 @@ impl TunnelGuard {
             true,
             addrs(local).filter(|a| !self.local.contains(*a)),
         );
-        self.sock.commit(&b)?;
+        self.table.sock().commit(&b)?;
         self.local = local.clone();
         Ok(())
     }
 
     /// Removes the table now (also done on drop).
     pub fn remove(&mut self) -> Result<(), GuardError> {
-        if std::mem::take(&mut self.installed) {
-            let mut b = Batch::new(NFPROTO_NETDEV);
-            b.del_table(TABLE);
-            self.sock.commit(&b)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for TunnelGuard {
-    fn drop(&mut self) {
-        if let Err(e) = self.remove() {
-            eprintln!("uvs tunnel-endpoint: removing nftables table netdev {TABLE}: {e}");
-        }
+        Ok(self.table.remove()?)
     }
 }

@@ -13,7 +13,9 @@
 use std::net::IpAddr;
 
 use crate::sys::guard::{self, GuardError};
-use crate::sys::nftnl::{Batch, Expr, Ingress, NftSock, NFPROTO_NETDEV, NFT_TABLE_F_OWNER, R1};
+use crate::sys::nftnl::{
+    Batch, Expr, Ingress, NftSock, OwnedTable, NFPROTO_NETDEV, NFT_TABLE_F_OWNER, R1,
+};
 
 /// The table's name.
 pub const TABLE: &str = "uvs_lo";
@@ -21,8 +23,7 @@ pub const TABLE: &str = "uvs_lo";
 /// The installed table; dropping it removes the table.
 #[derive(Debug)]
 pub struct LocalGuard {
-    installed: bool,
-    sock: NftSock,
+    table: OwnedTable,
 }
 
 /// Removes a `netdev uvs_lo` table nobody owns (an older uvs's).
@@ -81,26 +82,12 @@ impl LocalGuard {
         sock.commit(&b)
             .map_err(|e| GuardError::on_table(TABLE, e))?;
         Ok(LocalGuard {
-            installed: true,
-            sock,
+            table: OwnedTable::new(TABLE, sock),
         })
     }
 
     /// Removes the table now (also done on drop).
     pub fn remove(&mut self) -> Result<(), GuardError> {
-        if std::mem::take(&mut self.installed) {
-            let mut b = Batch::new(NFPROTO_NETDEV);
-            b.del_table(TABLE);
-            self.sock.commit(&b)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for LocalGuard {
-    fn drop(&mut self) {
-        if let Err(e) = self.remove() {
-            log::warn!("removing nftables table netdev {TABLE}: {e}");
-        }
+        Ok(self.table.remove()?)
     }
 }

@@ -730,5 +730,58 @@ fn frame(seq: &mut u32, batch: &Batch) -> (Vec<u8>, u32, Vec<Pending>) {
     (b, first, pending)
 }
 
+/// A `netdev` table this process committed through `sock` with
+/// [`NFT_TABLE_F_OWNER`]: changed only through [`OwnedTable::sock`],
+/// deleted by [`OwnedTable::remove`] or on drop, and by the kernel when
+/// the socket closes (which is what a crash amounts to).
+#[derive(Debug)]
+pub struct OwnedTable {
+    name: &'static str,
+    installed: bool,
+    sock: NftSock,
+}
+
+impl OwnedTable {
+    /// Adopts `sock`, through which table `name` was just committed.
+    pub fn new(name: &'static str, sock: NftSock) -> Self {
+        OwnedTable {
+            name,
+            installed: true,
+            sock,
+        }
+    }
+
+    /// The owning socket, the only one that may change the table.
+    pub fn sock(&mut self) -> &mut NftSock {
+        &mut self.sock
+    }
+
+    /// Deletes the table now (also done on drop).
+    pub fn remove(&mut self) -> Result<(), NftError> {
+        if std::mem::take(&mut self.installed) {
+            let mut b = Batch::new(NFPROTO_NETDEV);
+            b.del_table(self.name);
+            self.sock.commit(&b)?;
+        }
+        Ok(())
+    }
+
+    /// Hands out the owning socket (replaced by a fresh one) without
+    /// deleting the table: tests close it to see the kernel delete it.
+    #[cfg(test)]
+    pub(crate) fn take_owner(&mut self) -> NftSock {
+        self.installed = false;
+        std::mem::replace(&mut self.sock, NftSock::open().expect("socket"))
+    }
+}
+
+impl Drop for OwnedTable {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            log::warn!("removing nftables table netdev {}: {e}", self.name);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
