@@ -139,16 +139,6 @@ fn tally(lab: &Lab, vip: &str, n: usize) -> lab::Tally {
     .expect("client namespace")
 }
 
-struct Files(Vec<std::path::PathBuf>);
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        for f in &self.0 {
-            let _ = std::fs::remove_file(f);
-        }
-    }
-}
-
 #[test]
 fn keepalived_checks_remove_restore_and_reload() {
     if !root_or_skip("keepalived_checks_remove_restore_and_reload") {
@@ -161,7 +151,7 @@ fn keepalived_checks_remove_restore_and_reload() {
         base.with_extension("flag"),
         base.with_extension("bad.conf"),
     );
-    let _files = Files(vec![file.clone(), flag.clone(), bad.clone()]);
+    let _files = common::RemoveOnDrop(vec![file.clone(), flag.clone(), bad.clone()]);
     std::fs::write(&flag, "").unwrap();
     std::fs::write(&file, conf(&flag, 1)).unwrap();
     // Line 5 has a port that is not one.

@@ -145,15 +145,7 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
     let (cfg, tbl) = (base.with_extension("rules"), base.with_extension("tables"));
     std::fs::write(&cfg, CONFIG).unwrap();
     std::fs::write(&tbl, TABLES).unwrap();
-    struct Rm(Vec<std::path::PathBuf>);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            for p in &self.0 {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-    let _rm = Rm(vec![cfg.clone(), tbl.clone()]);
+    let _rm = common::RemoveOnDrop(vec![cfg.clone(), tbl.clone()]);
     let s = Setup::start(
         &prefix,
         &[],

@@ -94,15 +94,7 @@ fn mark_rules_feed_a_fwmark_service_and_filter_drops_replies() {
             "1",
         ],
     );
-    struct Rm(Vec<std::path::PathBuf>);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            for p in &self.0 {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-    let _rm = Rm(vec![cfg.clone(), tbl.clone()]);
+    let _rm = common::RemoveOnDrop(vec![cfg.clone(), tbl.clone()]);
     let log = || s.d.log_text();
 
     // One -f service for both marked ports, rr across both servers.

@@ -220,3 +220,14 @@ pub fn trace_during(
     traffic();
     reader.join().unwrap()
 }
+
+/// Files a test wrote, removed when this drops (also when the test fails).
+pub struct RemoveOnDrop(pub Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
