@@ -507,14 +507,9 @@ impl Pipeline {
             let step = match e.func {
                 // DNAT of local packets (nat OUTPUT); nat INPUT has no
                 // translation uvs applies (parse refuses SNAT there).
-                HookFn::NatDst if tables.nat_on => {
-                    let mut c = *p;
-                    let s = self.nat_dst(
-                        tables, point, frame, &mut c, csum, now_ms, &mut ctx, st, out,
-                    );
-                    cur = c;
-                    s
-                }
+                HookFn::NatDst if tables.nat_on => self.nat_dst(
+                    tables, point, frame, &mut cur, csum, now_ms, &mut ctx, st, out,
+                ),
                 HookFn::NatSrc if tables.nat_on => Step::Continue,
                 HookFn::Mangle | HookFn::NatDst | HookFn::NatSrc => {
                     self.tables_hook(tables, e.func, point, frame, p, now_ms, &mut ctx, st, out)
