@@ -382,6 +382,93 @@ fn program_leaves_replies_to_the_director_to_its_kernel() {
     assert_eq!(run(&cases[0].1), owned, "no longer local");
 }
 
+/// Issues 9/10: two kinds of NAT replies addressed to the director are
+/// uvs's all the same — those to the nat table's MASQUERADE ports
+/// (61440–65535, as the nftables guard's `@th,16,8 0xf0-0xff`) and those to
+/// a local-client address (`--local-src`, local on `uvs-lo`) — while the
+/// director's own connections (lower ports, its usual addresses) stay the
+/// kernel's.
+#[test]
+fn program_steers_masquerade_and_local_client_replies_on_local_addresses() {
+    if !root_or_skip("program_steers_masquerade_and_local_client_replies") {
+        return;
+    }
+    let mut s = Steering::new(64).expect("maps");
+    let prog = s.load(1).expect("the verifier accepts the program");
+    s.add_nat_server(TCP, ip("203.0.113.11"), 80).unwrap();
+    s.add_nat_server(UDP, ip("2001:db8:5::11"), 53).unwrap();
+    s.set_local(ip("203.0.113.1"), 32, true).unwrap();
+    s.set_local(ip("2001:db8:5::1"), 128, true).unwrap();
+    s.set_local(ip("192.0.2.250"), 32, true).unwrap();
+    s.set_local(ip("2001:db8:f::250"), 128, true).unwrap();
+    s.add_local_client(ip("192.0.2.250")).unwrap();
+    s.add_local_client(ip("2001:db8:f::250")).unwrap();
+    let run = |frame: &[u8]| prog.test_run(frame).expect("test run");
+    let tcp = |src: &str, sport: u16, dst: &str, dport: u16| {
+        let mut f = FrameSpec::tcp_v4();
+        (f.src, f.sport, f.dst, f.dport) = (ip(src), sport, ip(dst), dport);
+        f.build()
+    };
+    let udp6 = |src: &str, sport: u16, dst: &str, dport: u16| {
+        let mut f = FrameSpec::udp_v6();
+        (f.src, f.sport, f.dst, f.dport) = (ip(src), sport, ip(dst), dport);
+        f.build()
+    };
+    let (owned, kernel) = (XDP_DROP as u32, XDP_PASS as u32);
+    let cases = [
+        (
+            "below MASQUERADE's ports",
+            tcp("203.0.113.11", 80, "203.0.113.1", 61439),
+            kernel,
+        ),
+        (
+            "MASQUERADE's first port",
+            tcp("203.0.113.11", 80, "203.0.113.1", 61440),
+            owned,
+        ),
+        (
+            "MASQUERADE's last port",
+            tcp("203.0.113.11", 80, "203.0.113.1", 65535),
+            owned,
+        ),
+        (
+            "v6 MASQUERADE port",
+            udp6("2001:db8:5::11", 53, "2001:db8:5::1", 62000),
+            owned,
+        ),
+        (
+            "v6 to the director",
+            udp6("2001:db8:5::11", 53, "2001:db8:5::1", 40000),
+            kernel,
+        ),
+        (
+            "to the local-client address",
+            tcp("203.0.113.11", 80, "192.0.2.250", 40000),
+            owned,
+        ),
+        (
+            "v6 to the local-client address",
+            udp6("2001:db8:5::11", 53, "2001:db8:f::250", 40000),
+            owned,
+        ),
+        (
+            "ICMP error to the local-client address",
+            icmp_error("203.0.113.11", "192.0.2.250", 3),
+            owned,
+        ),
+        (
+            "not from a NAT real server",
+            tcp("203.0.113.12", 80, "192.0.2.250", 40000),
+            kernel,
+        ),
+    ];
+    for (what, frame, want) in &cases {
+        assert_eq!(run(frame), *want, "{what}");
+    }
+    s.remove_local_client(ip("192.0.2.250")).unwrap();
+    assert_eq!(run(&cases[5].1), kernel, "no longer a local-client address");
+}
+
 /// The frame's Ethernet, IPv4 and UDP source and destination swapped in
 /// place: an echo whose checksums stay valid (the sums are symmetric).
 fn swap_v4_udp(f: &mut [u8]) -> bool {

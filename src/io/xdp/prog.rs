@@ -24,7 +24,17 @@
 //! map, which mirrors the kernel's local routes (`type local`: every
 //! address of the director, and AnyIP prefixes) — the AF_PACKET guard's
 //! `fib daddr type local`. Service tuples are uvs's whatever their
-//! destination.
+//! destination. Two exceptions, as in the guard, are uvs's although
+//! addressed to the director:
+//!
+//! * a NAT reply (TCP, UDP, SCTP) to a port of the nat table's
+//!   MASQUERADE (`MASQ_PORTS`, 61440–65535: above Linux's ephemeral
+//!   ports, so never a reply to the director's own sockets) — one byte
+//!   compared, no lookup;
+//! * a NAT reply or ICMP error to a local-client address (`--local-src`,
+//!   an address of the director's `uvs-lo`): an `owned` entry of that
+//!   address ([`Key::local_client`]), looked up only for packets from NAT
+//!   real servers to local addresses.
 //!
 //! This is the nftables guard's rule set (`src/sys/guard.rs`), so in AF_XDP
 //! mode the program is the kernel guard too: what it steers, the kernel never
@@ -38,12 +48,14 @@
 //! a uvs socket, which is dropped — the kernel must not answer it in uvs's
 //! place.
 //!
-//! Cost per packet: at most four hash lookups, one prefix match (only for a
-//! packet from a NAT real server) and one counter, whatever the number of
-//! services.
+//! Cost per packet: at most four hash lookups, one prefix match and one
+//! more hash lookup (both only for a packet from a NAT real server) and one
+//! counter, whatever the number of services.
 #![forbid(unsafe_code)]
 
 use std::net::IpAddr;
+
+use crate::datapath::tables::nat::MASQ_PORTS;
 
 use super::asm::{
     Alu, Asm, AsmError, Cond, Insn, Size, FP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9,
@@ -79,6 +91,14 @@ const TAG_RS4: u8 = 3;
 const TAG_RS6: u8 = 4;
 const TAG_RSADDR4: u8 = 5;
 const TAG_RSADDR6: u8 = 6;
+const TAG_LCLIENT4: u8 = 7;
+const TAG_LCLIENT6: u8 = 8;
+
+/// High byte of the destination ports of replies to the nat table's
+/// MASQUERADE (`MASQ_PORTS`, `0xf000..=0xffff`): one byte compared, no
+/// map lookup.
+const MASQ_PORT_HIGH: i32 = (MASQ_PORTS.0 >> 8) as i32;
+const _: () = assert!(MASQ_PORTS.0 & 0xff == 0 && MASQ_PORTS.1 == 0xffff);
 
 // Key layout on the program's stack: address at fp-24 (16 bytes, IPv4 in the
 // first 4, the rest zero), port at fp-8 (network order), protocol at fp-6,
@@ -162,6 +182,12 @@ impl Key {
     pub fn nat_address(rs: IpAddr) -> Key {
         Key::new(TAG_RSADDR4, TAG_RSADDR6, 0, rs, 0)
     }
+
+    /// NAT replies and ICMP errors from real servers to a local-client
+    /// address (`--local-src`), which is local to the director but uvs's.
+    pub fn local_client(addr: IpAddr) -> Key {
+        Key::new(TAG_LCLIENT4, TAG_LCLIENT6, 0, addr, 0)
+    }
 }
 
 // Constants compared with values loaded from the packet: the program runs in
@@ -238,11 +264,20 @@ impl Gen {
         a.exit();
     }
 
-    /// From a NAT real server (the `owned` match is done): to the kernel if
-    /// the destination (at `daddr` in the packet, IPv4 or IPv6) is local,
-    /// else steered. Ends the path.
-    fn unless_local(&mut self, v6: bool, daddr: i16, steer: super::asm::Label) {
+    /// From a NAT real server (the `owned` match is done): steered if the
+    /// destination (at `daddr` in the packet, IPv4 or IPv6) is not local,
+    /// or (`ported`: r9 is a TCP/UDP/SCTP header) its port is one of
+    /// MASQUERADE's, or it is a local-client address; else to the kernel.
+    /// Ends the path.
+    fn unless_local(&mut self, v6: bool, daddr: i16, ported: bool, steer: super::asm::Label) {
         let a = &mut self.a;
+        if ported {
+            // A reply to the nat table's MASQUERADE: uvs's to un-NAT, on
+            // the director's own address too (the guard's `@th,16,8
+            // 0xf0-0xff`; the director's sockets use lower ports).
+            a.load(Size::B, R0, R9, 2);
+            a.jmp_imm(Cond::Ge, R0, MASQ_PORT_HIGH, steer);
+        }
         a.store_imm(Size::DW, FP, L_ADDR, 0);
         a.store_imm(Size::DW, FP, L_ADDR + 8, 0);
         if v6 {
@@ -263,6 +298,22 @@ impl Gen {
         a.alu_imm(Alu::Add, R2, i32::from(L_PLEN));
         a.call(HELPER_MAP_LOOKUP);
         a.jmp_imm(Cond::Eq, R0, 0, steer);
+        // Local, but perhaps a local client's (`--local-src`): its address
+        // is on the director's `uvs-lo`, its replies are uvs's. Only
+        // packets from NAT real servers to local addresses pay this lookup.
+        let (tag, words) = if v6 {
+            (TAG_LCLIENT6, 4)
+        } else {
+            (TAG_LCLIENT4, 1)
+        };
+        for i in 0..words {
+            a.load(Size::W, R0, R7, daddr + 4 * i);
+            a.store(Size::W, FP, K_ADDR + 4 * i, R0);
+        }
+        a.store_imm(Size::H, FP, K_PORT, 0);
+        a.store_imm(Size::B, FP, K_PROTO, 0);
+        a.store_imm(Size::B, FP, K_TAG, i32::from(tag));
+        self.lookup(steer);
         self.count_and_return(COUNTER_PASS_LOCAL, XDP_PASS);
     }
 
@@ -352,7 +403,7 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     g.lookup(rs4);
     g.a.ja(pass);
     g.a.bind(rs4);
-    g.unless_local(false, ETH_HLEN + 16, steer);
+    g.unless_local(false, ETH_HLEN + 16, true, steer);
 
     let icmperr4 = g.a.label();
     g.a.bind(icmp4);
@@ -370,7 +421,7 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     g.lookup(rserr4);
     g.a.ja(pass);
     g.a.bind(rserr4);
-    g.unless_local(false, ETH_HLEN + 16, steer);
+    g.unless_local(false, ETH_HLEN + 16, false, steer);
 
     // IPv6: the fixed header, up to EXT6_MAX hop-by-hop / routing /
     // destination-options headers, a fragment header (a later fragment
@@ -450,7 +501,7 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     g.lookup(rs6);
     g.a.ja(pass);
     g.a.bind(rs6);
-    g.unless_local(true, ETH_HLEN + 24, steer);
+    g.unless_local(true, ETH_HLEN + 24, true, steer);
 
     let icmperr6 = g.a.label();
     g.a.bind(icmp6);
@@ -467,7 +518,7 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     g.lookup(rserr6);
     g.a.ja(pass);
     g.a.bind(rserr6);
-    g.unless_local(true, ETH_HLEN + 24, steer);
+    g.unless_local(true, ETH_HLEN + 24, false, steer);
 
     // Owned: into this queue's socket; without one, dropped and counted.
     let redirected = g.a.label();
@@ -521,6 +572,11 @@ mod tests {
             "same leading bytes, other family"
         );
         assert_eq!(Key::nat_address(v4).0[16..], [0, 0, 0, TAG_RSADDR4]);
+        let l = Key::local_client(v4);
+        assert_eq!(&l.0[..4], &[192, 0, 2, 10]);
+        assert_eq!(l.0[16..], [0, 0, 0, TAG_LCLIENT4]);
+        assert_eq!(Key::local_client(v6).0[16..], [0, 0, 0, TAG_LCLIENT6]);
+        assert_eq!(MASQ_PORT_HIGH, 0xf0);
     }
 
     #[test]

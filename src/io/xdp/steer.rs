@@ -273,6 +273,17 @@ impl Steering {
         self.remove(Key::nat_address(rs))
     }
 
+    /// Steers NAT replies and ICMP errors from real servers to `addr`, a
+    /// local-client address (`--local-src`), although `addr` is local.
+    pub fn add_local_client(&mut self, addr: IpAddr) -> Result<(), XdpError> {
+        self.add(Key::local_client(addr))
+    }
+
+    /// Undoes one `add_local_client`.
+    pub fn remove_local_client(&mut self, addr: IpAddr) -> Result<(), XdpError> {
+        self.remove(Key::local_client(addr))
+    }
+
     /// Marks `addr/len` as local to the director (or no longer): NAT
     /// replies and ICMP errors addressed there go to the kernel. The
     /// [`super::local::LocalWatcher`] does this from the kernel's routes.
