@@ -2,9 +2,12 @@
 //! own namespace reaches a VIP through the `uvs-lo` TUN device, enters the
 //! pipeline at LOCAL_OUT, is balanced rr 50/50 over two NAT real servers,
 //! and its replies come back through the TUN; remote clients keep their
-//! usual path meanwhile. Everything uvs added (device, policy rule, route,
-//! nftables table) is gone after SIGTERM; after SIGKILL the next start
-//! removes the rule the dead one left. Needs root; skips without it.
+//! usual path meanwhile. Direct-routing and tunnel services are balanced
+//! too, their replies (from the VIP) reaching the local socket directly.
+//! Everything uvs added (device, policy rule, route, nftables table) is
+//! gone after SIGTERM; after SIGKILL the next start removes the rule the
+//! dead one left. Under `UVS_LAB_IO=af_xdp` the XDP program claims the
+//! replies instead of the nftables table. Needs root; skips without it.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -17,7 +20,7 @@ use uvs::sys::nftnl::{NftSock, NFPROTO_NETDEV};
 
 mod common;
 
-use common::{root_or_skip, Setup};
+use common::{root_or_skip, Endpoint, Setup};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -28,16 +31,19 @@ const LOCAL_SRC: &str = "192.0.2.250";
 const LOCAL_SRC_V6: &str = "2001:db8:f::250";
 const CURLS: usize = 10;
 
-/// Local clients need AF_PACKET: under another `UVS_LAB_IO` the test
-/// has nothing to show.
-fn af_packet_or_skip(test: &str) -> bool {
-    match std::env::var("UVS_LAB_IO") {
-        Ok(io) if io != "af_packet" => {
-            eprintln!("skipping {test}: --local-src needs --io af_packet (UVS_LAB_IO={io})");
-            false
-        }
-        _ => root_or_skip(test),
-    }
+/// Whether the lab runs uvs under AF_XDP (`UVS_LAB_IO=af_xdp`).
+fn af_xdp() -> bool {
+    std::env::var("UVS_LAB_IO").is_ok_and(|io| io == "af_xdp")
+}
+
+/// Runs `ip -n NS ARGS…`, asserting success.
+fn ip_ok(ns: &str, args: &[&str]) {
+    let st = Command::new("ip")
+        .args(["-n", ns])
+        .args(args)
+        .status()
+        .expect("ip");
+    assert!(st.success(), "ip -n {ns} {args:?}");
 }
 
 fn setup(tag: &str) -> Setup {
@@ -115,7 +121,7 @@ fn service(s: &Setup) {
 
 #[test]
 fn curl_on_the_director_is_balanced_at_local_out_and_sigterm_removes_everything() {
-    if !af_packet_or_skip("curl_on_the_director") {
+    if !root_or_skip("curl_on_the_director") {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -161,7 +167,14 @@ fn curl_on_the_director_is_balanced_at_local_out_and_sigterm_removes_everything(
         .unwrap_or_else(|| panic!("{line}"));
     // At least the SYN, the request and the ACKs of each connection.
     assert!(stolen >= 3 * CURLS as u64, "{line}");
-    for c in ["local.from_tun", "local.to_tun", "guard.local_reply"] {
+    // The replies were claimed: by the nftables table, or steered by the
+    // XDP program (with the remote client's packets).
+    let claimed = if af_xdp() {
+        "xdp.steered"
+    } else {
+        "guard.local_reply"
+    };
+    for c in ["local.from_tun", "local.to_tun", claimed] {
         assert!(s.d.counter(c).unwrap() >= 3 * CURLS as u64, "{c}\n{stats}");
     }
     // IPv6 local clients, from the IPv6 --local-src.
@@ -176,6 +189,7 @@ fn curl_on_the_director_is_balanced_at_local_out_and_sigterm_removes_everything(
     let mut got6 = curls_to(&lb, "[2001:db8:f::10]", 4);
     got6.sort();
     assert_eq!(got6, ["rs1", "rs1", "rs2", "rs2"], "IPv6 rr");
+    direct_routing_and_tunnel_services(&s);
     for c in ["drop.local_not_balanced", "drop.local_tun_write"] {
         assert_eq!(s.d.counter(c).unwrap(), 0, "{c}\n{stats}");
     }
@@ -215,9 +229,51 @@ fn curl_on_the_director_is_balanced_at_local_out_and_sigterm_removes_everything(
     assert_eq!(added(&lab.ns("lb")), (false, 0, vec![]));
 }
 
+/// Local clients of a direct-routing (`-g`, VIP 192.0.2.30) and a tunnel
+/// (`-i` ipip, VIP 192.0.2.31) service: the real servers carry both VIPs on
+/// `lo` (ARP hidden), the tunnel ones decapsulate with `uvs
+/// tunnel-endpoint`, and answer from the VIP straight to the local-client
+/// address, which their default route takes to the director, whose kernel
+/// delivers it to the local socket.
+fn direct_routing_and_tunnel_services(s: &Setup) {
+    for rs in ["rs1", "rs2"] {
+        let ns = s.lab.ns(rs);
+        for v in ["192.0.2.30/32", "192.0.2.31/32"] {
+            ip_ok(&ns, &["addr", "add", v, "dev", "lo"]);
+        }
+        let st = Command::new("ip")
+            .args(["netns", "exec", &ns, "sysctl", "-qw"])
+            .args([
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+            ])
+            .status()
+            .expect("sysctl");
+        assert!(st.success());
+    }
+    let _ep = ["rs1", "rs2"].map(|rs| Endpoint::start(&s.lab, rs, &[]));
+    for c in [
+        "-A -t 192.0.2.30:80 -s rr",
+        "-a -t 192.0.2.30:80 -r 203.0.113.11:80 -g -w 1",
+        "-a -t 192.0.2.30:80 -r 203.0.113.12:80 -g -w 1",
+        "-A -t 192.0.2.31:80 -s rr",
+        "-a -t 192.0.2.31:80 -r 203.0.113.11:80 -i -w 1 --tun-type ipip",
+        "-a -t 192.0.2.31:80 -r 203.0.113.12:80 -i -w 1 --tun-type ipip",
+    ] {
+        s.d.uvsadm(c)
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.d.log_text()));
+    }
+    let lb = s.lab.ns("lb");
+    for vip in ["192.0.2.30", "192.0.2.31"] {
+        let mut got = curls_to(&lb, vip, 4);
+        got.sort();
+        assert_eq!(got, ["rs1", "rs1", "rs2", "rs2"], "rr to {vip}");
+    }
+}
+
 #[test]
 fn after_sigkill_the_next_start_cleans_up_and_vip_routes_follow_the_services() {
-    if !af_packet_or_skip("after_sigkill") {
+    if !root_or_skip("after_sigkill") {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -225,7 +281,12 @@ fn after_sigkill_the_next_start_cleans_up_and_vip_routes_follow_the_services() {
     let lb = s.lab.ns("lb");
     let (dev, rules, tables) = added(&lb);
     assert!(dev && rules == 2, "{dev} {rules}");
-    assert!(tables.contains(&"uvs_lo".to_string()), "{tables:?}");
+    // Under AF_XDP the program claims the replies: no nftables table.
+    assert_eq!(
+        tables.contains(&"uvs_lo".to_string()),
+        !af_xdp(),
+        "{tables:?}"
+    );
     let Setup { d, servers, lab } = s;
     d.kill().expect("SIGKILL");
     // The kernel removed the device and the owned tables with the
@@ -258,7 +319,7 @@ fn after_sigkill_the_next_start_cleans_up_and_vip_routes_follow_the_services() {
 
 #[test]
 fn a_source_address_the_host_already_has_is_refused_and_nothing_is_left() {
-    if !af_packet_or_skip("a_source_address_the_host_already_has") {
+    if !root_or_skip("a_source_address_the_host_already_has") {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -780,6 +780,11 @@ impl Daemon {
             self.owned.revert(staged);
             return Err(e);
         }
+        if let Some(l) = &mut self.local {
+            if let Err(e) = l.follow_replies(&delta) {
+                log::warn!("{e}");
+            }
+        }
         self.pipeline.tables.store(Arc::new(merged));
         Ok(())
     }
@@ -946,27 +951,17 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     })?;
 
     let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
-    // Local clients need the rings to see the replies the nftables table
-    // drops; AF_XDP's program would have to steer them (not built).
-    if !opts.local_src.is_empty() && opts.io != engine::IoMode::AfPacket {
-        return Err(DaemonError::Config(
-            "--local-src needs --io af_packet (the AF_XDP program does not steer \
-             local clients' replies)"
-                .into(),
-        ));
-    }
-    let local = match opts.local_src.is_empty() {
+    let mut local = match opts.local_src.is_empty() {
         true => None,
         false => Some(crate::sys::local_out::LocalClients::start(
             &opts.local_src,
-            &names,
             opts.workers.max(1),
         )?),
     };
     let pipeline = Arc::new(Pipeline::new(uvs_conntrack::Table::new(table_cfg)));
     settings.apply(&pipeline);
     pipeline.filter.store(Arc::new(filter));
-    let engine = Engine::start(
+    let mut engine = Engine::start(
         pipeline.clone(),
         ifaces,
         &EngineConfig {
@@ -986,6 +981,13 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             None
         }
     };
+    if let Some(l) = &mut local {
+        use crate::sys::local_out::Claim;
+        l.claim_replies(match &mut engine.io {
+            engine::IoBackend::AfXdp(x) => Claim::Xdp(x.steering()),
+            engine::IoBackend::AfPacket { .. } => Claim::Nft(&names),
+        })?;
+    }
     let workers = engine.stats.workers.len();
     pipeline
         .services

@@ -180,7 +180,7 @@ pub(crate) fn l4proto_is(proto: u8) -> [Expr; 2] {
 
 /// `ADDR . meta l4proto [. th PORT] @set`: the address at the register
 /// file's start, the protocol and the port in the 4-byte slots after it.
-fn tuple_lookup(v6: bool, src: bool, port: bool, set: &str) -> Vec<Expr> {
+pub(crate) fn tuple_lookup(v6: bool, src: bool, port: bool, set: &str) -> Vec<Expr> {
     let alen = if v6 { 16 } else { 4 };
     let mut v = vec![
         load_addr(v6, src),

@@ -27,9 +27,13 @@
 //!   route per VIP address, `VIP dev uvs-lo src ADDR`, added when the
 //!   address's first service comes and removed with its last one (a count
 //!   per address: a change costs what it changes).
-//! * **The nftables table `netdev uvs_lo`** ([`nft`]): the replies to the
-//!   local-client addresses are dropped at ingress, after uvs's rings saw
-//!   them.
+//! * **Claiming the replies** ([`LocalClients::claim_replies`]): NAT real
+//!   servers' replies and ICMP errors to the local-client addresses are
+//!   uvs's to un-NAT. Under AF_PACKET the nftables table `netdev uvs_lo`
+//!   ([`nft`]) drops them at ingress, after uvs's rings saw them; under
+//!   AF_XDP the steering program redirects them to uvs (a local-client
+//!   entry in its map: [`Steering::add_local_client`]), and no table is
+//!   installed.
 //! * **`rp_filter` of `uvs-lo` set to 2 (loose)**: replies written into
 //!   the TUN come from a VIP, which the main table may route elsewhere (or
 //!   not at all); a strict check against the main table would drop them.
@@ -42,9 +46,13 @@
 //! they then point at an empty table, which routes nothing: the next start
 //! deletes them before adding its own.
 //!
-//! Forwarding methods: NAT (masquerading) is what this supports; direct
-//! routing and tunnelling would need the real servers to send their
-//! replies (from the VIP) back to the director, which they do not.
+//! Forwarding methods: all three, as with the kernel's LOCAL_OUT hooks.
+//! NAT replies come from the real server and are un-NATed by uvs. Direct
+//! routing and tunnelling real servers answer from the VIP itself, straight
+//! to the local-client address (which they route to the director, as NAT
+//! needs too): such a reply already matches the local socket, so it is
+//! left to the kernel — neither claim above takes a packet from a VIP — as
+//! in the kernel, where it bypasses IPVS.
 
 mod nft;
 mod route;
@@ -56,6 +64,7 @@ use std::sync::Arc;
 pub use nft::{counter, remove_stale as remove_stale_table, LocalGuard, TABLE as NFT_TABLE};
 
 use crate::io::tun_local::{LocalIo, LocalStats};
+use crate::io::xdp::{Steering, XdpError};
 use crate::sys::guard::{Delta, Elem, GuardError};
 use crate::sys::netlink::{Netlink, NlError};
 use crate::tunnel::{policy::martian, TunDev};
@@ -97,9 +106,21 @@ pub enum LocalError {
         /// The error.
         err: std::io::Error,
     },
-    /// The nftables table could not be installed.
+    /// The nftables table could not be installed or changed.
     #[error(transparent)]
     Guard(#[from] GuardError),
+    /// The XDP program's map refused the local-client entries.
+    #[error("local clients: {0}")]
+    Xdp(#[from] XdpError),
+}
+
+/// Who keeps the local clients' replies from the kernel.
+#[derive(Debug)]
+pub enum Claim<'a> {
+    /// AF_PACKET: the nftables table on these interfaces.
+    Nft(&'a [String]),
+    /// AF_XDP: the steering program's map.
+    Xdp(&'a mut Steering),
 }
 
 /// Checks `--local-src` values: unicast, not martian, at most one per
@@ -144,13 +165,10 @@ pub struct LocalClients {
 }
 
 impl LocalClients {
-    /// Cleans what a killed uvs left, then creates `uvs-lo` with `srcs`,
-    /// the policy rules and the nftables table on `devices`.
-    pub fn start(
-        srcs: &[IpAddr],
-        devices: &[String],
-        workers: usize,
-    ) -> Result<LocalClients, LocalError> {
+    /// Cleans what a killed uvs left, then creates `uvs-lo` with `srcs`
+    /// and the policy rules. The replies are claimed once the engine's
+    /// backend is known ([`LocalClients::claim_replies`]).
+    pub fn start(srcs: &[IpAddr], workers: usize) -> Result<LocalClients, LocalError> {
         let nlerr = |what: &str| {
             let what = what.to_string();
             move |err| LocalError::Netlink { what, err }
@@ -208,8 +226,38 @@ impl LocalClients {
             route::rule(&mut me.nl, v6, true).map_err(nlerr("adding the policy rule"))?;
             me.rules.push(v6);
         }
-        me.guard = Some(LocalGuard::install(devices, srcs)?);
         Ok(me)
+    }
+
+    /// The local-client addresses.
+    fn srcs(&self) -> impl Iterator<Item = IpAddr> {
+        let v4 = self.io.v4.map(IpAddr::V4);
+        v4.into_iter().chain(self.io.v6.map(IpAddr::V6))
+    }
+
+    /// Makes the NAT real servers' replies to the local-client addresses
+    /// uvs's: the nftables table (AF_PACKET) or the program's map entries
+    /// (AF_XDP, which live as long as the map: uvs's process).
+    pub fn claim_replies(&mut self, claim: Claim<'_>) -> Result<(), LocalError> {
+        let srcs: Vec<IpAddr> = self.srcs().collect();
+        match claim {
+            Claim::Nft(devices) => self.guard = Some(LocalGuard::install(devices, &srcs)?),
+            Claim::Xdp(st) => {
+                for a in srcs {
+                    st.add_local_client(a)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows a guard delta that the tables (not the services) made: the
+    /// nftables table's NAT servers; no routes.
+    pub fn follow_replies(&mut self, delta: &Delta) -> Result<(), LocalError> {
+        match &mut self.guard {
+            Some(g) => Ok(g.apply(delta)?),
+            None => Ok(()),
+        }
     }
 
     /// The TUN device's interface index.
@@ -231,9 +279,11 @@ impl LocalClients {
     }
 
     /// Follows a guard delta: a VIP address whose first service came gets
-    /// its route, one whose last service went loses it. An error names
-    /// the route; the counts stay consistent with the routes installed.
+    /// its route, one whose last service went loses it; the nftables
+    /// table's NAT servers change with the delta. An error names the
+    /// route; the counts stay consistent with the routes installed.
     pub fn follow(&mut self, delta: &Delta) -> Result<(), LocalError> {
+        self.follow_replies(delta)?;
         let addr = |e: &Elem| match e {
             Elem::Service((_, a, _)) => Some(*a),
             _ => None,
@@ -275,11 +325,16 @@ impl LocalClients {
     /// The counters for `uvs stats` (`local.*` and `guard.local_reply`).
     pub fn stats_lines(&self) -> String {
         let (from, to) = self.io.stats.sums();
-        let guard = counter().unwrap_or(0);
-        format!(
-            "local.from_tun {from}\nlocal.to_tun {to}\nlocal.vips {}\nguard.local_reply {guard}\n",
+        let mut s = format!(
+            "local.from_tun {from}\nlocal.to_tun {to}\nlocal.vips {}\n",
             self.vips.len()
-        )
+        );
+        // Under AF_XDP the program's `xdp.steered` counts them instead.
+        if self.guard.is_some() {
+            let guard = counter().unwrap_or(0);
+            s.push_str(&format!("guard.local_reply {guard}\n"));
+        }
+        s
     }
 }
 
