@@ -49,4 +49,4 @@ fi
 # features resolve as they did there and nothing is rebuilt (without it the
 # uvs library, regex, criterion and netlink-packet-route build a second
 # time: minutes in CI).
-UVS_LAB_IO=af_xdp cargo test --workspace --test lab --test director_local --test overload --test trace
+UVS_LAB_IO=af_xdp cargo test --workspace --test lab --test director_local --test overload --test trace --test nat --test local_clients

@@ -173,14 +173,15 @@ enum Cmd {
         #[command(flatten)]
         bgp: Box<uvs::bgp::BgpArgs>,
         /// Local clients: processes on this host reach the VIPs through
-        /// uvs, balanced like remote clients (NAT services), as IPVS's
-        /// LOCAL_OUT hooks do. ADDR (one IPv4, one IPv6; repeatable) is
-        /// their source address: not yet an address of this host, routed
-        /// back to it by the real servers. uvs creates the TUN device
-        /// `uvs-lo` with ADDR, the policy rule `iif lo lookup 30070` (per
-        /// family) with a route per VIP in table 30070, and the nftables
-        /// table `netdev uvs_lo`; all removed on exit. Needs --io
-        /// af_packet.
+        /// uvs, balanced like remote clients (NAT, direct-routing and
+        /// tunnel services), as IPVS's LOCAL_OUT hooks do. ADDR (one IPv4,
+        /// one IPv6; repeatable) is their source address: not yet an
+        /// address of this host, routed back to it by the real servers.
+        /// uvs creates the TUN device `uvs-lo` with ADDR, the policy rule
+        /// `iif lo lookup 30070` (per family) with a route per VIP in table
+        /// 30070, and (AF_PACKET) the nftables table `netdev uvs_lo`; all
+        /// removed on exit. Under AF_XDP the XDP program claims the
+        /// replies.
         #[arg(long = "local-src", value_name = "ADDR")]
         local_src: Vec<std::net::IpAddr>,
     },
