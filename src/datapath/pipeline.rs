@@ -643,7 +643,7 @@ impl Pipeline {
                     dport: emb.dport,
                 };
                 emb.has_ports && self.conns.lookup_related(&inner).is_some()
-            });
+            }) || self.nat_related(frame, p, now, ctx);
             let state = if related {
                 CtState::RELATED
             } else {

@@ -10,10 +10,12 @@
 //!   meaning. An address range (`A-B`) is refused: uvs maps to one address,
 //!   which is also all `--persistent` asks for (it keeps a client on one
 //!   address of a range), so `--persistent` is accepted.
-//! * DNAT's port range: each flow gets the first port of it (nf_nat keeps
-//!   the destination port when in range, else takes the range's start; a
-//!   port rewrite needs a destination port range of one to be
-//!   predictable, so uvs always takes the start, documented).
+//! * DNAT's port range, as nf_nat picks a destination port: the packet's
+//!   own port when it lies in the range and the reply tuple is free, else
+//!   the first free port from the range's start (`--random`,
+//!   `--random-fully`: from a hashed or random offset); see
+//!   [`super::natct::NatTable::dnat_port`]. A range of one port is always
+//!   that port.
 //! * MASQUERADE takes the address of the director's interface whose
 //!   connected subnet holds the packet's next destination (as the kernel's
 //!   `inet_select_addr` on the route's interface for an on-link next hop),
@@ -169,14 +171,19 @@ pub fn local_nets() -> LocalNets {
 
 /// What the guard must keep from the kernel for the nat table (see
 /// [`super::Ruleset::dnat_claims`]): DNAT'd destinations as a service's,
-/// the DNAT targets' replies as a NAT real server's.
+/// the DNAT targets' replies and ICMP errors as a NAT real server's (uvs
+/// translates those errors; the kernel would forward them untranslated).
 pub fn guard_claims(r: &super::Ruleset) -> Vec<crate::sys::guard::Elem> {
     use crate::sys::guard::Elem;
     let (to_us, servers) = r.dnat_claims();
+    let mut addrs: Vec<IpAddr> = servers.iter().map(|&(_, a, _)| a).collect();
+    addrs.sort_unstable();
+    addrs.dedup();
     to_us
         .into_iter()
         .map(Elem::Service)
         .chain(servers.into_iter().map(Elem::NatServer))
+        .chain(addrs.into_iter().map(Elem::NatAddr))
         .collect()
 }
 
