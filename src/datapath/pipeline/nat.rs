@@ -10,6 +10,9 @@
 //!   table's own): a recorded flow gets its source rewrite (SNAT, or a
 //!   reply's DNAT undone); a pending first packet, as IPVS has rewritten
 //!   it, walks the nat POSTROUTING chain and its flow is recorded.
+//! * mangle POSTROUTING runs first at POSTROUTING, for every packet uvs
+//!   transmits (`Xmit`; not tunnelled ones), so its MARKs reach nat
+//!   POSTROUTING's `-m mark`; a DROP there is `drop.filtered`.
 //! * A packet of a translated flow that no IPVS function took is
 //!   forwarded by uvs (TTL decremented once), not left to the kernel: the
 //!   kernel's own copy is kept from it by the guard (`dnat_claims`).
@@ -387,6 +390,14 @@ impl Pipeline {
             return;
         };
         let mut cur = *p;
+        if tables.active(TableId::Mangle, HookPoint::PostRouting)
+            && !self.mangle_post(tables, frame, &cur, now, ctx, st, out)
+        {
+            return;
+        }
+        if !tables.nat_on {
+            return;
+        }
         if is_icmp_error(&cur) {
             // An error's source half: its flow's, found at PREROUTING.
             let Some(to) = ctx.nat.related.and_then(|h| h.m.src_manip(h.dir)) else {
@@ -453,6 +464,52 @@ impl Pipeline {
         }
     }
 
+    /// mangle POSTROUTING, for every packet uvs sends, before nat
+    /// POSTROUTING (as the kernel's priorities order them): its MARKs are
+    /// what nat POSTROUTING's `-m mark` sees. False when it dropped the
+    /// packet.
+    #[allow(clippy::too_many_arguments)]
+    #[cold]
+    fn mangle_post(
+        &self,
+        tables: &Ruleset,
+        frame: &[u8],
+        cur: &Parsed,
+        now: u64,
+        ctx: &mut Ctx,
+        st: &WorkerStats,
+        out: &mut Verdict,
+    ) -> bool {
+        for e in self.hooks.at(HookPoint::PostRouting) {
+            if e.func == HookFn::Mangle {
+                add(&st.hook_seen[e.index], 1);
+            }
+        }
+        let k = Pkt {
+            has_ports: matches!(cur.proto, TCP | UDP | SCTP) && cur.has_ports(),
+            ..pkt(cur)
+        };
+        let mut mark = ctx.mark;
+        let icmp = is_icmp_error(cur);
+        let mut facts = None;
+        let mut ct = || *facts.get_or_insert_with(|| self.ct_facts(frame, cur, now, icmp, ctx));
+        let v = tables.run(
+            TableId::Mangle,
+            HookPoint::PostRouting,
+            &k,
+            &mut mark,
+            &mut ct,
+        );
+        ctx.mark = mark;
+        match v {
+            TableVerdict::Accept | TableVerdict::Nat(_) => true,
+            TableVerdict::Drop | TableVerdict::Reject => {
+                Self::nat_drop(st, DropReason::Filtered, out);
+                false
+            }
+        }
+    }
+
     /// nat POSTROUTING for a first packet: its source half.
     fn nat_src_walk(
         &self,
@@ -487,6 +544,7 @@ impl Pipeline {
             addr,
             ports,
             pick: n.pick,
+            masq: n.kind == NatKind::Masquerade,
         }))
     }
 

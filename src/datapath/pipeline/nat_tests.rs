@@ -184,10 +184,9 @@ fn an_error_about_a_masqueraded_flow_reaches_the_original_client() {
 #[test]
 fn an_error_about_an_unknown_flow_is_left_alone() {
     let p = pipeline(DNAT);
-    let mut f = udp(C4, 40002, S4, 9);
+    let f = udp(C4, 40002, S4, 9);
     let mut e = unreachable(S4, C4, &f);
     assert_eq!(run(&p, &mut e), Verdict::Pass);
-    let _ = &mut f;
 }
 
 #[test]
@@ -301,4 +300,83 @@ fn snat_port_ranges_keep_the_port_in_range_else_pick_within() {
     let out = sent(go(40000));
     assert_eq!((out.src, out.sport), (ip(D4), 2000));
     assert_eq!(go(40001), Verdict::Drop(DropReason::NatNoPort));
+}
+
+const MANGLE_POST: &str = "\
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -d 203.0.113.11/32 -p udp -m udp --dport 5353 -j MARK --set-mark 0x1
+-A POSTROUTING -d 203.0.113.12/32 -j DROP
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d 192.0.2.30/32 -p udp -j DNAT --to-destination 203.0.113.11:5353
+-A PREROUTING -d 192.0.2.31/32 -p udp -j DNAT --to-destination 203.0.113.12:5353
+-A PREROUTING -d 192.0.2.32/32 -p udp -j DNAT --to-destination 203.0.113.11:5354
+-A POSTROUTING -m mark --mark 0x1 -j MASQUERADE
+COMMIT
+";
+
+#[test]
+fn mangle_postrouting_runs_before_nat_postrouting_for_what_uvs_sends() {
+    let p = pipeline(MANGLE_POST);
+    // Marked at mangle POSTROUTING: nat POSTROUTING's mark match sees it.
+    let mut f = udp(C4, 41000, "192.0.2.30", 53);
+    assert_eq!(sent(run(&p, &mut f)).src, ip(D4));
+    // Not marked: the client's address stays.
+    let mut f = udp(C4, 41001, "192.0.2.32", 53);
+    assert_eq!(sent(run(&p, &mut f)).src, ip(C4));
+    // A DROP there.
+    let mut f = udp(C4, 41002, "192.0.2.31", 53);
+    assert_eq!(run(&p, &mut f), Verdict::Drop(DropReason::Filtered));
+    let t = p.tables.load_full();
+    let m = t.table(crate::datapath::tables::TableId::Mangle).unwrap();
+    let c = m
+        .chains
+        .iter()
+        .position(|c| c.name == "POSTROUTING")
+        .unwrap();
+    assert_eq!((m.rule_counts(c, 0).0, m.rule_counts(c, 1).0), (1, 1));
+    assert_eq!(m.policy_counts(c).0, 2);
+}
+
+#[test]
+fn mangle_postrouting_alone_sees_ipvs_traffic() {
+    use crate::datapath::service::{DestSpec, ServiceSpec};
+    let p = pipeline(
+        "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n\
+         :OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+         -A POSTROUTING -d 203.0.113.11/32 -j DROP\nCOMMIT\n",
+    );
+    assert!(!p.tables.load().nat_on);
+    let spec = ServiceSpec {
+        proto: 17,
+        addr: ip("192.0.2.10"),
+        port: 53,
+        sched: "rr".into(),
+        params: Default::default(),
+        persistence: None,
+        one_packet: false,
+        pe: None,
+        dests: vec![DestSpec {
+            addr: ip(S4),
+            port: 53,
+            fwd: uvs_sched::FwdMethod::Masq,
+            weight: 1,
+            u_threshold: 0,
+            l_threshold: 0,
+            tun: Default::default(),
+        }],
+    };
+    let snap = p.services.load().rebuild(&[spec]).unwrap();
+    p.services.store(Arc::new(snap));
+    let mut f = udp(C4, 41003, "192.0.2.10", 53);
+    assert_eq!(run(&p, &mut f), Verdict::Drop(DropReason::Filtered));
 }

@@ -16,6 +16,10 @@
 //!   `--random-fully`: from a hashed or random offset); see
 //!   [`super::natct::NatTable::dnat_port`]. A range of one port is always
 //!   that port.
+//! * MASQUERADE's addresses follow the director's: re-read on every
+//!   address event ([`watch_addrs`]), and the nat entries of flows
+//!   masqueraded to an address that went away are dropped, as the kernel
+//!   drops their conntrack entries.
 //! * MASQUERADE takes the address of the director's interface whose
 //!   connected subnet holds the packet's next destination (as the kernel's
 //!   `inet_select_addr` on the route's interface for an on-link next hop),
@@ -151,8 +155,8 @@ impl LocalNets {
 }
 
 /// The director's addresses with their subnets, read from the kernel when
-/// a ruleset with nat rules is published (not per packet; an address
-/// added later is seen at the next `uvs tables restore` or reload).
+/// a ruleset with nat rules is published and again on every address
+/// change ([`watch_addrs`], [`follow_addrs`]); never per packet.
 pub fn local_nets() -> LocalNets {
     let all = crate::sys::netlink::Netlink::open().and_then(|mut n| n.addrs_with_len());
     match all {
@@ -165,6 +169,121 @@ pub fn local_nets() -> LocalNets {
         Err(e) => {
             log::warn!("uvs tables: reading the director's addresses for MASQUERADE: {e}");
             LocalNets::default()
+        }
+    }
+}
+
+impl super::Ruleset {
+    /// Whether packets uvs sends meet a POSTROUTING table (mangle with a
+    /// rule or a DROP policy there, or nat rules). O(1).
+    #[inline]
+    pub fn post_routing_on(&self) -> bool {
+        self.nat_on || self.active(super::TableId::Mangle, HookPoint::PostRouting)
+    }
+}
+
+/// MASQUERADE's addresses as they are now (`now`): the ruleset to publish
+/// and the addresses that went away, or `None` when nothing changed or no
+/// nat rule needs them.
+pub fn refreshed(cur: &super::Ruleset, now: LocalNets) -> Option<(super::Ruleset, Vec<IpAddr>)> {
+    if !cur.nat_on || cur.local == now {
+        return None;
+    }
+    let gone: Vec<IpAddr> = cur
+        .local
+        .0
+        .iter()
+        .map(|&(_, a)| a)
+        .filter(|a| !now.0.iter().any(|(_, b)| b == a))
+        .collect();
+    Some((
+        cur.replaced_by(super::Ruleset::default())
+            .with_local_nets(now),
+        gone,
+    ))
+}
+
+/// The control thread's answer to an address change (`tables-addrs`, sent
+/// by [`watch_addrs`]): MASQUERADE's addresses re-read and published, and
+/// the nat entries of flows masqueraded to an address that went away
+/// dropped, as the kernel does. What changed, for the log.
+pub fn follow_addrs(p: &crate::datapath::pipeline::Pipeline) -> String {
+    let cur = p.tables.load_full();
+    if !cur.nat_on {
+        return String::new();
+    }
+    let Some((new, gone)) = refreshed(&cur, local_nets()) else {
+        return String::new();
+    };
+    p.tables.store(std::sync::Arc::new(new));
+    let n = p.nat.forget_masq(&gone);
+    let msg = format!(
+        "MASQUERADE's addresses re-read; {} gone, {n} nat entries of theirs dropped\n",
+        gone.len()
+    );
+    log::info!("uvs tables: {}", msg.trim_end());
+    msg
+}
+
+/// Watches the director's addresses (rtnetlink address groups) and asks
+/// the daemon, over its control socket, to re-read them when they change
+/// (`tables-addrs`). Subscribed in the caller's namespace. The thread
+/// drains its socket every [`ADDR_POLL`] (one non-blocking read; the
+/// control plane only) and stops when the handle is dropped.
+pub fn watch_addrs(control: std::path::PathBuf) -> std::io::Result<AddrWatch> {
+    use crate::sys::netlink::{Event, Events, Group};
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut ev = Events::subscribe(&Group::ADDRS).map_err(std::io::Error::other)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("uvs-nat-addrs".into())
+        .spawn(move || {
+            while !s.load(Relaxed) {
+                std::thread::sleep(ADDR_POLL);
+                let mut changed = false;
+                loop {
+                    match ev.drain(|e| {
+                        changed |= matches!(e, Event::Addr { .. } | Event::Resync);
+                    }) {
+                        Ok(n) if n >= Events::DRAIN_MAX => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            log::warn!("uvs tables: address events: {e}");
+                            break;
+                        }
+                    }
+                }
+                if changed {
+                    let argv = ["tables-addrs".to_string()];
+                    if let Err(e) = crate::control::socket::call(&control, &argv) {
+                        log::warn!("uvs tables: re-reading addresses: {e}");
+                    }
+                }
+            }
+        })?;
+    Ok(AddrWatch {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// How often [`watch_addrs`]'s thread reads its events.
+pub const ADDR_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The address watcher's thread ([`watch_addrs`]): stopped and joined on
+/// drop.
+#[derive(Debug)]
+pub struct AddrWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for AddrWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

@@ -70,6 +70,9 @@ pub struct Mapping {
     pub snat: Option<(IpAddr, u16)>,
     /// The tuple replies arrive with.
     pub reply: Tuple,
+    /// The source half is MASQUERADE's (its entries go when the address
+    /// does, [`NatTable::forget_masq`]).
+    pub masq: bool,
 }
 
 impl Mapping {
@@ -119,6 +122,8 @@ pub struct SrcNat {
     /// Inclusive port range to map into.
     pub ports: (u16, u16),
     pub pick: PortPick,
+    /// MASQUERADE's (the director's address), not SNAT's.
+    pub masq: bool,
 }
 
 /// A first packet's facts at POSTROUTING, where the flow is confirmed.
@@ -419,6 +424,7 @@ impl NatTable {
             dnat: p.dnat,
             snat: None,
             reply: reply_to(p.out.src, p.out.sport),
+            masq: src.is_some_and(|s| s.masq),
         };
         // The reply key first: where a clash is found and a port chosen.
         match src {
@@ -531,6 +537,27 @@ impl NatTable {
             c.set(x);
             x.wrapping_mul(0x2545_f491_4f6c_dd1d)
         })
+    }
+
+    /// Drops the entries of flows MASQUERADEd to one of `gone` (addresses
+    /// the director no longer has), as the kernel drops a masqueraded
+    /// flow's conntrack entry with its address: the flow's next packet is
+    /// a first packet again and gets an address the director has. A scan
+    /// of every shard, one lock at a time, on an address event (the
+    /// control thread; never per packet). Returns the keys removed.
+    pub fn forget_masq(&self, gone: &[IpAddr]) -> usize {
+        if gone.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        for s in self.shards.iter() {
+            let mut sh = s.lock().unwrap_or_else(|e| e.into_inner());
+            let before = sh.map.len();
+            sh.map
+                .retain(|_, s| !(s.m.masq && s.m.snat.is_some_and(|(a, _)| gone.contains(&a))));
+            n += before - sh.map.len();
+        }
+        n
     }
 
     /// Keys held now (live or not yet reclaimed), for stats and tests.
