@@ -117,9 +117,9 @@ fn related_key(frame: &[u8], p: &Parsed) -> Option<(uvs_fwd::Embedded, Tuple)> {
     Some((emb, key))
 }
 
-/// One half of an ICMP error's translation: the outer header's `side`
-/// becomes `to`'s address, the quoted header's other side `to` (address
-/// and port), every checksum fixed; the TTL is left as it was (the forward
+/// One half of an ICMP error's translation: the outer destination
+/// (`outer_dst`; else the outer source) becomes `to`'s address, the quoted
+/// header's opposite side `to` (address and port), every checksum fixed; the TTL is left as it was (the forward
 /// decrements it once). `cur` is the packet as it now is.
 fn icmp_half(
     frame: &mut [u8],

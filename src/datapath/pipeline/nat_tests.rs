@@ -98,9 +98,13 @@ fn sent(v: Verdict) -> Parsed {
     }
 }
 
-/// The error as sent: outer (src, dst, ttl), quoted (src, sport, dst,
-/// dport), with every checksum verified.
-fn error_as_sent(f: &[u8]) -> ((IpAddr, IpAddr, u8), (IpAddr, u16, IpAddr, u16)) {
+/// Outer source, destination and TTL of an error.
+type Outer = (IpAddr, IpAddr, u8);
+/// Quoted source, port, destination, port.
+type Quoted = (IpAddr, u16, IpAddr, u16);
+
+/// The error as sent, with every checksum verified.
+fn error_as_sent(f: &[u8]) -> (Outer, Quoted) {
     let p = parse(f).unwrap();
     let e = embedded(f, &p).unwrap();
     let msg = &f[p.l4_off..p.ip_end];
