@@ -54,6 +54,7 @@ COMMIT
 -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
 -A PREROUTING -d 192.0.2.20/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 203.0.113.11:8081
 -A PREROUTING -d 192.0.2.20/32 -p udp -m udp --dport 5300 -j DNAT --to-destination 203.0.113.11:5399
+-A PREROUTING -d 2001:db8:f::20/128 -p udp -m udp --dport 5300 -j DNAT --to-destination [2001:db8:5::11]:5399
 -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
 -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
 -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
@@ -213,19 +214,24 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
 
     // A DNAT target's port unreachable reaches the client translated: its
     // connected socket (which only takes errors quoting its own
-    // 192.0.2.20:5300) reads ECONNREFUSED.
-    let refused = netns::run_in(&s.lab.ns("c"), || {
-        let u = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        u.connect("192.0.2.20:5300").unwrap();
-        u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut buf = [0u8; 64];
-        (0..3).any(|_| {
-            let _ = u.send(b"anyone?");
-            matches!(u.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    // VIP:5300) reads ECONNREFUSED. IPv4 and ICMPv6.
+    for (any, vip) in [
+        ("0.0.0.0:0", "192.0.2.20:5300"),
+        ("[::]:0", "[2001:db8:f::20]:5300"),
+    ] {
+        let refused = netns::run_in(&s.lab.ns("c"), move || {
+            let u = std::net::UdpSocket::bind(any).unwrap();
+            u.connect(vip).unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 64];
+            (0..3).any(|_| {
+                let _ = u.send(b"anyone?");
+                matches!(u.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
         })
-    })
-    .expect("client namespace");
-    assert!(refused, "no translated port unreachable\n{}", log());
+        .expect("client namespace");
+        assert!(refused, "{vip}: no translated port unreachable\n{}", log());
+    }
 
     // MASQUERADE follows the director's addresses: a longer-prefix address
     // on the server side is taken once added, and the first one again once
