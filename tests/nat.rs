@@ -31,9 +31,18 @@ const CONFIG: &str = "\
 ";
 
 /// A kube-proxy IPVS-mode node's nat and filter tables (the ipset match
-/// written as -d/--dport: uvs refuses `-m set`), plus a DNAT for a port no
-/// service owns.
+/// written as -d/--dport: uvs refuses `-m set`), plus DNATs for ports no
+/// service owns (TCP to a server, UDP to a closed port) and a counting
+/// mangle POSTROUTING rule.
 const TABLES: &str = "\
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -d 203.0.113.12/32 -p tcp -m tcp --dport 8081
+COMMIT
 *nat
 :PREROUTING ACCEPT [0:0]
 :INPUT ACCEPT [0:0]
@@ -44,6 +53,8 @@ const TABLES: &str = "\
 :KUBE-SERVICES - [0:0]
 -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
 -A PREROUTING -d 192.0.2.20/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 203.0.113.11:8081
+-A PREROUTING -d 192.0.2.20/32 -p udp -m udp --dport 5300 -j DNAT --to-destination 203.0.113.11:5399
+-A PREROUTING -d 2001:db8:f::20/128 -p udp -m udp --dport 5300 -j DNAT --to-destination [2001:db8:5::11]:5399
 -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
 -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
 -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
@@ -140,7 +151,7 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
     if !root_or_skip("kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port") {
         return;
     }
-    let prefix = format!("uxnt{}", std::process::id() % 100000);
+    let prefix = format!("uxnx{}", std::process::id() % 100000);
     let base = std::env::temp_dir().join(&prefix);
     let (cfg, tbl) = (base.with_extension("rules"), base.with_extension("tables"));
     std::fs::write(&cfg, CONFIG).unwrap();
@@ -192,6 +203,62 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
     assert_eq!(rule_packets(&saved, "-j DNAT"), 3, "{saved}");
     // KUBE-FIREWALL's DROP did not stop anything.
     assert_eq!(s.d.counter("drop.filtered").unwrap_or(0), 0);
+    // mangle POSTROUTING saw what uvs sent to rs2.
+    assert!(
+        rule_packets(
+            &saved,
+            "-A POSTROUTING -d 203.0.113.12/32 -p tcp -m tcp --dport 8081"
+        ) >= 5,
+        "{saved}"
+    );
+
+    // A DNAT target's port unreachable reaches the client translated: its
+    // connected socket (which only takes errors quoting its own
+    // VIP:5300) reads ECONNREFUSED. IPv4 and ICMPv6.
+    for (any, vip) in [
+        ("0.0.0.0:0", "192.0.2.20:5300"),
+        ("[::]:0", "[2001:db8:f::20]:5300"),
+    ] {
+        let refused = netns::run_in(&s.lab.ns("c"), move || {
+            let u = std::net::UdpSocket::bind(any).unwrap();
+            u.connect(vip).unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 64];
+            (0..3).any(|_| {
+                let _ = u.send(b"anyone?");
+                matches!(u.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+        })
+        .expect("client namespace");
+        assert!(refused, "{vip}: no translated port unreachable\n{}", log());
+    }
+
+    // MASQUERADE follows the director's addresses: a longer-prefix address
+    // on the server side is taken once added, and the first one again once
+    // it is removed.
+    let lb = s.lab.ns("lb");
+    let ip_addr = |op: &str| {
+        let st = std::process::Command::new("ip")
+            .args(["-n", &lb, "addr", op, "203.0.113.13/28", "dev", "s0"])
+            .status()
+            .expect("ip");
+        assert!(st.success(), "ip addr {op}");
+    };
+    let peer_is = |want: &str| {
+        common::wait_until(Duration::from_secs(5), || {
+            ask(&s, "192.0.2.10:80", 1)
+                .first()
+                .is_some_and(|l| l.ends_with(want))
+        })
+    };
+    ip_addr("add");
+    assert!(peer_is(" 203.0.113.13"), "new address not taken\n{}", log());
+    ip_addr("del");
+    assert!(
+        peer_is(" 203.0.113.1"),
+        "gone address still used\n{}",
+        log()
+    );
 
     // `uvs trace`: the first packet's decision, then a later packet's
     // existing mapping.

@@ -569,6 +569,9 @@ impl Daemon {
             },
             // From the health checker thread (see crate::health::runner).
             Some("health-sync") => self.health_sync(),
+            Some("tables-addrs") => {
+                Reply::ok(crate::datapath::tables::nat::follow_addrs(&self.pipeline))
+            }
             _ => Reply::err(format!("unknown control request {:?}", argv.first())),
         }
     }
@@ -1079,6 +1082,10 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             )
         }
     };
+    // MASQUERADE's addresses follow the director's.
+    let nat_addrs = crate::datapath::tables::nat::watch_addrs(opts.control.clone())
+        .map_err(|e| log::warn!("uvs tables: not following address changes: {e}"))
+        .ok();
     // A panicked engine thread stops the daemon too (crate::fault).
     let faults = d.engine.faults.clone();
     server.serve(
@@ -1094,6 +1101,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     // stops.
     drop(server);
     drop(checker);
+    drop(nat_addrs);
     log::info!("stopping");
     lifecycle::notify(State::Stopping);
     drop(metrics);

@@ -536,7 +536,7 @@ impl Pipeline {
                 HookFn::IpvsForwardIcmp => Step::Continue,
             };
             if step == Step::Done {
-                if tables.nat_on {
+                if tables.post_routing_on() {
                     self.nat_post(tables, frame, csum, now_ms, &mut ctx, st, out);
                 }
                 return Self::hook_done(e.index as usize, &cur, st, out);
@@ -643,7 +643,7 @@ impl Pipeline {
                     dport: emb.dport,
                 };
                 emb.has_ports && self.conns.lookup_related(&inner).is_some()
-            });
+            }) || self.nat_related(frame, p, now, ctx);
             let state = if related {
                 CtState::RELATED
             } else {

@@ -10,19 +10,34 @@
 //!   table's own): a recorded flow gets its source rewrite (SNAT, or a
 //!   reply's DNAT undone); a pending first packet, as IPVS has rewritten
 //!   it, walks the nat POSTROUTING chain and its flow is recorded.
+//! * mangle POSTROUTING runs first at POSTROUTING, for every packet uvs
+//!   transmits (`Xmit`; not tunnelled ones), so its MARKs reach nat
+//!   POSTROUTING's `-m mark`; a DROP there is `drop.filtered`.
 //! * A packet of a translated flow that no IPVS function took is
 //!   forwarded by uvs (TTL decremented once), not left to the kernel: the
 //!   kernel's own copy is kept from it by the guard (`dnat_claims`).
+//! * ICMP errors (conntrack's RELATED packets) about a recorded flow are
+//!   translated as nf_nat's `nf_nat_icmp_reply_translation` does: the
+//!   error belongs to the direction of the quoted packet's inverse, and
+//!   at each half it gets that direction's rewrite on its outer header
+//!   (PREROUTING: destination; POSTROUTING: source) and the opposite
+//!   rewrite on the quoted header (its source address and port; its
+//!   destination address and port), so the quote reads as the packet its
+//!   receiver sent. The quoted and outer IPv4 header checksums and the
+//!   ICMP checksum are recomputed (`uvs_fwd::xmit::icmp::nat_icmp_error`).
+//!   The flow's timer does not move. An error whose flow is untranslated
+//!   is left as before.
 //! * Only when the nat table has a rule (`Ruleset::nat_on`): an empty nat
-//!   table costs a packet nothing. ICMP errors about translated flows are
-//!   not translated (they pass as before).
+//!   table costs a packet nothing.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use uvs_conntrack::Tuple;
+use uvs_fwd::xmit::icmp::{nat_icmp_error, IcmpNat};
 use uvs_fwd::{CsumMode, IpVersion, Parsed};
 
-use super::{is_icmp_error, tuple, xmit_reason, Ctx, Pipeline, Step, Verdict, TCP};
+use super::{is_icmp_error, tuple, xmit_reason, Ctx, Pipeline, Step, Verdict, SCTP, TCP, UDP};
 use crate::datapath::hooks::{HookFn, HookPoint, PRI_NAT_DST, PRI_NAT_SRC};
 use crate::datapath::stats::{add, DropReason, WorkerStats};
 use crate::datapath::tables::nat::{NatKind, MASQ_PORTS, SNAT_PORTS};
@@ -40,6 +55,9 @@ pub(super) struct NatCtx {
     pub(super) owned: bool,
     /// The destination a DNAT replaced (for ICMP errors about the packet).
     dnat_from: Option<(IpAddr, u16)>,
+    /// An ICMP error's flow (the one its quote belongs to) and the
+    /// error's direction in it.
+    related: Option<NatHit>,
 }
 
 impl NatCtx {
@@ -80,6 +98,47 @@ impl fmt::Display for MapText<'_> {
         }
         Ok(())
     }
+}
+
+/// The nat key an ICMP error's flow is found by: the inverse of its
+/// quoted packet's tuple (`None` when the quote has no ports).
+fn related_key(frame: &[u8], p: &Parsed) -> Option<(uvs_fwd::Embedded, Tuple)> {
+    let emb = uvs_fwd::embedded(frame, p).ok()?;
+    if !emb.has_ports || !matches!(emb.proto, TCP | UDP | SCTP) {
+        return None;
+    }
+    let key = Tuple {
+        proto: emb.proto,
+        src: emb.dst,
+        sport: emb.dport,
+        dst: emb.src,
+        dport: emb.sport,
+    };
+    Some((emb, key))
+}
+
+/// One half of an ICMP error's translation: the outer destination
+/// (`outer_dst`; else the outer source) becomes `to`'s address, the quoted
+/// header's opposite side `to` (address and port), every checksum fixed; the TTL is left as it was (the forward
+/// decrements it once). `cur` is the packet as it now is.
+fn icmp_half(
+    frame: &mut [u8],
+    cur: &mut Parsed,
+    outer_dst: bool,
+    (a, port): (IpAddr, u16),
+    csum: CsumMode,
+) -> Result<(), DropReason> {
+    let emb = uvs_fwd::embedded(frame, cur).map_err(|_| DropReason::Rewrite)?;
+    let nat = if outer_dst {
+        IcmpNat::to_server(a, port)
+    } else {
+        IcmpNat::to_client(a, port)
+    };
+    nat_icmp_error(frame, cur, &emb, &nat, csum).map_err(|e| xmit_reason(&e))?;
+    ttl_add(frame, cur, 1);
+    // Outer and quoted headers both changed: parsed again (errors only).
+    *cur = uvs_fwd::parse(frame).map_err(|_| DropReason::Rewrite)?;
+    Ok(())
 }
 
 fn seen(p: &Parsed) -> Seen {
@@ -178,7 +237,10 @@ impl Pipeline {
         st: &WorkerStats,
         out: &mut Verdict,
     ) -> Step {
-        if is_icmp_error(cur) || !cur.has_ports() || ctx.nat.hit.is_some() {
+        if is_icmp_error(cur) {
+            return self.nat_icmp_dst(point, frame, cur, csum, now, ctx, st, out);
+        }
+        if !cur.has_ports() || ctx.nat.hit.is_some() {
             return Step::Continue;
         }
         let t = tuple(cur);
@@ -217,9 +279,15 @@ impl Pipeline {
                 };
                 ctx.mark = mark;
                 let dnat = match v {
-                    TableVerdict::Nat(n) if n.kind == NatKind::Dnat => {
-                        n.addr.map(|a| (a, n.ports.map_or(cur.dport, |(lo, _)| lo)))
-                    }
+                    TableVerdict::Nat(n) if n.kind == NatKind::Dnat => match (n.addr, n.ports) {
+                        (Some(a), None) => Some((a, cur.dport)),
+                        (Some(a), Some((lo, hi))) if lo == hi => Some((a, lo)),
+                        (Some(a), Some(r)) => match self.nat.dnat_port(&t, a, r, n.pick, now) {
+                            Some(port) => Some((a, port)),
+                            None => return Self::drop(st, DropReason::NatNoPort, out),
+                        },
+                        (None, _) => None,
+                    },
                     _ => None,
                 };
                 ctx.nat.pending = Some(Pending {
@@ -248,6 +316,61 @@ impl Pipeline {
         Step::Continue
     }
 
+    /// The destination half for an ICMP error (module doc): its flow
+    /// found, the outer destination and the quoted source rewritten.
+    #[allow(clippy::too_many_arguments)]
+    #[cold]
+    fn nat_icmp_dst(
+        &self,
+        point: HookPoint,
+        frame: &mut [u8],
+        cur: &mut Parsed,
+        csum: CsumMode,
+        now: u64,
+        ctx: &mut Ctx,
+        st: &WorkerStats,
+        out: &mut Verdict,
+    ) -> Step {
+        if ctx.nat.related.is_some() {
+            return Step::Continue;
+        }
+        let Some(hit) = related_key(frame, cur).and_then(|(_, k)| self.nat.peek(&k, now)) else {
+            return Step::Continue;
+        };
+        ctx.nat.related = Some(hit);
+        if hit.m.dnat.is_none() && hit.m.snat.is_none() {
+            return Step::Continue;
+        }
+        ctx.nat.owned = true;
+        crate::datapath::trace::rule(
+            point,
+            PRI_NAT_DST,
+            "nat",
+            if point == HookPoint::LocalOut {
+                "OUTPUT"
+            } else {
+                "PREROUTING"
+            },
+            0,
+            &MapText("ICMP error related to mapping", &hit.m, hit.dir),
+            "FOLLOW",
+        );
+        let Some(to) = hit.m.dst_manip(hit.dir) else {
+            return Step::Continue;
+        };
+        if let Err(r) = icmp_half(frame, cur, true, to, csum) {
+            return Self::drop(st, r, out);
+        }
+        Step::Continue
+    }
+
+    /// Whether an ICMP error is about a flow the nat table records
+    /// (`--ctstate RELATED`).
+    pub(super) fn nat_related(&self, frame: &[u8], p: &Parsed, now: u64, ctx: &Ctx) -> bool {
+        ctx.nat.related.is_some()
+            || related_key(frame, p).is_some_and(|(_, k)| self.nat.held(&k, now))
+    }
+
     /// The nat table's source half, for a packet uvs transmits (`out` an
     /// `Xmit`): the recorded rewrite, or a first packet's walk of nat
     /// POSTROUTING and its flow recorded.
@@ -267,7 +390,28 @@ impl Pipeline {
             return;
         };
         let mut cur = *p;
-        if !cur.has_ports() || is_icmp_error(&cur) {
+        if tables.active(TableId::Mangle, HookPoint::PostRouting)
+            && !self.mangle_post(tables, frame, &cur, now, ctx, st, out)
+        {
+            return;
+        }
+        if !tables.nat_on {
+            return;
+        }
+        if is_icmp_error(&cur) {
+            // An error's source half: its flow's, found at PREROUTING.
+            let Some(to) = ctx.nat.related.and_then(|h| h.m.src_manip(h.dir)) else {
+                return;
+            };
+            if let Err(r) = icmp_half(frame, &mut cur, false, to, csum) {
+                return Self::nat_drop(st, r, out);
+            }
+            if let Verdict::Xmit { pkt, .. } = out {
+                *pkt = cur;
+            }
+            return;
+        }
+        if !cur.has_ports() {
             return;
         }
         for e in self.hooks.at(HookPoint::PostRouting) {
@@ -320,6 +464,52 @@ impl Pipeline {
         }
     }
 
+    /// mangle POSTROUTING, for every packet uvs sends, before nat
+    /// POSTROUTING (as the kernel's priorities order them): its MARKs are
+    /// what nat POSTROUTING's `-m mark` sees. False when it dropped the
+    /// packet.
+    #[allow(clippy::too_many_arguments)]
+    #[cold]
+    fn mangle_post(
+        &self,
+        tables: &Ruleset,
+        frame: &[u8],
+        cur: &Parsed,
+        now: u64,
+        ctx: &mut Ctx,
+        st: &WorkerStats,
+        out: &mut Verdict,
+    ) -> bool {
+        for e in self.hooks.at(HookPoint::PostRouting) {
+            if e.func == HookFn::Mangle {
+                add(&st.hook_seen[e.index], 1);
+            }
+        }
+        let k = Pkt {
+            has_ports: matches!(cur.proto, TCP | UDP | SCTP) && cur.has_ports(),
+            ..pkt(cur)
+        };
+        let mut mark = ctx.mark;
+        let icmp = is_icmp_error(cur);
+        let mut facts = None;
+        let mut ct = || *facts.get_or_insert_with(|| self.ct_facts(frame, cur, now, icmp, ctx));
+        let v = tables.run(
+            TableId::Mangle,
+            HookPoint::PostRouting,
+            &k,
+            &mut mark,
+            &mut ct,
+        );
+        ctx.mark = mark;
+        match v {
+            TableVerdict::Accept | TableVerdict::Nat(_) => true,
+            TableVerdict::Drop | TableVerdict::Reject => {
+                Self::nat_drop(st, DropReason::Filtered, out);
+                false
+            }
+        }
+    }
+
     /// nat POSTROUTING for a first packet: its source half.
     fn nat_src_walk(
         &self,
@@ -354,6 +544,7 @@ impl Pipeline {
             addr,
             ports,
             pick: n.pick,
+            masq: n.kind == NatKind::Masquerade,
         }))
     }
 
@@ -394,3 +585,7 @@ impl Pipeline {
         self.nat_post(tables, frame, csum, now, ctx, st, out);
     }
 }
+
+#[cfg(test)]
+#[path = "nat_tests.rs"]
+mod tests;

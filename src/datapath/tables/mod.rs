@@ -501,7 +501,9 @@ impl Ruleset {
                 }
             }
             match n.ports {
-                Some((a, _)) => servers.push((p, addr, a)),
+                // A range: each port of it (bounded), else any port.
+                Some((a, b)) if b - a < 64 => servers.extend((a..=b).map(|x| (p, addr, x))),
+                Some(_) => servers.push((p, addr, 0)),
                 None if !ports.is_empty() => servers.extend(ports.iter().map(|&x| (p, addr, x))),
                 // Any port: every reply of that server and protocol.
                 None => servers.push((p, addr, 0)),

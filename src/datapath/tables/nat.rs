@@ -10,10 +10,16 @@
 //!   meaning. An address range (`A-B`) is refused: uvs maps to one address,
 //!   which is also all `--persistent` asks for (it keeps a client on one
 //!   address of a range), so `--persistent` is accepted.
-//! * DNAT's port range: each flow gets the first port of it (nf_nat keeps
-//!   the destination port when in range, else takes the range's start; a
-//!   port rewrite needs a destination port range of one to be
-//!   predictable, so uvs always takes the start, documented).
+//! * DNAT's port range, as nf_nat picks a destination port: the packet's
+//!   own port when it lies in the range and the reply tuple is free, else
+//!   the first free port from the range's start (`--random`,
+//!   `--random-fully`: from a hashed or random offset); see
+//!   [`super::natct::NatTable::dnat_port`]. A range of one port is always
+//!   that port.
+//! * MASQUERADE's addresses follow the director's: re-read on every
+//!   address event ([`watch_addrs`]), and the nat entries of flows
+//!   masqueraded to an address that went away are dropped, as the kernel
+//!   drops their conntrack entries.
 //! * MASQUERADE takes the address of the director's interface whose
 //!   connected subnet holds the packet's next destination (as the kernel's
 //!   `inet_select_addr` on the route's interface for an on-link next hop),
@@ -149,8 +155,8 @@ impl LocalNets {
 }
 
 /// The director's addresses with their subnets, read from the kernel when
-/// a ruleset with nat rules is published (not per packet; an address
-/// added later is seen at the next `uvs tables restore` or reload).
+/// a ruleset with nat rules is published and again on every address
+/// change ([`watch_addrs`], [`follow_addrs`]); never per packet.
 pub fn local_nets() -> LocalNets {
     let all = crate::sys::netlink::Netlink::open().and_then(|mut n| n.addrs_with_len());
     match all {
@@ -167,16 +173,136 @@ pub fn local_nets() -> LocalNets {
     }
 }
 
+impl super::Ruleset {
+    /// Whether packets uvs sends meet a POSTROUTING table (mangle with a
+    /// rule or a DROP policy there, or nat rules). O(1).
+    #[inline]
+    pub fn post_routing_on(&self) -> bool {
+        self.nat_on || self.active(super::TableId::Mangle, HookPoint::PostRouting)
+    }
+}
+
+/// MASQUERADE's addresses as they are now (`now`): the ruleset to publish
+/// and the addresses that went away, or `None` when nothing changed or no
+/// nat rule needs them.
+pub fn refreshed(cur: &super::Ruleset, now: LocalNets) -> Option<(super::Ruleset, Vec<IpAddr>)> {
+    if !cur.nat_on || cur.local == now {
+        return None;
+    }
+    let gone: Vec<IpAddr> = cur
+        .local
+        .0
+        .iter()
+        .map(|&(_, a)| a)
+        .filter(|a| !now.0.iter().any(|(_, b)| b == a))
+        .collect();
+    Some((
+        cur.replaced_by(super::Ruleset::default())
+            .with_local_nets(now),
+        gone,
+    ))
+}
+
+/// The control thread's answer to an address change (`tables-addrs`, sent
+/// by [`watch_addrs`]): MASQUERADE's addresses re-read and published, and
+/// the nat entries of flows masqueraded to an address that went away
+/// dropped, as the kernel does. What changed, for the log.
+pub fn follow_addrs(p: &crate::datapath::pipeline::Pipeline) -> String {
+    let cur = p.tables.load_full();
+    if !cur.nat_on {
+        return String::new();
+    }
+    let Some((new, gone)) = refreshed(&cur, local_nets()) else {
+        return String::new();
+    };
+    p.tables.store(std::sync::Arc::new(new));
+    let n = p.nat.forget_masq(&gone);
+    let msg = format!(
+        "MASQUERADE's addresses re-read; {} gone, {n} nat entries of theirs dropped\n",
+        gone.len()
+    );
+    log::info!("uvs tables: {}", msg.trim_end());
+    msg
+}
+
+/// Watches the director's addresses (rtnetlink address groups) and asks
+/// the daemon, over its control socket, to re-read them when they change
+/// (`tables-addrs`). Subscribed in the caller's namespace. The thread
+/// drains its socket every [`ADDR_POLL`] (one non-blocking read; the
+/// control plane only) and stops when the handle is dropped.
+pub fn watch_addrs(control: std::path::PathBuf) -> std::io::Result<AddrWatch> {
+    use crate::sys::netlink::{Event, Events, Group};
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut ev = Events::subscribe(&Group::ADDRS).map_err(std::io::Error::other)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("uvs-nat-addrs".into())
+        .spawn(move || {
+            while !s.load(Relaxed) {
+                std::thread::sleep(ADDR_POLL);
+                let mut changed = false;
+                loop {
+                    match ev.drain(|e| {
+                        changed |= matches!(e, Event::Addr { .. } | Event::Resync);
+                    }) {
+                        Ok(n) if n >= Events::DRAIN_MAX => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            log::warn!("uvs tables: address events: {e}");
+                            break;
+                        }
+                    }
+                }
+                if changed {
+                    let argv = ["tables-addrs".to_string()];
+                    if let Err(e) = crate::control::socket::call(&control, &argv) {
+                        log::warn!("uvs tables: re-reading addresses: {e}");
+                    }
+                }
+            }
+        })?;
+    Ok(AddrWatch {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// How often [`watch_addrs`]'s thread reads its events.
+pub const ADDR_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The address watcher's thread ([`watch_addrs`]): stopped and joined on
+/// drop.
+#[derive(Debug)]
+pub struct AddrWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for AddrWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// What the guard must keep from the kernel for the nat table (see
 /// [`super::Ruleset::dnat_claims`]): DNAT'd destinations as a service's,
-/// the DNAT targets' replies as a NAT real server's.
+/// the DNAT targets' replies and ICMP errors as a NAT real server's (uvs
+/// translates those errors; the kernel would forward them untranslated).
 pub fn guard_claims(r: &super::Ruleset) -> Vec<crate::sys::guard::Elem> {
     use crate::sys::guard::Elem;
     let (to_us, servers) = r.dnat_claims();
+    let mut addrs: Vec<IpAddr> = servers.iter().map(|&(_, a, _)| a).collect();
+    addrs.sort_unstable();
+    addrs.dedup();
     to_us
         .into_iter()
         .map(Elem::Service)
         .chain(servers.into_iter().map(Elem::NatServer))
+        .chain(addrs.into_iter().map(Elem::NatAddr))
         .collect()
 }
 

@@ -134,3 +134,29 @@ fn nat_options_and_refusals_name_their_line() {
     let e = parse("*filter\n-A INPUT -j MASQUERADE\nCOMMIT\n").unwrap_err();
     assert!(e.msg.contains("nat table only"), "{e}");
 }
+
+#[test]
+fn masquerade_addresses_are_refreshed_and_the_gone_ones_named() {
+    use crate::datapath::tables::nat::{refreshed, LocalNets};
+    let net = |a: &str| {
+        let addr: std::net::IpAddr = a.parse().unwrap();
+        (Prefix { addr, len: 24 }, addr)
+    };
+    let two = LocalNets(vec![net("203.0.113.1"), net("198.51.100.1")]);
+    let r = parse(KUBE_NAT).unwrap().with_local_nets(two.clone());
+    assert!(refreshed(&r, two.clone()).is_none(), "unchanged");
+    let one = LocalNets(vec![net("198.51.100.1"), net("203.0.113.5")]);
+    let (new, gone) = refreshed(&r, one.clone()).unwrap();
+    assert_eq!(
+        gone,
+        vec!["203.0.113.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(new.local, one);
+    assert!(new.nat_on && new.table(TableId::Nat).is_some());
+    // Without nat rules nothing needs them.
+    let plain = parse(
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+    )
+    .unwrap();
+    assert!(refreshed(&plain, one).is_none());
+}

@@ -70,6 +70,9 @@ pub struct Mapping {
     pub snat: Option<(IpAddr, u16)>,
     /// The tuple replies arrive with.
     pub reply: Tuple,
+    /// The source half is MASQUERADE's (its entries go when the address
+    /// does, [`NatTable::forget_masq`]).
+    pub masq: bool,
 }
 
 impl Mapping {
@@ -119,6 +122,8 @@ pub struct SrcNat {
     /// Inclusive port range to map into.
     pub ports: (u16, u16),
     pub pick: PortPick,
+    /// MASQUERADE's (the director's address), not SNAT's.
+    pub masq: bool,
 }
 
 /// A first packet's facts at POSTROUTING, where the flow is confirmed.
@@ -328,6 +333,69 @@ impl NatTable {
         Some(NatHit { m: s.m, dir: s.dir })
     }
 
+    /// The flow holding key `t`, without moving its timer: how an ICMP
+    /// error finds the flow it is about (conntrack's RELATED packets do
+    /// not refresh their flow's timeout). `None` when no live entry holds
+    /// it.
+    pub fn peek(&self, t: &Tuple, now: u64) -> Option<NatHit> {
+        let sh = self.shard(t);
+        let s = sh.map.get(t)?;
+        if s.life.expired(now) {
+            return None;
+        }
+        Some(NatHit { m: s.m, dir: s.dir })
+    }
+
+    /// Whether a live entry holds key `t` (for a destination port choice:
+    /// a tuple is free when no flow's key is it).
+    pub fn held(&self, t: &Tuple, now: u64) -> bool {
+        self.peek(t, now).is_some()
+    }
+
+    /// DNAT's destination port in `range` for a first packet of tuple `t`
+    /// (as it arrived) sent to `to`, as nf_nat chooses a destination: the
+    /// packet's own port when it lies in the range and the reply tuple it
+    /// gives (`to:port → t.src:t.sport`, before any source half) is free;
+    /// else the first free port from the range's start (`--random`,
+    /// `--random-fully`: from a keyed hash or a pseudo-random offset),
+    /// trying at most [`PORT_TRIES`]. `None` when every port tried is
+    /// taken. The check is not a claim: the flow's keys are taken when it
+    /// is confirmed at POSTROUTING (a race between two workers for the
+    /// same reply tuple there is settled as for any flow).
+    pub fn dnat_port(
+        &self,
+        t: &Tuple,
+        to: IpAddr,
+        (lo, hi): (u16, u16),
+        pick: PortPick,
+        now: u64,
+    ) -> Option<u16> {
+        let free = |port: u16| {
+            !self.held(
+                &Tuple {
+                    proto: t.proto,
+                    src: to,
+                    sport: port,
+                    dst: t.src,
+                    dport: t.sport,
+                },
+                now,
+            )
+        };
+        if pick == PortPick::Keep && (lo..=hi).contains(&t.dport) && free(t.dport) {
+            return Some(t.dport);
+        }
+        let span = u64::from(hi - lo) + 1;
+        let start = match pick {
+            PortPick::Keep => 0,
+            PortPick::Random => self.hasher.hash_one((*t, self.secret)),
+            PortPick::Fully => self.next_random(),
+        } % span;
+        (0..(PORT_TRIES as u64).min(span))
+            .map(|i| lo + ((start + i) % span) as u16)
+            .find(|&port| free(port))
+    }
+
     /// Records a first packet's flow: `p` with the source half `src`
     /// (`None`: the source stays). The mapping, or why not.
     pub fn confirm(
@@ -356,6 +424,7 @@ impl NatTable {
             dnat: p.dnat,
             snat: None,
             reply: reply_to(p.out.src, p.out.sport),
+            masq: src.is_some_and(|s| s.masq),
         };
         // The reply key first: where a clash is found and a port chosen.
         match src {
@@ -468,6 +537,27 @@ impl NatTable {
             c.set(x);
             x.wrapping_mul(0x2545_f491_4f6c_dd1d)
         })
+    }
+
+    /// Drops the entries of flows MASQUERADEd to one of `gone` (addresses
+    /// the director no longer has), as the kernel drops a masqueraded
+    /// flow's conntrack entry with its address: the flow's next packet is
+    /// a first packet again and gets an address the director has. A scan
+    /// of every shard, one lock at a time, on an address event (the
+    /// control thread; never per packet). Returns the keys removed.
+    pub fn forget_masq(&self, gone: &[IpAddr]) -> usize {
+        if gone.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        for s in self.shards.iter() {
+            let mut sh = s.lock().unwrap_or_else(|e| e.into_inner());
+            let before = sh.map.len();
+            sh.map
+                .retain(|_, s| !(s.m.masq && s.m.snat.is_some_and(|(a, _)| gone.contains(&a))));
+            n += before - sh.map.len();
+        }
+        n
     }
 
     /// Keys held now (live or not yet reclaimed), for stats and tests.

@@ -34,6 +34,7 @@ fn masq(pick: PortPick) -> Option<SrcNat> {
         addr: ip("203.0.113.1"),
         ports: (61440, 65535),
         pick,
+        masq: true,
     })
 }
 
@@ -73,6 +74,7 @@ fn keep_port_when_free_and_probe_on_clash() {
         addr: ip("203.0.113.1"),
         ports: (1024, 65535),
         pick: PortPick::Keep,
+        masq: false,
     });
     let a = n.confirm(&masq_pending(40000), wide, SYN_ONLY, 0).unwrap();
     assert_eq!(a.m.snat, Some((ip("203.0.113.1"), 40000)));
@@ -105,6 +107,7 @@ fn a_one_port_range_serves_one_flow_per_reply_tuple() {
         addr: ip("203.0.113.1"),
         ports: (61440, 61440),
         pick: PortPick::Keep,
+        masq: false,
     });
     n.confirm(&masq_pending(1), one, SYN_ONLY, 0).unwrap();
     assert_eq!(
@@ -195,4 +198,25 @@ fn the_bound_is_kept_and_expired_entries_make_room() {
     }
     assert!(later > 0);
     assert!(n.len() <= SHARDS);
+}
+
+#[test]
+fn a_gone_address_takes_its_masqueraded_flows_only() {
+    let n = NatTable::default();
+    n.confirm(&masq_pending(40000), masq(PortPick::Keep), SYN_ONLY, 0)
+        .unwrap();
+    let snat = Some(SrcNat {
+        addr: ip("203.0.113.1"),
+        ports: (1024, 65535),
+        pick: PortPick::Keep,
+        masq: false,
+    });
+    n.confirm(&masq_pending(40001), snat, SYN_ONLY, 0).unwrap();
+    assert_eq!(n.len(), 4);
+    assert_eq!(n.forget_masq(&[ip("203.0.113.9")]), 0);
+    assert_eq!(n.forget_masq(&[ip("203.0.113.1")]), 2);
+    assert_eq!(n.len(), 2);
+    // The masqueraded flow's next packet is a first packet again.
+    assert!(n.lookup(&masq_pending(40000).orig, SYN_ONLY, 1).is_none());
+    assert!(n.lookup(&masq_pending(40001).orig, SYN_ONLY, 1).is_some());
 }
