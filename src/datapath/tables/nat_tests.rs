@@ -124,7 +124,7 @@ fn nat_options_and_refusals_name_their_line() {
     assert!(err("-A PREROUTING -j DROP").contains("not for filtering"));
     assert!(
         err("-A PREROUTING -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT")
-            .contains("-m set")
+            .contains("set KUBE-CLUSTER-IP doesn't exist")
     );
     // A user chain with a MASQUERADE jumped to from PREROUTING.
     let e =
