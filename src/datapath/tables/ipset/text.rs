@@ -310,8 +310,13 @@ fn apply(sets: &mut Sets, refs: Refs<'_>, w: &[String], exist: bool) -> Result<(
 }
 
 fn valid_name(n: &str) -> Result<(), String> {
-    if n.is_empty() || n.len() > 31 || n.starts_with('-') {
-        return Err(format!("invalid set name '{n}' (1 to 31 characters)"));
+    let plain = n
+        .chars()
+        .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\');
+    if n.is_empty() || n.len() > 31 || n.starts_with('-') || !plain {
+        return Err(format!(
+            "invalid set name '{n}' (1 to 31 printable characters, no quotes)"
+        ));
     }
     Ok(())
 }
@@ -609,7 +614,8 @@ fn show(s: &IpSet, k: &Key, v: &Val) -> String {
         t.push_str(" timeout 0");
     }
     if let Some(c) = &v.comment {
-        let _ = write!(t, " comment \"{}\"", c.replace('"', "\\\""));
+        let c = c.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = write!(t, " comment \"{c}\"");
     }
     if v.nomatch {
         t.push_str(" nomatch");
