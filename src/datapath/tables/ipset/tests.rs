@@ -407,3 +407,28 @@ fn lookup_cost_is_flat_from_10_to_10000_members() {
 pub(super) fn counted_eq() {
     EQS.with(|c| c.set(c.get() + 1));
 }
+
+#[test]
+fn a_sets_file_reloads_over_the_running_sets() {
+    let s = sets(KUBE_SETS);
+    let r = parse_with(KUBE_RULES, &s).unwrap();
+    let refs = |id: u32| r.set_refs(id);
+    let cip = s.id("KUBE-CLUSTER-IP").unwrap();
+    let file = "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536\n\
+                add KUBE-CLUSTER-IP 192.0.2.81,tcp:443\n\
+                create EXTRA hash:net family inet\n";
+    let new = reload(&s, &refs, file).unwrap();
+    // Same id (the rules still name it), exactly the file's members.
+    assert_eq!(new.id("KUBE-CLUSTER-IP"), Some(cip));
+    let c = new.get(cip).unwrap();
+    assert_eq!(c.len(), 1);
+    assert!(save(&new, Some(cip)).contains("add KUBE-CLUSTER-IP 192.0.2.81,tcp:443\n"));
+    // Sets the file does not name stay; new ones are created.
+    assert_eq!(new.len(), s.len() + 1);
+    // A set in use may not change type.
+    let e = reload(&s, &refs, "create KUBE-CLUSTER-IP hash:ip family inet\n").unwrap_err();
+    assert!(
+        e.msg.contains("would change from hash:ip,port to hash:ip"),
+        "{e}"
+    );
+}
