@@ -149,9 +149,12 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
     let prefix = format!("uxnt{}", std::process::id() % 100000);
     let base = std::env::temp_dir().join(&prefix);
     let (cfg, tbl) = (base.with_extension("rules"), base.with_extension("tables"));
+    let sets = base.with_extension("ipsets");
     std::fs::write(&cfg, CONFIG).unwrap();
     std::fs::write(&tbl, TABLES).unwrap();
-    let _rm = common::RemoveOnDrop(vec![cfg.clone(), tbl.clone()]);
+    // kube-proxy's sets from the start (the first tables name none).
+    std::fs::write(&sets, KUBE_SETS).unwrap();
+    let _rm = common::RemoveOnDrop(vec![cfg.clone(), tbl.clone(), sets.clone()]);
     let s = Setup::start(
         &prefix,
         &[],
@@ -160,6 +163,8 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
             cfg.to_str().unwrap(),
             "--tables",
             tbl.to_str().unwrap(),
+            "--ipsets",
+            sets.to_str().unwrap(),
             "--workers",
             "1",
         ],
@@ -233,7 +238,7 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
         "a later packet:\n{text}"
     );
 
-    kube_proxy_ipvs_ruleset(&s);
+    kube_proxy_ipvs_ruleset(&s, &tbl);
 }
 
 const KUBE_SETS: &str = include_str!("fixtures/kube-ipvs.ipset");
@@ -269,21 +274,27 @@ fn ask_from(s: &Setup, src: &str, addr: &str, n: usize) -> Vec<String> {
     .expect("client namespace")
 }
 
-/// kube-proxy's own ruleset: its ipsets restored, its nat and filter
-/// tables replacing the hand-written ones, its IPVS services (ClusterIP
-/// 192.0.2.80:80, NodePort 30080 on the node's 198.51.100.1) added as it
-/// adds them. The pod CIDR is 198.51.100.0/25: the client's
+/// kube-proxy's own ruleset: its ipsets (loaded by `uvs run --ipsets`,
+/// restored again as kube-proxy re-applies them, `-exist`), its nat and
+/// filter tables replacing the hand-written ones through the `--tables`
+/// file and `uvs reload`, its IPVS services (ClusterIP 192.0.2.80:80,
+/// NodePort 30080 on the node's 198.51.100.1) added as it adds them. The pod CIDR is 198.51.100.0/25: the client's
 /// 198.51.100.10 is a pod, a second address 198.51.100.200 is outside.
-fn kube_proxy_ipvs_ruleset(s: &Setup) {
+fn kube_proxy_ipvs_ruleset(s: &Setup, tables_file: &std::path::Path) {
     let ns = s.lab.ns("c");
     let ip = std::process::Command::new("ip")
         .args(["-n", &ns, "addr", "add", "198.51.100.200/24", "dev", "eth0"])
         .status()
         .expect("ip");
     assert!(ip.success());
-    let r = s.d.call(&["ipset", "restore", KUBE_SETS]).unwrap();
+    let r =
+        s.d.call(&["ipset", "restore", "-exist", KUBE_SETS])
+            .unwrap();
     assert_eq!(r.status, 0, "{}", r.stderr);
-    let r = s.d.call(&["tables", "restore", KUBE_RULES]).unwrap();
+    let r = s.d.call(&["ipset", "restore", KUBE_SETS]).unwrap();
+    assert!(r.stderr.contains("line 1: "), "{}", r.stderr);
+    std::fs::write(tables_file, KUBE_RULES).unwrap();
+    let r = s.d.call(&["reload"]).unwrap();
     assert_eq!(r.status, 0, "{}", r.stderr);
     for c in [
         "-A -t 192.0.2.80:80 -s rr",
