@@ -36,9 +36,10 @@ const CONFIG: &str = "\
 -a -t 192.0.2.10:443 -r 203.0.113.12:8081 -m -w 1
 ";
 
-/// A kube-proxy IPVS-mode node's nat and filter tables (the ipset match
-/// written as -d/--dport: uvs refuses `-m set`), plus a DNAT for a port no
-/// service owns.
+/// A kube-proxy IPVS-mode-shaped node's nat and filter tables (the ipset
+/// match written as -d/--dport; kube-proxy's own text, with `-m set`, is
+/// `tests/fixtures/kube-ipvs.rules`), plus a DNAT for a port no service
+/// owns.
 const TABLES: &str = "\
 *nat
 :PREROUTING ACCEPT [0:0]

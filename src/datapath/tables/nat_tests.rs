@@ -6,7 +6,7 @@ use crate::datapath::tables::nat::{NatKind, NatTo};
 use crate::datapath::tables::natct::PortPick;
 
 /// The nat table of a kube-proxy IPVS-mode node, with the ipset match
-/// written as plain -d/--dport (uvs refuses `-m set`).
+/// written as plain -d/--dport (the `-m set` form is in `ipset/tests.rs`).
 pub const KUBE_NAT: &str = "\
 *nat
 :PREROUTING ACCEPT [0:0]
