@@ -678,6 +678,7 @@ pub fn list(sets: &Sets, refs: Refs<'_>, one: Option<u32>, names: bool, terse: b
         let _ = writeln!(out, "Type: {}", s.kind.name());
         let _ = writeln!(out, "Revision: {}", s.kind.revision());
         let _ = writeln!(out, "Header: {}", header(s));
+        // An estimate (ipset's field, which kube-proxy skips over).
         let _ = writeln!(out, "Size in memory: {}", 200 + s.len() * 64);
         let _ = writeln!(out, "References: {}", refs(id));
         let _ = writeln!(out, "Number of entries: {}", s.len());
