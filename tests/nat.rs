@@ -7,6 +7,12 @@
 //! address. A DNAT rule for a port no IPVS service owns forwards it. The
 //! nat rules count first packets only (`save -c`), and `uvs trace` shows
 //! the first packet's decision and a later one's "existing mapping".
+//!
+//! Then, in the same lab, a real kube-proxy IPVS-mode ruleset
+//! (`tests/fixtures/kube-ipvs.{ipset,rules}`: ipsets, `-m set`, `-m
+//! addrtype`) with the IPVS services kube-proxy makes for a ClusterIP and a
+//! NodePort: a ClusterIP request from outside the pod CIDR is masqueraded,
+//! one from inside it is not, the NodePort on the node's address is.
 //! Needs root; skips without.
 
 use std::io::{BufRead, BufReader, Write as _};
@@ -30,10 +36,11 @@ const CONFIG: &str = "\
 -a -t 192.0.2.10:443 -r 203.0.113.12:8081 -m -w 1
 ";
 
-/// A kube-proxy IPVS-mode node's nat and filter tables (the ipset match
-/// written as -d/--dport: uvs refuses `-m set`), plus DNATs for ports no
-/// service owns (TCP to a server, UDP to a closed port) and a counting
-/// mangle POSTROUTING rule.
+/// A kube-proxy IPVS-mode-shaped node's nat and filter tables (the ipset
+/// match written as -d/--dport; kube-proxy's own text, with `-m set`, is
+/// `tests/fixtures/kube-ipvs.rules`), plus DNATs for ports no service owns
+/// (TCP to a server, UDP to a closed port) and a counting mangle
+/// POSTROUTING rule.
 const TABLES: &str = "\
 *mangle
 :PREROUTING ACCEPT [0:0]
@@ -154,9 +161,12 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
     let prefix = format!("uxnx{}", std::process::id() % 100000);
     let base = std::env::temp_dir().join(&prefix);
     let (cfg, tbl) = (base.with_extension("rules"), base.with_extension("tables"));
+    let sets = base.with_extension("ipsets");
     std::fs::write(&cfg, CONFIG).unwrap();
     std::fs::write(&tbl, TABLES).unwrap();
-    let _rm = common::RemoveOnDrop(vec![cfg.clone(), tbl.clone()]);
+    // kube-proxy's sets from the start (the first tables name none).
+    std::fs::write(&sets, KUBE_SETS).unwrap();
+    let _rm = common::RemoveOnDrop(vec![cfg.clone(), tbl.clone(), sets.clone()]);
     let s = Setup::start(
         &prefix,
         &[],
@@ -165,6 +175,8 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
             cfg.to_str().unwrap(),
             "--tables",
             tbl.to_str().unwrap(),
+            "--ipsets",
+            sets.to_str().unwrap(),
             "--workers",
             "1",
         ],
@@ -292,5 +304,162 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
     assert!(
         text.contains("nat: existing mapping"),
         "a later packet:\n{text}"
+    );
+
+    kube_proxy_ipvs_ruleset(&s, &tbl);
+}
+
+const KUBE_SETS: &str = include_str!("fixtures/kube-ipvs.ipset");
+const KUBE_RULES: &str = include_str!("fixtures/kube-ipvs.rules");
+
+/// `n` connections to `addr` from the client's address `src`: the answers.
+fn ask_from(s: &Setup, src: &str, addr: &str, n: usize) -> Vec<String> {
+    use socket2::{Domain, Socket, Type};
+    let a: SocketAddr = addr.parse().unwrap();
+    let from: SocketAddr = format!("{src}:0").parse().unwrap();
+    netns::run_in(&s.lab.ns("c"), move || {
+        (0..n)
+            .map(|_| {
+                let c = Socket::new(Domain::IPV4, Type::STREAM, None).and_then(|c| {
+                    c.bind(&from.into())?;
+                    c.connect_timeout(&a.into(), Duration::from_secs(3))?;
+                    Ok(TcpStream::from(c))
+                });
+                match c {
+                    Ok(c) => {
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+                        let mut line = String::new();
+                        match BufReader::new(c).read_line(&mut line) {
+                            Ok(_) => line.trim().to_string(),
+                            Err(e) => format!("error: {e}"),
+                        }
+                    }
+                    Err(e) => format!("error: {e}"),
+                }
+            })
+            .collect()
+    })
+    .expect("client namespace")
+}
+
+/// kube-proxy's own ruleset: its ipsets (loaded by `uvs run --ipsets`,
+/// restored again as kube-proxy re-applies them, `-exist`), its nat and
+/// filter tables replacing the hand-written ones through the `--tables`
+/// file and `uvs reload`, its IPVS services (ClusterIP 192.0.2.80:80,
+/// NodePort 30080 on the node's 198.51.100.1) added as it adds them. The pod CIDR is 198.51.100.0/25: the client's
+/// 198.51.100.10 is a pod, a second address 198.51.100.200 is outside.
+fn kube_proxy_ipvs_ruleset(s: &Setup, tables_file: &std::path::Path) {
+    let ns = s.lab.ns("c");
+    let ip = std::process::Command::new("ip")
+        .args(["-n", &ns, "addr", "add", "198.51.100.200/24", "dev", "eth0"])
+        .status()
+        .expect("ip");
+    assert!(ip.success());
+    let r =
+        s.d.call(&["ipset", "restore", "-exist", KUBE_SETS])
+            .unwrap();
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let r = s.d.call(&["ipset", "restore", KUBE_SETS]).unwrap();
+    assert!(r.stderr.contains("line 1: "), "{}", r.stderr);
+    std::fs::write(tables_file, KUBE_RULES).unwrap();
+    let r = s.d.call(&["reload"]).unwrap();
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    for c in [
+        "-A -t 192.0.2.80:80 -s rr",
+        "-a -t 192.0.2.80:80 -r 203.0.113.11:8081 -m -w 1",
+        "-a -t 192.0.2.80:80 -r 203.0.113.12:8081 -m -w 1",
+        "-A -t 198.51.100.1:30080 -s rr",
+        "-a -t 198.51.100.1:30080 -r 203.0.113.11:8081 -m -w 1",
+        "-a -t 198.51.100.1:30080 -r 203.0.113.12:8081 -m -w 1",
+    ] {
+        s.d.uvsadm(c).unwrap();
+    }
+    let log = || s.d.log_text();
+    // ClusterIP from outside the pod CIDR: KUBE-MARK-MASQ, then
+    // KUBE-POSTROUTING's MASQUERADE: the servers see the director.
+    let v = ask_from(s, "198.51.100.200", "192.0.2.80:80", 4);
+    assert_eq!(
+        (count(&v, "rs1 203.0.113.1"), count(&v, "rs2 203.0.113.1")),
+        (2, 2),
+        "{v:?}\n{}",
+        log()
+    );
+    // From a pod: the client's own address.
+    let v = ask_from(s, "198.51.100.10", "192.0.2.80:80", 4);
+    assert_eq!(
+        (
+            count(&v, "rs1 198.51.100.10"),
+            count(&v, "rs2 198.51.100.10")
+        ),
+        (2, 2),
+        "{v:?}"
+    );
+    // NodePort (addrtype LOCAL, KUBE-NODE-PORT-TCP): masqueraded, even
+    // from a pod.
+    let v = ask_from(s, "198.51.100.10", "198.51.100.1:30080", 2);
+    assert_eq!(
+        count(&v, "rs1 203.0.113.1") + count(&v, "rs2 203.0.113.1"),
+        2,
+        "{v:?}\n{}",
+        log()
+    );
+    // The counters: the sets' matches and references, the rules' first
+    // packets.
+    let l =
+        s.d.call(&["ipset", "list", "KUBE-CLUSTER-IP"])
+            .unwrap()
+            .stdout;
+    assert!(l.contains("References: 3\n"), "{l}");
+    assert!(l.contains("Members:\n192.0.2.80,tcp:80\n"), "{l}");
+    let matches: u64 = l
+        .lines()
+        .find_map(|x| x.strip_prefix("Matches: "))
+        .and_then(|x| x.split(' ').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    // At least the nat rules' first packets (8) and every packet at
+    // KUBE-IPVS-FILTER.
+    assert!(matches >= 8, "{l}");
+    let saved = s.d.call(&["tables", "save", "-c"]).unwrap().stdout;
+    assert_eq!(
+        rule_packets(
+            &saved,
+            "--match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ"
+        ),
+        4,
+        "{saved}"
+    );
+    assert_eq!(
+        rule_packets(
+            &saved,
+            "--match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ"
+        ),
+        2,
+        "{saved}"
+    );
+    assert_eq!(
+        rule_packets(&saved, "-j MASQUERADE --random-fully"),
+        6,
+        "{saved}"
+    );
+    // A set in use is not destroyed; a rule naming a missing set is
+    // refused with its line, and the tables stay.
+    let r = s.d.call(&["ipset", "destroy", "KUBE-CLUSTER-IP"]).unwrap();
+    assert_ne!(r.status, 0);
+    assert!(r.stderr.contains("in use"), "{}", r.stderr);
+    let bad = KUBE_RULES.replace("KUBE-NODE-PORT-TCP dst", "KUBE-NODE-PORT-XYZ dst");
+    let r = s.d.call(&["tables", "restore", &bad]).unwrap();
+    assert!(
+        r.stderr.contains("line 17") && r.stderr.contains("KUBE-NODE-PORT-XYZ doesn't exist"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        s.d.call(&["tables", "save"])
+            .unwrap()
+            .stdout
+            .matches("--match-set")
+            .count(),
+        11
     );
 }

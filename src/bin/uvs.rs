@@ -112,6 +112,11 @@ enum Cmd {
         /// *nat, *filter) at start; re-read on reload (see `uvs tables`).
         #[arg(long, value_name = "FILE")]
         tables: Option<PathBuf>,
+        /// Load emulated ipsets (`ipset save` text) before --tables, for
+        /// their `-m set` rules; re-read on reload (each set in the file
+        /// then holds exactly the file's members; see `uvs ipset`).
+        #[arg(long, value_name = "FILE")]
+        ipsets: Option<PathBuf>,
         /// Load the virtual_server blocks of a keepalived.conf and check
         /// their real servers as keepalived does (TCP_CHECK, HTTP_GET,
         /// MISC_CHECK, UDP_CHECK): a failing server is removed, or set to
@@ -321,7 +326,7 @@ enum Cmd {
         settings: Vec<String>,
     },
     /// Re-read the files `uvs run` was started with (--config, --filter,
-    /// --tables, --keepalived) and apply only the difference: services and real servers that stay
+    /// --tables, --ipsets, --keepalived) and apply only the difference: services and real servers that stay
     /// keep their connections (a removed server's are dropped, as after
     /// `uvsadm -d`; weight 0 drains). A bad file changes nothing; the error names
     /// the file and line, and the exit status is non-zero. SIGHUP to
@@ -352,6 +357,21 @@ enum Cmd {
         control: Option<PathBuf>,
         #[command(subcommand)]
         op: TablesOp,
+    },
+    /// Emulated ipsets for the tables' `-m set`, in ipset's own language:
+    /// `restore [-exist]` reads `ipset save` text from stdin, all or
+    /// nothing (an error names the line); `save [NAME]`, `list [NAME]
+    /// [-n] [-t]` (ipset's -L layout, with each set's match counters),
+    /// `create NAME TYPE [OPTIONS]`, `add|del NAME ENTRY [-exist]`, `test
+    /// NAME ENTRY` (exit 1 if absent), `flush [NAME]`, `destroy [NAME]`
+    /// (refused while a rule uses the set). Types: hash:ip, hash:net,
+    /// hash:ip,port, hash:ip,port,ip, hash:ip,port,net, bitmap:port.
+    Ipset {
+        /// Control socket of the running uvs [default: /run/uvs/uvs.sock].
+        #[arg(long, env = socket::ENV, value_name = "PATH")]
+        control: Option<PathBuf>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
     },
     /// Write the man pages (section 8: uvs and uvs-SUBCOMMAND) and the
     /// shell completions (bash, zsh, fish) into DIR, for packaging.
@@ -534,6 +554,7 @@ fn real_main() -> Result<ExitCode> {
             config,
             filter,
             tables,
+            ipsets,
             keepalived,
             ring_frames,
             mh_table_size,
@@ -568,10 +589,12 @@ fn real_main() -> Result<ExitCode> {
                 filter,
                 tables,
                 keepalived,
+                ipsets,
             };
             // Read as a reload reads them (same paths, same errors).
             let texts = sources.read()?;
             let tables = sources.read_tables()?;
+            let ipsets = sources.read_ipsets()?;
             let opts = uvs::control::daemon::RunOpts {
                 interfaces,
                 workers: workers.unwrap_or_else(|| {
@@ -583,6 +606,7 @@ fn real_main() -> Result<ExitCode> {
                 config: texts.config.map(|t| t.text),
                 filter: texts.filter.map(|t| t.text),
                 tables,
+                ipsets,
                 keepalived: texts.keepalived,
                 ring_frames,
                 mh_table_size,
@@ -721,6 +745,18 @@ fn real_main() -> Result<ExitCode> {
                 }
                 TablesOp::List => vec!["tables".into(), "list".into()],
             };
+            remote(control, v)
+        }
+        Cmd::Ipset { control, args } => {
+            let mut v = vec!["ipset".to_string()];
+            let restore = matches!(args.first().map(String::as_str), Some("restore" | "-R"));
+            v.extend(args);
+            if restore {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .context("reading the sets from stdin")?;
+                v.push(text);
+            }
             remote(control, v)
         }
         Cmd::Filter { control, args } => {

@@ -48,6 +48,8 @@ pub struct RunOpts {
     pub filter: Option<String>,
     /// `--tables`: the file's name and text.
     pub tables: Option<reload::Text>,
+    /// `--ipsets`: `ipset save` text, loaded before the tables.
+    pub ipsets: Option<reload::Text>,
     pub ring_frames: usize,
     pub mh_table_size: u32,
     pub knobs: Vec<String>,
@@ -551,6 +553,14 @@ impl Daemon {
             }
             Some("filter") => self.filter(&argv[1..]),
             Some("tables") => self.tables(&argv[1..]),
+            Some("ipset") => {
+                let cur = self.pipeline.tables.load_full();
+                let (new, reply) = crate::control::ipset::request(&cur, &argv[1..]);
+                if let Some(r) = new {
+                    self.pipeline.tables.store(Arc::new(r));
+                }
+                reply
+            }
             // `uvs knob [NAME=VALUE…]` (see knobs.rs).
             Some("knob") => match knobs::request(&argv[1..], &self.pipeline) {
                 Ok(out) => Reply::ok(out),
@@ -690,10 +700,21 @@ impl Daemon {
     fn reload(&mut self, texts: reload::Texts) -> Reply {
         lifecycle::notify(State::Reloading);
         let mh = self.mh_table_size;
-        // `--tables`: read and parsed before anything changes.
+        // `--ipsets` then `--tables`: read and parsed before anything
+        // changes (the tables against the new sets).
+        let cur_tables = self.pipeline.tables.load_full();
+        let sets = match self.sources.read_ipsets() {
+            Ok(None) => None,
+            Ok(Some(t)) => match crate::control::ipset::from_file(&cur_tables, &t.name, &t.text) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => return self.reload_refused(reload::ReloadError::Apply(e)),
+            },
+            Err(e) => return self.reload_refused(e),
+        };
+        let staged = sets.clone().unwrap_or_else(|| cur_tables.sets.clone());
         let tables = match self.sources.read_tables() {
             Ok(None) => None,
-            Ok(Some(t)) => match crate::datapath::tables::parse(&t.text) {
+            Ok(Some(t)) => match crate::datapath::tables::parse_with(&t.text, &staged) {
                 Ok(r) => Some(r),
                 Err(err) => {
                     return self.reload_refused(reload::ReloadError::Tables { name: t.name, err })
@@ -719,8 +740,14 @@ impl Daemon {
         if let Some(f) = plan.filter {
             self.pipeline.filter.store(Arc::new(f));
         }
+        if let Some(s) = sets {
+            self.pipeline
+                .tables
+                .store(Arc::new(cur_tables.with_sets(s)));
+        }
         if let Some(t) = tables {
             if let Err(e) = self.publish_tables(t) {
+                self.pipeline.tables.store(cur_tables);
                 return self.reload_refused(reload::ReloadError::Apply(e));
             }
         }
@@ -749,13 +776,15 @@ impl Daemon {
             (Some("save"), None) => Reply::ok(cur.save(false)),
             (Some("save"), Some("-c")) => Reply::ok(cur.save(true)),
             (Some("list"), None) => Reply::ok(cur.listing()),
-            (Some("restore"), Some(text)) => match crate::datapath::tables::parse(text) {
-                Ok(new) => match self.publish_tables(new) {
-                    Ok(()) => Reply::ok(""),
-                    Err(e) => Reply::err(format!("uvs tables restore: {e}")),
-                },
-                Err(e) => Reply::err(format!("uvs tables restore: {e}; nothing changed\n")),
-            },
+            (Some("restore"), Some(text)) => {
+                match crate::datapath::tables::parse_with(text, &cur.sets) {
+                    Ok(new) => match self.publish_tables(new) {
+                        Ok(()) => Reply::ok(""),
+                        Err(e) => Reply::err(format!("uvs tables restore: {e}")),
+                    },
+                    Err(e) => Reply::err(format!("uvs tables restore: {e}; nothing changed\n")),
+                }
+            }
             _ => Reply::err("uvs tables: expected restore TEXT | save [-c] | list\n"),
         }
     }
@@ -769,8 +798,10 @@ impl Daemon {
             .into_iter()
             .map(guard::Elem::Service)
             .collect();
-        if merged.nat_on {
+        if merged.nat_on || merged.needs_local {
             merged = merged.with_local_nets(crate::datapath::tables::nat::local_nets());
+        }
+        if merged.nat_on {
             claims.extend(crate::datapath::tables::nat::guard_claims(&merged));
         }
         let (delta, staged) = self.owned.change([(TABLES_OWNER, Some(claims))]);
@@ -938,14 +969,21 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         Some(t) => FilterTable::parse_file(t)?,
         None => FilterTable::default(),
     };
+    let sets = match &opts.ipsets {
+        Some(t) => Arc::new(
+            crate::control::ipset::from_file(&Default::default(), &t.name, &t.text)
+                .map_err(DaemonError::Config)?,
+        ),
+        None => Default::default(),
+    };
     let tables =
         match &opts.tables {
-            Some(t) => Some(crate::datapath::tables::parse(&t.text).map_err(|err| {
-                DaemonError::Tables {
+            Some(t) => Some(crate::datapath::tables::parse_with(&t.text, &sets).map_err(
+                |err| DaemonError::Tables {
                     name: t.name.clone(),
                     err,
-                }
-            })?),
+                },
+            )?),
             None => None,
         };
     let server = socket::Server::bind(&opts.control).map_err(|err| DaemonError::Control {
@@ -1013,6 +1051,8 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     };
     d.commit(&ctl::Applied::Batch(loaded))
         .map_err(DaemonError::Config)?;
+    let with_sets = d.pipeline.tables.load_full().with_sets(sets);
+    d.pipeline.tables.store(Arc::new(with_sets));
     if let Some(t) = tables {
         d.publish_tables(t).map_err(DaemonError::Config)?;
     }

@@ -25,6 +25,8 @@ pub struct Sources {
     pub tables: Option<PathBuf>,
     /// `--keepalived FILE` (its includes are read when it is parsed).
     pub keepalived: Option<PathBuf>,
+    /// `--ipsets FILE` (`ipset save` text).
+    pub ipsets: Option<PathBuf>,
 }
 
 impl Sources {
@@ -43,6 +45,18 @@ impl Sources {
             filter: read(&self.filter)?,
             keepalived: read(&self.keepalived)?,
         })
+    }
+
+    /// Reads the `--ipsets` file, if one was given.
+    pub fn read_ipsets(&self) -> Result<Option<Text>, ReloadError> {
+        let Some(p) = &self.ipsets else {
+            return Ok(None);
+        };
+        let name = p.display().to_string();
+        match std::fs::read_to_string(p) {
+            Ok(text) => Ok(Some(Text { name, text })),
+            Err(err) => Err(ReloadError::Read { name, err }),
+        }
     }
 
     /// Reads the `--tables` file, if one was given.

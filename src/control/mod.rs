@@ -7,6 +7,7 @@ pub mod connlist;
 pub mod ctl;
 pub mod daemon;
 pub mod dest_check;
+pub mod ipset;
 pub mod knobs;
 pub mod lifecycle;
 pub mod metrics;

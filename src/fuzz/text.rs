@@ -63,15 +63,39 @@ pub fn filter(data: &[u8]) {
 }
 
 /// `tables`: the iptables-save parser of the emulated tables
-/// (`datapath::tables::parse`). It never panics; a text it accepts saves
-/// to a text that parses again and saves the same (a fixed point).
+/// (`datapath::tables::parse_with`), after the ipset parser: the text
+/// before the first line that starts with `*` is `ipset save` text
+/// (`datapath::tables::ipset::restore`). Neither panics; a text either
+/// accepts saves to a text that parses again and saves the same (a fixed
+/// point).
 pub fn tables(data: &[u8]) {
+    use crate::datapath::tables::ipset;
     let text = String::from_utf8_lossy(data);
-    let Ok(r) = crate::datapath::tables::parse(&text) else {
+    let split = text
+        .match_indices('*')
+        .find(|(i, _)| *i == 0 || text.as_bytes()[i - 1] == b'\n')
+        .map_or(text.len(), |(i, _)| i);
+    let (sets_text, tables_text) = text.split_at(split);
+    let none = |_: u32| 0;
+    let sets = match ipset::restore(&ipset::Sets::default(), &none, sets_text, false) {
+        Ok(sets) => {
+            let saved = ipset::save(&sets, None);
+            let again = ipset::restore(&ipset::Sets::default(), &none, &saved, false)
+                .unwrap_or_else(|e| panic!("saved sets do not restore ({e}):\n{saved}"));
+            assert_eq!(
+                ipset::save(&again, None),
+                saved,
+                "ipset save is not a fixed point"
+            );
+            sets
+        }
+        Err(_) => ipset::Sets::default(),
+    };
+    let Ok(r) = crate::datapath::tables::parse_with(tables_text, &sets) else {
         return;
     };
     let saved = r.save(false);
-    let again = crate::datapath::tables::parse(&saved)
+    let again = crate::datapath::tables::parse_with(&saved, &sets)
         .unwrap_or_else(|e| panic!("saved text does not parse ({e}):\n{saved}"));
     assert_eq!(again.save(false), saved, "save is not a fixed point");
 }

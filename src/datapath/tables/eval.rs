@@ -60,6 +60,14 @@ pub struct Pkt {
     pub len: u32,
 }
 
+/// What rules look up besides the packet: the ipsets and the director's
+/// addresses (both from the published [`Ruleset`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Env<'a> {
+    pub sets: &'a super::ipset::Sets,
+    pub addrs: &'a super::addrtype::LocalAddrs,
+}
+
 /// A table's decision at one hook point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableVerdict {
@@ -152,7 +160,7 @@ fn pfx(m: Option<(bool, super::Prefix)>, a: IpAddr) -> bool {
 impl Matches {
     /// Whether the packet matches; `ct` is asked (once per packet, by the
     /// caller's memo) only by rules that read the connection table.
-    fn test(&self, k: &Pkt, mark: u32, ct: &mut impl FnMut() -> CtFacts) -> bool {
+    fn test(&self, k: &Pkt, mark: u32, env: Env<'_>, ct: &mut impl FnMut() -> CtFacts) -> bool {
         let ports = |m: &Option<(bool, super::Ports)>, p: u16| {
             m.as_ref()
                 .is_none_or(|(n, r)| k.has_ports && r.contains(p) != *n)
@@ -166,6 +174,8 @@ impl Matches {
             && self.iif_lo.is_none_or(|n| n)
             && self.oif_lo.is_none_or(|n| n)
             && self.mark.is_none_or(|(n, v, m)| ((mark & m) == v) != n)
+            && self.addrtype.as_ref().is_none_or(|a| a.test(env.addrs, k.src, k.dst))
+            && self.sets.iter().all(|m| m.test(env.sets, k))
             && self.ct_test(ct)
     }
 
@@ -209,6 +219,7 @@ impl Table {
         point: HookPoint,
         k: &Pkt,
         mark: &mut u32,
+        env: Env<'_>,
         ct: &mut impl FnMut() -> CtFacts,
     ) -> Option<TableVerdict> {
         let base = self.at[point as usize]?;
@@ -225,7 +236,7 @@ impl Table {
             let mut next = None;
             while let Some(p) = f.next(&lists) {
                 let r = &chain.rules[p as usize];
-                if r.m.test(k, *mark, ct) {
+                if r.m.test(k, *mark, env, ct) {
                     self.count(chain.first + p as usize, k.len);
                     // Where `uvs trace` records the rule applied (branch
                     // `trace`'s `trace::rule(point, self.id.priority(point),
@@ -306,8 +317,14 @@ impl Ruleset {
         mark: &mut u32,
         ct: &mut impl FnMut() -> CtFacts,
     ) -> TableVerdict {
+        let env = Env {
+            sets: &self.sets,
+            addrs: &self.addrs,
+        };
         match self.table(id) {
-            Some(t) => t.run(point, k, mark, ct).unwrap_or(TableVerdict::Accept),
+            Some(t) => t
+                .run(point, k, mark, env, ct)
+                .unwrap_or(TableVerdict::Accept),
             None => TableVerdict::Accept,
         }
     }

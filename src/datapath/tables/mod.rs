@@ -21,11 +21,18 @@
 //!   mapping.
 //! * What uvs does not do yet is refused at load with the line's number,
 //!   never accepted and ignored: REDIRECT, SNAT at INPUT, address ranges,
-//!   `-m set` (ipsets), `-i`/`-o` with other interfaces than `lo` (uvs
+//!   `-i`/`-o` with other interfaces than `lo` (uvs
 //!   does not see loopback traffic, so `-i lo` never matches, as for the
 //!   kernel's packets from outside).
+//! * `-m set` matches the emulated ipsets ([`ipset`]), which live in the
+//!   same published snapshot: a set change is a new [`Ruleset`] sharing
+//!   every table ([`Ruleset::with_sets`]). A rule naming a set that does
+//!   not exist is refused at load.
+//! * `-m addrtype` types addresses by the director's own ([`addrtype`]).
 
+pub mod addrtype;
 mod eval;
+pub mod ipset;
 pub mod nat;
 pub mod natct;
 mod parse;
@@ -39,7 +46,7 @@ use foldhash::HashMap;
 use crate::datapath::hooks::HookPoint;
 
 pub use eval::{CtFacts, CtState, IpvsFacts, Pkt, TableVerdict};
-pub use parse::parse;
+pub use parse::{parse, parse_with};
 
 /// A text that could not be loaded: the line (1-based) and why.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -150,6 +157,10 @@ pub struct Matches {
     /// `--ctstate` bits ([`CtState`]).
     pub ctstate: Option<(bool, u8)>,
     pub ipvs: Option<IpvsMatch>,
+    /// `-m set --match-set` (each must match).
+    pub sets: Vec<ipset::SetMatch>,
+    /// `-m addrtype`.
+    pub addrtype: Option<addrtype::AddrType>,
 }
 
 /// Rule targets.
@@ -245,6 +256,12 @@ thread_local! {
     static MY_SLOT: usize = NEXT_SLOT.fetch_add(1, Relaxed) % SLOTS;
 }
 
+/// This thread's counter slot.
+#[inline]
+pub(crate) fn my_slot() -> usize {
+    MY_SLOT.try_with(|s| *s).unwrap_or(0)
+}
+
 /// One table: chains, the built-ins' positions by hook point, counters.
 #[derive(Debug)]
 pub struct Table {
@@ -301,8 +318,7 @@ impl Table {
 
     #[inline]
     pub(crate) fn count(&self, counter: usize, bytes: u32) {
-        let i = MY_SLOT.try_with(|s| *s).unwrap_or(0);
-        if let Some(c) = self.slots[i].0.get(counter) {
+        if let Some(c) = self.slots[my_slot()].0.get(counter) {
             c[0].fetch_add(1, Relaxed);
             c[1].fetch_add(u64::from(bytes), Relaxed);
         }
@@ -346,6 +362,12 @@ pub struct Ruleset {
     pub nat_on: bool,
     /// The director's addresses, for MASQUERADE (set by the daemon).
     pub local: nat::LocalNets,
+    /// The same, hashed, for `-m addrtype` (built with `local`).
+    pub addrs: std::sync::Arc<addrtype::LocalAddrs>,
+    /// Some rule has `-m addrtype` (then the daemon reads `local`).
+    pub needs_local: bool,
+    /// The ipsets `-m set` rules look up (ids fixed at parse).
+    pub sets: std::sync::Arc<ipset::Sets>,
 }
 
 impl Default for Ruleset {
@@ -356,6 +378,9 @@ impl Default for Ruleset {
             empty: true,
             nat_on: false,
             local: nat::LocalNets::default(),
+            addrs: Default::default(),
+            needs_local: false,
+            sets: Default::default(),
         }
     }
 }
@@ -370,13 +395,49 @@ impl Ruleset {
         r.needs_ct = r.compute_needs_ct();
         r.empty = r.compute_empty();
         r.nat_on = r.table(TableId::Nat).is_some_and(|t| t.n_rules > 0);
+        r.needs_local = r.any_rule(|r| r.m.addrtype.is_some());
         r
     }
 
-    /// This ruleset with MASQUERADE's addresses.
+    /// This ruleset with MASQUERADE's (and `-m addrtype`'s) addresses.
     pub fn with_local_nets(mut self, local: nat::LocalNets) -> Ruleset {
+        self.addrs = std::sync::Arc::new(addrtype::LocalAddrs::from_nets(&local));
         self.local = local;
         self
+    }
+
+    /// This ruleset with other ipsets: the tables are shared, so a set
+    /// change costs the set's new version, not the tables. The ids the
+    /// rules hold must still name the same sets (the ipset commands never
+    /// renumber a set, and never destroy one in use).
+    pub fn with_sets(&self, sets: std::sync::Arc<ipset::Sets>) -> Ruleset {
+        Ruleset {
+            tables: self.tables.clone(),
+            needs_ct: self.needs_ct,
+            empty: self.empty,
+            nat_on: self.nat_on,
+            local: self.local.clone(),
+            addrs: self.addrs.clone(),
+            needs_local: self.needs_local,
+            sets,
+        }
+    }
+
+    fn any_rule(&self, f: impl Fn(&Rule) -> bool) -> bool {
+        self.tables
+            .iter()
+            .flatten()
+            .any(|t| t.chains.iter().flat_map(|c| &c.rules).any(&f))
+    }
+
+    /// How many rules look up set `id` (ipset's References).
+    pub fn set_refs(&self, id: u32) -> usize {
+        self.tables
+            .iter()
+            .flatten()
+            .flat_map(|t| t.chains.iter().flat_map(|c| &c.rules))
+            .filter(|r| r.m.sets.iter().any(|m| m.id == id))
+            .count()
     }
 
     fn compute_needs_ct(&self) -> bool {
@@ -398,7 +459,12 @@ impl Ruleset {
         r.needs_ct = r.compute_needs_ct();
         r.empty = r.compute_empty();
         r.nat_on = r.table(TableId::Nat).is_some_and(|t| t.n_rules > 0);
+        r.needs_local = r.any_rule(|r| r.m.addrtype.is_some());
         r.local = self.local.clone();
+        r.addrs = self.addrs.clone();
+        // Tables are parsed against the current sets (`parse_with`): the
+        // sets stay.
+        r.sets = self.sets.clone();
         r
     }
 

@@ -6,7 +6,7 @@ use crate::datapath::tables::nat::{NatKind, NatTo};
 use crate::datapath::tables::natct::PortPick;
 
 /// The nat table of a kube-proxy IPVS-mode node, with the ipset match
-/// written as plain -d/--dport (uvs refuses `-m set`).
+/// written as plain -d/--dport (the `-m set` form is in `ipset/tests.rs`).
 pub const KUBE_NAT: &str = "\
 *nat
 :PREROUTING ACCEPT [0:0]
@@ -124,7 +124,7 @@ fn nat_options_and_refusals_name_their_line() {
     assert!(err("-A PREROUTING -j DROP").contains("not for filtering"));
     assert!(
         err("-A PREROUTING -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT")
-            .contains("-m set")
+            .contains("set KUBE-CLUSTER-IP doesn't exist")
     );
     // A user chain with a MASQUERADE jumped to from PREROUTING.
     let e =

@@ -18,6 +18,12 @@ pub const MAX_DEPTH: usize = 16;
 /// [pkts:bytes]`, `-N`, `-A`, `-I`, `COMMIT`; `#` comments). The first
 /// error ends it, naming its line.
 pub fn parse(text: &str) -> Result<Ruleset, TablesError> {
+    parse_with(text, &super::ipset::Sets::default())
+}
+
+/// [`parse`] with the ipsets that `-m set` rules may name (a rule naming
+/// another set is refused, as iptables does); the ruleset holds them.
+pub fn parse_with(text: &str, sets: &super::ipset::Sets) -> Result<Ruleset, TablesError> {
     let mut done: Vec<Table> = Vec::new();
     let mut cur: Option<Building> = None;
     for (i, raw) in text.lines().enumerate() {
@@ -66,7 +72,7 @@ pub fn parse(text: &str) -> Result<Ruleset, TablesError> {
             continue;
         }
         let words = tokenize(l).map_err(err)?;
-        b.command(&words, line).map_err(err)?;
+        b.command(&words, line, sets).map_err(err)?;
     }
     if let Some(b) = cur {
         return Err(TablesError {
@@ -74,7 +80,9 @@ pub fn parse(text: &str) -> Result<Ruleset, TablesError> {
             msg: format!("*{} has no COMMIT", b.id.name()),
         });
     }
-    Ok(Ruleset::from_tables(done))
+    let mut r = Ruleset::from_tables(done);
+    r.sets = std::sync::Arc::new(sets.clone());
+    Ok(r)
 }
 
 /// A rule whose jump is still a name (chains may be declared after use
@@ -172,7 +180,12 @@ impl Building {
         Ok(())
     }
 
-    fn command(&mut self, words: &[Word], line: usize) -> Result<(), String> {
+    fn command(
+        &mut self,
+        words: &[Word],
+        line: usize,
+        sets: &super::ipset::Sets,
+    ) -> Result<(), String> {
         let mut w = words;
         let mut base = (0, 0);
         if let Some(c) = w.first().filter(|c| c.text.starts_with('[')) {
@@ -212,7 +225,7 @@ impl Building {
                         rest = &rest[1..];
                     }
                 }
-                let r = rule(self.id, rest, base, line)?;
+                let r = rule(self.id, rest, base, line, sets)?;
                 let rules = &mut self.chains[ci].rules;
                 match at {
                     None => rules.push(r),
@@ -453,7 +466,13 @@ fn parse_proto(s: &str) -> Result<u8, String> {
 }
 
 /// Parses the words after `-A CHAIN` into a rule of table `id`.
-fn rule(id: TableId, words: &[Word], base: (u64, u64), line: usize) -> Result<PendingRule, String> {
+fn rule(
+    id: TableId,
+    words: &[Word],
+    base: (u64, u64),
+    line: usize,
+    sets: &super::ipset::Sets,
+) -> Result<PendingRule, String> {
     let mut m = Matches::default();
     let mut target = Target::None;
     let mut target_name: Option<String> = None;
@@ -520,12 +539,9 @@ fn rule(id: TableId, words: &[Word], base: (u64, u64), line: usize) -> Result<Pe
                     "state",
                     "ipvs",
                     "comment",
+                    "set",
+                    "addrtype",
                 ];
-                if name == "set" {
-                    return Err(
-                        "match '-m set' (ipsets, kube-proxy's --match-set) is not emulated: write the set's members as -d/-s/--dport rules".into(),
-                    );
-                }
                 let Some(k) = known.iter().find(|k| **k == name) else {
                     return Err(format!(
                         "match '-m {name}' is not emulated ({})",
@@ -632,6 +648,30 @@ fn rule(id: TableId, words: &[Word], base: (u64, u64), line: usize) -> Result<Pe
                             });
                     }
                 }
+            }
+            "--match-set" | "--set" => {
+                needs("set", &modules)?;
+                let name = next(&mut i, "a set name", w)?;
+                let flags = next(&mut i, "src/dst flags", w)?;
+                m.sets
+                    .push(super::ipset::parse_match(sets, n, &name, &flags)?);
+            }
+            "--src-type" | "--dst-type" => {
+                needs("addrtype", &modules)?;
+                let t = super::addrtype::parse_types(&next(&mut i, "address types", w)?)?;
+                let a = m.addrtype.get_or_insert_with(Default::default);
+                let side = if w == "--src-type" {
+                    &mut a.src
+                } else {
+                    &mut a.dst
+                };
+                if side.is_some() {
+                    return Err(format!("{w} twice"));
+                }
+                *side = Some((n, t));
+            }
+            "--limit-iface-in" | "--limit-iface-out" => {
+                return Err(format!("{w}: uvs's tables do not match interfaces yet"))
             }
             "--comment" => {
                 needs("comment", &modules)?;
@@ -780,6 +820,10 @@ fn rule(id: TableId, words: &[Word], base: (u64, u64), line: usize) -> Result<Pe
                 | "--vport"
                 | "--vproto"
                 | "--vmethod"
+                | "--match-set"
+                | "--set"
+                | "--src-type"
+                | "--dst-type"
         ) {
             return Err(format!("'!' cannot negate {w}"));
         }
