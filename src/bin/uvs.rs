@@ -166,6 +166,15 @@ enum Cmd {
         /// default) sleeps at once.
         #[arg(long = "busy-poll", value_name = "USECS", default_value_t = 0)]
         busy_poll: u32,
+        /// Adaptive spin, for shared cores: after a round that found
+        /// packets, a worker polls its sources again for up to USECS
+        /// microseconds before it sleeps, but only while recent gaps
+        /// between packets were that short (an answer coming back from a
+        /// real server); gaps longer than USECS, or being descheduled
+        /// while spinning, shrink the spin to nothing. 0 turns it off;
+        /// --busy-poll overrides it.
+        #[arg(long = "idle-spin", value_name = "USECS", default_value_t = 50)]
+        idle_spin: u32,
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by
         /// default; a loopback address is suggested).
         #[arg(long, value_name = "ADDR:PORT")]
@@ -541,6 +550,7 @@ fn real_main() -> Result<ExitCode> {
             amemthresh,
             io,
             busy_poll,
+            idle_spin,
             metrics,
             bgp,
             local_src,
@@ -593,6 +603,7 @@ fn real_main() -> Result<ExitCode> {
                     Io::AfPacket => IoMode::AfPacket,
                 },
                 busy_poll_us: busy_poll,
+                idle_spin_us: idle_spin,
                 sources,
                 metrics,
                 bgp,
