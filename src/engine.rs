@@ -110,9 +110,45 @@ pub struct EngineConfig {
     /// ([`crate::io::idle`]), in microseconds; 0 = off. `--busy-poll`
     /// overrides it.
     pub idle_spin_us: u32,
+    /// `--worker-nice`: the workers' nice value (0: as the process).
+    pub worker_nice: i32,
     /// Local clients (`--local-src`): the `uvs-lo` TUN device, read by
     /// worker 0 at LOCAL_OUT and written by every worker's egress.
     pub local: Option<(crate::io::tun_local::LocalIo, u32)>,
+}
+
+/// How the workers wait for packets and at what priority they run.
+#[derive(Debug, Clone, Copy)]
+struct Sched {
+    busy_poll_us: u32,
+    idle_spin_us: u32,
+    nice: i32,
+}
+
+impl EngineConfig {
+    fn sched(&self) -> Sched {
+        Sched {
+            busy_poll_us: self.busy_poll_us,
+            idle_spin_us: self.idle_spin_us,
+            nice: self.worker_nice,
+        }
+    }
+}
+
+/// Sets the calling thread's nice value. A worker forwards what the kernel
+/// would forward in softirq context, ahead of every process; at the
+/// processes' priority a load generator or a build on the same cores takes
+/// its CPU and the ring overflows.
+fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority with PRIO_PROCESS and a thread id changes only
+    // that thread's nice value (Linux); no memory is passed.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Which packet backend the workers use (`uvs run --io`).
@@ -259,13 +295,8 @@ impl Engine {
                     .into_iter()
                     .map(|(rx, tx)| Backend { rx, tx })
                     .collect();
-                let mut e = Self::start_inner(
-                    pipeline,
-                    ifaces,
-                    backends,
-                    (cfg.busy_poll_us, cfg.idle_spin_us),
-                    cfg.local.clone(),
-                )?;
+                let mut e =
+                    Self::start_inner(pipeline, ifaces, backends, cfg.sched(), cfg.local.clone())?;
                 e.io = IoBackend::AfXdp(io);
                 return Ok(e);
             }
@@ -280,13 +311,7 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
-        let mut e = Self::start_inner(
-            pipeline,
-            ifaces,
-            backends,
-            (cfg.busy_poll_us, cfg.idle_spin_us),
-            cfg.local.clone(),
-        )?;
+        let mut e = Self::start_inner(pipeline, ifaces, backends, cfg.sched(), cfg.local.clone())?;
         e.io = IoBackend::AfPacket { why };
         Ok(e)
     }
@@ -304,17 +329,26 @@ impl Engine {
         R: RxSource + Send + 'static,
         T: TxSink + Send + 'static,
     {
-        Self::start_inner(pipeline, ifaces, backends, (busy_poll_us, 0), None)
+        let sched = Sched {
+            busy_poll_us,
+            idle_spin_us: 0,
+            nice: 0,
+        };
+        Self::start_inner(pipeline, ifaces, backends, sched, None)
     }
 
-    /// [`Engine::start_with`], with the adaptive spin's ceiling after the
-    /// busy-poll time, and the local-client device (and its interface
-    /// index) if there is one.
+    /// [`Engine::start_with`], with how the workers wait and their nice
+    /// value, and the local-client device (and its interface index) if
+    /// there is one.
     fn start_inner<R, T>(
         pipeline: Arc<Pipeline>,
         ifaces: Vec<Iface>,
         backends: Vec<Backend<R, T>>,
-        (busy_poll_us, idle_spin_us): (u32, u32),
+        Sched {
+            busy_poll_us,
+            idle_spin_us,
+            nice,
+        }: Sched,
         local: Option<(crate::io::tun_local::LocalIo, u32)>,
     ) -> Result<Engine, EngineError>
     where
@@ -392,6 +426,11 @@ impl Engine {
                 std::thread::Builder::new()
                     .name(name.clone())
                     .spawn(move || {
+                        if nice != 0 {
+                            if let Err(e) = set_thread_nice(nice) {
+                                log::warn!("{name}: --worker-nice {nice} not applied: {e}");
+                            }
+                        }
                         f.guard(&name, &sp, || w.run(&pl, &st.workers[id], &rs, &sp, epoch));
                     })?,
             );
