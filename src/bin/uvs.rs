@@ -163,7 +163,7 @@ enum Cmd {
         /// (under AF_XDP the sockets also get SO_BUSY_POLL and
         /// SO_PREFER_BUSY_POLL, so the polling runs the device's receive
         /// processing). Costs a core per worker while traffic flows; 0 (the
-        /// default) sleeps at once.
+        /// default) sleeps at once. Overrides --idle-spin.
         #[arg(long = "busy-poll", value_name = "USECS", default_value_t = 0)]
         busy_poll: u32,
         /// Adaptive spin: after a round that found packets, a worker polls
