@@ -5,7 +5,12 @@ on how busy the machine is: context switches (voluntary and not), syscalls
 forwarded. Needs root; builds its own lab (prefix uxio) and removes it.
 
     scripts/io_perpacket.py [--uvs target/debug/uvs] [--io af_packet|af_xdp]
-                            [--workers N] [-- EXTRA uvs run ARGS]
+                            [--workers N] [--reps N] [--perf-record DIR]
+                            [-- EXTRA uvs run ARGS]
+
+With --perf-record, `perf record -a -g` runs over each case (bounded by the
+case's time limit) and `perf report` writes, into DIR, the split by thread
+and DSO and the top kernel symbols of the uvs worker threads.
 
 Two bounded runs through a UDP NAT service (192.0.2.10:53, two echo
 servers): `serial` (one datagram in flight: request, answer, next) and
@@ -131,7 +136,20 @@ SYSCALLS = ["epoll_wait", "epoll_pwait", "sendmmsg", "sendto", "recvfrom",
             "getsockopt", "sched_yield", "poll", "futex", "write", "read"]
 
 
-def run_case(pid, sock, mode, n, limit):
+def perf_report(data, out):
+    """The shares a profile gives whatever the machine's load: by thread
+    and DSO, and the uvs workers' own symbols."""
+    with open(out, "w") as f:
+        for extra in (["--sort", "comm,dso", "--percent-limit", "0.7"],
+                      ["--comms", "uvs-worker-0", "--percentage", "relative", "--sort", "dso,sym",
+                       "--percent-limit", "0.5"]):
+            r = subprocess.run(["perf", "report", "-i", data, "--no-children", "-g", "none",
+                                "--stdio"] + extra,
+                               capture_output=True, text=True)
+            f.write(r.stdout)
+
+
+def run_case(pid, sock, mode, n, limit, rep=0):
     tids = worker_tids(pid)
     before = {t: task_figures(pid, t) for t in tids}
     s0 = flat(stats(sock))
@@ -142,12 +160,23 @@ def run_case(pid, sock, mode, n, limit):
          "-t", ",".join(map(str, tids)), "--", "sleep", str(limit + 1.5)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    rec = None
+    if args.perf_record:
+        data = os.path.join(args.perf_record, f"{mode}-{rep}.data")
+        rec = subprocess.Popen(["perf", "record", "-a", "-g", "-q", "-o", data, "--",
+                                "sleep", str(limit)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
     c = subprocess.run(
         ["ip", "netns", "exec", f"{P}-c", sys.executable, "-c", CLIENT, mode, str(n), str(limit)],
         check=True, capture_output=True, text=True, timeout=limit + 10,
     )
     res = json.loads(c.stdout)
+    if rec:
+        # Ends with its own bounded sleep; stop it early once traffic ended.
+        rec.send_signal(2)
+        rec.wait(timeout=limit + 30)
+        perf_report(data, data.replace(".data", ".txt"))
     time.sleep(0.3)
     s1 = flat(stats(sock))
     after = {t: task_figures(pid, t) for t in tids}
@@ -186,6 +215,8 @@ def main():
     ap.add_argument("--workers", default="", help="default: uvs's own")
     ap.add_argument("--serial", type=int, default=3000)
     ap.add_argument("--burst", type=int, default=60000)
+    ap.add_argument("--reps", type=int, default=1, help="repetitions of both cases")
+    ap.add_argument("--perf-record", default="", help="directory for perf profiles")
     ap.add_argument("extra", nargs="*")
     args = ap.parse_args()
     args.uvs = os.path.abspath(args.uvs)
@@ -216,10 +247,11 @@ def main():
         # Warm up: ARP, neighbours, connections.
         subprocess.run(["ip", "netns", "exec", f"{P}-c", sys.executable, "-c", CLIENT, "serial", "50", "3"],
                        check=True, capture_output=True)
-        rows = [run_case(d.pid, sock, "serial", args.serial, 8.0),
-                run_case(d.pid, sock, "burst", args.burst, 8.0)]
-        for r in rows:
-            print(json.dumps(r))
+        if args.perf_record:
+            os.makedirs(args.perf_record, exist_ok=True)
+        for k in range(args.reps):
+            for mode, n in (("serial", args.serial), ("burst", args.burst)):
+                print(json.dumps(run_case(d.pid, sock, mode, n, 8.0, k)), flush=True)
     finally:
         for p in reversed(procs):
             p.terminate()

@@ -23,6 +23,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::datapath::egress::Egress;
 use crate::datapath::pipeline::Pipeline;
 use crate::datapath::stats::{add, DropReason, Stats, WorkerStats};
+use crate::io::idle::Idle;
 use crate::io::tun_local::{LocalRx, LocalSink};
 use crate::io::{RxBatch, RxFrame, RxRing, RxSkip, RxSource, TxBatch, TxQueue, TxSink};
 use crate::sys::neigh::{Resolver, ResolverConfig};
@@ -105,9 +106,49 @@ pub struct EngineConfig {
     /// `--busy-poll`: microseconds a worker keeps polling its sources
     /// after they ran dry before it sleeps; 0 = sleep at once (default).
     pub busy_poll_us: u32,
+    /// `--idle-spin`: the ceiling of the adaptive spin after a busy round
+    /// ([`crate::io::idle`]), in microseconds; 0 = off. `--busy-poll`
+    /// overrides it.
+    pub idle_spin_us: u32,
+    /// `--worker-nice`: the workers' nice value (0: as the process).
+    pub worker_nice: i32,
     /// Local clients (`--local-src`): the `uvs-lo` TUN device, read by
     /// worker 0 at LOCAL_OUT and written by every worker's egress.
     pub local: Option<(crate::io::tun_local::LocalIo, u32)>,
+}
+
+/// How the workers wait for packets and at what priority they run.
+#[derive(Debug, Clone, Copy)]
+struct Sched {
+    busy_poll_us: u32,
+    idle_spin_us: u32,
+    nice: i32,
+}
+
+impl EngineConfig {
+    fn sched(&self) -> Sched {
+        Sched {
+            busy_poll_us: self.busy_poll_us,
+            idle_spin_us: self.idle_spin_us,
+            nice: self.worker_nice,
+        }
+    }
+}
+
+/// Sets the calling thread's nice value. A worker forwards what the kernel
+/// would forward in softirq context, ahead of every process; at the
+/// processes' priority a load generator or a build on the same cores takes
+/// its CPU and the ring overflows.
+fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority with PRIO_PROCESS and a thread id changes only
+    // that thread's nice value (Linux); no memory is passed.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Which packet backend the workers use (`uvs run --io`).
@@ -194,8 +235,8 @@ struct Worker<R, T> {
     tx: T,
     egress: Egress,
     poll: Poll,
-    /// How long to keep polling empty sources before sleeping.
-    busy_poll: Duration,
+    /// Whether to poll empty sources again or sleep.
+    idle: Idle,
     /// The local-client device (worker 0 only).
     local: Option<LocalRx>,
     /// Whether it may hold packets (edge-triggered readiness seen, and
@@ -254,13 +295,8 @@ impl Engine {
                     .into_iter()
                     .map(|(rx, tx)| Backend { rx, tx })
                     .collect();
-                let mut e = Self::start_inner(
-                    pipeline,
-                    ifaces,
-                    backends,
-                    cfg.busy_poll_us,
-                    cfg.local.clone(),
-                )?;
+                let mut e =
+                    Self::start_inner(pipeline, ifaces, backends, cfg.sched(), cfg.local.clone())?;
                 e.io = IoBackend::AfXdp(io);
                 return Ok(e);
             }
@@ -275,13 +311,7 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
-        let mut e = Self::start_inner(
-            pipeline,
-            ifaces,
-            backends,
-            cfg.busy_poll_us,
-            cfg.local.clone(),
-        )?;
+        let mut e = Self::start_inner(pipeline, ifaces, backends, cfg.sched(), cfg.local.clone())?;
         e.io = IoBackend::AfPacket { why };
         Ok(e)
     }
@@ -299,16 +329,26 @@ impl Engine {
         R: RxSource + Send + 'static,
         T: TxSink + Send + 'static,
     {
-        Self::start_inner(pipeline, ifaces, backends, busy_poll_us, None)
+        let sched = Sched {
+            busy_poll_us,
+            idle_spin_us: 0,
+            nice: 0,
+        };
+        Self::start_inner(pipeline, ifaces, backends, sched, None)
     }
 
-    /// [`Engine::start_with`], with the local-client device (and its
-    /// interface index) if there is one.
+    /// [`Engine::start_with`], with how the workers wait and their nice
+    /// value, and the local-client device (and its interface index) if
+    /// there is one.
     fn start_inner<R, T>(
         pipeline: Arc<Pipeline>,
         ifaces: Vec<Iface>,
         backends: Vec<Backend<R, T>>,
-        busy_poll_us: u32,
+        Sched {
+            busy_poll_us,
+            idle_spin_us,
+            nice,
+        }: Sched,
         local: Option<(crate::io::tun_local::LocalIo, u32)>,
     ) -> Result<Engine, EngineError>
     where
@@ -350,7 +390,11 @@ impl Engine {
                 tx: b.tx,
                 egress,
                 poll,
-                busy_poll: Duration::from_micros(u64::from(busy_poll_us)),
+                idle: match (busy_poll_us, idle_spin_us) {
+                    (0, 0) => Idle::off(),
+                    (0, us) => Idle::adaptive(u64::from(us) * 1000),
+                    (us, _) => Idle::fixed(u64::from(us) * 1000),
+                },
                 local: local_rx,
                 local_ready: true,
             });
@@ -382,6 +426,11 @@ impl Engine {
                 std::thread::Builder::new()
                     .name(name.clone())
                     .spawn(move || {
+                        if nice != 0 {
+                            if let Err(e) = set_thread_nice(nice) {
+                                log::warn!("{name}: --worker-nice {nice} not applied: {e}");
+                            }
+                        }
                         f.guard(&name, &sp, || w.run(&pl, &st.workers[id], &rs, &sp, epoch));
                     })?,
             );
@@ -461,18 +510,21 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
     ) {
         let mut events = Events::with_capacity(64);
         let mut drops_read = 0;
-        // Busy polling: since when the sources have been found empty.
-        let mut idle_since: Option<Instant> = None;
+        let ns = || epoch.elapsed().as_nanos() as u64;
         while !stop.load(Ordering::Relaxed) {
-            let spin = !self.busy_poll.is_zero()
-                && idle_since.is_none_or(|t| t.elapsed() < self.busy_poll);
-            if spin {
-                // A core's worth of polling instead of a sleep and a wake-up.
-                // (No yield between polls: measured with other work on the
-                // core, each yield gave it a whole time slice and a serial
+            // One clock read per round that may find packets (measured: the
+            // reads were about 4% of a worker's samples when each round,
+            // empty or not, read it again).
+            let mut t = ns();
+            if self.idle.spin(t) {
+                // Polling again instead of a sleep and a wake-up. (No yield
+                // between polls: measured with other work on the core, each
+                // yield gave it a whole time slice and a serial
                 // request/answer took several times longer.)
-                for rx in &mut self.rx {
-                    rx.busy_poll();
+                if self.idle.is_fixed() {
+                    for rx in &mut self.rx {
+                        rx.busy_poll();
+                    }
                 }
                 std::hint::spin_loop();
                 self.local_ready = true;
@@ -481,13 +533,14 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
                 // round; the timeout bounds how late a stop or parked retry
                 // is seen.
                 let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
-                idle_since = None;
+                t = ns();
+                self.idle.woke(t);
                 // The TUN is read only once it says it has packets.
                 self.local_ready |= events.iter().any(|e| e.token() == LOCAL);
             }
             let mut round = 0;
             loop {
-                let now = epoch.elapsed().as_millis() as u64;
+                let now = t / 1_000_000;
                 let mut cx = Round {
                     pl,
                     egress: &mut self.egress,
@@ -508,18 +561,19 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
                 if got == 0 {
                     break;
                 }
+                t = ns();
             }
             if round > 0 {
-                idle_since = None;
-            } else if idle_since.is_none() {
-                idle_since = Some(Instant::now());
+                self.idle.busy();
             }
-            let now = epoch.elapsed().as_millis() as u64;
+            let now = t / 1_000_000;
             if self.egress.parked() > 0 {
                 self.egress.retry_parked(rs, now, st, &mut self.tx.queue());
             }
             let c = self.tx.take_counts();
-            add(&st.tx, c.sent);
+            if c.sent > 0 {
+                add(&st.tx, c.sent);
+            }
             if c.dropped > 0 {
                 add(&st.drops[DropReason::TxFailed as usize], c.dropped);
             }

@@ -1060,7 +1060,8 @@ fn io_auto_says_which_backend_and_af_xdp_refuses_clearly() {
 
 /// `--busy-poll`: workers that spin before sleeping (AF_XDP sockets with
 /// SO_BUSY_POLL / SO_PREFER_BUSY_POLL) forward like sleeping ones, under
-/// both backends.
+/// both backends; so do workers with the adaptive spin (`--idle-spin`), in
+/// the same lab.
 #[test]
 fn busy_poll_forwards_under_both_backends() {
     if !root_or_skip("busy_poll_forwards_under_both_backends") {
@@ -1072,32 +1073,38 @@ fn busy_poll_forwards_under_both_backends() {
         let lab = Lab::up(&prefix, &[]).expect("lab up");
         let _s1 = uvs::lab::serve_in(&lab.ns("rs1"), "rs1", 80, 53).expect("rs1 server");
         let _s2 = uvs::lab::serve_in(&lab.ns("rs2"), "rs2", 80, 53).expect("rs2 server");
-        let d = uvs::lab::Director::start(
-            &lab,
-            std::path::Path::new(env!("CARGO_BIN_EXE_uvs")),
-            &["--io", io, "--busy-poll", "200", "--workers", "1"],
-        )
-        .unwrap_or_else(|e| panic!("uvs run --io {io} --busy-poll 200: {e}"));
-        for c in [
-            "-A -t 192.0.2.10:80 -s rr",
-            "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
-            "-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m",
-        ] {
-            d.uvsadm(c)
-                .unwrap_or_else(|e| panic!("{c}: {e}\n{}", d.log_text()));
-        }
-        let t = netns::run_in(&lab.ns("c"), || {
-            uvs::lab::tcp_requests(
-                "192.0.2.10:80".parse().unwrap(),
-                40,
-                Duration::from_secs(60),
+        for spin in [["--busy-poll", "200"], ["--idle-spin", "50"]] {
+            let d = uvs::lab::Director::start(
+                &lab,
+                std::path::Path::new(env!("CARGO_BIN_EXE_uvs")),
+                &["--io", io, spin[0], spin[1], "--workers", "1"],
             )
-        })
-        .unwrap();
-        assert_eq!(t.failures, 0, "{io}: {t:?}\n{}", d.log_text());
-        assert_eq!((t.count("rs1"), t.count("rs2")), (20, 20), "{io}: {t:?}");
-        let status = d.stop().expect("stop");
-        assert!(status.success(), "{io}: exit {status}");
+            .unwrap_or_else(|e| panic!("uvs run --io {io} {spin:?}: {e}"));
+            for c in [
+                "-A -t 192.0.2.10:80 -s rr",
+                "-a -t 192.0.2.10:80 -r 203.0.113.11:80 -m",
+                "-a -t 192.0.2.10:80 -r 203.0.113.12:80 -m",
+            ] {
+                d.uvsadm(c)
+                    .unwrap_or_else(|e| panic!("{c}: {e}\n{}", d.log_text()));
+            }
+            let t = netns::run_in(&lab.ns("c"), || {
+                uvs::lab::tcp_requests(
+                    "192.0.2.10:80".parse().unwrap(),
+                    40,
+                    Duration::from_secs(60),
+                )
+            })
+            .unwrap();
+            assert_eq!(t.failures, 0, "{io} {spin:?}: {t:?}\n{}", d.log_text());
+            assert_eq!(
+                (t.count("rs1"), t.count("rs2")),
+                (20, 20),
+                "{io} {spin:?}: {t:?}"
+            );
+            let status = d.stop().expect("stop");
+            assert!(status.success(), "{io} {spin:?}: exit {status}");
+        }
         drop(lab);
     }
 }

@@ -168,9 +168,31 @@ enum Cmd {
         /// (under AF_XDP the sockets also get SO_BUSY_POLL and
         /// SO_PREFER_BUSY_POLL, so the polling runs the device's receive
         /// processing). Costs a core per worker while traffic flows; 0 (the
-        /// default) sleeps at once.
+        /// default) sleeps at once. Overrides --idle-spin.
         #[arg(long = "busy-poll", value_name = "USECS", default_value_t = 0)]
         busy_poll: u32,
+        /// Adaptive spin: after a round that found packets, a worker polls
+        /// its sources again for up to USECS microseconds before it
+        /// sleeps, but only while recent gaps between packets were that
+        /// short (a real server's answer to what it just forwarded); gaps
+        /// longer than USECS, or being descheduled while spinning, shrink
+        /// the spin to nothing. It saves a sleep and a wake-up per packet
+        /// of request/answer traffic at the price of CPU while it spins. 0
+        /// (the default) sleeps at once; --busy-poll overrides it.
+        #[arg(long = "idle-spin", value_name = "USECS", default_value_t = 0)]
+        idle_spin: u32,
+        /// Nice value of the worker threads, -20 (first) to 19. The kernel
+        /// runs its own forwarding in softirq context, ahead of every
+        /// process; a negative value gives uvs's workers the CPU before
+        /// other processes on shared cores (a load generator, a build), so
+        /// their rings do not overflow while those run. 0 (the default)
+        /// leaves them at the process's priority. Needs CAP_SYS_NICE for a
+        /// negative value; where refused, a warning and the workers run
+        /// unchanged.
+        #[arg(long = "worker-nice", value_name = "N", default_value_t = 0,
+              allow_negative_numbers = true,
+              value_parser = clap::value_parser!(i32).range(-20..=19))]
+        worker_nice: i32,
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by
         /// default; a loopback address is suggested).
         #[arg(long, value_name = "ADDR:PORT")]
@@ -563,6 +585,8 @@ fn real_main() -> Result<ExitCode> {
             amemthresh,
             io,
             busy_poll,
+            idle_spin,
+            worker_nice,
             metrics,
             bgp,
             local_src,
@@ -618,6 +642,8 @@ fn real_main() -> Result<ExitCode> {
                     Io::AfPacket => IoMode::AfPacket,
                 },
                 busy_poll_us: busy_poll,
+                idle_spin_us: idle_spin,
+                worker_nice,
                 sources,
                 metrics,
                 bgp,

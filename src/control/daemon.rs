@@ -59,6 +59,10 @@ pub struct RunOpts {
     pub io: engine::IoMode,
     /// `--busy-poll` microseconds (0: off).
     pub busy_poll_us: u32,
+    /// `--idle-spin` microseconds (0: off).
+    pub idle_spin_us: u32,
+    /// `--worker-nice`: the workers' nice value (0: unchanged).
+    pub worker_nice: i32,
     /// The files re-read by `uvs reload` / SIGHUP (see [`reload`]).
     pub sources: lifecycle::Sources,
     /// `--metrics ADDR:PORT`: serve Prometheus text at `/metrics`.
@@ -1010,6 +1014,8 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             ring_frames: opts.ring_frames,
             io: opts.io,
             busy_poll_us: opts.busy_poll_us,
+            idle_spin_us: opts.idle_spin_us,
+            worker_nice: opts.worker_nice,
             local: local.as_ref().map(|l| (l.io(), l.ifindex())),
         },
     )?;

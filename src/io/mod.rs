@@ -11,6 +11,7 @@
 //! off.
 
 pub mod device;
+pub mod idle;
 pub mod ring;
 pub mod tun_local;
 pub mod tx;

@@ -30,6 +30,9 @@ pub struct TxBatch {
     len: usize,
     slots: Vec<u8>,
     slots_used: usize,
+    /// The message headers of one `sendmmsg`, kept so that a send fills
+    /// only the entries it uses (no 16 KiB array zeroed per round).
+    msgs: Box<[libc::mmsghdr]>,
     counts: TxCounts,
 }
 
@@ -65,6 +68,8 @@ impl TxBatch {
             len: 0,
             slots: vec![0u8; SLOT * copy_slots.max(1)],
             slots_used: 0,
+            // SAFETY: mmsghdr is plain old data; zero is a valid value.
+            msgs: vec![unsafe { std::mem::zeroed::<libc::mmsghdr>() }; MMSG].into_boxed_slice(),
             counts: TxCounts::default(),
         })
     }
@@ -92,9 +97,12 @@ impl TxBatch {
     }
 
     fn send_all(&mut self) {
+        if self.len == 0 {
+            self.slots_used = 0;
+            return;
+        }
         let mut off = 0;
-        // SAFETY: mmsghdr is plain old data; zero is a valid value.
-        let mut msgs: [libc::mmsghdr; MMSG] = unsafe { std::mem::zeroed() };
+        let msgs = &mut self.msgs;
         while off < self.len {
             let n = (self.len - off).min(MMSG);
             for (k, m) in msgs.iter_mut().take(n).enumerate() {

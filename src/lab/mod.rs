@@ -384,7 +384,9 @@ pub struct Director {
 impl Director {
     /// Starts `uvs_exe run` in `lab`'s director namespace with `args` and
     /// waits until its control socket answers. With `UVS_LAB_IO` set, `--io
-    /// VALUE` is passed too (to run lab tests under another backend).
+    /// VALUE` is passed too (to run lab tests under another backend), and
+    /// with `UVS_LAB_ARGS` its whitespace-separated words (to A/B a `uvs
+    /// run` option in the lab tests and `uvs bench`).
     pub fn start(lab: &Lab, uvs_exe: &std::path::Path, args: &[&str]) -> io::Result<Director> {
         Director::start_in(lab, "lb", uvs_exe, args)
     }
@@ -415,6 +417,11 @@ impl Director {
             .args(
                 std::env::var("UVS_LAB_IO")
                     .map(|io| vec!["--io".to_string(), io])
+                    .unwrap_or_default(),
+            )
+            .args(
+                std::env::var("UVS_LAB_ARGS")
+                    .map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
                     .unwrap_or_default(),
             )
             .args(args)
