@@ -36,17 +36,15 @@ cargo clippy --workspace --all-targets -- -D warnings
 # No `cargo bench --no-run`: clippy --all-targets above type-checks every
 # bench, and a release build of every dependency costs CI minutes (the
 # suite's budget is 15 on 2 cores); the benches are run by hand (README).
-cargo test --workspace
-# Fuzzing (issue 12): `cargo test` above replays every fuzz corpus and runs a
+# Every test binary of `cargo test --workspace`, the doc tests, and the lab
+# suite again under the AF_XDP backend (issue 9: both backends in CI; the
+# binaries named by --test below), three at a time: lab tests mostly wait
+# (UVS_TEST_JOBS=1 runs them one after another; scripts/run_tests.py says more).
+scripts/run_tests.py --test lab --test director_local --test overload --test trace --test tunnel --test tables --test stats --test health --test reload --test flood --test ecmp --test nat --test local_clients
+# Fuzzing (issue 12): the tests above replay every fuzz corpus and run a
 # bounded mutation smoke on stable (tests/fuzz_corpus.rs). With
 # UVS_FUZZ_SECS=N and a nightly cargo-fuzz, each libFuzzer target also runs
 # N seconds (opt-in: its nightly build takes minutes on 2 cores).
 if [ "${UVS_FUZZ_SECS:-0}" != 0 ]; then
   scripts/fuzz.sh "$UVS_FUZZ_SECS"
 fi
-# The lab suite again under the AF_XDP backend (issue 9: both backends in
-# CI); about a minute and a half on 2 cores. `--workspace` as above, so
-# features resolve as they did there and nothing is rebuilt (without it the
-# uvs library, regex, criterion and netlink-packet-route build a second
-# time: minutes in CI).
-UVS_LAB_IO=af_xdp cargo test --workspace --test lab --test director_local --test overload --test trace --test nat --test local_clients

@@ -5,8 +5,9 @@
 # slowest first. Per-test times come from libtest's `--report-time`, an
 # unstable flag of the test binaries themselves: RUSTC_BOOTSTRAP=1 is set for
 # those runs only (it changes nothing that cargo builds). Lab tests need
-# root, like scripts/test.sh. Timings on a loaded machine are inflated; the
-# ranking holds better than the figures.
+# root, like scripts/test.sh. Needs GNU time (Debian's `time`) for each
+# binary's CPU seconds, which a loaded machine inflates less than wall time;
+# the ranking holds better than the figures.
 #
 #   scripts/test_times.sh [OUTDIR] [REGEX]   binaries whose name matches REGEX
 set -euo pipefail
@@ -28,13 +29,17 @@ for l in sys.stdin:
 while read -r name exe manifest; do
   [[ "$name" =~ $filt ]] || continue
   log="$out/${name//:/_}.log"
-  start=$(date +%s%N)
   rc=0
-  (cd "$(dirname "$manifest")" && RUSTC_BOOTSTRAP=1 "$exe" -Z unstable-options --report-time) >"$log" 2>&1 || rc=$?
-  ms=$((($(date +%s%N) - start) / 1000000))
-  printf '%8.1f s  rc %-3d %s\n' "$(echo "$ms / 1000" | bc -l)" "$rc" "$name" >>"$out/binaries-time.txt"
+  # GNU time: wall, and user+sys CPU of the binary and every child it
+  # waited for (uvs, the lab's ip and nft commands).
+  (cd "$(dirname "$manifest")" && RUSTC_BOOTSTRAP=1 /usr/bin/time -o "$log.time" -f '%e %U %S' \
+    "$exe" -Z unstable-options --report-time) >"$log" 2>&1 || rc=$?
+  # (its last line: a failing binary's status line comes first)
+  read -r wall user sys < <(tail -n 1 "$log.time") || true
+  printf '%8.1f s  cpu %7.1f s  rc %-3d %s\n' "$wall" "$(echo "$user + $sys" | bc -l)" "$rc" "$name" \
+    >>"$out/binaries-time.txt"
 done <"$out/binaries.txt"
-echo "== binaries, slowest first (wall time of each run)"
+echo "== binaries, slowest first (wall time of each run; cpu: user+sys, children included)"
 sort -rn "$out/binaries-time.txt"
 echo "== tests, slowest first"
 grep -h ' <[0-9.]*s>$' "$out"/*.log |

@@ -101,7 +101,12 @@ proptest! {
         let mut out = buf[e.start..e.start + e.len].to_vec();
         if let Some(pc) = e.pending {
             let at = pc.start + pc.offset;
-            let s = !(common::naive_sum(&out[pc.start..], 0) as u16);
+            let s = match !(common::naive_sum(&out[pc.start..], 0) as u16) {
+                // A UDP sum of 0 goes out as 0xffff (RFC 768; the kernel's
+                // and NICs' completion do so, and so does the Full build).
+                0 if pc.offset == 6 => 0xffff,
+                s => s,
+            };
             out[at..at + 2].copy_from_slice(&s.to_be_bytes());
         }
         let q = parse(&out).expect("outer parses");

@@ -384,7 +384,8 @@ pub struct Director {
 impl Director {
     /// Starts `uvs_exe run` in `lab`'s director namespace with `args` and
     /// waits until its control socket answers. With `UVS_LAB_IO` set, `--io
-    /// VALUE` is passed too (to run lab tests under another backend), and
+    /// VALUE` is passed too (to run lab tests under another backend), unless
+    /// `args` name their own `--io` (a test of one backend keeps it), and
     /// with `UVS_LAB_ARGS` its whitespace-separated words (to A/B a `uvs
     /// run` option in the lab tests and `uvs bench`).
     pub fn start(lab: &Lab, uvs_exe: &std::path::Path, args: &[&str]) -> io::Result<Director> {
@@ -416,6 +417,8 @@ impl Director {
             // UVS_LAB_IO=af_xdp cargo test --test lab
             .args(
                 std::env::var("UVS_LAB_IO")
+                    .ok()
+                    .filter(|_| !args.iter().any(|a| *a == "--io" || a.starts_with("--io=")))
                     .map(|io| vec!["--io".to_string(), io])
                     .unwrap_or_default(),
             )
