@@ -13,8 +13,9 @@
 //!   latest version it writes the table in place: new addresses into empty
 //!   slots, removals as a version stamp, so older views keep their answers.
 //!   Otherwise (a second branch from an older snapshot), and when the table
-//!   is half used, it builds a fresh table from the new snapshot's
-//!   addresses; views of the old table keep it alive.
+//!   is half used, or when an added address would start on a run of more
+//!   than [`MAX_PROBE`] occupied slots, it builds a fresh table from the
+//!   new snapshot's addresses; views of the old table keep it alive.
 //! * Slots are never reused in place; a fresh table drops the dead ones.
 //!
 //! Memory ordering: a slot's address words are written before its
@@ -30,6 +31,12 @@ use std::sync::{Arc, Mutex};
 
 /// Fewest slots of a table.
 const MIN_SLOTS: usize = 16;
+
+/// Longest run of occupied slots an in-place insert may start on: dead
+/// slots are not reused in place, so adding and removing one VIP again and
+/// again would otherwise lengthen that VIP's probe (and every insert's)
+/// until the table is half used; past this, a fresh table drops them.
+const MAX_PROBE: usize = 8;
 
 /// One entry: the address in two words, `born` = version << 1 | is_v6
 /// (0: empty slot, which ends a probe), `dead` = the version it was
@@ -105,6 +112,19 @@ impl Table {
         // no packet can lengthen a probe.
         let h = (lo ^ hi.rotate_left(32) ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         (h >> self.shift) as usize
+    }
+
+    /// How many occupied slots (alive or dead) an insert of `addr` would
+    /// pass (writer lock held).
+    fn probe_len(&self, addr: IpAddr) -> usize {
+        let (hi, lo, _) = key(addr);
+        let mut i = self.home(hi, lo);
+        let mut n = 0;
+        while n <= self.mask && self.slots[i].born.load(Ordering::Relaxed) != 0 {
+            n += 1;
+            i = (i + 1) & self.mask;
+        }
+        n
     }
 
     /// Writes a new alive entry (writer lock held).
@@ -210,7 +230,9 @@ impl VipSet {
         }
         let t = &self.table;
         let mut w = t.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let in_place = w.latest == self.version && (w.used + added.len()) * 2 <= t.slots.len();
+        let in_place = w.latest == self.version
+            && (w.used + added.len()) * 2 <= t.slots.len()
+            && added.iter().all(|&a| t.probe_len(a) <= MAX_PROBE);
         if !in_place {
             drop(w);
             return VipSet::build(all(), live);
@@ -272,6 +294,29 @@ mod tests {
         assert!(!Arc::ptr_eq(&b.table, &e.table));
         assert!(e.contains(ip("192.0.2.9")) && !d.contains(ip("192.0.2.9")));
         assert!(d.contains(ip("2001:db8::1")) && e.contains(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn cycling_one_vip_keeps_its_probe_short() {
+        let others: Vec<IpAddr> = (0..1000).map(v4).collect();
+        let list = others.clone();
+        let mut s = VipSet::default().update(&others, &[], move || list.into_iter(), 1000);
+        let a = ip("192.0.2.77");
+        for _ in 0..500 {
+            let list = others.clone();
+            s = s.update(&[a], &[], move || list.into_iter().chain([a]), 1001);
+            assert!(s.contains(a));
+            let list = others.clone();
+            s = s.update(&[], &[a], move || list.into_iter(), 1000);
+            assert!(!s.contains(a));
+            let t = &s.table;
+            let _w = t.writer.lock().unwrap();
+            // Bounded (without the MAX_PROBE rule it grows by one per
+            // cycle, to 500 here): at most MAX_PROBE passed by the last
+            // in-place insert, plus its own slot and its neighbours'.
+            assert!(t.probe_len(a) <= 2 * MAX_PROBE, "probe {}", t.probe_len(a));
+        }
+        assert!(others.iter().all(|&o| s.contains(o)));
     }
 
     fn unreachable_iter() -> std::iter::Empty<IpAddr> {
