@@ -95,18 +95,16 @@ thread_local! {
 /// Most virtual addresses [`Vips`] lists inline.
 const SMALL_VIPS: usize = 8;
 
-/// The route decision ("is this a VIP?") and the service lookup of one
-/// services generation: the addresses and services themselves when a
-/// configuration has at most [`SMALL_VIPS`] services (a few compares
-/// instead of a map probe per packet), else the snapshot's maps. Derived
-/// per thread when the generation moves, in time bounded by `SMALL_VIPS`
-/// whatever the number of services.
+/// The service lookup of one services generation: the services themselves
+/// when a configuration has at most [`SMALL_VIPS`] services (a few compares
+/// instead of a map probe per new connection), else the snapshot's map.
+/// Derived per thread when the generation moves, in time bounded by
+/// `SMALL_VIPS` whatever the number of services. (The route decision, "is
+/// this a VIP?", is the snapshot's flat set at any size.)
 struct Vips {
     /// Generation of the services snapshot this was derived from (0: none).
     gen: u64,
     small: bool,
-    n: usize,
-    addrs: [IpAddr; SMALL_VIPS],
     /// The services, when `small` (their count is `svcs_n`).
     svcs: [Option<Arc<ServiceRt>>; SMALL_VIPS],
     svcs_n: usize,
@@ -116,8 +114,6 @@ impl Vips {
     const EMPTY: Vips = Vips {
         gen: 0,
         small: false,
-        n: 0,
-        addrs: [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED); SMALL_VIPS],
         svcs: [const { None }; SMALL_VIPS],
         svcs_n: 0,
     };
@@ -134,7 +130,6 @@ impl Vips {
     #[inline(never)]
     fn derive(&mut self, gen: u64, services: &Services) {
         self.gen = gen;
-        self.n = 0;
         self.svcs_n = 0;
         self.svcs = [const { None }; SMALL_VIPS];
         self.small = services.len() <= SMALL_VIPS;
@@ -144,10 +139,6 @@ impl Vips {
         for svc in services.iter() {
             if svc.proto == crate::datapath::service::FWMARK {
                 continue;
-            }
-            if !self.addrs[..self.n].contains(&svc.addr) {
-                self.addrs[self.n] = svc.addr;
-                self.n += 1;
             }
             self.svcs[self.svcs_n] = Some(Arc::clone(svc));
             self.svcs_n += 1;
@@ -173,15 +164,6 @@ impl Vips {
                 .find(|s| s.port == want && s.proto == proto && s.addr == addr)
         };
         exact(port).or_else(|| if port == 0 { None } else { exact(0) })
-    }
-
-    #[inline(always)]
-    fn is_vip(&self, services: &Services, addr: IpAddr) -> bool {
-        if self.small {
-            self.addrs[..self.n].contains(&addr)
-        } else {
-            services.is_vip(addr)
-        }
     }
 }
 
@@ -340,7 +322,7 @@ impl Pipeline {
                     (filter.get_gen(&self.filter), tables.get_gen(&self.tables));
                 vips.follow(gen, s);
                 let plan = plan.get((fg, tg), &self.hooks, f, t);
-                let point = local_out::route(local_out, vips.is_vip(s, p.dst));
+                let point = local_out::route(local_out, s.is_vip(p.dst));
                 let view = View {
                     services: s,
                     small: vips,
@@ -485,7 +467,7 @@ impl Pipeline {
             // DNAT (or a reply's un-SNAT) changed the destination: the
             // routing decision is made on the new one.
             if cur.dst != p.dst && point != HookPoint::LocalOut {
-                point = local_out::route(false, services.small.is_vip(services.services, cur.dst));
+                point = local_out::route(false, services.services.is_vip(cur.dst));
                 ctx.point = point;
             }
             // A fwmark service's traffic is the director's own (as with

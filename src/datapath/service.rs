@@ -4,8 +4,10 @@
 //! Contract:
 //! * Workers load the current immutable [`Services`] snapshot (`arc_swap`)
 //!   and ask [`Services::find`] / [`Services::is_vip`]: hash look-ups on
-//!   (protocol, VIP, port) and on the VIP, O(1) in the number of services,
-//!   reading shared memory only (no lock, no write, no allocation).
+//!   (protocol, VIP, port) and on the VIP, reading shared memory only (no
+//!   lock, no write, no allocation). `is_vip`, asked for every packet, is
+//!   a flat open-addressing set (`service/vipset.rs`) whose cost does not
+//!   grow with the number of services.
 //! * The control plane changes a snapshot by [`Services::plan`]ning the
 //!   services a command touched and committing the [`Plan`]: only those
 //!   services' runtime objects are built, and the new snapshot shares every
@@ -197,8 +199,11 @@ impl Change {
 #[derive(Clone, Default)]
 pub struct Services {
     services: PMap<SvcId, Arc<ServiceRt>>,
-    /// VIP → number of services on it: the "is it local" route decision.
+    /// VIP → number of services on it (the control plane's count).
     vips: PMap<IpAddr, u32>,
+    /// The same VIPs as a flat set: the per-packet "is it local" route
+    /// decision (`service/vipset.rs`).
+    vipset: vipset::VipSet,
     /// The workers' statistics, when services are counted.
     counted: Counted,
 }
@@ -264,7 +269,7 @@ impl Services {
     /// Whether `addr` is a virtual address (packets to it go to LOCAL_IN).
     #[inline]
     pub fn is_vip(&self, addr: IpAddr) -> bool {
-        self.vips.contains_key(&addr)
+        self.vipset.contains(addr)
     }
 
     /// The service with exactly this key (no port-0 fallback).
@@ -419,8 +424,12 @@ impl Plan {
         let Services {
             mut services,
             mut vips,
+            vipset,
             counted,
         } = base;
+        let before = vips.clone();
+        // The VIPs whose service count this commit changed.
+        let mut touched: Vec<IpAddr> = Vec::new();
         for step in steps {
             match step {
                 Step::Upsert {
@@ -464,6 +473,7 @@ impl Plan {
                     });
                     if services.insert(rt.id(), rt).is_none() && spec.proto != FWMARK {
                         *vips.entry(spec.addr).or_insert(0) += 1;
+                        touched.push(spec.addr);
                     }
                 }
                 Step::Remove(o) => {
@@ -473,6 +483,7 @@ impl Plan {
                     if o.proto == FWMARK {
                         continue;
                     }
+                    touched.push(o.addr);
                     if let imbl::hashmap::Entry::Occupied(mut e) = vips.entry(o.addr) {
                         *e.get_mut() -= 1;
                         if *e.get() == 0 {
@@ -482,9 +493,21 @@ impl Plan {
                 }
             }
         }
+        touched.sort_unstable();
+        touched.dedup();
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for a in touched {
+            match (before.contains_key(&a), vips.contains_key(&a)) {
+                (false, true) => added.push(a),
+                (true, false) => removed.push(a),
+                _ => {}
+            }
+        }
+        let vipset = vipset.update(&added, &removed, || vips.keys().copied(), vips.len());
         Services {
             services,
             vips,
+            vipset,
             counted,
         }
     }
@@ -492,3 +515,4 @@ impl Plan {
 
 #[cfg(test)]
 mod tests;
+mod vipset;
