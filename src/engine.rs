@@ -666,6 +666,8 @@ fn handle<'b>(
         return;
     }
     add(&st.rx, 1);
+    // `-i` reads it (tables/iface.rs): one store, no signature change.
+    crate::datapath::tables::iface::set_rx(f.ifindex);
     let csum = f.vnet.csum_mode();
     if pl.trace.armed() {
         return crate::datapath::trace::handle(f, csum, pl, egress, rs, now, st, q);
@@ -687,6 +689,7 @@ fn handle_local<'b>(
     q: &mut impl TxQueue<'b>,
 ) {
     add(&st.rx, 1);
+    crate::datapath::tables::iface::set_rx(0);
     let csum = f.vnet.csum_mode();
     if pl.trace.armed() {
         return crate::datapath::trace::handle_from(true, f, csum, pl, egress, rs, now, st, q);

@@ -805,6 +805,9 @@ impl Daemon {
         if merged.nat_on || merged.needs_local {
             merged = merged.with_local_nets(crate::datapath::tables::nat::local_nets());
         }
+        if merged.needs_links {
+            merged = merged.with_links(crate::datapath::tables::iface::read_links());
+        }
         if merged.nat_on {
             claims.extend(crate::datapath::tables::nat::guard_claims(&merged));
         }

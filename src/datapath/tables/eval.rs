@@ -66,6 +66,7 @@ pub struct Pkt {
 pub struct Env<'a> {
     pub sets: &'a super::ipset::Sets,
     pub addrs: &'a super::addrtype::LocalAddrs,
+    pub links: &'a super::iface::Links,
 }
 
 /// A table's decision at one hook point.
@@ -170,8 +171,8 @@ impl Matches {
             && pfx(self.dst, k.dst)
             && ports(&self.sport, k.sport)
             && ports(&self.dport, k.dport)
-            // uvs never sees loopback traffic: `-i lo` never matches.
-            && self.iif_lo.is_none_or(|n| n)
+            && self.iif.as_ref().is_none_or(|m| m.test(env.links, super::iface::rx()))
+            // uvs never sees loopback traffic: `-o lo` never matches.
             && self.oif_lo.is_none_or(|n| n)
             && self.mark.is_none_or(|(n, v, m)| ((mark & m) == v) != n)
             && self.addrtype.as_ref().is_none_or(|a| a.test(env.addrs, k.src, k.dst))
@@ -320,6 +321,7 @@ impl Ruleset {
         let env = Env {
             sets: &self.sets,
             addrs: &self.addrs,
+            links: &self.links,
         };
         match self.table(id) {
             Some(t) => t

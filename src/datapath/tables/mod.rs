@@ -21,9 +21,9 @@
 //!   mapping.
 //! * What uvs does not do yet is refused at load with the line's number,
 //!   never accepted and ignored: REDIRECT, SNAT at INPUT, address ranges,
-//!   `-i`/`-o` with other interfaces than `lo` (uvs
-//!   does not see loopback traffic, so `-i lo` never matches, as for the
-//!   kernel's packets from outside).
+//!   `-o` with other interfaces than `lo` (uvs does not see loopback
+//!   traffic, so `-o lo` never matches). `-i` matches the arrival
+//!   interface ([`iface`]); `-i` at OUTPUT/POSTROUTING is refused.
 //! * `-m set` matches the emulated ipsets ([`ipset`]), which live in the
 //!   same published snapshot: a set change is a new [`Ruleset`] sharing
 //!   every table ([`Ruleset::with_sets`]). A rule naming a set that does
@@ -32,6 +32,7 @@
 
 pub mod addrtype;
 mod eval;
+pub mod iface;
 pub mod ipset;
 pub mod nat;
 pub mod natct;
@@ -149,8 +150,9 @@ pub struct Matches {
     pub dst: Option<(bool, Prefix)>,
     pub sport: Option<(bool, Ports)>,
     pub dport: Option<(bool, Ports)>,
-    /// `-i lo` / `-o lo` (the only interface accepted): never seen by uvs.
-    pub iif_lo: Option<bool>,
+    /// `-i NAME` ([`iface`]).
+    pub iif: Option<iface::IfMatch>,
+    /// `-o lo` (the only output interface accepted): never seen by uvs.
     pub oif_lo: Option<bool>,
     /// `--mark V[/M]`.
     pub mark: Option<(bool, u32, u32)>,
@@ -366,6 +368,10 @@ pub struct Ruleset {
     pub addrs: std::sync::Arc<addrtype::LocalAddrs>,
     /// Some rule has `-m addrtype` (then the daemon reads `local`).
     pub needs_local: bool,
+    /// The director's links, for `-i` (set by the daemon).
+    pub links: std::sync::Arc<iface::Links>,
+    /// Some rule has `-i` other than `lo` (then the daemon reads `links`).
+    pub needs_links: bool,
     /// The ipsets `-m set` rules look up (ids fixed at parse).
     pub sets: std::sync::Arc<ipset::Sets>,
 }
@@ -380,6 +386,8 @@ impl Default for Ruleset {
             local: nat::LocalNets::default(),
             addrs: Default::default(),
             needs_local: false,
+            links: Default::default(),
+            needs_links: false,
             sets: Default::default(),
         }
     }
@@ -396,7 +404,14 @@ impl Ruleset {
         r.empty = r.compute_empty();
         r.nat_on = r.table(TableId::Nat).is_some_and(|t| t.n_rules > 0);
         r.needs_local = r.any_rule(|r| r.m.addrtype.is_some());
+        r.needs_links = r.any_rule(|r| r.m.iif.is_some());
         r
+    }
+
+    /// This ruleset with `-i`'s links ([`iface::read_links`]).
+    pub fn with_links(mut self, links: iface::Links) -> Ruleset {
+        self.links = std::sync::Arc::new(links);
+        self
     }
 
     /// This ruleset with MASQUERADE's (and `-m addrtype`'s) addresses.
@@ -419,6 +434,8 @@ impl Ruleset {
             local: self.local.clone(),
             addrs: self.addrs.clone(),
             needs_local: self.needs_local,
+            links: self.links.clone(),
+            needs_links: self.needs_links,
             sets,
         }
     }
@@ -462,6 +479,8 @@ impl Ruleset {
         r.needs_local = r.any_rule(|r| r.m.addrtype.is_some());
         r.local = self.local.clone();
         r.addrs = self.addrs.clone();
+        r.needs_links = r.any_rule(|r| r.m.iif.is_some());
+        r.links = self.links.clone();
         // Tables are parsed against the current sets (`parse_with`): the
         // sets stay.
         r.sets = self.sets.clone();

@@ -208,7 +208,16 @@ pub fn refreshed(cur: &super::Ruleset, now: LocalNets) -> Option<(super::Ruleset
 /// the nat entries of flows masqueraded to an address that went away
 /// dropped, as the kernel does. What changed, for the log.
 pub fn follow_addrs(p: &crate::datapath::pipeline::Pipeline) -> String {
-    let cur = p.tables.load_full();
+    let mut cur = p.tables.load_full();
+    if cur.needs_links {
+        let now = super::iface::read_links();
+        if *cur.links != now {
+            let new = cur.replaced_by(super::Ruleset::default()).with_links(now);
+            p.tables.store(std::sync::Arc::new(new));
+            log::info!("uvs tables: -i's links re-read");
+            cur = p.tables.load_full();
+        }
+    }
     if !cur.nat_on {
         return String::new();
     }
@@ -233,7 +242,8 @@ pub fn follow_addrs(p: &crate::datapath::pipeline::Pipeline) -> String {
 pub fn watch_addrs(control: std::path::PathBuf) -> std::io::Result<AddrWatch> {
     use crate::sys::netlink::{Event, Events, Group};
     use std::sync::atomic::Ordering::Relaxed;
-    let mut ev = Events::subscribe(&Group::ADDRS).map_err(std::io::Error::other)?;
+    let groups = [Group::Ipv4Addr, Group::Ipv6Addr, Group::Link];
+    let mut ev = Events::subscribe(&groups).map_err(std::io::Error::other)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
     let thread = std::thread::Builder::new()
@@ -244,7 +254,9 @@ pub fn watch_addrs(control: std::path::PathBuf) -> std::io::Result<AddrWatch> {
                 let mut changed = false;
                 loop {
                     match ev.drain(|e| {
-                        changed |= matches!(e, Event::Addr { .. } | Event::Resync);
+                        // Links too: `-i` follows renames and new links.
+                        changed |=
+                            matches!(e, Event::Addr { .. } | Event::Link { .. } | Event::Resync);
                     }) {
                         Ok(n) if n >= Events::DRAIN_MAX => continue,
                         Ok(_) => break,

@@ -226,6 +226,13 @@ impl Building {
                     }
                 }
                 let r = rule(self.id, rest, base, line, sets)?;
+                if r.rule.m.iif.is_some() && matches!(chain.text.as_str(), "OUTPUT" | "POSTROUTING")
+                {
+                    return Err(format!(
+                        "-i can't be used in the {} chain (packets there have no input interface)",
+                        chain.text
+                    ));
+                }
                 let rules = &mut self.chains[ci].rules;
                 match at {
                     None => rules.push(r),
@@ -516,15 +523,14 @@ fn rule(
             }
             "-i" | "--in-interface" | "-o" | "--out-interface" => {
                 let dev = next(&mut i, "an interface", w)?;
-                if dev != "lo" {
-                    return Err(format!(
-                        "{w} {dev}: uvs's tables do not match interfaces yet (only lo, whose traffic uvs never sees)"
-                    ));
-                }
                 if w.starts_with("-i") || w == "--in-interface" {
-                    m.iif_lo = Some(n);
-                } else {
+                    m.iif = Some(super::iface::IfMatch::parse(n, &dev)?);
+                } else if dev == "lo" {
                     m.oif_lo = Some(n);
+                } else {
+                    return Err(format!(
+                        "{w} {dev}: uvs's tables do not match output interfaces yet (only lo, whose traffic uvs never sees)"
+                    ));
                 }
             }
             "-m" | "--match" => {

@@ -137,7 +137,13 @@ fn bad_lines_name_their_number() {
     assert_eq!(e("*raw\nCOMMIT\n").line, 1);
     assert_eq!(e("*filter\n-A INPUT -j DROP\n").line, 1);
     assert_eq!(e("*filter\n:A - [0:0]\n-A A -j A\nCOMMIT\n").line, 3);
-    assert_eq!(e("*filter\n-A INPUT -i eth0 -j DROP\nCOMMIT\n").line, 2);
+    assert_eq!(e("*filter\n-A OUTPUT -i eth0 -j DROP\nCOMMIT\n").line, 2);
+    assert_eq!(e("*filter\n-A FORWARD -o eth0 -j DROP\nCOMMIT\n").line, 2);
+    assert_eq!(
+        e("*nat\n-A POSTROUTING -i eth0 -j ACCEPT\nCOMMIT\n").line,
+        2
+    );
+    assert_eq!(e("*filter\n-A INPUT -i a/b -j DROP\nCOMMIT\n").line, 2);
     assert_eq!(e("*nat\n-A PREROUTING -j MASQUERADE\nCOMMIT\n").line, 2);
     assert_eq!(e("*filter\n-A INPUT --mark 1 -j DROP\nCOMMIT\n").line, 2);
     assert_eq!(e("*mangle\n-A PREROUTING -j MARK\nCOMMIT\n").line, 2);
@@ -257,3 +263,27 @@ fn the_walk_is_indexed() {
 #[cfg(test)]
 #[path = "nat_tests.rs"]
 mod nat_tests;
+
+#[test]
+fn in_interface_names_wildcards_and_negation() {
+    let r = parse("*filter\n-A FORWARD -i veth+ -p tcp --dport 81 -j DROP\n-A FORWARD ! -i eth0 -p tcp --dport 82 -j DROP\n-A INPUT -i eth0 -j DROP\nCOMMIT\n")
+        .unwrap()
+        .with_links(iface::Links::from_pairs([(2, "eth0"), (3, "veth1"), (4, "vethx")]));
+    assert!(r.needs_links);
+    let run = |ifindex: u32, dport: u16| {
+        iface::set_rx(ifindex);
+        let mut m = 0;
+        let k = pkt("203.0.113.1", "198.51.100.1", dport);
+        r.run(TableId::Filter, HookPoint::Forward, &k, &mut m, &mut no_ct)
+    };
+    assert_eq!(run(3, 81), TableVerdict::Drop);
+    assert_eq!(run(4, 81), TableVerdict::Drop);
+    assert_eq!(run(2, 81), TableVerdict::Accept);
+    // An unknown ifindex is no link's name.
+    assert_eq!(run(9, 81), TableVerdict::Accept);
+    assert_eq!(run(2, 82), TableVerdict::Accept);
+    assert_eq!(run(3, 82), TableVerdict::Drop);
+    iface::set_rx(0);
+    let m = iface::IfMatch::parse(false, "eth").unwrap();
+    assert!(m.names("eth") && !m.names("eth0"));
+}
