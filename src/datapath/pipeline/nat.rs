@@ -141,6 +141,16 @@ fn icmp_half(
     Ok(())
 }
 
+/// The nat chain of a destination manipulation at `point` (the trace's
+/// name for it).
+fn dst_chain(point: HookPoint) -> &'static str {
+    if point == HookPoint::LocalOut {
+        "OUTPUT"
+    } else {
+        "PREROUTING"
+    }
+}
+
 fn seen(p: &Parsed) -> Seen {
     Seen {
         tcp_flags: if p.proto == TCP { p.tcp_flags } else { 0 },
@@ -252,11 +262,7 @@ impl Pipeline {
                     point,
                     PRI_NAT_DST,
                     "nat",
-                    if point == HookPoint::LocalOut {
-                        "OUTPUT"
-                    } else {
-                        "PREROUTING"
-                    },
+                    dst_chain(point),
                     0,
                     &MapText("existing mapping", &hit.m, hit.dir),
                     "FOLLOW",
@@ -346,11 +352,7 @@ impl Pipeline {
             point,
             PRI_NAT_DST,
             "nat",
-            if point == HookPoint::LocalOut {
-                "OUTPUT"
-            } else {
-                "PREROUTING"
-            },
+            dst_chain(point),
             0,
             &MapText("ICMP error related to mapping", &hit.m, hit.dir),
             "FOLLOW",
