@@ -13,6 +13,8 @@ command -v iptables-restore >/dev/null || need+=(iptables)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 command -v ip >/dev/null || need+=(iproute2)
 command -v curl >/dev/null || need+=(curl)
+# scripts/run_tests.py, the runner below.
+command -v python3 >/dev/null || need+=(python3)
 command -v ping >/dev/null || need+=(iputils-ping)
 # /etc/services, for uvsadm's port names (tests/uvsadm_golden.rs).
 [ -f /etc/services ] || need+=(netbase)
