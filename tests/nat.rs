@@ -39,8 +39,9 @@ const CONFIG: &str = "\
 /// A kube-proxy IPVS-mode-shaped node's nat and filter tables (the ipset
 /// match written as -d/--dport; kube-proxy's own text, with `-m set`, is
 /// `tests/fixtures/kube-ipvs.rules`), plus DNATs for ports no service owns
-/// (TCP to a server, UDP to a closed port) and a counting mangle
-/// POSTROUTING rule.
+/// (TCP to a server, UDP to a closed port), a counting mangle
+/// POSTROUTING rule and two counting `-i` rules (the director's client-side
+/// link is `c0`).
 const TABLES: &str = "\
 *mangle
 :PREROUTING ACCEPT [0:0]
@@ -48,6 +49,8 @@ const TABLES: &str = "\
 :FORWARD ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
 :POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d 192.0.2.10/32 -i c+ -p tcp -m tcp --dport 443
+-A PREROUTING -d 192.0.2.10/32 ! -i c0 -p tcp -m tcp --dport 443
 -A POSTROUTING -d 203.0.113.12/32 -p tcp -m tcp --dport 8081
 COMMIT
 *nat
@@ -223,6 +226,17 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
         ) >= 5,
         "{saved}"
     );
+
+    // `-i`: the client's packets to VIP:443 arrived on c0, so `-i c+`
+    // counted each of them (at least SYN, ACK, request and FIN of the 4
+    // connections) and `! -i c0` none.
+    assert!(
+        rule_packets(&saved, "-i c+ -p tcp -m tcp --dport 443") >= 16,
+        "{saved}"
+    );
+    let not_c0 = "-d 192.0.2.10/32 ! -i c0 -p tcp -m tcp --dport 443";
+    assert!(saved.contains(not_c0), "{saved}");
+    assert_eq!(rule_packets(&saved, not_c0), 0, "{saved}");
 
     // A DNAT target's port unreachable reaches the client translated: its
     // connected socket (which only takes errors quoting its own
