@@ -32,14 +32,6 @@ pub struct Sources {
 impl Sources {
     /// Reads every configured file; the first unreadable one fails.
     pub fn read(&self) -> Result<Texts, ReloadError> {
-        let read = |p: &Option<PathBuf>| -> Result<Option<Text>, ReloadError> {
-            let Some(p) = p else { return Ok(None) };
-            let name = p.display().to_string();
-            match std::fs::read_to_string(p) {
-                Ok(text) => Ok(Some(Text { name, text })),
-                Err(err) => Err(ReloadError::Read { name, err }),
-            }
-        };
         Ok(Texts {
             config: read(&self.config)?,
             filter: read(&self.filter)?,
@@ -49,26 +41,22 @@ impl Sources {
 
     /// Reads the `--ipsets` file, if one was given.
     pub fn read_ipsets(&self) -> Result<Option<Text>, ReloadError> {
-        let Some(p) = &self.ipsets else {
-            return Ok(None);
-        };
-        let name = p.display().to_string();
-        match std::fs::read_to_string(p) {
-            Ok(text) => Ok(Some(Text { name, text })),
-            Err(err) => Err(ReloadError::Read { name, err }),
-        }
+        read(&self.ipsets)
     }
 
     /// Reads the `--tables` file, if one was given.
     pub fn read_tables(&self) -> Result<Option<Text>, ReloadError> {
-        let Some(p) = &self.tables else {
-            return Ok(None);
-        };
-        let name = p.display().to_string();
-        match std::fs::read_to_string(p) {
-            Ok(text) => Ok(Some(Text { name, text })),
-            Err(err) => Err(ReloadError::Read { name, err }),
-        }
+        read(&self.tables)
+    }
+}
+
+/// Reads one optional file, named by its path in the error.
+fn read(p: &Option<PathBuf>) -> Result<Option<Text>, ReloadError> {
+    let Some(p) = p else { return Ok(None) };
+    let name = p.display().to_string();
+    match std::fs::read_to_string(p) {
+        Ok(text) => Ok(Some(Text { name, text })),
+        Err(err) => Err(ReloadError::Read { name, err }),
     }
 }
 
