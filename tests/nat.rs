@@ -120,21 +120,30 @@ fn whoami(ns: &str, name: &'static str, port: u16) -> WhoAmI {
 /// `n` connections from the client to `addr`: the answers.
 fn ask(s: &Setup, addr: &str, n: usize) -> Vec<String> {
     let a: SocketAddr = addr.parse().unwrap();
+    answers(s, n, move || {
+        TcpStream::connect_timeout(&a, Duration::from_secs(3))
+    })
+}
+
+/// `n` connections made by `connect` in the client's namespace: each
+/// one's first line, or the error.
+fn answers(
+    s: &Setup,
+    n: usize,
+    connect: impl Fn() -> std::io::Result<TcpStream> + Send + 'static,
+) -> Vec<String> {
     netns::run_in(&s.lab.ns("c"), move || {
         (0..n)
-            .map(|_| {
-                let c = TcpStream::connect_timeout(&a, Duration::from_secs(3));
-                match c {
-                    Ok(c) => {
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
-                        let mut line = String::new();
-                        match BufReader::new(c).read_line(&mut line) {
-                            Ok(_) => line.trim().to_string(),
-                            Err(e) => format!("error: {e}"),
-                        }
+            .map(|_| match connect() {
+                Ok(c) => {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+                    let mut line = String::new();
+                    match BufReader::new(c).read_line(&mut line) {
+                        Ok(_) => line.trim().to_string(),
+                        Err(e) => format!("error: {e}"),
                     }
-                    Err(e) => format!("error: {e}"),
                 }
+                Err(e) => format!("error: {e}"),
             })
             .collect()
     })
@@ -331,29 +340,12 @@ fn ask_from(s: &Setup, src: &str, addr: &str, n: usize) -> Vec<String> {
     use socket2::{Domain, Socket, Type};
     let a: SocketAddr = addr.parse().unwrap();
     let from: SocketAddr = format!("{src}:0").parse().unwrap();
-    netns::run_in(&s.lab.ns("c"), move || {
-        (0..n)
-            .map(|_| {
-                let c = Socket::new(Domain::IPV4, Type::STREAM, None).and_then(|c| {
-                    c.bind(&from.into())?;
-                    c.connect_timeout(&a.into(), Duration::from_secs(3))?;
-                    Ok(TcpStream::from(c))
-                });
-                match c {
-                    Ok(c) => {
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
-                        let mut line = String::new();
-                        match BufReader::new(c).read_line(&mut line) {
-                            Ok(_) => line.trim().to_string(),
-                            Err(e) => format!("error: {e}"),
-                        }
-                    }
-                    Err(e) => format!("error: {e}"),
-                }
-            })
-            .collect()
+    answers(s, n, move || {
+        let c = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        c.bind(&from.into())?;
+        c.connect_timeout(&a.into(), Duration::from_secs(3))?;
+        Ok(TcpStream::from(c))
     })
-    .expect("client namespace")
 }
 
 /// kube-proxy's own ruleset: its ipsets (loaded by `uvs run --ipsets`,
