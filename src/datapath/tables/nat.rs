@@ -237,20 +237,35 @@ pub fn follow_addrs(p: &crate::datapath::pipeline::Pipeline) -> String {
 /// Watches the director's addresses (rtnetlink address groups) and asks
 /// the daemon, over its control socket, to re-read them when they change
 /// (`tables-addrs`). Subscribed in the caller's namespace. The thread
-/// drains its socket every [`ADDR_POLL`] (one non-blocking read; the
-/// control plane only) and stops when the handle is dropped.
+/// sleeps in a poller on the netlink socket (no periodic wake-up), drains
+/// it when readable (the control plane only), and stops when the handle
+/// is dropped.
 pub fn watch_addrs(control: std::path::PathBuf) -> std::io::Result<AddrWatch> {
     use crate::sys::netlink::{Event, Events, Group};
+    use mio::{unix::SourceFd, Interest, Poll, Token, Waker};
+    use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering::Relaxed;
+    const EVENTS: Token = Token(0);
+    const STOP: Token = Token(1);
     let groups = [Group::Ipv4Addr, Group::Ipv6Addr, Group::Link];
     let mut ev = Events::subscribe(&groups).map_err(std::io::Error::other)?;
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut SourceFd(&ev.as_raw_fd()), EVENTS, Interest::READABLE)?;
+    let waker = std::sync::Arc::new(Waker::new(poll.registry(), STOP)?);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
     let thread = std::thread::Builder::new()
         .name("uvs-nat-addrs".into())
         .spawn(move || {
+            let mut events = mio::Events::with_capacity(4);
             while !s.load(Relaxed) {
-                std::thread::sleep(ADDR_POLL);
+                if let Err(e) = poll.poll(&mut events, None) {
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        log::warn!("uvs tables: address events: {e}");
+                        return;
+                    }
+                }
                 let mut changed = false;
                 loop {
                     match ev.drain(|e| {
@@ -266,7 +281,7 @@ pub fn watch_addrs(control: std::path::PathBuf) -> std::io::Result<AddrWatch> {
                         }
                     }
                 }
-                if changed {
+                if changed && !s.load(Relaxed) {
                     let argv = ["tables-addrs".to_string()];
                     if let Err(e) = crate::control::socket::call(&control, &argv) {
                         log::warn!("uvs tables: re-reading addresses: {e}");
@@ -276,24 +291,24 @@ pub fn watch_addrs(control: std::path::PathBuf) -> std::io::Result<AddrWatch> {
         })?;
     Ok(AddrWatch {
         stop,
+        waker,
         thread: Some(thread),
     })
 }
 
-/// How often [`watch_addrs`]'s thread reads its events.
-pub const ADDR_POLL: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// The address watcher's thread ([`watch_addrs`]): stopped and joined on
-/// drop.
+/// The address watcher's thread ([`watch_addrs`]): woken, stopped and
+/// joined on drop.
 #[derive(Debug)]
 pub struct AddrWatch {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waker: std::sync::Arc<mio::Waker>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for AddrWatch {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.waker.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
