@@ -40,8 +40,8 @@ const CONFIG: &str = "\
 /// match written as -d/--dport; kube-proxy's own text, with `-m set`, is
 /// `tests/fixtures/kube-ipvs.rules`), plus DNATs for ports no service owns
 /// (TCP to a server, UDP to a closed port), a counting mangle
-/// POSTROUTING rule and two counting `-i` rules (the director's client-side
-/// link is `c0`).
+/// POSTROUTING rule, two counting `-i` rules (the director's client-side
+/// link is `c0`) and counting `-o` rules (its server-side link is `s0`).
 const TABLES: &str = "\
 *mangle
 :PREROUTING ACCEPT [0:0]
@@ -52,6 +52,9 @@ const TABLES: &str = "\
 -A PREROUTING -d 192.0.2.10/32 -i c+ -p tcp -m tcp --dport 443
 -A PREROUTING -d 192.0.2.10/32 ! -i c0 -p tcp -m tcp --dport 443
 -A POSTROUTING -d 203.0.113.12/32 -p tcp -m tcp --dport 8081
+-A POSTROUTING -d 203.0.113.0/24 -o s0
+-A POSTROUTING -d 203.0.113.0/24 ! -o s0
+-A POSTROUTING -d 198.51.100.0/24 -o c+
 COMMIT
 *nat
 :PREROUTING ACCEPT [0:0]
@@ -79,6 +82,7 @@ COMMIT
 :OUTPUT ACCEPT [0:0]
 :KUBE-FIREWALL - [0:0]
 -A INPUT -j KUBE-FIREWALL
+-A FORWARD -o s0 -p tcp -m tcp --dport 8081
 -A KUBE-FIREWALL -m comment --comment \"kubernetes firewall for dropping marked packets\" -m mark --mark 0x8000/0x8000 -j DROP
 -A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
 COMMIT
@@ -247,6 +251,27 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
     assert!(saved.contains(not_c0), "{saved}");
     assert_eq!(rule_packets(&saved, not_c0), 0, "{saved}");
 
+    // `-o`: the route of what uvs sends. Every packet uvs sent to a real
+    // server (17 connections: IPVS NAT to both, the DNAT'd port to rs1)
+    // left by s0, none by another link; its replies to the client by c0.
+    // filter FORWARD saw the DNAT'd port's requests leave by s0.
+    for (rule, at_least) in [
+        ("-A POSTROUTING -d 203.0.113.0/24 -o s0", 17 * 2),
+        ("-A POSTROUTING -d 198.51.100.0/24 -o c+", 17 * 2),
+        ("-A FORWARD -o s0 -p tcp -m tcp --dport 8081", 3 * 2),
+    ] {
+        assert!(rule_packets(&saved, rule) >= at_least, "{rule}\n{saved}");
+    }
+    let not_s0 = "-A POSTROUTING -d 203.0.113.0/24 ! -o s0";
+    assert!(saved.contains(not_s0), "{saved}");
+    assert_eq!(rule_packets(&saved, not_s0), 0, "{saved}");
+    let list = s.d.call(&["tables", "list"]).unwrap().stdout;
+    assert!(
+        list.lines()
+            .any(|l| l.contains(" *      !s0    -d 203.0.113.0/24 ! -o s0")),
+        "{list}"
+    );
+
     // A DNAT target's port unreachable reaches the client translated: its
     // connected socket (which only takes errors quoting its own
     // VIP:5300) reads ECONNREFUSED. IPv4 and ICMPv6.
@@ -329,7 +354,56 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
         "a later packet:\n{text}"
     );
 
+    drop_out_s0_stops_dnat_requests(&s);
     kube_proxy_ipvs_ruleset(&s, &tbl);
+}
+
+/// A filter FORWARD DROP `-o s0` stops the DNAT'd port's requests (uvs
+/// would send them out of s0): the connection fails, the rule's counter,
+/// `drop.filtered` and `uvs trace` say where. The filter table is put back.
+fn drop_out_s0_stops_dnat_requests(s: &Setup) {
+    let filter = &TABLES[TABLES.find("*filter").unwrap()..];
+    let drop = filter.replace(
+        "-A FORWARD -o s0 -p tcp -m tcp --dport 8081\n",
+        "-A FORWARD -o s0 -p tcp -m tcp --dport 8081 -j DROP\n",
+    );
+    assert_ne!(drop, filter);
+    let r = s.d.call(&["tables", "restore", &drop]).unwrap();
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let filtered = s.d.counter("drop.filtered").unwrap_or(0);
+    let argv: Vec<String> = [
+        "trace",
+        "-p",
+        "tcp",
+        "--dport",
+        "8080",
+        "--count",
+        "1",
+        "--timeout",
+        "10",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (status, text) = common::trace_during(&s.d, argv, || {
+        let a: SocketAddr = "192.0.2.20:8080".parse().unwrap();
+        let v = answers(s, 1, move || {
+            TcpStream::connect_timeout(&a, Duration::from_secs(2))
+        });
+        assert!(v[0].starts_with("error"), "{v:?}");
+    });
+    assert_eq!(status.unwrap(), 0, "{text}");
+    assert!(
+        text.contains("hook: FORWARD 0 filter: DROP") && text.contains("dropped: filtered"),
+        "where the DNAT'd request was dropped:\n{text}"
+    );
+    let saved = s.d.call(&["tables", "save", "-c"]).unwrap().stdout;
+    assert!(
+        rule_packets(&saved, "-o s0 -p tcp -m tcp --dport 8081 -j DROP") >= 1,
+        "{saved}"
+    );
+    assert!(s.d.counter("drop.filtered").unwrap_or(0) > filtered);
+    let r = s.d.call(&["tables", "restore", filter]).unwrap();
+    assert_eq!(r.status, 0, "{}", r.stderr);
 }
 
 const KUBE_SETS: &str = include_str!("fixtures/kube-ipvs.ipset");

@@ -808,6 +808,9 @@ impl Daemon {
         if merged.needs_links {
             merged = merged.with_links(crate::datapath::tables::iface::read_links());
         }
+        if merged.needs_routes {
+            merged = merged.with_routes(crate::datapath::tables::route::read_routes());
+        }
         if merged.nat_on {
             claims.extend(crate::datapath::tables::nat::guard_claims(&merged));
         }

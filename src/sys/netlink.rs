@@ -810,6 +810,8 @@ fn addr_of(m: &AddressMessage) -> Option<IpAddr> {
 
 mod events;
 pub use events::{in_prefix, Event, Events, Group};
+mod routes;
+pub use routes::{routes, RouteEntry, TABLE_LOCAL, TABLE_MAIN};
 
 #[cfg(test)]
 pub(crate) mod testns;

@@ -392,6 +392,10 @@ impl Pipeline {
             return;
         };
         let mut cur = *p;
+        // `-o` at POSTROUTING routes the next hop (DR: the real server).
+        if tables.needs_routes {
+            crate::datapath::tables::route::set_next_hop_of(out);
+        }
         if tables.active(TableId::Mangle, HookPoint::PostRouting)
             && !self.mangle_post(tables, frame, &cur, now, ctx, st, out)
         {

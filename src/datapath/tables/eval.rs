@@ -67,6 +67,17 @@ pub struct Env<'a> {
     pub sets: &'a super::ipset::Sets,
     pub addrs: &'a super::addrtype::LocalAddrs,
     pub links: &'a super::iface::Links,
+    /// `-o`'s routes, and where the walk runs (which address is routed).
+    pub routes: &'a super::route::Routes,
+    pub point: HookPoint,
+}
+
+impl Env<'_> {
+    /// The interface the packet leaves by (only asked by `-o` rules).
+    #[inline]
+    fn oif(&self, k: &Pkt) -> u32 {
+        self.routes.oif(super::route::route_to(self.point, k.dst))
+    }
 }
 
 /// A table's decision at one hook point.
@@ -171,11 +182,19 @@ impl Matches {
             && pfx(self.dst, k.dst)
             && ports(&self.sport, k.sport)
             && ports(&self.dport, k.dport)
-            && self.iif.as_ref().is_none_or(|m| m.test(env.links, super::iface::rx()))
-            // uvs never sees loopback traffic: `-o lo` never matches.
-            && self.oif_lo.is_none_or(|n| n)
+            && self
+                .iif
+                .as_ref()
+                .is_none_or(|m| m.test(env.links, super::iface::rx()))
+            && self
+                .oif
+                .as_ref()
+                .is_none_or(|m| m.test(env.links, env.oif(k)))
             && self.mark.is_none_or(|(n, v, m)| ((mark & m) == v) != n)
-            && self.addrtype.as_ref().is_none_or(|a| a.test(env.addrs, k.src, k.dst))
+            && self
+                .addrtype
+                .as_ref()
+                .is_none_or(|a| a.test(env.addrs, k.src, k.dst))
             && self.sets.iter().all(|m| m.test(env.sets, k))
             && self.ct_test(ct)
     }
@@ -322,6 +341,8 @@ impl Ruleset {
             sets: &self.sets,
             addrs: &self.addrs,
             links: &self.links,
+            routes: &self.routes,
+            point,
         };
         match self.table(id) {
             Some(t) => t

@@ -8,9 +8,10 @@
 //! event ([`read_links`], `nat::follow_addrs`): one hash probe and one
 //! short string compare per rule, never a syscall per packet.
 //!
-//! `-i` is accepted at PREROUTING, INPUT and FORWARD only, as iptables
-//! does. `-o` other than `lo` is refused: the output interface is chosen
-//! after the rule walk.
+//! `-i` is accepted at PREROUTING, INPUT and FORWARD only (also in user
+//! chains reached from there), as iptables does. `-o` names are the same
+//! [`IfMatch`], tested against the interface of the packet's route
+//! ([`super::route`]).
 
 use std::cell::Cell;
 

@@ -20,10 +20,10 @@
 //!   flow walks its chains, later packets and replies follow the recorded
 //!   mapping.
 //! * What uvs does not do yet is refused at load with the line's number,
-//!   never accepted and ignored: REDIRECT, SNAT at INPUT, address ranges,
-//!   `-o` with other interfaces than `lo` (uvs does not see loopback
-//!   traffic, so `-o lo` never matches). `-i` matches the arrival
-//!   interface ([`iface`]); `-i` at OUTPUT/POSTROUTING is refused.
+//!   never accepted and ignored: REDIRECT, SNAT at INPUT, address ranges.
+//!   `-i` matches the arrival interface ([`iface`]), `-o` the interface
+//!   the kernel's route lookup would choose ([`route`]); `-i` reached from
+//!   OUTPUT/POSTROUTING and `-o` reached from PREROUTING/INPUT are refused.
 //! * `-m set` matches the emulated ipsets ([`ipset`]), which live in the
 //!   same published snapshot: a set change is a new [`Ruleset`] sharing
 //!   every table ([`Ruleset::with_sets`]). A rule naming a set that does
@@ -37,6 +37,7 @@ pub mod ipset;
 pub mod nat;
 pub mod natct;
 mod parse;
+pub mod route;
 mod save;
 
 use std::net::IpAddr;
@@ -152,8 +153,8 @@ pub struct Matches {
     pub dport: Option<(bool, Ports)>,
     /// `-i NAME` ([`iface`]).
     pub iif: Option<iface::IfMatch>,
-    /// `-o lo` (the only output interface accepted): never seen by uvs.
-    pub oif_lo: Option<bool>,
+    /// `-o NAME` ([`route`]: the interface of the packet's route).
+    pub oif: Option<iface::IfMatch>,
     /// `--mark V[/M]`.
     pub mark: Option<(bool, u32, u32)>,
     /// `--ctstate` bits ([`CtState`]).
@@ -370,8 +371,12 @@ pub struct Ruleset {
     pub needs_local: bool,
     /// The director's links, for `-i` (set by the daemon).
     pub links: std::sync::Arc<iface::Links>,
-    /// Some rule has `-i` other than `lo` (then the daemon reads `links`).
+    /// Some rule has `-i` or `-o` (then the daemon reads `links`).
     pub needs_links: bool,
+    /// The director's routes, for `-o` (set by the daemon).
+    pub routes: std::sync::Arc<route::Routes>,
+    /// Some rule has `-o` (then the daemon reads `routes`).
+    pub needs_routes: bool,
     /// The ipsets `-m set` rules look up (ids fixed at parse).
     pub sets: std::sync::Arc<ipset::Sets>,
 }
@@ -388,6 +393,8 @@ impl Default for Ruleset {
             needs_local: false,
             links: Default::default(),
             needs_links: false,
+            routes: Default::default(),
+            needs_routes: false,
             sets: Default::default(),
         }
     }
@@ -404,8 +411,15 @@ impl Ruleset {
         r.empty = r.compute_empty();
         r.nat_on = r.table(TableId::Nat).is_some_and(|t| t.n_rules > 0);
         r.needs_local = r.any_rule(|r| r.m.addrtype.is_some());
-        r.needs_links = r.any_rule(|r| r.m.iif.is_some());
+        r.needs_links = r.any_rule(|r| r.m.iif.is_some() || r.m.oif.is_some());
+        r.needs_routes = r.any_rule(|r| r.m.oif.is_some());
         r
+    }
+
+    /// This ruleset with `-o`'s routes ([`route::read_routes`]).
+    pub fn with_routes(mut self, routes: route::Routes) -> Ruleset {
+        self.routes = std::sync::Arc::new(routes);
+        self
     }
 
     /// This ruleset with `-i`'s links ([`iface::read_links`]).
@@ -436,6 +450,8 @@ impl Ruleset {
             needs_local: self.needs_local,
             links: self.links.clone(),
             needs_links: self.needs_links,
+            routes: self.routes.clone(),
+            needs_routes: self.needs_routes,
             sets,
         }
     }
@@ -479,8 +495,10 @@ impl Ruleset {
         r.needs_local = r.any_rule(|r| r.m.addrtype.is_some());
         r.local = self.local.clone();
         r.addrs = self.addrs.clone();
-        r.needs_links = r.any_rule(|r| r.m.iif.is_some());
+        r.needs_links = r.any_rule(|r| r.m.iif.is_some() || r.m.oif.is_some());
         r.links = self.links.clone();
+        r.needs_routes = r.any_rule(|r| r.m.oif.is_some());
+        r.routes = self.routes.clone();
         // Tables are parsed against the current sets (`parse_with`): the
         // sets stay.
         r.sets = self.sets.clone();

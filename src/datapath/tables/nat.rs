@@ -214,7 +214,17 @@ pub fn follow_addrs(p: &crate::datapath::pipeline::Pipeline) -> String {
         if *cur.links != now {
             let new = cur.replaced_by(super::Ruleset::default()).with_links(now);
             p.tables.store(std::sync::Arc::new(new));
-            log::info!("uvs tables: -i's links re-read");
+            log::info!("uvs tables: -i/-o's links re-read");
+            cur = p.tables.load_full();
+        }
+    }
+    if cur.needs_routes {
+        let now = super::route::read_routes();
+        if *cur.routes != now {
+            let n = now.len();
+            let new = cur.replaced_by(super::Ruleset::default()).with_routes(now);
+            p.tables.store(std::sync::Arc::new(new));
+            log::info!("uvs tables: -o's routes re-read ({n} prefixes)");
             cur = p.tables.load_full();
         }
     }
@@ -234,9 +244,10 @@ pub fn follow_addrs(p: &crate::datapath::pipeline::Pipeline) -> String {
     msg
 }
 
-/// Watches the director's addresses (rtnetlink address groups) and asks
-/// the daemon, over its control socket, to re-read them when they change
-/// (`tables-addrs`). Subscribed in the caller's namespace. The thread
+/// Watches the director's addresses, links and routes (rtnetlink groups)
+/// and asks the daemon, over its control socket, to re-read them when they
+/// change (`tables-addrs`: MASQUERADE's addresses, `-i`/`-o`'s links,
+/// `-o`'s routes). Subscribed in the caller's namespace. The thread
 /// sleeps in a poller on the netlink socket (no periodic wake-up), drains
 /// it when readable (the control plane only), and stops when the handle
 /// is dropped.
@@ -247,7 +258,13 @@ pub fn watch_addrs(control: std::path::PathBuf) -> std::io::Result<AddrWatch> {
     use std::sync::atomic::Ordering::Relaxed;
     const EVENTS: Token = Token(0);
     const STOP: Token = Token(1);
-    let groups = [Group::Ipv4Addr, Group::Ipv6Addr, Group::Link];
+    let groups = [
+        Group::Ipv4Addr,
+        Group::Ipv6Addr,
+        Group::Link,
+        Group::Ipv4Route,
+        Group::Ipv6Route,
+    ];
     let mut ev = Events::subscribe(&groups).map_err(std::io::Error::other)?;
     let mut poll = Poll::new()?;
     poll.registry()
@@ -269,9 +286,15 @@ pub fn watch_addrs(control: std::path::PathBuf) -> std::io::Result<AddrWatch> {
                 let mut changed = false;
                 loop {
                     match ev.drain(|e| {
-                        // Links too: `-i` follows renames and new links.
-                        changed |=
-                            matches!(e, Event::Addr { .. } | Event::Link { .. } | Event::Resync);
+                        // Links too: `-i` follows renames and new links;
+                        // routes: `-o`'s table.
+                        changed |= matches!(
+                            e,
+                            Event::Addr { .. }
+                                | Event::Link { .. }
+                                | Event::Route { .. }
+                                | Event::Resync
+                        );
                     }) {
                         Ok(n) if n >= Events::DRAIN_MAX => continue,
                         Ok(_) => break,

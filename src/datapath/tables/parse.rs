@@ -233,6 +233,12 @@ impl Building {
                         chain.text
                     ));
                 }
+                if r.rule.m.oif.is_some() && matches!(chain.text.as_str(), "PREROUTING" | "INPUT") {
+                    return Err(format!(
+                        "-o can't be used in the {} chain (the output interface is not chosen there yet)",
+                        chain.text
+                    ));
+                }
                 let rules = &mut self.chains[ci].rules;
                 match at {
                     None => rules.push(r),
@@ -298,6 +304,7 @@ impl Building {
         if self.id == TableId::Nat {
             super::nat::hooks_check(&chains, &edges)?;
         }
+        super::route::hooks_check(&chains, &edges)?;
         Ok(Table::new(self.id, chains))
     }
 }
@@ -525,12 +532,8 @@ fn rule(
                 let dev = next(&mut i, "an interface", w)?;
                 if w.starts_with("-i") || w == "--in-interface" {
                     m.iif = Some(super::iface::IfMatch::parse(n, &dev)?);
-                } else if dev == "lo" {
-                    m.oif_lo = Some(n);
                 } else {
-                    return Err(format!(
-                        "{w} {dev}: uvs's tables do not match output interfaces yet (only lo, whose traffic uvs never sees)"
-                    ));
+                    m.oif = Some(super::iface::IfMatch::parse(n, &dev)?);
                 }
             }
             "-m" | "--match" => {

@@ -3,7 +3,16 @@
 
 use std::fmt::Write;
 
-use super::{Policy, Ruleset, TableId};
+use super::{iface::IfMatch, Policy, Ruleset, TableId};
+
+/// iptables -L -v's `in`/`out` column: `*` for any, `!` before a negated
+/// name, `+` after a prefix.
+fn iface_col(m: &Option<IfMatch>) -> String {
+    match m {
+        None => "*".into(),
+        Some(m) => format!("{}{}", if m.neg { "!" } else { "" }, m.text()),
+    }
+}
 
 impl Ruleset {
     /// The loaded tables as `iptables-save` writes them; with `counters`,
@@ -63,10 +72,20 @@ impl Ruleset {
                         let _ = writeln!(s, "Chain {}", c.name);
                     }
                 }
-                let _ = writeln!(s, "{:>8} {:>10} {:>4} rule", "pkts", "bytes", "num");
+                let _ = writeln!(
+                    s,
+                    "{:>8} {:>10} {:>4} {:<6} {:<6} rule",
+                    "pkts", "bytes", "num", "in", "out"
+                );
                 for (j, r) in c.rules.iter().enumerate() {
                     let (pk, by) = t.rule_counts(i, j);
-                    let _ = writeln!(s, "{pk:>8} {by:>10} {:>4} {}", j + 1, r.text);
+                    let (inn, out) = (iface_col(&r.m.iif), iface_col(&r.m.oif));
+                    let _ = writeln!(
+                        s,
+                        "{pk:>8} {by:>10} {:>4} {inn:<6} {out:<6} {}",
+                        j + 1,
+                        r.text
+                    );
                 }
                 s.push('\n');
             }

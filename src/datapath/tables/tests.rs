@@ -138,7 +138,7 @@ fn bad_lines_name_their_number() {
     assert_eq!(e("*filter\n-A INPUT -j DROP\n").line, 1);
     assert_eq!(e("*filter\n:A - [0:0]\n-A A -j A\nCOMMIT\n").line, 3);
     assert_eq!(e("*filter\n-A OUTPUT -i eth0 -j DROP\nCOMMIT\n").line, 2);
-    assert_eq!(e("*filter\n-A FORWARD -o eth0 -j DROP\nCOMMIT\n").line, 2);
+    assert_eq!(e("*filter\n-A INPUT -o eth0 -j DROP\nCOMMIT\n").line, 2);
     assert_eq!(
         e("*nat\n-A POSTROUTING -i eth0 -j ACCEPT\nCOMMIT\n").line,
         2
@@ -263,6 +263,9 @@ fn the_walk_is_indexed() {
 #[cfg(test)]
 #[path = "nat_tests.rs"]
 mod nat_tests;
+
+#[path = "oif_tests.rs"]
+mod oif_tests;
 
 #[test]
 fn in_interface_names_wildcards_and_negation() {
