@@ -67,6 +67,8 @@ pub struct Env<'a> {
     pub sets: &'a super::ipset::Sets,
     pub addrs: &'a super::addrtype::LocalAddrs,
     pub links: &'a super::iface::Links,
+    /// The frame, for LOG rules' lines (`None`: LOG only counts).
+    pub seen: Option<&'a super::log::Seen<'a>>,
 }
 
 /// A table's decision at one hook point.
@@ -244,7 +246,13 @@ impl Table {
                     // self.id.name(), &chain.name, p + 1, &r.text,
                     // r.target.iptables_name())`), once merged.
                     match r.target {
-                        Target::None | Target::Log => continue,
+                        Target::None => continue,
+                        Target::Log(ref spec) => {
+                            if let Some(s) = env.seen {
+                                super::log::record(spec, point, s, env.links, *mark);
+                            }
+                            continue;
+                        }
                         Target::Nat(n) => {
                             crate::datapath::trace::rule(
                                 point,
@@ -308,7 +316,8 @@ impl Table {
 
 impl Ruleset {
     /// Runs table `id` at `point` (see [`Table::run`]); ACCEPT when the
-    /// table is not loaded or has no chain there.
+    /// table is not loaded or has no chain there. Without the frame, LOG
+    /// rules only count ([`Ruleset::run_seen`] writes their lines).
     #[inline]
     pub fn run(
         &self,
@@ -318,10 +327,39 @@ impl Ruleset {
         mark: &mut u32,
         ct: &mut impl FnMut() -> CtFacts,
     ) -> TableVerdict {
+        self.run_env(id, point, k, None, mark, ct)
+    }
+
+    /// [`Ruleset::run`] for the packet `seen`, whose LOG hits become
+    /// lines ([`super::log`]).
+    #[inline]
+    pub fn run_seen(
+        &self,
+        id: TableId,
+        point: HookPoint,
+        k: &Pkt,
+        seen: &super::log::Seen<'_>,
+        mark: &mut u32,
+        ct: &mut impl FnMut() -> CtFacts,
+    ) -> TableVerdict {
+        self.run_env(id, point, k, Some(seen), mark, ct)
+    }
+
+    #[inline]
+    fn run_env(
+        &self,
+        id: TableId,
+        point: HookPoint,
+        k: &Pkt,
+        seen: Option<&super::log::Seen<'_>>,
+        mark: &mut u32,
+        ct: &mut impl FnMut() -> CtFacts,
+    ) -> TableVerdict {
         let env = Env {
             sets: &self.sets,
             addrs: &self.addrs,
             links: &self.links,
+            seen,
         };
         match self.table(id) {
             Some(t) => t
