@@ -211,6 +211,14 @@ enum Cmd {
         /// replies.
         #[arg(long = "local-src", value_name = "ADDR")]
         local_src: Vec<std::net::IpAddr>,
+        /// LOG rules (`-j LOG` in --tables) write the kernel's log line of
+        /// each packet they match to stderr, starting `<N>` (its
+        /// --log-level), which systemd's journal takes as the priority.
+        /// Each worker queues up to RECORDS lines; a thread writes them
+        /// every 10 ms; a full queue drops the line, counted as
+        /// log.dropped in `uvs stats` (written ones as log.lines).
+        #[arg(long = "log-queue", value_name = "RECORDS", default_value_t = 1024)]
+        log_queue: usize,
     },
     /// Build a namespace lab, balance real TCP and UDP traffic through uvs,
     /// print the result and remove the lab. Needs root.
@@ -590,6 +598,7 @@ fn real_main() -> Result<ExitCode> {
             metrics,
             bgp,
             local_src,
+            log_queue,
         } => {
             knobs.extend(amemthresh.map(|p| format!("amemthresh={p}")));
             // What it needs, checked before anything is changed.
@@ -648,6 +657,7 @@ fn real_main() -> Result<ExitCode> {
                 metrics,
                 bgp,
                 local_src,
+                log_queue,
             };
             uvs::control::daemon::run(opts, &stop)?;
             Ok(ExitCode::SUCCESS)

@@ -74,6 +74,8 @@ pub struct RunOpts {
     /// `--local-src ADDR`: local clients reach the VIPs from this address
     /// (one per family; empty: off). See [`crate::sys::local_out`].
     pub local_src: Vec<IpAddr>,
+    /// `--log-queue`: records per worker queue of LOG lines.
+    pub log_queue: usize,
 }
 
 /// Why the daemon could not start.
@@ -935,9 +937,20 @@ fn estimator_thread(stats: Arc<Stats>) -> std::io::Result<Ticker> {
     })
 }
 
+/// The largest `--log-queue` (records of about 300 bytes per worker).
+pub const LOG_QUEUE_MAX: usize = 1 << 16;
+
 /// Runs the daemon until `stop` is set.
 pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     let ifaces = engine::interfaces(&opts.interfaces)?;
+    if opts.log_queue == 0 || opts.log_queue > LOG_QUEUE_MAX {
+        return Err(DaemonError::Config(format!(
+            "--log-queue {}: must be 1..{LOG_QUEUE_MAX}",
+            opts.log_queue
+        )));
+    }
+    // Before the workers start: each makes its queue on its first LOG hit.
+    crate::datapath::tables::log::set_queue_len(opts.log_queue);
     let mut settings = knobs::Settings::default();
     for k in &opts.knobs {
         settings
@@ -1042,6 +1055,10 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
         })?;
     }
     let workers = engine.stats.workers.len();
+    // LOG rules' lines, to stderr (journald reads their `<N>` level).
+    let log_drain =
+        crate::datapath::tables::log::Drain::start(engine.epoch(), Box::new(std::io::stderr()))
+            .map_err(|e| DaemonError::Engine(engine::EngineError::Io(e)))?;
     pipeline
         .services
         .store(Arc::new(Services::counted(engine.stats.clone())));
@@ -1159,6 +1176,8 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
     drop(metrics);
     drop(ticker);
     d.engine.stop();
+    // After the workers: the last records are written.
+    drop(log_drain);
     // Guard drop removes the nftables table; the server's drop the socket.
     drop(d);
     match faults.panics() {

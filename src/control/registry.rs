@@ -229,6 +229,21 @@ pub fn engine(r: &mut Registry, stats: &Stats, hooks: &HookChain) {
     for (key, fam, help, v) in totals {
         r.counter(key, fam, help, vec![], v);
     }
+    let (lines, dropped) = crate::datapath::tables::log::totals();
+    r.counter(
+        "log.lines",
+        "log_lines",
+        "LOG rules' lines written (stderr)",
+        vec![],
+        lines,
+    );
+    r.counter(
+        "log.dropped",
+        "log_dropped",
+        "LOG rules' lines not written: the worker's log queue was full",
+        vec![],
+        dropped,
+    );
     for d in DropReason::ALL {
         r.counter(
             format!("drop.{}", d.name()),

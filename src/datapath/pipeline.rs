@@ -584,7 +584,8 @@ impl Pipeline {
         let icmp_error = is_icmp_error(p);
         let mut facts = None;
         let mut ct = || *facts.get_or_insert_with(|| self.ct_facts(frame, p, now, icmp_error, ctx));
-        let v = tables.run(id, point, &k, &mut mark, &mut ct);
+        let seen = crate::datapath::tables::Seen::new(frame, p, now);
+        let v = tables.run_seen(id, point, &k, &seen, &mut mark, &mut ct);
         ctx.mark = mark;
         use crate::datapath::tables::TableVerdict as T;
         match v {

@@ -281,7 +281,8 @@ impl Pipeline {
                     let p: &Parsed = cur;
                     let mut ct =
                         || *facts.get_or_insert_with(|| self.ct_facts(f, p, now, false, ctx));
-                    tables.run(TableId::Nat, point, &k, &mut mark, &mut ct)
+                    let seen = crate::datapath::tables::Seen::new(f, p, now);
+                    tables.run_seen(TableId::Nat, point, &k, &seen, &mut mark, &mut ct)
                 };
                 ctx.mark = mark;
                 let dnat = match v {
@@ -499,10 +500,12 @@ impl Pipeline {
         let icmp = is_icmp_error(cur);
         let mut facts = None;
         let mut ct = || *facts.get_or_insert_with(|| self.ct_facts(frame, cur, now, icmp, ctx));
-        let v = tables.run(
+        let seen = crate::datapath::tables::Seen::new(frame, cur, now);
+        let v = tables.run_seen(
             TableId::Mangle,
             HookPoint::PostRouting,
             &k,
+            &seen,
             &mut mark,
             &mut ct,
         );
@@ -529,7 +532,15 @@ impl Pipeline {
         let mut mark = ctx.mark;
         let mut facts = None;
         let mut ct = || *facts.get_or_insert_with(|| self.ct_facts(frame, cur, now, false, ctx));
-        let v = tables.run(TableId::Nat, HookPoint::PostRouting, &k, &mut mark, &mut ct);
+        let seen = crate::datapath::tables::Seen::new(frame, cur, now);
+        let v = tables.run_seen(
+            TableId::Nat,
+            HookPoint::PostRouting,
+            &k,
+            &seen,
+            &mut mark,
+            &mut ct,
+        );
         ctx.mark = mark;
         let TableVerdict::Nat(n) = v else {
             return Ok(None);

@@ -70,15 +70,17 @@ pub struct Env<'a> {
     /// `-o`'s routes, and where the walk runs (which address is routed).
     pub routes: &'a super::route::Routes,
     pub point: HookPoint,
+    /// The frame, for LOG rules' lines (`None`: LOG only counts).
+    pub seen: Option<&'a super::log::Seen<'a>>,
 }
 
 impl Env<'_> {
-    /// The interface the packet leaves by (only asked by `-o` rules).
+    /// The interface the packet leaves by (asked by `-o` rules and LOG
+    /// lines' `OUT=`).
     #[inline]
     fn oif(&self, k: &Pkt) -> u32 {
         self.routes.oif(super::route::route_to(self.point, k.dst))
     }
-}
 
 /// A table's decision at one hook point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +265,19 @@ impl Table {
                     // self.id.name(), &chain.name, p + 1, &r.text,
                     // r.target.iptables_name())`), once merged.
                     match r.target {
-                        Target::None | Target::Log => continue,
+                        Target::None => continue,
+                        Target::Log(ref spec) => {
+                            if let Some(s) = env.seen {
+                                // The kernel has no output device before
+                                // routing (PREROUTING, INPUT).
+                                let out = match point {
+                                    HookPoint::PreRouting | HookPoint::LocalIn => 0,
+                                    _ => env.oif(k),
+                                };
+                                super::log::record(spec, point, s, env.links, *mark, out);
+                            }
+                            continue;
+                        }
                         Target::Nat(n) => {
                             crate::datapath::trace::rule(
                                 point,
@@ -327,7 +341,8 @@ impl Table {
 
 impl Ruleset {
     /// Runs table `id` at `point` (see [`Table::run`]); ACCEPT when the
-    /// table is not loaded or has no chain there.
+    /// table is not loaded or has no chain there. Without the frame, LOG
+    /// rules only count ([`Ruleset::run_seen`] writes their lines).
     #[inline]
     pub fn run(
         &self,
@@ -337,12 +352,41 @@ impl Ruleset {
         mark: &mut u32,
         ct: &mut impl FnMut() -> CtFacts,
     ) -> TableVerdict {
+        self.run_env(id, point, k, None, mark, ct)
+    }
+
+    /// [`Ruleset::run`] for the packet `seen`, whose LOG hits become
+    /// lines ([`super::log`]).
+    #[inline]
+    pub fn run_seen(
+        &self,
+        id: TableId,
+        point: HookPoint,
+        k: &Pkt,
+        seen: &super::log::Seen<'_>,
+        mark: &mut u32,
+        ct: &mut impl FnMut() -> CtFacts,
+    ) -> TableVerdict {
+        self.run_env(id, point, k, Some(seen), mark, ct)
+    }
+
+    #[inline]
+    fn run_env(
+        &self,
+        id: TableId,
+        point: HookPoint,
+        k: &Pkt,
+        seen: Option<&super::log::Seen<'_>>,
+        mark: &mut u32,
+        ct: &mut impl FnMut() -> CtFacts,
+    ) -> TableVerdict {
         let env = Env {
             sets: &self.sets,
             addrs: &self.addrs,
             links: &self.links,
             routes: &self.routes,
             point,
+            seen,
         };
         match self.table(id) {
             Some(t) => t

@@ -34,6 +34,7 @@ pub mod addrtype;
 mod eval;
 pub mod iface;
 pub mod ipset;
+pub mod log;
 pub mod nat;
 pub mod natct;
 mod parse;
@@ -48,6 +49,7 @@ use foldhash::HashMap;
 use crate::datapath::hooks::HookPoint;
 
 pub use eval::{CtFacts, CtState, IpvsFacts, Pkt, TableVerdict};
+pub use log::Seen;
 pub use parse::{parse, parse_with};
 
 /// A text that could not be loaded: the line (1-based) and why.
@@ -186,8 +188,8 @@ pub enum Target {
         mask: u32,
         xor: u32,
     },
-    /// `LOG`: counted (and recorded in the trace); the walk goes on.
-    Log,
+    /// `LOG`: counted, and a kernel-format line ([`log`]); the walk goes on.
+    Log(log::LogSpec),
     /// `DNAT`, `SNAT`, `MASQUERADE`: the flow's translation (nat table).
     Nat(nat::NatTo),
 }
@@ -204,7 +206,7 @@ impl Target {
             Target::Jump(_) => "JUMP",
             Target::Goto(_) => "GOTO",
             Target::Mark { .. } => "MARK",
-            Target::Log => "LOG",
+            Target::Log(_) => "LOG",
             Target::Nat(n) => n.kind.name(),
         }
     }
@@ -371,7 +373,8 @@ pub struct Ruleset {
     pub needs_local: bool,
     /// The director's links, for `-i` (set by the daemon).
     pub links: std::sync::Arc<iface::Links>,
-    /// Some rule has `-i` or `-o` (then the daemon reads `links`).
+    /// Some rule has `-i` or `-o`, or is a LOG rule (whose lines name
+    /// interfaces): then the daemon reads `links`.
     pub needs_links: bool,
     /// The director's routes, for `-o` (set by the daemon).
     pub routes: std::sync::Arc<route::Routes>,
@@ -411,8 +414,8 @@ impl Ruleset {
         r.empty = r.compute_empty();
         r.nat_on = r.table(TableId::Nat).is_some_and(|t| t.n_rules > 0);
         r.needs_local = r.any_rule(|r| r.m.addrtype.is_some());
-        r.needs_links = r.any_rule(|r| r.m.iif.is_some() || r.m.oif.is_some());
-        r.needs_routes = r.any_rule(|r| r.m.oif.is_some());
+        r.needs_links = r.any_rule(needs_links);
+        r.needs_routes = r.any_rule(needs_routes);
         r
     }
 
@@ -495,9 +498,9 @@ impl Ruleset {
         r.needs_local = r.any_rule(|r| r.m.addrtype.is_some());
         r.local = self.local.clone();
         r.addrs = self.addrs.clone();
-        r.needs_links = r.any_rule(|r| r.m.iif.is_some() || r.m.oif.is_some());
+        r.needs_links = r.any_rule(needs_links);
         r.links = self.links.clone();
-        r.needs_routes = r.any_rule(|r| r.m.oif.is_some());
+        r.needs_routes = r.any_rule(needs_routes);
         r.routes = self.routes.clone();
         // Tables are parsed against the current sets (`parse_with`): the
         // sets stay.
@@ -618,6 +621,16 @@ impl Ruleset {
         }
         (to_us, servers)
     }
+}
+
+/// Whether rule `r` needs the director's links (`-i`, LOG's `IN=`).
+fn needs_links(r: &Rule) -> bool {
+    r.m.iif.is_some() || r.m.oif.is_some() || matches!(r.target, Target::Log(_))
+}
+
+/// `-o`, and LOG lines' `OUT=`, ask the route table.
+fn needs_routes(r: &Rule) -> bool {
+    r.m.oif.is_some() || matches!(r.target, Target::Log(_))
 }
 
 /// Lookup of a chain by name inside a table being built.

@@ -494,6 +494,9 @@ fn rule(
     let mut modules: Vec<&str> = Vec::new();
     let mut mark_opt: Option<(u32, u32, bool)> = None;
     let mut neg = false;
+    // LOG's option words (left out of the saved text) and the word `LOG`
+    // (after which they are written back in iptables-save's form).
+    let (mut log_words, mut log_at) = (Vec::new(), None);
     let mut i = 0;
     let next = |i: &mut usize, what: &str, opt: &str| -> Result<String, String> {
         *i += 1;
@@ -707,7 +710,10 @@ fn rule(
                         Target::Reject
                     }
                     "MARK" => Target::Mark { mask: 0, xor: 0 },
-                    "LOG" => Target::Log,
+                    "LOG" => {
+                        log_at = Some(i);
+                        Target::Log(Default::default())
+                    }
                     "DNAT" | "SNAT" | "MASQUERADE" if id != TableId::Nat => {
                         return Err(format!("{t} is valid in the nat table only"))
                     }
@@ -780,11 +786,19 @@ fn rule(
                     (w, k) => return Err(format!("{w} is not an option of -j {}", k.name())),
                 }
             }
-            "--log-prefix" | "--log-level" => {
-                if target_name.as_deref() != Some("LOG") {
+            w if w.starts_with("--log-") => {
+                let Target::Log(spec) = &mut target else {
                     return Err(format!("{w} needs -j LOG"));
+                };
+                log_words.push(i);
+                let v = match super::log::LogSpec::takes_value(w) {
+                    true => Some(next(&mut i, "a value", w)?),
+                    false => None,
+                };
+                if v.is_some() {
+                    log_words.push(i);
                 }
-                next(&mut i, "a value", w)?;
+                spec.option(w, v.as_deref())?;
             }
             "--reject-with" => {
                 if target_name.as_deref() != Some("REJECT") {
@@ -879,11 +893,21 @@ fn rule(
             return Err("-s and -d are of different address families".into());
         }
     }
-    let text = words
-        .iter()
-        .map(|w| w.raw.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let mut text = String::new();
+    for (j, w) in words.iter().enumerate() {
+        if log_words.contains(&j) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(&w.raw);
+        if let (Some(at), Target::Log(spec)) = (log_at, &target) {
+            if at == j {
+                text.push_str(&spec.save_text());
+            }
+        }
+    }
     Ok(PendingRule {
         rule: Rule {
             m,
