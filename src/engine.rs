@@ -25,7 +25,7 @@ use crate::datapath::pipeline::Pipeline;
 use crate::datapath::stats::{add, DropReason, Stats, WorkerStats};
 use crate::io::idle::Idle;
 use crate::io::tun_local::{LocalRx, LocalSink};
-use crate::io::{RxBatch, RxFrame, RxRing, RxSkip, RxSource, TxBatch, TxQueue, TxSink};
+use crate::io::{RingTx, RxBatch, RxFrame, RxRing, RxSkip, RxSource, TxQueue, TxSink};
 use crate::sys::neigh::{Resolver, ResolverConfig};
 
 /// An interface uvs attaches to.
@@ -103,6 +103,8 @@ pub struct EngineConfig {
     pub workers: usize,
     pub ring_frames: usize,
     pub io: IoMode,
+    /// How AF_PACKET transmits (`--tx`).
+    pub tx: TxMode,
     /// `--busy-poll`: microseconds a worker keeps polling its sources
     /// after they ran dry before it sleeps; 0 = sleep at once (default).
     pub busy_poll_us: u32,
@@ -165,6 +167,17 @@ pub enum IoMode {
     AfPacket,
 }
 
+/// How the AF_PACKET backend transmits (`uvs run --tx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxMode {
+    /// A `PACKET_TX_RING` per interface ([`crate::io::txring`]); GSO
+    /// packets, and frames that find their ring full, by `sendmmsg`.
+    #[default]
+    Ring,
+    /// Every frame by `sendmmsg` ([`crate::io::tx`]).
+    Sendmmsg,
+}
+
 /// The backend the engine runs on, for the start-up line and to know which
 /// kernel guard applies.
 #[derive(Debug)]
@@ -197,6 +210,8 @@ const BATCH: usize = 256;
 const TX_CAP: usize = 256;
 /// Copy slots of a TX queue (fragments, segments, ICMP errors, parked).
 const TX_COPY_SLOTS: usize = 64;
+/// Frames of each TX ring (`--tx ring`), per worker and interface.
+const TX_RING_FRAMES: usize = 512;
 /// How often a worker reads its sources' kernel drop counts.
 const KERNEL_DROPS_EVERY_MS: u64 = 100;
 
@@ -303,11 +318,20 @@ impl Engine {
             Err(why) => why,
         };
         let group_base = (std::process::id() as u16).wrapping_mul(7);
+        let ring_on: Vec<u32> = match cfg.tx {
+            TxMode::Ring => ifaces.iter().map(|i| i.index).collect(),
+            TxMode::Sendmmsg => Vec::new(),
+        };
         let backends = (0..cfg.workers.max(1))
             .map(|_| {
                 Ok(Backend {
                     rx: open_af_packet(&ifaces, group_base, cfg.ring_frames)?,
-                    tx: TxBatch::new(TX_CAP, TX_COPY_SLOTS)?,
+                    tx: RingTx::new(&ring_on, TX_RING_FRAMES, TX_CAP, TX_COPY_SLOTS).map_err(
+                        |err| EngineError::Ring {
+                            iface: "(TX ring)".into(),
+                            err,
+                        },
+                    )?,
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
@@ -576,6 +600,10 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
             }
             if c.dropped > 0 {
                 add(&st.drops[DropReason::TxFailed as usize], c.dropped);
+            }
+            let fb = self.tx.take_fallbacks();
+            if fb > 0 {
+                add(&st.tx_ring_fallback, fb);
             }
             if now.saturating_sub(drops_read) >= KERNEL_DROPS_EVERY_MS {
                 drops_read = now;

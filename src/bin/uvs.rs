@@ -62,6 +62,14 @@ enum Io {
     AfPacket,
 }
 
+/// `uvs run --tx`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[value(rename_all = "snake_case")]
+enum Tx {
+    Ring,
+    Sendmmsg,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the load balancer in this network namespace.
@@ -163,6 +171,11 @@ enum Cmd {
         /// says which runs.
         #[arg(long, value_enum, default_value_t = Io::AfPacket)]
         io: Io,
+        /// How AF_PACKET transmits: ring (a PACKET_TX_RING per interface,
+        /// one send call per round; GSO packets and frames that find the
+        /// ring full go by sendmmsg) or sendmmsg (every frame by sendmmsg).
+        #[arg(long, value_enum, default_value_t = Tx::Ring)]
+        tx: Tx,
         /// Busy polling, for dedicated cores: a worker whose sources ran
         /// dry keeps polling them for USECS microseconds before it sleeps
         /// (under AF_XDP the sockets also get SO_BUSY_POLL and
@@ -592,6 +605,7 @@ fn real_main() -> Result<ExitCode> {
             conn_max,
             amemthresh,
             io,
+            tx,
             busy_poll,
             idle_spin,
             worker_nice,
@@ -649,6 +663,10 @@ fn real_main() -> Result<ExitCode> {
                     Io::Auto => IoMode::Auto,
                     Io::AfXdp => IoMode::AfXdp,
                     Io::AfPacket => IoMode::AfPacket,
+                },
+                tx: match tx {
+                    Tx::Ring => uvs::engine::TxMode::Ring,
+                    Tx::Sendmmsg => uvs::engine::TxMode::Sendmmsg,
                 },
                 busy_poll_us: busy_poll,
                 idle_spin_us: idle_spin,

@@ -57,6 +57,8 @@ pub struct RunOpts {
     pub conn_max: usize,
     /// Packet backend (`--io`).
     pub io: engine::IoMode,
+    /// How AF_PACKET transmits (`--tx`).
+    pub tx: engine::TxMode,
     /// `--busy-poll` microseconds (0: off).
     pub busy_poll_us: u32,
     /// `--idle-spin` microseconds (0: off).
@@ -1032,6 +1034,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             workers: opts.workers,
             ring_frames: opts.ring_frames,
             io: opts.io,
+            tx: opts.tx,
             busy_poll_us: opts.busy_poll_us,
             idle_spin_us: opts.idle_spin_us,
             worker_nice: opts.worker_nice,

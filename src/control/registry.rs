@@ -170,7 +170,7 @@ pub fn engine(r: &mut Registry, stats: &Stats, hooks: &HookChain) {
         stats.workers.iter().map(|w| f(w)).sum()
     };
     use std::sync::atomic::Ordering::Relaxed;
-    let totals: [(&str, &str, &'static str, u64); 9] = [
+    let totals: [(&str, &str, &'static str, u64); 10] = [
         (
             "rx",
             "received_packets",
@@ -212,6 +212,12 @@ pub fn engine(r: &mut Registry, stats: &Stats, hooks: &HookChain) {
             "rx_skipped_other_host",
             "Frames skipped: not addressed to this host",
             sum(&|w| w.skipped_other_host.load(Relaxed)),
+        ),
+        (
+            "tx.ring_full_fallback",
+            "tx_ring_full_fallback",
+            "Frames sent by sendmmsg because their TX ring was full (not lost)",
+            sum(&|w| w.tx_ring_fallback.load(Relaxed)),
         ),
         (
             "connection_races",

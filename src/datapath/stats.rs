@@ -171,6 +171,8 @@ pub struct WorkerStats {
     /// Frames skipped: not addressed to this host (broadcast, multicast,
     /// another MAC).
     pub skipped_other_host: AtomicU64,
+    /// Frames sent by `sendmmsg` because their TX ring was full.
+    pub tx_ring_fallback: AtomicU64,
     pub parse: [AtomicU64; ParseError::COUNT],
     pub drops: [AtomicU64; DropReason::COUNT],
     pub hook_seen: [AtomicU64; MAX_ENTRIES],
@@ -192,6 +194,7 @@ impl Default for WorkerStats {
             icmp_limited: AtomicU64::new(0),
             skipped_vlan: AtomicU64::new(0),
             skipped_other_host: AtomicU64::new(0),
+            tx_ring_fallback: AtomicU64::new(0),
             parse: arr(),
             drops: arr(),
             hook_seen: arr(),

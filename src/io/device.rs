@@ -140,4 +140,11 @@ pub trait TxSink {
 
     /// Sent and dropped frames since the last call.
     fn take_counts(&mut self) -> TxCounts;
+
+    /// Frames sent another way than the sink's first choice since the last
+    /// call (AF_PACKET's TX ring full: sent with `sendmmsg` instead); not
+    /// losses, but counted so a too-small ring shows.
+    fn take_fallbacks(&mut self) -> u64 {
+        0
+    }
 }

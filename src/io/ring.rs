@@ -88,7 +88,7 @@ pub struct RxRing {
 // another thread moves that exclusive ownership with it.
 unsafe impl Send for RxRing {}
 
-fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -144,7 +144,7 @@ pub(crate) fn setsockopt<T>(
 }
 
 /// The MTU of interface `ifindex` (`SIOCGIFMTU`, in this namespace).
-fn interface_mtu(ifindex: u32) -> io::Result<usize> {
+pub(crate) fn interface_mtu(ifindex: u32) -> io::Result<usize> {
     // SAFETY: ifreq is plain old data; zero is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes (the size of

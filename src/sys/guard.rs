@@ -244,11 +244,11 @@ const ICMP6_ERRORS: [u8; 4] = [1, 2, 3, 4];
 ///
 /// ```text
 /// ip daddr . meta l4proto . th dport @svc4 counter drop
-/// ip daddr . meta l4proto @svcw4 counter drop
 /// ip saddr . meta l4proto . th sport @rs4 fib daddr type != local counter drop
-/// ip saddr . meta l4proto @rsw4 fib daddr type != local counter drop
 /// ip saddr . meta l4proto . th sport @rs4 fib daddr type local
 ///     @th,16,8 { 0xf0-0xff } counter drop
+/// ip daddr . meta l4proto @svcw4 counter drop
+/// ip saddr . meta l4proto @rsw4 fib daddr type != local counter drop
 /// (the same five for ip6)
 /// ip saddr @rsa4 icmp type { destination-unreachable, source-quench,
 ///     time-exceeded, parameter-problem } fib daddr type != local counter drop
@@ -281,22 +281,29 @@ fn install_batch(devices: &[String]) -> Batch {
         );
         let drop = [Expr::Counter, Expr::Drop];
         for (fam, v6) in [("4", false), ("6", true)] {
-            for (set, port) in [(format!("svc{fam}"), true), (format!("svcw{fam}"), false)] {
+            // Every rule only drops, so their order changes nothing but
+            // the cost: the common cases first. A request to a service is
+            // one lookup (the first rule); a NAT reply one failed lookup
+            // and one hit; the port-0 sets, which few configurations
+            // fill, are looked up last.
+            let service = |b: &mut Batch, set: String, port: bool| {
                 let mut r = l3(v6).to_vec();
                 r.extend(tuple_lookup(v6, false, port, &set));
                 r.extend(drop.clone());
                 b.add_rule(TABLE, &chain, &r);
-            }
+            };
             // NAT replies go to clients; a reply addressed to the
             // director itself answers its own connection (a health
             // check, an operator's curl) and stays the kernel's.
-            for (set, port) in [(format!("rs{fam}"), true), (format!("rsw{fam}"), false)] {
+            let nat_reply = |b: &mut Batch, set: String, port: bool| {
                 let mut r = l3(v6).to_vec();
                 r.extend(tuple_lookup(v6, true, port, &set));
                 r.extend(not_to_me());
                 r.extend(drop.clone());
                 b.add_rule(TABLE, &chain, &r);
-            }
+            };
+            service(&mut b, format!("svc{fam}"), true);
+            nat_reply(&mut b, format!("rs{fam}"), true);
             // Replies to the nat table's MASQUERADE ports on the
             // director's own addresses are uvs's to un-NAT (below the
             // range the director's own sockets use).
@@ -317,6 +324,8 @@ fn install_batch(devices: &[String]) -> Batch {
             });
             r.extend(drop.clone());
             b.add_rule(TABLE, &chain, &r);
+            service(&mut b, format!("svcw{fam}"), false);
+            nat_reply(&mut b, format!("rsw{fam}"), false);
         }
         // ICMP errors from NAT real servers: uvs relays them rewritten.
         for (v6, set, proto, ty, types) in [
