@@ -81,6 +81,7 @@ impl Env<'_> {
     fn oif(&self, k: &Pkt) -> u32 {
         self.routes.oif(super::route::route_to(self.point, k.dst))
     }
+}
 
 /// A table's decision at one hook point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
