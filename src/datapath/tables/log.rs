@@ -321,7 +321,6 @@ impl<'a> Seen<'a> {
     }
 }
 
-
 /// One worker's queue and its dropped count (written by that worker only).
 struct Queue {
     q: ArrayQueue<Record>,

@@ -414,7 +414,7 @@ fn a_flood_larger_than_the_queue_is_counted_and_the_rest_written() {
         crate::datapath::tables::iface::set_rx(7);
         let s = spec(&[("--log-prefix", Some("flood: "))]);
         for _ in 0..sent {
-            record(&s, HookPoint::Forward, &seen, &links, 0);
+            record(&s, HookPoint::Forward, &seen, &links, 0, 0);
         }
     })
     .join()
