@@ -311,8 +311,17 @@ fn kube_proxy_nat_masquerades_ipvs_traffic_and_dnat_forwards_a_port() {
                 .is_some_and(|l| l.ends_with(want))
         })
     };
+    // The address's routes (its /28, its local route) reach `-o`'s route
+    // snapshot through the same events.
+    let reread = || log().matches("-o's routes re-read").count();
+    let before = reread();
     ip_addr("add");
     assert!(peer_is(" 203.0.113.13"), "new address not taken\n{}", log());
+    assert!(
+        common::wait_until(Duration::from_secs(5), || reread() > before),
+        "-o's routes not re-read\n{}",
+        log()
+    );
     ip_addr("del");
     assert!(
         peer_is(" 203.0.113.1"),

@@ -106,3 +106,7 @@ fn entry_of(m: &RouteMessage, v6: bool) -> Option<RouteEntry> {
         metric,
     })
 }
+
+#[cfg(test)]
+#[path = "routes_tests.rs"]
+mod tests;
