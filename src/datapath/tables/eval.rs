@@ -248,6 +248,16 @@ impl Table {
                     match r.target {
                         Target::None => continue,
                         Target::Log(ref spec) => {
+                            // In the trace too (a LOG hit goes on walking).
+                            crate::datapath::trace::rule(
+                                point,
+                                self.id.priority(point),
+                                self.id.name(),
+                                &chain.name,
+                                p + 1,
+                                &r.text,
+                                "LOG",
+                            );
                             if let Some(s) = env.seen {
                                 super::log::record(spec, point, s, env.links, *mark);
                             }
