@@ -183,7 +183,7 @@ const LOG_RULES: &str = "\
 :FORWARD ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
 -A INPUT -p tcp --dport 80 -j LOG --log-prefix \"uvs web: \"
--A FORWARD -p udp --dport 9 -j LOG --log-level info --log-prefix \"uvs udp: \"
+-A INPUT -p udp --dport 53 -j LOG --log-level info --log-prefix \"uvs udp: \"
 COMMIT
 ";
 
@@ -203,7 +203,8 @@ fn log_lines(s: &Setup, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Packets through LOG rules: the kernel's line on uvs's stderr, read back
+/// Packets through LOG rules (at INPUT: the VIPs' traffic, which uvs sees
+/// under both backends): the kernel's line on uvs's stderr, read back
 /// to the packet; a flood beyond the queue (8) counted in log.dropped,
 /// every LOG hit either written or counted.
 fn log_rules_write_kernel_lines(s: &Setup) {
@@ -218,7 +219,7 @@ fn log_rules_write_kernel_lines(s: &Setup) {
     );
     assert!(
         saved.contains(
-            "-A FORWARD -p udp --dport 9 -j LOG --log-prefix \"uvs udp: \" --log-level 6\n"
+            "-A INPUT -p udp --dport 53 -j LOG --log-prefix \"uvs udp: \" --log-level 6\n"
         ),
         "{saved}"
     );
@@ -250,15 +251,23 @@ fn log_rules_write_kernel_lines(s: &Setup) {
     assert_eq!(f["MAC"].len(), 14 * 3 - 1, "{syn}");
     assert!(f["MAC"].ends_with(":08:00"), "{syn}");
 
-    // UDP, forwarded (no service): one datagram per family from a known
-    // port, spaced, each its own line.
+    // UDP to a service (what uvs sees under either backend): one datagram
+    // per family from a known port, spaced, each its own line.
+    for cmd in [
+        "-A -u 192.0.2.10:53 -s rr",
+        "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -m",
+        "-A -u [2001:db8:f::10]:53 -s rr",
+        "-a -u [2001:db8:f::10]:53 -r [2001:db8:5::11]:53 -m",
+    ] {
+        s.d.uvsadm(cmd).unwrap();
+    }
     let sport = 40000 + (std::process::id() % 20000) as u16;
     let sent = netns::run_in(&s.lab.ns("c"), move || -> std::io::Result<()> {
         let u4 = std::net::UdpSocket::bind(("198.51.100.10", sport))?;
         let u6 = std::net::UdpSocket::bind(("2001:db8:c::10", sport))?;
-        u4.send_to(b"hello", "192.0.2.10:9")?;
+        u4.send_to(b"hello", "192.0.2.10:53")?;
         std::thread::sleep(Duration::from_millis(50));
-        u6.send_to(b"hello", "[2001:db8:f::10]:9")?;
+        u6.send_to(b"hello", "[2001:db8:f::10]:53")?;
         Ok(())
     })
     .expect("client namespace");
@@ -285,7 +294,7 @@ fn log_rules_write_kernel_lines(s: &Setup) {
         let port = sport.to_string();
         assert_eq!(
             (f["IN"], f["SRC"], f["DST"], f["PROTO"], f["SPT"], f["DPT"], f["LEN"]),
-            ("c0", src, dst, "UDP", port.as_str(), "9", "13"),
+            ("c0", src, dst, "UDP", port.as_str(), "53", "13"),
             "{l}"
         );
     }
@@ -297,7 +306,7 @@ fn log_rules_write_kernel_lines(s: &Setup) {
         };
         let end = std::time::Instant::now() + Duration::from_secs(5);
         for _ in 0..3000 {
-            if u.send_to(b"flood", "192.0.2.10:9").is_err() || std::time::Instant::now() > end {
+            if u.send_to(b"flood", "192.0.2.10:53").is_err() || std::time::Instant::now() > end {
                 break;
             }
         }
