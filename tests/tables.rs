@@ -2,8 +2,9 @@
 //! in the lab, a mangle MARK rule for two VIP ports feeding one fwmark
 //! service (`-f`), `uvs tables restore` from stdin (a bad line refused with
 //! its number, the running tables unchanged), and a filter DROP at FORWARD
-//! that stops NAT replies, its rule's counter showing where. Needs root;
-//! skips without.
+//! that stops NAT replies, its rule's counter showing where; LOG rules'
+//! kernel-format lines on uvs's stderr, and a flood larger than the log
+//! queue counted as dropped lines. Needs root; skips without.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -92,6 +93,9 @@ fn mark_rules_feed_a_fwmark_service_and_filter_drops_replies() {
             tbl.to_str().unwrap(),
             "--workers",
             "1",
+            // LOG lines: a small queue, so that a short flood overflows it.
+            "--log-queue",
+            "8",
         ],
     );
     let _rm = common::RemoveOnDrop(vec![cfg.clone(), tbl.clone()]);
@@ -169,4 +173,167 @@ fn mark_rules_feed_a_fwmark_service_and_filter_drops_replies() {
     let saved = uvs_tables(&s.d.control, &["save"], "").1;
     assert!(saved.contains("--dports 80,443,8443"), "{saved}");
     assert!(saved.contains("-s 203.0.113.12/32"), "{saved}");
+
+    log_rules_write_kernel_lines(&s);
+}
+
+const LOG_RULES: &str = "\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp --dport 80 -j LOG --log-prefix \"uvs web: \"
+-A INPUT -p udp --dport 53 -j LOG --log-level info --log-prefix \"uvs udp: \"
+COMMIT
+";
+
+/// The `KEY=VALUE` fields of a LOG line (`IN=` and `OUT=` may be empty).
+fn log_fields(line: &str) -> std::collections::HashMap<&str, &str> {
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect()
+}
+
+/// The LOG lines in uvs's output with `prefix`.
+fn log_lines(s: &Setup, prefix: &str) -> Vec<String> {
+    s.d.log_text()
+        .lines()
+        .filter(|l| l.contains(prefix))
+        .map(String::from)
+        .collect()
+}
+
+/// Packets through LOG rules (at INPUT: the VIPs' traffic, which uvs sees
+/// under both backends): the kernel's line on uvs's stderr, read back
+/// to the packet; a flood beyond the queue (8) counted in log.dropped,
+/// every LOG hit either written or counted.
+fn log_rules_write_kernel_lines(s: &Setup) {
+    let (code, out, err) = uvs_tables(&s.d.control, &["restore"], LOG_RULES);
+    assert_eq!(code, 0, "{out}{err}");
+    // Saved as iptables-save writes them (the level as a number, after the
+    // prefix).
+    let saved = uvs_tables(&s.d.control, &["save"], "").1;
+    assert!(
+        saved.contains("-A INPUT -p tcp --dport 80 -j LOG --log-prefix \"uvs web: \"\n"),
+        "{saved}"
+    );
+    assert!(
+        saved.contains(
+            "-A INPUT -p udp --dport 53 -j LOG --log-prefix \"uvs udp: \" --log-level 6\n"
+        ),
+        "{saved}"
+    );
+
+    // TCP to the fwmark service: INPUT, the mangle table's mark shown.
+    let t = tally(s, "192.0.2.10:80", 1);
+    assert_eq!(t.failures, 0, "{:?}", t.first_error);
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let syn = loop {
+        let found = log_lines(s, "uvs web: ")
+            .into_iter()
+            .find(|l| l.contains(" SYN "));
+        match found {
+            Some(l) => break l,
+            None if std::time::Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            None => panic!("no SYN line:\n{}", s.d.log_text()),
+        }
+    };
+    assert!(syn.starts_with("<4>["), "{syn}");
+    let f = log_fields(&syn);
+    assert_eq!(
+        (f["IN"], f["OUT"], f["SRC"], f["DST"], f["PROTO"], f["DPT"]),
+        ("c0", "", "198.51.100.10", "192.0.2.10", "TCP", "80"),
+        "{syn}"
+    );
+    assert_eq!(f["MARK"], "0x1", "{syn}");
+    assert_eq!(f["MAC"].len(), 14 * 3 - 1, "{syn}");
+    assert!(f["MAC"].ends_with(":08:00"), "{syn}");
+
+    // UDP to a service (what uvs sees under either backend): one datagram
+    // per family from a known port, spaced, each its own line.
+    for cmd in [
+        "-A -u 192.0.2.10:53 -s rr",
+        "-a -u 192.0.2.10:53 -r 203.0.113.11:53 -m",
+        "-A -u [2001:db8:f::10]:53 -s rr",
+        "-a -u [2001:db8:f::10]:53 -r [2001:db8:5::11]:53 -m",
+    ] {
+        s.d.uvsadm(cmd).unwrap();
+    }
+    let sport = 40000 + (std::process::id() % 20000) as u16;
+    let sent = netns::run_in(&s.lab.ns("c"), move || -> std::io::Result<()> {
+        let u4 = std::net::UdpSocket::bind(("198.51.100.10", sport))?;
+        let u6 = std::net::UdpSocket::bind(("2001:db8:c::10", sport))?;
+        u4.send_to(b"hello", "192.0.2.10:53")?;
+        std::thread::sleep(Duration::from_millis(50));
+        u6.send_to(b"hello", "[2001:db8:f::10]:53")?;
+        Ok(())
+    })
+    .expect("client namespace");
+    sent.expect("send");
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let l = log_lines(s, "uvs udp: ");
+        if l.len() >= 2 || std::time::Instant::now() > end {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(lines.len(), 2, "{}", s.d.log_text());
+    for (l, src, dst) in [
+        (&lines[0], "198.51.100.10", "192.0.2.10"),
+        (
+            &lines[1],
+            "2001:0db8:000c:0000:0000:0000:0000:0010",
+            "2001:0db8:000f:0000:0000:0000:0000:0010",
+        ),
+    ] {
+        assert!(l.starts_with("<6>["), "{l}");
+        let f = log_fields(l);
+        let port = sport.to_string();
+        assert_eq!(
+            (f["IN"], f["SRC"], f["DST"], f["PROTO"], f["SPT"], f["DPT"], f["LEN"]),
+            ("c0", src, dst, "UDP", port.as_str(), "53", "13"),
+            "{l}"
+        );
+    }
+
+    // A flood far beyond 8 lines a tick: bounded in count and time.
+    netns::run_in(&s.lab.ns("c"), move || {
+        let Ok(u) = std::net::UdpSocket::bind(("198.51.100.10", sport)) else {
+            return;
+        };
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        for _ in 0..3000 {
+            if u.send_to(b"flood", "192.0.2.10:53").is_err() || std::time::Instant::now() > end {
+                break;
+            }
+        }
+    })
+    .expect("client namespace");
+    // Every LOG hit is a line or a dropped record, once the drain is done.
+    let hits = || {
+        uvs_tables(&s.d.control, &["save", "-c"], "")
+            .1
+            .lines()
+            .filter(|l| l.contains("-j LOG"))
+            .filter_map(|l| l.strip_prefix('[')?.split(':').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let (lines, dropped) = loop {
+        let (l, d) = (
+            s.d.counter("log.lines").unwrap(),
+            s.d.counter("log.dropped").unwrap(),
+        );
+        if l + d == hits() || std::time::Instant::now() > end {
+            break (l, d);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let written = (log_lines(s, "uvs web: ").len() + log_lines(s, "uvs udp: ").len()) as u64;
+    assert!(dropped > 0, "no line dropped: {lines} written");
+    assert_eq!(lines, written, "log.lines against the lines on stderr");
+    assert_eq!(lines + dropped, hits(), "every LOG hit written or dropped");
 }

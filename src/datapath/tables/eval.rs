@@ -268,6 +268,16 @@ impl Table {
                     match r.target {
                         Target::None => continue,
                         Target::Log(ref spec) => {
+                            // In the trace too (a LOG hit goes on walking).
+                            crate::datapath::trace::rule(
+                                point,
+                                self.id.priority(point),
+                                self.id.name(),
+                                &chain.name,
+                                p + 1,
+                                &r.text,
+                                "LOG",
+                            );
                             if let Some(s) = env.seen {
                                 // The kernel has no output device before
                                 // routing (PREROUTING, INPUT).

@@ -18,7 +18,8 @@
 //!   thread), no lock, no syscall. A full queue drops the record and counts
 //!   it (`log.dropped`); nothing is recorded while no [`Drain`] runs (a
 //!   library user's pipeline only counts its LOG rules).
-//! * A [`Drain`] thread wakes every [`TICK`], takes at most a queue's
+//! * A [`Drain`] thread wakes every [`TICK`] (every [`IDLE_TICK`] until
+//!   a first record), takes at most a queue's
 //!   length of records from each worker's queue, formats them
 //!   ([`format::line`]) and writes them in batches (each write whole lines,
 //!   at most 4 KiB, so a pipe never interleaves them with other output);
@@ -60,8 +61,11 @@ pub const PREFIX_MAX: usize = 29;
 /// Default records per worker queue (`uvs run --log-queue`).
 pub const DEFAULT_QUEUE: usize = 1024;
 
-/// How often the drain thread wakes.
+/// How often the drain thread wakes once a worker has logged.
 pub const TICK: Duration = Duration::from_millis(10);
+
+/// How often it wakes before (a worker's first record waits at most this).
+pub const IDLE_TICK: Duration = Duration::from_millis(100);
 
 /// `--log-level` when not given (the kernel's default, warning).
 pub const DEFAULT_LEVEL: u8 = 4;
@@ -441,7 +445,8 @@ impl Drain {
     pub fn start(epoch: Instant, out: Box<dyn Write + Send>) -> std::io::Result<Drain> {
         let stop = Arc::new(AtomicBool::new(false));
         let sp = stop.clone();
-        let base_us = mono_us().saturating_sub(epoch.elapsed().as_micros() as u64);
+        // Whole milliseconds, as the records' clock counts.
+        let base_us = mono_us().saturating_sub(epoch.elapsed().as_micros() as u64) / 1000 * 1000;
         DRAINS.fetch_add(1, Relaxed);
         let spawned = std::thread::Builder::new()
             .name("uvs-log".into())
@@ -454,7 +459,10 @@ impl Drain {
                     if last {
                         break;
                     }
-                    std::thread::sleep(TICK);
+                    // No worker has logged yet (no LOG rule matched): a
+                    // slower wake-up, for a daemon without LOG rules.
+                    let idle = QUEUES.lock().map(|v| v.is_empty()).unwrap_or(false);
+                    std::thread::sleep(if idle { IDLE_TICK } else { TICK });
                 }
                 let _ = out.flush();
                 DRAINS.fetch_sub(1, Relaxed);
