@@ -185,6 +185,15 @@ const LOG_RULES: &str = "\
 -A INPUT -p tcp --dport 80 -j LOG --log-prefix \"uvs web: \"
 -A INPUT -p udp --dport 53 -j LOG --log-level info --log-prefix \"uvs udp: \"
 COMMIT
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d 192.0.2.10/32 -p tcp -m multiport --dports 80,443 -j MARK --set-xmark 0x1/0xffffffff
+-A POSTROUTING -p udp --dport 53 -j LOG --log-prefix \"uvs post: \"
+COMMIT
 ";
 
 /// The `KEY=VALUE` fields of a LOG line (`IN=` and `OUT=` may be empty).
@@ -204,8 +213,8 @@ fn log_lines(s: &Setup, prefix: &str) -> Vec<String> {
 }
 
 /// Packets through LOG rules (at INPUT: the VIPs' traffic, which uvs sees
-/// under both backends): the kernel's line on uvs's stderr, read back
-/// to the packet; a flood beyond the queue (8) counted in log.dropped,
+/// under both backends; at mangle POSTROUTING, with `OUT=`): the kernel's
+/// line on uvs's stderr, read back to the packet; a flood beyond the queue (8) counted in log.dropped,
 /// every LOG hit either written or counted.
 fn log_rules_write_kernel_lines(s: &Setup) {
     let (code, out, err) = uvs_tables(&s.d.control, &["restore"], LOG_RULES);
@@ -298,6 +307,28 @@ fn log_rules_write_kernel_lines(s: &Setup) {
             "{l}"
         );
     }
+    // The same datagrams at POSTROUTING, after IPVS's DNAT: no input
+    // device, and `OUT=` the interface the real server's route leaves by.
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let post = loop {
+        let l = log_lines(s, "uvs post: ");
+        if l.len() >= 2 || std::time::Instant::now() > end {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(post.len(), 2, "{}", s.d.log_text());
+    for (l, dst) in [
+        (&post[0], "203.0.113.11"),
+        (&post[1], "2001:0db8:0005:0000:0000:0000:0000:0011"),
+    ] {
+        let f = log_fields(l);
+        assert_eq!(
+            (f["IN"], f["OUT"], f["DST"], f["PROTO"], f["DPT"]),
+            ("", "s0", dst, "UDP", "53"),
+            "{l}"
+        );
+    }
 
     // A flood far beyond 8 lines a tick: bounded in count and time.
     netns::run_in(&s.lab.ns("c"), move || {
@@ -332,7 +363,10 @@ fn log_rules_write_kernel_lines(s: &Setup) {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let written = (log_lines(s, "uvs web: ").len() + log_lines(s, "uvs udp: ").len()) as u64;
+    let written = ["uvs web: ", "uvs udp: ", "uvs post: "]
+        .iter()
+        .map(|p| log_lines(s, p).len() as u64)
+        .sum::<u64>();
     assert!(dropped > 0, "no line dropped: {lines} written");
     assert_eq!(lines, written, "log.lines against the lines on stderr");
     assert_eq!(lines + dropped, hits(), "every LOG hit written or dropped");
