@@ -15,7 +15,11 @@
 //! outside criterion and exits. The per-packet count is the difference
 //! between two runs (e.g. 100000 and 0 iterations) divided by the
 //! iteration count. Cases: `parse_dnat`, `established_request`,
-//! `established_reply`, `new_connection` (at most 100000), and
+//! `established_reply`, `new_connection` (at most 100000),
+//! `short_connection` (at most 20000; one iteration is a whole short
+//! connection, nine packets: SYN, SYN-ACK, ACK, request, response, the
+//! client's FIN, the server's ACK and FIN, the last ACK; criterion's time is
+//! per connection too), and
 //! `established_request_among_<N>`: the established request with N other
 //! services configured (the service look-up and the VIP check must stay
 //! flat in N; criterion runs it for N = 50000).
@@ -32,11 +36,13 @@ use criterion::{criterion_group, Criterion, Throughput};
 use uvs::datapath::pipeline::{Pipeline, Verdict};
 use uvs::datapath::service::Services;
 use uvs::datapath::stats::{Stats, WorkerStats};
-use uvs_fwd::wire::tcp::flags::{ACK, SYN};
+use uvs_fwd::wire::tcp::flags::{ACK, FIN, PSH, SYN};
 use uvs_fwd::CsumMode;
 
 /// New-connection SYNs per fresh table.
 const SYNS: usize = 100_000;
+/// Short connections per fresh table.
+const SHORTS: usize = 20_000;
 
 struct Frames {
     ack: Vec<u8>,
@@ -54,8 +60,7 @@ fn frames(p: &Pipeline, st: &WorkerStats) -> Frames {
     // New connections: distinct clients.
     let syns = (0..SYNS as u32)
         .map(|i| {
-            let src = format!("198.51.{}.{}", 100 + (i >> 16) % 2, (i >> 8) & 0xff);
-            let sport = 1024 + (i & 0xff) as u16 * 200 + (i >> 16) as u16;
+            let (src, sport) = client(i);
             setup::tcp(&src, sport, "192.0.2.10", 80, SYN, 0)
         })
         .collect();
@@ -64,6 +69,81 @@ fn frames(p: &Pipeline, st: &WorkerStats) -> Frames {
         reply: setup::tcp(&next_hop.to_string(), 80, "198.51.100.10", 40000, ACK, 64),
         server: next_hop,
         syns,
+    }
+}
+
+/// The client address and port of new connection `i` (all distinct).
+fn client(i: u32) -> (String, u16) {
+    let src = format!("198.51.{}.{}", 100 + (i >> 16) % 2, (i >> 8) & 0xff);
+    (src, 1024 + (i & 0xff) as u16 * 200 + (i >> 16) as u16)
+}
+
+/// The packets of one short connection for each of `SHORTS` clients: the
+/// client's (SYN, ACK, request, FIN, last ACK) and, for either server rr
+/// may pick, the server's (SYN-ACK, response, ACK of the FIN, FIN).
+struct Short {
+    client: Vec<[Vec<u8>; 5]>,
+    server: [Vec<[Vec<u8>; 4]>; 2],
+    servers: [IpAddr; 2],
+}
+
+impl Short {
+    fn new() -> Self {
+        const VIP: &str = "192.0.2.10";
+        let servers = ["203.0.113.11", "203.0.113.12"];
+        let clients: Vec<(String, u16)> = (0..SHORTS as u32).map(client).collect();
+        let client = clients
+            .iter()
+            .map(|(c, p)| {
+                [
+                    setup::tcp(c, *p, VIP, 80, SYN, 0),
+                    setup::tcp(c, *p, VIP, 80, ACK, 0),
+                    setup::tcp(c, *p, VIP, 80, ACK | PSH, 64),
+                    setup::tcp(c, *p, VIP, 80, FIN | ACK, 0),
+                    setup::tcp(c, *p, VIP, 80, ACK, 0),
+                ]
+            })
+            .collect();
+        let server = servers.map(|s| {
+            clients
+                .iter()
+                .map(|(c, p)| {
+                    [
+                        setup::tcp(s, 80, c, *p, SYN | ACK, 0),
+                        setup::tcp(s, 80, c, *p, ACK | PSH, 64),
+                        setup::tcp(s, 80, c, *p, ACK, 0),
+                        setup::tcp(s, 80, c, *p, FIN | ACK, 0),
+                    ]
+                })
+                .collect()
+        });
+        Short {
+            client,
+            server,
+            servers: servers.map(|s| s.parse().expect("literal address")),
+        }
+    }
+
+    /// Client `i`'s whole connection through `p`, in the order the packets
+    /// cross the director: whether every packet was forwarded.
+    #[inline(always)]
+    fn run(&self, p: &Pipeline, i: usize, buf: &mut Vec<u8>, st: &WorkerStats) -> bool {
+        let mut one = |f: &[u8]| {
+            buf.clear();
+            buf.extend_from_slice(f);
+            match p.process(black_box(&mut buf[..]), CsumMode::Full, 1, st) {
+                Verdict::Xmit { next_hop, .. } => Some(next_hop),
+                _ => None,
+            }
+        };
+        let c = &self.client[i];
+        let Some(hop) = one(&c[0]) else {
+            return false;
+        };
+        let s = &self.server[(hop == self.servers[1]) as usize][i];
+        [&s[0], &c[1], &c[2], &s[1], &c[3], &s[2], &s[3], &c[4]]
+            .into_iter()
+            .all(|f| one(f).is_some())
     }
 }
 
@@ -160,6 +240,27 @@ fn bench(c: &mut Criterion) {
             total
         })
     });
+    // A whole short connection (nine packets) per iteration, a fresh table
+    // every `SHORTS` connections.
+    let short = Short::new();
+    g.bench_function("short_connection", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut left = iters as usize;
+            let mut buf = Vec::with_capacity(256);
+            while left > 0 {
+                let p = setup::pipeline();
+                let n = left.min(SHORTS);
+                let t = Instant::now();
+                for i in 0..n {
+                    black_box(short.run(&p, i, &mut buf, &st));
+                }
+                total += t.elapsed();
+                left -= n;
+            }
+            total
+        })
+    });
     g.finish();
 }
 
@@ -185,6 +286,17 @@ fn run_counted(spec: &str) {
     } else {
         case
     };
+    if case == "short_connection" {
+        assert!(
+            n <= SHORTS,
+            "short_connection: at most {SHORTS} connections"
+        );
+        let short = Short::new();
+        let ok = short_loop(n, &short, &fresh, &st);
+        assert_eq!(ok, n, "{case}: every packet must be forwarded");
+        println!("{case}: {n} connections forwarded");
+        return;
+    }
     let (src, mut buf) = match case {
         "parse_dnat" | "established_request" => (&f.ack, f.ack.clone()),
         "established_reply" => (&f.reply, f.reply.clone()),
@@ -230,6 +342,14 @@ fn counted_loop(
         }
     }
     ok
+}
+
+/// `short_connection`'s loop, for callgrind like [`counted_loop`]
+/// (`--toggle-collect='*short_loop*'`): connections fully forwarded.
+#[inline(never)]
+fn short_loop(n: usize, short: &Short, p: &Pipeline, st: &WorkerStats) -> usize {
+    let mut buf = Vec::with_capacity(256);
+    (0..n).filter(|&i| short.run(p, i, &mut buf, st)).count()
 }
 
 criterion_group!(benches, bench);

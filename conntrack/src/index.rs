@@ -31,6 +31,15 @@ const MAX_DISP: u32 = 31;
 const LOAD_NUM: usize = 13;
 const LOAD_DEN: usize = 16;
 
+/// Where a probe for an absent key stopped: the slot a Robin Hood insert of
+/// that key reaches after the same walk (its position, and the key's
+/// distance from home there). Valid only while the index is unchanged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Vacancy {
+    pos: usize,
+    d: u32,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     slots: Box<[u32]>,
@@ -111,6 +120,48 @@ impl Index {
         }
     }
 
+    /// [`Index::find`] that also says, on a miss, where the key would go:
+    /// `Err(Some(vacancy))` for [`Index::insert_from`], so that a new key's
+    /// check and its insert walk the cluster once; `Err(None)` when the
+    /// index has no slots or the probe ran out of displacement (an insert
+    /// would fail there too).
+    #[inline(always)]
+    pub(crate) fn probe(
+        &self,
+        hash: u64,
+        mut eq: impl FnMut(u32) -> bool,
+    ) -> Result<(usize, u32), Option<Vacancy>> {
+        let cap = self.slots.len();
+        if cap == 0 {
+            return Err(None);
+        }
+        let t = tag(hash);
+        let mut pos = home(hash, cap);
+        let mut d = 0u32;
+        loop {
+            let s = self.slots[pos];
+            // The stop condition of `find` is the place condition of
+            // `insert`: the walks are the same up to here.
+            if s == 0 || disp(s) < d {
+                return Err(Some(Vacancy { pos, d }));
+            }
+            if disp(s) == d && s & TAG_MASK == t {
+                let idx = (s & IDX_MASK) - 1;
+                if eq(idx) {
+                    return Ok((pos, idx));
+                }
+            }
+            d += 1;
+            if d > MAX_DISP {
+                return Err(None);
+            }
+            pos += 1;
+            if pos == cap {
+                pos = 0;
+            }
+        }
+    }
+
     /// True when one more key would exceed the load limit.
     pub(crate) fn needs_grow(&self) -> bool {
         (self.len + 1) * LOAD_DEN > self.slots.len() * LOAD_NUM
@@ -122,12 +173,20 @@ impl Index {
     /// holds every key including this one.
     #[inline]
     pub(crate) fn insert(&mut self, hash: u64, idx: u32) -> bool {
+        let pos = home(hash, self.slots.len());
+        self.insert_from(Vacancy { pos, d: 0 }, hash, idx)
+    }
+
+    /// [`Index::insert`] resumed at `v`, the vacancy a [`Index::probe`] of
+    /// the same hash found on this index, unchanged since (same result,
+    /// without walking the cluster again).
+    #[inline]
+    pub(crate) fn insert_from(&mut self, v: Vacancy, hash: u64, idx: u32) -> bool {
         debug_assert!(idx < IDX_MASK);
         debug_assert!(!self.needs_grow());
         let cap = self.slots.len();
         let mut cur = tag(hash) | (idx + 1);
-        let mut d = 0u32;
-        let mut pos = home(hash, cap);
+        let Vacancy { mut pos, mut d } = v;
         loop {
             let s = self.slots[pos];
             if s == 0 {
@@ -239,6 +298,54 @@ mod tests {
         }
         for (&i, &k) in &keys {
             assert_eq!(ix.find(h(k), |j| keys[&j] == k).map(|f| f.1), Some(i));
+        }
+    }
+    /// A well-spread hash (`h` sends every key home to slot 0).
+    fn hs(k: u64) -> u64 {
+        (k ^ 0x5bd1_e995).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// `probe` agrees with `find`, and `insert_from` at its vacancy leaves
+    /// the very slots `insert` does, through clusters, wrap-around and
+    /// removals.
+    #[test]
+    fn probe_then_insert_from_equals_insert() {
+        let mut a = Index::with_capacity(200);
+        let mut b = Index::with_capacity(200);
+        let mut keys: HashMap<u32, u64> = HashMap::new();
+        let mut state = 99u64;
+        for step in 0..20_000u32 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let k = (state >> 33) % 180;
+            let eq = |i: u32| keys[&i] == k;
+            let found = a.find(hs(k), eq);
+            let probed = b.probe(hs(k), eq);
+            assert_eq!(found, probed.ok(), "step {step}");
+            match probed {
+                Ok((pos, i)) => {
+                    a.remove_at(pos);
+                    b.remove_at(pos);
+                    keys.remove(&i);
+                }
+                Err(v) => {
+                    let idx = (0..).find(|i| !keys.contains_key(i)).unwrap_or(0);
+                    keys.insert(idx, k);
+                    let ok_a = a.insert(hs(k), idx);
+                    let ok_b = match v {
+                        Some(v) => b.insert_from(v, hs(k), idx),
+                        None => b.insert(hs(k), idx),
+                    };
+                    assert_eq!(ok_a, ok_b, "step {step}");
+                    if !ok_a {
+                        let all: Vec<_> = keys.iter().map(|(&i, &k)| (hs(k), i)).collect();
+                        a.rebuild(200, &all);
+                        b.rebuild(200, &all);
+                    }
+                }
+            }
+            assert_eq!(a.slots, b.slots, "step {step}");
         }
     }
 }

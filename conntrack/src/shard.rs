@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::entry::{flag, Addr, Entry};
 use crate::hash::Hasher;
-use crate::index::Index;
+use crate::index::{Index, Vacancy};
 
 /// Entries per slab chunk.
 pub(crate) const CHUNK: usize = 256;
@@ -122,6 +122,19 @@ impl Family for Ipv6Addr {
     }
 }
 
+/// Inserts `idx` into `ix` (at vacancy `v` when known); false when the index
+/// must be rebuilt instead (full, or a displacement overflowed).
+#[inline(always)]
+fn place(ix: &mut Index, hash: u64, v: Option<Vacancy>, idx: u32) -> bool {
+    if ix.needs_grow() {
+        return false;
+    }
+    match v {
+        Some(v) => ix.insert_from(v, hash, idx),
+        None => ix.insert(hash, idx),
+    }
+}
+
 /// Hash of a tuple key of the given kind.
 #[inline(always)]
 pub(crate) fn key_hash<A: Addr>(
@@ -194,8 +207,9 @@ impl<A: Addr> Part<A> {
     }
 
     /// Stores `e` in a free slot; `None` when the part is at its size limit.
-    /// Inlined so that the entry is built in its slot, not moved there.
-    #[inline]
+    /// Inlined so that the entry is built in its slot, not moved there; a
+    /// new chunk (or the first chunk's growth) is the cold [`Part::grow`].
+    #[inline(always)]
     pub(crate) fn alloc(&mut self, e: Entry<A>) -> Option<u32> {
         let idx = if self.free != 0 {
             let idx = self.free - 1;
@@ -209,23 +223,34 @@ impl<A: Addr> Part<A> {
             }
             let idx = self.hwm;
             let c = idx as usize / CHUNK;
-            if c == self.chunks.len() {
-                // The first chunk grows by doubling (small tables stay
-                // small); later chunks are allocated whole, once.
-                let cap = if c == 0 && !self.presized { 0 } else { CHUNK };
-                self.chunks.push(Vec::with_capacity(cap));
+            if self.chunks.get(c).is_none_or(|k| k.len() == k.capacity()) {
+                self.grow(c);
             }
-            let chunk = &mut self.chunks[c];
-            if c == 0 && chunk.len() == chunk.capacity() {
-                let want = (chunk.capacity() * 2).clamp(8, CHUNK);
-                chunk.reserve_exact(want - chunk.len());
-            }
-            chunk.push(e);
+            self.chunks[c].push(e);
             self.hwm += 1;
             idx
         };
         self.len += 1;
         Some(idx)
+    }
+
+    /// Makes room in chunk `c` for one more entry: a new chunk, or the
+    /// first chunk's next doubling.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, c: usize) {
+        if c == self.chunks.len() {
+            // The first chunk grows by doubling (small tables stay
+            // small); later chunks are allocated whole, once.
+            let cap = if c == 0 && !self.presized { 0 } else { CHUNK };
+            self.chunks.push(Vec::with_capacity(cap));
+        }
+        let chunk = &mut self.chunks[c];
+        if c == 0 && chunk.len() == chunk.capacity() {
+            let want = (chunk.capacity() * 2).clamp(8, CHUNK);
+            chunk.reserve_exact(want - chunk.len());
+        }
+        debug_assert!(chunk.len() < chunk.capacity());
     }
 
     /// Hash of the in-index key of entry `e`.
@@ -267,6 +292,56 @@ impl<A: Addr> Part<A> {
                 && e.proto == proto
                 && e.flags & flag::TEMPLATE == 0
         })
+    }
+
+    /// [`Part::find_in`] that also gives, on a miss, the in-index
+    /// [`Vacancy`] for a new connection with this key (see
+    /// [`Index::probe`]).
+    #[inline(always)]
+    pub(crate) fn probe_in(
+        &self,
+        hash: u64,
+        proto: u8,
+        src: A,
+        sport: u16,
+        dst: A,
+        dport: u16,
+    ) -> Result<u32, Option<Vacancy>> {
+        self.in_ix
+            .probe(hash, |i| {
+                let e = self.get(i);
+                e.caddr == src
+                    && e.cport == sport
+                    && e.vaddr == dst
+                    && e.vport == dport
+                    && e.proto == proto
+                    && e.flags & flag::TEMPLATE == 0
+            })
+            .map(|(_, idx)| idx)
+    }
+
+    /// [`Part::find_out`] that also gives, on a miss, the out-index
+    /// [`Vacancy`] for a new connection with this reply key.
+    #[inline(always)]
+    pub(crate) fn probe_out(
+        &self,
+        hash: u64,
+        proto: u8,
+        src: A,
+        sport: u16,
+        dst: A,
+        dport: u16,
+    ) -> Result<u32, Option<Vacancy>> {
+        self.out_ix
+            .probe(hash, |i| {
+                let e = self.get(i);
+                e.daddr == src
+                    && e.dport == sport
+                    && e.caddr == dst
+                    && e.cport == dport
+                    && e.proto == proto
+            })
+            .map(|(_, idx)| idx)
     }
 
     /// Finds a NAT connection by its server→client tuple.
@@ -329,18 +404,32 @@ impl<A: Addr> Part<A> {
     /// reply key), as a new connection's insert has them from its checks.
     #[inline]
     pub(crate) fn index_hashed(&mut self, h: &Hasher, idx: u32, hin: u64, out: Option<u64>) {
+        self.index_placed(h, idx, (hin, None), out.map(|o| (o, None)));
+    }
+
+    /// [`Part::index_hashed`] resuming each insert at the [`Vacancy`] its
+    /// key's probe found, when given (the indexes unchanged since: no
+    /// removal between the probe and this call).
+    #[inline]
+    pub(crate) fn index_placed(
+        &mut self,
+        h: &Hasher,
+        idx: u32,
+        (hin, vin): (u64, Option<Vacancy>),
+        out: Option<(u64, Option<Vacancy>)>,
+    ) {
         debug_assert_eq!(hin, Self::in_hash(h, self.get(idx)));
-        debug_assert_eq!(out, {
+        debug_assert_eq!(out.map(|o| o.0), {
             let e = self.get(idx);
             e.has_out_key().then(|| Self::out_hash(h, e))
         });
-        if self.in_ix.needs_grow() || !self.in_ix.insert(hin, idx) {
+        if !place(&mut self.in_ix, hin, vin, idx) {
             // The slab already holds the new entry, so the rebuild adds it.
             let n = self.in_ix.grown_capacity();
             self.in_ix = self.rebuilt(h, false, n);
         }
-        if let Some(hout) = out {
-            if self.out_ix.needs_grow() || !self.out_ix.insert(hout, idx) {
+        if let Some((hout, vout)) = out {
+            if !place(&mut self.out_ix, hout, vout, idx) {
                 let n = self.out_ix.grown_capacity();
                 self.out_ix = self.rebuilt(h, true, n);
             }

@@ -766,7 +766,10 @@ impl Table {
             caddr,
             c.cport,
         );
-        let mut rel: Releases = Releases::new(A::WIDE);
+        // An insert releases at most three template references (the two
+        // leftover entries it replaces, one evicted entry): a small array
+        // to clear.
+        let mut rel: Releases<4> = Releases::new(A::WIDE);
         let res = {
             let mut g = self.lock(shard);
             self.insert_locked(
@@ -805,33 +808,49 @@ impl Table {
     ) -> Result<u32, InsertError> {
         let (part, stats) = A::split(sh);
         // A leftover entry on the same tuple that has expired but was not
-        // swept yet is removed; a live one wins.
-        if let Some((_, idx)) = part.find_in(hin, c.proto, caddr, c.cport, vaddr, c.vport) {
-            if part.get(idx).remaining(now) > 0 {
-                stats.refused_exists += 1;
-                return Err(InsertError::Exists);
-            }
-            let old = part.remove(&self.hasher, idx);
-            stats.expired += 1;
-            self.retire(old, rel);
-        }
-        if masq {
-            if let Some((_, idx)) = part.find_out(hout, c.proto, daddr, c.dport, caddr, c.cport) {
+        // swept yet is removed; a live one wins. A miss gives the slot the
+        // insert below resumes at, unless a removal changes the indexes
+        // first (`moved`).
+        let mut moved = false;
+        let vin = match part.probe_in(hin, c.proto, caddr, c.cport, vaddr, c.vport) {
+            Err(v) => v,
+            Ok(idx) => {
                 if part.get(idx).remaining(now) > 0 {
                     stats.refused_exists += 1;
-                    return Err(InsertError::ReplyTupleInUse);
+                    return Err(InsertError::Exists);
                 }
                 let old = part.remove(&self.hasher, idx);
                 stats.expired += 1;
                 self.retire(old, rel);
+                moved = true;
+                None
             }
-        }
+        };
+        let vout = if masq {
+            match part.probe_out(hout, c.proto, daddr, c.dport, caddr, c.cport) {
+                Err(v) => v,
+                Ok(idx) => {
+                    if part.get(idx).remaining(now) > 0 {
+                        stats.refused_exists += 1;
+                        return Err(InsertError::ReplyTupleInUse);
+                    }
+                    let old = part.remove(&self.hasher, idx);
+                    stats.expired += 1;
+                    self.retire(old, rel);
+                    moved = true;
+                    None
+                }
+            }
+        } else {
+            None
+        };
         if !self.reserve() {
             let evicted = knobs.drop_entry != Defense::Off && self.evict_one(part, stats, now, rel);
             if !evicted || !self.reserve() {
                 stats.refused_full += 1;
                 return Err(InsertError::Full);
             }
+            moved = true;
         }
         let mut flags = c.fwd as u8 | flag::INACTIVE;
         if !masq {
@@ -866,9 +885,11 @@ impl Table {
         e.pkts = 1;
         e.bytes = first.bytes;
         e.expires = (now as u32).wrapping_add(self.timeout_ms(e.proto, e.state));
-        // The key hashes the checks above used: not computed again.
-        let out = part.get(idx).has_out_key().then_some(hout);
-        part.index_hashed(&self.hasher, idx, hin, out);
+        // The key hashes (and, with the indexes unchanged, the slots) the
+        // checks above found: not computed again.
+        let (vin, vout) = if moved { (None, None) } else { (vin, vout) };
+        let out = part.get(idx).has_out_key().then_some((hout, vout));
+        part.index_placed(&self.hasher, idx, (hin, vin), out);
         stats.inserted += 1;
         Ok(idx)
     }

@@ -167,9 +167,34 @@ pub struct Dest {
 /// The connection counts, on their own cache line.
 #[repr(align(64))]
 struct Counts {
-    active: AtomicU32,
-    inactive: AtomicU32,
+    /// ActiveConn in the high half, InActConn in the low half: one word,
+    /// so a state change that moves a connection from one to the other is
+    /// one atomic update of the shared line, not two, and a reader sees
+    /// both halves of one moment. Neither half can carry into the other:
+    /// the connection table's cap is below 2³².
+    conns: AtomicU64,
     persistent: AtomicU32,
+}
+
+/// One connection in the active half of [`Counts::conns`].
+const ACTIVE_ONE: u64 = 1 << 32;
+/// One connection in the inactive half.
+const INACTIVE_ONE: u64 = 1;
+
+/// `v` with one connection taken from the half `one` names, saturating at
+/// zero (a counting bug must not wrap to 4 billion connections).
+#[inline(always)]
+fn take_one(v: u64, one: u64) -> u64 {
+    let half = if one == ACTIVE_ONE {
+        v >> 32
+    } else {
+        v & 0xffff_ffff
+    };
+    if half == 0 {
+        v
+    } else {
+        v - one
+    }
 }
 
 impl fmt::Debug for Dest {
@@ -201,8 +226,7 @@ impl Dest {
             l_threshold: AtomicU32::new(0),
             stats: AtomicU64::new(Self::NO_STATS),
             counts: Counts {
-                active: AtomicU32::new(0),
-                inactive: AtomicU32::new(0),
+                conns: AtomicU64::new(0),
                 persistent: AtomicU32::new(0),
             },
         }
@@ -250,12 +274,12 @@ impl Dest {
     /// Active connections (ActiveConn: ESTABLISHED, as the kernel counts).
     #[inline]
     pub fn active_conns(&self) -> u32 {
-        self.counts.active.load(Relaxed)
+        (self.counts.conns.load(Relaxed) >> 32) as u32
     }
     /// Inactive connections (every other state; all UDP).
     #[inline]
     pub fn inactive_conns(&self) -> u32 {
-        self.counts.inactive.load(Relaxed)
+        self.counts.conns.load(Relaxed) as u32
     }
     /// Persistence templates pointing at this server.
     pub fn persistent_conns(&self) -> u32 {
@@ -304,7 +328,8 @@ impl Dest {
     /// 3/4 of `-x` when `-y` is unset. Called whenever the counts change.
     fn update_overload(&self) {
         let (upper, lower) = self.thresholds();
-        let total = self.active_conns().saturating_add(self.inactive_conns());
+        let both = self.counts.conns.load(Relaxed);
+        let total = ((both >> 32) as u32).saturating_add(both as u32);
         // Read before writing: most calls change nothing, and a locked
         // write here would bounce the line every packet reads `flags` from.
         let over = self.is_overloaded();
@@ -333,33 +358,31 @@ impl Dest {
 
     /// A connection was bound to this destination (`ip_vs_bind_dest`).
     pub fn conn_bound(&self, active: bool) {
-        if active {
-            self.counts.active.fetch_add(1, Relaxed);
-        } else {
-            self.counts.inactive.fetch_add(1, Relaxed);
-        }
+        let one = if active { ACTIVE_ONE } else { INACTIVE_ONE };
+        self.counts.conns.fetch_add(one, Relaxed);
         self.update_overload();
     }
     /// A connection left this destination (`ip_vs_unbind_dest`).
     pub fn conn_unbound(&self, active: bool) {
-        let ctr = if active {
-            &self.counts.active
-        } else {
-            &self.counts.inactive
-        };
-        // Saturating: a counting bug must not wrap to 4 billion connections.
-        let _ = ctr.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+        let one = if active { ACTIVE_ONE } else { INACTIVE_ONE };
+        let _ = self
+            .counts
+            .conns
+            .fetch_update(Relaxed, Relaxed, |v| Some(take_one(v, one)));
         self.update_overload();
     }
     /// A connection moved between the active and inactive counts.
     pub fn conn_state_moved(&self, now_active: bool) {
         let (from, to) = if now_active {
-            (&self.counts.inactive, &self.counts.active)
+            (INACTIVE_ONE, ACTIVE_ONE)
         } else {
-            (&self.counts.active, &self.counts.inactive)
+            (ACTIVE_ONE, INACTIVE_ONE)
         };
-        let _ = from.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
-        to.fetch_add(1, Relaxed);
+        // One compare-and-swap moves it (the old pair was two updates).
+        let _ = self
+            .counts
+            .conns
+            .fetch_update(Relaxed, Relaxed, |v| Some(take_one(v, from) + to));
     }
     /// A persistence template was bound (`true`) or unbound (`false`).
     pub fn template_bound(&self, bound: bool) {
@@ -393,5 +416,44 @@ mod tun_tests {
                 assert_eq!(d.tun_config(), t);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::*;
+
+    /// The two halves of one word count apart, move in one step, and
+    /// saturate at zero without borrowing from each other.
+    #[test]
+    fn active_and_inactive_share_a_word_without_mixing() {
+        let d = Dest::new("203.0.113.11".parse().unwrap(), 80, 1, FwdMethod::Masq);
+        d.conn_bound(false);
+        d.conn_bound(false);
+        d.conn_bound(true);
+        assert_eq!((d.active_conns(), d.inactive_conns()), (1, 2));
+        d.conn_state_moved(true);
+        assert_eq!((d.active_conns(), d.inactive_conns()), (2, 1));
+        d.conn_state_moved(false);
+        d.conn_state_moved(false);
+        assert_eq!((d.active_conns(), d.inactive_conns()), (0, 3));
+        // A spurious move from an empty half only adds to the other.
+        d.conn_state_moved(false);
+        assert_eq!((d.active_conns(), d.inactive_conns()), (0, 4));
+        for _ in 0..4 {
+            d.conn_unbound(false);
+        }
+        // Unbinding from an empty half leaves both at zero.
+        d.conn_unbound(false);
+        d.conn_unbound(true);
+        assert_eq!((d.active_conns(), d.inactive_conns()), (0, 0));
+        // Thresholds see the sum of both halves.
+        d.set_thresholds(2, 0);
+        d.conn_bound(true);
+        assert!(!d.is_overloaded());
+        d.conn_bound(false);
+        assert!(d.is_overloaded());
+        d.conn_unbound(true);
+        assert!(!d.is_overloaded());
     }
 }
