@@ -363,9 +363,16 @@ impl RingTxQueue<'_, '_> {
             self.counts.dropped += 1;
             return Route::Dropped;
         }
-        if !self.rings[k].has_room() {
-            self.rings[k].kick(self.counts);
-            if !self.rings[k].has_room() {
+        let r = &mut self.rings[k];
+        if !r.has_room() {
+            r.reclaim(self.counts);
+            // A kick frees frames only if some wait for one; a frame whose
+            // skb is still alive (SENDING) comes back only when the skb is
+            // freed, so no syscall per frame while the ring is full.
+            if r.unkicked > 0 {
+                r.kick(self.counts);
+            }
+            if !r.has_room() {
                 *self.fallbacks += 1;
                 return Route::Fallback;
             }

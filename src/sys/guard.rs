@@ -833,7 +833,8 @@ mod tests {
         assert!(!stale_replaced.contains(&TABLE.to_string()));
     }
 
-    /// The rules as the old `nft` script wrote them, for comparison.
+    /// The rules as an `nft` script, for comparison (in the order of
+    /// [`install_batch`]).
     const NFT_SCRIPT: &str = "table netdev uvsref {
   set svc4 { type ipv4_addr . inet_proto . inet_service; }
   set svcw4 { type ipv4_addr . inet_proto; }
@@ -848,15 +849,15 @@ mod tests {
   chain in0 {
     type filter hook ingress device \"d0\" priority -500; policy accept;
     ip daddr . meta l4proto . th dport @svc4 counter drop
-    ip daddr . meta l4proto @svcw4 counter drop
     ip saddr . meta l4proto . th sport @rs4 fib daddr type != local counter drop
-    ip saddr . meta l4proto @rsw4 fib daddr type != local counter drop
     ip saddr . meta l4proto . th sport @rs4 fib daddr type local @th,16,8 { 240, 241, 242, 243, 244, 245, 246, 247, 248, 249, 250, 251, 252, 253, 254, 255 } counter drop
+    ip daddr . meta l4proto @svcw4 counter drop
+    ip saddr . meta l4proto @rsw4 fib daddr type != local counter drop
     ip6 daddr . meta l4proto . th dport @svc6 counter drop
-    ip6 daddr . meta l4proto @svcw6 counter drop
     ip6 saddr . meta l4proto . th sport @rs6 fib daddr type != local counter drop
-    ip6 saddr . meta l4proto @rsw6 fib daddr type != local counter drop
     ip6 saddr . meta l4proto . th sport @rs6 fib daddr type local @th,16,8 { 240, 241, 242, 243, 244, 245, 246, 247, 248, 249, 250, 251, 252, 253, 254, 255 } counter drop
+    ip6 daddr . meta l4proto @svcw6 counter drop
+    ip6 saddr . meta l4proto @rsw6 fib daddr type != local counter drop
     ip saddr @rsa4 icmp type { destination-unreachable, source-quench, time-exceeded, parameter-problem } fib daddr type != local counter drop
     ip6 saddr @rsa6 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } fib daddr type != local counter drop
   }
