@@ -162,6 +162,9 @@ pub enum IoMode {
     /// AF_XDP; fails to start if some interface cannot take the program
     /// natively.
     AfXdp,
+    /// AF_XDP with the program in generic (skb) mode, by name: on a veth
+    /// the peer keeps its GSO, so TCP super-packets reach uvs whole.
+    AfXdpGeneric,
     /// AF_PACKET rings (with the nftables guard).
     #[default]
     AfPacket,
@@ -294,7 +297,11 @@ impl Engine {
             crate::io::xdp::XdpIo::open(
                 &names,
                 cfg.workers,
-                false,
+                if cfg.io == IoMode::AfXdpGeneric {
+                    crate::io::xdp::AttachPolicy::Generic
+                } else {
+                    crate::io::xdp::AttachPolicy::Native
+                },
                 Default::default(),
                 cfg.busy_poll_us,
                 BATCH as u32,
@@ -304,7 +311,7 @@ impl Engine {
         // error is the reason given for AF_PACKET).
         let xdp = match cfg.io {
             IoMode::AfPacket => Err(None),
-            IoMode::AfXdp => Ok(open()?),
+            IoMode::AfXdp | IoMode::AfXdpGeneric => Ok(open()?),
             IoMode::Auto => open().map_err(|e| Some(e.to_string())),
         };
         let why = match xdp {

@@ -1108,3 +1108,115 @@ fn busy_poll_forwards_under_both_backends() {
         drop(lab);
     }
 }
+
+/// One TCP stream through `uvs run --io af_xdp_generic` (NAT, IPv4): the
+/// client's stack hands the veth 64 KiB super-packets (generic XDP leaves
+/// the peer's GSO on), the frags-aware program steers them whole into a
+/// socket bound with `XDP_USE_SG`, uvs gathers each from its descriptors,
+/// processes it once and sends it on through its packet socket with a
+/// virtio-net GSO header. Every byte arrives, in order; the counters show
+/// super-packets crossing whole. Then the same under native XDP, which the
+/// kernel allows only with the peer's GSO off: no multi-buffer packet.
+#[test]
+fn af_xdp_tcp_stream_super_packets_cross_whole_in_generic_mode() {
+    if !root_or_skip("af_xdp_tcp_stream_super_packets_cross_whole_in_generic_mode") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = format!("uxxg{}", std::process::id() % 100000);
+    let lab = Lab::up(&prefix, &[]).expect("lab up");
+    // A sink on rs1: reads to EOF, answers with the byte count and a sum.
+    let listener = netns::run_in(&lab.ns("rs1"), || {
+        TcpListener::bind("203.0.113.11:5001").expect("sink bind")
+    })
+    .expect("rs1 namespace");
+    let sink = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for _ in 0..2 {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+            let (mut n, mut sum, mut buf) = (0u64, 0u64, vec![0u8; 1 << 16]);
+            while let Ok(k) = s.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                for &b in &buf[..k] {
+                    sum = sum.wrapping_mul(31).wrapping_add(u64::from(b));
+                }
+                n += k as u64;
+            }
+            let _ = s.write_all(format!("{n} {sum}").as_bytes());
+        }
+    });
+    const BYTES: usize = 24 << 20;
+    let stream = |lab: &Lab| -> (String, String) {
+        netns::run_in(&lab.ns("c"), || {
+            use std::io::{Read, Write};
+            let mut s = TcpStream::connect_timeout(
+                &"192.0.2.10:5001".parse().unwrap(),
+                Duration::from_secs(3),
+            )
+            .expect("connect through uvs");
+            s.set_write_timeout(Some(Duration::from_secs(20))).ok();
+            s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+            let chunk: Vec<u8> = (0..1 << 16).map(|i| (i * 7 % 251) as u8).collect();
+            let mut sum = 0u64;
+            let mut sent = 0;
+            while sent < BYTES {
+                s.write_all(&chunk).expect("send");
+                for &b in &chunk {
+                    sum = sum.wrapping_mul(31).wrapping_add(u64::from(b));
+                }
+                sent += chunk.len();
+            }
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            (format!("{sent} {sum}"), answer)
+        })
+        .expect("client namespace")
+    };
+    let rules = [
+        "-A -t 192.0.2.10:5001 -s rr",
+        "-a -t 192.0.2.10:5001 -r 203.0.113.11:5001 -m",
+    ];
+    for (io, generic) in [("af_xdp_generic", true), ("af_xdp", false)] {
+        let d = uvs::lab::Director::start(
+            &lab,
+            std::path::Path::new(env!("CARGO_BIN_EXE_uvs")),
+            &["--io", io],
+        )
+        .expect("uvs run");
+        let want = if generic { "generic XDP" } else { "native XDP" };
+        assert!(d.log_text().contains(want), "{io}: {}", d.log_text());
+        for c in rules {
+            d.uvsadm(c).unwrap_or_else(|e| panic!("{c}: {e}"));
+        }
+        let (sent, got) = stream(&lab);
+        assert_eq!(got, sent, "{io}: every byte, in order\n{}", d.log_text());
+        let c = |n: &str| d.counter(n).unwrap_or_else(|e| panic!("{n}: {e}"));
+        let (multi, via_packet) = (c("xdp.rx_multibuf"), c("xdp.tx_packet_socket"));
+        eprintln!(
+            "{io}: rx_multibuf {multi}, tx_packet_socket {via_packet}, rx {}",
+            c("rx")
+        );
+        if generic {
+            // 24 MiB in super-packets of up to 64 KiB: hundreds of them.
+            assert!(multi >= 100, "{io}: super-packets gathered: {multi}");
+            assert!(via_packet >= 100, "{io}: sent whole: {via_packet}");
+        } else {
+            assert_eq!(multi, 0, "native XDP on veth: the peer's GSO is off");
+        }
+        for drop in [
+            "drop.xdp_rx_too_large",
+            "drop.xdp_rx_dropped",
+            "drop.tx_failed",
+        ] {
+            assert_eq!(c(drop), 0, "{io}: {drop}");
+        }
+        assert!(d.stop().expect("uvs stops").success());
+    }
+    sink.join().expect("sink");
+}

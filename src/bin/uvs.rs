@@ -59,6 +59,7 @@ fn init_log(level: Option<&str>) {
 enum Io {
     Auto,
     AfXdp,
+    AfXdpGeneric,
     AfPacket,
 }
 
@@ -166,7 +167,9 @@ enum Cmd {
         amemthresh: Option<u32>,
         /// Packet backend: af_packet (rings, nftables guard), af_xdp (an
         /// XDP program steers what uvs owns into AF_XDP sockets and is the
-        /// guard; native attach only), auto (af_xdp where every interface
+        /// guard; native attach only), af_xdp_generic (the same program in
+        /// generic mode: on a veth the peer keeps GSO, so TCP super-packets
+        /// cross uvs whole), auto (af_xdp where every interface
         /// takes the program natively, else af_packet). The start-up line
         /// says which runs.
         #[arg(long, value_enum, default_value_t = Io::AfPacket)]
@@ -662,6 +665,7 @@ fn real_main() -> Result<ExitCode> {
                 io: match io {
                     Io::Auto => IoMode::Auto,
                     Io::AfXdp => IoMode::AfXdp,
+                    Io::AfXdpGeneric => IoMode::AfXdpGeneric,
                     Io::AfPacket => IoMode::AfPacket,
                 },
                 tx: match tx {

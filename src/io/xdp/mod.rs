@@ -19,12 +19,13 @@ pub mod asm;
 pub mod backend;
 pub mod csum;
 pub mod local;
+pub mod multibuf;
 pub mod port;
 pub mod prog;
 pub mod steer;
 pub mod sys;
 
-pub use backend::XdpIo;
+pub use backend::{AttachPolicy, XdpIo};
 pub use port::XskTxSet;
 pub use prog::{
     COUNTER_NO_SOCKET, COUNTER_PASSED, COUNTER_PASS_LOCAL, COUNTER_STEERED, XDP_DROP, XDP_PASS,

@@ -22,7 +22,7 @@ use std::os::fd::OwnedFd;
 
 use super::asm::AsmError;
 use super::prog::{self, local_key, Key, Maps, COUNTERS, KEY_LEN, LOCAL_KEY_LEN};
-use super::sys::bpf::{LoadError, Map, MapType, Prog};
+use super::sys::bpf::{LoadError, Map, MapType, Prog, BPF_F_XDP_HAS_FRAGS};
 use super::sys::xsk::XskSocket;
 
 /// `XDP_FLAGS_SKB_MODE`: generic XDP, run on the skb after allocation.
@@ -207,7 +207,11 @@ impl Steering {
             counters: self.counters.raw_fd(),
             local: self.local.raw_fd(),
         })?;
-        let prog = Prog::load_xdp("uvs_steer", &insns)
+        // Frags-aware where the kernel knows the flag (5.18), so a driver
+        // may hand the program packets larger than a page; without it the
+        // same program, unchanged (it reads headers in the first buffer).
+        let prog = Prog::load_xdp_flags("uvs_steer", &insns, BPF_F_XDP_HAS_FRAGS)
+            .or_else(|_| Prog::load_xdp("uvs_steer", &insns))
             .map_err(|LoadError { error, log }| XdpError::Verifier { error, log })?;
         Ok(Program { prog, xsks })
     }
@@ -365,6 +369,25 @@ impl Program {
             program: self,
             ifindex,
             mode,
+        })
+    }
+
+    /// Attaches to interface `ifindex` in generic mode only (the named
+    /// fallback, asked for explicitly).
+    pub fn attach_generic(self, ifindex: u32) -> Result<Attachment, XdpError> {
+        let link = self
+            .prog
+            .attach_xdp(ifindex, XDP_FLAGS_SKB_MODE)
+            .map_err(|g| XdpError::Attach {
+                ifindex,
+                native: io::Error::from(io::ErrorKind::Unsupported),
+                generic: Some(g),
+            })?;
+        Ok(Attachment {
+            _link: link,
+            program: self,
+            ifindex,
+            mode: AttachMode::Generic,
         })
     }
 

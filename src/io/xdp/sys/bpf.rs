@@ -58,6 +58,11 @@ struct MapElemAttr {
     flags: u64,
 }
 
+/// `BPF_F_XDP_HAS_FRAGS` (Linux 5.18): the program handles multi-buffer
+/// packets (its direct packet access covers the first buffer only), so
+/// drivers may hand it packets larger than a page.
+pub const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
+
 #[repr(C)]
 #[derive(Default)]
 struct ProgLoadAttr {
@@ -280,6 +285,12 @@ pub struct LoadError {
 impl Prog {
     /// Loads `insns` as an XDP program, with the verifier's log on failure.
     pub fn load_xdp(name: &str, insns: &[Insn]) -> Result<Prog, LoadError> {
+        Self::load_xdp_flags(name, insns, 0)
+    }
+
+    /// [`Prog::load_xdp`] with `BPF_F_*` `prog_flags` (for example
+    /// [`BPF_F_XDP_HAS_FRAGS`]).
+    pub fn load_xdp_flags(name: &str, insns: &[Insn], prog_flags: u32) -> Result<Prog, LoadError> {
         let code: Vec<u64> = insns
             .iter()
             .map(|i| {
@@ -305,6 +316,7 @@ impl Prog {
             log_size: log.len() as u32,
             log_buf: log.as_mut_ptr() as u64,
             prog_name: name16(name),
+            prog_flags,
             ..Default::default()
         };
         match sys_bpf(BPF_PROG_LOAD, &mut attr) {

@@ -5,6 +5,7 @@
 //! indices and UMEM addresses are checked before memory is touched.
 
 pub mod bpf;
+pub mod gather;
 mod ring;
 pub mod rtnl;
 pub mod xsk;

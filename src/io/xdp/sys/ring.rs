@@ -205,6 +205,18 @@ impl Ring {
         (d.addr, d.len)
     }
 
+    /// Reads a descriptor's options (`XDP_PKT_CONTD`) `i` slots past the
+    /// consumer.
+    pub(super) fn get_options(&self, i: u32) -> u32 {
+        // SAFETY: as in `get_addr`.
+        unsafe {
+            self.slot(self.cached_cons.wrapping_add(i))
+                .cast::<libc::xdp_desc>()
+                .read()
+                .options
+        }
+    }
+
     pub(super) fn release(&mut self, n: u32) {
         self.cached_cons = self.cached_cons.wrapping_add(n);
         self.word(self.consumer)

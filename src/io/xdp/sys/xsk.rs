@@ -23,6 +23,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::gather::Gather;
 use super::ring::{getsockopt, setsockopt, setsockopt_at, Mmap, Ring};
 use crate::io::device::TxCounts;
 use crate::io::vnet::VnetHdr;
@@ -90,6 +91,10 @@ pub struct XskStats {
     pub tx_bad_frame: u64,
     /// uvs: RX descriptors outside the UMEM (never expected).
     pub rx_bad_desc: u64,
+    /// uvs: packets gathered from several descriptors (`XDP_USE_SG`).
+    pub rx_multibuf: u64,
+    /// uvs: multi-descriptor packets dropped, larger than 64 KiB.
+    pub rx_too_large: u64,
 }
 
 impl XskStats {
@@ -99,8 +104,9 @@ impl XskStats {
     /// `xdp_rx_dropped` (the kernel's other drops: larger than a frame, …;
     /// it counts fill-ring misses in `rx_dropped` too, so they are taken
     /// out), `xdp_rx_bad_desc` (uvs: a descriptor it would not touch), and
+    /// `xdp_rx_too_large` (uvs: a multi-descriptor packet over 64 KiB),
     /// on transmit `xdp_tx_invalid` (descriptors the kernel refused).
-    pub fn named_drops(&self) -> [(&'static str, u64); 5] {
+    pub fn named_drops(&self) -> [(&'static str, u64); 6] {
         [
             ("xdp_rx_ring_full", self.rx_ring_full),
             ("xdp_fill_ring_empty", self.rx_fill_ring_empty),
@@ -109,6 +115,7 @@ impl XskStats {
                 self.rx_dropped.saturating_sub(self.rx_fill_ring_empty),
             ),
             ("xdp_rx_bad_desc", self.rx_bad_desc),
+            ("xdp_rx_too_large", self.rx_too_large),
             ("xdp_tx_invalid", self.tx_invalid_descs),
         ]
     }
@@ -125,13 +132,19 @@ impl XskStats {
         self.tx_no_frame += o.tx_no_frame;
         self.tx_bad_frame += o.tx_bad_frame;
         self.rx_bad_desc += o.rx_bad_desc;
+        self.rx_multibuf += o.rx_multibuf;
+        self.rx_too_large += o.rx_too_large;
     }
 
     /// Every packet these counters say was lost on receive.
     pub fn rx_lost(&self) -> u64 {
         // A packet lost to an empty fill ring is counted by the kernel in
         // both `rx_dropped` and `rx_fill_ring_empty`: only once here.
-        self.rx_dropped + self.rx_invalid_descs + self.rx_ring_full + self.rx_bad_desc
+        self.rx_dropped
+            + self.rx_invalid_descs
+            + self.rx_ring_full
+            + self.rx_bad_desc
+            + self.rx_too_large
     }
 }
 
@@ -181,6 +194,8 @@ pub struct XskRx {
     /// `bad_desc` as last published for [`XskStatsHandle`] (by the worker,
     /// periodically: no shared write per packet).
     pub(super) published_bad: Arc<AtomicU64>,
+    /// With `XDP_USE_SG`: where multi-descriptor packets are gathered.
+    pub(super) gather: Option<Gather>,
 }
 
 /// Reads a socket's drop counters from another thread (`uvs stats`): the
@@ -189,14 +204,22 @@ pub struct XskRx {
 pub struct XskStatsHandle {
     fd: Arc<OwnedFd>,
     bad_desc: Arc<AtomicU64>,
+    gather: Option<Arc<[AtomicU64; 2]>>,
 }
 
 impl XskStatsHandle {
     /// The kernel's counters and uvs's receive-side one.
     pub fn read(&self) -> io::Result<XskStats> {
         let k = stats_of(self.fd.as_raw_fd())?;
+        let g = |i: usize| {
+            self.gather
+                .as_ref()
+                .map_or(0, |g| g[i].load(Ordering::Relaxed))
+        };
         Ok(XskStats {
             rx_bad_desc: self.bad_desc.load(Ordering::Relaxed),
+            rx_multibuf: g(0),
+            rx_too_large: g(1),
             ..kernel_stats(&k)
         })
     }
@@ -242,6 +265,21 @@ impl XskSocket {
     /// calling thread's network namespace), copy or zero-copy as the driver
     /// allows, with `need_wakeup`.
     pub fn open(ifindex: u32, queue: u32, cfg: XskConfig) -> io::Result<XskSocket> {
+        Self::open_with(ifindex, queue, cfg, None)
+    }
+
+    /// [`XskSocket::open`]; with `sg` = `Some(seg_mtu)`, bound with
+    /// `XDP_USE_SG` (Linux 6.6): a packet larger than a frame arrives in
+    /// several descriptors, all but the last flagged `XDP_PKT_CONTD`, and
+    /// the RX batch gathers it into one buffer (a TCP super-packet cut for
+    /// `seg_mtu`: [`crate::io::xdp::multibuf`]) instead of the kernel
+    /// dropping it.
+    pub fn open_with(
+        ifindex: u32,
+        queue: u32,
+        cfg: XskConfig,
+        sg: Option<usize>,
+    ) -> io::Result<XskSocket> {
         let pow2 = |v: u32| v.is_power_of_two();
         if !pow2(cfg.ring)
             || !pow2(cfg.frame_size)
@@ -304,7 +342,7 @@ impl XskSocket {
         )?;
         let sa = libc::sockaddr_xdp {
             sxdp_family: libc::AF_XDP as u16,
-            sxdp_flags: libc::XDP_USE_NEED_WAKEUP,
+            sxdp_flags: libc::XDP_USE_NEED_WAKEUP | if sg.is_some() { libc::XDP_USE_SG } else { 0 },
             sxdp_ifindex: ifindex,
             sxdp_queue_id: queue,
             sxdp_shared_umem_fd: 0,
@@ -349,6 +387,7 @@ impl XskSocket {
                 ifindex,
                 bad_desc: 0,
                 published_bad: Arc::new(AtomicU64::new(0)),
+                gather: sg.map(Gather::new).transpose()?,
             },
             tx: XskTx {
                 tx,
@@ -523,12 +562,16 @@ impl XskRx {
         XskStatsHandle {
             fd: Arc::clone(&self.fd),
             bad_desc: Arc::clone(&self.published_bad),
+            gather: self.gather.as_ref().map(|g| Arc::clone(&g.published)),
         }
     }
 
     /// Makes `bad_desc` visible to [`XskStatsHandle::read`].
     pub(super) fn publish(&self) {
         self.published_bad.store(self.bad_desc, Ordering::Relaxed);
+        if let Some(g) = &self.gather {
+            g.publish();
+        }
     }
 
     /// Gives every free frame to the fill ring (as many as fit), waking the
