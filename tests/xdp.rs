@@ -1197,6 +1197,12 @@ fn af_xdp_tcp_stream_super_packets_cross_whole_in_generic_mode() {
         let (sent, got) = stream(&lab);
         assert_eq!(got, sent, "{io}: every byte, in order\n{}", d.log_text());
         let c = |n: &str| d.counter(n).unwrap_or_else(|e| panic!("{n}: {e}"));
+        // xdp.rx_multibuf is published on the workers' stats tick: wait
+        // for it to catch up (bounded).
+        let end = Instant::now() + Duration::from_secs(5);
+        while generic && c("xdp.rx_multibuf") < 100 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let (multi, via_packet) = (c("xdp.rx_multibuf"), c("xdp.tx_packet_socket"));
         eprintln!(
             "{io}: rx_multibuf {multi}, tx_packet_socket {via_packet}, rx {}",
