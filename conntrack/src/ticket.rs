@@ -36,7 +36,7 @@ use crate::entry::{flag, Addr, Entry};
 use crate::proto::ipproto;
 use crate::proto::tcp::TcpState;
 use crate::shard::{key_hash, Family, Part, CHUNK, KIND_CONN, KIND_OUT};
-use crate::table::{Dir, Table, Tuple};
+use crate::table::{Dir, Hit, Table, Tuple};
 
 /// Longest a ticket holder may go without refreshing through the table.
 pub const REFRESH_MAX_MS: u64 = 1000;
@@ -110,19 +110,36 @@ impl<A: Addr> Part<A> {
 /// tables keep ESTABLISHED on such a segment in every direction and mode
 /// (a unit test walks them), and the flags it could set are set already.
 fn steady<A: Addr>(e: &Entry<A>, dir: Dir) -> bool {
-    if e.flags & flag::TEMPLATE != 0 || !e.dest.as_ref().is_some_and(|d| d.is_available()) {
+    e.dest.as_ref().is_some_and(|d| d.is_available())
+        && steady_state(e.proto, e.state, e.flags, dir)
+}
+
+#[inline(always)]
+fn steady_state(proto: u8, state: u8, flags: u8, dir: Dir) -> bool {
+    if flags & flag::TEMPLATE != 0 {
         return false;
     }
-    match e.proto {
+    match proto {
         ipproto::UDP => true,
         ipproto::TCP => {
-            e.state == TcpState::Established as u8
+            state == TcpState::Established as u8
                 && match dir {
-                    Dir::In => e.flags & flag::CONFIRMED != 0,
-                    Dir::Out => e.flags & flag::NOOUTPUT == 0,
+                    Dir::In => flags & flag::CONFIRMED != 0,
+                    Dir::Out => flags & flag::NOOUTPUT == 0,
                 }
         }
         _ => false,
+    }
+}
+
+impl Hit {
+    /// Whether [`Table::steady_ticket`] may give a ticket for this
+    /// connection as the hit saw it after its packet (direction `dir`):
+    /// a test on the copy, so that a connection that is not steady (a
+    /// handshake, a closing state) costs its packets no lock.
+    #[inline(always)]
+    pub fn steady(&self, dir: Dir) -> bool {
+        steady_state(self.proto(), self.state, self.flags, dir)
     }
 }
 

@@ -132,8 +132,16 @@ fn handshakes_closing_states_and_templates_get_none() {
     let (c, req, rep) = conn(6, FwdMethod::Masq);
     t.insert(c, PacketInfo::tcp(flags::SYN, 60), 0).unwrap();
     assert!(t.steady_ticket(&req, Dir::In).is_none());
-    t.lookup_update(&rep, PacketInfo::tcp(flags::SYN | ACK, 60), 1);
+    let (hit, dir, _) = t
+        .lookup_update(&rep, PacketInfo::tcp(flags::SYN | ACK, 60), 1)
+        .unwrap();
+    assert!(!hit.steady(dir));
     assert!(t.steady_ticket(&rep, Dir::Out).is_none());
+    // The server's ACKs on a handshake the client never confirmed.
+    let (hit, dir, _) = t.lookup_update(&rep, PacketInfo::tcp(ACK, 60), 2).unwrap();
+    assert!(!hit.steady(dir));
+    let (hit, dir, _) = t.lookup_update(&req, PacketInfo::tcp(ACK, 60), 3).unwrap();
+    assert!(hit.steady(dir) && t.steady_ticket(&req, Dir::In).is_some());
     // SCTP stays on the table's path.
     let (c, req, _) = conn(132, FwdMethod::Masq);
     t.insert(c, PacketInfo::sctp(1, 60), 0).unwrap();

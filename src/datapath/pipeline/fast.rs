@@ -309,6 +309,9 @@ impl FlowCache {
         let Some((h, dir, Update::Forward)) = &ctx.hit else {
             return;
         };
+        if !h.steady(*dir) {
+            return;
+        }
         // The walk as the slow path made it: IPVS entries that pass the
         // packet on, up to the one that took it.
         let want = match dir {
