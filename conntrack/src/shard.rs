@@ -194,6 +194,12 @@ impl<A: Addr> Part<A> {
         &self.vers[idx as usize / CHUNK]
     }
 
+    /// [`Part::ver_chunk`] for any `idx` (none past the slab's chunks).
+    #[inline(always)]
+    pub(crate) fn ver_chunk_get(&self, idx: u32) -> Option<&Arc<VerChunk>> {
+        self.vers.get(idx as usize / CHUNK)
+    }
+
     /// The live entry at `idx`, if `idx` is a slot and it is occupied.
     #[inline(always)]
     pub(crate) fn live(&self, idx: u32) -> Option<&Entry<A>> {

@@ -217,8 +217,17 @@ impl Table {
         };
         let mut g = self.lock(tk.shard);
         let part = A::part(&mut g);
-        let now = part.ver_chunk(tk.idx).word(tk.idx as usize);
-        let same = now.load(Ordering::Relaxed) >> REMOVED_SHIFT == tk.ver >> REMOVED_SHIFT;
+        // This table's slot, in the chunk the ticket holds (its `Arc`
+        // keeps the allocation, so the address names it): not another
+        // table's, nor a chunk the slab shrank away and grew again.
+        if !part
+            .ver_chunk_get(tk.idx)
+            .is_some_and(|c| Arc::ptr_eq(c, &tk.chunk))
+        {
+            return;
+        }
+        let now = tk.chunk.word(tk.idx as usize).load(Ordering::Relaxed);
+        let same = now >> REMOVED_SHIFT == tk.ver >> REMOVED_SHIFT;
         let Some(e) = part.live(tk.idx) else { return };
         let ours = same
             && e.flags & flag::TEMPLATE == 0

@@ -182,3 +182,24 @@ fn sync_master_is_read_from_the_knobs() {
     });
     assert!(t.sync_master());
 }
+
+#[test]
+fn credit_ignores_another_table_and_a_shrunk_slab() {
+    let t = table();
+    let (req, _) = established(&t);
+    let (tk, _) = t.steady_ticket(&req, Dir::In).unwrap();
+    // Another table with the same connection: not the ticket's.
+    let other = table();
+    let (req2, _) = established(&other);
+    other.credit(&tk, &req2, Dir::In, 5, 500);
+    let mut n = 0;
+    other.for_each_entry(3, |e| n = e.pkts);
+    assert_eq!(n, 3);
+    // The slab shrinks after the connection expires: no panic, no credit.
+    let far = 2 + u64::from(t.timeouts().tcp[TcpState::Established as usize]) + 1;
+    for _ in 0..4 {
+        t.expire(far, 1 << 20);
+    }
+    t.credit(&tk, &req, Dir::In, 5, 500);
+    assert!(t.is_empty());
+}
