@@ -22,7 +22,10 @@
 //! per connection too), and
 //! `established_request_among_<N>`: the established request with N other
 //! services configured (the service look-up and the VIP check must stay
-//! flat in N; criterion runs it for N = 50000).
+//! flat in N; criterion runs it for N = 50000), and
+//! `established_request_conns_<M>`: the established request with M other
+//! connections in the table (at most 100000; the flow cache and the
+//! connection lookup must stay flat in M).
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -280,8 +283,20 @@ fn run_counted(spec: &str) {
         None => setup::pipeline(),
     };
     let f = frames(&p, &st);
+    let conns = case.strip_prefix("established_request_conns_").map(|m| {
+        m.parse::<usize>()
+            .expect("established_request_conns_<number of connections>")
+    });
+    // Other clients' connections, opened by their SYNs.
+    for s in &f.syns[..conns.unwrap_or(0).min(SYNS)] {
+        let mut b = s.clone();
+        assert!(matches!(
+            p.process(&mut b, CsumMode::Full, 1, &st),
+            Verdict::Xmit { .. }
+        ));
+    }
     let fresh = setup::pipeline();
-    let case = if among.is_some() {
+    let case = if among.is_some() || conns.is_some() {
         "established_request"
     } else {
         case

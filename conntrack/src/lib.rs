@@ -129,6 +129,7 @@ mod shard;
 mod sync;
 mod table;
 mod template;
+mod ticket;
 mod update;
 
 pub use config::{Config, Defense, Knobs, Timeouts, UnknownState};
@@ -143,4 +144,5 @@ pub use proto::{ipproto, may_create, ConnState};
 pub use sync::{Synced, SyncedTemplate, SYNC_PERIOD, SYNC_THRESHOLD};
 pub use table::{Dir, InsertError, NewConn, PacketInfo, Stats, Table, Tuple, Update};
 pub use template::{mask_addr, pe_digest, TemplateKey};
+pub use ticket::{Ticket, REFRESH_MAX_MS};
 pub use uvs_sched::{Dest, FwdMethod};

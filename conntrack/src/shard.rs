@@ -9,10 +9,12 @@
 //! reply tuple (proto, daddr, dport, caddr, cport).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use crate::entry::{flag, Addr, Entry};
 use crate::hash::Hasher;
 use crate::index::{Index, Vacancy};
+use crate::ticket::VerChunk;
 
 /// Entries per slab chunk.
 pub(crate) const CHUNK: usize = 256;
@@ -47,6 +49,8 @@ pub(crate) struct ShardStats {
 #[derive(Debug)]
 pub(crate) struct Part<A> {
     chunks: Vec<Vec<Entry<A>>>,
+    /// One version chunk per slab chunk (`ticket.rs`).
+    vers: Vec<Arc<VerChunk>>,
     /// Head of the free list + 1 (0: empty list).
     free: u32,
     /// Slots ever allocated (the slab's length).
@@ -160,6 +164,7 @@ impl<A: Addr> Part<A> {
     fn new(presize: usize) -> Self {
         Part {
             chunks: Vec::new(),
+            vers: Vec::new(),
             free: 0,
             hwm: 0,
             len: 0,
@@ -173,6 +178,7 @@ impl<A: Addr> Part<A> {
 
     pub(crate) fn heap_bytes(&self) -> usize {
         self.chunks.iter().map(|c| c.capacity()).sum::<usize>() * std::mem::size_of::<Entry<A>>()
+            + self.vers.len() * std::mem::size_of::<VerChunk>()
             + self.in_ix.heap_bytes()
             + self.out_ix.heap_bytes()
     }
@@ -193,6 +199,18 @@ impl<A: Addr> Part<A> {
     pub(crate) fn get_mut(&mut self, idx: u32) -> &mut Entry<A> {
         let i = idx as usize;
         &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    /// The version chunk of slot `idx` (`ticket.rs`).
+    #[inline(always)]
+    pub(crate) fn ver_chunk(&self, idx: u32) -> &Arc<VerChunk> {
+        &self.vers[idx as usize / CHUNK]
+    }
+
+    /// [`Part::ver_chunk`] for any `idx` (none past the slab's chunks).
+    #[inline(always)]
+    pub(crate) fn ver_chunk_get(&self, idx: u32) -> Option<&Arc<VerChunk>> {
+        self.vers.get(idx as usize / CHUNK)
     }
 
     /// The live entry at `idx`, if `idx` is a slot and it is occupied.
@@ -244,6 +262,7 @@ impl<A: Addr> Part<A> {
             // small); later chunks are allocated whole, once.
             let cap = if c == 0 && !self.presized { 0 } else { CHUNK };
             self.chunks.push(Vec::with_capacity(cap));
+            self.vers.push(VerChunk::new());
         }
         let chunk = &mut self.chunks[c];
         if c == 0 && chunk.len() == chunk.capacity() {
@@ -500,6 +519,7 @@ impl<A: Addr> Part<A> {
         if end < self.hwm {
             let chunks = (end as usize).div_ceil(CHUNK);
             self.chunks.truncate(chunks);
+            self.vers.truncate(chunks);
             let presized = self.presized;
             if let Some(last) = self.chunks.last_mut() {
                 last.truncate(end as usize - (chunks - 1) * CHUNK);
@@ -549,6 +569,8 @@ impl<A: Addr> Part<A> {
         let old = std::mem::replace(self.get_mut(idx), Entry::vacant(next));
         self.free = idx + 1;
         self.len -= 1;
+        // A ticket holder must not take a reused slot for this entry.
+        self.bump_removed(idx);
         old
     }
 }

@@ -319,9 +319,11 @@ impl Table {
         if h.caddr.is_ipv6() {
             let (part, _) = <Ipv6Addr as Family>::split(&mut g);
             self.apply_synced(part.get_mut(idx), state, timeout, now);
+            part.bump(idx);
         } else {
             let (part, _) = <Ipv4Addr as Family>::split(&mut g);
             self.apply_synced(part.get_mut(idx), state, timeout, now);
+            part.bump(idx);
         }
     }
 

@@ -113,13 +113,17 @@ impl Table {
             && !(dir == Dir::In && e.aux == 0 && is_new_conn(e.proto, p))
             && e.dest.as_ref().is_some_and(|d| d.is_available());
         if common {
-            let before = e.state;
+            let (before, flags) = (e.state, e.flags);
             self.transition(e, dir, p, table);
             self.refresh(e, p, now, kb & Knobs::RELEASE_ON_CLOSE_BIT != 0, rel);
+            let changed = e.state != before || e.flags != flags;
             if kb & Knobs::SYNC_MASTER_BIT != 0 {
                 crate::sync::mark(e, before);
             }
             *out = Some((Hit::new(e), dir, Update::Forward));
+            if changed {
+                part.bump(idx);
+            }
             return;
         }
         let (h, u) = self.account_slow(
@@ -224,13 +228,18 @@ impl Table {
             return Update::Drop;
         }
         let e = part.get_mut(idx);
-        let before = e.state;
+        let (before, flags) = (e.state, e.flags);
         if !related {
             self.transition(e, dir, p, table);
         }
         self.refresh(e, p, now, knobs.release_template_on_close, rel);
+        let changed = e.state != before || e.flags != flags;
         if knobs.sync_master {
             crate::sync::mark(e, before);
+        }
+        if changed {
+            // Ticket holders (`ticket.rs`) see the state move.
+            part.bump(idx);
         }
         Update::Forward
     }

@@ -37,9 +37,10 @@ fn bytes_per_ipv4_connection_at_1m() {
     eprintln!(
         "bytes/connection at 1M: NAT presized {nat_pre:.1}, NAT grown {nat_grow:.1}, DR presized {dr_pre:.1}"
     );
-    assert!(nat_pre <= 64.0, "NAT presized: {nat_pre:.1} B");
-    assert!(dr_pre <= 64.0, "DR presized: {dr_pre:.1} B");
-    assert!(nat_grow <= 72.0, "NAT grown: {nat_grow:.1} B");
+    // Each bound includes the slot's 4-byte version word (`ticket.rs`).
+    assert!(nat_pre <= 68.0, "NAT presized: {nat_pre:.1} B");
+    assert!(dr_pre <= 68.0, "DR presized: {dr_pre:.1} B");
+    assert!(nat_grow <= 76.0, "NAT grown: {nat_grow:.1} B");
 
     // Rough sanity timing (not a benchmark; criterion benches are in
     // benches/): a million lookup hits.

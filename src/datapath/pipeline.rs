@@ -78,6 +78,8 @@ struct ThreadSnapshots {
     tables: Cached<Ruleset>,
     vips: Vips,
     plan: plan::Cached,
+    /// The established-flow cache (`fast.rs`).
+    fast: fast::FlowCache,
 }
 
 thread_local! {
@@ -88,6 +90,7 @@ thread_local! {
             tables: Cached::EMPTY,
             vips: Vips::EMPTY,
             plan: plan::Cached::EMPTY,
+            fast: fast::FlowCache::EMPTY,
         })
     };
 }
@@ -213,6 +216,20 @@ struct Ctx {
     nat: nat::NatCtx,
 }
 
+impl Ctx {
+    /// Before the walk at `point`.
+    #[inline(always)]
+    fn new(point: HookPoint) -> Ctx {
+        Ctx {
+            looked_up: false,
+            point,
+            hit: None,
+            mark: 0,
+            nat: nat::NatCtx::default(),
+        }
+    }
+}
+
 impl Pipeline {
     /// A pipeline with the default hook registrations.
     pub fn new(conns: Table) -> Pipeline {
@@ -316,7 +333,13 @@ impl Pipeline {
                     tables,
                     vips,
                     plan,
+                    fast,
                 } = &mut *c;
+                // An established flow's packet its way can forward.
+                let cacheable = !local_out && !icmp_error;
+                if cacheable && fast.forward(self, frame, p, csum, now_ms, st, out) {
+                    return;
+                }
                 let (gen, s) = services.get_gen(&self.services);
                 let ((fg, f), (tg, t)) =
                     (filter.get_gen(&self.filter), tables.get_gen(&self.tables));
@@ -327,9 +350,13 @@ impl Pipeline {
                     services: s,
                     small: vips,
                 };
+                let mut ctx = Ctx::new(point);
                 self.hooks_run(
-                    frame, p, icmp_error, csum, now_ms, &view, f, t, plan, point, st, out,
+                    frame, p, icmp_error, csum, now_ms, &view, f, t, plan, &mut ctx, st, out,
                 );
+                if cacheable && ctx.hit.is_some() {
+                    fast.fill(self, p, (gen, fg, tg), plan, t, &ctx, out, now_ms);
+                }
                 if p.is_fragment {
                     frag6::note_first(frame, p, out, now_ms);
                 }
@@ -364,8 +391,9 @@ impl Pipeline {
             small: &none,
         };
         let plan = plan::build(&self.hooks, &f, &t);
+        let mut ctx = Ctx::new(point);
         self.hooks_run(
-            frame, p, icmp_error, csum, now_ms, &view, &f, &t, &plan, point, st, out,
+            frame, p, icmp_error, csum, now_ms, &view, &f, &t, &plan, &mut ctx, st, out,
         );
         if p.is_fragment {
             frag6::note_first(frame, p, out, now_ms);
@@ -414,18 +442,11 @@ impl Pipeline {
         filter: &FilterTable,
         tables: &Ruleset,
         plan: &Plan,
-        point: HookPoint,
+        ctx: &mut Ctx,
         st: &WorkerStats,
         out: &mut Verdict,
     ) {
-        let mut point = point;
-        let mut ctx = Ctx {
-            looked_up: false,
-            point,
-            hit: None,
-            mark: 0,
-            nat: nat::NatCtx::default(),
-        };
+        let mut point = ctx.point;
         // The packet as the nat table has rewritten it (a copy of `p`
         // until then).
         let mut cur = *p;
@@ -444,7 +465,7 @@ impl Pipeline {
                         &mut cur,
                         csum,
                         now_ms,
-                        &mut ctx,
+                        ctx,
                         st,
                         out,
                     ),
@@ -455,7 +476,7 @@ impl Pipeline {
                         frame,
                         &cur,
                         now_ms,
-                        &mut ctx,
+                        ctx,
                         st,
                         out,
                     ),
@@ -489,28 +510,28 @@ impl Pipeline {
             let step = match e.func {
                 // DNAT of local packets (nat OUTPUT); nat INPUT has no
                 // translation uvs applies (parse refuses SNAT there).
-                HookFn::NatDst if tables.nat_on => self.nat_dst(
-                    tables, point, frame, &mut cur, csum, now_ms, &mut ctx, st, out,
-                ),
+                HookFn::NatDst if tables.nat_on => {
+                    self.nat_dst(tables, point, frame, &mut cur, csum, now_ms, ctx, st, out)
+                }
                 HookFn::NatSrc if tables.nat_on => Step::Continue,
                 HookFn::Mangle | HookFn::NatDst | HookFn::NatSrc => {
-                    self.tables_hook(tables, e.func, point, frame, p, now_ms, &mut ctx, st, out)
+                    self.tables_hook(tables, e.func, point, frame, p, now_ms, ctx, st, out)
                 }
                 HookFn::Filter => match Self::filter_hook(filter, point, p, st, out) {
                     Step::Continue => {
-                        self.tables_hook(tables, e.func, point, frame, p, now_ms, &mut ctx, st, out)
+                        self.tables_hook(tables, e.func, point, frame, p, now_ms, ctx, st, out)
                     }
                     s => s,
                 },
                 HookFn::IpvsReply | HookFn::IpvsLocalReply if icmp_error => Step::Continue,
                 HookFn::IpvsReply | HookFn::IpvsLocalReply => {
-                    self.ipvs_reply(frame, p, csum, now_ms, &mut ctx, st, out)
+                    self.ipvs_reply(frame, p, csum, now_ms, ctx, st, out)
                 }
                 HookFn::IpvsRequest | HookFn::IpvsLocalRequest if icmp_error => {
                     self.ipvs_icmp(frame, p, csum, now_ms, Dir::In, services, st, out)
                 }
                 HookFn::IpvsRequest | HookFn::IpvsLocalRequest => {
-                    self.ipvs_request(frame, p, csum, now_ms, services, &mut ctx, st, out)
+                    self.ipvs_request(frame, p, csum, now_ms, services, ctx, st, out)
                 }
                 HookFn::IpvsForwardIcmp if icmp_error => {
                     self.ipvs_icmp(frame, p, csum, now_ms, Dir::Out, services, st, out)
@@ -519,14 +540,14 @@ impl Pipeline {
             };
             if step == Step::Done {
                 if tables.post_routing_on() {
-                    self.nat_post(tables, frame, csum, now_ms, &mut ctx, st, out);
+                    self.nat_post(tables, frame, csum, now_ms, ctx, st, out);
                 }
                 return Self::hook_done(e.index as usize, &cur, st, out);
             }
         }
         // A packet the nat table translates is uvs's to send.
         if tables.nat_on && ctx.nat.owned {
-            return self.nat_forward(tables, frame, &cur, csum, now_ms, &mut ctx, st, out);
+            return self.nat_forward(tables, frame, &cur, csum, now_ms, ctx, st, out);
         }
         *out = self.pass(st);
     }
@@ -1130,6 +1151,7 @@ fn xmit_reason(e: &uvs_fwd::XmitError) -> DropReason {
     }
 }
 
+mod fast;
 mod local_out;
 mod nat;
 mod plan;
