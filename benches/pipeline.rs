@@ -60,6 +60,19 @@ fn frames(p: &Pipeline, st: &WorkerStats) -> Frames {
     let Verdict::Xmit { next_hop, .. } = p.process(&mut syn, CsumMode::Full, 0, st) else {
         panic!("SYN not forwarded")
     };
+    // The server's SYN-ACK and the client's ACK: the flow is ESTABLISHED
+    // for both directions' cases (a reply case after the SYN alone would
+    // measure a half-open connection's replies).
+    let server = next_hop.to_string();
+    let mut syn_ack = setup::tcp(&server, 80, "198.51.100.10", 40000, SYN | ACK, 0);
+    let mut ack = setup::tcp("198.51.100.10", 40000, "192.0.2.10", 80, ACK, 0);
+    for (what, f) in [("SYN-ACK", &mut syn_ack), ("ACK", &mut ack)] {
+        let v = p.process(f, CsumMode::Full, 0, st);
+        assert!(
+            matches!(v, Verdict::Xmit { .. }),
+            "{what} not forwarded: {v:?}"
+        );
+    }
     // New connections: distinct clients.
     let syns = (0..SYNS as u32)
         .map(|i| {

@@ -60,6 +60,10 @@ pub const AMEMTHRESH_DEFAULT: u32 = 1024;
 /// The kernel's default `am_droprate`.
 pub const AM_DROPRATE_DEFAULT: u32 = 10;
 
+/// Entries with at most this many packets are the low-packet ones
+/// `drop_entry` may take (the kernel's `todrop_rate` table's size).
+pub(crate) const LOW_PACKETS: u32 = 8;
+
 /// The defence's shared state (in the table).
 #[derive(Debug)]
 pub(crate) struct State {
@@ -300,7 +304,7 @@ impl Table {
             return false;
         }
         let n = e.pkts;
-        if n == 0 || n > 8 {
+        if n == 0 || n > LOW_PACKETS {
             return false;
         }
         if n <= 2 {

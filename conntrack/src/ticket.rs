@@ -109,8 +109,15 @@ impl<A: Addr> Part<A> {
 /// UDP: any) changes nothing in `e` but its counters and timer: the TCP
 /// tables keep ESTABLISHED on such a segment in every direction and mode
 /// (a unit test walks them), and the flags it could set are set already.
+///
+/// And only past the low-packet counts `drop_entry` judges by: a ticket
+/// holder's packets reach the entry's count late ([`Table::credit`]), so an
+/// entry of a few packets could be taken for an idle handshake. Past
+/// [`LOW_PACKETS`](crate::defense::LOW_PACKETS) the count only grows, and
+/// that judgement cannot change.
 fn steady<A: Addr>(e: &Entry<A>, dir: Dir) -> bool {
     e.dest.as_ref().is_some_and(|d| d.is_available())
+        && e.pkts > crate::defense::LOW_PACKETS
         && steady_state(e.proto, e.state, e.flags, dir)
 }
 

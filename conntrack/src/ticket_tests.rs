@@ -58,6 +58,12 @@ fn established(t: &Table) -> (Tuple, Tuple) {
     t.insert(c, PacketInfo::tcp(flags::SYN, 60), 0).unwrap();
     t.lookup_update(&rep, PacketInfo::tcp(flags::SYN | ACK, 60), 1);
     t.lookup_update(&req, PacketInfo::tcp(ACK, 52), 2);
+    // Past the low-packet counts (LOW_PACKETS) that `drop_entry` judges
+    // by: 3 + 6 = 9 packets.
+    for _ in 0..3 {
+        t.lookup_update(&req, PacketInfo::tcp(ACK, 52), 2);
+        t.lookup_update(&rep, PacketInfo::tcp(ACK, 52), 2);
+    }
     (req, rep)
 }
 
@@ -141,7 +147,19 @@ fn handshakes_closing_states_and_templates_get_none() {
     let (hit, dir, _) = t.lookup_update(&rep, PacketInfo::tcp(ACK, 60), 2).unwrap();
     assert!(!hit.steady(dir));
     let (hit, dir, _) = t.lookup_update(&req, PacketInfo::tcp(ACK, 60), 3).unwrap();
-    assert!(hit.steady(dir) && t.steady_ticket(&req, Dir::In).is_some());
+    assert!(hit.steady(dir));
+    // Established, but of 4 packets: no ticket until it has more than
+    // LOW_PACKETS (eviction and drop_entry judge it by its count, which a
+    // ticket holder's packets reach late).
+    assert!(t.steady_ticket(&req, Dir::In).is_none());
+    for n in 5..=9 {
+        t.lookup_update(&req, PacketInfo::tcp(ACK, 60), 3);
+        assert_eq!(
+            t.steady_ticket(&req, Dir::In).is_some(),
+            n > 8,
+            "{n} packets"
+        );
+    }
     // SCTP stays on the table's path.
     let (c, req, _) = conn(132, FwdMethod::Masq);
     t.insert(c, PacketInfo::sctp(1, 60), 0).unwrap();
@@ -153,6 +171,10 @@ fn udp_and_dr_tickets_and_credit() {
     let t = table();
     let (c, req, _) = conn(17, FwdMethod::Masq);
     t.insert(c, PacketInfo::udp(100), 0).unwrap();
+    assert!(t.steady_ticket(&req, Dir::In).is_none(), "1 datagram");
+    for _ in 0..8 {
+        t.lookup_update(&req, PacketInfo::udp(100), 1);
+    }
     let (tk, interval) = t.steady_ticket(&req, Dir::In).unwrap();
     assert_eq!(
         interval,
@@ -161,7 +183,7 @@ fn udp_and_dr_tickets_and_credit() {
     t.credit(&tk, &req, Dir::In, 5, 500);
     let mut seen = None;
     t.for_each_entry(0, |e| seen = Some((e.pkts, e.bytes)));
-    assert_eq!(seen, Some((6, 600)));
+    assert_eq!(seen, Some((14, 1400)));
     // A DR connection's requests (NOOUTPUT) are steady once confirmed.
     let t = table();
     let (c, req, _) = conn(6, FwdMethod::Route);
@@ -169,6 +191,12 @@ fn udp_and_dr_tickets_and_credit() {
     assert!(t.steady_ticket(&req, Dir::In).is_none());
     let (_, _, u) = t.lookup_update(&req, PacketInfo::tcp(ACK, 52), 1).unwrap();
     assert_eq!(u, Update::Forward);
+    // SYN + ACK: what a blind-ACK flood makes; eviction takes such
+    // entries first, so no ticket before more than LOW_PACKETS.
+    assert!(t.steady_ticket(&req, Dir::In).is_none());
+    for _ in 0..7 {
+        t.lookup_update(&req, PacketInfo::tcp(ACK, 52), 1);
+    }
     assert!(t.steady_ticket(&req, Dir::In).is_some());
 }
 
@@ -194,7 +222,7 @@ fn credit_ignores_another_table_and_a_shrunk_slab() {
     other.credit(&tk, &req2, Dir::In, 5, 500);
     let mut n = 0;
     other.for_each_entry(3, |e| n = e.pkts);
-    assert_eq!(n, 3);
+    assert_eq!(n, 9);
     // The slab shrinks after the connection expires: no panic, no credit.
     let far = 2 + u64::from(t.timeouts().tcp[TcpState::Established as usize]) + 1;
     for _ in 0..4 {
