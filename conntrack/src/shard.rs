@@ -303,13 +303,7 @@ impl<A: Addr> Part<A> {
         dport: u16,
     ) -> Option<(usize, u32)> {
         self.in_ix.find(hash, |i| {
-            let e = self.get(i);
-            e.caddr == src
-                && e.cport == sport
-                && e.vaddr == dst
-                && e.vport == dport
-                && e.proto == proto
-                && e.flags & flag::TEMPLATE == 0
+            is_conn_in(self.get(i), proto, src, sport, dst, dport)
         })
     }
 
@@ -328,13 +322,7 @@ impl<A: Addr> Part<A> {
     ) -> Result<u32, Option<Vacancy>> {
         self.in_ix
             .probe(hash, |i| {
-                let e = self.get(i);
-                e.caddr == src
-                    && e.cport == sport
-                    && e.vaddr == dst
-                    && e.vport == dport
-                    && e.proto == proto
-                    && e.flags & flag::TEMPLATE == 0
+                is_conn_in(self.get(i), proto, src, sport, dst, dport)
             })
             .map(|(_, idx)| idx)
     }
@@ -353,12 +341,7 @@ impl<A: Addr> Part<A> {
     ) -> Result<u32, Option<Vacancy>> {
         self.out_ix
             .probe(hash, |i| {
-                let e = self.get(i);
-                e.daddr == src
-                    && e.dport == sport
-                    && e.caddr == dst
-                    && e.cport == dport
-                    && e.proto == proto
+                is_conn_out(self.get(i), proto, src, sport, dst, dport)
             })
             .map(|(_, idx)| idx)
     }
@@ -375,12 +358,7 @@ impl<A: Addr> Part<A> {
         dport: u16,
     ) -> Option<(usize, u32)> {
         self.out_ix.find(hash, |i| {
-            let e = self.get(i);
-            e.daddr == src
-                && e.dport == sport
-                && e.caddr == dst
-                && e.cport == dport
-                && e.proto == proto
+            is_conn_out(self.get(i), proto, src, sport, dst, dport)
         })
     }
 
@@ -573,4 +551,23 @@ impl<A: Addr> Part<A> {
         self.bump_removed(idx);
         old
     }
+}
+
+/// Whether `e` is the connection (not a template) whose request tuple is
+/// (proto, src:sport → dst:dport): the in-index's key test.
+#[inline(always)]
+fn is_conn_in<A: Addr>(e: &Entry<A>, proto: u8, src: A, sport: u16, dst: A, dport: u16) -> bool {
+    e.caddr == src
+        && e.cport == sport
+        && e.vaddr == dst
+        && e.vport == dport
+        && e.proto == proto
+        && e.flags & flag::TEMPLATE == 0
+}
+
+/// Whether `e` is the NAT connection whose reply tuple is
+/// (proto, src:sport → dst:dport): the out-index's key test.
+#[inline(always)]
+fn is_conn_out<A: Addr>(e: &Entry<A>, proto: u8, src: A, sport: u16, dst: A, dport: u16) -> bool {
+    e.daddr == src && e.dport == sport && e.caddr == dst && e.cport == dport && e.proto == proto
 }
