@@ -112,6 +112,34 @@ pub fn chain_point(name: &str) -> Option<HookPoint> {
     })
 }
 
+/// Calls `f(base, point, chain, rule)` for every rule of every chain a
+/// built-in chain `base` (running at `point`) reaches through jumps and
+/// gotos (`edges`), stopping at the first error: the load-time checks of
+/// where a match or target may be used, as x_tables makes them.
+pub(super) fn each_reached_rule(
+    chains: &[Chain],
+    edges: &[Vec<(usize, usize)>],
+    mut f: impl FnMut(usize, HookPoint, usize, &Rule) -> Result<(), TablesError>,
+) -> Result<(), TablesError> {
+    for (b, c) in chains.iter().enumerate() {
+        let Some(point) = c.policy.and_then(|_| chain_point(&c.name)) else {
+            continue;
+        };
+        let mut seen = vec![false; chains.len()];
+        let mut todo = vec![b];
+        while let Some(i) = todo.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            for r in &chains[i].rules {
+                f(b, point, i, r)?;
+            }
+            todo.extend(edges[i].iter().map(|&(t, _)| t));
+        }
+    }
+    Ok(())
+}
+
 pub use crate::datapath::prefix::Prefix;
 
 /// Inclusive port ranges (`--dport 80`, `1024:65535`, multiport lists).

@@ -362,35 +362,23 @@ pub(super) fn hooks_check(
     chains: &[super::Chain],
     edges: &[Vec<(usize, usize)>],
 ) -> Result<(), super::TablesError> {
-    for (b, c) in chains.iter().enumerate() {
-        let Some(point) = c.policy.and_then(|_| super::chain_point(&c.name)) else {
-            continue;
+    super::each_reached_rule(chains, edges, |b, point, _, r| {
+        let super::Target::Nat(n) = r.target else {
+            return Ok(());
         };
-        let mut seen = vec![false; chains.len()];
-        let mut todo = vec![b];
-        while let Some(i) = todo.pop() {
-            if std::mem::replace(&mut seen[i], true) {
-                continue;
-            }
-            for r in &chains[i].rules {
-                if let super::Target::Nat(n) = r.target {
-                    if !n.kind.valid_at(point) {
-                        let why = match (n.kind, point) {
-                            (NatKind::Snat, crate::datapath::hooks::HookPoint::LocalIn) => {
-                                " (uvs does not rewrite packets it leaves to the director's own stack)"
-                            }
-                            (NatKind::Dnat, _) => ": DNAT is valid from PREROUTING and OUTPUT",
-                            _ => ": SNAT and MASQUERADE are valid from POSTROUTING",
-                        };
-                        return Err(super::TablesError {
-                            line: r.line,
-                            msg: format!("{} reached from {}{why}", n.kind.name(), c.name),
-                        });
-                    }
-                }
-            }
-            todo.extend(edges[i].iter().map(|&(t, _)| t));
+        if n.kind.valid_at(point) {
+            return Ok(());
         }
-    }
-    Ok(())
+        let why = match (n.kind, point) {
+            (NatKind::Snat, crate::datapath::hooks::HookPoint::LocalIn) => {
+                " (uvs does not rewrite packets it leaves to the director's own stack)"
+            }
+            (NatKind::Dnat, _) => ": DNAT is valid from PREROUTING and OUTPUT",
+            _ => ": SNAT and MASQUERADE are valid from POSTROUTING",
+        };
+        Err(super::TablesError {
+            line: r.line,
+            msg: format!("{} reached from {}{why}", n.kind.name(), chains[b].name),
+        })
+    })
 }

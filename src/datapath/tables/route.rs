@@ -289,43 +289,29 @@ pub(super) fn hooks_check(
     chains: &[super::Chain],
     edges: &[Vec<(usize, usize)>],
 ) -> Result<(), super::TablesError> {
-    for (b, c) in chains.iter().enumerate() {
-        let Some(point) = c.policy.and_then(|_| super::chain_point(&c.name)) else {
-            continue;
-        };
+    super::each_reached_rule(chains, edges, |b, point, i, r| {
         let no_in = matches!(point, HookPoint::LocalOut | HookPoint::PostRouting);
         let no_out = matches!(point, HookPoint::PreRouting | HookPoint::LocalIn);
-        if !no_in && !no_out {
-            continue;
-        }
-        let mut seen = vec![false; chains.len()];
-        let mut todo = vec![b];
-        while let Some(i) = todo.pop() {
-            if std::mem::replace(&mut seen[i], true) {
-                continue;
-            }
-            for r in &chains[i].rules {
-                let (opt, why) = if no_in && r.m.iif.is_some() {
-                    ("-i", "packets there have no input interface")
-                } else if no_out && r.m.oif.is_some() {
-                    ("-o", "the output interface is not chosen there yet")
-                } else {
-                    continue;
-                };
-                let msg = if i == b {
-                    format!("{opt} can't be used in the {} chain ({why})", c.name)
-                } else {
-                    format!(
-                        "{opt} can't be used in chain {}, reached from {} ({why})",
-                        chains[i].name, c.name
-                    )
-                };
-                return Err(super::TablesError { line: r.line, msg });
-            }
-            todo.extend(edges[i].iter().map(|&(t, _)| t));
-        }
-    }
-    Ok(())
+        let (opt, why) = if no_in && r.m.iif.is_some() {
+            ("-i", "packets there have no input interface")
+        } else if no_out && r.m.oif.is_some() {
+            ("-o", "the output interface is not chosen there yet")
+        } else {
+            return Ok(());
+        };
+        let msg = if i == b {
+            format!(
+                "{opt} can't be used in the {} chain ({why})",
+                chains[b].name
+            )
+        } else {
+            format!(
+                "{opt} can't be used in chain {}, reached from {} ({why})",
+                chains[i].name, chains[b].name
+            )
+        };
+        Err(super::TablesError { line: r.line, msg })
+    })
 }
 
 #[cfg(test)]
