@@ -1215,13 +1215,21 @@ fn af_xdp_tcp_stream_super_packets_cross_whole_in_generic_mode() {
         } else {
             assert_eq!(multi, 0, "native XDP on veth: the peer's GSO is off");
         }
-        for drop in [
-            "drop.xdp_rx_too_large",
-            "drop.xdp_rx_dropped",
-            "drop.tx_failed",
-        ] {
+        for drop in ["drop.xdp_rx_too_large", "drop.tx_failed"] {
             assert_eq!(c(drop), 0, "{io}: {drop}");
         }
+        // A super-packet needs up to ~37 fill-ring frames at once; when uvs
+        // falls behind (seen once on a loaded 2-core CI machine) the kernel
+        // drops one and counts it in `rx_dropped` but not in
+        // `fill_ring_empty`, so it shows as drop.xdp_rx_dropped. TCP
+        // resends it — the stream above arrived whole — and the loss is
+        // counted under a name; it must stay rare.
+        let dropped = c("drop.xdp_rx_dropped");
+        assert!(
+            dropped * 100 <= c("rx").max(100),
+            "{io}: drop.xdp_rx_dropped {dropped} of rx {}",
+            c("rx")
+        );
         assert!(d.stop().expect("uvs stops").success());
     }
     sink.join().expect("sink");

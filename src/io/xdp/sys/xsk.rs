@@ -101,7 +101,8 @@ impl XskStats {
     /// The receive drops as `uvs stats` names them, each packet once:
     /// `xdp_rx_ring_full` (uvs did not empty the RX ring in time),
     /// `xdp_fill_ring_empty` (no free frame to receive into),
-    /// `xdp_rx_dropped` (the kernel's other drops: larger than a frame, …;
+    /// `xdp_rx_dropped` (the kernel's other drops: larger than a frame, a
+    /// multi-buffer packet with too few fill-ring frames for all its parts, …;
     /// it counts fill-ring misses in `rx_dropped` too, so they are taken
     /// out), `xdp_rx_bad_desc` (uvs: a descriptor it would not touch), and
     /// `xdp_rx_too_large` (uvs: a multi-descriptor packet over 64 KiB),
