@@ -294,15 +294,19 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let names: Vec<(String, u32)> = ifaces.iter().map(|i| (i.name.clone(), i.index)).collect();
         let open = || {
+            use crate::io::xdp::{AttachPolicy, XskConfig};
+            // Generic mode keeps the peer's GSO, so it receives
+            // super-packets: sizes for them.
+            let (policy, sizes) = if cfg.io == IoMode::AfXdpGeneric {
+                (AttachPolicy::Generic, XskConfig::for_super_packets())
+            } else {
+                (AttachPolicy::Native, XskConfig::default())
+            };
             crate::io::xdp::XdpIo::open(
                 &names,
                 cfg.workers,
-                if cfg.io == IoMode::AfXdpGeneric {
-                    crate::io::xdp::AttachPolicy::Generic
-                } else {
-                    crate::io::xdp::AttachPolicy::Native
-                },
-                Default::default(),
+                policy,
+                sizes,
                 cfg.busy_poll_us,
                 BATCH as u32,
             )

@@ -1205,8 +1205,9 @@ fn af_xdp_tcp_stream_super_packets_cross_whole_in_generic_mode() {
         }
         let (multi, via_packet) = (c("xdp.rx_multibuf"), c("xdp.tx_packet_socket"));
         eprintln!(
-            "{io}: rx_multibuf {multi}, tx_packet_socket {via_packet}, rx {}",
-            c("rx")
+            "{io}: rx_multibuf {multi}, tx_packet_socket {via_packet}, rx {}, drop.xdp_rx_dropped {}",
+            c("rx"),
+            c("drop.xdp_rx_dropped")
         );
         if generic {
             // 24 MiB in super-packets of up to 64 KiB: hundreds of them.
@@ -1218,15 +1219,16 @@ fn af_xdp_tcp_stream_super_packets_cross_whole_in_generic_mode() {
         for drop in ["drop.xdp_rx_too_large", "drop.tx_failed"] {
             assert_eq!(c(drop), 0, "{io}: {drop}");
         }
-        // A super-packet needs up to ~37 fill-ring frames at once; when uvs
-        // falls behind (seen once on a loaded 2-core CI machine) the kernel
-        // drops one and counts it in `rx_dropped` but not in
-        // `fill_ring_empty`, so it shows as drop.xdp_rx_dropped. TCP
-        // resends it — the stream above arrived whole — and the loss is
-        // counted under a name; it must stay rare.
+        // A super-packet needs many fill-ring frames at once; with 2 KiB
+        // frames and a 1024-slot ring, a loaded 2-core CI machine saw 1 and
+        // 6 of ~700 dropped (the kernel counts them in `rx_dropped`, not
+        // `fill_ring_empty`). Generic mode now sizes its UMEM for
+        // super-packets (XskConfig::for_super_packets): none in repeated
+        // runs at load 12. TCP would resend one, and it is counted under a
+        // name, so one in a thousand is tolerated, no more.
         let dropped = c("drop.xdp_rx_dropped");
         assert!(
-            dropped * 100 <= c("rx").max(100),
+            dropped * 1000 <= c("rx").max(1000),
             "{io}: drop.xdp_rx_dropped {dropped} of rx {}",
             c("rx")
         );
