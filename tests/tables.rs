@@ -212,11 +212,73 @@ fn log_lines(s: &Setup, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every LOG rule's hits so far (`save -c`).
+fn log_hits(s: &Setup) -> u64 {
+    uvs_tables(&s.d.control, &["save", "-c"], "")
+        .1
+        .lines()
+        .filter(|l| l.contains("-j LOG"))
+        .filter_map(|l| l.strip_prefix('[')?.split(':').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits (up to 20 s) until the LOG rules' hits stop growing and every
+/// one is a written line or a dropped record; returns (lines, dropped).
+fn log_settled(s: &Setup) -> (u64, u64) {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = None;
+    loop {
+        let (l, d) = (
+            s.d.counter("log.lines").unwrap(),
+            s.d.counter("log.dropped").unwrap(),
+        );
+        let h = log_hits(s);
+        if (l + d == h && last == Some(h)) || std::time::Instant::now() > end {
+            return (l, d);
+        }
+        last = (l + d == h).then_some(h);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// How often uvs's LOG drain thread (`uvs-log`) went to sleep and woke
+/// so far: its context switches, from /proc.
+fn log_thread_wakes(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("uvs's threads");
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "uvs-log" {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        return status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+    }
+    panic!("uvs {pid} has no uvs-log thread");
+}
+
+/// The LOG drain's wake-ups over one idle second.
+fn idle_log_wakes(s: &Setup) -> u64 {
+    let w0 = log_thread_wakes(s.d.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    log_thread_wakes(s.d.pid()) - w0
+}
+
 /// Packets through LOG rules (at INPUT: the VIPs' traffic, which uvs sees
 /// under both backends; at mangle POSTROUTING, with `OUT=`): the kernel's
 /// line on uvs's stderr, read back to the packet; a flood beyond the queue (8) counted in log.dropped,
 /// every LOG hit either written or counted.
 fn log_rules_write_kernel_lines(s: &Setup) {
+    // No LOG rule yet: the drain thread sleeps (it woke 10 times a second
+    // before).
+    let idle = idle_log_wakes(s);
+    assert!(
+        idle <= 1,
+        "the LOG drain woke {idle} times in an idle second"
+    );
     let (code, out, err) = uvs_tables(&s.d.control, &["restore"], LOG_RULES);
     assert_eq!(code, 0, "{out}{err}");
     // Saved as iptables-save writes them (the level as a number, after the
@@ -259,6 +321,10 @@ fn log_rules_write_kernel_lines(s: &Setup) {
     assert_eq!(f["MARK"], "0x1", "{syn}");
     assert_eq!(f["MAC"].len(), 14 * 3 - 1, "{syn}");
     assert!(f["MAC"].ends_with(":08:00"), "{syn}");
+    // The SYN's line comes at once (the first record wakes the drain); the
+    // connection's later packets may still be queued (8 at most): the
+    // datagrams below wait until they are written.
+    log_settled(s);
 
     // UDP to a service (what uvs sees under either backend): one datagram
     // per family from a known port, spaced, each its own line.
@@ -317,7 +383,14 @@ fn log_rules_write_kernel_lines(s: &Setup) {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(post.len(), 2, "{}", s.d.log_text());
+    assert_eq!(
+        post.len(),
+        2,
+        "{}\n{}\n{}",
+        s.d.log_text(),
+        uvs_tables(&s.d.control, &["save", "-c"], "").1,
+        s.d.call(&["stats"]).unwrap().stdout
+    );
     for (l, dst) in [
         (&post[0], "203.0.113.11"),
         (&post[1], "2001:0db8:0005:0000:0000:0000:0000:0011"),
@@ -330,6 +403,7 @@ fn log_rules_write_kernel_lines(s: &Setup) {
         );
     }
 
+    log_settled(s);
     // A flood far beyond 8 lines a tick: bounded in count and time.
     netns::run_in(&s.lab.ns("c"), move || {
         let Ok(u) = std::net::UdpSocket::bind(("198.51.100.10", sport)) else {
@@ -344,30 +418,22 @@ fn log_rules_write_kernel_lines(s: &Setup) {
     })
     .expect("client namespace");
     // Every LOG hit is a line or a dropped record, once the drain is done.
-    let hits = || {
-        uvs_tables(&s.d.control, &["save", "-c"], "")
-            .1
-            .lines()
-            .filter(|l| l.contains("-j LOG"))
-            .filter_map(|l| l.strip_prefix('[')?.split(':').next()?.parse::<u64>().ok())
-            .sum::<u64>()
-    };
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    let (lines, dropped) = loop {
-        let (l, d) = (
-            s.d.counter("log.lines").unwrap(),
-            s.d.counter("log.dropped").unwrap(),
-        );
-        if l + d == hits() || std::time::Instant::now() > end {
-            break (l, d);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (lines, dropped) = log_settled(s);
     let written = ["uvs web: ", "uvs udp: ", "uvs post: "]
         .iter()
         .map(|p| log_lines(s, p).len() as u64)
         .sum::<u64>();
     assert!(dropped > 0, "no line dropped: {lines} written");
     assert_eq!(lines, written, "log.lines against the lines on stderr");
-    assert_eq!(lines + dropped, hits(), "every LOG hit written or dropped");
+    assert_eq!(
+        lines + dropped,
+        log_hits(s),
+        "every LOG hit written or dropped"
+    );
+    // LOG rules loaded, no traffic: asleep again once the flood is written.
+    let idle = idle_log_wakes(s);
+    assert!(
+        idle <= 1,
+        "the LOG drain woke {idle} times in an idle second with LOG rules"
+    );
 }
