@@ -437,3 +437,123 @@ fn log_rules_write_kernel_lines(s: &Setup) {
         "the LOG drain woke {idle} times in an idle second with LOG rules"
     );
 }
+
+const TUN_CONFIG: &str = "\
+-A -t 192.0.2.10:80 -s rr
+-a -t 192.0.2.10:80 -r 203.0.113.11:80 -i -w 1 --tun-type ipip
+-a -t 192.0.2.10:80 -r 203.0.113.12:80 -i -w 1 --tun-type ipip
+-A -u 192.0.2.10:53 -s rr
+-a -u 192.0.2.10:53 -r 203.0.113.11:53 -i -w 1 --tun-type gue --tun-port 6080
+";
+
+const TUN_TABLES: &str = "\
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A OUTPUT -p ipv4 -d 203.0.113.0/24 -m conntrack --ctstate NEW -j MARK --set-xmark 0x7/0xffffffff
+-A OUTPUT -p udp --dport 6080 -j LOG --log-prefix \"uvs tun gue: \"
+-A POSTROUTING -p ipv4 -o s0 -m mark --mark 0x7 -m comment --comment ipip-out
+-A POSTROUTING -p ipv4 ! -o s0 -m comment --comment ipip-elsewhere
+-A POSTROUTING -p udp --dport 6080 -o s0 -m comment --comment gue-out
+COMMIT
+";
+
+/// The packet count `save -c` gives the rule whose text contains `what`.
+fn rule_packets(control: &Path, what: &str) -> u64 {
+    let saved = uvs_tables(control, &["save", "-c"], "").1;
+    saved
+        .lines()
+        .find(|l| l.contains(what))
+        .and_then(|l| l.strip_prefix('['))
+        .and_then(|l| l.split(':').next())
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no rule {what:?} in\n{saved}"))
+}
+
+/// IPVS tunnelling's outer packets walk mangle and filter OUTPUT and mangle
+/// POSTROUTING, as the kernel's `ip_vs_tunnel_xmit` sends them through
+/// `ip_local_out`: a MARK at OUTPUT seen at POSTROUTING, `-o` the real
+/// servers' interface, a LOG line of the outer GUE packet, and a filter
+/// OUTPUT DROP of one real server's ipip packets stopping its connections.
+#[test]
+fn tunnelled_packets_walk_output_and_postrouting() {
+    if !root_or_skip("tunnelled_packets_walk_output_and_postrouting") {
+        return;
+    }
+    let prefix = format!("uvtt{}", std::process::id() % 100000);
+    let base = std::env::temp_dir().join(&prefix);
+    let (cfg, tbl) = (base.with_extension("rules"), base.with_extension("tables"));
+    std::fs::write(&cfg, TUN_CONFIG).unwrap();
+    std::fs::write(&tbl, TUN_TABLES).unwrap();
+    let s = Setup::start(
+        &prefix,
+        &["--dr"],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--tables",
+            tbl.to_str().unwrap(),
+            "--workers",
+            "1",
+        ],
+    );
+    let _rm = common::RemoveOnDrop(vec![cfg.clone(), tbl.clone()]);
+    let _ep = ["rs1", "rs2"].map(|rs| common::Endpoint::start(&s.lab, rs, &["--gue-port", "6080"]));
+
+    // ipip: balanced, every outer packet marked at OUTPUT and counted at
+    // POSTROUTING by `-o s0`, none elsewhere.
+    let t = tally(&s, "192.0.2.10:80", 10);
+    assert_eq!(t.failures, 0, "{:?}\n{}", t.first_error, s.d.log_text());
+    assert_eq!((t.count("rs1"), t.count("rs2")), (5, 5), "{t:?}");
+    let out = rule_packets(&s.d.control, "ipip-out");
+    assert!(out >= 10 * 3, "ipip-out counted {out}");
+    assert_eq!(rule_packets(&s.d.control, "ipip-elsewhere"), 0);
+    assert!(rule_packets(&s.d.control, "--ctstate NEW") >= out);
+
+    // GUE: one datagram, its outer packet's LOG line at OUTPUT.
+    let sport = 40000 + (std::process::id() % 20000) as u16;
+    netns::run_in(&s.lab.ns("c"), move || -> std::io::Result<()> {
+        let u = std::net::UdpSocket::bind(("198.51.100.10", sport))?;
+        u.send_to(b"hello", "192.0.2.10:53")?;
+        Ok(())
+    })
+    .expect("client namespace")
+    .expect("send");
+    let mut line = None;
+    common::wait_until(Duration::from_secs(5), || {
+        line = log_lines(&s, "uvs tun gue: ").into_iter().next();
+        line.is_some()
+    });
+    let line = line.unwrap_or_else(|| panic!("no GUE line:\n{}", s.d.log_text()));
+    let f = log_fields(&line);
+    assert_eq!(
+        (f["IN"], f["OUT"], f["SRC"], f["DST"], f["PROTO"], f["DPT"]),
+        ("", "s0", "203.0.113.1", "203.0.113.11", "UDP", "6080"),
+        "{line}"
+    );
+    // Outer IPv4 + UDP + GUE + the inner IPv4 + UDP + "hello"; the outer
+    // UDP length (the last LEN=) without the outer IPv4 header.
+    let len = 20 + 8 + 4 + 20 + 8 + 5;
+    assert!(
+        line.contains(&format!(" DST=203.0.113.11 LEN={len} ")),
+        "{line}"
+    );
+    assert!(line.ends_with(&format!(" LEN={} ", len - 20)), "{line}");
+    assert!(common::wait_until(Duration::from_secs(2), || {
+        rule_packets(&s.d.control, "gue-out") >= 1
+    }));
+
+    // filter OUTPUT drops rs2's ipip packets: its connections fail, rs1's
+    // work, and the rule and drop.filtered say where.
+    let filtered = s.d.counter("drop.filtered").unwrap();
+    let drop_rs2 = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p ipv4 -d 203.0.113.12/32 -j DROP\nCOMMIT\n";
+    let (code, o, err) = uvs_tables(&s.d.control, &["restore"], drop_rs2);
+    assert_eq!(code, 0, "{o}{err}");
+    let t = tally(&s, "192.0.2.10:80", 4);
+    assert_eq!((t.count("rs1"), t.failures), (2, 2), "{t:?}");
+    assert!(rule_packets(&s.d.control, "-d 203.0.113.12/32 -j DROP") >= 2);
+    assert!(s.d.counter("drop.filtered").unwrap() >= filtered + 2);
+}

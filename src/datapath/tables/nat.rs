@@ -186,7 +186,7 @@ impl super::Ruleset {
 /// and the addresses that went away, or `None` when nothing changed or no
 /// nat rule needs them.
 pub fn refreshed(cur: &super::Ruleset, now: LocalNets) -> Option<(super::Ruleset, Vec<IpAddr>)> {
-    if !cur.nat_on || cur.local == now {
+    if !(cur.nat_on || cur.needs_local) || cur.local == now {
         return None;
     }
     let gone: Vec<IpAddr> = cur
@@ -228,7 +228,7 @@ pub fn follow_addrs(p: &crate::datapath::pipeline::Pipeline) -> String {
             cur = p.tables.load_full();
         }
     }
-    if !cur.nat_on {
+    if !(cur.nat_on || cur.needs_local) {
         return String::new();
     }
     let Some((new, gone)) = refreshed(&cur, local_nets()) else {
