@@ -190,6 +190,7 @@ fn curl_on_the_director_is_balanced_at_local_out_and_sigterm_removes_everything(
     got6.sort();
     assert_eq!(got6, ["rs1", "rs1", "rs2", "rs2"], "IPv6 rr");
     direct_routing_and_tunnel_services(&s);
+    nat_output_dnat_for_local_clients(&s);
     for c in ["drop.local_not_balanced", "drop.local_tun_write"] {
         assert_eq!(s.d.counter(c).unwrap(), 0, "{c}\n{stats}");
     }
@@ -269,6 +270,38 @@ fn direct_routing_and_tunnel_services(s: &Setup) {
         got.sort();
         assert_eq!(got, ["rs1", "rs1", "rs2", "rs2"], "rr to {vip}");
     }
+}
+
+/// A nat OUTPUT DNAT rule for an address and port no IPVS service owns
+/// (192.0.2.40:80 → rs1, `-d` a host): uvs routes that host into `uvs-lo`
+/// for local origin, so `curl` on the director reaches rs1 as the kernel's
+/// nat OUTPUT would send it, the reply un-DNATed back through the TUN; the
+/// route goes with the rule.
+fn nat_output_dnat_for_local_clients(s: &Setup) {
+    let lb = s.lab.ns("lb");
+    let dnat = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A OUTPUT -d 192.0.2.40/32 -p tcp --dport 80 -j DNAT --to-destination 203.0.113.11:80\nCOMMIT\n";
+    let r = s.d.call(&["tables", "restore", dnat]).unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    let routes = ip_out(&lb, &["route", "show", "table", "30070"]);
+    assert!(routes.contains("192.0.2.40 dev uvs-lo"), "{routes}");
+    assert_eq!(curls_to(&lb, "192.0.2.40", 3), ["rs1", "rs1", "rs1"]);
+    assert_eq!(s.d.counter("local.dnat_hosts").unwrap(), 1);
+    let saved = s.d.call(&["tables", "save", "-c"]).unwrap().stdout;
+    let first: u64 = saved
+        .lines()
+        .find(|l| l.contains("--to-destination 203.0.113.11:80"))
+        .and_then(|l| l.strip_prefix('[')?.split(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{saved}"));
+    // nat rules count a flow's first packet: one per connection.
+    assert_eq!(first, 3, "{saved}");
+    // An empty nat table: the route goes (no VIP has that address).
+    let r =
+        s.d.call(&["tables", "restore", "*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"])
+            .unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    let routes = ip_out(&lb, &["route", "show", "table", "30070"]);
+    assert!(!routes.contains("192.0.2.40"), "{routes}");
+    assert_eq!(s.d.counter("local.dnat_hosts").unwrap(), 0);
 }
 
 #[test]

@@ -356,6 +356,45 @@ pub fn guard_claims(r: &super::Ruleset) -> Vec<crate::sys::guard::Elem> {
         .collect()
 }
 
+/// The nat OUTPUT DNAT rules, for local clients (`--local-src`): the
+/// hosts the rules reached from nat OUTPUT name with `-d HOST` (uvs routes
+/// them into its `uvs-lo` device for local origin, so the director's own
+/// packets to them meet nat OUTPUT), and the lines of those that name none
+/// (a local packet meets them only on its way to a VIP or such a host).
+pub fn output_dnat(r: &super::Ruleset) -> (Vec<IpAddr>, Vec<usize>) {
+    let (mut hosts, mut loose) = (Vec::new(), Vec::new());
+    let Some(t) = r.table(super::TableId::Nat) else {
+        return (hosts, loose);
+    };
+    let Some(start) = t.at[HookPoint::LocalOut as usize] else {
+        return (hosts, loose);
+    };
+    let mut seen = vec![false; t.chains.len()];
+    let mut todo = vec![start];
+    while let Some(c) = todo.pop() {
+        if std::mem::replace(&mut seen[c], true) {
+            continue;
+        }
+        for rule in &t.chains[c].rules {
+            match rule.target {
+                super::Target::Jump(j) | super::Target::Goto(j) => todo.push(j),
+                super::Target::Nat(NatTo {
+                    kind: NatKind::Dnat,
+                    ..
+                }) => match rule.m.dst {
+                    Some((false, d)) if d.is_host() => hosts.push(d.addr),
+                    _ => loose.push(rule.line),
+                },
+                _ => {}
+            }
+        }
+    }
+    hosts.sort_unstable();
+    hosts.dedup();
+    loose.sort_unstable();
+    (hosts, loose)
+}
+
 /// Each nat target is reachable only from built-in chains it may run at
 /// (see `nat.rs`), as x_tables checks a target's hooks at load.
 pub(super) fn hooks_check(
