@@ -3,7 +3,9 @@
 //! pipeline at LOCAL_OUT, is balanced rr 50/50 over two NAT real servers,
 //! and its replies come back through the TUN; remote clients keep their
 //! usual path meanwhile. Direct-routing and tunnel services are balanced
-//! too, their replies (from the VIP) reaching the local socket directly.
+//! too, their replies (from the VIP) reaching the local socket directly,
+//! and a nat OUTPUT DNAT rule's destination is reached as the kernel's nat
+//! OUTPUT would send it.
 //! Everything uvs added (device, policy rule, route, nftables table) is
 //! gone after SIGTERM; after SIGKILL the next start removes the rule the
 //! dead one left. Under `UVS_LAB_IO=af_xdp` the XDP program claims the

@@ -3,8 +3,10 @@
 //! service (`-f`), `uvs tables restore` from stdin (a bad line refused with
 //! its number, the running tables unchanged), and a filter DROP at FORWARD
 //! that stops NAT replies, its rule's counter showing where; LOG rules'
-//! kernel-format lines on uvs's stderr, and a flood larger than the log
-//! queue counted as dropped lines. Needs root; skips without.
+//! kernel-format lines on uvs's stderr, a flood larger than the log queue
+//! counted as dropped lines, and the log drain asleep while idle; IPVS
+//! tunnelling's outer packets through mangle/filter OUTPUT and mangle
+//! POSTROUTING. Needs root; skips without.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
