@@ -446,6 +446,8 @@ const TUN_CONFIG: &str = "\
 -a -t 192.0.2.10:80 -r 203.0.113.12:80 -i -w 1 --tun-type ipip
 -A -u 192.0.2.10:53 -s rr
 -a -u 192.0.2.10:53 -r 203.0.113.11:53 -i -w 1 --tun-type gue --tun-port 6080
+-A -u [2001:db8:f::10]:53 -s rr
+-a -u [2001:db8:f::10]:53 -r [2001:db8:5::11]:53 -i -w 1 --tun-type ipip
 ";
 
 const TUN_TABLES: &str = "\
@@ -460,6 +462,7 @@ const TUN_TABLES: &str = "\
 -A POSTROUTING -p ipv4 -o s0 -m mark --mark 0x7 -m comment --comment ipip-out
 -A POSTROUTING -p ipv4 ! -o s0 -m comment --comment ipip-elsewhere
 -A POSTROUTING -p udp --dport 6080 -o s0 -m comment --comment gue-out
+-A POSTROUTING -p ipv6 -d 2001:db8:5::11/128 -o s0 -m comment --comment ip6ip6-out
 COMMIT
 ";
 
@@ -547,6 +550,28 @@ fn tunnelled_packets_walk_output_and_postrouting() {
     assert!(common::wait_until(Duration::from_secs(2), || {
         rule_packets(&s.d.control, "gue-out") >= 1
     }));
+
+    // IPv6 in IPv6 (next header 41): answered, and counted by its rule.
+    let answer = netns::run_in(&s.lab.ns("c"), move || -> std::io::Result<String> {
+        let u = std::net::UdpSocket::bind(("2001:db8:c::10", sport))?;
+        u.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut buf = [0u8; 256];
+        for _ in 0..4 {
+            u.send_to(b"six", "[2001:db8:f::10]:53")?;
+            if let Ok((n, _)) = u.recv_from(&mut buf) {
+                return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        Err(std::io::Error::other("no answer"))
+    })
+    .expect("client namespace");
+    assert_eq!(
+        answer.ok().as_deref(),
+        Some("rs1:six"),
+        "{}",
+        s.d.log_text()
+    );
+    assert!(rule_packets(&s.d.control, "ip6ip6-out") >= 1);
 
     // filter OUTPUT drops rs2's ipip packets: its connections fail, rs1's
     // work, and the rule and drop.filtered say where.
