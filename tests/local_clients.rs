@@ -281,13 +281,24 @@ fn direct_routing_and_tunnel_services(s: &Setup) {
 /// route goes with the rule.
 fn nat_output_dnat_for_local_clients(s: &Setup) {
     let lb = s.lab.ns("lb");
-    let dnat = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A OUTPUT -d 192.0.2.40/32 -p tcp --dport 80 -j DNAT --to-destination 203.0.113.11:80\nCOMMIT\n";
+    let dnat = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A OUTPUT -d 192.0.2.40/32 -p tcp --dport 80 -j DNAT --to-destination 203.0.113.11:80\n-A OUTPUT -d 2001:db8:f::40/128 -p tcp --dport 80 -j DNAT --to-destination [2001:db8:5::12]:80\n-A OUTPUT -p tcp --dport 8080 -j DNAT --to-destination 203.0.113.12:80\nCOMMIT\n";
     let r = s.d.call(&["tables", "restore", dnat]).unwrap();
     assert_eq!(r.status, 0, "{r:?}");
     let routes = ip_out(&lb, &["route", "show", "table", "30070"]);
     assert!(routes.contains("192.0.2.40 dev uvs-lo"), "{routes}");
     assert_eq!(curls_to(&lb, "192.0.2.40", 3), ["rs1", "rs1", "rs1"]);
-    assert_eq!(s.d.counter("local.dnat_hosts").unwrap(), 1);
+    // IPv6, from the IPv6 --local-src.
+    let routes6 = ip_out(&lb, &["-6", "route", "show", "table", "30070"]);
+    assert!(routes6.contains("2001:db8:f::40 dev uvs-lo"), "{routes6}");
+    assert_eq!(curls_to(&lb, "[2001:db8:f::40]", 2), ["rs2", "rs2"]);
+    assert_eq!(s.d.counter("local.dnat_hosts").unwrap(), 2);
+    // A DNAT without a host: said, with its line (8), in uvs's log.
+    assert!(
+        s.d.log_text()
+            .contains("line 8: a nat OUTPUT DNAT rule without -d HOST"),
+        "{}",
+        s.d.log_text()
+    );
     let saved = s.d.call(&["tables", "save", "-c"]).unwrap().stdout;
     let first: u64 = saved
         .lines()
@@ -303,6 +314,8 @@ fn nat_output_dnat_for_local_clients(s: &Setup) {
     assert_eq!(r.status, 0, "{r:?}");
     let routes = ip_out(&lb, &["route", "show", "table", "30070"]);
     assert!(!routes.contains("192.0.2.40"), "{routes}");
+    let routes6 = ip_out(&lb, &["-6", "route", "show", "table", "30070"]);
+    assert!(!routes6.contains("2001:db8:f::40"), "{routes6}");
     assert_eq!(s.d.counter("local.dnat_hosts").unwrap(), 0);
 }
 

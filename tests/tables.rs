@@ -583,4 +583,22 @@ fn tunnelled_packets_walk_output_and_postrouting() {
     assert_eq!((t.count("rs1"), t.failures), (2, 2), "{t:?}");
     assert!(rule_packets(&s.d.control, "-d 203.0.113.12/32 -j DROP") >= 2);
     assert!(s.d.counter("drop.filtered").unwrap() >= filtered + 2);
+    // The hook counters: filter OUTPUT saw the outer packets and dropped
+    // rs2's.
+    let stats = s.d.call(&["stats"]).unwrap().stdout;
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("hook.LOCAL_OUT.0.filter "))
+        .unwrap_or_else(|| panic!("{stats}"));
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .skip_while(|w| *w != name)
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    assert!(
+        field("dropped") >= 2 && field("seen") > field("dropped"),
+        "{line}"
+    );
 }
