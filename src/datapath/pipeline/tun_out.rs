@@ -22,7 +22,9 @@
 //! * `--ctstate NEW`: `ip_vs_tunnel_xmit_prepare` drops the inner
 //!   packet's conntrack entry (`nf_reset_ct`), so the kernel's conntrack
 //!   meets the outer packet as a new flow, and a tunnel is never answered
-//!   on its outer tuple; `-m ipvs` finds no IPVS connection of it;
+//!   on its outer tuple; `-m ipvs --ipvs` alone matches it (IPVS sent
+//!   it: `ipvs_property`), any other `-m ipvs` option does not (its outer
+//!   tuple is no IPVS connection's), as xt_ipvs decides;
 //! * `-o`: the interface of the real server's route (route snapshot), at
 //!   OUTPUT and POSTROUTING alike; LOG lines show the outer header, then
 //!   the inner packet, with no `IN=`.
@@ -120,7 +122,7 @@ impl Pipeline {
         // `-o` at POSTROUTING routes the real server, as at OUTPUT.
         crate::datapath::tables::route::set_next_hop(next_hop, next_hop);
         let mut ct = || CtFacts {
-            state: CtState::NEW,
+            state: CtState::NEW | CtState::IPVS_PROPERTY,
             ipvs: None,
         };
         for (point, id, func) in WALK {

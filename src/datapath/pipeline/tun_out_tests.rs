@@ -99,6 +99,9 @@ const MANGLE: &str = "*mangle
 :POSTROUTING ACCEPT [0:0]
 -A OUTPUT -p ipv4 -s 203.0.113.1/32 -d 203.0.113.11/32 -m conntrack --ctstate NEW -j MARK --set-mark 0x5
 -A OUTPUT -p tcp -m comment --comment inner-never
+-A OUTPUT -m ipvs --ipvs -m comment --comment property
+-A OUTPUT -m ipvs --ipvs --vproto 6 -m comment --comment no-connection
+-A OUTPUT -m ipvs ! --ipvs -m comment --comment not-ipvs
 -A POSTROUTING -p ipv4 -m mark --mark 0x5 -m comment --comment marked
 -A POSTROUTING -p udp -s 203.0.113.1/32 --sport 32768:60999 --dport 6080 -m comment --comment gue
 COMMIT
@@ -121,6 +124,10 @@ fn the_outer_ipip_packet_is_marked_at_output_and_seen_at_postrouting() {
         "only the outer packet walks OUTPUT"
     );
     assert_eq!(counts(&p, "gue").0, 0);
+    // IPVS sent it, with no connection of its own.
+    assert_eq!(counts(&p, "property").0, 1);
+    assert_eq!(counts(&p, "no-connection").0, 0);
+    assert_eq!(counts(&p, "not-ipvs").0, 0);
     // A long flow: every request's outer packet walks (no flow cache).
     for i in 0..30 {
         let mut f = tcp(ACK, 10);
