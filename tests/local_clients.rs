@@ -3,7 +3,9 @@
 //! pipeline at LOCAL_OUT, is balanced rr 50/50 over two NAT real servers,
 //! and its replies come back through the TUN; remote clients keep their
 //! usual path meanwhile. Direct-routing and tunnel services are balanced
-//! too, their replies (from the VIP) reaching the local socket directly.
+//! too, their replies (from the VIP) reaching the local socket directly,
+//! and a nat OUTPUT DNAT rule's destination is reached as the kernel's nat
+//! OUTPUT would send it.
 //! Everything uvs added (device, policy rule, route, nftables table) is
 //! gone after SIGTERM; after SIGKILL the next start removes the rule the
 //! dead one left. Under `UVS_LAB_IO=af_xdp` the XDP program claims the
@@ -190,6 +192,7 @@ fn curl_on_the_director_is_balanced_at_local_out_and_sigterm_removes_everything(
     got6.sort();
     assert_eq!(got6, ["rs1", "rs1", "rs2", "rs2"], "IPv6 rr");
     direct_routing_and_tunnel_services(&s);
+    nat_output_dnat_for_local_clients(&s);
     for c in ["drop.local_not_balanced", "drop.local_tun_write"] {
         assert_eq!(s.d.counter(c).unwrap(), 0, "{c}\n{stats}");
     }
@@ -269,6 +272,51 @@ fn direct_routing_and_tunnel_services(s: &Setup) {
         got.sort();
         assert_eq!(got, ["rs1", "rs1", "rs2", "rs2"], "rr to {vip}");
     }
+}
+
+/// A nat OUTPUT DNAT rule for an address and port no IPVS service owns
+/// (192.0.2.40:80 → rs1, `-d` a host): uvs routes that host into `uvs-lo`
+/// for local origin, so `curl` on the director reaches rs1 as the kernel's
+/// nat OUTPUT would send it, the reply un-DNATed back through the TUN; the
+/// route goes with the rule.
+fn nat_output_dnat_for_local_clients(s: &Setup) {
+    let lb = s.lab.ns("lb");
+    let dnat = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A OUTPUT -d 192.0.2.40/32 -p tcp --dport 80 -j DNAT --to-destination 203.0.113.11:80\n-A OUTPUT -d 2001:db8:f::40/128 -p tcp --dport 80 -j DNAT --to-destination [2001:db8:5::12]:80\n-A OUTPUT -p tcp --dport 8080 -j DNAT --to-destination 203.0.113.12:80\nCOMMIT\n";
+    let r = s.d.call(&["tables", "restore", dnat]).unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    let routes = ip_out(&lb, &["route", "show", "table", "30070"]);
+    assert!(routes.contains("192.0.2.40 dev uvs-lo"), "{routes}");
+    assert_eq!(curls_to(&lb, "192.0.2.40", 3), ["rs1", "rs1", "rs1"]);
+    // IPv6, from the IPv6 --local-src.
+    let routes6 = ip_out(&lb, &["-6", "route", "show", "table", "30070"]);
+    assert!(routes6.contains("2001:db8:f::40 dev uvs-lo"), "{routes6}");
+    assert_eq!(curls_to(&lb, "[2001:db8:f::40]", 2), ["rs2", "rs2"]);
+    assert_eq!(s.d.counter("local.dnat_hosts").unwrap(), 2);
+    // A DNAT without a host: said, with its line (8), in uvs's log.
+    assert!(
+        s.d.log_text()
+            .contains("line 8: a nat OUTPUT DNAT rule without -d HOST"),
+        "{}",
+        s.d.log_text()
+    );
+    let saved = s.d.call(&["tables", "save", "-c"]).unwrap().stdout;
+    let first: u64 = saved
+        .lines()
+        .find(|l| l.contains("--to-destination 203.0.113.11:80"))
+        .and_then(|l| l.strip_prefix('[')?.split(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{saved}"));
+    // nat rules count a flow's first packet: one per connection.
+    assert_eq!(first, 3, "{saved}");
+    // An empty nat table: the route goes (no VIP has that address).
+    let r =
+        s.d.call(&["tables", "restore", "*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"])
+            .unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    let routes = ip_out(&lb, &["route", "show", "table", "30070"]);
+    assert!(!routes.contains("192.0.2.40"), "{routes}");
+    let routes6 = ip_out(&lb, &["-6", "route", "show", "table", "30070"]);
+    assert!(!routes6.contains("2001:db8:f::40"), "{routes6}");
+    assert_eq!(s.d.counter("local.dnat_hosts").unwrap(), 0);
 }
 
 #[test]

@@ -832,6 +832,20 @@ impl Daemon {
             if let Err(e) = l.follow_replies(&delta) {
                 log::warn!("{e}");
             }
+            // nat OUTPUT DNAT for local clients: the hosts the rules name
+            // are routed into uvs-lo, as VIPs are.
+            let (hosts, loose) = crate::datapath::tables::nat::output_dnat(&merged);
+            for line in loose {
+                log::warn!(
+                    "uvs tables: line {line}: a nat OUTPUT DNAT rule without -d HOST: the \
+                     director's own packets meet it only on their way to a VIP or to a host \
+                     another OUTPUT DNAT rule names (only those are routed into {})",
+                    crate::sys::local_out::DEV
+                );
+            }
+            if let Err(e) = l.follow_dnat(hosts) {
+                log::warn!("{e}");
+            }
         }
         self.pipeline.tables.store(Arc::new(merged));
         Ok(())

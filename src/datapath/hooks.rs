@@ -9,6 +9,11 @@
 //! visible: every entry has an index, and each worker counts the packets
 //! every entry saw and its verdicts (per worker, so the hot path shares no
 //! counter cache lines between cores).
+//!
+//! A packet IPVS tunnels (`-i`) is stolen by its IPVS entry; its outer
+//! packet then meets the LOCAL_OUT and POST_ROUTING table entries as a
+//! packet of the director's own, as `ip_vs_tunnel_xmit`'s `ip_local_out`
+//! sends it (`pipeline/tun_out.rs`).
 
 /// Netfilter hook points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -542,7 +542,13 @@ impl Pipeline {
                 if tables.post_routing_on() {
                     self.nat_post(tables, frame, csum, now_ms, ctx, st, out);
                 }
-                return Self::hook_done(e.index as usize, &cur, st, out);
+                Self::hook_done(e.index as usize, &cur, st, out);
+                // IPVS took it (counted above); a tunnel's outer packet then
+                // meets LOCAL_OUT and POST_ROUTING (`tun_out.rs`).
+                if matches!(out, Verdict::Tunnel { .. }) && tables.tunnel_walk_on() {
+                    self.tunnel_out(tables, frame, csum, now_ms, ctx, st, out);
+                }
+                return;
             }
         }
         // A packet the nat table translates is uvs's to send.
@@ -1158,3 +1164,4 @@ mod plan;
 mod sched;
 #[cfg(test)]
 mod tests;
+mod tun_out;

@@ -434,6 +434,144 @@ pub fn encap(
     })
 }
 
+/// What [`outer_head`] wrote: the outer packet as the hooks it walks on
+/// its way out see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outer {
+    /// The outer IP protocol: 4 or 41 (ipip), 47 (GRE), 17 (GUE).
+    pub proto: u8,
+    /// GUE's outer UDP ports (0 for ipip and GRE).
+    pub sport: u16,
+    pub dport: u16,
+    /// The outer IP length.
+    pub ip_len: usize,
+    /// Bytes written: the outer IP header and the tunnel header.
+    pub head_len: usize,
+}
+
+/// The outer IP and tunnel headers [`encap`] would put in front of the
+/// frame (parsed as `p`), written to `out` without touching the frame:
+/// what the director's LOCAL_OUT and POST_ROUTING hooks see of a
+/// tunnelled packet (the kernel's `ip_vs_tunnel_xmit` sends it through
+/// `ip_local_out`). The same addresses, protocol, TTL, DS field, DF, GUE
+/// ports and lengths as `encap`'s; the IPv4 ID is 0 (encap's comes from
+/// the sender's counter) and no outer checksum is filled in.
+///
+/// Errors as [`encap`]'s validation: `FamilyMismatch`, `TtlExceeded`,
+/// `TooLarge`, `FrameMismatch`, `NoHeadroom` (`out` too short).
+pub fn outer_head(
+    frame: &[u8],
+    p: &Parsed,
+    params: &TunParams,
+    mode: CsumMode,
+    out: &mut [u8],
+) -> Result<Outer, XmitError> {
+    check_parsed(frame, p)?;
+    let outer_v4 = match (params.src, params.dst) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => true,
+        (IpAddr::V6(_), IpAddr::V6(_)) => false,
+        _ => return Err(XmitError::FamilyMismatch),
+    };
+    let pending_rel = pending_field(p, mode);
+    let remcsum = params.remcsum_applies(pending_rel.is_some());
+    let ov = overhead(params.kind, params.outer_version(), params.csum, remcsum);
+    if out.len() < ov {
+        return Err(XmitError::NoHeadroom);
+    }
+    let ip_hdr = if outer_v4 {
+        ipv4::HEADER_LEN
+    } else {
+        ipv6::HEADER_LEN
+    };
+    let outer_payload = ov - ip_hdr + p.ip_len;
+    if outer_payload > if outer_v4 { 65535 - ip_hdr } else { 65535 } {
+        return Err(XmitError::TooLarge);
+    }
+    let l3 = p.l3_off;
+    let (ttl, tos, df, inner_proto, inner_ethertype) = match p.version {
+        IpVersion::V4 => (
+            frame[l3 + 8],
+            frame[l3 + 1],
+            params.pmtu_disc && u16::from(frame[l3 + 6]) << 8 & ipv4::FLAG_DF != 0,
+            ip_proto::IPIP,
+            ethertype::IPV4,
+        ),
+        IpVersion::V6 => (
+            frame[l3 + 7],
+            (frame[l3] << 4) | (frame[l3 + 1] >> 4),
+            false,
+            ip_proto::IPV6,
+            ethertype::IPV6,
+        ),
+    };
+    if ttl <= 1 {
+        return Err(XmitError::TtlExceeded);
+    }
+    let (mut sport, mut dport) = (0, 0);
+    let t = ip_hdr;
+    let next_proto = match params.kind {
+        TunKind::Ipip => inner_proto,
+        TunKind::Gre => {
+            let _ = gre::emit(
+                &mut out[t..ov],
+                inner_ethertype,
+                params.csum == TunCsum::Csum,
+            );
+            ip_proto::GRE
+        }
+        TunKind::Gue => {
+            sport = flow_sport(p, params.hash_seed, params.sport_range);
+            dport = params.port;
+            put16(out, t, sport);
+            put16(out, t + 2, dport);
+            put16(out, t + 4, outer_payload as u16);
+            put16(out, t + 6, 0);
+            let rem = match (remcsum, pending_rel) {
+                (true, Some(rel)) => {
+                    let start_rel = p.l4_off - l3;
+                    Some((start_rel as u16, (start_rel + rel) as u16))
+                }
+                _ => None,
+            };
+            let _ = gue::emit(&mut out[t + udp::HEADER_LEN..ov], inner_proto, rem);
+            ip_proto::UDP
+        }
+    };
+    let tos = ecn_encapsulate(tos);
+    let emitted = match (params.src, params.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => ipv4::Repr {
+            src,
+            dst,
+            protocol: next_proto,
+            ttl: ttl - 1,
+            tos,
+            ident: 0,
+            flags_frag: if df { ipv4::FLAG_DF } else { 0 },
+            payload_len: outer_payload,
+        }
+        .emit(&mut out[..t]),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => ipv6::Repr {
+            src,
+            dst,
+            next_header: next_proto,
+            hop_limit: ttl - 1,
+            traffic_class: tos,
+            flow_label: 0,
+            payload_len: outer_payload,
+        }
+        .emit(&mut out[..t]),
+        _ => Ok(()),
+    };
+    emitted.map_err(|_| XmitError::FrameMismatch)?;
+    Ok(Outer {
+        proto: next_proto,
+        sport,
+        dport,
+        ip_len: ip_hdr + outer_payload,
+        head_len: ov,
+    })
+}
+
 /// Offset of a pending (Partial mode) TCP/UDP checksum field within the L4
 /// header; `None` when the checksum is complete or not an internet checksum.
 fn pending_field(p: &Parsed, mode: CsumMode) -> Option<usize> {

@@ -34,6 +34,8 @@ pub mod limit;
 pub mod park;
 mod tunnel;
 
+pub(crate) use tunnel::params as tunnel_params;
+
 #[cfg(test)]
 mod tests;
 

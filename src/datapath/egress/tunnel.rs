@@ -24,7 +24,7 @@ pub(super) enum Fail {
 }
 
 /// The encapsulation parameters of a destination's tunnel settings.
-pub(super) fn params(tun: TunConfig, src: IpAddr, dst: IpAddr) -> TunParams {
+pub(crate) fn params(tun: TunConfig, src: IpAddr, dst: IpAddr) -> TunParams {
     let kind = match tun.kind {
         TunType::Ipip => TunKind::Ipip,
         TunType::Gue => TunKind::Gue,

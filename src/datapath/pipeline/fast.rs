@@ -299,6 +299,7 @@ impl FlowCache {
             || ctx.mark != 0
             || tables.nat_on
             || tables.post_routing_on()
+            || (matches!(out, Verdict::Tunnel { .. }) && tables.tunnel_walk_on())
             || pl.trace.armed()
             || pl.conns.sync_master()
             || !plan.at(HookPoint::PreRouting).is_empty()

@@ -11,8 +11,9 @@
 //!   reply's DNAT undone); a pending first packet, as IPVS has rewritten
 //!   it, walks the nat POSTROUTING chain and its flow is recorded.
 //! * mangle POSTROUTING runs first at POSTROUTING, for every packet uvs
-//!   transmits (`Xmit`; not tunnelled ones), so its MARKs reach nat
-//!   POSTROUTING's `-m mark`; a DROP there is `drop.filtered`.
+//!   transmits (`Xmit`; tunnelled ones walk it on their outer header in
+//!   `tun_out.rs`), so its MARKs reach nat POSTROUTING's `-m mark`; a
+//!   DROP there is `drop.filtered`.
 //! * A packet of a translated flow that no IPVS function took is
 //!   forwarded by uvs (TTL decremented once), not left to the kernel: the
 //!   kernel's own copy is kept from it by the guard (`dnat_claims`).

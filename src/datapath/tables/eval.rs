@@ -24,6 +24,11 @@ impl CtState {
     /// which the kernel records in the flow's conntrack entry.
     pub const SNAT: u8 = 16;
     pub const DNAT: u8 = 32;
+    /// Not a `--ctstate` (no rule can name it): the packet was sent by
+    /// IPVS without being one of its connections' (a tunnel's outer
+    /// packet, `skb->ipvs_property` in the kernel), which `-m ipvs --ipvs`
+    /// alone matches, as xt_ipvs does.
+    pub const IPVS_PROPERTY: u8 = 128;
 }
 
 /// What `-m ipvs` sees of the packet's IPVS connection.
@@ -216,13 +221,18 @@ impl Matches {
             return true;
         };
         let Some(v) = f.ipvs else {
-            // Not an IPVS packet: only `! --ipvs` (and nothing else) holds.
-            return x.ipvs == Some(false)
-                && x.vaddr.is_none()
+            let only_property = x.vaddr.is_none()
                 && x.vport.is_none()
                 && x.vproto.is_none()
                 && x.vmethod.is_none()
                 && x.vdir_original.is_none();
+            // Sent by IPVS, no connection of it: only `--ipvs` alone holds
+            // (xt_ipvs finds no connection for the other options).
+            if f.state & CtState::IPVS_PROPERTY != 0 {
+                return only_property && x.ipvs == Some(true);
+            }
+            // Not an IPVS packet: only `! --ipvs` (and nothing else) holds.
+            return x.ipvs == Some(false) && only_property;
         };
         x.ipvs != Some(false)
             && x.vaddr.is_none_or(|(n, p)| p.contains(v.vaddr) != n)

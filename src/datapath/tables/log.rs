@@ -18,13 +18,20 @@
 //!   thread), no lock, no syscall. A full queue drops the record and counts
 //!   it (`log.dropped`); nothing is recorded while no [`Drain`] runs (a
 //!   library user's pipeline only counts its LOG rules).
-//! * A [`Drain`] thread wakes every [`TICK`] (every [`IDLE_TICK`] until
-//!   a first record), takes at most a queue's
-//!   length of records from each worker's queue, formats them
-//!   ([`format::line`]) and writes them in batches (each write whole lines,
-//!   at most 4 KiB, so a pipe never interleaves them with other output);
-//!   written lines count as `log.lines`. A flood is so bounded to
-//!   `--log-queue` lines per worker per tick, the rest counted as dropped.
+//! * A [`Drain`] thread takes at most a queue's length of records from
+//!   each worker's queue, formats them ([`format::line`]) and writes them
+//!   in batches (each write whole lines, at most 4 KiB, so a pipe never
+//!   interleaves them with other output); written lines count as
+//!   `log.lines`. While records come it passes every [`TICK`], so a flood
+//!   is bounded to `--log-queue` lines per worker per tick, the rest
+//!   counted as dropped. After a pass that found nothing it sleeps until
+//!   a record is queued (no periodic wake-up: a daemon without LOG rules,
+//!   or whose LOG rules match nothing, never wakes it). The doorbell is
+//!   `need_wakeup`-like ([`push`]): the drain raises a flag before it
+//!   parks, and only the first record pushed after that takes the flag
+//!   down and unparks it — one `futex` wake per sleep of the drain, never
+//!   one per packet; every other record costs one load of a line the
+//!   drain writes only when it parks or wakes.
 //! * Where lines go: the daemon's stderr, each line starting `<N>` (its
 //!   syslog level), which systemd's journal reads as the line's priority
 //!   (`SyslogLevelPrefix=`, on by default) — so `journalctl -u uvs -p
@@ -42,8 +49,11 @@ pub mod format;
 
 use std::cell::OnceCell;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+};
 use std::sync::{Arc, Mutex};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
@@ -61,11 +71,8 @@ pub const PREFIX_MAX: usize = 29;
 /// Default records per worker queue (`uvs run --log-queue`).
 pub const DEFAULT_QUEUE: usize = 1024;
 
-/// How often the drain thread wakes once a worker has logged.
+/// How often the drain thread passes while records come.
 pub const TICK: Duration = Duration::from_millis(10);
-
-/// How often it wakes before (a worker's first record waits at most this).
-pub const IDLE_TICK: Duration = Duration::from_millis(100);
 
 /// `--log-level` when not given (the kernel's default, warning).
 pub const DEFAULT_LEVEL: u8 = 4;
@@ -336,6 +343,12 @@ static QUEUE_LEN: AtomicUsize = AtomicUsize::new(DEFAULT_QUEUE);
 /// Drains running; records are made only while one does.
 static DRAINS: AtomicUsize = AtomicUsize::new(0);
 static LINES: AtomicU64 = AtomicU64::new(0);
+/// The doorbell: a drain is parked (or about to park) until a record comes.
+static SLEEPING: AtomicBool = AtomicBool::new(false);
+/// The running drains' threads, for the doorbell to unpark.
+static DRAIN_THREADS: Mutex<Vec<Thread>> = Mutex::new(Vec::new());
+/// Passes the drains made (each wake-up makes one), for tests and stats.
+static PASSES: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static MINE: OnceCell<Arc<Queue>> = const { OnceCell::new() };
@@ -420,14 +433,54 @@ pub fn record(
     push(r);
 }
 
-/// Onto this thread's queue, or counted as dropped.
+/// Onto this thread's queue, or counted as dropped; rings the doorbell
+/// when a drain sleeps (see the module's contract).
 fn push(r: Record) {
     let _ = MINE.try_with(|m| {
         let q = m.get_or_init(new_queue);
         if q.q.push(r).is_err() {
             add(&q.dropped, 1);
+            return;
+        }
+        // Pairs with the fence in `sleep_until_queued`: either this load
+        // sees the flag raised, or that drain's last look sees the record.
+        fence(SeqCst);
+        if SLEEPING.load(Relaxed) && SLEEPING.swap(false, SeqCst) {
+            wake_drains();
         }
     });
+}
+
+/// Unparks every drain (the doorbell's rare path: once per drain sleep).
+#[cold]
+#[inline(never)]
+fn wake_drains() {
+    if let Ok(v) = DRAIN_THREADS.lock() {
+        for t in v.iter() {
+            t.unpark();
+        }
+    }
+}
+
+/// Drain passes made since the process started (each wake-up makes one).
+pub fn passes() -> u64 {
+    PASSES.load(Relaxed)
+}
+
+/// Parks the calling drain until a record is queued or `stop` is set
+/// (or spuriously, which costs one empty pass). Records pushed before the
+/// flag was raised are seen by the last look.
+fn sleep_until_queued(stop: &AtomicBool) {
+    SLEEPING.store(true, SeqCst);
+    fence(SeqCst);
+    let queued = QUEUES
+        .lock()
+        .map(|v| v.iter().any(|q| !q.q.is_empty()))
+        .unwrap_or(false);
+    if !queued && !stop.load(SeqCst) {
+        std::thread::park();
+    }
+    SLEEPING.store(false, SeqCst);
 }
 
 /// The drain thread (see the module's contract); stopped, after a last
@@ -451,20 +504,31 @@ impl Drain {
         let spawned = std::thread::Builder::new()
             .name("uvs-log".into())
             .spawn(move || {
+                let me = std::thread::current();
+                if let Ok(mut v) = DRAIN_THREADS.lock() {
+                    v.push(me.clone());
+                }
                 let mut out = out;
                 let mut buf = String::with_capacity(8192);
                 loop {
-                    let last = sp.load(Relaxed);
-                    drain_once(base_us, &mut buf, &mut *out);
+                    let last = sp.load(SeqCst);
+                    PASSES.fetch_add(1, Relaxed);
+                    let n = drain_once(base_us, &mut buf, &mut *out);
                     if last {
                         break;
                     }
-                    // No worker has logged yet (no LOG rule matched): a
-                    // slower wake-up, for a daemon without LOG rules.
-                    let idle = QUEUES.lock().map(|v| v.is_empty()).unwrap_or(false);
-                    std::thread::sleep(if idle { IDLE_TICK } else { TICK });
+                    if n > 0 {
+                        // Records are coming: the next pass a tick later
+                        // (so a flood is bounded per tick).
+                        std::thread::sleep(TICK);
+                    } else {
+                        sleep_until_queued(&sp);
+                    }
                 }
                 let _ = out.flush();
+                if let Ok(mut v) = DRAIN_THREADS.lock() {
+                    v.retain(|t| t.id() != me.id());
+                }
                 DRAINS.fetch_sub(1, Relaxed);
             });
         match spawned {
@@ -482,8 +546,9 @@ impl Drain {
 
 impl Drop for Drain {
     fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
+        self.stop.store(true, SeqCst);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }

@@ -397,7 +397,9 @@ pub struct Ruleset {
     pub local: nat::LocalNets,
     /// The same, hashed, for `-m addrtype` (built with `local`).
     pub addrs: std::sync::Arc<addrtype::LocalAddrs>,
-    /// Some rule has `-m addrtype` (then the daemon reads `local`).
+    /// Some rule has `-m addrtype`, or tunnelled packets walk the tables
+    /// ([`Ruleset::tunnel_walk_on`]: their outer source is read from it):
+    /// then the daemon reads `local`.
     pub needs_local: bool,
     /// The director's links, for `-i` (set by the daemon).
     pub links: std::sync::Arc<iface::Links>,
@@ -441,7 +443,7 @@ impl Ruleset {
         r.needs_ct = r.compute_needs_ct();
         r.empty = r.compute_empty();
         r.nat_on = r.table(TableId::Nat).is_some_and(|t| t.n_rules > 0);
-        r.needs_local = r.any_rule(|r| r.m.addrtype.is_some());
+        r.needs_local = r.any_rule(|r| r.m.addrtype.is_some()) || r.tunnel_walk_on();
         r.needs_links = r.any_rule(needs_links);
         r.needs_routes = r.any_rule(needs_routes);
         r
@@ -523,7 +525,7 @@ impl Ruleset {
         r.needs_ct = r.compute_needs_ct();
         r.empty = r.compute_empty();
         r.nat_on = r.table(TableId::Nat).is_some_and(|t| t.n_rules > 0);
-        r.needs_local = r.any_rule(|r| r.m.addrtype.is_some());
+        r.needs_local = r.any_rule(|r| r.m.addrtype.is_some()) || r.tunnel_walk_on();
         r.local = self.local.clone();
         r.addrs = self.addrs.clone();
         r.needs_links = r.any_rule(needs_links);
@@ -553,6 +555,16 @@ impl Ruleset {
             .iter()
             .flatten()
             .all(|t| t.n_rules == 0 && t.chains.iter().all(|c| c.policy != Some(Policy::Drop)))
+    }
+
+    /// Whether the outer packets of IPVS tunnelling meet a table: mangle
+    /// or filter OUTPUT, or mangle POSTROUTING, has a rule or a DROP policy
+    /// (see `pipeline/tun_out.rs`). O(1).
+    #[inline]
+    pub fn tunnel_walk_on(&self) -> bool {
+        self.active(TableId::Mangle, HookPoint::LocalOut)
+            || self.active(TableId::Filter, HookPoint::LocalOut)
+            || self.active(TableId::Mangle, HookPoint::PostRouting)
     }
 
     /// Whether `id` has anything to do at `point`.

@@ -186,7 +186,7 @@ impl super::Ruleset {
 /// and the addresses that went away, or `None` when nothing changed or no
 /// nat rule needs them.
 pub fn refreshed(cur: &super::Ruleset, now: LocalNets) -> Option<(super::Ruleset, Vec<IpAddr>)> {
-    if !cur.nat_on || cur.local == now {
+    if !(cur.nat_on || cur.needs_local) || cur.local == now {
         return None;
     }
     let gone: Vec<IpAddr> = cur
@@ -228,7 +228,7 @@ pub fn follow_addrs(p: &crate::datapath::pipeline::Pipeline) -> String {
             cur = p.tables.load_full();
         }
     }
-    if !cur.nat_on {
+    if !(cur.nat_on || cur.needs_local) {
         return String::new();
     }
     let Some((new, gone)) = refreshed(&cur, local_nets()) else {
@@ -354,6 +354,45 @@ pub fn guard_claims(r: &super::Ruleset) -> Vec<crate::sys::guard::Elem> {
         .chain(servers.into_iter().map(Elem::NatServer))
         .chain(addrs.into_iter().map(Elem::NatAddr))
         .collect()
+}
+
+/// The nat OUTPUT DNAT rules, for local clients (`--local-src`): the
+/// hosts the rules reached from nat OUTPUT name with `-d HOST` (uvs routes
+/// them into its `uvs-lo` device for local origin, so the director's own
+/// packets to them meet nat OUTPUT), and the lines of those that name none
+/// (a local packet meets them only on its way to a VIP or such a host).
+pub fn output_dnat(r: &super::Ruleset) -> (Vec<IpAddr>, Vec<usize>) {
+    let (mut hosts, mut loose) = (Vec::new(), Vec::new());
+    let Some(t) = r.table(super::TableId::Nat) else {
+        return (hosts, loose);
+    };
+    let Some(start) = t.at[HookPoint::LocalOut as usize] else {
+        return (hosts, loose);
+    };
+    let mut seen = vec![false; t.chains.len()];
+    let mut todo = vec![start];
+    while let Some(c) = todo.pop() {
+        if std::mem::replace(&mut seen[c], true) {
+            continue;
+        }
+        for rule in &t.chains[c].rules {
+            match rule.target {
+                super::Target::Jump(j) | super::Target::Goto(j) => todo.push(j),
+                super::Target::Nat(NatTo {
+                    kind: NatKind::Dnat,
+                    ..
+                }) => match rule.m.dst {
+                    Some((false, d)) if d.is_host() => hosts.push(d.addr),
+                    _ => loose.push(rule.line),
+                },
+                _ => {}
+            }
+        }
+    }
+    hosts.sort_unstable();
+    hosts.dedup();
+    loose.sort_unstable();
+    (hosts, loose)
 }
 
 /// Each nat target is reachable only from built-in chains it may run at

@@ -475,6 +475,11 @@ fn parse_proto(s: &str) -> Result<u8, String> {
         "sctp" => 132,
         "icmp" => 1,
         "icmpv6" | "ipv6-icmp" => 58,
+        // The outer protocols of IPVS tunnels (`pipeline/tun_out.rs`), by
+        // /etc/protocols' names as iptables-save prints them.
+        "ipv4" | "ipencap" => 4,
+        "ipv6" => 41,
+        "gre" => 47,
         p => p.parse().map_err(|_| format!("unknown protocol '{p}'"))?,
     })
 }

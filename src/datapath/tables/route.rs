@@ -24,7 +24,9 @@
 //!   POSTROUTING the next hop uvs actually sends to — the real server of
 //!   a NAT or DR request, the client of a NAT reply — which the pipeline
 //!   hands over once per packet sent, only when a rule has `-o`
-//!   ([`set_next_hop`]). Tunnelled packets do not walk POSTROUTING in uvs.
+//!   ([`set_next_hop`]). A tunnelled packet's outer packet is routed to
+//!   its real server at OUTPUT and POSTROUTING alike
+//!   (`pipeline/tun_out.rs`).
 //! * Cost: a lookup is one hash probe per prefix length present (at most
 //!   33 or 129, whatever the number of routes), made only when a rule with
 //!   `-o` is tested, and at most once per packet: the last answer is kept

@@ -159,8 +159,11 @@ pub struct LocalClients {
     nl: Netlink,
     /// Families whose policy rule is installed.
     rules: Vec<bool>,
-    /// Service endpoints per VIP address; a route while non-zero.
+    /// Service endpoints per VIP address, plus one for a nat OUTPUT DNAT
+    /// destination ([`LocalClients::follow_dnat`]); a route while non-zero.
     vips: HashMap<IpAddr, u32>,
+    /// The hosts nat OUTPUT DNAT rules name, routed into the device.
+    dnat: Vec<IpAddr>,
     guard: Option<LocalGuard>,
 }
 
@@ -202,6 +205,7 @@ impl LocalClients {
             nl,
             rules: Vec::new(),
             vips: HashMap::new(),
+            dnat: Vec::new(),
             guard: None,
         };
         let sysctl = |path: String, v: &str| {
@@ -289,34 +293,67 @@ impl LocalClients {
             _ => None,
         };
         for a in delta.del.iter().filter_map(addr) {
-            let Some(n) = self.vips.get_mut(&a) else {
-                continue;
-            };
-            *n -= 1;
-            if *n == 0 {
-                self.vips.remove(&a);
-                if let Some(src) = self.src_for(a) {
-                    route::vip_route(&mut self.nl, self.ifindex, a, src, false).map_err(|err| {
-                        LocalError::Netlink {
-                            what: format!("removing the route of {a}"),
-                            err,
-                        }
-                    })?;
-                }
-            }
+            self.unref(a)?;
         }
         for a in delta.add.iter().filter_map(addr) {
-            let n = self.vips.entry(a).or_insert(0);
-            *n += 1;
-            if *n == 1 {
-                if let Some(src) = self.src_for(a) {
-                    route::vip_route(&mut self.nl, self.ifindex, a, src, true).map_err(|err| {
-                        LocalError::Netlink {
-                            what: format!("adding the route of {a} via {DEV}"),
-                            err,
-                        }
-                    })?;
-                }
+            self.add_ref(a)?;
+        }
+        Ok(())
+    }
+
+    /// Routes the hosts that nat OUTPUT DNAT rules name (`-d HOST`) into
+    /// the device for local origin, as a VIP's address is, so the
+    /// director's own packets to them enter the pipeline at LOCAL_OUT and
+    /// meet nat OUTPUT (the kernel's nat OUTPUT sees every local packet;
+    /// uvs sees those routed to it). `hosts` is the whole new set: what
+    /// left it loses its route (unless a VIP keeps it), what came gets one.
+    pub fn follow_dnat(&mut self, mut hosts: Vec<IpAddr>) -> Result<(), LocalError> {
+        hosts.retain(|a| self.src_for(*a).is_some());
+        hosts.sort_unstable();
+        hosts.dedup();
+        let old = std::mem::take(&mut self.dnat);
+        for a in old.iter().filter(|a| hosts.binary_search(a).is_err()) {
+            self.unref(*a)?;
+        }
+        for a in hosts.iter().filter(|a| old.binary_search(a).is_err()) {
+            self.add_ref(*a)?;
+        }
+        self.dnat = hosts;
+        Ok(())
+    }
+
+    /// One more user of `a`'s route: added with the first.
+    fn add_ref(&mut self, a: IpAddr) -> Result<(), LocalError> {
+        let n = self.vips.entry(a).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            if let Some(src) = self.src_for(a) {
+                route::vip_route(&mut self.nl, self.ifindex, a, src, true).map_err(|err| {
+                    LocalError::Netlink {
+                        what: format!("adding the route of {a} via {DEV}"),
+                        err,
+                    }
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One user less of `a`'s route: removed with the last.
+    fn unref(&mut self, a: IpAddr) -> Result<(), LocalError> {
+        let Some(n) = self.vips.get_mut(&a) else {
+            return Ok(());
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.vips.remove(&a);
+            if let Some(src) = self.src_for(a) {
+                route::vip_route(&mut self.nl, self.ifindex, a, src, false).map_err(|err| {
+                    LocalError::Netlink {
+                        what: format!("removing the route of {a}"),
+                        err,
+                    }
+                })?;
             }
         }
         Ok(())
@@ -326,8 +363,9 @@ impl LocalClients {
     pub fn stats_lines(&self) -> String {
         let (from, to) = self.io.stats.sums();
         let mut s = format!(
-            "local.from_tun {from}\nlocal.to_tun {to}\nlocal.vips {}\n",
-            self.vips.len()
+            "local.from_tun {from}\nlocal.to_tun {to}\nlocal.vips {}\nlocal.dnat_hosts {}\n",
+            self.vips.len(),
+            self.dnat.len()
         );
         // Under AF_XDP the program's `xdp.steered` counts them instead.
         if self.guard.is_some() {

@@ -530,3 +530,58 @@ fn remote_checksum_for_test(inner: &mut [u8], start: u16, offset: u16) -> Result
     inner.copy_from_slice(&pkt[40..]);
     r
 }
+
+#[test]
+fn outer_head_is_what_encap_puts_in_front() {
+    for spec in [
+        FrameSpec::tcp_v4(),
+        FrameSpec::udp_v6(),
+        FrameSpec::udp_v4(),
+        FrameSpec::tcp_v6(),
+    ] {
+        for kind in [TunKind::Ipip, TunKind::Gre, TunKind::Gue] {
+            for v4_outer in [true, false] {
+                for csum in [TunCsum::NoCsum, TunCsum::Csum, TunCsum::RemCsum] {
+                    let t = params(kind, v4_outer, csum);
+                    let f = spec.build();
+                    let p = parse(&f).unwrap();
+                    let mut head = [0u8; 128];
+                    let o = outer_head(&f, &p, &t, spec.csum, &mut head).unwrap();
+                    let mut buf = with_headroom(&f);
+                    let e = encap(&mut buf, HEADROOM, &p, &t, 0, spec.csum).unwrap();
+                    let out = &buf[e.start + p.l3_off..e.start + e.len];
+                    assert_eq!(o.head_len, e.overhead);
+                    assert_eq!(o.ip_len, out.len());
+                    let mut want = out[..e.overhead].to_vec();
+                    let mut got = head[..o.head_len].to_vec();
+                    // Neither checksums nor (DF clear) the ID are the walk's.
+                    let blank: &[usize] = match (v4_outer, kind) {
+                        (true, TunKind::Gue) => &[4, 5, 10, 11, 26, 27],
+                        (true, TunKind::Gre) => &[4, 5, 10, 11, 24, 25],
+                        (true, TunKind::Ipip) => &[4, 5, 10, 11],
+                        (false, TunKind::Gue) => &[46, 47],
+                        (false, TunKind::Gre) => &[44, 45],
+                        (false, TunKind::Ipip) => &[],
+                    };
+                    let n = want.len();
+                    for &i in blank.iter().filter(|&&i| i < n) {
+                        want[i] = 0;
+                        got[i] = 0;
+                    }
+                    assert_eq!(got, want, "{kind:?} v4 outer {v4_outer} {csum:?}");
+                    let outer = parse_outer(out);
+                    assert_eq!(o.proto, outer);
+                }
+            }
+        }
+    }
+}
+
+/// The protocol field of an outer IPv4 or IPv6 header.
+fn parse_outer(ip: &[u8]) -> u8 {
+    if ip[0] >> 4 == 4 {
+        ip[9]
+    } else {
+        ip[6]
+    }
+}

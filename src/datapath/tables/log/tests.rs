@@ -393,8 +393,12 @@ impl Write for Shared {
     }
 }
 
+/// The drain tests share the process's queues and doorbell: one at a time.
+static DRAIN_TESTS: Mutex<()> = Mutex::new(());
+
 #[test]
 fn a_flood_larger_than_the_queue_is_counted_and_the_rest_written() {
+    let _one = DRAIN_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let out = Shared::default();
     let drain = Drain::start(Instant::now(), Box::new(out.clone())).unwrap();
     let (lines0, dropped0) = totals();
@@ -436,4 +440,57 @@ fn a_flood_larger_than_the_queue_is_counted_and_the_rest_written() {
     let l = text.lines().next().unwrap_or("");
     assert!(l.starts_with("<4>["), "{l}");
     assert!(l.ends_with("PROTO=UDP SPT=40000 DPT=9 LEN=9 "), "{l}");
+}
+
+#[test]
+fn an_idle_drain_sleeps_until_a_record_is_queued_then_writes_it_at_once() {
+    let _one = DRAIN_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Shared::default();
+    let drain = Drain::start(Instant::now(), Box::new(out.clone())).unwrap();
+    // Nothing queued: after its first pass the drain parks. Before, it woke
+    // every 100 ms (10 passes in this second).
+    std::thread::sleep(Duration::from_millis(100));
+    let p0 = passes();
+    std::thread::sleep(Duration::from_millis(1000));
+    let idle = passes() - p0;
+    assert!(idle <= 1, "{idle} passes in an idle second");
+    // One record rings the doorbell: written well within a tick or two,
+    // not after a sleep.
+    let t0 = Instant::now();
+    std::thread::spawn(|| {
+        let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        frame.extend(v4(0, 1, 0, 64, 17, C4, VIP4, &udp(40001, 9, b"x")));
+        let seen = Seen {
+            frame: &frame,
+            l3_off: 14,
+            ip_end: frame.len(),
+            now_ms: 1,
+        };
+        let links = Links::from_pairs([(7, "c0")]);
+        let s = spec(&[("--log-prefix", Some("bell: "))]);
+        record(&s, HookPoint::Forward, &seen, &links, 0, 0);
+    })
+    .join()
+    .unwrap();
+    let written = || {
+        String::from_utf8(out.0.lock().unwrap().clone())
+            .unwrap()
+            .contains(" bell: ")
+    };
+    while !written() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let took = t0.elapsed();
+    assert!(written(), "the record was never written");
+    assert!(took < Duration::from_millis(500), "written after {took:?}");
+    // Then idle again: a pass a tick later finds nothing and parks.
+    std::thread::sleep(Duration::from_millis(100));
+    let p1 = passes();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        passes() - p1 <= 1,
+        "{} passes after the record",
+        passes() - p1
+    );
+    drop(drain);
 }
