@@ -132,9 +132,60 @@ fn program_steers_exactly_the_owned_tuples() {
             kernel,
         ),
         (
-            "later fragment",
+            "later fragment before its first",
             {
                 let mut f = udp("198.51.100.10", 40000, "192.0.2.10", 53);
+                f.frag = Some((1480, false));
+                f.build()
+            },
+            kernel,
+        ),
+        (
+            "first fragment",
+            {
+                let mut f = udp("198.51.100.10", 40000, "192.0.2.10", 53);
+                f.frag = Some((0, true));
+                f.build()
+            },
+            owned,
+        ),
+        (
+            // Its first was steered (and noted): it follows.
+            "later fragment after its first",
+            {
+                let mut f = udp("198.51.100.10", 40000, "192.0.2.10", 53);
+                f.frag = Some((1480, false));
+                f.build()
+            },
+            owned,
+        ),
+        (
+            "later fragment, same identification, other protocol",
+            {
+                let mut f = FrameSpec::tcp_v4();
+                f.src = ip("198.51.100.10");
+                f.dst = ip("192.0.2.10");
+                f.frag = Some((1480, false));
+                f.build()
+            },
+            kernel,
+        ),
+        (
+            "first fragment of another's datagram",
+            {
+                let mut f = udp("198.51.100.10", 40000, "192.0.2.10", 54);
+                f.src = ip("198.51.100.11");
+                f.frag = Some((0, true));
+                f.build()
+            },
+            kernel,
+        ),
+        (
+            // Its first was the kernel's: so is it.
+            "later fragment of another's datagram",
+            {
+                let mut f = udp("198.51.100.10", 40000, "192.0.2.10", 54);
+                f.src = ip("198.51.100.11");
                 f.frag = Some((1480, false));
                 f.build()
             },
@@ -174,9 +225,21 @@ fn program_steers_exactly_the_owned_tuples() {
             owned,
         ),
         (
-            "IPv6 later fragment",
+            "IPv6 later fragment after its first",
             {
                 let mut f = FrameSpec::udp_v6();
+                f.dst = ip("2001:db8:f::10");
+                f.dport = 53;
+                f.frag = Some((1448, false));
+                f.build()
+            },
+            owned,
+        ),
+        (
+            "IPv6 later fragment without a steered first",
+            {
+                let mut f = FrameSpec::udp_v6();
+                f.src = ip("2001:db8:c::99");
                 f.dst = ip("2001:db8:f::10");
                 f.dport = 53;
                 f.frag = Some((1448, false));
