@@ -132,6 +132,54 @@ fn program_steers_exactly_the_owned_tuples() {
             kernel,
         ),
         (
+            // A client's port-unreachable about a service's reply: the
+            // quoted packet's source is the service tuple.
+            "ICMP error from a client about a service",
+            {
+                let mut f = udp("198.51.100.10", 0, "192.0.2.10", 0);
+                f.l4 = L4Spec::Icmp {
+                    msg_type: 3,
+                    code: 3,
+                };
+                f.payload = udp("192.0.2.10", 53, "198.51.100.10", 40000).build()[14..].to_vec();
+                f.build()
+            },
+            owned,
+        ),
+        (
+            "ICMP error from a client about another port of the VIP",
+            {
+                let mut f = udp("198.51.100.10", 0, "192.0.2.10", 0);
+                f.l4 = L4Spec::Icmp {
+                    msg_type: 3,
+                    code: 3,
+                };
+                f.payload = udp("192.0.2.10", 54, "198.51.100.10", 40000).build()[14..].to_vec();
+                f.build()
+            },
+            kernel,
+        ),
+        (
+            "ICMPv6 error from a client about a service",
+            {
+                let mut f = FrameSpec::udp_v6();
+                f.src = ip("2001:db8:c::10");
+                f.dst = ip("2001:db8:f::10");
+                f.l4 = L4Spec::Icmp {
+                    msg_type: 1,
+                    code: 4,
+                };
+                let mut inner = FrameSpec::udp_v6();
+                inner.src = ip("2001:db8:f::10");
+                inner.sport = 53;
+                inner.dst = ip("2001:db8:c::10");
+                inner.dport = 40000;
+                f.payload = inner.build()[14..].to_vec();
+                f.build()
+            },
+            owned,
+        ),
+        (
             "later fragment before its first",
             {
                 let mut f = udp("198.51.100.10", 40000, "192.0.2.10", 53);

@@ -14,7 +14,12 @@
 //!   being every port;
 //! * ICMP errors (IPv4 destination-unreachable, source-quench,
 //!   time-exceeded, parameter-problem; ICMPv6 1–4) whose source is a NAT real
-//!   server: uvs relays them rewritten.
+//!   server: uvs relays them rewritten;
+//! * ICMP errors about a service's packets, whoever sends them: the quoted
+//!   header's source is a service tuple (a client's port-unreachable about
+//!   a reply, which `schedule_icmp` may schedule; a router's
+//!   fragmentation-needed about a DR server's reply from the VIP). The
+//!   quoted IPv6 header must be followed by its transport header directly.
 //!
 //! A NAT reply or ICMP error addressed to the director itself is not uvs's:
 //! it answers a connection the director's own stack started (a health
@@ -387,6 +392,62 @@ impl Gen {
         a.ja(pass);
     }
 
+    /// An ICMP error (r9 its header, bounds-checked for 8 bytes) whose
+    /// quoted packet came from a service tuple: steered, else to the
+    /// kernel. Ends the path.
+    fn about_a_service(&mut self, v6: bool, steer: super::asm::Label, pass: super::asm::Label) {
+        let ported = self.a.label();
+        let a = &mut self.a;
+        // The quoted IP header at r9 + 8; its transport header in r4.
+        let inner = 8i16;
+        a.mov(R2, R9);
+        a.alu_imm(Alu::Add, R2, i32::from(inner) + if v6 { 40 } else { 20 });
+        a.jmp_reg(Cond::Gt, R2, R8, pass);
+        if v6 {
+            a.mov(R4, R2);
+            a.load(Size::B, R5, R9, inner + 6);
+            a.load(Size::DW, R0, R9, inner + 8);
+            a.store(Size::DW, FP, K_ADDR, R0);
+            a.load(Size::DW, R0, R9, inner + 16);
+            a.store(Size::DW, FP, K_ADDR + 8, R0);
+        } else {
+            // A quoted later fragment has no ports.
+            a.load(Size::H, R3, R9, inner + 6);
+            a.alu_imm(Alu::And, R3, ne16([0x1f, 0xff]));
+            a.jmp_imm(Cond::Ne, R3, 0, pass);
+            a.load(Size::B, R3, R9, inner);
+            a.alu_imm(Alu::And, R3, 0x0f);
+            a.alu_imm(Alu::Lsh, R3, 2);
+            a.jmp_imm(Cond::Lt, R3, 20, pass);
+            a.mov(R4, R9);
+            a.alu_imm(Alu::Add, R4, i32::from(inner));
+            a.alu_reg(Alu::Add, R4, R3);
+            a.load(Size::B, R5, R9, inner + 9);
+            a.load(Size::W, R0, R9, inner + 12);
+            a.store(Size::W, FP, K_ADDR, R0);
+        }
+        a.mov(R2, R4);
+        a.alu_imm(Alu::Add, R2, 4);
+        a.jmp_reg(Cond::Gt, R2, R8, pass);
+        self.if_ported(R5, ported);
+        let a = &mut self.a;
+        a.ja(pass);
+        a.bind(ported);
+        a.store(Size::B, FP, K_PROTO, R5);
+        a.load(Size::H, R0, R4, 0);
+        a.store(Size::H, FP, K_PORT, R0);
+        a.store_imm(
+            Size::B,
+            FP,
+            K_TAG,
+            i32::from(if v6 { TAG_SVC6 } else { TAG_SVC4 }),
+        );
+        self.lookup(steer);
+        self.a.store_imm(Size::H, FP, K_PORT, 0);
+        self.lookup(steer);
+        self.a.ja(pass);
+    }
+
     /// Jumps to `to` when `reg` is TCP, UDP or SCTP.
     fn if_ported(&mut self, reg: super::asm::Reg, to: super::asm::Label) {
         for p in [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP] {
@@ -503,7 +564,7 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_RSADDR4));
     let rserr4 = g.a.label();
     g.lookup(rserr4);
-    g.a.ja(pass);
+    g.about_a_service(false, steer, pass);
     g.a.bind(rserr4);
     g.unless_local(false, ETH_HLEN + 16, false, steer);
     g.a.bind(later4);
@@ -613,7 +674,7 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_RSADDR6));
     let rserr6 = g.a.label();
     g.lookup(rserr6);
-    g.a.ja(pass);
+    g.about_a_service(true, steer, pass);
     g.a.bind(rserr6);
     g.unless_local(true, ETH_HLEN + 24, false, steer);
     g.a.bind(later6);
