@@ -1089,9 +1089,11 @@ fn af_xdp_nat_tcp_udp_v4_v6() {
     );
 }
 
-/// `--io auto` takes AF_XDP where every interface takes the program
-/// natively and says why not otherwise; `--io af_xdp` refuses an interface
-/// without native XDP (a bridge) instead of pretending.
+/// `--io auto` runs AF_PACKET on a veth (native XDP there would turn off
+/// the peer's GSO: `uvs::io::xdp::auto`) and on an interface without native
+/// XDP, saying why in its start-up line; `--io af_xdp` takes the veth
+/// natively, and refuses an interface without native XDP (a bridge)
+/// instead of pretending.
 #[test]
 fn io_auto_says_which_backend_and_af_xdp_refuses_clearly() {
     if !root_or_skip("io_auto_says_which_backend_and_af_xdp_refuses_clearly") {
@@ -1102,14 +1104,25 @@ fn io_auto_says_which_backend_and_af_xdp_refuses_clearly() {
     let lab = Lab::up(&prefix, &[]).expect("lab up");
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_uvs"));
     let d = uvs::lab::Director::start(&lab, exe, &["--io", "auto"]).expect("uvs run --io auto");
+    let log = d.log_text();
+    assert!(
+        log.contains(
+            "AF_PACKET (--io auto: c0, s0 are veths, where native XDP turns off the peer's GSO"
+        ),
+        "{log}"
+    );
+    assert!(
+        !common::xdp_attached(&lab.ns("lb")),
+        "no XDP program: {log}"
+    );
+    assert!(d.stop().expect("stops").success());
+    // Even SIGKILL detaches: the attachment is a BPF link, a descriptor.
+    let d = uvs::lab::Director::start(&lab, exe, &["--io", "af_xdp"]).expect("uvs run --io af_xdp");
     assert!(
         d.log_text().contains("AF_XDP (native XDP)"),
         "{}",
         d.log_text()
     );
-    assert!(d.stop().expect("stops").success());
-    // Even SIGKILL detaches: the attachment is a BPF link, a descriptor.
-    let d = uvs::lab::Director::start(&lab, exe, &["--io", "af_xdp"]).expect("uvs run --io af_xdp");
     let xdp_on_lb = || {
         let out = std::process::Command::new("ip")
             .args(["-n", &lab.ns("lb"), "link", "show"])
@@ -1139,7 +1152,7 @@ fn io_auto_says_which_backend_and_af_xdp_refuses_clearly() {
             .expect("ip");
         assert!(ok.success(), "ip {cmd:?}");
     }
-    let d = uvs::lab::Director::start(&lab, exe, &["--io", "auto", "-i", "c0", "-i", "d0"])
+    let d = uvs::lab::Director::start(&lab, exe, &["--io", "auto", "-i", "d0"])
         .expect("uvs run --io auto");
     let log = d.log_text();
     assert!(
