@@ -156,8 +156,8 @@ fn set_thread_nice(nice: i32) -> std::io::Result<()> {
 /// Which packet backend the workers use (`uvs run --io`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IoMode {
-    /// AF_XDP where every interface takes the XDP program natively, else
-    /// AF_PACKET.
+    /// AF_XDP where every interface takes the XDP program natively and none
+    /// is a veth (`crate::io::xdp::auto`), else AF_PACKET.
     Auto,
     /// AF_XDP; fails to start if some interface cannot take the program
     /// natively.
@@ -196,9 +196,7 @@ impl IoBackend {
     pub fn describe(&self) -> String {
         match self {
             IoBackend::AfPacket { why: None } => "AF_PACKET".into(),
-            IoBackend::AfPacket { why: Some(w) } => {
-                format!("AF_PACKET (AF_XDP unavailable: {w})")
-            }
+            IoBackend::AfPacket { why: Some(w) } => format!("AF_PACKET ({w})"),
             IoBackend::AfXdp(x) => format!("AF_XDP ({} XDP)", x.mode()),
         }
     }
@@ -316,7 +314,10 @@ impl Engine {
         let xdp = match cfg.io {
             IoMode::AfPacket => Err(None),
             IoMode::AfXdp | IoMode::AfXdpGeneric => Ok(open()?),
-            IoMode::Auto => open().map_err(|e| Some(e.to_string())),
+            IoMode::Auto => match crate::io::xdp::auto::declines_on(&names) {
+                Some(why) => Err(Some(why)),
+                None => open().map_err(|e| Some(format!("AF_XDP unavailable: {e}"))),
+            },
         };
         let why = match xdp {
             Ok((io, per_worker)) => {

@@ -1,7 +1,11 @@
 //! The kernel guard dies with uvs: a SIGKILLed `uvs run` leaves no
 //! nf_tables table behind (the kernel deletes the table with uvs's netlink
 //! socket), and the VIP is the director kernel's again at once, with no
-//! restart. Needs root (a namespace lab); skips without it.
+//! restart. Under AF_XDP (`UVS_LAB_IO=af_xdp`) the guard is the XDP
+//! steering program, attached through a BPF link: the same test checks that
+//! no nf_tables table is made, that the program kept the clients' packets
+//! and the NAT replies from the kernel (`xdp.steered`), and that SIGKILL
+//! detaches it. Needs root (a namespace lab); skips without it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
@@ -14,7 +18,7 @@ use uvs::sys::nftnl::{NftSock, NFPROTO_NETDEV};
 
 mod common;
 
-use common::{root_or_skip, Setup};
+use common::{root_or_skip, uses_af_xdp, xdp_attached, Setup};
 
 /// The netdev tables of namespace `ns`, read over netlink (no `nft`).
 fn netdev_tables(ns: &str) -> Vec<String> {
@@ -60,23 +64,36 @@ fn sigkill_leaves_no_table_and_the_vip_is_the_kernels_again() {
         10,
         "balanced by uvs: {t:?}"
     );
-    assert!(netdev_tables(&s.lab.ns("lb")).contains(&"uvs".to_string()));
-    // `uvs stats` shows what the guard kept from the kernel: the clients'
-    // packets to the VIP and the real servers' NAT replies.
+    let lb = s.lab.ns("lb");
+    let xdp = uses_af_xdp(&s.d);
     let stats = s.d.call(&["stats"]).unwrap().stdout;
-    assert!(s.d.counter("guard.service").unwrap() >= 10, "{stats}");
-    assert!(s.d.counter("guard.nat_reply").unwrap() >= 10, "{stats}");
-    assert_eq!(s.d.counter("guard.nat_icmp").unwrap(), 0, "{stats}");
+    if xdp {
+        // The XDP program is the guard: no table, the program attached,
+        // and every request and NAT reply steered away from the kernel
+        // (10 connections: at least a SYN and a SYN-ACK each).
+        assert!(netdev_tables(&lb).is_empty(), "no nf_tables table");
+        assert!(xdp_attached(&lb));
+        assert!(s.d.counter("xdp.steered").unwrap() >= 20, "{stats}");
+    } else {
+        assert!(netdev_tables(&lb).contains(&"uvs".to_string()));
+        // `uvs stats` shows what the guard kept from the kernel: the
+        // clients' packets to the VIP and the real servers' NAT replies.
+        assert!(s.d.counter("guard.service").unwrap() >= 10, "{stats}");
+        assert!(s.d.counter("guard.nat_reply").unwrap() >= 10, "{stats}");
+        assert_eq!(s.d.counter("guard.nat_icmp").unwrap(), 0, "{stats}");
+    }
 
     // SAFETY: kill(2) on the PID of the uvs process this test started.
     unsafe { libc::kill(s.d.pid() as i32, libc::SIGKILL) };
     let end = Instant::now() + Duration::from_secs(5);
-    let mut tables = netdev_tables(&s.lab.ns("lb"));
-    while tables.contains(&"uvs".to_string()) && Instant::now() < end {
+    let mut tables = netdev_tables(&lb);
+    while (tables.contains(&"uvs".to_string()) || xdp && xdp_attached(&lb)) && Instant::now() < end
+    {
         std::thread::sleep(Duration::from_millis(20));
-        tables = netdev_tables(&s.lab.ns("lb"));
+        tables = netdev_tables(&lb);
     }
     assert!(tables.is_empty(), "a killed uvs left {tables:?}");
+    assert!(!xdp_attached(&lb), "a killed uvs left its XDP program");
     // No restart: the director's kernel answers on the VIP now.
     let t = netns::run_in(&c, move || {
         lab::tcp_requests(vip, 5, Duration::from_secs(20))

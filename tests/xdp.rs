@@ -132,9 +132,108 @@ fn program_steers_exactly_the_owned_tuples() {
             kernel,
         ),
         (
-            "later fragment",
+            // A client's port-unreachable about a service's reply: the
+            // quoted packet's source is the service tuple.
+            "ICMP error from a client about a service",
+            {
+                let mut f = udp("198.51.100.10", 0, "192.0.2.10", 0);
+                f.l4 = L4Spec::Icmp {
+                    msg_type: 3,
+                    code: 3,
+                };
+                f.payload = udp("192.0.2.10", 53, "198.51.100.10", 40000).build()[14..].to_vec();
+                f.build()
+            },
+            owned,
+        ),
+        (
+            "ICMP error from a client about another port of the VIP",
+            {
+                let mut f = udp("198.51.100.10", 0, "192.0.2.10", 0);
+                f.l4 = L4Spec::Icmp {
+                    msg_type: 3,
+                    code: 3,
+                };
+                f.payload = udp("192.0.2.10", 54, "198.51.100.10", 40000).build()[14..].to_vec();
+                f.build()
+            },
+            kernel,
+        ),
+        (
+            "ICMPv6 error from a client about a service",
+            {
+                let mut f = FrameSpec::udp_v6();
+                f.src = ip("2001:db8:c::10");
+                f.dst = ip("2001:db8:f::10");
+                f.l4 = L4Spec::Icmp {
+                    msg_type: 1,
+                    code: 4,
+                };
+                let mut inner = FrameSpec::udp_v6();
+                inner.src = ip("2001:db8:f::10");
+                inner.sport = 53;
+                inner.dst = ip("2001:db8:c::10");
+                inner.dport = 40000;
+                f.payload = inner.build()[14..].to_vec();
+                f.build()
+            },
+            owned,
+        ),
+        (
+            "later fragment before its first",
             {
                 let mut f = udp("198.51.100.10", 40000, "192.0.2.10", 53);
+                f.frag = Some((1480, false));
+                f.build()
+            },
+            kernel,
+        ),
+        (
+            "first fragment",
+            {
+                let mut f = udp("198.51.100.10", 40000, "192.0.2.10", 53);
+                f.frag = Some((0, true));
+                f.build()
+            },
+            owned,
+        ),
+        (
+            // Its first was steered (and noted): it follows.
+            "later fragment after its first",
+            {
+                let mut f = udp("198.51.100.10", 40000, "192.0.2.10", 53);
+                f.frag = Some((1480, false));
+                f.build()
+            },
+            owned,
+        ),
+        (
+            "later fragment, same identification, other protocol",
+            {
+                let mut f = FrameSpec::tcp_v4();
+                f.src = ip("198.51.100.10");
+                f.dst = ip("192.0.2.10");
+                f.frag = Some((1480, false));
+                f.build()
+            },
+            kernel,
+        ),
+        (
+            "first fragment of another's datagram",
+            {
+                let mut f = udp("198.51.100.10", 40000, "192.0.2.10", 54);
+                f.src = ip("198.51.100.11");
+                f.frag = Some((0, true));
+                f.build()
+            },
+            kernel,
+        ),
+        (
+            // Its first was the kernel's: so is it.
+            "later fragment of another's datagram",
+            {
+                let mut f = udp("198.51.100.10", 40000, "192.0.2.10", 54);
+                f.src = ip("198.51.100.11");
                 f.frag = Some((1480, false));
                 f.build()
             },
@@ -174,9 +273,21 @@ fn program_steers_exactly_the_owned_tuples() {
             owned,
         ),
         (
-            "IPv6 later fragment",
+            "IPv6 later fragment after its first",
             {
                 let mut f = FrameSpec::udp_v6();
+                f.dst = ip("2001:db8:f::10");
+                f.dport = 53;
+                f.frag = Some((1448, false));
+                f.build()
+            },
+            owned,
+        ),
+        (
+            "IPv6 later fragment without a steered first",
+            {
+                let mut f = FrameSpec::udp_v6();
+                f.src = ip("2001:db8:c::99");
                 f.dst = ip("2001:db8:f::10");
                 f.dport = 53;
                 f.frag = Some((1448, false));
@@ -978,9 +1089,11 @@ fn af_xdp_nat_tcp_udp_v4_v6() {
     );
 }
 
-/// `--io auto` takes AF_XDP where every interface takes the program
-/// natively and says why not otherwise; `--io af_xdp` refuses an interface
-/// without native XDP (a bridge) instead of pretending.
+/// `--io auto` runs AF_PACKET on a veth (native XDP there would turn off
+/// the peer's GSO: `uvs::io::xdp::auto`) and on an interface without native
+/// XDP, saying why in its start-up line; `--io af_xdp` takes the veth
+/// natively, and refuses an interface without native XDP (a bridge)
+/// instead of pretending.
 #[test]
 fn io_auto_says_which_backend_and_af_xdp_refuses_clearly() {
     if !root_or_skip("io_auto_says_which_backend_and_af_xdp_refuses_clearly") {
@@ -991,14 +1104,25 @@ fn io_auto_says_which_backend_and_af_xdp_refuses_clearly() {
     let lab = Lab::up(&prefix, &[]).expect("lab up");
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_uvs"));
     let d = uvs::lab::Director::start(&lab, exe, &["--io", "auto"]).expect("uvs run --io auto");
+    let log = d.log_text();
+    assert!(
+        log.contains(
+            "AF_PACKET (--io auto: c0, s0 are veths, where native XDP turns off the peer's GSO"
+        ),
+        "{log}"
+    );
+    assert!(
+        !common::xdp_attached(&lab.ns("lb")),
+        "no XDP program: {log}"
+    );
+    assert!(d.stop().expect("stops").success());
+    // Even SIGKILL detaches: the attachment is a BPF link, a descriptor.
+    let d = uvs::lab::Director::start(&lab, exe, &["--io", "af_xdp"]).expect("uvs run --io af_xdp");
     assert!(
         d.log_text().contains("AF_XDP (native XDP)"),
         "{}",
         d.log_text()
     );
-    assert!(d.stop().expect("stops").success());
-    // Even SIGKILL detaches: the attachment is a BPF link, a descriptor.
-    let d = uvs::lab::Director::start(&lab, exe, &["--io", "af_xdp"]).expect("uvs run --io af_xdp");
     let xdp_on_lb = || {
         let out = std::process::Command::new("ip")
             .args(["-n", &lab.ns("lb"), "link", "show"])
@@ -1028,7 +1152,7 @@ fn io_auto_says_which_backend_and_af_xdp_refuses_clearly() {
             .expect("ip");
         assert!(ok.success(), "ip {cmd:?}");
     }
-    let d = uvs::lab::Director::start(&lab, exe, &["--io", "auto", "-i", "c0", "-i", "d0"])
+    let d = uvs::lab::Director::start(&lab, exe, &["--io", "auto", "-i", "d0"])
         .expect("uvs run --io auto");
     let log = d.log_text();
     assert!(

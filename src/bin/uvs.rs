@@ -170,8 +170,9 @@ enum Cmd {
         /// guard; native attach only), af_xdp_generic (the same program in
         /// generic mode: on a veth the peer keeps GSO, so TCP super-packets
         /// cross uvs whole), auto (af_xdp where every interface
-        /// takes the program natively, else af_packet). The start-up line
-        /// says which runs.
+        /// takes the program natively and none is a veth, whose peer would
+        /// lose GSO; else af_packet). The start-up line says which runs
+        /// and why.
         #[arg(long, value_enum, default_value_t = Io::AfPacket)]
         io: Io,
         /// How AF_PACKET transmits: ring (a PACKET_TX_RING per interface,

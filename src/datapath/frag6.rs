@@ -1,4 +1,4 @@
-//! IPv6 fragments of connections, without reassembly: the first fragment
+//! Fragments of connections, without reassembly: the first fragment
 //! carries the ports and goes through the pipeline like any packet; what
 //! was decided for it (NAT to which address, DR or tunnel toward which
 //! real server) is remembered under the fragment's (source, destination,
@@ -7,11 +7,16 @@
 //! rewrite (a later fragment holds no L4 checksum to fix, see `uvs_fwd`'s
 //! NAT contract) toward the same next hop. Requests and NAT replies alike.
 //!
-//! (IPv4 fragments are reassembled by the kernel before uvs reads them:
-//! the AF_PACKET fanout group has `PACKET_FANOUT_FLAG_DEFRAG`, which covers
-//! IPv4 only. All fragments of one datagram reach the same worker: the
-//! fanout hash of an IPv6 fragment covers addresses and flow label, not
-//! ports.)
+//! IPv6 always, and IPv4 under AF_XDP. (Under AF_PACKET the kernel
+//! reassembles IPv4 before uvs reads it: the fanout group has
+//! `PACKET_FANOUT_FLAG_DEFRAG`, which covers IPv4 only. All fragments of one
+//! datagram reach the same worker: the fanout hash of an IPv6 fragment
+//! covers addresses and flow label, not ports. Under AF_XDP the steering
+//! program lets a later fragment through only after its first, and a
+//! datagram's fragments arrive on one RX queue, whose socket is one
+//! worker's.) The key's identification is IPv6's 32 bits, or IPv4's 16
+//! with the protocol above them (an IPv4 datagram is (source, destination,
+//! protocol, identification)).
 //!
 //! Contract:
 //! * Per worker thread, a fixed table of [`SLOTS`] entries, direct-mapped
@@ -88,10 +93,10 @@ fn slot(src: &IpAddr, dst: &IpAddr, id: u32) -> usize {
 /// (its parse as received; `frame` as rewritten: the fragment header is
 /// unchanged).
 pub fn note_first(frame: &[u8], p: &Parsed, v: &Verdict, now_ms: u64) {
-    if !p.is_first_fragment || p.is_ipv4() {
+    if !p.is_first_fragment {
         return;
     }
-    let Some(id) = uvs_fwd::frag::ipv6_fragment_id(frame, p) else {
+    let Some(id) = fragment_id(frame, p) else {
         return;
     };
     let follow = match *v {
@@ -134,11 +139,24 @@ pub fn note_first(frame: &[u8], p: &Parsed, v: &Verdict, now_ms: u64) {
     });
 }
 
-/// The verdict for a later IPv6 fragment `p` (no L4 header): its first
+/// The identification of fragment `p` (see the module doc), `None` if it
+/// is no fragment.
+fn fragment_id(frame: &[u8], p: &Parsed) -> Option<u32> {
+    if p.is_ipv4() {
+        if !p.is_fragment {
+            return None;
+        }
+        let id = frame.get(p.l3_off + 4..p.l3_off + 6)?;
+        return Some(u32::from(p.proto) << 16 | u32::from(u16::from_be_bytes([id[0], id[1]])));
+    }
+    uvs_fwd::frag::ipv6_fragment_id(frame, p)
+}
+
+/// The verdict for a later fragment `p` (no L4 header): its first
 /// fragment's treatment, the frame rewritten in place; `None` when no
 /// first fragment is remembered for it (the caller drops or passes it).
 pub fn follow_later(frame: &mut [u8], p: &Parsed, csum: CsumMode, now_ms: u64) -> Option<Verdict> {
-    let id = uvs_fwd::frag::ipv6_fragment_id(frame, p)?;
+    let id = fragment_id(frame, p)?;
     let follow = TABLE
         .try_with(|t| {
             let t = t.try_borrow().ok()?;

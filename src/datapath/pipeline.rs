@@ -305,7 +305,7 @@ impl Pipeline {
         // TCP and UDP with their headers, and ICMP errors that may be about
         // them, are IPVS's; the rest (non-first fragments, other
         // protocols) stays with the kernel.
-        if p.is_fragment && !p.has_l4 && !p.is_ipv4() {
+        if p.is_fragment && !p.has_l4 {
             *out = self.later_fragment(frame, p, csum, now_ms, st);
             return;
         }
@@ -400,7 +400,8 @@ impl Pipeline {
         }
     }
 
-    /// An IPv6 fragment after the first: what its first fragment got
+    /// A fragment after the first (IPv4 ones only under AF_XDP: AF_PACKET
+    /// reads IPv4 reassembled): what its first fragment got
     /// (`frag6`); without one, dropped if addressed to a VIP, else the
     /// kernel's.
     #[cold]

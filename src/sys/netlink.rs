@@ -49,7 +49,7 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
 };
@@ -335,6 +335,9 @@ pub struct Link {
     pub up: bool,
     /// The loopback interface (`IFF_LOOPBACK`).
     pub loopback: bool,
+    /// Its kind (`IFLA_INFO_KIND`: `veth`, `bridge`, …), `None` for a
+    /// physical device.
+    pub kind: Option<String>,
 }
 
 /// One rtnetlink socket in the namespace it was opened in.
@@ -774,9 +777,16 @@ fn link_of(m: &LinkMessage) -> Result<Link, String> {
     let mut name = String::new();
     let mut mac = None;
     let mut mtu = None;
+    let mut kind = None;
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => name.clone_from(n),
+            LinkAttribute::LinkInfo(infos) => {
+                kind = infos.iter().find_map(|i| match i {
+                    LinkInfo::Kind(k) => Some(k.to_string()),
+                    _ => None,
+                });
+            }
             LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
             LinkAttribute::Mtu(m) => mtu = Some(*m),
             _ => {}
@@ -789,6 +799,7 @@ fn link_of(m: &LinkMessage) -> Result<Link, String> {
         mtu: mtu.ok_or("a link without MTU")?,
         up: m.header.flags.contains(LinkFlags::Up),
         loopback: m.header.flags.contains(LinkFlags::Loopback),
+        kind,
     })
 }
 

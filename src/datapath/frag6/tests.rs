@@ -1,4 +1,5 @@
-//! Later IPv6 fragments follow their first through the pipeline.
+//! Later fragments follow their first through the pipeline: IPv6, and
+//! IPv4 as AF_XDP delivers it (not reassembled).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -16,10 +17,14 @@ fn ip(s: &str) -> std::net::IpAddr {
 }
 
 fn pipeline() -> Pipeline {
+    pipeline_for("2001:db8:f::10", "2001:db8:5::11")
+}
+
+fn pipeline_for(vip: &str, rs: &str) -> Pipeline {
     let p = Pipeline::new(uvs_conntrack::Table::new(uvs_conntrack::Config::default()));
     let spec = ServiceSpec {
         proto: 17,
-        addr: ip("2001:db8:f::10"),
+        addr: ip(vip),
         port: 53,
         sched: "rr".into(),
         params: SchedParams::default(),
@@ -27,7 +32,7 @@ fn pipeline() -> Pipeline {
         one_packet: false,
         pe: None,
         dests: vec![DestSpec {
-            addr: ip("2001:db8:5::11"),
+            addr: ip(rs),
             port: 5353,
             fwd: FwdMethod::Masq,
             weight: 1,
@@ -123,6 +128,63 @@ fn a_later_fragment_without_its_first_is_counted_or_left_to_the_kernel() {
     let late = 1_000 + super::TTL_MS;
     assert_eq!(
         pl.process(&mut f2, CsumMode::Full, late, &st),
+        Verdict::Drop(DropReason::FragmentUnmatched)
+    );
+}
+
+#[test]
+fn ipv4_later_fragments_get_the_first_fragments_nat_both_ways() {
+    let pl = pipeline_for("192.0.2.10", "203.0.113.11");
+    let st = WorkerStats::default();
+    let v4 = |src: &str, dst: &str, sport, dport, f: (usize, bool)| {
+        FrameSpec {
+            src: ip(src),
+            dst: ip(dst),
+            sport,
+            dport,
+            l4: L4Spec::Udp { zero_csum: false },
+            frag: Some(f),
+            payload: vec![0x42; 64],
+            csum: CsumMode::Full,
+            ..FrameSpec::udp_v4()
+        }
+        .build()
+    };
+    let mut f1 = v4("198.51.100.10", "192.0.2.10", 40000, 53, (0, true));
+    let v = pl.process(&mut f1, CsumMode::Full, 1_000, &st);
+    assert!(matches!(v, Verdict::Xmit { .. }), "{v:?}");
+    let mut f2 = v4("198.51.100.10", "192.0.2.10", 40000, 53, (72, false));
+    let v = pl.process(&mut f2, CsumMode::Full, 1_001, &st);
+    let Verdict::Xmit { next_hop, pkt, .. } = v else {
+        panic!("{v:?}");
+    };
+    assert_eq!(
+        (next_hop, pkt.dst),
+        (ip("203.0.113.11"), ip("203.0.113.11"))
+    );
+    let q = uvs_fwd::parse(&f2).expect("parses, header checksum and all");
+    assert_eq!((q.src, q.dst), (ip("198.51.100.10"), ip("203.0.113.11")));
+    assert_eq!(uvs_fwd::checksum::checksum(&f2[q.l3_off..q.l4_off]), 0);
+
+    let mut r1 = v4("203.0.113.11", "198.51.100.10", 5353, 40000, (0, true));
+    let v = pl.process(&mut r1, CsumMode::Full, 1_002, &st);
+    assert!(matches!(v, Verdict::Xmit { .. }), "{v:?}");
+    let mut r2 = v4("203.0.113.11", "198.51.100.10", 5353, 40000, (72, false));
+    let v = pl.process(&mut r2, CsumMode::Full, 1_003, &st);
+    let Verdict::Xmit { pkt, .. } = v else {
+        panic!("{v:?}");
+    };
+    assert_eq!(pkt.src, ip("192.0.2.10"));
+
+    // Same addresses and identification, another protocol: another
+    // datagram, whose first was not seen.
+    let mut t = v4("198.51.100.10", "192.0.2.10", 40000, 53, (72, false));
+    t[14 + 9] = 6;
+    t[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let c = uvs_fwd::checksum::checksum(&t[14..34]);
+    t[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(
+        pl.process(&mut t, CsumMode::Full, 1_004, &st),
         Verdict::Drop(DropReason::FragmentUnmatched)
     );
 }

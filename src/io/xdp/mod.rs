@@ -16,6 +16,7 @@
 //! CAP_NET_ADMIN) at run time; errors say so.
 
 pub mod asm;
+pub mod auto;
 pub mod backend;
 pub mod csum;
 pub mod local;

@@ -14,7 +14,12 @@
 //!   being every port;
 //! * ICMP errors (IPv4 destination-unreachable, source-quench,
 //!   time-exceeded, parameter-problem; ICMPv6 1–4) whose source is a NAT real
-//!   server: uvs relays them rewritten.
+//!   server: uvs relays them rewritten;
+//! * ICMP errors about a service's packets, whoever sends them: the quoted
+//!   header's source is a service tuple (a client's port-unreachable about
+//!   a reply, which `schedule_icmp` may schedule; a router's
+//!   fragmentation-needed about a DR server's reply from the VIP). The
+//!   quoted IPv6 header must be followed by its transport header directly.
 //!
 //! A NAT reply or ICMP error addressed to the director itself is not uvs's:
 //! it answers a connection the director's own stack started (a health
@@ -39,8 +44,21 @@
 //! This is the nftables guard's rule set (`src/sys/guard.rs`), so in AF_XDP
 //! mode the program is the kernel guard too: what it steers, the kernel never
 //! sees. Like the guard it leaves to the kernel what it cannot classify: VLAN
-//! tags, more than three IPv6 extension headers, and fragments after the
-//! first (they carry no ports).
+//! tags and more than three IPv6 extension headers.
+//!
+//! Fragments after the first carry no ports, so no tuple can own them; they
+//! follow their first fragment instead. A first fragment (IPv4: offset 0
+//! with more-fragments; IPv6: a fragment header, offset 0, M set) that is
+//! steered leaves its datagram's identity — (source, destination,
+//! identification, protocol), [`FRAG_KEY_LEN`] bytes — in the `frags` LRU
+//! map; a later fragment found there is steered too (uvs repeats the first
+//! fragment's rewrite: `datapath::frag6`), any other goes to the kernel.
+//! Under AF_PACKET the kernel reassembles IPv4 for uvs's sockets, which see
+//! every fragment anyway; here nothing would reach uvs but the first. A
+//! later fragment that overtakes its first one goes to the kernel, which
+//! cannot complete the datagram either (its first fragment is uvs's). The
+//! map is written once per steered first fragment (not per packet) and is
+//! LRU, so a flood of first fragments only ages out older identities.
 //!
 //! Every decision is counted in a per-CPU array (no shared cache line):
 //! [`COUNTER_STEERED`], [`COUNTER_PASSED`], [`COUNTER_PASS_LOCAL`], and
@@ -75,6 +93,12 @@ pub const COUNTER_NO_SOCKET: u32 = 2;
 pub const COUNTER_PASS_LOCAL: u32 = 3;
 /// Entries in the counter array.
 pub const COUNTERS: u32 = 4;
+/// Bytes in a key of the `frags` map: `[source 16][destination 16]
+/// [identification 4, network order: IPv4's 2 first][protocol][family 4 or
+/// 6][pad 2]`, IPv4 addresses in the first 4 of their 16 bytes.
+pub const FRAG_KEY_LEN: usize = 40;
+/// Datagrams whose first fragment was steered, remembered at once (LRU).
+pub const FRAG_MAX_ENTRIES: u32 = 4096;
 /// Bytes in a key of the `local` map (`struct bpf_lpm_trie_key` with 20
 /// bytes of data): see [`local_key`].
 pub const LOCAL_KEY_LEN: usize = 24;
@@ -116,6 +140,12 @@ const L_TAG: i16 = -52;
 const L_ADDR: i16 = -48;
 const LOCAL_TAG4: u32 = 4;
 const LOCAL_TAG6: u32 = 6;
+// The `frags` map's key at fp-96 (FRAG_KEY_LEN bytes, zeroed at the start),
+// the flag "this is a first fragment: note it when steered" at fp-104 (a
+// zeroed u64), and the map's one-byte value at fp-108.
+const F_KEY: i16 = -96;
+const F_FIRST: i16 = -104;
+const F_VALUE: i16 = -108;
 
 /// A key of the `local` map: `[prefix length + 32, u32][family tag,
 /// u32][address 16]` — the tag is matched as the first 32 bits of every
@@ -210,6 +240,7 @@ const IPV6_DSTOPTS: i32 = 60;
 /// Extension headers walked before giving up (to the kernel).
 const EXT6_MAX: usize = 3;
 const HELPER_MAP_LOOKUP: i32 = 1;
+const HELPER_MAP_UPDATE: i32 = 2;
 const HELPER_REDIRECT_MAP: i32 = 51;
 // struct xdp_md
 const MD_DATA: i16 = 0;
@@ -228,6 +259,9 @@ pub struct Maps {
     /// `BPF_MAP_TYPE_LPM_TRIE`, key [`LOCAL_KEY_LEN`] bytes, value 1 byte:
     /// the director's local prefixes.
     pub local: i32,
+    /// `BPF_MAP_TYPE_LRU_HASH`, key [`FRAG_KEY_LEN`] bytes, value 1 byte:
+    /// datagrams whose first fragment was steered.
+    pub frags: i32,
 }
 
 struct Gen {
@@ -317,6 +351,103 @@ impl Gen {
         self.count_and_return(COUNTER_PASS_LOCAL, XDP_PASS);
     }
 
+    /// The `frags` key of an IPv4 fragment (r7 = data, header bounds-checked).
+    fn frag_key4(&mut self) {
+        let a = &mut self.a;
+        a.load(Size::W, R0, R7, ETH_HLEN + 12);
+        a.store(Size::W, FP, F_KEY, R0);
+        a.load(Size::W, R0, R7, ETH_HLEN + 16);
+        a.store(Size::W, FP, F_KEY + 16, R0);
+        a.load(Size::H, R0, R7, ETH_HLEN + 4);
+        a.store(Size::H, FP, F_KEY + 32, R0);
+        a.load(Size::B, R0, R7, ETH_HLEN + 9);
+        a.store(Size::B, FP, F_KEY + 36, R0);
+        a.store_imm(Size::B, FP, F_KEY + 37, 4);
+    }
+
+    /// The `frags` key of an IPv6 fragment (r7 = data, r9 = its fragment
+    /// header, both bounds-checked).
+    fn frag_key6(&mut self) {
+        let a = &mut self.a;
+        for (from, to) in [(8, 0), (16, 8), (24, 16), (32, 24)] {
+            a.load(Size::DW, R0, R7, ETH_HLEN + from);
+            a.store(Size::DW, FP, F_KEY + to, R0);
+        }
+        a.load(Size::W, R0, R9, 4);
+        a.store(Size::W, FP, F_KEY + 32, R0);
+        a.load(Size::B, R0, R9, 0);
+        a.store(Size::B, FP, F_KEY + 36, R0);
+        a.store_imm(Size::B, FP, F_KEY + 37, 6);
+    }
+
+    /// A later fragment (its key built): steered if its first was, else to
+    /// the kernel. Ends the path.
+    fn follow_first(&mut self, steer: super::asm::Label, pass: super::asm::Label) {
+        let a = &mut self.a;
+        a.load_map_fd(R1, self.maps.frags);
+        a.mov(R2, FP);
+        a.alu_imm(Alu::Add, R2, i32::from(F_KEY));
+        a.call(HELPER_MAP_LOOKUP);
+        a.jmp_imm(Cond::Ne, R0, 0, steer);
+        a.ja(pass);
+    }
+
+    /// An ICMP error (r9 its header, bounds-checked for 8 bytes) whose
+    /// quoted packet came from a service tuple: steered, else to the
+    /// kernel. Ends the path.
+    fn about_a_service(&mut self, v6: bool, steer: super::asm::Label, pass: super::asm::Label) {
+        let ported = self.a.label();
+        let a = &mut self.a;
+        // The quoted IP header at r9 + 8; its transport header in r4.
+        let inner = 8i16;
+        a.mov(R2, R9);
+        a.alu_imm(Alu::Add, R2, i32::from(inner) + if v6 { 40 } else { 20 });
+        a.jmp_reg(Cond::Gt, R2, R8, pass);
+        if v6 {
+            a.mov(R4, R2);
+            a.load(Size::B, R5, R9, inner + 6);
+            a.load(Size::DW, R0, R9, inner + 8);
+            a.store(Size::DW, FP, K_ADDR, R0);
+            a.load(Size::DW, R0, R9, inner + 16);
+            a.store(Size::DW, FP, K_ADDR + 8, R0);
+        } else {
+            // A quoted later fragment has no ports.
+            a.load(Size::H, R3, R9, inner + 6);
+            a.alu_imm(Alu::And, R3, ne16([0x1f, 0xff]));
+            a.jmp_imm(Cond::Ne, R3, 0, pass);
+            a.load(Size::B, R3, R9, inner);
+            a.alu_imm(Alu::And, R3, 0x0f);
+            a.alu_imm(Alu::Lsh, R3, 2);
+            a.jmp_imm(Cond::Lt, R3, 20, pass);
+            a.mov(R4, R9);
+            a.alu_imm(Alu::Add, R4, i32::from(inner));
+            a.alu_reg(Alu::Add, R4, R3);
+            a.load(Size::B, R5, R9, inner + 9);
+            a.load(Size::W, R0, R9, inner + 12);
+            a.store(Size::W, FP, K_ADDR, R0);
+        }
+        a.mov(R2, R4);
+        a.alu_imm(Alu::Add, R2, 4);
+        a.jmp_reg(Cond::Gt, R2, R8, pass);
+        self.if_ported(R5, ported);
+        let a = &mut self.a;
+        a.ja(pass);
+        a.bind(ported);
+        a.store(Size::B, FP, K_PROTO, R5);
+        a.load(Size::H, R0, R4, 0);
+        a.store(Size::H, FP, K_PORT, R0);
+        a.store_imm(
+            Size::B,
+            FP,
+            K_TAG,
+            i32::from(if v6 { TAG_SVC6 } else { TAG_SVC4 }),
+        );
+        self.lookup(steer);
+        self.a.store_imm(Size::H, FP, K_PORT, 0);
+        self.lookup(steer);
+        self.a.ja(pass);
+    }
+
     /// Jumps to `to` when `reg` is TCP, UDP or SCTP.
     fn if_ported(&mut self, reg: super::asm::Reg, to: super::asm::Label) {
         for p in [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP] {
@@ -345,6 +476,10 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     a.store_imm(Size::DW, FP, K_ADDR, 0);
     a.store_imm(Size::DW, FP, K_ADDR + 8, 0);
     a.store_imm(Size::W, FP, K_PORT, 0);
+    for off in (F_KEY..F_KEY + FRAG_KEY_LEN as i16).step_by(8) {
+        a.store_imm(Size::DW, FP, off, 0);
+    }
+    a.store_imm(Size::DW, FP, F_FIRST, 0);
     // Ethernet.
     a.mov(R2, R7);
     a.alu_imm(Alu::Add, R2, i32::from(ETH_HLEN));
@@ -357,14 +492,24 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     // IPv4.
     let ports4 = a.label();
     let icmp4 = a.label();
+    let later4 = a.label();
+    let whole4 = a.label();
     a.bind(v4);
     a.mov(R2, R7);
     a.alu_imm(Alu::Add, R2, i32::from(ETH_HLEN) + 20);
     a.jmp_reg(Cond::Gt, R2, R8, pass);
-    // A fragment after the first has no transport header.
+    // A fragment after the first has no transport header: it follows its
+    // first. A first fragment is noted if it is steered.
     a.load(Size::H, R4, R7, ETH_HLEN + 6);
-    a.alu_imm(Alu::And, R4, ne16([0x1f, 0xff]));
-    a.jmp_imm(Cond::Ne, R4, 0, pass);
+    a.mov(R3, R4);
+    a.alu_imm(Alu::And, R3, ne16([0x1f, 0xff]));
+    a.jmp_imm(Cond::Ne, R3, 0, later4);
+    a.alu_imm(Alu::And, R4, ne16([0x20, 0x00]));
+    a.jmp_imm(Cond::Eq, R4, 0, whole4);
+    g.frag_key4();
+    let a = &mut g.a;
+    a.store_imm(Size::DW, FP, F_FIRST, 1);
+    a.bind(whole4);
     a.load(Size::B, R3, R7, ETH_HLEN);
     a.alu_imm(Alu::And, R3, 0x0f);
     a.alu_imm(Alu::Lsh, R3, 2);
@@ -419,13 +564,16 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_RSADDR4));
     let rserr4 = g.a.label();
     g.lookup(rserr4);
-    g.a.ja(pass);
+    g.about_a_service(false, steer, pass);
     g.a.bind(rserr4);
     g.unless_local(false, ETH_HLEN + 16, false, steer);
+    g.a.bind(later4);
+    g.frag_key4();
+    g.follow_first(steer, pass);
 
     // IPv6: the fixed header, up to EXT6_MAX hop-by-hop / routing /
     // destination-options headers, a fragment header (a later fragment
-    // goes to the kernel), then the transport header.
+    // follows its first), then the transport header.
     let ports6 = g.a.label();
     let icmp6 = g.a.label();
     let l4_6 = g.a.label();
@@ -459,13 +607,23 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     }
     a.jmp_imm(Cond::Eq, R5, IPV6_FRAGMENT, frag6);
     a.ja(l4_6);
+    let later6 = a.label();
+    let atomic6 = a.label();
     a.bind(frag6);
     a.mov(R2, R9);
     a.alu_imm(Alu::Add, R2, 8);
     a.jmp_reg(Cond::Gt, R2, R8, pass);
     a.load(Size::H, R4, R9, 2);
-    a.alu_imm(Alu::And, R4, ne16([0xff, 0xf8]));
-    a.jmp_imm(Cond::Ne, R4, 0, pass);
+    a.mov(R3, R4);
+    a.alu_imm(Alu::And, R3, ne16([0xff, 0xf8]));
+    a.jmp_imm(Cond::Ne, R3, 0, later6);
+    // Offset 0 without M is a whole datagram (RFC 6946), not noted.
+    a.alu_imm(Alu::And, R4, ne16([0x00, 0x01]));
+    a.jmp_imm(Cond::Eq, R4, 0, atomic6);
+    g.frag_key6();
+    let a = &mut g.a;
+    a.store_imm(Size::DW, FP, F_FIRST, 1);
+    a.bind(atomic6);
     a.load(Size::B, R5, R9, 0);
     a.alu_imm(Alu::Add, R9, 8);
     a.bind(l4_6);
@@ -516,13 +674,29 @@ pub fn steering_program(maps: Maps) -> Result<Vec<Insn>, AsmError> {
     g.a.store_imm(Size::B, FP, K_TAG, i32::from(TAG_RSADDR6));
     let rserr6 = g.a.label();
     g.lookup(rserr6);
-    g.a.ja(pass);
+    g.about_a_service(true, steer, pass);
     g.a.bind(rserr6);
     g.unless_local(true, ETH_HLEN + 24, false, steer);
+    g.a.bind(later6);
+    g.frag_key6();
+    g.follow_first(steer, pass);
 
     // Owned: into this queue's socket; without one, dropped and counted.
     let redirected = g.a.label();
+    let noted = g.a.label();
     g.a.bind(steer);
+    // A first fragment: its later fragments follow it here.
+    g.a.load(Size::DW, R0, FP, F_FIRST);
+    g.a.jmp_imm(Cond::Eq, R0, 0, noted);
+    g.a.store_imm(Size::B, FP, F_VALUE, 1);
+    g.a.load_map_fd(R1, g.maps.frags);
+    g.a.mov(R2, FP);
+    g.a.alu_imm(Alu::Add, R2, i32::from(F_KEY));
+    g.a.mov(R3, FP);
+    g.a.alu_imm(Alu::Add, R3, i32::from(F_VALUE));
+    g.a.mov_imm(R4, 0); // BPF_ANY
+    g.a.call(HELPER_MAP_UPDATE);
+    g.a.bind(noted);
     g.a.load(Size::W, R2, R6, MD_RX_QUEUE);
     g.a.load_map_fd(R1, g.maps.xsks);
     // Flags 0: a missing socket returns XDP_ABORTED (0), told apart below.
@@ -549,6 +723,7 @@ mod tests {
             xsks: 4,
             counters: 5,
             local: 6,
+            frags: 7,
         })
         .expect("assembles");
         assert!(p.len() > 50 && p.len() < 1000, "{} instructions", p.len());

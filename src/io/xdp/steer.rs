@@ -21,7 +21,9 @@ use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 
 use super::asm::AsmError;
-use super::prog::{self, local_key, Key, Maps, COUNTERS, KEY_LEN, LOCAL_KEY_LEN};
+use super::prog::{
+    self, local_key, Key, Maps, COUNTERS, FRAG_KEY_LEN, FRAG_MAX_ENTRIES, KEY_LEN, LOCAL_KEY_LEN,
+};
 use super::sys::bpf::{LoadError, Map, MapType, Prog, BPF_F_XDP_HAS_FRAGS};
 use super::sys::xsk::XskSocket;
 
@@ -115,6 +117,7 @@ pub struct Steering {
     owned: Map,
     counters: Map,
     local: Map,
+    frags: Map,
     refs: HashMap<Key, u32>,
     max_entries: u32,
 }
@@ -175,10 +178,20 @@ impl Steering {
             cpus,
         )
         .map_err(sys("creating the local-prefix map"))?;
+        let frags = Map::create(
+            MapType::LruHash,
+            "uvs_frags",
+            FRAG_KEY_LEN as u32,
+            1,
+            FRAG_MAX_ENTRIES,
+            cpus,
+        )
+        .map_err(sys("creating the fragment map"))?;
         Ok(Steering {
             owned,
             counters,
             local,
+            frags,
             refs: HashMap::new(),
             max_entries,
         })
@@ -206,6 +219,7 @@ impl Steering {
             xsks: xsks.raw_fd(),
             counters: self.counters.raw_fd(),
             local: self.local.raw_fd(),
+            frags: self.frags.raw_fd(),
         })?;
         // Frags-aware where the kernel knows the flag (5.18), so a driver
         // may hand the program packets larger than a page; without it the

@@ -27,6 +27,8 @@ const BPF_XDP: u32 = 37;
 pub enum MapType {
     Hash = 1,
     PerCpuArray = 6,
+    /// A hash map that evicts its least recently used entries when full.
+    LruHash = 9,
     /// Longest-prefix match (`struct bpf_lpm_trie_key` keys).
     LpmTrie = 11,
     XskMap = 17,
