@@ -83,15 +83,20 @@ impl Table {
             vaddr,
             c.vport,
         );
-        let hout = key_hash(
-            &self.hasher,
-            c.proto,
-            KIND_OUT,
-            daddr,
-            c.dport,
-            caddr,
-            c.cport,
-        );
+        // Only NAT entries are indexed by their reply.
+        let hout = if masq {
+            key_hash(
+                &self.hasher,
+                c.proto,
+                KIND_OUT,
+                daddr,
+                c.dport,
+                caddr,
+                c.cport,
+            )
+        } else {
+            0
+        };
         // An insert releases at most three template references (the two
         // leftover entries it replaces, one evicted entry): a small array
         // to clear.
@@ -182,7 +187,17 @@ impl Table {
         if !masq {
             flags |= flag::NOOUTPUT;
         }
-        let entry = Entry {
+        if !part.has_room() {
+            self.count.fetch_sub(1, Relaxed);
+            stats.refused_full += 1;
+            return Err(InsertError::Full);
+        }
+        // Bound before the first transition, which may count it active.
+        c.dest.conn_bound(false);
+        // The entry is finished (first packet's state, counters, timer)
+        // before it goes into its slot: one write of the slot, no look-up
+        // of it again.
+        let mut entry = Entry {
             dest: Some(c.dest),
             caddr,
             vaddr,
@@ -194,27 +209,20 @@ impl Table {
             state: 0,
             flags,
             expires: 0,
-            pkts: 0,
-            bytes: 0,
+            pkts: 1,
+            bytes: first.bytes,
             aux,
         };
-        let Some(idx) = part.alloc(entry) else {
-            self.count.fetch_sub(1, Relaxed);
-            stats.refused_full += 1;
-            return Err(InsertError::Full);
-        };
-        if let Some(d) = &part.get(idx).dest {
-            d.conn_bound(false);
-        }
-        let e = part.get_mut(idx);
-        self.transition(e, Dir::In, &first, table);
-        e.pkts = 1;
-        e.bytes = first.bytes;
-        e.expires = (now as u32).wrapping_add(self.timeout_ms(e.proto, e.state));
+        self.transition(&mut entry, Dir::In, &first, table);
+        entry.expires = (now as u32).wrapping_add(self.timeout_ms(entry.proto, entry.state));
+        let idx = part
+            .alloc(entry)
+            .expect("has_room, under this lock: a free slot or room to grow");
         // The key hashes (and, with the indexes unchanged, the slots) the
-        // checks above found: not computed again.
+        // checks above found: not computed again. Only NAT entries have a
+        // reply key.
         let (vin, vout) = if moved { (None, None) } else { (vin, vout) };
-        let out = part.get(idx).has_out_key().then_some((hout, vout));
+        let out = masq.then_some((hout, vout));
         part.index_placed(&self.hasher, idx, (hin, vin), out);
         stats.inserted += 1;
         Ok(idx)

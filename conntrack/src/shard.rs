@@ -228,6 +228,13 @@ impl<A: Addr> Part<A> {
         }
     }
 
+    /// Whether [`Part::alloc`] will find a slot (a free one, or room below
+    /// the size limit).
+    #[inline(always)]
+    pub(crate) fn has_room(&self) -> bool {
+        self.free != 0 || self.hwm <= MAX_PART
+    }
+
     /// Stores `e` in a free slot; `None` when the part is at its size limit.
     /// Inlined so that the entry is built in its slot, not moved there; a
     /// new chunk (or the first chunk's growth) is the cold [`Part::grow`].
