@@ -25,7 +25,10 @@
 //! flat in N; criterion runs it for N = 50000), and
 //! `established_request_conns_<M>`: the established request with M other
 //! connections in the table (at most 100000; the flow cache and the
-//! connection lookup must stay flat in M).
+//! connection lookup must stay flat in M), and likewise
+//! `new_connection_among_<N>` (N other services) and
+//! `new_connection_conns_<M>` (M other connections already in the table,
+//! at most 1000000): a new connection's cost must stay flat in both.
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -308,9 +311,34 @@ fn run_counted(spec: &str) {
             Verdict::Xmit { .. }
         ));
     }
-    let fresh = setup::pipeline();
+    let new_among = case.strip_prefix("new_connection_among_").map(|n| {
+        n.parse::<usize>()
+            .expect("new_connection_among_<number of services>")
+    });
+    let new_conns = case.strip_prefix("new_connection_conns_").map(|m| {
+        m.parse::<usize>()
+            .expect("new_connection_conns_<number of connections>")
+    });
+    let fresh = match new_among {
+        Some(n) => setup::pipeline_among(Services::default(), n),
+        None => setup::pipeline(),
+    };
+    // Other clients' connections (192.0.2.128 and up), opened by their
+    // SYNs one frame at a time: up to a million without a million frames.
+    let m = new_conns.unwrap_or(0);
+    assert!(m <= 1_000_000, "new_connection_conns_<M>: at most 1000000");
+    for i in 0..m as u32 {
+        let src = format!("192.0.2.{}", 128 + i / 64_000);
+        let mut b = setup::tcp(&src, 1024 + (i % 64_000) as u16, "192.0.2.10", 80, SYN, 0);
+        assert!(matches!(
+            fresh.process(&mut b, CsumMode::Full, 1, &st),
+            Verdict::Xmit { .. }
+        ));
+    }
     let case = if among.is_some() || conns.is_some() {
         "established_request"
+    } else if new_among.is_some() || new_conns.is_some() {
+        "new_connection"
     } else {
         case
     };

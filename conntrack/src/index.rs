@@ -44,6 +44,9 @@ pub(crate) struct Vacancy {
 pub(crate) struct Index {
     slots: Box<[u32]>,
     len: usize,
+    /// Keys the load limit allows (`capacity × 13/16`, rounded down), kept
+    /// so that the check before each insert is one compare.
+    limit: usize,
 }
 
 #[inline(always)]
@@ -72,6 +75,7 @@ impl Index {
         Index {
             slots: vec![0u32; cap].into_boxed_slice(),
             len: 0,
+            limit: cap * LOAD_NUM / LOAD_DEN,
         }
     }
 
@@ -163,8 +167,11 @@ impl Index {
     }
 
     /// True when one more key would exceed the load limit.
+    #[inline(always)]
     pub(crate) fn needs_grow(&self) -> bool {
-        (self.len + 1) * LOAD_DEN > self.slots.len() * LOAD_NUM
+        // `(len + 1) × 16 > capacity × 13` exactly, since `limit` is the
+        // largest whole number of keys within it.
+        self.len >= self.limit
     }
 
     /// Inserts a key known to be absent. False when some key would end up
@@ -264,6 +271,23 @@ mod tests {
     fn h(k: u64) -> u64 {
         // Deliberately weak in the low bits to create long clusters.
         k.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xFF00_0000_0000_01FF
+    }
+
+    #[test]
+    fn load_limit_is_the_exact_13_16_bound() {
+        for n in 0..3000 {
+            let mut ix = Index::with_capacity(n);
+            for len in 0..=ix.slots.len() + 1 {
+                ix.len = len;
+                assert_eq!(
+                    ix.needs_grow(),
+                    (len + 1) * LOAD_DEN > ix.slots.len() * LOAD_NUM,
+                    "capacity {} len {len}",
+                    ix.slots.len()
+                );
+            }
+        }
+        assert!(Index::default().needs_grow());
     }
 
     #[test]

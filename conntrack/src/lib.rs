@@ -122,6 +122,7 @@ mod expire;
 mod handle;
 mod hash;
 mod index;
+mod insert;
 mod list;
 mod lock;
 pub mod proto;

@@ -63,8 +63,8 @@ pub(crate) struct Part<A> {
     pub sweep: u32,
     /// Next slot the eviction scan looks at.
     pub evict: u32,
-    /// Sized up front (`Config::presize`): the first chunk is allocated
-    /// whole too, rather than grown by doubling.
+    /// Sized up front (`Config::presize`): `shrink` keeps the indexes'
+    /// size and the first chunk's room.
     presized: bool,
 }
 
@@ -76,10 +76,13 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    pub(crate) fn new(presize: usize) -> Self {
+    /// `presize`: keys the IPv4 indexes are sized for for good
+    /// (`Config::presize`), or 0; `warm`: keys they start with room for
+    /// when not presized (they grow past it).
+    pub(crate) fn new(presize: usize, warm: usize) -> Self {
         Shard {
-            v4: Part::new(presize),
-            v6: Part::new(0),
+            v4: Part::new(presize, warm),
+            v6: Part::new(0, 0),
             stats: ShardStats::default(),
         }
     }
@@ -161,15 +164,16 @@ pub(crate) fn key_hash<A: Addr>(
 }
 
 impl<A: Addr> Part<A> {
-    fn new(presize: usize) -> Self {
+    fn new(presize: usize, warm: usize) -> Self {
+        let room = if presize > 0 { presize } else { warm };
         Part {
             chunks: Vec::new(),
             vers: Vec::new(),
             free: 0,
             hwm: 0,
             len: 0,
-            in_ix: Index::with_capacity(presize),
-            out_ix: Index::with_capacity(presize),
+            in_ix: Index::with_capacity(room),
+            out_ix: Index::with_capacity(room),
             sweep: 0,
             evict: 0,
             presized: presize > 0,
@@ -224,6 +228,13 @@ impl<A: Addr> Part<A> {
         }
     }
 
+    /// Whether [`Part::alloc`] will find a slot (a free one, or room below
+    /// the size limit).
+    #[inline(always)]
+    pub(crate) fn has_room(&self) -> bool {
+        self.free != 0 || self.hwm <= MAX_PART
+    }
+
     /// Stores `e` in a free slot; `None` when the part is at its size limit.
     /// Inlined so that the entry is built in its slot, not moved there; a
     /// new chunk (or the first chunk's growth) is the cold [`Part::grow`].
@@ -258,10 +269,12 @@ impl<A: Addr> Part<A> {
     #[inline(never)]
     fn grow(&mut self, c: usize) {
         if c == self.chunks.len() {
-            // The first chunk grows by doubling (small tables stay
-            // small); later chunks are allocated whole, once.
-            let cap = if c == 0 && !self.presized { 0 } else { CHUNK };
-            self.chunks.push(Vec::with_capacity(cap));
+            // Every chunk is allocated whole, once: its pages are only
+            // reserved until entries land in them (a small table's RSS
+            // stays small), and the first chunk no longer grows by
+            // doubling, which moved every entry at each step. A first
+            // chunk `shrink` cut down grows back by doubling below.
+            self.chunks.push(Vec::with_capacity(CHUNK));
             self.vers.push(VerChunk::new());
         }
         let chunk = &mut self.chunks[c];
@@ -502,7 +515,8 @@ impl<A: Addr> Part<A> {
             if let Some(last) = self.chunks.last_mut() {
                 last.truncate(end as usize - (chunks - 1) * CHUNK);
                 if chunks == 1 && !presized {
-                    // The first chunk grows by doubling; let it shrink too.
+                    // A small table gives its first chunk's unused room
+                    // back; `grow` doubles it again as needed.
                     last.shrink_to_fit();
                 }
             }
