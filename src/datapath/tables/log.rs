@@ -29,9 +29,10 @@
 //!   or whose LOG rules match nothing, never wakes it). The doorbell is
 //!   `need_wakeup`-like ([`push`]): the drain raises a flag before it
 //!   parks, and only the first record pushed after that takes the flag
-//!   down and unparks it — one `futex` wake per sleep of the drain, never
-//!   one per packet; every other record costs one load of a line the
-//!   drain writes only when it parks or wakes.
+//!   down and unparks it — one `futex` wake (and an uncontended lock of
+//!   the drains' handles) per sleep of the drain, never one per packet;
+//!   every other record costs a fence and one load of a line the drain
+//!   writes only when it parks or wakes.
 //! * Where lines go: the daemon's stderr, each line starting `<N>` (its
 //!   syslog level), which systemd's journal reads as the line's priority
 //!   (`SyslogLevelPrefix=`, on by default) — so `journalctl -u uvs -p
