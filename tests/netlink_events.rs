@@ -225,11 +225,24 @@ fn route_and_neighbour_changes_are_followed_within_100ms() {
     let p = handle.join().expect("traffic thread");
     let end = *p.sent.last().expect("requests sent");
     let log = || format!("{}\n{p:?}", s.d.log_text());
+    // Where unanswered requests went (named drops), for a failure under load.
+    // (uvs's rx counts requests and answers that reached it.)
+    let stats = || {
+        format!(
+            "{} requests sent, {} answered; uvs stats:\n{}",
+            p.sent.len(),
+            p.answered.iter().filter(|a| a.is_some()).count(),
+            s.d.call(&["stats"])
+                .map(|r| r.stdout)
+                .unwrap_or_else(|e| format!("no stats: {e}"))
+        )
+    };
 
     let (rs1_before, sent_before) = p.count(t_route - Duration::from_millis(500), t_route, "rs1");
     assert!(
         sent_before > 0 && rs1_before * 10 >= sent_before * 9,
-        "traffic did not flow before the change: {rs1_before}/{sent_before}\n{}",
+        "traffic did not flow before the change: {rs1_before}/{sent_before}\n{}\n{}",
+        stats(),
         log()
     );
     // The route change: rs2 answers a request sent within 100 ms, and rs1
@@ -248,7 +261,8 @@ fn route_and_neighbour_changes_are_followed_within_100ms() {
     let (rs2_mid, sent_mid) = p.count(t_route_done + FOLLOW, t_neigh, "rs2");
     assert!(
         rs2_mid * 10 >= sent_mid * 9,
-        "{rs2_mid}/{sent_mid} answered via rs2"
+        "{rs2_mid}/{sent_mid} answered via rs2\n{}",
+        stats()
     );
     // The neighbour change: answered again within 100 ms, and from then on.
     let first = p
@@ -263,7 +277,8 @@ fn route_and_neighbour_changes_are_followed_within_100ms() {
     let (rs2_late, sent_late) = p.count(t_neigh_done + FOLLOW, end, "rs2");
     assert!(
         rs2_late * 10 >= sent_late * 9,
-        "{rs2_late}/{sent_late} answered after the change"
+        "{rs2_late}/{sent_late} answered after the change\n{}",
+        stats()
     );
 
     // Followed from notifications: events were read, and nothing was
