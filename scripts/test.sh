@@ -40,9 +40,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 # suite's budget is 15 on 2 cores); the benches are run by hand (README).
 # Every test binary of `cargo test --workspace`, the doc tests, and the lab
 # suite again under the AF_XDP backend (issue 9: both backends in CI; the
-# binaries named by --test below), three at a time: lab tests mostly wait
+# binaries named by --test below, the longest first: every one that starts
+# uvs through the lab's director, but xdp, which runs both backends
+# itself), three at a time: lab tests mostly wait
 # (UVS_TEST_JOBS=1 runs them one after another; scripts/run_tests.py says more).
-scripts/run_tests.py --test lab --test director_local --test overload --test trace --test tunnel --test tables --test stats --test health --test reload --test flood --test ecmp --test nat --test local_clients --test pmtu --test sync --test onepacket --test guard --test netlink_events --test control_socket --test bench
+scripts/run_tests.py --test lab --test bench --test director_local --test overload --test trace --test tunnel --test tables --test stats --test health --test reload --test flood --test ecmp --test nat --test local_clients --test pmtu --test sync --test onepacket --test guard --test netlink_events --test control_socket --test demo
 # Fuzzing (issue 12): the tests above replay every fuzz corpus and run a
 # bounded mutation smoke on stable (tests/fuzz_corpus.rs). With
 # UVS_FUZZ_SECS=N and a nightly cargo-fuzz, each libFuzzer target also runs

@@ -43,14 +43,26 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// What the client saw: when each request was sent, and who answered it.
+/// What the client saw: when each request was sent, who answered it, and
+/// when the answer came.
 #[derive(Debug, Default)]
 struct Pings {
     sent: Vec<Instant>,
     answered: Vec<Option<String>>,
+    received: Vec<Option<Instant>>,
 }
 
 impl Pings {
+    /// Answers from `who` received before `to`, whenever their requests
+    /// were sent.
+    fn received_before(&self, to: Instant, who: &str) -> usize {
+        self.answered
+            .iter()
+            .zip(&self.received)
+            .filter(|(a, r)| a.as_deref() == Some(who) && r.is_some_and(|r| r < to))
+            .count()
+    }
+
     /// The first request sent at or after `from` that `who` answered.
     fn first(&self, from: Instant, who: &str) -> Option<Instant> {
         self.sent
@@ -91,6 +103,7 @@ fn traffic(ns: String, vip: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::J
                 let i = p.sent.len();
                 p.sent.push(Instant::now());
                 p.answered.push(None);
+                p.received.push(None);
                 // A send refused (e.g. ICMP seen) is just an unanswered ping.
                 let _ = u.send(format!("ping {i}").as_bytes());
                 let next = Instant::now() + Duration::from_millis(2);
@@ -122,6 +135,7 @@ fn record(p: &mut Pings, answer: &[u8]) {
         {
             if let Some(slot) = p.answered.get_mut(i) {
                 *slot = Some(name.to_string());
+                p.received[i] = Some(Instant::now());
             }
         }
     }
@@ -225,12 +239,39 @@ fn route_and_neighbour_changes_are_followed_within_100ms() {
     let p = handle.join().expect("traffic thread");
     let end = *p.sent.last().expect("requests sent");
     let log = || format!("{}\n{p:?}", s.d.log_text());
+    // Where unanswered requests went (named drops), for a failure under load.
+    // (uvs's rx counts requests and answers that reached it.)
+    let stats = || {
+        format!(
+            "{} requests sent, {} answered; uvs stats:\n{}",
+            p.sent.len(),
+            p.answered.iter().filter(|a| a.is_some()).count(),
+            s.d.call(&["stats"])
+                .map(|r| r.stdout)
+                .unwrap_or_else(|e| format!("no stats: {e}"))
+        )
+    };
 
-    let (rs1_before, sent_before) = p.count(t_route - Duration::from_millis(500), t_route, "rs1");
+    // Traffic flowed before the change: the requests sent in the half
+    // second before it were answered, by rs1 — or by rs2 when a loaded
+    // machine held them back (in the kernel's queues or uvs's ring) until
+    // the route had changed (seen once: 138 of 221). What must not happen
+    // is an answer from rs2 before the change.
+    let window = t_route - Duration::from_millis(500);
+    let (rs1_before, sent_before) = p.count(window, t_route, "rs1");
+    let (rs2_held, _) = p.count(window, t_route, "rs2");
     assert!(
-        sent_before > 0 && rs1_before * 10 >= sent_before * 9,
-        "traffic did not flow before the change: {rs1_before}/{sent_before}\n{}",
+        sent_before > 0 && rs1_before > 0 && (rs1_before + rs2_held) * 10 >= sent_before * 9,
+        "traffic did not flow before the change: {rs1_before} + {rs2_held} held back of \
+         {sent_before}\n{}\n{}",
+        stats(),
         log()
+    );
+    assert_eq!(
+        p.received_before(t_route, "rs2"),
+        0,
+        "rs2 answered before the route changed\n{}",
+        stats()
     );
     // The route change: rs2 answers a request sent within 100 ms, and rs1
     // none sent later.
@@ -248,7 +289,8 @@ fn route_and_neighbour_changes_are_followed_within_100ms() {
     let (rs2_mid, sent_mid) = p.count(t_route_done + FOLLOW, t_neigh, "rs2");
     assert!(
         rs2_mid * 10 >= sent_mid * 9,
-        "{rs2_mid}/{sent_mid} answered via rs2"
+        "{rs2_mid}/{sent_mid} answered via rs2\n{}",
+        stats()
     );
     // The neighbour change: answered again within 100 ms, and from then on.
     let first = p
@@ -263,7 +305,8 @@ fn route_and_neighbour_changes_are_followed_within_100ms() {
     let (rs2_late, sent_late) = p.count(t_neigh_done + FOLLOW, end, "rs2");
     assert!(
         rs2_late * 10 >= sent_late * 9,
-        "{rs2_late}/{sent_late} answered after the change"
+        "{rs2_late}/{sent_late} answered after the change\n{}",
+        stats()
     );
 
     // Followed from notifications: events were read, and nothing was

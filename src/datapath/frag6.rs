@@ -13,8 +13,10 @@
 //! datagram reach the same worker: the fanout hash of an IPv6 fragment
 //! covers addresses and flow label, not ports. Under AF_XDP the steering
 //! program lets a later fragment through only after its first, and a
-//! datagram's fragments arrive on one RX queue, whose socket is one
-//! worker's.) The key's identification is IPv6's 32 bits, or IPv4's 16
+//! datagram's fragments reach one worker when they arrive on one RX queue:
+//! a veth has one, and NICs hash fragments by addresses; a NIC that hashed
+//! a first fragment by its ports would split a datagram over workers, and
+//! its later fragments would be dropped as unmatched.) The key's identification is IPv6's 32 bits, or IPv4's 16
 //! with the protocol above them (an IPv4 datagram is (source, destination,
 //! protocol, identification)).
 //!
