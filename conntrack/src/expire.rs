@@ -116,6 +116,7 @@ impl Table {
             }
         }
         part.sweep = cur;
+        part.prepare(&self.hasher);
         (removed, visited, visited >= slots as usize, rel)
     }
 

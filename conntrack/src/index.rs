@@ -174,6 +174,12 @@ impl Index {
         self.len >= self.limit
     }
 
+    /// At 3/4 of the load limit (and holding keys): time to grow ahead of
+    /// the inserts (`Part::prepare`).
+    pub(crate) fn nearly_full(&self) -> bool {
+        self.len > 0 && self.len * 4 >= self.limit * 3
+    }
+
     /// Inserts a key known to be absent. False when some key would end up
     /// more than 31 slots from home: the index is then inconsistent and the
     /// caller must rebuild it (with more room) from the slab, which still

@@ -85,7 +85,12 @@
 //! destination, the price of handing the engine a `Dest` it can keep while
 //! the entry may expire concurrently). `insert` allocates only when a
 //! shard's slab needs a new 256-entry chunk or its index grows (never with
-//! `Config::presize`). Listing allocates the caller's rows.
+//! `Config::presize`), and even then rarely: each IPv4 part starts with
+//! its first chunk and index room for 1/32 of its share of the cap, and
+//! the sweep ([`Table::expire`]) allocates the next chunk and grows an
+//! index ahead (`Part::prepare`), so an insert allocates only in a shard
+//! that fills faster than the sweep visits it. Listing allocates the
+//! caller's rows.
 //!
 //! # Expiry
 //!

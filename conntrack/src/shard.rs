@@ -166,9 +166,17 @@ pub(crate) fn key_hash<A: Addr>(
 impl<A: Addr> Part<A> {
     fn new(presize: usize, warm: usize) -> Self {
         let room = if presize > 0 { presize } else { warm };
+        // A part given room up front gets its first chunk now, in the
+        // control plane, rather than on its first packet (reserved pages:
+        // they are touched as entries land).
+        let (chunks, vers) = if room > 0 {
+            (vec![Vec::with_capacity(CHUNK)], vec![VerChunk::new()])
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Part {
-            chunks: Vec::new(),
-            vers: Vec::new(),
+            chunks,
+            vers,
             free: 0,
             hwm: 0,
             len: 0,
@@ -225,6 +233,38 @@ impl<A: Addr> Part<A> {
             e.is_live().then_some(e)
         } else {
             None
+        }
+    }
+
+    /// Makes room ahead of the packets; the sweep calls it on each visit
+    /// of a part in use, under the lock. The next slab chunk is allocated
+    /// once the one inserts fill is half full, and an index at 3/4 of its
+    /// load limit is rebuilt bigger now, so that inserts find both ready
+    /// instead of allocating (or rehashing the shard) on a packet's time,
+    /// where `malloc` also costs more the more garbage the heap holds.
+    /// Bounded: at most one spare chunk, and a rebuild that an insert would
+    /// have done a little later anyway.
+    pub(crate) fn prepare(&mut self, h: &Hasher) {
+        if self.free == 0 && self.hwm <= MAX_PART {
+            // The chunk the next insert fills, or the one after it.
+            let c = self.hwm as usize / CHUNK;
+            let next = if self.hwm as usize % CHUNK >= CHUNK / 2 {
+                c + 1
+            } else {
+                c
+            };
+            if next == self.chunks.len() {
+                self.chunks.push(Vec::with_capacity(CHUNK));
+                self.vers.push(VerChunk::new());
+            }
+        }
+        if self.in_ix.nearly_full() {
+            let n = self.in_ix.grown_capacity();
+            self.in_ix = self.rebuilt(h, false, n);
+        }
+        if self.out_ix.nearly_full() {
+            let n = self.out_ix.grown_capacity();
+            self.out_ix = self.rebuilt(h, true, n);
         }
     }
 

@@ -69,3 +69,66 @@ fn bytes_per_ipv4_connection_at_1m() {
         el.as_nanos() as f64 / 1e6
     );
 }
+
+/// One shard at a 4096 cap: its IPv4 indexes start with room for 128 keys
+/// (1/32 of the cap) and its first slab chunk is there from the start.
+fn one_shard() -> Table {
+    Table::new(Config {
+        max_entries: 4096,
+        shards: 1,
+        seed: 3,
+        ..Config::default()
+    })
+}
+
+#[test]
+fn the_sweep_allocates_the_next_chunk_ahead_of_the_inserts() {
+    let t = one_shard();
+    let d = dest("203.0.113.11", 80, FwdMethod::Masq);
+    let add = |from: u16, to: u16| {
+        for p in from..to {
+            t.insert(conn(TCP, p, &d), PacketInfo::tcp(SYN, 60), 0)
+                .unwrap();
+        }
+    };
+    let empty = t.heap_bytes();
+    add(1, 101);
+    // The first chunk was allocated with the table.
+    assert_eq!(t.heap_bytes(), empty, "no allocation for the first 100");
+    add(101, 200);
+    let before = t.heap_bytes();
+    // Past half the chunk: the sweep adds the next one (and no entry
+    // expires at time 0).
+    assert_eq!(t.expire(0, 1 << 16), 0);
+    let after = t.heap_bytes();
+    assert!(after >= before + 256 * 48, "{before} → {after}");
+    // The inserts into it then allocate nothing.
+    add(200, 400);
+    assert_eq!(t.heap_bytes(), after);
+    assert_eq!(t.len(), 399);
+}
+
+#[test]
+fn the_sweep_grows_a_nearly_full_index_ahead() {
+    let t = one_shard();
+    let d = dest("203.0.113.11", 80, FwdMethod::Masq);
+    for p in 1..101 {
+        t.insert(conn(TCP, p, &d), PacketInfo::tcp(SYN, 60), 0)
+            .unwrap();
+    }
+    // 100 of 128 keys: past 3/4 of the load limit, both indexes (NAT:
+    // request and reply) are rebuilt bigger by the sweep.
+    let before = t.heap_bytes();
+    t.expire(0, 1 << 16);
+    let after = t.heap_bytes();
+    assert!(after > before, "{before} → {after}");
+    // Every connection is still found both ways.
+    for p in 1..101 {
+        let c = conn(TCP, p, &d);
+        assert!(t.lookup(&req(&c)).is_some(), "port {p}");
+        assert!(t.lookup(&reply(&c)).is_some(), "port {p} reply");
+    }
+    // And no second sweep grows them again.
+    t.expire(0, 1 << 16);
+    assert_eq!(t.heap_bytes(), after);
+}
