@@ -52,6 +52,11 @@
 //! knob and trace flags, the rewrite and this worker's own counters. No
 //! lock, no allocation, no write outside this worker's memory. Flows whose
 //! tuples share a way evict each other and fall back to the slow path.
+//! A NAT way's rewrite is prepared at the fill ([`FlowNat`]: the checksum
+//! deltas of its address, port and TTL change folded once), so a packet's
+//! checksums take one addition each; packets it does not describe (UDP
+//! without a checksum, TTL 1) take the general rewrite, with the same
+//! result (`fwd/tests/nat_props.rs`).
 
 use std::net::IpAddr;
 
