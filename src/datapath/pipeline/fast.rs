@@ -244,10 +244,11 @@ impl FlowCache {
                     next_hop: *caddr,
                     dnat_from: None,
                     snat_from: Some((p.src, p.sport)),
-                    pkt: *p,
-                };
-                if let Verdict::Xmit { pkt, .. } = out {
-                    (pkt.src, pkt.sport) = (nat.addr(), nat.port());
+                    pkt: Parsed {
+                        src: nat.addr(),
+                        sport: nat.port(),
+                        ..*p
+                    },
                 }
             }),
             Act::Route { daddr } => {
