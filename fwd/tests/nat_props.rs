@@ -11,7 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use proptest::prelude::*;
 use uvs_fwd::build::{FrameSpec, L4Spec};
 use uvs_fwd::checksum::verify_l4_checksum;
-use uvs_fwd::{dnat, fill_l4_checksum, parse, snat, CsumMode};
+use uvs_fwd::xmit::nat::FlowNat;
+use uvs_fwd::{dnat, fill_l4_checksum, parse, snat, CsumMode, Side};
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -153,4 +154,68 @@ proptest! {
             }
         }
     }
+}
+
+/// A flow's prepared rewrite ([`FlowNat`]) against `dnat`/`snat` on the
+/// same packet: the same bytes and the same result, errors included.
+/// `variant` bends the case toward the paths the prepared delta leaves to
+/// the general rewrite: UDP with checksum 0 (IPv6 too), TTL 1, the other
+/// checksum mode, a delta prepared for another old address or port.
+fn flow_matches_rewrite(c: &Case, variant: u8) -> Result<(), TestCaseError> {
+    let mut spec = c.spec.clone();
+    let mut mode = spec.csum;
+    match variant {
+        1 => spec.l4 = L4Spec::Udp { zero_csum: true },
+        2 => spec.ttl = 1,
+        3 => {
+            mode = match mode {
+                CsumMode::Full => CsumMode::Partial,
+                CsumMode::Partial => CsumMode::Full,
+            }
+        }
+        _ => {}
+    }
+    let frame = spec.build();
+    let p = parse(&frame).expect("built frames parse");
+    let side = if c.snat { Side::Src } else { Side::Dst };
+    let (mut old, mut old_port) = if c.snat {
+        (p.src, p.sport)
+    } else {
+        (p.dst, p.dport)
+    };
+    if variant == 4 {
+        old_port = old_port.wrapping_add(1);
+    }
+    if variant == 5 {
+        old = c.new_addr;
+    }
+    let nat = FlowNat::new(side, old, old_port, c.new_addr, c.new_port).expect("one family");
+    prop_assert_eq!((nat.addr(), nat.port()), (c.new_addr, c.new_port));
+    let (mut a, mut b) = (frame.clone(), frame);
+    let ra = nat.apply(&mut a, &p, mode);
+    let rb = if c.snat {
+        snat(&mut b, &p, c.new_addr, c.new_port, mode)
+    } else {
+        dnat(&mut b, &p, c.new_addr, c.new_port, mode)
+    };
+    prop_assert_eq!(ra, rb, "{:?} variant {}", c, variant);
+    prop_assert_eq!(a, b, "{:?} variant {}", c, variant);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10_000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn flow_nat_equals_the_rewrite(c in case(), variant in 0u8..6) {
+        flow_matches_rewrite(&c, variant)?;
+    }
+}
+
+#[test]
+fn flow_nat_refuses_a_family_change() {
+    let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+    let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+    assert!(FlowNat::new(Side::Dst, v4, 80, v6, 80).is_none());
+    assert!(FlowNat::new(Side::Src, v6, 80, v4, 80).is_none());
 }

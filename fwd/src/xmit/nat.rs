@@ -33,6 +33,9 @@ use crate::checksum::{self, CsumMode};
 use crate::parse::{IpVersion, Parsed};
 use crate::wire::{ip_proto, put16};
 
+mod flow;
+pub use flow::FlowNat;
+
 /// Rewrites the destination address and port (requests to a real server).
 pub fn dnat(
     frame: &mut [u8],

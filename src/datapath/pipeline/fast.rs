@@ -52,11 +52,17 @@
 //! knob and trace flags, the rewrite and this worker's own counters. No
 //! lock, no allocation, no write outside this worker's memory. Flows whose
 //! tuples share a way evict each other and fall back to the slow path.
+//! A NAT way's rewrite is prepared at the fill ([`FlowNat`]: the checksum
+//! deltas of its address, port and TTL change folded once), so a packet's
+//! checksums take one addition each; packets it does not describe (UDP
+//! without a checksum, TTL 1) take the general rewrite, with the same
+//! result (`fwd/tests/nat_props.rs`).
 
 use std::net::IpAddr;
 
 use uvs_conntrack::{Dir, FwdMethod, Ticket, Tuple, Update};
-use uvs_fwd::{CsumMode, Parsed};
+use uvs_fwd::xmit::nat::FlowNat;
+use uvs_fwd::{CsumMode, Parsed, Side};
 use uvs_sched::TunConfig;
 
 use super::{tuple, xmit_reason, Ctx, Pipeline, Verdict, TCP, UDP};
@@ -71,14 +77,11 @@ const WAY_BITS: u32 = WAYS.trailing_zeros();
 /// What the slow path did with the flow's packets.
 #[derive(Debug, Clone, Copy)]
 enum Act {
-    /// NAT request: the destination becomes the real server.
-    Dnat { daddr: IpAddr, dport: u16 },
+    /// NAT request: the destination becomes the real server (the
+    /// rewrite's checksum deltas prepared at the fill).
+    Dnat(FlowNat),
     /// NAT reply: the source becomes the virtual service, sent to the client.
-    Snat {
-        vaddr: IpAddr,
-        vport: u16,
-        caddr: IpAddr,
-    },
+    Snat { nat: FlowNat, caddr: IpAddr },
     /// Direct routing toward the real server.
     Route { daddr: IpAddr },
     /// Encapsulated toward the real server.
@@ -129,6 +132,17 @@ fn steady_packet(p: &Parsed) -> bool {
             UDP => true,
             _ => false,
         }
+}
+
+/// Whether `p` is of flow `k` (the tuple's equality, inlined: ports and
+/// protocol first, which differ most often between flows sharing a way).
+#[inline(always)]
+fn is_flow(k: &Tuple, p: &Parsed) -> bool {
+    k.sport == p.sport
+        && k.dport == p.dport
+        && k.proto == p.proto
+        && k.dst == p.dst
+        && k.src == p.src
 }
 
 /// The way of a tuple: a multiplicative hash of its words.
@@ -188,50 +202,51 @@ impl FlowCache {
         if gens != self.gens || pl.trace.armed() || pl.conns.sync_master() {
             return false;
         }
-        let key = tuple(p);
-        let Some(Some(w)) = ways.get_mut(slot(&key)) else {
+        let Some(Some(w)) = ways.get_mut(slot(&tuple(p))) else {
             return false;
         };
-        if w.key != key || w.epoch != self.epoch || now >= w.refresh_at || !w.ticket.valid() {
+        if !is_flow(&w.key, p) || w.epoch != self.epoch || now >= w.refresh_at || !w.ticket.valid()
+        {
             return false;
         }
         let (seen, n) = (&w.seen, (w.seen_n as usize).min(MAX_PER_POINT));
+        // Indices the fill took from the plan: in range (no division to
+        // bound them, as `get` would not need one either).
         for &i in &seen[..n] {
-            add(&st.hook_seen[i as usize % st.hook_seen.len()], 1);
+            if let Some(c) = st.hook_seen.get(i as usize) {
+                add(c, 1);
+            }
         }
-        let stolen = seen[n.saturating_sub(1)] as usize % st.hook_stolen.len();
+        let stolen = seen[n.saturating_sub(1)] as usize;
         w.pend_pkts = w.pend_pkts.wrapping_add(1);
         w.pend_bytes = w.pend_bytes.wrapping_add(p.ip_len as u64);
         // Each arm writes the verdict in place, as `xmit_request` does.
-        let r = match w.act {
-            Act::Dnat { daddr, dport } => {
+        let r = match &w.act {
+            Act::Dnat(nat) => {
                 st.count_packet(w.tag, true, p.ip_len);
-                uvs_fwd::dnat(frame, p, daddr, dport, csum).map(|()| {
+                nat.apply(frame, p, csum).map(|()| {
                     *out = Verdict::Xmit {
-                        next_hop: daddr,
+                        next_hop: nat.addr(),
                         dnat_from: Some((p.dst, p.dport)),
                         snat_from: None,
-                        pkt: Parsed {
-                            dst: daddr,
-                            dport,
-                            ..*p
-                        },
+                        pkt: *p,
+                    };
+                    // The parse copied whole, then its two fields: fewer
+                    // stores than building it field by field.
+                    if let Verdict::Xmit { pkt, .. } = out {
+                        (pkt.dst, pkt.dport) = (nat.addr(), nat.port());
                     }
                 })
             }
-            Act::Snat {
-                vaddr,
-                vport,
-                caddr,
-            } => uvs_fwd::snat(frame, p, vaddr, vport, csum).map(|()| {
+            Act::Snat { nat, caddr } => nat.apply(frame, p, csum).map(|()| {
                 st.count_packet(w.tag, false, p.ip_len);
                 *out = Verdict::Xmit {
-                    next_hop: caddr,
+                    next_hop: *caddr,
                     dnat_from: None,
                     snat_from: Some((p.src, p.sport)),
                     pkt: Parsed {
-                        src: vaddr,
-                        sport: vport,
+                        src: nat.addr(),
+                        sport: nat.port(),
                         ..*p
                     },
                 }
@@ -240,7 +255,7 @@ impl FlowCache {
                 st.count_packet(w.tag, true, p.ip_len);
                 uvs_fwd::xmit::dr::dr(frame, p).map(|()| {
                     *out = Verdict::Xmit {
-                        next_hop: daddr,
+                        next_hop: *daddr,
                         dnat_from: None,
                         snat_from: None,
                         pkt: *p,
@@ -250,8 +265,8 @@ impl FlowCache {
             Act::Tunnel { daddr, tun } => {
                 st.count_packet(w.tag, true, p.ip_len);
                 *out = Verdict::Tunnel {
-                    next_hop: daddr,
-                    tun,
+                    next_hop: *daddr,
+                    tun: *tun,
                     pkt: *p,
                 };
                 Ok(())
@@ -260,12 +275,18 @@ impl FlowCache {
         #[cfg(test)]
         tests::HITS.with(|h| h.set(h.get() + 1));
         match r {
-            Ok(()) => add(&st.hook_stolen[stolen], 1),
+            Ok(()) => {
+                if let Some(c) = st.hook_stolen.get(stolen) {
+                    add(c, 1);
+                }
+            }
             // As `hook_done` after `Pipeline::drop`.
             Err(e) => {
                 let r = xmit_reason(&e);
                 st.drop(r);
-                add(&st.hook_dropped[stolen], 1);
+                if let Some(c) = st.hook_dropped.get(stolen) {
+                    add(c, 1);
+                }
                 *out = match r {
                     DropReason::TtlExceeded => Verdict::Reject { reason: r, pkt: *p },
                     r => Verdict::Drop(r),
@@ -334,21 +355,30 @@ impl FlowCache {
         if !took {
             return;
         }
+        // A NAT way's rewrite, prepared from this packet's old address
+        // and port (the way's key: every packet it forwards has them).
+        let nat = |side, old, old_port, new, port| FlowNat::new(side, old, old_port, new, port);
         let act = match (dir, h.fwd()) {
-            (Dir::In, FwdMethod::Masq) => Act::Dnat {
-                daddr: h.daddr(),
-                dport: h.dport(),
-            },
+            (Dir::In, FwdMethod::Masq) => {
+                match nat(Side::Dst, p.dst, p.dport, h.daddr(), h.dport()) {
+                    Some(n) => Act::Dnat(n),
+                    None => return,
+                }
+            }
             (Dir::In, FwdMethod::Route) => Act::Route { daddr: h.daddr() },
             (Dir::In, FwdMethod::Tunnel) => Act::Tunnel {
                 daddr: h.daddr(),
                 tun: h.tun_config(),
             },
-            (Dir::Out, FwdMethod::Masq) => Act::Snat {
-                vaddr: h.vaddr(),
-                vport: h.vport(),
-                caddr: h.caddr(),
-            },
+            (Dir::Out, FwdMethod::Masq) => {
+                match nat(Side::Src, p.src, p.sport, h.vaddr(), h.vport()) {
+                    Some(nat) => Act::Snat {
+                        nat,
+                        caddr: h.caddr(),
+                    },
+                    None => return,
+                }
+            }
             _ => return,
         };
         if self.gens != gens {

@@ -9,7 +9,8 @@ use uvs_fwd::wire::tcp::flags::SYN;
 use uvs_fwd::CsumMode;
 use uvs_sched::{FwdMethod, SchedParams};
 
-use super::{Pipeline, Verdict, SMALL_VIPS};
+use super::vips::SMALL_VIPS;
+use super::{Pipeline, Verdict};
 use crate::datapath::service::{DestSpec, ServiceSpec};
 use crate::datapath::stats::WorkerStats;
 
