@@ -13,6 +13,11 @@ pub enum Metric {
     UdpSentPps,
     UdpRecvPps,
     UdpLossPct,
+    /// uvs only: the worker's sleeps per answered serial request.
+    LatSleepsPerReq,
+    /// uvs only: datagrams uvs counted as dropped, in percent of those
+    /// sent (set against `UdpLossPct`: the rest was lost outside uvs).
+    UdpCountedPct,
     LoadMs,
     AddMs,
     RemoveMs,
@@ -22,7 +27,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 14] = [
+    pub const ALL: [Metric; 16] = [
         Metric::ShortRps,
         Metric::LatP50Us,
         Metric::LatP99Us,
@@ -31,6 +36,8 @@ impl Metric {
         Metric::UdpSentPps,
         Metric::UdpRecvPps,
         Metric::UdpLossPct,
+        Metric::LatSleepsPerReq,
+        Metric::UdpCountedPct,
         Metric::LoadMs,
         Metric::AddMs,
         Metric::RemoveMs,
@@ -50,6 +57,8 @@ impl Metric {
             Metric::UdpSentPps => "udp_sent_pps",
             Metric::UdpRecvPps => "udp_received_pps",
             Metric::UdpLossPct => "udp_loss_pct",
+            Metric::LatSleepsPerReq => "latency_worker_sleeps_per_request",
+            Metric::UdpCountedPct => "udp_loss_counted_pct",
             Metric::LoadMs => "load_ms",
             Metric::AddMs => "add_one_ms",
             Metric::RemoveMs => "remove_one_ms",
@@ -69,7 +78,8 @@ impl Metric {
             Metric::LatP50Us | Metric::LatP99Us => "µs",
             Metric::StreamGbps => "Gbit/s",
             Metric::UdpSentPps | Metric::UdpRecvPps => "datagrams/s",
-            Metric::UdpLossPct => "%",
+            Metric::UdpLossPct | Metric::UdpCountedPct => "%",
+            Metric::LatSleepsPerReq => "sleeps",
             Metric::LoadMs | Metric::AddMs | Metric::RemoveMs => "ms",
             Metric::AnswersRs1 | Metric::AnswersRs2 | Metric::Errors => "requests",
         }
@@ -86,6 +96,8 @@ impl Metric {
             Metric::UdpSentPps => "64-byte UDP datagrams sent/s",
             Metric::UdpRecvPps => "64-byte UDP answers received/s",
             Metric::UdpLossPct => "UDP loss",
+            Metric::LatSleepsPerReq => "uvs worker sleeps per serial request",
+            Metric::UdpCountedPct => "UDP loss uvs counted as drops",
             Metric::LoadMs => "load N services",
             Metric::AddMs => "add one service when N exist",
             Metric::RemoveMs => "remove one service when N exist",
@@ -98,7 +110,10 @@ impl Metric {
     /// Whether a correct run can legitimately yield zero (no loss, no
     /// failed request); every other figure must be positive.
     pub fn may_be_zero(self) -> bool {
-        matches!(self, Metric::UdpLossPct | Metric::Errors)
+        matches!(
+            self,
+            Metric::UdpLossPct | Metric::Errors | Metric::LatSleepsPerReq | Metric::UdpCountedPct
+        )
     }
 }
 
