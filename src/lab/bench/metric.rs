@@ -18,6 +18,9 @@ pub enum Metric {
     /// uvs only: datagrams uvs counted as dropped, in percent of those
     /// sent (set against `UdpLossPct`: the rest was lost outside uvs).
     UdpCountedPct,
+    /// Datagrams the client's and servers' own UDP sockets dropped
+    /// (`Udp InErrors` in their namespaces), in percent of those sent.
+    UdpSocketLossPct,
     LoadMs,
     AddMs,
     RemoveMs,
@@ -27,7 +30,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 16] = [
+    pub const ALL: [Metric; 17] = [
         Metric::ShortRps,
         Metric::LatP50Us,
         Metric::LatP99Us,
@@ -38,6 +41,7 @@ impl Metric {
         Metric::UdpLossPct,
         Metric::LatSleepsPerReq,
         Metric::UdpCountedPct,
+        Metric::UdpSocketLossPct,
         Metric::LoadMs,
         Metric::AddMs,
         Metric::RemoveMs,
@@ -59,6 +63,7 @@ impl Metric {
             Metric::UdpLossPct => "udp_loss_pct",
             Metric::LatSleepsPerReq => "latency_worker_sleeps_per_request",
             Metric::UdpCountedPct => "udp_loss_counted_pct",
+            Metric::UdpSocketLossPct => "udp_loss_sockets_pct",
             Metric::LoadMs => "load_ms",
             Metric::AddMs => "add_one_ms",
             Metric::RemoveMs => "remove_one_ms",
@@ -78,7 +83,7 @@ impl Metric {
             Metric::LatP50Us | Metric::LatP99Us => "µs",
             Metric::StreamGbps => "Gbit/s",
             Metric::UdpSentPps | Metric::UdpRecvPps => "datagrams/s",
-            Metric::UdpLossPct | Metric::UdpCountedPct => "%",
+            Metric::UdpLossPct | Metric::UdpCountedPct | Metric::UdpSocketLossPct => "%",
             Metric::LatSleepsPerReq => "sleeps",
             Metric::LoadMs | Metric::AddMs | Metric::RemoveMs => "ms",
             Metric::AnswersRs1 | Metric::AnswersRs2 | Metric::Errors => "requests",
@@ -98,6 +103,7 @@ impl Metric {
             Metric::UdpLossPct => "UDP loss",
             Metric::LatSleepsPerReq => "uvs worker sleeps per serial request",
             Metric::UdpCountedPct => "UDP loss uvs counted as drops",
+            Metric::UdpSocketLossPct => "UDP loss at the client's and servers' sockets",
             Metric::LoadMs => "load N services",
             Metric::AddMs => "add one service when N exist",
             Metric::RemoveMs => "remove one service when N exist",
@@ -112,7 +118,11 @@ impl Metric {
     pub fn may_be_zero(self) -> bool {
         matches!(
             self,
-            Metric::UdpLossPct | Metric::Errors | Metric::LatSleepsPerReq | Metric::UdpCountedPct
+            Metric::UdpLossPct
+                | Metric::Errors
+                | Metric::LatSleepsPerReq
+                | Metric::UdpCountedPct
+                | Metric::UdpSocketLossPct
         )
     }
 }

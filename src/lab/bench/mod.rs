@@ -682,6 +682,24 @@ fn tcp_tests(
     Ok((figs, all))
 }
 
+/// `Udp InErrors` (datagrams a UDP socket could not take: a full receive
+/// buffer, a bad checksum) summed over the client's and real servers'
+/// namespaces; `None` if one cannot be read.
+fn udp_in_errors(lab: &Lab) -> Option<u64> {
+    let mut sum = 0;
+    for host in ["c", "rs1", "rs2"] {
+        let snmp = netns::run_in(&lab.ns(host), || {
+            std::fs::read_to_string("/proc/thread-self/net/snmp").ok()
+        })
+        .ok()??;
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+        let (names, values) = (udp.next()?, udp.next()?);
+        let i = names.split_whitespace().position(|n| n == "InErrors")?;
+        sum += values.split_whitespace().nth(i)?.parse::<u64>().ok()?;
+    }
+    Some(sum)
+}
+
 /// What `uvs stats` says of how the workers waited and what they dropped.
 #[derive(Debug, Clone, Copy)]
 struct UvsCounts {
@@ -745,6 +763,7 @@ fn measure(
     figs.extend(tcp_figs);
     let (d, s) = (opts.test_time, stop.clone());
     let before = counts();
+    let sock_before = udp_in_errors(lab);
     let u = netns::run_in(&client, move || {
         load::udp_flood(&udp, 16, d, 200_000_000, &s)
     })
@@ -759,6 +778,13 @@ fn measure(
     // 100 ms) settle first.
     if before.is_some() {
         std::thread::sleep(Duration::from_millis(300));
+    }
+    if let (Some(a), Some(b)) = (sock_before, udp_in_errors(lab)) {
+        let sent = u.sent.max(1) as f64;
+        figs.push((
+            Metric::UdpSocketLossPct,
+            100.0 * b.saturating_sub(a) as f64 / sent,
+        ));
     }
     if let (Some(a), Some(b)) = (before, counts()) {
         let sent = u.sent.max(1) as f64;

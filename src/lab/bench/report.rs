@@ -14,7 +14,7 @@ use super::peers::Peer;
 use super::{Metric, Opts, Results};
 
 /// The figures shown in the median and ratio tables, in order.
-pub const SHOWN: [Metric; 13] = [
+pub const SHOWN: [Metric; 14] = [
     Metric::ShortRps,
     Metric::LatP50Us,
     Metric::LatP99Us,
@@ -25,6 +25,7 @@ pub const SHOWN: [Metric; 13] = [
     Metric::UdpLossPct,
     Metric::LatSleepsPerReq,
     Metric::UdpCountedPct,
+    Metric::UdpSocketLossPct,
     Metric::LoadMs,
     Metric::AddMs,
     Metric::RemoveMs,
@@ -91,7 +92,9 @@ fn grouped(v: f64) -> String {
 pub fn fmt(metric: Metric, v: f64) -> String {
     match metric {
         Metric::StreamGbps => format!("{v:.2}"),
-        Metric::UdpLossPct | Metric::UdpCountedPct => format!("{v:.1}"),
+        Metric::UdpLossPct | Metric::UdpCountedPct | Metric::UdpSocketLossPct => {
+            format!("{v:.1}")
+        }
         Metric::LatSleepsPerReq => format!("{v:.2}"),
         Metric::LoadMs | Metric::AddMs | Metric::RemoveMs if v < 100.0 => format!("{v:.2}"),
         _ => grouped(v),
@@ -116,6 +119,7 @@ pub fn one_line(figs: &[(Metric, f64)]) -> String {
     put("received", Metric::UdpRecvPps);
     put("loss", Metric::UdpLossPct);
     put("counted", Metric::UdpCountedPct);
+    put("at sockets", Metric::UdpSocketLossPct);
     put("sleeps/request", Metric::LatSleepsPerReq);
     put("load", Metric::LoadMs);
     put("add", Metric::AddMs);
@@ -229,6 +233,7 @@ fn ratios_md(res: &Results, opts: &Opts) -> String {
                 | Metric::UdpSentPps
                 | Metric::LatSleepsPerReq
                 | Metric::UdpCountedPct
+                | Metric::UdpSocketLossPct
         ) {
             continue;
         }
