@@ -555,7 +555,10 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
             // reads were about 4% of a worker's samples when each round,
             // empty or not, read it again).
             let mut t = ns();
-            if self.idle.spin(t) {
+            // Whether this pass spun instead of sleeping (a packet found
+            // now saved a sleep: `worker.spin_caught`).
+            let spun = self.idle.spin(t);
+            if spun {
                 // Polling again instead of a sleep and a wake-up. (No yield
                 // between polls: measured with other work on the core, each
                 // yield gave it a whole time slice and a serial
@@ -572,6 +575,7 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
                 // round; the timeout bounds how late a stop or parked retry
                 // is seen.
                 let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
+                add(&st.sleeps, 1);
                 t = ns();
                 self.idle.woke(t);
                 // The TUN is read only once it says it has packets.
@@ -603,6 +607,9 @@ impl<R: RxSource, T: TxSink> Worker<R, T> {
                 t = ns();
             }
             if round > 0 {
+                if spun {
+                    add(&st.spin_caught, 1);
+                }
                 self.idle.busy();
             }
             let now = t / 1_000_000;

@@ -146,6 +146,18 @@ fn bench_quick_compares_every_peer_with_balanced_traffic() {
                     "{peer} N={n} {m}: {v:?}\n{csv}"
                 );
             }
+            // uvs's own counts: how its worker waited, what it dropped.
+            for m in ["latency_worker_sleeps_per_request", "udp_loss_counted_pct"] {
+                let v = figs.get(&(peer.to_string(), n, m.to_string()));
+                if peer == "uvs" {
+                    assert!(v.is_some_and(|&v| v >= 0.0), "{peer} N={n} {m}: {v:?}");
+                } else {
+                    assert!(v.is_none(), "{peer} N={n} {m}: only uvs counts");
+                }
+            }
+            // Every peer: what the client's and servers' sockets dropped.
+            let v = figs.get(&(peer.to_string(), n, "udp_loss_sockets_pct".to_string()));
+            assert!(v.is_some_and(|&v| v >= 0.0), "{peer} N={n} sockets: {v:?}");
             for m in updates {
                 let v = figs.get(&(peer.to_string(), n, m.to_string()));
                 if peer == "routing" {

@@ -358,3 +358,47 @@ fn a_steady_stream_reads_as_its_rate() {
     let r = row(&list, "-> 203.0.113.11:80")[0] as f64;
     assert!(r >= 0.4 * cps && r <= 0.6 * cps + 1.0, "{list}");
 }
+
+/// `worker.sleeps` and `worker.spin_caught` count how the worker waited
+/// for packets in serial traffic: sleeping at once (the default), every
+/// gap is a sleep and no spin catches anything; with a fixed spin far
+/// longer than the gaps (`--busy-poll`), most packets are caught without a
+/// sleep.
+#[test]
+fn worker_sleeps_and_spin_catches_are_counted() {
+    if !root_or_skip("worker_sleeps_and_spin_catches_are_counted") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for (tag, args) in [("w", &[][..]), ("b", &["--busy-poll", "20000"][..])] {
+        let s = Setup::start(
+            &format!("uvst{}{tag}", std::process::id() % 100000),
+            &[],
+            args,
+        );
+        for c in RR {
+            s.d.uvsadm(c)
+                .unwrap_or_else(|e| panic!("{e}\nuvs log:\n{}", s.d.log_text()));
+        }
+        let read = |k: &str| s.d.counter(k).unwrap_or_else(|e| panic!("{k}: {e}"));
+        let (rx0, sleeps0, caught0) = (
+            read("rx"),
+            read("worker.sleeps"),
+            read("worker.spin_caught"),
+        );
+        let t = requests(&s, 100);
+        assert_eq!(t.failures, 0, "{t:?}\n{}", s.d.log_text());
+        let rx = read("rx") - rx0;
+        let sleeps = read("worker.sleeps") - sleeps0;
+        let caught = read("worker.spin_caught") - caught0;
+        eprintln!("{args:?}: {rx} packets, {sleeps} sleeps, {caught} caught by the spin");
+        assert!(rx >= 100 * 4, "{tag}: rx {rx}");
+        if args.is_empty() {
+            assert_eq!(caught, 0, "no spin, nothing caught");
+            assert!(sleeps >= 100, "{tag}: {sleeps} sleeps for {rx} packets");
+        } else {
+            assert!(caught >= 100, "{tag}: {caught} caught for {rx} packets");
+            assert!(sleeps < rx / 4, "{tag}: {sleeps} sleeps for {rx} packets");
+        }
+    }
+}

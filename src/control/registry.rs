@@ -170,7 +170,7 @@ pub fn engine(r: &mut Registry, stats: &Stats, hooks: &HookChain) {
         stats.workers.iter().map(|w| f(w)).sum()
     };
     use std::sync::atomic::Ordering::Relaxed;
-    let totals: [(&str, &str, &'static str, u64); 10] = [
+    let totals: [(&str, &str, &'static str, u64); 12] = [
         (
             "rx",
             "received_packets",
@@ -218,6 +218,18 @@ pub fn engine(r: &mut Registry, stats: &Stats, hooks: &HookChain) {
             "tx_ring_full_fallback",
             "Frames sent by sendmmsg because their TX ring was full (not lost)",
             sum(&|w| w.tx_ring_fallback.load(Relaxed)),
+        ),
+        (
+            "worker.sleeps",
+            "worker_sleeps",
+            "Times a worker found its sources empty and slept (each costs a wake-up)",
+            sum(&|w| w.sleeps.load(Relaxed)),
+        ),
+        (
+            "worker.spin_caught",
+            "worker_spin_caught",
+            "Idle periods a worker's spin ended by finding a packet instead of sleeping",
+            sum(&|w| w.spin_caught.load(Relaxed)),
         ),
         (
             "connection_races",

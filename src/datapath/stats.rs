@@ -173,6 +173,12 @@ pub struct WorkerStats {
     pub skipped_other_host: AtomicU64,
     /// Frames sent by `sendmmsg` because their TX ring was full.
     pub tx_ring_fallback: AtomicU64,
+    /// Times the worker slept in poll with its sources empty (each one
+    /// costs a wake-up when the next packet comes).
+    pub sleeps: AtomicU64,
+    /// Idle periods that a spin ended by finding a packet, where the
+    /// worker would otherwise have slept (`--idle-spin`, `--busy-poll`).
+    pub spin_caught: AtomicU64,
     pub parse: [AtomicU64; ParseError::COUNT],
     pub drops: [AtomicU64; DropReason::COUNT],
     pub hook_seen: [AtomicU64; MAX_ENTRIES],
@@ -195,6 +201,8 @@ impl Default for WorkerStats {
             skipped_vlan: AtomicU64::new(0),
             skipped_other_host: AtomicU64::new(0),
             tx_ring_fallback: AtomicU64::new(0),
+            sleeps: AtomicU64::new(0),
+            spin_caught: AtomicU64::new(0),
             parse: arr(),
             drops: arr(),
             hook_seen: arr(),

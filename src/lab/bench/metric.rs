@@ -13,6 +13,14 @@ pub enum Metric {
     UdpSentPps,
     UdpRecvPps,
     UdpLossPct,
+    /// uvs only: the worker's sleeps per answered serial request.
+    LatSleepsPerReq,
+    /// uvs only: datagrams uvs counted as dropped, in percent of those
+    /// sent (set against `UdpLossPct`: the rest was lost outside uvs).
+    UdpCountedPct,
+    /// Datagrams the client's and servers' own UDP sockets dropped
+    /// (`Udp InErrors` in their namespaces), in percent of those sent.
+    UdpSocketLossPct,
     LoadMs,
     AddMs,
     RemoveMs,
@@ -22,7 +30,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 14] = [
+    pub const ALL: [Metric; 17] = [
         Metric::ShortRps,
         Metric::LatP50Us,
         Metric::LatP99Us,
@@ -31,6 +39,9 @@ impl Metric {
         Metric::UdpSentPps,
         Metric::UdpRecvPps,
         Metric::UdpLossPct,
+        Metric::LatSleepsPerReq,
+        Metric::UdpCountedPct,
+        Metric::UdpSocketLossPct,
         Metric::LoadMs,
         Metric::AddMs,
         Metric::RemoveMs,
@@ -50,6 +61,9 @@ impl Metric {
             Metric::UdpSentPps => "udp_sent_pps",
             Metric::UdpRecvPps => "udp_received_pps",
             Metric::UdpLossPct => "udp_loss_pct",
+            Metric::LatSleepsPerReq => "latency_worker_sleeps_per_request",
+            Metric::UdpCountedPct => "udp_loss_counted_pct",
+            Metric::UdpSocketLossPct => "udp_loss_sockets_pct",
             Metric::LoadMs => "load_ms",
             Metric::AddMs => "add_one_ms",
             Metric::RemoveMs => "remove_one_ms",
@@ -69,7 +83,8 @@ impl Metric {
             Metric::LatP50Us | Metric::LatP99Us => "µs",
             Metric::StreamGbps => "Gbit/s",
             Metric::UdpSentPps | Metric::UdpRecvPps => "datagrams/s",
-            Metric::UdpLossPct => "%",
+            Metric::UdpLossPct | Metric::UdpCountedPct | Metric::UdpSocketLossPct => "%",
+            Metric::LatSleepsPerReq => "sleeps",
             Metric::LoadMs | Metric::AddMs | Metric::RemoveMs => "ms",
             Metric::AnswersRs1 | Metric::AnswersRs2 | Metric::Errors => "requests",
         }
@@ -86,6 +101,9 @@ impl Metric {
             Metric::UdpSentPps => "64-byte UDP datagrams sent/s",
             Metric::UdpRecvPps => "64-byte UDP answers received/s",
             Metric::UdpLossPct => "UDP loss",
+            Metric::LatSleepsPerReq => "uvs worker sleeps per serial request",
+            Metric::UdpCountedPct => "UDP loss uvs counted as drops",
+            Metric::UdpSocketLossPct => "UDP loss at the client's and servers' sockets",
             Metric::LoadMs => "load N services",
             Metric::AddMs => "add one service when N exist",
             Metric::RemoveMs => "remove one service when N exist",
@@ -98,7 +116,14 @@ impl Metric {
     /// Whether a correct run can legitimately yield zero (no loss, no
     /// failed request); every other figure must be positive.
     pub fn may_be_zero(self) -> bool {
-        matches!(self, Metric::UdpLossPct | Metric::Errors)
+        matches!(
+            self,
+            Metric::UdpLossPct
+                | Metric::Errors
+                | Metric::LatSleepsPerReq
+                | Metric::UdpCountedPct
+                | Metric::UdpSocketLossPct
+        )
     }
 }
 

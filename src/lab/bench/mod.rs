@@ -626,13 +626,13 @@ fn run_peer(
     Ok(())
 }
 
-/// The TCP tests, run in the client namespace: figures and answers.
-fn tcp_tests(
+/// The readiness probe and the serial latency test, run in the client
+/// namespace.
+fn latency_test(
     t: &[std::net::SocketAddr],
     opts: &Opts,
     stop: &AtomicBool,
-) -> io::Result<(Vec<(Metric, f64)>, load::Answers)> {
-    let d = opts.test_time;
+) -> io::Result<load::LatencyRun> {
     // Readiness (and warm neighbour caches) before anything is timed.
     let p = load::probe(t, 20, Duration::from_secs(10), stop);
     if p.total() == 0 {
@@ -641,7 +641,18 @@ fn tcp_tests(
             p.first_error.unwrap_or_default()
         )));
     }
-    let lat = load::latency(t, opts.latency_samples, d * 2, stop)?;
+    load::latency(t, opts.latency_samples, opts.test_time * 2, stop)
+}
+
+/// The TCP rate and stream tests after [`latency_test`]'s `lat`, run in
+/// the client namespace: figures and answers.
+fn tcp_tests(
+    t: &[std::net::SocketAddr],
+    lat: load::LatencyRun,
+    opts: &Opts,
+    stop: &AtomicBool,
+) -> io::Result<(Vec<(Metric, f64)>, load::Answers)> {
+    let d = opts.test_time;
     let short = load::tcp_rate(t, opts.conns, 2, false, d, 50_000_000, stop)?;
     let keep = load::tcp_rate(t, opts.conns, 2, true, d, 500_000_000, stop)?;
     let st = load::stream(t[0], d, 1 << 40, stop)?;
@@ -671,6 +682,57 @@ fn tcp_tests(
     Ok((figs, all))
 }
 
+/// `Udp InErrors` (datagrams a UDP socket could not take: a full receive
+/// buffer, a bad checksum) summed over the client's and real servers'
+/// namespaces; `None` if one cannot be read.
+fn udp_in_errors(lab: &Lab) -> Option<u64> {
+    let mut sum = 0;
+    for host in ["c", "rs1", "rs2"] {
+        let snmp = netns::run_in(&lab.ns(host), || {
+            std::fs::read_to_string("/proc/thread-self/net/snmp").ok()
+        })
+        .ok()??;
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+        let (names, values) = (udp.next()?, udp.next()?);
+        let i = names.split_whitespace().position(|n| n == "InErrors")?;
+        sum += values.split_whitespace().nth(i)?.parse::<u64>().ok()?;
+    }
+    Some(sum)
+}
+
+/// What `uvs stats` says of how the workers waited and what they dropped.
+#[derive(Debug, Clone, Copy)]
+struct UvsCounts {
+    /// `worker.sleeps`.
+    sleeps: u64,
+    /// Every `drop.*` counter, summed.
+    drops: u64,
+}
+
+/// Reads [`UvsCounts`] from a running `uvs run`; `None` if it does not
+/// answer.
+fn uvs_counts(d: &Director) -> Option<UvsCounts> {
+    let r = d.call(&["stats"]).ok()?;
+    let mut c = UvsCounts {
+        sleeps: 0,
+        drops: 0,
+    };
+    for l in r.stdout.lines() {
+        let Some((k, v)) = l.split_once(' ') else {
+            continue;
+        };
+        let Ok(v) = v.trim().parse::<u64>() else {
+            continue;
+        };
+        if k == "worker.sleeps" {
+            c.sleeps = v;
+        } else if k.starts_with("drop.") {
+            c.drops += v;
+        }
+    }
+    Some(c)
+}
+
 fn measure(
     opts: &Opts,
     tools: &Tools,
@@ -683,12 +745,25 @@ fn measure(
     let (tcp, udp) = peers::targets(peer);
     let client = lab.ns("c");
     let mut figs = Vec::new();
+    // uvs's own counters around a test (sleeps, drops), when it is the peer.
+    let counts = || loaded.director.as_ref().and_then(uvs_counts);
+    let (o, s, t) = (opts.clone(), stop.clone(), tcp.clone());
+    let before = counts();
+    let lat = netns::run_in(&client, move || latency_test(&t, &o, &s))
+        .and_then(|r| r)
+        .map_err(|e| format!("TCP tests: {e}"))?;
+    if let (Some(a), Some(b)) = (before, counts()) {
+        let n = lat.answers.total().max(1) as f64;
+        figs.push((Metric::LatSleepsPerReq, (b.sleeps - a.sleeps) as f64 / n));
+    }
     let (o, s) = (opts.clone(), stop.clone());
-    let (tcp_figs, tally) = netns::run_in(&client, move || tcp_tests(&tcp, &o, &s))
+    let (tcp_figs, tally) = netns::run_in(&client, move || tcp_tests(&tcp, lat, &o, &s))
         .and_then(|r| r)
         .map_err(|e| format!("TCP tests: {e}"))?;
     figs.extend(tcp_figs);
     let (d, s) = (opts.test_time, stop.clone());
+    let before = counts();
+    let sock_before = udp_in_errors(lab);
     let u = netns::run_in(&client, move || {
         load::udp_flood(&udp, 16, d, 200_000_000, &s)
     })
@@ -699,6 +774,25 @@ fn measure(
         (Metric::UdpRecvPps, u.received_per_sec()),
         (Metric::UdpLossPct, u.loss_pct()),
     ]);
+    // The last datagrams and the kernel's ring drop counts (read every
+    // 100 ms) settle first.
+    if before.is_some() {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    if let (Some(a), Some(b)) = (sock_before, udp_in_errors(lab)) {
+        let sent = u.sent.max(1) as f64;
+        figs.push((
+            Metric::UdpSocketLossPct,
+            100.0 * b.saturating_sub(a) as f64 / sent,
+        ));
+    }
+    if let (Some(a), Some(b)) = (before, counts()) {
+        let sent = u.sent.max(1) as f64;
+        figs.push((
+            Metric::UdpCountedPct,
+            100.0 * b.drops.saturating_sub(a.drops) as f64 / sent,
+        ));
+    }
     if stop.load(Ordering::Relaxed) {
         return Err("interrupted".into());
     }

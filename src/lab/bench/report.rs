@@ -14,7 +14,7 @@ use super::peers::Peer;
 use super::{Metric, Opts, Results};
 
 /// The figures shown in the median and ratio tables, in order.
-pub const SHOWN: [Metric; 11] = [
+pub const SHOWN: [Metric; 14] = [
     Metric::ShortRps,
     Metric::LatP50Us,
     Metric::LatP99Us,
@@ -23,6 +23,9 @@ pub const SHOWN: [Metric; 11] = [
     Metric::UdpSentPps,
     Metric::UdpRecvPps,
     Metric::UdpLossPct,
+    Metric::LatSleepsPerReq,
+    Metric::UdpCountedPct,
+    Metric::UdpSocketLossPct,
     Metric::LoadMs,
     Metric::AddMs,
     Metric::RemoveMs,
@@ -89,7 +92,10 @@ fn grouped(v: f64) -> String {
 pub fn fmt(metric: Metric, v: f64) -> String {
     match metric {
         Metric::StreamGbps => format!("{v:.2}"),
-        Metric::UdpLossPct => format!("{v:.1}"),
+        Metric::UdpLossPct | Metric::UdpCountedPct | Metric::UdpSocketLossPct => {
+            format!("{v:.1}")
+        }
+        Metric::LatSleepsPerReq => format!("{v:.2}"),
         Metric::LoadMs | Metric::AddMs | Metric::RemoveMs if v < 100.0 => format!("{v:.2}"),
         _ => grouped(v),
     }
@@ -112,6 +118,9 @@ pub fn one_line(figs: &[(Metric, f64)]) -> String {
     put("UDP sent", Metric::UdpSentPps);
     put("received", Metric::UdpRecvPps);
     put("loss", Metric::UdpLossPct);
+    put("counted", Metric::UdpCountedPct);
+    put("at sockets", Metric::UdpSocketLossPct);
+    put("sleeps/request", Metric::LatSleepsPerReq);
     put("load", Metric::LoadMs);
     put("add", Metric::AddMs);
     put("remove", Metric::RemoveMs);
@@ -217,7 +226,15 @@ fn ratios_md(res: &Results, opts: &Opts) -> String {
     }
     o.push('\n');
     for m in SHOWN {
-        if m == Metric::UdpLossPct || m == Metric::UdpSentPps {
+        // Loss and what sent; uvs's own counts have no peer to divide by.
+        if matches!(
+            m,
+            Metric::UdpLossPct
+                | Metric::UdpSentPps
+                | Metric::LatSleepsPerReq
+                | Metric::UdpCountedPct
+                | Metric::UdpSocketLossPct
+        ) {
             continue;
         }
         for &n in &opts.services {
