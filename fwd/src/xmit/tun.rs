@@ -282,26 +282,14 @@ pub fn encap(
     if outer_payload > limit {
         return Err(XmitError::TooLarge);
     }
+    let Inner {
+        ttl: _,
+        tos,
+        df,
+        proto: inner_proto,
+        ethertype: inner_ethertype,
+    } = inner_fields(frame, p, params)?;
     let l3 = p.l3_off;
-    let (ttl, tos, df, inner_proto, inner_ethertype) = match p.version {
-        IpVersion::V4 => (
-            frame[l3 + 8],
-            frame[l3 + 1],
-            params.pmtu_disc && u16::from(frame[l3 + 6]) << 8 & ipv4::FLAG_DF != 0,
-            ip_proto::IPIP,
-            ethertype::IPV4,
-        ),
-        IpVersion::V6 => (
-            frame[l3 + 7],
-            (frame[l3] << 4) | (frame[l3 + 1] >> 4),
-            false,
-            ip_proto::IPV6,
-            ethertype::IPV6,
-        ),
-    };
-    if ttl <= 1 {
-        return Err(XmitError::TtlExceeded);
-    }
 
     // ---- the inner packet: CRC, TTL ----
     if sctp_pending {
@@ -449,6 +437,43 @@ pub struct Outer {
     pub head_len: usize,
 }
 
+/// What the outer header takes from the inner packet (both [`encap`]
+/// and [`outer_head`]).
+struct Inner {
+    ttl: u8,
+    tos: u8,
+    df: bool,
+    proto: u8,
+    ethertype: u16,
+}
+
+/// The inner packet's TTL (refused at 1 or less), DS field and DF (kept
+/// only with path MTU discovery), and its protocol and ethertype as the
+/// outer header names them.
+fn inner_fields(frame: &[u8], p: &Parsed, params: &TunParams) -> Result<Inner, XmitError> {
+    let l3 = p.l3_off;
+    let inner = match p.version {
+        IpVersion::V4 => Inner {
+            ttl: frame[l3 + 8],
+            tos: frame[l3 + 1],
+            df: params.pmtu_disc && u16::from(frame[l3 + 6]) << 8 & ipv4::FLAG_DF != 0,
+            proto: ip_proto::IPIP,
+            ethertype: ethertype::IPV4,
+        },
+        IpVersion::V6 => Inner {
+            ttl: frame[l3 + 7],
+            tos: (frame[l3] << 4) | (frame[l3 + 1] >> 4),
+            df: false,
+            proto: ip_proto::IPV6,
+            ethertype: ethertype::IPV6,
+        },
+    };
+    if inner.ttl <= 1 {
+        return Err(XmitError::TtlExceeded);
+    }
+    Ok(inner)
+}
+
 /// The outer IP and tunnel headers [`encap`] would put in front of the
 /// frame (parsed as `p`), written to `out` without touching the frame:
 /// what the director's LOCAL_OUT and POST_ROUTING hooks see of a
@@ -487,26 +512,14 @@ pub fn outer_head(
     if outer_payload > if outer_v4 { 65535 - ip_hdr } else { 65535 } {
         return Err(XmitError::TooLarge);
     }
+    let Inner {
+        ttl,
+        tos,
+        df,
+        proto: inner_proto,
+        ethertype: inner_ethertype,
+    } = inner_fields(frame, p, params)?;
     let l3 = p.l3_off;
-    let (ttl, tos, df, inner_proto, inner_ethertype) = match p.version {
-        IpVersion::V4 => (
-            frame[l3 + 8],
-            frame[l3 + 1],
-            params.pmtu_disc && u16::from(frame[l3 + 6]) << 8 & ipv4::FLAG_DF != 0,
-            ip_proto::IPIP,
-            ethertype::IPV4,
-        ),
-        IpVersion::V6 => (
-            frame[l3 + 7],
-            (frame[l3] << 4) | (frame[l3 + 1] >> 4),
-            false,
-            ip_proto::IPV6,
-            ethertype::IPV6,
-        ),
-    };
-    if ttl <= 1 {
-        return Err(XmitError::TtlExceeded);
-    }
     let (mut sport, mut dport) = (0, 0);
     let t = ip_hdr;
     let next_proto = match params.kind {
