@@ -247,48 +247,19 @@ pub fn encap(
 ) -> Result<Encapsulated, XmitError> {
     // ---- validate everything first: an error leaves the buffer untouched ----
     let frame = buf.get(frame_start..).ok_or(XmitError::FrameMismatch)?;
-    check_parsed(frame, p)?;
-    let outer_v4 = match (params.src, params.dst) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => true,
-        (IpAddr::V6(_), IpAddr::V6(_)) => false,
-        _ => return Err(XmitError::FamilyMismatch),
-    };
-    if p.l3_off < 2 {
-        // No ethertype to rewrite: not an Ethernet frame.
-        return Err(XmitError::FrameMismatch);
-    }
-    let pending_rel = pending_field(p, mode);
-    if let Some(rel) = pending_rel {
-        if p.l4_off + rel + 2 > p.payload_off {
-            return Err(XmitError::FrameMismatch);
-        }
-    }
+    let plan = plan(frame, p, params, mode, frame_start)?;
+    let Plan {
+        outer_v4,
+        pending_rel,
+        remcsum,
+        ov,
+        ip_hdr,
+        outer_payload,
+        ..
+    } = plan;
     let sctp_pending =
         mode == CsumMode::Partial && p.proto == ip_proto::SCTP && p.has_l4 && !p.is_fragment;
-    let remcsum = params.remcsum_applies(pending_rel.is_some());
-    let outer_version = params.outer_version();
-    let ov = overhead(params.kind, outer_version, params.csum, remcsum);
-    if frame_start < ov {
-        return Err(XmitError::NoHeadroom);
-    }
     let inner_len = p.ip_len;
-    let ip_hdr = if outer_v4 {
-        ipv4::HEADER_LEN
-    } else {
-        ipv6::HEADER_LEN
-    };
-    let outer_payload = ov - ip_hdr + inner_len;
-    let limit = if outer_v4 { 65535 - ip_hdr } else { 65535 };
-    if outer_payload > limit {
-        return Err(XmitError::TooLarge);
-    }
-    let Inner {
-        ttl: _,
-        tos,
-        df,
-        proto: inner_proto,
-        ethertype: inner_ethertype,
-    } = inner_fields(frame, p, params)?;
     let l3 = p.l3_off;
 
     // ---- the inner packet: CRC, TTL ----
@@ -309,64 +280,12 @@ pub fn encap(
     };
     put16(buf, start + l3 - 2, outer_ethertype);
 
-    // ---- tunnel header ----
+    // ---- outer IP and tunnel headers ----
     let o = start + l3; // outer IP header
     let t = o + ip_hdr; // tunnel header
     let inner = frame_start + l3; // inner IP header (did not move)
     let l4_abs = frame_start + p.l4_off;
-    let next_proto = match params.kind {
-        TunKind::Ipip => inner_proto,
-        TunKind::Gre => {
-            let csum = params.csum == TunCsum::Csum;
-            // Lengths were checked: the header fits the headroom.
-            let _ = gre::emit(&mut buf[t..inner], inner_ethertype, csum);
-            ip_proto::GRE
-        }
-        TunKind::Gue => {
-            let sport = flow_sport(p, params.hash_seed, params.sport_range);
-            put16(buf, t, sport);
-            put16(buf, t + 2, params.port);
-            put16(buf, t + 4, outer_payload as u16);
-            put16(buf, t + 6, 0);
-            let rem = match (remcsum, pending_rel) {
-                (true, Some(rel)) => {
-                    let start_rel = p.l4_off - l3;
-                    Some((start_rel as u16, (start_rel + rel) as u16))
-                }
-                _ => None,
-            };
-            let _ = gue::emit(&mut buf[t + udp::HEADER_LEN..inner], inner_proto, rem);
-            ip_proto::UDP
-        }
-    };
-
-    // ---- outer IP header ----
-    let tos = ecn_encapsulate(tos);
-    let emitted = match (params.src, params.dst) {
-        (IpAddr::V4(src), IpAddr::V4(dst)) => ipv4::Repr {
-            src,
-            dst,
-            protocol: next_proto,
-            ttl,
-            tos,
-            ident: if df { 0 } else { ident },
-            flags_frag: if df { ipv4::FLAG_DF } else { 0 },
-            payload_len: outer_payload,
-        }
-        .emit(&mut buf[o..t]),
-        (IpAddr::V6(src), IpAddr::V6(dst)) => ipv6::Repr {
-            src,
-            dst,
-            next_header: next_proto,
-            hop_limit: ttl,
-            traffic_class: tos,
-            flow_label: 0,
-            payload_len: outer_payload,
-        }
-        .emit(&mut buf[o..t]),
-        // Checked above.
-        _ => Ok(()),
-    };
+    let emitted = write_head(&mut buf[o..inner], p, params, &plan, ttl, ident);
     debug_assert!(emitted.is_ok(), "lengths checked before writing");
 
     // ---- outer checksums ----
@@ -437,8 +356,7 @@ pub struct Outer {
     pub head_len: usize,
 }
 
-/// What the outer header takes from the inner packet (both [`encap`]
-/// and [`outer_head`]).
+/// What the outer header takes from the inner packet.
 struct Inner {
     ttl: u8,
     tos: u8,
@@ -491,16 +409,69 @@ pub fn outer_head(
     mode: CsumMode,
     out: &mut [u8],
 ) -> Result<Outer, XmitError> {
+    let plan = plan(frame, p, params, mode, out.len())?;
+    let ov = plan.ov;
+    let (proto, sport) = write_head(&mut out[..ov], p, params, &plan, plan.inner.ttl - 1, 0)
+        .map_err(|_| XmitError::FrameMismatch)?;
+    Ok(Outer {
+        proto,
+        sport,
+        dport: if params.kind == TunKind::Gue {
+            params.port
+        } else {
+            0
+        },
+        ip_len: plan.ip_hdr + plan.outer_payload,
+        head_len: ov,
+    })
+}
+
+/// What [`encap`] and [`outer_head`] both work out, and check, before
+/// writing anything.
+struct Plan {
+    outer_v4: bool,
+    /// The inner L4 checksum field left pending (Partial mode).
+    pending_rel: Option<usize>,
+    /// GUE's remote checksum offload carries it.
+    remcsum: bool,
+    /// The outer IP and tunnel headers' length.
+    ov: usize,
+    ip_hdr: usize,
+    /// The outer IP payload: tunnel header and inner packet.
+    outer_payload: usize,
+    inner: Inner,
+}
+
+/// Checks a frame (parsed as `p`) can be tunnelled with `room` bytes for
+/// the outer headers, in this order: `FrameMismatch` (`p` does not fit the
+/// frame, no Ethernet header, a pending checksum field outside the L4
+/// header), `FamilyMismatch`, `NoHeadroom`, `TooLarge`, `TtlExceeded`.
+fn plan(
+    frame: &[u8],
+    p: &Parsed,
+    params: &TunParams,
+    mode: CsumMode,
+    room: usize,
+) -> Result<Plan, XmitError> {
     check_parsed(frame, p)?;
     let outer_v4 = match (params.src, params.dst) {
         (IpAddr::V4(_), IpAddr::V4(_)) => true,
         (IpAddr::V6(_), IpAddr::V6(_)) => false,
         _ => return Err(XmitError::FamilyMismatch),
     };
+    if p.l3_off < 2 {
+        // No ethertype to rewrite: not an Ethernet frame.
+        return Err(XmitError::FrameMismatch);
+    }
     let pending_rel = pending_field(p, mode);
+    if let Some(rel) = pending_rel {
+        if p.l4_off + rel + 2 > p.payload_off {
+            return Err(XmitError::FrameMismatch);
+        }
+    }
     let remcsum = params.remcsum_applies(pending_rel.is_some());
     let ov = overhead(params.kind, params.outer_version(), params.csum, remcsum);
-    if out.len() < ov {
+    if room < ov {
         return Err(XmitError::NoHeadroom);
     }
     let ip_hdr = if outer_v4 {
@@ -512,77 +483,92 @@ pub fn outer_head(
     if outer_payload > if outer_v4 { 65535 - ip_hdr } else { 65535 } {
         return Err(XmitError::TooLarge);
     }
-    let Inner {
-        ttl,
-        tos,
-        df,
-        proto: inner_proto,
-        ethertype: inner_ethertype,
-    } = inner_fields(frame, p, params)?;
-    let l3 = p.l3_off;
-    let (mut sport, mut dport) = (0, 0);
-    let t = ip_hdr;
+    let inner = inner_fields(frame, p, params)?;
+    Ok(Plan {
+        outer_v4,
+        pending_rel,
+        remcsum,
+        ov,
+        ip_hdr,
+        outer_payload,
+        inner,
+    })
+}
+
+/// Writes the outer IP header (`ttl`; `ident` unless DF is kept) and the
+/// tunnel header into `head` (`plan.ov` bytes, as [`plan`] checked), no
+/// outer checksum; returns the outer protocol and GUE's source port (0
+/// for ipip and GRE).
+fn write_head(
+    head: &mut [u8],
+    p: &Parsed,
+    params: &TunParams,
+    plan: &Plan,
+    ttl: u8,
+    ident: u16,
+) -> Result<(u8, u16), crate::wire::WireError> {
+    let Plan {
+        ip_hdr: t,
+        outer_payload,
+        ref inner,
+        ..
+    } = *plan;
+    let mut sport = 0;
     let next_proto = match params.kind {
-        TunKind::Ipip => inner_proto,
+        TunKind::Ipip => inner.proto,
         TunKind::Gre => {
+            // Lengths were checked: the header fits.
             let _ = gre::emit(
-                &mut out[t..ov],
-                inner_ethertype,
+                &mut head[t..],
+                inner.ethertype,
                 params.csum == TunCsum::Csum,
             );
             ip_proto::GRE
         }
         TunKind::Gue => {
             sport = flow_sport(p, params.hash_seed, params.sport_range);
-            dport = params.port;
-            put16(out, t, sport);
-            put16(out, t + 2, dport);
-            put16(out, t + 4, outer_payload as u16);
-            put16(out, t + 6, 0);
-            let rem = match (remcsum, pending_rel) {
+            put16(head, t, sport);
+            put16(head, t + 2, params.port);
+            put16(head, t + 4, outer_payload as u16);
+            put16(head, t + 6, 0);
+            let rem = match (plan.remcsum, plan.pending_rel) {
                 (true, Some(rel)) => {
-                    let start_rel = p.l4_off - l3;
+                    let start_rel = p.l4_off - p.l3_off;
                     Some((start_rel as u16, (start_rel + rel) as u16))
                 }
                 _ => None,
             };
-            let _ = gue::emit(&mut out[t + udp::HEADER_LEN..ov], inner_proto, rem);
+            let _ = gue::emit(&mut head[t + udp::HEADER_LEN..], inner.proto, rem);
             ip_proto::UDP
         }
     };
-    let tos = ecn_encapsulate(tos);
-    let emitted = match (params.src, params.dst) {
+    let tos = ecn_encapsulate(inner.tos);
+    match (params.src, params.dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => ipv4::Repr {
             src,
             dst,
             protocol: next_proto,
-            ttl: ttl - 1,
+            ttl,
             tos,
-            ident: 0,
-            flags_frag: if df { ipv4::FLAG_DF } else { 0 },
+            ident: if inner.df { 0 } else { ident },
+            flags_frag: if inner.df { ipv4::FLAG_DF } else { 0 },
             payload_len: outer_payload,
         }
-        .emit(&mut out[..t]),
+        .emit(&mut head[..t])?,
         (IpAddr::V6(src), IpAddr::V6(dst)) => ipv6::Repr {
             src,
             dst,
             next_header: next_proto,
-            hop_limit: ttl - 1,
+            hop_limit: ttl,
             traffic_class: tos,
             flow_label: 0,
             payload_len: outer_payload,
         }
-        .emit(&mut out[..t]),
-        _ => Ok(()),
-    };
-    emitted.map_err(|_| XmitError::FrameMismatch)?;
-    Ok(Outer {
-        proto: next_proto,
-        sport,
-        dport,
-        ip_len: ip_hdr + outer_payload,
-        head_len: ov,
-    })
+        .emit(&mut head[..t])?,
+        // Checked by `plan`.
+        _ => {}
+    }
+    Ok((next_proto, sport))
 }
 
 /// Offset of a pending (Partial mode) TCP/UDP checksum field within the L4
