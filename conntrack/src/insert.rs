@@ -10,7 +10,7 @@ use uvs_sched::FwdMethod;
 use crate::config::{Defense, Knobs};
 use crate::entry::{flag, Entry};
 use crate::proto::tcp;
-use crate::shard::{key_hash, Family, Shard, KIND_CONN, KIND_OUT};
+use crate::shard::{key_hash, Family, Part, Shard, ShardStats, KIND_CONN, KIND_OUT};
 use crate::table::{Dir, Handle, InsertError, NewConn, PacketInfo, Releases, Table};
 
 impl Table {
@@ -118,6 +118,28 @@ impl Table {
         res
     }
 
+    /// A probe's hit on a tuple being inserted: a live entry refuses the
+    /// insert (`err`, counted); one that expired but was not swept yet is
+    /// removed.
+    fn clear_expired<A: Family, const N: usize>(
+        &self,
+        part: &mut Part<A>,
+        stats: &mut ShardStats,
+        idx: u32,
+        now: u64,
+        err: InsertError,
+        rel: &mut Releases<N>,
+    ) -> Result<(), InsertError> {
+        if part.get(idx).remaining(now) > 0 {
+            stats.refused_exists += 1;
+            return Err(err);
+        }
+        let old = part.remove(&self.hasher, idx);
+        stats.expired += 1;
+        self.retire(old, rel);
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn insert_locked<A: Family, const N: usize>(
         &self,
@@ -146,13 +168,7 @@ impl Table {
         let vin = match part.probe_in(hin, c.proto, caddr, c.cport, vaddr, c.vport) {
             Err(v) => v,
             Ok(idx) => {
-                if part.get(idx).remaining(now) > 0 {
-                    stats.refused_exists += 1;
-                    return Err(InsertError::Exists);
-                }
-                let old = part.remove(&self.hasher, idx);
-                stats.expired += 1;
-                self.retire(old, rel);
+                self.clear_expired(part, stats, idx, now, InsertError::Exists, rel)?;
                 moved = true;
                 None
             }
@@ -161,13 +177,8 @@ impl Table {
             match part.probe_out(hout, c.proto, daddr, c.dport, caddr, c.cport) {
                 Err(v) => v,
                 Ok(idx) => {
-                    if part.get(idx).remaining(now) > 0 {
-                        stats.refused_exists += 1;
-                        return Err(InsertError::ReplyTupleInUse);
-                    }
-                    let old = part.remove(&self.hasher, idx);
-                    stats.expired += 1;
-                    self.retire(old, rel);
+                    let e = InsertError::ReplyTupleInUse;
+                    self.clear_expired(part, stats, idx, now, e, rel)?;
                     moved = true;
                     None
                 }
