@@ -33,6 +33,20 @@ pub enum Dir {
     Out,
 }
 
+/// Which sides of the table a per-packet lookup probes
+/// ([`Table::lookup_update_into`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sides {
+    /// The request side, then the reply side ([`Table::lookup_update`]).
+    Both,
+    /// The request side only: a packet that cannot be a reply (the
+    /// engine's bare TCP SYN to a virtual service).
+    Request,
+    /// The reply side only ([`Table::lookup_update_out`]: the
+    /// `ip_vs_out` lookup of a packet not addressed to a virtual service).
+    Reply,
+}
+
 /// A packet's addressing as seen on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tuple {
@@ -562,7 +576,7 @@ impl Table {
     #[inline]
     pub fn lookup_update(&self, t: &Tuple, p: PacketInfo, now: u64) -> Option<(Hit, Dir, Update)> {
         let mut found = None;
-        self.lookup_update_into(t, false, p, now, &mut found);
+        self.lookup_update_into(t, Sides::Both, p, now, &mut found);
         found
     }
 
@@ -577,19 +591,22 @@ impl Table {
         now: u64,
     ) -> Option<(Hit, Dir, Update)> {
         let mut found = None;
-        self.lookup_update_into(t, true, p, now, &mut found);
+        self.lookup_update_into(t, Sides::Reply, p, now, &mut found);
         found
     }
 
-    /// [`Table::lookup_update`] (or, with `out_only`,
-    /// [`Table::lookup_update_out`]) writing its answer into `found`, which
-    /// is overwritten: the per-packet path keeps the answer in its own
-    /// slot, and the copy is built there under the lock rather than moved.
+    /// [`Table::lookup_update`] on the `sides` given (`Both` is
+    /// `lookup_update`, `Reply` is [`Table::lookup_update_out`], `Request`
+    /// probes the request side alone: one lock, and none on the shard of
+    /// the packet's destination endpoint), writing its answer into
+    /// `found`, which is overwritten: the per-packet path keeps the answer
+    /// in its own slot, and the copy is built there under the lock rather
+    /// than moved.
     #[inline(always)]
     pub fn lookup_update_into(
         &self,
         t: &Tuple,
-        out_only: bool,
+        sides: Sides,
         p: PacketInfo,
         now: u64,
         found: &mut Option<(Hit, Dir, Update)>,
@@ -597,17 +614,18 @@ impl Table {
         *found = None;
         match (t.src, t.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                self.lookup_update_typed(t, s, d, out_only, &p, now, found)
+                self.lookup_update_typed(t, s, d, sides, &p, now, found)
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                self.lookup_update_typed(t, s, d, out_only, &p, now, found)
+                self.lookup_update_typed(t, s, d, sides, &p, now, found)
             }
             _ => {}
         }
     }
 
-    /// The request side (unless `out_only`), then the reply side: two
-    /// straight-line probes rather than a loop over a list of directions.
+    /// The request side (unless `Reply`), then the reply side (unless
+    /// `Request`): two straight-line probes rather than a loop over a list
+    /// of directions.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn lookup_update_typed<A: Family>(
@@ -615,15 +633,17 @@ impl Table {
         t: &Tuple,
         src: A,
         dst: A,
-        out_only: bool,
+        sides: Sides,
         p: &PacketInfo,
         now: u64,
         out: &mut Option<(Hit, Dir, Update)>,
     ) {
-        if !out_only && self.probe_update(t, src, dst, Dir::In, p, now, out) {
+        if sides != Sides::Reply && self.probe_update(t, src, dst, Dir::In, p, now, out) {
             return;
         }
-        self.probe_update(t, src, dst, Dir::Out, p, now, out);
+        if sides != Sides::Request {
+            self.probe_update(t, src, dst, Dir::Out, p, now, out);
+        }
     }
 
     /// One direction's probe of [`Table::lookup_update_typed`]: whether it
