@@ -263,8 +263,19 @@ pub struct Table {
     pub(crate) shards: Box<[Slot]>,
     pub(crate) shard_mask: u32,
     pub(crate) hasher: Hasher,
+    /// Units of the cap taken: the live entries plus the shards' credit
+    /// (`ShardStats::credit`, at most `shards × keep`).
     pub(crate) count: AtomicUsize,
     pub(crate) max: usize,
+    /// Units a shard takes from `count` at once (1: one per entry, as
+    /// exact as a single counter).
+    batch: u32,
+    /// Credit a shard keeps after a removal; more goes back to `count`.
+    keep: u32,
+    /// From this count on, shards take one unit at a time and give every
+    /// unit back, as a single counter would: credit taken earlier is spent
+    /// by the next inserts of its shard, so the table fills to its cap.
+    near: usize,
     pub(crate) defense_at: usize,
     knobs: AtomicU32,
     tcp_to: [AtomicU32; TCP_STATES],
@@ -296,12 +307,22 @@ impl Table {
             .map(|_| Slot(ShardLock::new(Shard::new(presize, warm))))
             .collect::<Vec<_>>()
             .into_boxed_slice();
+        // A shard takes 1/512 of its share of the cap at a time (8 at the
+        // default 1M cap and 256 shards: one shared write per 8 inserts);
+        // below 512 × shards, one at a time. At most `shards × keep` (under
+        // 1/256 of the cap) is credit, and none is taken in the last
+        // `8 × shards × keep` units (2.7% of the cap).
+        let batch = (max / n / 512).clamp(1, 32) as u32;
+        let keep = 2 * (batch - 1);
         let t = Table {
             shards,
             shard_mask: (n - 1) as u32,
             hasher: Hasher::new(cfg.seed),
             count: AtomicUsize::new(0),
             max,
+            batch,
+            keep,
+            near: max.saturating_sub(8 * n * keep as usize),
             defense_at: max / 100 * cfg.defense_threshold_pct.min(100) as usize,
             knobs: AtomicU32::new(cfg.knobs.pack()),
             tcp_to: std::array::from_fn(|_| AtomicU32::new(0)),
@@ -316,9 +337,18 @@ impl Table {
     }
 
     /// Live entries (connections and templates, including expired ones the
-    /// sweep has not reached yet).
+    /// sweep has not reached yet): the units taken from the cap less the
+    /// shards' credit, each read under its shard's lock (control path).
+    /// Exact while no insert or removal runs, never above the cap (the
+    /// count, read first, never is).
     pub fn len(&self) -> usize {
-        self.count.load(Relaxed)
+        let taken = self.count.load(Relaxed);
+        let credit: usize = self
+            .shards
+            .iter()
+            .map(|s| self.lock_slot(s).stats.credit as usize)
+            .sum();
+        taken.saturating_sub(credit)
     }
 
     /// No entries.
@@ -445,6 +475,8 @@ impl Table {
             Defense::Off => false,
             Defense::Always => true,
             Defense::Auto => {
+                // The units taken: the live entries and at most 1/256 of
+                // the cap in shards' credit.
                 self.defense.secure_engaged() || self.count.load(Relaxed) >= self.defense_at
             }
         };
@@ -455,28 +487,72 @@ impl Table {
         }
     }
 
-    /// Takes one unit of capacity.
-    /// A compare-and-swap loop rather than add-then-undo, so `len()` never
-    /// reads above the cap, even transiently.
-    pub(crate) fn reserve(&self) -> bool {
+    /// Takes one unit of capacity for an entry of the shard whose `stats`
+    /// are given (under its lock): from the shard's credit, else a batch
+    /// from the shared count (one compare-and-swap per `batch` inserts),
+    /// never past the cap.
+    #[inline(always)]
+    pub(crate) fn reserve(&self, stats: &mut ShardStats) -> bool {
+        if stats.credit > 0 {
+            stats.credit -= 1;
+            return true;
+        }
+        self.reserve_batch(stats)
+    }
+
+    /// [`Table::reserve`] from the shared count: a compare-and-swap loop
+    /// rather than add-then-undo, so the count never reads above the cap,
+    /// even transiently.
+    fn reserve_batch(&self, stats: &mut ShardStats) -> bool {
         let mut cur = self.count.load(Relaxed);
         loop {
             if cur >= self.max {
                 return false;
             }
+            let take = if cur >= self.near {
+                1
+            } else {
+                (self.max - cur).min(self.batch as usize)
+            };
             match self
                 .count
-                .compare_exchange_weak(cur, cur + 1, Relaxed, Relaxed)
+                .compare_exchange_weak(cur, cur + take, Relaxed, Relaxed)
             {
-                Ok(_) => return true,
+                Ok(_) => {
+                    stats.credit += take as u32 - 1;
+                    return true;
+                }
                 Err(v) => cur = v,
             }
         }
     }
 
+    /// Gives back one unit (an entry of this shard removed, or a reserved
+    /// unit not used): kept as credit up to `keep`, the rest returned to
+    /// the shared count; all of it once the count is `near` the cap.
+    #[inline(always)]
+    pub(crate) fn unreserve(&self, stats: &mut ShardStats) {
+        stats.credit += 1;
+        let back = if stats.credit > self.keep {
+            stats.credit - (self.batch - 1)
+        } else if self.count.load(Relaxed) >= self.near {
+            stats.credit
+        } else {
+            return;
+        };
+        stats.credit -= back;
+        self.count.fetch_sub(back as usize, Relaxed);
+    }
+
     /// Unbinds a removed entry from its destination and queues its template
-    /// release; returns the entry's capacity unit.
-    pub(crate) fn retire<A: Addr, const N: usize>(&self, e: Entry<A>, rel: &mut Releases<N>) {
+    /// release; returns the entry's capacity unit (to its shard, whose
+    /// `stats` are given).
+    pub(crate) fn retire<A: Addr, const N: usize>(
+        &self,
+        e: Entry<A>,
+        stats: &mut ShardStats,
+        rel: &mut Releases<N>,
+    ) {
         if let Some(d) = &e.dest {
             if e.flags & flag::TEMPLATE != 0 {
                 d.template_bound(false);
@@ -487,7 +563,7 @@ impl Table {
                 }
             }
         }
-        self.count.fetch_sub(1, Relaxed);
+        self.unreserve(stats);
     }
 
     /// Applies queued template releases (no shard lock held).
@@ -525,7 +601,7 @@ impl Table {
             let old = part.remove(&self.hasher, idx);
             stats.expired += 1;
             let mut rel: Releases = Releases::new(A::WIDE);
-            self.retire(old, &mut rel);
+            self.retire(old, stats, &mut rel);
         }
     }
 
