@@ -24,6 +24,7 @@ use crate::datapath::egress::Egress;
 use crate::datapath::pipeline::Pipeline;
 use crate::datapath::stats::{add, DropReason, Stats, WorkerStats};
 use crate::io::idle::Idle;
+pub use crate::io::ring::Fanout;
 use crate::io::tun_local::{LocalRx, LocalSink};
 use crate::io::{RingTx, RxBatch, RxFrame, RxRing, RxSkip, RxSource, TxQueue, TxSink};
 use crate::sys::neigh::{Resolver, ResolverConfig};
@@ -114,17 +115,26 @@ pub struct EngineConfig {
     pub idle_spin_us: u32,
     /// `--worker-nice`: the workers' nice value (0: as the process).
     pub worker_nice: i32,
+    /// `--worker-cpus`: worker k is pinned to `worker_cpus[k % len]`
+    /// (empty: unpinned).
+    pub worker_cpus: Vec<usize>,
+    /// `--fanout`: how an interface's packets are shared among the
+    /// workers' AF_PACKET rings. With [`Fanout::Cpu`] and no
+    /// `worker_cpus`, worker k is pinned to CPU k (its ring takes that
+    /// CPU's packets).
+    pub fanout: Fanout,
     /// Local clients (`--local-src`): the `uvs-lo` TUN device, read by
     /// worker 0 at LOCAL_OUT and written by every worker's egress.
     pub local: Option<(crate::io::tun_local::LocalIo, u32)>,
 }
 
 /// How the workers wait for packets and at what priority they run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sched {
     busy_poll_us: u32,
     idle_spin_us: u32,
     nice: i32,
+    cpus: Vec<usize>,
 }
 
 impl EngineConfig {
@@ -133,6 +143,10 @@ impl EngineConfig {
             busy_poll_us: self.busy_poll_us,
             idle_spin_us: self.idle_spin_us,
             nice: self.worker_nice,
+            cpus: match (self.fanout, self.worker_cpus.is_empty()) {
+                (Fanout::Cpu, true) => (0..self.workers.max(1)).collect(),
+                _ => self.worker_cpus.clone(),
+            },
         }
     }
 }
@@ -224,17 +238,17 @@ fn open_af_packet(
     ifaces: &[Iface],
     group_base: u16,
     frames: usize,
+    fanout: Fanout,
 ) -> Result<Vec<RxRing>, EngineError> {
     ifaces
         .iter()
         .enumerate()
         .map(|(k, ifc)| {
-            RxRing::open(ifc.index, group_base.wrapping_add(k as u16), frames).map_err(|err| {
-                EngineError::Ring {
+            RxRing::open_fanout(ifc.index, group_base.wrapping_add(k as u16), frames, fanout)
+                .map_err(|err| EngineError::Ring {
                     iface: ifc.name.clone(),
                     err,
-                }
-            })
+                })
         })
         .collect()
 }
@@ -340,7 +354,7 @@ impl Engine {
         let backends = (0..cfg.workers.max(1))
             .map(|_| {
                 Ok(Backend {
-                    rx: open_af_packet(&ifaces, group_base, cfg.ring_frames)?,
+                    rx: open_af_packet(&ifaces, group_base, cfg.ring_frames, cfg.fanout)?,
                     tx: RingTx::new(&ring_on, TX_RING_FRAMES, TX_CAP, TX_COPY_SLOTS).map_err(
                         |err| EngineError::Ring {
                             iface: "(TX ring)".into(),
@@ -372,6 +386,7 @@ impl Engine {
             busy_poll_us,
             idle_spin_us: 0,
             nice: 0,
+            cpus: Vec::new(),
         };
         Self::start_inner(pipeline, ifaces, backends, sched, None)
     }
@@ -387,6 +402,7 @@ impl Engine {
             busy_poll_us,
             idle_spin_us,
             nice,
+            cpus,
         }: Sched,
         local: Option<(crate::io::tun_local::LocalIo, u32)>,
     ) -> Result<Engine, EngineError>
@@ -461,6 +477,7 @@ impl Engine {
                 faults.clone(),
             );
             let name = format!("uvs-worker-{id}");
+            let cpu = crate::io::place::cpu_of(&cpus, id);
             threads.push(
                 std::thread::Builder::new()
                     .name(name.clone())
@@ -468,6 +485,11 @@ impl Engine {
                         if nice != 0 {
                             if let Err(e) = set_thread_nice(nice) {
                                 log::warn!("{name}: --worker-nice {nice} not applied: {e}");
+                            }
+                        }
+                        if let Some(c) = cpu {
+                            if let Err(e) = crate::io::place::pin_current(c) {
+                                log::warn!("{name}: --worker-cpus {c} not applied: {e}");
                             }
                         }
                         f.guard(&name, &sp, || w.run(&pl, &st.workers[id], &rs, &sp, epoch));

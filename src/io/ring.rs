@@ -171,10 +171,26 @@ fn frame_size_for(mtu: usize) -> usize {
         .clamp(FRAME_MIN, FRAME_MAX)
 }
 
+/// How the rings of one fanout group share an interface's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fanout {
+    /// By a hash of the flow (`PACKET_FANOUT_HASH`): one flow, one ring.
+    #[default]
+    Hash,
+    /// By the CPU the packet is received on (`PACKET_FANOUT_CPU`): the k-th
+    /// ring to join takes the packets of CPU k (modulo the group's size).
+    Cpu,
+}
+
 impl RxRing {
     /// Opens a ring of `frames` frames, sized to the interface's MTU, on
     /// `ifindex` and joins fanout group `group` (one group id per interface).
     pub fn open(ifindex: u32, group: u16, frames: usize) -> io::Result<Self> {
+        RxRing::open_fanout(ifindex, group, frames, Fanout::Hash)
+    }
+
+    /// [`RxRing::open`] with the group's way of choosing a ring.
+    pub fn open_fanout(ifindex: u32, group: u16, frames: usize, mode: Fanout) -> io::Result<Self> {
         let frame_size = frame_size_for(interface_mtu(ifindex)?);
         // Blocks of at least a page, holding whole frames (power-of-two
         // frames tile them exactly, so frames are contiguous in the map).
@@ -252,8 +268,11 @@ impl RxRing {
                 std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         })?;
-        let fanout: u32 =
-            u32::from(group) | (libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_DEFRAG) << 16;
+        let how = match mode {
+            Fanout::Hash => libc::PACKET_FANOUT_HASH,
+            Fanout::Cpu => libc::PACKET_FANOUT_CPU,
+        };
+        let fanout: u32 = u32::from(group) | (how | libc::PACKET_FANOUT_FLAG_DEFRAG) << 16;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_FANOUT, &fanout)?;
         Ok(ring)
     }

@@ -1,0 +1,100 @@
+//! Where a worker runs: the CPU it is pinned to (`uvs run --worker-cpus`).
+//!
+//! A sleeping worker is woken by whoever put a packet in its ring: the
+//! sender's softirq on the sender's CPU. An unpinned worker is woken where
+//! the scheduler finds room, on a two-CPU machine usually the other, idle,
+//! CPU: an inter-processor interrupt, and on a VM a halted vCPU to bring
+//! back. A pinned worker is always woken on its own CPU (see
+//! `docs/bench/wake.md` for what that changed here).
+
+use std::io;
+
+use super::ring::Fanout;
+
+/// `uvs run`'s placement options (flattened into its command line).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PlaceArgs {
+    /// Pin the workers to CPUs: worker k runs on the k-th CPU of the
+    /// comma-separated LIST, in turn (a list shorter than --workers starts
+    /// again). A pinned worker is always woken on its own CPU; unpinned
+    /// (the default), the scheduler picks one at each wake-up. A CPU that
+    /// cannot be used is a warning and the worker unpinned.
+    #[arg(long = "worker-cpus", value_name = "LIST", value_delimiter = ',')]
+    pub worker_cpus: Vec<usize>,
+    /// How an interface's packets are shared among the workers' AF_PACKET
+    /// rings: hash (by flow, the default) or cpu (by the CPU that received
+    /// the packet, on a veth the sender's: worker k takes CPU k's packets
+    /// and, without --worker-cpus, is pinned to CPU k, so it is woken where
+    /// the packet arrived).
+    #[arg(long, value_enum, default_value_t = FanoutArg::Hash)]
+    pub fanout: FanoutArg,
+}
+
+/// `uvs run --fanout`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FanoutArg {
+    #[default]
+    Hash,
+    Cpu,
+}
+
+impl From<FanoutArg> for Fanout {
+    fn from(a: FanoutArg) -> Fanout {
+        match a {
+            FanoutArg::Hash => Fanout::Hash,
+            FanoutArg::Cpu => Fanout::Cpu,
+        }
+    }
+}
+
+/// The CPU of worker `id` for the list `cpus` (worker k takes
+/// `cpus[k % len]`); `None` when the list is empty (unpinned).
+pub fn cpu_of(cpus: &[usize], id: usize) -> Option<usize> {
+    (!cpus.is_empty()).then(|| cpus[id % cpus.len()])
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_current(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: cpu_set_t is plain data for which all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked), so CPU_SET writes
+    // inside `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of
+    // the size passed, only read by the kernel.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_take_the_list_in_turn() {
+        assert_eq!(cpu_of(&[], 0), None);
+        assert_eq!(cpu_of(&[1], 0), Some(1));
+        assert_eq!(cpu_of(&[1], 3), Some(1));
+        assert_eq!(cpu_of(&[0, 1], 0), Some(0));
+        assert_eq!(cpu_of(&[0, 1], 1), Some(1));
+        assert_eq!(cpu_of(&[0, 1], 2), Some(0));
+    }
+
+    #[test]
+    fn pinning_moves_the_thread_there() {
+        std::thread::spawn(|| {
+            pin_current(0).expect("CPU 0 exists");
+            // SAFETY: sched_getcpu has no preconditions.
+            assert_eq!(unsafe { libc::sched_getcpu() }, 0);
+            assert!(pin_current(libc::CPU_SETSIZE as usize).is_err());
+        })
+        .join()
+        .unwrap();
+    }
+}
