@@ -118,6 +118,9 @@ pub struct EngineConfig {
     /// `--worker-cpus`: worker k is pinned to `worker_cpus[k % len]`
     /// (empty: unpinned).
     pub worker_cpus: Vec<usize>,
+    /// `--worker-fifo`: SCHED_FIFO priority of the workers (0: the
+    /// process's policy).
+    pub worker_fifo: u8,
     /// `--fanout`: how an interface's packets are shared among the
     /// workers' AF_PACKET rings. With [`Fanout::Cpu`] and no
     /// `worker_cpus`, worker k is pinned to CPU k (its ring takes that
@@ -135,6 +138,7 @@ struct Sched {
     idle_spin_us: u32,
     nice: i32,
     cpus: Vec<usize>,
+    fifo: u8,
 }
 
 impl EngineConfig {
@@ -147,6 +151,7 @@ impl EngineConfig {
                 (Fanout::Cpu, true) => (0..self.workers.max(1)).collect(),
                 _ => self.worker_cpus.clone(),
             },
+            fifo: self.worker_fifo,
         }
     }
 }
@@ -387,6 +392,7 @@ impl Engine {
             idle_spin_us: 0,
             nice: 0,
             cpus: Vec::new(),
+            fifo: 0,
         };
         Self::start_inner(pipeline, ifaces, backends, sched, None)
     }
@@ -403,6 +409,7 @@ impl Engine {
             idle_spin_us,
             nice,
             cpus,
+            fifo,
         }: Sched,
         local: Option<(crate::io::tun_local::LocalIo, u32)>,
     ) -> Result<Engine, EngineError>
@@ -490,6 +497,11 @@ impl Engine {
                         if let Some(c) = cpu {
                             if let Err(e) = crate::io::place::pin_current(c) {
                                 log::warn!("{name}: --worker-cpus {c} not applied: {e}");
+                            }
+                        }
+                        if fifo > 0 {
+                            if let Err(e) = crate::io::place::fifo_current(fifo) {
+                                log::warn!("{name}: --worker-fifo {fifo} not applied: {e}");
                             }
                         }
                         f.guard(&name, &sp, || w.run(&pl, &st.workers[id], &rs, &sp, epoch));

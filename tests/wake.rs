@@ -24,8 +24,9 @@
 //! threads) to those CPUs. `UVS_WAKE_PERF=DIR` records the scheduler's
 //! wake-ups and the IPIs of the whole machine during each measurement
 //! (`perf record -a`, files in DIR) and prints, per woken party (client,
-//! servers, uvs workers, others), how many wake-ups each request cost and
-//! how many of them went to another CPU than the waker's, and the IPIs sent.
+//! servers, uvs workers, others) and whether it ran on the waker's CPU
+//! (local) or the other (remote): how many wake-ups each request cost and
+//! how long each took from the wake-up to running; and the IPIs sent.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -148,14 +149,21 @@ enum Role {
     Other,
 }
 
-/// Wake-ups of the trace in `file`: per woken role (wake-ups, of them
-/// woken on another CPU than the waker's), and the IPIs sent by reason.
-fn trace_summary(
-    file: &str,
-    roles: &BTreeMap<i32, Role>,
-) -> (BTreeMap<Role, (u64, u64)>, BTreeMap<String, u64>) {
+/// What the trace of one measurement showed.
+#[derive(Debug, Default)]
+struct Trace {
+    /// Per woken role and whether it then ran on another CPU than the
+    /// waker's (remote): the summed time from the wake-up (`sched_waking`)
+    /// to running (`sched_switch` to it) in ns, and how many.
+    to_run: BTreeMap<(Role, bool), (u64, u64)>,
+    /// IPIs sent, by call site.
+    ipis: BTreeMap<String, u64>,
+}
+
+/// Reads the trace in `file` (`perf script`).
+fn trace_summary(file: &str, roles: &BTreeMap<i32, Role>) -> Trace {
     let out = std::process::Command::new("perf")
-        .args(["script", "-i", file, "-F", "cpu,event,trace"])
+        .args(["script", "-i", file, "-F", "cpu,time,event,trace"])
         .output()
         .expect("perf script");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -163,46 +171,52 @@ fn trace_summary(
         let i = l.find(k)? + k.len();
         Some(l[i..].split_whitespace().next()?.to_string())
     };
-    let mut waking: BTreeMap<i32, usize> = BTreeMap::new();
-    let mut wakes: BTreeMap<Role, (u64, u64)> = BTreeMap::new();
-    let mut ipis: BTreeMap<String, u64> = BTreeMap::new();
+    let role = |p: i32| *roles.get(&p).unwrap_or(&Role::Other);
+    // Woken, not yet running: (when, the waker's CPU).
+    let mut woken: BTreeMap<i32, (u64, usize)> = BTreeMap::new();
+    let mut tr = Trace::default();
     for l in text.lines() {
-        let Some(cpu) = l
+        // "[001]  1650.500805:  sched:…"
+        let Some((cpu, rest)) = l
             .trim_start()
             .strip_prefix('[')
-            .and_then(|r| r.split(']').next())
-            .and_then(|c| c.parse::<usize>().ok())
+            .and_then(|r| r.split_once(']'))
         else {
+            continue;
+        };
+        let Ok(cpu) = cpu.parse::<usize>() else {
+            continue;
+        };
+        let Some(ts) = rest.split_whitespace().next().and_then(|t| {
+            let (s, us) = t.trim_end_matches(':').split_once('.')?;
+            Some(s.parse::<u64>().ok()? * 1_000_000_000 + us.parse::<u64>().ok()? * 1000)
+        }) else {
             continue;
         };
         if l.contains("sched:sched_waking:") {
             if let Some(p) = field(l, " pid=").and_then(|p| p.parse().ok()) {
-                waking.insert(p, cpu);
+                woken.entry(p).or_insert((ts, cpu));
             }
-        } else if l.contains("sched:sched_wakeup:") {
-            let (Some(p), Some(t)) = (
-                field(l, " pid=").and_then(|p| p.parse::<i32>().ok()),
-                field(l, " target_cpu=").and_then(|c| c.parse::<usize>().ok()),
-            ) else {
-                continue;
-            };
-            if let Some(from) = waking.remove(&p) {
-                let e = wakes
-                    .entry(*roles.get(&p).unwrap_or(&Role::Other))
-                    .or_default();
-                e.0 += 1;
-                e.1 += u64::from(from != t);
+        } else if l.contains("sched:sched_switch:") {
+            if let Some(p) = field(l, " next_pid=").and_then(|p| p.parse::<i32>().ok()) {
+                if let Some((at, from)) = woken.remove(&p) {
+                    let e = tr.to_run.entry((role(p), from != cpu)).or_default();
+                    e.0 += ts.saturating_sub(at);
+                    e.1 += 1;
+                }
             }
         } else if l.contains("ipi:ipi_send_cpu:") {
             let why = field(l, "callsite=")
                 .map(|c| c.split('+').next().unwrap_or("").to_string())
                 .unwrap_or_default();
-            *ipis.entry(why).or_default() += 1;
+            *tr.ipis.entry(why).or_default() += 1;
         } else if l.contains("sched:sched_wake_idle_without_ipi:") {
-            *ipis.entry("(idle woken without IPI)".into()).or_default() += 1;
+            *tr.ipis
+                .entry("(idle woken without IPI)".into())
+                .or_default() += 1;
         }
     }
-    (wakes, ipis)
+    tr
 }
 
 /// `perf record` of the machine's wake-ups and IPIs, stopped with SIGINT.
@@ -223,6 +237,8 @@ impl Perf {
                 "sched:sched_wake_idle_without_ipi",
                 "-e",
                 "ipi:ipi_send_cpu",
+                "-e",
+                "sched:sched_switch",
                 "-o",
                 file,
             ])
@@ -364,14 +380,19 @@ fn serial_latency_by_waiting_policy() {
                 for t in &ws {
                     roles.insert(*t, Role::Worker);
                 }
-                let (wakes, ipis) = trace_summary(f, &roles);
+                let tr = trace_summary(f, &roles);
                 let n = requests as f64;
-                let mut s = String::from("    wake-ups per request (remote):");
-                for (r, (all, remote)) in &wakes {
-                    s += &format!(" {r:?} {:.2} ({:.2})", *all as f64 / n, *remote as f64 / n);
+                let mut s = String::from("    woken per request, then running after mean µs:");
+                for ((r, remote), (sum, c)) in &tr.to_run {
+                    let at = if *remote { "remote" } else { "local" };
+                    s += &format!(
+                        " {r:?} {at} {:.2} after {:.1}",
+                        *c as f64 / n,
+                        *sum as f64 / (*c).max(1) as f64 / 1000.0
+                    );
                 }
-                s += "; IPIs per request:";
-                for (why, c) in &ipis {
+                s += "\n    IPIs per request:";
+                for (why, c) in &tr.ipis {
                     s += &format!(" {why} {:.2}", *c as f64 / n);
                 }
                 println!("{s}");
