@@ -118,9 +118,9 @@ pub struct EngineConfig {
     /// `--worker-cpus`: worker k is pinned to `worker_cpus[k % len]`
     /// (empty: unpinned).
     pub worker_cpus: Vec<usize>,
-    /// `--worker-fifo`: SCHED_FIFO priority of the workers (0: the
-    /// process's policy).
-    pub worker_fifo: u8,
+    /// `--worker-fifo`, `--worker-sched-idle`: the workers' scheduling
+    /// policy.
+    pub worker_policy: crate::io::place::Policy,
     /// `--fanout`: how an interface's packets are shared among the
     /// workers' AF_PACKET rings. With [`Fanout::Cpu`] and no
     /// `worker_cpus`, worker k is pinned to CPU k (its ring takes that
@@ -138,7 +138,7 @@ struct Sched {
     idle_spin_us: u32,
     nice: i32,
     cpus: Vec<usize>,
-    fifo: u8,
+    policy: crate::io::place::Policy,
 }
 
 impl EngineConfig {
@@ -151,7 +151,7 @@ impl EngineConfig {
                 (Fanout::Cpu, true) => (0..self.workers.max(1)).collect(),
                 _ => self.worker_cpus.clone(),
             },
-            fifo: self.worker_fifo,
+            policy: self.worker_policy,
         }
     }
 }
@@ -392,7 +392,7 @@ impl Engine {
             idle_spin_us: 0,
             nice: 0,
             cpus: Vec::new(),
-            fifo: 0,
+            policy: crate::io::place::Policy::Inherit,
         };
         Self::start_inner(pipeline, ifaces, backends, sched, None)
     }
@@ -409,7 +409,7 @@ impl Engine {
             idle_spin_us,
             nice,
             cpus,
-            fifo,
+            policy,
         }: Sched,
         local: Option<(crate::io::tun_local::LocalIo, u32)>,
     ) -> Result<Engine, EngineError>
@@ -499,10 +499,8 @@ impl Engine {
                                 log::warn!("{name}: --worker-cpus {c} not applied: {e}");
                             }
                         }
-                        if fifo > 0 {
-                            if let Err(e) = crate::io::place::fifo_current(fifo) {
-                                log::warn!("{name}: --worker-fifo {fifo} not applied: {e}");
-                            }
+                        if let Err(e) = policy.apply() {
+                            log::warn!("{name}: scheduling policy {policy:?} not applied: {e}");
                         }
                         f.guard(&name, &sp, || w.run(&pl, &st.workers[id], &rs, &sp, epoch));
                     })?,

@@ -156,6 +156,8 @@ struct Trace {
     /// waker's (remote): the summed time from the wake-up (`sched_waking`)
     /// to running (`sched_switch` to it) in ns, and how many.
     to_run: BTreeMap<(Role, bool), (u64, u64)>,
+    /// Per role: wake-ups that came before the task had switched out.
+    unswitched: BTreeMap<Role, u64>,
     /// IPIs sent, by call site.
     ipis: BTreeMap<String, u64>,
 }
@@ -195,9 +197,16 @@ fn trace_summary(file: &str, roles: &BTreeMap<i32, Role>) -> Trace {
         };
         if l.contains("sched:sched_waking:") {
             if let Some(p) = field(l, " pid=").and_then(|p| p.parse().ok()) {
-                woken.entry(p).or_insert((ts, cpu));
+                woken.insert(p, (ts, cpu));
             }
         } else if l.contains("sched:sched_switch:") {
+            // Woken before it had switched out (still on its CPU, about
+            // to sleep): the wake-up cost no switch.
+            if let Some(p) = field(l, " prev_pid=").and_then(|p| p.parse::<i32>().ok()) {
+                if woken.remove(&p).is_some() {
+                    *tr.unswitched.entry(role(p)).or_default() += 1;
+                }
+            }
             if let Some(p) = field(l, " next_pid=").and_then(|p| p.parse::<i32>().ok()) {
                 if let Some((at, from)) = woken.remove(&p) {
                     let e = tr.to_run.entry((role(p), from != cpu)).or_default();
@@ -228,6 +237,8 @@ impl Perf {
             .args([
                 "record",
                 "-q",
+                "-m",
+                "16M",
                 "-a",
                 "-e",
                 "sched:sched_waking",
@@ -390,6 +401,10 @@ fn serial_latency_by_waiting_policy() {
                         *c as f64 / n,
                         *sum as f64 / (*c).max(1) as f64 / 1000.0
                     );
+                }
+                s += "\n    woken before switching out, per request:";
+                for (r, c) in &tr.unswitched {
+                    s += &format!(" {r:?} {:.2}", *c as f64 / n);
                 }
                 s += "\n    IPIs per request:";
                 for (why, c) in &tr.ipis {

@@ -680,7 +680,7 @@ fn real_main() -> Result<ExitCode> {
                 idle_spin_us: idle_spin,
                 worker_nice,
                 worker_cpus: place.worker_cpus.clone(),
-                worker_fifo: place.worker_fifo,
+                worker_policy: place.policy(),
                 fanout: place.fanout.into(),
                 sources,
                 metrics,

@@ -67,8 +67,8 @@ pub struct RunOpts {
     pub worker_nice: i32,
     /// `--worker-cpus`: the CPU of each worker, in turn (empty: unpinned).
     pub worker_cpus: Vec<usize>,
-    /// `--worker-fifo`: SCHED_FIFO priority of the workers (0: off).
-    pub worker_fifo: u8,
+    /// `--worker-fifo`, `--worker-sched-idle`: the workers' policy.
+    pub worker_policy: crate::io::place::Policy,
     /// `--fanout`: how the AF_PACKET rings share an interface's packets.
     pub fanout: engine::Fanout,
     /// The files re-read by `uvs reload` / SIGHUP (see [`reload`]).
@@ -1059,7 +1059,7 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             idle_spin_us: opts.idle_spin_us,
             worker_nice: opts.worker_nice,
             worker_cpus: opts.worker_cpus.clone(),
-            worker_fifo: opts.worker_fifo,
+            worker_policy: opts.worker_policy,
             fanout: opts.fanout,
             local: local.as_ref().map(|l| (l.io(), l.ifindex())),
         },

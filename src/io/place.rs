@@ -39,6 +39,49 @@ pub struct PlaceArgs {
     #[arg(long = "worker-fifo", value_name = "PRIO", default_value_t = 0,
           value_parser = clap::value_parser!(u8).range(0..=99))]
     pub worker_fifo: u8,
+    /// Run the workers under SCHED_IDLE: a CPU that runs only a worker
+    /// counts as idle when the scheduler places a woken task, so the
+    /// client or server a worker wakes (a synchronous socket wake-up) is
+    /// put on the worker's CPU and runs at once, preempting it, instead of
+    /// waking the other CPU with an IPI. Any ordinary task then also takes
+    /// the worker's CPU before it. Off by default; --worker-fifo overrides
+    /// it.
+    #[arg(long = "worker-sched-idle")]
+    pub worker_sched_idle: bool,
+}
+
+impl PlaceArgs {
+    /// The workers' scheduling policy these options ask for.
+    pub fn policy(&self) -> Policy {
+        match (self.worker_fifo, self.worker_sched_idle) {
+            (0, false) => Policy::Inherit,
+            (0, true) => Policy::Idle,
+            (p, _) => Policy::Fifo(p),
+        }
+    }
+}
+
+/// A worker's scheduling policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// The process's (normally SCHED_OTHER).
+    #[default]
+    Inherit,
+    /// SCHED_FIFO at this priority (1-99).
+    Fifo(u8),
+    /// SCHED_IDLE.
+    Idle,
+}
+
+impl Policy {
+    /// Applies it to the calling thread.
+    pub fn apply(self) -> io::Result<()> {
+        match self {
+            Policy::Inherit => Ok(()),
+            Policy::Fifo(p) => fifo_current(p),
+            Policy::Idle => set_policy(libc::SCHED_IDLE, 0),
+        }
+    }
 }
 
 /// `uvs run --fanout`.
@@ -85,12 +128,16 @@ pub fn pin_current(cpu: usize) -> io::Result<()> {
 
 /// Puts the calling thread under SCHED_FIFO at `prio` (1-99).
 pub fn fifo_current(prio: u8) -> io::Result<()> {
+    set_policy(libc::SCHED_FIFO, prio)
+}
+
+fn set_policy(policy: libc::c_int, prio: u8) -> io::Result<()> {
     let param = libc::sched_param {
         sched_priority: libc::c_int::from(prio),
     };
     // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param,
     // only read by the kernel.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -133,5 +180,24 @@ mod tests {
         .join()
         .unwrap();
         assert!(fifo_current(100).is_err(), "above the range");
+    }
+
+    #[test]
+    fn sched_idle_is_applied_and_fifo_wins_over_it() {
+        std::thread::spawn(|| {
+            Policy::Idle.apply().expect("SCHED_IDLE needs no privilege");
+            // SAFETY: sched_getscheduler(0) has no preconditions.
+            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_IDLE);
+        })
+        .join()
+        .unwrap();
+        let a = |fifo, idle| PlaceArgs {
+            worker_fifo: fifo,
+            worker_sched_idle: idle,
+            ..PlaceArgs::default()
+        };
+        assert_eq!(a(0, false).policy(), Policy::Inherit);
+        assert_eq!(a(0, true).policy(), Policy::Idle);
+        assert_eq!(a(3, true).policy(), Policy::Fifo(3));
     }
 }
