@@ -114,17 +114,30 @@ pub struct EngineConfig {
     pub idle_spin_us: u32,
     /// `--worker-nice`: the workers' nice value (0: as the process).
     pub worker_nice: i32,
+    /// `--worker-cpus`: worker k is pinned to `worker_cpus[k % len]`
+    /// (empty: unpinned).
+    pub worker_cpus: Vec<usize>,
+    /// `--worker-fifo`, `--worker-sched-idle`: the workers' scheduling
+    /// policy.
+    pub worker_policy: crate::io::place::Policy,
+    /// `--fanout`: how an interface's packets are shared among the
+    /// workers' AF_PACKET rings. With [`Fanout::Cpu`] and no
+    /// `worker_cpus`, worker k is pinned to CPU k (its ring takes that
+    /// CPU's packets).
+    pub fanout: Fanout,
     /// Local clients (`--local-src`): the `uvs-lo` TUN device, read by
     /// worker 0 at LOCAL_OUT and written by every worker's egress.
     pub local: Option<(crate::io::tun_local::LocalIo, u32)>,
 }
 
 /// How the workers wait for packets and at what priority they run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sched {
     busy_poll_us: u32,
     idle_spin_us: u32,
     nice: i32,
+    cpus: Vec<usize>,
+    policy: crate::io::place::Policy,
 }
 
 impl EngineConfig {
@@ -133,6 +146,11 @@ impl EngineConfig {
             busy_poll_us: self.busy_poll_us,
             idle_spin_us: self.idle_spin_us,
             nice: self.worker_nice,
+            cpus: match (self.fanout, self.worker_cpus.is_empty()) {
+                (Fanout::Cpu, true) => (0..self.workers.max(1)).collect(),
+                _ => self.worker_cpus.clone(),
+            },
+            policy: self.worker_policy,
         }
     }
 }
@@ -339,7 +357,7 @@ impl Engine {
             TxMode::Sendmmsg => Vec::new(),
         };
         let workers = cfg.workers.max(1);
-        let fanout = Fanout::for_members(workers);
+        let fanout = Fanout::for_members(workers, cfg.fanout);
         let backends = (0..workers)
             .map(|_| {
                 Ok(Backend {
@@ -375,6 +393,8 @@ impl Engine {
             busy_poll_us,
             idle_spin_us: 0,
             nice: 0,
+            cpus: Vec::new(),
+            policy: crate::io::place::Policy::Inherit,
         };
         Self::start_inner(pipeline, ifaces, backends, sched, None)
     }
@@ -390,6 +410,8 @@ impl Engine {
             busy_poll_us,
             idle_spin_us,
             nice,
+            cpus,
+            policy,
         }: Sched,
         local: Option<(crate::io::tun_local::LocalIo, u32)>,
     ) -> Result<Engine, EngineError>
@@ -464,6 +486,7 @@ impl Engine {
                 faults.clone(),
             );
             let name = format!("uvs-worker-{id}");
+            let cpu = crate::io::place::cpu_of(&cpus, id);
             threads.push(
                 std::thread::Builder::new()
                     .name(name.clone())
@@ -472,6 +495,14 @@ impl Engine {
                             if let Err(e) = set_thread_nice(nice) {
                                 log::warn!("{name}: --worker-nice {nice} not applied: {e}");
                             }
+                        }
+                        if let Some(c) = cpu {
+                            if let Err(e) = crate::io::place::pin_current(c) {
+                                log::warn!("{name}: --worker-cpus {c} not applied: {e}");
+                            }
+                        }
+                        if let Err(e) = policy.apply() {
+                            log::warn!("{name}: scheduling policy {policy:?} not applied: {e}");
                         }
                         f.guard(&name, &sp, || w.run(&pl, &st.workers[id], &rs, &sp, epoch));
                     })?,

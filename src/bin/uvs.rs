@@ -210,6 +210,8 @@ enum Cmd {
               allow_negative_numbers = true,
               value_parser = clap::value_parser!(i32).range(-20..=19))]
         worker_nice: i32,
+        #[command(flatten)]
+        place: Box<uvs::io::place::PlaceArgs>,
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by
         /// default; a loopback address is suggested).
         #[arg(long, value_name = "ADDR:PORT")]
@@ -613,6 +615,7 @@ fn real_main() -> Result<ExitCode> {
             busy_poll,
             idle_spin,
             worker_nice,
+            place,
             metrics,
             bgp,
             local_src,
@@ -676,6 +679,9 @@ fn real_main() -> Result<ExitCode> {
                 busy_poll_us: busy_poll,
                 idle_spin_us: idle_spin,
                 worker_nice,
+                worker_cpus: place.worker_cpus.clone(),
+                worker_policy: place.policy(),
+                fanout: place.fanout.into(),
                 sources,
                 metrics,
                 bgp,

@@ -65,6 +65,12 @@ pub struct RunOpts {
     pub idle_spin_us: u32,
     /// `--worker-nice`: the workers' nice value (0: unchanged).
     pub worker_nice: i32,
+    /// `--worker-cpus`: the CPU of each worker, in turn (empty: unpinned).
+    pub worker_cpus: Vec<usize>,
+    /// `--worker-fifo`, `--worker-sched-idle`: the workers' policy.
+    pub worker_policy: crate::io::place::Policy,
+    /// `--fanout`: how the AF_PACKET rings share an interface's packets.
+    pub fanout: crate::io::Fanout,
     /// The files re-read by `uvs reload` / SIGHUP (see [`reload`]).
     pub sources: lifecycle::Sources,
     /// `--metrics ADDR:PORT`: serve Prometheus text at `/metrics`.
@@ -1052,6 +1058,9 @@ pub fn run(opts: RunOpts, stop: &AtomicBool) -> Result<(), DaemonError> {
             busy_poll_us: opts.busy_poll_us,
             idle_spin_us: opts.idle_spin_us,
             worker_nice: opts.worker_nice,
+            worker_cpus: opts.worker_cpus.clone(),
+            worker_policy: opts.worker_policy,
+            fanout: opts.fanout,
             local: local.as_ref().map(|l| (l.io(), l.ifindex())),
         },
     )?;

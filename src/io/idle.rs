@@ -1,5 +1,6 @@
 //! When a worker whose sources ran dry sleeps: at once, after a fixed spin
-//! (`--busy-poll`), or after an adaptive spin (`--idle-spin`, the default).
+//! (`--busy-poll`), or after an adaptive spin (`--idle-spin`); by default at
+//! once.
 //!
 //! A sleeping worker costs one sleep and one wake-up per packet in serial
 //! traffic (a request, its answer, the next request): an `epoll_wait`, a

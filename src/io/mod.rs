@@ -14,6 +14,7 @@
 
 pub mod device;
 pub mod idle;
+pub mod place;
 pub mod ring;
 pub mod tun_local;
 pub mod tx;

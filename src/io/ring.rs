@@ -69,26 +69,29 @@ const SLL_OFFSET: usize = 32;
 /// the flag and ignores it, as it ignores unknown fanout flags).
 const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
 
-/// How an interface's fanout group picks the ring for a packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How an interface's fanout group picks the ring for a packet (`--fanout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fanout {
     /// By a symmetric hash of the flow (`PACKET_FANOUT_HASH`): a flow stays
     /// on one worker. The kernel runs its flow dissector on every packet
     /// for this hash.
+    #[default]
     Hash,
-    /// The group has one ring (one worker): any mode picks it, so the
-    /// cheapest one (`PACKET_FANOUT_CPU`, the CPU number modulo one) and
-    /// no flow dissector per packet.
-    Single,
+    /// By the CPU the packet is received on (`PACKET_FANOUT_CPU`): the k-th
+    /// ring to join takes the packets of CPU k (modulo the group's size).
+    /// No flow dissector per packet.
+    Cpu,
 }
 
 impl Fanout {
-    /// The mode for a group of `members` rings.
-    pub fn for_members(members: usize) -> Fanout {
+    /// The mode for a group of `members` rings when `asked` was asked for:
+    /// a one-ring group (one worker) is picked by any mode, so it gets the
+    /// cheapest, [`Fanout::Cpu`] (the CPU number modulo one, no flow hash).
+    pub fn for_members(members: usize, asked: Fanout) -> Fanout {
         if members <= 1 {
-            Fanout::Single
+            Fanout::Cpu
         } else {
-            Fanout::Hash
+            asked
         }
     }
 
@@ -96,7 +99,7 @@ impl Fanout {
     fn arg(self, group: u16) -> u32 {
         let mode = match self {
             Fanout::Hash => libc::PACKET_FANOUT_HASH,
-            Fanout::Single => libc::PACKET_FANOUT_CPU,
+            Fanout::Cpu => libc::PACKET_FANOUT_CPU,
         };
         let flags = libc::PACKET_FANOUT_FLAG_DEFRAG | PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
         u32::from(group) | (mode | flags) << 16
@@ -575,11 +578,12 @@ mod tests {
 
     #[test]
     fn a_one_ring_group_skips_the_flow_hash_and_every_group_ignores_outgoing() {
-        assert_eq!(Fanout::for_members(1), Fanout::Single);
-        assert_eq!(Fanout::for_members(2), Fanout::Hash);
+        assert_eq!(Fanout::for_members(1, Fanout::Hash), Fanout::Cpu);
+        assert_eq!(Fanout::for_members(2, Fanout::Hash), Fanout::Hash);
+        assert_eq!(Fanout::for_members(2, Fanout::Cpu), Fanout::Cpu);
         // The uapi values: group id low, mode and flags high.
         let flags = 0x8000 | 0x4000;
-        assert_eq!(Fanout::Single.arg(7), 7 | (2 | flags) << 16);
+        assert_eq!(Fanout::Cpu.arg(7), 7 | (2 | flags) << 16);
         assert_eq!(Fanout::Hash.arg(0xbeef), 0xbeef | flags << 16);
     }
 }
