@@ -93,6 +93,15 @@
 //! that fills faster than the sweep visits it. Listing allocates the
 //! caller's rows.
 //!
+//! The cap (`Config::max_entries`) is one shared count, which shards take
+//! from in batches of 1/512 of their share (8 at the default 1M cap and
+//! 256 shards; one at a time for caps below 512 per shard) and hold as
+//! credit under their own lock: an insert writes the shared count once
+//! per batch, not once per entry. Less than 1/256 of the cap is ever
+//! credit, none is taken in the last 2.7% of it, and credit is given back
+//! there, so a table still fills to exactly its cap; [`Table::len`] is the
+//! count less the credit.
+//!
 //! # Expiry
 //!
 //! No timer per entry: a packet only rewrites `expires` (one store). The
