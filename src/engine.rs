@@ -24,9 +24,8 @@ use crate::datapath::egress::Egress;
 use crate::datapath::pipeline::Pipeline;
 use crate::datapath::stats::{add, DropReason, Stats, WorkerStats};
 use crate::io::idle::Idle;
-pub use crate::io::ring::Fanout;
 use crate::io::tun_local::{LocalRx, LocalSink};
-use crate::io::{RingTx, RxBatch, RxFrame, RxRing, RxSkip, RxSource, TxQueue, TxSink};
+use crate::io::{Fanout, RingTx, RxBatch, RxFrame, RxRing, RxSkip, RxSource, TxQueue, TxSink};
 use crate::sys::neigh::{Resolver, ResolverConfig};
 
 /// An interface uvs attaches to.
@@ -249,11 +248,12 @@ fn open_af_packet(
         .iter()
         .enumerate()
         .map(|(k, ifc)| {
-            RxRing::open_fanout(ifc.index, group_base.wrapping_add(k as u16), frames, fanout)
-                .map_err(|err| EngineError::Ring {
+            RxRing::open(ifc.index, group_base.wrapping_add(k as u16), frames, fanout).map_err(
+                |err| EngineError::Ring {
                     iface: ifc.name.clone(),
                     err,
-                })
+                },
+            )
         })
         .collect()
 }
@@ -356,10 +356,12 @@ impl Engine {
             TxMode::Ring => ifaces.iter().map(|i| i.index).collect(),
             TxMode::Sendmmsg => Vec::new(),
         };
-        let backends = (0..cfg.workers.max(1))
+        let workers = cfg.workers.max(1);
+        let fanout = Fanout::for_members(workers, cfg.fanout);
+        let backends = (0..workers)
             .map(|_| {
                 Ok(Backend {
-                    rx: open_af_packet(&ifaces, group_base, cfg.ring_frames, cfg.fanout)?,
+                    rx: open_af_packet(&ifaces, group_base, cfg.ring_frames, fanout)?,
                     tx: RingTx::new(&ring_on, TX_RING_FRAMES, TX_CAP, TX_COPY_SLOTS).map_err(
                         |err| EngineError::Ring {
                             iface: "(TX ring)".into(),

@@ -402,3 +402,33 @@ fn worker_sleeps_and_spin_catches_are_counted() {
         }
     }
 }
+
+/// What the director's own stack sends on an interface is not copied into
+/// uvs's RX rings: `rx.skipped_other_host` (frames a ring holds that are
+/// not for this host, skipped) stays put while the director pings the
+/// client 200 times. A socket's `PACKET_IGNORE_OUTGOING` stops applying
+/// once it joins a fanout group; the group's own flag says it instead
+/// (before it did, each echo request was copied in and skipped).
+#[test]
+fn the_directors_own_packets_are_not_copied_into_the_rings() {
+    if !root_or_skip("the_directors_own_packets_are_not_copied_into_the_rings") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup("o");
+    let read = |k: &str| s.d.counter(k).unwrap_or_else(|e| panic!("{k}: {e}"));
+    let skipped0 = read("rx.skipped_other_host");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &s.lab.ns("lb"), "ping", "-q", "-c", "200"])
+        .args(["-i", "0.005", "-w", "10", "198.51.100.10"])
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "ping: {text}");
+    let skipped = read("rx.skipped_other_host") - skipped0;
+    // A few multicast frames (IPv6 neighbour discovery) may come by.
+    assert!(
+        skipped < 50,
+        "{skipped} frames skipped during 200 echo requests the director sent\n{text}"
+    );
+}

@@ -265,7 +265,7 @@ impl Table {
                     }
                     let old = part.remove(&self.hasher, i);
                     stats.dropped_entry += 1;
-                    self.retire(old, &mut rel);
+                    self.retire(old, stats, &mut rel);
                     removed += 1;
                 }
                 idx >= part.slots()

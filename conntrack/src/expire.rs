@@ -151,12 +151,12 @@ impl Table {
         } else if e.remaining(now) > 0 {
             stats.nodest_expired += 1;
             let old = part.remove(&self.hasher, idx);
-            self.retire(old, rel);
+            self.retire(old, stats, rel);
             return true;
         }
         stats.expired += 1;
         let old = part.remove(&self.hasher, idx);
-        self.retire(old, rel);
+        self.retire(old, stats, rel);
         true
     }
 
@@ -206,7 +206,7 @@ impl Table {
         if class == 3 || class == 5 {
             stats.evicted_established += 1;
         }
-        self.retire(old, rel);
+        self.retire(old, stats, rel);
         true
     }
 }

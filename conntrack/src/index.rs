@@ -91,44 +91,18 @@ impl Index {
 
     /// Finds the slab index whose key matches; `eq` is called only for slots
     /// with the same home and tag. Returns (slot position, slab index).
+    /// [`Index::probe`]'s walk, its vacancy dropped (inlined, so a lookup
+    /// computes none).
     #[inline(always)]
-    pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<(usize, u32)> {
-        let cap = self.slots.len();
-        if cap == 0 {
-            return None;
-        }
-        let t = tag(hash);
-        let mut pos = home(hash, cap);
-        let mut d = 0u32;
-        loop {
-            let s = self.slots[pos];
-            // Empty, or a key closer to its home than we are to ours: the
-            // key would have been placed before it.
-            if s == 0 || disp(s) < d {
-                return None;
-            }
-            if disp(s) == d && s & TAG_MASK == t {
-                let idx = (s & IDX_MASK) - 1;
-                if eq(idx) {
-                    return Some((pos, idx));
-                }
-            }
-            d += 1;
-            if d > MAX_DISP {
-                return None;
-            }
-            pos += 1;
-            if pos == cap {
-                pos = 0;
-            }
-        }
+    pub(crate) fn find(&self, hash: u64, eq: impl FnMut(u32) -> bool) -> Option<(usize, u32)> {
+        self.probe(hash, eq).ok()
     }
 
-    /// [`Index::find`] that also says, on a miss, where the key would go:
-    /// `Err(Some(vacancy))` for [`Index::insert_from`], so that a new key's
-    /// check and its insert walk the cluster once; `Err(None)` when the
-    /// index has no slots or the probe ran out of displacement (an insert
-    /// would fail there too).
+    /// The one lookup walk: finds the key as [`Index::find`] does and, on a
+    /// miss, says where it would go: `Err(Some(vacancy))` for
+    /// [`Index::insert_from`], so that a new key's check and its insert
+    /// walk the cluster once; `Err(None)` when the index has no slots or
+    /// the probe ran out of displacement (an insert would fail there too).
     #[inline(always)]
     pub(crate) fn probe(
         &self,
@@ -144,8 +118,9 @@ impl Index {
         let mut d = 0u32;
         loop {
             let s = self.slots[pos];
-            // The stop condition of `find` is the place condition of
-            // `insert`: the walks are the same up to here.
+            // Empty, or a key closer to its home than we are to ours: the
+            // key would have been placed before it. That stop is also the
+            // place condition of `insert`: the walks agree up to here.
             if s == 0 || disp(s) < d {
                 return Err(Some(Vacancy { pos, d }));
             }

@@ -136,7 +136,7 @@ impl Table {
         }
         let old = part.remove(&self.hasher, idx);
         stats.expired += 1;
-        self.retire(old, rel);
+        self.retire(old, stats, rel);
         Ok(())
     }
 
@@ -186,9 +186,9 @@ impl Table {
         } else {
             None
         };
-        if !self.reserve() {
+        if !self.reserve(stats) {
             let evicted = knobs.drop_entry != Defense::Off && self.evict_one(part, stats, now, rel);
-            if !evicted || !self.reserve() {
+            if !evicted || !self.reserve(stats) {
                 stats.refused_full += 1;
                 return Err(InsertError::Full);
             }
@@ -199,7 +199,7 @@ impl Table {
             flags |= flag::NOOUTPUT;
         }
         if !part.has_room() {
-            self.count.fetch_sub(1, Relaxed);
+            self.unreserve(stats);
             stats.refused_full += 1;
             return Err(InsertError::Full);
         }
@@ -261,7 +261,7 @@ impl Table {
             if ok {
                 let old = part.remove(&self.hasher, h.idx);
                 stats.expired += 1;
-                self.retire(old, &mut rel);
+                self.retire(old, stats, &mut rel);
             }
             ok
         };

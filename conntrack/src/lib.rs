@@ -5,7 +5,8 @@
 //! # Using it (the engine's side)
 //!
 //! * Per packet: [`Table::lookup_update`] (one lock; [`Table::lookup_update_out`]
-//!   for the reply side only), or [`Table::lookup`]
+//!   for the reply side only, [`Table::lookup_update_into`] with [`Sides`] to
+//!   choose the sides in the caller's slot), or [`Table::lookup`]
 //!   (`lookup_in` / `lookup_out` when the hook already knows the direction)
 //!   then [`Table::update`] with the returned [`Dir`]. Act on the
 //!   [`Update`]: `Forward`, `Drop`, or `Reschedule` (the old entry is
@@ -148,7 +149,7 @@ pub use proto::sctp::SctpState;
 pub use proto::tcp::TcpState;
 pub use proto::{ipproto, may_create, ConnState};
 pub use sync::{Synced, SyncedTemplate, SYNC_PERIOD, SYNC_THRESHOLD};
-pub use table::{Dir, InsertError, NewConn, PacketInfo, Stats, Table, Tuple, Update};
+pub use table::{Dir, InsertError, NewConn, PacketInfo, Sides, Stats, Table, Tuple, Update};
 pub use template::{mask_addr, pe_digest, TemplateKey};
 pub use ticket::{Ticket, REFRESH_MAX_MS};
 pub use uvs_sched::{Dest, FwdMethod};

@@ -44,6 +44,10 @@ pub(crate) struct ShardStats {
     pub rescheduled: u64,
     pub nodest_dropped: u64,
     pub nodest_expired: u64,
+    /// Units of the table's cap this shard has taken and holds no entry
+    /// for (`Table::reserve`): its next inserts spend them without a
+    /// shared write. Not a counter (`Table::stats` leaves it out).
+    pub credit: u32,
 }
 
 #[derive(Debug)]

@@ -276,7 +276,7 @@ impl Table {
             if e.aux == 0 {
                 let old = part.remove(&self.hasher, h.idx);
                 stats.expired += 1;
-                self.retire(old, &mut rel);
+                self.retire(old, stats, &mut rel);
             } else {
                 part.unhash_in(&self.hasher, h.idx);
             }

@@ -33,6 +33,20 @@ pub enum Dir {
     Out,
 }
 
+/// Which sides of the table a per-packet lookup probes
+/// ([`Table::lookup_update_into`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sides {
+    /// The request side, then the reply side ([`Table::lookup_update`]).
+    Both,
+    /// The request side only: a packet that cannot be a reply (the
+    /// engine's bare TCP SYN to a virtual service).
+    Request,
+    /// The reply side only ([`Table::lookup_update_out`]: the
+    /// `ip_vs_out` lookup of a packet not addressed to a virtual service).
+    Reply,
+}
+
 /// A packet's addressing as seen on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tuple {
@@ -249,8 +263,19 @@ pub struct Table {
     pub(crate) shards: Box<[Slot]>,
     pub(crate) shard_mask: u32,
     pub(crate) hasher: Hasher,
+    /// Units of the cap taken: the live entries plus the shards' credit
+    /// (`ShardStats::credit`, at most `shards × keep`).
     pub(crate) count: AtomicUsize,
     pub(crate) max: usize,
+    /// Units a shard takes from `count` at once (1: one per entry, as
+    /// exact as a single counter).
+    batch: u32,
+    /// Credit a shard keeps after a removal; more goes back to `count`.
+    keep: u32,
+    /// From this count on, shards take one unit at a time and give every
+    /// unit back, as a single counter would: credit taken earlier is spent
+    /// by the next inserts of its shard, so the table fills to its cap.
+    near: usize,
     pub(crate) defense_at: usize,
     knobs: AtomicU32,
     tcp_to: [AtomicU32; TCP_STATES],
@@ -282,12 +307,22 @@ impl Table {
             .map(|_| Slot(ShardLock::new(Shard::new(presize, warm))))
             .collect::<Vec<_>>()
             .into_boxed_slice();
+        // A shard takes 1/512 of its share of the cap at a time (8 at the
+        // default 1M cap and 256 shards: one shared write per 8 inserts);
+        // below 512 × shards, one at a time. At most `shards × keep` (under
+        // 1/256 of the cap) is credit, and none is taken in the last
+        // `8 × shards × keep` units (2.7% of the cap).
+        let batch = (max / n / 512).clamp(1, 32) as u32;
+        let keep = 2 * (batch - 1);
         let t = Table {
             shards,
             shard_mask: (n - 1) as u32,
             hasher: Hasher::new(cfg.seed),
             count: AtomicUsize::new(0),
             max,
+            batch,
+            keep,
+            near: max.saturating_sub(8 * n * keep as usize),
             defense_at: max / 100 * cfg.defense_threshold_pct.min(100) as usize,
             knobs: AtomicU32::new(cfg.knobs.pack()),
             tcp_to: std::array::from_fn(|_| AtomicU32::new(0)),
@@ -302,9 +337,18 @@ impl Table {
     }
 
     /// Live entries (connections and templates, including expired ones the
-    /// sweep has not reached yet).
+    /// sweep has not reached yet): the units taken from the cap less the
+    /// shards' credit, each read under its shard's lock (control path).
+    /// Exact while no insert or removal runs, never above the cap (the
+    /// count, read first, never is).
     pub fn len(&self) -> usize {
-        self.count.load(Relaxed)
+        let taken = self.count.load(Relaxed);
+        let credit: usize = self
+            .shards
+            .iter()
+            .map(|s| self.lock_slot(s).stats.credit as usize)
+            .sum();
+        taken.saturating_sub(credit)
     }
 
     /// No entries.
@@ -431,6 +475,8 @@ impl Table {
             Defense::Off => false,
             Defense::Always => true,
             Defense::Auto => {
+                // The units taken: the live entries and at most 1/256 of
+                // the cap in shards' credit.
                 self.defense.secure_engaged() || self.count.load(Relaxed) >= self.defense_at
             }
         };
@@ -441,28 +487,72 @@ impl Table {
         }
     }
 
-    /// Takes one unit of capacity.
-    /// A compare-and-swap loop rather than add-then-undo, so `len()` never
-    /// reads above the cap, even transiently.
-    pub(crate) fn reserve(&self) -> bool {
+    /// Takes one unit of capacity for an entry of the shard whose `stats`
+    /// are given (under its lock): from the shard's credit, else a batch
+    /// from the shared count (one compare-and-swap per `batch` inserts),
+    /// never past the cap.
+    #[inline(always)]
+    pub(crate) fn reserve(&self, stats: &mut ShardStats) -> bool {
+        if stats.credit > 0 {
+            stats.credit -= 1;
+            return true;
+        }
+        self.reserve_batch(stats)
+    }
+
+    /// [`Table::reserve`] from the shared count: a compare-and-swap loop
+    /// rather than add-then-undo, so the count never reads above the cap,
+    /// even transiently.
+    fn reserve_batch(&self, stats: &mut ShardStats) -> bool {
         let mut cur = self.count.load(Relaxed);
         loop {
             if cur >= self.max {
                 return false;
             }
+            let take = if cur >= self.near {
+                1
+            } else {
+                (self.max - cur).min(self.batch as usize)
+            };
             match self
                 .count
-                .compare_exchange_weak(cur, cur + 1, Relaxed, Relaxed)
+                .compare_exchange_weak(cur, cur + take, Relaxed, Relaxed)
             {
-                Ok(_) => return true,
+                Ok(_) => {
+                    stats.credit += take as u32 - 1;
+                    return true;
+                }
                 Err(v) => cur = v,
             }
         }
     }
 
+    /// Gives back one unit (an entry of this shard removed, or a reserved
+    /// unit not used): kept as credit up to `keep`, the rest returned to
+    /// the shared count; all of it once the count is `near` the cap.
+    #[inline(always)]
+    pub(crate) fn unreserve(&self, stats: &mut ShardStats) {
+        stats.credit += 1;
+        let back = if stats.credit > self.keep {
+            stats.credit - (self.batch - 1)
+        } else if self.count.load(Relaxed) >= self.near {
+            stats.credit
+        } else {
+            return;
+        };
+        stats.credit -= back;
+        self.count.fetch_sub(back as usize, Relaxed);
+    }
+
     /// Unbinds a removed entry from its destination and queues its template
-    /// release; returns the entry's capacity unit.
-    pub(crate) fn retire<A: Addr, const N: usize>(&self, e: Entry<A>, rel: &mut Releases<N>) {
+    /// release; returns the entry's capacity unit (to its shard, whose
+    /// `stats` are given).
+    pub(crate) fn retire<A: Addr, const N: usize>(
+        &self,
+        e: Entry<A>,
+        stats: &mut ShardStats,
+        rel: &mut Releases<N>,
+    ) {
         if let Some(d) = &e.dest {
             if e.flags & flag::TEMPLATE != 0 {
                 d.template_bound(false);
@@ -473,7 +563,7 @@ impl Table {
                 }
             }
         }
-        self.count.fetch_sub(1, Relaxed);
+        self.unreserve(stats);
     }
 
     /// Applies queued template releases (no shard lock held).
@@ -511,7 +601,7 @@ impl Table {
             let old = part.remove(&self.hasher, idx);
             stats.expired += 1;
             let mut rel: Releases = Releases::new(A::WIDE);
-            self.retire(old, &mut rel);
+            self.retire(old, stats, &mut rel);
         }
     }
 
@@ -562,7 +652,7 @@ impl Table {
     #[inline]
     pub fn lookup_update(&self, t: &Tuple, p: PacketInfo, now: u64) -> Option<(Hit, Dir, Update)> {
         let mut found = None;
-        self.lookup_update_into(t, false, p, now, &mut found);
+        self.lookup_update_into(t, Sides::Both, p, now, &mut found);
         found
     }
 
@@ -577,19 +667,22 @@ impl Table {
         now: u64,
     ) -> Option<(Hit, Dir, Update)> {
         let mut found = None;
-        self.lookup_update_into(t, true, p, now, &mut found);
+        self.lookup_update_into(t, Sides::Reply, p, now, &mut found);
         found
     }
 
-    /// [`Table::lookup_update`] (or, with `out_only`,
-    /// [`Table::lookup_update_out`]) writing its answer into `found`, which
-    /// is overwritten: the per-packet path keeps the answer in its own
-    /// slot, and the copy is built there under the lock rather than moved.
+    /// [`Table::lookup_update`] on the `sides` given (`Both` is
+    /// `lookup_update`, `Reply` is [`Table::lookup_update_out`], `Request`
+    /// probes the request side alone: one lock, and none on the shard of
+    /// the packet's destination endpoint), writing its answer into
+    /// `found`, which is overwritten: the per-packet path keeps the answer
+    /// in its own slot, and the copy is built there under the lock rather
+    /// than moved.
     #[inline(always)]
     pub fn lookup_update_into(
         &self,
         t: &Tuple,
-        out_only: bool,
+        sides: Sides,
         p: PacketInfo,
         now: u64,
         found: &mut Option<(Hit, Dir, Update)>,
@@ -597,17 +690,18 @@ impl Table {
         *found = None;
         match (t.src, t.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                self.lookup_update_typed(t, s, d, out_only, &p, now, found)
+                self.lookup_update_typed(t, s, d, sides, &p, now, found)
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                self.lookup_update_typed(t, s, d, out_only, &p, now, found)
+                self.lookup_update_typed(t, s, d, sides, &p, now, found)
             }
             _ => {}
         }
     }
 
-    /// The request side (unless `out_only`), then the reply side: two
-    /// straight-line probes rather than a loop over a list of directions.
+    /// The request side (unless `Reply`), then the reply side (unless
+    /// `Request`): two straight-line probes rather than a loop over a list
+    /// of directions.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn lookup_update_typed<A: Family>(
@@ -615,15 +709,17 @@ impl Table {
         t: &Tuple,
         src: A,
         dst: A,
-        out_only: bool,
+        sides: Sides,
         p: &PacketInfo,
         now: u64,
         out: &mut Option<(Hit, Dir, Update)>,
     ) {
-        if !out_only && self.probe_update(t, src, dst, Dir::In, p, now, out) {
+        if sides != Sides::Reply && self.probe_update(t, src, dst, Dir::In, p, now, out) {
             return;
         }
-        self.probe_update(t, src, dst, Dir::Out, p, now, out);
+        if sides != Sides::Request {
+            self.probe_update(t, src, dst, Dir::Out, p, now, out);
+        }
     }
 
     /// One direction's probe of [`Table::lookup_update_typed`]: whether it

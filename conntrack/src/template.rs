@@ -298,7 +298,7 @@ impl Table {
         if !controlling {
             let old = part.remove(&self.hasher, idx);
             stats.expired += 1;
-            self.retire(old, rel);
+            self.retire(old, stats, rel);
             return false;
         }
         if !usable {
@@ -328,10 +328,10 @@ impl Table {
         rel: &mut Releases<N>,
     ) -> Result<Handle, InsertError> {
         let daddr = A::from_ip(n.dest.addr).ok_or(InsertError::FamilyMismatch)?;
-        if !self.reserve() {
+        if !self.reserve(stats) {
             let evicted =
                 knobs.drop_entry != crate::Defense::Off && self.evict_one(part, stats, now, rel);
-            if !evicted || !self.reserve() {
+            if !evicted || !self.reserve(stats) {
                 stats.refused_full += 1;
                 return Err(InsertError::Full);
             }
@@ -355,8 +355,7 @@ impl Table {
             aux: 0,
         };
         let Some(idx) = part.alloc(entry) else {
-            self.count
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.unreserve(stats);
             stats.refused_full += 1;
             return Err(InsertError::Full);
         };

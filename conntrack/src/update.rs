@@ -198,7 +198,7 @@ impl Table {
             // Its timer has run out; the sweep just has not got here yet.
             let old = part.remove(&self.hasher, idx);
             stats.expired += 1;
-            self.retire(old, rel);
+            self.retire(old, stats, rel);
             return gone();
         }
         // The entry is live, so it has a dest.
@@ -211,7 +211,7 @@ impl Table {
             if quiescent || reuse {
                 let old = part.remove(&self.hasher, idx);
                 stats.rescheduled += 1;
-                self.retire(old, rel);
+                self.retire(old, stats, rel);
                 return Update::Reschedule;
             }
         }
@@ -219,7 +219,7 @@ impl Table {
             if knobs.expire_nodest_conn {
                 let old = part.remove(&self.hasher, idx);
                 stats.nodest_expired += 1;
-                self.retire(old, rel);
+                self.retire(old, stats, rel);
                 return gone();
             }
             // Not refreshed: the entry dies after its timeout even under

@@ -84,8 +84,14 @@ fn syn_flood_10m_vs_1m() {
 
 #[test]
 fn concurrent_flood_never_exceeds_cap() {
+    // One unit of the cap at a time (10,000 < 512 × 64 shards), and in
+    // batches of 8 per shard (300,000 ≥ 512 × 64 × 8).
+    concurrent_flood(10_000);
+    concurrent_flood(300_000);
+}
+
+fn concurrent_flood(cap: usize) {
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-    let cap = 10_000;
     let t = uvs_conntrack::Table::new(Config {
         max_entries: cap,
         shards: 64,
@@ -107,7 +113,7 @@ fn concurrent_flood_never_exceeds_cap() {
                 let (t, d) = (&t, &d);
                 s.spawn(move || {
                     let base = u32::from(Ipv4Addr::new(100, 64 + w as u8, 0, 0));
-                    for i in 0..100_000u32 {
+                    for i in 0..200_000u32 {
                         let mut c = conn(TCP, (i & 0xffff) as u16, d);
                         c.caddr = IpAddr::V4(Ipv4Addr::from(base + (i >> 16)));
                         let _ = t.insert(c, PacketInfo::tcp(SYN, 60), 0);
@@ -125,5 +131,51 @@ fn concurrent_flood_never_exceeds_cap() {
     assert!(t.len() <= cap);
     assert_eq!((d.active_conns() + d.inactive_conns()) as usize, t.len());
     let s = t.stats();
-    assert_eq!(s.inserted + s.refused_full, 200_000);
+    assert_eq!(s.inserted + s.refused_full, 400_000);
+    // Two floods of 200,000 distinct clients fill even the larger cap.
+    assert_eq!(t.len(), cap);
+}
+
+/// A table whose shards take the cap in batches (credit) still holds
+/// exactly its cap: every insert up to it succeeds, the next is refused,
+/// and after removals `len` is exact and the room is there again.
+#[test]
+fn batched_cap_is_exact() {
+    let cap = 16 * 512 * 4; // 4 units per batch with 16 shards
+    let t = table(cap);
+    // A full table refuses instead of evicting a half-open entry.
+    t.set_knobs(&uvs_conntrack::Knobs {
+        drop_entry: uvs_conntrack::Defense::Off,
+        ..Default::default()
+    });
+    let d = dest("203.0.113.11", 80, FwdMethod::Masq);
+    let client = |i: u32| {
+        let mut c = conn(TCP, (i & 0xffff) as u16, &d);
+        c.caddr = IpAddr::V4(Ipv4Addr::from(0x6440_0000 + (i >> 16)));
+        c
+    };
+    let mut handles = Vec::new();
+    for i in 0..cap as u32 {
+        let h = t.insert(client(i), PacketInfo::tcp(SYN, 60), 0);
+        handles.push(h.unwrap_or_else(|e| panic!("insert {i} of {cap}: {e}")));
+    }
+    assert_eq!(t.len(), cap);
+    let more = t.insert(client(cap as u32), PacketInfo::tcp(SYN, 60), 0);
+    assert_eq!(more.unwrap_err(), uvs_conntrack::InsertError::Full);
+    for h in handles.iter().step_by(3) {
+        assert!(t.remove(h));
+    }
+    let left = cap - cap.div_ceil(3);
+    assert_eq!(t.len(), left);
+    assert_eq!((d.active_conns() + d.inactive_conns()) as usize, left);
+    for i in 0..(cap - left) as u32 {
+        let c = client(cap as u32 + i);
+        t.insert(c, PacketInfo::tcp(SYN, 60), 0)
+            .expect("room again");
+    }
+    assert_eq!(t.len(), cap);
+    for h in &handles {
+        t.remove(h);
+    }
+    assert_eq!(t.len(), cap - left);
 }

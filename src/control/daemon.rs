@@ -70,7 +70,7 @@ pub struct RunOpts {
     /// `--worker-fifo`, `--worker-sched-idle`: the workers' policy.
     pub worker_policy: crate::io::place::Policy,
     /// `--fanout`: how the AF_PACKET rings share an interface's packets.
-    pub fanout: engine::Fanout,
+    pub fanout: crate::io::Fanout,
     /// The files re-read by `uvs reload` / SIGHUP (see [`reload`]).
     pub sources: lifecycle::Sources,
     /// `--metrics ADDR:PORT`: serve Prometheus text at `/metrics`.

@@ -129,7 +129,8 @@ pub struct Pipeline {
 /// The connection lookup and state update, done at most once per packet
 /// (one shard lock) even though two hook functions (reply at 98, request at
 /// 99) ask for it. At FORWARD (not addressed to a VIP) only the reply side
-/// is probed, as the kernel's `ip_vs_out` does.
+/// is probed, as the kernel's `ip_vs_out` does; for a bare TCP SYN only the
+/// request side (`Pipeline::sides`).
 struct Ctx {
     looked_up: bool,
     point: HookPoint,

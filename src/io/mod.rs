@@ -23,7 +23,7 @@ pub mod vnet;
 pub mod xdp;
 
 pub use device::{RxBatch, RxFrame, RxSkip, RxSource, TxCounts, TxQueue, TxSink};
-pub use ring::RxRing;
+pub use ring::{Fanout, RxRing};
 pub use tx::TxBatch;
 pub use txring::RingTx;
 pub use vnet::{VnetHdr, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM};

@@ -1,8 +1,13 @@
 //! A TPACKET_V2 receive ring on an AF_PACKET socket.
 //!
 //! One ring per (worker, interface); all rings of an interface join one
-//! `PACKET_FANOUT_HASH` group (with `FLAG_DEFRAG`, so fragments of one datagram
-//! reach one worker), which spreads flows over workers without locks. The ring
+//! fanout group (with `FLAG_DEFRAG`, so fragments of one datagram reach one
+//! worker, whole), which spreads flows over workers without locks: see
+//! [`Fanout`] for how the group picks a ring. The group also carries
+//! `FLAG_IGNORE_OUTGOING`: a socket's own `PACKET_IGNORE_OUTGOING` does not
+//! apply once it joins a group (the group's hook replaces the socket's), so
+//! without it every frame the director's own stack sends on the interface
+//! would be copied into the ring, only to be skipped. The ring
 //! is memory-mapped: receiving costs no syscall; the worker polls the fd with
 //! mio only when the ring is empty. Frames are processed in place and may be
 //! transmitted straight out of the ring: the ring implements [`RxSource`],
@@ -59,6 +64,47 @@ const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const PACKET_HOST: u8 = 0;
 /// Offset of `struct sockaddr_ll` in a TPACKET_V2 frame: TPACKET_ALIGN(32).
 const SLL_OFFSET: usize = 32;
+
+/// `PACKET_FANOUT_FLAG_IGNORE_OUTGOING` (Linux 6.2; an older kernel takes
+/// the flag and ignores it, as it ignores unknown fanout flags).
+const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
+
+/// How an interface's fanout group picks the ring for a packet (`--fanout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fanout {
+    /// By a symmetric hash of the flow (`PACKET_FANOUT_HASH`): a flow stays
+    /// on one worker. The kernel runs its flow dissector on every packet
+    /// for this hash.
+    #[default]
+    Hash,
+    /// By the CPU the packet is received on (`PACKET_FANOUT_CPU`): the k-th
+    /// ring to join takes the packets of CPU k (modulo the group's size).
+    /// No flow dissector per packet.
+    Cpu,
+}
+
+impl Fanout {
+    /// The mode for a group of `members` rings when `asked` was asked for:
+    /// a one-ring group (one worker) is picked by any mode, so it gets the
+    /// cheapest, [`Fanout::Cpu`] (the CPU number modulo one, no flow hash).
+    pub fn for_members(members: usize, asked: Fanout) -> Fanout {
+        if members <= 1 {
+            Fanout::Cpu
+        } else {
+            asked
+        }
+    }
+
+    /// The `PACKET_FANOUT` option value for group `group`.
+    fn arg(self, group: u16) -> u32 {
+        let mode = match self {
+            Fanout::Hash => libc::PACKET_FANOUT_HASH,
+            Fanout::Cpu => libc::PACKET_FANOUT_CPU,
+        };
+        let flags = libc::PACKET_FANOUT_FLAG_DEFRAG | PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
+        u32::from(group) | (mode | flags) << 16
+    }
+}
 
 /// `struct tpacket2_hdr`, read field by field from the mapped frame.
 #[derive(Debug, Clone, Copy)]
@@ -171,26 +217,11 @@ fn frame_size_for(mtu: usize) -> usize {
         .clamp(FRAME_MIN, FRAME_MAX)
 }
 
-/// How the rings of one fanout group share an interface's packets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Fanout {
-    /// By a hash of the flow (`PACKET_FANOUT_HASH`): one flow, one ring.
-    #[default]
-    Hash,
-    /// By the CPU the packet is received on (`PACKET_FANOUT_CPU`): the k-th
-    /// ring to join takes the packets of CPU k (modulo the group's size).
-    Cpu,
-}
-
 impl RxRing {
     /// Opens a ring of `frames` frames, sized to the interface's MTU, on
-    /// `ifindex` and joins fanout group `group` (one group id per interface).
-    pub fn open(ifindex: u32, group: u16, frames: usize) -> io::Result<Self> {
-        RxRing::open_fanout(ifindex, group, frames, Fanout::Hash)
-    }
-
-    /// [`RxRing::open`] with the group's way of choosing a ring.
-    pub fn open_fanout(ifindex: u32, group: u16, frames: usize, mode: Fanout) -> io::Result<Self> {
+    /// `ifindex` and joins fanout group `group` (one group id per interface;
+    /// every ring of a group opened with the same `fanout`).
+    pub fn open(ifindex: u32, group: u16, frames: usize, fanout: Fanout) -> io::Result<Self> {
         let frame_size = frame_size_for(interface_mtu(ifindex)?);
         // Blocks of at least a page, holding whole frames (power-of-two
         // frames tile them exactly, so frames are contiguous in the map).
@@ -203,7 +234,8 @@ impl RxRing {
             setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V2)
         })?;
         let raw = fd.as_raw_fd();
-        // Our own transmissions (and the host's) are not requests to handle.
+        // Our own transmissions (and the host's) are not requests to handle
+        // (once in the fanout group, the group's flag says so: above).
         setsockopt(
             raw,
             libc::SOL_PACKET,
@@ -268,12 +300,12 @@ impl RxRing {
                 std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         })?;
-        let how = match mode {
-            Fanout::Hash => libc::PACKET_FANOUT_HASH,
-            Fanout::Cpu => libc::PACKET_FANOUT_CPU,
-        };
-        let fanout: u32 = u32::from(group) | (how | libc::PACKET_FANOUT_FLAG_DEFRAG) << 16;
-        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_FANOUT, &fanout)?;
+        setsockopt(
+            raw,
+            libc::SOL_PACKET,
+            libc::PACKET_FANOUT,
+            &fanout.arg(group),
+        )?;
         Ok(ring)
     }
 
@@ -542,5 +574,16 @@ mod tests {
         assert_eq!(frame_size_for(1500), 2048);
         // Beyond the largest frame, packets go through the receive queue.
         assert_eq!(frame_size_for(65_000), FRAME_MAX);
+    }
+
+    #[test]
+    fn a_one_ring_group_skips_the_flow_hash_and_every_group_ignores_outgoing() {
+        assert_eq!(Fanout::for_members(1, Fanout::Hash), Fanout::Cpu);
+        assert_eq!(Fanout::for_members(2, Fanout::Hash), Fanout::Hash);
+        assert_eq!(Fanout::for_members(2, Fanout::Cpu), Fanout::Cpu);
+        // The uapi values: group id low, mode and flags high.
+        let flags = 0x8000 | 0x4000;
+        assert_eq!(Fanout::Cpu.arg(7), 7 | (2 | flags) << 16);
+        assert_eq!(Fanout::Hash.arg(0xbeef), 0xbeef | flags << 16);
     }
 }

@@ -816,7 +816,17 @@ mod tests {
             // ...and closing the owner's socket (what process death does)
             // deletes it, without any remove.
             drop(g.table.take_owner());
-            let after = rd.tables(NFPROTO_NETDEV).expect("tables");
+            // The kernel releases an owned table when it learns of the
+            // socket's release, which may come a moment after the close
+            // returned (seen once under load): wait for it, bounded.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            let after = loop {
+                let t = rd.tables(NFPROTO_NETDEV).expect("tables");
+                if !t.contains(&TABLE.to_string()) || std::time::Instant::now() > deadline {
+                    break t;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            };
             // An unowned leftover of the same name is replaced.
             let mut b = Batch::new(NFPROTO_NETDEV);
             b.add_table(TABLE, None);

@@ -687,6 +687,7 @@ pub fn run(opts: &EndpointOpts, stop: &AtomicBool) -> Result<Counters, TunnelErr
             ifc.index,
             group_base.wrapping_add(k as u16),
             opts.ring_frames.max(2),
+            crate::io::Fanout::Cpu,
         )
         .map_err(|err| TunnelError::Ring {
             iface: ifc.name.clone(),

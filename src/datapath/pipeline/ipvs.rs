@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use uvs_conntrack::{Dir, Hit, InsertError, NewConn, PacketInfo, Tuple, Update};
+use uvs_conntrack::{Dir, Hit, InsertError, NewConn, PacketInfo, Sides, Tuple, Update};
 use uvs_fwd::xmit::icmp::{nat_icmp_error, IcmpNat};
 use uvs_fwd::{CsumMode, Parsed};
 use uvs_sched::{FwdMethod, SchedKey, TunConfig};
@@ -28,11 +28,35 @@ impl Pipeline {
             let (t, info) = (tuple(p), Self::info(frame, p));
             // Written into the context's slot in place (no move of the
             // found copy).
-            let out_only = ctx.point == HookPoint::Forward;
+            let sides = Self::sides(p, ctx.point);
             self.conns
-                .lookup_update_into(&t, out_only, info, now, &mut ctx.hit);
+                .lookup_update_into(&t, sides, info, now, &mut ctx.hit);
         }
         ctx.hit.as_ref()
+    }
+
+    /// The sides of the connection table a packet's lookup probes. At
+    /// FORWARD (not addressed to a VIP) the reply side only, as the
+    /// kernel's `ip_vs_out`. A bare TCP SYN (no ACK) the request side only:
+    /// a server answers a client's SYN with SYN-ACK, so a bare SYN is never
+    /// taken as a NAT reply (a simultaneous open of a client whose address
+    /// is a VIP, which no server of a NAT service makes, would be scheduled
+    /// as a new connection instead). This spares each new connection a
+    /// second lock, on the shard of the VIP endpoint, which every new
+    /// connection to that service would take. Every other packet to a VIP
+    /// (or sent by the director) probes both: the replies of a local
+    /// client that sources from a VIP address arrive there.
+    #[inline(always)]
+    pub(super) fn sides(p: &Parsed, point: HookPoint) -> Sides {
+        const SYN: u8 = uvs_fwd::wire::tcp::flags::SYN;
+        const ACK: u8 = uvs_fwd::wire::tcp::flags::ACK;
+        if point == HookPoint::Forward {
+            Sides::Reply
+        } else if p.proto == TCP && p.tcp_flags & (SYN | ACK) == SYN {
+            Sides::Request
+        } else {
+            Sides::Both
+        }
     }
 
     /// What the state machines need: TCP flags, or the first SCTP chunk's

@@ -1,11 +1,12 @@
 //! The route decision and service lookup through this thread's small-
-//! configuration copy (`Vips`) and through the snapshot's maps must agree.
+//! configuration copy (`Vips`) and through the snapshot's maps must agree;
+//! the sides of the connection table a packet to a VIP probes.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use uvs_fwd::build::{FrameSpec, L4Spec};
-use uvs_fwd::wire::tcp::flags::SYN;
+use uvs_fwd::wire::tcp::flags::{ACK, SYN};
 use uvs_fwd::CsumMode;
 use uvs_sched::{FwdMethod, SchedParams};
 
@@ -19,13 +20,17 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn syn(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    tcp(src, sport, dst, dport, SYN)
+}
+
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
     FrameSpec {
         src: ip(src),
         dst: ip(dst),
         sport,
         dport,
         l4: L4Spec::Tcp {
-            flags: SYN,
+            flags,
             options: Vec::new(),
         },
         payload: Vec::new(),
@@ -120,4 +125,45 @@ fn small_configuration_uses_the_thread_copy() {
 #[test]
 fn large_configuration_uses_the_maps() {
     check(SMALL_VIPS + 2);
+}
+
+/// A client whose address is a VIP (the director's own process sourcing
+/// from one, or a host that holds one): its NAT server's replies are
+/// addressed to a VIP, meet LOCAL_IN and are still found on the table's
+/// reply side, though a bare SYN to a VIP probes the request side only.
+#[test]
+fn replies_to_a_client_at_a_vip_address_are_found_at_local_in() {
+    let p = pipeline(&[
+        svc("192.0.2.10", 80, "203.0.113.11", 8080),
+        svc("192.0.2.20", 80, "203.0.113.12", 8080),
+    ]);
+    let st = WorkerStats::default();
+    for (sport, local) in [(40000, false), (40001, true)] {
+        let mut f = syn("192.0.2.20", sport, "192.0.2.10", 80);
+        let v = if local {
+            p.process_local_out(&mut f, CsumMode::Full, 1, &st)
+        } else {
+            p.process(&mut f, CsumMode::Full, 1, &st)
+        };
+        let Verdict::Xmit { next_hop, pkt, .. } = v else {
+            panic!("SYN not forwarded: {v:?}")
+        };
+        assert_eq!((next_hop, pkt.dport), (ip("203.0.113.11"), 8080));
+        // The server's SYN-ACK and ACK, to the client's (VIP) address.
+        for flags in [SYN | ACK, ACK] {
+            let mut r = tcp("203.0.113.11", 8080, "192.0.2.20", sport, flags);
+            let v = p.process(&mut r, CsumMode::Full, 2, &st);
+            let Verdict::Xmit { next_hop, pkt, .. } = v else {
+                panic!("reply {flags:#x} not forwarded: {v:?}")
+            };
+            assert_eq!(next_hop, ip("192.0.2.20"), "reply {flags:#x}");
+            assert_eq!((pkt.src, pkt.sport), (ip("192.0.2.10"), 80));
+        }
+    }
+    // A bare SYN is never taken as a reply (no server of a NAT service
+    // opens toward its client): no service owns 192.0.2.20:40000.
+    let mut r = syn("203.0.113.11", 8080, "192.0.2.20", 40000);
+    let v = p.process(&mut r, CsumMode::Full, 3, &st);
+    assert!(!matches!(v, Verdict::Xmit { .. }), "{v:?}");
+    assert_eq!(p.conns.len(), 2);
 }
