@@ -25,7 +25,8 @@ pub struct PlaceArgs {
     /// rings: hash (by flow, the default) or cpu (by the CPU that received
     /// the packet, on a veth the sender's: worker k takes CPU k's packets
     /// and, without --worker-cpus, is pinned to CPU k, so it is woken where
-    /// the packet arrived).
+    /// the packet arrived). A single worker's group always picks by CPU
+    /// (there is one ring to pick); only the pinning differs then.
     #[arg(long, value_enum, default_value_t = FanoutArg::Hash)]
     pub fanout: FanoutArg,
     /// Run the workers under the real-time policy SCHED_FIFO at PRIO
