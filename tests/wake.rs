@@ -117,22 +117,9 @@ fn sched_counts(pid: u32, threads: &[i32]) -> [u64; 3] {
 
 /// Pins every thread of `pid` (or the calling thread, `pid` 0) to `cpus`.
 fn pin(pid: u32, cpus: &[usize]) {
-    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write inside it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        // SAFETY: as above; c is below CPU_SETSIZE for any CPU list we take.
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
     let targets = if pid == 0 { vec![0] } else { tids(pid) };
     for t in targets {
-        // SAFETY: `set` is a valid cpu_set_t of the size passed.
-        let rc = unsafe { libc::sched_setaffinity(t, std::mem::size_of_val(&set), &set) };
-        assert_eq!(
-            rc,
-            0,
-            "sched_setaffinity {t}: {}",
-            std::io::Error::last_os_error()
-        );
+        uvs::io::place::pin(t, cpus).unwrap_or_else(|e| panic!("sched_setaffinity {t}: {e}"));
     }
 }
 

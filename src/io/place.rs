@@ -110,17 +110,24 @@ pub fn cpu_of(cpus: &[usize], id: usize) -> Option<usize> {
 
 /// Pins the calling thread to `cpu`.
 pub fn pin_current(cpu: usize) -> io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
+    pin(0, &[cpu])
+}
+
+/// Lets thread `tid` (0: the calling thread) run only on `cpus`.
+pub fn pin(tid: libc::pid_t, cpus: &[usize]) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain data for which all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked), so CPU_SET writes
-    // inside `set`.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of
-    // the size passed, only read by the kernel.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    for &cpu in cpus {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: `cpu` is below CPU_SETSIZE (checked), so CPU_SET writes
+        // inside `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed, only read by
+    // the kernel; a tid that is not ours is the kernel's error to return.
+    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
